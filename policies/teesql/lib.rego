@@ -1,0 +1,150 @@
+# Checks shared by every purpose that judges a quote. Pins and lists come from
+# data.teesql (data.json), so operators change data, not code. Read leaf keys
+# (data.teesql.pins, …), never data.teesql as a whole: the policies live there too.
+package teesql.lib
+
+import rego.v1
+
+# Pins are compared in lowercase hex without 0x.
+norm(x) := lower(trim_prefix(trim_prefix(x, "0x"), "0X"))
+
+pinned(list) := {norm(x) | some x in list}
+
+shown(list) := "none" if count(list) == 0
+
+shown(list) := concat(", ", sort([x | some x in list])) if count(list) > 0
+
+# Verification failures keep the backend's class as their code.
+failure_code := {
+	"collateral_expired": "collateral_expired",
+	"collateral_unavailable": "collateral_unavailable",
+	"signature_invalid": "quote_signature_invalid",
+	"tcb_level_unknown": "tcb_level_unknown",
+	"revoked": "tcb_revoked",
+	"not_tdx": "not_tdx",
+}
+
+quote_problems contains d if {
+	input.tdx == null
+	d := {"code": "no_quote", "message": "the evidence carries no quote"}
+}
+
+quote_problems contains d if {
+	input.tdx.verified == false
+	code := object.get(failure_code, input.tdx.error_code, "quote_unverified")
+	d := {"code": code, "message": sprintf("the quote did not verify: %s", [input.tdx.error])}
+}
+
+quote_problems contains d if {
+	not input.tdx.root in data.teesql.accepted_roots
+	input.tdx.root == "dev"
+	d := {"code": "dev_root", "message": sprintf("the quote was verified against the development trust root; this policy accepts only: %s", [shown(data.teesql.accepted_roots)])}
+}
+
+quote_problems contains d if {
+	not input.tdx.root in data.teesql.accepted_roots
+	input.tdx.root != "dev"
+	d := {"code": "untrusted_root", "message": sprintf("the quote was verified against the %s trust root; this policy accepts only: %s", [input.tdx.root, shown(data.teesql.accepted_roots)])}
+}
+
+quote_problems contains d if {
+	input.tdx.verified == true
+	not input.tdx.tcb_status in data.teesql.accepted_tcb_statuses
+	d := {"code": "tcb_status_not_accepted", "message": sprintf("TCB status %s (advisories: %s) is not accepted; accepted: %s", [input.tdx.tcb_status, shown(input.tdx.advisory_ids), shown(data.teesql.accepted_tcb_statuses)])}
+}
+
+quote_problems contains d if {
+	input.tdx.debug == true
+	not data.teesql.allow_debug
+	d := {"code": "debug_td", "message": "the TD runs in debug mode: the host can read its memory"}
+}
+
+quote_problems contains d if {
+	input.binding.kind != "none"
+	input.binding.ok == false
+	d := {"code": "key_not_bound", "message": sprintf("the quote's report data %s does not bind the presented %s (expected %s): a replayed quote", [input.tdx.report_data, binding_subject[input.binding.kind], input.binding.expected])}
+}
+
+binding_subject := {"ra_tls_spki": "certificate key", "report_data": "report data"}
+
+quote_problems contains d if {
+	input.evidence.report_data_consistent == false
+	d := {"code": "evidence_inconsistent", "message": "the report data stated beside the quote differs from the quote's own"}
+}
+
+quote_problems contains d if {
+	input.app != null
+	input.app.rtmr3_replayed == false
+	d := {"code": "rtmr3_mismatch", "message": sprintf("replaying the event log gives RTMR3 %s but the quote says %s%s", [object.get(input.app, "rtmr3_replay", null), input.tdx.rtmr3, replay_note])}
+}
+
+replay_note := sprintf(" (%s)", [input.app.replay_error]) if input.app.replay_error != null
+
+replay_note := "" if input.app.replay_error == null
+
+# Register pins: MRTD and RTMR0-2 cannot be replayed, so they are allowlisted.
+register_names := {"mrtd": "MRTD", "rtmr0": "RTMR0", "rtmr1": "RTMR1", "rtmr2": "RTMR2"}
+
+quote_problems contains d if {
+	some reg, label in register_names
+	pins := pinned(data.teesql.pins[reg])
+	count(pins) > 0
+	input.tdx[reg] != null
+	not norm(input.tdx[reg]) in pins
+	d := {"code": sprintf("%s_not_pinned", [reg]), "message": sprintf("%s %s is not pinned; pinned: %s", [label, input.tdx[reg], shown(pins)])}
+}
+
+# App pins: attested through RTMR3 replay.
+app_names := {"compose_hash": "compose hash", "app_id": "app id", "os_image_hash": "OS image hash"}
+
+quote_problems contains d if {
+	some field, label in app_names
+	count(data.teesql.pins[field]) > 0
+	input.app == null
+	d := {"code": sprintf("%s_unattested", [field]), "message": sprintf("%s is pinned but the evidence has no event log to attest it", [label])}
+}
+
+quote_problems contains d if {
+	some field, label in app_names
+	pins := pinned(data.teesql.pins[field])
+	count(pins) > 0
+	input.app != null
+	value := object.get(input.app, field, null)
+	not norm_or_empty(value) in pins
+	d := {"code": sprintf("%s_not_pinned", [field]), "message": sprintf("%s %v is not pinned; pinned: %s", [label, value, shown(pins)])}
+}
+
+norm_or_empty(x) := norm(x) if x != null
+
+norm_or_empty(null) := ""
+
+# The presented certificate must be within its validity period.
+cert_problems contains d if {
+	c := input.evidence.cert
+	c != null
+	input.now > c.not_after
+	d := {"code": "certificate_expired", "message": sprintf("the certificate expired at %d (now %d)", [c.not_after, input.now])}
+}
+
+cert_problems contains d if {
+	c := input.evidence.cert
+	c != null
+	input.now < c.not_before
+	d := {"code": "certificate_not_yet_valid", "message": sprintf("the certificate is valid from %d (now %d)", [c.not_before, input.now])}
+}
+
+# A TLS peer must present an RA-TLS certificate whose key the quote binds.
+peer_problems contains d if some d in quote_problems
+
+peer_problems contains d if some d in cert_problems
+
+peer_problems contains d if {
+	input.evidence.kind != "ra_tls_cert"
+	d := {"code": "not_ra_tls", "message": sprintf("the peer presented %s, not an RA-TLS certificate", [input.evidence.kind])}
+}
+
+peer_problems contains d if {
+	input.evidence.kind == "ra_tls_cert"
+	input.tdx == null
+	d := {"code": "no_attestation", "message": "the peer's certificate carries no attestation (no dstack quote extension)"}
+}

@@ -1,0 +1,17 @@
+# Purpose "quote": a bare quote, attestation blob or certificate, judged on its own.
+package teesql.quote
+
+import rego.v1
+
+import data.teesql.lib
+
+default allow := false
+
+allow if {
+	input.tdx.verified == true
+	count(deny) == 0
+}
+
+deny contains d if some d in lib.quote_problems
+
+deny contains d if some d in lib.cert_problems

@@ -1,0 +1,295 @@
+//! Claims: the one versioned JSON document every policy reads. See `verifier/CLAIMS.md`.
+//!
+//! Byte values are lowercase hex without `0x`. Absent facts are `null`, never guessed.
+
+use serde::Serialize;
+
+use crate::backend::{CollateralWindow, QuoteFacts};
+use crate::eventlog::{AppIdentity, KeyProvider, replay_rtmr3};
+use crate::evidence::{CertInfo, Evidence, EvidenceKind, TeeType};
+
+/// The version of the claims document; bump on any incompatible change.
+pub const CLAIMS_VERSION: u32 = 1;
+
+/// The policy input.
+#[derive(Debug, Clone, Serialize)]
+pub struct Claims {
+    pub claims_version: u32,
+    /// Why the evidence is being appraised: `quote`, `sidecar`, `client`, …
+    pub purpose: String,
+    /// Appraisal time, unix seconds.
+    pub now: u64,
+    pub evidence: EvidenceClaims,
+    /// Quote facts; `null` when no quote was presented.
+    pub tdx: Option<TdxClaims>,
+    /// Application identity from the event log; `null` when there is no event log.
+    pub app: Option<AppClaims>,
+    pub binding: BindingClaims,
+    /// The connection being judged (sidecar and client purposes); `null` otherwise.
+    pub connection: Option<ConnectionClaims>,
+}
+
+/// What was presented.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvidenceClaims {
+    pub kind: EvidenceKind,
+    /// For certificate evidence: what the certificate says of itself.
+    pub cert: Option<CertInfo>,
+    /// When the evidence states the report data beside the quote (attestation blobs,
+    /// GetQuote), whether that statement matches the quote. `null` when not stated.
+    pub report_data_consistent: Option<bool>,
+    /// The VM configuration JSON the evidence carries, parsed; `null` when absent.
+    pub vm_config: Option<serde_json::Value>,
+}
+
+/// Facts about the quote.
+#[derive(Debug, Clone, Serialize)]
+pub struct TdxClaims {
+    /// The quote verified up to the trust root with valid collateral.
+    pub verified: bool,
+    /// Why it did not verify.
+    pub error: Option<String>,
+    /// Class of the failure (`collateral_expired`, `signature_invalid`, …).
+    pub error_code: Option<String>,
+    /// Which trust root: `intel`, `dev` or `custom`.
+    pub root: String,
+    /// Which backend verified: `dcap`.
+    pub backend: String,
+    pub tee_type: TeeType,
+    pub quote_version: u16,
+    pub tcb_status: Option<String>,
+    pub advisory_ids: Vec<String>,
+    pub mrtd: Option<String>,
+    pub rtmr0: Option<String>,
+    pub rtmr1: Option<String>,
+    pub rtmr2: Option<String>,
+    pub rtmr3: Option<String>,
+    pub report_data: String,
+    pub mr_config_id: Option<String>,
+    pub mr_owner: Option<String>,
+    pub mr_owner_config: Option<String>,
+    pub mr_seam: Option<String>,
+    pub mr_signer_seam: Option<String>,
+    pub xfam: Option<String>,
+    pub td_attributes: Option<String>,
+    pub tee_tcb_svn: Option<String>,
+    pub debug: Option<bool>,
+    pub collateral: Option<CollateralWindow>,
+}
+
+/// What the event log says about the application.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppClaims {
+    pub app_id: Option<String>,
+    pub compose_hash: Option<String>,
+    pub instance_id: Option<String>,
+    pub os_image_hash: Option<String>,
+    /// `{name, id}` from the `key-provider` event, or its raw text if not JSON.
+    pub key_provider: Option<serde_json::Value>,
+    /// Replaying the runtime events reproduces the quote's RTMR3. Only then are the
+    /// fields above attested.
+    pub rtmr3_replayed: bool,
+    /// The replayed value (hex), or `null` if the log could not be replayed.
+    pub rtmr3_replay: Option<String>,
+    /// Why the log could not be replayed.
+    pub replay_error: Option<String>,
+    /// Every runtime event, in order.
+    pub events: Vec<EventClaim>,
+}
+
+/// One runtime event.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventClaim {
+    pub event: String,
+    /// Payload, hex.
+    pub payload: String,
+}
+
+/// Whether the quote is bound to what it is presented with.
+#[derive(Debug, Clone, Serialize)]
+pub struct BindingClaims {
+    /// `ra_tls_spki` (certificate key), `report_data` (caller's expected value) or `none`.
+    pub kind: BindingKind,
+    pub ok: bool,
+    /// The report data the binding requires (hex), when there is one.
+    pub expected: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindingKind {
+    RaTlsSpki,
+    ReportData,
+    None,
+}
+
+/// The connection a sidecar or client is deciding about.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectionClaims {
+    pub user: String,
+    pub database: String,
+    pub sni: String,
+    pub client_addr: String,
+    pub alpn: String,
+}
+
+/// The part of the claims that depends only on the evidence (and the caller's expected
+/// report data): what the appraisal cache keeps.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppraisedEvidence {
+    pub evidence: EvidenceClaims,
+    pub tdx: Option<TdxClaims>,
+    pub app: Option<AppClaims>,
+    pub binding: BindingClaims,
+}
+
+impl AppraisedEvidence {
+    /// Build the evidence claims from decoded evidence and the backend's facts.
+    pub fn build(
+        evidence: &Evidence,
+        facts: Option<&QuoteFacts>,
+        backend: &str,
+        expected_report_data: Option<&[u8]>,
+    ) -> Self {
+        let quote = evidence.quote.as_ref();
+        let tdx = quote.zip(facts).map(|(q, f)| {
+            let td = q.td_report();
+            let h = |f: fn(&crate::evidence::TdReport) -> String| td.as_ref().map(f);
+            TdxClaims {
+                verified: f.verified,
+                error: f.error.as_ref().map(|e| e.message.clone()),
+                error_code: f.error.as_ref().map(|e| e.code.as_str().to_string()),
+                root: f.root.as_str().to_string(),
+                backend: backend.to_string(),
+                tee_type: q.tee_type(),
+                quote_version: q.version(),
+                tcb_status: f.tcb_status.clone(),
+                advisory_ids: f.advisory_ids.clone(),
+                mrtd: h(|t| hex::encode(t.mrtd)),
+                rtmr0: h(|t| hex::encode(t.rtmr[0])),
+                rtmr1: h(|t| hex::encode(t.rtmr[1])),
+                rtmr2: h(|t| hex::encode(t.rtmr[2])),
+                rtmr3: h(|t| hex::encode(t.rtmr[3])),
+                report_data: hex::encode(q.report_data()),
+                mr_config_id: h(|t| hex::encode(t.mr_config_id)),
+                mr_owner: h(|t| hex::encode(t.mr_owner)),
+                mr_owner_config: h(|t| hex::encode(t.mr_owner_config)),
+                mr_seam: h(|t| hex::encode(t.mr_seam)),
+                mr_signer_seam: h(|t| hex::encode(t.mr_signer_seam)),
+                xfam: h(|t| hex::encode(t.xfam)),
+                td_attributes: h(|t| hex::encode(t.td_attributes)),
+                tee_tcb_svn: h(|t| hex::encode(t.tee_tcb_svn)),
+                debug: td.as_ref().map(|t| t.debug()),
+                collateral: f.collateral,
+            }
+        });
+
+        let app = evidence.event_log.as_ref().map(|log| {
+            let quote_rtmr3 = quote.and_then(|q| q.td_report()).map(|t| t.rtmr[3]);
+            app_claims(log, quote_rtmr3)
+        });
+
+        let report_data_consistent = quote
+            .zip(evidence.claimed_report_data.as_ref())
+            .map(|(q, claimed)| pad64(claimed) == Some(q.report_data()));
+
+        let binding = binding_claims(evidence, expected_report_data);
+
+        let vm_config = evidence.vm_config.as_ref().map(|text| {
+            serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.clone()))
+        });
+
+        AppraisedEvidence {
+            evidence: EvidenceClaims {
+                kind: evidence.kind,
+                cert: evidence.certificate.clone(),
+                report_data_consistent,
+                vm_config,
+            },
+            tdx,
+            app,
+            binding,
+        }
+    }
+
+    /// The complete claims for one decision.
+    pub fn into_claims(
+        self,
+        purpose: &str,
+        now: u64,
+        connection: Option<ConnectionClaims>,
+    ) -> Claims {
+        Claims {
+            claims_version: CLAIMS_VERSION,
+            purpose: purpose.to_string(),
+            now,
+            evidence: self.evidence,
+            tdx: self.tdx,
+            app: self.app,
+            binding: self.binding,
+            connection,
+        }
+    }
+}
+
+fn app_claims(log: &crate::evidence::EventLog, quote_rtmr3: Option<[u8; 48]>) -> AppClaims {
+    let (events, replay_error) = match log.rtmr3_events() {
+        Ok(events) => (events, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let replay = replay_error.is_none().then(|| replay_rtmr3(&events));
+    let id = AppIdentity::from_events(&events);
+    let key_provider = id.key_provider.map(|kp| match kp {
+        Ok(KeyProvider { name, id }) => serde_json::json!({ "name": name, "id": id }),
+        Err(raw) => serde_json::Value::String(raw),
+    });
+    AppClaims {
+        app_id: id.app_id.map(hex::encode),
+        compose_hash: id.compose_hash.map(hex::encode),
+        instance_id: id.instance_id.map(hex::encode),
+        os_image_hash: id.os_image_hash.map(hex::encode),
+        key_provider,
+        rtmr3_replayed: replay.is_some() && replay == quote_rtmr3,
+        rtmr3_replay: replay.map(hex::encode),
+        replay_error,
+        events: events
+            .iter()
+            .map(|e| EventClaim {
+                event: e.event.clone(),
+                payload: hex::encode(&e.payload),
+            })
+            .collect(),
+    }
+}
+
+fn binding_claims(evidence: &Evidence, expected: Option<&[u8]>) -> BindingClaims {
+    let quote_rd = evidence.quote.as_ref().map(|q| q.report_data());
+    let (kind, want) = if let Some(cert) = &evidence.certificate {
+        (
+            BindingKind::RaTlsSpki,
+            Some(crate::eventlog::ra_tls_report_data(&cert.spki_der)),
+        )
+    } else if let Some(expected) = expected {
+        (BindingKind::ReportData, pad64(expected))
+    } else {
+        return BindingClaims {
+            kind: BindingKind::None,
+            ok: false,
+            expected: None,
+        };
+    };
+    BindingClaims {
+        kind,
+        ok: want.is_some() && quote_rd.is_some() && want == quote_rd,
+        expected: want.map(hex::encode),
+    }
+}
+
+/// dstack pads report data shorter than 64 bytes with zeros.
+fn pad64(data: &[u8]) -> Option<[u8; 64]> {
+    (data.len() <= 64).then(|| {
+        let mut out = [0u8; 64];
+        out[..data.len()].copy_from_slice(data);
+        out
+    })
+}

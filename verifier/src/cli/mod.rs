@@ -1,0 +1,77 @@
+//! Command-line interface.
+
+mod policy_cmd;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// TeeSQL verifier: appraises TDX quotes, dstack RA-TLS certificates and attestations,
+/// and decides with Rego policies.
+#[derive(Debug, Parser)]
+#[command(name = "teesql-verifier", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (e.g. `info`, `teesql_verifier=debug`); overrides RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+impl Cli {
+    pub fn log_level(&self) -> String {
+        self.log
+            .clone()
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .unwrap_or_else(|| "warn".into())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Appraise one piece of evidence and print the decision as JSON.
+    ///
+    /// Exit status: 0 allowed, 1 denied, 2 unusable input or configuration.
+    Verify(Box<verify::VerifyArgs>),
+    /// Work with policy profiles.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+}
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Verify(args) => verify::run(*args).await,
+        Command::Policy(cmd) => policy_cmd::run(cmd),
+    }
+}
+
+pub fn init_tracing(filter: String) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The policy profiles to load: the given ones, or the production profile in
+/// `./policies/teesql` when it exists.
+pub fn policy_dirs(given: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    let default = PathBuf::from("policies/teesql");
+    if default.is_dir() {
+        return Ok(vec![default]);
+    }
+    Err("no policy profile: pass --policy-dir (e.g. policies/teesql, or policies/dev for development)".into())
+}
+
+/// Print a one-line error and return exit status 2.
+pub fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("teesql-verifier: {msg}");
+    ExitCode::from(2)
+}

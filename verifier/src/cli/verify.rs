@@ -1,0 +1,182 @@
+//! `teesql-verifier verify`: one piece of evidence, one decision, as JSON.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args};
+use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
+use teesql_verifier::collateral::{CollateralConfig, CollateralProvider, INTEL_PCS_URL};
+use teesql_verifier::evidence::{self, Evidence, EvidenceError, MAX_EVIDENCE_LEN, decode_hex};
+use teesql_verifier::policy::{DEFAULT_EVAL_LIMIT, PolicySet};
+use teesql_verifier::{Appraiser, Clock, appraise_and_decide};
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("evidence").required(true).args(["quote", "cert", "attestation", "getquote"])))]
+pub struct VerifyArgs {
+    /// A raw DCAP quote, binary or hex (with or without 0x).
+    #[arg(long, value_name = "FILE")]
+    quote: Option<PathBuf>,
+    /// A dstack RA-TLS certificate or chain (PEM or DER, leaf first).
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// A dstack VersionedAttestation (binary, hex, or JSON {"attestation": hex}).
+    #[arg(long, value_name = "FILE")]
+    attestation: Option<PathBuf>,
+    /// A dstack guest agent GetQuote response (JSON).
+    #[arg(long, value_name = "FILE")]
+    getquote: Option<PathBuf>,
+
+    /// DCAP collateral JSON to use for this quote (skips every other source).
+    #[arg(long, value_name = "FILE")]
+    collateral: Option<PathBuf>,
+    /// Directory of collateral JSON files, used by TEE, FMSPC and PCK CA.
+    #[arg(long, value_name = "DIR")]
+    collateral_dir: Option<PathBuf>,
+    /// PCCS or Intel PCS to fetch missing collateral from.
+    #[arg(long, env = "PCCS_URL", value_name = "URL", default_value = INTEL_PCS_URL)]
+    pccs_url: String,
+    /// Never fetch collateral over the network.
+    #[arg(long)]
+    offline: bool,
+    /// Timeout for each collateral request, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    fetch_timeout: u64,
+
+    /// Appraise as of this unix time (recorded evidence only verifies inside its
+    /// collateral window). Default: now.
+    #[arg(long, value_name = "UNIX")]
+    now: Option<u64>,
+    /// Policy profile directory; repeat to merge profiles. Default: ./policies/teesql.
+    #[arg(long = "policy-dir", value_name = "DIR")]
+    policy_dirs: Vec<PathBuf>,
+    /// Which policy decides: quote, sidecar, client, …
+    #[arg(long, default_value = "quote")]
+    purpose: String,
+    /// Report data the quote must carry (hex, up to 64 bytes, zero-padded).
+    #[arg(long, value_name = "HEX")]
+    report_data: Option<String>,
+    /// Root CA certificate (DER or PEM) to verify quotes against, instead of Intel's.
+    /// The development root (from `teesql-verifier agent --out-dir`) is reported as
+    /// `tdx.root = "dev"` in the claims.
+    #[arg(long, value_name = "FILE")]
+    trust_root: Option<PathBuf>,
+}
+
+pub async fn run(args: VerifyArgs) -> ExitCode {
+    match prepare_and_verify(args).await {
+        Ok(decision) => {
+            match serde_json::to_string_pretty(&decision) {
+                Ok(json) => println!("{json}"),
+                Err(e) => return super::usage_error(format!("cannot print the decision: {e}")),
+            }
+            if decision.allow {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(msg) => super::usage_error(msg),
+    }
+}
+
+async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decision, String> {
+    let dirs = super::policy_dirs(args.policy_dirs)?;
+    let policies = PolicySet::load(&dirs, DEFAULT_EVAL_LIMIT).map_err(|e| e.to_string())?;
+
+    let evidence = read_evidence(
+        args.quote.as_deref(),
+        args.cert.as_deref(),
+        args.attestation.as_deref(),
+        args.getquote.as_deref(),
+    )?;
+    let expected = args
+        .report_data
+        .as_deref()
+        .map(|h| decode_hex("--report-data", h, 64))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+
+    let root = match &args.trust_root {
+        Some(path) => TrustRoot::from_file(path).map_err(|e| e.to_string())?,
+        None => TrustRoot::intel(),
+    };
+    let clock = args.now.map(Clock::Fixed).unwrap_or(Clock::System);
+    let collateral = CollateralProvider::new(&CollateralConfig {
+        file: args.collateral,
+        dir: args.collateral_dir,
+        pccs_url: (!args.offline).then_some(args.pccs_url),
+        fetch_timeout: Duration::from_secs(args.fetch_timeout.max(1)),
+        cache_capacity: 16,
+        clock,
+    })
+    .map_err(|e| e.to_string())?;
+    let appraiser = Appraiser::new(Arc::new(DcapBackend::new(root, Arc::new(collateral))));
+    appraise_and_decide(
+        &appraiser,
+        &policies,
+        &evidence,
+        &args.purpose,
+        clock.now(),
+        expected.as_deref(),
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+fn read_evidence(
+    quote: Option<&Path>,
+    cert: Option<&Path>,
+    attestation: Option<&Path>,
+    getquote: Option<&Path>,
+) -> Result<Evidence, String> {
+    let (path, decoded) = if let Some(p) = quote {
+        (
+            p,
+            read_bounded(p)
+                .and_then(|b| Ok(Evidence::from_quote(evidence::decode_quote_text(&b)?))),
+        )
+    } else if let Some(p) = cert {
+        (
+            p,
+            read_bounded(p).and_then(|b| {
+                let chain = evidence::decode_cert_chain(&b)?;
+                evidence::decode_certificate_der(&chain)
+            }),
+        )
+    } else if let Some(p) = attestation {
+        (
+            p,
+            read_bounded(p).and_then(|b| evidence::decode_attestation_text(&b)),
+        )
+    } else if let Some(p) = getquote {
+        (
+            p,
+            read_bounded(p).and_then(|b| evidence::decode_getquote_json(&b)),
+        )
+    } else {
+        return Err("give one of --quote, --cert, --attestation, --getquote".into());
+    };
+    decoded.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Read a file, refusing anything larger than the evidence bound before reading it all.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, EvidenceError> {
+    let io = |e: std::io::Error| EvidenceError::Invalid(format!("cannot read: {e}"));
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut buf = Vec::new();
+    file.take(MAX_EVIDENCE_LEN as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(io)?;
+    if buf.len() > MAX_EVIDENCE_LEN {
+        return Err(EvidenceError::TooLarge {
+            what: "evidence file",
+            len: buf.len(),
+            limit: MAX_EVIDENCE_LEN,
+        });
+    }
+    Ok(buf)
+}

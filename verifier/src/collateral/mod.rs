@@ -1,0 +1,432 @@
+//! DCAP collateral: where it comes from, how long it is good for, and its cache.
+//!
+//! Sources, in order: an explicit file (used for every quote), an offline directory
+//! (indexed by what each file is for), then a PCCS or Intel PCS over HTTP. Fetched
+//! collateral is cached per (TEE, FMSPC, PCK CA) until its own next update, and
+//! concurrent misses for one key share a single fetch.
+
+mod pccs;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dcap_qvl::QuoteCollateralV3;
+use serde::Deserialize;
+use x509_parser::prelude::{FromDer, Pem, X509Certificate};
+use x509_parser::revocation_list::CertificateRevocationList;
+
+pub use pccs::{INTEL_PCS_URL, PccsClient};
+
+use crate::backend::CollateralWindow;
+use crate::clock::Clock;
+use crate::evidence::{Quote, TeeType};
+
+/// Which collateral a quote needs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CollateralKey {
+    pub tee: TeeType,
+    /// FMSPC, upper-case hex (as PCS URLs use it).
+    pub fmspc: String,
+    pub ca: PckCa,
+}
+
+impl fmt::Display for CollateralKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tee = match self.tee {
+            TeeType::Tdx => "TDX",
+            TeeType::Sgx => "SGX",
+        };
+        write!(f, "{tee} FMSPC {} ({} CA)", self.fmspc, self.ca.as_str())
+    }
+}
+
+/// The Intel PCK CA that issued a platform's PCK certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PckCa {
+    Processor,
+    Platform,
+}
+
+impl PckCa {
+    /// The value of the `ca` query parameter of the PCS `pckcrl` endpoint.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Processor => "processor",
+            Self::Platform => "platform",
+        }
+    }
+
+    fn from_issuer(issuer: &str) -> Option<Self> {
+        if issuer.contains("Processor") {
+            Some(Self::Processor)
+        } else if issuer.contains("Platform") {
+            Some(Self::Platform)
+        } else {
+            None
+        }
+    }
+}
+
+/// A collateral set with its validity window.
+#[derive(Debug, Clone)]
+pub struct Collateral {
+    pub data: QuoteCollateralV3,
+    pub window: CollateralWindow,
+}
+
+/// Why collateral could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CollateralError {
+    #[error("cannot tell which collateral the quote needs: {0}")]
+    QuoteCertificates(String),
+    #[error(
+        "no collateral for {key} in the offline sources, and network fetching is off (--offline)"
+    )]
+    Offline { key: CollateralKey },
+    #[error("fetching collateral for {key} from {url} failed: {detail}")]
+    Fetch {
+        key: CollateralKey,
+        url: String,
+        detail: String,
+    },
+    #[error("collateral is malformed: {0}")]
+    Invalid(String),
+    #[error("cannot read collateral file {path}: {detail}")]
+    File { path: String, detail: String },
+}
+
+impl Collateral {
+    /// Wrap collateral, computing its validity window.
+    pub fn new(data: QuoteCollateralV3) -> Result<Self, CollateralError> {
+        let window = validity_window(&data)?;
+        Ok(Self { data, window })
+    }
+
+    /// Read a collateral JSON file (dcap-qvl's `QuoteCollateralV3` shape, bytes as hex).
+    pub fn from_file(path: &Path) -> Result<Self, CollateralError> {
+        let file_err = |detail: String| CollateralError::File {
+            path: path.display().to_string(),
+            detail,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| file_err(e.to_string()))?;
+        if meta.len() > MAX_COLLATERAL_FILE {
+            return Err(file_err(format!(
+                "{} bytes, more than the limit of {MAX_COLLATERAL_FILE}",
+                meta.len()
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+        let data: QuoteCollateralV3 = serde_json::from_slice(&bytes)
+            .map_err(|e| file_err(format!("not DCAP collateral JSON: {e}")))?;
+        Self::new(data).map_err(|e| file_err(e.to_string()))
+    }
+
+    /// Which quotes this collateral serves.
+    pub fn key(&self) -> Result<CollateralKey, CollateralError> {
+        #[derive(Deserialize)]
+        struct TcbInfoHead {
+            id: Option<String>,
+            fmspc: String,
+        }
+        let head: TcbInfoHead = serde_json::from_str(&self.data.tcb_info)
+            .map_err(|e| CollateralError::Invalid(format!("TCB Info: {e}")))?;
+        let tee = match head.id.as_deref() {
+            Some("TDX") => TeeType::Tdx,
+            _ => TeeType::Sgx,
+        };
+        let issuer = first_cert_subject(&self.data.pck_crl_issuer_chain)?;
+        let ca = PckCa::from_issuer(&issuer).ok_or_else(|| {
+            CollateralError::Invalid(format!(
+                "PCK CRL issuer {issuer:?} is neither a Processor nor a Platform CA"
+            ))
+        })?;
+        Ok(CollateralKey {
+            tee,
+            fmspc: head.fmspc.to_ascii_uppercase(),
+            ca,
+        })
+    }
+}
+
+/// Collateral files are small (about 20 KiB); anything much larger is not collateral.
+const MAX_COLLATERAL_FILE: u64 = 4 * 1024 * 1024;
+
+/// The collateral key of a quote, from the PCK certificate it embeds.
+pub fn key_for_quote(quote: &Quote) -> Result<CollateralKey, CollateralError> {
+    let chain = quote
+        .parsed()
+        .raw_cert_chain()
+        .map_err(|e| CollateralError::QuoteCertificates(format!("{e:#}")))?;
+    let leaf = Pem::iter_from_buffer(chain)
+        .next()
+        .ok_or_else(|| CollateralError::QuoteCertificates("no PCK certificate".into()))?
+        .map_err(|e| CollateralError::QuoteCertificates(format!("PCK certificate PEM: {e}")))?;
+    let ext =
+        dcap_qvl::intel::parse_pck_extension_with::<dcap_qvl::configs::RingConfig>(&leaf.contents)
+            .map_err(|e| CollateralError::QuoteCertificates(format!("PCK certificate: {e:#}")))?;
+    let (_, cert) = X509Certificate::from_der(&leaf.contents)
+        .map_err(|e| CollateralError::QuoteCertificates(format!("PCK certificate: {e}")))?;
+    let issuer = cert.issuer().to_string();
+    let ca = PckCa::from_issuer(&issuer).ok_or_else(|| {
+        CollateralError::QuoteCertificates(format!(
+            "PCK certificate issuer {issuer:?} is neither a Processor nor a Platform CA"
+        ))
+    })?;
+    Ok(CollateralKey {
+        tee: quote.tee_type(),
+        fmspc: hex::encode_upper(ext.fmspc),
+        ca,
+    })
+}
+
+fn first_cert_subject(pem_chain: &str) -> Result<String, CollateralError> {
+    let pem = Pem::iter_from_buffer(pem_chain.as_bytes())
+        .next()
+        .ok_or_else(|| CollateralError::Invalid("empty issuer chain".into()))?
+        .map_err(|e| CollateralError::Invalid(format!("issuer chain PEM: {e}")))?;
+    let (_, cert) = X509Certificate::from_der(&pem.contents)
+        .map_err(|e| CollateralError::Invalid(format!("issuer chain certificate: {e}")))?;
+    Ok(cert.subject().to_string())
+}
+
+/// From the latest issue date to the earliest next update of TCB Info, QE Identity and
+/// both CRLs.
+fn validity_window(c: &QuoteCollateralV3) -> Result<CollateralWindow, CollateralError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Dated {
+        issue_date: String,
+        next_update: String,
+    }
+    let mut window = CollateralWindow {
+        not_before: 0,
+        not_after: u64::MAX,
+    };
+    let mut add = |from: u64, to: u64| {
+        window.not_before = window.not_before.max(from);
+        window.not_after = window.not_after.min(to);
+    };
+    for (what, json) in [("TCB Info", &c.tcb_info), ("QE Identity", &c.qe_identity)] {
+        let d: Dated = serde_json::from_str(json)
+            .map_err(|e| CollateralError::Invalid(format!("{what}: {e}")))?;
+        add(
+            rfc3339(what, &d.issue_date)?,
+            rfc3339(what, &d.next_update)?,
+        );
+    }
+    for (what, der) in [("root CA CRL", &c.root_ca_crl), ("PCK CRL", &c.pck_crl)] {
+        let (_, crl) = CertificateRevocationList::from_der(der)
+            .map_err(|e| CollateralError::Invalid(format!("{what}: {e}")))?;
+        let next = crl
+            .next_update()
+            .ok_or_else(|| CollateralError::Invalid(format!("{what} has no nextUpdate")))?;
+        add(
+            crl.last_update().timestamp().max(0) as u64,
+            next.timestamp().max(0) as u64,
+        );
+    }
+    Ok(window)
+}
+
+fn rfc3339(what: &str, s: &str) -> Result<u64, CollateralError> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
+        .ok_or_else(|| CollateralError::Invalid(format!("{what}: bad date {s:?}")))
+}
+
+/// Counters the service exports as metrics.
+#[derive(Debug, Default)]
+pub struct CollateralStats {
+    pub fetches: AtomicU64,
+    pub fetch_failures: AtomicU64,
+    pub cache_hits: AtomicU64,
+}
+
+/// Where collateral comes from, with the cache in front of the network.
+#[derive(Debug)]
+pub struct CollateralProvider {
+    explicit: Option<Arc<Collateral>>,
+    offline: HashMap<CollateralKey, Arc<Collateral>>,
+    pccs: Option<PccsClient>,
+    cache: moka::future::Cache<CollateralKey, Arc<Collateral>>,
+    pub stats: CollateralStats,
+}
+
+/// How to build a [`CollateralProvider`].
+#[derive(Debug, Clone)]
+pub struct CollateralConfig {
+    /// One collateral file used for every quote.
+    pub file: Option<std::path::PathBuf>,
+    /// A directory of collateral files, indexed by TEE, FMSPC and CA.
+    pub dir: Option<std::path::PathBuf>,
+    /// PCCS or Intel PCS base URL; `None` = offline.
+    pub pccs_url: Option<String>,
+    /// Timeout for each HTTP request.
+    pub fetch_timeout: Duration,
+    /// Most collateral sets kept in the cache.
+    pub cache_capacity: u64,
+    pub clock: Clock,
+}
+
+impl Default for CollateralConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            dir: None,
+            pccs_url: Some(INTEL_PCS_URL.to_string()),
+            fetch_timeout: Duration::from_secs(10),
+            cache_capacity: 1024,
+            clock: Clock::System,
+        }
+    }
+}
+
+impl CollateralProvider {
+    pub fn new(config: &CollateralConfig) -> Result<Self, CollateralError> {
+        let explicit = config
+            .file
+            .as_deref()
+            .map(Collateral::from_file)
+            .transpose()?
+            .map(Arc::new);
+        let mut offline = HashMap::new();
+        if let Some(dir) = &config.dir {
+            let entries = std::fs::read_dir(dir).map_err(|e| CollateralError::File {
+                path: dir.display().to_string(),
+                detail: e.to_string(),
+            })?;
+            let mut paths: Vec<_> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                let c = Collateral::from_file(&path)?;
+                let key = c.key().map_err(|e| CollateralError::File {
+                    path: path.display().to_string(),
+                    detail: e.to_string(),
+                })?;
+                tracing::debug!(path = %path.display(), %key, "loaded offline collateral");
+                offline.insert(key, Arc::new(c));
+            }
+        }
+        let pccs = config
+            .pccs_url
+            .as_deref()
+            .map(|url| PccsClient::new(url, config.fetch_timeout))
+            .transpose()?;
+        let clock = config.clock;
+        let cache = moka::future::Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .expire_after(UntilNextUpdate { clock })
+            .build();
+        Ok(Self {
+            explicit,
+            offline,
+            pccs,
+            cache,
+            stats: CollateralStats::default(),
+        })
+    }
+
+    /// Collateral for `quote`, from the first source that has it.
+    pub async fn collateral_for(&self, quote: &Quote) -> Result<Arc<Collateral>, CollateralError> {
+        if let Some(c) = &self.explicit {
+            return Ok(c.clone());
+        }
+        let key = key_for_quote(quote)?;
+        if let Some(c) = self.offline.get(&key) {
+            return Ok(c.clone());
+        }
+        let Some(pccs) = &self.pccs else {
+            return Err(CollateralError::Offline { key });
+        };
+        if let Some(c) = self.cache.get(&key).await {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(c);
+        }
+        self.cache
+            .try_get_with(key.clone(), async {
+                self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+                let fetched = pccs.fetch(&key).await.and_then(Collateral::new);
+                if fetched.is_err() {
+                    self.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                fetched.map(Arc::new)
+            })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// Drop every cached collateral set (offline and explicit sources stay).
+    pub fn clear_cache(&self) {
+        self.cache.invalidate_all();
+    }
+}
+
+/// moka expiry: each entry lives until its collateral's earliest next update.
+struct UntilNextUpdate {
+    clock: Clock,
+}
+
+impl moka::Expiry<CollateralKey, Arc<Collateral>> for UntilNextUpdate {
+    fn expire_after_create(
+        &self,
+        _key: &CollateralKey,
+        value: &Arc<Collateral>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(
+            value.window.not_after.saturating_sub(self.clock.now()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn testdata(p: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata")
+            .join(p)
+    }
+
+    #[test]
+    fn window_of_recorded_collateral_matches_provenance() {
+        // testdata/README.md: tdx_quote window 1750329147 – 1752919235.
+        let c = Collateral::from_file(&testdata("dcap/tdx_quote_collateral.json")).unwrap();
+        assert_eq!(
+            c.window,
+            CollateralWindow {
+                not_before: 1_750_329_147,
+                not_after: 1_752_919_235
+            }
+        );
+        let key = c.key().unwrap();
+        assert_eq!(key.tee, TeeType::Tdx);
+    }
+
+    #[test]
+    fn quote_key_matches_its_collateral_key() {
+        let quote =
+            crate::evidence::decode_quote_text(&std::fs::read(testdata("dcap/tdx_quote")).unwrap())
+                .unwrap();
+        let c = Collateral::from_file(&testdata("dcap/tdx_quote_collateral.json")).unwrap();
+        assert_eq!(key_for_quote(&quote).unwrap(), c.key().unwrap());
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(rfc3339("t", "1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(rfc3339("t", "2025-06-19T10:16:03Z").unwrap(), 1_750_328_163);
+        assert!(rfc3339("t", "2025-13-19T10:16:03Z").is_err());
+        assert!(rfc3339("t", "yesterday").is_err());
+    }
+}

@@ -1,0 +1,220 @@
+//! dstack RA-TLS certificates: every form dstack has emitted.
+//!
+//! Custom extensions live under Phala's PEN `1.3.6.1.4.1.62397.1.`; each value is a DER
+//! OCTET STRING inside `extnValue`. `.1` + `.2` is the legacy form (raw quote + JSON
+//! event log), `.8` the versioned attestation of dstack v0.5.9 and later.
+
+use serde::Serialize;
+use x509_parser::der_parser::der::parse_der_octetstring;
+use x509_parser::prelude::{FromDer, Pem, X509Certificate};
+
+use super::attestation::{AttestationFormat, decode_attestation};
+use super::{
+    EventLog, Evidence, EvidenceError, EvidenceKind, MAX_CHAIN_LEN, MAX_EVIDENCE_LEN, check_len,
+    decode_quote_bytes,
+};
+use crate::eventlog::TdxEvent;
+
+/// The dstack certificate extension OIDs.
+pub mod oid {
+    /// Raw DCAP quote (legacy, dstack ≤ v0.5.8).
+    pub const TDX_QUOTE: &str = "1.3.6.1.4.1.62397.1.1";
+    /// JSON event log (legacy, with `.1`).
+    pub const EVENT_LOG: &str = "1.3.6.1.4.1.62397.1.2";
+    /// App id, 20 raw bytes.
+    pub const APP_ID: &str = "1.3.6.1.4.1.62397.1.3";
+    /// Certificate usage string (`app:custom`, `app:ca`, `kms:rpc`).
+    pub const CERT_USAGE: &str = "1.3.6.1.4.1.62397.1.4";
+    /// Versioned attestation (dstack ≥ v0.5.9).
+    pub const ATTESTATION: &str = "1.3.6.1.4.1.62397.1.8";
+    /// App info, msgpack (issuer claim, not attested).
+    pub const APP_INFO: &str = "1.3.6.1.4.1.62397.1.9";
+}
+
+/// What a certificate says about itself (not attested unless noted).
+#[derive(Debug, Clone, Serialize)]
+pub struct CertInfo {
+    pub subject: String,
+    pub issuer: String,
+    /// Validity, unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// Which attestation form the certificate carries.
+    pub attestation_format: AttestationFormat,
+    /// `.3`: app id (hex).
+    pub app_id: Option<String>,
+    /// `.4`: usage string.
+    pub usage: Option<String>,
+    /// `.9`: app info, decoded from msgpack (bytes as hex). An issuer claim, not attested.
+    pub app_info: Option<serde_json::Value>,
+    /// Number of certificates presented with this one (leaf included).
+    pub chain_len: usize,
+    /// SubjectPublicKeyInfo DER of the leaf: what the quote's report data must bind.
+    #[serde(skip)]
+    pub spki_der: Vec<u8>,
+}
+
+/// Split a PEM or DER input into DER certificates, leaf first.
+pub fn decode_cert_chain(input: &[u8]) -> Result<Vec<Vec<u8>>, EvidenceError> {
+    check_len("certificate input", input.len(), MAX_EVIDENCE_LEN)?;
+    let trimmed = input.trim_ascii_start();
+    let ders: Vec<Vec<u8>> = if trimmed.starts_with(b"-----BEGIN") {
+        let mut out = Vec::new();
+        for pem in Pem::iter_from_buffer(input) {
+            let pem = pem.map_err(|e| EvidenceError::invalid(format!("invalid PEM: {e}")))?;
+            if pem.label != "CERTIFICATE" {
+                continue;
+            }
+            out.push(pem.contents);
+            if out.len() > MAX_CHAIN_LEN {
+                break;
+            }
+        }
+        out
+    } else {
+        split_der_sequence(input)?
+    };
+    if ders.is_empty() {
+        return Err(EvidenceError::invalid("no certificate found in the input"));
+    }
+    if ders.len() > MAX_CHAIN_LEN {
+        return Err(EvidenceError::TooLarge {
+            what: "certificate chain (certificates)",
+            len: ders.len(),
+            limit: MAX_CHAIN_LEN,
+        });
+    }
+    Ok(ders)
+}
+
+/// Concatenated DER certificates.
+fn split_der_sequence(mut input: &[u8]) -> Result<Vec<Vec<u8>>, EvidenceError> {
+    let mut out = Vec::new();
+    while !input.is_empty() && out.len() <= MAX_CHAIN_LEN {
+        let (rest, _) = X509Certificate::from_der(input).map_err(|e| {
+            EvidenceError::invalid(format!(
+                "not a PEM or DER certificate (certificate {}): {e}",
+                out.len() + 1
+            ))
+        })?;
+        let used = input.len() - rest.len();
+        out.push(input[..used].to_vec());
+        input = rest;
+    }
+    Ok(out)
+}
+
+/// Decode a presented chain (DER, leaf first) into evidence. The leaf carries the
+/// attestation; the rest of the chain is not trusted for anything.
+pub fn decode_certificate_der(chain: &[Vec<u8>]) -> Result<Evidence, EvidenceError> {
+    let Some(leaf) = chain.first() else {
+        return Ok(Evidence::none());
+    };
+    check_len("certificate", leaf.len(), MAX_EVIDENCE_LEN)?;
+    if chain.len() > MAX_CHAIN_LEN {
+        return Err(EvidenceError::TooLarge {
+            what: "certificate chain (certificates)",
+            len: chain.len(),
+            limit: MAX_CHAIN_LEN,
+        });
+    }
+    let (_, cert) = X509Certificate::from_der(leaf)
+        .map_err(|e| EvidenceError::invalid(format!("malformed X.509 certificate: {e}")))?;
+
+    let mut legacy_quote = None;
+    let mut legacy_log = None;
+    let mut versioned = None;
+    let mut app_id = None;
+    let mut usage = None;
+    let mut app_info = None;
+    for ext in cert.extensions() {
+        let id = ext.oid.to_id_string();
+        let target = match id.as_str() {
+            oid::TDX_QUOTE => &mut legacy_quote,
+            oid::EVENT_LOG => &mut legacy_log,
+            oid::ATTESTATION => &mut versioned,
+            oid::APP_ID => &mut app_id,
+            oid::CERT_USAGE => &mut usage,
+            oid::APP_INFO => &mut app_info,
+            _ => continue,
+        };
+        if target.is_some() {
+            return Err(EvidenceError::invalid(format!(
+                "certificate has extension {id} twice"
+            )));
+        }
+        *target = Some(octet_string(&id, ext.value)?);
+    }
+
+    // The versioned form is the current one; a certificate carrying both forms is
+    // judged by the versioned attestation, as dstack's own reader does.
+    let (mut evidence, format) = if let Some(blob) = versioned {
+        let att = decode_attestation(&blob)?;
+        let format = att.format;
+        (att.into_evidence(EvidenceKind::RaTlsCert)?, format)
+    } else if let Some(quote) = legacy_quote {
+        let mut ev = Evidence::from_quote(decode_quote_bytes(&quote)?);
+        ev.kind = EvidenceKind::RaTlsCert;
+        ev.event_log = legacy_log
+            .map(|log| {
+                serde_json::from_slice::<Vec<TdxEvent>>(&log)
+                    .map(|tdx_events| EventLog {
+                        tdx_events,
+                        runtime_events: Vec::new(),
+                    })
+                    .map_err(|e| {
+                        EvidenceError::invalid(format!(
+                            "event log extension {} is not a dstack event log: {e}",
+                            oid::EVENT_LOG
+                        ))
+                    })
+            })
+            .transpose()?;
+        (ev, AttestationFormat::LegacyQuote)
+    } else {
+        let mut ev = Evidence::none();
+        ev.kind = EvidenceKind::RaTlsCert;
+        (ev, AttestationFormat::None)
+    };
+
+    evidence.certificate = Some(CertInfo {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        attestation_format: format,
+        app_id: app_id.map(hex::encode),
+        usage: usage.map(|u| String::from_utf8_lossy(&u).into_owned()),
+        app_info: app_info.map(|b| decode_app_info(&b)).transpose()?,
+        chain_len: chain.len(),
+        spki_der: cert.public_key().raw.to_vec(),
+    });
+    Ok(evidence)
+}
+
+/// The contents of the DER OCTET STRING dstack wraps every extension value in.
+fn octet_string(oid: &str, value: &[u8]) -> Result<Vec<u8>, EvidenceError> {
+    match parse_der_octetstring(value) {
+        Ok(([], obj)) => obj
+            .as_slice()
+            .map(<[u8]>::to_vec)
+            .map_err(|e| EvidenceError::invalid(format!("extension {oid}: {e}"))),
+        Ok(_) => Err(EvidenceError::invalid(format!(
+            "extension {oid} has bytes after its OCTET STRING"
+        ))),
+        Err(e) => Err(EvidenceError::invalid(format!(
+            "extension {oid} is not a DER OCTET STRING: {e}"
+        ))),
+    }
+}
+
+/// `.9` app info: msgpack, turned into JSON with byte strings as hex.
+fn decode_app_info(bytes: &[u8]) -> Result<serde_json::Value, EvidenceError> {
+    let value = rmpv::decode::read_value_ref(&mut &bytes[..]).map_err(|e| {
+        EvidenceError::invalid(format!(
+            "app info extension {} is not msgpack: {e}",
+            oid::APP_INFO
+        ))
+    })?;
+    Ok(super::attestation::msgpack_to_json(&value))
+}

@@ -1,0 +1,201 @@
+//! Raw DCAP quotes: bytes in, a typed header and report out.
+
+use std::sync::Arc;
+
+use dcap_qvl::quote::{Quote as DcapQuote, Report};
+
+use super::{EvidenceError, MAX_QUOTE_LEN, check_len, decode_hex};
+
+/// A decoded DCAP quote. Holds the exact bytes (the backend verifies those) and the
+/// fields decoded from them. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Quote {
+    raw: Arc<[u8]>,
+    parsed: Arc<DcapQuote>,
+}
+
+/// The TEE a quote comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeeType {
+    Tdx,
+    Sgx,
+}
+
+/// The measurement fields of a TD report that policies look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TdReport {
+    pub tee_tcb_svn: [u8; 16],
+    pub mr_seam: [u8; 48],
+    pub mr_signer_seam: [u8; 48],
+    pub seam_attributes: [u8; 8],
+    pub td_attributes: [u8; 8],
+    pub xfam: [u8; 8],
+    pub mrtd: [u8; 48],
+    pub mr_config_id: [u8; 48],
+    pub mr_owner: [u8; 48],
+    pub mr_owner_config: [u8; 48],
+    pub rtmr: [[u8; 48]; 4],
+    pub report_data: [u8; 64],
+}
+
+impl TdReport {
+    /// The TUD.DEBUG bit of TDATTRIBUTES: the TD's memory and state are open to the host.
+    pub fn debug(&self) -> bool {
+        self.td_attributes[0] & 0x01 != 0
+    }
+}
+
+impl Quote {
+    /// The exact bytes of the quote.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Quote format version (3 for SGX, 4 or 5 for TDX).
+    pub fn version(&self) -> u16 {
+        self.parsed.header.version
+    }
+
+    pub fn tee_type(&self) -> TeeType {
+        if self.parsed.report.is_sgx() {
+            TeeType::Sgx
+        } else {
+            TeeType::Tdx
+        }
+    }
+
+    /// The TD report, for TDX quotes.
+    pub fn td_report(&self) -> Option<TdReport> {
+        let r = self.parsed.report.as_td10()?;
+        Some(TdReport {
+            tee_tcb_svn: r.tee_tcb_svn,
+            mr_seam: r.mr_seam,
+            mr_signer_seam: r.mr_signer_seam,
+            seam_attributes: r.seam_attributes,
+            td_attributes: r.td_attributes,
+            xfam: r.xfam,
+            mrtd: r.mr_td,
+            mr_config_id: r.mr_config_id,
+            mr_owner: r.mr_owner,
+            mr_owner_config: r.mr_owner_config,
+            rtmr: [r.rt_mr0, r.rt_mr1, r.rt_mr2, r.rt_mr3],
+            report_data: r.report_data,
+        })
+    }
+
+    /// The 64 bytes of report data, for either TEE.
+    pub fn report_data(&self) -> [u8; 64] {
+        match &self.parsed.report {
+            Report::SgxEnclave(r) => r.report_data,
+            other => other.as_td10().map(|r| r.report_data).unwrap_or([0; 64]),
+        }
+    }
+
+    /// The decoded quote, for backends.
+    pub fn parsed(&self) -> &DcapQuote {
+        &self.parsed
+    }
+}
+
+/// Decode a binary quote.
+pub fn decode_quote_bytes(bytes: &[u8]) -> Result<Quote, EvidenceError> {
+    check_len("quote", bytes.len(), MAX_QUOTE_LEN)?;
+    if bytes.len() < 48 {
+        return Err(EvidenceError::Truncated {
+            what: "quote header",
+            offset: bytes.len(),
+            needed: 48 - bytes.len(),
+        });
+    }
+    let parsed = DcapQuote::parse(bytes)
+        .map_err(|e| EvidenceError::invalid(format!("malformed DCAP quote: {e:#}")))?;
+    Ok(Quote {
+        raw: Arc::from(bytes),
+        parsed: Arc::new(parsed),
+    })
+}
+
+/// Decode a quote given as a file's contents: binary, or hex text (with or without `0x`).
+pub fn decode_quote_text(input: &[u8]) -> Result<Quote, EvidenceError> {
+    match looks_like_hex(input) {
+        Some(text) => decode_quote_bytes(&decode_hex("quote", text, MAX_QUOTE_LEN)?),
+        None => decode_quote_bytes(input),
+    }
+}
+
+/// Hex text if the input is plausibly hex (after trimming and an optional `0x`).
+/// A binary quote always starts with a version below 0x30 in its first byte pair,
+/// so binary input never passes this test.
+fn looks_like_hex(input: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(input).ok()?;
+    let t = text.trim();
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    (!t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace()))
+    .then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testdata/dcap/tdx_quote"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn binary_and_hex_decode_to_the_same_quote() {
+        let bin = sample();
+        let a = decode_quote_text(&bin).unwrap();
+        let hex_text = format!("0x{}\n", hex::encode(&bin));
+        let b = decode_quote_text(hex_text.as_bytes()).unwrap();
+        assert_eq!(a.raw(), b.raw());
+        assert_eq!(a.tee_type(), TeeType::Tdx);
+        assert_eq!(a.version(), 4);
+        let td = a.td_report().unwrap();
+        assert!(hex::encode(td.mrtd).starts_with("91eb2b44"));
+        assert_eq!(td.rtmr[3], [0u8; 48]);
+        assert!(!td.debug());
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let bin = sample();
+        // Header (48) + TD report (584) + auth data length (4) + auth data; recorded
+        // quotes carry zero padding after that, which decoders ignore.
+        let auth_len = u32::from_le_bytes(bin[632..636].try_into().unwrap()) as usize;
+        let structural = 636 + auth_len;
+        assert!(structural <= bin.len());
+        for len in 0..structural {
+            assert!(decode_quote_bytes(&bin[..len]).is_err(), "len {len}");
+        }
+        assert!(decode_quote_bytes(&bin[..structural]).is_ok());
+    }
+
+    #[test]
+    fn bad_hex_is_reported() {
+        let err = decode_quote_text(b"0x04zz").unwrap_err();
+        // Not hex-looking, so it is treated as (too short) binary.
+        assert!(matches!(err, EvidenceError::Truncated { .. }), "{err}");
+        let err = decode_quote_text(b"040").unwrap_err();
+        assert!(matches!(err, EvidenceError::Hex { .. }), "{err}");
+    }
+
+    #[test]
+    fn oversize_is_refused() {
+        let big = vec![0u8; MAX_QUOTE_LEN + 1];
+        assert!(matches!(
+            decode_quote_bytes(&big),
+            Err(EvidenceError::TooLarge { .. })
+        ));
+    }
+}

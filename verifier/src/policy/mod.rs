@@ -1,0 +1,289 @@
+//! Rego policies (regorus): load a profile, compile once, evaluate with a time limit.
+//!
+//! A profile is a directory of `*.rego` files and an optional `data.json`, merged at the
+//! data root. A profile may extend others with a `profile.toml` (`extends = ["../teesql"]`):
+//! the bases load first, and the profile's own data is merged over theirs. Each purpose has
+//! a package `teesql.<purpose>` with `allow` (bool) and `deny` (set of `{code, message}`);
+//! a decision allows only when `allow` is true and `deny` is empty.
+
+mod load;
+pub mod testing;
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regorus::utils::limits::ExecutionTimerConfig;
+use serde::Serialize;
+
+pub use load::PolicyFile;
+
+/// Purposes the shipped policies define.
+pub const PURPOSES: &[&str] = &["quote", "sidecar", "client", "manifest", "report"];
+
+/// Default time limit for one evaluation.
+pub const DEFAULT_EVAL_LIMIT: Duration = Duration::from_millis(250);
+
+/// Why a policy set could not be loaded or evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy directory {path}: {detail}")]
+    Load { path: String, detail: String },
+    #[error("policy {path} does not compile: {detail}")]
+    Compile { path: String, detail: String },
+    #[error("data file {path}: {detail}")]
+    Data { path: String, detail: String },
+    #[error(
+        "no policy for purpose {purpose:?}: package teesql.{purpose} is not loaded (loaded: {loaded})"
+    )]
+    UnknownPurpose { purpose: String, loaded: String },
+    #[error("purpose {0:?} is not a valid name (lowercase letters, digits and _ only)")]
+    BadPurpose(String),
+    #[error("evaluating teesql.{purpose}: {detail}")]
+    Eval { purpose: String, detail: String },
+    #[error("teesql.{purpose}.{rule} must be {expected}, got {got}")]
+    Shape {
+        purpose: String,
+        rule: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+}
+
+/// One reason a decision denies.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub struct Reason {
+    pub code: String,
+    pub message: String,
+}
+
+/// What a policy said about one input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub allow: bool,
+    pub reasons: Vec<Reason>,
+    /// `teesql.<purpose>`.
+    pub policy_id: String,
+    /// Hash of every file of the loaded set.
+    pub policy_hash: String,
+}
+
+/// A loaded, compiled policy set. Cheap to share; evaluation clones a prepared engine.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    engine: regorus::Engine,
+    packages: Vec<String>,
+    files: Vec<PolicyFile>,
+    hash: String,
+    dirs: Vec<PathBuf>,
+}
+
+impl PolicySet {
+    /// Load and compile the profiles in `dirs` (later ones merge over earlier ones).
+    pub fn load(dirs: &[PathBuf], eval_limit: Duration) -> Result<Self, PolicyError> {
+        let loaded = load::load_profiles(dirs)?;
+        let mut engine = regorus::Engine::new();
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: eval_limit,
+            check_interval: NonZeroU32::MIN.saturating_add(63),
+        });
+        for file in loaded.files.iter().filter(|f| f.is_rego()) {
+            engine
+                .add_policy(file.display_path.clone(), file.contents.clone())
+                .map_err(|e| PolicyError::Compile {
+                    path: file.display_path.clone(),
+                    detail: format!("{e:#}"),
+                })?;
+        }
+        engine
+            .add_data(regorus::Value::from(loaded.data))
+            .map_err(|e| PolicyError::Data {
+                path: "data.json".into(),
+                detail: format!("{e:#}"),
+            })?;
+        let mut packages: Vec<String> = engine
+            .get_packages()
+            .map_err(|e| PolicyError::Compile {
+                path: "(all)".into(),
+                detail: format!("{e:#}"),
+            })?
+            .into_iter()
+            .map(|p| p.trim_start_matches("data.").to_string())
+            .collect();
+        packages.sort();
+        packages.dedup();
+
+        // Analyse and schedule once, here, so every clone starts prepared and a set that
+        // cannot be evaluated is rejected at load time rather than on the first request.
+        engine.set_input(regorus::Value::new_object());
+        for pkg in packages.iter().filter(|p| is_purpose_package(p)) {
+            engine
+                .eval_rule(format!("data.{pkg}.allow"))
+                .map_err(|e| PolicyError::Compile {
+                    path: pkg.clone(),
+                    detail: format!("{e:#}"),
+                })?;
+        }
+        Ok(Self {
+            engine,
+            packages,
+            hash: loaded.hash,
+            files: loaded.files,
+            dirs: dirs.to_vec(),
+        })
+    }
+
+    /// `sha256:<hex>` over the path and contents of every file in the set.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The files of the set, in load order.
+    pub fn files(&self) -> &[PolicyFile] {
+        &self.files
+    }
+
+    /// The directories this set was loaded from.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Purposes this set can decide (packages `teesql.<purpose>` with rules).
+    pub fn purposes(&self) -> Vec<String> {
+        self.packages
+            .iter()
+            .filter(|p| is_purpose_package(p))
+            .map(|p| p.trim_start_matches("teesql.").to_string())
+            .collect()
+    }
+
+    /// Evaluate `input` (the claims) for `purpose`.
+    pub fn evaluate(
+        &self,
+        purpose: &str,
+        input: &serde_json::Value,
+    ) -> Result<Verdict, PolicyError> {
+        self.evaluate_value(purpose, regorus::Value::from(input.clone()))
+    }
+
+    /// Evaluate an input already converted for regorus.
+    pub fn evaluate_value(
+        &self,
+        purpose: &str,
+        input: regorus::Value,
+    ) -> Result<Verdict, PolicyError> {
+        check_purpose(purpose)?;
+        let pkg = format!("teesql.{purpose}");
+        if !self.packages.contains(&pkg) {
+            return Err(PolicyError::UnknownPurpose {
+                purpose: purpose.to_string(),
+                loaded: self.purposes().join(", "),
+            });
+        }
+        let mut engine = self.engine.clone();
+        engine.set_input(input);
+        let eval = |engine: &mut regorus::Engine, rule: &str| {
+            engine
+                .eval_rule(format!("data.{pkg}.{rule}"))
+                .map_err(|e| PolicyError::Eval {
+                    purpose: purpose.to_string(),
+                    detail: format!("{e:#}"),
+                })
+        };
+        let allow = match eval(&mut engine, "allow")? {
+            regorus::Value::Bool(b) => b,
+            regorus::Value::Undefined => false,
+            other => {
+                return Err(PolicyError::Shape {
+                    purpose: purpose.to_string(),
+                    rule: "allow",
+                    expected: "a boolean",
+                    got: shown(&other),
+                });
+            }
+        };
+        let mut reasons = match eval(&mut engine, "deny")? {
+            regorus::Value::Undefined => Vec::new(),
+            value @ (regorus::Value::Set(_) | regorus::Value::Array(_)) => {
+                let json = serde_json::to_value(&value).map_err(|e| PolicyError::Eval {
+                    purpose: purpose.to_string(),
+                    detail: e.to_string(),
+                })?;
+                serde_json::from_value::<Vec<Reason>>(json).map_err(|_| PolicyError::Shape {
+                    purpose: purpose.to_string(),
+                    rule: "deny",
+                    expected: "a set of {code, message} objects",
+                    got: shown(&value),
+                })?
+            }
+            other => {
+                return Err(PolicyError::Shape {
+                    purpose: purpose.to_string(),
+                    rule: "deny",
+                    expected: "a set of {code, message} objects",
+                    got: shown(&other),
+                });
+            }
+        };
+        reasons.sort();
+        reasons.dedup();
+        let allowed = allow && reasons.is_empty();
+        if !allowed && reasons.is_empty() {
+            reasons.push(Reason {
+                code: "not_allowed".into(),
+                message: format!("{pkg}.allow is not true and the policy gave no reason"),
+            });
+        }
+        Ok(Verdict {
+            allow: allowed,
+            reasons,
+            policy_id: pkg,
+            policy_hash: self.hash.clone(),
+        })
+    }
+}
+
+/// A package that decides a purpose: `teesql.<name>`, not a library or a test package.
+fn is_purpose_package(pkg: &str) -> bool {
+    pkg.strip_prefix("teesql.").is_some_and(|rest| {
+        !rest.contains('.')
+            && !rest.ends_with("_test")
+            && rest != "lib"
+            && check_purpose(rest).is_ok()
+    })
+}
+
+fn check_purpose(purpose: &str) -> Result<(), PolicyError> {
+    let ok = !purpose.is_empty()
+        && purpose.len() <= 64
+        && purpose
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(PolicyError::BadPurpose(purpose.to_string()))
+    }
+}
+
+fn shown(v: &regorus::Value) -> String {
+    let s = serde_json::to_string(v).unwrap_or_else(|_| "?".into());
+    if s.len() > 200 {
+        format!("{}…", &s[..s.floor_char_boundary(200)])
+    } else {
+        s
+    }
+}
+
+/// The profile directories given on the command line, checked to exist.
+pub fn check_dirs(dirs: &[PathBuf]) -> Result<(), PolicyError> {
+    for d in dirs {
+        if !Path::new(d).is_dir() {
+            return Err(PolicyError::Load {
+                path: d.display().to_string(),
+                detail: "not a directory".into(),
+            });
+        }
+    }
+    Ok(())
+}
