@@ -12,7 +12,7 @@ pinned(list) := {norm(x) | some x in list}
 
 shown(list) := "none" if count(list) == 0
 
-shown(list) := concat(", ", sort([x | some x in list])) if count(list) > 0
+shown(list) := concat(", ", sort(list)) if count(list) > 0
 
 # Verification failures keep the backend's class as their code.
 failure_code := {

@@ -131,6 +131,8 @@ pub struct ConnectionClaims {
     pub sni: String,
     pub client_addr: String,
     pub alpn: String,
+    /// MRTDs the application itself expects (e.g. `EXPECTED_MRTD`), hex.
+    pub expected_mrtds: Vec<String>,
 }
 
 /// The part of the claims that depends only on the evidence (and the caller's expected

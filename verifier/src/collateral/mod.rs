@@ -84,7 +84,7 @@ pub enum CollateralError {
     #[error("cannot tell which collateral the quote needs: {0}")]
     QuoteCertificates(String),
     #[error(
-        "no collateral for {key} in the offline sources, and network fetching is off (--offline)"
+        "no collateral for {key} in the offline sources (file, directory), and fetching from a PCCS is off"
     )]
     Offline { key: CollateralKey },
     #[error("fetching collateral for {key} from {url} failed: {detail}")]

@@ -10,8 +10,8 @@ use x509_parser::prelude::{FromDer, Pem, X509Certificate};
 
 use super::attestation::{AttestationFormat, decode_attestation};
 use super::{
-    EventLog, Evidence, EvidenceError, EvidenceKind, MAX_CHAIN_LEN, MAX_EVIDENCE_LEN, check_len,
-    decode_quote_bytes,
+    EventLog, Evidence, EvidenceError, EvidenceKind, MAX_CHAIN_LEN, MAX_EVIDENCE_LEN,
+    MAX_EXTENSION_LEN, check_len, decode_quote_bytes,
 };
 use crate::eventlog::TdxEvent;
 
@@ -138,6 +138,7 @@ pub fn decode_certificate_der(chain: &[Vec<u8>]) -> Result<Evidence, EvidenceErr
             oid::APP_INFO => &mut app_info,
             _ => continue,
         };
+        check_len("certificate extension", ext.value.len(), MAX_EXTENSION_LEN)?;
         if target.is_some() {
             return Err(EvidenceError::invalid(format!(
                 "certificate has extension {id} twice"
@@ -192,6 +193,24 @@ pub fn decode_certificate_der(chain: &[Vec<u8>]) -> Result<Evidence, EvidenceErr
     Ok(evidence)
 }
 
+/// Wrap an extension value the way dstack does: a DER OCTET STRING, which then goes
+/// into `extnValue` (for certificate builders such as rcgen's custom extensions).
+pub fn encode_extension_value(content: &[u8]) -> Vec<u8> {
+    let len = content.len();
+    let mut out = Vec::with_capacity(len + 6);
+    out.push(0x04);
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
 /// The contents of the DER OCTET STRING dstack wraps every extension value in.
 fn octet_string(oid: &str, value: &[u8]) -> Result<Vec<u8>, EvidenceError> {
     match parse_der_octetstring(value) {
@@ -216,5 +235,58 @@ fn decode_app_info(bytes: &[u8]) -> Result<serde_json::Value, EvidenceError> {
             oid::APP_INFO
         ))
     })?;
-    Ok(super::attestation::msgpack_to_json(&value))
+    let json = super::attestation::msgpack_to_json(&value);
+    // dstack v0.5.6–v0.5.11 write a positional array; name its fields like the map form.
+    Ok(match json {
+        serde_json::Value::Array(items) if (8..=9).contains(&items.len()) => {
+            serde_json::Value::Object(
+                APP_INFO_FIELDS
+                    .iter()
+                    .map(|f| f.to_string())
+                    .zip(items)
+                    .collect(),
+            )
+        }
+        other => other,
+    })
+}
+
+/// Field order of dstack's `AppInfo` (ra-tls), for the positional msgpack form.
+const APP_INFO_FIELDS: [&str; 9] = [
+    "app_id",
+    "compose_hash",
+    "instance_id",
+    "device_id",
+    "mr_system",
+    "mr_aggregated",
+    "os_image_hash",
+    "key_provider_info",
+    "init_script_hashes",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extension_value_round_trips_at_every_length_form() {
+        for len in [0usize, 1, 127, 128, 255, 256, 70_000] {
+            let content = vec![0x5a; len];
+            let wrapped = encode_extension_value(&content);
+            assert_eq!(octet_string("t", &wrapped).unwrap(), content, "len {len}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_not_a_certificate() {
+        assert!(decode_cert_chain(b"hello").is_err());
+        let pem = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let err = decode_certificate_der(&decode_cert_chain(pem).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("malformed X.509"), "{err}");
+        assert!(decode_certificate_der(&[b"garbage".to_vec()]).is_err());
+        assert_eq!(
+            decode_certificate_der(&[]).unwrap().kind,
+            EvidenceKind::None
+        );
+    }
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 pub use attestation::{
     AttestationFormat, DstackAttestation, decode_attestation, decode_attestation_text,
 };
-pub use cert::{CertInfo, decode_cert_chain, decode_certificate_der, oid};
+pub use cert::{CertInfo, decode_cert_chain, decode_certificate_der, encode_extension_value, oid};
 pub use getquote::decode_getquote_json;
 pub use quote::{Quote, TdReport, TeeType, decode_quote_bytes, decode_quote_text};
 
@@ -28,6 +28,9 @@ pub const MAX_EVIDENCE_LEN: usize = 10 * 1024 * 1024;
 pub const MAX_QUOTE_LEN: usize = 256 * 1024;
 /// Upper bound for the number of events in an event log.
 pub const MAX_EVENTS: usize = 16 * 1024;
+/// Upper bound for one dstack extension in a certificate (a stripped attestation is
+/// about 10 KiB; a full event log a few tens of KiB).
+pub const MAX_EXTENSION_LEN: usize = 1024 * 1024;
 /// Upper bound for the number of certificates in a presented chain.
 pub const MAX_CHAIN_LEN: usize = 8;
 

@@ -124,20 +124,15 @@ pub fn decode_quote_text(input: &[u8]) -> Result<Quote, EvidenceError> {
     }
 }
 
-/// Hex text if the input is plausibly hex (after trimming and an optional `0x`).
-/// A binary quote always starts with a version below 0x30 in its first byte pair,
-/// so binary input never passes this test.
+/// Hex text if the input is text that claims to be hex: it starts with `0x`, or is made
+/// of hex digits only. A binary quote starts with its version (`03 00`, `04 00` or
+/// `05 00`), which is neither, so binary input never passes this test.
 fn looks_like_hex(input: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(input).ok()?;
     let t = text.trim();
-    let t = t
-        .strip_prefix("0x")
-        .or_else(|| t.strip_prefix("0X"))
-        .unwrap_or(t);
-    (!t.is_empty()
-        && t.bytes()
-            .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace()))
-    .then_some(text)
+    let prefixed = t.starts_with("0x") || t.starts_with("0X");
+    let all_hex = !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit());
+    (prefixed || all_hex).then_some(text)
 }
 
 #[cfg(test)]
@@ -182,11 +177,18 @@ mod tests {
     }
 
     #[test]
-    fn bad_hex_is_reported() {
+    fn bad_hex_is_reported_as_hex() {
+        for bad in [&b"0x04zz"[..], b"040", b"0x"] {
+            let err = decode_quote_text(bad).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    EvidenceError::Hex { .. } | EvidenceError::Truncated { .. }
+                ),
+                "{err}"
+            );
+        }
         let err = decode_quote_text(b"0x04zz").unwrap_err();
-        // Not hex-looking, so it is treated as (too short) binary.
-        assert!(matches!(err, EvidenceError::Truncated { .. }), "{err}");
-        let err = decode_quote_text(b"040").unwrap_err();
         assert!(matches!(err, EvidenceError::Hex { .. }), "{err}");
     }
 

@@ -13,6 +13,10 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::{Program, RegoVM};
 use regorus::utils::limits::ExecutionTimerConfig;
 use serde::Serialize;
 
@@ -68,25 +72,51 @@ pub struct Verdict {
     pub policy_hash: String,
 }
 
-/// A loaded, compiled policy set. Cheap to share; evaluation clones a prepared engine.
-#[derive(Debug, Clone)]
+/// A loaded, compiled policy set. Cheap to share.
+///
+/// Decisions run on regorus' register VM (RVM), compiled once per load: about 4x faster
+/// than its tree-walking interpreter, which stays as the reference (`policy test` runs on
+/// it, tests compare the two) and as the fallback if a set does not compile for the VM.
+#[derive(Clone)]
 pub struct PolicySet {
     engine: regorus::Engine,
+    vm: Option<VmPrograms>,
+    data: regorus::Value,
+    eval_limit: Duration,
     packages: Vec<String>,
     files: Vec<PolicyFile>,
     hash: String,
     dirs: Vec<PathBuf>,
 }
 
+/// The VM program with one entry point per purpose.
+#[derive(Clone)]
+struct VmPrograms {
+    program: Arc<Program>,
+    purposes: Vec<String>,
+}
+
+impl std::fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("hash", &self.hash)
+            .field("dirs", &self.dirs)
+            .field("packages", &self.packages)
+            .field("vm", &self.vm.as_ref().map(|v| &v.purposes))
+            .finish()
+    }
+}
+
+/// Upper bound on VM instructions per decision, besides the time limit.
+const MAX_VM_INSTRUCTIONS: usize = 5_000_000;
+
 impl PolicySet {
     /// Load and compile the profiles in `dirs` (later ones merge over earlier ones).
     pub fn load(dirs: &[PathBuf], eval_limit: Duration) -> Result<Self, PolicyError> {
         let loaded = load::load_profiles(dirs)?;
+        let data = regorus::Value::from(loaded.data.clone());
         let mut engine = regorus::Engine::new();
-        engine.set_execution_timer_config(ExecutionTimerConfig {
-            limit: eval_limit,
-            check_interval: NonZeroU32::MIN.saturating_add(63),
-        });
+        engine.set_execution_timer_config(timer(eval_limit));
         for file in loaded.files.iter().filter(|f| f.is_rego()) {
             engine
                 .add_policy(file.display_path.clone(), file.contents.clone())
@@ -96,7 +126,7 @@ impl PolicySet {
                 })?;
         }
         engine
-            .add_data(regorus::Value::from(loaded.data))
+            .add_data(data.clone())
             .map_err(|e| PolicyError::Data {
                 path: "data.json".into(),
                 detail: format!("{e:#}"),
@@ -124,13 +154,33 @@ impl PolicySet {
                     detail: format!("{e:#}"),
                 })?;
         }
+        let purposes: Vec<String> = packages
+            .iter()
+            .filter(|p| is_purpose_package(p))
+            .map(|p| p.trim_start_matches("teesql.").to_string())
+            .collect();
+        let vm = match compile_vm(&loaded.files, &data, &purposes) {
+            Ok(program) => Some(VmPrograms { program, purposes }),
+            Err(e) => {
+                tracing::warn!(error = %e, "policy set does not compile for the regorus VM; decisions use the interpreter");
+                None
+            }
+        };
         Ok(Self {
             engine,
+            vm,
+            data,
+            eval_limit,
             packages,
             hash: loaded.hash,
             files: loaded.files,
             dirs: dirs.to_vec(),
         })
+    }
+
+    /// Whether decisions run on the VM (`true`) or the interpreter.
+    pub fn uses_vm(&self) -> bool {
+        self.vm.is_some()
     }
 
     /// `sha256:<hex>` over the path and contents of every file in the set.
@@ -180,17 +230,13 @@ impl PolicySet {
                 loaded: self.purposes().join(", "),
             });
         }
-        let mut engine = self.engine.clone();
-        engine.set_input(input);
-        let eval = |engine: &mut regorus::Engine, rule: &str| {
-            engine
-                .eval_rule(format!("data.{pkg}.{rule}"))
-                .map_err(|e| PolicyError::Eval {
-                    purpose: purpose.to_string(),
-                    detail: format!("{e:#}"),
-                })
+        let (allow, deny) = match &self.vm {
+            Some(vm) if vm.purposes.iter().any(|p| p == purpose) => {
+                self.run_vm(&vm.program, purpose, input)?
+            }
+            _ => self.run_interpreter(purpose, input)?,
         };
-        let allow = match eval(&mut engine, "allow")? {
+        let allow = match allow {
             regorus::Value::Bool(b) => b,
             regorus::Value::Undefined => false,
             other => {
@@ -202,7 +248,7 @@ impl PolicySet {
                 });
             }
         };
-        let mut reasons = match eval(&mut engine, "deny")? {
+        let mut reasons = match deny {
             regorus::Value::Undefined => Vec::new(),
             value @ (regorus::Value::Set(_) | regorus::Value::Array(_)) => {
                 let json = serde_json::to_value(&value).map_err(|e| PolicyError::Eval {
@@ -241,6 +287,120 @@ impl PolicySet {
             policy_hash: self.hash.clone(),
         })
     }
+}
+
+impl PolicySet {
+    /// Evaluate with the interpreter only: the reference the VM is tested against.
+    pub fn evaluate_interpreted(
+        &self,
+        purpose: &str,
+        input: &serde_json::Value,
+    ) -> Result<Verdict, PolicyError> {
+        let vm = None;
+        let this = Self { vm, ..self.clone() };
+        this.evaluate(purpose, input)
+    }
+
+    fn run_interpreter(
+        &self,
+        purpose: &str,
+        input: regorus::Value,
+    ) -> Result<(regorus::Value, regorus::Value), PolicyError> {
+        let mut engine = self.engine.clone();
+        engine.set_input(input);
+        let mut eval = |rule: &str| {
+            engine
+                .eval_rule(format!("data.teesql.{purpose}.{rule}"))
+                .map_err(|e| PolicyError::Eval {
+                    purpose: purpose.to_string(),
+                    detail: format!("{e:#}"),
+                })
+        };
+        Ok((eval("allow")?, eval("deny")?))
+    }
+
+    fn run_vm(
+        &self,
+        program: &Arc<Program>,
+        purpose: &str,
+        input: regorus::Value,
+    ) -> Result<(regorus::Value, regorus::Value), PolicyError> {
+        let err = |detail: String| PolicyError::Eval {
+            purpose: purpose.to_string(),
+            detail,
+        };
+        let mut vm = RegoVM::new();
+        vm.load_program(program.clone());
+        vm.set_data(self.data.clone())
+            .map_err(|e| err(format!("{e:#}")))?;
+        vm.set_max_instructions(MAX_VM_INSTRUCTIONS);
+        vm.set_execution_timer_config(Some(timer(self.eval_limit)));
+        vm.set_input(input);
+        let result = vm
+            .execute_entry_point_by_name(&entry_point(purpose))
+            .map_err(|e| err(format!("{e:#}")))?;
+        let field = |name: &str| {
+            result
+                .as_object()
+                .ok()
+                .and_then(|o| o.get(&regorus::Value::from(name)).cloned())
+                .unwrap_or(regorus::Value::Undefined)
+        };
+        Ok((field("allow"), field("deny")))
+    }
+}
+
+fn timer(limit: Duration) -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
+        limit,
+        check_interval: NonZeroU32::MIN.saturating_add(63),
+    }
+}
+
+/// The VM entry point that evaluates one purpose's `allow` and `deny` together.
+fn entry_point(purpose: &str) -> String {
+    format!("data.teesql_decision.{purpose}.result")
+}
+
+/// Compile the set for the VM, with a synthesized package per purpose that reads
+/// `allow` (default false) and `deny` (default empty) in one evaluation.
+fn compile_vm(
+    files: &[PolicyFile],
+    data: &regorus::Value,
+    purposes: &[String],
+) -> Result<Arc<Program>, String> {
+    if purposes.is_empty() {
+        return Err("no purpose packages".into());
+    }
+    let mut modules: Vec<regorus::PolicyModule> = files
+        .iter()
+        .filter(|f| f.is_rego())
+        .map(|f| regorus::PolicyModule {
+            id: f.display_path.as_str().into(),
+            content: f.contents.as_str().into(),
+        })
+        .collect();
+    for p in purposes {
+        modules.push(regorus::PolicyModule {
+            id: format!("(decision of teesql.{p})").into(),
+            content: format!(
+                "package teesql_decision.{p}\n\
+                 import rego.v1\n\
+                 default allow := false\n\
+                 allow := data.teesql.{p}.allow\n\
+                 default deny := set()\n\
+                 deny := data.teesql.{p}.deny\n\
+                 result := {{\"allow\": allow, \"deny\": deny}}\n"
+            )
+            .into(),
+        });
+    }
+    let entries: Vec<String> = purposes.iter().map(|p| entry_point(p)).collect();
+    let policy =
+        regorus::compile_policy_with_entrypoint(data.clone(), &modules, entries[0].as_str().into())
+            .map_err(|e| format!("{e:#}"))?;
+    let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+    Compiler::compile_from_policy(&policy, &refs).map_err(|e| format!("{e:#}"))
 }
 
 /// A package that decides a purpose: `teesql.<name>`, not a library or a test package.

@@ -1,0 +1,117 @@
+package teesql.quote_test
+
+import rego.v1
+
+import data.teesql.quote
+
+mrtd := "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7"
+
+# A verified UpToDate quote, as the DCAP backend reports it.
+good := {
+	"claims_version": 1,
+	"purpose": "quote",
+	"now": 1751000000,
+	"evidence": {"kind": "quote", "cert": null, "report_data_consistent": null, "vm_config": null},
+	"tdx": {
+		"verified": true, "error": null, "error_code": null, "root": "intel", "backend": "dcap",
+		"tee_type": "tdx", "quote_version": 4, "tcb_status": "UpToDate", "advisory_ids": [],
+		"mrtd": mrtd, "rtmr0": "00", "rtmr1": "11", "rtmr2": "22", "rtmr3": "33",
+		"report_data": "aa", "debug": false,
+		"collateral": {"not_before": 1750329147, "not_after": 1752919235},
+	},
+	"app": null,
+	"binding": {"kind": "none", "ok": false, "expected": null},
+	"connection": null,
+}
+
+codes(claims) := {d.code | some d in quote.deny with input as claims}
+
+test_verified_quote_allowed if {
+	quote.allow with input as good
+	count(codes(good)) == 0
+}
+
+test_unverified_quote_denied_with_backend_class if {
+	bad := object.union(good, {"tdx": {"verified": false, "error": "collateral is valid from 1 to 2", "error_code": "collateral_expired"}})
+	not quote.allow with input as bad
+	codes(bad) == {"collateral_expired"}
+}
+
+test_unknown_failure_class_still_denies if {
+	bad := object.union(good, {"tdx": {"verified": false, "error": "something new", "error_code": "verification_failed"}})
+	codes(bad) == {"quote_unverified"}
+}
+
+test_dev_root_refused_in_production if {
+	dev := object.union(good, {"tdx": {"root": "dev"}})
+	not quote.allow with input as dev
+	codes(dev) == {"dev_root"}
+}
+
+test_custom_root_refused_in_production if {
+	c := object.union(good, {"tdx": {"root": "custom"}})
+	codes(c) == {"untrusted_root"}
+}
+
+test_out_of_date_tcb_denied_and_configurable if {
+	old := object.union(good, {"tdx": {"tcb_status": "OutOfDate"}})
+	codes(old) == {"tcb_status_not_accepted"}
+	quote.allow with input as old with data.teesql.accepted_tcb_statuses as ["UpToDate", "OutOfDate"]
+}
+
+test_debug_td_denied if {
+	dbg := object.union(good, {"tdx": {"debug": true}})
+	codes(dbg) == {"debug_td"}
+}
+
+test_mrtd_pin_allows_listed_and_denies_others if {
+	quote.allow with input as good with data.teesql.pins.mrtd as [upper(mrtd)]
+	codes(good) == {"mrtd_not_pinned"} with data.teesql.pins.mrtd as ["ab"]
+	msgs := {d.message | some d in quote.deny with input as good with data.teesql.pins.mrtd as ["ab"]}
+	some m in msgs
+	contains(m, mrtd)
+	contains(m, "pinned: ab")
+}
+
+test_rtmr_pins if {
+	codes(good) == {"rtmr1_not_pinned"} with data.teesql.pins.rtmr1 as ["ff"]
+	quote.allow with input as good with data.teesql.pins.rtmr1 as ["0x11"]
+}
+
+test_unbound_key_denied if {
+	unbound := object.union(good, {"binding": {"kind": "report_data", "ok": false, "expected": "bb"}})
+	codes(unbound) == {"key_not_bound"}
+}
+
+test_compose_hash_pin_needs_event_log if {
+	codes(good) == {"compose_hash_unattested"} with data.teesql.pins.compose_hash as ["cc"]
+}
+
+app := {
+	"app_id": "a1", "compose_hash": "c1", "instance_id": "i1", "os_image_hash": null,
+	"key_provider": null, "rtmr3_replayed": true, "rtmr3_replay": "33", "replay_error": null, "events": [],
+}
+
+test_compose_hash_pin_with_replayed_log if {
+	with_app := object.union(good, {"app": app})
+	quote.allow with input as with_app with data.teesql.pins.compose_hash as ["C1"]
+	codes(with_app) == {"compose_hash_not_pinned"} with data.teesql.pins.compose_hash as ["c2"]
+	codes(with_app) == {"os_image_hash_not_pinned"} with data.teesql.pins.os_image_hash as ["e1"]
+}
+
+test_rtmr3_mismatch_denied if {
+	bad_app := object.union(app, {"rtmr3_replayed": false, "rtmr3_replay": "44"})
+	bad := object.union(good, {"app": bad_app})
+	codes(bad) == {"rtmr3_mismatch"}
+}
+
+test_inconsistent_evidence_denied if {
+	bad := object.union(good, {"evidence": {"report_data_consistent": false}})
+	codes(bad) == {"evidence_inconsistent"}
+}
+
+test_no_quote_denied if {
+	none := object.union(good, {"tdx": null})
+	not quote.allow with input as none
+	codes(none) == {"no_quote"}
+}

@@ -1,0 +1,200 @@
+//! Golden claims: the exact documents policies see, and CLAIMS.md kept in step with them.
+//!
+//! Regenerate with `UPDATE_GOLDEN=1 cargo test -p teesql-verifier --test claims_golden`
+//! and review the diff: a change here is a change to every policy's input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use teesql_verifier::Appraiser;
+use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
+use teesql_verifier::claims::{Claims, ConnectionClaims};
+use teesql_verifier::collateral::{CollateralConfig, CollateralProvider};
+use teesql_verifier::{Clock, evidence};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+async fn claims_for(
+    ev: &evidence::Evidence,
+    collateral: Option<&str>,
+    now: u64,
+    purpose: &str,
+    connection: Option<ConnectionClaims>,
+) -> Claims {
+    let provider = CollateralProvider::new(&CollateralConfig {
+        file: collateral.map(|c| root().join("testdata").join(c)),
+        pccs_url: None,
+        clock: Clock::Fixed(now),
+        ..CollateralConfig::default()
+    })
+    .unwrap();
+    let appraiser = Appraiser::new(Arc::new(DcapBackend::new(
+        TrustRoot::intel(),
+        Arc::new(provider),
+    )));
+    appraiser
+        .appraise(ev, now, None)
+        .await
+        .into_claims(purpose, now, connection)
+}
+
+/// An RA-TLS certificate in the current form (`.8` V0) carrying the recorded simulator
+/// attestation, with every informational extension, signed by a fixed test key so the
+/// document is deterministic.
+fn ra_tls_cert() -> Vec<u8> {
+    let key = rcgen::KeyPair::from_pem(
+        &std::fs::read_to_string(root().join("testdata/fixtures/test-p256-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let blob = std::fs::read(root().join("testdata/dstack/simulator-attestation.bin")).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["db.example".to_string()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "db.example");
+    params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+    let ext = |n: u64, content: &[u8]| {
+        rcgen::CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 4, 1, 62397, 1, n],
+            evidence::encode_extension_value(content),
+        )
+    };
+    // App info in dstack's compact (positional msgpack array) form.
+    let app_info = {
+        use rmpv::Value;
+        let mut buf = Vec::new();
+        let v = Value::Array(vec![
+            Value::Binary(vec![0xa1; 20]),
+            Value::Binary(vec![0xc1; 32]),
+            Value::Binary(vec![0x11; 20]),
+            Value::Binary(vec![0xd1; 32]),
+            Value::Binary(vec![0x51; 32]),
+            Value::Binary(vec![0x62; 32]),
+            Value::Binary(vec![0xe1; 32]),
+            Value::Binary(br#"{"name":"kms","id":""}"#.to_vec()),
+        ]);
+        rmpv::encode::write_value(&mut buf, &v).unwrap();
+        buf
+    };
+    params.custom_extensions = vec![
+        ext(3, &[0xa1; 20]),
+        ext(4, b"app:custom"),
+        ext(8, &blob),
+        ext(9, &app_info),
+    ];
+    params.self_signed(&key).unwrap().der().to_vec()
+}
+
+fn check_golden(name: &str, claims: &Claims) -> serde_json::Value {
+    let path = root().join("verifier/tests/golden").join(name);
+    let actual = serde_json::to_string_pretty(claims).unwrap() + "\n";
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+    assert_eq!(
+        actual,
+        expected,
+        "claims differ from {}; if intended, regenerate with UPDATE_GOLDEN=1 and update CLAIMS.md",
+        path.display()
+    );
+    serde_json::from_str(&actual).unwrap()
+}
+
+#[tokio::test]
+async fn claims_documents_match_golden_files_and_claims_md() {
+    let quote = evidence::Evidence::from_quote(
+        evidence::decode_quote_text(
+            &std::fs::read(root().join("testdata/dcap/tdx_quote")).unwrap(),
+        )
+        .unwrap(),
+    );
+    let quote_claims = claims_for(
+        &quote,
+        Some("dcap/tdx_quote_collateral.json"),
+        1_751_000_000,
+        "quote",
+        None,
+    )
+    .await;
+    let a = check_golden("claims-tdx-quote.json", &quote_claims);
+
+    let cert = evidence::decode_certificate_der(&[ra_tls_cert()]).unwrap();
+    let connection = ConnectionClaims {
+        user: "teesql_read".into(),
+        database: "app".into(),
+        sni: "db.example".into(),
+        client_addr: "127.0.0.1:40000".into(),
+        alpn: "postgresql".into(),
+        expected_mrtds: vec!["91eb2b44".into()],
+    };
+    let cert_claims = claims_for(&cert, None, 1_760_000_000, "sidecar", Some(connection)).await;
+    let b = check_golden("claims-ra-tls-cert.json", &cert_claims);
+    assert_eq!(b["app"]["rtmr3_replayed"], true);
+    assert_eq!(b["binding"]["ok"], false);
+
+    // Every path produced is documented, and every documented path is produced.
+    let mut produced = BTreeSet::new();
+    paths(&a, "", &mut produced);
+    paths(&b, "", &mut produced);
+    let documented = documented_paths();
+    let free_form = [
+        "evidence.vm_config",
+        "evidence.cert.app_info",
+        "app.key_provider",
+    ];
+    let undocumented: Vec<_> = produced
+        .iter()
+        .filter(|p| !documented.contains(*p))
+        .filter(|p| !free_form.iter().any(|f| p.starts_with(&format!("{f}."))))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in CLAIMS.md: {undocumented:?}"
+    );
+    let missing: Vec<_> = documented.difference(&produced).collect();
+    assert!(
+        missing.is_empty(),
+        "in CLAIMS.md but never produced: {missing:?}"
+    );
+}
+
+fn paths(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.insert(p.clone());
+                paths(v, &p, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                if item.is_object() {
+                    paths(item, &format!("{prefix}[]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn documented_paths() -> BTreeSet<String> {
+    let md = std::fs::read_to_string(root().join("verifier/CLAIMS.md")).unwrap();
+    md.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
