@@ -12,7 +12,7 @@ allow if count(deny) == 0
 
 deny contains d if {
 	input.evidence.kind == "none"
-	data.teesql.sidecar.require_client_attestation
+	data.teesql.require_client_attestation
 	d := {"code": "client_attestation_required", "message": "the client presented no certificate; this policy requires an RA-TLS client certificate"}
 }
 

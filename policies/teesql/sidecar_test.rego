@@ -24,7 +24,7 @@ test_missing_client_certificate_denied_by_default if {
 }
 
 test_missing_client_certificate_allowed_when_not_required if {
-	sidecar.allow with input as no_cert with data.teesql.sidecar.require_client_attestation as false
+	sidecar.allow with input as no_cert with data.teesql.require_client_attestation as false
 }
 
 test_client_key_not_bound_denied if {

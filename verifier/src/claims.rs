@@ -27,6 +27,10 @@ pub struct Claims {
     pub binding: BindingClaims,
     /// The connection being judged (sidecar and client purposes); `null` otherwise.
     pub connection: Option<ConnectionClaims>,
+    /// The signed leader manifest (purpose `manifest`); `null` otherwise.
+    pub manifest: Option<crate::manifest::ManifestClaims>,
+    /// The sidecar `/attestation` report (purpose `report`); `null` otherwise.
+    pub report: Option<crate::report::ReportClaims>,
 }
 
 /// What was presented.
@@ -230,6 +234,8 @@ impl AppraisedEvidence {
             app: self.app,
             binding: self.binding,
             connection,
+            manifest: None,
+            report: None,
         }
     }
 }

@@ -9,9 +9,14 @@ pub mod backend;
 pub mod claims;
 pub mod clock;
 pub mod collateral;
+#[cfg(feature = "dev")]
+pub mod dev;
 pub mod eventlog;
 pub mod evidence;
+pub mod manifest;
 pub mod policy;
+pub mod report;
+pub mod service;
 
 pub use appraise::{Appraiser, Decision, appraise_and_decide, decide};
 pub use clock::Clock;

@@ -140,10 +140,77 @@ async fn claims_documents_match_golden_files_and_claims_md() {
     assert_eq!(b["app"]["rtmr3_replayed"], true);
     assert_eq!(b["binding"]["ok"], false);
 
+    // A manifest (judged alone) and a sidecar report.
+    let key = k256::ecdsa::SigningKey::from_slice(&[0x11; 32]).unwrap();
+    let mut m = teesql_verifier::manifest::Manifest::parse(&format!(
+        "v=1;cluster=0xbd32b609057a1a4569558a571d535c8f1212b097;leader_instance=ea23198e3419ebbb240571a29d0112d9bcbe69c0;leader_url=https://leader.example:5433;epoch=42;valid_until=1800000000;sig=0x{}",
+        "00".repeat(65)
+    ))
+    .unwrap();
+    m.signature = teesql_verifier::manifest::sign(&key, &m).unwrap();
+    let mut manifest_claims = claims_for(
+        &evidence::Evidence::none(),
+        None,
+        1_760_000_000,
+        "manifest",
+        None,
+    )
+    .await;
+    manifest_claims.manifest = Some(teesql_verifier::manifest::Manifest::claims(&m.to_txt()));
+    let c = check_golden("claims-manifest.json", &manifest_claims);
+    assert_eq!(
+        c["manifest"]["signer"],
+        "0x19e7e376e7c213b7e7e7e46cc70a5dd086daff2a"
+    );
+
+    let report = teesql_verifier::report::AttestationReport {
+        app_id: "a1".into(),
+        compose_hash: "c1".into(),
+        instance_id: "i1".into(),
+        quote: hex::encode(std::fs::read(root().join("testdata/dcap/tdx_quote")).unwrap()),
+        tcb_info: teesql_verifier::report::ReportTcbInfo {
+            mrtd: quote_claims.tdx.as_ref().unwrap().mrtd.clone().unwrap(),
+            rtmr0: "00".into(),
+            rtmr1: "00".into(),
+            rtmr2: "00".into(),
+            rtmr3: "00".into(),
+        },
+        postgres_state: teesql_verifier::report::PostgresState {
+            wal_lsn: "0/16B3740".into(),
+            controldata_hash: "ab".repeat(32),
+            pg_version: "17.2".into(),
+        },
+        timestamp: 1_751_000_000,
+        event_log: String::new(),
+        vm_config: String::new(),
+    };
+    let mut report_claims = claims_for(
+        &report.evidence().unwrap(),
+        Some("dcap/tdx_quote_collateral.json"),
+        1_751_000_100,
+        "report",
+        None,
+    )
+    .await;
+    report_claims.report =
+        Some(report.claims(report_claims.tdx.as_ref(), report_claims.app.as_ref()));
+    let r = check_golden("claims-report.json", &report_claims);
+    assert_eq!(r["report"]["consistent"], false);
+    assert_eq!(
+        r["report"]["inconsistencies"],
+        serde_json::json!([
+            "tcb_info.rtmr0",
+            "tcb_info.rtmr1",
+            "tcb_info.rtmr2",
+            "tcb_info.rtmr3"
+        ])
+    );
+
     // Every path produced is documented, and every documented path is produced.
     let mut produced = BTreeSet::new();
-    paths(&a, "", &mut produced);
-    paths(&b, "", &mut produced);
+    for doc in [&a, &b, &c, &r] {
+        paths(doc, "", &mut produced);
+    }
     let documented = documented_paths();
     let free_form = [
         "evidence.vm_config",

@@ -52,11 +52,41 @@ fn corpus() -> Vec<Value> {
             ("tdx", Value::Null),
             ("app", Value::Null),
         ];
+        let variants: Vec<(&str, Value)> = variants
+            .into_iter()
+            .filter(|(path, _)| {
+                // Only vary sections the document has (setting inside a null fails).
+                let top = path.split('.').next().unwrap();
+                !path.contains('.') || base[top].is_object()
+            })
+            .collect();
         out.push(base.clone());
         for (path, x) in variants {
             let mut v = base.clone();
             set(&mut v, path, x);
             out.push(v);
+        }
+        if base["manifest"].is_object() {
+            for (path, x) in [
+                ("manifest.valid_until", json!(1)),
+                ("manifest.signer", json!("0x00")),
+                ("manifest.error", json!("bad")),
+            ] {
+                let mut v = base.clone();
+                set(&mut v, path, x);
+                out.push(v);
+            }
+        }
+        if base["report"].is_object() {
+            for (path, x) in [
+                ("report.consistent", json!(true)),
+                ("report.timestamp", json!(1)),
+                ("report.timestamp", json!(4_000_000_000u64)),
+            ] {
+                let mut v = base.clone();
+                set(&mut v, path, x);
+                out.push(v);
+            }
         }
         if base["app"].is_object() {
             let mut v = base.clone();
@@ -88,7 +118,7 @@ fn pinned_profile() -> (tempfile::TempDir, PolicySet) {
             "rtmr2": ["00"],
             "compose_hash": ["c143116fef3940e7f776bfc0919c256232ae5338a6e948c96b711e0b2383483a"],
             "os_image_hash": ["ff"]
-        }}})
+        }, "manifest_signers": ["0x19e7e376e7c213b7e7e7e46cc70a5dd086daff2a"]}})
         .to_string(),
     )
     .unwrap();
@@ -111,7 +141,7 @@ fn vm_and_interpreter_agree_on_every_input() {
     ] {
         assert!(set.uses_vm(), "{name} does not compile for the VM");
         for input in corpus() {
-            for purpose in ["quote", "sidecar", "client"] {
+            for purpose in ["quote", "sidecar", "client", "manifest", "report"] {
                 let vm = set.evaluate(purpose, &input).unwrap();
                 let interp = set.evaluate_interpreted(purpose, &input).unwrap();
                 assert_eq!(vm, interp, "{name}/{purpose} on {input}");

@@ -1,6 +1,9 @@
 //! Command-line interface.
 
+#[cfg(feature = "dev")]
+mod agent;
 mod policy_cmd;
+mod serve;
 mod verify;
 
 use std::path::PathBuf;
@@ -35,16 +38,56 @@ enum Command {
     ///
     /// Exit status: 0 allowed, 1 denied, 2 unusable input or configuration.
     Verify(Box<verify::VerifyArgs>),
+    /// Serve the gRPC API (Verifier, PolicyAdmin, health, reflection) with an appraisal
+    /// cache, hot-reloaded policies, a decision log and Prometheus metrics.
+    ///
+    /// Settings come from --config FILE (TOML, keys as the long flags with underscores),
+    /// then environment variables, then flags. SIGHUP or a change under the policy
+    /// directories reloads the policies; SIGTERM/SIGINT drain and stop.
+    Serve(Box<serve::ServeArgs>),
     /// Work with policy profiles.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Run the development guest agent (dstack API) and PCCS, with a seeded DCAP PKI.
+    ///
+    /// Quotes it issues verify only against its own development root: give that root to
+    /// the verifier with --trust-root and use the policies/dev profile. Never production.
+    #[cfg(feature = "dev")]
+    Agent(Box<agent::AgentArgs>),
 }
 
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Verify(args) => verify::run(*args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        #[cfg(feature = "dev")]
+        Command::Agent(args) => agent::run(*args).await,
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }
 

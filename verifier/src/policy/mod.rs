@@ -178,6 +178,11 @@ impl PolicySet {
         })
     }
 
+    /// The time limit of one evaluation.
+    pub fn eval_limit(&self) -> Duration {
+        self.eval_limit
+    }
+
     /// Whether decisions run on the VM (`true`) or the interpreter.
     pub fn uses_vm(&self) -> bool {
         self.vm.is_some()

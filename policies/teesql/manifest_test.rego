@@ -1,0 +1,75 @@
+package teesql.manifest_test
+
+import rego.v1
+
+import data.teesql.manifest
+import data.teesql.sidecar_test
+
+signer := "0x19e7e376e7c213b7e7e7e46cc70a5dd086daff2a"
+
+parsed := {
+	"version": 1,
+	"cluster": "0xbd32b609057a1a4569558a571d535c8f1212b097",
+	"leader_instance": "ea23198e3419ebbb240571a29d0112d9bcbe69c0",
+	"leader_url": "https://leader.example",
+	"epoch": 42,
+	"valid_until": 1800000000,
+	"signer": signer,
+	"error": null,
+}
+
+alone := {
+	"claims_version": 1, "purpose": "manifest", "now": 1760000000,
+	"evidence": {"kind": "none", "cert": null, "report_data_consistent": null, "vm_config": null},
+	"tdx": null, "app": null, "binding": {"kind": "none", "ok": false, "expected": null},
+	"connection": null, "manifest": parsed, "report": null,
+}
+
+codes(claims) := {d.code | some d in manifest.deny with input as claims}
+
+test_pinned_signer_allows if {
+	manifest.allow with input as alone with data.teesql.manifest_signers as [upper(signer)]
+}
+
+test_unpinned_signer_denied if {
+	codes(alone) == {"manifest_signer_not_pinned"} with data.teesql.manifest_signers as ["0x0000000000000000000000000000000000000001"]
+	codes(alone) == {"manifest_signer_not_pinned"}
+}
+
+test_expired_manifest_denied if {
+	old := object.union(alone, {"now": 1800000000})
+	codes(old) == {"manifest_expired"} with data.teesql.manifest_signers as [signer]
+}
+
+test_invalid_manifest_denied if {
+	bad := object.union(alone, {"manifest": {"error": "manifest field \"epoch\" is missing", "signer": null}})
+	"manifest_invalid" in codes(bad)
+}
+
+leader_app := {
+	"app_id": "bd32b609057a1a4569558a571d535c8f1212b097",
+	"instance_id": "ea23198e3419ebbb240571a29d0112d9bcbe69c0",
+	"compose_hash": null, "os_image_hash": null, "key_provider": null,
+	"rtmr3_replayed": true, "rtmr3_replay": "33", "replay_error": null, "events": [],
+}
+
+with_leader := object.union(object.union(sidecar_test.client, {"purpose": "manifest", "manifest": parsed, "report": null}), {"app": leader_app})
+
+test_matching_leader_allows if {
+	manifest.allow with input as with_leader with data.teesql.manifest_signers as [signer]
+}
+
+test_other_instance_denied if {
+	other := object.union(with_leader, {"app": {"instance_id": "00"}})
+	codes(other) == {"leader_instance_mismatch"} with data.teesql.manifest_signers as [signer]
+}
+
+test_other_app_denied if {
+	other := object.union(with_leader, {"app": {"app_id": "00"}})
+	codes(other) == {"leader_app_mismatch"} with data.teesql.manifest_signers as [signer]
+}
+
+test_leader_without_event_log_denied if {
+	bare := object.union(with_leader, {"app": null})
+	"leader_unattested" in codes(bare) with data.teesql.manifest_signers as [signer]
+}

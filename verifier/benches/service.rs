@@ -1,0 +1,285 @@
+//! Verifier service throughput and latency, with a baseline measured in the same run.
+//!
+//! (a) Trustee-style baseline: per request, a fresh regorus engine, the policy parsed,
+//!     dcap-qvl verify, the policy evaluated by the interpreter.
+//! (b) This service in-process: cold (appraisal not cached: verify + policy) and warm
+//!     (appraisal cached: policy only).
+//! (c) Over gRPC on loopback, warm, with 16 concurrent callers: p50/p99 and decisions/s.
+//!
+//! Run: `cargo bench -p teesql-verifier --bench service`. Everything runs on this
+//! machine in one process; the clients of (c) share the CPU with the server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dcap_qvl::QuoteCollateralV3;
+use teesql_proto::v1::verifier_client::VerifierClient;
+use teesql_proto::v1::{VerifyQuoteRequest, verify_quote_request};
+use teesql_verifier::service::config::{ServeConfig, ServeSettings};
+use teesql_verifier::service::{DecisionService, QuoteInput, grpc};
+
+const NOW: u64 = 1_751_000_000;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn pct(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * p).round() as usize]
+}
+
+fn line(name: &str, mut samples: Vec<Duration>, wall: Duration) -> f64 {
+    let n = samples.len();
+    let rate = n as f64 / wall.as_secs_f64();
+    println!(
+        "{name:<52} p50 {:>8.1} µs  p99 {:>8.1} µs  {:>9.0} decisions/s",
+        pct(&mut samples, 0.5).as_secs_f64() * 1e6,
+        pct(&mut samples, 0.99).as_secs_f64() * 1e6,
+        rate
+    );
+    rate
+}
+
+/// Trustee-style: nothing is kept between requests.
+fn baseline_decision(
+    quote: &[u8],
+    collateral: &QuoteCollateralV3,
+    policy_files: &[(String, String)],
+    data: &str,
+) -> bool {
+    let verified = dcap_qvl::verify::QuoteVerifier::new_prod()
+        .verify_with_policy(
+            quote,
+            collateral,
+            NOW,
+            &dcap_qvl::QuotePolicy::claims_only(NOW),
+        )
+        .is_ok();
+    let mut engine = regorus::Engine::new();
+    for (path, src) in policy_files {
+        engine.add_policy(path.clone(), src.clone()).unwrap();
+    }
+    engine.add_data_json(data).unwrap();
+    let claims =
+        std::fs::read_to_string(root().join("verifier/tests/golden/claims-tdx-quote.json"))
+            .unwrap();
+    engine.set_input_json(&claims).unwrap();
+    let allow = engine.eval_rule("data.teesql.quote.allow".into()).unwrap();
+    let _deny = engine.eval_rule("data.teesql.quote.deny".into()).unwrap();
+    verified && allow == regorus::Value::Bool(true)
+}
+
+fn service_config(listen: &str) -> ServeConfig {
+    ServeConfig::resolve(ServeSettings {
+        listen: Some(listen.into()),
+        policy_dirs: Some(vec![root().join("policies/teesql")]),
+        collateral_file: Some(root().join("testdata/dcap/tdx_quote_collateral.json")),
+        offline: Some(true),
+        decision_log: Some("off".into()),
+        now: Some(NOW),
+        ..ServeSettings::default()
+    })
+    .unwrap()
+}
+
+fn main() {
+    let quote = std::fs::read(root().join("testdata/dcap/tdx_quote")).unwrap();
+    let collateral: QuoteCollateralV3 = serde_json::from_slice(
+        &std::fs::read(root().join("testdata/dcap/tdx_quote_collateral.json")).unwrap(),
+    )
+    .unwrap();
+    let policy_files: Vec<(String, String)> =
+        ["lib", "quote", "sidecar", "client", "manifest", "report"]
+            .iter()
+            .map(|f| {
+                let p = root().join(format!("policies/teesql/{f}.rego"));
+                (
+                    p.display().to_string(),
+                    std::fs::read_to_string(&p).unwrap(),
+                )
+            })
+            .collect();
+    let data = std::fs::read_to_string(root().join("policies/teesql/data.json")).unwrap();
+    println!("decisions on testdata/dcap/tdx_quote, production policy, clock pinned at {NOW}\n");
+
+    // (a) baseline
+    let n = 300;
+    assert!(baseline_decision(&quote, &collateral, &policy_files, &data));
+    let wall = Instant::now();
+    let samples: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            assert!(baseline_decision(&quote, &collateral, &policy_files, &data));
+            t.elapsed()
+        })
+        .collect();
+    let baseline = line(
+        "(a) baseline: fresh engine + parse + verify + eval",
+        samples,
+        wall.elapsed(),
+    );
+
+    // (b) in-process
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = service_config("127.0.0.1:0");
+    let service: Arc<DecisionService> = rt.block_on(async { config.build().unwrap() });
+    let request = || QuoteInput::Quote {
+        quote: quote.clone(),
+        event_log: String::new(),
+    };
+    let cold_n = 500;
+    let (cold_samples, cold_wall) = rt.block_on(async {
+        let wall = Instant::now();
+        let mut s = Vec::with_capacity(cold_n);
+        for i in 0..cold_n {
+            // A distinct expected report data per request defeats the appraisal cache
+            // (the key includes it) while keeping the same quote: every request verifies.
+            let rd = (i as u64).to_le_bytes().to_vec();
+            let t = Instant::now();
+            let d = service
+                .verify_quote("quote", request(), Some(rd))
+                .await
+                .unwrap();
+            s.push(t.elapsed());
+            assert!(!d.cached);
+        }
+        (s, wall.elapsed())
+    });
+    line(
+        "(b) in-process, cold (verify + policy)",
+        cold_samples,
+        cold_wall,
+    );
+    let warm_n = 20_000;
+    let (warm_samples, warm_wall) = rt.block_on(async {
+        service
+            .verify_quote("quote", request(), None)
+            .await
+            .unwrap();
+        let wall = Instant::now();
+        let mut s = Vec::with_capacity(warm_n);
+        for _ in 0..warm_n {
+            let t = Instant::now();
+            let d = service
+                .verify_quote("quote", request(), None)
+                .await
+                .unwrap();
+            s.push(t.elapsed());
+            assert!(d.cached && d.allow);
+        }
+        (s, wall.elapsed())
+    });
+    let warm = line(
+        "(b) in-process, warm (appraisal cached)",
+        warm_samples,
+        warm_wall,
+    );
+
+    // (c) gRPC on loopback, 16 concurrent callers.
+    let (addr, _stop) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let svc = service.clone();
+        tokio::spawn(grpc::serve(svc, listener, Duration::from_secs(30), async {
+            let _ = rx.await;
+        }));
+        (addr, tx)
+    });
+    // (c1) one caller, sequential: the latency of a decision with nothing queued.
+    let (one_samples, one_wall) = rt.block_on(async {
+        let mut client = VerifierClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let req = VerifyQuoteRequest {
+            purpose: "quote".into(),
+            evidence: Some(verify_quote_request::Evidence::Quote(quote.clone())),
+            ..Default::default()
+        };
+        client.verify_quote(req.clone()).await.unwrap();
+        let wall = Instant::now();
+        let mut s = Vec::with_capacity(3000);
+        for _ in 0..3000 {
+            let t = Instant::now();
+            let d = client.verify_quote(req.clone()).await.unwrap().into_inner();
+            s.push(t.elapsed());
+            assert!(d.allow && d.cached);
+        }
+        (s, wall.elapsed())
+    });
+    let mut one = one_samples.clone();
+    let one_p50 = pct(&mut one, 0.5);
+    line("(c) gRPC loopback, warm, 1 caller", one_samples, one_wall);
+
+    let callers = 16;
+    let per_caller = 1500;
+    let (grpc_samples, grpc_wall) = rt.block_on(async {
+        let url = format!("http://{addr}");
+        let mut channels = Vec::new();
+        for _ in 0..4 {
+            channels.push(
+                tonic::transport::Channel::from_shared(url.clone())
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+        }
+        let req = VerifyQuoteRequest {
+            purpose: "quote".into(),
+            evidence: Some(verify_quote_request::Evidence::Quote(quote.clone())),
+            ..Default::default()
+        };
+        // Warm up: the appraisal is cached after the first request.
+        VerifierClient::new(channels[0].clone())
+            .verify_quote(req.clone())
+            .await
+            .unwrap();
+        let wall = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..callers {
+            let mut client = VerifierClient::new(channels[i % channels.len()].clone());
+            let req = req.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = Vec::with_capacity(per_caller);
+                for _ in 0..per_caller {
+                    let t = Instant::now();
+                    let d = client.verify_quote(req.clone()).await.unwrap().into_inner();
+                    s.push(t.elapsed());
+                    assert!(d.allow && d.cached);
+                }
+                s
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        (all, wall.elapsed())
+    });
+    let grpc_rate = line(
+        "(c) gRPC loopback, warm, 16 concurrent callers",
+        grpc_samples,
+        grpc_wall,
+    );
+
+    println!();
+    println!(
+        "warm in-process / baseline throughput: {:.0}x (target >= 20x)",
+        warm / baseline
+    );
+    println!(
+        "gRPC warm: p50 {:.0} µs with one caller (target <= 150 µs); {:.0} decisions/s with 16 callers (target >= 10000)",
+        one_p50.as_secs_f64() * 1e6,
+        grpc_rate
+    );
+    println!("(with 16 callers in flight, latency is mostly queueing: 16 / throughput)");
+}

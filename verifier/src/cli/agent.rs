@@ -1,0 +1,120 @@
+//! `teesql-verifier agent`: the development guest agent and PCCS.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Args};
+use teesql_verifier::dev::agent::{AgentConfig, AgentListener, DevAgent};
+use teesql_verifier::dev::parse_seed;
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("seed_source").required(true).args(["seed", "seed_file"])))]
+#[command(group(ArgGroup::new("listen_on").required(true).multiple(true).args(["socket", "listen"])))]
+pub struct AgentArgs {
+    /// 32-byte seed (64 hex digits) every key, certificate and measurement derives from.
+    /// The same seed gives the same development root, so verifiers keep trusting it.
+    #[arg(
+        long,
+        env = "TEESQL_DEV_SEED",
+        value_name = "HEX",
+        hide_env_values = true
+    )]
+    seed: Option<String>,
+    /// File holding the seed as hex.
+    #[arg(long, value_name = "FILE")]
+    seed_file: Option<PathBuf>,
+    /// Serve the guest agent API on this unix socket (what dstack-sdk clients use:
+    /// export DSTACK_SIMULATOR_ENDPOINT=PATH).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Also serve the guest agent API and the PCCS collateral endpoints over HTTP
+    /// (e.g. 127.0.0.1:8090; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// The app-compose.json whose SHA-256 is the compose hash. Default: a built-in one.
+    #[arg(long, value_name = "FILE")]
+    app_compose: Option<PathBuf>,
+    /// Write dev-root.der/.pem (the trust root for --trust-root), dev-collateral.json,
+    /// dev-app-ca.pem (sslrootcert for clients) and example-ra-tls-cert.pem here.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Also emit the legacy .1 (quote) and .2 (event log) certificate extensions.
+    #[arg(long)]
+    legacy_cert_ext: bool,
+    /// Start of the collateral validity window (unix seconds). Default: today 00:00 UTC.
+    #[arg(long, value_name = "UNIX")]
+    collateral_issued_at: Option<u64>,
+}
+
+pub async fn run(args: AgentArgs) -> ExitCode {
+    match serve(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => super::usage_error(msg),
+    }
+}
+
+async fn serve(args: AgentArgs) -> Result<(), String> {
+    let seed_text = match (&args.seed, &args.seed_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).map_err(|e| format!("--seed-file {}: {e}", f.display()))?
+        }
+        (None, None) => return Err("give --seed or --seed-file".into()),
+    };
+    let mut config = AgentConfig::new(parse_seed(&seed_text)?);
+    if let Some(path) = &args.app_compose {
+        config.app_compose =
+            std::fs::read(path).map_err(|e| format!("--app-compose {}: {e}", path.display()))?;
+    }
+    config.legacy_cert_extensions = args.legacy_cert_ext;
+    config.collateral_issued_at = args.collateral_issued_at;
+    let agent = DevAgent::new(config).map_err(|e| e.to_string())?;
+
+    let mut listeners = Vec::new();
+    let mut lines = vec!["teesql development guest agent (NOT FOR PRODUCTION) ready".to_string()];
+    if let Some(path) = &args.socket {
+        listeners.push(AgentListener::Unix(path.clone()));
+        lines.push(format!(
+            "  guest agent socket: {}   (export DSTACK_SIMULATOR_ENDPOINT={})",
+            path.display(),
+            path.display()
+        ));
+    }
+    let mut http_url = None;
+    if let Some(addr) = &args.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("--listen {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let url = format!("http://{local}");
+        lines.push(format!("  HTTP guest agent + PCCS: {url}"));
+        http_url = Some(url);
+        listeners.push(AgentListener::Tcp(listener));
+    }
+    lines.push(format!("  MRTD: {}", agent.mrtd_hex()));
+    if let Some(dir) = &args.out_dir {
+        agent
+            .write_out_dir(dir)
+            .await
+            .map_err(|e| format!("--out-dir: {e}"))?;
+        lines.push(format!("  wrote dev-root.der, dev-collateral.json, dev-app-ca.pem, example-ra-tls-cert.pem to {}", dir.display()));
+        lines.push(format!(
+            "  try: teesql-verifier verify --cert {} --trust-root {} {} --policy-dir policies/dev",
+            dir.join("example-ra-tls-cert.pem").display(),
+            dir.join("dev-root.der").display(),
+            match &http_url {
+                Some(url) => format!("--pccs-url {url}"),
+                None => format!("--collateral-dir {}", dir.display()),
+            }
+        ));
+    }
+    // Shutdown first, so a signal during start-up is not lost; then report readiness.
+    let shutdown = super::shutdown_signal();
+    for l in &lines {
+        println!("{l}");
+    }
+    agent
+        .serve(listeners, shutdown)
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,645 @@
+//! A dstack-compatible guest agent for development, and a PCCS for its PKI.
+//!
+//! Serves the guest agent API that dstack-sdk 0.1.3 speaks (`POST /<Method>` with JSON,
+//! bytes as hex) over a unix socket and/or TCP: `GetTlsKey`, `GetQuote`, `Attest`, `Info`,
+//! `GetKey`, `Version`, `EmitEvent`. It keeps a dstack-like event log whose replay equals
+//! the RTMR3 of every quote it issues. The same server answers the PCCS v4 collateral
+//! endpoints for its PKI, so the verifier's network collateral path runs for real.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256, Sha384};
+use tokio::sync::Mutex;
+
+use super::pki::{DevPki, DevPkiError, DevTdReport};
+use super::ratls::{AppCa, CertAttestation, RaTlsIssued, RaTlsRequest};
+use crate::eventlog::{DSTACK_RUNTIME_EVENT_TYPE, RuntimeEvent, TdxEvent, replay_rtmr3};
+use crate::evidence::DstackAttestation;
+
+/// The agent's version string (`Version`).
+pub const AGENT_VERSION: &str = concat!("teesql-dev-agent ", env!("CARGO_PKG_VERSION"));
+
+/// How to run the development agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub seed: [u8; 32],
+    /// Exact bytes of the app-compose.json; `compose-hash` is their SHA-256.
+    pub app_compose: Vec<u8>,
+    pub app_name: String,
+    /// Also put the legacy `.1` (quote) and `.2` (event log) extensions in certificates,
+    /// for clients older than dstack v0.5.9.
+    pub legacy_cert_extensions: bool,
+    /// Lifetime of issued TLS certificates.
+    pub cert_validity: Duration,
+    /// Start of the collateral window (unix seconds); default: today, 00:00 UTC.
+    pub collateral_issued_at: Option<u64>,
+    /// Length of the collateral window (Intel's is about 30 days).
+    pub collateral_validity: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults for a seed: a minimal compose file, modern certificates, 30-day collateral.
+    pub fn new(seed: [u8; 32]) -> Self {
+        Self {
+            seed,
+            app_compose: DEFAULT_APP_COMPOSE.as_bytes().to_vec(),
+            app_name: "teesql-dev".into(),
+            legacy_cert_extensions: false,
+            cert_validity: Duration::from_secs(7 * 24 * 3600),
+            collateral_issued_at: None,
+            collateral_validity: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// The compose file used when none is given.
+pub const DEFAULT_APP_COMPOSE: &str = r#"{"manifest_version":2,"name":"teesql-dev","runner":"docker-compose","docker_compose_file":"services:\n  postgres:\n    image: postgres:17\n  sidecar:\n    image: teesql-sidecar\n","kms_enabled":false,"gateway_enabled":false,"local_key_provider_enabled":false,"public_logs":true,"public_sysinfo":true}"#;
+
+/// The development guest agent. Cheap to clone; all clones share state.
+#[derive(Clone, Debug)]
+pub struct DevAgent {
+    state: Arc<AgentState>,
+}
+
+struct AgentState {
+    config: AgentConfig,
+    pki: DevPki,
+    app_ca: AppCa,
+    identity: Identity,
+    events: Mutex<Vec<RuntimeEvent>>,
+    collateral_issued_at: u64,
+    pccs_requests: AtomicU64,
+}
+
+impl std::fmt::Debug for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentState")
+            .field("app_name", &self.config.app_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fixed facts about the simulated CVM, derived from the seed and the compose file.
+#[derive(Debug, Clone)]
+struct Identity {
+    app_id: [u8; 20],
+    compose_hash: [u8; 32],
+    instance_id: [u8; 20],
+    device_id: [u8; 32],
+    os_image_hash: [u8; 32],
+    mrtd: [u8; 48],
+    rtmr: [[u8; 48]; 3],
+    key_provider: String,
+    vm_config: String,
+}
+
+fn derive<const N: usize>(seed: &[u8; 32], label: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    let digest = Sha384::new()
+        .chain_update(b"teesql-dev-agent:")
+        .chain_update(label.as_bytes())
+        .chain_update(seed)
+        .finalize();
+    out.copy_from_slice(&digest[..N]);
+    out
+}
+
+impl Identity {
+    fn new(config: &AgentConfig) -> Self {
+        let compose_hash: [u8; 32] = Sha256::digest(&config.app_compose).into();
+        let mut app_id = [0u8; 20];
+        // dstack's convention: the app id of a self-deployed app is its first compose hash.
+        app_id.copy_from_slice(&compose_hash[..20]);
+        let os_image_hash: [u8; 32] = derive(&config.seed, "os-image-hash");
+        let vm_config = json!({
+            "spec_version": 1,
+            "os_image_hash": hex::encode(os_image_hash),
+            "cpu_count": 2,
+            "memory_size": 4u64 << 30,
+            "tdx_attestation_variant": "teesql-dev",
+        })
+        .to_string();
+        Self {
+            app_id,
+            compose_hash,
+            instance_id: derive(&config.seed, "instance-id"),
+            device_id: derive(&config.seed, "device-id"),
+            os_image_hash,
+            mrtd: derive(&config.seed, "mrtd"),
+            rtmr: [
+                derive(&config.seed, "rtmr0"),
+                derive(&config.seed, "rtmr1"),
+                derive(&config.seed, "rtmr2"),
+            ],
+            key_provider: r#"{"name":"none","id":""}"#.into(),
+            vm_config,
+        }
+    }
+
+    /// The boot events dstack's guest writes before the app starts.
+    fn boot_events(&self) -> Vec<RuntimeEvent> {
+        vec![
+            RuntimeEvent::new("system-preparing", Vec::new()),
+            RuntimeEvent::new("app-id", self.app_id.to_vec()),
+            RuntimeEvent::new("compose-hash", self.compose_hash.to_vec()),
+            RuntimeEvent::new("instance-id", self.instance_id.to_vec()),
+            RuntimeEvent::new("boot-mr-done", Vec::new()),
+            RuntimeEvent::new("os-image-hash", self.os_image_hash.to_vec()),
+            RuntimeEvent::new("key-provider", self.key_provider.as_bytes().to_vec()),
+            RuntimeEvent::new("storage-fs", b"ext4".to_vec()),
+            RuntimeEvent::new("system-ready", Vec::new()),
+        ]
+    }
+
+    fn mr_config_id(&self) -> [u8; 48] {
+        let mut id = [0u8; 48];
+        id[0] = 0x01;
+        id[1..33].copy_from_slice(&self.compose_hash);
+        id
+    }
+}
+
+/// A request the agent refuses, with the reason the caller sees.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Pki(#[from] DevPkiError),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// Where the agent listens.
+#[derive(Debug)]
+pub enum AgentListener {
+    Unix(PathBuf),
+    Tcp(tokio::net::TcpListener),
+}
+
+impl DevAgent {
+    pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
+        let pki = DevPki::from_seed(config.seed)?;
+        let app_ca = AppCa::from_seed(&config.seed)?;
+        let identity = Identity::new(&config);
+        let events = identity.boot_events();
+        let collateral_issued_at = config.collateral_issued_at.unwrap_or_else(|| {
+            let now = crate::Clock::System.now();
+            now - now % 86_400
+        });
+        Ok(Self {
+            state: Arc::new(AgentState {
+                config,
+                pki,
+                app_ca,
+                identity,
+                events: Mutex::new(events),
+                collateral_issued_at,
+                pccs_requests: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The development root CA (DER): the trust root to give the verifier.
+    pub fn root_der(&self) -> &[u8] {
+        self.state.pki.root_der()
+    }
+
+    /// The app CA that signs RA-TLS certificates (PEM): `sslrootcert` for mode B.
+    pub fn app_ca_pem(&self) -> &str {
+        self.state.app_ca.cert_pem()
+    }
+
+    /// The MRTD every quote of this agent carries (hex), for pinning in tests.
+    pub fn mrtd_hex(&self) -> String {
+        hex::encode(self.state.identity.mrtd)
+    }
+
+    /// The collateral for this agent's quotes.
+    pub fn collateral(&self) -> Result<dcap_qvl::QuoteCollateralV3, AgentError> {
+        Ok(self.state.pki.collateral(
+            self.state.collateral_issued_at,
+            self.state.config.collateral_validity.as_secs(),
+        )?)
+    }
+
+    /// How many PCCS requests the agent has answered.
+    pub fn pccs_requests(&self) -> u64 {
+        self.state.pccs_requests.load(Ordering::Relaxed)
+    }
+
+    /// Write the files a verifier and clients need: `dev-root.der`, `dev-root.pem`,
+    /// `dev-collateral.json`, `dev-app-ca.pem`, and an example RA-TLS server certificate
+    /// for `localhost` (`example-ra-tls-cert.pem`) to try `teesql-verifier verify` on.
+    pub async fn write_out_dir(&self, dir: &Path) -> Result<Vec<PathBuf>, AgentError> {
+        let io = |e: std::io::Error| AgentError::Io(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let collateral = serde_json::to_vec_pretty(&self.collateral()?)
+            .map_err(|e| AgentError::Io(e.to_string()))?;
+        let example = self
+            .issue_tls_key(&RaTlsRequest {
+                subject: "localhost".into(),
+                alt_names: vec!["localhost".into(), "127.0.0.1".into()],
+                usage_ra_tls: true,
+                usage_server_auth: true,
+                usage_client_auth: false,
+            })
+            .await?;
+        let files: Vec<(&str, Vec<u8>)> = vec![
+            ("dev-root.der", self.root_der().to_vec()),
+            ("dev-root.pem", self.state.pki.root_pem().into_bytes()),
+            ("dev-collateral.json", collateral),
+            ("dev-app-ca.pem", self.app_ca_pem().as_bytes().to_vec()),
+            (
+                "example-ra-tls-cert.pem",
+                example.chain_pem.concat().into_bytes(),
+            ),
+        ];
+        let mut written = Vec::new();
+        for (name, bytes) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).map_err(io)?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+
+    /// The HTTP routes: guest agent API and PCCS.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/GetTlsKey", post(get_tls_key))
+            .route("/GetQuote", post(get_quote))
+            .route("/Attest", post(attest))
+            .route("/Info", post(info).get(info))
+            .route("/GetKey", post(get_key))
+            .route("/Version", post(version).get(version))
+            .route("/EmitEvent", post(emit_event))
+            .route("/sgx/certification/v4/{*rest}", get(pccs))
+            .route("/tdx/certification/v4/{*rest}", get(pccs))
+            .with_state(self.clone())
+    }
+
+    /// Serve on every listener until `shutdown` completes. A unix socket path is
+    /// replaced if a stale socket file is there, and removed on exit.
+    pub async fn serve(
+        &self,
+        listeners: Vec<AgentListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AgentError> {
+        let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut sockets = Vec::new();
+        for l in listeners {
+            let router = self.router();
+            let mut rx = tx.subscribe();
+            let stop = async move {
+                let _ = rx.recv().await;
+            };
+            match l {
+                AgentListener::Unix(path) => {
+                    if path.exists() {
+                        std::fs::remove_file(&path)
+                            .map_err(|e| AgentError::Io(format!("{}: {e}", path.display())))?;
+                    }
+                    let listener = tokio::net::UnixListener::bind(&path)
+                        .map_err(|e| AgentError::Io(format!("{}: {e}", path.display())))?;
+                    sockets.push(path);
+                    tasks.spawn(async move {
+                        axum::serve(listener, router)
+                            .with_graceful_shutdown(stop)
+                            .await
+                    });
+                }
+                AgentListener::Tcp(listener) => {
+                    tasks.spawn(async move {
+                        axum::serve(listener, router)
+                            .with_graceful_shutdown(stop)
+                            .await
+                    });
+                }
+            }
+        }
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = tx.send(());
+        });
+        while let Some(res) = tasks.join_next().await {
+            if let Ok(Err(e)) = res {
+                tracing::warn!(error = %e, "agent listener stopped");
+            }
+        }
+        for path in sockets {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+
+    /// A snapshot of the runtime events and the RTMR3 they replay to.
+    async fn events(&self) -> (Vec<RuntimeEvent>, [u8; 48]) {
+        let events = self.state.events.lock().await.clone();
+        let rtmr3 = replay_rtmr3(&events);
+        (events, rtmr3)
+    }
+
+    fn td_report(&self, rtmr3: [u8; 48], report_data: [u8; 64]) -> DevTdReport {
+        let id = &self.state.identity;
+        DevTdReport {
+            mrtd: id.mrtd,
+            rtmr: [id.rtmr[0], id.rtmr[1], id.rtmr[2], rtmr3],
+            report_data,
+            mr_config_id: id.mr_config_id(),
+            ..DevTdReport::default()
+        }
+    }
+
+    /// A quote over `report_data`, with the events it was taken over.
+    async fn quote(
+        &self,
+        report_data: [u8; 64],
+    ) -> Result<(Vec<u8>, Vec<RuntimeEvent>), AgentError> {
+        let (events, rtmr3) = self.events().await;
+        let quote = self.state.pki.quote(&self.td_report(rtmr3, report_data))?;
+        Ok((quote, events))
+    }
+
+    async fn attestation(&self, report_data: [u8; 64]) -> Result<DstackAttestation, AgentError> {
+        let (quote, events) = self.quote(report_data).await?;
+        Ok(DstackAttestation {
+            format: crate::evidence::AttestationFormat::VersionedV0,
+            quote,
+            event_log: tdx_events(&events),
+            runtime_events: events,
+            report_data,
+            config: Some(self.state.identity.vm_config.clone()),
+        })
+    }
+
+    /// Issue a TLS key and certificate chain, as `GetTlsKey` does.
+    pub async fn issue_tls_key(&self, req: &RaTlsRequest) -> Result<RaTlsIssued, AgentError> {
+        // The attestation depends on the key, which the CA generates; compute it inside.
+        let (events, rtmr3) = self.events().await;
+        let legacy = self.state.config.legacy_cert_extensions;
+        let this = self.clone();
+        let issued =
+            self.state
+                .app_ca
+                .issue(req, self.state.config.cert_validity, move |spki| {
+                    let report_data = crate::eventlog::ra_tls_report_data(spki);
+                    let quote = this.state.pki.quote(&this.td_report(rtmr3, report_data))?;
+                    let event_log = tdx_events(&events);
+                    let legacy = legacy.then(|| {
+                        let log = serde_json::to_vec(&event_log).unwrap_or_default();
+                        (quote.clone(), log)
+                    });
+                    let att = DstackAttestation {
+                        format: crate::evidence::AttestationFormat::VersionedV0,
+                        quote,
+                        event_log,
+                        runtime_events: events,
+                        report_data,
+                        config: Some(this.state.identity.vm_config.clone()),
+                    };
+                    Ok(CertAttestation {
+                        versioned: att.encode_v0(),
+                        legacy,
+                        app_id: this.state.identity.app_id.to_vec(),
+                    })
+                })?;
+        Ok(issued)
+    }
+}
+
+/// The RTMR3 events as a TDX event log (digests computed, as newer dstack ships them).
+fn tdx_events(events: &[RuntimeEvent]) -> Vec<TdxEvent> {
+    events
+        .iter()
+        .map(|e| TdxEvent {
+            imr: 3,
+            event_type: DSTACK_RUNTIME_EVENT_TYPE,
+            digest: e.digest().to_vec(),
+            event: e.event.clone(),
+            event_payload: e.payload.clone(),
+            version: e.version,
+        })
+        .collect()
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, AgentError> {
+    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
+    serde_json::from_slice(body).map_err(|e| AgentError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+/// Report data as dstack takes it: hex, at most 64 bytes, zero-padded.
+fn report_data(hex_text: &str) -> Result<[u8; 64], AgentError> {
+    let bytes = crate::evidence::decode_hex("report_data", hex_text, 64)
+        .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+    let mut out = [0u8; 64];
+    out[..bytes.len()].copy_from_slice(&bytes);
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct TlsKeyBody {
+    #[serde(default)]
+    subject: String,
+    #[serde(default)]
+    alt_names: Vec<String>,
+    #[serde(default)]
+    usage_ra_tls: bool,
+    #[serde(default = "yes")]
+    usage_server_auth: bool,
+    #[serde(default)]
+    usage_client_auth: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn get_tls_key(
+    State(agent): State<DevAgent>,
+    body: Bytes,
+) -> Result<axum::Json<Value>, AgentError> {
+    let b: TlsKeyBody = parse(&body)?;
+    let issued = agent
+        .issue_tls_key(&RaTlsRequest {
+            subject: b.subject,
+            alt_names: b.alt_names,
+            usage_ra_tls: b.usage_ra_tls,
+            usage_server_auth: b.usage_server_auth,
+            usage_client_auth: b.usage_client_auth,
+        })
+        .await?;
+    Ok(axum::Json(json!({
+        "key": issued.key_pem,
+        "certificate_chain": issued.chain_pem,
+    })))
+}
+
+#[derive(Deserialize)]
+struct ReportDataBody {
+    #[serde(default)]
+    report_data: String,
+}
+
+async fn get_quote(
+    State(agent): State<DevAgent>,
+    body: Bytes,
+) -> Result<axum::Json<Value>, AgentError> {
+    let b: ReportDataBody = parse(&body)?;
+    let rd = report_data(&b.report_data)?;
+    let (quote, events) = agent.quote(rd).await?;
+    let event_log =
+        serde_json::to_string(&tdx_events(&events)).map_err(|e| AgentError::Io(e.to_string()))?;
+    Ok(axum::Json(json!({
+        "quote": hex::encode(quote),
+        "event_log": event_log,
+        "report_data": hex::encode(rd),
+        "vm_config": agent.state.identity.vm_config,
+    })))
+}
+
+async fn attest(
+    State(agent): State<DevAgent>,
+    body: Bytes,
+) -> Result<axum::Json<Value>, AgentError> {
+    let b: ReportDataBody = parse(&body)?;
+    let att = agent.attestation(report_data(&b.report_data)?).await?;
+    Ok(axum::Json(
+        json!({ "attestation": hex::encode(att.encode_v0()) }),
+    ))
+}
+
+async fn info(State(agent): State<DevAgent>) -> Result<axum::Json<Value>, AgentError> {
+    let id = &agent.state.identity;
+    let (events, rtmr3) = agent.events().await;
+    let app_compose = String::from_utf8_lossy(&agent.state.config.app_compose).into_owned();
+    let tcb_info = json!({
+        "mrtd": hex::encode(id.mrtd),
+        "rtmr0": hex::encode(id.rtmr[0]),
+        "rtmr1": hex::encode(id.rtmr[1]),
+        "rtmr2": hex::encode(id.rtmr[2]),
+        "rtmr3": hex::encode(rtmr3),
+        "os_image_hash": hex::encode(id.os_image_hash),
+        "compose_hash": hex::encode(id.compose_hash),
+        "device_id": hex::encode(id.device_id),
+        "app_compose": app_compose,
+        "event_log": tdx_events(&events),
+    });
+    Ok(axum::Json(json!({
+        "app_id": hex::encode(id.app_id),
+        "instance_id": hex::encode(id.instance_id),
+        "app_cert": agent.app_ca_pem(),
+        "tcb_info": tcb_info.to_string(),
+        "app_name": agent.state.config.app_name,
+        "device_id": hex::encode(id.device_id),
+        "mr_aggregated": hex::encode(Sha256::digest(id.mrtd)),
+        "os_image_hash": hex::encode(id.os_image_hash),
+        "key_provider_info": id.key_provider,
+        "compose_hash": hex::encode(id.compose_hash),
+        "vm_config": id.vm_config,
+    })))
+}
+
+#[derive(Deserialize)]
+struct GetKeyBody {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    purpose: String,
+}
+
+/// Keys derived from the seed and the path, like dstack derives app keys from the KMS.
+async fn get_key(
+    State(agent): State<DevAgent>,
+    body: Bytes,
+) -> Result<axum::Json<Value>, AgentError> {
+    let b: GetKeyBody = parse(&body)?;
+    let key = Sha256::new()
+        .chain_update(b"teesql-dev-agent:get-key:")
+        .chain_update(agent.state.config.seed)
+        .chain_update((b.path.len() as u64).to_le_bytes())
+        .chain_update(b.path.as_bytes())
+        .chain_update(b.purpose.as_bytes())
+        .finalize();
+    Ok(axum::Json(json!({
+        "key": hex::encode(key),
+        "signature_chain": Vec::<String>::new(),
+    })))
+}
+
+async fn version() -> axum::Json<Value> {
+    axum::Json(json!({ "version": AGENT_VERSION, "rev": "dev" }))
+}
+
+#[derive(Deserialize)]
+struct EmitEventBody {
+    event: String,
+    #[serde(default)]
+    payload: String,
+}
+
+async fn emit_event(
+    State(agent): State<DevAgent>,
+    body: Bytes,
+) -> Result<axum::Json<Value>, AgentError> {
+    let b: EmitEventBody = parse(&body)?;
+    if b.event.is_empty() || b.event.len() > 256 {
+        return Err(AgentError::BadRequest(
+            "event name must be 1 to 256 bytes".into(),
+        ));
+    }
+    let payload = crate::evidence::decode_hex("payload", &b.payload, 64 * 1024)
+        .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+    let mut events = agent.state.events.lock().await;
+    if events.len() >= 4096 {
+        return Err(AgentError::BadRequest(
+            "event log is full (4096 events)".into(),
+        ));
+    }
+    events.push(RuntimeEvent::new(b.event, payload));
+    Ok(axum::Json(Value::Null))
+}
+
+async fn pccs(State(agent): State<DevAgent>, uri: Uri) -> Response {
+    agent.state.pccs_requests.fetch_add(1, Ordering::Relaxed);
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let resp = agent.state.pki.pccs_response(
+        path,
+        agent.state.collateral_issued_at,
+        agent.state.config.collateral_validity.as_secs(),
+    );
+    let mut out = (
+        StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        resp.body,
+    )
+        .into_response();
+    for (k, v) in resp.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            out.headers_mut().insert(k, v);
+        }
+    }
+    out
+}

@@ -1,0 +1,25 @@
+//! Development attestation: a seeded DCAP PKI and a dstack-compatible guest agent.
+//!
+//! There is no TDX hardware on development machines, yet every part of the system
+//! (RA-TLS with key binding, client attestation, RTMR3 replay, collateral fetching) must
+//! be exercised for real. The real dstack simulator patches report data into a recorded
+//! quote, so its quotes never verify. Here quotes are signed for real by a PKI derived
+//! from a seed; dcap-qvl verifies them against that PKI's root, which the verifier trusts
+//! only when given it with `--trust-root` (claims then say `tdx.root = "dev"`, and the
+//! production policy refuses them).
+
+pub mod agent;
+pub mod pki;
+mod ratls;
+
+pub use agent::{AgentConfig, DevAgent};
+pub use pki::{DevPki, DevTdReport};
+pub use ratls::{AppCa, RaTlsIssued, RaTlsRequest};
+
+/// Parse a 32-byte seed from hex (with or without `0x`).
+pub fn parse_seed(text: &str) -> Result<[u8; 32], String> {
+    let bytes = crate::evidence::decode_hex("seed", text, 32).map_err(|e| e.to_string())?;
+    bytes
+        .try_into()
+        .map_err(|v: Vec<u8>| format!("the seed must be 32 bytes (64 hex digits), got {}", v.len()))
+}

@@ -1,0 +1,164 @@
+//! Prometheus metrics of the verifier, served on `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::collateral::CollateralProvider;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the verifier exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram>,
+    cache: Family<Labels, Counter>,
+    reloads: Family<Labels, Counter>,
+    policy_info: Family<Labels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("teesql_verifier");
+        let decisions = Family::<Labels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Decisions made, by purpose and outcome (allow, deny)",
+            decisions.clone(),
+        );
+        let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            // 10 µs … ~10 s
+            Histogram::new(exponential_buckets(0.000_01, 2.5, 16))
+        });
+        registry.register(
+            "decision_duration_seconds",
+            "Time to decide, from request to decision, by purpose",
+            latency.clone(),
+        );
+        let cache = Family::<Labels, Counter>::default();
+        registry.register(
+            "appraisal_cache",
+            "Appraisal cache lookups, by result (hit, miss)",
+            cache.clone(),
+        );
+        let reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy reloads, by result (ok, rejected)",
+            reloads.clone(),
+        );
+        let policy_info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "policy_info",
+            "The policy set serving (value 1), labelled by its hash",
+            policy_info.clone(),
+        );
+        Self {
+            registry,
+            decisions,
+            latency,
+            cache,
+            reloads,
+            policy_info,
+        }
+    }
+
+    /// Also export the collateral counters of `provider`.
+    pub fn with_collateral(mut self, provider: Arc<CollateralProvider>) -> Self {
+        self.registry
+            .register_collector(Box::new(CollateralCollector { provider }));
+        self
+    }
+
+    pub fn decision(&self, purpose: &str, allow: bool, latency: Duration) {
+        let outcome = if allow { "allow" } else { "deny" };
+        self.decisions
+            .get_or_create(&vec![
+                ("purpose", purpose.to_string()),
+                ("outcome", outcome.into()),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&vec![("purpose", purpose.to_string())])
+            .observe(latency.as_secs_f64());
+    }
+
+    pub fn appraisal_cache(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache
+            .get_or_create(&vec![("result", result.into())])
+            .inc();
+    }
+
+    pub fn policy_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "rejected" };
+        self.reloads
+            .get_or_create(&vec![("result", result.into())])
+            .inc();
+    }
+
+    pub fn policy_loaded(&self, hash: &str) {
+        self.policy_info.clear();
+        self.policy_info
+            .get_or_create(&vec![("hash", hash.to_string())])
+            .set(1);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+struct CollateralCollector {
+    provider: Arc<CollateralProvider>,
+}
+
+impl Collector for CollateralCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.provider.stats;
+        for (name, help, value) in [
+            (
+                "collateral_fetches",
+                "Collateral fetches from the PCCS / Intel PCS",
+                s.fetches.load(Ordering::Relaxed),
+            ),
+            (
+                "collateral_fetch_failures",
+                "Collateral fetches that failed (down, timeout, bad response)",
+                s.fetch_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "collateral_cache_hits",
+                "Collateral served from the cache",
+                s.cache_hits.load(Ordering::Relaxed),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let m = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(m)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,618 @@
+//! The verifier service: decisions with an appraisal cache, hot-swappable policies, a
+//! decision log and metrics. Transport-independent; `grpc` puts it on the wire.
+//!
+//! Every decision runs the current policy on claims. The expensive part, verifying the
+//! evidence, is cached by the hash of the evidence and never outlives the collateral or
+//! certificate it rests on, so a reloaded policy applies to the very next decision.
+
+mod cache;
+pub mod config;
+pub mod grpc;
+pub mod log;
+pub mod metrics;
+mod prepared;
+pub mod reload;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use cache::AppraisalCache;
+pub use log::{DecisionLog, LogTarget};
+pub use metrics::Metrics;
+
+use crate::Clock;
+use crate::appraise::Appraiser;
+use crate::claims::{AppraisedEvidence, ConnectionClaims};
+use crate::evidence::{self, Evidence, EvidenceError, MAX_CHAIN_LEN, MAX_EVIDENCE_LEN};
+use crate::manifest::{MAX_MANIFEST_LEN, Manifest};
+use crate::policy::{PolicyError, PolicySet, Reason};
+use crate::report::AttestationReport;
+use prepared::{Extra, Prepared};
+
+/// A decision as the service returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceDecision {
+    pub allow: bool,
+    pub reasons: Vec<Reason>,
+    pub policy_id: String,
+    pub policy_hash: String,
+    /// The claims the policy evaluated, JSON.
+    pub claims_json: String,
+    /// The evidence's appraisal came from the cache.
+    pub cached: bool,
+    /// Unix seconds until which the facts hold; 0 = unknown.
+    pub valid_until: u64,
+}
+
+/// A request the service cannot act on: the caller's mistake, named by field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> RequestError {
+    RequestError::InvalidArgument {
+        field,
+        message: message.into(),
+    }
+}
+
+/// A TLS peer to judge.
+#[derive(Debug, Clone, Default)]
+pub struct PeerRequest {
+    pub purpose: String,
+    pub chain: Vec<Vec<u8>>,
+    pub connection: ConnectionClaims,
+}
+
+/// Evidence given to `VerifyQuote`.
+#[derive(Debug, Clone)]
+pub enum QuoteInput {
+    Quote { quote: Vec<u8>, event_log: String },
+    Attestation(Vec<u8>),
+}
+
+/// How the service is tuned.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// Most appraisals kept.
+    pub cache_capacity: u64,
+    /// Longest an appraisal is kept, whatever its collateral says.
+    pub cache_max_ttl: Duration,
+    pub clock: Clock,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            cache_capacity: 10_000,
+            cache_max_ttl: Duration::from_secs(3600),
+            clock: Clock::System,
+        }
+    }
+}
+
+/// The decision engine behind the gRPC API.
+#[derive(Debug)]
+pub struct DecisionService {
+    appraiser: Appraiser,
+    policies: ArcSwap<PolicySet>,
+    cache: AppraisalCache,
+    clock: Clock,
+    log: DecisionLog,
+    metrics: Arc<Metrics>,
+}
+
+/// What the decision log and metrics need to know about the peer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PeerSummary {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub addr: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub database: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub sni: String,
+    pub evidence: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mrtd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+}
+
+impl DecisionService {
+    pub fn new(
+        appraiser: Appraiser,
+        policies: PolicySet,
+        options: &ServiceOptions,
+        log: DecisionLog,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics.policy_loaded(policies.hash());
+        Self {
+            appraiser,
+            policies: ArcSwap::from_pointee(policies),
+            cache: AppraisalCache::new(
+                options.cache_capacity,
+                options.cache_max_ttl,
+                options.clock,
+            ),
+            clock: options.clock,
+            log,
+            metrics,
+        }
+    }
+
+    /// The policy set serving now.
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.load_full()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Load the policy set again from its directories and swap it in atomically. A set
+    /// that fails to load or compile is rejected and the current one keeps serving.
+    pub async fn reload(&self) -> Result<(String, bool), PolicyError> {
+        let current = self.policies.load_full();
+        let dirs = current.dirs().to_vec();
+        let limit = current.eval_limit();
+        let loaded = tokio::task::spawn_blocking(move || PolicySet::load(&dirs, limit))
+            .await
+            .map_err(|e| PolicyError::Load {
+                path: "(reload)".into(),
+                detail: e.to_string(),
+            })?;
+        match loaded {
+            Ok(set) => {
+                let hash = set.hash().to_string();
+                let changed = hash != current.hash();
+                if changed {
+                    self.policies.store(Arc::new(set));
+                    tracing::info!(policy.hash = %hash, previous = %current.hash(), "policies reloaded");
+                } else {
+                    tracing::debug!(policy.hash = %hash, "policies unchanged");
+                }
+                self.metrics.policy_reload(true);
+                self.metrics.policy_loaded(&hash);
+                Ok((hash, changed))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, serving = %current.hash(), "policy reload rejected; the current policies keep serving");
+                self.metrics.policy_reload(false);
+                Err(e)
+            }
+        }
+    }
+
+    /// Judge a TLS peer.
+    pub async fn verify_peer(&self, req: PeerRequest) -> Result<ServiceDecision, RequestError> {
+        let purpose = self.check_purpose(&req.purpose)?;
+        if req.chain.len() > MAX_CHAIN_LEN {
+            return Err(invalid(
+                "chain",
+                format!("{} certificates, at most {MAX_CHAIN_LEN}", req.chain.len()),
+            ));
+        }
+        if let Some((i, c)) = req
+            .chain
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.len() > evidence::MAX_EXTENSION_LEN * 2)
+        {
+            return Err(invalid(
+                "chain",
+                format!("certificate {i} is {} bytes, too large", c.len()),
+            ));
+        }
+        let key = cache_key("peer", &req.chain, None);
+        let chain = req.chain;
+        let connection = req.connection;
+        let mut summary = PeerSummary {
+            addr: connection.client_addr.clone(),
+            user: connection.user.clone(),
+            database: connection.database.clone(),
+            sni: connection.sni.clone(),
+            ..PeerSummary::default()
+        };
+        self.decide(
+            &purpose,
+            key,
+            move || evidence::decode_certificate_der(&chain),
+            None,
+            Some(connection),
+            |_| Extra::default(),
+            &mut summary,
+        )
+        .await
+    }
+
+    /// Judge a quote or attestation.
+    pub async fn verify_quote(
+        &self,
+        purpose: &str,
+        input: QuoteInput,
+        expected_report_data: Option<Vec<u8>>,
+    ) -> Result<ServiceDecision, RequestError> {
+        let purpose = self.check_purpose(if purpose.is_empty() { "quote" } else { purpose })?;
+        if let Some(rd) = &expected_report_data
+            && rd.len() > 64
+        {
+            return Err(invalid(
+                "expected_report_data",
+                format!("{} bytes, at most 64", rd.len()),
+            ));
+        }
+        let (key, decode): (
+            _,
+            Box<dyn FnOnce() -> Result<Evidence, EvidenceError> + Send>,
+        ) = match input {
+            QuoteInput::Quote { quote, event_log } => {
+                if quote.is_empty() {
+                    return Err(invalid("quote", "empty"));
+                }
+                if quote.len() > evidence::MAX_QUOTE_LEN {
+                    return Err(invalid(
+                        "quote",
+                        format!("{} bytes, too large", quote.len()),
+                    ));
+                }
+                if event_log.len() > MAX_EVIDENCE_LEN {
+                    return Err(invalid("event_log", "too large"));
+                }
+                let key = cache_key(
+                    "quote",
+                    &[quote.clone(), event_log.as_bytes().to_vec()],
+                    expected_report_data.as_deref(),
+                );
+                (key, Box::new(move || quote_evidence(&quote, &event_log)))
+            }
+            QuoteInput::Attestation(blob) => {
+                if blob.is_empty() {
+                    return Err(invalid("attestation", "empty"));
+                }
+                if blob.len() > MAX_EVIDENCE_LEN {
+                    return Err(invalid(
+                        "attestation",
+                        format!("{} bytes, too large", blob.len()),
+                    ));
+                }
+                let key = cache_key(
+                    "attestation",
+                    std::slice::from_ref(&blob),
+                    expected_report_data.as_deref(),
+                );
+                (
+                    key,
+                    Box::new(move || {
+                        evidence::decode_attestation(&blob)?
+                            .into_evidence(evidence::EvidenceKind::DstackAttestation)
+                    }),
+                )
+            }
+        };
+        let mut summary = PeerSummary::default();
+        self.decide(
+            &purpose,
+            key,
+            decode,
+            expected_report_data,
+            None,
+            |_| Extra::default(),
+            &mut summary,
+        )
+        .await
+    }
+
+    /// Judge a signed leader manifest, with the leader's certificate when given.
+    pub async fn verify_manifest(
+        &self,
+        txt: &str,
+        leader_chain: Vec<Vec<u8>>,
+    ) -> Result<ServiceDecision, RequestError> {
+        let purpose = self.check_purpose("manifest")?;
+        if txt.trim().is_empty() {
+            return Err(invalid("manifest", "required"));
+        }
+        if txt.len() > MAX_MANIFEST_LEN {
+            return Err(invalid(
+                "manifest",
+                format!("{} bytes, at most {MAX_MANIFEST_LEN}", txt.len()),
+            ));
+        }
+        if leader_chain.len() > MAX_CHAIN_LEN {
+            return Err(invalid(
+                "leader_chain",
+                format!("at most {MAX_CHAIN_LEN} certificates"),
+            ));
+        }
+        let manifest = Manifest::claims(txt);
+        let key = cache_key("peer", &leader_chain, None);
+        let mut summary = PeerSummary::default();
+        self.decide(
+            &purpose,
+            key,
+            move || evidence::decode_certificate_der(&leader_chain),
+            None,
+            None,
+            move |_| Extra {
+                manifest: Some(manifest),
+                report: None,
+            },
+            &mut summary,
+        )
+        .await
+    }
+
+    /// Judge a sidecar `/attestation` report.
+    pub async fn verify_report(&self, json: &str) -> Result<ServiceDecision, RequestError> {
+        let purpose = self.check_purpose("report")?;
+        if json.trim().is_empty() {
+            return Err(invalid("report_json", "required"));
+        }
+        let report =
+            AttestationReport::parse(json).map_err(|e| invalid("report_json", e.to_string()))?;
+        let expected =
+            crate::report::report_data(&report.postgres_state, report.timestamp).to_vec();
+        let key = cache_key(
+            "report",
+            &[
+                report.quote.as_bytes().to_vec(),
+                report.event_log.as_bytes().to_vec(),
+            ],
+            Some(&expected),
+        );
+        let for_decode = report.clone();
+        let mut summary = PeerSummary::default();
+        self.decide(
+            &purpose,
+            key,
+            move || for_decode.evidence(),
+            Some(expected),
+            None,
+            move |a| Extra {
+                manifest: None,
+                report: Some(report.claims(a.tdx.as_ref(), a.app.as_ref())),
+            },
+            &mut summary,
+        )
+        .await
+    }
+
+    /// Evaluate a purpose on caller-supplied claims (dry run: nothing verified or logged).
+    pub fn evaluate(
+        &self,
+        purpose: &str,
+        claims_json: &str,
+    ) -> Result<ServiceDecision, RequestError> {
+        let purpose = self.check_purpose(purpose)?;
+        let input: serde_json::Value = serde_json::from_str(claims_json)
+            .map_err(|e| invalid("claims_json", format!("not JSON: {e}")))?;
+        if !input.is_object() {
+            return Err(invalid("claims_json", "must be a JSON object"));
+        }
+        let policies = self.policies.load_full();
+        let (allow, reasons, policy_id) = match policies.evaluate(&purpose, &input) {
+            Ok(v) => (v.allow, v.reasons, v.policy_id),
+            Err(e) => (false, vec![policy_error(&e)], format!("teesql.{purpose}")),
+        };
+        Ok(ServiceDecision {
+            allow,
+            reasons,
+            policy_id,
+            policy_hash: policies.hash().to_string(),
+            claims_json: claims_json.to_string(),
+            cached: false,
+            valid_until: 0,
+        })
+    }
+
+    fn check_purpose(&self, purpose: &str) -> Result<String, RequestError> {
+        if purpose.is_empty() {
+            return Err(invalid(
+                "purpose",
+                "required (e.g. \"sidecar\" or \"client\")",
+            ));
+        }
+        let policies = self.policies.load_full();
+        let known = policies.purposes();
+        if !known.iter().any(|p| p == purpose) {
+            return Err(invalid(
+                "purpose",
+                format!(
+                    "no policy for {purpose:?}; the loaded policies decide: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        Ok(purpose.to_string())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn decide(
+        &self,
+        purpose: &str,
+        key: [u8; 32],
+        decode: impl FnOnce() -> Result<Evidence, EvidenceError>,
+        expected_report_data: Option<Vec<u8>>,
+        connection: Option<ConnectionClaims>,
+        extra: impl FnOnce(&AppraisedEvidence) -> Extra,
+        summary: &mut PeerSummary,
+    ) -> Result<ServiceDecision, RequestError> {
+        let started = Instant::now();
+        let now = self.clock.now();
+        let (prepared, cached) = match self.cache.get(&key) {
+            Some(hit) => {
+                self.metrics.appraisal_cache(true);
+                (hit, true)
+            }
+            None => {
+                self.metrics.appraisal_cache(false);
+                let evidence = match decode() {
+                    Ok(e) => e,
+                    Err(e) => {
+                        summary.evidence = "malformed".into();
+                        let reason = Reason {
+                            code: "evidence_malformed".into(),
+                            message: format!("the evidence cannot be decoded: {e}"),
+                        };
+                        let policies = self.policies.load_full();
+                        let decision = ServiceDecision {
+                            allow: false,
+                            reasons: vec![reason],
+                            policy_id: format!("teesql.{purpose}"),
+                            policy_hash: policies.hash().to_string(),
+                            claims_json: "null".into(),
+                            cached: false,
+                            valid_until: 0,
+                        };
+                        self.finish(purpose, &decision, summary, started);
+                        return Ok(decision);
+                    }
+                };
+                let appraised = self
+                    .appraiser
+                    .appraise(&evidence, now, expected_report_data.as_deref())
+                    .await;
+                let prepared = Arc::new(Prepared::new(appraised));
+                if let Some(until) = cacheable_until(&prepared.appraised) {
+                    self.cache.insert(key, prepared.clone(), until);
+                }
+                (prepared, false)
+            }
+        };
+        let appraised = &prepared.appraised;
+        summarize(appraised, summary);
+        let valid_until = valid_until(appraised);
+        let extra = extra(appraised);
+        let (input, claims_json) = prepared.input(purpose, now, connection.as_ref(), &extra);
+        let policies = self.policies.load_full();
+        let (allow, reasons, policy_id) = match policies.evaluate_value(purpose, input) {
+            Ok(v) => (v.allow, v.reasons, v.policy_id),
+            Err(e) => {
+                tracing::error!(purpose, error = %e, "policy evaluation failed; denying");
+                (false, vec![policy_error(&e)], format!("teesql.{purpose}"))
+            }
+        };
+        let decision = ServiceDecision {
+            allow,
+            reasons,
+            policy_id,
+            policy_hash: policies.hash().to_string(),
+            claims_json,
+            cached,
+            valid_until,
+        };
+        self.finish(purpose, &decision, summary, started);
+        Ok(decision)
+    }
+
+    fn finish(&self, purpose: &str, d: &ServiceDecision, peer: &PeerSummary, started: Instant) {
+        let latency = started.elapsed();
+        self.metrics.decision(purpose, d.allow, latency);
+        self.log.record(log::DecisionRecord {
+            time: self.clock.now(),
+            purpose: purpose.to_string(),
+            peer: peer.clone(),
+            allow: d.allow,
+            reasons: d.reasons.clone(),
+            policy_hash: d.policy_hash.clone(),
+            cached: d.cached,
+            latency_us: latency.as_micros() as u64,
+        });
+    }
+}
+
+fn policy_error(e: &PolicyError) -> Reason {
+    Reason {
+        code: "policy_error".into(),
+        message: format!("the policy could not decide: {e}"),
+    }
+}
+
+/// A quote with an optional GetQuote-style JSON event log.
+fn quote_evidence(quote: &[u8], event_log: &str) -> Result<Evidence, EvidenceError> {
+    let mut ev = Evidence::from_quote(evidence::decode_quote_bytes(quote)?);
+    if !event_log.trim().is_empty() {
+        ev.event_log = Some(evidence::EventLog {
+            tdx_events: serde_json::from_str(event_log).map_err(|e| {
+                EvidenceError::Invalid(format!("event_log is not a dstack event log: {e}"))
+            })?,
+            runtime_events: Vec::new(),
+        });
+    }
+    Ok(ev)
+}
+
+/// SHA-256 over a tag, each part length-prefixed, and the expected report data.
+fn cache_key(tag: &str, parts: &[Vec<u8>], expected: Option<&[u8]>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(tag.as_bytes());
+    h.update((parts.len() as u64).to_le_bytes());
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    match expected {
+        Some(rd) => {
+            h.update([1]);
+            h.update((rd.len() as u64).to_le_bytes());
+            h.update(rd);
+        }
+        None => h.update([0]),
+    }
+    h.finalize().into()
+}
+
+/// Until when the facts of an appraisal hold: the earliest of its collateral's next
+/// update and its certificate's expiry; 0 when neither applies.
+fn valid_until(a: &AppraisedEvidence) -> u64 {
+    let collateral = a
+        .tdx
+        .as_ref()
+        .and_then(|t| t.collateral)
+        .map(|c| c.not_after);
+    let cert = a.evidence.cert.as_ref().map(|c| c.not_after.max(0) as u64);
+    match (collateral, cert) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(x), None) | (None, Some(x)) => x,
+        (None, None) => 0,
+    }
+}
+
+/// Whether an appraisal may be cached, and until when (0 = only the cache's own TTL).
+/// Failures that a later attempt could cure (collateral that could not be fetched or
+/// has expired) are not cached.
+fn cacheable_until(a: &AppraisedEvidence) -> Option<u64> {
+    if let Some(t) = &a.tdx
+        && matches!(
+            t.error_code.as_deref(),
+            Some("collateral_unavailable" | "collateral_expired")
+        )
+    {
+        return None;
+    }
+    Some(valid_until(a))
+}
+
+fn summarize(a: &AppraisedEvidence, s: &mut PeerSummary) {
+    s.evidence = serde_json::to_value(a.evidence.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    s.subject = a.evidence.cert.as_ref().map(|c| c.subject.clone());
+    s.mrtd = a.tdx.as_ref().and_then(|t| t.mrtd.clone());
+    s.app_id = a.app.as_ref().and_then(|x| x.app_id.clone());
+}
