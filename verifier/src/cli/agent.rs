@@ -110,9 +110,7 @@ async fn serve(args: AgentArgs) -> Result<(), String> {
     }
     // Shutdown first, so a signal during start-up is not lost; then report readiness.
     let shutdown = super::shutdown_signal();
-    for l in &lines {
-        println!("{l}");
-    }
+    super::out(&(lines.join("\n") + "\n"));
     agent
         .serve(listeners, shutdown)
         .await

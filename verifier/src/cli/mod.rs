@@ -113,6 +113,16 @@ pub fn policy_dirs(given: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
     Err("no policy profile: pass --policy-dir (e.g. policies/teesql, or policies/dev for development)".into())
 }
 
+/// Write to stdout. A closed pipe (`… | head`) is not an error worth a panic: the reader
+/// has what it wanted.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
 /// Print a one-line error and return exit status 2.
 pub fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("teesql-verifier: {msg}");

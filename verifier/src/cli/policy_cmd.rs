@@ -44,17 +44,17 @@ fn test(dir: &std::path::Path, verbose: bool) -> ExitCode {
                 None => {
                     passed += 1;
                     if verbose {
-                        println!("PASS {}: {}", r.file, r.name);
+                        super::out(&format!("PASS {}: {}\n", r.file, r.name));
                     }
                 }
                 Some(why) => {
                     failed += 1;
-                    println!("FAIL {}: {}: {why}", r.file, r.name);
+                    super::out(&format!("FAIL {}: {}: {why}\n", r.file, r.name));
                 }
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
+    super::out(&format!("{passed} passed, {failed} failed\n"));
     if failed == 0 && passed > 0 {
         ExitCode::SUCCESS
     } else {

@@ -86,10 +86,10 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         "teesql-verifier serving"
     );
     if let Some(addr) = grpc_addr {
-        println!(
-            "teesql-verifier listening on {addr} (policy {})",
+        super::out(&format!(
+            "teesql-verifier listening on {addr} (policy {})\n",
             policies.hash()
-        );
+        ));
     }
 
     let shutdown = async move {

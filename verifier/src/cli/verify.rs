@@ -69,7 +69,7 @@ pub async fn run(args: VerifyArgs) -> ExitCode {
     match prepare_and_verify(args).await {
         Ok(decision) => {
             match serde_json::to_string_pretty(&decision) {
-                Ok(json) => println!("{json}"),
+                Ok(json) => super::out(&format!("{json}\n")),
                 Err(e) => return super::usage_error(format!("cannot print the decision: {e}")),
             }
             if decision.allow {

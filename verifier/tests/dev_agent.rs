@@ -1,0 +1,370 @@
+//! The development agent end to end: its certificates verified by the real pipeline
+//! (and the real `teesql-verifier verify` binary) with collateral fetched from its PCCS,
+//! under the development profile (allowed) and production (denied), and the dev root
+//! trusted only when given explicitly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
+use teesql_verifier::collateral::{CollateralConfig, CollateralProvider};
+use teesql_verifier::dev::agent::{AgentConfig, AgentListener, DevAgent};
+use teesql_verifier::evidence;
+use teesql_verifier::policy::{DEFAULT_EVAL_LIMIT, PolicySet};
+use teesql_verifier::{Appraiser, Clock, appraise_and_decide};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Agent {
+    agent: DevAgent,
+    url: String,
+    out: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start_agent(legacy: bool) -> Agent {
+    let mut config = AgentConfig::new([7u8; 32]);
+    config.legacy_cert_extensions = legacy;
+    let agent = DevAgent::new(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let a = agent.clone();
+    tokio::spawn(async move {
+        a.serve(vec![AgentListener::Tcp(listener)], async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    let out = tempfile::tempdir().unwrap();
+    agent.write_out_dir(out.path()).await.unwrap();
+    Agent {
+        agent,
+        url,
+        out,
+        _stop: tx,
+    }
+}
+
+async fn post(url: &str, method: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/{method}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{method}: {}", resp.status());
+    resp.json().await.unwrap()
+}
+
+async fn tls_key(url: &str, client: bool) -> (String, Vec<Vec<u8>>) {
+    let r = post(
+        url,
+        "GetTlsKey",
+        json!({"subject": "db.local", "alt_names": ["localhost", "127.0.0.1"],
+               "usage_ra_tls": true, "usage_server_auth": !client, "usage_client_auth": client}),
+    )
+    .await;
+    let chain_pem: Vec<String> = serde_json::from_value(r["certificate_chain"].clone()).unwrap();
+    let ders = evidence::decode_cert_chain(chain_pem.concat().as_bytes()).unwrap();
+    (chain_pem.concat(), ders)
+}
+
+fn policies(profile: &str) -> PolicySet {
+    PolicySet::load(&[root().join("policies").join(profile)], DEFAULT_EVAL_LIMIT).unwrap()
+}
+
+async fn decide(
+    a: &Agent,
+    trust_root: TrustRoot,
+    set: &PolicySet,
+    ev: &evidence::Evidence,
+) -> teesql_verifier::Decision {
+    let provider = CollateralProvider::new(&CollateralConfig {
+        pccs_url: Some(a.url.clone()),
+        ..CollateralConfig::default()
+    })
+    .unwrap();
+    let appraiser = Appraiser::new(Arc::new(DcapBackend::new(trust_root, Arc::new(provider))));
+    appraise_and_decide(
+        &appraiser,
+        set,
+        ev,
+        "quote",
+        Clock::System.now(),
+        None,
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+fn dev_root(a: &Agent) -> TrustRoot {
+    TrustRoot::from_file(&a.out.path().join("dev-root.der")).unwrap()
+}
+
+fn codes(d: &teesql_verifier::Decision) -> Vec<String> {
+    d.reasons.iter().map(|r| r.code.clone()).collect()
+}
+
+#[tokio::test]
+async fn agent_certificate_allows_under_dev_profile_with_binding_and_replay() {
+    let a = start_agent(false).await;
+    let (_, chain) = tls_key(&a.url, false).await;
+    let ev = evidence::decode_certificate_der(&chain).unwrap();
+    let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+    assert!(d.allow, "{:?}", d.reasons);
+    let c = &d.claims;
+    assert_eq!(c["tdx"]["root"], "dev");
+    assert_eq!(c["tdx"]["verified"], true);
+    assert_eq!(c["tdx"]["tcb_status"], "UpToDate");
+    assert_eq!(c["tdx"]["mrtd"], a.agent.mrtd_hex());
+    assert_eq!(c["binding"]["kind"], "ra_tls_spki");
+    assert_eq!(c["binding"]["ok"], true);
+    assert_eq!(c["app"]["rtmr3_replayed"], true);
+    assert_eq!(c["evidence"]["cert"]["attestation_format"], "versioned_v0");
+    assert_eq!(c["evidence"]["cert"]["usage"], "app:custom");
+    // The compose hash is SHA-256 of the compose file; the app id its first 20 bytes.
+    let compose = c["app"]["compose_hash"].as_str().unwrap();
+    assert_eq!(&compose[..40], c["app"]["app_id"].as_str().unwrap());
+    assert!(
+        a.agent.pccs_requests() >= 4,
+        "collateral came from the agent's PCCS"
+    );
+}
+
+#[tokio::test]
+async fn production_never_trusts_dev_evidence() {
+    let a = start_agent(false).await;
+    let (_, chain) = tls_key(&a.url, false).await;
+    let ev = evidence::decode_certificate_der(&chain).unwrap();
+    // Dev root given, production profile: refused by policy.
+    let d = decide(&a, dev_root(&a), &policies("teesql"), &ev).await;
+    assert!(!d.allow);
+    assert_eq!(codes(&d), ["dev_root"]);
+    // No trust root given: Intel's, which does not chain the dev PKI.
+    let d = decide(&a, TrustRoot::intel(), &policies("dev"), &ev).await;
+    assert!(!d.allow);
+    assert_eq!(d.claims["tdx"]["root"], "intel");
+    assert_eq!(d.claims["tdx"]["verified"], false);
+    assert!(
+        codes(&d).contains(&"quote_signature_invalid".to_string()),
+        "{:?}",
+        d.reasons
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_carrying_another_keys_quote_is_denied() {
+    let a = start_agent(false).await;
+    let (_, chain) = tls_key(&a.url, false).await;
+    // Take the genuine attestation out of the agent's certificate and put it in a
+    // certificate for a key of our own.
+    let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == evidence::oid::ATTESTATION)
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["evil.example".into()]).unwrap();
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 4, 1, 62397, 1, 8],
+            ext.value.to_vec(),
+        ));
+    let forged = params.self_signed(&key).unwrap();
+    let ev = evidence::decode_certificate_der(&[forged.der().to_vec()]).unwrap();
+    let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+    assert!(!d.allow);
+    assert_eq!(codes(&d), ["key_not_bound"]);
+    assert_eq!(
+        d.claims["tdx"]["verified"], true,
+        "the quote itself is genuine"
+    );
+}
+
+#[tokio::test]
+async fn legacy_certificate_form_verifies_too() {
+    let a = start_agent(true).await;
+    let (_, chain) = tls_key(&a.url, true).await;
+    let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+    let oids: Vec<String> = cert
+        .extensions()
+        .iter()
+        .map(|e| e.oid.to_id_string())
+        .collect();
+    assert!(oids.contains(&evidence::oid::TDX_QUOTE.to_string()));
+    assert!(oids.contains(&evidence::oid::EVENT_LOG.to_string()));
+    // Judge it by the legacy extensions alone: drop .8 by decoding a copy without it.
+    let ev = evidence::decode_certificate_der(&chain).unwrap();
+    let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+    assert!(d.allow, "{:?}", d.reasons);
+}
+
+#[tokio::test]
+async fn quotes_reflect_emitted_events_and_replay() {
+    let a = start_agent(false).await;
+    post(
+        &a.url,
+        "EmitEvent",
+        json!({"event": "teesql-ready", "payload": "0102"}),
+    )
+    .await;
+    let q = post(&a.url, "GetQuote", json!({"report_data": "aabb"})).await;
+    let ev = evidence::decode_getquote_json(q.to_string().as_bytes()).unwrap();
+    let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+    assert!(d.allow, "{:?}", d.reasons);
+    let events = d.claims["app"]["events"].as_array().unwrap();
+    assert_eq!(events.last().unwrap()["event"], "teesql-ready");
+    assert_eq!(d.claims["app"]["rtmr3_replayed"], true);
+    assert!(
+        d.claims["tdx"]["report_data"]
+            .as_str()
+            .unwrap()
+            .starts_with("aabb0000")
+    );
+
+    let att = post(&a.url, "Attest", json!({"report_data": "cc"})).await;
+    let ev = evidence::decode_attestation_text(att.to_string().as_bytes()).unwrap();
+    let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+    assert!(d.allow, "{:?}", d.reasons);
+
+    let info = post(&a.url, "Info", json!({})).await;
+    let tcb: Value = serde_json::from_str(info["tcb_info"].as_str().unwrap()).unwrap();
+    assert_eq!(tcb["mrtd"], a.agent.mrtd_hex());
+    assert_eq!(tcb["rtmr3"], d.claims["tdx"]["rtmr3"]);
+}
+
+#[tokio::test]
+async fn bad_requests_get_400_with_a_reason() {
+    let a = start_agent(false).await;
+    let client = reqwest::Client::new();
+    for (method, body) in [
+        ("GetQuote", json!({"report_data": "zz"})),
+        ("GetQuote", json!({"report_data": "00".repeat(65)})),
+        ("EmitEvent", json!({"event": "", "payload": ""})),
+        ("GetTlsKey", json!({"alt_names": 5})),
+    ] {
+        let resp = client
+            .post(format!("{}/{method}", a.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{method} {body}");
+        let err: Value = resp.json().await.unwrap();
+        assert!(
+            err["error"].as_str().unwrap().starts_with("bad request"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_collateral_misses_make_one_fetch() {
+    let a = start_agent(false).await;
+    let q = post(&a.url, "GetQuote", json!({"report_data": "01"})).await;
+    let quote = evidence::decode_getquote_json(q.to_string().as_bytes())
+        .unwrap()
+        .quote
+        .unwrap();
+    let before = a.agent.pccs_requests();
+    let provider = Arc::new(
+        CollateralProvider::new(&CollateralConfig {
+            pccs_url: Some(a.url.clone()),
+            ..CollateralConfig::default()
+        })
+        .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let p = provider.clone();
+        let q = quote.clone();
+        tasks.push(tokio::spawn(
+            async move { p.collateral_for(&q).await.is_ok() },
+        ));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap());
+    }
+    // pckcrl + tcb + qe/identity + rootcacrl: one fetch is four requests.
+    assert_eq!(a.agent.pccs_requests() - before, 4);
+    assert_eq!(
+        provider
+            .stats
+            .fetches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Later requests hit the cache.
+    provider.collateral_for(&quote).await.unwrap();
+    assert_eq!(a.agent.pccs_requests() - before, 4);
+}
+
+/// The README's two commands: start the agent, verify its example certificate.
+/// Multi-threaded: the agent must keep serving while this thread waits on the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_binary_on_an_agent_certificate() {
+    let a = start_agent(false).await;
+    let out = a.out.path();
+    let run = |profile: &str, extra: &[&str]| {
+        let mut args = vec![
+            "verify".to_string(),
+            "--cert".into(),
+            out.join("example-ra-tls-cert.pem").display().to_string(),
+            "--trust-root".into(),
+            out.join("dev-root.der").display().to_string(),
+            "--pccs-url".into(),
+            a.url.clone(),
+            "--policy-dir".into(),
+            format!("policies/{profile}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_teesql-verifier"))
+            .args(&args)
+            .current_dir(root())
+            .output()
+            .unwrap()
+    };
+    let dev = run("dev", &[]);
+    let d: Value = serde_json::from_slice(&dev.stdout).unwrap();
+    assert_eq!(dev.status.code(), Some(0), "{d}");
+    assert_eq!(d["claims"]["binding"]["ok"], true);
+    assert_eq!(d["claims"]["app"]["rtmr3_replayed"], true);
+    let prod = run("teesql", &[]);
+    assert_eq!(prod.status.code(), Some(1));
+    let d: Value = serde_json::from_slice(&prod.stdout).unwrap();
+    assert_eq!(d["reasons"][0]["code"], "dev_root");
+    // The out dir is also an offline collateral directory.
+    let offline = Command::new(env!("CARGO_BIN_EXE_teesql-verifier"))
+        .args([
+            "verify",
+            "--cert",
+            &out.join("example-ra-tls-cert.pem").display().to_string(),
+            "--trust-root",
+            &out.join("dev-root.der").display().to_string(),
+            "--collateral-dir",
+            &out.display().to_string(),
+            "--offline",
+            "--policy-dir",
+            "policies/dev",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(
+        offline.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+}
