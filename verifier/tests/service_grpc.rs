@@ -560,3 +560,70 @@ async fn decisions_are_counted_and_logged() {
             .starts_with("sha256:")
     );
 }
+
+/// Dev-agent certificates over real gRPC: allowed by the development profile with the
+/// dev root, denied by production, and cached on the second call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_agent_certificates_over_grpc() {
+    use teesql_verifier::dev::RaTlsRequest;
+    use teesql_verifier::dev::agent::{AgentConfig, AgentListener, DevAgent};
+
+    let agent = DevAgent::new(AgentConfig::new([9; 32])).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pccs = format!("http://{}", listener.local_addr().unwrap());
+    let a = agent.clone();
+    tokio::spawn(async move {
+        a.serve(vec![AgentListener::Tcp(listener)], std::future::pending())
+            .await
+            .unwrap();
+    });
+    let out = tempfile::tempdir().unwrap();
+    agent.write_out_dir(out.path()).await.unwrap();
+    let issued = agent
+        .issue_tls_key(&RaTlsRequest {
+            subject: "client".into(),
+            alt_names: vec!["client.local".into()],
+            usage_ra_tls: true,
+            usage_server_auth: false,
+            usage_client_auth: true,
+        })
+        .await
+        .unwrap();
+    let chain =
+        teesql_verifier::evidence::decode_cert_chain(issued.chain_pem.concat().as_bytes()).unwrap();
+    let request = VerifyPeerRequest {
+        purpose: "sidecar".into(),
+        chain: chain.clone(),
+        user: "teesql_readwrite".into(),
+        database: "app".into(),
+        client_addr: "127.0.0.1:6000".into(),
+        ..Default::default()
+    };
+
+    for (profile, allow) in [("dev", true), ("teesql", false)] {
+        let root_der = out.path().join("dev-root.der");
+        let pccs = pccs.clone();
+        let svc = Running::start(move |s| {
+            s.policy_dirs = Some(vec![root().join("policies").join(profile)]);
+            s.trust_root = Some(root_der);
+            s.collateral_file = None;
+            s.offline = Some(false);
+            s.pccs_url = Some(pccs);
+            s.now = None;
+        })
+        .await;
+        let mut c = svc.client().await;
+        let d = c.verify_peer(request.clone()).await.unwrap().into_inner();
+        assert_eq!(d.allow, allow, "{profile}: {:?}", d.reasons);
+        if !allow {
+            assert_eq!(d.reasons[0].code, "dev_root");
+        }
+        let claims: serde_json::Value = serde_json::from_str(&d.claims_json).unwrap();
+        assert_eq!(claims["connection"]["user"], "teesql_readwrite");
+        assert_eq!(claims["binding"]["ok"], true);
+        assert!(d.valid_until > 0);
+        let again = c.verify_peer(request.clone()).await.unwrap().into_inner();
+        assert!(again.cached);
+        assert_eq!(again.allow, allow);
+    }
+}
