@@ -24,11 +24,20 @@ impl TestAgent {
     }
 
     pub async fn start_with(config: AgentConfig, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with_port(config, dir, None).await
+    }
+
+    /// Like [`Self::start_with`], with the TCP port fixed (`None` = chosen by the OS).
+    pub async fn start_with_port(
+        config: AgentConfig,
+        dir: &Path,
+        port: Option<u16>,
+    ) -> anyhow::Result<Self> {
         let agent = DevAgent::new(config)?;
         let socket = dir.join("dstack.sock");
         let out_dir = dir.join("dev-pki");
         agent.write_out_dir(&out_dir).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port.unwrap_or(0))).await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let a = agent.clone();

@@ -2,3 +2,5 @@
 //! processes and real services on loopback ports chosen by the OS.
 
 pub mod agent;
+pub mod cluster;
+pub mod postgres;

@@ -1,0 +1,222 @@
+//! HTTP on 8080: `/health`, `/attestation`, `/metrics`.
+//!
+//! `/attestation` answers with a fresh quote whose report data binds the state of
+//! Postgres: `SHA-256(wal_lsn "|" controldata_hash "|" timestamp)` followed by 32 zero
+//! bytes, where `controldata_hash` is the SHA-256 (hex) of
+//! `row_to_json(pg_control_system())::text || "\n" || row_to_json(pg_control_checkpoint())::text`.
+//! The JSON also carries the event log and VM configuration, so a verifier can replay
+//! RTMR3 (`teesql-verifier`'s `VerifyReport`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::backend::BackendStream;
+use crate::config::{BackendAddr, BackendConfig};
+use crate::identity::GuestAgent;
+use crate::pgwire;
+use crate::session::Shared;
+
+/// What the admin endpoints need.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    pub agent: Arc<GuestAgent>,
+}
+
+pub fn router(admin: Admin) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/attestation", get(attestation))
+        .route("/metrics", get(metrics))
+        .with_state(admin)
+}
+
+async fn health(State(a): State<Admin>) -> Response {
+    let (pg, verifier) = tokio::join!(
+        postgres_alive(&a.shared.config.backend.addr),
+        a.shared.verifier.check_health()
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let cert = a.shared.cert.current();
+    let identity = if cert.not_after > now {
+        Ok(())
+    } else {
+        Err(format!("server certificate expired at {}", cert.not_after))
+    };
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.clone(),
+    };
+    let verifier = verifier.map_err(|e| e.to_string());
+    let healthy = pg.is_ok() && verifier.is_ok() && identity.is_ok();
+    let body = json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "postgres": show(&pg),
+        "verifier": show(&verifier),
+        "identity": show(&identity),
+        "sessions_cancellable": a.shared.cancels.len(),
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Postgres accepts connections: it answers an SSLRequest.
+async fn postgres_alive(addr: &BackendAddr) -> Result<(), String> {
+    let probe = async {
+        let mut s = BackendStream::connect(addr).await?;
+        s.write_all(&ssl_request()).await?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await?;
+        match b[0] {
+            b'S' | b'N' => Ok(()),
+            other => Err(std::io::Error::other(format!(
+                "unexpected answer {:?}",
+                other as char
+            ))),
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(2), probe).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("unreachable at {}: {e}", addr.describe())),
+        Err(_) => Err(format!("no answer from {} within 2 s", addr.describe())),
+    }
+}
+
+fn ssl_request() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&8u32.to_be_bytes());
+    b[4..].copy_from_slice(&pgwire::SSL_REQUEST_CODE.to_be_bytes());
+    b
+}
+
+async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        a.shared.metrics.encode(),
+    )
+}
+
+/// The Postgres state a report binds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PostgresState {
+    pub wal_lsn: String,
+    pub controldata_hash: String,
+    pub pg_version: String,
+}
+
+/// Read the WAL position, control data and version as the admin user.
+pub async fn postgres_state(cfg: &BackendConfig) -> Result<PostgresState, String> {
+    let client = admin_client(cfg).await?;
+    let row = client
+        .query_one(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text, \
+                    current_setting('server_version'), \
+                    (SELECT row_to_json(s)::text FROM pg_control_system() s), \
+                    (SELECT row_to_json(c)::text FROM pg_control_checkpoint() c)",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("reading the Postgres state: {e}"))?;
+    let lsn: Option<String> = row.get(0);
+    let version: String = row.get(1);
+    let system: String = row.get(2);
+    let checkpoint: String = row.get(3);
+    Ok(PostgresState {
+        wal_lsn: lsn.unwrap_or_else(|| "0/0".into()),
+        controldata_hash: hex::encode(Sha256::digest(format!("{system}\n{checkpoint}").as_bytes())),
+        pg_version: version,
+    })
+}
+
+/// A tokio-postgres connection as the admin (superuser) role.
+pub async fn admin_client(cfg: &BackendConfig) -> Result<tokio_postgres::Client, String> {
+    let mut pg = tokio_postgres::Config::new();
+    pg.user(&cfg.admin_user).dbname("postgres");
+    match &cfg.addr {
+        BackendAddr::Tcp(h, p) => pg.host(h).port(*p),
+        BackendAddr::Unix(d, p) => pg.host_path(d).port(*p),
+    };
+    if let Some(pw) = &cfg.admin_password {
+        pg.password(pw.expose());
+    }
+    pg.connect_timeout(cfg.connect_timeout);
+    let (client, conn) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("connecting to Postgres as {}: {e}", cfg.admin_user))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "admin connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The report data binding a state and a time (see the module documentation).
+pub fn report_data(state: &PostgresState, timestamp: u64) -> [u8; 64] {
+    let text = format!("{}|{}|{}", state.wal_lsn, state.controldata_hash, timestamp);
+    let mut out = [0u8; 64];
+    out[..32].copy_from_slice(&Sha256::digest(text.as_bytes()));
+    out
+}
+
+async fn attestation(State(a): State<Admin>) -> Response {
+    match build_report(&a).await {
+        Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "/attestation failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({ "error": e })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn build_report(a: &Admin) -> Result<serde_json::Value, String> {
+    let state = postgres_state(&a.shared.config.backend).await?;
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let quote = a
+        .agent
+        .quote(report_data(&state, timestamp))
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = a.agent.info().await.map_err(|e| e.to_string())?;
+    Ok(json!({
+        "app_id": info.app_id,
+        "compose_hash": info.compose_hash,
+        "instance_id": info.instance_id,
+        "quote": quote.quote,
+        "tcb_info": {
+            "mrtd": info.tcb_info.mrtd,
+            "rtmr0": info.tcb_info.rtmr0,
+            "rtmr1": info.tcb_info.rtmr1,
+            "rtmr2": info.tcb_info.rtmr2,
+            "rtmr3": info.tcb_info.rtmr3,
+        },
+        "postgres_state": state,
+        "timestamp": timestamp,
+        "event_log": quote.event_log,
+        "vm_config": quote.vm_config,
+    }))
+}

@@ -1,0 +1,245 @@
+//! Client authentication: cluster secrets, the role map, SCRAM and cleartext checks.
+//!
+//! `teesql_read` accepts the read secret or the read-write secret (downgrade is allowed),
+//! `teesql_readwrite` only the read-write secret, extra roles their own secret. The
+//! password a client sends is the secret as 64 hex digits. Comparisons are constant time,
+//! and SCRAM verifiers are computed once, at start-up.
+
+pub mod scram;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+
+use scram::{DEFAULT_ITERATIONS, ScramVerifier};
+
+/// Secret bytes. `Debug` and `Display` never show them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<[u8]>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Secret {
+    /// A cluster secret: exactly 32 bytes written as 64 hex digits (either case).
+    pub fn from_hex(text: &str) -> Result<Self, String> {
+        let bytes = hex::decode(text).map_err(|_| {
+            "must be 64 hex digits (a 32-byte secret, e.g. from `openssl rand -hex 32`)".to_string()
+        })?;
+        if bytes.len() != 32 {
+            return Err(format!(
+                "must be 32 bytes (64 hex digits), got {} bytes",
+                bytes.len()
+            ));
+        }
+        Ok(Self(bytes.into()))
+    }
+
+    /// Any text (backend passwords).
+    pub fn from_text(text: &str) -> Self {
+        Self(text.as_bytes().into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The password form of a cluster secret: 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+}
+
+/// What `provision` grants a role (SEED.md roles table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privileges {
+    /// SELECT on schema public, including future tables.
+    Read,
+    /// SELECT, INSERT, UPDATE, DELETE, CREATE on schema public.
+    ReadWrite,
+    /// Login only.
+    None,
+}
+
+/// One role clients can log in as with a secret.
+pub struct RoleAuth {
+    pub name: String,
+    pub privileges: Privileges,
+    accepted: Vec<Secret>,
+    scram: ScramVerifier,
+}
+
+impl fmt::Debug for RoleAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoleAuth")
+            .field("name", &self.name)
+            .field("privileges", &self.privileges)
+            .field("secrets", &self.accepted.len())
+            .finish()
+    }
+}
+
+impl RoleAuth {
+    fn new(name: &str, privileges: Privileges, accepted: Vec<Secret>) -> Self {
+        let forms: Vec<String> = accepted
+            .iter()
+            .flat_map(|s| {
+                let hex = s.to_hex();
+                [hex.clone(), hex.to_ascii_uppercase()]
+            })
+            .collect();
+        let passwords: Vec<&[u8]> = forms.iter().map(|s| s.as_bytes()).collect();
+        let salt = random::<16>();
+        Self {
+            name: name.to_string(),
+            privileges,
+            scram: ScramVerifier::new(&passwords, &salt, DEFAULT_ITERATIONS),
+            accepted,
+        }
+    }
+
+    /// SCRAM verifiers of every accepted secret (lower- and upper-case hex forms).
+    pub fn scram(&self) -> &ScramVerifier {
+        &self.scram
+    }
+
+    /// Check a cleartext password in constant time against every accepted secret.
+    pub fn check_cleartext(&self, password: &[u8]) -> bool {
+        let Some(given) = std::str::from_utf8(password)
+            .ok()
+            .and_then(|t| hex::decode(t.trim_end_matches('\0')).ok())
+            .filter(|b| b.len() == 32)
+        else {
+            return false;
+        };
+        let mut ok = subtle::Choice::from(0);
+        for s in &self.accepted {
+            ok |= s.expose().ct_eq(&given);
+        }
+        bool::from(ok)
+    }
+}
+
+/// The roles clients log in as, and the roles relayed to Postgres.
+#[derive(Debug, Clone)]
+pub struct AuthMap {
+    roles: Arc<BTreeMap<String, RoleAuth>>,
+    passthrough: Arc<BTreeSet<String>>,
+    /// Derives decoy SCRAM salts for unknown users, so none can be told from a real one.
+    decoy_key: [u8; 32],
+}
+
+impl AuthMap {
+    pub fn new(
+        read: Option<Secret>,
+        readwrite: Option<Secret>,
+        extra: Vec<(String, Secret, Privileges)>,
+        passthrough: Vec<String>,
+    ) -> Self {
+        let mut roles = BTreeMap::new();
+        let read_accepts: Vec<Secret> = read.iter().chain(readwrite.iter()).cloned().collect();
+        if !read_accepts.is_empty() {
+            roles.insert(
+                "teesql_read".to_string(),
+                RoleAuth::new("teesql_read", Privileges::Read, read_accepts),
+            );
+        }
+        if let Some(rw) = readwrite {
+            roles.insert(
+                "teesql_readwrite".to_string(),
+                RoleAuth::new("teesql_readwrite", Privileges::ReadWrite, vec![rw]),
+            );
+        }
+        for (name, secret, privileges) in extra {
+            roles.insert(name.clone(), RoleAuth::new(&name, privileges, vec![secret]));
+        }
+        Self {
+            roles: Arc::new(roles),
+            passthrough: Arc::new(passthrough.into_iter().collect()),
+            decoy_key: random::<32>(),
+        }
+    }
+
+    pub fn role(&self, name: &str) -> Option<&RoleAuth> {
+        self.roles.get(name)
+    }
+
+    pub fn roles(&self) -> impl Iterator<Item = &RoleAuth> {
+        self.roles.values()
+    }
+
+    pub fn is_passthrough(&self, user: &str) -> bool {
+        self.passthrough.contains(user)
+    }
+
+    /// A SCRAM verifier that no password matches, stable per user name.
+    pub fn decoy(&self, user: &str) -> ScramVerifier {
+        ScramVerifier::decoy(&self.decoy_key, user, DEFAULT_ITERATIONS)
+    }
+}
+
+/// Random bytes from the operating system.
+pub fn random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // SystemRandom fails only when the OS has no entropy source, which breaks TLS too.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut out).is_err() {
+        tracing::error!("the operating system's random number generator failed");
+        std::process::abort();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(b: u8) -> Secret {
+        Secret::from_hex(&hex::encode([b; 32])).unwrap()
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = secret(7);
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        let map = AuthMap::new(Some(s), None, vec![], vec![]);
+        assert!(!format!("{map:?}").contains("0707"));
+    }
+
+    #[test]
+    fn bad_secrets_are_explained() {
+        assert!(
+            Secret::from_hex("abc")
+                .unwrap_err()
+                .contains("64 hex digits")
+        );
+        assert!(
+            Secret::from_hex(&"ab".repeat(31))
+                .unwrap_err()
+                .contains("32 bytes")
+        );
+    }
+
+    #[test]
+    fn read_accepts_both_secrets_readwrite_only_its_own() {
+        let map = AuthMap::new(
+            Some(secret(1)),
+            Some(secret(2)),
+            vec![],
+            vec!["postgres".into()],
+        );
+        let read = map.role("teesql_read").unwrap();
+        let rw = map.role("teesql_readwrite").unwrap();
+        assert!(read.check_cleartext(secret(1).to_hex().as_bytes()));
+        assert!(read.check_cleartext(secret(2).to_hex().to_uppercase().as_bytes()));
+        assert!(rw.check_cleartext(secret(2).to_hex().as_bytes()));
+        assert!(!rw.check_cleartext(secret(1).to_hex().as_bytes()));
+        assert!(!rw.check_cleartext(b"nonsense"));
+        assert!(map.is_passthrough("postgres"));
+        assert!(map.role("postgres").is_none());
+    }
+}

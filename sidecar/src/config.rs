@@ -1,0 +1,633 @@
+//! Sidecar configuration: a TOML file, environment variables over it, flags over those.
+//! Every bad setting is reported at once; secrets never appear in any message.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{AuthMap, Privileges, Secret};
+
+/// The settings as they can be written: every field optional (file, env and flags merge).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarFile {
+    #[serde(default)]
+    pub listen: ListenFile,
+    #[serde(default)]
+    pub identity: IdentityFile,
+    #[serde(default)]
+    pub verifier: VerifierFile,
+    #[serde(default)]
+    pub backend: BackendFile,
+    #[serde(default)]
+    pub auth: AuthFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// Postgres over TLS [default: 0.0.0.0:5433].
+    pub postgres: Option<String>,
+    /// HTTP /health, /attestation, /metrics [default: 0.0.0.0:8080]; "off" disables.
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    /// Certificate subject CN [default: first alt name].
+    pub subject: Option<String>,
+    /// Subject alternative names of the server certificate [default: localhost, 127.0.0.1].
+    pub alt_names: Option<Vec<String>>,
+    /// Renew the certificate this often, seconds [default: 3600].
+    pub renew_secs: Option<u64>,
+    /// Guest agent endpoint [default: DSTACK_SIMULATOR_ENDPOINT, else the dstack socket].
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierFile {
+    /// gRPC URL of teesql-verifier [default: http://127.0.0.1:50051].
+    pub url: Option<String>,
+    /// Time limit of one decision, milliseconds [default: 5000].
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFile {
+    /// Postgres host [default: 127.0.0.1]; a path starting with / is a unix socket directory.
+    pub host: Option<String>,
+    /// [default: 5432]
+    pub port: Option<u16>,
+    /// How the sidecar logs in to Postgres as the role: trust, password, md5, scram-sha-256 [default: trust].
+    pub method: Option<String>,
+    /// Password of the sidecar-managed roles in Postgres (methods other than trust).
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// Superuser for /attestation's Postgres state and for `provision` [default: postgres].
+    pub admin_user: Option<String>,
+    pub admin_password_file: Option<PathBuf>,
+    pub admin_password_env: Option<String>,
+    /// Time limit to connect and log in to Postgres, milliseconds [default: 5000].
+    pub connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// scram-sha-256 (default; -PLUS channel binding when the client asks) or cleartext.
+    pub method: Option<String>,
+    /// The read secret (32 bytes, hex) from a file or an environment variable
+    /// [default env: TEESQL_READ_SECRET].
+    pub read_secret_file: Option<PathBuf>,
+    pub read_secret_env: Option<String>,
+    /// The read-write secret [default env: TEESQL_READWRITE_SECRET].
+    pub readwrite_secret_file: Option<PathBuf>,
+    pub readwrite_secret_env: Option<String>,
+    /// Roles whose authentication is relayed to Postgres unchanged (mode B), e.g. postgres.
+    pub passthrough_roles: Option<Vec<String>>,
+    /// More roles, each with its own secret.
+    #[serde(default)]
+    pub roles: Vec<ExtraRoleFile>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraRoleFile {
+    pub name: String,
+    pub secret_file: Option<PathBuf>,
+    pub secret_env: Option<String>,
+    /// What `provision` grants: read, readwrite or none [default: none].
+    pub privileges: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Concurrent client connections [default: 1000].
+    pub max_connections: Option<usize>,
+    /// Deadline from accept to a logged-in session, seconds [default: 10].
+    pub handshake_timeout_secs: Option<u64>,
+    /// Close sessions idle this long, seconds; 0 = never [default: 0].
+    pub idle_timeout_secs: Option<u64>,
+    /// On shutdown, wait this long for sessions to end, seconds [default: 30].
+    pub shutdown_grace_secs: Option<u64>,
+    /// Failed logins allowed per client address per minute [default: 30].
+    pub failed_auth_per_minute: Option<u32>,
+}
+
+/// Where the sidecar logs in to Postgres.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddr {
+    Tcp(String, u16),
+    /// Unix socket directory and port (the socket is `<dir>/.s.PGSQL.<port>`).
+    Unix(PathBuf, u16),
+}
+
+impl BackendAddr {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Tcp(h, p) => format!("{h}:{p}"),
+            Self::Unix(d, p) => format!("{}/.s.PGSQL.{p}", d.display()),
+        }
+    }
+}
+
+/// How the sidecar logs in to Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendMethod {
+    Trust,
+    Password,
+    Md5,
+    ScramSha256,
+}
+
+/// How clients authenticate to the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    Scram,
+    Cleartext,
+}
+
+/// Checked configuration.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub identity: IdentityConfig,
+    pub verifier_url: String,
+    pub verifier_timeout: Duration,
+    pub backend: BackendConfig,
+    pub auth_method: ClientAuthMethod,
+    pub auth: AuthMap,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub subject: String,
+    pub alt_names: Vec<String>,
+    pub renew_every: Duration,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub addr: BackendAddr,
+    pub method: BackendMethod,
+    pub password: Option<Secret>,
+    pub admin_user: String,
+    pub admin_password: Option<Secret>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub shutdown_grace: Duration,
+    pub failed_auth_per_minute: u32,
+}
+
+/// Reads configuration values from the environment; tests supply a map instead.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Flag values (each overrides the file and the environment).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub verifier_url: Option<String>,
+    pub backend_host: Option<String>,
+    pub backend_port: Option<u16>,
+    pub backend_method: Option<String>,
+    pub auth_method: Option<String>,
+    pub alt_names: Option<Vec<String>>,
+    pub max_connections: Option<usize>,
+}
+
+impl SidecarConfig {
+    /// Merge flags over environment over file, check everything, load secrets.
+    pub fn resolve(
+        file: SidecarFile,
+        env: &dyn Env,
+        flags: Overrides,
+    ) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let e = |name: &str| env.var(name);
+        let addr = |what: &str, v: &str, errors: &mut Vec<String>| -> Option<SocketAddr> {
+            v.parse()
+                .map_err(|err| errors.push(format!("{what} {v:?}: {err} (expected ip:port)")))
+                .ok()
+        };
+
+        let listen_s = flags
+            .listen
+            .or_else(|| e("TEESQL_SIDECAR_LISTEN"))
+            .or(file.listen.postgres)
+            .unwrap_or_else(|| "0.0.0.0:5433".into());
+        let listen = addr("listen", &listen_s, &mut errors);
+        let admin_s = flags
+            .admin_listen
+            .or_else(|| e("TEESQL_SIDECAR_ADMIN_LISTEN"))
+            .or(file.listen.admin)
+            .unwrap_or_else(|| "0.0.0.0:8080".into());
+        let admin_listen = if admin_s == "off" || admin_s.is_empty() {
+            None
+        } else {
+            addr("admin listen", &admin_s, &mut errors)
+        };
+
+        let alt_names = flags
+            .alt_names
+            .or_else(|| {
+                e("TEESQL_SIDECAR_ALT_NAMES")
+                    .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+            })
+            .or(file.identity.alt_names)
+            .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]);
+        if alt_names.is_empty() {
+            errors.push("identity.alt_names: at least one name is needed".into());
+        }
+        let identity = IdentityConfig {
+            subject: file
+                .identity
+                .subject
+                .unwrap_or_else(|| alt_names.first().cloned().unwrap_or_default()),
+            renew_every: Duration::from_secs(file.identity.renew_secs.unwrap_or(3600).max(10)),
+            endpoint: file.identity.endpoint,
+            alt_names,
+        };
+
+        let verifier_url = flags
+            .verifier_url
+            .or_else(|| e("TEESQL_VERIFIER_URL"))
+            .or(file.verifier.url)
+            .unwrap_or_else(|| "http://127.0.0.1:50051".into());
+        if !(verifier_url.starts_with("http://") || verifier_url.starts_with("https://")) {
+            errors.push(format!(
+                "verifier.url {verifier_url:?}: must be an http(s) URL"
+            ));
+        }
+        let verifier_timeout =
+            Duration::from_millis(file.verifier.timeout_ms.unwrap_or(5000).max(1));
+
+        let host = flags
+            .backend_host
+            .or_else(|| e("TEESQL_BACKEND_HOST"))
+            .or(file.backend.host)
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let port = flags
+            .backend_port
+            .or_else(|| e("TEESQL_BACKEND_PORT").and_then(|p| p.parse().ok()))
+            .or(file.backend.port)
+            .unwrap_or(5432);
+        let backend_addr = if host.starts_with('/') {
+            BackendAddr::Unix(PathBuf::from(host), port)
+        } else {
+            BackendAddr::Tcp(host, port)
+        };
+        let method_s = flags
+            .backend_method
+            .or_else(|| e("TEESQL_BACKEND_METHOD"))
+            .or(file.backend.method)
+            .unwrap_or_else(|| "trust".into());
+        let method = match method_s.as_str() {
+            "trust" => Some(BackendMethod::Trust),
+            "password" => Some(BackendMethod::Password),
+            "md5" => Some(BackendMethod::Md5),
+            "scram-sha-256" => Some(BackendMethod::ScramSha256),
+            other => {
+                errors.push(format!(
+                    "backend.method {other:?}: expected trust, password, md5 or scram-sha-256"
+                ));
+                None
+            }
+        };
+        let password = load_secret_text(
+            "backend.password",
+            file.backend.password_file.as_ref(),
+            file.backend
+                .password_env
+                .as_deref()
+                .or(Some("TEESQL_BACKEND_PASSWORD")),
+            env,
+            &mut errors,
+        );
+        if method.is_some_and(|m| m != BackendMethod::Trust) && password.is_none() {
+            errors.push(format!(
+                "backend.method {method_s}: needs backend.password_file or TEESQL_BACKEND_PASSWORD"
+            ));
+        }
+        let admin_password = load_secret_text(
+            "backend.admin_password",
+            file.backend.admin_password_file.as_ref(),
+            file.backend
+                .admin_password_env
+                .as_deref()
+                .or(Some("TEESQL_BACKEND_ADMIN_PASSWORD")),
+            env,
+            &mut errors,
+        );
+        let backend = BackendConfig {
+            addr: backend_addr,
+            method: method.unwrap_or(BackendMethod::Trust),
+            password,
+            admin_user: file.backend.admin_user.unwrap_or_else(|| "postgres".into()),
+            admin_password,
+            connect_timeout: Duration::from_millis(
+                file.backend.connect_timeout_ms.unwrap_or(5000).max(1),
+            ),
+        };
+
+        let auth_method = match flags
+            .auth_method
+            .or_else(|| e("TEESQL_AUTH_METHOD"))
+            .or(file.auth.method)
+            .as_deref()
+            .unwrap_or("scram-sha-256")
+        {
+            "scram-sha-256" => ClientAuthMethod::Scram,
+            "cleartext" | "password" => ClientAuthMethod::Cleartext,
+            other => {
+                errors.push(format!(
+                    "auth.method {other:?}: expected scram-sha-256 or cleartext"
+                ));
+                ClientAuthMethod::Scram
+            }
+        };
+        let read = load_cluster_secret(
+            "auth.read_secret",
+            file.auth.read_secret_file.as_ref(),
+            file.auth
+                .read_secret_env
+                .as_deref()
+                .unwrap_or("TEESQL_READ_SECRET"),
+            env,
+            &mut errors,
+        );
+        let readwrite = load_cluster_secret(
+            "auth.readwrite_secret",
+            file.auth.readwrite_secret_file.as_ref(),
+            file.auth
+                .readwrite_secret_env
+                .as_deref()
+                .unwrap_or("TEESQL_READWRITE_SECRET"),
+            env,
+            &mut errors,
+        );
+        let mut extra = Vec::new();
+        for r in file.auth.roles {
+            let what = format!("auth.roles[{}]", r.name);
+            if !valid_role_name(&r.name) {
+                errors.push(format!(
+                    "{what}: role names are lowercase letters, digits and _"
+                ));
+            }
+            let privileges = match r.privileges.as_deref().unwrap_or("none") {
+                "read" => Privileges::Read,
+                "readwrite" => Privileges::ReadWrite,
+                "none" => Privileges::None,
+                other => {
+                    errors.push(format!(
+                        "{what}.privileges {other:?}: expected read, readwrite or none"
+                    ));
+                    Privileges::None
+                }
+            };
+            let secret = match (&r.secret_file, &r.secret_env) {
+                (None, None) => {
+                    errors.push(format!("{what}: needs secret_file or secret_env"));
+                    None
+                }
+                (f, env_name) => load_cluster_secret(
+                    &what,
+                    f.as_ref(),
+                    env_name.as_deref().unwrap_or(""),
+                    env,
+                    &mut errors,
+                ),
+            };
+            if let Some(s) = secret {
+                extra.push((r.name, s, privileges));
+            }
+        }
+        let passthrough = file.auth.passthrough_roles.unwrap_or_default();
+        if read.is_none() && readwrite.is_none() && extra.is_empty() && passthrough.is_empty() {
+            errors.push(
+                "no client can log in: set TEESQL_READ_SECRET / TEESQL_READWRITE_SECRET (or auth.*_secret_file), extra roles, or passthrough_roles"
+                    .into(),
+            );
+        }
+
+        let limits = Limits {
+            max_connections: flags
+                .max_connections
+                .or(file.limits.max_connections)
+                .unwrap_or(1000)
+                .max(1),
+            handshake_timeout: Duration::from_secs(
+                file.limits.handshake_timeout_secs.unwrap_or(10).max(1),
+            ),
+            idle_timeout: match file.limits.idle_timeout_secs.unwrap_or(0) {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
+            shutdown_grace: Duration::from_secs(file.limits.shutdown_grace_secs.unwrap_or(30)),
+            failed_auth_per_minute: file.limits.failed_auth_per_minute.unwrap_or(30).max(1),
+        };
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let (Some(listen), true) = (listen, method.is_some()) else {
+            return Err(vec!["invalid configuration".into()]);
+        };
+        Ok(Self {
+            listen,
+            admin_listen,
+            identity,
+            verifier_url,
+            verifier_timeout,
+            backend,
+            auth_method,
+            auth: AuthMap::new(read, readwrite, extra, passthrough),
+            limits,
+        })
+    }
+
+    /// Read a TOML file.
+    pub fn read_file(path: &std::path::Path) -> Result<SidecarFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+fn valid_role_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A cluster secret: 32 bytes as 64 hex digits, from a file or the environment.
+fn load_cluster_secret(
+    what: &str,
+    file: Option<&PathBuf>,
+    env_name: &str,
+    env: &dyn Env,
+    errors: &mut Vec<String>,
+) -> Option<Secret> {
+    let text = if let Some(path) = file {
+        match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("{what}: {}: {e}", path.display()));
+                return None;
+            }
+        }
+    } else {
+        env.var(env_name)?
+    };
+    match Secret::from_hex(text.trim()) {
+        Ok(s) => Some(s),
+        Err(msg) => {
+            errors.push(format!("{what}: {msg}"));
+            None
+        }
+    }
+}
+
+/// A password (any text), from a file or the environment.
+fn load_secret_text(
+    what: &str,
+    file: Option<&PathBuf>,
+    env_name: Option<&str>,
+    env: &dyn Env,
+    errors: &mut Vec<String>,
+) -> Option<Secret> {
+    if let Some(path) = file {
+        return match std::fs::read_to_string(path) {
+            Ok(t) => Some(Secret::from_text(t.trim_end_matches(['\n', '\r']))),
+            Err(e) => {
+                errors.push(format!("{what}: {}: {e}", path.display()));
+                None
+            }
+        };
+    }
+    env_name
+        .and_then(|n| env.var(n))
+        .map(|t| Secret::from_text(&t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const S1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const S2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn defaults_with_secrets_from_env() {
+        let c = SidecarConfig::resolve(
+            SidecarFile::default(),
+            &env(&[("TEESQL_READ_SECRET", S1), ("TEESQL_READWRITE_SECRET", S2)]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:5433");
+        assert_eq!(c.admin_listen.unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(c.backend.addr, BackendAddr::Tcp("127.0.0.1".into(), 5432));
+        assert_eq!(c.auth_method, ClientAuthMethod::Scram);
+        assert!(c.auth.role("teesql_read").is_some());
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_and_no_secret_leaks() {
+        let file: SidecarFile = toml::from_str(
+            r#"
+            listen = { postgres = "nope", admin = "1.2.3.4" }
+            verifier = { url = "grpc://x" }
+            backend = { method = "kerberos" }
+            auth = { method = "magic", read_secret_env = "R" }
+            "#,
+        )
+        .unwrap();
+        let errors =
+            SidecarConfig::resolve(file, &env(&[("R", "zz-secret-zz")]), Overrides::default())
+                .unwrap_err();
+        let all = errors.join("\n");
+        for needle in [
+            "listen \"nope\"",
+            "admin listen",
+            "verifier.url",
+            "backend.method",
+            "auth.method",
+            "auth.read_secret",
+        ] {
+            assert!(all.contains(needle), "{needle} missing in:\n{all}");
+        }
+        assert!(!all.contains("zz-secret-zz"), "{all}");
+    }
+
+    #[test]
+    fn flags_override_env_override_file() {
+        let file: SidecarFile =
+            toml::from_str("listen = { postgres = \"127.0.0.1:1\" }\nbackend = { port = 1 }")
+                .unwrap();
+        let c = SidecarConfig::resolve(
+            file,
+            &env(&[
+                ("TEESQL_READ_SECRET", S1),
+                ("TEESQL_SIDECAR_LISTEN", "127.0.0.1:2"),
+                ("TEESQL_BACKEND_PORT", "2"),
+            ]),
+            Overrides {
+                listen: Some("127.0.0.1:3".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.backend.addr, BackendAddr::Tcp("127.0.0.1".into(), 2));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<SidecarFile>("[auth]\nsecret = 1").is_err());
+    }
+}

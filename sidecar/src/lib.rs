@@ -1,0 +1,113 @@
+//! TeeSQL sidecar: the Postgres front door in each database CVM.
+//!
+//! Port 5433 speaks the Postgres wire protocol over TLS (RA-TLS certificate from the
+//! dstack guest agent), asks the verifier about every handshake, checks the cluster
+//! secret, logs in to Postgres and relays bytes. Port 8080 serves `/health`,
+//! `/attestation` and `/metrics`. No policy logic and no quote parsing live here: every
+//! decision is the verifier's.
+
+pub mod admin;
+pub mod auth;
+pub mod backend;
+pub mod cancel;
+pub mod config;
+pub mod forward;
+pub mod identity;
+pub mod metrics;
+pub mod pgwire;
+pub mod provision;
+pub mod ratelimit;
+pub mod relay;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod verifier;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::cancel::CancelMap;
+use crate::config::SidecarConfig;
+use crate::identity::GuestAgent;
+use crate::metrics::Metrics;
+use crate::ratelimit::FailureLimiter;
+use crate::session::Shared;
+use crate::tls::RotatingCert;
+use crate::verifier::VerifierClient;
+
+/// A sidecar with its identity fetched, ready to serve.
+#[derive(Debug)]
+pub struct Sidecar {
+    pub shared: Arc<Shared>,
+    pub agent: Arc<GuestAgent>,
+}
+
+impl Sidecar {
+    /// Fetch the server certificate from the guest agent and build the TLS and verifier
+    /// clients. Fails with a clear message when the agent cannot be reached.
+    pub async fn start(config: SidecarConfig) -> Result<Self, String> {
+        let agent = Arc::new(GuestAgent::new(config.identity.endpoint.as_deref()));
+        let identity = agent
+            .server_identity(&config.identity.subject, &config.identity.alt_names)
+            .await
+            .map_err(|e| format!("cannot get the server certificate: {e}"))?;
+        let cert = RotatingCert::new(identity);
+        let tls =
+            tls::server_config(cert.clone()).map_err(|e| format!("TLS configuration: {e}"))?;
+        let verifier = VerifierClient::new(&config.verifier_url, config.verifier_timeout)?;
+        let shared = Arc::new(Shared {
+            limiter: FailureLimiter::new(config.limits.failed_auth_per_minute),
+            config,
+            tls: tokio_rustls::TlsAcceptor::from(tls),
+            cert,
+            verifier,
+            cancels: Arc::new(CancelMap::default()),
+            metrics: Metrics::new(),
+        });
+        Ok(Self { shared, agent })
+    }
+
+    /// Serve Postgres on `listener` and HTTP on `admin` until `shutdown`, renewing the
+    /// certificate on schedule; then drain sessions.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let shared = self.shared.clone();
+        let renewal = {
+            let s = shared.clone();
+            let id = &shared.config.identity;
+            tokio::spawn(identity::renew_forever(
+                self.agent.clone(),
+                shared.cert.clone(),
+                id.subject.clone(),
+                id.alt_names.clone(),
+                id.renew_every,
+                move |ok| s.metrics.renewal(ok),
+            ))
+        };
+        if let Some(admin) = admin {
+            let app = admin::router(admin::Admin {
+                shared: shared.clone(),
+                agent: self.agent.clone(),
+            });
+            let mut rx = stop_rx.clone();
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(admin, app).with_graceful_shutdown(stop).await {
+                    tracing::error!(error = %e, "admin server stopped");
+                }
+            });
+        }
+        server::serve(shared, listener, shutdown).await;
+        let _ = stop_tx.send(true);
+        renewal.abort();
+    }
+}

@@ -1,0 +1,218 @@
+//! `teesql-sidecar`: the Postgres front door of a TeeSQL database CVM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use teesql_sidecar::Sidecar;
+use teesql_sidecar::config::{Overrides, ProcessEnv, SidecarConfig, SidecarFile};
+
+/// TeeSQL sidecar: Postgres over mutual RA-TLS on 5433 (every handshake judged by the
+/// verifier, the cluster secret checked in constant time), /health, /attestation and
+/// /metrics on 8080.
+#[derive(Debug, Parser)]
+#[command(name = "teesql-sidecar", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (e.g. info, teesql_sidecar=debug); overrides RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve Postgres clients (port 5433) and the admin HTTP endpoints (port 8080).
+    ///
+    /// Secrets come from TEESQL_READ_SECRET / TEESQL_READWRITE_SECRET (64 hex digits) or
+    /// files named in the config. The server certificate comes from the dstack guest
+    /// agent (DSTACK_SIMULATOR_ENDPOINT, else /var/run/dstack.sock). SIGTERM/SIGINT stop
+    /// accepting and let sessions drain.
+    Serve(Box<ServeArgs>),
+    /// Create the roles of the auth map in Postgres (idempotent), with SEED.md's
+    /// privileges, connecting as the backend admin user.
+    Provision {
+        #[command(flatten)]
+        common: Common,
+        /// Database(s) to grant CONNECT and schema privileges in [default: postgres].
+        #[arg(long = "database", value_name = "NAME")]
+        databases: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// TOML configuration file; environment variables and flags override it.
+    #[arg(long, env = "TEESQL_SIDECAR_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Postgres host (or unix socket directory) [default: 127.0.0.1].
+    #[arg(long, value_name = "HOST")]
+    backend_host: Option<String>,
+    /// Postgres port [default: 5432].
+    #[arg(long, value_name = "PORT")]
+    backend_port: Option<u16>,
+    /// How the sidecar logs in to Postgres: trust, password, md5, scram-sha-256.
+    #[arg(long, value_name = "METHOD")]
+    backend_method: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Postgres listen address [default: 0.0.0.0:5433].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Admin HTTP listen address, or "off" [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Verifier gRPC URL [default: http://127.0.0.1:50051; env TEESQL_VERIFIER_URL].
+    #[arg(long, value_name = "URL")]
+    verifier: Option<String>,
+    /// Client authentication: scram-sha-256 (default) or cleartext.
+    #[arg(long, value_name = "METHOD")]
+    auth_method: Option<String>,
+    /// Server certificate names (comma-separated) [default: localhost,127.0.0.1].
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    alt_names: Option<Vec<String>>,
+    /// Most concurrent client connections [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("teesql-sidecar: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(*args).await,
+            Command::Provision { common, databases } => provision(common, databases).await,
+        }
+    })
+}
+
+fn load(common: &Common, mut overrides: Overrides) -> Result<SidecarConfig, ExitCode> {
+    let file = match &common.config {
+        Some(p) => SidecarConfig::read_file(p).map_err(|e| fail(&[e]))?,
+        None => SidecarFile::default(),
+    };
+    overrides.backend_host = common.backend_host.clone();
+    overrides.backend_port = common.backend_port;
+    overrides.backend_method = common.backend_method.clone();
+    SidecarConfig::resolve(file, &ProcessEnv, overrides).map_err(|errors| fail(&errors))
+}
+
+fn fail(errors: &[String]) -> ExitCode {
+    for e in errors {
+        eprintln!("teesql-sidecar: {e}");
+    }
+    if errors.len() > 1 {
+        eprintln!(
+            "teesql-sidecar: {} configuration errors; see --help",
+            errors.len()
+        );
+    }
+    ExitCode::from(2)
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match load(
+        &args.common,
+        Overrides {
+            listen: args.listen,
+            admin_listen: args.admin_listen,
+            verifier_url: args.verifier,
+            auth_method: args.auth_method,
+            alt_names: args.alt_names,
+            max_connections: args.max_connections,
+            ..Overrides::default()
+        },
+    ) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(&[format!("listen {}: {e}", config.listen)]),
+    };
+    let admin = match config.admin_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => return fail(&[format!("admin listen {addr}: {e}")]),
+        },
+        None => None,
+    };
+    let sidecar = match Sidecar::start(config.clone()).await {
+        Ok(s) => s,
+        Err(e) => return fail(&[e]),
+    };
+    tracing::info!(
+        listen = %config.listen,
+        admin = ?config.admin_listen,
+        verifier = %config.verifier_url,
+        backend = %config.backend.addr.describe(),
+        "teesql-sidecar serving"
+    );
+    sidecar.run(listener, admin, shutdown_signal()).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn provision(common: Common, mut databases: Vec<String>) -> ExitCode {
+    let config = match load(&common, Overrides::default()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if databases.is_empty() {
+        databases.push("postgres".into());
+    }
+    match teesql_sidecar::provision::provision(&config, &databases).await {
+        Ok(done) => {
+            println!(
+                "provisioned roles in {}: created [{}], updated [{}]",
+                databases.join(", "),
+                done.created.join(", "),
+                done.updated.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&[e]),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: no new connections; draining sessions");
+}

@@ -1,0 +1,133 @@
+//! Prometheus metrics of the sidecar.
+
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the sidecar exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<Labels, Counter>,
+    handshake: Histogram,
+    relayed: Family<Labels, Counter>,
+    verifier: Histogram,
+    verifier_errors: Counter,
+    active: Gauge,
+    renewals: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("teesql_sidecar");
+        let connections = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections",
+            "Client connections by outcome (session, auth_failed, tls_failed, protocol_error, plaintext_refused, backend_failed, rate_limited, cancel, timeout, too_many, closed)",
+            connections.clone(),
+        );
+        let handshake = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
+        registry.register(
+            "handshake_duration_seconds",
+            "From accept to a logged-in session (TLS, authentication, verifier, Postgres login)",
+            handshake.clone(),
+        );
+        let relayed = Family::<Labels, Counter>::default();
+        registry.register(
+            "relayed_bytes",
+            "Bytes relayed, by direction (client_to_backend, backend_to_client)",
+            relayed.clone(),
+        );
+        let verifier = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        registry.register(
+            "verifier_duration_seconds",
+            "Time for the verifier's decision on a client",
+            verifier.clone(),
+        );
+        let verifier_errors = Counter::default();
+        registry.register(
+            "verifier_errors",
+            "Verifier calls that failed or timed out (the client was refused)",
+            verifier_errors.clone(),
+        );
+        let active = Gauge::default();
+        registry.register("sessions", "Sessions relaying now", active.clone());
+        let renewals = Family::<Labels, Counter>::default();
+        registry.register(
+            "certificate_renewals",
+            "Server certificate renewals, by result (ok, failed)",
+            renewals.clone(),
+        );
+        Self {
+            registry,
+            connections,
+            handshake,
+            relayed,
+            verifier,
+            verifier_errors,
+            active,
+            renewals,
+        }
+    }
+
+    pub fn connection(&self, outcome: &'static str) {
+        self.connections
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    pub fn handshake(&self, d: Duration) {
+        self.handshake.observe(d.as_secs_f64());
+    }
+
+    pub fn relayed(&self, client_to_backend: u64, backend_to_client: u64) {
+        self.relayed
+            .get_or_create(&vec![("direction", "client_to_backend".into())])
+            .inc_by(client_to_backend);
+        self.relayed
+            .get_or_create(&vec![("direction", "backend_to_client".into())])
+            .inc_by(backend_to_client);
+    }
+
+    pub fn verifier_call(&self, d: Duration, ok: bool) {
+        self.verifier.observe(d.as_secs_f64());
+        if !ok {
+            self.verifier_errors.inc();
+        }
+    }
+
+    pub fn session_started(&self) {
+        self.active.inc();
+    }
+
+    pub fn session_ended(&self) {
+        self.active.dec();
+    }
+
+    pub fn renewal(&self, ok: bool) {
+        let r = if ok { "ok" } else { "failed" };
+        self.renewals
+            .get_or_create(&vec![("result", r.into())])
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,163 @@
+//! `teesql-sidecar provision`: create the roles of the auth map in Postgres, idempotently,
+//! with the privileges of SEED.md's roles table.
+//!
+//! - `teesql_read`: SELECT on schema public, including tables created later (by the
+//!   superuser or by `teesql_readwrite`).
+//! - `teesql_readwrite`: SELECT, INSERT, UPDATE, DELETE and CREATE on schema public
+//!   (and the sequences behind serial columns).
+//!
+//! Roles log in without a password when the backend method is trust; otherwise their
+//! password is the backend password the sidecar logs in with.
+
+use crate::admin::admin_client;
+use crate::auth::Privileges;
+use crate::config::{BackendConfig, BackendMethod, SidecarConfig};
+
+/// What was done, for the operator.
+#[derive(Debug, Default)]
+pub struct Provisioned {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+}
+
+/// Provision every role of the auth map in each of `databases`.
+pub async fn provision(cfg: &SidecarConfig, databases: &[String]) -> Result<Provisioned, String> {
+    let mut roles: Vec<(String, Privileges)> = cfg
+        .auth
+        .roles()
+        .map(|r| (r.name.clone(), r.privileges))
+        .collect();
+    // Read-write first: read's default privileges refer to it.
+    roles.sort_by_key(|(_, p)| match p {
+        Privileges::ReadWrite => 0,
+        Privileges::Read => 1,
+        Privileges::None => 2,
+    });
+    let mut done = Provisioned::default();
+    let admin = admin_client(&cfg.backend).await?;
+    for (role, _) in &roles {
+        let existed: bool = admin
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
+                &[role],
+            )
+            .await
+            .map_err(|e| format!("checking role {role}: {e}"))?
+            .get(0);
+        if existed {
+            done.updated.push(role.clone());
+        } else {
+            exec_formatted(&admin, "CREATE ROLE %I LOGIN", &[role]).await?;
+            done.created.push(role.clone());
+        }
+        set_password(&admin, &cfg.backend, role).await?;
+    }
+    let readwrite_exists = roles.iter().any(|(_, p)| *p == Privileges::ReadWrite);
+    for db in databases {
+        let mut per_db = cfg.backend.clone();
+        let client = if db == "postgres" {
+            None
+        } else {
+            per_db.admin_user = cfg.backend.admin_user.clone();
+            Some(connect_db(&per_db, db).await?)
+        };
+        let c = client.as_ref().unwrap_or(&admin);
+        for (role, privileges) in &roles {
+            exec_formatted(c, "GRANT CONNECT ON DATABASE %I TO %I", &[db, role]).await?;
+            match privileges {
+                Privileges::Read => {
+                    for sql in [
+                        "GRANT USAGE ON SCHEMA public TO %I",
+                        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO %I",
+                        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO %I",
+                    ] {
+                        exec_formatted(c, sql, &[role]).await?;
+                    }
+                    if readwrite_exists {
+                        exec_formatted(
+                            c,
+                            "ALTER DEFAULT PRIVILEGES FOR ROLE teesql_readwrite IN SCHEMA public GRANT SELECT ON TABLES TO %I",
+                            &[role],
+                        )
+                        .await?;
+                    }
+                }
+                Privileges::ReadWrite => {
+                    for sql in [
+                        "GRANT USAGE, CREATE ON SCHEMA public TO %I",
+                        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO %I",
+                        "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO %I",
+                        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I",
+                        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO %I",
+                    ] {
+                        exec_formatted(c, sql, &[role]).await?;
+                    }
+                }
+                Privileges::None => {}
+            }
+        }
+    }
+    Ok(done)
+}
+
+async fn connect_db(cfg: &BackendConfig, db: &str) -> Result<tokio_postgres::Client, String> {
+    let mut pg = tokio_postgres::Config::new();
+    pg.user(&cfg.admin_user).dbname(db);
+    match &cfg.addr {
+        crate::config::BackendAddr::Tcp(h, p) => pg.host(h).port(*p),
+        crate::config::BackendAddr::Unix(d, p) => pg.host_path(d).port(*p),
+    };
+    if let Some(pw) = &cfg.admin_password {
+        pg.password(pw.expose());
+    }
+    let (client, conn) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("connecting to database {db}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+async fn set_password(
+    c: &tokio_postgres::Client,
+    backend: &BackendConfig,
+    role: &str,
+) -> Result<(), String> {
+    match (&backend.method, &backend.password) {
+        (BackendMethod::Trust, _) | (_, None) => {
+            exec_formatted(c, "ALTER ROLE %I LOGIN PASSWORD NULL", &[role]).await
+        }
+        (_, Some(pw)) => {
+            let pw = String::from_utf8_lossy(pw.expose()).into_owned();
+            // Quoted by Postgres' format(%L); never logged.
+            exec_formatted(c, "ALTER ROLE %I LOGIN PASSWORD %L", &[role, &pw])
+                .await
+                .map_err(|_| format!("setting the password of role {role} failed"))
+        }
+    }
+}
+
+/// Run `format(template, args…)` in Postgres (identifiers %I and literals %L quoted by
+/// Postgres itself), then execute the result.
+async fn exec_formatted(
+    c: &tokio_postgres::Client,
+    template: &str,
+    args: &[&str],
+) -> Result<(), String> {
+    let placeholders: Vec<String> = (2..args.len() + 2).map(|i| format!("${i}::text")).collect();
+    let query = format!("SELECT format($1::text, {})", placeholders.join(", "));
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&template];
+    for a in args {
+        params.push(a);
+    }
+    let sql: String = c
+        .query_one(&query, &params)
+        .await
+        .map_err(|e| format!("preparing {template}: {e}"))?
+        .get(0);
+    c.batch_execute(&sql)
+        .await
+        .map_err(|e| format!("{}: {e}", template.replace("%L", "***")))
+}

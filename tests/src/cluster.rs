@@ -1,0 +1,351 @@
+//! A whole local TeeSQL cluster: a temporary Postgres (roles provisioned), the
+//! development guest agent, the verifier (gRPC, dev trust root, a policy profile) and
+//! the sidecar, each on its own loopback port. `teesql-dev` and the end-to-end tests
+//! both start it from here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use teesql_sidecar::Sidecar;
+use teesql_sidecar::config::{Overrides, SidecarConfig, SidecarFile};
+use teesql_verifier::service::config::{ServeConfig, ServeSettings};
+use teesql_verifier::service::{DecisionService, grpc, reload};
+
+use crate::agent::TestAgent;
+use crate::postgres::{PgOptions, TempPostgres};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Policy profile under `policies/`: `dev` (clients without attestation allowed) or
+    /// `teesql` (production).
+    pub profile: String,
+    /// Sidecar settings as a TOML fragment (merged over the defaults below).
+    pub sidecar_toml: String,
+    pub pg: PgOptions,
+    /// Fixed ports (teesql-dev); `None` = chosen by the OS.
+    pub sidecar_port: Option<u16>,
+    pub admin_port: Option<u16>,
+    pub verifier_port: Option<u16>,
+    pub agent_port: Option<u16>,
+    /// Seed of the development PKI and agent.
+    pub seed: [u8; 32],
+    /// Where the agent socket, dev PKI files and logs go; `None` = a temporary directory.
+    pub state_dir: Option<PathBuf>,
+    /// Databases to provision the roles in (besides `postgres`).
+    pub databases: Vec<String>,
+    /// Decision log target for the verifier ("off", "stdout" or a file).
+    pub decision_log: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            profile: "dev".into(),
+            sidecar_toml: String::new(),
+            pg: PgOptions::default(),
+            sidecar_port: None,
+            admin_port: None,
+            verifier_port: None,
+            agent_port: None,
+            seed: [0x5e; 32],
+            state_dir: None,
+            databases: Vec::new(),
+            decision_log: "off".into(),
+        }
+    }
+}
+
+/// A running cluster. Dropping it stops everything and removes temporary state.
+#[derive(Debug)]
+pub struct Cluster {
+    pub pg: TempPostgres,
+    pub agent: TestAgent,
+    pub verifier_addr: SocketAddr,
+    pub verifier: Arc<DecisionService>,
+    pub sidecar_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub sidecar: Arc<teesql_sidecar::session::Shared>,
+    /// 64 hex digits.
+    pub read_secret: String,
+    pub readwrite_secret: String,
+    pub state_dir: PathBuf,
+    sidecar_config: SidecarConfig,
+    verifier_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    sidecar_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    sidecar_task: Option<tokio::task::JoinHandle<()>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// The repository root (policies/ lives there).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn secret(seed: &[u8; 32], label: &str) -> String {
+    use sha2::Digest;
+    hex::encode(
+        sha2::Sha256::new()
+            .chain_update(seed)
+            .chain_update(label.as_bytes())
+            .finalize(),
+    )
+}
+
+async fn bind(port: Option<u16>, what: &str) -> Result<tokio::net::TcpListener> {
+    let addr = format!("127.0.0.1:{}", port.unwrap_or(0));
+    tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("{what}: cannot listen on {addr}"))
+}
+
+impl Cluster {
+    /// Start everything and wait until it answers.
+    pub async fn start(opts: ClusterOptions) -> Result<Self> {
+        let (tmp, state_dir) = match &opts.state_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
+                (None, d.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("teesql-").tempdir()?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+
+        // Postgres, in the background thread pool (initdb takes a moment).
+        let pg_opts = opts.pg.clone();
+        let pg = tokio::task::spawn_blocking(move || TempPostgres::start(pg_opts))
+            .await?
+            .map_err(|e| anyhow!("{e}"))?;
+
+        let read_secret = secret(&opts.seed, "read");
+        let readwrite_secret = secret(&opts.seed, "readwrite");
+
+        // Guest agent.
+        let agent = TestAgent::start_with_port(
+            teesql_verifier::dev::AgentConfig::new(opts.seed),
+            &state_dir,
+            opts.agent_port,
+        )
+        .await?;
+
+        // Verifier.
+        let settings = ServeSettings {
+            listen: Some(format!("127.0.0.1:{}", opts.verifier_port.unwrap_or(0))),
+            policy_dirs: Some(vec![repo_root().join("policies").join(&opts.profile)]),
+            trust_root: Some(agent.root_der_path()),
+            pccs_url: Some(agent.url.clone()),
+            decision_log: Some(opts.decision_log.clone()),
+            ..ServeSettings::default()
+        };
+        let vconfig = ServeConfig::resolve(settings).map_err(|e| anyhow!(e.join("; ")))?;
+        let verifier = vconfig.build().map_err(|e| anyhow!(e.join("; ")))?;
+        let vlistener = bind(opts.verifier_port, "verifier").await?;
+        let verifier_addr = vlistener.local_addr()?;
+        let (vtx, vrx) = tokio::sync::oneshot::channel::<()>();
+        {
+            let v = verifier.clone();
+            tokio::spawn(async move {
+                let _ = grpc::serve(v, vlistener, Duration::from_secs(30), async {
+                    let _ = vrx.await;
+                })
+                .await;
+            });
+            tokio::spawn(reload::run(verifier.clone(), std::future::pending()));
+        }
+
+        // Sidecar.
+        let listener = bind(opts.sidecar_port, "sidecar").await?;
+        let sidecar_addr = listener.local_addr()?;
+        let admin = match opts.admin_port {
+            Some(0) => None,
+            p => Some(bind(p, "sidecar admin").await?),
+        };
+        let admin_addr = admin.as_ref().map(|a| a.local_addr()).transpose()?;
+        let mut toml = format!(
+            "[listen]\npostgres = \"{sidecar_addr}\"\nadmin = \"{}\"\n\
+             [identity]\nendpoint = \"{}\"\nalt_names = [\"localhost\", \"127.0.0.1\"]\n\
+             [verifier]\nurl = \"http://{verifier_addr}\"\n\
+             [backend]\nhost = \"127.0.0.1\"\nport = {}\n",
+            admin_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into()),
+            agent.socket.display(),
+            pg.port,
+        );
+        toml.push_str(&opts.sidecar_toml);
+        let file: SidecarFile = toml::from_str(&merge_tables(&toml)).context("sidecar config")?;
+        let env: BTreeMap<String, String> = [
+            ("TEESQL_READ_SECRET".to_string(), read_secret.clone()),
+            (
+                "TEESQL_READWRITE_SECRET".to_string(),
+                readwrite_secret.clone(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let sidecar_config = SidecarConfig::resolve(file, &env, Overrides::default())
+            .map_err(|e| anyhow!(e.join("; ")))?;
+        let mut databases = vec!["postgres".to_string()];
+        for db in &opts.databases {
+            pg.psql("postgres", "postgres", &format!("CREATE DATABASE \"{db}\""))
+                .map_err(|e| anyhow!("{e}"))?;
+            databases.push(db.clone());
+        }
+        teesql_sidecar::provision::provision(&sidecar_config, &databases)
+            .await
+            .map_err(|e| anyhow!("provision: {e}"))?;
+        let sidecar = Sidecar::start(sidecar_config.clone())
+            .await
+            .map_err(|e| anyhow!(e))?;
+        let shared = sidecar.shared.clone();
+        let (stx, srx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(sidecar.run(listener, admin, async {
+            let _ = srx.await;
+        }));
+
+        Ok(Self {
+            pg,
+            agent,
+            verifier_addr,
+            verifier,
+            sidecar_addr,
+            admin_addr,
+            sidecar: shared,
+            read_secret,
+            readwrite_secret,
+            state_dir,
+            sidecar_config,
+            verifier_stop: Some(vtx),
+            sidecar_stop: Some(stx),
+            sidecar_task: Some(task),
+            _tmp: tmp,
+        })
+    }
+
+    /// A DSN to the sidecar.
+    pub fn dsn(&self, user: &str, secret: &str, db: &str, sslmode: &str) -> String {
+        format!(
+            "postgresql://{user}:{secret}@127.0.0.1:{}/{db}?sslmode={sslmode}",
+            self.sidecar_addr.port()
+        )
+    }
+
+    /// Stop the verifier (its port stops answering).
+    pub fn stop_verifier(&mut self) {
+        if let Some(tx) = self.verifier_stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Stop the sidecar: stop accepting and drain sessions (up to its grace period).
+    pub async fn stop_sidecar(&mut self) {
+        if let Some(tx) = self.sidecar_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.sidecar_task.take() {
+            let _ = t.await;
+        }
+    }
+
+    pub fn sidecar_config(&self) -> &SidecarConfig {
+        &self.sidecar_config
+    }
+
+    /// A fresh RA-TLS client certificate from the agent: (chain PEM path, key PEM path).
+    pub async fn client_certificate(&self, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+        let issued = self
+            .agent
+            .agent
+            .issue_tls_key(&teesql_verifier::dev::RaTlsRequest {
+                subject: "teesql-client".into(),
+                alt_names: vec!["teesql-client".into()],
+                usage_ra_tls: true,
+                usage_server_auth: false,
+                usage_client_auth: true,
+            })
+            .await?;
+        let cert = dir.join("client-cert.pem");
+        let key = dir.join("client-key.pem");
+        std::fs::write(&cert, issued.chain_pem.concat())?;
+        std::fs::write(&key, &issued.key_pem)?;
+        set_mode_600(&key)?;
+        Ok((cert, key))
+    }
+}
+
+fn set_mode_600(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// Later `[table]` sections of the same name override earlier keys: merge them so the
+/// TOML parser does not reject a repeated table.
+fn merge_tables(text: &str) -> String {
+    let mut tables: Vec<(String, Vec<String>)> = vec![(String::new(), Vec::new())];
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && !t.starts_with("[[") {
+            let name = t.to_string();
+            if !tables.iter().any(|(n, _)| *n == name) {
+                tables.push((name.clone(), Vec::new()));
+            }
+            let idx = tables.iter().position(|(n, _)| *n == name).unwrap_or(0);
+            let table = tables.remove(idx);
+            tables.push(table);
+            continue;
+        }
+        if let Some((key, _)) = t.split_once('=')
+            && let Some(last) = tables.last_mut()
+        {
+            let key = key.trim().to_string();
+            last.1
+                .retain(|l| l.split_once('=').map(|(k, _)| k.trim()) != Some(key.as_str()));
+        }
+        if let Some(last) = tables.last_mut() {
+            last.1.push(line.to_string());
+        }
+    }
+    let mut out = String::new();
+    for (name, lines) in tables {
+        if !name.is_empty() {
+            out.push_str(&name);
+            out.push('\n');
+        }
+        for l in lines {
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_verifier();
+        if let Some(tx) = self.sidecar_stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_tables_merge_and_later_keys_win() {
+        let merged = merge_tables("[a]\nx = 1\ny = 2\n[b]\nz = 3\n[a]\nx = 9\n");
+        let v: toml::Value = toml::from_str(&merged).unwrap();
+        assert_eq!(v["a"]["x"].as_integer(), Some(9));
+        assert_eq!(v["a"]["y"].as_integer(), Some(2));
+        assert_eq!(v["b"]["z"].as_integer(), Some(3));
+    }
+}
