@@ -132,7 +132,7 @@ pub async fn postgres_state(cfg: &BackendConfig) -> Result<PostgresState, String
             &[],
         )
         .await
-        .map_err(|e| format!("reading the Postgres state: {e}"))?;
+        .map_err(|e| format!("reading the Postgres state: {}", chain(&e)))?;
     let lsn: Option<String> = row.get(0);
     let version: String = row.get(1);
     let system: String = row.get(2);
@@ -156,16 +156,31 @@ pub async fn admin_client(cfg: &BackendConfig) -> Result<tokio_postgres::Client,
         pg.password(pw.expose());
     }
     pg.connect_timeout(cfg.connect_timeout);
-    let (client, conn) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("connecting to Postgres as {}: {e}", cfg.admin_user))?;
+    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        format!(
+            "connecting to Postgres as {}: {}",
+            cfg.admin_user,
+            chain(&e)
+        )
+    })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "admin connection ended");
         }
     });
     Ok(client)
+}
+
+/// An error with its causes, for messages.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
 }
 
 /// The report data binding a state and a time (see the module documentation).

@@ -42,7 +42,7 @@ pub async fn provision(cfg: &SidecarConfig, databases: &[String]) -> Result<Prov
                 &[role],
             )
             .await
-            .map_err(|e| format!("checking role {role}: {e}"))?
+            .map_err(|e| format!("checking role {role}: {}", crate::admin::chain(&e)))?
             .get(0);
         if existed {
             done.updated.push(role.clone());
@@ -113,7 +113,7 @@ async fn connect_db(cfg: &BackendConfig, db: &str) -> Result<tokio_postgres::Cli
     let (client, conn) = pg
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|e| format!("connecting to database {db}: {e}"))?;
+        .map_err(|e| format!("connecting to database {db}: {}", crate::admin::chain(&e)))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -155,9 +155,13 @@ async fn exec_formatted(
     let sql: String = c
         .query_one(&query, &params)
         .await
-        .map_err(|e| format!("preparing {template}: {e}"))?
+        .map_err(|e| format!("preparing {template}: {}", crate::admin::chain(&e)))?
         .get(0);
-    c.batch_execute(&sql)
-        .await
-        .map_err(|e| format!("{}: {e}", template.replace("%L", "***")))
+    c.batch_execute(&sql).await.map_err(|e| {
+        format!(
+            "{}: {}",
+            template.replace("%L", "***"),
+            crate::admin::chain(&e)
+        )
+    })
 }

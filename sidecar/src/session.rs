@@ -71,6 +71,8 @@ enum Outcome {
         cause: String,
     },
     PlaintextRefused,
+    /// Refused without authentication: too many failures from the address.
+    RateLimited,
     Cancel,
     TlsFailed(String),
     Protocol(String),
@@ -98,14 +100,14 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             .with_time(Duration::from_secs(60))
             .with_interval(Duration::from_secs(15)),
     );
-    if shared.limiter.is_blocked(peer.ip()) {
-        shared.metrics.connection("rate_limited");
-        tracing::warn!(client.addr = %peer, "refused: too many failed logins from this address");
-        refuse_plain(stream, SQLSTATE_AUTH, AUTH_FAILED).await;
-        return;
-    }
+    // A client over its failure limit still gets the protocol it speaks (TLS, then one
+    // FATAL after its StartupMessage), so it sees the same refusal as any other; it just
+    // never reaches authentication or the verifier.
+    let blocked = shared.limiter.is_blocked(peer.ip());
     let deadline = shared.config.limits.handshake_timeout;
-    let outcome = match tokio::time::timeout(deadline, negotiate(&shared, stream, peer)).await {
+    let outcome = match tokio::time::timeout(deadline, negotiate(&shared, stream, peer, blocked))
+        .await
+    {
         Ok(o) => o,
         Err(_) => {
             shared.metrics.connection("timeout");
@@ -151,6 +153,10 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 "session ended"
             );
         }
+        Outcome::RateLimited => {
+            shared.metrics.connection("rate_limited");
+            tracing::warn!(client.addr = %peer, "refused: too many failed logins from this address");
+        }
         Outcome::AuthFailed { user, cause } => {
             shared.metrics.connection("auth_failed");
             shared.limiter.record_failure(peer.ip());
@@ -186,7 +192,12 @@ pub async fn refuse_plain(mut stream: TcpStream, code: &str, message: &str) {
     let _ = stream.shutdown().await;
 }
 
-async fn negotiate(shared: &Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) -> Outcome {
+async fn negotiate(
+    shared: &Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    blocked: bool,
+) -> Outcome {
     // Step 1: what does the client want?
     let mut first = [0u8; 1];
     match stream.peek(&mut first).await {
@@ -296,6 +307,10 @@ async fn negotiate(shared: &Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
             return Outcome::Protocol(format!("{other:?} inside TLS"));
         }
     };
+    if blocked {
+        fatal(&mut tls, SQLSTATE_AUTH, AUTH_FAILED).await;
+        return Outcome::RateLimited;
+    }
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let Some(user) = get("user").filter(|u| !u.is_empty()) else {
         fatal(

@@ -106,6 +106,7 @@ async fn bind(port: Option<u16>, what: &str) -> Result<tokio::net::TcpListener> 
 impl Cluster {
     /// Start everything and wait until it answers.
     pub async fn start(opts: ClusterOptions) -> Result<Self> {
+        crate::init_logging();
         let (tmp, state_dir) = match &opts.state_dir {
             Some(d) => {
                 std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
@@ -181,7 +182,7 @@ impl Cluster {
         );
         toml.push_str(&opts.sidecar_toml);
         let file: SidecarFile = toml::from_str(&merge_tables(&toml)).context("sidecar config")?;
-        let env: BTreeMap<String, String> = [
+        let mut env: BTreeMap<String, String> = [
             ("TEESQL_READ_SECRET".to_string(), read_secret.clone()),
             (
                 "TEESQL_READWRITE_SECRET".to_string(),
@@ -190,6 +191,9 @@ impl Cluster {
         ]
         .into_iter()
         .collect();
+        if let Some(pw) = &opts.pg.superuser_password {
+            env.insert("TEESQL_BACKEND_ADMIN_PASSWORD".into(), pw.clone());
+        }
         let sidecar_config = SidecarConfig::resolve(file, &env, Overrides::default())
             .map_err(|e| anyhow!(e.join("; ")))?;
         let mut databases = vec!["postgres".to_string()];

@@ -1,0 +1,89 @@
+//! Real clients for the end-to-end tests: the `psql` binary and `tokio-postgres` over
+//! rustls (with the server certificate checked against the development app CA).
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::postgres::TempPostgres;
+
+/// Run `psql` with a connection string and arguments (off the async runtime).
+pub async fn psql(conn: &str, args: &[&str]) -> Output {
+    psql_env(conn, args, &[]).await
+}
+
+/// Like [`psql`], with extra environment variables.
+pub async fn psql_env(conn: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = std::process::Command::new(TempPostgres::psql_path());
+    cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", conn]);
+    cmd.args(args);
+    for var in [
+        "PGPASSWORD",
+        "PGSSLMODE",
+        "PGUSER",
+        "PGHOST",
+        "PGPORT",
+        "PGDATABASE",
+        "PGSSLROOTCERT",
+        "PGSSLCERT",
+        "PGSSLKEY",
+        "PGCHANNELBINDING",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("PGPASSFILE", "/nonexistent");
+    cmd.env("PGCONNECT_TIMEOUT", "20");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .unwrap_or_else(|e| Output {
+            status: std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
+            stdout: Vec::new(),
+            stderr: format!("could not run psql: {e}").into_bytes(),
+        })
+}
+
+/// rustls client configuration trusting `ca_pem`, optionally presenting a client
+/// certificate (chain PEM, key PEM).
+pub fn tls_config(ca_pem: &Path, client: Option<(&Path, &Path)>) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem).context("CA file")? {
+        roots.add(cert.context("CA certificate")?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    Ok(match client {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain)
+                .context("client chain")?
+                .collect::<Result<_, _>>()?;
+            let key = PrivateKeyDer::from_pem_file(key).context("client key")?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+    })
+}
+
+/// A tokio-postgres connection over rustls; the connection task is spawned.
+pub async fn connect(
+    conn: &str,
+    tls: rustls::ClientConfig,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) =
+        tokio_postgres::connect(conn, tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
