@@ -1,0 +1,473 @@
+//! Sidecar benchmark: pgbench through three front doors, measured in one run.
+//!
+//! - Postgres itself over TLS (`ssl=on`, the baseline);
+//! - PgBouncer (Debian's package, client TLS, session pool);
+//! - the TeeSQL sidecar with full verification (pgbench presents an RA-TLS client
+//!   certificate; every connection is judged by the verifier, whose profile requires it).
+//!
+//! For each: select-only TPS with 8 clients, and the connect-per-transaction rate
+//! (`pgbench -C`). Then the sidecar's memory per idle session (RSS with 1,000 idle
+//! sessions). Build first: `cargo build --release -p teesql-verifier -p teesql-sidecar -p teesql-tests`,
+//! then run `target/release/teesql-bench [--seconds N] [--rounds N] [--idle N]`.
+//! Everything is on loopback on this machine; absolute numbers vary, ratios hold.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use teesql_tests::agent::TestAgent;
+use teesql_tests::clients::{connect, tls_config};
+use teesql_tests::cluster::repo_root;
+use teesql_tests::postgres::{PgOptions, TempPostgres, pg_bin_dir};
+
+struct Args {
+    seconds: u64,
+    rounds: usize,
+    idle: usize,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        seconds: 15,
+        rounds: 2,
+        idle: 1000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || -> Result<u64> {
+            it.next()
+                .ok_or_else(|| anyhow!("{flag} needs a value"))?
+                .parse()
+                .map_err(|e| anyhow!("{flag}: {e}"))
+        };
+        match flag.as_str() {
+            "--seconds" => a.seconds = value()?,
+            "--rounds" => a.rounds = value()? as usize,
+            "--idle" => a.idle = value()? as usize,
+            "--help" | "-h" => {
+                println!("teesql-bench [--seconds N (15)] [--rounds N (2)] [--idle N (1000)]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other} (see --help)"),
+        }
+    }
+    Ok(a)
+}
+
+/// Children are killed when the benchmark ends, however it ends.
+struct Kids(Vec<(String, Child)>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        for (_, c) in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("no directory for the current executable"))?;
+    let p = dir.join(name);
+    if !p.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p teesql-verifier -p teesql-sidecar -p teesql-tests)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The unprivileged user servers run as when we are root.
+fn server_user() -> Option<nix::unistd::User> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    nix::unistd::User::from_name("postgres").ok().flatten()
+}
+
+fn give_to_server_user(path: &Path) -> Result<()> {
+    if let Some(u) = server_user() {
+        std::os::unix::fs::chown(path, Some(u.uid.as_raw()), Some(u.gid.as_raw()))?;
+    }
+    Ok(())
+}
+
+fn wait_port(port: u16, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not start listening on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
+}
+
+/// Run pgbench and return its TPS (excluding initial connection time unless -C).
+fn pgbench(
+    bin: &Path,
+    conninfo: &str,
+    connect_each: bool,
+    secs: u64,
+    env: &[(&str, String)],
+) -> Result<f64> {
+    let mut cmd = Command::new(bin.join("pgbench"));
+    cmd.args(["-n", "-S", "-c", "8", "-j", "2", "-T", &secs.to_string()]);
+    if connect_each {
+        cmd.arg("-C");
+    }
+    cmd.arg(conninfo);
+    for v in ["PGPASSWORD", "PGSSLCERT", "PGSSLKEY", "PGSSLMODE"] {
+        cmd.env_remove(v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().context("running pgbench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let failed = text
+        .lines()
+        .any(|l| l.contains("number of failed transactions: ") && !l.contains(": 0 "));
+    if failed {
+        bail!("pgbench reported failed transactions:\n{text}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no tps in pgbench output:\n{text}"))
+}
+
+fn main() -> Result<()> {
+    let args = args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let verifier_bin = sibling("teesql-verifier")?;
+    let sidecar_bin = sibling("teesql-sidecar")?;
+    let pg_bin = pg_bin_dir().map_err(|e| anyhow!("{e}"))?;
+    let pgbouncer = which("pgbouncer").ok_or_else(|| {
+        anyhow!("pgbouncer not found: apt-get install pgbouncer (the Debian package is the baseline to beat)")
+    })?;
+    let tmp = tempfile::Builder::new().prefix("teesql-bench-").tempdir()?;
+    let dir = tmp.path();
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut kids = Kids(Vec::new());
+
+    // TLS material for Postgres and PgBouncer.
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
+        .self_signed(&key)?;
+    let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    std::fs::set_permissions(
+        &key_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    give_to_server_user(&cert_path)?;
+    give_to_server_user(&key_path)?;
+
+    eprintln!("starting Postgres (ssl=on) …");
+    let pg = TempPostgres::start(PgOptions {
+        settings: vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), cert_path.display().to_string()),
+            ("ssl_key_file".into(), key_path.display().to_string()),
+            ("max_connections".into(), (args.idle + 200).to_string()),
+            ("shared_buffers".into(), "256MB".into()),
+        ],
+        ..PgOptions::default()
+    })
+    .map_err(|e| anyhow!("{e}"))?;
+    pg.psql("postgres", "postgres", "SELECT 1")
+        .map_err(|e| anyhow!("{e}"))?;
+    let init = Command::new(pg_bin.join("pgbench"))
+        .args(["-i", "-q", "-s", "10", &pg.conninfo("postgres", "postgres")])
+        .output()?;
+    if !init.status.success() {
+        bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+    }
+
+    eprintln!("starting the dev agent, verifier and sidecar …");
+    let agent = TestAgent::start([0x42; 32], dir).await?;
+    let profile = dir.join("profile");
+    std::fs::create_dir_all(&profile)?;
+    std::fs::write(
+        profile.join("profile.toml"),
+        format!(
+            "extends = [{:?}]\n",
+            repo_root()
+                .join("policies/dev")
+                .canonicalize()?
+                .display()
+                .to_string()
+        ),
+    )?;
+    std::fs::write(
+        profile.join("data.json"),
+        r#"{"teesql": {"require_client_attestation": true}}"#,
+    )?;
+    let verifier_port = free_port()?;
+    let verifier = Command::new(&verifier_bin)
+        .args(["serve", "--listen", &format!("127.0.0.1:{verifier_port}")])
+        .arg("--policy-dir")
+        .arg(&profile)
+        .arg("--trust-root")
+        .arg(agent.root_der_path())
+        .args(["--pccs-url", &agent.url, "--decision-log", "off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    kids.0.push(("verifier".into(), verifier));
+    wait_port(verifier_port, "teesql-verifier")?;
+
+    let read_secret = hex::encode([0x11u8; 32]);
+    let sidecar_port = free_port()?;
+    let config = dir.join("sidecar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\npostgres = \"127.0.0.1:{sidecar_port}\"\nadmin = \"off\"\n\
+             [identity]\nendpoint = \"{}\"\n[verifier]\nurl = \"http://127.0.0.1:{verifier_port}\"\n\
+             [backend]\nport = {}\n[limits]\nmax_connections = {}\nfailed_auth_per_minute = 100000\n",
+            agent.socket.display(),
+            pg.port,
+            args.idle + 100
+        ),
+    )?;
+    let prov = Command::new(&sidecar_bin)
+        .args(["provision", "--config"])
+        .arg(&config)
+        .env("TEESQL_READ_SECRET", &read_secret)
+        .output()?;
+    if !prov.status.success() {
+        bail!("provision: {}", String::from_utf8_lossy(&prov.stderr));
+    }
+    let sidecar = Command::new(&sidecar_bin)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("TEESQL_READ_SECRET", &read_secret)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let sidecar_pid = sidecar.id();
+    kids.0.push(("sidecar".into(), sidecar));
+    wait_port(sidecar_port, "teesql-sidecar")?;
+
+    eprintln!("starting PgBouncer (client TLS, session pool) …");
+    let bouncer_port = free_port()?;
+    let bdir = dir.join("pgbouncer");
+    std::fs::create_dir_all(&bdir)?;
+    give_to_server_user(&bdir)?;
+    let ini = bdir.join("pgbouncer.ini");
+    let userlist = bdir.join("userlist.txt");
+    std::fs::write(&userlist, "\"postgres\" \"\"\n")?;
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\npostgres = host=127.0.0.1 port={} dbname=postgres\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {bouncer_port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {}\npool_mode = session\nmax_client_conn = 2000\n\
+             default_pool_size = 100\nclient_tls_sslmode = require\nclient_tls_cert_file = {}\n\
+             client_tls_key_file = {}\nlogfile = {}\npidfile = {}\n",
+            pg.port,
+            userlist.display(),
+            cert_path.display(),
+            key_path.display(),
+            bdir.join("pgbouncer.log").display(),
+            bdir.join("pgbouncer.pid").display()
+        ),
+    )?;
+    for p in [&ini, &userlist] {
+        give_to_server_user(p)?;
+    }
+    let mut cmd = Command::new(&pgbouncer);
+    cmd.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null());
+    if let Some(u) = server_user() {
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    kids.0.push(("pgbouncer".into(), cmd.spawn()?));
+    wait_port(bouncer_port, "pgbouncer").map_err(|e| {
+        let log = std::fs::read_to_string(bdir.join("pgbouncer.log")).unwrap_or_default();
+        anyhow!("{e}; its log:\n{log}")
+    })?;
+
+    // Clients.
+    let client_dir = dir.join("client");
+    std::fs::create_dir_all(&client_dir)?;
+    let issued = agent
+        .agent
+        .issue_tls_key(&teesql_verifier::dev::RaTlsRequest {
+            subject: "bench".into(),
+            alt_names: vec!["bench".into()],
+            usage_ra_tls: true,
+            usage_server_auth: false,
+            usage_client_auth: true,
+        })
+        .await?;
+    let (ccert, ckey) = (client_dir.join("cert.pem"), client_dir.join("key.pem"));
+    std::fs::write(&ccert, issued.chain_pem.concat())?;
+    std::fs::write(&ckey, &issued.key_pem)?;
+    std::fs::set_permissions(&ckey, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+
+    let targets: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+        (
+            "Postgres over TLS (baseline)",
+            format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require",
+                pg.port
+            ),
+            vec![],
+        ),
+        (
+            "PgBouncer (TLS, session pool)",
+            format!(
+                "host=127.0.0.1 port={bouncer_port} user=postgres dbname=postgres sslmode=require"
+            ),
+            vec![],
+        ),
+        (
+            "TeeSQL sidecar (full verification)",
+            format!(
+                "host=127.0.0.1 port={sidecar_port} user=teesql_read dbname=postgres sslmode=require"
+            ),
+            vec![
+                ("PGPASSWORD", read_secret.clone()),
+                ("PGSSLCERT", ccert.display().to_string()),
+                ("PGSSLKEY", ckey.display().to_string()),
+            ],
+        ),
+    ];
+    // Check every target answers before measuring.
+    for (name, conn, env) in &targets {
+        pgbench(&pg_bin, conn, false, 1, env).with_context(|| format!("warm-up of {name}"))?;
+    }
+
+    let mut results = vec![[Vec::new(), Vec::new()]; targets.len()];
+    for round in 0..args.rounds {
+        for (mode, connect_each) in [(0usize, false), (1, true)] {
+            for (i, (name, conn, env)) in targets.iter().enumerate() {
+                let tps = pgbench(&pg_bin, conn, connect_each, args.seconds, env)
+                    .with_context(|| name.to_string())?;
+                eprintln!(
+                    "round {} {:<36} {:<22} {:>10.0}",
+                    round + 1,
+                    name,
+                    if connect_each {
+                        "connect per tx (-C)"
+                    } else {
+                        "select-only"
+                    },
+                    tps
+                );
+                results[i][mode].push(tps);
+            }
+        }
+    }
+
+    // Idle sessions: RSS of the sidecar before and after.
+    eprintln!("opening {} idle sessions through the sidecar …", args.idle);
+    let before = rss_kib(sidecar_pid)?;
+    let tls = tls_config(&agent.app_ca_path(), Some((&ccert, &ckey)))?;
+    let dsn = format!(
+        "postgresql://teesql_read:{read_secret}@127.0.0.1:{sidecar_port}/postgres?sslmode=require"
+    );
+    let mut idle = Vec::with_capacity(args.idle);
+    for chunk in 0..args.idle.div_ceil(50) {
+        let mut batch = Vec::new();
+        for _ in 0..50.min(args.idle - chunk * 50) {
+            let (dsn, tls) = (dsn.clone(), tls.clone());
+            batch.push(tokio::spawn(async move { connect(&dsn, tls).await }));
+        }
+        for b in batch {
+            let client = b.await?.map_err(|e| anyhow!("idle session: {e}"))?;
+            client.simple_query("SELECT 1").await?;
+            idle.push(client);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(sidecar_pid)?;
+    let per_session = (after.saturating_sub(before)) as f64 / args.idle as f64;
+    drop(idle);
+
+    let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "\nTeeSQL sidecar benchmark ({} s per run, {} rounds, pgbench -S -c 8 -j 2; 2 cores, loopback)\n",
+        args.seconds, args.rounds
+    );
+    println!(
+        "{:<36} {:>14} {:>8} {:>16} {:>8}",
+        "front door", "select TPS", "vs PG", "connections/s", "vs PG"
+    );
+    let base = (mean(&results[0][0]), mean(&results[0][1]));
+    for (i, (name, _, _)) in targets.iter().enumerate() {
+        let (s, c) = (mean(&results[i][0]), mean(&results[i][1]));
+        println!(
+            "{name:<36} {s:>14.0} {:>7.2}x {c:>16.0} {:>7.2}x",
+            s / base.0,
+            c / base.1
+        );
+    }
+    println!(
+        "\nsidecar memory per idle session: {per_session:.1} KiB (RSS {before} KiB -> {after} KiB with {} sessions; target <= 64 KiB)",
+        args.idle
+    );
+    println!(
+        "targets: select-only through the sidecar >= 0.90x direct TLS; connection rate >= 1.00x direct TLS"
+    );
+    drop(kids);
+    drop(pg);
+    Ok(())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
