@@ -353,7 +353,7 @@ async fn run(args: Args) -> Result<()> {
     std::fs::write(&ckey, &issued.key_pem)?;
     std::fs::set_permissions(&ckey, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
 
-    let targets: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+    let targets: Vec<Target> = vec![
         (
             "Postgres over TLS (baseline)",
             format!(
@@ -462,6 +462,9 @@ async fn run(args: Args) -> Result<()> {
     drop(pg);
     Ok(())
 }
+
+/// A front door: its name, libpq connection string and extra environment.
+type Target = (&'static str, String, Vec<(&'static str, String)>);
 
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
