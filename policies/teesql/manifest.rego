@@ -11,7 +11,8 @@ default allow := false
 
 allow if count(deny) == 0
 
-pinned_signers := {lower(s) | some s in data.teesql.manifest_signers}
+# Signers pinned by the policy's data, and those the caller itself trusts.
+pinned_signers := {lower(s) | some s in array.concat(data.teesql.manifest_signers, object.get(input.manifest, "expected_signers", []))}
 
 deny contains d if {
 	input.manifest.error != null
@@ -21,7 +22,7 @@ deny contains d if {
 deny contains d if {
 	input.manifest.error == null
 	count(pinned_signers) == 0
-	d := {"code": "manifest_signer_not_pinned", "message": sprintf("no manifest signer is pinned (data.teesql.manifest_signers); this manifest was signed by %s", [input.manifest.signer])}
+	d := {"code": "manifest_signer_not_pinned", "message": sprintf("no manifest signer is pinned (data.teesql.manifest_signers or the caller's expected signers); this manifest was signed by %s", [input.manifest.signer])}
 }
 
 deny contains d if {

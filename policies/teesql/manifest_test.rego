@@ -73,3 +73,8 @@ test_leader_without_event_log_denied if {
 	bare := object.union(with_leader, {"app": null})
 	"leader_unattested" in codes(bare) with data.teesql.manifest_signers as [signer]
 }
+
+test_caller_expected_signer_is_accepted if {
+	with_expected := object.union(alone, {"manifest": {"expected_signers": [signer]}})
+	manifest.allow with input as with_expected
+}

@@ -42,6 +42,8 @@ pub struct ForwardConfig {
     pub expected_mrtds: Vec<String>,
     /// A signed leader manifest to check the server against.
     pub manifest: Option<ManifestSource>,
+    /// Manifest signers this application trusts (`0x` + 40 hex).
+    pub manifest_signers: Vec<String>,
     pub connect_timeout: Duration,
     /// Renew the client certificate this often.
     pub renew_every: Duration,
@@ -350,6 +352,10 @@ impl Forwarder {
             .await;
             return;
         }
+        if let Err(e) = authentication_phase(&mut local, &mut upstream).await {
+            tracing::info!(client.addr = %peer, error = %e, "authentication phase ended");
+            return;
+        }
         let end = relay::relay(local, upstream, None).await;
         tracing::debug!(client.addr = %peer, end = ?end, "forwarded session ended");
     }
@@ -409,6 +415,7 @@ impl Forwarder {
             .verify_manifest(VerifyManifestRequest {
                 manifest: txt,
                 leader_chain: chain.to_vec(),
+                expected_signers: self.config.manifest_signers.clone(),
             })
             .await
             .map_err(|s| format!("verifier unavailable ({:?}: {})", s.code(), s.message()))?
@@ -429,6 +436,61 @@ impl Forwarder {
             let _ = s.write_all(&pgwire::cancel_request(pid, key)).await;
             let _ = s.flush().await;
             let _ = s.shutdown().await;
+        }
+    }
+}
+
+/// Relay the authentication exchange message by message, hiding SCRAM-SHA-256-PLUS
+/// from the local client: its connection to the forwarder is plaintext, so it cannot
+/// bind a channel (libpq refuses a PLUS offer without TLS), while the forwarder's own
+/// connection is mutually authenticated TLS. Ends after AuthenticationOk (`Ok`) or an
+/// error from either side (`Err`, after passing the server's error on).
+async fn authentication_phase<L, U>(local: &mut L, upstream: &mut U) -> Result<(), String>
+where
+    L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use pgwire::decode::{self, Authentication};
+    loop {
+        let (tag, body) = pgwire::read_message(upstream, pgwire::MAX_AUTH_MESSAGE_LEN)
+            .await
+            .map_err(|e| format!("server: {e}"))?;
+        let mut out = Vec::new();
+        let auth = if tag == b'R' {
+            Some(decode::authentication(&body).map_err(|e| format!("server: {e}"))?)
+        } else {
+            None
+        };
+        match &auth {
+            Some(Authentication::Sasl(mechanisms)) => {
+                let plain: Vec<&str> = mechanisms
+                    .iter()
+                    .copied()
+                    .filter(|m| *m != "SCRAM-SHA-256-PLUS")
+                    .collect();
+                msg::authentication_sasl(&mut out, &plain);
+            }
+            _ => out.extend_from_slice(&crate::backend::raw_message(tag, &body)),
+        }
+        local
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("client: {e}"))?;
+        match auth {
+            Some(Authentication::Ok) => return Ok(()),
+            Some(Authentication::SaslFinal(_)) => continue,
+            Some(_) => {
+                let (ctag, cbody) = pgwire::read_message(local, pgwire::MAX_AUTH_MESSAGE_LEN)
+                    .await
+                    .map_err(|e| format!("client: {e}"))?;
+                upstream
+                    .write_all(&crate::backend::raw_message(ctag, &cbody))
+                    .await
+                    .map_err(|e| format!("server: {e}"))?;
+            }
+            None if tag == b'E' => return Err("the server refused the login".into()),
+            // NegotiateProtocolVersion and notices before authentication: passed on.
+            None => continue,
         }
     }
 }

@@ -29,6 +29,12 @@ enum Command {
     /// agent (DSTACK_SIMULATOR_ENDPOINT, else /var/run/dstack.sock). SIGTERM/SIGINT stop
     /// accepting and let sessions drain.
     Serve(Box<ServeArgs>),
+    /// Mode A: a localhost forwarder for applications. Any Postgres client connects in
+    /// plaintext (sslmode=disable) to --listen; each connection goes over mutual RA-TLS
+    /// to the sidecar at --to, and the verifier judges the server's attestation before a
+    /// single byte is relayed. A rejected server gives the client one FATAL with the
+    /// reasons.
+    Forward(Box<ForwardArgs>),
     /// Create the roles of the auth map in Postgres (idempotent), with SEED.md's
     /// privileges, connecting as the backend admin user.
     Provision {
@@ -54,6 +60,51 @@ struct Common {
     /// How the sidecar logs in to Postgres: trust, password, md5, scram-sha-256.
     #[arg(long, value_name = "METHOD")]
     backend_method: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ForwardArgs {
+    /// The sidecar to reach, host:port (e.g. your-cluster.teesql.com:5433).
+    #[arg(long, value_name = "HOST:PORT")]
+    to: String,
+    /// Local address applications connect to (plaintext; keep it on loopback).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6432")]
+    listen: String,
+    /// Verifier gRPC URL that judges the server.
+    #[arg(
+        long,
+        env = "TEESQL_VERIFIER_URL",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    verifier: String,
+    /// Which verifier policy judges the server.
+    #[arg(long, value_name = "PURPOSE", default_value = "client")]
+    policy: String,
+    /// MRTD the server must have (96 hex digits, optional 0x); repeat for several.
+    /// EXPECTED_MRTD works too (comma-separated).
+    #[arg(
+        long = "expected-mrtd",
+        env = "EXPECTED_MRTD",
+        value_name = "HEX",
+        value_delimiter = ','
+    )]
+    expected_mrtds: Vec<String>,
+    /// TLS server name (SNI) to send [default: the host of --to].
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// Check the server against the signed leader manifest at _teesql-leader.DOMAIN (DNS TXT).
+    #[arg(long, value_name = "DOMAIN", conflicts_with = "manifest_txt")]
+    manifest_domain: Option<String>,
+    /// Check the server against this manifest text instead of DNS.
+    #[arg(long, value_name = "TXT")]
+    manifest_txt: Option<String>,
+    /// A manifest signer this application trusts (0x + 40 hex); repeat for several.
+    #[arg(long = "manifest-signer", value_name = "ADDR")]
+    manifest_signers: Vec<String>,
+    /// Guest agent for the client certificate [default: DSTACK_SIMULATOR_ENDPOINT, else the dstack socket].
+    #[arg(long, value_name = "ENDPOINT")]
+    agent: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +158,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
+            Command::Forward(args) => forward(*args).await,
             Command::Provision { common, databases } => provision(common, databases).await,
         }
     })
@@ -176,6 +228,91 @@ async fn serve(args: ServeArgs) -> ExitCode {
     );
     sidecar.run(listener, admin, shutdown_signal()).await;
     tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn forward(args: ForwardArgs) -> ExitCode {
+    let mut errors = Vec::new();
+    let expected_mrtds: Vec<String> = args
+        .expected_mrtds
+        .iter()
+        .filter(|m| !m.trim().is_empty())
+        .map(|m| {
+            m.trim()
+                .trim_start_matches("0x")
+                .trim_start_matches("0X")
+                .to_ascii_lowercase()
+        })
+        .collect();
+    for m in &expected_mrtds {
+        if m.len() != 96 || !m.bytes().all(|b| b.is_ascii_hexdigit()) {
+            errors.push(format!(
+                "expected MRTD {m:?}: must be 96 hex digits (48 bytes)"
+            ));
+        }
+    }
+    for s in &args.manifest_signers {
+        let hex = s.trim_start_matches("0x");
+        if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            errors.push(format!(
+                "--manifest-signer {s:?}: must be 0x + 40 hex digits"
+            ));
+        }
+    }
+    if (args.manifest_domain.is_some() || args.manifest_txt.is_some())
+        && args.manifest_signers.is_empty()
+    {
+        tracing::warn!(
+            "a manifest is checked but no --manifest-signer is given: the verifier's policy must pin the signer"
+        );
+    }
+    let manifest = match (args.manifest_txt, args.manifest_domain) {
+        (Some(t), _) => Some(teesql_sidecar::forward::ManifestSource::Txt(t)),
+        (None, Some(d)) => Some(teesql_sidecar::forward::ManifestSource::Dns(d)),
+        (None, None) => None,
+    };
+    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            errors.push(format!("--listen {}: {e}", args.listen));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return fail(&errors);
+    }
+    let config = teesql_sidecar::forward::ForwardConfig {
+        to: args.to.clone(),
+        server_name: args.server_name,
+        verifier_url: args.verifier.clone(),
+        purpose: args.policy,
+        expected_mrtds,
+        manifest,
+        manifest_signers: args
+            .manifest_signers
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect(),
+        connect_timeout: std::time::Duration::from_secs(10),
+        renew_every: std::time::Duration::from_secs(3600),
+    };
+    let forwarder =
+        match teesql_sidecar::forward::Forwarder::start(config, args.agent.as_deref()).await {
+            Ok(f) => f,
+            Err(e) => return fail(&[e]),
+        };
+    let Some(listener) = listener else {
+        return ExitCode::from(2);
+    };
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| args.listen.clone());
+    println!(
+        "teesql forwarder: postgresql://USER:SECRET@{local}/DB?sslmode=disable -> mutual RA-TLS -> {} (judged by {})",
+        args.to, args.verifier
+    );
+    forwarder.run(listener, shutdown_signal()).await;
     ExitCode::SUCCESS
 }
 

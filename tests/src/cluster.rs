@@ -164,10 +164,7 @@ impl Cluster {
         // Sidecar.
         let listener = bind(opts.sidecar_port, "sidecar").await?;
         let sidecar_addr = listener.local_addr()?;
-        let admin = match opts.admin_port {
-            Some(0) => None,
-            p => Some(bind(p, "sidecar admin").await?),
-        };
+        let admin = Some(bind(opts.admin_port, "sidecar admin").await?);
         let admin_addr = admin.as_ref().map(|a| a.local_addr()).transpose()?;
         let mut toml = format!(
             "[listen]\npostgres = \"{sidecar_addr}\"\nadmin = \"{}\"\n\

@@ -65,6 +65,8 @@ pub struct ManifestClaims {
     pub signer: Option<String>,
     /// Why the manifest could not be parsed or its signer recovered.
     pub error: Option<String>,
+    /// Signers the caller trusts, besides the policy's pins (lowercase `0x` + 40 hex).
+    pub expected_signers: Vec<String>,
 }
 
 impl Manifest {
@@ -214,6 +216,7 @@ impl Manifest {
                         .ok()
                         .map(|a| format!("0x{}", hex::encode(a))),
                     error: signer.err().map(|e| e.to_string()),
+                    expected_signers: Vec::new(),
                 }
             }
             Err(e) => ManifestClaims {
@@ -225,6 +228,7 @@ impl Manifest {
                 valid_until: 0,
                 signer: None,
                 error: Some(e.to_string()),
+                expected_signers: Vec::new(),
             },
         }
     }

@@ -397,6 +397,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
         .verify_manifest(VerifyManifestRequest {
             manifest: m.to_txt(),
             leader_chain: vec![],
+            expected_signers: vec![],
         })
         .await
         .unwrap()
@@ -415,6 +416,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
         .verify_manifest(VerifyManifestRequest {
             manifest: m.to_txt(),
             leader_chain: vec![],
+            expected_signers: vec![],
         })
         .await
         .unwrap()
@@ -427,6 +429,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
         .verify_manifest(VerifyManifestRequest {
             manifest: m.to_txt(),
             leader_chain: vec![],
+            expected_signers: vec![],
         })
         .await
         .unwrap()
@@ -439,6 +442,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
         .verify_manifest(VerifyManifestRequest {
             manifest: tampered,
             leader_chain: vec![],
+            expected_signers: vec![],
         })
         .await
         .unwrap()

@@ -237,6 +237,16 @@ impl DevAgent {
         hex::encode(self.state.identity.mrtd)
     }
 
+    /// The app id its event log records (hex), the `cluster` a leader manifest names.
+    pub fn app_id_hex(&self) -> String {
+        hex::encode(self.state.identity.app_id)
+    }
+
+    /// The instance id its event log records (hex), a manifest's `leader_instance`.
+    pub fn instance_id_hex(&self) -> String {
+        hex::encode(self.state.identity.instance_id)
+    }
+
     /// The collateral for this agent's quotes.
     pub fn collateral(&self) -> Result<dcap_qvl::QuoteCollateralV3, AgentError> {
         Ok(self.state.pki.collateral(
@@ -571,19 +581,26 @@ struct GetKeyBody {
     purpose: String,
 }
 
+/// The key `GetKey(path, purpose)` returns for a seed: derived, like dstack derives app
+/// keys from its KMS, so the same seed always gives the same key.
+pub fn derived_key(seed: &[u8; 32], path: &str, purpose: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"teesql-dev-agent:get-key:")
+        .chain_update(seed)
+        .chain_update((path.len() as u64).to_le_bytes())
+        .chain_update(path.as_bytes())
+        .chain_update(purpose.as_bytes())
+        .finalize()
+        .into()
+}
+
 /// Keys derived from the seed and the path, like dstack derives app keys from the KMS.
 async fn get_key(
     State(agent): State<DevAgent>,
     body: Bytes,
 ) -> Result<axum::Json<Value>, AgentError> {
     let b: GetKeyBody = parse(&body)?;
-    let key = Sha256::new()
-        .chain_update(b"teesql-dev-agent:get-key:")
-        .chain_update(agent.state.config.seed)
-        .chain_update((b.path.len() as u64).to_le_bytes())
-        .chain_update(b.path.as_bytes())
-        .chain_update(b.purpose.as_bytes())
-        .finalize();
+    let key = derived_key(&agent.state.config.seed, &b.path, &b.purpose);
     Ok(axum::Json(json!({
         "key": hex::encode(key),
         "signature_chain": Vec::<String>::new(),

@@ -114,7 +114,7 @@ impl Verifier for GrpcVerifier {
         let r = req.into_inner();
         let decision = self
             .service
-            .verify_manifest(&r.manifest, r.leader_chain)
+            .verify_manifest(&r.manifest, r.leader_chain, r.expected_signers)
             .await
             .map_err(status)?;
         Ok(Response::new(to_proto(decision)))

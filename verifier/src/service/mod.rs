@@ -321,6 +321,7 @@ impl DecisionService {
         &self,
         txt: &str,
         leader_chain: Vec<Vec<u8>>,
+        expected_signers: Vec<String>,
     ) -> Result<ServiceDecision, RequestError> {
         let purpose = self.check_purpose("manifest")?;
         if txt.trim().is_empty() {
@@ -338,7 +339,14 @@ impl DecisionService {
                 format!("at most {MAX_CHAIN_LEN} certificates"),
             ));
         }
-        let manifest = Manifest::claims(txt);
+        if expected_signers.len() > 64 {
+            return Err(invalid("expected_signers", "at most 64"));
+        }
+        let mut manifest = Manifest::claims(txt);
+        manifest.expected_signers = expected_signers
+            .iter()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .collect();
         let key = cache_key("peer", &leader_chain, None);
         let mut summary = PeerSummary::default();
         self.decide(

@@ -1,0 +1,333 @@
+//! `teesql-dev`: a whole TeeSQL cluster on this machine, in one command.
+//!
+//! Starts a temporary Postgres (roles provisioned), the development guest agent (seeded
+//! DCAP PKI, dstack API, PCCS), the verifier (development trust root, development policy
+//! profile), the sidecar (5433 and 8080) and a mode A forwarder (6432), then prints
+//! working connection strings. Ctrl-C stops everything and removes temporary state.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use teesql_tests::cluster::{Cluster, ClusterOptions};
+use teesql_tests::postgres::{PgOptions, pg_bin_dir};
+use teesql_verifier::dev::agent::derived_key;
+
+/// Run a local TeeSQL cluster: Postgres + dev guest agent + verifier + sidecar (+ a mode A
+/// forwarder), and print connection strings. Development only: the attestation is
+/// signed by a development PKI that production policies refuse.
+#[derive(Debug, Parser)]
+#[command(name = "teesql-dev", version, about, long_about = None)]
+struct Args {
+    /// Sidecar Postgres port (mode B/D clients connect here); 0 = any free port.
+    #[arg(long, default_value_t = 5433)]
+    port: u16,
+    /// Sidecar HTTP port: /health, /attestation, /metrics.
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// Verifier gRPC port.
+    #[arg(long, default_value_t = 50051)]
+    verifier_port: u16,
+    /// Development guest agent HTTP port (dstack API and PCCS).
+    #[arg(long, default_value_t = 8090)]
+    agent_port: u16,
+    /// Mode A forwarder port (plaintext, localhost only).
+    #[arg(long, default_value_t = 6432)]
+    forward_port: u16,
+    /// Keep Postgres data and dev state here between runs (default: a temporary directory,
+    /// removed on exit).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Also write the connection settings as KEY=value lines here, once everything answers.
+    #[arg(long, value_name = "PATH")]
+    env_file: Option<PathBuf>,
+    /// 32-byte seed (64 hex digits) of the development PKI, secrets and keys. Not a secret:
+    /// the default is fixed so that runs are reproducible.
+    #[arg(long, value_name = "HEX")]
+    seed: Option<String>,
+    /// Policy profile: a directory name under policies/ or a path [default: dev].
+    #[arg(long, default_value = "dev")]
+    profile: String,
+    /// Log filter for the services (e.g. info, teesql_sidecar=debug).
+    #[arg(long, default_value = "warn")]
+    log: String,
+}
+
+const DEFAULT_SEED: [u8; 32] = *b"teesql-dev-seed-not-a-secret-0x1";
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("teesql-dev: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("teesql-dev: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The port itself if free, else any free port (with a notice).
+fn port_or_free(what: &str, port: u16) -> anyhow::Result<u16> {
+    if port == 0 {
+        return Ok(0);
+    }
+    match TcpListener::bind(("127.0.0.1", port)) {
+        Ok(_) => Ok(port),
+        Err(_) => {
+            let free = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            eprintln!("teesql-dev: port {port} ({what}) is taken; using {free} instead");
+            Ok(free)
+        }
+    }
+}
+
+fn step(what: &str) -> Instant {
+    eprint!("teesql-dev: {what} … ");
+    let _ = std::io::stderr().flush();
+    Instant::now()
+}
+
+fn done(t: Instant) {
+    eprintln!("ok ({:.1} s)", t.elapsed().as_secs_f64());
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    // A missing Postgres installation is the commonest first-run problem: say how to fix it.
+    pg_bin_dir().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let seed: [u8; 32] = match &args.seed {
+        Some(s) => {
+            teesql_verifier::dev::parse_seed(s).map_err(|e| anyhow::anyhow!("--seed: {e}"))?
+        }
+        None => DEFAULT_SEED,
+    };
+    let sidecar_port = port_or_free("sidecar", args.port)?;
+    let http_port = port_or_free("sidecar HTTP", args.http_port)?;
+    let verifier_port = port_or_free("verifier", args.verifier_port)?;
+    let agent_port = port_or_free("dev agent", args.agent_port)?;
+    let forward_port = port_or_free("forwarder", args.forward_port)?;
+
+    let (state_dir, data_dir) = match &args.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            let d = d.canonicalize()?;
+            (Some(d.join("state")), Some(d.join("pgdata")))
+        }
+        None => (None, None),
+    };
+    // Mode B's superuser password comes from the agent's GetKey("pg/superuser"), as in a
+    // dstack CVM.
+    let superuser_password = hex::encode(derived_key(&seed, "pg/superuser", ""));
+    let pg = PgOptions {
+        hba: vec![
+            "local all all trust".into(),
+            "host all postgres 127.0.0.1/32 scram-sha-256".into(),
+            "host all all 127.0.0.1/32 trust".into(),
+        ],
+        superuser_password: Some(superuser_password.clone()),
+        data_dir,
+        ..PgOptions::default()
+    };
+    let t = step("starting Postgres, the dev agent, the verifier and the sidecar");
+    let cluster = Cluster::start(ClusterOptions {
+        profile: args.profile.clone(),
+        sidecar_toml: "[auth]\npassthrough_roles = [\"postgres\"]\n".into(),
+        pg,
+        sidecar_port: Some(sidecar_port),
+        admin_port: Some(http_port),
+        verifier_port: Some(verifier_port),
+        agent_port: Some(agent_port),
+        seed,
+        state_dir,
+        decision_log: "off".into(),
+        ..ClusterOptions::default()
+    })
+    .await?;
+    done(t);
+
+    let t = step("checking that everything answers");
+    let health = format!(
+        "http://{}/health",
+        cluster
+            .admin_addr
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = reqwest::get(&health)
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if ok {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the sidecar's {health} did not report healthy within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client_dir = cluster.state_dir.join("client");
+    std::fs::create_dir_all(&client_dir)?;
+    let (client_cert, client_key) = cluster.client_certificate(&client_dir).await?;
+    let forwarder = teesql_sidecar::forward::Forwarder::start(
+        teesql_sidecar::forward::ForwardConfig {
+            to: cluster.sidecar_addr.to_string(),
+            server_name: Some("localhost".into()),
+            verifier_url: format!("http://{}", cluster.verifier_addr),
+            purpose: "client".into(),
+            expected_mrtds: vec![cluster.agent.agent.mrtd_hex()],
+            manifest: None,
+            manifest_signers: vec![],
+            connect_timeout: Duration::from_secs(10),
+            renew_every: Duration::from_secs(3600),
+        },
+        cluster.agent.socket.to_str(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let forward_listener = tokio::net::TcpListener::bind(("127.0.0.1", forward_port)).await?;
+    let forward_addr = forward_listener.local_addr()?;
+    tokio::spawn(forwarder.run(forward_listener, std::future::pending()));
+    // One real round trip through the sidecar before saying it works.
+    let probe = teesql_tests::clients::psql(
+        &cluster.dsn("teesql_read", &cluster.read_secret, "postgres", "require"),
+        &["-c", "SELECT 1"],
+    )
+    .await;
+    if !probe.status.success() {
+        anyhow::bail!(
+            "a test connection through the sidecar failed: {}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+    }
+    done(t);
+
+    let host = "127.0.0.1";
+    let port = cluster.sidecar_addr.port();
+    let ca = cluster.agent.app_ca_path();
+    let rw = &cluster.readwrite_secret;
+    let ro = &cluster.read_secret;
+    let mode_d = cluster.dsn("teesql_readwrite", rw, "postgres", "require");
+    let mode_b = format!(
+        "postgresql://postgres:{superuser_password}@{host}:{port}/postgres?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        ca.display(),
+        client_cert.display(),
+        client_key.display()
+    );
+    let mode_a =
+        format!("postgresql://teesql_readwrite:{rw}@{forward_addr}/postgres?sslmode=disable");
+    let verifier_url = format!("http://{}", cluster.verifier_addr);
+    let backend_dsn = format!(
+        "postgresql://postgres:{superuser_password}@127.0.0.1:{}/postgres?sslmode=disable",
+        cluster.pg.port
+    );
+    println!(
+        "
+TeeSQL local cluster is up (development attestation: NOT FOR PRODUCTION)
+
+  sidecar (Postgres over TLS)  {host}:{port}
+  sidecar HTTP                 http://{host}:{http}/health  /attestation  /metrics
+  verifier (gRPC)              {verifier_url}   profile: {profile}
+  dev guest agent              {agent}   socket: {socket}
+  mode A forwarder             {forward_addr}
+
+Cluster secrets (the password is the secret):
+  teesql_readwrite  {rw}
+  teesql_read       {ro}   (also accepts the read-write secret)
+
+Mode D (sslmode=require, no client certificate):
+  psql \"{mode_d}\"
+
+Mode B (verify-full, dev CA, agent client certificate; superuser password from GetKey(pg/superuser)):
+  psql \"{mode_b}\"
+
+Mode A (any driver, plaintext to the local forwarder, which does mutual RA-TLS):
+  psql \"{mode_a}\"
+  run your own: DSTACK_SIMULATOR_ENDPOINT={socket} cargo run -q -p teesql-sidecar -- forward \\
+      --to {host}:{port} --server-name localhost --verifier {verifier_url} --listen 127.0.0.1:6433
+
+For dstack SDK clients:  export DSTACK_SIMULATOR_ENDPOINT={socket}
+Dev CA (sslrootcert):    {ca}
+
+Ctrl-C stops everything{keep}.",
+        http = cluster.admin_addr.map(|a| a.port()).unwrap_or(0),
+        profile = args.profile,
+        agent = cluster.agent.url,
+        socket = cluster.agent.socket.display(),
+        ca = ca.display(),
+        keep = if args.data_dir.is_some() { " (the data directory is kept)" } else { " and removes its temporary files" },
+    );
+    if let Some(path) = &args.env_file {
+        let lines = [
+            ("DATABASE_URL", mode_d.clone()),
+            ("TEESQL_HOST", host.to_string()),
+            ("TEESQL_PORT", port.to_string()),
+            (
+                "TEESQL_HTTP_PORT",
+                cluster
+                    .admin_addr
+                    .map(|a| a.port())
+                    .unwrap_or(0)
+                    .to_string(),
+            ),
+            ("TEESQL_READ_SECRET", ro.clone()),
+            ("TEESQL_READWRITE_SECRET", rw.clone()),
+            ("TEESQL_CA_PEM", ca.display().to_string()),
+            ("TEESQL_VERIFIER_URL", verifier_url.clone()),
+            ("TEESQL_FORWARD_URL", mode_a.clone()),
+            ("TEESQL_CLIENT_CERT", client_cert.display().to_string()),
+            ("TEESQL_CLIENT_KEY", client_key.display().to_string()),
+            (
+                "DSTACK_SIMULATOR_ENDPOINT",
+                cluster.agent.socket.display().to_string(),
+            ),
+            ("TEESQL_BACKEND_DSN", backend_dsn.clone()),
+        ];
+        let text: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        // Written whole, then renamed: a reader never sees half a file.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)?;
+    }
+
+    shutdown_signal().await;
+    eprintln!("\nteesql-dev: stopping …");
+    if let Some(path) = &args.env_file {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(cluster);
+    eprintln!("teesql-dev: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
