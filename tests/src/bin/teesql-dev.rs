@@ -302,6 +302,7 @@ Ctrl-C stops everything{keep}.",
                 cluster.agent.socket.display().to_string(),
             ),
             ("TEESQL_BACKEND_DSN", backend_dsn.clone()),
+            ("TEESQL_SUPERUSER_PASSWORD", superuser_password.clone()),
         ];
         let text: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         // Written whole, then renamed: a reader never sees half a file.

@@ -24,11 +24,19 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The log filter: --log, else RUST_LOG, else `info` for the long-running commands
+    /// and `warn` for the one-shot ones (whose output is their answer).
     pub fn log_level(&self) -> String {
+        let default = match self.command {
+            Command::Serve(_) => "info",
+            #[cfg(feature = "dev")]
+            Command::Agent(_) => "info",
+            _ => "warn",
+        };
         self.log
             .clone()
             .or_else(|| std::env::var("RUST_LOG").ok())
-            .unwrap_or_else(|| "warn".into())
+            .unwrap_or_else(|| default.into())
     }
 }
 

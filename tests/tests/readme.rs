@@ -1,0 +1,113 @@
+//! The README's connection snippets, run as written against `teesql-dev`: what a newcomer
+//! pastes must connect. Each block follows a `<!-- readme-test: NAME -->` marker.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn snippets() -> Vec<(String, String)> {
+    let readme =
+        std::fs::read_to_string(teesql_tests::cluster::repo_root().join("README.md")).unwrap();
+    let mut out = Vec::new();
+    let mut rest = readme.as_str();
+    while let Some(i) = rest.find("<!-- readme-test: ") {
+        rest = &rest[i + "<!-- readme-test: ".len()..];
+        let name = rest[..rest.find(" -->").unwrap()].to_string();
+        let start = rest.find("```sh\n").unwrap() + "```sh\n".len();
+        let end = start + rest[start..].find("```").unwrap();
+        out.push((name, rest[start..end].to_string()));
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// Where `cargo test --workspace` put the workspace's binaries (beside this test's `deps/`).
+fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_snippets_connect_as_written() {
+    let blocks = snippets();
+    let names: Vec<&str> = blocks.iter().map(|(n, _)| n.as_str()).collect();
+    for want in ["mode-d", "mode-a", "mode-a-own", "mode-b"] {
+        assert!(
+            names.contains(&want),
+            "README lost its {want} snippet: {names:?}"
+        );
+    }
+    let sidecar_bin = bin_dir().join("teesql-sidecar");
+    assert!(
+        sidecar_bin.exists(),
+        "{} is missing: run the workspace's tests (cargo test --workspace), which build it",
+        sidecar_bin.display()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("teesql.env");
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_teesql-dev"))
+        .args([
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--verifier-port",
+            "0",
+            "--agent-port",
+            "0",
+            "--forward-port",
+            "0",
+        ])
+        .arg("--env-file")
+        .arg(&env_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !env_file.exists() {
+        assert!(dev.try_wait().unwrap().is_none(), "teesql-dev exited early");
+        assert!(Instant::now() < deadline, "teesql-dev did not come up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (name, script) in blocks {
+        // The only edits: the env file's location, and the binary cargo already built
+        // instead of a nested cargo build.
+        let script = script
+            .replace("/tmp/teesql.env", &env_file.display().to_string())
+            .replace("cargo build -q -p teesql-sidecar", "true")
+            .replace(
+                "target/debug/teesql-sidecar",
+                &sidecar_bin.display().to_string(),
+            );
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("bash")
+                .args(["-e", "-c", &script])
+                .env("PGCONNECT_TIMEOUT", "20")
+                .env_remove("PGPASSWORD")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "README snippet {name} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dev.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = dev.wait();
+}
