@@ -38,6 +38,18 @@ impl BackendStream {
             )),
         }
     }
+
+    /// Whether an idle connection is still quiet: Postgres sends nothing unasked to an
+    /// idle session except when it is ending it (a FATAL for `idle_session_timeout` or a
+    /// shutdown, then end of stream). Never blocks.
+    pub fn is_quiet(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let r = match self {
+            Self::Tcp(s) => s.try_read(&mut probe),
+            Self::Unix(s) => s.try_read(&mut probe),
+        };
+        matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
 }
 
 impl AsyncRead for BackendStream {

@@ -356,7 +356,7 @@ impl Forwarder {
             tracing::info!(client.addr = %peer, error = %e, "authentication phase ended");
             return;
         }
-        let end = relay::relay(local, upstream, None).await;
+        let end = relay::relay(&mut local, &mut upstream, None, false).await;
         tracing::debug!(client.addr = %peer, end = ?end, "forwarded session ended");
     }
 

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod identity;
 pub mod metrics;
 pub mod pgwire;
+pub mod pool;
 pub mod provision;
 pub mod ratelimit;
 pub mod relay;
@@ -59,6 +60,10 @@ impl Sidecar {
         let verifier = VerifierClient::new(&config.verifier_url, config.verifier_timeout)?;
         let shared = Arc::new(Shared {
             limiter: FailureLimiter::new(config.limits.failed_auth_per_minute),
+            pool: pool::BackendPool::new(
+                config.backend.pool_max_idle_per_key,
+                config.backend.pool_idle_timeout,
+            ),
             config,
             tls: tokio_rustls::TlsAcceptor::from(tls),
             cert,

@@ -1,16 +1,25 @@
-//! After login the sidecar only moves bytes: both directions, large buffers, no
-//! per-message parsing, half-close passed on, an optional idle timeout.
+//! After login the sidecar only moves bytes, both ways, until either side closes; half
+//! close is passed on, and an optional idle timeout ends quiet sessions.
+//!
+//! Messages are not parsed. In the client-to-Postgres direction the relay does follow
+//! message boundaries (5-byte headers, nothing inside), for one reason: to catch the
+//! client's Terminate, so that the Postgres connection can be reset and reused for the
+//! next client instead of being torn down (see `pool`). Everything else is copied as it
+//! comes, through one buffer per direction.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
-/// Buffer per direction.
-pub const BUFFER: usize = 64 * 1024;
+/// Buffer per direction. Pages a session never fills are never touched, so an idle
+/// session costs far less than this.
+pub const BUFFER: usize = 32 * 1024;
 
 /// Bytes moved each way.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -24,119 +33,294 @@ pub struct Relayed {
 pub enum RelayEnd {
     /// Both sides closed (or one closed and the other followed).
     Closed(Relayed),
+    /// The client sent Terminate at a message boundary; it was not passed on, so the
+    /// Postgres connection is still logged in and may be reset and reused.
+    Terminated(Relayed),
     /// Nothing moved for the idle timeout.
     Idle(Relayed),
     /// A read or write failed (e.g. a reset).
     Error(std::io::Error, Relayed),
 }
 
-/// Relay until both sides are done, or the idle timeout passes with no traffic.
-pub async fn relay<C, B>(client: C, backend: B, idle: Option<Duration>) -> RelayEnd
+/// Relay until both sides are done, the client terminates (when `catch_terminate`), or
+/// the idle timeout passes with no traffic.
+pub async fn relay<C, B>(
+    client: &mut C,
+    backend: &mut B,
+    idle: Option<Duration>,
+    catch_terminate: bool,
+) -> RelayEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
-    let up = Arc::new(AtomicU64::new(0));
-    let down = Arc::new(AtomicU64::new(0));
-    let mut client = Metered::new(client, up.clone(), activity.clone(), started);
-    let mut backend = Metered::new(backend, down.clone(), activity.clone(), started);
-    let counts = |up: &AtomicU64, down: &AtomicU64| Relayed {
-        client_to_backend: up.load(Ordering::Relaxed),
-        backend_to_client: down.load(Ordering::Relaxed),
+    let copy = Bidirectional {
+        client,
+        backend,
+        up: Direction::new(catch_terminate.then(Framing::default)),
+        down: Direction::new(None),
+        up_phase: Phase::Copying,
+        down_phase: Phase::Copying,
+        activity: activity.clone(),
+        started,
     };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, BUFFER, BUFFER);
     let Some(idle) = idle else {
-        return match copy.await {
-            Ok(_) => RelayEnd::Closed(counts(&up, &down)),
-            Err(e) => RelayEnd::Error(e, counts(&up, &down)),
-        };
+        return copy.await;
     };
-    tokio::pin!(copy);
+    let mut fut = std::pin::pin!(copy);
     loop {
         let last = Duration::from_millis(activity.load(Ordering::Relaxed));
         let quiet = started.elapsed().saturating_sub(last);
         let wait = idle.saturating_sub(quiet);
         if wait.is_zero() {
-            return RelayEnd::Idle(counts(&up, &down));
+            return RelayEnd::Idle(Relayed::default());
         }
         tokio::select! {
-            res = &mut copy => {
-                return match res {
-                    Ok(_) => RelayEnd::Closed(counts(&up, &down)),
-                    Err(e) => RelayEnd::Error(e, counts(&up, &down)),
-                };
-            }
+            end = &mut fut => return end,
             _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
-/// Counts bytes read from a stream and notes when anything moved.
-struct Metered<S> {
-    inner: S,
-    count: Arc<AtomicU64>,
+/// Message boundaries of the client's stream: enough to see a Terminate ('X', length 4).
+#[derive(Debug, Default)]
+struct Framing {
+    /// Body bytes of the current message still to pass.
+    remaining: u64,
+    /// The stream stopped looking like the protocol: stop following it.
+    lost: bool,
+}
+
+/// One direction's buffer and state.
+#[derive(Debug)]
+struct Direction {
+    buf: Vec<u8>,
+    /// Bytes `[pos, scanned)` are ready to write; `[scanned, cap)` are held back (a
+    /// message header that may be a Terminate, not yet complete).
+    pos: usize,
+    scanned: usize,
+    cap: usize,
+    read_done: bool,
+    terminated: bool,
+    need_flush: bool,
+    amount: u64,
+    framing: Option<Framing>,
+}
+
+impl Direction {
+    fn new(framing: Option<Framing>) -> Self {
+        Self {
+            buf: Vec::new(),
+            pos: 0,
+            scanned: 0,
+            cap: 0,
+            read_done: false,
+            terminated: false,
+            need_flush: false,
+            amount: 0,
+            framing,
+        }
+    }
+
+    /// Advance `scanned` over the bytes read so far, stopping at a Terminate.
+    fn scan(&mut self) {
+        let Some(f) = self.framing.as_mut().filter(|f| !f.lost) else {
+            self.scanned = self.cap;
+            return;
+        };
+        while self.scanned < self.cap {
+            if f.remaining > 0 {
+                let take = f.remaining.min((self.cap - self.scanned) as u64);
+                f.remaining -= take;
+                self.scanned += take as usize;
+                continue;
+            }
+            if self.cap - self.scanned < 5 {
+                return; // a header not yet whole: hold it back
+            }
+            let h = &self.buf[self.scanned..self.scanned + 5];
+            let len = u64::from(u32::from_be_bytes([h[1], h[2], h[3], h[4]]));
+            if h[0] == b'X' && len == 4 {
+                self.terminated = true;
+                return;
+            }
+            if len < 4 {
+                f.lost = true;
+                self.scanned = self.cap;
+                return;
+            }
+            f.remaining = len - 4;
+            self.scanned += 5;
+        }
+    }
+
+    /// Copy from `r` to `w` until reading is over (EOF or Terminate) and all is written.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+        activity: &AtomicU64,
+        started: Instant,
+    ) -> Poll<std::io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.pos == self.scanned && !self.read_done && !self.terminated {
+                // Keep held-back header bytes at the front; read after them.
+                if self.pos > 0 {
+                    self.buf.copy_within(self.pos..self.cap, 0);
+                    self.cap -= self.pos;
+                    self.scanned -= self.pos;
+                    self.pos = 0;
+                }
+                if self.buf.is_empty() {
+                    self.buf = vec![0; BUFFER];
+                }
+                let mut rb = ReadBuf::new(&mut self.buf[self.cap..]);
+                match r.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                        } else {
+                            self.cap += n;
+                            self.amount += n as u64;
+                            activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                            self.scan();
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        if self.need_flush {
+                            ready!(w.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.scanned {
+                let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.pos..self.scanned]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.need_flush = true;
+            }
+            if self.read_done || self.terminated {
+                ready!(w.as_mut().poll_flush(cx))?;
+                self.need_flush = false;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Copying,
+    ShuttingDown,
+    Done,
+}
+
+struct Bidirectional<'a, C, B> {
+    client: &'a mut C,
+    backend: &'a mut B,
+    up: Direction,
+    down: Direction,
+    up_phase: Phase,
+    down_phase: Phase,
     activity: Arc<AtomicU64>,
     started: Instant,
 }
 
-impl<S> Metered<S> {
-    fn new(inner: S, count: Arc<AtomicU64>, activity: Arc<AtomicU64>, started: Instant) -> Self {
-        Self {
-            inner,
-            count,
-            activity,
-            started,
+impl<C, B> Bidirectional<'_, C, B>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    fn counts(&self) -> Relayed {
+        Relayed {
+            client_to_backend: self.up.amount,
+            backend_to_client: self.down.amount,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        loop {
+            let mut progressed = false;
+            if self.up_phase == Phase::Copying {
+                match self.up.poll_copy(
+                    cx,
+                    Pin::new(&mut *self.client),
+                    Pin::new(&mut *self.backend),
+                    &self.activity,
+                    self.started,
+                ) {
+                    // The client's Terminate is kept: the Postgres connection lives on.
+                    Poll::Ready(Ok(())) if self.up.terminated => {
+                        return Poll::Ready(RelayEnd::Terminated(self.counts()));
+                    }
+                    Poll::Ready(Ok(())) => {
+                        self.up_phase = Phase::ShuttingDown;
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::Error(e, self.counts())),
+                    Poll::Pending => {}
+                }
+            }
+            if self.up_phase == Phase::ShuttingDown
+                && Pin::new(&mut *self.backend).poll_shutdown(cx).is_ready()
+            {
+                self.up_phase = Phase::Done;
+                progressed = true;
+            }
+            if self.down_phase == Phase::Copying {
+                match self.down.poll_copy(
+                    cx,
+                    Pin::new(&mut *self.backend),
+                    Pin::new(&mut *self.client),
+                    &self.activity,
+                    self.started,
+                ) {
+                    Poll::Ready(Ok(())) => {
+                        self.down_phase = Phase::ShuttingDown;
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::Error(e, self.counts())),
+                    Poll::Pending => {}
+                }
+            }
+            if self.down_phase == Phase::ShuttingDown
+                && Pin::new(&mut *self.client).poll_shutdown(cx).is_ready()
+            {
+                self.down_phase = Phase::Done;
+                progressed = true;
+            }
+            if self.up_phase == Phase::Done && self.down_phase == Phase::Done {
+                return Poll::Ready(RelayEnd::Closed(self.counts()));
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
         }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.count.fetch_add(n as u64, Ordering::Relaxed);
-            let now = self.started.elapsed().as_millis() as u64;
-            self.activity.store(now, Ordering::Relaxed);
-        }
-        res
-    }
-}
+impl<C, B> Future for Bidirectional<'_, C, B>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = RelayEnd;
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        self.get_mut().poll(cx)
     }
 }
 
@@ -145,12 +329,21 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
     #[tokio::test]
     async fn relays_both_ways_and_passes_half_close() {
-        let (client_app, client_side) = tokio::io::duplex(1024);
-        let (backend_side, backend_app) = tokio::io::duplex(1024);
-        let task = tokio::spawn(relay(client_side, backend_side, None));
-        let (mut c, mut b) = (client_app, backend_app);
+        let (mut c, mut client_side) = tokio::io::duplex(1024);
+        let (mut backend_side, mut b) = tokio::io::duplex(1024);
+        let task =
+            tokio::spawn(
+                async move { relay(&mut client_side, &mut backend_side, None, false).await },
+            );
         c.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         b.read_exact(&mut buf).await.unwrap();
@@ -176,11 +369,98 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn terminate_is_caught_at_a_boundary_and_not_passed_on() {
+        let (mut c, mut client_side) = tokio::io::duplex(64 * 1024);
+        let (mut backend_side, mut b) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            let end = relay(&mut client_side, &mut backend_side, None, true).await;
+            (end, backend_side)
+        });
+        // A query whose body holds an 'X' and a fake Terminate, then a real Terminate
+        // split over two writes.
+        let mut stream = msg(b'Q', b"SELECT 'X\0\0\0\x04'\0");
+        stream.extend(msg(b'Q', &[b'X', 0, 0, 0, 4, 0]));
+        let n = stream.len();
+        c.write_all(&stream).await.unwrap();
+        let mut got = vec![0u8; n];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, stream);
+        c.write_all(&[b'X', 0, 0]).await.unwrap();
+        c.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.write_all(&[0, 4]).await.unwrap();
+        let (end, backend_side) = task.await.unwrap();
+        assert!(
+            matches!(end, RelayEnd::Terminated(r) if r.client_to_backend == n as u64 + 5),
+            "{end:?}"
+        );
+        // Nothing of the Terminate reached Postgres, whose side stays open.
+        drop(backend_side);
+        let mut tail = Vec::new();
+        b.read_to_end(&mut tail).await.unwrap();
+        assert!(tail.is_empty(), "{tail:?}");
+    }
+
+    #[tokio::test]
+    async fn without_catching_terminate_is_passed_on() {
+        let (mut c, mut client_side) = tokio::io::duplex(1024);
+        let (mut backend_side, mut b) = tokio::io::duplex(1024);
+        let task =
+            tokio::spawn(
+                async move { relay(&mut client_side, &mut backend_side, None, false).await },
+            );
+        c.write_all(&msg(b'X', &[])).await.unwrap();
+        let mut buf = [0u8; 5];
+        b.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, [b'X', 0, 0, 0, 4]);
+        drop(c);
+        drop(b);
+        let _ = task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn large_transfers_are_intact() {
+        let (mut c, mut client_side) = tokio::io::duplex(8 * 1024);
+        let (mut backend_side, mut b) = tokio::io::duplex(8 * 1024);
+        let task =
+            tokio::spawn(
+                async move { relay(&mut client_side, &mut backend_side, None, true).await },
+            );
+        // Many CopyData messages of odd sizes.
+        let mut data = Vec::new();
+        for i in 0..2000u32 {
+            let body: Vec<u8> = (0..(i % 700)).map(|j| (i + j) as u8).collect();
+            data.extend(msg(b'd', &body));
+        }
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            c.write_all(&data).await.unwrap();
+            c.shutdown().await.unwrap();
+            c
+        });
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+        drop(b);
+        let _c = writer.await.unwrap();
+        assert!(matches!(
+            task.await.unwrap(),
+            RelayEnd::Closed(_) | RelayEnd::Error(..)
+        ));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_sessions_end() {
-        let (_client_app, client_side) = tokio::io::duplex(64);
-        let (backend_side, _backend_app) = tokio::io::duplex(64);
-        let end = relay(client_side, backend_side, Some(Duration::from_secs(5))).await;
+        let (_c, mut client_side) = tokio::io::duplex(64);
+        let (mut backend_side, _b) = tokio::io::duplex(64);
+        let end = relay(
+            &mut client_side,
+            &mut backend_side,
+            Some(Duration::from_secs(5)),
+            false,
+        )
+        .await;
         assert!(matches!(end, RelayEnd::Idle(_)), "{end:?}");
     }
 }

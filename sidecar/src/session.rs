@@ -30,6 +30,7 @@ use crate::cancel::{CancelGuard, CancelMap};
 use crate::config::{ClientAuthMethod, SidecarConfig};
 use crate::metrics::Metrics;
 use crate::pgwire::{self, StartupPacket, WireError, backend as msg};
+use crate::pool::{BackendPool, PoolKey};
 use crate::ratelimit::FailureLimiter;
 use crate::relay::{self, RelayEnd};
 use crate::tls::RotatingCert;
@@ -49,6 +50,7 @@ pub struct Shared {
     pub cancels: Arc<CancelMap>,
     pub limiter: FailureLimiter,
     pub metrics: Metrics,
+    pub pool: BackendPool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -89,6 +91,8 @@ struct Ready {
     _cancel: Option<CancelGuard>,
     user: String,
     database: String,
+    /// Set when the Postgres connection may be reused after the client terminates.
+    pool_key: Option<PoolKey>,
 }
 
 /// Serve one accepted connection to its end.
@@ -128,16 +132,31 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             );
             shared.metrics.session_started();
             let Ready {
-                client,
-                backend,
+                mut client,
+                mut backend,
                 _cancel,
                 user,
+                pool_key,
                 ..
             } = *ready;
-            let end = relay::relay(client, backend.stream, shared.config.limits.idle_timeout).await;
+            let catch_terminate = pool_key.is_some() && shared.pool.enabled();
+            let end = relay::relay(
+                &mut client,
+                &mut backend.stream,
+                shared.config.limits.idle_timeout,
+                catch_terminate,
+            )
+            .await;
+            drop(_cancel);
+            if let (RelayEnd::Terminated(_), Some(key)) = (&end, pool_key) {
+                let _ = client.shutdown().await;
+                drop(client);
+                shared.pool.give_back(key, backend).await;
+            }
             shared.metrics.session_ended();
             let (counts, how) = match &end {
                 RelayEnd::Closed(r) => (*r, "closed".to_string()),
+                RelayEnd::Terminated(r) => (*r, "terminated".to_string()),
                 RelayEnd::Idle(r) => (*r, "idle timeout".to_string()),
                 RelayEnd::Error(e, r) => (*r, format!("error: {e}")),
             };
@@ -386,7 +405,7 @@ async fn negotiate(
             }
             Err(e) => return backend_failed(&mut tls, e).await,
         };
-        return finish(shared, tls, logged_in, Vec::new(), user, database).await;
+        return finish(shared, tls, logged_in, Vec::new(), user, database, None).await;
     }
 
     let auth = match authenticate(&mut tls, &cfg.auth, cfg.auth_method, &user, end_point).await {
@@ -415,20 +434,42 @@ async fn negotiate(
         return Outcome::Protocol("unreachable".into());
     };
 
-    // Step 5: log in to Postgres as the role.
-    let logged_in = match backend::login(
-        &cfg.backend.addr,
-        cfg.backend.method,
-        cfg.backend.password.as_ref(),
-        &forwarded,
-        cfg.backend.connect_timeout,
+    // Step 5: log in to Postgres as the role, or take a connection kept from an earlier
+    // session of the same role, database and parameters.
+    let key = PoolKey {
+        user: user.clone(),
+        database: database.clone(),
+        params: forwarded
+            .iter()
+            .skip(2)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let logged_in = match shared.pool.take(&key) {
+        Some(l) => l,
+        None => match backend::login(
+            &cfg.backend.addr,
+            cfg.backend.method,
+            cfg.backend.password.as_ref(),
+            &forwarded,
+            cfg.backend.connect_timeout,
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(e) => return backend_failed(&mut tls, e).await,
+        },
+    };
+    finish(
+        shared,
+        tls,
+        logged_in,
+        sasl_final,
+        user,
+        database,
+        Some(key),
     )
     .await
-    {
-        Ok(l) => l,
-        Err(e) => return backend_failed(&mut tls, e).await,
-    };
-    finish(shared, tls, logged_in, sasl_final, user, database).await
 }
 
 /// The client's authentication result: `Yes(SASLFinal message or empty)` or `No(cause)`.
@@ -572,6 +613,7 @@ async fn finish(
     sasl_final: Vec<u8>,
     user: String,
     database: String,
+    pool_key: Option<PoolKey>,
 ) -> Outcome {
     let mut out = Vec::with_capacity(512);
     if !sasl_final.is_empty() {
@@ -599,6 +641,7 @@ async fn finish(
         _cancel: guard,
         user,
         database,
+        pool_key,
     }))
 }
 

@@ -799,3 +799,120 @@ fn write_password_file(method: &str) -> PathBuf {
     std::fs::write(&path, format!("backend-{method}-password\n")).unwrap();
     path
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_are_reset_and_reused_between_clients() {
+    let c = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let tls = tls_config(&c.agent.app_ca_path(), None).unwrap();
+    let rw = c.dsn(
+        "teesql_readwrite",
+        &c.readwrite_secret,
+        "postgres",
+        "require",
+    );
+    let setup = connect(&rw, tls.clone()).await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE kept (v int)")
+        .await
+        .unwrap();
+    drop(setup);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A session that leaves state behind: a temporary table, a setting, a prepared
+    // statement, an advisory lock, and an open transaction with an uncommitted row.
+    let first = connect(&rw, tls.clone()).await.unwrap();
+    let pid: i32 = first
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    first
+        .batch_execute(
+            "CREATE TEMP TABLE scratch (x int); SET work_mem = '7MB'; PREPARE p AS SELECT 1; \
+             SELECT pg_advisory_lock(42); BEGIN; INSERT INTO kept VALUES (1);",
+        )
+        .await
+        .unwrap();
+    drop(first); // tokio-postgres sends Terminate
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let second = connect(&rw, tls.clone()).await.unwrap();
+    let pid2: i32 = second
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pid2, pid, "the Postgres connection was reused");
+    let temp: i64 = second
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'scratch'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(temp, 0, "temporary table discarded");
+    let wm: String = second.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_ne!(wm, "7MB", "setting reset");
+    assert!(
+        second.batch_execute("EXECUTE p").await.is_err(),
+        "prepared statement gone"
+    );
+    let rows: i64 = second
+        .query_one("SELECT count(*) FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "the open transaction was rolled back");
+    let locks: i64 = second
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(locks, 0, "advisory lock released");
+
+    // Another role never gets this role's connection.
+    let read = connect(
+        &c.dsn("teesql_read", &c.read_secret, "postgres", "require"),
+        tls.clone(),
+    )
+    .await
+    .unwrap();
+    let pid3: i32 = read
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(pid3, pid);
+    assert_eq!(
+        read.query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "teesql_read"
+    );
+
+    // A kept connection that Postgres ended while it waited is not handed out.
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.sidecar.pool.idle_count(), 1);
+    let out =
+        c.pg.psql(
+            "postgres",
+            "postgres",
+            &format!("SELECT pg_terminate_backend({pid})"),
+        )
+        .unwrap();
+    assert!(out.contains('t'), "terminated: {out}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = connect(&rw, tls).await.unwrap();
+    let pid4: i32 = third
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(pid4, pid, "a fresh Postgres connection");
+}
