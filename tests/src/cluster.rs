@@ -40,6 +40,8 @@ pub struct ClusterOptions {
     pub databases: Vec<String>,
     /// Decision log target for the verifier ("off", "stdout" or a file).
     pub decision_log: String,
+    /// The sidecar reaches Postgres through its unix socket instead of 127.0.0.1.
+    pub backend_unix_socket: bool,
 }
 
 impl Default for ClusterOptions {
@@ -56,6 +58,7 @@ impl Default for ClusterOptions {
             state_dir: None,
             databases: Vec::new(),
             decision_log: "off".into(),
+            backend_unix_socket: false,
         }
     }
 }
@@ -170,11 +173,16 @@ impl Cluster {
             "[listen]\npostgres = \"{sidecar_addr}\"\nadmin = \"{}\"\n\
              [identity]\nendpoint = \"{}\"\nalt_names = [\"localhost\", \"127.0.0.1\"]\n\
              [verifier]\nurl = \"http://{verifier_addr}\"\n\
-             [backend]\nhost = \"127.0.0.1\"\nport = {}\n",
+             [backend]\nhost = \"{}\"\nport = {}\n",
             admin_addr
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "off".into()),
             agent.socket.display(),
+            if opts.backend_unix_socket {
+                pg.socket_dir.display().to_string()
+            } else {
+                "127.0.0.1".to_string()
+            },
             pg.port,
         );
         toml.push_str(&opts.sidecar_toml);

@@ -916,3 +916,29 @@ async fn postgres_connections_are_reset_and_reused_between_clients() {
         .get(0);
     assert_ne!(pid4, pid, "a fresh Postgres connection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_can_be_a_unix_socket() {
+    let c = Cluster::start(ClusterOptions {
+        backend_unix_socket: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let tls = tls_config(&c.agent.app_ca_path(), None).unwrap();
+    let client = connect(
+        &c.dsn("teesql_read", &c.read_secret, "postgres", "require"),
+        tls,
+    )
+    .await
+    .unwrap();
+    let row = client
+        .query_one("SELECT current_user::text, inet_server_addr() IS NULL", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "teesql_read");
+    assert!(
+        row.get::<_, bool>(1),
+        "Postgres sees a unix-socket connection"
+    );
+}

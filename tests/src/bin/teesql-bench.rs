@@ -5,8 +5,9 @@
 //! - the TeeSQL sidecar with full verification (pgbench presents an RA-TLS client
 //!   certificate; every connection is judged by the verifier, whose profile requires it).
 //!
-//! For each: select-only TPS with 8 clients, and the connect-per-transaction rate
-//! (`pgbench -C`). Then the sidecar's memory per idle session (RSS with 1,000 idle
+//! All three authenticate clients with SCRAM-SHA-256; PgBouncer and the sidecar reach
+//! Postgres over its unix socket. For each: select-only TPS with 8 clients, and the
+//! connect-per-transaction rate (`pgbench -C`). Then the sidecar's memory per idle session (RSS with 1,000 idle
 //! sessions). Build first: `cargo build --release -p teesql-verifier -p teesql-sidecar -p teesql-tests`,
 //! then run `target/release/teesql-bench [--seconds N] [--rounds N] [--idle N]`.
 //! Everything is on loopback on this machine; absolute numbers vary, ratios hold.
@@ -210,7 +211,14 @@ async fn run(args: Args) -> Result<()> {
     give_to_server_user(&key_path)?;
 
     eprintln!("starting Postgres (ssl=on) …");
+    // Every front door authenticates with SCRAM-SHA-256 (Postgres and PgBouncer with a
+    // password, the sidecar with the cluster secret), as any real deployment would.
     let pg = TempPostgres::start(PgOptions {
+        hba: vec![
+            "local all all trust".into(),
+            "host all bench 127.0.0.1/32 scram-sha-256".into(),
+            "host all all 127.0.0.1/32 trust".into(),
+        ],
         settings: vec![
             ("ssl".into(), "on".into()),
             ("ssl_cert_file".into(), cert_path.display().to_string()),
@@ -229,6 +237,13 @@ async fn run(args: Args) -> Result<()> {
     if !init.status.success() {
         bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
     }
+    const BENCH_PASSWORD: &str = "bench-password-not-secret";
+    pg.psql(
+        "postgres",
+        "postgres",
+        &format!("CREATE ROLE bench LOGIN PASSWORD '{BENCH_PASSWORD}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO bench"),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
 
     eprintln!("starting the dev agent, verifier and sidecar …");
     let agent = TestAgent::start([0x42; 32], dir).await?;
@@ -271,8 +286,9 @@ async fn run(args: Args) -> Result<()> {
         format!(
             "[listen]\npostgres = \"127.0.0.1:{sidecar_port}\"\nadmin = \"off\"\n\
              [identity]\nendpoint = \"{}\"\n[verifier]\nurl = \"http://127.0.0.1:{verifier_port}\"\n\
-             [backend]\nport = {}\n[limits]\nmax_connections = {}\nfailed_auth_per_minute = 100000\n",
+             [backend]\nhost = \"{}\"\nport = {}\n[limits]\nmax_connections = {}\nfailed_auth_per_minute = 100000\n",
             agent.socket.display(),
+            pg.socket_dir.display(),
             pg.port,
             args.idle + 100
         ),
@@ -304,15 +320,16 @@ async fn run(args: Args) -> Result<()> {
     give_to_server_user(&bdir)?;
     let ini = bdir.join("pgbouncer.ini");
     let userlist = bdir.join("userlist.txt");
-    std::fs::write(&userlist, "\"postgres\" \"\"\n")?;
+    std::fs::write(&userlist, format!("\"bench\" \"{BENCH_PASSWORD}\"\n"))?;
     std::fs::write(
         &ini,
         format!(
-            "[databases]\npostgres = host=127.0.0.1 port={} dbname=postgres\n\
+            "[databases]\npostgres = host={} port={} dbname=postgres\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {bouncer_port}\nunix_socket_dir =\n\
-             auth_type = trust\nauth_file = {}\npool_mode = session\nmax_client_conn = 2000\n\
+             auth_type = scram-sha-256\nauth_file = {}\npool_mode = session\nmax_client_conn = 2000\n\
              default_pool_size = 100\nclient_tls_sslmode = require\nclient_tls_cert_file = {}\n\
              client_tls_key_file = {}\nlogfile = {}\npidfile = {}\n",
+            pg.socket_dir.display(),
             pg.port,
             userlist.display(),
             cert_path.display(),
@@ -357,17 +374,17 @@ async fn run(args: Args) -> Result<()> {
         (
             "Postgres over TLS (baseline)",
             format!(
-                "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require",
+                "host=127.0.0.1 port={} user=bench dbname=postgres sslmode=require",
                 pg.port
             ),
-            vec![],
+            vec![("PGPASSWORD", BENCH_PASSWORD.to_string())],
         ),
         (
             "PgBouncer (TLS, session pool)",
             format!(
-                "host=127.0.0.1 port={bouncer_port} user=postgres dbname=postgres sslmode=require"
+                "host=127.0.0.1 port={bouncer_port} user=bench dbname=postgres sslmode=require"
             ),
-            vec![],
+            vec![("PGPASSWORD", BENCH_PASSWORD.to_string())],
         ),
         (
             "TeeSQL sidecar (full verification)",
