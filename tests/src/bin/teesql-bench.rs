@@ -29,6 +29,8 @@ struct Args {
     seconds: u64,
     rounds: usize,
     idle: usize,
+    /// The sidecar's backend.pool_max_idle_per_key (0 = no reuse of Postgres connections).
+    pool: u64,
 }
 
 fn args() -> Result<Args> {
@@ -36,6 +38,7 @@ fn args() -> Result<Args> {
         seconds: 15,
         rounds: 2,
         idle: 1000,
+        pool: 16,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,8 +52,11 @@ fn args() -> Result<Args> {
             "--seconds" => a.seconds = value()?,
             "--rounds" => a.rounds = value()? as usize,
             "--idle" => a.idle = value()? as usize,
+            "--pool" => a.pool = value()?,
             "--help" | "-h" => {
-                println!("teesql-bench [--seconds N (15)] [--rounds N (2)] [--idle N (1000)]");
+                println!(
+                    "teesql-bench [--seconds N (15)] [--rounds N (2)] [--idle N (1000)] [--pool N (16): the sidecar's backend.pool_max_idle_per_key, 0 = off]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other} (see --help)"),
@@ -286,10 +292,11 @@ async fn run(args: Args) -> Result<()> {
         format!(
             "[listen]\npostgres = \"127.0.0.1:{sidecar_port}\"\nadmin = \"off\"\n\
              [identity]\nendpoint = \"{}\"\n[verifier]\nurl = \"http://127.0.0.1:{verifier_port}\"\n\
-             [backend]\nhost = \"{}\"\nport = {}\n[limits]\nmax_connections = {}\nfailed_auth_per_minute = 100000\n",
+             [backend]\nhost = \"{}\"\nport = {}\npool_max_idle_per_key = {}\n[limits]\nmax_connections = {}\nfailed_auth_per_minute = 100000\n",
             agent.socket.display(),
             pg.socket_dir.display(),
             pg.port,
+            args.pool,
             args.idle + 100
         ),
     )?;
@@ -452,8 +459,8 @@ async fn run(args: Args) -> Result<()> {
 
     let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
     println!(
-        "\nTeeSQL sidecar benchmark ({} s per run, {} rounds, pgbench -S -c 8 -j 2; 2 cores, loopback)\n",
-        args.seconds, args.rounds
+        "\nTeeSQL sidecar benchmark ({} s per run, {} rounds, pgbench -S -c 8 -j 2; 2 cores, loopback; sidecar pool_max_idle_per_key = {})\n",
+        args.seconds, args.rounds, args.pool
     );
     println!(
         "{:<36} {:>14} {:>8} {:>16} {:>8}",
