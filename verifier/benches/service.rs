@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use dcap_qvl::QuoteCollateralV3;
 use teesql_proto::v1::verifier_client::VerifierClient;
 use teesql_proto::v1::{VerifyQuoteRequest, verify_quote_request};
@@ -177,6 +179,7 @@ fn main() {
         }
         (s, wall.elapsed())
     });
+    let warm_p50 = pct(&mut warm_samples.clone(), 0.5);
     let warm = line(
         "(b) in-process, warm (appraisal cached)",
         warm_samples,
@@ -194,8 +197,85 @@ fn main() {
         }));
         (addr, tx)
     });
+    // (c0) the transport's floor: grpc.health.v1 Check, one caller, sequential. No decision
+    // is made, so this is what tonic, HTTP/2 and loopback cost on this machine.
+    // The single-caller client runs on its own current-thread runtime, as a sidecar in another
+    // process would: sharing the server's workers would measure their scheduling instead.
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // (c00) the machine's floor: a 4-byte TCP ping-pong between the same two runtimes, with
+    // no HTTP/2 and no gRPC. Nothing over loopback can answer faster than this here.
+    let echo = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut b = [0u8; 4];
+            while s.read_exact(&mut b).await.is_ok() {
+                if s.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        addr
+    });
+    let (tcp_samples, tcp_wall) = client_rt.block_on(async {
+        let mut s = tokio::net::TcpStream::connect(echo).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut b = [0u8; 4];
+        let wall = Instant::now();
+        let mut v = Vec::with_capacity(3000);
+        for _ in 0..3000 {
+            let t = Instant::now();
+            s.write_all(b"ping").await.unwrap();
+            s.read_exact(&mut b).await.unwrap();
+            v.push(t.elapsed());
+        }
+        (v, wall.elapsed())
+    });
+    let mut tcp = tcp_samples.clone();
+    let tcp_p50 = pct(&mut tcp, 0.5);
+    line(
+        "(c) TCP ping-pong, no gRPC (machine floor)",
+        tcp_samples,
+        tcp_wall,
+    );
+
+    let (floor_samples, floor_wall) = client_rt.block_on(async {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let req = HealthCheckRequest {
+            service: String::new(),
+        };
+        client.check(req.clone()).await.unwrap();
+        let wall = Instant::now();
+        let mut s = Vec::with_capacity(3000);
+        for _ in 0..3000 {
+            let t = Instant::now();
+            client.check(req.clone()).await.unwrap();
+            s.push(t.elapsed());
+        }
+        (s, wall.elapsed())
+    });
+    let mut floor = floor_samples.clone();
+    let floor_p50 = pct(&mut floor, 0.5);
+    line(
+        "(c) gRPC loopback, health check (transport floor)",
+        floor_samples,
+        floor_wall,
+    );
+
     // (c1) one caller, sequential: the latency of a decision with nothing queued.
-    let (one_samples, one_wall) = rt.block_on(async {
+    let (one_samples, one_wall) = client_rt.block_on(async {
         let mut client = VerifierClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
@@ -280,6 +360,17 @@ fn main() {
         "gRPC warm: p50 {:.0} µs with one caller (target <= 150 µs); {:.0} decisions/s with 16 callers (target >= 10000)",
         one_p50.as_secs_f64() * 1e6,
         grpc_rate
+    );
+    println!(
+        "gRPC transport floor (health check, same run): p50 {:.0} µs; a warm decision adds {:.0} µs over it",
+        floor_p50.as_secs_f64() * 1e6,
+        (one_p50.as_secs_f64() - floor_p50.as_secs_f64()) * 1e6
+    );
+    println!(
+        "TCP ping-pong on the same runtimes: p50 {:.0} µs, so with a free transport a warm decision \
+         would still take about {:.0} µs",
+        tcp_p50.as_secs_f64() * 1e6,
+        (tcp_p50.as_secs_f64() + warm_p50.as_secs_f64()) * 1e6
     );
     println!("(with 16 callers in flight, latency is mostly queueing: 16 / throughput)");
 }
