@@ -77,8 +77,8 @@ pub struct BackendFile {
     pub admin_password_env: Option<String>,
     /// Time limit to connect and log in to Postgres, milliseconds [default: 5000].
     pub connect_timeout_ms: Option<u64>,
-    /// Postgres connections kept for reuse per (role, database, parameters) after a
-    /// client terminates; 0 turns reuse off [default: 16].
+    /// Opt-in: Postgres connections kept for reuse per (role, database, parameters) after a
+    /// client terminates; 0 keeps reuse off and the relay a plain byte copy [default: 0].
     pub pool_max_idle_per_key: Option<usize>,
     /// How long a kept connection may wait for a client, seconds [default: 60].
     pub pool_idle_timeout_secs: Option<u64>,
@@ -371,7 +371,7 @@ impl SidecarConfig {
             connect_timeout: Duration::from_millis(
                 file.backend.connect_timeout_ms.unwrap_or(5000).max(1),
             ),
-            pool_max_idle_per_key: file.backend.pool_max_idle_per_key.unwrap_or(16),
+            pool_max_idle_per_key: file.backend.pool_max_idle_per_key.unwrap_or(0),
             pool_idle_timeout: Duration::from_secs(
                 file.backend.pool_idle_timeout_secs.unwrap_or(60).max(1),
             ),

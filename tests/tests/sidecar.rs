@@ -802,7 +802,37 @@ fn write_password_file(method: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connections_are_reset_and_reused_between_clients() {
-    let c = Cluster::start(ClusterOptions::default()).await.unwrap();
+    // Reuse is opt-in: by default every client gets its own Postgres connection.
+    let plain = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let tls = tls_config(&plain.agent.app_ca_path(), None).unwrap();
+    let rw = plain.dsn(
+        "teesql_readwrite",
+        &plain.readwrite_secret,
+        "postgres",
+        "require",
+    );
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let client = connect(&rw, tls.clone()).await.unwrap();
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        pids.push(pid);
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_ne!(pids[0], pids[1], "no reuse unless configured");
+    assert_eq!(plain.sidecar.pool.idle_count(), 0);
+    drop(plain);
+
+    let c = Cluster::start(ClusterOptions {
+        sidecar_toml: "[backend]\npool_max_idle_per_key = 16\n".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let tls = tls_config(&c.agent.app_ca_path(), None).unwrap();
     let rw = c.dsn(
         "teesql_readwrite",

@@ -234,3 +234,147 @@ fn help_explains_exit_status_and_sources() {
         assert!(text.contains(needle), "missing {needle} in help:\n{text}");
     }
 }
+
+#[test]
+fn a_pccs_that_never_answers_denies_within_the_fetch_timeout() {
+    // A PCCS that accepts connections and then says nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().take(16) {
+            held.push(conn);
+        }
+    });
+    let out = verifier(&[
+        "verify",
+        "--quote",
+        "testdata/dcap/tdx_quote",
+        "--pccs-url",
+        &url,
+        "--fetch-timeout",
+        "1",
+        "--now",
+        "1751000000",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let d = stdout_json(&out);
+    assert_eq!(d["reasons"][0]["code"], "collateral_unavailable");
+    let message = d["reasons"][0]["message"].as_str().unwrap();
+    assert!(message.contains("timed out"), "{message}");
+}
+
+/// The README's two commands for development attestation, run as written (the binary for
+/// `cargo run`, a temporary directory for /tmp, a free port for 8090).
+#[test]
+fn readme_agent_then_verify_as_two_commands() {
+    use std::io::BufRead;
+
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- cli-test: agent -->")
+        .nth(1)
+        .expect("README lost its agent snippet");
+    let start = block.find("```sh\n").unwrap() + "```sh\n".len();
+    let block = &block[start..start + block[start..].find("```").unwrap()];
+    let commands: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(commands.len(), 2, "two commands: {block}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp = dir.path().join("agent");
+    let args = |line: &str| -> Vec<String> {
+        let line = line
+            .replace("/tmp/teesql-agent", tmp.to_str().unwrap())
+            .replace("127.0.0.1:8090", &format!("127.0.0.1:{port}"));
+        let rest = line
+            .strip_prefix("cargo run -q -p teesql-verifier -- ")
+            .unwrap_or_else(|| panic!("not a cargo run line: {line}"));
+        rest.split_whitespace().map(String::from).collect()
+    };
+
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut agent = Kill(
+        Command::new(env!("CARGO_BIN_EXE_teesql-verifier"))
+            .args(args(commands[0]))
+            .current_dir(root())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Ready once it prints its `try:` line.
+    let stdout = std::io::BufReader::new(agent.0.stdout.take().unwrap());
+    let mut printed = String::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.contains("try:") {
+            break;
+        }
+    }
+    assert!(printed.contains("try:"), "the agent exited early:\n{printed}");
+    assert!(printed.contains("NOT FOR PRODUCTION"), "{printed}");
+
+    let verify = args(commands[1]);
+    let run = |args: &[String]| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        verifier(&refs)
+    };
+    let out = run(&verify);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let d = stdout_json(&out);
+    assert_eq!(d["allow"], true, "{d}");
+    assert_eq!(d["claims"]["tdx"]["root"], "dev");
+    assert_eq!(d["claims"]["binding"]["ok"], true);
+    assert_eq!(d["claims"]["app"]["rtmr3_replayed"], true);
+
+    // The production profile refuses the same evidence.
+    let production: Vec<String> = verify
+        .iter()
+        .map(|a| {
+            if a == "policies/dev" {
+                "policies/teesql".to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let out = run(&production);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let d = stdout_json(&out);
+    let codes: Vec<&str> = d["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"dev_root"), "{codes:?}");
+
+    // Without --trust-root the development quote does not verify at all.
+    let mut untrusted = Vec::new();
+    let mut it = verify.iter();
+    while let Some(a) = it.next() {
+        if a == "--trust-root" {
+            it.next();
+        } else {
+            untrusted.push(a.clone());
+        }
+    }
+    let out = run(&untrusted);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let d = stdout_json(&out);
+    assert_eq!(d["claims"]["tdx"]["verified"], false, "{d}");
+    assert_eq!(d["claims"]["tdx"]["root"], "intel");
+    assert_eq!(d["reasons"][0]["code"], "quote_signature_invalid", "{d}");
+}

@@ -38,7 +38,7 @@ fn args() -> Result<Args> {
         seconds: 15,
         rounds: 2,
         idle: 1000,
-        pool: 16,
+        pool: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,7 +55,7 @@ fn args() -> Result<Args> {
             "--pool" => a.pool = value()?,
             "--help" | "-h" => {
                 println!(
-                    "teesql-bench [--seconds N (15)] [--rounds N (2)] [--idle N (1000)] [--pool N (16): the sidecar's backend.pool_max_idle_per_key, 0 = off]"
+                    "teesql-bench [--seconds N (15)] [--rounds N (2)] [--idle N (1000)] [--pool N (0): the sidecar's backend.pool_max_idle_per_key, 0 = off, the default]"
                 );
                 std::process::exit(0);
             }

@@ -23,6 +23,9 @@ const MAX_RESPONSE: usize = 2 * 1024 * 1024;
 pub struct PccsClient {
     base: String,
     http: reqwest::Client,
+    /// Bounds one request and also the whole set: a PCCS that answers each request just in
+    /// time must not hold a decision for several timeouts in a row.
+    timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -58,7 +61,11 @@ impl PccsClient {
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .build()
             .map_err(|e| CollateralError::Invalid(format!("HTTP client: {e}")))?;
-        Ok(Self { base, http })
+        Ok(Self {
+            base,
+            http,
+            timeout,
+        })
     }
 
     /// The base URL requests go to.
@@ -66,8 +73,23 @@ impl PccsClient {
         &self.base
     }
 
-    /// Fetch the collateral set for `key` (PCK CRL, TCB Info, QE Identity, root CA CRL).
+    /// Fetch the collateral set for `key` (PCK CRL, TCB Info, QE Identity, root CA CRL),
+    /// all of it within the client's timeout.
     pub async fn fetch(&self, key: &CollateralKey) -> Result<QuoteCollateralV3, CollateralError> {
+        match tokio::time::timeout(self.timeout, self.fetch_set(key)).await {
+            Ok(r) => r,
+            Err(_) => Err(CollateralError::Fetch {
+                key: key.clone(),
+                url: self.base.clone(),
+                detail: format!(
+                    "timed out: the collateral set was not complete after {:?}",
+                    self.timeout
+                ),
+            }),
+        }
+    }
+
+    async fn fetch_set(&self, key: &CollateralKey) -> Result<QuoteCollateralV3, CollateralError> {
         let tee = match key.tee {
             TeeType::Tdx => "tdx",
             TeeType::Sgx => "sgx",
