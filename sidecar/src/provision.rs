@@ -129,10 +129,15 @@ async fn set_password(
         (BackendMethod::Trust, _) | (_, None) => {
             exec_formatted(c, "ALTER ROLE %I LOGIN PASSWORD NULL", &[role]).await
         }
-        (_, Some(pw)) => {
-            let pw = String::from_utf8_lossy(pw.expose()).into_owned();
-            // Quoted by Postgres' format(%L); never logged.
-            exec_formatted(c, "ALTER ROLE %I LOGIN PASSWORD %L", &[role, &pw])
+        (method, Some(pw)) => {
+            // Postgres is sent a verifier, never the password itself, so a statement log
+            // (log_statement = ddl) cannot leak it. md5 logins need an md5 verifier; every
+            // other method checks against SCRAM's.
+            let verifier = match method {
+                BackendMethod::Md5 => postgres_protocol::password::md5(pw.expose(), role),
+                _ => postgres_protocol::password::scram_sha_256(pw.expose()),
+            };
+            exec_formatted(c, "ALTER ROLE %I LOGIN PASSWORD %L", &[role, &verifier])
                 .await
                 .map_err(|_| format!("setting the password of role {role} failed"))
         }

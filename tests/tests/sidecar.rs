@@ -788,6 +788,17 @@ async fn backend_login_methods_and_cleartext_clients() {
         )
         .await;
         assert_generic_refusal(&o, "cleartext wrong secret");
+        // Provisioning sent Postgres a verifier, not the password.
+        let stored =
+            c.pg.psql(
+                "postgres",
+                "postgres",
+                "SELECT rolpassword FROM pg_authid WHERE rolname = 'teesql_readwrite'",
+            )
+            .unwrap();
+        let prefix = if method == "md5" { "md5" } else { "SCRAM-SHA-256$" };
+        assert!(stored.trim().starts_with(prefix), "{method}: {stored}");
+        assert!(!stored.contains(&format!("backend-{method}-password")));
     }
 }
 
