@@ -24,7 +24,10 @@ fn deploy_sidecar_toml_resolves_with_the_compose_environment() {
         "TEESQL_BACKEND_ADMIN_PASSWORD",
     ];
     for name in names {
-        assert!(compose.contains(&format!("{name}: ")), "compose lacks {name}");
+        assert!(
+            compose.contains(&format!("{name}: ")),
+            "compose lacks {name}"
+        );
     }
     let env: BTreeMap<String, String> = names
         .iter()
@@ -53,11 +56,13 @@ fn deploy_sidecar_toml_resolves_with_the_compose_environment() {
     );
     assert!(compose.contains("POSTGRES_HOST_AUTH_METHOD: scram-sha-256"));
     // What decides who gets in is in the measured image, not mounted from the host.
-    assert!(!compose.contains("./"), "no host files mounted into the CVM");
-    let dockerfile = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/Dockerfile"),
-    )
-    .unwrap();
+    assert!(
+        !compose.contains("./"),
+        "no host files mounted into the CVM"
+    );
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/Dockerfile"))
+            .unwrap();
     assert!(dockerfile.contains("COPY deploy/sidecar.toml /etc/teesql/sidecar.toml"));
     assert!(dockerfile.contains("COPY policies /policies"));
 }

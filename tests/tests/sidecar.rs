@@ -796,7 +796,11 @@ async fn backend_login_methods_and_cleartext_clients() {
                 "SELECT rolpassword FROM pg_authid WHERE rolname = 'teesql_readwrite'",
             )
             .unwrap();
-        let prefix = if method == "md5" { "md5" } else { "SCRAM-SHA-256$" };
+        let prefix = if method == "md5" {
+            "md5"
+        } else {
+            "SCRAM-SHA-256$"
+        };
         assert!(stored.trim().starts_with(prefix), "{method}: {stored}");
         assert!(!stored.contains(&format!("backend-{method}-password")));
     }

@@ -323,7 +323,10 @@ fn readme_agent_then_verify_as_two_commands() {
             break;
         }
     }
-    assert!(printed.contains("try:"), "the agent exited early:\n{printed}");
+    assert!(
+        printed.contains("try:"),
+        "the agent exited early:\n{printed}"
+    );
     assert!(printed.contains("NOT FOR PRODUCTION"), "{printed}");
 
     let verify = args(commands[1]);

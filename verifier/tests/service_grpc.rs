@@ -168,6 +168,56 @@ async fn invalid_requests_name_the_field() {
                 .unwrap_err(),
             "manifest",
         ),
+        // Text fields are bounded: they would land in claims, answers and the log.
+        (
+            c.verify_peer(VerifyPeerRequest {
+                purpose: "x".repeat(1 << 20),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+            "purpose: 1048576 bytes, at most 64",
+        ),
+        (
+            c.verify_peer(VerifyPeerRequest {
+                purpose: "sidecar".into(),
+                user: "u".repeat(5 << 20),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+            "user: 5242880 bytes",
+        ),
+        (
+            c.verify_peer(VerifyPeerRequest {
+                purpose: "sidecar".into(),
+                client_addr: "a".repeat(1000),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+            "client_addr",
+        ),
+        (
+            c.verify_peer(VerifyPeerRequest {
+                purpose: "sidecar".into(),
+                expected_mrtds: vec!["ab".repeat(48); 1000],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+            "expected_mrtds: 1000 entries",
+        ),
+        (
+            c.verify_peer(VerifyPeerRequest {
+                purpose: "sidecar".into(),
+                expected_mrtds: vec!["ab".repeat(4096)],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+            "expected_mrtds: entry 0",
+        ),
     ];
     for (status, field) in cases {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");

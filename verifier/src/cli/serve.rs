@@ -52,6 +52,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => return super::usage_error(format!("metrics_listen {addr}: {e}")),
         };
+        let metrics_addr = metrics_listener.local_addr().unwrap_or(addr);
         let svc = service.clone();
         let app = axum::Router::new()
             .route(
@@ -73,7 +74,10 @@ pub async fn run(args: ServeArgs) -> ExitCode {
                 .with_graceful_shutdown(stop)
                 .await;
         });
-        tracing::info!(%addr, "metrics on /metrics");
+        tracing::info!(addr = %metrics_addr, "metrics on /metrics");
+        super::out(&format!(
+            "teesql-verifier metrics on http://{metrics_addr}/metrics\n"
+        ));
     }
 
     tokio::spawn(reload::run(service.clone(), stopped()));

@@ -33,6 +33,7 @@ pub struct ServeSettings {
         value_name = "DIR",
         value_delimiter = ','
     )]
+    #[serde(alias = "policy_dir")]
     pub policy_dirs: Option<Vec<PathBuf>>,
     /// Root CA (DER or PEM) to verify quotes against instead of Intel's.
     #[arg(long, env = "TEESQL_VERIFIER_TRUST_ROOT", value_name = "FILE")]
@@ -49,7 +50,7 @@ pub struct ServeSettings {
     /// One collateral JSON file used for every quote (testing).
     #[arg(long, env = "TEESQL_VERIFIER_COLLATERAL", value_name = "FILE")]
     pub collateral_file: Option<PathBuf>,
-    /// Timeout of each collateral request, seconds [default: 10].
+    /// Time limit to fetch one collateral set from the PCCS, seconds [default: 10].
     #[arg(long, env = "TEESQL_VERIFIER_FETCH_TIMEOUT", value_name = "SECS")]
     pub fetch_timeout_secs: Option<u64>,
     /// Decision log: "stdout", "off", or a file to append to [default: stdout].

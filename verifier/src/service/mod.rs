@@ -58,6 +58,56 @@ pub enum RequestError {
     },
 }
 
+/// Bounds on the request's text fields: they end up in claims, answers and the decision
+/// log, so no caller may make those arbitrarily large.
+const MAX_PURPOSE: usize = 64;
+const MAX_REPORT_JSON: usize = 1 << 20;
+const MAX_CONNECTION_FIELDS: [(&str, usize); 5] = [
+    ("user", 256),
+    ("database", 256),
+    ("sni", 255),
+    ("client_addr", 128),
+    ("alpn", 255),
+];
+const MAX_EXPECTED_MRTDS: usize = 32;
+const MAX_MRTD_HEX: usize = 100;
+
+fn check_connection(c: &ConnectionClaims) -> Result<(), RequestError> {
+    let values = [&c.user, &c.database, &c.sni, &c.client_addr, &c.alpn];
+    for ((field, max), value) in MAX_CONNECTION_FIELDS.into_iter().zip(values) {
+        if value.len() > max {
+            return Err(invalid(
+                field,
+                format!("{} bytes, at most {max}", value.len()),
+            ));
+        }
+    }
+    if c.expected_mrtds.len() > MAX_EXPECTED_MRTDS {
+        return Err(invalid(
+            "expected_mrtds",
+            format!(
+                "{} entries, at most {MAX_EXPECTED_MRTDS}",
+                c.expected_mrtds.len()
+            ),
+        ));
+    }
+    if let Some((i, m)) = c
+        .expected_mrtds
+        .iter()
+        .enumerate()
+        .find(|(_, m)| m.len() > MAX_MRTD_HEX)
+    {
+        return Err(invalid(
+            "expected_mrtds",
+            format!(
+                "entry {i} is {} characters; an MRTD is 96 hex digits",
+                m.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(field: &'static str, message: impl Into<String>) -> RequestError {
     RequestError::InvalidArgument {
         field,
@@ -109,6 +159,9 @@ pub struct DecisionService {
     clock: Clock,
     log: DecisionLog,
     metrics: Arc<Metrics>,
+    /// One reload at a time (file watcher, SIGHUP and the RPC may fire together), so an
+    /// older load can never be stored over a newer one.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// What the decision log and metrics need to know about the peer.
@@ -151,6 +204,7 @@ impl DecisionService {
             clock: options.clock,
             log,
             metrics,
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -166,6 +220,7 @@ impl DecisionService {
     /// Load the policy set again from its directories and swap it in atomically. A set
     /// that fails to load or compile is rejected and the current one keeps serving.
     pub async fn reload(&self) -> Result<(String, bool), PolicyError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let current = self.policies.load_full();
         let dirs = current.dirs().to_vec();
         let limit = current.eval_limit();
@@ -200,6 +255,7 @@ impl DecisionService {
     /// Judge a TLS peer.
     pub async fn verify_peer(&self, req: PeerRequest) -> Result<ServiceDecision, RequestError> {
         let purpose = self.check_purpose(&req.purpose)?;
+        check_connection(&req.connection)?;
         if req.chain.len() > MAX_CHAIN_LEN {
             return Err(invalid(
                 "chain",
@@ -370,6 +426,12 @@ impl DecisionService {
         if json.trim().is_empty() {
             return Err(invalid("report_json", "required"));
         }
+        if json.len() > MAX_REPORT_JSON {
+            return Err(invalid(
+                "report_json",
+                format!("{} bytes, at most {MAX_REPORT_JSON}", json.len()),
+            ));
+        }
         let report =
             AttestationReport::parse(json).map_err(|e| invalid("report_json", e.to_string()))?;
         let expected =
@@ -432,6 +494,12 @@ impl DecisionService {
             return Err(invalid(
                 "purpose",
                 "required (e.g. \"sidecar\" or \"client\")",
+            ));
+        }
+        if purpose.len() > MAX_PURPOSE {
+            return Err(invalid(
+                "purpose",
+                format!("{} bytes, at most {MAX_PURPOSE}", purpose.len()),
             ));
         }
         let policies = self.policies.load_full();

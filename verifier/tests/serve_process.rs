@@ -1,0 +1,162 @@
+//! `teesql-verifier serve` as an operator runs it: a TOML config (keys as the long flags),
+//! gRPC and /metrics on ports the OS picks, SIGHUP and file changes reloading the policies,
+//! a broken policy rejected while the old one keeps serving, and SIGTERM draining to exit 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use teesql_proto::v1::verifier_client::VerifierClient;
+use teesql_proto::v1::{VerifyQuoteRequest, verify_quote_request};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig}");
+}
+
+async fn metrics(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+/// Poll /metrics until `needle` shows up (the reload runs in the background).
+async fn wait_for_metric(url: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = metrics(url).await;
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no {needle} in\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_from_a_toml_config_reloads_and_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for entry in std::fs::read_dir(root().join("policies/teesql")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, policies.join(p.file_name().unwrap())).unwrap();
+    }
+    let config = dir.path().join("verifier.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             policy_dir = [\"{}\"]\ncollateral_file = \"{}\"\noffline = true\n\
+             now = 1751000000\ndecision_log = \"{}\"\n",
+            policies.display(),
+            root()
+                .join("testdata/dcap/tdx_quote_collateral.json")
+                .display(),
+            dir.path().join("decisions.jsonl").display(),
+        ),
+    )
+    .unwrap();
+
+    let mut serve = Serve(
+        Command::new(env!("CARGO_BIN_EXE_teesql-verifier"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env_remove("PCCS_URL")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut grpc = None;
+    let mut metrics_url = None;
+    for line in BufReader::new(serve.0.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("teesql-verifier metrics on ") {
+            metrics_url = Some(rest.to_string());
+        }
+        if let Some(rest) = line.strip_prefix("teesql-verifier listening on ") {
+            grpc = Some(format!("http://{}", rest.split(' ').next().unwrap()));
+            break;
+        }
+    }
+    let grpc = grpc.expect("serve exited before listening");
+    let metrics_url = metrics_url.expect("no metrics line");
+
+    let mut client = VerifierClient::connect(grpc).await.unwrap();
+    let request = VerifyQuoteRequest {
+        purpose: "quote".into(),
+        evidence: Some(verify_quote_request::Evidence::Quote(
+            std::fs::read(root().join("testdata/dcap/tdx_quote")).unwrap(),
+        )),
+        ..Default::default()
+    };
+    let first = client
+        .verify_quote(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.allow, "{first:?}");
+    wait_for_metric(
+        &metrics_url,
+        "teesql_verifier_decisions_total{purpose=\"quote\",outcome=\"allow\"} 1",
+    )
+    .await;
+
+    // SIGHUP reloads (nothing changed, so the same hash keeps serving).
+    signal(&serve.0, "-HUP");
+    wait_for_metric(
+        &metrics_url,
+        "teesql_verifier_policy_reloads_total{result=\"ok\"} 1",
+    )
+    .await;
+
+    // A policy that does not compile, written into the watched directory: rejected, and
+    // the old set keeps answering.
+    std::fs::write(
+        policies.join("broken.rego"),
+        "package teesql.quote\n\ndeny contains if {\n",
+    )
+    .unwrap();
+    wait_for_metric(
+        &metrics_url,
+        "teesql_verifier_policy_reloads_total{result=\"rejected\"}",
+    )
+    .await;
+    let after = client
+        .verify_quote(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.policy_hash, first.policy_hash);
+
+    // SIGTERM: drain and exit 0.
+    signal(&serve.0, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = serve.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(dir.path().join("decisions.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
+}
