@@ -44,6 +44,11 @@ async fn teesql_dev_starts_prints_working_dsns_and_stops_cleanly() {
         assert!(Instant::now() < deadline, "teesql-dev did not come up");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&env_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the env file holds secrets");
+    }
     let env: BTreeMap<String, String> = std::fs::read_to_string(&env_file)
         .unwrap()
         .lines()

@@ -195,19 +195,65 @@ async fn a_certificate_carrying_another_keys_quote_is_denied() {
 #[tokio::test]
 async fn legacy_certificate_form_verifies_too() {
     let a = start_agent(true).await;
-    let (_, chain) = tls_key(&a.url, true).await;
+    let r = post(
+        &a.url,
+        "GetTlsKey",
+        json!({"subject": "db.local", "usage_ra_tls": true, "usage_server_auth": true}),
+    )
+    .await;
+    let chain_pem: Vec<String> = serde_json::from_value(r["certificate_chain"].clone()).unwrap();
+    let chain = evidence::decode_cert_chain(chain_pem.concat().as_bytes()).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
-    let oids: Vec<String> = cert
-        .extensions()
-        .iter()
-        .map(|e| e.oid.to_id_string())
-        .collect();
-    assert!(oids.contains(&evidence::oid::TDX_QUOTE.to_string()));
-    assert!(oids.contains(&evidence::oid::EVENT_LOG.to_string()));
-    // Judge it by the legacy extensions alone: drop .8 by decoding a copy without it.
-    let ev = evidence::decode_certificate_der(&chain).unwrap();
+    let raw = |oid: &str| {
+        cert.extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == oid)
+            .map(|e| e.value.to_vec())
+    };
+    let quote_ext = raw(evidence::oid::TDX_QUOTE).expect("legacy .1 requested");
+    let log_ext = raw(evidence::oid::EVENT_LOG).expect("legacy .2 requested");
+    assert!(raw(evidence::oid::ATTESTATION).is_some());
+
+    // A certificate for the same key carrying only .1 and .2, as dstack before v0.5.9
+    // issued them: the decoder must take the legacy path to judge it.
+    let key = rcgen::KeyPair::from_pem(r["key"].as_str().unwrap()).unwrap();
+    let arcs = |oid: &str| -> Vec<u64> { oid.split('.').map(|n| n.parse().unwrap()).collect() };
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.custom_extensions = vec![
+        rcgen::CustomExtension::from_oid_content(&arcs(evidence::oid::TDX_QUOTE), quote_ext),
+        rcgen::CustomExtension::from_oid_content(&arcs(evidence::oid::EVENT_LOG), log_ext),
+    ];
+    let legacy_only = params.self_signed(&key).unwrap().der().to_vec();
+    let ev = evidence::decode_certificate_der(&[legacy_only]).unwrap();
+    assert!(
+        ev.event_log
+            .as_ref()
+            .is_some_and(|l| l.runtime_events.is_empty()),
+        "judged from the .2 JSON event log"
+    );
     let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
     assert!(d.allow, "{:?}", d.reasons);
+    assert_eq!(d.claims["binding"]["ok"], true);
+    assert_eq!(d.claims["app"]["rtmr3_replayed"], true);
+
+    // The same legacy certificate for another key is not bound.
+    let other = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.custom_extensions = vec![
+        rcgen::CustomExtension::from_oid_content(
+            &arcs(evidence::oid::TDX_QUOTE),
+            raw(evidence::oid::TDX_QUOTE).unwrap(),
+        ),
+        rcgen::CustomExtension::from_oid_content(
+            &arcs(evidence::oid::EVENT_LOG),
+            raw(evidence::oid::EVENT_LOG).unwrap(),
+        ),
+    ];
+    let stolen = params.self_signed(&other).unwrap().der().to_vec();
+    let ev = evidence::decode_certificate_der(&[stolen]).unwrap();
+    let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+    assert!(!d.allow);
+    assert_eq!(d.claims["binding"]["ok"], false);
 }
 
 #[tokio::test]

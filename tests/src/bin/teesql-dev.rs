@@ -305,9 +305,20 @@ Ctrl-C stops everything{keep}.",
             ("TEESQL_SUPERUSER_PASSWORD", superuser_password.clone()),
         ];
         let text: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        // Written whole, then renamed: a reader never sees half a file.
+        // Written whole, then renamed: a reader never sees half a file. It holds the
+        // cluster secrets, so only its owner may read it.
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+        }
         std::fs::rename(&tmp, path)?;
     }
 

@@ -10,7 +10,7 @@ use x509_parser::prelude::{FromDer, Pem, X509Certificate};
 
 use super::attestation::{AttestationFormat, decode_attestation};
 use super::{
-    EventLog, Evidence, EvidenceError, EvidenceKind, MAX_CHAIN_LEN, MAX_EVIDENCE_LEN,
+    EventLog, Evidence, EvidenceError, EvidenceKind, MAX_CHAIN_LEN, MAX_EVENTS, MAX_EVIDENCE_LEN,
     MAX_EXTENSION_LEN, check_len, decode_quote_bytes,
 };
 use crate::eventlog::TdxEvent;
@@ -168,6 +168,10 @@ pub fn decode_certificate_der(chain: &[Vec<u8>]) -> Result<Evidence, EvidenceErr
                             "event log extension {} is not a dstack event log: {e}",
                             oid::EVENT_LOG
                         ))
+                    })
+                    .and_then(|log| {
+                        check_len("event log (events)", log.tdx_events.len(), MAX_EVENTS)?;
+                        Ok(log)
                     })
             })
             .transpose()?;
