@@ -30,6 +30,20 @@ use crate::session::Shared;
 pub struct Admin {
     pub shared: Arc<Shared>,
     pub agent: Arc<GuestAgent>,
+    /// The last `/attestation` report and the second it was made for. Anyone can ask for
+    /// one without logging in, and each costs a Postgres login and a quote, so reports are
+    /// made one at a time and at most once per second; other callers get the same one.
+    pub last_report: Arc<tokio::sync::Mutex<Option<(u64, serde_json::Value)>>>,
+}
+
+impl Admin {
+    pub fn new(shared: Arc<Shared>, agent: Arc<GuestAgent>) -> Self {
+        Self {
+            shared,
+            agent,
+            last_report: Arc::default(),
+        }
+    }
 }
 
 pub fn router(admin: Admin) -> Router {
@@ -192,8 +206,20 @@ pub fn report_data(state: &PostgresState, timestamp: u64) -> [u8; 64] {
 }
 
 async fn attestation(State(a): State<Admin>) -> Response {
-    match build_report(&a).await {
-        Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
+    let mut last = a.last_report.lock().await;
+    let now = unix_now();
+    if let Some((at, body)) = last.as_ref()
+        && *at == now
+    {
+        a.shared.metrics.attestation_report(true);
+        return (StatusCode::OK, axum::Json(body.clone())).into_response();
+    }
+    match build_report(&a, now).await {
+        Ok(body) => {
+            a.shared.metrics.attestation_report(false);
+            *last = Some((now, body.clone()));
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
         Err(e) => {
             tracing::warn!(error = %e, "/attestation failed");
             (
@@ -205,12 +231,15 @@ async fn attestation(State(a): State<Admin>) -> Response {
     }
 }
 
-async fn build_report(a: &Admin) -> Result<serde_json::Value, String> {
-    let state = postgres_state(&a.shared.config.backend).await?;
-    let timestamp = std::time::SystemTime::now()
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+async fn build_report(a: &Admin, timestamp: u64) -> Result<serde_json::Value, String> {
+    let state = postgres_state(&a.shared.config.backend).await?;
     let quote = a
         .agent
         .quote(report_data(&state, timestamp))

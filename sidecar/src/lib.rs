@@ -97,10 +97,7 @@ impl Sidecar {
             ))
         };
         if let Some(admin) = admin {
-            let app = admin::router(admin::Admin {
-                shared: shared.clone(),
-                agent: self.agent.clone(),
-            });
+            let app = admin::router(admin::Admin::new(shared.clone(), self.agent.clone()));
             let mut rx = stop_rx.clone();
             tokio::spawn(async move {
                 let stop = async move {

@@ -21,6 +21,7 @@ pub struct Metrics {
     verifier_errors: Counter,
     active: Gauge,
     renewals: Family<Labels, Counter>,
+    reports: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -70,6 +71,12 @@ impl Metrics {
             "Server certificate renewals, by result (ok, failed)",
             renewals.clone(),
         );
+        let reports = Family::<Labels, Counter>::default();
+        registry.register(
+            "attestation_reports",
+            "/attestation answers, by source (made: a new quote; reused: the report of this second)",
+            reports.clone(),
+        );
         Self {
             registry,
             connections,
@@ -79,7 +86,15 @@ impl Metrics {
             verifier_errors,
             active,
             renewals,
+            reports,
         }
+    }
+
+    pub fn attestation_report(&self, reused: bool) {
+        let r = if reused { "reused" } else { "made" };
+        self.reports
+            .get_or_create(&vec![("source", r.into())])
+            .inc();
     }
 
     pub fn connection(&self, outcome: &'static str) {

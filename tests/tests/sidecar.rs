@@ -637,6 +637,37 @@ async fn attestation_report_verifies_and_health_answers() {
         "{:?}",
         d.reasons
     );
+
+    // Unauthenticated callers cannot make the sidecar log in to Postgres and quote per
+    // request: a burst gets at most one new report per second.
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let url = format!("http://{admin}/attestation");
+            tokio::spawn(async move {
+                let r = reqwest::get(url).await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.json::<serde_json::Value>().await.unwrap()["timestamp"]
+                    .as_u64()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut seconds = std::collections::BTreeSet::from([v["timestamp"].as_u64().unwrap()]);
+    for b in burst {
+        seconds.insert(b.await.unwrap());
+    }
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let made = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("teesql_sidecar_attestation_reports_total{source=\"made\"} "))
+        .unwrap_or_else(|| panic!("no made count in\n{metrics}"));
+    assert_eq!(made.parse::<usize>().unwrap(), seconds.len(), "{metrics}");
+    assert!(metrics.contains("teesql_sidecar_attestation_reports_total{source=\"reused\"}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
