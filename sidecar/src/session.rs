@@ -288,11 +288,17 @@ async fn negotiate(
     }
 
     // Step 2: TLS.
-    let end_point = shared.cert.current().end_point_hash.clone();
+    // Channel binding needs the hash of the certificate this handshake served. A renewal
+    // that lands during the handshake leaves that unknown; such a session is offered plain
+    // SCRAM-SHA-256 only, rather than a -PLUS that would fail.
+    let before = shared.cert.current();
     let mut tls = match shared.tls.accept(stream).await {
         Ok(t) => t,
         Err(e) => return Outcome::TlsFailed(e.to_string()),
     };
+    let end_point =
+        Arc::ptr_eq(&before, &shared.cert.current()).then(|| before.end_point_hash.clone());
+    drop(before);
     let (sni, alpn, chain) = {
         let conn = tls.get_ref().1;
         (
@@ -490,7 +496,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     auth: &AuthMap,
     method: ClientAuthMethod,
     user: &str,
-    end_point: Vec<u8>,
+    end_point: Option<Vec<u8>>,
 ) -> Result<Authenticated, AuthFailure> {
     let role = auth.role(user);
     let mut out = Vec::new();
@@ -516,8 +522,9 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                     &decoy
                 }
             };
-            let mut server = ScramServer::new(verifier, Some(end_point));
-            msg::authentication_sasl(&mut out, ScramServer::mechanisms(true));
+            let plus = end_point.is_some();
+            let mut server = ScramServer::new(verifier, end_point);
+            msg::authentication_sasl(&mut out, ScramServer::mechanisms(plus));
             send(tls, &out).await?;
             let body = read_p(tls).await?;
             let (mechanism, data) = pgwire::parse_sasl_initial_response(&body)
