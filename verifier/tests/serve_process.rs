@@ -99,7 +99,7 @@ async fn serve_from_a_toml_config_reloads_and_drains() {
     let grpc = grpc.expect("serve exited before listening");
     let metrics_url = metrics_url.expect("no metrics line");
 
-    let mut client = VerifierClient::connect(grpc).await.unwrap();
+    let mut client = VerifierClient::connect(grpc.clone()).await.unwrap();
     let request = VerifyQuoteRequest {
         purpose: "quote".into(),
         evidence: Some(verify_quote_request::Evidence::Quote(
@@ -118,6 +118,9 @@ async fn serve_from_a_toml_config_reloads_and_drains() {
         "teesql_verifier_decisions_total{purpose=\"quote\",outcome=\"allow\"} 1",
     )
     .await;
+
+    // The README's generic client: Python grpcio with nothing but server reflection.
+    python_client_calls_verify_peer(grpc.trim_start_matches("http://")).await;
 
     // SIGHUP reloads (nothing changed, so the same hash keeps serving).
     signal(&serve.0, "-HUP");
@@ -158,5 +161,54 @@ async fn serve_from_a_toml_config_reloads_and_drains() {
     };
     assert!(status.success(), "{status:?}");
     let log = std::fs::read_to_string(dir.path().join("decisions.jsonl")).unwrap();
-    assert_eq!(log.lines().count(), 2, "{log}");
+    assert_eq!(log.lines().count(), 3, "{log}");
+}
+
+/// `tools/verify_peer.py`, as the README runs it. It needs grpcio, grpcio-reflection and
+/// protobuf: `.ci/run` provides them (TEESQL_PYTHON) and CI fails without them; elsewhere a
+/// missing module skips this part with a notice.
+async fn python_client_calls_verify_peer(target: &str) {
+    let python = std::env::var("TEESQL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = Command::new(&python)
+        .args(["-c", "import grpc, grpc_reflection, google.protobuf"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        let why = match &probe {
+            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the Python reflection client ({python}): {why}"
+        );
+        eprintln!(
+            "NOTICE: skipping the Python grpcio client check ({python} lacks grpcio: {why}); \
+             `.ci/run` installs it"
+        );
+        return;
+    }
+    let target = target.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(root().join("tools/verify_peer.py"))
+            .args([target.as_str(), "sidecar"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    // No client certificate: the production policy denies (exit 1) with its reason.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["allow"], false, "{d}");
+    assert_eq!(
+        d["reasons"][0]["code"], "client_attestation_required",
+        "{d}"
+    );
+    assert!(d["policy_hash"].as_str().unwrap().starts_with("sha256:"));
 }

@@ -175,6 +175,13 @@ pub fn decode_hex(what: &'static str, text: &str, limit: usize) -> Result<Vec<u8
         .or_else(|| text.strip_prefix("0X"))
         .unwrap_or(text);
     check_len(what, text.len() / 2, limit)?;
+    let joined;
+    let text = if text.bytes().any(|b| b.is_ascii_whitespace()) {
+        joined = text.split_ascii_whitespace().collect::<String>();
+        joined.as_str()
+    } else {
+        text
+    };
     hex::decode(text).map_err(|e| EvidenceError::Hex {
         what,
         detail: e.to_string(),

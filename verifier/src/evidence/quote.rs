@@ -125,13 +125,16 @@ pub fn decode_quote_text(input: &[u8]) -> Result<Quote, EvidenceError> {
 }
 
 /// Hex text if the input is text that claims to be hex: it starts with `0x`, or is made
-/// of hex digits only. A binary quote starts with its version (`03 00`, `04 00` or
+/// of hex digits (and line breaks) only. A binary quote starts with its version (`03 00`, `04 00` or
 /// `05 00`), which is neither, so binary input never passes this test.
 fn looks_like_hex(input: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(input).ok()?;
     let t = text.trim();
     let prefixed = t.starts_with("0x") || t.starts_with("0X");
-    let all_hex = !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit());
+    // Hex dumps wrap lines (`xxd -p` at 60 digits), so whitespace between digits is fine.
+    let all_hex = !t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace());
     (prefixed || all_hex).then_some(text)
 }
 
@@ -154,6 +157,14 @@ mod tests {
         let hex_text = format!("0x{}\n", hex::encode(&bin));
         let b = decode_quote_text(hex_text.as_bytes()).unwrap();
         assert_eq!(a.raw(), b.raw());
+        // As `xxd -p` writes it: 60 digits a line.
+        let wrapped: Vec<String> = hex::encode(&bin)
+            .as_bytes()
+            .chunks(60)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        let c = decode_quote_text(wrapped.join("\n").as_bytes()).unwrap();
+        assert_eq!(a.raw(), c.raw());
         assert_eq!(a.tee_type(), TeeType::Tdx);
         assert_eq!(a.version(), 4);
         let td = a.td_report().unwrap();
