@@ -153,3 +153,33 @@ fn vm_and_interpreter_agree_on_every_input() {
     // The corpus exercises both outcomes, not only denials.
     assert!(denied > 0 && denied < compared, "{denied}/{compared}");
 }
+
+/// A policy that would run for a very long time is cut off, on the VM and in the
+/// interpreter alike: the evaluation fails (and a decision on it denies), it never hangs.
+#[test]
+fn a_runaway_policy_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("quote.rego"),
+        "package teesql.quote\n\nimport rego.v1\n\n\
+         default allow := false\n\n\
+         allow if {\n\
+         \tn := count(input.tdx.mrtd) * 200\n\
+         \tcount([1 | some i in numbers.range(1, n); some j in numbers.range(1, n); i * j < 0]) == 0\n\
+         }\n",
+    )
+    .unwrap();
+    let set = PolicySet::load(
+        &[dir.path().to_path_buf()],
+        std::time::Duration::from_millis(200),
+    )
+    .unwrap();
+    let input = golden("claims-tdx-quote.json");
+    let vm = set.evaluate("quote", &input);
+    assert!(vm.is_err(), "370 million steps finished: {vm:?}");
+    let interpreted = set.evaluate_interpreted("quote", &input);
+    assert!(interpreted.is_err(), "{interpreted:?}");
+    for e in [vm.unwrap_err(), interpreted.unwrap_err()] {
+        assert!(e.to_string().contains("limit"), "{e}");
+    }
+}

@@ -149,8 +149,28 @@ async fn serve_from_a_toml_config_reloads_and_drains() {
         .into_inner();
     assert_eq!(after.policy_hash, first.policy_hash);
 
-    // SIGTERM: drain and exit 0.
+    // SIGTERM: health watchers hear NOT_SERVING, then the server drains and exits 0.
+    let channel = tonic::transport::Endpoint::from_shared(grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(channel)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    assert_eq!(watch.message().await.unwrap().unwrap().status, serving);
     signal(&serve.0, "-TERM");
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("no health update after SIGTERM");
+    assert_eq!(next.unwrap().unwrap().status, not_serving);
+    drop(watch);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = serve.0.try_wait().unwrap() {
