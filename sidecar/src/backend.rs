@@ -185,19 +185,23 @@ pub async fn login(
     }
 }
 
+/// Connect to Postgres; a failure names the address.
+async fn connect(addr: &BackendAddr) -> Result<BackendStream, BackendError> {
+    BackendStream::connect(addr)
+        .await
+        .map_err(|source| BackendError::Unreachable {
+            addr: addr.describe(),
+            source,
+        })
+}
+
 async fn login_inner(
     addr: &BackendAddr,
     method: BackendMethod,
     password: Option<&Secret>,
     params: &[(&str, &str)],
 ) -> Result<LoggedIn, BackendError> {
-    let mut stream =
-        BackendStream::connect(addr)
-            .await
-            .map_err(|source| BackendError::Unreachable {
-                addr: addr.describe(),
-                source,
-            })?;
+    let mut stream = connect(addr).await?;
     let user = params
         .iter()
         .find(|(k, _)| *k == "user")
@@ -318,13 +322,7 @@ pub async fn passthrough_login<C: AsyncRead + AsyncWrite + Unpin>(
     timeout: Duration,
 ) -> Result<LoggedIn, BackendError> {
     let run = async {
-        let mut stream =
-            BackendStream::connect(addr)
-                .await
-                .map_err(|source| BackendError::Unreachable {
-                    addr: addr.describe(),
-                    source,
-                })?;
+        let mut stream = connect(addr).await?;
         write(&mut stream, &pgwire::startup_message(params)).await?;
         loop {
             let (tag, body) = pgwire::read_message(&mut stream, MAX_LOGIN_MESSAGE).await?;

@@ -87,3 +87,38 @@ pub async fn connect(
     });
     Ok(client)
 }
+
+/// Start the `teesql-dev` binary at `bin` with every port chosen by the OS and
+/// `--env-file env_file`, and wait until it has written that file (it does so once
+/// everything answers). stderr is piped, so a start-up failure reports what it printed.
+pub async fn start_teesql_dev(
+    bin: &Path,
+    env_file: &Path,
+    stdout: std::process::Stdio,
+) -> Result<std::process::Child> {
+    let mut child = std::process::Command::new(bin)
+        .args(["--port", "0", "--http-port", "0", "--verifier-port", "0"])
+        .args(["--agent-port", "0", "--forward-port", "0"])
+        .arg("--env-file")
+        .arg(env_file)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !env_file.exists() {
+        if let Some(status) = child.try_wait()? {
+            let out = child.wait_with_output()?;
+            anyhow::bail!(
+                "teesql-dev exited ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("teesql-dev did not come up within 180 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Ok(child)
+}

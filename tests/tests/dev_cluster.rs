@@ -4,46 +4,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use teesql_tests::clients::psql;
+use teesql_tests::clients::{psql, start_teesql_dev};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teesql_dev_starts_prints_working_dsns_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let env_file = dir.path().join("teesql.env");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_teesql-dev"))
-        .args([
-            "--port",
-            "0",
-            "--http-port",
-            "0",
-            "--verifier-port",
-            "0",
-            "--agent-port",
-            "0",
-            "--forward-port",
-            "0",
-        ])
-        .arg("--env-file")
-        .arg(&env_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !env_file.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "teesql-dev exited ({status}): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        assert!(Instant::now() < deadline, "teesql-dev did not come up");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut child = start_teesql_dev(
+        Path::new(env!("CARGO_BIN_EXE_teesql-dev")),
+        &env_file,
+        Stdio::piped(),
+    )
+    .await
+    .unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&env_file).unwrap().permissions().mode();

@@ -3,9 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn snippets() -> Vec<(String, String)> {
     let readme =
@@ -53,31 +52,13 @@ async fn readme_snippets_connect_as_written() {
 
     let dir = tempfile::tempdir().unwrap();
     let env_file = dir.path().join("teesql.env");
-    let mut dev = Command::new(env!("CARGO_BIN_EXE_teesql-dev"))
-        .args([
-            "--port",
-            "0",
-            "--http-port",
-            "0",
-            "--verifier-port",
-            "0",
-            "--agent-port",
-            "0",
-            "--forward-port",
-            "0",
-        ])
-        .arg("--env-file")
-        .arg(&env_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !env_file.exists() {
-        assert!(dev.try_wait().unwrap().is_none(), "teesql-dev exited early");
-        assert!(Instant::now() < deadline, "teesql-dev did not come up");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut dev = teesql_tests::clients::start_teesql_dev(
+        Path::new(env!("CARGO_BIN_EXE_teesql-dev")),
+        &env_file,
+        Stdio::null(),
+    )
+    .await
+    .unwrap();
     for (name, script) in blocks {
         // The only edits: the env file's location, and the binary cargo already built
         // instead of a nested cargo build.

@@ -214,17 +214,25 @@ async fn legacy_certificate_form_verifies_too() {
     let log_ext = raw(evidence::oid::EVENT_LOG).expect("legacy .2 requested");
     assert!(raw(evidence::oid::ATTESTATION).is_some());
 
-    // A certificate for the same key carrying only .1 and .2, as dstack before v0.5.9
-    // issued them: the decoder must take the legacy path to judge it.
-    let key = rcgen::KeyPair::from_pem(r["key"].as_str().unwrap()).unwrap();
+    // A certificate for `key` carrying only .1 and .2, as dstack before v0.5.9 issued
+    // them: the decoder must take the legacy path to judge it.
     let arcs = |oid: &str| -> Vec<u64> { oid.split('.').map(|n| n.parse().unwrap()).collect() };
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.custom_extensions = vec![
-        rcgen::CustomExtension::from_oid_content(&arcs(evidence::oid::TDX_QUOTE), quote_ext),
-        rcgen::CustomExtension::from_oid_content(&arcs(evidence::oid::EVENT_LOG), log_ext),
-    ];
-    let legacy_only = params.self_signed(&key).unwrap().der().to_vec();
-    let ev = evidence::decode_certificate_der(&[legacy_only]).unwrap();
+    let legacy_cert = |key: &rcgen::KeyPair| -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.custom_extensions = vec![
+            rcgen::CustomExtension::from_oid_content(
+                &arcs(evidence::oid::TDX_QUOTE),
+                quote_ext.clone(),
+            ),
+            rcgen::CustomExtension::from_oid_content(
+                &arcs(evidence::oid::EVENT_LOG),
+                log_ext.clone(),
+            ),
+        ];
+        params.self_signed(key).unwrap().der().to_vec()
+    };
+    let key = rcgen::KeyPair::from_pem(r["key"].as_str().unwrap()).unwrap();
+    let ev = evidence::decode_certificate_der(&[legacy_cert(&key)]).unwrap();
     assert!(
         ev.event_log
             .as_ref()
@@ -236,21 +244,9 @@ async fn legacy_certificate_form_verifies_too() {
     assert_eq!(d.claims["binding"]["ok"], true);
     assert_eq!(d.claims["app"]["rtmr3_replayed"], true);
 
-    // The same legacy certificate for another key is not bound.
+    // The same extensions on a certificate for another key are not bound.
     let other = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.custom_extensions = vec![
-        rcgen::CustomExtension::from_oid_content(
-            &arcs(evidence::oid::TDX_QUOTE),
-            raw(evidence::oid::TDX_QUOTE).unwrap(),
-        ),
-        rcgen::CustomExtension::from_oid_content(
-            &arcs(evidence::oid::EVENT_LOG),
-            raw(evidence::oid::EVENT_LOG).unwrap(),
-        ),
-    ];
-    let stolen = params.self_signed(&other).unwrap().der().to_vec();
-    let ev = evidence::decode_certificate_der(&[stolen]).unwrap();
+    let ev = evidence::decode_certificate_der(&[legacy_cert(&other)]).unwrap();
     let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
     assert!(!d.allow);
     assert_eq!(d.claims["binding"]["ok"], false);
