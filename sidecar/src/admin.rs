@@ -30,11 +30,13 @@ use crate::session::Shared;
 pub struct Admin {
     pub shared: Arc<Shared>,
     pub agent: Arc<GuestAgent>,
-    /// The last `/attestation` report and the second it was made for. Anyone can ask for
+    /// The last `/attestation` outcome and the second it was finished. Anyone can ask for
     /// one without logging in, and each costs a Postgres login and a quote, so reports are
-    /// made one at a time and at most once per second; other callers get the same one.
-    pub last_report: Arc<tokio::sync::Mutex<Option<(u64, serde_json::Value)>>>,
+    /// made one at a time and callers that arrive while one is made share it.
+    pub last_report: Arc<tokio::sync::Mutex<Option<(u64, ReportOutcome)>>>,
 }
+
+type ReportOutcome = Result<serde_json::Value, String>;
 
 impl Admin {
     pub fn new(shared: Arc<Shared>, agent: Arc<GuestAgent>) -> Self {
@@ -59,10 +61,7 @@ async fn health(State(a): State<Admin>) -> Response {
         postgres_alive(&a.shared.config.backend.addr),
         a.shared.verifier.check_health()
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = unix_now();
     let cert = a.shared.cert.current();
     let identity = if cert.not_after > now {
         Ok(())
@@ -206,22 +205,31 @@ pub fn report_data(state: &PostgresState, timestamp: u64) -> [u8; 64] {
 }
 
 async fn attestation(State(a): State<Admin>) -> Response {
+    let asked = unix_now();
     let mut last = a.last_report.lock().await;
-    let now = unix_now();
-    if let Some((at, body)) = last.as_ref()
-        && *at == now
-    {
-        a.shared.metrics.attestation_report(true);
-        return (StatusCode::OK, axum::Json(body.clone())).into_response();
-    }
-    match build_report(&a, now).await {
+    // A report finished in the second this caller asked, or later (while it waited for the
+    // lock), answers it too. Failures are shared the same way, so a queue of callers does
+    // not retry a Postgres that is down one connect timeout after another.
+    let (reused, outcome) = match last.as_ref() {
+        Some((done, outcome)) if *done >= asked => (true, outcome.clone()),
+        _ => {
+            let outcome = build_report(&a, unix_now()).await;
+            *last = Some((unix_now(), outcome.clone()));
+            (false, outcome)
+        }
+    };
+    drop(last);
+    match outcome {
         Ok(body) => {
-            a.shared.metrics.attestation_report(false);
-            *last = Some((now, body.clone()));
+            let source = if reused { "reused" } else { "made" };
+            a.shared.metrics.attestation_report(source);
             (StatusCode::OK, axum::Json(body)).into_response()
         }
         Err(e) => {
-            tracing::warn!(error = %e, "/attestation failed");
+            if !reused {
+                a.shared.metrics.attestation_report("failed");
+                tracing::warn!(error = %e, "/attestation failed");
+            }
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 axum::Json(json!({ "error": e })),

@@ -74,7 +74,7 @@ impl Metrics {
         let reports = Family::<Labels, Counter>::default();
         registry.register(
             "attestation_reports",
-            "/attestation answers, by source (made: a new quote; reused: the report of this second)",
+            "/attestation answers, by source (made: a new report; reused: one shared with other callers; failed: making one failed)",
             reports.clone(),
         );
         Self {
@@ -90,8 +90,10 @@ impl Metrics {
         }
     }
 
-    pub fn attestation_report(&self, reused: bool) {
-        let r = if reused { "reused" } else { "made" };
+    /// An `/attestation` answer: `made` (a new report), `reused` (shared with a caller
+    /// that made it), or `failed` (making one failed; callers sharing the failure are not
+    /// counted again).
+    pub fn attestation_report(&self, r: &'static str) {
         self.reports
             .get_or_create(&vec![("source", r.into())])
             .inc();

@@ -470,6 +470,36 @@ async fn postgres_down_and_verifier_down() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_ne!(body["postgres"], "ok");
     assert_eq!(body["verifier"], "ok");
+    // A burst of /attestation shares the failure instead of retrying Postgres per caller.
+    let admin = c.admin_addr.unwrap();
+    let burst: Vec<_> = (0..10)
+        .map(|_| {
+            let url = format!("http://{admin}/attestation");
+            tokio::spawn(async move { reqwest::get(url).await.unwrap().status() })
+        })
+        .collect();
+    for b in burst {
+        assert_eq!(b.await.unwrap(), 503);
+    }
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failed: usize = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("teesql_sidecar_attestation_reports_total{source=\"failed\"} ")
+        })
+        .unwrap_or_else(|| panic!("no failed count in\n{metrics}"))
+        .parse()
+        .unwrap();
+    // One attempt, or two when the burst straddles a second.
+    assert!(
+        (1..=2).contains(&failed),
+        "{failed} attempts for 10 callers"
+    );
     tokio::task::block_in_place(|| c.pg.restart()).unwrap();
     let o = psql(&dsn, &["-c", "SELECT 1"]).await;
     assert_eq!(stdout(&o), "1", "after Postgres came back: {}", stderr(&o));
