@@ -120,7 +120,8 @@ async fn serve_from_a_toml_config_reloads_and_drains() {
     .await;
 
     // The README's generic client: Python grpcio with nothing but server reflection.
-    python_client_calls_verify_peer(grpc.trim_start_matches("http://")).await;
+    // Where it cannot run (no grpcio outside CI), its decision is not in the log either.
+    let python_ran = python_client_calls_verify_peer(grpc.trim_start_matches("http://")).await;
 
     // SIGHUP reloads (nothing changed, so the same hash keeps serving).
     signal(&serve.0, "-HUP");
@@ -180,14 +181,25 @@ async fn serve_from_a_toml_config_reloads_and_drains() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
+    // One line per decision: the two VerifyQuote calls, and the Python client's.
     let log = std::fs::read_to_string(dir.path().join("decisions.jsonl")).unwrap();
-    assert_eq!(log.lines().count(), 3, "{log}");
+    let expected = 2 + usize::from(python_ran);
+    assert_eq!(log.lines().count(), expected, "{log}");
+    let purposes: Vec<String> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["purpose"].to_string())
+        .collect();
+    assert_eq!(
+        purposes.iter().filter(|p| *p == "\"sidecar\"").count(),
+        usize::from(python_ran),
+        "{log}"
+    );
 }
 
 /// `tools/verify_peer.py`, as the README runs it. It needs grpcio, grpcio-reflection and
 /// protobuf: `.ci/run` provides them (TEESQL_PYTHON) and CI fails without them; elsewhere a
-/// missing module skips this part with a notice.
-async fn python_client_calls_verify_peer(target: &str) {
+/// missing module skips this part with a notice. Returns whether the client ran.
+async fn python_client_calls_verify_peer(target: &str) -> bool {
     let python = std::env::var("TEESQL_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = Command::new(&python)
         .args(["-c", "import grpc, grpc_reflection, google.protobuf"])
@@ -205,7 +217,7 @@ async fn python_client_calls_verify_peer(target: &str) {
             "NOTICE: skipping the Python grpcio client check ({python} lacks grpcio: {why}); \
              `.ci/run` installs it"
         );
-        return;
+        return false;
     }
     let target = target.to_string();
     let out = tokio::task::spawn_blocking(move || {
@@ -231,4 +243,5 @@ async fn python_client_calls_verify_peer(target: &str) {
         "{d}"
     );
     assert!(d["policy_hash"].as_str().unwrap().starts_with("sha256:"));
+    true
 }
