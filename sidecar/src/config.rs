@@ -118,7 +118,17 @@ pub struct ExtraRoleFile {
 pub struct LimitsFile {
     /// Concurrent client connections [default: 1000].
     pub max_connections: Option<usize>,
-    /// Deadline from accept to a logged-in session, seconds [default: 10].
+    /// Deadline from accept to an established TLS session (SSLRequest or direct TLS,
+    /// then the TLS handshake), seconds [default: 10].
+    pub tls_handshake_timeout_secs: Option<u64>,
+    /// Deadline after TLS for the StartupMessage, seconds [default: 60]. TeeSQL's client
+    /// libraries verify the server's quote (a PCCS fetch or an Intel Trust Authority round
+    /// trip, 15 to 40 s) before they send it.
+    pub startup_timeout_secs: Option<u64>,
+    /// Deadline from the StartupMessage to a logged-in session (authentication, the
+    /// verifier's decision, the login to Postgres), seconds [default: 10].
+    pub login_timeout_secs: Option<u64>,
+    /// Replaced by the three deadlines above; kept only to name them in the error.
     pub handshake_timeout_secs: Option<u64>,
     /// Close sessions idle this long, seconds; 0 = never [default: 0].
     pub idle_timeout_secs: Option<u64>,
@@ -198,7 +208,9 @@ pub struct BackendConfig {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
-    pub handshake_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub startup_timeout: Duration,
+    pub login_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub shutdown_grace: Duration,
     pub failed_auth_per_minute: u32,
@@ -457,15 +469,24 @@ impl SidecarConfig {
             );
         }
 
+        if file.limits.handshake_timeout_secs.is_some() {
+            errors.push(
+                "limits.handshake_timeout_secs: replaced by tls_handshake_timeout_secs (accept to TLS), startup_timeout_secs (TLS to StartupMessage) and login_timeout_secs (StartupMessage to logged in)".into(),
+            );
+        }
         let limits = Limits {
             max_connections: flags
                 .max_connections
                 .or(file.limits.max_connections)
                 .unwrap_or(1000)
                 .max(1),
-            handshake_timeout: Duration::from_secs(
-                file.limits.handshake_timeout_secs.unwrap_or(10).max(1),
+            tls_handshake_timeout: Duration::from_secs(
+                file.limits.tls_handshake_timeout_secs.unwrap_or(10).max(1),
             ),
+            startup_timeout: Duration::from_secs(
+                file.limits.startup_timeout_secs.unwrap_or(60).max(1),
+            ),
+            login_timeout: Duration::from_secs(file.limits.login_timeout_secs.unwrap_or(10).max(1)),
             idle_timeout: match file.limits.idle_timeout_secs.unwrap_or(0) {
                 0 => None,
                 s => Some(Duration::from_secs(s)),

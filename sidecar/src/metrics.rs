@@ -8,13 +8,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::session::error::{Outcome, OutcomeLabels};
+
 type Labels = Vec<(&'static str, String)>;
 
 /// Every metric the sidecar exports.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    connections: Family<Labels, Counter>,
+    connections: Family<OutcomeLabels, Counter>,
     handshake: Histogram,
     relayed: Family<Labels, Counter>,
     verifier: Histogram,
@@ -33,12 +35,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("teesql_sidecar");
-        let connections = Family::<Labels, Counter>::default();
-        registry.register(
-            "connections",
-            "Client connections by outcome (session, auth_failed, tls_failed, protocol_error, plaintext_refused, backend_failed, rate_limited, cancel, timeout, too_many, closed)",
-            connections.clone(),
+        let connections = Family::<OutcomeLabels, Counter>::default();
+        let help = format!(
+            "Client connections by outcome ({})",
+            Outcome::ALL.map(Outcome::as_str).join(", ")
         );
+        registry.register("connections", help, connections.clone());
         let handshake = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
         registry.register(
             "handshake_duration_seconds",
@@ -99,10 +101,17 @@ impl Metrics {
             .inc();
     }
 
-    pub fn connection(&self, outcome: &'static str) {
+    pub fn connection(&self, outcome: Outcome) {
         self.connections
-            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    /// Connections counted under `outcome` so far.
+    pub fn connections(&self, outcome: Outcome) -> u64 {
+        self.connections
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
     }
 
     pub fn handshake(&self, d: Duration) {

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::session::{self, Shared};
+use crate::session::{self, HandshakeError, Outcome, Shared};
 
 /// Accept and serve until `shutdown` completes; then drain for up to `grace`.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
@@ -33,9 +33,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Fu
                     }
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    shared.metrics.connection("too_many");
+                    shared.metrics.connection(Outcome::TooMany);
                     tracing::warn!(client.addr = %peer, limit = max, "connection limit reached; refusing");
-                    tokio::spawn(session::refuse_plain(stream, "53300", "sorry, too many clients already"));
+                    tokio::spawn(session::refuse_plain(stream, HandshakeError::TooManyConnections));
                     continue;
                 };
                 let shared = shared.clone();

@@ -326,7 +326,7 @@ async fn read_error(s: &mut (impl AsyncReadExt + Unpin)) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_protocol_edge_cases() {
     let c = Cluster::start(ClusterOptions {
-        sidecar_toml: "[limits]\nhandshake_timeout_secs = 2\n".into(),
+        sidecar_toml: "[limits]\ntls_handshake_timeout_secs = 2\n".into(),
         ..Default::default()
     })
     .await
