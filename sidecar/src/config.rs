@@ -89,6 +89,9 @@ pub struct BackendFile {
 pub struct AuthFile {
     /// scram-sha-256 (default; -PLUS channel binding when the client asks) or cleartext.
     pub method: Option<String>,
+    /// When to offer SCRAM-SHA-256-PLUS: auto (only when the TLS peer negotiated ALPN
+    /// `postgresql`, i.e. it is the Postgres client itself), always, or never [default: auto].
+    pub channel_binding: Option<String>,
     /// The read secret (32 bytes, hex) from a file or an environment variable
     /// [default env: TEESQL_READ_SECRET].
     pub read_secret_file: Option<PathBuf>,
@@ -171,6 +174,23 @@ pub enum ClientAuthMethod {
     Cleartext,
 }
 
+/// When the sidecar offers SCRAM-SHA-256-PLUS (channel binding to its TLS certificate).
+///
+/// A transparent forwarder (TeeSQL's client libraries, mode A) terminates TLS and relays
+/// bytes to a driver that speaks plaintext to it; libpq then refuses any -PLUS offer
+/// ("server offered SCRAM-SHA-256-PLUS authentication over a non-SSL connection"). Only
+/// a TLS peer that is evidently the Postgres client itself can bind the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelBinding {
+    /// Offer -PLUS only when ALPN `postgresql` was negotiated (libpq 17+ sends it on
+    /// every TLS connection; TeeSQL's forwarders send none).
+    Auto,
+    /// Offer -PLUS on every TLS connection (breaks libpq behind a forwarder).
+    Always,
+    /// Never offer -PLUS.
+    Never,
+}
+
 /// Checked configuration.
 #[derive(Debug, Clone)]
 pub struct SidecarConfig {
@@ -181,6 +201,7 @@ pub struct SidecarConfig {
     pub verifier_timeout: Duration,
     pub backend: BackendConfig,
     pub auth_method: ClientAuthMethod,
+    pub channel_binding: ChannelBinding,
     pub auth: AuthMap,
     pub limits: Limits,
 }
@@ -405,6 +426,21 @@ impl SidecarConfig {
                 ClientAuthMethod::Scram
             }
         };
+        let channel_binding = match e("TEESQL_CHANNEL_BINDING")
+            .or(file.auth.channel_binding)
+            .as_deref()
+            .unwrap_or("auto")
+        {
+            "auto" => ChannelBinding::Auto,
+            "always" => ChannelBinding::Always,
+            "never" => ChannelBinding::Never,
+            other => {
+                errors.push(format!(
+                    "auth.channel_binding {other:?}: expected auto, always or never"
+                ));
+                ChannelBinding::Auto
+            }
+        };
         let read = load_cluster_secret(
             "auth.read_secret",
             file.auth.read_secret_file.as_ref(),
@@ -509,6 +545,7 @@ impl SidecarConfig {
             verifier_timeout,
             backend,
             auth_method,
+            channel_binding,
             auth: AuthMap::new(read, readwrite, extra, passthrough),
             limits,
         })
@@ -605,6 +642,10 @@ mod tests {
         assert_eq!(c.admin_listen.unwrap().to_string(), "0.0.0.0:8080");
         assert_eq!(c.backend.addr, BackendAddr::Tcp("127.0.0.1".into(), 5432));
         assert_eq!(c.auth_method, ClientAuthMethod::Scram);
+        assert_eq!(c.channel_binding, ChannelBinding::Auto);
+        assert_eq!(c.limits.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.startup_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.login_timeout, Duration::from_secs(10));
         assert!(c.auth.role("teesql_read").is_some());
     }
 
@@ -615,7 +656,8 @@ mod tests {
             listen = { postgres = "nope", admin = "1.2.3.4" }
             verifier = { url = "grpc://x" }
             backend = { method = "kerberos" }
-            auth = { method = "magic", read_secret_env = "R" }
+            auth = { method = "magic", read_secret_env = "R", channel_binding = "sometimes" }
+            limits = { handshake_timeout_secs = 10 }
             "#,
         )
         .unwrap();
@@ -630,6 +672,8 @@ mod tests {
             "backend.method",
             "auth.method",
             "auth.read_secret",
+            "auth.channel_binding \"sometimes\"",
+            "limits.handshake_timeout_secs: replaced by tls_handshake_timeout_secs",
         ] {
             assert!(all.contains(needle), "{needle} missing in:\n{all}");
         }

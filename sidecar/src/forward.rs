@@ -12,11 +12,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, SignatureScheme};
 use teesql_proto::v1::verifier_client::VerifierClient as Grpc;
 use teesql_proto::v1::{Decision, VerifyManifestRequest, VerifyPeerRequest};
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -96,61 +94,6 @@ fn certified(chain_pem: &str, key_pem: &str) -> Result<rustls::sign::CertifiedKe
     Ok(rustls::sign::CertifiedKey::new(certs, signing))
 }
 
-/// Accepts any server chain at the TLS layer (still checking the handshake signature, so
-/// the server proves possession of the certified key) and keeps it for the verifier.
-#[derive(Debug)]
-struct CaptureServerChain {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for CaptureServerChain {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // Judged by its quote, through the verifier, before any byte is relayed.
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// A running forwarder's shared state.
 pub struct Forwarder {
     config: ForwardConfig,
@@ -186,12 +129,11 @@ impl Forwarder {
         let identity = Arc::new(ClientIdentity {
             current: arc_swap::ArcSwap::from_pointee(certified(&chain, &key)?),
         });
-        let provider = crate::tls::provider();
-        let mut tls = ClientConfig::builder_with_provider(provider.clone())
+        let mut tls = ClientConfig::builder_with_provider(crate::tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| e.to_string())?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(CaptureServerChain { provider }))
+            .with_custom_certificate_verifier(Arc::new(crate::tls::AnyServerCertificate::new()))
             .with_client_cert_resolver(identity.clone());
         tls.alpn_protocols = vec![crate::tls::ALPN_POSTGRESQL.to_vec()];
         tls.resumption = rustls::client::Resumption::disabled();

@@ -122,3 +122,91 @@ pub async fn start_teesql_dev(
     }
     Ok(child)
 }
+
+/// Major version of the `psql` the tests run (e.g. 15), or 0 if it cannot be run.
+pub fn psql_major() -> u32 {
+    std::process::Command::new(TempPostgres::psql_path())
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            // "psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(2)
+                .and_then(|v| v.split('.').next())
+                .and_then(|m| m.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Whether the tests' `psql` (and the libpq it ships with) sends ALPN `postgresql` on
+/// its TLS connections, as libpq does from version 17 on.
+pub fn libpq_sends_alpn() -> bool {
+    psql_major() >= 17
+}
+
+/// A Python interpreter that can import `modules`: `TEESQL_PYTHON` (which `.ci/run`
+/// sets to one with everything the tests need) or `python3`. Where they are missing, the
+/// caller's check is skipped with a notice on stderr (`None`), except under CI, where a
+/// missing module is a failure: CI must run every client.
+pub fn python_with(modules: &[&str]) -> Option<String> {
+    let python = std::env::var("TEESQL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python)
+        .args(["-c", &format!("import {}", modules.join(", "))])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => Some(python),
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the Python clients ({python}, {}): {why}",
+                modules.join(", ")
+            );
+            eprintln!(
+                "NOTICE: skipping a Python client check: {python} cannot import {} ({why}); \
+                 `.ci/run` installs them",
+                modules.join(", ")
+            );
+            None
+        }
+    }
+}
+
+/// Run a Python script with arguments, off the async runtime.
+pub async fn python(python: &str, script: &str, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg("-c").arg(script).args(args);
+    for var in [
+        "PGPASSWORD",
+        "PGSSLMODE",
+        "PGCHANNELBINDING",
+        "PGCONNECT_TIMEOUT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("PGPASSFILE", "/nonexistent");
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .unwrap_or_else(|e| Output {
+            status: std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
+            stdout: Vec::new(),
+            stderr: format!("could not run python: {e}").into_bytes(),
+        })
+}
+
+/// psycopg 3 (with the libpq its binary wheel bundles): connect, print
+/// `{"user": current_user, "libpq": libpq version}` as JSON.
+pub const PSYCOPG_CONNECT: &str = r#"
+import json, sys
+import psycopg
+with psycopg.connect(sys.argv[1], connect_timeout=60) as conn:
+    user = conn.execute("SELECT current_user").fetchone()[0]
+print(json.dumps({"user": user, "libpq": psycopg.pq.version()}))
+"#;

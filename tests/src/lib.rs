@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod clients;
 pub mod cluster;
+pub mod forwarders;
 pub mod postgres;
 
 /// Send the harness's and the services' logs to the test output when `RUST_LOG` is set.

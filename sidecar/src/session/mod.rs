@@ -7,6 +7,10 @@
 //!    TLS and their StartupMessage.
 //! 3. [`authenticate`] and [`login`]: the verifier's decision starts at once, in parallel
 //!    with client authentication; then the login to Postgres. Deadline `login_timeout`.
+//!    SCRAM-SHA-256-PLUS is offered by `auth.channel_binding`: by default only to a TLS
+//!    peer that negotiated ALPN `postgresql`, the mark of a Postgres client that made the
+//!    TLS connection itself; a forwarder relaying for a plaintext driver sends none, and
+//!    libpq behind it would refuse a -PLUS offer.
 //! 4. Any failure ends in exactly one response, chosen by [`HandshakeError::response`]:
 //!    every refusal (wrong secret, unknown role, verifier deny or unreachable) is the
 //!    same `FATAL 28000 authentication_failed`; the cause goes to the log and metrics.
@@ -34,7 +38,7 @@ use self::negotiate::ClientHello;
 use self::startup::Startup;
 use crate::backend::{self, BackendError, LoggedIn};
 use crate::cancel::{CancelGuard, CancelMap};
-use crate::config::SidecarConfig;
+use crate::config::{ChannelBinding, SidecarConfig};
 use crate::metrics::Metrics;
 use crate::pgwire::backend as msg;
 use crate::pool::{BackendPool, PoolKey};
@@ -316,8 +320,12 @@ async fn log_in(
         });
     }
 
-    let auth =
-        authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, hello.end_point).await?;
+    let end_point = match cfg.channel_binding {
+        ChannelBinding::Always => hello.end_point,
+        ChannelBinding::Auto if hello.alpn_postgresql => hello.end_point,
+        ChannelBinding::Auto | ChannelBinding::Never => None,
+    };
+    let auth = authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, end_point).await?;
     let verdict = authenticate::verdict(shared, decision, asked).await;
     let sasl_final = match (auth, verdict) {
         (Authenticated::Yes(sasl_final), Ok(())) => sasl_final,

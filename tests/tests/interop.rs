@@ -1,0 +1,181 @@
+//! The front door with clients shaped like the ones that exist out there: TeeSQL's own
+//! client libraries (a localhost forwarder doing direct TLS without ALPN, or an
+//! SSLRequest first, that verifies the server's quote before relaying a byte; the driver
+//! behind it on `sslmode=disable`), psql 15, psycopg with the libpq its wheel bundles
+//! (18), and tokio-postgres. The forwarders are the doubles in `teesql_tests::forwarders`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use teesql_sidecar::session::Outcome;
+use teesql_tests::clients::{PSYCOPG_CONNECT, psql, psql_env, python, python_with};
+use teesql_tests::cluster::{Cluster, ClusterOptions};
+use teesql_tests::forwarders::{ForwarderDouble, RunningForwarder, Shape};
+use tokio::io::AsyncReadExt;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+async fn teesql_forwarder(c: &Cluster, shape: Shape, verify_delay: Duration) -> RunningForwarder {
+    ForwarderDouble {
+        shape,
+        target: c.sidecar_addr,
+        host: Some("localhost".into()),
+        agent: c.agent.socket.display().to_string(),
+        root_der: c.agent.agent.root_der().to_vec(),
+        collateral: c.agent.agent.collateral().unwrap(),
+        allowed_mrtds: vec![c.agent.agent.mrtd_hex()],
+        verify_delay,
+    }
+    .start()
+    .await
+    .unwrap()
+}
+
+/// psql, tokio-postgres and psycopg, each on `sslmode=disable` behind the forwarder,
+/// log in as teesql_readwrite.
+async fn every_driver_logs_in(c: &Cluster, f: &RunningForwarder, what: &str) {
+    let dsn = f.dsn("teesql_readwrite", &c.readwrite_secret, "postgres");
+    let o = psql(&dsn, &["-c", "SELECT current_user"]).await;
+    assert!(o.status.success(), "psql {what}: {}", stderr(&o));
+    assert_eq!(stdout(&o), "teesql_readwrite", "psql {what}");
+
+    let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("tokio-postgres {what}: {e}"));
+    tokio::spawn(conn);
+    let row = client
+        .query_one("SELECT current_user, $1::int + 1", &[&41])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "teesql_readwrite");
+    assert_eq!(row.get::<_, i32>(1), 42);
+
+    if let Some(py) = python_with(&["psycopg"]) {
+        let o = python(&py, PSYCOPG_CONNECT, &[&dsn]).await;
+        assert!(o.status.success(), "psycopg {what}: {}", stderr(&o));
+        let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(out["user"], "teesql_readwrite", "psycopg {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_log_in_behind_teesql_shaped_forwarders() {
+    let c = Cluster::start(ClusterOptions::default()).await.unwrap();
+    for shape in [Shape::DirectTls, Shape::SslRequest] {
+        let f = teesql_forwarder(&c, shape, Duration::ZERO).await;
+        every_driver_logs_in(&c, &f, &format!("behind {shape:?}")).await;
+        assert_eq!(f.rejected.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+    // Nothing here was refused: no libpq aborted on a -PLUS offer.
+    assert_eq!(c.sidecar.metrics.connections(Outcome::AuthFailed), 0);
+
+    // libpq 17+ connecting directly (it sends ALPN `postgresql`) still gets, and uses,
+    // SCRAM-SHA-256-PLUS when it requires channel binding.
+    if let Some(py) = python_with(&["psycopg"]) {
+        let dsn = format!(
+            "{}&channel_binding=require",
+            c.dsn("teesql_read", &c.read_secret, "postgres", "require")
+        );
+        let o = python(&py, PSYCOPG_CONNECT, &[&dsn]).await;
+        assert!(
+            o.status.success(),
+            "psycopg, channel_binding=require: {}",
+            stderr(&o)
+        );
+        let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(out["user"], "teesql_read");
+        assert!(out["libpq"].as_u64().unwrap() >= 170000, "{out}");
+    }
+}
+
+/// The failure the default prevents: with -PLUS offered on every TLS connection, libpq
+/// behind a forwarder refuses to log in, while a direct libpq that requires channel
+/// binding gets it even without ALPN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_binding_always_breaks_libpq_behind_a_forwarder() {
+    let c = Cluster::start(ClusterOptions {
+        sidecar_toml: "[auth]\nchannel_binding = \"always\"\n".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let f = teesql_forwarder(&c, Shape::DirectTls, Duration::ZERO).await;
+    let o = psql(
+        &f.dsn("teesql_read", &c.read_secret, "postgres"),
+        &["-c", "SELECT 1"],
+    )
+    .await;
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("SCRAM-SHA-256-PLUS authentication over a non-SSL connection"),
+        "{}",
+        stderr(&o)
+    );
+    let direct = format!(
+        "{}&channel_binding=require",
+        c.dsn("teesql_read", &c.read_secret, "postgres", "require")
+    );
+    let o = psql(&direct, &["-c", "SELECT current_user"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// TeeSQL's libraries verify the server's quote between TLS and their StartupMessage
+/// (a PCCS fetch or an Intel Trust Authority round trip). One that takes 20 s logs in
+/// under the default deadlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_verifies_for_20_seconds_logs_in() {
+    let c = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let f = teesql_forwarder(&c, Shape::DirectTls, Duration::from_secs(20)).await;
+    let started = Instant::now();
+    let o = psql_env(
+        &f.dsn("teesql_readwrite", &c.readwrite_secret, "postgres"),
+        &["-c", "SELECT current_user"],
+        &[("PGCONNECT_TIMEOUT", "90")],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "teesql_readwrite");
+    assert!(started.elapsed() >= Duration::from_secs(20));
+    assert_eq!(c.sidecar.metrics.connections(Outcome::StartupTimeout), 0);
+    assert_eq!(c.sidecar.metrics.connections(Outcome::TlsTimeout), 0);
+}
+
+/// A TLS peer that never sends its StartupMessage is closed at the StartupMessage
+/// deadline, not at the (shorter) TLS deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_after_tls_is_closed_at_the_startup_deadline() {
+    let c = Cluster::start(ClusterOptions {
+        sidecar_toml: "[limits]\ntls_handshake_timeout_secs = 1\nstartup_timeout_secs = 4\n".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let cfg = teesql_tests::clients::tls_config(&c.agent.app_ca_path(), None).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(c.sidecar_addr)
+        .await
+        .unwrap();
+    let mut tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let established = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), tls.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "not closed within 60 s");
+    // Closed no earlier than its deadline: the 1 s TLS deadline no longer applied.
+    assert!(established.elapsed() >= Duration::from_secs(4));
+    assert!(buf.is_empty(), "{buf:?}");
+    assert_eq!(c.sidecar.metrics.connections(Outcome::StartupTimeout), 1);
+    assert_eq!(c.sidecar.metrics.connections(Outcome::TlsTimeout), 0);
+}
