@@ -53,6 +53,16 @@ quote_problems contains d if {
 	d := {"code": "tcb_status_not_accepted", "message": sprintf("TCB status %s (advisories: %s) is not accepted; accepted: %s", [input.tdx.tcb_status, shown(input.tdx.advisory_ids), shown(data.teesql.accepted_tcb_statuses)])}
 }
 
+# Intel security advisories the platform is affected by (from the TCB level the quote
+# matched), refused by ID in data.teesql.refused_advisory_ids.
+quote_problems contains d if {
+	input.tdx.verified == true
+	refused := {upper(a) | some a in data.teesql.refused_advisory_ids}
+	affected := {upper(a) | some a in input.tdx.advisory_ids} & refused
+	count(affected) > 0
+	d := {"code": "advisory_refused", "message": sprintf("the platform is affected by %s, which this policy refuses (TCB status %s)", [shown(affected), input.tdx.tcb_status])}
+}
+
 quote_problems contains d if {
 	input.tdx.debug == true
 	not data.teesql.allow_debug

@@ -1,6 +1,10 @@
 # Purpose "manifest": a signed leader manifest (DNS TXT _teesql-leader.<domain>), and,
-# when the caller is connected to the leader, that leader's certificate: the attested
-# dstack instance id must be the manifest's leader_instance and its app id the cluster.
+# when the caller is connected to the leader, that leader's certificate: its attested
+# dstack instance id must be the manifest's leader_instance. The manifest's `cluster` is
+# the cluster's contract address, and each member CVM's app id is its own member
+# contract, so the leader's app id is compared only with the member app ids that
+# data.teesql.clusters pins for that cluster:
+#   "clusters": {"0x<cluster>": {"member_app_ids": ["<app id>", ...]}}
 package teesql.manifest
 
 import rego.v1
@@ -58,10 +62,18 @@ deny contains d if {
 	d := {"code": "leader_instance_mismatch", "message": sprintf("connected to instance %v but the manifest names leader %s", [input.app.instance_id, input.manifest.leader_instance])}
 }
 
+# Member app ids pinned for the manifest's cluster (empty when none are).
+member_app_ids := {data.teesql.lib.norm(a) |
+	some cluster, c in data.teesql.clusters
+	data.teesql.lib.norm(cluster) == data.teesql.lib.norm(input.manifest.cluster)
+	some a in c.member_app_ids
+}
+
 deny contains d if {
 	input.evidence.kind != "none"
 	input.app != null
 	input.manifest.error == null
-	data.teesql.lib.norm_or_empty(input.app.app_id) != data.teesql.lib.norm(input.manifest.cluster)
-	d := {"code": "leader_app_mismatch", "message": sprintf("the leader runs app %v but the manifest's cluster is %s", [input.app.app_id, input.manifest.cluster])}
+	count(member_app_ids) > 0
+	not data.teesql.lib.norm_or_empty(input.app.app_id) in member_app_ids
+	d := {"code": "leader_app_mismatch", "message": sprintf("the leader runs app %v, which is not a member pinned for cluster %s: %s", [input.app.app_id, input.manifest.cluster, data.teesql.lib.shown(member_app_ids)])}
 }

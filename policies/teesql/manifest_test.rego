@@ -64,9 +64,33 @@ test_other_instance_denied if {
 	codes(other) == {"leader_instance_mismatch"} with data.teesql.manifest_signers as [signer]
 }
 
-test_other_app_denied if {
-	other := object.union(with_leader, {"app": {"app_id": "00"}})
-	codes(other) == {"leader_app_mismatch"} with data.teesql.manifest_signers as [signer]
+# A real leader: its app id is its own member contract, not the cluster's address.
+member_leader := object.union(with_leader, {"app": {"app_id": "7e1c3b5a9f2d4e6a8b0c1d2e3f4a5b6c7d8e9f0a"}})
+
+test_leader_app_id_is_not_compared_with_the_cluster if {
+	manifest.allow with input as member_leader with data.teesql.manifest_signers as [signer]
+}
+
+pinned_members := {"0xBD32B609057A1A4569558A571D535C8F1212B097": {"member_app_ids": ["0x7E1C3B5A9F2D4E6A8B0C1D2E3F4A5B6C7D8E9F0A"]}}
+
+test_pinned_member_app_allows if {
+	manifest.allow with input as member_leader with data.teesql.manifest_signers as [signer] with data.teesql.clusters as pinned_members
+}
+
+test_app_outside_the_pinned_members_denied if {
+	other := object.union(member_leader, {"app": {"app_id": "00"}})
+	codes(other) == {"leader_app_mismatch"} with data.teesql.manifest_signers as [signer] with data.teesql.clusters as pinned_members
+}
+
+test_pins_for_another_cluster_do_not_apply if {
+	other := object.union(member_leader, {"app": {"app_id": "00"}})
+	elsewhere := {"0x0000000000000000000000000000000000000001": {"member_app_ids": ["11"]}}
+	manifest.allow with input as other with data.teesql.manifest_signers as [signer] with data.teesql.clusters as elsewhere
+}
+
+test_u64_max_valid_until_never_expires if {
+	forever := object.union(alone, {"manifest": {"valid_until": 18446744073709551615}, "now": 4102444800})
+	manifest.allow with input as forever with data.teesql.manifest_signers as [signer]
 }
 
 test_leader_without_event_log_denied if {

@@ -53,6 +53,23 @@ test_custom_root_refused_in_production if {
 	codes(c) == {"untrusted_root"}
 }
 
+# TeeSQL's client libraries accept UpToDate and SWHardeningNeeded; so does the default.
+test_sw_hardening_needed_accepted_by_default if {
+	hardening := object.union(good, {"tdx": {"tcb_status": "SWHardeningNeeded", "advisory_ids": ["INTEL-SA-00615"]}})
+	quote.allow with input as hardening
+}
+
+test_listed_advisory_refused_whatever_the_status if {
+	hardening := object.union(good, {"tdx": {"tcb_status": "SWHardeningNeeded", "advisory_ids": ["INTEL-SA-00615", "INTEL-SA-00837"]}})
+	codes(hardening) == {"advisory_refused"} with data.teesql.refused_advisory_ids as ["intel-sa-00837"]
+	quote.allow with input as hardening with data.teesql.refused_advisory_ids as ["INTEL-SA-00001"]
+}
+
+test_configuration_needed_denied_by_default if {
+	config := object.union(good, {"tdx": {"tcb_status": "ConfigurationNeeded"}})
+	codes(config) == {"tcb_status_not_accepted"}
+}
+
 test_out_of_date_tcb_denied_and_configurable if {
 	old := object.union(good, {"tdx": {"tcb_status": "OutOfDate"}})
 	codes(old) == {"tcb_status_not_accepted"}

@@ -31,6 +31,10 @@ struct Agent {
 async fn start_agent(legacy: bool) -> Agent {
     let mut config = AgentConfig::new([7u8; 32]);
     config.legacy_cert_extensions = legacy;
+    start_agent_with(config).await
+}
+
+async fn start_agent_with(config: AgentConfig) -> Agent {
     let agent = DevAgent::new(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -138,6 +142,71 @@ async fn agent_certificate_allows_under_dev_profile_with_binding_and_replay() {
         a.agent.pccs_requests() >= 4,
         "collateral came from the agent's PCCS"
     );
+}
+
+/// The development PKI can state any TCB level; its TCB Info is signed as always.
+async fn agent_at_tcb(status: &str, advisories: &[&str]) -> Agent {
+    let mut config = AgentConfig::new([9u8; 32]);
+    config.platform_tcb = teesql_verifier::dev::PlatformTcb {
+        status: status.into(),
+        advisory_ids: advisories.iter().map(|a| a.to_string()).collect(),
+    };
+    start_agent_with(config).await
+}
+
+/// A profile extending the development one with `data` merged over its data.
+fn dev_profile_with(data: Value) -> (tempfile::TempDir, PolicySet) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = root().join("policies/dev").canonicalize().unwrap();
+    std::fs::write(
+        dir.path().join("profile.toml"),
+        format!("extends = [{:?}]\n", base.display().to_string()),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("data.json"), data.to_string()).unwrap();
+    let set = PolicySet::load(&[dir.path().to_path_buf()], DEFAULT_EVAL_LIMIT).unwrap();
+    (dir, set)
+}
+
+#[tokio::test]
+async fn tcb_statuses_and_advisories_as_teesql_clients_accept_them() {
+    // SWHardeningNeeded is accepted by default, like TeeSQL's client libraries do; its
+    // advisories are in the claims, and a listed one is refused.
+    let a = agent_at_tcb("SWHardeningNeeded", &["INTEL-SA-00615", "INTEL-SA-00837"]).await;
+    let (_, chain) = tls_key(&a.url, false).await;
+    let ev = evidence::decode_certificate_der(&chain).unwrap();
+    let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+    assert!(d.allow, "{:?}", d.reasons);
+    assert_eq!(d.claims["tdx"]["tcb_status"], "SWHardeningNeeded");
+    assert_eq!(
+        d.claims["tdx"]["advisory_ids"],
+        json!(["INTEL-SA-00615", "INTEL-SA-00837"])
+    );
+    let (_dir, refusing) =
+        dev_profile_with(json!({"teesql": {"refused_advisory_ids": ["intel-sa-00837"]}}));
+    let d = decide(&a, dev_root(&a), &refusing, &ev).await;
+    assert!(!d.allow);
+    assert_eq!(codes(&d), ["advisory_refused"]);
+    assert!(
+        d.reasons[0].message.contains("INTEL-SA-00837"),
+        "{:?}",
+        d.reasons
+    );
+
+    // Anything else is refused by default.
+    for status in [
+        "OutOfDate",
+        "ConfigurationNeeded",
+        "OutOfDateConfigurationNeeded",
+    ] {
+        let a = agent_at_tcb(status, &["INTEL-SA-00615"]).await;
+        let (_, chain) = tls_key(&a.url, false).await;
+        let ev = evidence::decode_certificate_der(&chain).unwrap();
+        let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+        assert!(!d.allow, "{status}");
+        assert_eq!(d.claims["tdx"]["tcb_status"], status);
+        assert_eq!(codes(&d), ["tcb_status_not_accepted"], "{status}");
+    }
 }
 
 #[tokio::test]

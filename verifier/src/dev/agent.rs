@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256, Sha384};
 use tokio::sync::Mutex;
 
-use super::pki::{DevPki, DevPkiError, DevTdReport};
+use super::pki::{DevPki, DevPkiError, DevTdReport, PlatformTcb};
 use super::ratls::{AppCa, CertAttestation, RaTlsIssued, RaTlsRequest};
 use crate::eventlog::{DSTACK_RUNTIME_EVENT_TYPE, RuntimeEvent, TdxEvent, replay_rtmr3};
 use crate::evidence::DstackAttestation;
@@ -47,6 +47,8 @@ pub struct AgentConfig {
     pub collateral_issued_at: Option<u64>,
     /// Length of the collateral window (Intel's is about 30 days).
     pub collateral_validity: Duration,
+    /// The TCB level the platform's TCB Info states (default `UpToDate`, no advisories).
+    pub platform_tcb: PlatformTcb,
 }
 
 impl AgentConfig {
@@ -60,6 +62,7 @@ impl AgentConfig {
             cert_validity: Duration::from_secs(7 * 24 * 3600),
             collateral_issued_at: None,
             collateral_validity: Duration::from_secs(30 * 24 * 3600),
+            platform_tcb: PlatformTcb::default(),
         }
     }
 }
@@ -201,7 +204,7 @@ pub enum AgentListener {
 
 impl DevAgent {
     pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
-        let pki = DevPki::from_seed(config.seed)?;
+        let pki = DevPki::from_seed(config.seed)?.with_platform_tcb(config.platform_tcb.clone());
         let app_ca = AppCa::from_seed(&config.seed)?;
         let identity = Identity::new(&config);
         let events = identity.boot_events();

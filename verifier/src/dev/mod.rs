@@ -13,7 +13,7 @@ pub mod pki;
 mod ratls;
 
 pub use agent::{AgentConfig, DevAgent};
-pub use pki::{DevPki, DevTdReport};
+pub use pki::{DevPki, DevTdReport, PlatformTcb};
 pub use ratls::{AppCa, RaTlsIssued, RaTlsRequest};
 
 /// Parse a 32-byte seed from hex (with or without `0x`).

@@ -394,6 +394,26 @@ pub struct DevPki {
     /// The quote's auth data after the ISV signature (attestation key, QE report and its
     /// signature, QE auth data, PCK chain); the same for every quote.
     auth_data_tail: Vec<u8>,
+    /// The platform's TCB level as its TCB Info states it.
+    platform_tcb: PlatformTcb,
+}
+
+/// The status (and advisories) of the one TCB level the development platform matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformTcb {
+    /// `UpToDate`, `SWHardeningNeeded`, `OutOfDate`, `ConfigurationNeeded`, …
+    pub status: String,
+    /// Intel security advisory IDs, e.g. `INTEL-SA-00837`.
+    pub advisory_ids: Vec<String>,
+}
+
+impl Default for PlatformTcb {
+    fn default() -> Self {
+        Self {
+            status: "UpToDate".into(),
+            advisory_ids: Vec::new(),
+        }
+    }
 }
 
 impl fmt::Debug for DevPki {
@@ -532,12 +552,20 @@ impl DevPki {
             pck_crl_issuer_chain_pem,
             tcb_issuer_chain_pem,
             auth_data_tail,
+            platform_tcb: PlatformTcb::default(),
         })
     }
 
     /// The self-signed root CA certificate, DER: the trust anchor to give a verifier.
     pub fn root_der(&self) -> &[u8] {
         &self.root.der
+    }
+
+    /// The same PKI with the platform's TCB level stated as `tcb` (its TCB Info is signed
+    /// as always): to exercise policies on `SWHardeningNeeded`, advisories and the like.
+    pub fn with_platform_tcb(mut self, tcb: PlatformTcb) -> Self {
+        self.platform_tcb = tcb;
+        self
     }
 
     /// The root CA certificate, PEM.
@@ -846,7 +874,8 @@ impl DevPki {
                     tdxtcbcomponents: svns(&Self::TEE_TCB_SVN),
                 },
                 tcb_date: TCB_DATE,
-                tcb_status: "UpToDate",
+                tcb_status: &self.platform_tcb.status,
+                advisory_ids: &self.platform_tcb.advisory_ids,
             }],
         };
         serde_json::to_string(&info).map_err(|e| DevPkiError::Json(e.to_string()))
@@ -1099,7 +1128,7 @@ struct TcbInfoJson<'a> {
     tcb_evaluation_data_number: u32,
     tdx_module: TdxModuleJson,
     tdx_module_identities: Vec<TdxModuleJson>,
-    tcb_levels: Vec<TcbLevelJson>,
+    tcb_levels: Vec<TcbLevelJson<'a>>,
 }
 
 /// `tdxModule` (no id, no levels) or an entry of `tdxModuleIdentities`.
@@ -1125,10 +1154,12 @@ struct TdxModuleTcbLevelJson {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct TcbLevelJson {
+struct TcbLevelJson<'a> {
     tcb: TcbJson,
     tcb_date: &'static str,
-    tcb_status: &'static str,
+    tcb_status: &'a str,
+    #[serde(rename = "advisoryIDs", skip_serializing_if = "<[String]>::is_empty")]
+    advisory_ids: &'a [String],
 }
 
 #[derive(Serialize)]
