@@ -7,6 +7,12 @@
 //! MRTD pins such as `EXPECTED_MRTD`, TCB status, key binding). Optionally the leader is
 //! also checked against a signed leader manifest. A rejected server gives the local
 //! client one FATAL with the verifier's reasons.
+//!
+//! Without `--to`, the manifest names the server: the forwarder dials its `leader_url`
+//! (https -> 443, http -> 80, an explicit port wins, gateway names `<id>-<port>s.<node>`
+//! are served on 443). Every TXT record at `_teesql-leader.<domain>` is tried until one
+//! verifies against the pinned signers; a connect failure re-resolves and retries once;
+//! a verification failure stops.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -29,19 +35,21 @@ use crate::relay;
 /// How the forwarder runs.
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
-    /// The sidecar, `host:port`.
-    pub to: String,
-    /// TLS server name (SNI); default: the host part of `to` when it is a name.
+    /// The sidecar, `host:port`; `None` = the leader the manifest names.
+    pub to: Option<String>,
+    /// TLS server name (SNI); default: the host dialled, when it is a name.
     pub server_name: Option<String>,
     pub verifier_url: String,
     /// Which policy judges the server [default: client].
     pub purpose: String,
     /// MRTDs the application expects (hex), checked on top of the policy's pins.
     pub expected_mrtds: Vec<String>,
-    /// A signed leader manifest to check the server against.
+    /// A signed leader manifest to check the server against (and to find it by).
     pub manifest: Option<ManifestSource>,
     /// Manifest signers this application trusts (`0x` + 40 hex).
     pub manifest_signers: Vec<String>,
+    /// DNS server for the manifest lookup; `None` = the system's resolver.
+    pub dns_server: Option<SocketAddr>,
     pub connect_timeout: Duration,
     /// Renew the client certificate this often.
     pub renew_every: Duration,
@@ -54,6 +62,161 @@ pub enum ManifestSource {
     Txt(String),
     /// Resolve `_teesql-leader.<domain>` in DNS for every connection.
     Dns(String),
+}
+
+/// The forwarder's settings as given (flags and environment), before checking.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardSettings {
+    pub to: Option<String>,
+    pub server_name: Option<String>,
+    pub verifier_url: String,
+    pub purpose: String,
+    /// As given: 96 hex digits each, optional `0x`, any case; blanks ignored.
+    pub expected_mrtds: Vec<String>,
+    pub manifest_domain: Option<String>,
+    pub manifest_txt: Option<String>,
+    pub manifest_signers: Vec<String>,
+    /// `IP` or `IP:PORT` (port 53 when omitted).
+    pub dns_server: Option<String>,
+}
+
+/// How long a TCP connect plus TLS handshake to the sidecar may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the forwarder's client certificate is renewed.
+pub const RENEW_EVERY: Duration = Duration::from_secs(3600);
+/// Most TXT records considered at `_teesql-leader.<domain>`.
+pub const MAX_MANIFEST_RECORDS: usize = 16;
+
+impl ForwardSettings {
+    /// Check every setting; all problems are reported at once.
+    pub fn resolve(self) -> Result<ForwardConfig, Vec<String>> {
+        let mut errors = Vec::new();
+        let expected_mrtds: Vec<String> = self
+            .expected_mrtds
+            .iter()
+            .map(|m| m.trim())
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                m.trim_start_matches("0x")
+                    .trim_start_matches("0X")
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        for m in &expected_mrtds {
+            if m.len() != 96 || !m.bytes().all(|b| b.is_ascii_hexdigit()) {
+                errors.push(format!(
+                    "expected MRTD {m:?}: must be 96 hex digits (48 bytes)"
+                ));
+            }
+        }
+        let mut manifest_signers = Vec::new();
+        for s in &self.manifest_signers {
+            let hex = s.trim().trim_start_matches("0x").trim_start_matches("0X");
+            if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                errors.push(format!(
+                    "--manifest-signer {s:?}: must be 0x + 40 hex digits"
+                ));
+            }
+            manifest_signers.push(format!("0x{}", hex.to_ascii_lowercase()));
+        }
+        let manifest = match (self.manifest_txt, self.manifest_domain) {
+            (Some(_), Some(_)) => {
+                errors.push("--manifest-txt and --manifest-domain: give one, not both".into());
+                None
+            }
+            (Some(t), None) => Some(ManifestSource::Txt(t)),
+            (None, Some(d)) if d.trim().trim_matches('.').is_empty() => {
+                errors.push("--manifest-domain: empty".into());
+                None
+            }
+            (None, Some(d)) => Some(ManifestSource::Dns(d.trim().to_string())),
+            (None, None) => None,
+        };
+        if self.to.is_none() && manifest.is_none() {
+            errors.push(
+                "no server: give --to HOST:PORT, or --manifest-domain (or --manifest-txt) to reach the leader its signed manifest names".into(),
+            );
+        }
+        if let Some(to) = &self.to
+            && !to.contains(':')
+        {
+            errors.push(format!("--to {to:?}: expected HOST:PORT"));
+        }
+        let dns_server = match self.dns_server.as_deref() {
+            None => None,
+            Some(text) => match parse_dns_server(text) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            },
+        };
+        if !(self.verifier_url.starts_with("http://") || self.verifier_url.starts_with("https://"))
+        {
+            errors.push(format!(
+                "--verifier {:?}: must be an http(s) URL",
+                self.verifier_url
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(ForwardConfig {
+            to: self.to,
+            server_name: self.server_name,
+            verifier_url: self.verifier_url,
+            purpose: self.purpose,
+            expected_mrtds,
+            manifest,
+            manifest_signers,
+            dns_server,
+            connect_timeout: CONNECT_TIMEOUT,
+            renew_every: RENEW_EVERY,
+        })
+    }
+}
+
+fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("--dns-server {text:?}: expected IP or IP:PORT"))
+}
+
+/// The host and port to dial for a manifest's `leader_url`, as TeeSQL's clients do:
+/// an explicit port wins; gateway names `<id>-<port>s.<node>` (TLS passthrough on the
+/// gateway) are served on 443; otherwise https -> 443, http -> 80.
+pub fn leader_address(leader_url: &str) -> Result<(String, u16), String> {
+    let url = url::Url::parse(leader_url.trim())
+        .map_err(|e| format!("leader_url {leader_url:?}: {e}"))?;
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err(format!("leader_url {leader_url:?}: no host")),
+    };
+    if let Some(port) = url.port() {
+        return Ok((host, port));
+    }
+    let gateway = host
+        .split('.')
+        .next()
+        .and_then(|label| label.rsplit_once('-'))
+        .is_some_and(|(_, tail)| {
+            tail.strip_suffix('s')
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        });
+    match url.scheme() {
+        _ if gateway => Ok((host, 443)),
+        "https" => Ok((host, 443)),
+        "http" => Ok((host, 80)),
+        other => Err(format!(
+            "leader_url {leader_url:?}: scheme {other:?} (expected https or http)"
+        )),
+    }
 }
 
 /// The forwarder's client certificate, renewed in the background.
@@ -98,11 +261,10 @@ fn certified(chain_pem: &str, key_pem: &str) -> Result<rustls::sign::CertifiedKe
 pub struct Forwarder {
     config: ForwardConfig,
     connector: TlsConnector,
-    server_name: ServerName<'static>,
     verifier: Grpc<Channel>,
     identity: Arc<ClientIdentity>,
     agent: Arc<GuestAgent>,
-    /// The last manifest fetched from DNS, for the log.
+    /// The manifest record the last connection was checked against, for the log.
     last_manifest: Mutex<Option<String>>,
 }
 
@@ -113,6 +275,16 @@ impl std::fmt::Debug for Forwarder {
             .field("verifier", &self.config.verifier_url)
             .finish_non_exhaustive()
     }
+}
+
+/// Where one connection goes, and what it is checked against.
+#[derive(Debug)]
+struct Target {
+    /// `host:port`.
+    addr: String,
+    server_name: ServerName<'static>,
+    /// Manifest records to check the server against (any one that allows will do).
+    manifests: Vec<String>,
 }
 
 impl Forwarder {
@@ -137,12 +309,9 @@ impl Forwarder {
             .with_client_cert_resolver(identity.clone());
         tls.alpn_protocols = vec![crate::tls::ALPN_POSTGRESQL.to_vec()];
         tls.resumption = rustls::client::Resumption::disabled();
-        let host = config
-            .server_name
-            .clone()
-            .unwrap_or_else(|| host_of(&config.to).to_string());
-        let server_name =
-            ServerName::try_from(host.clone()).map_err(|e| format!("server name {host:?}: {e}"))?;
+        if let Some(to) = &config.to {
+            server_name_for(config.server_name.as_deref(), host_of(to))?;
+        }
         let channel = tonic::transport::Endpoint::from_shared(config.verifier_url.clone())
             .map_err(|e| format!("verifier url: {e}"))?
             .connect_timeout(Duration::from_secs(2))
@@ -150,7 +319,6 @@ impl Forwarder {
             .connect_lazy();
         Ok(Arc::new(Self {
             connector: TlsConnector::from(Arc::new(tls)),
-            server_name,
             verifier: Grpc::new(channel),
             identity,
             agent,
@@ -252,16 +420,11 @@ impl Forwarder {
         let user = get("user");
         let database = get("database");
 
-        let mut upstream = match self.connect().await {
-            Ok(s) => s,
+        let (target, mut upstream) = match self.reach().await {
+            Ok(t) => t,
             Err(e) => {
-                tracing::warn!(client.addr = %peer, to = %self.config.to, error = %e, "cannot reach the database");
-                fatal(
-                    &mut local,
-                    "08006",
-                    &format!("teesql forwarder: cannot reach {}: {e}", self.config.to),
-                )
-                .await;
+                tracing::warn!(client.addr = %peer, error = %e, "cannot reach the database");
+                fatal(&mut local, "08006", &format!("teesql forwarder: {e}")).await;
                 return;
             }
         };
@@ -271,14 +434,14 @@ impl Forwarder {
             .peer_certificates()
             .map(|c| c.iter().map(|d| d.to_vec()).collect())
             .unwrap_or_default();
-        if let Err(why) = self.judge(&chain, &user, &database, peer).await {
-            tracing::warn!(client.addr = %peer, to = %self.config.to, reason = %why, "server rejected");
+        if let Err(why) = self.judge(&chain, &target, &user, &database, peer).await {
+            tracing::warn!(client.addr = %peer, to = %target.addr, reason = %why, "server rejected");
             fatal(
                 &mut local,
                 "28000",
                 &format!(
                     "teesql forwarder: the server at {} failed attestation: {why}",
-                    self.config.to
+                    target.addr
                 ),
             )
             .await;
@@ -302,29 +465,90 @@ impl Forwarder {
         tracing::debug!(client.addr = %peer, end = ?end, "forwarded session ended");
     }
 
+    /// Find the server and connect to it. A leader named by a manifest that cannot be
+    /// reached is looked up again, once (it may have moved).
+    async fn reach(&self) -> Result<(Target, tokio_rustls::client::TlsStream<TcpStream>), String> {
+        let target = self.target().await?;
+        match self.connect(&target).await {
+            Ok(s) => Ok((target, s)),
+            Err(e) if self.config.to.is_none() => {
+                tracing::warn!(leader = %target.addr, error = %e, "cannot reach the leader; resolving the manifest again");
+                let again = self.target().await?;
+                let s = self.connect(&again).await.map_err(|e2| {
+                    format!(
+                        "cannot reach {} ({e}), nor after resolving the manifest again {} ({e2})",
+                        target.addr, again.addr
+                    )
+                })?;
+                Ok((again, s))
+            }
+            Err(e) => Err(format!("cannot reach {}: {e}", target.addr)),
+        }
+    }
+
+    /// Where to connect: `--to`, or the leader of the first manifest record that
+    /// verifies on its own (signature, signer, expiry).
+    async fn target(&self) -> Result<Target, String> {
+        let records = match &self.config.manifest {
+            None => Vec::new(),
+            Some(ManifestSource::Txt(t)) => vec![t.clone()],
+            Some(ManifestSource::Dns(domain)) => {
+                resolve_manifests(domain, self.config.dns_server).await?
+            }
+        };
+        if let Some(to) = &self.config.to {
+            return Ok(Target {
+                addr: to.clone(),
+                server_name: server_name_for(self.config.server_name.as_deref(), host_of(to))?,
+                manifests: records,
+            });
+        }
+        let (record, decision) = self.first_allowed(&records, &[]).await?;
+        let claims: serde_json::Value = serde_json::from_str(&decision.claims_json)
+            .map_err(|e| format!("the verifier's claims: {e}"))?;
+        let url = claims["manifest"]["leader_url"]
+            .as_str()
+            .ok_or("the verifier's claims name no leader_url")?;
+        let (host, port) = leader_address(url)?;
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        tracing::debug!(leader = %addr, "the manifest names the leader");
+        Ok(Target {
+            server_name: server_name_for(self.config.server_name.as_deref(), &host)?,
+            addr,
+            manifests: vec![record],
+        })
+    }
+
     /// Direct TLS to the sidecar.
-    async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-        let tcp = tokio::time::timeout(
-            self.config.connect_timeout,
-            TcpStream::connect(&self.config.to),
-        )
-        .await
-        .map_err(|_| format!("no connection within {:?}", self.config.connect_timeout))?
-        .map_err(|e| e.to_string())?;
+    async fn connect(
+        &self,
+        target: &Target,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let timeout = self.config.connect_timeout;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&target.addr))
+            .await
+            .map_err(|_| format!("no connection within {timeout:?}"))?
+            .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
         tokio::time::timeout(
-            self.config.connect_timeout,
-            self.connector.connect(self.server_name.clone(), tcp),
+            timeout,
+            self.connector.connect(target.server_name.clone(), tcp),
         )
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake: {e}"))
     }
 
-    /// Ask the verifier about the server (and the manifest, when configured).
+    /// Ask the verifier about the server, and about the manifest with the server's chain
+    /// when one is configured.
     async fn judge(
         &self,
         chain: &[Vec<u8>],
+        target: &Target,
         user: &str,
         database: &str,
         peer: SocketAddr,
@@ -336,7 +560,7 @@ impl Forwarder {
                 chain: chain.to_vec(),
                 user: user.to_string(),
                 database: database.to_string(),
-                sni: self.server_name_text(),
+                sni: server_name_text(&target.server_name),
                 client_addr: peer.to_string(),
                 alpn: String::new(),
                 expected_mrtds: self.config.expected_mrtds.clone(),
@@ -345,40 +569,69 @@ impl Forwarder {
             .map_err(|s| format!("verifier unavailable ({:?}: {})", s.code(), s.message()))?
             .into_inner();
         allowed(&decision)?;
-        let txt = match &self.config.manifest {
-            None => return Ok(()),
-            Some(ManifestSource::Txt(t)) => t.clone(),
-            Some(ManifestSource::Dns(domain)) => resolve_manifest(domain).await?,
-        };
-        if let Ok(mut last) = self.last_manifest.lock() {
-            *last = Some(txt.clone());
+        if target.manifests.is_empty() {
+            return Ok(());
         }
-        let decision = grpc
-            .verify_manifest(VerifyManifestRequest {
-                manifest: txt,
-                leader_chain: chain.to_vec(),
-                expected_signers: self.config.manifest_signers.clone(),
-            })
-            .await
-            .map_err(|s| format!("verifier unavailable ({:?}: {})", s.code(), s.message()))?
-            .into_inner();
-        allowed(&decision)
+        let (record, _) = self.first_allowed(&target.manifests, chain).await?;
+        if let Ok(mut last) = self.last_manifest.lock() {
+            *last = Some(record);
+        }
+        Ok(())
     }
 
-    fn server_name_text(&self) -> String {
-        match &self.server_name {
-            ServerName::DnsName(n) => n.as_ref().to_string(),
-            ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
-            _ => String::new(),
+    /// The first record the verifier allows (with the leader's chain, when given), or
+    /// every record's reasons.
+    async fn first_allowed(
+        &self,
+        records: &[String],
+        chain: &[Vec<u8>],
+    ) -> Result<(String, Decision), String> {
+        let mut grpc = self.verifier.clone();
+        let mut why = Vec::new();
+        for (i, record) in records.iter().enumerate() {
+            let decision = grpc
+                .verify_manifest(VerifyManifestRequest {
+                    manifest: record.clone(),
+                    leader_chain: chain.to_vec(),
+                    expected_signers: self.config.manifest_signers.clone(),
+                })
+                .await
+                .map_err(|s| format!("verifier unavailable ({:?}: {})", s.code(), s.message()))?
+                .into_inner();
+            match allowed(&decision) {
+                Ok(()) => return Ok((record.clone(), decision)),
+                Err(e) => why.push(format!("record {} of {}: {e}", i + 1, records.len())),
+            }
         }
+        Err(match why.len() {
+            0 => "no manifest record".to_string(),
+            1 => why.remove(0),
+            n => format!(
+                "none of the {n} manifest records verifies: {}",
+                why.join(" | ")
+            ),
+        })
     }
 
     async fn forward_cancel(&self, pid: i32, key: &[u8]) {
-        if let Ok(mut s) = self.connect().await {
+        if let Ok((_, mut s)) = self.reach().await {
             let _ = s.write_all(&pgwire::cancel_request(pid, key)).await;
             let _ = s.flush().await;
             let _ = s.shutdown().await;
         }
+    }
+}
+
+fn server_name_for(given: Option<&str>, host: &str) -> Result<ServerName<'static>, String> {
+    let name = given.unwrap_or(host).to_string();
+    ServerName::try_from(name.clone()).map_err(|e| format!("server name {name:?}: {e}"))
+}
+
+fn server_name_text(name: &ServerName<'_>) -> String {
+    match name {
+        ServerName::DnsName(n) => n.as_ref().to_string(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        _ => String::new(),
     }
 }
 
@@ -456,18 +709,39 @@ fn host_of(to: &str) -> &str {
     }
 }
 
-/// The TXT record at `_teesql-leader.<domain>`.
-async fn resolve_manifest(domain: &str) -> Result<String, String> {
-    let name = format!("_teesql-leader.{}", domain.trim_end_matches('.'));
-    let resolver = hickory_resolver::TokioResolver::builder_tokio()
-        .map_err(|e| format!("DNS resolver: {e}"))?
-        .build()
-        .map_err(|e| format!("DNS resolver: {e}"))?;
+/// Every TXT record at `_teesql-leader.<domain>` (a name that already starts with
+/// `_teesql-leader.` is used as it is), each record's chunks joined.
+async fn resolve_manifests(
+    domain: &str,
+    dns_server: Option<SocketAddr>,
+) -> Result<Vec<String>, String> {
+    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+    let domain = domain.trim().trim_end_matches('.');
+    let name = if domain.starts_with("_teesql-leader.") {
+        format!("{domain}.")
+    } else {
+        format!("_teesql-leader.{domain}.")
+    };
+    let builder = match dns_server {
+        None => hickory_resolver::TokioResolver::builder_tokio()
+            .map_err(|e| format!("DNS resolver: {e}"))?,
+        Some(addr) => {
+            let (mut udp, mut tcp) = (ConnectionConfig::udp(), ConnectionConfig::tcp());
+            udp.port = addr.port();
+            tcp.port = addr.port();
+            let server = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+            hickory_resolver::TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![server]),
+                Default::default(),
+            )
+        }
+    };
+    let resolver = builder.build().map_err(|e| format!("DNS resolver: {e}"))?;
     let answer = resolver
         .txt_lookup(name.clone())
         .await
         .map_err(|e| format!("DNS TXT {name}: {e}"))?;
-    answer
+    let records: Vec<String> = answer
         .answers()
         .iter()
         .filter_map(|record| match &record.data {
@@ -479,8 +753,12 @@ async fn resolve_manifest(domain: &str) -> Result<String, String> {
             ),
             _ => None,
         })
-        .find(|t| t.starts_with("v=1;"))
-        .ok_or_else(|| format!("DNS TXT {name}: no v=1 manifest"))
+        .take(MAX_MANIFEST_RECORDS)
+        .collect();
+    if records.is_empty() {
+        return Err(format!("DNS TXT {name}: no records"));
+    }
+    Ok(records)
 }
 
 async fn fatal(local: &mut TcpStream, code: &str, message: &str) {
@@ -490,4 +768,131 @@ async fn fatal(local: &mut TcpStream, code: &str, message: &str) {
     let _ = w.write_all(&out).await;
     let _ = w.flush().await;
     let _ = w.into_inner().shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_urls_map_to_ports_as_teesql_clients_dial_them() {
+        let cases = [
+            (
+                "https://ea23198e3419ebbb240571a29d0112d9bcbe69c0-5433s.dstack-base-prod4.phala.network",
+                "ea23198e3419ebbb240571a29d0112d9bcbe69c0-5433s.dstack-base-prod4.phala.network",
+                443,
+            ),
+            (
+                "https://ea23198e3419ebbb240571a29d0112d9bcbe69c0-5433.dstack-base-prod9.phala.network",
+                "ea23198e3419ebbb240571a29d0112d9bcbe69c0-5433.dstack-base-prod9.phala.network",
+                443,
+            ),
+            ("https://example.com:8443/path/here", "example.com", 8443),
+            ("http://localhost:5433", "localhost", 5433),
+            ("https://db.example.com:5432", "db.example.com", 5432),
+            ("http://db.example.com", "db.example.com", 80),
+            ("https://db.example.com:443", "db.example.com", 443),
+            ("https://[::1]:5433", "::1", 5433),
+            // A gateway name is served on 443 whatever the scheme says.
+            (
+                "http://abc-5433s.node.example",
+                "abc-5433s.node.example",
+                443,
+            ),
+        ];
+        for (url, host, port) in cases {
+            assert_eq!(
+                leader_address(url).unwrap(),
+                (host.to_string(), port),
+                "{url}"
+            );
+        }
+        for bad in ["https://", "ftp://db.example.com", "not a url", ""] {
+            assert!(leader_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn settings() -> ForwardSettings {
+        ForwardSettings {
+            to: Some("db.example.com:5433".into()),
+            verifier_url: "http://127.0.0.1:50051".into(),
+            purpose: "client".into(),
+            ..ForwardSettings::default()
+        }
+    }
+
+    #[test]
+    fn settings_resolve_with_defaults_and_normalised_pins() {
+        let c = ForwardSettings {
+            expected_mrtds: vec![format!("0X{}", "AB".repeat(48)), " ".into()],
+            manifest_signers: vec![format!("0x{}", "CD".repeat(20))],
+            manifest_domain: Some("db.example.com".into()),
+            dns_server: Some("127.0.0.1:5353".into()),
+            ..settings()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.expected_mrtds, ["ab".repeat(48)]);
+        assert_eq!(c.manifest_signers, [format!("0x{}", "cd".repeat(20))]);
+        assert_eq!(c.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
+        assert!(matches!(c.manifest, Some(ManifestSource::Dns(ref d)) if d == "db.example.com"));
+        assert_eq!(c.connect_timeout, CONNECT_TIMEOUT);
+        let c = ForwardSettings {
+            dns_server: Some("10.0.0.53".into()),
+            ..settings()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.dns_server, Some("10.0.0.53:53".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_manifest_domain_alone_names_the_server() {
+        let c = ForwardSettings {
+            to: None,
+            manifest_domain: Some("db.example.com".into()),
+            ..settings()
+        }
+        .resolve()
+        .unwrap();
+        assert!(c.to.is_none());
+    }
+
+    #[test]
+    fn every_bad_setting_is_named_at_once() {
+        let errors = ForwardSettings {
+            to: None,
+            verifier_url: "grpc://x".into(),
+            expected_mrtds: vec!["abc".into()],
+            manifest_signers: vec!["0x12".into()],
+            dns_server: Some("dns.example".into()),
+            ..settings()
+        }
+        .resolve()
+        .unwrap_err();
+        let all = errors.join("\n");
+        for needle in [
+            "no server: give --to",
+            "--verifier \"grpc://x\"",
+            "expected MRTD \"abc\"",
+            "--manifest-signer \"0x12\"",
+            "--dns-server \"dns.example\"",
+        ] {
+            assert!(all.contains(needle), "{needle} missing in:\n{all}");
+        }
+        let errors = ForwardSettings {
+            to: Some("no-port".into()),
+            manifest_domain: Some("a".into()),
+            manifest_txt: Some("v=1".into()),
+            ..settings()
+        }
+        .resolve()
+        .unwrap_err();
+        let all = errors.join("\n");
+        assert!(
+            all.contains("--to \"no-port\": expected HOST:PORT"),
+            "{all}"
+        );
+        assert!(all.contains("give one, not both"), "{all}");
+    }
 }

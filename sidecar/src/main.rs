@@ -64,9 +64,10 @@ struct Common {
 
 #[derive(Debug, Args)]
 struct ForwardArgs {
-    /// The sidecar to reach, host:port (e.g. your-cluster.teesql.com:5433).
+    /// The sidecar to reach, host:port (e.g. your-cluster.teesql.com:5433). Without it,
+    /// the leader the signed manifest names (--manifest-domain or --manifest-txt).
     #[arg(long, value_name = "HOST:PORT")]
-    to: String,
+    to: Option<String>,
     /// Local address applications connect to (plaintext; keep it on loopback).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6432")]
     listen: String,
@@ -90,18 +91,23 @@ struct ForwardArgs {
         value_delimiter = ','
     )]
     expected_mrtds: Vec<String>,
-    /// TLS server name (SNI) to send [default: the host of --to].
+    /// TLS server name (SNI) to send [default: the host dialled].
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
-    /// Check the server against the signed leader manifest at _teesql-leader.DOMAIN (DNS TXT).
+    /// The signed leader manifest at _teesql-leader.DOMAIN (DNS TXT): every record is
+    /// tried until one verifies; the server must be the leader it names. Without --to,
+    /// the forwarder dials that leader's leader_url.
     #[arg(long, value_name = "DOMAIN", conflicts_with = "manifest_txt")]
     manifest_domain: Option<String>,
-    /// Check the server against this manifest text instead of DNS.
+    /// The manifest as text, instead of DNS.
     #[arg(long, value_name = "TXT")]
     manifest_txt: Option<String>,
     /// A manifest signer this application trusts (0x + 40 hex); repeat for several.
     #[arg(long = "manifest-signer", value_name = "ADDR")]
     manifest_signers: Vec<String>,
+    /// DNS server for the manifest lookup, IP or IP:PORT [default: the system's resolver].
+    #[arg(long, value_name = "ADDR")]
+    dns_server: Option<String>,
     /// Guest agent for the client certificate [default: DSTACK_SIMULATOR_ENDPOINT, else the dstack socket].
     #[arg(long, value_name = "ENDPOINT")]
     agent: Option<String>,
@@ -232,45 +238,19 @@ async fn serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn forward(args: ForwardArgs) -> ExitCode {
-    let mut errors = Vec::new();
-    let expected_mrtds: Vec<String> = args
-        .expected_mrtds
-        .iter()
-        .filter(|m| !m.trim().is_empty())
-        .map(|m| {
-            m.trim()
-                .trim_start_matches("0x")
-                .trim_start_matches("0X")
-                .to_ascii_lowercase()
-        })
-        .collect();
-    for m in &expected_mrtds {
-        if m.len() != 96 || !m.bytes().all(|b| b.is_ascii_hexdigit()) {
-            errors.push(format!(
-                "expected MRTD {m:?}: must be 96 hex digits (48 bytes)"
-            ));
-        }
-    }
-    for s in &args.manifest_signers {
-        let hex = s.trim_start_matches("0x");
-        if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            errors.push(format!(
-                "--manifest-signer {s:?}: must be 0x + 40 hex digits"
-            ));
-        }
-    }
-    if (args.manifest_domain.is_some() || args.manifest_txt.is_some())
-        && args.manifest_signers.is_empty()
-    {
-        tracing::warn!(
-            "a manifest is checked but no --manifest-signer is given: the verifier's policy must pin the signer"
-        );
-    }
-    let manifest = match (args.manifest_txt, args.manifest_domain) {
-        (Some(t), _) => Some(teesql_sidecar::forward::ManifestSource::Txt(t)),
-        (None, Some(d)) => Some(teesql_sidecar::forward::ManifestSource::Dns(d)),
-        (None, None) => None,
+    let settings = teesql_sidecar::forward::ForwardSettings {
+        to: args.to,
+        server_name: args.server_name,
+        verifier_url: args.verifier,
+        purpose: args.policy,
+        expected_mrtds: args.expected_mrtds,
+        manifest_domain: args.manifest_domain,
+        manifest_txt: args.manifest_txt,
+        manifest_signers: args.manifest_signers,
+        dns_server: args.dns_server,
     };
+    let mut errors = Vec::new();
+    let config = settings.resolve().map_err(|e| errors.extend(e)).ok();
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => Some(l),
         Err(e) => {
@@ -278,39 +258,33 @@ async fn forward(args: ForwardArgs) -> ExitCode {
             None
         }
     };
-    if !errors.is_empty() {
+    let (Some(config), Some(listener)) = (config, listener) else {
         return fail(&errors);
-    }
-    let config = teesql_sidecar::forward::ForwardConfig {
-        to: args.to.clone(),
-        server_name: args.server_name,
-        verifier_url: args.verifier.clone(),
-        purpose: args.policy,
-        expected_mrtds,
-        manifest,
-        manifest_signers: args
-            .manifest_signers
-            .iter()
-            .map(|s| s.to_ascii_lowercase())
-            .collect(),
-        connect_timeout: std::time::Duration::from_secs(10),
-        renew_every: std::time::Duration::from_secs(3600),
     };
+    if config.manifest.is_some() && config.manifest_signers.is_empty() {
+        tracing::warn!(
+            "a manifest is checked but no --manifest-signer is given: the verifier's policy must pin the signer"
+        );
+    }
+    let server = match (&config.to, &config.manifest) {
+        (Some(to), _) => to.clone(),
+        (None, Some(teesql_sidecar::forward::ManifestSource::Dns(d))) => {
+            format!("the leader named at _teesql-leader.{d}")
+        }
+        (None, _) => "the leader the manifest names".to_string(),
+    };
+    let verifier = config.verifier_url.clone();
     let forwarder =
         match teesql_sidecar::forward::Forwarder::start(config, args.agent.as_deref()).await {
             Ok(f) => f,
             Err(e) => return fail(&[e]),
         };
-    let Some(listener) = listener else {
-        return ExitCode::from(2);
-    };
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| args.listen.clone());
     println!(
-        "teesql forwarder: postgresql://USER:SECRET@{local}/DB?sslmode=disable -> mutual RA-TLS -> {} (judged by {})",
-        args.to, args.verifier
+        "teesql forwarder: postgresql://USER:SECRET@{local}/DB?sslmode=disable -> mutual RA-TLS -> {server} (judged by {verifier})"
     );
     forwarder.run(listener, shutdown_signal()).await;
     ExitCode::SUCCESS

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod clients;
 pub mod cluster;
+pub mod dns;
 pub mod forwarders;
 pub mod postgres;
 

@@ -179,3 +179,139 @@ async fn silence_after_tls_is_closed_at_the_startup_deadline() {
     assert_eq!(c.sidecar.metrics.connections(Outcome::StartupTimeout), 1);
     assert_eq!(c.sidecar.metrics.connections(Outcome::TlsTimeout), 0);
 }
+
+/// A manifest signed by `key`, naming `leader_url` and `instance`, valid for an hour.
+fn manifest(key: &k256::ecdsa::SigningKey, instance: &str, leader_url: &str, epoch: u64) -> String {
+    let mut m = teesql_verifier::manifest::Manifest {
+        cluster: "0xbd32b609057a1a4569558a571d535c8f1212b097".into(),
+        leader_instance: instance.into(),
+        leader_url: leader_url.into(),
+        epoch,
+        valid_until: teesql_verifier::Clock::System.now() + 3600,
+        signature: [0; 65],
+        unknown_keys: Vec::new(),
+    };
+    m.signature = teesql_verifier::manifest::sign(key, &m).unwrap();
+    // As TeeSQL's fixtures write it: cluster first, the body's own order otherwise not kept.
+    format!(
+        "cluster={};leader_instance={};leader_url={};epoch={};valid_until={};v=1;sig=0x{}",
+        m.cluster,
+        m.leader_instance,
+        m.leader_url,
+        m.epoch,
+        m.valid_until,
+        hex::encode(m.signature)
+    )
+}
+
+async fn forward_by_manifest(
+    c: &Cluster,
+    domain: &str,
+    dns: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    let config = teesql_sidecar::forward::ForwardSettings {
+        to: None,
+        verifier_url: format!("http://{}", c.verifier_addr),
+        purpose: "client".into(),
+        manifest_domain: Some(domain.into()),
+        manifest_signers: vec!["0x19E7E376E7C213B7E7e7e46cc70A5dD086DAff2A".into()],
+        dns_server: Some(dns.to_string()),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    let f =
+        teesql_sidecar::forward::Forwarder::start(config, Some(c.agent.socket.to_str().unwrap()))
+            .await
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(f.run(listener, std::future::pending()));
+    addr
+}
+
+/// `forward` with no `--to`: the leader is the one the signed manifest in DNS names. Every
+/// TXT record is tried until one verifies; a leader that cannot be reached is looked up
+/// again once; a leader that fails verification is not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_reaches_the_leader_a_manifest_names() {
+    let c = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let dns = teesql_tests::dns::TxtServer::start().await.unwrap();
+    let fixture = k256::ecdsa::SigningKey::from_slice(&[0x11; 32]).unwrap();
+    let stranger = k256::ecdsa::SigningKey::from_slice(&[0x22; 32]).unwrap();
+    let instance = c.agent.agent.instance_id_hex();
+    let leader = format!("https://localhost:{}", c.sidecar_addr.port());
+    let name = "_teesql-leader.db.example.test";
+    // A record from a signer nobody pinned comes first; the forwarder moves on to the next.
+    dns.set(
+        name,
+        &[
+            manifest(&stranger, &instance, "https://127.0.0.1:1", 9),
+            manifest(&fixture, &instance, &leader, 7),
+        ],
+    );
+    let fwd = forward_by_manifest(&c, "db.example.test", dns.addr).await;
+    let dsn =
+        |secret: &str| format!("postgresql://teesql_read:{secret}@{fwd}/postgres?sslmode=disable");
+    let o = psql(&dsn(&c.read_secret), &["-c", "SELECT current_user"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "teesql_read");
+
+    // The leader moved: the old address accepts and drops the connection; meanwhile DNS
+    // names the new one. One more lookup, one retry, in.
+    let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old_url = format!("https://localhost:{}", old.local_addr().unwrap().port());
+    dns.set(name, &[manifest(&fixture, &instance, &old_url, 8)]);
+    let (moved_tx, moved_rx) = tokio::sync::oneshot::channel::<()>();
+    {
+        let (dns, good) = (dns.clone(), manifest(&fixture, &instance, &leader, 9));
+        tokio::spawn(async move {
+            let (s, _) = old.accept().await.unwrap();
+            dns.set(name, &[good]);
+            drop(s);
+            let _ = moved_tx.send(());
+        });
+    }
+    let before = dns.queries();
+    let o = psql(&dsn(&c.read_secret), &["-c", "SELECT 1"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    moved_rx.await.unwrap();
+    assert!(
+        dns.queries() >= before + 2,
+        "the manifest was not looked up again"
+    );
+
+    // A leader that fails verification (another instance than the one named) is refused,
+    // and not retried: one lookup.
+    dns.set(name, &[manifest(&fixture, &"ab".repeat(20), &leader, 10)]);
+    let before = dns.queries();
+    let o = psql(&dsn(&c.read_secret), &["-c", "SELECT 1"]).await;
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("leader_instance_mismatch"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        dns.queries(),
+        before + 1,
+        "a verification failure is not retried"
+    );
+
+    // No record verifies: every record's reason is reported.
+    dns.set(
+        name,
+        &[
+            manifest(&stranger, &instance, &leader, 11),
+            "v=1;cluster=0x00;garbage".to_string(),
+        ],
+    );
+    let o = psql(&dsn(&c.read_secret), &["-c", "SELECT 1"]).await;
+    let err = stderr(&o);
+    assert!(
+        err.contains("none of the 2 manifest records verifies")
+            && err.contains("record 1 of 2: manifest_signer_not_pinned")
+            && err.contains("record 2 of 2: manifest_invalid"),
+        "{err}"
+    );
+}

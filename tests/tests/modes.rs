@@ -31,13 +31,14 @@ fn profile(dir: &Path, signer: &str) -> String {
 
 async fn forwarder(c: &Cluster, tweak: impl FnOnce(&mut ForwardConfig)) -> SocketAddr {
     let mut config = ForwardConfig {
-        to: c.sidecar_addr.to_string(),
+        to: Some(c.sidecar_addr.to_string()),
         server_name: Some("localhost".into()),
         verifier_url: format!("http://{}", c.verifier_addr),
         purpose: "client".into(),
         expected_mrtds: vec![],
         manifest: None,
         manifest_signers: vec![],
+        dns_server: None,
         connect_timeout: Duration::from_secs(10),
         renew_every: Duration::from_secs(3600),
     };

@@ -191,13 +191,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (client_cert, client_key) = cluster.client_certificate(&client_dir).await?;
     let forwarder = teesql_sidecar::forward::Forwarder::start(
         teesql_sidecar::forward::ForwardConfig {
-            to: cluster.sidecar_addr.to_string(),
+            to: Some(cluster.sidecar_addr.to_string()),
             server_name: Some("localhost".into()),
             verifier_url: format!("http://{}", cluster.verifier_addr),
             purpose: "client".into(),
             expected_mrtds: vec![cluster.agent.agent.mrtd_hex()],
             manifest: None,
             manifest_signers: vec![],
+            dns_server: None,
             connect_timeout: Duration::from_secs(10),
             renew_every: Duration::from_secs(3600),
         },
