@@ -278,6 +278,7 @@ impl Cluster {
                 usage_ra_tls: true,
                 usage_server_auth: false,
                 usage_client_auth: true,
+                ..Default::default()
             })
             .await?;
         let cert = dir.join("client-cert.pem");

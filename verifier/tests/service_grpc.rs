@@ -640,6 +640,7 @@ async fn dev_agent_certificates_over_grpc() {
             usage_ra_tls: true,
             usage_server_auth: false,
             usage_client_auth: true,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -370,6 +370,7 @@ async fn run(args: Args) -> Result<()> {
             usage_ra_tls: true,
             usage_server_auth: false,
             usage_client_auth: true,
+            ..Default::default()
         })
         .await?;
     let (ccert, ckey) = (client_dir.join("cert.pem"), client_dir.join("key.pem"));

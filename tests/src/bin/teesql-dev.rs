@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use teesql_tests::cluster::{Cluster, ClusterOptions};
 use teesql_tests::postgres::{PgOptions, pg_bin_dir};
-use teesql_verifier::dev::agent::derived_key;
+use teesql_verifier::dev::agent::{AgentConfig, derived_key};
 
 /// Run a local TeeSQL cluster: Postgres + dev guest agent + verifier + sidecar (+ a mode A
 /// forwarder), and print connection strings. Development only: the attestation is
@@ -136,7 +136,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     // Mode B's superuser password comes from the agent's GetKey("pg/superuser"), as in a
     // dstack CVM.
-    let superuser_password = hex::encode(derived_key(&seed, "pg/superuser", ""));
+    let superuser_password = hex::encode(
+        derived_key(&AgentConfig::new(seed), "pg/superuser").map_err(|e| anyhow::anyhow!(e))?,
+    );
     let pg = PgOptions {
         hba: vec![
             "local all all trust".into(),

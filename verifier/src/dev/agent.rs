@@ -1,8 +1,10 @@
 //! A dstack-compatible guest agent for development, and a PCCS for its PKI.
 //!
-//! Serves the guest agent API that dstack-sdk 0.1.3 speaks (`POST /<Method>` with JSON,
-//! bytes as hex) over a unix socket and/or TCP: `GetTlsKey`, `GetQuote`, `Attest`, `Info`,
-//! `GetKey`, `Version`, `EmitEvent`. It keeps a dstack-like event log whose replay equals
+//! Serves the guest agent API that dstack's SDKs speak (Python dstack-sdk 0.5.x, Rust
+//! dstack-sdk 0.1.x: `POST /<Method>` with JSON, bytes as lowercase hex, errors as 400
+//! `{"error": …}`) over a unix socket and/or TCP: `GetTlsKey`, `GetQuote`, `Attest`,
+//! `Info` (with dstack 0.5's `tcb_info`), `GetKey` and `Sign` (keys and signature chains
+//! from a development KMS, see [`super::kms`]), `Verify`, `Version`, `EmitEvent`. It keeps a dstack-like event log whose replay equals
 //! the RTMR3 of every quote it issues. The same server answers the PCCS v4 collateral
 //! endpoints for its PKI, so the verifier's network collateral path runs for real.
 
@@ -23,6 +25,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256, Sha384};
 use tokio::sync::Mutex;
 
+use super::kms::{DevKms, KeyAlgorithm};
 use super::pki::{DevPki, DevPkiError, DevTdReport, PlatformTcb};
 use super::ratls::{AppCa, CertAttestation, RaTlsIssued, RaTlsRequest};
 use crate::eventlog::{DSTACK_RUNTIME_EVENT_TYPE, RuntimeEvent, TdxEvent, replay_rtmr3};
@@ -68,7 +71,7 @@ impl AgentConfig {
 }
 
 /// The compose file used when none is given.
-pub const DEFAULT_APP_COMPOSE: &str = r#"{"manifest_version":2,"name":"teesql-dev","runner":"docker-compose","docker_compose_file":"services:\n  postgres:\n    image: postgres:17\n  sidecar:\n    image: teesql-sidecar\n","kms_enabled":false,"gateway_enabled":false,"local_key_provider_enabled":false,"public_logs":true,"public_sysinfo":true}"#;
+pub const DEFAULT_APP_COMPOSE: &str = r#"{"manifest_version":2,"name":"teesql-dev","runner":"docker-compose","docker_compose_file":"services:\n  postgres:\n    image: postgres:17\n  sidecar:\n    image: teesql-sidecar\n","kms_enabled":true,"gateway_enabled":false,"local_key_provider_enabled":false,"public_logs":true,"public_sysinfo":true}"#;
 
 /// The development guest agent. Cheap to clone; all clones share state.
 #[derive(Clone, Debug)]
@@ -80,6 +83,7 @@ struct AgentState {
     config: AgentConfig,
     pki: DevPki,
     app_ca: AppCa,
+    kms: DevKms,
     identity: Identity,
     events: Mutex<Vec<RuntimeEvent>>,
     collateral_issued_at: u64,
@@ -119,12 +123,17 @@ fn derive<const N: usize>(seed: &[u8; 32], label: &str) -> [u8; N] {
     out
 }
 
+/// dstack's convention: the app id of a self-deployed app is its first compose hash.
+fn app_id_of(app_compose: &[u8]) -> [u8; 20] {
+    let mut app_id = [0u8; 20];
+    app_id.copy_from_slice(&Sha256::digest(app_compose)[..20]);
+    app_id
+}
+
 impl Identity {
-    fn new(config: &AgentConfig) -> Self {
+    fn new(config: &AgentConfig, pki: &DevPki, kms: &DevKms) -> Self {
         let compose_hash: [u8; 32] = Sha256::digest(&config.app_compose).into();
-        let mut app_id = [0u8; 20];
-        // dstack's convention: the app id of a self-deployed app is its first compose hash.
-        app_id.copy_from_slice(&compose_hash[..20]);
+        let app_id = app_id_of(&config.app_compose);
         let os_image_hash: [u8; 32] = derive(&config.seed, "os-image-hash");
         let vm_config = json!({
             "spec_version": 1,
@@ -138,7 +147,8 @@ impl Identity {
             app_id,
             compose_hash,
             instance_id: derive(&config.seed, "instance-id"),
-            device_id: derive(&config.seed, "device-id"),
+            // As dstack's KMS computes it: SHA-256 of the PPID (in the PCK certificate).
+            device_id: Sha256::digest(pki.ppid()).into(),
             os_image_hash,
             mrtd: derive(&config.seed, "mrtd"),
             rtmr: [
@@ -146,7 +156,7 @@ impl Identity {
                 derive(&config.seed, "rtmr1"),
                 derive(&config.seed, "rtmr2"),
             ],
-            key_provider: r#"{"name":"none","id":""}"#.into(),
+            key_provider: kms.key_provider_info(),
             vm_config,
         }
     }
@@ -171,6 +181,46 @@ impl Identity {
         id[0] = 0x01;
         id[1..33].copy_from_slice(&self.compose_hash);
         id
+    }
+
+    /// dstack's `mr_aggregated`: SHA-256 of MRTD, RTMR0-3 and, as any of them is
+    /// non-zero, MRCONFIGID, MROWNER and MROWNERCONFIG (the last two are zero here).
+    fn mr_aggregated(&self, rtmr3: &[u8; 48]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.mrtd);
+        for r in &self.rtmr {
+            h.update(r);
+        }
+        h.update(rtmr3);
+        h.update(self.mr_config_id());
+        h.update([0u8; 96]);
+        h.finalize().into()
+    }
+
+    /// The positional `.9` app info dstack writes (an issuer claim, not attested).
+    fn app_info(&self, rtmr3: &[u8; 48]) -> Vec<u8> {
+        use rmpv::Value;
+        let bin = |b: &[u8]| Value::Binary(b.to_vec());
+        let mut mr_system = Sha256::new();
+        mr_system.update(self.mrtd);
+        for r in &self.rtmr {
+            mr_system.update(r);
+        }
+        let value = Value::Array(vec![
+            bin(&self.app_id),
+            bin(&self.compose_hash),
+            bin(&self.instance_id),
+            bin(&self.device_id),
+            bin(&mr_system.finalize()),
+            bin(&self.mr_aggregated(rtmr3)),
+            bin(&self.os_image_hash),
+            bin(self.key_provider.as_bytes()),
+            Value::Array(Vec::new()),
+        ]);
+        let mut out = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = rmpv::encode::write_value(&mut out, &value);
+        out
     }
 }
 
@@ -206,7 +256,9 @@ impl DevAgent {
     pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
         let pki = DevPki::from_seed(config.seed)?.with_platform_tcb(config.platform_tcb.clone());
         let app_ca = AppCa::from_seed(&config.seed)?;
-        let identity = Identity::new(&config);
+        let kms =
+            DevKms::new(&config.seed, app_id_of(&config.app_compose)).map_err(AgentError::Io)?;
+        let identity = Identity::new(&config, &pki, &kms);
         let events = identity.boot_events();
         let collateral_issued_at = config.collateral_issued_at.unwrap_or_else(|| {
             let now = crate::Clock::System.now();
@@ -217,6 +269,7 @@ impl DevAgent {
                 config,
                 pki,
                 app_ca,
+                kms,
                 identity,
                 events: Mutex::new(events),
                 collateral_issued_at,
@@ -278,6 +331,7 @@ impl DevAgent {
                 usage_ra_tls: true,
                 usage_server_auth: true,
                 usage_client_auth: false,
+                ..Default::default()
             })
             .await?;
         let files: Vec<(&str, Vec<u8>)> = vec![
@@ -307,6 +361,8 @@ impl DevAgent {
             .route("/Attest", post(attest))
             .route("/Info", post(info).get(info))
             .route("/GetKey", post(get_key))
+            .route("/Sign", post(sign))
+            .route("/Verify", post(verify))
             .route("/Version", post(version).get(version))
             .route("/EmitEvent", post(emit_event))
             .route("/sgx/certification/v4/{*rest}", get(pccs))
@@ -414,6 +470,7 @@ impl DevAgent {
         // The attestation depends on the key, which the CA generates; compute it inside.
         let (events, rtmr3) = self.events().await;
         let legacy = self.state.config.legacy_cert_extensions;
+        let with_app_info = req.with_app_info;
         let this = self.clone();
         let issued =
             self.state
@@ -438,6 +495,7 @@ impl DevAgent {
                         versioned: att.encode_v0(),
                         legacy,
                         app_id: this.state.identity.app_id.to_vec(),
+                        app_info: with_app_info.then(|| this.state.identity.app_info(&rtmr3)),
                     })
                 })?;
         Ok(issued)
@@ -485,6 +543,12 @@ struct TlsKeyBody {
     usage_server_auth: bool,
     #[serde(default)]
     usage_client_auth: bool,
+    #[serde(default)]
+    not_before: Option<u64>,
+    #[serde(default)]
+    not_after: Option<u64>,
+    #[serde(default)]
+    with_app_info: bool,
 }
 
 fn yes() -> bool {
@@ -503,6 +567,9 @@ async fn get_tls_key(
             usage_ra_tls: b.usage_ra_tls,
             usage_server_auth: b.usage_server_auth,
             usage_client_auth: b.usage_client_auth,
+            not_before: b.not_before,
+            not_after: b.not_after,
+            with_app_info: b.with_app_info,
         })
         .await?;
     Ok(axum::Json(json!({
@@ -549,12 +616,14 @@ async fn info(State(agent): State<DevAgent>) -> Result<axum::Json<Value>, AgentE
     let id = &agent.state.identity;
     let (events, rtmr3) = agent.events().await;
     let app_compose = String::from_utf8_lossy(&agent.state.config.app_compose).into_owned();
+    let mr_aggregated = hex::encode(id.mr_aggregated(&rtmr3));
     let tcb_info = json!({
         "mrtd": hex::encode(id.mrtd),
         "rtmr0": hex::encode(id.rtmr[0]),
         "rtmr1": hex::encode(id.rtmr[1]),
         "rtmr2": hex::encode(id.rtmr[2]),
         "rtmr3": hex::encode(rtmr3),
+        "mr_aggregated": mr_aggregated,
         "os_image_hash": hex::encode(id.os_image_hash),
         "compose_hash": hex::encode(id.compose_hash),
         "device_id": hex::encode(id.device_id),
@@ -568,7 +637,7 @@ async fn info(State(agent): State<DevAgent>) -> Result<axum::Json<Value>, AgentE
         "tcb_info": tcb_info.to_string(),
         "app_name": agent.state.config.app_name,
         "device_id": hex::encode(id.device_id),
-        "mr_aggregated": hex::encode(Sha256::digest(id.mrtd)),
+        "mr_aggregated": mr_aggregated,
         "os_image_hash": hex::encode(id.os_image_hash),
         "key_provider_info": id.key_provider,
         "compose_hash": hex::encode(id.compose_hash),
@@ -582,32 +651,81 @@ struct GetKeyBody {
     path: String,
     #[serde(default)]
     purpose: String,
+    #[serde(default)]
+    algorithm: String,
 }
 
-/// The key `GetKey(path, purpose)` returns for a seed: derived, like dstack derives app
-/// keys from its KMS, so the same seed always gives the same key.
-pub fn derived_key(seed: &[u8; 32], path: &str, purpose: &str) -> [u8; 32] {
-    Sha256::new()
-        .chain_update(b"teesql-dev-agent:get-key:")
-        .chain_update(seed)
-        .chain_update((path.len() as u64).to_le_bytes())
-        .chain_update(path.as_bytes())
-        .chain_update(purpose.as_bytes())
-        .finalize()
-        .into()
+/// The secp256k1 key `GetKey(path)` returns on an agent with `config` (the same bytes a
+/// caller of the running agent gets), for tools that need it before the agent runs.
+pub fn derived_key(config: &AgentConfig, path: &str) -> Result<[u8; 32], String> {
+    let kms = DevKms::new(&config.seed, app_id_of(&config.app_compose))?;
+    Ok(kms.get_key(path, "", KeyAlgorithm::Secp256k1)?.secret)
 }
 
-/// Keys derived from the seed and the path, like dstack derives app keys from the KMS.
+/// Keys derived from the app's KMS key and the path, with dstack's signature chain.
 async fn get_key(
     State(agent): State<DevAgent>,
     body: Bytes,
 ) -> Result<axum::Json<Value>, AgentError> {
     let b: GetKeyBody = parse(&body)?;
-    let key = derived_key(&agent.state.config.seed, &b.path, &b.purpose);
+    let algorithm = KeyAlgorithm::parse(&b.algorithm).map_err(AgentError::BadRequest)?;
+    let key = agent
+        .state
+        .kms
+        .get_key(&b.path, &b.purpose, algorithm)
+        .map_err(AgentError::Io)?;
     Ok(axum::Json(json!({
-        "key": hex::encode(key),
-        "signature_chain": Vec::<String>::new(),
+        "key": hex::encode(key.secret),
+        "signature_chain": key.signature_chain.iter().map(hex::encode).collect::<Vec<_>>(),
     })))
+}
+
+#[derive(Deserialize)]
+struct SignBody {
+    algorithm: String,
+    #[serde(default)]
+    data: String,
+}
+
+async fn sign(State(agent): State<DevAgent>, body: Bytes) -> Result<axum::Json<Value>, AgentError> {
+    let b: SignBody = parse(&body)?;
+    let data = crate::evidence::decode_hex("data", &b.data, 64 * 1024)
+        .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+    let signed = agent
+        .state
+        .kms
+        .sign(&b.algorithm, &data)
+        .map_err(AgentError::BadRequest)?;
+    Ok(axum::Json(json!({
+        "signature": hex::encode(&signed.signature),
+        "signature_chain": signed.signature_chain.iter().map(hex::encode).collect::<Vec<_>>(),
+        "public_key": hex::encode(&signed.public_key),
+    })))
+}
+
+#[derive(Deserialize)]
+struct VerifyBody {
+    algorithm: String,
+    #[serde(default)]
+    data: String,
+    signature: String,
+    public_key: String,
+}
+
+async fn verify(body: Bytes) -> Result<axum::Json<Value>, AgentError> {
+    let b: VerifyBody = parse(&body)?;
+    let hex_field = |name: &'static str, text: &str| {
+        crate::evidence::decode_hex(name, text, 64 * 1024)
+            .map_err(|e| AgentError::BadRequest(e.to_string()))
+    };
+    let valid = super::kms::verify(
+        &b.algorithm,
+        &hex_field("data", &b.data)?,
+        &hex_field("signature", &b.signature)?,
+        &hex_field("public_key", &b.public_key)?,
+    )
+    .map_err(AgentError::BadRequest)?;
+    Ok(axum::Json(json!({ "valid": valid })))
 }
 
 async fn version() -> axum::Json<Value> {

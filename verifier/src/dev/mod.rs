@@ -9,10 +9,12 @@
 //! production policy refuses them).
 
 pub mod agent;
+pub mod kms;
 pub mod pki;
 mod ratls;
 
 pub use agent::{AgentConfig, DevAgent};
+pub use kms::DevKms;
 pub use pki::{DevPki, DevTdReport, PlatformTcb};
 pub use ratls::{AppCa, RaTlsIssued, RaTlsRequest};
 

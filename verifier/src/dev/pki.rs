@@ -396,6 +396,8 @@ pub struct DevPki {
     auth_data_tail: Vec<u8>,
     /// The platform's TCB level as its TCB Info states it.
     platform_tcb: PlatformTcb,
+    /// The platform's PPID, in the PCK certificate's SGX extension.
+    ppid: [u8; 16],
 }
 
 /// The status (and advisories) of the one TCB level the development platform matches.
@@ -553,6 +555,7 @@ impl DevPki {
             tcb_issuer_chain_pem,
             auth_data_tail,
             platform_tcb: PlatformTcb::default(),
+            ppid,
         })
     }
 
@@ -591,6 +594,11 @@ impl DevPki {
     /// `[PCK leaf, PCK Platform CA, root]` as concatenated PEM, as carried in quotes.
     pub fn pck_chain_pem(&self) -> &str {
         &self.pck_chain_pem
+    }
+
+    /// The platform's PPID (derived from the seed), as its PCK certificate carries it.
+    pub fn ppid(&self) -> [u8; 16] {
+        self.ppid
     }
 
     /// The platform's FMSPC (derived from the seed).

@@ -32,6 +32,12 @@ pub struct RaTlsRequest {
     pub usage_ra_tls: bool,
     pub usage_server_auth: bool,
     pub usage_client_auth: bool,
+    /// Validity (unix seconds) instead of the agent's default (dstack 0.5.7's
+    /// `not_before` / `not_after`).
+    pub not_before: Option<u64>,
+    pub not_after: Option<u64>,
+    /// Add the `.9` app info extension (dstack 0.5.7's `with_app_info`).
+    pub with_app_info: bool,
 }
 
 /// The attestation extensions of one certificate, computed for its key.
@@ -43,6 +49,8 @@ pub struct CertAttestation {
     pub legacy: Option<(Vec<u8>, Vec<u8>)>,
     /// `.3`: app id.
     pub app_id: Vec<u8>,
+    /// `.9`: app info (msgpack), when asked for.
+    pub app_info: Option<Vec<u8>>,
 }
 
 /// A freshly issued key and certificate chain.
@@ -124,8 +132,12 @@ impl AppCa {
         .filter_map(|(on, p)| on.then_some(p))
         .collect();
         let now = SystemTime::now();
-        params.not_before = (now - Duration::from_secs(300)).into();
-        params.not_after = (now + validity).into();
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        params.not_before = req
+            .not_before
+            .map_or(now - Duration::from_secs(300), at)
+            .into();
+        params.not_after = req.not_after.map_or(now + validity, at).into();
         params.use_authority_key_identifier_extension = true;
 
         let ext = |oid: &str, content: &[u8]| -> Result<CustomExtension, DevPkiError> {
@@ -150,6 +162,9 @@ impl AppCa {
             params
                 .custom_extensions
                 .push(ext(oid::ATTESTATION, &att.versioned)?);
+            if let Some(info) = &att.app_info {
+                params.custom_extensions.push(ext(oid::APP_INFO, info)?);
+            }
             if let Some((quote, log)) = &att.legacy {
                 params.custom_extensions.push(ext(oid::TDX_QUOTE, quote)?);
                 params.custom_extensions.push(ext(oid::EVENT_LOG, log)?);
