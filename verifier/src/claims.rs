@@ -149,7 +149,39 @@ pub struct AppraisedEvidence {
     pub binding: BindingClaims,
 }
 
+/// What a sidecar report's statements are compared with: the quote's registers (when
+/// there is a quote) and the attested app identity (when there is an event log).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Measured {
+    /// MRTD, RTMR0, RTMR1, RTMR2, RTMR3 (hex).
+    pub registers: Option<[Option<String>; 5]>,
+    /// App id, compose hash, instance id (hex).
+    pub identity: Option<[Option<String>; 3]>,
+}
+
 impl AppraisedEvidence {
+    /// The registers and identity a report is compared with.
+    pub fn measured(&self) -> Measured {
+        Measured {
+            registers: self.tdx.as_ref().map(|t| {
+                [
+                    t.mrtd.clone(),
+                    t.rtmr0.clone(),
+                    t.rtmr1.clone(),
+                    t.rtmr2.clone(),
+                    t.rtmr3.clone(),
+                ]
+            }),
+            identity: self.app.as_ref().map(|a| {
+                [
+                    a.app_id.clone(),
+                    a.compose_hash.clone(),
+                    a.instance_id.clone(),
+                ]
+            }),
+        }
+    }
+
     /// Build the evidence claims from decoded evidence and the backend's facts.
     pub fn build(
         evidence: &Evidence,

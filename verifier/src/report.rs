@@ -124,34 +124,36 @@ impl AttestationReport {
         })
     }
 
-    /// Compare what the report states with what its quote (and replayed log) attest.
-    /// `tdx`/`app` are the claims built from [`Self::evidence`].
-    pub fn claims(
-        &self,
-        tdx: Option<&crate::claims::TdxClaims>,
-        app: Option<&crate::claims::AppClaims>,
-    ) -> ReportClaims {
+    /// Compare what the report states with what its quote (and replayed log) attest:
+    /// `measured` is taken from the appraisal of [`Self::evidence`].
+    pub fn claims(&self, measured: &crate::claims::Measured) -> ReportClaims {
         let norm = |s: &str| s.trim_start_matches("0x").to_ascii_lowercase();
         let mut bad = Vec::new();
-        if let Some(t) = tdx {
-            for (name, stated, attested) in [
-                ("tcb_info.mrtd", &self.tcb_info.mrtd, &t.mrtd),
-                ("tcb_info.rtmr0", &self.tcb_info.rtmr0, &t.rtmr0),
-                ("tcb_info.rtmr1", &self.tcb_info.rtmr1, &t.rtmr1),
-                ("tcb_info.rtmr2", &self.tcb_info.rtmr2, &t.rtmr2),
-                ("tcb_info.rtmr3", &self.tcb_info.rtmr3, &t.rtmr3),
-            ] {
+        if let Some(registers) = &measured.registers {
+            let stated = [
+                &self.tcb_info.mrtd,
+                &self.tcb_info.rtmr0,
+                &self.tcb_info.rtmr1,
+                &self.tcb_info.rtmr2,
+                &self.tcb_info.rtmr3,
+            ];
+            let names = [
+                "tcb_info.mrtd",
+                "tcb_info.rtmr0",
+                "tcb_info.rtmr1",
+                "tcb_info.rtmr2",
+                "tcb_info.rtmr3",
+            ];
+            for ((name, stated), attested) in names.into_iter().zip(stated).zip(registers) {
                 if attested.as_deref() != Some(norm(stated).as_str()) {
                     bad.push(name.to_string());
                 }
             }
         }
-        if let Some(a) = app {
-            for (name, stated, attested) in [
-                ("app_id", &self.app_id, &a.app_id),
-                ("compose_hash", &self.compose_hash, &a.compose_hash),
-                ("instance_id", &self.instance_id, &a.instance_id),
-            ] {
+        if let Some(identity) = &measured.identity {
+            let stated = [&self.app_id, &self.compose_hash, &self.instance_id];
+            let names = ["app_id", "compose_hash", "instance_id"];
+            for ((name, stated), attested) in names.into_iter().zip(stated).zip(identity) {
                 if attested.as_deref() != Some(norm(stated).as_str()) {
                     bad.push(name.to_string());
                 }
@@ -163,7 +165,7 @@ impl AttestationReport {
             instance_id: self.instance_id.clone(),
             postgres_state: self.postgres_state.clone(),
             timestamp: self.timestamp,
-            consistent: tdx.is_some() && bad.is_empty(),
+            consistent: measured.registers.is_some() && bad.is_empty(),
             inconsistencies: bad,
         }
     }

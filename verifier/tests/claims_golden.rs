@@ -192,8 +192,14 @@ async fn claims_documents_match_golden_files_and_claims_md() {
         None,
     )
     .await;
-    report_claims.report =
-        Some(report.claims(report_claims.tdx.as_ref(), report_claims.app.as_ref()));
+    let measured = teesql_verifier::claims::AppraisedEvidence {
+        evidence: report_claims.evidence.clone(),
+        tdx: report_claims.tdx.clone(),
+        app: report_claims.app.clone(),
+        binding: report_claims.binding.clone(),
+    }
+    .measured();
+    report_claims.report = Some(report.claims(&measured));
     let r = check_golden("claims-report.json", &report_claims);
     assert_eq!(r["report"]["consistent"], false);
     assert_eq!(

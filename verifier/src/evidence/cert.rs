@@ -231,14 +231,30 @@ fn octet_string(oid: &str, value: &[u8]) -> Result<Vec<u8>, EvidenceError> {
     }
 }
 
+/// Largest `.9` app info accepted. dstack's is a few hundred bytes; it is an issuer claim
+/// that nothing attests, so a peer gets no room to make the verifier build (and cache)
+/// large documents from it.
+pub const MAX_APP_INFO_LEN: usize = 4096;
+/// Deepest nesting of the `.9` app info, as rmpv counts it (a value and an array's or
+/// map's contents count one each, so 16 allows 7 nested arrays; dstack's nests 2).
+pub const MAX_APP_INFO_DEPTH: usize = 16;
+
 /// `.9` app info: msgpack, turned into JSON with byte strings as hex.
 fn decode_app_info(bytes: &[u8]) -> Result<serde_json::Value, EvidenceError> {
-    let value = rmpv::decode::read_value_ref(&mut &bytes[..]).map_err(|e| {
-        EvidenceError::invalid(format!(
-            "app info extension {} is not msgpack: {e}",
-            oid::APP_INFO
-        ))
-    })?;
+    if bytes.len() > MAX_APP_INFO_LEN {
+        return Err(EvidenceError::invalid(format!(
+            "app info extension {} is {} bytes, at most {MAX_APP_INFO_LEN}",
+            oid::APP_INFO,
+            bytes.len()
+        )));
+    }
+    let value = rmpv::decode::read_value_ref_with_max_depth(&mut &bytes[..], MAX_APP_INFO_DEPTH)
+        .map_err(|e| {
+            EvidenceError::invalid(format!(
+                "app info extension {} is not msgpack: {e}",
+                oid::APP_INFO
+            ))
+        })?;
     let json = super::attestation::msgpack_to_json(&value);
     // dstack v0.5.6–v0.5.11 write a positional array; name its fields like the map form.
     Ok(match json {
@@ -279,6 +295,29 @@ mod tests {
             let wrapped = encode_extension_value(&content);
             assert_eq!(octet_string("t", &wrapped).unwrap(), content, "len {len}");
         }
+    }
+
+    #[test]
+    fn app_info_is_bounded_in_size_and_depth() {
+        // 623 bytes that nest 300 deep overflowed the stack with rmpv's default depth.
+        let mut deep = vec![0x91u8; 300];
+        deep.push(0x90);
+        let err = decode_app_info(&deep).unwrap_err().to_string();
+        assert!(err.contains("not msgpack"), "{err}");
+        let mut ok_depth = vec![0x91u8; 6];
+        ok_depth.push(0x90);
+        assert!(decode_app_info(&ok_depth).is_ok());
+        // 50,000 empty arrays (~50 KB): refused from its length, before decoding.
+        let mut wide = vec![0xdd, 0x00, 0x00, 0xc3, 0x50];
+        wide.extend(std::iter::repeat_n(0x90u8, 50_000));
+        let err = decode_app_info(&wide).unwrap_err().to_string();
+        assert!(err.contains("at most 4096"), "{err}");
+        // dstack's positional form still decodes, with its fields named.
+        let mut buf = Vec::new();
+        let v = rmpv::Value::Array((0..8).map(|i| rmpv::Value::Binary(vec![i; 20])).collect());
+        rmpv::encode::write_value(&mut buf, &v).unwrap();
+        let json = decode_app_info(&buf).unwrap();
+        assert_eq!(json["app_id"], hex::encode([0u8; 20]));
     }
 
     #[test]

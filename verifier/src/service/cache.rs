@@ -1,4 +1,9 @@
-//! The appraisal cache: verified claims of a piece of evidence, by evidence hash.
+//! The appraisal cache: appraised claims of a piece of evidence, by evidence hash.
+//!
+//! Bounded in bytes, not entries: an entry weighs what its claims hold. Evidence anyone
+//! can make for free (no quote, or a quote that did not verify) goes to a second, small
+//! cache with a short life, so a peer presenting fresh junk on every connection can
+//! neither grow memory past its budget nor push out the appraisals of genuine quotes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,12 +18,26 @@ struct Entry {
     until: u64,
 }
 
-/// Bounded in size; every entry expires at the earlier of its own `until` and the
-/// configured maximum TTL.
+/// How long appraisals of unverified evidence are kept at most.
+const UNVERIFIED_TTL: Duration = Duration::from_secs(60);
+
+/// Two byte-bounded tiers; every entry expires at the earlier of its own `until` and the
+/// tier's maximum TTL.
 #[derive(Debug)]
 pub(crate) struct AppraisalCache {
-    inner: moka::sync::Cache<[u8; 32], Entry>,
+    verified: moka::sync::Cache<[u8; 32], Entry>,
+    unverified: moka::sync::Cache<[u8; 32], Entry>,
     clock: Clock,
+}
+
+/// The cache's budgets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// Bytes for appraisals of verified quotes.
+    pub verified_bytes: u64,
+    /// Bytes for everything else.
+    pub unverified_bytes: u64,
+    pub max_ttl: Duration,
 }
 
 struct Expiry {
@@ -37,32 +56,72 @@ impl moka::Expiry<[u8; 32], Entry> for Expiry {
     }
 }
 
+fn tier(bytes: u64, max_ttl: Duration, clock: Clock) -> moka::sync::Cache<[u8; 32], Entry> {
+    moka::sync::Cache::builder()
+        .max_capacity(bytes)
+        // Key, entry and moka's own bookkeeping, on top of what the claims hold.
+        .weigher(|_, e: &Entry| u32::try_from(e.appraisal.weight() + 128).unwrap_or(u32::MAX))
+        .expire_after(Expiry { max_ttl, clock })
+        .build()
+}
+
 impl AppraisalCache {
-    pub fn new(capacity: u64, max_ttl: Duration, clock: Clock) -> Self {
+    pub fn new(budget: Budget, clock: Clock) -> Self {
         Self {
-            inner: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(Expiry { max_ttl, clock })
-                .build(),
+            verified: tier(budget.verified_bytes, budget.max_ttl, clock),
+            unverified: tier(
+                budget.unverified_bytes,
+                budget.max_ttl.min(UNVERIFIED_TTL),
+                clock,
+            ),
             clock,
         }
     }
 
     /// A cached appraisal still valid now.
     pub(crate) fn get(&self, key: &[u8; 32]) -> Option<Arc<Prepared>> {
-        let e = self.inner.get(key)?;
-        // moka's expiry is checked lazily; never hand out an entry past its facts.
-        if e.until != 0 && self.clock.now() >= e.until {
-            self.inner.invalidate(key);
-            return None;
+        for tier in [&self.verified, &self.unverified] {
+            if let Some(e) = tier.get(key) {
+                // moka's expiry is checked lazily; never hand out an entry past its facts.
+                if e.until != 0 && self.clock.now() >= e.until {
+                    tier.invalidate(key);
+                    return None;
+                }
+                return Some(e.appraisal);
+            }
         }
-        Some(e.appraisal)
+        None
     }
 
     pub(crate) fn insert(&self, key: [u8; 32], appraisal: Arc<Prepared>, until: u64) {
         if until != 0 && self.clock.now() >= until {
             return;
         }
-        self.inner.insert(key, Entry { appraisal, until });
+        let tier = if appraisal.facts.verified {
+            &self.verified
+        } else {
+            &self.unverified
+        };
+        tier.insert(key, Entry { appraisal, until });
+    }
+
+    /// Bytes held (as weighed), verified and unverified tiers, as moka last counted them
+    /// (it settles its bookkeeping in batches).
+    pub(crate) fn weighted_bytes_estimate(&self) -> (u64, u64) {
+        (
+            self.verified.weighted_size(),
+            self.unverified.weighted_size(),
+        )
+    }
+
+    /// Bytes held now (as weighed), verified and unverified tiers. Settles moka's
+    /// pending bookkeeping first, so the figure is current.
+    pub(crate) fn weighted_bytes(&self) -> (u64, u64) {
+        self.verified.run_pending_tasks();
+        self.unverified.run_pending_tasks();
+        (
+            self.verified.weighted_size(),
+            self.unverified.weighted_size(),
+        )
     }
 }

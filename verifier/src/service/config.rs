@@ -56,8 +56,12 @@ pub struct ServeSettings {
     /// Decision log: "stdout", "off", or a file to append to [default: stdout].
     #[arg(long, env = "TEESQL_VERIFIER_DECISION_LOG", value_name = "TARGET")]
     pub decision_log: Option<String>,
-    /// Most appraisals cached [default: 10000].
-    #[arg(long, env = "TEESQL_VERIFIER_CACHE_CAPACITY", value_name = "N")]
+    /// Memory for cached appraisals of verified quotes, MiB; evidence without a verified
+    /// quote gets a sixteenth of it, at least 1 MiB [default: 64].
+    #[arg(long, env = "TEESQL_VERIFIER_CACHE_MAX_MIB", value_name = "MIB")]
+    pub cache_max_mib: Option<u64>,
+    /// Replaced by cache_max_mib (the cache is bounded in bytes); kept to say so.
+    #[arg(skip)]
     pub cache_capacity: Option<u64>,
     /// Longest an appraisal stays cached, seconds (never past its collateral) [default: 3600].
     #[arg(long, env = "TEESQL_VERIFIER_CACHE_TTL", value_name = "SECS")]
@@ -95,6 +99,7 @@ impl ServeSettings {
             collateral_file,
             fetch_timeout_secs,
             decision_log,
+            cache_max_mib,
             cache_capacity,
             cache_max_ttl_secs,
             eval_timeout_ms,
@@ -179,7 +184,13 @@ impl ServeConfig {
             v
         };
         let fetch_timeout = positive("fetch_timeout_secs", s.fetch_timeout_secs, 10, &mut errors);
-        let cache_capacity = positive("cache_capacity", s.cache_capacity, 10_000, &mut errors);
+        let cache_mib = positive("cache_max_mib", s.cache_max_mib, 64, &mut errors);
+        if s.cache_capacity.is_some() {
+            errors.push(
+                "cache_capacity: replaced by cache_max_mib (the appraisal cache is bounded in bytes)"
+                    .into(),
+            );
+        }
         let cache_ttl = positive(
             "cache_max_ttl_secs",
             s.cache_max_ttl_secs,
@@ -229,7 +240,7 @@ impl ServeConfig {
                 },
                 decision_log,
                 options: ServiceOptions {
-                    cache_capacity,
+                    cache_max_bytes: cache_mib.saturating_mul(1 << 20),
                     cache_max_ttl: Duration::from_secs(cache_ttl),
                     clock,
                 },

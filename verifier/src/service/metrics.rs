@@ -23,6 +23,7 @@ pub struct Metrics {
     decisions: Family<Labels, Counter>,
     latency: Family<Labels, Histogram>,
     cache: Family<Labels, Counter>,
+    cache_bytes: Family<Labels, Gauge>,
     reloads: Family<Labels, Counter>,
     policy_info: Family<Labels, Gauge>,
 }
@@ -57,6 +58,12 @@ impl Metrics {
             "Appraisal cache lookups, by result (hit, miss)",
             cache.clone(),
         );
+        let cache_bytes = Family::<Labels, Gauge>::default();
+        registry.register(
+            "appraisal_cache_bytes",
+            "Bytes the appraisal cache holds, by tier (verified: appraisals of verified quotes; unverified: everything else)",
+            cache_bytes.clone(),
+        );
         let reloads = Family::<Labels, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -74,6 +81,7 @@ impl Metrics {
             decisions,
             latency,
             cache,
+            cache_bytes,
             reloads,
             policy_info,
         }
@@ -104,6 +112,14 @@ impl Metrics {
         self.cache
             .get_or_create(&vec![("result", result.into())])
             .inc();
+    }
+
+    pub fn appraisal_cache_bytes(&self, verified: u64, unverified: u64) {
+        for (tier, bytes) in [("verified", verified), ("unverified", unverified)] {
+            self.cache_bytes
+                .get_or_create(&vec![("tier", tier.into())])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn policy_reload(&self, ok: bool) {

@@ -133,8 +133,9 @@ pub enum QuoteInput {
 /// How the service is tuned.
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
-    /// Most appraisals kept.
-    pub cache_capacity: u64,
+    /// Bytes for cached appraisals of verified quotes; other evidence gets a sixteenth of
+    /// it (at least 1 MiB).
+    pub cache_max_bytes: u64,
     /// Longest an appraisal is kept, whatever its collateral says.
     pub cache_max_ttl: Duration,
     pub clock: Clock,
@@ -143,7 +144,7 @@ pub struct ServiceOptions {
 impl Default for ServiceOptions {
     fn default() -> Self {
         Self {
-            cache_capacity: 10_000,
+            cache_max_bytes: 64 << 20,
             cache_max_ttl: Duration::from_secs(3600),
             clock: Clock::System,
         }
@@ -197,8 +198,11 @@ impl DecisionService {
             appraiser,
             policies: ArcSwap::from_pointee(policies),
             cache: AppraisalCache::new(
-                options.cache_capacity,
-                options.cache_max_ttl,
+                cache::Budget {
+                    verified_bytes: options.cache_max_bytes,
+                    unverified_bytes: (options.cache_max_bytes / 16).max(1 << 20),
+                    max_ttl: options.cache_max_ttl,
+                },
                 options.clock,
             ),
             clock: options.clock,
@@ -215,6 +219,11 @@ impl DecisionService {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Bytes the appraisal cache holds now: (verified quotes, everything else).
+    pub fn cache_bytes(&self) -> (u64, u64) {
+        self.cache.weighted_bytes()
     }
 
     /// Load the policy set again from its directories and swap it in atomically. A set
@@ -452,9 +461,9 @@ impl DecisionService {
             move || for_decode.evidence(),
             Some(expected),
             None,
-            move |a| Extra {
+            move |facts| Extra {
                 manifest: None,
-                report: Some(report.claims(a.tdx.as_ref(), a.app.as_ref())),
+                report: Some(report.claims(&facts.measured)),
             },
             &mut summary,
         )
@@ -524,7 +533,7 @@ impl DecisionService {
         decode: impl FnOnce() -> Result<Evidence, EvidenceError>,
         expected_report_data: Option<Vec<u8>>,
         connection: Option<ConnectionClaims>,
-        extra: impl FnOnce(&AppraisedEvidence) -> Extra,
+        extra: impl FnOnce(&prepared::Facts) -> Extra,
         summary: &mut PeerSummary,
     ) -> Result<ServiceDecision, RequestError> {
         let started = Instant::now();
@@ -562,17 +571,24 @@ impl DecisionService {
                     .appraiser
                     .appraise(&evidence, now, expected_report_data.as_deref())
                     .await;
-                let prepared = Arc::new(Prepared::new(appraised));
-                if let Some(until) = cacheable_until(&prepared.appraised) {
+                let until = valid_until(&appraised);
+                let prepared = Arc::new(Prepared::new(appraised, until));
+                // Failures that a later attempt could cure are not cached.
+                if !prepared.facts.transient {
                     self.cache.insert(key, prepared.clone(), until);
+                    let (verified, unverified) = self.cache.weighted_bytes_estimate();
+                    self.metrics.appraisal_cache_bytes(verified, unverified);
                 }
                 (prepared, false)
             }
         };
-        let appraised = &prepared.appraised;
-        summarize(appraised, summary);
-        let valid_until = valid_until(appraised);
-        let extra = extra(appraised);
+        let facts = &prepared.facts;
+        summary.evidence = facts.kind.clone();
+        summary.subject = facts.subject.clone();
+        summary.mrtd = facts.mrtd.clone();
+        summary.app_id = facts.app_id.clone();
+        let valid_until = facts.valid_until;
+        let extra = extra(facts);
         let (input, claims_json) = prepared.input(purpose, now, connection.as_ref(), &extra);
         let policies = self.policies.load_full();
         let (allow, reasons, policy_id) = match policies.evaluate_value(purpose, input) {
@@ -666,29 +682,4 @@ fn valid_until(a: &AppraisedEvidence) -> u64 {
         (Some(x), None) | (None, Some(x)) => x,
         (None, None) => 0,
     }
-}
-
-/// Whether an appraisal may be cached, and until when (0 = only the cache's own TTL).
-/// Failures that a later attempt could cure (collateral that could not be fetched or
-/// has expired) are not cached.
-fn cacheable_until(a: &AppraisedEvidence) -> Option<u64> {
-    if let Some(t) = &a.tdx
-        && matches!(
-            t.error_code.as_deref(),
-            Some("collateral_unavailable" | "collateral_expired")
-        )
-    {
-        return None;
-    }
-    Some(valid_until(a))
-}
-
-fn summarize(a: &AppraisedEvidence, s: &mut PeerSummary) {
-    s.evidence = serde_json::to_value(a.evidence.kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    s.subject = a.evidence.cert.as_ref().map(|c| c.subject.clone());
-    s.mrtd = a.tdx.as_ref().and_then(|t| t.mrtd.clone());
-    s.app_id = a.app.as_ref().and_then(|x| x.app_id.clone());
 }

@@ -1,7 +1,7 @@
-//! A cached appraisal, kept in the two forms every decision needs: a regorus value (the
-//! policy input) and JSON text (the `claims_json` of the answer). Each decision only adds
-//! its own small parts (purpose, time, connection) instead of converting the whole claims
-//! document again; that conversion was about a third of a warm decision.
+//! A cached appraisal: its claims kept once, as the regorus values every decision's policy
+//! input is made of, plus the few facts the service itself needs (for the log, the cache
+//! and `/attestation` reports). Each decision only adds its own small parts (purpose,
+//! time, connection); the claims JSON of the answer is written from the same values.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +9,7 @@ use serde::Serialize;
 
 #[cfg(test)]
 use crate::claims::Claims;
-use crate::claims::{AppraisedEvidence, CLAIMS_VERSION, ConnectionClaims};
+use crate::claims::{AppraisedEvidence, CLAIMS_VERSION, ConnectionClaims, Measured};
 use crate::manifest::ManifestClaims;
 use crate::report::ReportClaims;
 
@@ -20,46 +20,115 @@ pub(crate) struct Extra {
     pub report: Option<ReportClaims>,
 }
 
-/// One section of the claims in both forms.
-#[derive(Debug)]
-struct Section {
-    value: regorus::Value,
-    json: String,
-}
-
-impl Section {
-    fn of(v: &impl Serialize) -> Self {
-        let json = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
-        Self {
-            json: json.to_string(),
-            value: regorus::Value::from(json),
-        }
-    }
+/// What the service needs of an appraisal besides the policy input.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Facts {
+    /// `evidence.kind` as the claims name it.
+    pub kind: String,
+    pub subject: Option<String>,
+    pub mrtd: Option<String>,
+    pub app_id: Option<String>,
+    /// Until when the facts hold (unix seconds; 0 = no limit of their own).
+    pub valid_until: u64,
+    /// A quote that verified up to a trust root.
+    pub verified: bool,
+    /// The failure may be cured by trying again (collateral unavailable or expired).
+    pub transient: bool,
+    /// The registers and identity a sidecar report is compared with.
+    pub measured: Measured,
 }
 
 /// An appraisal ready to be turned into the input of any number of decisions.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    pub appraised: AppraisedEvidence,
-    evidence: Section,
-    tdx: Section,
-    app: Section,
-    binding: Section,
+    evidence: regorus::Value,
+    tdx: regorus::Value,
+    app: regorus::Value,
+    binding: regorus::Value,
+    pub facts: Facts,
+    /// Approximate heap bytes held, for the cache's byte budget.
+    weight: usize,
+}
+
+fn value_of(v: &impl Serialize) -> regorus::Value {
+    regorus::Value::from(serde_json::to_value(v).unwrap_or(serde_json::Value::Null))
+}
+
+/// Approximate bytes a regorus value takes: its slot, each reference-counted allocation
+/// (two counters), each collection's header and entries, each string's bytes. A walk
+/// bounded by the value's own size (the decoders bound its depth).
+pub(crate) fn weight(v: &regorus::Value) -> usize {
+    use regorus::Value;
+    const NODE: usize = std::mem::size_of::<Value>();
+    const RC: usize = 16;
+    const HEADER: usize = 24;
+    // A B-tree entry's share of its node, besides the key and value slots.
+    const TREE_ENTRY: usize = 16;
+    match v {
+        Value::String(s) => NODE + RC + s.len(),
+        Value::Array(a) => NODE + RC + HEADER + a.iter().map(weight).sum::<usize>(),
+        Value::Set(s) => {
+            NODE + RC + HEADER + s.iter().map(|x| weight(x) + TREE_ENTRY).sum::<usize>()
+        }
+        Value::Object(o) => {
+            NODE + RC
+                + HEADER
+                + o.iter()
+                    .map(|(k, x)| weight(k) + weight(x) + TREE_ENTRY)
+                    .sum::<usize>()
+        }
+        _ => NODE,
+    }
 }
 
 impl Prepared {
-    pub fn new(appraised: AppraisedEvidence) -> Self {
+    pub fn new(appraised: AppraisedEvidence, valid_until: u64) -> Self {
+        let tdx = appraised.tdx.as_ref();
+        let facts = Facts {
+            kind: serde_json::to_value(appraised.evidence.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            subject: appraised.evidence.cert.as_ref().map(|c| c.subject.clone()),
+            mrtd: tdx.and_then(|t| t.mrtd.clone()),
+            app_id: appraised.app.as_ref().and_then(|a| a.app_id.clone()),
+            valid_until,
+            verified: tdx.is_some_and(|t| t.verified),
+            transient: tdx.is_some_and(|t| {
+                matches!(
+                    t.error_code.as_deref(),
+                    Some("collateral_unavailable" | "collateral_expired")
+                )
+            }),
+            measured: appraised.measured(),
+        };
+        let (evidence, tdx, app, binding) = (
+            value_of(&appraised.evidence),
+            value_of(&appraised.tdx),
+            value_of(&appraised.app),
+            value_of(&appraised.binding),
+        );
+        let weight = std::mem::size_of::<Self>()
+            + [&evidence, &tdx, &app, &binding]
+                .into_iter()
+                .map(weight)
+                .sum::<usize>();
         Self {
-            evidence: Section::of(&appraised.evidence),
-            tdx: Section::of(&appraised.tdx),
-            app: Section::of(&appraised.app),
-            binding: Section::of(&appraised.binding),
-            appraised,
+            evidence,
+            tdx,
+            app,
+            binding,
+            facts,
+            weight,
         }
     }
 
-    /// The policy input and the claims JSON for one decision. The JSON is exactly what
-    /// serializing [`Claims`] gives (fields in declaration order); a test holds them equal.
+    /// Approximate bytes held.
+    pub fn weight(&self) -> usize {
+        self.weight
+    }
+
+    /// The policy input and the claims JSON for one decision.
     pub fn input(
         &self,
         purpose: &str,
@@ -67,22 +136,6 @@ impl Prepared {
         connection: Option<&ConnectionClaims>,
         extra: &Extra,
     ) -> (regorus::Value, String) {
-        let connection = Section::of(&connection);
-        let manifest = Section::of(&extra.manifest);
-        let report = Section::of(&extra.report);
-        let purpose_json = serde_json::Value::from(purpose).to_string();
-        let json = format!(
-            "{{\"claims_version\":{CLAIMS_VERSION},\"purpose\":{purpose_json},\"now\":{now},\
-             \"evidence\":{},\"tdx\":{},\"app\":{},\"binding\":{},\"connection\":{},\
-             \"manifest\":{},\"report\":{}}}",
-            self.evidence.json,
-            self.tdx.json,
-            self.app.json,
-            self.binding.json,
-            connection.json,
-            manifest.json,
-            report.json
-        );
         let mut map = BTreeMap::new();
         let mut put = |k: &str, v: regorus::Value| {
             map.insert(regorus::Value::from(k), v);
@@ -93,26 +146,28 @@ impl Prepared {
         );
         put("purpose", regorus::Value::from(purpose));
         put("now", regorus::Value::from(now));
-        put("evidence", self.evidence.value.clone());
-        put("tdx", self.tdx.value.clone());
-        put("app", self.app.value.clone());
-        put("binding", self.binding.value.clone());
-        put("connection", connection.value);
-        put("manifest", manifest.value);
-        put("report", report.value);
-        (regorus::Value::from(map), json)
+        put("evidence", self.evidence.clone());
+        put("tdx", self.tdx.clone());
+        put("app", self.app.clone());
+        put("binding", self.binding.clone());
+        put("connection", value_of(&connection));
+        put("manifest", value_of(&extra.manifest));
+        put("report", value_of(&extra.report));
+        let input = regorus::Value::from(map);
+        let json = serde_json::to_string(&input).unwrap_or_else(|_| "null".into());
+        (input, json)
     }
 
     /// The claims as a struct: what [`Self::input`] must agree with.
     #[cfg(test)]
     pub fn claims(
-        &self,
+        appraised: AppraisedEvidence,
         purpose: &str,
         now: u64,
         connection: Option<ConnectionClaims>,
         extra: Extra,
     ) -> Claims {
-        let mut c = self.appraised.clone().into_claims(purpose, now, connection);
+        let mut c = appraised.into_claims(purpose, now, connection);
         c.manifest = extra.manifest;
         c.report = extra.report;
         c
@@ -123,9 +178,9 @@ impl Prepared {
 mod tests {
     use super::*;
 
-    /// The spliced forms must equal a plain serialization of the claims.
+    /// The prepared forms must equal a plain serialization of the claims.
     #[test]
-    fn spliced_input_equals_serialized_claims() {
+    fn prepared_input_equals_serialized_claims() {
         let quote = crate::evidence::decode_quote_text(
             &std::fs::read(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -136,7 +191,7 @@ mod tests {
         .unwrap();
         let ev = crate::evidence::Evidence::from_quote(quote);
         let appraised = AppraisedEvidence::build(&ev, None, "dcap", Some(b"abc"));
-        let prepared = Prepared::new(appraised);
+        let prepared = Prepared::new(appraised.clone(), 0);
         let connection = ConnectionClaims {
             user: "u\"ser".into(),
             database: "db".into(),
@@ -145,15 +200,37 @@ mod tests {
             alpn: "postgresql".into(),
             expected_mrtds: vec!["aa".into()],
         };
+        let mut manifest = crate::manifest::Manifest::claims("v=1");
+        manifest.valid_until = u64::MAX;
         let extra = Extra {
-            manifest: Some(crate::manifest::Manifest::claims("v=1")),
+            manifest: Some(manifest.clone()),
             report: None,
         };
         let (value, json) = prepared.input("sid\u{e9}car", 42, Some(&connection), &extra);
-        let claims = prepared.claims("sid\u{e9}car", 42, Some(connection), extra);
-        let expected = serde_json::to_string(&claims).unwrap();
-        assert_eq!(json, expected);
-        let reparsed: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(value, regorus::Value::from(reparsed));
+        let claims = Prepared::claims(
+            appraised,
+            "sid\u{e9}car",
+            42,
+            Some(connection),
+            Extra {
+                manifest: Some(manifest),
+                report: None,
+            },
+        );
+        let expected = serde_json::to_value(&claims).unwrap();
+        let got: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(got, expected);
+        assert_eq!(got["manifest"]["valid_until"], u64::MAX);
+        assert_eq!(value, regorus::Value::from(expected));
+    }
+
+    #[test]
+    fn weight_grows_with_what_is_held() {
+        let small = regorus::Value::from(serde_json::json!({"a": "b"}));
+        let big = regorus::Value::from(serde_json::json!({"a": "b".repeat(10_000)}));
+        assert!(weight(&big) >= weight(&small) + 9_999);
+        let many =
+            regorus::Value::from(serde_json::Value::Array(vec![serde_json::json!([]); 1000]));
+        assert!(weight(&many) >= 1000 * std::mem::size_of::<regorus::Value>());
     }
 }
