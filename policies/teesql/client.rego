@@ -14,16 +14,38 @@ allow if {
 
 deny contains d if some d in lib.peer_problems
 
-# The application may pin MRTDs itself (EXPECTED_MRTD), on top of the policy's pins.
+# The application may pin the server itself (EXPECTED_MRTD, forward's
+# --expected-compose-hash / --expected-app-id), on top of the policy's pins.
 # (Functions are called by full path: regorus does not resolve them through import aliases.)
-expected_mrtds := object.get(input.connection, "expected_mrtds", []) if is_object(input.connection)
+expected(field) := data.teesql.lib.pinned(object.get(input.connection, field, [])) if is_object(input.connection)
 
-expected_mrtds := [] if not is_object(input.connection)
+expected(_) := set() if not is_object(input.connection)
 
 deny contains d if {
-	expected := data.teesql.lib.pinned(expected_mrtds)
-	count(expected) > 0
+	pins := expected("expected_mrtds")
+	count(pins) > 0
 	is_string(input.tdx.mrtd)
-	not data.teesql.lib.norm(input.tdx.mrtd) in expected
-	d := {"code": "mrtd_not_expected", "message": sprintf("the server's MRTD %s is not the one the client expects: %s", [input.tdx.mrtd, data.teesql.lib.shown(expected)])}
+	not data.teesql.lib.norm(input.tdx.mrtd) in pins
+	d := {"code": "mrtd_not_expected", "message": sprintf("the server's MRTD %s is not the one the client expects: %s", [input.tdx.mrtd, data.teesql.lib.shown(pins)])}
+}
+
+# Compose hash and app id are attested through the RTMR3 event log.
+expected_app := {"compose_hash": "expected_compose_hashes", "app_id": "expected_app_ids"}
+
+deny contains d if {
+	some field, key in expected_app
+	pins := expected(key)
+	count(pins) > 0
+	input.app == null
+	d := {"code": sprintf("%s_not_expected", [field]), "message": sprintf("the client expects the server's %s to be one of %s, but the server's evidence has no event log to attest it", [field, data.teesql.lib.shown(pins)])}
+}
+
+deny contains d if {
+	some field, key in expected_app
+	pins := expected(key)
+	count(pins) > 0
+	input.app != null
+	value := object.get(input.app, field, null)
+	not data.teesql.lib.norm_or_empty(value) in pins
+	d := {"code": sprintf("%s_not_expected", [field]), "message": sprintf("the server's %s %v is not one the client expects: %s", [field, value, data.teesql.lib.shown(pins)])}
 }

@@ -30,3 +30,26 @@ test_no_connection_context_is_not_an_error if {
 	quote_only := object.union(server, {"connection": null})
 	client.allow with input as quote_only
 }
+
+app := {
+	"app_id": "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1",
+	"compose_hash": "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1",
+	"instance_id": "11", "os_image_hash": null, "key_provider": null,
+	"rtmr3_replayed": true, "rtmr3_replay": "33", "replay_error": null, "events": [],
+}
+
+with_app := object.union(server, {"app": app})
+
+test_expected_compose_hash_and_app_id_enforced if {
+	ok := object.union(with_app, {"connection": {"expected_compose_hashes": [concat("", ["0x", upper(app.compose_hash)])], "expected_app_ids": [app.app_id]}})
+	client.allow with input as ok
+	other := object.union(with_app, {"connection": {"expected_compose_hashes": ["dd"]}})
+	codes(other) == {"compose_hash_not_expected"}
+	other_app := object.union(with_app, {"connection": {"expected_app_ids": ["dd"]}})
+	codes(other_app) == {"app_id_not_expected"}
+}
+
+test_expected_identity_needs_an_event_log if {
+	no_log := object.union(server, {"app": null, "connection": {"expected_compose_hashes": ["c1"]}})
+	codes(no_log) == {"compose_hash_not_expected"}
+}

@@ -44,6 +44,13 @@ pub struct ForwardConfig {
     pub purpose: String,
     /// MRTDs the application expects (hex), checked on top of the policy's pins.
     pub expected_mrtds: Vec<String>,
+    /// Compose hashes the application expects of the server (hex).
+    pub expected_compose_hashes: Vec<String>,
+    /// App ids the application expects of the server (hex).
+    pub expected_app_ids: Vec<String>,
+    /// Answer a server's request for a cleartext or MD5 password (the cluster secret!)
+    /// instead of refusing it. Off by default: only SCRAM-SHA-256 is relayed.
+    pub allow_cleartext_upstream: bool,
     /// A signed leader manifest to check the server against (and to find it by).
     pub manifest: Option<ManifestSource>,
     /// Manifest signers this application trusts (`0x` + 40 hex).
@@ -73,6 +80,14 @@ pub struct ForwardSettings {
     pub purpose: String,
     /// As given: 96 hex digits each, optional `0x`, any case; blanks ignored.
     pub expected_mrtds: Vec<String>,
+    /// 64 hex digits each, optional `0x`.
+    pub expected_compose_hashes: Vec<String>,
+    /// 40 hex digits each, optional `0x`.
+    pub expected_app_ids: Vec<String>,
+    pub allow_cleartext_upstream: bool,
+    /// Start even though nothing beyond MRTDs identifies the server (the verifier's own
+    /// policy is trusted to pin it).
+    pub allow_unpinned_server: bool,
     pub manifest_domain: Option<String>,
     pub manifest_txt: Option<String>,
     pub manifest_signers: Vec<String>,
@@ -91,24 +106,15 @@ impl ForwardSettings {
     /// Check every setting; all problems are reported at once.
     pub fn resolve(self) -> Result<ForwardConfig, Vec<String>> {
         let mut errors = Vec::new();
-        let expected_mrtds: Vec<String> = self
-            .expected_mrtds
-            .iter()
-            .map(|m| m.trim())
-            .filter(|m| !m.is_empty())
-            .map(|m| {
-                m.trim_start_matches("0x")
-                    .trim_start_matches("0X")
-                    .to_ascii_lowercase()
-            })
-            .collect();
-        for m in &expected_mrtds {
-            if m.len() != 96 || !m.bytes().all(|b| b.is_ascii_hexdigit()) {
-                errors.push(format!(
-                    "expected MRTD {m:?}: must be 96 hex digits (48 bytes)"
-                ));
-            }
-        }
+        let expected_mrtds = hex_pins("expected MRTD", &self.expected_mrtds, 48, &mut errors);
+        let expected_compose_hashes = hex_pins(
+            "--expected-compose-hash",
+            &self.expected_compose_hashes,
+            32,
+            &mut errors,
+        );
+        let expected_app_ids =
+            hex_pins("--expected-app-id", &self.expected_app_ids, 20, &mut errors);
         let mut manifest_signers = Vec::new();
         for s in &self.manifest_signers {
             let hex = s.trim().trim_start_matches("0x").trim_start_matches("0X");
@@ -132,6 +138,17 @@ impl ForwardSettings {
             (None, Some(d)) => Some(ManifestSource::Dns(d.trim().to_string())),
             (None, None) => None,
         };
+        // An MRTD names the dstack OS image, which every CVM on that image shares: it does
+        // not say which application (which database) answers. Something must.
+        if expected_compose_hashes.is_empty()
+            && expected_app_ids.is_empty()
+            && manifest_signers.is_empty()
+            && !self.allow_unpinned_server
+        {
+            errors.push(
+                "nothing identifies the server beyond its OS image: give --expected-compose-hash, --expected-app-id or --manifest-signer (an MRTD alone is shared by every CVM on that image), or --allow-unpinned-server if the verifier's policy pins the server itself".into(),
+            );
+        }
         if self.to.is_none() && manifest.is_none() {
             errors.push(
                 "no server: give --to HOST:PORT, or --manifest-domain (or --manifest-txt) to reach the leader its signed manifest names".into(),
@@ -168,6 +185,9 @@ impl ForwardSettings {
             verifier_url: self.verifier_url,
             purpose: self.purpose,
             expected_mrtds,
+            expected_compose_hashes,
+            expected_app_ids,
+            allow_cleartext_upstream: self.allow_cleartext_upstream,
             manifest,
             manifest_signers,
             dns_server,
@@ -175,6 +195,28 @@ impl ForwardSettings {
             renew_every: RENEW_EVERY,
         })
     }
+}
+
+/// Hex pins of `bytes` bytes each: optional `0x`, any case, blanks ignored; lower-cased.
+fn hex_pins(what: &str, given: &[String], bytes: usize, errors: &mut Vec<String>) -> Vec<String> {
+    given
+        .iter()
+        .map(|m| m.trim())
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            let hex = m
+                .trim_start_matches("0x")
+                .trim_start_matches("0X")
+                .to_ascii_lowercase();
+            if hex.len() != 2 * bytes || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                errors.push(format!(
+                    "{what} {m:?}: must be {} hex digits ({bytes} bytes)",
+                    2 * bytes
+                ));
+            }
+            hex
+        })
+        .collect()
 }
 
 fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
@@ -457,9 +499,24 @@ impl Forwarder {
             .await;
             return;
         }
-        if let Err(e) = authentication_phase(&mut local, &mut upstream).await {
-            tracing::info!(client.addr = %peer, error = %e, "authentication phase ended");
-            return;
+        match authentication_phase(
+            &mut local,
+            &mut upstream,
+            self.config.allow_cleartext_upstream,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(AuthPhaseError::Refused(why)) => {
+                tracing::warn!(client.addr = %peer, to = %target.addr, reason = %why, "refused the server's authentication request");
+                fatal(&mut local, "28000", &format!("teesql forwarder: {why}")).await;
+                let _ = upstream.shutdown().await;
+                return;
+            }
+            Err(AuthPhaseError::Ended(e)) => {
+                tracing::info!(client.addr = %peer, error = %e, "authentication phase ended");
+                return;
+            }
         }
         let end = relay::relay(&mut local, &mut upstream, None, false).await;
         tracing::debug!(client.addr = %peer, end = ?end, "forwarded session ended");
@@ -564,6 +621,8 @@ impl Forwarder {
                 client_addr: peer.to_string(),
                 alpn: String::new(),
                 expected_mrtds: self.config.expected_mrtds.clone(),
+                expected_compose_hashes: self.config.expected_compose_hashes.clone(),
+                expected_app_ids: self.config.expected_app_ids.clone(),
             })
             .await
             .map_err(|s| format!("verifier unavailable ({:?}: {})", s.code(), s.message()))?
@@ -635,56 +694,105 @@ fn server_name_text(name: &ServerName<'_>) -> String {
     }
 }
 
-/// Relay the authentication exchange message by message, hiding SCRAM-SHA-256-PLUS
-/// from the local client: its connection to the forwarder is plaintext, so it cannot
-/// bind a channel (libpq refuses a PLUS offer without TLS), while the forwarder's own
-/// connection is mutually authenticated TLS. Ends after AuthenticationOk (`Ok`) or an
-/// error from either side (`Err`, after passing the server's error on).
-async fn authentication_phase<L, U>(local: &mut L, upstream: &mut U) -> Result<(), String>
+/// Why the forwarder stopped a login.
+#[derive(Debug)]
+enum AuthPhaseError {
+    /// The server asked for something the local client must not answer; the local
+    /// client has been told why.
+    Refused(String),
+    /// Either side went away or broke the protocol (passed on as it came).
+    Ended(String),
+}
+
+/// Relay the authentication exchange message by message. Only SCRAM-SHA-256 is relayed:
+/// it never reveals the secret, even to a server that is not the one expected. A request
+/// for a cleartext or MD5 password would have the local driver send the cluster secret
+/// (or a replayable hash of it), so it is refused unless `allow_cleartext` is set.
+/// SCRAM-SHA-256-PLUS is hidden from the local client: its connection to the forwarder
+/// is plaintext, so it cannot bind a channel (libpq refuses a PLUS offer without TLS),
+/// while the forwarder's own connection is mutually authenticated TLS. Ends after
+/// AuthenticationOk (`Ok`) or an error from either side (`Err`, after passing the
+/// server's error on).
+async fn authentication_phase<L, U>(
+    local: &mut L,
+    upstream: &mut U,
+    allow_cleartext: bool,
+) -> Result<(), AuthPhaseError>
 where
     L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    use AuthPhaseError::{Ended, Refused};
     use pgwire::decode::{self, Authentication};
+    let mut sasl_started = false;
     loop {
         let (tag, body) = pgwire::read_message(upstream, pgwire::MAX_AUTH_MESSAGE_LEN)
             .await
-            .map_err(|e| format!("server: {e}"))?;
+            .map_err(|e| Ended(format!("server: {e}")))?;
         let mut out = Vec::new();
         let auth = if tag == b'R' {
-            Some(decode::authentication(&body).map_err(|e| format!("server: {e}"))?)
+            Some(decode::authentication(&body).map_err(|e| Ended(format!("server: {e}")))?)
         } else {
             None
         };
         match &auth {
             Some(Authentication::Sasl(mechanisms)) => {
-                let plain: Vec<&str> = mechanisms
-                    .iter()
-                    .copied()
-                    .filter(|m| *m != "SCRAM-SHA-256-PLUS")
-                    .collect();
-                msg::authentication_sasl(&mut out, &plain);
+                if !mechanisms.contains(&"SCRAM-SHA-256") {
+                    return Err(Refused(format!(
+                        "the server offered SASL mechanisms {mechanisms:?}; only SCRAM-SHA-256 is relayed"
+                    )));
+                }
+                sasl_started = true;
+                msg::authentication_sasl(&mut out, &["SCRAM-SHA-256"]);
             }
-            _ => out.extend_from_slice(&crate::backend::raw_message(tag, &body)),
+            Some(Authentication::SaslContinue(_) | Authentication::SaslFinal(_))
+                if sasl_started =>
+            {
+                out.extend_from_slice(&crate::backend::raw_message(tag, &body))
+            }
+            Some(Authentication::Ok) => {
+                out.extend_from_slice(&crate::backend::raw_message(tag, &body))
+            }
+            Some(Authentication::CleartextPassword | Authentication::Md5Password(_))
+                if allow_cleartext =>
+            {
+                out.extend_from_slice(&crate::backend::raw_message(tag, &body))
+            }
+            Some(Authentication::CleartextPassword) => {
+                return Err(Refused(
+                    "the server asked for a cleartext password; the forwarder does not let the cluster secret out (a TeeSQL sidecar uses SCRAM-SHA-256; --allow-cleartext-upstream permits it)".into(),
+                ));
+            }
+            Some(Authentication::Md5Password(_)) => {
+                return Err(Refused(
+                    "the server asked for an MD5 password; the forwarder does not let a hash of the cluster secret out (a TeeSQL sidecar uses SCRAM-SHA-256; --allow-cleartext-upstream permits it)".into(),
+                ));
+            }
+            Some(other) => {
+                return Err(Refused(format!(
+                    "the server asked for authentication the forwarder does not relay ({other:?})"
+                )));
+            }
+            // An error, NegotiateProtocolVersion or a notice: passed on.
+            None => out.extend_from_slice(&crate::backend::raw_message(tag, &body)),
         }
         local
             .write_all(&out)
             .await
-            .map_err(|e| format!("client: {e}"))?;
+            .map_err(|e| Ended(format!("client: {e}")))?;
         match auth {
             Some(Authentication::Ok) => return Ok(()),
             Some(Authentication::SaslFinal(_)) => continue,
             Some(_) => {
                 let (ctag, cbody) = pgwire::read_message(local, pgwire::MAX_AUTH_MESSAGE_LEN)
                     .await
-                    .map_err(|e| format!("client: {e}"))?;
+                    .map_err(|e| Ended(format!("client: {e}")))?;
                 upstream
                     .write_all(&crate::backend::raw_message(ctag, &cbody))
                     .await
-                    .map_err(|e| format!("server: {e}"))?;
+                    .map_err(|e| Ended(format!("server: {e}")))?;
             }
-            None if tag == b'E' => return Err("the server refused the login".into()),
-            // NegotiateProtocolVersion and notices before authentication: passed on.
+            None if tag == b'E' => return Err(Ended("the server refused the login".into())),
             None => continue,
         }
     }

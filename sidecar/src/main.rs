@@ -91,6 +91,22 @@ struct ForwardArgs {
         value_delimiter = ','
     )]
     expected_mrtds: Vec<String>,
+    /// Compose hash the server must run (64 hex digits, the SHA-256 of its app-compose,
+    /// attested through RTMR3); repeat for several.
+    #[arg(long = "expected-compose-hash", value_name = "HEX")]
+    expected_compose_hashes: Vec<String>,
+    /// dstack app id the server must have (40 hex digits); repeat for several.
+    #[arg(long = "expected-app-id", value_name = "HEX")]
+    expected_app_ids: Vec<String>,
+    /// Start even though no compose hash, app id or manifest signer identifies the
+    /// server: only when the verifier's own policy pins it (an MRTD alone is shared by
+    /// every CVM on the same dstack image).
+    #[arg(long)]
+    allow_unpinned_server: bool,
+    /// Relay a server's request for a cleartext or MD5 password (the cluster secret, or a
+    /// replayable hash of it). A TeeSQL sidecar never asks; off by default.
+    #[arg(long)]
+    allow_cleartext_upstream: bool,
     /// TLS server name (SNI) to send [default: the host dialled].
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
@@ -244,6 +260,10 @@ async fn forward(args: ForwardArgs) -> ExitCode {
         verifier_url: args.verifier,
         purpose: args.policy,
         expected_mrtds: args.expected_mrtds,
+        expected_compose_hashes: args.expected_compose_hashes,
+        expected_app_ids: args.expected_app_ids,
+        allow_cleartext_upstream: args.allow_cleartext_upstream,
+        allow_unpinned_server: args.allow_unpinned_server,
         manifest_domain: args.manifest_domain,
         manifest_txt: args.manifest_txt,
         manifest_signers: args.manifest_signers,

@@ -137,6 +137,10 @@ pub struct ConnectionClaims {
     pub alpn: String,
     /// MRTDs the application itself expects (e.g. `EXPECTED_MRTD`), hex.
     pub expected_mrtds: Vec<String>,
+    /// Compose hashes the application itself expects of the peer, hex.
+    pub expected_compose_hashes: Vec<String>,
+    /// App ids the application itself expects of the peer, hex.
+    pub expected_app_ids: Vec<String>,
 }
 
 /// The part of the claims that depends only on the evidence (and the caller's expected

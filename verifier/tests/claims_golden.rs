@@ -134,6 +134,8 @@ async fn claims_documents_match_golden_files_and_claims_md() {
         client_addr: "127.0.0.1:40000".into(),
         alpn: "postgresql".into(),
         expected_mrtds: vec!["91eb2b44".into()],
+        expected_compose_hashes: vec![],
+        expected_app_ids: vec![],
     };
     let cert_claims = claims_for(&cert, None, 1_760_000_000, "sidecar", Some(connection)).await;
     let b = check_golden("claims-ra-tls-cert.json", &cert_claims);

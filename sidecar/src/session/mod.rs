@@ -278,7 +278,7 @@ async fn log_in(
         } else {
             String::new()
         },
-        expected_mrtds: Vec::new(),
+        ..VerifyPeerRequest::default()
     };
     let verifier = shared.verifier.clone();
     let asked = Instant::now();

@@ -293,7 +293,12 @@ impl DevAgent {
         hex::encode(self.state.identity.mrtd)
     }
 
-    /// The app id its event log records (hex), the `cluster` a leader manifest names.
+    /// The compose hash its event log records (hex): SHA-256 of its app-compose.
+    pub fn compose_hash_hex(&self) -> String {
+        hex::encode(self.state.identity.compose_hash)
+    }
+
+    /// The app id its event log records (hex).
     pub fn app_id_hex(&self) -> String {
         hex::encode(self.state.identity.app_id)
     }

@@ -78,6 +78,8 @@ impl Verifier for GrpcVerifier {
                     client_addr: r.client_addr,
                     alpn: r.alpn,
                     expected_mrtds: r.expected_mrtds,
+                    expected_compose_hashes: r.expected_compose_hashes,
+                    expected_app_ids: r.expected_app_ids,
                 },
             })
             .await

@@ -69,8 +69,8 @@ const MAX_CONNECTION_FIELDS: [(&str, usize); 5] = [
     ("client_addr", 128),
     ("alpn", 255),
 ];
-const MAX_EXPECTED_MRTDS: usize = 32;
-const MAX_MRTD_HEX: usize = 100;
+const MAX_EXPECTED_PINS: usize = 32;
+const MAX_PIN_HEX: usize = 100;
 
 fn check_connection(c: &ConnectionClaims) -> Result<(), RequestError> {
     let values = [&c.user, &c.database, &c.sni, &c.client_addr, &c.alpn];
@@ -82,28 +82,26 @@ fn check_connection(c: &ConnectionClaims) -> Result<(), RequestError> {
             ));
         }
     }
-    if c.expected_mrtds.len() > MAX_EXPECTED_MRTDS {
-        return Err(invalid(
-            "expected_mrtds",
-            format!(
-                "{} entries, at most {MAX_EXPECTED_MRTDS}",
-                c.expected_mrtds.len()
-            ),
-        ));
-    }
-    if let Some((i, m)) = c
-        .expected_mrtds
-        .iter()
-        .enumerate()
-        .find(|(_, m)| m.len() > MAX_MRTD_HEX)
-    {
-        return Err(invalid(
-            "expected_mrtds",
-            format!(
-                "entry {i} is {} characters; an MRTD is 96 hex digits",
-                m.len()
-            ),
-        ));
+    for (field, list) in [
+        ("expected_mrtds", &c.expected_mrtds),
+        ("expected_compose_hashes", &c.expected_compose_hashes),
+        ("expected_app_ids", &c.expected_app_ids),
+    ] {
+        if list.len() > MAX_EXPECTED_PINS {
+            return Err(invalid(
+                field,
+                format!("{} entries, at most {MAX_EXPECTED_PINS}", list.len()),
+            ));
+        }
+        if let Some((i, m)) = list.iter().enumerate().find(|(_, m)| m.len() > MAX_PIN_HEX) {
+            return Err(invalid(
+                field,
+                format!(
+                    "entry {i} is {} characters; a measurement is at most 96 hex digits",
+                    m.len()
+                ),
+            ));
+        }
     }
     Ok(())
 }

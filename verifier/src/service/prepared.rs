@@ -199,6 +199,8 @@ mod tests {
             client_addr: "127.0.0.1:1".into(),
             alpn: "postgresql".into(),
             expected_mrtds: vec!["aa".into()],
+            expected_compose_hashes: vec!["cc".into()],
+            expected_app_ids: vec![],
         };
         let mut manifest = crate::manifest::Manifest::claims("v=1");
         manifest.valid_until = u64::MAX;

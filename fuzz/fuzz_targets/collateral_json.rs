@@ -1,0 +1,54 @@
+//! DCAP collateral JSON (dcap-qvl's `QuoteCollateralV3`, the collateral file format and
+//! what the PCCS client assembles): the same steps as `Collateral::from_file` without
+//! the file (serde parse + `Collateral::new`, which computes the validity window from
+//! the TCB Info / QE Identity dates and both CRLs), then `Collateral::key` (TCB Info head,
+//! PCK CRL issuer chain) and `DcapBackend::verify_with` against the recorded quote of
+//! the same TEE type, at a time inside the collateral's window (signature chain, TCB
+//! Info and QE Identity evaluation in dcap-qvl).
+//!
+//! The PCCS HTTP response parsing (`PccsClient::fetch`) is private and async over the
+//! network; it ends in this same `QuoteCollateralV3` value.
+#![no_main]
+
+use std::sync::{Arc, LazyLock};
+
+use dcap_qvl::QuoteCollateralV3;
+use libfuzzer_sys::fuzz_target;
+use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
+use teesql_verifier::collateral::{Collateral, CollateralConfig, CollateralProvider};
+use teesql_verifier::evidence::{Quote, TeeType, decode_quote_bytes};
+
+static TDX_QUOTE: LazyLock<Quote> = LazyLock::new(|| {
+    decode_quote_bytes(include_bytes!("../../testdata/dcap/tdx_quote")).expect("recorded TDX quote")
+});
+static SGX_QUOTE: LazyLock<Quote> = LazyLock::new(|| {
+    decode_quote_bytes(include_bytes!("../../testdata/dcap/sgx_quote")).expect("recorded SGX quote")
+});
+static BACKEND: LazyLock<DcapBackend> = LazyLock::new(|| {
+    let config = CollateralConfig {
+        pccs_url: None,
+        ..CollateralConfig::default()
+    };
+    let provider = CollateralProvider::new(&config).expect("offline collateral provider");
+    DcapBackend::new(TrustRoot::intel(), Arc::new(provider))
+});
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(raw) = serde_json::from_slice::<QuoteCollateralV3>(data) else {
+        return;
+    };
+    let Ok(collateral) = Collateral::new(raw) else {
+        return;
+    };
+    let quote = match collateral.key() {
+        Ok(key) if key.tee == TeeType::Sgx => &*SGX_QUOTE,
+        Ok(_) => &*TDX_QUOTE,
+        Err(_) => &*TDX_QUOTE,
+    };
+    let w = collateral.window;
+    let now = if w.not_before <= w.not_after { w.not_before } else { w.not_after };
+    let facts = BACKEND.verify_with(quote, &collateral, now);
+    if facts.verified {
+        assert!(facts.error.is_none());
+    }
+});

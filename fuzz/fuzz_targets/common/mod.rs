@@ -1,0 +1,66 @@
+//! Shared by the verifier targets: run what the verifier does with decoded evidence
+//! before any policy sees it (event log replay, app identity, claims), so the fuzzers
+//! reach the code that consumes parsed peer data, not just the parsers.
+#![allow(dead_code)]
+
+use teesql_verifier::backend::{QuoteFacts, TrustRootKind, VerifyError, VerifyErrorCode};
+use teesql_verifier::claims::AppraisedEvidence;
+use teesql_verifier::collateral::key_for_quote;
+use teesql_verifier::eventlog::{AppIdentity, RuntimeEvent, replay_rtmr3};
+use teesql_verifier::evidence::{Evidence, EventLog, Quote};
+
+/// The quote accessors the claims and the collateral lookup use.
+pub fn exercise_quote(q: &Quote) {
+    let _ = q.version();
+    let _ = q.tee_type();
+    let _ = q.report_data();
+    let _ = q.raw().len();
+    if let Some(td) = q.td_report() {
+        let _ = td.debug();
+    }
+    // Which collateral the quote needs: parses the PCK certificate the quote embeds.
+    let _ = key_for_quote(q);
+}
+
+/// RTMR3 replay and the app identity of runtime events.
+pub fn exercise_events(events: &[RuntimeEvent]) {
+    let _ = replay_rtmr3(events);
+    let _ = AppIdentity::from_events(events);
+    for e in events {
+        let _ = e.digest();
+    }
+}
+
+pub fn exercise_event_log(log: &EventLog) {
+    if let Ok(events) = log.rtmr3_events() {
+        exercise_events(&events);
+    }
+}
+
+/// Everything the verifier derives from decoded evidence: quote accessors, event log
+/// replay, and the claims document (serialized, as policies receive it).
+pub fn exercise_evidence(ev: &Evidence) {
+    if let Some(q) = &ev.quote {
+        exercise_quote(q);
+    }
+    if let Some(log) = &ev.event_log {
+        exercise_event_log(log);
+    }
+    let facts = QuoteFacts {
+        verified: false,
+        error: Some(VerifyError {
+            code: VerifyErrorCode::Other,
+            message: "fuzz".into(),
+        }),
+        root: TrustRootKind::Intel,
+        tcb_status: Some("UpToDate".into()),
+        advisory_ids: Vec::new(),
+        collateral: None,
+    };
+    for (facts, expected) in [(Some(&facts), Some(&[0u8; 64][..])), (None, None)] {
+        let appraised = AppraisedEvidence::build(ev, facts, "fuzz", expected);
+        let _ = appraised.measured();
+        let claims = appraised.into_claims("fuzz", 0, None);
+        let _ = serde_json::to_vec(&claims);
+    }
+}
