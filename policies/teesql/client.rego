@@ -7,8 +7,11 @@ import data.teesql.lib
 
 default allow := false
 
+# Positive grounds only (see sidecar.rego): a verified quote bound to the server's key.
 allow if {
 	input.tdx.verified == true
+	input.binding.ok == true
+	data.teesql.lib.checks_loaded
 	count(deny) == 0
 }
 

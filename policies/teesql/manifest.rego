@@ -13,10 +13,29 @@ import data.teesql.lib
 
 default allow := false
 
-allow if count(deny) == 0
+# Positive grounds only (see sidecar.rego): a parsed manifest, signed by a pinned signer,
+# not expired, and, with the leader's certificate, a verified leader that is the one named.
+allow if {
+	count(deny) == 0
+	input.manifest.error == null
+	lower(input.manifest.signer) in pinned_signers
+	input.manifest.valid_until > input.now
+	leader_acceptable
+}
+
+leader_acceptable if input.evidence.kind == "none"
+
+leader_acceptable if {
+	input.evidence.kind != "none"
+	input.tdx.verified == true
+	input.binding.ok == true
+	input.app != null
+	data.teesql.lib.checks_loaded
+	data.teesql.lib.norm_or_empty(input.app.instance_id) == data.teesql.lib.norm(input.manifest.leader_instance)
+}
 
 # Signers pinned by the policy's data, and those the caller itself trusts.
-pinned_signers := {lower(s) | some s in array.concat(data.teesql.manifest_signers, object.get(input.manifest, "expected_signers", []))}
+pinned_signers := {lower(s) | some s in data.teesql.manifest_signers} | {lower(s) | some s in object.get(input.manifest, "expected_signers", [])}
 
 deny contains d if {
 	input.manifest.error != null

@@ -9,6 +9,7 @@ default allow := false
 
 allow if {
 	input.tdx.verified == true
+	data.teesql.lib.checks_loaded
 	count(deny) == 0
 }
 

@@ -10,6 +10,8 @@ default allow := false
 
 allow if {
 	input.tdx.verified == true
+	input.report.consistent == true
+	data.teesql.lib.checks_loaded
 	count(deny) == 0
 }
 

@@ -142,6 +142,7 @@ impl PolicySet {
             .collect();
         packages.sort();
         packages.dedup();
+        check_references(&loaded.files, &packages, &loaded.data)?;
 
         // Analyse and schedule once, here, so every clone starts prepared and a set that
         // cannot be evaluated is rejected at load time rather than on the first request.
@@ -408,6 +409,112 @@ fn compile_vm(
     Compiler::compile_from_policy(&policy, &refs).map_err(|e| format!("{e:#}"))
 }
 
+/// Every `data.…` path a policy reads must lead to a loaded package or into data.json:
+/// a profile missing a file (a library, its data) is refused at load, instead of
+/// evaluating rules over undefined values, which Rego treats as "no objection".
+fn check_references(
+    files: &[PolicyFile],
+    packages: &[String],
+    data: &serde_json::Value,
+) -> Result<(), PolicyError> {
+    let mut missing: Vec<String> = Vec::new();
+    for file in files.iter().filter(|f| f.is_rego() && !f.is_test()) {
+        for path in data_references(&file.contents) {
+            let segments: Vec<&str> = path.split('.').collect();
+            let in_package = (1..=segments.len())
+                .any(|n| packages.iter().any(|p| *p == segments[..n].join(".")));
+            if in_package {
+                continue;
+            }
+            let mut cur = data;
+            let mut defined = true;
+            for seg in &segments {
+                match cur {
+                    serde_json::Value::Object(map) => match map.get(*seg) {
+                        Some(next) => cur = next,
+                        None => {
+                            defined = false;
+                            break;
+                        }
+                    },
+                    _ => break,
+                }
+            }
+            if !defined {
+                let shown = format!("{} reads data.{path}", file.display_path);
+                if !missing.contains(&shown) {
+                    missing.push(shown);
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyError::Load {
+            path: files
+                .first()
+                .map(|f| f.path.display().to_string())
+                .unwrap_or_default(),
+            detail: format!(
+                "incomplete policy set (a file or a data.json key is missing), refused rather than deciding without it: {}; neither a loaded package nor data.json defines these",
+                missing.join("; ")
+            ),
+        })
+    }
+}
+
+/// The `data.a.b.c` paths a Rego source names, outside comments and strings.
+fn data_references(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in source.lines() {
+        // Drop strings and comments: a `#` outside a string starts a comment.
+        let mut code = String::new();
+        let mut in_string = false;
+        let mut escaped = false;
+        for c in line.chars() {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    in_string = false;
+                }
+                code.push(' ');
+                continue;
+            }
+            match c {
+                '"' => {
+                    in_string = true;
+                    code.push(' ');
+                }
+                '#' => break,
+                _ => code.push(c),
+            }
+        }
+        let bytes = code.as_bytes();
+        let mut i = 0;
+        while let Some(found) = code[i..].find("data.") {
+            let start = i + found;
+            let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+            let boundary = start == 0 || !(ident(bytes[start - 1]) || bytes[start - 1] == b'.');
+            let mut end = start + 5;
+            while end < bytes.len() && (ident(bytes[end]) || bytes[end] == b'.') {
+                end += 1;
+            }
+            if boundary {
+                let path = code[start + 5..end].trim_end_matches('.');
+                if !path.is_empty() {
+                    out.push(path.to_string());
+                }
+            }
+            i = end.max(start + 5);
+        }
+    }
+    out
+}
+
 /// A package that decides a purpose: `teesql.<name>`, not a library or a test package.
 fn is_purpose_package(pkg: &str) -> bool {
     pkg.strip_prefix("teesql.").is_some_and(|rest| {
@@ -451,4 +558,25 @@ pub fn check_dirs(dirs: &[PathBuf]) -> Result<(), PolicyError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_references_skip_strings_and_comments() {
+        let src = r#"package teesql.x
+import data.teesql.lib
+# data.teesql.in_a_comment
+allow if data.teesql.flag == true # data.teesql.trailing
+msg := "data.teesql.in_a_string \" data.teesql.escaped"
+pins := data.teesql.pins[reg]
+x := mydata.teesql.not_a_reference
+"#;
+        assert_eq!(
+            data_references(src),
+            ["teesql.lib", "teesql.flag", "teesql.pins"]
+        );
+    }
 }

@@ -237,6 +237,31 @@ impl DecisionService {
                 path: "(reload)".into(),
                 detail: e.to_string(),
             })?;
+        // A set that no longer decides a purpose the serving set decides would turn every
+        // such request into an error: refuse it like a set that does not compile.
+        let loaded = loaded.and_then(|set| {
+            let keeps = set.purposes();
+            let dropped: Vec<String> = current
+                .purposes()
+                .into_iter()
+                .filter(|p| !keeps.contains(p))
+                .collect();
+            if dropped.is_empty() {
+                Ok(set)
+            } else {
+                Err(PolicyError::Load {
+                    path: current
+                        .dirs()
+                        .first()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default(),
+                    detail: format!(
+                        "the new set no longer decides {} (package teesql.<purpose> missing); restart to remove a purpose",
+                        dropped.join(", ")
+                    ),
+                })
+            }
+        });
         match loaded {
             Ok(set) => {
                 let hash = set.hash().to_string();
