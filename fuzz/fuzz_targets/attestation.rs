@@ -13,7 +13,9 @@ use teesql_verifier::evidence::{
 };
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(att) = decode_attestation(data) {
+    let r = decode_attestation(data);
+    common::trace("decode_attestation", &r);
+    if let Ok(att) = r {
         common::exercise_events(&att.runtime_events);
         if att.format == AttestationFormat::VersionedV0 {
             let again = decode_attestation(&att.encode_v0()).expect("encode_v0 output decodes");
@@ -24,7 +26,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again.report_data, att.report_data);
             assert_eq!(again.config, att.config);
         }
-        if let Ok(ev) = att.into_evidence(EvidenceKind::DstackAttestation) {
+        let r = att.into_evidence(EvidenceKind::DstackAttestation);
+        common::trace("into_evidence", &r);
+        if let Ok(ev) = r {
             common::exercise_evidence(&ev);
         }
     }
@@ -33,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
     let texty = text.first() == Some(&b'{')
         || (text.len() >= 2 && text.iter().all(|b| b.is_ascii_hexdigit() || *b == b'x' || *b == b'X'));
     if texty {
-        if let Ok(ev) = decode_attestation_text(data) {
+        let r = decode_attestation_text(data);
+        common::trace("decode_attestation_text", &r);
+        if let Ok(ev) = r {
             common::exercise_evidence(&ev);
         }
     }

@@ -10,6 +10,8 @@
 //! network; it ends in this same `QuoteCollateralV3` value.
 #![no_main]
 
+mod common;
+
 use std::sync::{Arc, LazyLock};
 
 use dcap_qvl::QuoteCollateralV3;
@@ -34,13 +36,19 @@ static BACKEND: LazyLock<DcapBackend> = LazyLock::new(|| {
 });
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(raw) = serde_json::from_slice::<QuoteCollateralV3>(data) else {
+    let raw = serde_json::from_slice::<QuoteCollateralV3>(data);
+    common::trace("QuoteCollateralV3 JSON", &raw);
+    let Ok(raw) = raw else {
         return;
     };
-    let Ok(collateral) = Collateral::new(raw) else {
+    let collateral = Collateral::new(raw);
+    common::trace("Collateral::new", &collateral);
+    let Ok(collateral) = collateral else {
         return;
     };
-    let quote = match collateral.key() {
+    let key = collateral.key();
+    common::trace("Collateral::key", &key);
+    let quote = match key {
         Ok(key) if key.tee == TeeType::Sgx => &*SGX_QUOTE,
         Ok(_) => &*TDX_QUOTE,
         Err(_) => &*TDX_QUOTE,
@@ -48,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
     let w = collateral.window;
     let now = if w.not_before <= w.not_after { w.not_before } else { w.not_after };
     let facts = BACKEND.verify_with(quote, &collateral, now);
+    common::trace("verify_with", &facts.error.as_ref().map_or(Ok(()), |e| Err(e.message.clone())));
     if facts.verified {
         assert!(facts.error.is_none());
     }

@@ -20,7 +20,9 @@ use teesql_verifier::evidence::{Evidence, EventLog, decode_getquote_json};
 fuzz_target!(|data: &[u8]| {
     let text = data.trim_ascii_start();
     if text.first() == Some(&b'[') {
-        if let Ok(tdx_events) = serde_json::from_slice::<Vec<TdxEvent>>(data) {
+        let r = serde_json::from_slice::<Vec<TdxEvent>>(data);
+        common::trace("Vec<TdxEvent> JSON", &r);
+        if let Ok(tdx_events) = r {
             let mut ev = Evidence::none();
             ev.event_log = Some(EventLog {
                 tdx_events,
@@ -30,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if text.first() == Some(&b'{') {
-        if let Ok(ev) = decode_getquote_json(data) {
+        let r = decode_getquote_json(data);
+        common::trace("decode_getquote_json", &r);
+        if let Ok(ev) = r {
             common::exercise_evidence(&ev);
         }
     }

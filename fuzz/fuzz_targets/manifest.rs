@@ -3,16 +3,21 @@
 //! `Manifest::claims`. A parsed manifest's `to_txt` must parse back to the same fields.
 #![no_main]
 
+mod common;
+
 use libfuzzer_sys::fuzz_target;
 use teesql_verifier::manifest::{MAX_MANIFEST_LEN, Manifest};
 
 fuzz_target!(|data: &[u8]| {
     let txt = String::from_utf8_lossy(data);
-    match Manifest::parse(&txt) {
+    let r = Manifest::parse(&txt);
+    common::trace("Manifest::parse", &r);
+    match r {
         Ok(m) => {
             let _ = m.signed_body();
             let _ = m.digest();
             let signer = m.signer();
+            common::trace("signer", &signer);
             let out = m.to_txt();
             if out.len() <= MAX_MANIFEST_LEN {
                 let again = Manifest::parse(&out).expect("to_txt output parses");

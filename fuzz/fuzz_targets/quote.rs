@@ -10,6 +10,7 @@ use teesql_verifier::evidence::{decode_quote_bytes, decode_quote_text};
 
 fuzz_target!(|data: &[u8]| {
     let bytes = decode_quote_bytes(data);
+    common::trace("decode_quote_bytes", &bytes);
     if let Ok(q) = &bytes {
         assert_eq!(q.raw(), data);
         common::exercise_quote(q);
@@ -17,7 +18,9 @@ fuzz_target!(|data: &[u8]| {
     // Binary input never looks like hex, so decode_quote_text would repeat the above.
     let looks_binary = bytes.is_ok() || std::str::from_utf8(data).is_err();
     if !looks_binary {
-        if let Ok(q) = decode_quote_text(data) {
+        let r = decode_quote_text(data);
+        common::trace("decode_quote_text", &r);
+        if let Ok(q) = r {
             common::exercise_quote(&q);
         }
     }

@@ -12,14 +12,20 @@ use teesql_verifier::evidence::{MAX_CHAIN_LEN, decode_cert_chain, decode_certifi
 fuzz_target!(|data: &[u8]| {
     // The TLS stack hands over DER certificates: the input as the leaf.
     let leaf = vec![data.to_vec()];
-    if let Ok(ev) = decode_certificate_der(&leaf) {
+    let r = decode_certificate_der(&leaf);
+    common::trace("decode_certificate_der(input)", &r);
+    if let Ok(ev) = r {
         common::exercise_evidence(&ev);
     }
     // The CLI / files path: PEM or concatenated DER.
-    if let Ok(chain) = decode_cert_chain(data) {
+    let chain = decode_cert_chain(data);
+    common::trace("decode_cert_chain", &chain);
+    if let Ok(chain) = chain {
         assert!(!chain.is_empty() && chain.len() <= MAX_CHAIN_LEN);
         if chain != leaf {
-            if let Ok(ev) = decode_certificate_der(&chain) {
+            let r = decode_certificate_der(&chain);
+            common::trace("decode_certificate_der(chain)", &r);
+            if let Ok(ev) = r {
                 assert_eq!(ev.certificate.as_ref().map(|c| c.chain_len), Some(chain.len()));
                 common::exercise_evidence(&ev);
             }

@@ -19,6 +19,8 @@
 //! client knowing the password computes (anything else would be an authentication bypass).
 #![no_main]
 
+mod common;
+
 use std::sync::LazyLock;
 
 use base64::Engine as _;
@@ -93,7 +95,9 @@ fuzz_target!(|data: &[u8]| {
     let mut server = ScramServer::new(verifier, cb_data.clone());
     let _ = format!("{server:?}");
 
-    let server_first = match server.client_first(mechanism, first) {
+    let r = server.client_first(mechanism, first);
+    common::trace("client_first", &r);
+    let server_first = match r {
         Ok(server_first) => server_first,
         Err(_) => {
             assert!(server.matched().is_none());
@@ -131,7 +135,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    match server.client_final(&final_msg) {
+    let r = server.client_final(&final_msg);
+    common::trace("client_final", &r);
+    match r {
         Ok(server_final) => {
             let proof = expected_proof.expect("client_final accepted a proof the harness did not compute");
             assert!(final_msg.ends_with(proof.as_bytes()), "accepted a different proof");

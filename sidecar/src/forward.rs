@@ -925,8 +925,51 @@ mod tests {
             to: Some("db.example.com:5433".into()),
             verifier_url: "http://127.0.0.1:50051".into(),
             purpose: "client".into(),
+            expected_compose_hashes: vec![format!("0x{}", "C1".repeat(32))],
             ..ForwardSettings::default()
         }
+    }
+
+    #[test]
+    fn an_mrtd_alone_does_not_identify_the_server() {
+        let mrtd_only = || ForwardSettings {
+            expected_compose_hashes: vec![],
+            expected_mrtds: vec!["ab".repeat(48)],
+            ..settings()
+        };
+        let errors = mrtd_only().resolve().unwrap_err();
+        assert!(
+            errors[0].contains("nothing identifies the server beyond its OS image"),
+            "{errors:?}"
+        );
+        for ok in [
+            ForwardSettings {
+                expected_app_ids: vec!["a1".repeat(20)],
+                ..mrtd_only()
+            },
+            ForwardSettings {
+                manifest_signers: vec![format!("0x{}", "cd".repeat(20))],
+                ..mrtd_only()
+            },
+            ForwardSettings {
+                allow_unpinned_server: true,
+                ..mrtd_only()
+            },
+        ] {
+            ok.resolve().unwrap();
+        }
+        let c = settings().resolve().unwrap();
+        assert_eq!(c.expected_compose_hashes, ["c1".repeat(32)]);
+        let errors = ForwardSettings {
+            expected_compose_hashes: vec!["c1".repeat(31)],
+            expected_app_ids: vec!["zz".repeat(20)],
+            ..settings()
+        }
+        .resolve()
+        .unwrap_err()
+        .join("\n");
+        assert!(errors.contains("--expected-compose-hash"), "{errors}");
+        assert!(errors.contains("--expected-app-id"), "{errors}");
     }
 
     #[test]

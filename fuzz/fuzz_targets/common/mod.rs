@@ -19,7 +19,7 @@ pub fn exercise_quote(q: &Quote) {
         let _ = td.debug();
     }
     // Which collateral the quote needs: parses the PCK certificate the quote embeds.
-    let _ = key_for_quote(q);
+    trace("key_for_quote", &key_for_quote(q));
 }
 
 /// RTMR3 replay and the app identity of runtime events.
@@ -32,7 +32,9 @@ pub fn exercise_events(events: &[RuntimeEvent]) {
 }
 
 pub fn exercise_event_log(log: &EventLog) {
-    if let Ok(events) = log.rtmr3_events() {
+    let r = log.rtmr3_events();
+    trace("rtmr3_events", &r);
+    if let Ok(events) = r {
         exercise_events(&events);
     }
 }
@@ -62,5 +64,19 @@ pub fn exercise_evidence(ev: &Evidence) {
         let _ = appraised.measured();
         let claims = appraised.into_claims("fuzz", 0, None);
         let _ = serde_json::to_vec(&claims);
+    }
+}
+
+static TRACE: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var_os("TEESQL_FUZZ_TRACE").is_some());
+
+/// With `TEESQL_FUZZ_TRACE=1` in the environment, print what a decoder returned (to
+/// check by hand that seeds reach the success paths: run the target on one input).
+pub fn trace<T: std::fmt::Debug, E: std::fmt::Display>(what: &str, r: &Result<T, E>) {
+    if *TRACE {
+        match r {
+            Ok(_) => eprintln!("[trace] {what}: ok"),
+            Err(e) => eprintln!("[trace] {what}: error: {e}"),
+        }
     }
 }
