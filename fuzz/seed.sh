@@ -204,7 +204,8 @@ put("attestation", "simulator_v0_hex", sim_attest.hex())
 
 # ---------------------------------------------------------------- manifest
 addr, inst = "0xbd32b609057a1a4569558a571d535c8f1212b097", "ea23198e3419ebbb240571a29d0112d9bcbe69c0"
-sig = "11" * 32 + "22" * 32 + "1b"
+# r = x(G), so public key recovery succeeds (the signer is just not anyone in particular).
+sig = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798" + "22" * 32 + "1b"
 base = f"v=1;cluster={addr};leader_instance={inst};leader_url=https://x;epoch=1;valid_until=2;sig=0x{sig}"
 for name, txt in {
     "manifest": base,

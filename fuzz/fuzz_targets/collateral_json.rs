@@ -17,14 +17,27 @@ use std::sync::{Arc, LazyLock};
 use dcap_qvl::QuoteCollateralV3;
 use libfuzzer_sys::fuzz_target;
 use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
-use teesql_verifier::collateral::{Collateral, CollateralConfig, CollateralProvider};
-use teesql_verifier::evidence::{Quote, TeeType, decode_quote_bytes};
+use teesql_verifier::collateral::{
+    Collateral, CollateralConfig, CollateralKey, CollateralProvider, key_for_quote,
+};
+use teesql_verifier::evidence::{Quote, decode_quote_bytes, decode_quote_text};
 
-static TDX_QUOTE: LazyLock<Quote> = LazyLock::new(|| {
-    decode_quote_bytes(include_bytes!("../../testdata/dcap/tdx_quote")).expect("recorded TDX quote")
-});
-static SGX_QUOTE: LazyLock<Quote> = LazyLock::new(|| {
-    decode_quote_bytes(include_bytes!("../../testdata/dcap/sgx_quote")).expect("recorded SGX quote")
+/// The recorded quotes with their collateral keys; the first one is the fallback.
+static QUOTES: LazyLock<Vec<(Quote, Option<CollateralKey>)>> = LazyLock::new(|| {
+    let quotes = [
+        decode_quote_bytes(include_bytes!("../../testdata/dcap/tdx_quote")),
+        decode_quote_bytes(include_bytes!("../../testdata/dcap/tdx_quote_outdated")),
+        decode_quote_bytes(include_bytes!("../../testdata/dcap/sgx_quote")),
+        decode_quote_text(include_bytes!("../../testdata/dstack-near/quote.hex")),
+    ];
+    quotes
+        .into_iter()
+        .map(|q| {
+            let q = q.expect("recorded quote decodes");
+            let key = key_for_quote(&q).ok();
+            (q, key)
+        })
+        .collect()
 });
 static BACKEND: LazyLock<DcapBackend> = LazyLock::new(|| {
     let config = CollateralConfig {
@@ -48,11 +61,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let key = collateral.key();
     common::trace("Collateral::key", &key);
-    let quote = match key {
-        Ok(key) if key.tee == TeeType::Sgx => &*SGX_QUOTE,
-        Ok(_) => &*TDX_QUOTE,
-        Err(_) => &*TDX_QUOTE,
-    };
+    // The recorded quote this collateral is for (same TEE, FMSPC and PCK CA), if any.
+    let (quote, _) = key
+        .ok()
+        .and_then(|key| QUOTES.iter().find(|(_, k)| k.as_ref() == Some(&key)))
+        .unwrap_or(&QUOTES[0]);
     let w = collateral.window;
     let now = if w.not_before <= w.not_after { w.not_before } else { w.not_after };
     let facts = BACKEND.verify_with(quote, &collateral, now);

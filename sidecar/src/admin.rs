@@ -34,6 +34,10 @@ pub struct Admin {
     /// one without logging in, and each costs a Postgres login and a quote, so reports are
     /// made one at a time and callers that arrive while one is made share it.
     pub last_report: Arc<tokio::sync::Mutex<Option<(u64, ReportOutcome)>>>,
+    /// The last `/health` answer and when it was made: checks run at most once a second
+    /// (each opens a connection to Postgres and asks the verifier), one at a time.
+    last_health:
+        Arc<tokio::sync::Mutex<Option<(std::time::Instant, StatusCode, serde_json::Value)>>>,
 }
 
 type ReportOutcome = Result<serde_json::Value, String>;
@@ -44,10 +48,12 @@ impl Admin {
             shared,
             agent,
             last_report: Arc::default(),
+            last_health: Arc::default(),
         }
     }
 }
 
+/// The operator's endpoints: `/health`, `/attestation`, `/metrics`.
 pub fn router(admin: Admin) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -56,7 +62,33 @@ pub fn router(admin: Admin) -> Router {
         .with_state(admin)
 }
 
+/// What anyone may ask: `/attestation` only. `/health` names internal addresses and
+/// errors, `/metrics` the traffic; they stay on the (loopback) admin listener.
+pub fn public_router(admin: Admin) -> Router {
+    Router::new()
+        .route("/attestation", get(attestation))
+        .with_state(admin)
+}
+
+/// How long a `/health` answer is reused.
+const HEALTH_REFRESH: Duration = Duration::from_secs(1);
+
 async fn health(State(a): State<Admin>) -> Response {
+    let mut last = a.last_health.lock().await;
+    let (status, body) = match last.as_ref() {
+        Some((at, status, body)) if at.elapsed() < HEALTH_REFRESH => (*status, body.clone()),
+        _ => {
+            let (status, body) = check_health(&a).await;
+            a.shared.metrics.health_check();
+            *last = Some((std::time::Instant::now(), status, body.clone()));
+            (status, body)
+        }
+    };
+    drop(last);
+    (status, axum::Json(body)).into_response()
+}
+
+async fn check_health(a: &Admin) -> (StatusCode, serde_json::Value) {
     let (pg, verifier) = tokio::join!(
         postgres_alive(&a.shared.config.backend.addr),
         a.shared.verifier.check_health()
@@ -86,7 +118,7 @@ async fn health(State(a): State<Admin>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(body)).into_response()
+    (status, body)
 }
 
 /// Postgres accepts connections: it answers an SSLRequest.

@@ -33,8 +33,12 @@ pub struct SidecarFile {
 pub struct ListenFile {
     /// Postgres over TLS [default: 0.0.0.0:5433].
     pub postgres: Option<String>,
-    /// HTTP /health, /attestation, /metrics [default: 0.0.0.0:8080]; "off" disables.
+    /// HTTP /health, /attestation, /metrics for the operator [default: 127.0.0.1:8080];
+    /// "off" disables.
     pub admin: Option<String>,
+    /// HTTP with /attestation only, for anyone [default: off], e.g. "0.0.0.0:8080" with
+    /// the admin listener moved to another loopback port.
+    pub public: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -139,6 +143,12 @@ pub struct LimitsFile {
     pub shutdown_grace_secs: Option<u64>,
     /// Failed logins allowed per client address per minute [default: 30].
     pub failed_auth_per_minute: Option<u32>,
+    /// Open connections per HTTP listener [default: 64].
+    pub http_max_connections: Option<usize>,
+    /// Time for an HTTP client to send its request headers, seconds [default: 5].
+    pub http_header_timeout_secs: Option<u64>,
+    /// Longest an HTTP connection may live, seconds [default: 30].
+    pub http_connection_timeout_secs: Option<u64>,
 }
 
 /// Where the sidecar logs in to Postgres.
@@ -196,6 +206,7 @@ pub enum ChannelBinding {
 pub struct SidecarConfig {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    pub public_listen: Option<SocketAddr>,
     pub identity: IdentityConfig,
     pub verifier_url: String,
     pub verifier_timeout: Duration,
@@ -235,6 +246,7 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     pub shutdown_grace: Duration,
     pub failed_auth_per_minute: u32,
+    pub http: crate::http::HttpLimits,
 }
 
 /// Reads configuration values from the environment; tests supply a map instead.
@@ -297,11 +309,19 @@ impl SidecarConfig {
             .admin_listen
             .or_else(|| e("TEESQL_SIDECAR_ADMIN_LISTEN"))
             .or(file.listen.admin)
-            .unwrap_or_else(|| "0.0.0.0:8080".into());
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
         let admin_listen = if admin_s == "off" || admin_s.is_empty() {
             None
         } else {
             addr("admin listen", &admin_s, &mut errors)
+        };
+        let public_s = e("TEESQL_SIDECAR_PUBLIC_LISTEN")
+            .or(file.listen.public)
+            .unwrap_or_else(|| "off".into());
+        let public_listen = if public_s == "off" || public_s.is_empty() {
+            None
+        } else {
+            addr("public listen", &public_s, &mut errors)
         };
 
         let alt_names = flags
@@ -529,6 +549,18 @@ impl SidecarConfig {
             },
             shutdown_grace: Duration::from_secs(file.limits.shutdown_grace_secs.unwrap_or(30)),
             failed_auth_per_minute: file.limits.failed_auth_per_minute.unwrap_or(30).max(1),
+            http: crate::http::HttpLimits {
+                max_connections: file.limits.http_max_connections.unwrap_or(64).max(1),
+                header_timeout: Duration::from_secs(
+                    file.limits.http_header_timeout_secs.unwrap_or(5).max(1),
+                ),
+                connection_timeout: Duration::from_secs(
+                    file.limits
+                        .http_connection_timeout_secs
+                        .unwrap_or(30)
+                        .max(1),
+                ),
+            },
         };
 
         if !errors.is_empty() {
@@ -540,6 +572,7 @@ impl SidecarConfig {
         Ok(Self {
             listen,
             admin_listen,
+            public_listen,
             identity,
             verifier_url,
             verifier_timeout,
@@ -639,7 +672,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:5433");
-        assert_eq!(c.admin_listen.unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(c.admin_listen.unwrap().to_string(), "127.0.0.1:8080");
+        assert_eq!(c.public_listen, None);
         assert_eq!(c.backend.addr, BackendAddr::Tcp("127.0.0.1".into(), 5432));
         assert_eq!(c.auth_method, ClientAuthMethod::Scram);
         assert_eq!(c.channel_binding, ChannelBinding::Auto);

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod cancel;
 pub mod config;
 pub mod forward;
+pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod pgwire;
@@ -74,14 +75,9 @@ impl Sidecar {
         Ok(Self { shared, agent })
     }
 
-    /// Serve Postgres on `listener` and HTTP on `admin` until `shutdown`, renewing the
-    /// certificate on schedule; then drain sessions.
-    pub async fn run(
-        self,
-        listener: TcpListener,
-        admin: Option<TcpListener>,
-        shutdown: impl Future<Output = ()> + Send,
-    ) {
+    /// Serve Postgres and HTTP on `listeners` until `shutdown`, renewing the certificate
+    /// on schedule; then drain sessions.
+    pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let shared = self.shared.clone();
         let renewal = {
@@ -96,20 +92,37 @@ impl Sidecar {
                 move |ok| s.metrics.renewal(ok),
             ))
         };
-        if let Some(admin) = admin {
-            let app = admin::router(admin::Admin::new(shared.clone(), self.agent.clone()));
+        let admin = admin::Admin::new(shared.clone(), self.agent.clone());
+        for (listener, app, which) in [
+            (listeners.admin, admin::router(admin.clone()), "admin"),
+            (listeners.public, admin::public_router(admin), "public"),
+        ] {
+            let Some(listener) = listener else { continue };
             let mut rx = stop_rx.clone();
-            tokio::spawn(async move {
-                let stop = async move {
+            let s = shared.clone();
+            tokio::spawn(http::serve(
+                listener,
+                app,
+                shared.config.limits.http,
+                move || s.metrics.http_refused(which),
+                async move {
                     let _ = rx.wait_for(|s| *s).await;
-                };
-                if let Err(e) = axum::serve(admin, app).with_graceful_shutdown(stop).await {
-                    tracing::error!(error = %e, "admin server stopped");
-                }
-            });
+                },
+            ));
         }
-        server::serve(shared, listener, shutdown).await;
+        server::serve(shared, listeners.postgres, shutdown).await;
         let _ = stop_tx.send(true);
         renewal.abort();
     }
+}
+
+/// What a sidecar listens on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Postgres over TLS (5433).
+    pub postgres: TcpListener,
+    /// `/health`, `/metrics`, `/attestation`, for the operator (loopback by default).
+    pub admin: Option<TcpListener>,
+    /// `/attestation` only, for anyone.
+    pub public: Option<TcpListener>,
 }

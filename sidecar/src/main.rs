@@ -237,6 +237,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
         },
         None => None,
     };
+    let public = match config.public_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => return fail(&[format!("public listen {addr}: {e}")]),
+        },
+        None => None,
+    };
     let sidecar = match Sidecar::start(config.clone()).await {
         Ok(s) => s,
         Err(e) => return fail(&[e]),
@@ -244,11 +251,17 @@ async fn serve(args: ServeArgs) -> ExitCode {
     tracing::info!(
         listen = %config.listen,
         admin = ?config.admin_listen,
+        public = ?config.public_listen,
         verifier = %config.verifier_url,
         backend = %config.backend.addr.describe(),
         "teesql-sidecar serving"
     );
-    sidecar.run(listener, admin, shutdown_signal()).await;
+    let listeners = teesql_sidecar::Listeners {
+        postgres: listener,
+        admin,
+        public,
+    };
+    sidecar.run(listeners, shutdown_signal()).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

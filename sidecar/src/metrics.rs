@@ -24,6 +24,8 @@ pub struct Metrics {
     active: Gauge,
     renewals: Family<Labels, Counter>,
     reports: Family<Labels, Counter>,
+    health_checks: Counter,
+    http_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -79,8 +81,22 @@ impl Metrics {
             "/attestation answers, by source (made: a new report; reused: one shared with other callers; failed: making one failed)",
             reports.clone(),
         );
+        let health_checks = Counter::default();
+        registry.register(
+            "health_checks",
+            "Checks of Postgres, the verifier and the certificate made for /health (at most one a second; other callers share the last)",
+            health_checks.clone(),
+        );
+        let http_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_refused",
+            "HTTP connections closed at accept because the listener's connection limit was reached, by listener (admin, public)",
+            http_refused.clone(),
+        );
         Self {
             registry,
+            health_checks,
+            http_refused,
             connections,
             handshake,
             relayed,
@@ -98,6 +114,16 @@ impl Metrics {
     pub fn attestation_report(&self, r: &'static str) {
         self.reports
             .get_or_create(&vec![("source", r.into())])
+            .inc();
+    }
+
+    pub fn health_check(&self) {
+        self.health_checks.inc();
+    }
+
+    pub fn http_refused(&self, listener: &'static str) {
+        self.http_refused
+            .get_or_create(&vec![("listener", listener.into())])
             .inc();
     }
 

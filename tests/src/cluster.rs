@@ -42,6 +42,8 @@ pub struct ClusterOptions {
     pub decision_log: String,
     /// The sidecar reaches Postgres through its unix socket instead of 127.0.0.1.
     pub backend_unix_socket: bool,
+    /// Also start the public HTTP listener (`/attestation` only).
+    pub public_http: bool,
 }
 
 impl Default for ClusterOptions {
@@ -59,6 +61,7 @@ impl Default for ClusterOptions {
             databases: Vec::new(),
             decision_log: "off".into(),
             backend_unix_socket: false,
+            public_http: false,
         }
     }
 }
@@ -72,6 +75,8 @@ pub struct Cluster {
     pub verifier: Arc<DecisionService>,
     pub sidecar_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// The public HTTP listener, when started.
+    pub public_addr: Option<SocketAddr>,
     pub sidecar: Arc<teesql_sidecar::session::Shared>,
     /// 64 hex digits.
     pub read_secret: String,
@@ -169,6 +174,12 @@ impl Cluster {
         let sidecar_addr = listener.local_addr()?;
         let admin = Some(bind(opts.admin_port, "sidecar admin").await?);
         let admin_addr = admin.as_ref().map(|a| a.local_addr()).transpose()?;
+        let public = if opts.public_http {
+            Some(bind(None, "sidecar public HTTP").await?)
+        } else {
+            None
+        };
+        let public_addr = public.as_ref().map(|a| a.local_addr()).transpose()?;
         let mut toml = format!(
             "[listen]\npostgres = \"{sidecar_addr}\"\nadmin = \"{}\"\n\
              [identity]\nendpoint = \"{}\"\nalt_names = [\"localhost\", \"127.0.0.1\"]\n\
@@ -215,7 +226,12 @@ impl Cluster {
             .map_err(|e| anyhow!(e))?;
         let shared = sidecar.shared.clone();
         let (stx, srx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(sidecar.run(listener, admin, async {
+        let listeners = teesql_sidecar::Listeners {
+            postgres: listener,
+            admin,
+            public,
+        };
+        let task = tokio::spawn(sidecar.run(listeners, async {
             let _ = srx.await;
         }));
 
@@ -226,6 +242,7 @@ impl Cluster {
             verifier,
             sidecar_addr,
             admin_addr,
+            public_addr,
             sidecar: shared,
             read_secret,
             readwrite_secret,

@@ -189,3 +189,94 @@ async fn a_rogue_server_gets_no_secret_through_forward() {
     .await;
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+async fn metric(c: &Cluster, needle: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", c.admin_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(needle))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// Port 8080 under slowloris: a connection cap, and a deadline for request headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_listeners_cap_connections_and_cut_off_slow_headers() {
+    let c = Cluster::start(ClusterOptions {
+        sidecar_toml: "[limits]\nhttp_max_connections = 8\nhttp_header_timeout_secs = 2\n".into(),
+        public_http: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let admin = c.admin_addr.unwrap();
+    // 20 clients start a request and never finish its headers.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // Every one of them is closed: the 12 over the cap at once, the rest at the deadline.
+    for mut s in slow {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a slow client was kept open");
+    }
+    let refused = metric(&c, "teesql_sidecar_http_refused_total{listener=\"admin\"} ").await;
+    assert!(refused >= 12.0, "{refused}");
+    // Then the listener serves again.
+    let r = reqwest::get(format!("http://{admin}/health"))
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+
+    // The public listener answers /attestation, and nothing else.
+    let public = c.public_addr.unwrap();
+    for (path, ok) in [
+        ("/attestation", true),
+        ("/health", false),
+        ("/metrics", false),
+    ] {
+        let r = reqwest::get(format!("http://{public}{path}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status().is_success(), ok, "{path}: {}", r.status());
+    }
+}
+
+/// `/health` checks Postgres and the verifier at most once a second, however many ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_checked_at_most_once_a_second() {
+    let c = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let url = format!("http://{}/health", c.admin_addr.unwrap());
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..30 {
+        let (http, url) = (http.clone(), url.clone());
+        tasks.spawn(async move {
+            for _ in 0..10 {
+                let r = http.get(&url).send().await.unwrap();
+                assert!(r.status().is_success(), "worker {worker}: {}", r.status());
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let checks = metric(&c, "teesql_sidecar_health_checks_total ").await;
+    // 300 requests; one check per second of the burst (plus the one in progress when it
+    // began and the one it ended in), where each used to cost a Postgres connection.
+    assert!(
+        checks <= elapsed.ceil() + 2.0,
+        "{checks} checks in {elapsed:.1} s"
+    );
+}

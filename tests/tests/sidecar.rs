@@ -475,7 +475,15 @@ async fn postgres_down_and_verifier_down() {
         "{}",
         stderr(&o)
     );
-    let r = reqwest::get(&health).await.unwrap();
+    // /health reuses its last check for up to a second; the next one sees Postgres down.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = reqwest::get(&health).await.unwrap();
+        if r.status() != 200 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(r.status(), 503);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_ne!(body["postgres"], "ok");

@@ -1,0 +1,90 @@
+//! The sidecar's HTTP listeners, hardened for unauthenticated callers: a connection cap
+//! (a permit per connection), a deadline to read request headers, a cap on a
+//! connection's whole life, and a drained shutdown. HTTP/1.1 only.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// Bounds of one HTTP listener.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Time to receive a request's headers (slow clients are closed).
+    pub header_timeout: Duration,
+    /// Longest a connection may live, keep-alive included.
+    pub connection_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serve `app` on `listener` until `shutdown`; then let open requests finish for a
+/// moment and close the rest. `on_refused` is told of each connection refused at the cap.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: HttpLimits,
+    on_refused: impl Fn() + Send + 'static,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "HTTP accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    on_refused();
+                    tracing::debug!(client.addr = %peer, limit = limits.max_connections, "HTTP connection limit reached; closed");
+                    drop(stream);
+                    continue;
+                };
+                let service = TowerToHyperService::new(app.clone());
+                conns.spawn(async move {
+                    let _permit = permit;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_timeout)
+                        .serve_connection(TokioIo::new(stream), service);
+                    if tokio::time::timeout(limits.connection_timeout, conn)
+                        .await
+                        .is_err()
+                    {
+                        tracing::debug!(client.addr = %peer, "HTTP connection lived past its limit; closed");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.shutdown().await;
+}
