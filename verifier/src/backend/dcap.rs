@@ -164,6 +164,20 @@ impl QuoteBackend for DcapBackend {
 
     fn appraise<'a>(&'a self, quote: &'a Quote, now: u64) -> BoxFuture<'a, QuoteFacts> {
         Box::pin(async move {
+            // The quote picks the collateral it needs through its own (unverified) PCK
+            // certificate. Before anything is fetched for it, that certificate must chain
+            // to the trust root: a forged one costs no request to the PCCS.
+            if let Err(detail) = pck_chain_verifies(quote, self.root.der()) {
+                let mut facts = self.facts(None);
+                facts.error = Some(VerifyError {
+                    code: VerifyErrorCode::SignatureInvalid,
+                    message: format!(
+                        "the quote's PCK certificate chain does not lead to the {} trust root: {detail}",
+                        self.root.kind().as_str()
+                    ),
+                });
+                return facts;
+            }
             match self.collateral.collateral_for(quote).await {
                 Ok(c) => self.verify_with(quote, &c, now),
                 Err(e) => {
@@ -174,6 +188,49 @@ impl QuoteBackend for DcapBackend {
             }
         })
     }
+}
+
+/// The quote's PCK certificate is signed by its PCK CA, and that CA by the trust root's
+/// key (ECDSA P-256 with SHA-256, as Intel's PCK hierarchy signs). Validity periods,
+/// revocation and everything else are dcap-qvl's full verification, later.
+pub fn pck_chain_verifies(quote: &Quote, root_der: &[u8]) -> Result<(), String> {
+    let chain = quote
+        .parsed()
+        .raw_cert_chain()
+        .map_err(|e| format!("no PCK certificate chain: {e:#}"))?;
+    let ders: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(chain)
+        .take(4)
+        .map(|p| {
+            p.map(|p| p.contents)
+                .map_err(|e| format!("PCK chain PEM: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let [leaf, ca, ..] = ders.as_slice() else {
+        return Err(format!(
+            "{} certificate(s), expected the PCK certificate and its CA",
+            ders.len()
+        ));
+    };
+    fn parse<'a>(what: &str, der: &'a [u8]) -> Result<X509Certificate<'a>, String> {
+        X509Certificate::from_der(der)
+            .map(|(_, c)| c)
+            .map_err(|e| format!("{what}: {e}"))
+    }
+    let (leaf, ca, root) = (
+        parse("PCK certificate", leaf)?,
+        parse("PCK CA certificate", ca)?,
+        parse("trust root", root_der)?,
+    );
+    let signed_by = |what: &str, cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>| {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &issuer.public_key().subject_public_key.data,
+        )
+        .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
+        .map_err(|_| format!("the {what} signature does not verify"))
+    };
+    signed_by("PCK certificate's", &leaf, &ca)?;
+    signed_by("PCK CA certificate's", &ca, &root)
 }
 
 fn collateral_error(e: &CollateralError) -> VerifyError {

@@ -111,6 +111,7 @@ async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decisio
         fetch_timeout: Duration::from_secs(args.fetch_timeout.max(1)),
         cache_capacity: 16,
         clock,
+        ..CollateralConfig::default()
     })
     .map_err(|e| e.to_string())?;
     let appraiser = Appraiser::new(Arc::new(DcapBackend::new(root, Arc::new(collateral))));

@@ -3,7 +3,9 @@
 //! Sources, in order: an explicit file (used for every quote), an offline directory
 //! (indexed by what each file is for), then a PCCS or Intel PCS over HTTP. Fetched
 //! collateral is cached per (TEE, FMSPC, PCK CA) until its own next update, and
-//! concurrent misses for one key share a single fetch.
+//! concurrent misses for one key share a single fetch. A fetch that failed is remembered
+//! for a short while (no refetch per request while a PCCS is down or rate-limits us), and
+//! only a few fetches run at once, whatever the number of keys asked for.
 
 mod pccs;
 
@@ -245,7 +247,12 @@ pub struct CollateralStats {
     pub fetches: AtomicU64,
     pub fetch_failures: AtomicU64,
     pub cache_hits: AtomicU64,
+    /// Requests answered with a recent failure instead of a new fetch.
+    pub failures_reused: AtomicU64,
 }
+
+/// Most collateral fetches running at once.
+pub const MAX_CONCURRENT_FETCHES: usize = 4;
 
 /// Where collateral comes from, with the cache in front of the network.
 #[derive(Debug)]
@@ -254,6 +261,9 @@ pub struct CollateralProvider {
     offline: HashMap<CollateralKey, Arc<Collateral>>,
     pccs: Option<PccsClient>,
     cache: moka::future::Cache<CollateralKey, Arc<Collateral>>,
+    /// Recent fetch failures by key, kept for `failure_ttl`.
+    failures: moka::sync::Cache<CollateralKey, CollateralError>,
+    fetch_slots: tokio::sync::Semaphore,
     pub stats: CollateralStats,
 }
 
@@ -270,6 +280,8 @@ pub struct CollateralConfig {
     pub fetch_timeout: Duration,
     /// Most collateral sets kept in the cache.
     pub cache_capacity: u64,
+    /// How long a failed fetch is remembered (and answered) before a new attempt.
+    pub failure_ttl: Duration,
     pub clock: Clock,
 }
 
@@ -281,6 +293,7 @@ impl Default for CollateralConfig {
             pccs_url: Some(INTEL_PCS_URL.to_string()),
             fetch_timeout: Duration::from_secs(10),
             cache_capacity: 1024,
+            failure_ttl: Duration::from_secs(30),
             clock: Clock::System,
         }
     }
@@ -331,6 +344,11 @@ impl CollateralProvider {
             offline,
             pccs,
             cache,
+            failures: moka::sync::Cache::builder()
+                .max_capacity(config.cache_capacity)
+                .time_to_live(config.failure_ttl)
+                .build(),
+            fetch_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
             stats: CollateralStats::default(),
         })
     }
@@ -351,12 +369,19 @@ impl CollateralProvider {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(c);
         }
+        if let Some(failed) = self.failures.get(&key) {
+            self.stats.failures_reused.fetch_add(1, Ordering::Relaxed);
+            return Err(failed);
+        }
         self.cache
             .try_get_with(key.clone(), async {
+                // A closed semaphore never happens (it is never closed).
+                let _slot = self.fetch_slots.acquire().await.ok();
                 self.stats.fetches.fetch_add(1, Ordering::Relaxed);
                 let fetched = pccs.fetch(&key).await.and_then(Collateral::new);
-                if fetched.is_err() {
+                if let Err(e) = &fetched {
                     self.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                    self.failures.insert(key.clone(), e.clone());
                 }
                 fetched.map(Arc::new)
             })
@@ -364,9 +389,11 @@ impl CollateralProvider {
             .map_err(|e| (*e).clone())
     }
 
-    /// Drop every cached collateral set (offline and explicit sources stay).
+    /// Drop every cached collateral set and remembered failure (offline and explicit
+    /// sources stay).
     pub fn clear_cache(&self) {
         self.cache.invalidate_all();
+        self.failures.invalidate_all();
     }
 }
 

@@ -235,8 +235,8 @@ impl ServeConfig {
                     dir: s.collateral_dir,
                     pccs_url: (!s.offline.unwrap_or(false)).then_some(pccs_url),
                     fetch_timeout: Duration::from_secs(fetch_timeout),
-                    cache_capacity: 1024,
                     clock,
+                    ..CollateralConfig::default()
                 },
                 decision_log,
                 options: ServiceOptions {
