@@ -141,8 +141,15 @@ pub struct LimitsFile {
     pub idle_timeout_secs: Option<u64>,
     /// On shutdown, wait this long for sessions to end, seconds [default: 30].
     pub shutdown_grace_secs: Option<u64>,
-    /// Failed logins allowed per client address per minute [default: 30].
+    /// Failed logins allowed per (client address, user) per minute [default: 30].
     pub failed_auth_per_minute: Option<u32>,
+    /// Handshakes a client address may abandon (close or stall after its
+    /// StartupMessage) per minute [default: 60].
+    pub abandoned_per_minute: Option<u32>,
+    /// Handshakes in progress per client address [default: 256].
+    pub handshakes_per_address: Option<usize>,
+    /// Time from accept to the client's first packet, seconds [default: 5].
+    pub first_packet_timeout_secs: Option<u64>,
     /// Open connections per HTTP listener [default: 64].
     pub http_max_connections: Option<usize>,
     /// Time for an HTTP client to send its request headers, seconds [default: 5].
@@ -245,7 +252,8 @@ pub struct Limits {
     pub login_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub shutdown_grace: Duration,
-    pub failed_auth_per_minute: u32,
+    pub address: crate::ratelimit::AddressLimits,
+    pub first_packet_timeout: Duration,
     pub http: crate::http::HttpLimits,
 }
 
@@ -548,7 +556,14 @@ impl SidecarConfig {
                 s => Some(Duration::from_secs(s)),
             },
             shutdown_grace: Duration::from_secs(file.limits.shutdown_grace_secs.unwrap_or(30)),
-            failed_auth_per_minute: file.limits.failed_auth_per_minute.unwrap_or(30).max(1),
+            address: crate::ratelimit::AddressLimits {
+                failed_auth_per_minute: file.limits.failed_auth_per_minute.unwrap_or(30).max(1),
+                abandoned_per_minute: file.limits.abandoned_per_minute.unwrap_or(60).max(1),
+                handshakes_per_address: file.limits.handshakes_per_address.unwrap_or(256).max(1),
+            },
+            first_packet_timeout: Duration::from_secs(
+                file.limits.first_packet_timeout_secs.unwrap_or(5).max(1),
+            ),
             http: crate::http::HttpLimits {
                 max_connections: file.limits.http_max_connections.unwrap_or(64).max(1),
                 header_timeout: Duration::from_secs(

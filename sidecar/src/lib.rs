@@ -60,7 +60,7 @@ impl Sidecar {
             tls::server_config(cert.clone()).map_err(|e| format!("TLS configuration: {e}"))?;
         let verifier = VerifierClient::new(&config.verifier_url, config.verifier_timeout)?;
         let shared = Arc::new(Shared {
-            limiter: FailureLimiter::new(config.limits.failed_auth_per_minute),
+            limiter: FailureLimiter::new(config.limits.address),
             pool: pool::BackendPool::new(
                 config.backend.pool_max_idle_per_key,
                 config.backend.pool_idle_timeout,

@@ -1,42 +1,62 @@
-//! Failed logins are limited per client address: past the limit, a client gets the same
-//! generic refusal without the sidecar doing any work for it.
+//! Limits per client address, so that one peer cannot take the front door from others:
+//!
+//! - failed logins, counted per (address, user) in a one-minute window: past the limit
+//!   that user from that address gets the generic refusal without any work done for it.
+//!   Only failures the client caused count; a verifier outage is not the client's fault.
+//! - abandoned handshakes (the client went away or stalled after its StartupMessage,
+//!   when the verifier had already been asked), counted per address in a window of their
+//!   own: they cost an appraisal each, without ever failing a login.
+//! - handshakes in progress per address, capped.
+//!
+//! Behind a gateway or NAT every client shares one address: the per-user keying keeps
+//! one role's failures from locking out the others, but the abandoned budget and the
+//! handshake cap are shared, so size them for the gateway's traffic.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(60);
-/// Addresses remembered at most; older windows are pruned first.
+/// Keys remembered at most per window counter; expired windows are pruned first.
 const MAX_TRACKED: usize = 100_000;
+/// Longest user name kept in a key (Postgres' own limit is 63 bytes).
+const MAX_USER_KEY: usize = 64;
 
-/// Counts failures per address in a one-minute window.
+/// Events per key in a one-minute window.
 #[derive(Debug)]
-pub struct FailureLimiter {
+struct Window<K> {
     per_window: u32,
-    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    seen: Mutex<HashMap<K, (Instant, u32)>>,
 }
 
-impl FailureLimiter {
-    pub fn new(per_minute: u32) -> Self {
+impl<K: Hash + Eq> Window<K> {
+    fn new(per_window: u32) -> Self {
         Self {
-            per_window: per_minute,
+            per_window,
             seen: Mutex::new(HashMap::new()),
         }
     }
 
-    /// True when `ip` has used up its failures in the current window.
-    pub fn is_blocked(&self, ip: IpAddr) -> bool {
+    fn is_over(&self, key: &K) -> bool {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        matches!(seen.get(&ip), Some((start, n)) if start.elapsed() < WINDOW && *n >= self.per_window)
+        matches!(seen.get(key), Some((start, n)) if start.elapsed() < WINDOW && *n >= self.per_window)
     }
 
-    pub fn record_failure(&self, ip: IpAddr) {
+    fn record(&self, key: K) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= MAX_TRACKED {
             seen.retain(|_, (start, _)| start.elapsed() < WINDOW);
+            if seen.len() >= MAX_TRACKED {
+                // Every entry is live: forget the oldest half rather than grow.
+                let mut starts: Vec<Instant> = seen.values().map(|(s, _)| *s).collect();
+                starts.sort();
+                let cut = starts[starts.len() / 2];
+                seen.retain(|_, (start, _)| *start > cut);
+            }
         }
-        let entry = seen.entry(ip).or_insert((Instant::now(), 0));
+        let entry = seen.entry(key).or_insert((Instant::now(), 0));
         if entry.0.elapsed() >= WINDOW {
             *entry = (Instant::now(), 0);
         }
@@ -44,20 +64,150 @@ impl FailureLimiter {
     }
 }
 
+/// The limits as configured.
+#[derive(Debug, Clone, Copy)]
+pub struct AddressLimits {
+    /// Failed logins per (address, user) per minute.
+    pub failed_auth_per_minute: u32,
+    /// Abandoned handshakes per address per minute.
+    pub abandoned_per_minute: u32,
+    /// Handshakes in progress per address.
+    pub handshakes_per_address: usize,
+}
+
+/// Per-address limits of the sidecar's Postgres port.
+#[derive(Debug)]
+pub struct FailureLimiter {
+    failures: Window<(IpAddr, String)>,
+    abandoned: Window<IpAddr>,
+    handshakes_per_address: usize,
+    in_progress: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A handshake in progress; the address's count drops when this does.
+#[derive(Debug)]
+pub struct HandshakeSlot {
+    ip: IpAddr,
+    in_progress: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut map = self.in_progress.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn user_key(user: &str) -> String {
+    user.chars().take(MAX_USER_KEY).collect()
+}
+
+impl FailureLimiter {
+    pub fn new(limits: AddressLimits) -> Self {
+        Self {
+            failures: Window::new(limits.failed_auth_per_minute),
+            abandoned: Window::new(limits.abandoned_per_minute),
+            handshakes_per_address: limits.handshakes_per_address,
+            in_progress: Arc::default(),
+        }
+    }
+
+    /// A slot for one more handshake from `ip`, or `None` when it has its cap in progress.
+    pub fn begin_handshake(&self, ip: IpAddr) -> Option<HandshakeSlot> {
+        let mut map = self.in_progress.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.handshakes_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot {
+            ip,
+            in_progress: self.in_progress.clone(),
+        })
+    }
+
+    /// Whether `user` from `ip` has used up its failed logins, or `ip` its abandoned
+    /// handshakes, in the current window.
+    pub fn is_blocked(&self, ip: IpAddr, user: &str) -> bool {
+        self.failures.is_over(&(ip, user_key(user))) || self.abandoned.is_over(&ip)
+    }
+
+    /// A login `user` from `ip` failed through the client's fault.
+    pub fn record_failure(&self, ip: IpAddr, user: &str) {
+        self.failures.record((ip, user_key(user)));
+    }
+
+    /// A handshake from `ip` was abandoned after the verifier had been asked.
+    pub fn record_abandoned(&self, ip: IpAddr) {
+        self.abandoned.record(ip);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn limiter() -> FailureLimiter {
+        FailureLimiter::new(AddressLimits {
+            failed_auth_per_minute: 3,
+            abandoned_per_minute: 2,
+            handshakes_per_address: 2,
+        })
+    }
+
     #[test]
-    fn blocks_after_the_limit_per_address() {
-        let l = FailureLimiter::new(3);
+    fn failures_block_one_user_at_one_address() {
+        let l = limiter();
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         for _ in 0..3 {
-            assert!(!l.is_blocked(a));
-            l.record_failure(a);
+            assert!(!l.is_blocked(a, "teesql_read"));
+            l.record_failure(a, "teesql_read");
         }
-        assert!(l.is_blocked(a));
-        assert!(!l.is_blocked(b));
+        assert!(l.is_blocked(a, "teesql_read"));
+        assert!(
+            !l.is_blocked(a, "teesql_readwrite"),
+            "other users are not locked out"
+        );
+        assert!(!l.is_blocked(b, "teesql_read"));
+    }
+
+    #[test]
+    fn abandoned_handshakes_block_the_address() {
+        let l = limiter();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        l.record_abandoned(a);
+        assert!(!l.is_blocked(a, "x"));
+        l.record_abandoned(a);
+        assert!(l.is_blocked(a, "x") && l.is_blocked(a, "y"));
+    }
+
+    #[test]
+    fn handshakes_in_progress_are_capped_per_address() {
+        let l = limiter();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let s1 = l.begin_handshake(a).unwrap();
+        let _s2 = l.begin_handshake(a).unwrap();
+        assert!(l.begin_handshake(a).is_none());
+        assert!(l.begin_handshake(b).is_some());
+        drop(s1);
+        assert!(l.begin_handshake(a).is_some());
+    }
+
+    #[test]
+    fn long_user_names_share_a_bounded_key() {
+        let l = limiter();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let long = "u".repeat(10_000);
+        for _ in 0..3 {
+            l.record_failure(a, &long);
+        }
+        assert!(l.is_blocked(a, &"u".repeat(MAX_USER_KEY)));
     }
 }

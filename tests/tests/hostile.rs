@@ -280,3 +280,197 @@ async fn health_is_checked_at_most_once_a_second() {
         "{checks} checks in {elapsed:.1} s"
     );
 }
+
+/// Failed logins count per (address, user), only when the client caused them; handshakes
+/// abandoned after the verifier was asked have their own budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_limits_are_per_user_and_count_only_the_clients_faults() {
+    let c = Cluster::start(ClusterOptions {
+        sidecar_toml: "[limits]\nfailed_auth_per_minute = 3\nabandoned_per_minute = 2\n[verifier]\ntimeout_ms = 1000\n"
+            .into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let wrong = c.dsn("teesql_read", &"cd".repeat(32), "postgres", "require");
+    for _ in 0..3 {
+        let o = psql(&wrong, &["-c", "SELECT 1"]).await;
+        assert!(
+            stderr(&o).contains("authentication_failed"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    // teesql_read is locked out from this address, even with the right secret...
+    let o = psql(
+        &c.dsn("teesql_read", &c.read_secret, "postgres", "require"),
+        &["-c", "SELECT 1"],
+    )
+    .await;
+    assert!(
+        stderr(&o).contains("authentication_failed"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        c.sidecar
+            .metrics
+            .connections(teesql_sidecar::session::Outcome::RateLimited),
+        1
+    );
+    // ...but another role from the same address (a gateway, a NAT) is not.
+    let o = psql(
+        &c.dsn(
+            "teesql_readwrite",
+            &c.readwrite_secret,
+            "postgres",
+            "require",
+        ),
+        &["-c", "SELECT current_user"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Clients that go away after their StartupMessage (the verifier already asked).
+    for _ in 0..2 {
+        let cfg = teesql_tests::clients::tls_config(&c.agent.app_ca_path(), None).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let tcp = tokio::net::TcpStream::connect(c.sidecar_addr)
+            .await
+            .unwrap();
+        let mut tls = connector
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        tls.write_all(&teesql_sidecar::pgwire::startup_message(&[
+            ("user", "teesql_readwrite"),
+            ("database", "postgres"),
+        ]))
+        .await
+        .unwrap();
+        // Read the SASL offer, then leave.
+        teesql_sidecar::pgwire::read_message(&mut tls, 1024)
+            .await
+            .unwrap();
+        drop(tls);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let o = psql(
+        &c.dsn(
+            "teesql_readwrite",
+            &c.readwrite_secret,
+            "postgres",
+            "require",
+        ),
+        &["-c", "SELECT 1"],
+    )
+    .await;
+    assert!(
+        stderr(&o).contains("authentication_failed"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        c.sidecar
+            .metrics
+            .connections(teesql_sidecar::session::Outcome::RateLimited),
+        2
+    );
+
+    // A verifier outage is not the client's fault: no lockout however often it refuses.
+    drop(c);
+    let mut c2 = Cluster::start(ClusterOptions {
+        sidecar_toml: "[limits]\nfailed_auth_per_minute = 3\n[verifier]\ntimeout_ms = 1000\n"
+            .into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c2.stop_verifier();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let right = c2.dsn("teesql_read", &c2.read_secret, "postgres", "require");
+    for _ in 0..5 {
+        let o = psql(&right, &["-c", "SELECT 1"]).await;
+        assert!(
+            stderr(&o).contains("authentication_failed"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(
+        c2.sidecar
+            .metrics
+            .connections(teesql_sidecar::session::Outcome::AuthFailed),
+        5
+    );
+    assert_eq!(
+        c2.sidecar
+            .metrics
+            .connections(teesql_sidecar::session::Outcome::RateLimited),
+        0
+    );
+}
+
+/// Handshakes in progress are capped per address, and a connection that sends nothing is
+/// closed at the first-packet deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_capped_per_address_and_cut_off_early() {
+    let c = Cluster::start(ClusterOptions {
+        sidecar_toml:
+            "[limits]\nhandshakes_per_address = 2\nfirst_packet_timeout_secs = 1\ntls_handshake_timeout_secs = 30\n"
+                .into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            tokio::net::TcpStream::connect(c.sidecar_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third from the same address is told at once.
+    let mut third = tokio::net::TcpStream::connect(c.sidecar_addr)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.contains("53300") && text.contains("too many connections in progress"),
+        "{text:?}"
+    );
+    // The silent two are closed at the first-packet deadline, long before the TLS one.
+    for mut s in held {
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    use teesql_sidecar::session::Outcome;
+    assert_eq!(
+        c.sidecar.metrics.connections(Outcome::FirstPacketTimeout),
+        2
+    );
+    assert_eq!(
+        c.sidecar.metrics.connections(Outcome::TooManyFromAddress),
+        1
+    );
+    // Their slots are free again.
+    let o = psql(
+        &c.dsn("teesql_read", &c.read_secret, "postgres", "require"),
+        &["-c", "SELECT 1"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+}

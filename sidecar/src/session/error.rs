@@ -32,6 +32,8 @@ pub mod sqlstate {
 /// The handshake's phases, each with its own deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// From accept to the client's first packet (a TLS ClientHello or an SSLRequest).
+    FirstPacket,
     /// From accept to an established TLS session (SSLRequest or direct TLS included).
     Tls,
     /// After TLS, until the StartupMessage arrives. Clients that verify the server's
@@ -45,6 +47,7 @@ pub enum Phase {
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::FirstPacket => "first packet",
             Self::Tls => "TLS handshake",
             Self::Startup => "StartupMessage",
             Self::Login => "login",
@@ -138,6 +141,8 @@ pub enum HandshakeError {
     Backend(BackendError),
     /// `limits.max_connections` reached.
     TooManyConnections,
+    /// `limits.handshakes_per_address` reached for the client's address.
+    TooManyFromAddress,
 }
 
 /// What the client is told.
@@ -202,6 +207,10 @@ impl HandshakeError {
             Self::TooManyConnections => {
                 fatal(TOO_MANY_CONNECTIONS, "sorry, too many clients already")
             }
+            Self::TooManyFromAddress => fatal(
+                TOO_MANY_CONNECTIONS,
+                "too many connections in progress from your address; try again shortly",
+            ),
         }
     }
 
@@ -209,6 +218,7 @@ impl HandshakeError {
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::Closed => Outcome::Closed,
+            Self::Timeout(Phase::FirstPacket, _) => Outcome::FirstPacketTimeout,
             Self::Timeout(Phase::Tls, _) => Outcome::TlsTimeout,
             Self::Timeout(Phase::Startup, _) => Outcome::StartupTimeout,
             Self::Timeout(Phase::Login, _) => Outcome::LoginTimeout,
@@ -225,6 +235,7 @@ impl HandshakeError {
             Self::AuthFailed { .. } => Outcome::AuthFailed,
             Self::Backend(_) => Outcome::BackendFailed,
             Self::TooManyConnections => Outcome::TooMany,
+            Self::TooManyFromAddress => Outcome::TooManyFromAddress,
         }
     }
 }
@@ -245,7 +256,9 @@ impl fmt::Display for HandshakeError {
             Self::TlsFailed(e) => write!(f, "TLS handshake failed: {e}"),
             Self::NoUser => f.write_str("no user in StartupMessage"),
             Self::Replication => f.write_str("replication connection"),
-            Self::RateLimited => f.write_str("too many failed logins from this address"),
+            Self::RateLimited => {
+                f.write_str("too many failed or abandoned logins from this address")
+            }
             Self::AuthFailed { causes, .. } => {
                 for (i, c) in causes.iter().enumerate() {
                     if i > 0 {
@@ -257,6 +270,9 @@ impl fmt::Display for HandshakeError {
             }
             Self::Backend(e) => write!(f, "could not log in to Postgres: {e}"),
             Self::TooManyConnections => f.write_str("connection limit reached"),
+            Self::TooManyFromAddress => {
+                f.write_str("too many handshakes in progress from this address")
+            }
         }
     }
 }
@@ -272,15 +288,17 @@ pub enum Outcome {
     BackendFailed,
     RateLimited,
     Cancel,
+    FirstPacketTimeout,
     TlsTimeout,
     StartupTimeout,
     LoginTimeout,
     TooMany,
+    TooManyFromAddress,
     Closed,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 15] = [
         Self::Session,
         Self::AuthFailed,
         Self::TlsFailed,
@@ -289,10 +307,12 @@ impl Outcome {
         Self::BackendFailed,
         Self::RateLimited,
         Self::Cancel,
+        Self::FirstPacketTimeout,
         Self::TlsTimeout,
         Self::StartupTimeout,
         Self::LoginTimeout,
         Self::TooMany,
+        Self::TooManyFromAddress,
         Self::Closed,
     ];
 
@@ -306,10 +326,12 @@ impl Outcome {
             Self::BackendFailed => "backend_failed",
             Self::RateLimited => "rate_limited",
             Self::Cancel => "cancel",
+            Self::FirstPacketTimeout => "first_packet_timeout",
             Self::TlsTimeout => "tls_timeout",
             Self::StartupTimeout => "startup_timeout",
             Self::LoginTimeout => "login_timeout",
             Self::TooMany => "too_many",
+            Self::TooManyFromAddress => "too_many_from_address",
             Self::Closed => "closed",
         }
     }
@@ -334,6 +356,7 @@ mod tests {
     fn every_error() -> Vec<HandshakeError> {
         vec![
             HandshakeError::Closed,
+            HandshakeError::Timeout(Phase::FirstPacket, Duration::from_secs(1)),
             HandshakeError::Timeout(Phase::Tls, Duration::from_secs(1)),
             HandshakeError::Timeout(Phase::Startup, Duration::from_secs(1)),
             HandshakeError::Timeout(Phase::Login, Duration::from_secs(1)),
@@ -358,6 +381,7 @@ mod tests {
                 raw: vec![b'E'],
             }),
             HandshakeError::TooManyConnections,
+            HandshakeError::TooManyFromAddress,
         ]
     }
 
@@ -407,6 +431,7 @@ mod tests {
     fn each_kind_has_one_response_and_one_label() {
         let expected: &[(&str, Option<&str>)] = &[
             ("closed", None),
+            ("first_packet_timeout", None),
             ("tls_timeout", None),
             ("startup_timeout", None),
             ("login_timeout", None),
@@ -424,6 +449,7 @@ mod tests {
             ("backend_failed", Some("08006")),
             ("backend_failed", None),
             ("too_many", Some("53300")),
+            ("too_many_from_address", Some("53300")),
         ];
         let errors = every_error();
         assert_eq!(errors.len(), expected.len());

@@ -89,11 +89,17 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             .with_time(Duration::from_secs(60))
             .with_interval(Duration::from_secs(15)),
     );
-    // A client over its failure limit still gets the protocol it speaks (TLS, then one
-    // FATAL after its StartupMessage), so it sees the same refusal as any other; it just
-    // never reaches authentication or the verifier.
-    let blocked = shared.limiter.is_blocked(peer.ip());
-    match handshake(&shared, stream, peer, blocked).await {
+    // Handshakes in progress are capped per address; past the cap the connection gets
+    // one plaintext error at once (as Postgres answers "too many clients").
+    let Some(slot) = shared.limiter.begin_handshake(peer.ip()) else {
+        let e = HandshakeError::TooManyFromAddress;
+        ended(&shared, &e, peer);
+        refuse_plain(stream, e).await;
+        return;
+    };
+    let result = handshake(&shared, stream, peer).await;
+    drop(slot);
+    match result {
         Ok(ready) => {
             shared.metrics.handshake(started.elapsed());
             shared.metrics.connection(Outcome::Session);
@@ -115,13 +121,17 @@ fn ended(shared: &Shared, e: &HandshakeError, peer: SocketAddr) {
     shared.metrics.connection(e.outcome());
     match e {
         HandshakeError::Closed | HandshakeError::CancelRequest => {}
-        HandshakeError::AuthFailed { user, .. } => {
-            shared.limiter.record_failure(peer.ip());
+        HandshakeError::AuthFailed { user, causes } => {
+            // Only what the client caused counts against it: not a verifier outage.
+            if causes.iter().any(Refusal::is_client_fault) {
+                shared.limiter.record_failure(peer.ip(), user);
+            }
             tracing::warn!(client.addr = %peer, user = %user, cause = %e, "authentication failed");
         }
         HandshakeError::RateLimited
         | HandshakeError::Backend(_)
-        | HandshakeError::TooManyConnections => {
+        | HandshakeError::TooManyConnections
+        | HandshakeError::TooManyFromAddress => {
             tracing::warn!(client.addr = %peer, error = %e, "refused");
         }
         _ => tracing::info!(client.addr = %peer, error = %e, "handshake ended"),
@@ -180,13 +190,21 @@ async fn handshake(
     shared: &Arc<Shared>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    blocked: bool,
 ) -> Result<Box<Ready>, HandshakeError> {
     let limits = &shared.config.limits;
 
-    // Phase 1: negotiation and TLS, one deadline for both.
+    // Phase 1: negotiation and TLS, one deadline for both; a shorter one for the first
+    // packet (an SSLRequest, a ClientHello), which any client sends at once.
     let tls_deadline = tokio::time::Instant::now() + limits.tls_handshake_timeout;
     let timed_out = || HandshakeError::Timeout(Phase::Tls, limits.tls_handshake_timeout);
+    let first_packet = limits
+        .first_packet_timeout
+        .min(limits.tls_handshake_timeout);
+    match tokio::time::timeout(first_packet, negotiate::first_packet(&stream)).await {
+        Err(_) => return Err(HandshakeError::Timeout(Phase::FirstPacket, first_packet)),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(())) => {}
+    }
     match tokio::time::timeout_at(
         tls_deadline,
         negotiate::before_tls(shared, &mut stream, peer),
@@ -203,7 +221,7 @@ async fn handshake(
     let (mut tls, hello) = tokio::time::timeout_at(tls_deadline, negotiate::tls(shared, stream))
         .await
         .map_err(|_| timed_out())??;
-    match after_tls(shared, &mut tls, peer, blocked, hello).await {
+    match after_tls(shared, &mut tls, peer, hello).await {
         Ok(session) => Ok(Box::new(Ready {
             client: tls,
             backend: session.backend,
@@ -234,22 +252,34 @@ async fn after_tls(
     shared: &Arc<Shared>,
     tls: &mut TlsStream<TcpStream>,
     peer: SocketAddr,
-    blocked: bool,
     hello: ClientHello,
 ) -> Result<Session, HandshakeError> {
     let limits = &shared.config.limits;
     let startup = tokio::time::timeout(limits.startup_timeout, startup::read(shared, tls, peer))
         .await
         .map_err(|_| HandshakeError::Timeout(Phase::Startup, limits.startup_timeout))??;
-    if blocked {
+    // A client over its limits still gets the protocol it speaks (TLS, then one FATAL
+    // after its StartupMessage), so it sees the same refusal as any other; it just never
+    // reaches authentication or the verifier.
+    if shared.limiter.is_blocked(peer.ip(), &startup.user) {
         return Err(HandshakeError::RateLimited);
     }
-    tokio::time::timeout(
+    let result = tokio::time::timeout(
         limits.login_timeout,
         log_in(shared, tls, peer, hello, startup),
     )
     .await
-    .map_err(|_| HandshakeError::Timeout(Phase::Login, limits.login_timeout))?
+    .map_err(|_| HandshakeError::Timeout(Phase::Login, limits.login_timeout))
+    .and_then(|r| r);
+    // The verifier has been asked: a client that goes away now (or stalls) has cost an
+    // appraisal without failing a login, and counts in its own budget.
+    if matches!(
+        result,
+        Err(HandshakeError::Closed | HandshakeError::Timeout(Phase::Login, _))
+    ) {
+        shared.limiter.record_abandoned(peer.ip());
+    }
+    result
 }
 
 /// Phase 3: the verifier's decision and the client's authentication, then Postgres.

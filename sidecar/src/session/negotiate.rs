@@ -32,6 +32,15 @@ pub struct ClientHello {
     pub end_point: Option<Vec<u8>>,
 }
 
+/// Wait for the client's first byte.
+pub async fn first_packet(stream: &TcpStream) -> Result<(), HandshakeError> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(0) | Err(_) => Err(HandshakeError::Closed),
+        Ok(_) => Ok(()),
+    }
+}
+
 /// Before TLS: answer SSLRequest / GSSENCRequest, handle CancelRequest, refuse plaintext.
 /// `Ok` means the next byte from the client starts a TLS handshake.
 pub async fn before_tls(
