@@ -193,6 +193,10 @@ pub async fn postgres_state(cfg: &BackendConfig) -> Result<PostgresState, String
 pub async fn admin_client(cfg: &BackendConfig) -> Result<tokio_postgres::Client, String> {
     let mut pg = tokio_postgres::Config::new();
     pg.user(&cfg.admin_user).dbname("postgres");
+    // A superuser session resolves names in pg_catalog only: a role with CREATE on a
+    // schema on the default search_path (teesql_readwrite has it on public) could
+    // otherwise plant functions it runs (CVE-2018-1058).
+    pg.options("-c search_path=pg_catalog");
     match &cfg.addr {
         BackendAddr::Tcp(h, p) => pg.host(h).port(*p),
         BackendAddr::Unix(d, p) => pg.host_path(d).port(*p),

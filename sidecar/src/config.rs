@@ -86,6 +86,16 @@ pub struct BackendFile {
     pub pool_max_idle_per_key: Option<usize>,
     /// How long a kept connection may wait for a client, seconds [default: 60].
     pub pool_idle_timeout_secs: Option<u64>,
+    /// Connections kept for reuse over all keys [default: 64].
+    pub pool_max_idle_total: Option<usize>,
+    /// Startup parameters passed on to Postgres besides the built-in list
+    /// (application_name, client_encoding, DateStyle, TimeZone, IntervalStyle,
+    /// extra_float_digits, search_path, statement_timeout, lock_timeout,
+    /// idle_in_transaction_session_timeout, bytea_output). Others are refused.
+    pub forward_parameters: Option<Vec<String>>,
+    /// Startup parameters accepted from clients but not passed on (as PgBouncer's
+    /// ignore_startup_parameters).
+    pub ignore_parameters: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -241,7 +251,10 @@ pub struct BackendConfig {
     pub admin_password: Option<Secret>,
     pub connect_timeout: Duration,
     pub pool_max_idle_per_key: usize,
+    pub pool_max_idle_total: usize,
     pub pool_idle_timeout: Duration,
+    /// Which client startup parameters are passed on, and which are ignored.
+    pub startup_parameters: crate::session::StartupParameters,
 }
 
 #[derive(Debug, Clone)]
@@ -436,6 +449,15 @@ impl SidecarConfig {
             pool_idle_timeout: Duration::from_secs(
                 file.backend.pool_idle_timeout_secs.unwrap_or(60).max(1),
             ),
+            pool_max_idle_total: file.backend.pool_max_idle_total.unwrap_or(64),
+            startup_parameters: crate::session::StartupParameters::new(
+                file.backend.forward_parameters.unwrap_or_default(),
+                file.backend.ignore_parameters.unwrap_or_default(),
+            )
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                crate::session::StartupParameters::default()
+            }),
         };
 
         let auth_method = match flags

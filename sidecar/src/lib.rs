@@ -63,6 +63,7 @@ impl Sidecar {
             limiter: FailureLimiter::new(config.limits.address),
             pool: pool::BackendPool::new(
                 config.backend.pool_max_idle_per_key,
+                config.backend.pool_max_idle_total,
                 config.backend.pool_idle_timeout,
             ),
             config,

@@ -30,6 +30,8 @@ pub struct PoolKey {
 #[derive(Debug)]
 pub struct BackendPool {
     max_idle_per_key: usize,
+    /// Connections kept across all keys at most.
+    max_idle_total: usize,
     idle_timeout: Duration,
     idle: Mutex<HashMap<PoolKey, Vec<(Instant, LoggedIn)>>>,
 }
@@ -40,10 +42,12 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(2);
 const RESET_BUDGET: usize = 4 * 1024 * 1024;
 
 impl BackendPool {
-    /// `max_idle_per_key == 0` turns pooling off.
-    pub fn new(max_idle_per_key: usize, idle_timeout: Duration) -> Self {
+    /// `max_idle_per_key == 0` turns pooling off; `max_idle_total` bounds the kept
+    /// connections over all keys (each is a Postgres backend).
+    pub fn new(max_idle_per_key: usize, max_idle_total: usize, idle_timeout: Duration) -> Self {
         Self {
             max_idle_per_key,
+            max_idle_total,
             idle_timeout,
             idle: Mutex::new(HashMap::new()),
         }
@@ -86,6 +90,9 @@ impl BackendPool {
             list.retain(|(since, _)| since.elapsed() < self.idle_timeout);
         }
         idle.retain(|_, list| !list.is_empty());
+        if idle.values().map(Vec::len).sum::<usize>() >= self.max_idle_total {
+            return false;
+        }
         let list = idle.entry(key).or_default();
         if list.len() >= self.max_idle_per_key {
             return false;

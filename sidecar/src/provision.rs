@@ -6,6 +6,13 @@
 //! - `teesql_readwrite`: SELECT, INSERT, UPDATE, DELETE and CREATE on schema public
 //!   (and the sequences behind serial columns).
 //!
+//! What Postgres grants every role (`PUBLIC`) and a read-only role should not have is
+//! taken from `PUBLIC` and given back to the read-write roles: creating temporary
+//! tables (`TEMPORARY` on the database), creating large objects (`lo_create`,
+//! `lo_creat`, `lo_from_bytea`, `lo_import`) and advisory locks (`pg_advisory_*`,
+//! `pg_try_advisory_*`), which a read-only client could hold to stall writers.
+//! `NOTIFY`/`LISTEN` need no privilege in Postgres and stay open to every role.
+//!
 //! Roles log in without a password when the backend method is trust; otherwise their
 //! password is the backend password the sidecar logs in with.
 
@@ -53,6 +60,11 @@ pub async fn provision(cfg: &SidecarConfig, databases: &[String]) -> Result<Prov
         set_password(&admin, &cfg.backend, role).await?;
     }
     let readwrite_exists = roles.iter().any(|(_, p)| *p == Privileges::ReadWrite);
+    let writers: Vec<&String> = roles
+        .iter()
+        .filter(|(_, p)| *p == Privileges::ReadWrite)
+        .map(|(r, _)| r)
+        .collect();
     for db in databases {
         let mut per_db = cfg.backend.clone();
         let client = if db == "postgres" {
@@ -62,6 +74,7 @@ pub async fn provision(cfg: &SidecarConfig, databases: &[String]) -> Result<Prov
             Some(connect_db(&per_db, db).await?)
         };
         let c = client.as_ref().unwrap_or(&admin);
+        restrict_public(c, db, &writers).await?;
         for (role, privileges) in &roles {
             exec_formatted(c, "GRANT CONNECT ON DATABASE %I TO %I", &[db, role]).await?;
             match privileges {
@@ -100,9 +113,53 @@ pub async fn provision(cfg: &SidecarConfig, databases: &[String]) -> Result<Prov
     Ok(done)
 }
 
+/// Take temporary tables, large-object creation and advisory locks from `PUBLIC` in
+/// `db`, and give them to the read-write roles.
+async fn restrict_public(
+    c: &tokio_postgres::Client,
+    db: &str,
+    writers: &[&String],
+) -> Result<(), String> {
+    exec_formatted(c, "REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC", &[db]).await?;
+    for role in writers {
+        exec_formatted(c, "GRANT TEMPORARY ON DATABASE %I TO %I", &[db, role]).await?;
+    }
+    let functions: Vec<String> = c
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p \
+             WHERE p.pronamespace = 'pg_catalog'::regnamespace \
+               AND (p.proname IN ('lo_create', 'lo_creat', 'lo_from_bytea', 'lo_import') \
+                    OR p.proname ~ '^pg_(try_)?advisory_(xact_)?lock(_shared)?$') \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("listing functions to restrict: {}", crate::admin::chain(&e)))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for f in &functions {
+        // `f` is Postgres' own regprocedure text (a quoted, typed signature).
+        c.batch_execute(&format!("REVOKE EXECUTE ON FUNCTION {f} FROM PUBLIC"))
+            .await
+            .map_err(|e| {
+                format!(
+                    "REVOKE EXECUTE ON FUNCTION {f}: {}",
+                    crate::admin::chain(&e)
+                )
+            })?;
+        for role in writers {
+            exec_formatted(c, &format!("GRANT EXECUTE ON FUNCTION {f} TO %I"), &[role]).await?;
+        }
+    }
+    Ok(())
+}
+
 async fn connect_db(cfg: &BackendConfig, db: &str) -> Result<tokio_postgres::Client, String> {
     let mut pg = tokio_postgres::Config::new();
     pg.user(&cfg.admin_user).dbname(db);
+    // A superuser session must not resolve names through schemas others can create in.
+    pg.options("-c search_path=pg_catalog");
     match &cfg.addr {
         crate::config::BackendAddr::Tcp(h, p) => pg.host(h).port(*p),
         crate::config::BackendAddr::Unix(d, p) => pg.host_path(d).port(*p),

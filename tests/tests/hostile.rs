@@ -474,3 +474,156 @@ async fn silent_connections_are_capped_per_address_and_cut_off_early() {
     .await;
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// A raw TLS client's StartupMessage, and the first message the sidecar answers with.
+async fn first_answer(c: &Cluster, alpn: bool, params: &[(&str, &str)]) -> (u8, Vec<u8>) {
+    let mut cfg = teesql_tests::clients::tls_config(&c.agent.app_ca_path(), None).unwrap();
+    if alpn {
+        cfg.alpn_protocols = vec![b"postgresql".to_vec()];
+    }
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(c.sidecar_addr)
+        .await
+        .unwrap();
+    let mut tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    tls.write_all(&teesql_sidecar::pgwire::startup_message(params))
+        .await
+        .unwrap();
+    teesql_sidecar::pgwire::read_message(&mut tls, 4096)
+        .await
+        .unwrap()
+}
+
+/// Startup parameters reach Postgres from an allowlist only; a read-only role gets no
+/// temporary tables, large objects or advisory locks; the sidecar's own superuser
+/// sessions resolve names in pg_catalog only; kept connections are capped overall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_client_may_ask_of_postgres() {
+    let c = Cluster::start(ClusterOptions {
+        sidecar_toml: "[backend]\npool_max_idle_per_key = 4\npool_max_idle_total = 3\n".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let read = c.dsn("teesql_read", &c.read_secret, "postgres", "require");
+    let write = c.dsn(
+        "teesql_readwrite",
+        &c.readwrite_secret,
+        "postgres",
+        "require",
+    );
+
+    // `options` (PGOPTIONS, -c settings) is refused, by name; allowlisted settings pass.
+    let o = teesql_tests::clients::psql_env(
+        &read,
+        &["-c", "SELECT 1"],
+        &[("PGOPTIONS", "-c work_mem=64")],
+    )
+    .await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("\"options\""), "{}", stderr(&o));
+    let o = psql(
+        &format!("{read}&application_name=teesql-test"),
+        &["-c", "SHOW application_name"],
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "teesql-test",
+        "{}",
+        stderr(&o)
+    );
+    // Control characters never reach a log line: refused before anything reads them.
+    let (tag, body) = first_answer(
+        &c,
+        false,
+        &[
+            ("user", "teesql_read\nFORGED LOG LINE"),
+            ("database", "postgres"),
+        ],
+    )
+    .await;
+    assert_eq!(tag, b'E');
+    assert!(String::from_utf8_lossy(&body).contains("control characters"));
+
+    // Privileges a read-only client does not get.
+    for sql in [
+        "CREATE TEMP TABLE t (i int)",
+        "SELECT lo_create(0)",
+        "SELECT pg_advisory_lock(1)",
+        "SELECT pg_try_advisory_xact_lock(1, 2)",
+    ] {
+        let o = psql(&read, &["-c", sql]).await;
+        assert!(
+            stderr(&o).contains("permission denied"),
+            "teesql_read: {sql}: {}",
+            stderr(&o)
+        );
+        let o = psql(&write, &["-c", sql]).await;
+        assert!(
+            o.status.success(),
+            "teesql_readwrite: {sql}: {}",
+            stderr(&o)
+        );
+    }
+
+    // The sidecar's superuser connections use search_path = pg_catalog.
+    let admin = teesql_sidecar::admin::admin_client(&c.sidecar_config().backend)
+        .await
+        .unwrap();
+    let path: String = admin
+        .query_one("SHOW search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(path, "pg_catalog");
+
+    // Connection reuse: five application names, each its own key, three kept at most.
+    let tls = teesql_tests::clients::tls_config(&c.agent.app_ca_path(), None).unwrap();
+    for i in 0..5 {
+        let client =
+            teesql_tests::clients::connect(&format!("{read}&application_name=app{i}"), tls.clone())
+                .await
+                .unwrap();
+        client.simple_query("SELECT 1").await.unwrap();
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(c.sidecar.pool.idle_count(), 3);
+}
+
+/// Where passthrough roles exist, every role is offered the same mechanisms: Postgres'
+/// own offer to a passthrough role cannot include -PLUS, so no role's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_is_offered_the_same_mechanisms() {
+    // Postgres asks the superuser for SCRAM, as in a deployment.
+    let c = Cluster::start(ClusterOptions {
+        sidecar_toml: "[auth]\npassthrough_roles = [\"postgres\"]\n".into(),
+        pg: teesql_tests::postgres::PgOptions {
+            hba: vec![
+                "local all all trust".into(),
+                "host all postgres 127.0.0.1/32 scram-sha-256".into(),
+                "host all all 127.0.0.1/32 trust".into(),
+            ],
+            superuser_password: Some("superuser-password".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut offers = Vec::new();
+    for user in ["teesql_read", "postgres", "nobody"] {
+        let (tag, body) = first_answer(&c, true, &[("user", user), ("database", "postgres")]).await;
+        assert_eq!(tag, b'R', "{user}");
+        offers.push(body);
+    }
+    assert!(offers.iter().all(|o| *o == offers[0]), "{offers:?}");
+    assert!(!String::from_utf8_lossy(&offers[0]).contains("PLUS"));
+}

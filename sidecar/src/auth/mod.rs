@@ -177,6 +177,11 @@ impl AuthMap {
         self.passthrough.contains(user)
     }
 
+    /// Whether any role's authentication is relayed to Postgres.
+    pub fn has_passthrough(&self) -> bool {
+        !self.passthrough.is_empty()
+    }
+
     /// A SCRAM verifier that no password matches, stable per user name.
     pub fn decoy(&self, user: &str) -> ScramVerifier {
         ScramVerifier::decoy(&self.decoy_key, user, DEFAULT_ITERATIONS)

@@ -133,6 +133,10 @@ pub enum HandshakeError {
     NoUser,
     /// `replication=…`: not offered through the sidecar.
     Replication,
+    /// A startup parameter name or value with control characters (named, escaped).
+    ControlCharacters(String),
+    /// A startup parameter the sidecar does not pass on (`options`, unknown settings).
+    ParameterRefused(String),
     /// The client's address used up its failed logins.
     RateLimited,
     /// Refused with the generic error.
@@ -196,6 +200,21 @@ impl HandshakeError {
                 FEATURE_NOT_SUPPORTED,
                 "replication connections are not supported through the TeeSQL sidecar",
             ),
+            Self::ControlCharacters(_) => fatal(
+                PROTOCOL_VIOLATION,
+                "invalid startup packet: a startup parameter contains control characters",
+            ),
+            Self::ParameterRefused(name) if name.eq_ignore_ascii_case("options") => fatal(
+                FEATURE_NOT_SUPPORTED,
+                "the startup parameter \"options\" (PGOPTIONS, -c settings) is not accepted through the TeeSQL sidecar; use SET after connecting",
+            ),
+            Self::ParameterRefused(name) => Response::Fatal {
+                code: FEATURE_NOT_SUPPORTED,
+                message: Cow::Owned(format!(
+                    "the startup parameter {:?} is not accepted through the TeeSQL sidecar; use SET after connecting, or ask the operator to add it to backend.forward_parameters",
+                    name.chars().take(64).collect::<String>()
+                )),
+            },
             Self::RateLimited | Self::AuthFailed { .. } => {
                 fatal(INVALID_AUTHORIZATION, AUTH_FAILED)
             }
@@ -228,7 +247,9 @@ impl HandshakeError {
             | Self::GssEncRequestTwice
             | Self::UnexpectedInsideTls(_)
             | Self::NoUser
-            | Self::Replication => Outcome::ProtocolError,
+            | Self::Replication
+            | Self::ControlCharacters(_)
+            | Self::ParameterRefused(_) => Outcome::ProtocolError,
             Self::CancelRequest => Outcome::Cancel,
             Self::TlsFailed(_) => Outcome::TlsFailed,
             Self::RateLimited => Outcome::RateLimited,
@@ -256,6 +277,10 @@ impl fmt::Display for HandshakeError {
             Self::TlsFailed(e) => write!(f, "TLS handshake failed: {e}"),
             Self::NoUser => f.write_str("no user in StartupMessage"),
             Self::Replication => f.write_str("replication connection"),
+            Self::ControlCharacters(name) => {
+                write!(f, "control characters in startup parameter {name:?}")
+            }
+            Self::ParameterRefused(name) => write!(f, "startup parameter {name:?} refused"),
             Self::RateLimited => {
                 f.write_str("too many failed or abandoned logins from this address")
             }
@@ -369,6 +394,8 @@ mod tests {
             HandshakeError::TlsFailed("bad".into()),
             HandshakeError::NoUser,
             HandshakeError::Replication,
+            HandshakeError::ControlCharacters("user".into()),
+            HandshakeError::ParameterRefused("options".into()),
             HandshakeError::RateLimited,
             HandshakeError::AuthFailed {
                 user: "u".into(),
@@ -443,6 +470,8 @@ mod tests {
             ("cancel", None),
             ("tls_failed", None),
             ("protocol_error", Some("28000")),
+            ("protocol_error", Some("0A000")),
+            ("protocol_error", Some("08P01")),
             ("protocol_error", Some("0A000")),
             ("rate_limited", Some("28000")),
             ("auth_failed", Some("28000")),

@@ -20,6 +20,7 @@ mod authenticate;
 pub mod error;
 mod login;
 mod negotiate;
+mod params;
 mod startup;
 
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ use tokio_rustls::server::TlsStream;
 use self::authenticate::Authenticated;
 pub use self::error::{AUTH_FAILED, HandshakeError, Outcome, Phase, Refusal, Response};
 use self::negotiate::ClientHello;
+pub use self::params::{FORWARDED_BY_DEFAULT, StartupParameters};
 use self::startup::Startup;
 use crate::backend::{self, BackendError, LoggedIn};
 use crate::cancel::{CancelGuard, CancelMap};
@@ -350,9 +352,14 @@ async fn log_in(
         });
     }
 
+    // Passthrough roles get Postgres' own offer, which cannot bind our TLS channel: in
+    // `auto`, where they exist no role is offered -PLUS, so that which names are
+    // passthrough roles does not show in the offer.
     let end_point = match cfg.channel_binding {
         ChannelBinding::Always => hello.end_point,
-        ChannelBinding::Auto if hello.alpn_postgresql => hello.end_point,
+        ChannelBinding::Auto if hello.alpn_postgresql && !cfg.auth.has_passthrough() => {
+            hello.end_point
+        }
         ChannelBinding::Auto | ChannelBinding::Never => None,
     };
     let auth = authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, end_point).await?;

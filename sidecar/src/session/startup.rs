@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::error::HandshakeError;
-use super::{Shared, forward_cancel};
+use super::{Shared, StartupParameters, forward_cancel};
 use crate::pgwire::{self, StartupPacket, WireError, backend as msg};
 
 /// What the client asked for.
@@ -14,7 +14,7 @@ pub struct Startup {
     pub user: String,
     /// The database; defaults to the user name, as Postgres does.
     pub database: String,
-    /// Every parameter as sent, in order.
+    /// The parameters passed on to Postgres (the allowlisted ones), in order.
     pub params: Vec<(String, String)>,
 }
 
@@ -43,7 +43,7 @@ pub async fn read<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(HandshakeError::UnexpectedInsideTls("GSSENCRequest"));
         }
     };
-    let startup = check(params)?;
+    let startup = check(params, &shared.config.backend.startup_parameters)?;
     // A newer protocol minor version or protocol options (`_pq_.*`): we speak 3.0 and
     // support none, which Postgres says with NegotiateProtocolVersion.
     let unsupported: Vec<&str> = startup
@@ -63,7 +63,13 @@ pub async fn read<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The user and database the parameters name, and whether the sidecar serves them.
-fn check(params: Vec<(String, String)>) -> Result<Startup, HandshakeError> {
+/// `params` of the result are those passed on to Postgres.
+fn check(
+    params: Vec<(String, String)>,
+    allowed: &StartupParameters,
+) -> Result<Startup, HandshakeError> {
+    // Before anything reads (or logs) a value: control characters and the allowlist.
+    let forwarded = allowed.check(&params)?.forwarded;
     let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let user = param("user")
         .filter(|u| !u.is_empty())
@@ -79,7 +85,7 @@ fn check(params: Vec<(String, String)>) -> Result<Startup, HandshakeError> {
     Ok(Startup {
         user,
         database,
-        params,
+        params: forwarded,
     })
 }
 
@@ -94,32 +100,57 @@ mod tests {
             .collect()
     }
 
+    fn allowed() -> StartupParameters {
+        StartupParameters::default()
+    }
+
+    #[test]
+    fn only_allowlisted_parameters_are_kept() {
+        let s = check(
+            params(&[
+                ("user", "u"),
+                ("application_name", "a"),
+                ("replication", "false"),
+            ]),
+            &allowed(),
+        )
+        .unwrap();
+        assert_eq!(s.params, params(&[("application_name", "a")]));
+        assert!(matches!(
+            check(params(&[("user", "u"), ("options", "-c x=y")]), &allowed()),
+            Err(HandshakeError::ParameterRefused(_))
+        ));
+    }
+
     #[test]
     fn database_defaults_to_the_user() {
-        let s = check(params(&[("user", "teesql_read")])).unwrap();
+        let s = check(params(&[("user", "teesql_read")]), &allowed()).unwrap();
         assert_eq!(
             (s.user.as_str(), s.database.as_str()),
             ("teesql_read", "teesql_read")
         );
-        let s = check(params(&[("user", "u"), ("database", "")])).unwrap();
+        let s = check(params(&[("user", "u"), ("database", "")]), &allowed()).unwrap();
         assert_eq!(s.database, "u");
     }
 
     #[test]
     fn no_user_and_replication_are_refused() {
-        assert!(matches!(check(params(&[])), Err(HandshakeError::NoUser)));
         assert!(matches!(
-            check(params(&[("user", "")])),
+            check(params(&[]), &allowed()),
+            Err(HandshakeError::NoUser)
+        ));
+        assert!(matches!(
+            check(params(&[("user", "")]), &allowed()),
             Err(HandshakeError::NoUser)
         ));
         for r in ["true", "database", "1"] {
             assert!(matches!(
-                check(params(&[("user", "u"), ("replication", r)])),
+                check(params(&[("user", "u"), ("replication", r)]), &allowed()),
                 Err(HandshakeError::Replication)
             ));
         }
         for r in ["false", "0", "off"] {
-            assert!(check(params(&[("user", "u"), ("replication", r)])).is_ok());
+            assert!(check(params(&[("user", "u"), ("replication", r)]), &allowed()).is_ok());
         }
     }
 }
