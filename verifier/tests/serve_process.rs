@@ -245,3 +245,91 @@ async fn python_client_calls_verify_peer(target: &str) -> bool {
     assert!(d["policy_hash"].as_str().unwrap().starts_with("sha256:"));
     true
 }
+
+/// Every decision answered before SIGTERM is in the decision log when the process exits,
+/// even with the writer far behind: the log is a pipe nobody reads until after SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_before_sigterm_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.fifo");
+    assert!(Command::new("mkfifo").arg(&log).status().unwrap().success());
+    // The reader: opens the pipe (serve opens it for writing at start-up), then reads
+    // nothing until told to.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let reader = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut pipe = std::fs::File::open(&log).unwrap();
+            go_rx.recv().unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut pipe, &mut text).unwrap();
+            text
+        })
+    };
+    let mut serve = Serve(
+        Command::new(env!("CARGO_BIN_EXE_teesql-verifier"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--offline",
+                "--now",
+                "1751000000",
+            ])
+            .arg("--policy-dir")
+            .arg(root().join("policies/teesql"))
+            .arg("--collateral-file")
+            .arg(root().join("testdata/dcap/tdx_quote_collateral.json"))
+            .arg("--decision-log")
+            .arg(&log)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut grpc = None;
+    for line in BufReader::new(serve.0.stdout.take().unwrap()).lines() {
+        if let Some(rest) = line.unwrap().strip_prefix("teesql-verifier listening on ") {
+            grpc = Some(format!("http://{}", rest.split(' ').next().unwrap()));
+            break;
+        }
+    }
+    let client = VerifierClient::connect(grpc.unwrap()).await.unwrap();
+    let request = VerifyQuoteRequest {
+        purpose: "quote".into(),
+        evidence: Some(verify_quote_request::Evidence::Quote(
+            std::fs::read(root().join("testdata/dcap/tdx_quote")).unwrap(),
+        )),
+        ..Default::default()
+    };
+    // About 0.5 MB of lines: far more than a pipe holds, fewer than the queue.
+    const PER_TASK: usize = 250;
+    const TASKS: usize = 8;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let (mut c, r) = (client.clone(), request.clone());
+        tasks.spawn(async move {
+            for _ in 0..PER_TASK {
+                assert!(c.verify_quote(r.clone()).await.unwrap().into_inner().allow);
+            }
+        });
+    }
+    while let Some(t) = tasks.join_next().await {
+        t.unwrap();
+    }
+    signal(&serve.0, "-TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    go_tx.send(()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = serve.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let text = reader.join().unwrap();
+    assert_eq!(text.lines().count(), PER_TASK * TASKS);
+    assert!(text.lines().all(|l| l.ends_with('}')), "a torn line");
+}

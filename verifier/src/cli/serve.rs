@@ -101,7 +101,10 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         tracing::info!("shutting down: finishing requests in flight");
         let _ = stop_tx.send(true);
     };
-    match grpc::serve(service, listener, config.request_timeout, shutdown).await {
+    let served = grpc::serve(service.clone(), listener, config.request_timeout, shutdown).await;
+    // Every decision made before the stop is in the log before the process exits.
+    let _ = tokio::task::spawn_blocking(move || service.close_log()).await;
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => super::usage_error(format!("gRPC server: {e}")),
     }

@@ -26,6 +26,7 @@ pub struct Metrics {
     cache_bytes: Family<Labels, Gauge>,
     reloads: Family<Labels, Counter>,
     policy_info: Family<Labels, Gauge>,
+    log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -76,8 +77,15 @@ impl Metrics {
             "The policy set serving (value 1), labelled by its hash",
             policy_info.clone(),
         );
+        let log_dropped = Counter::default();
+        registry.register(
+            "decision_log_dropped",
+            "Decision log lines dropped because the writer was a whole queue behind",
+            log_dropped.clone(),
+        );
         Self {
             registry,
+            log_dropped,
             decisions,
             latency,
             cache,
@@ -120,6 +128,10 @@ impl Metrics {
                 .get_or_create(&vec![("tier", tier.into())])
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
+    }
+
+    pub fn decision_log_dropped(&self) {
+        self.log_dropped.inc();
     }
 
     pub fn policy_reload(&self, ok: bool) {

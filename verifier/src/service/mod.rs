@@ -637,7 +637,7 @@ impl DecisionService {
     fn finish(&self, purpose: &str, d: &ServiceDecision, peer: &PeerSummary, started: Instant) {
         let latency = started.elapsed();
         self.metrics.decision(purpose, d.allow, latency);
-        self.log.record(log::DecisionRecord {
+        let logged = self.log.record(log::DecisionRecord {
             time: self.clock.now(),
             purpose: purpose.to_string(),
             peer: peer.clone(),
@@ -647,6 +647,15 @@ impl DecisionService {
             cached: d.cached,
             latency_us: latency.as_micros() as u64,
         });
+        if !logged {
+            self.metrics.decision_log_dropped();
+        }
+    }
+
+    /// Write out every decision log line queued so far (at shutdown, after the last
+    /// request). Blocks until the writer is done.
+    pub fn close_log(&self) {
+        self.log.close();
     }
 }
 
