@@ -55,6 +55,15 @@ deny contains d if {
 	d := {"code": "manifest_signer_not_pinned", "message": sprintf("the manifest was signed by %s; pinned signers: %s", [input.manifest.signer, data.teesql.lib.shown(pinned_signers)])}
 }
 
+# The verifier remembers the highest epoch it accepted per cluster: an older manifest,
+# however validly signed, is a rollback to a former leader.
+deny contains d if {
+	input.manifest.error == null
+	is_number(input.manifest.highest_epoch_seen)
+	input.manifest.epoch < input.manifest.highest_epoch_seen
+	d := {"code": "manifest_rolled_back", "message": sprintf("the manifest's epoch %d is older than epoch %d, already accepted for cluster %s", [input.manifest.epoch, input.manifest.highest_epoch_seen, input.manifest.cluster])}
+}
+
 deny contains d if {
 	input.manifest.error == null
 	input.manifest.valid_until <= input.now

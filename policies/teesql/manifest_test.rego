@@ -102,3 +102,10 @@ test_caller_expected_signer_is_accepted if {
 	with_expected := object.union(alone, {"manifest": {"expected_signers": [signer]}})
 	manifest.allow with input as with_expected
 }
+
+test_an_older_epoch_than_one_accepted_is_a_rollback if {
+	rolled := object.union(alone, {"manifest": {"epoch": 41, "highest_epoch_seen": 42}})
+	codes(rolled) == {"manifest_rolled_back"} with data.teesql.manifest_signers as [signer]
+	same := object.union(alone, {"manifest": {"highest_epoch_seen": 42}})
+	manifest.allow with input as same with data.teesql.manifest_signers as [signer]
+}

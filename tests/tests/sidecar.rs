@@ -693,6 +693,18 @@ async fn attestation_report_verifies_and_health_answers() {
         "{:?}",
         d.reasons
     );
+    // The same quote with another VM configuration is appraised on its own: the cache
+    // key covers every input of the report's evidence, not just the quote.
+    let mut other_vm = v.clone();
+    other_vm["vm_config"] = r#"{"os_image_hash":"00"}"#.into();
+    let d = c
+        .verifier
+        .verify_report(&other_vm.to_string())
+        .await
+        .unwrap();
+    assert!(!d.cached);
+    let claims: serde_json::Value = serde_json::from_str(&d.claims_json).unwrap();
+    assert_eq!(claims["evidence"]["vm_config"]["os_image_hash"], "00");
 
     // Unauthenticated callers cannot make the sidecar log in to Postgres and quote per
     // request: a burst gets at most one new report per second.

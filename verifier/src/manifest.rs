@@ -82,6 +82,9 @@ pub struct ManifestClaims {
     pub unknown_keys: Vec<String>,
     /// Signers the caller trusts, besides the policy's pins (lowercase `0x` + 40 hex).
     pub expected_signers: Vec<String>,
+    /// The highest epoch of a manifest this verifier accepted for the same cluster, if
+    /// any: an older one is a rollback.
+    pub highest_epoch_seen: Option<u64>,
 }
 
 /// `text` without a leading `0x`/`0X`.
@@ -231,6 +234,7 @@ impl Manifest {
                     error: signer.err().map(|e| e.to_string()),
                     unknown_keys: m.unknown_keys,
                     expected_signers: Vec::new(),
+                    highest_epoch_seen: None,
                 }
             }
             Err(e) => ManifestClaims {
@@ -244,6 +248,7 @@ impl Manifest {
                 error: Some(e.to_string()),
                 unknown_keys: Vec::new(),
                 expected_signers: Vec::new(),
+                highest_epoch_seen: None,
             },
         }
     }

@@ -472,6 +472,24 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
         .unwrap()
         .into_inner();
     assert!(d.allow, "{:?}", d.reasons);
+    // An older epoch of the same cluster, validly signed, is a rollback once epoch 42 was
+    // accepted; a newer one moves the cluster on.
+    let ask = |m: &Manifest| VerifyManifestRequest {
+        manifest: m.to_txt(),
+        leader_chain: vec![],
+        expected_signers: vec![],
+    };
+    for (epoch, allowed) in [(41, false), (43, true), (42, false), (43, true)] {
+        let mut older = m.clone();
+        older.epoch = epoch;
+        older.signature = sign(&key, &older).unwrap();
+        let d = c.verify_manifest(ask(&older)).await.unwrap().into_inner();
+        assert_eq!(d.allow, allowed, "epoch {epoch}: {:?}", d.reasons);
+        if !allowed {
+            assert_eq!(d.reasons[0].code, "manifest_rolled_back", "{:?}", d.reasons);
+        }
+    }
+    m.epoch = 43;
     // Signed by someone else: denied.
     let other = k256::ecdsa::SigningKey::from_slice(&[0x43; 32]).unwrap();
     m.signature = sign(&other, &m).unwrap();
@@ -487,7 +505,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
     assert_eq!(d.reasons[0].code, "manifest_signer_not_pinned");
     // Tampered after signing: another signer recovers, denied.
     m.signature = sign(&key, &m).unwrap();
-    let tampered = m.to_txt().replace("epoch=42", "epoch=43");
+    let tampered = m.to_txt().replace("epoch=43", "epoch=44");
     let d = c
         .verify_manifest(VerifyManifestRequest {
             manifest: tampered,

@@ -161,6 +161,37 @@ pub struct DecisionService {
     /// One reload at a time (file watcher, SIGHUP and the RPC may fire together), so an
     /// older load can never be stored over a newer one.
     reloading: tokio::sync::Mutex<()>,
+    /// The highest manifest epoch accepted per cluster, against rollback.
+    epochs: Epochs,
+}
+
+/// The highest epoch of an accepted manifest, per cluster (in memory: a restarted or
+/// another replica of the verifier starts from what it sees next).
+#[derive(Debug, Default)]
+struct Epochs {
+    seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+/// Clusters remembered at most.
+const MAX_CLUSTERS: usize = 10_000;
+
+impl Epochs {
+    fn highest(&self, cluster: &str) -> Option<u64> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(cluster).copied()
+    }
+
+    fn saw(&self, cluster: String, epoch: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.contains_key(&cluster) && seen.len() >= MAX_CLUSTERS {
+            // Forget the cluster with the lowest epoch rather than grow.
+            if let Some(k) = seen.iter().min_by_key(|(_, e)| **e).map(|(k, _)| k.clone()) {
+                seen.remove(&k);
+            }
+        }
+        let e = seen.entry(cluster).or_insert(epoch);
+        *e = (*e).max(epoch);
+    }
 }
 
 /// What the decision log and metrics need to know about the peer.
@@ -207,6 +238,7 @@ impl DecisionService {
             log,
             metrics,
             reloading: tokio::sync::Mutex::new(()),
+            epochs: Epochs::default(),
         }
     }
 
@@ -435,21 +467,31 @@ impl DecisionService {
             .iter()
             .map(|s| s.trim().to_ascii_lowercase())
             .collect();
+        let cluster = (manifest.error.is_none()).then(|| manifest.cluster.clone());
+        manifest.highest_epoch_seen = cluster.as_ref().and_then(|c| self.epochs.highest(c));
+        let epoch = manifest.epoch;
         let key = cache_key("peer", &leader_chain, None);
         let mut summary = PeerSummary::default();
-        self.decide(
-            &purpose,
-            key,
-            move || evidence::decode_certificate_der(&leader_chain),
-            None,
-            None,
-            move |_| Extra {
-                manifest: Some(manifest),
-                report: None,
-            },
-            &mut summary,
-        )
-        .await
+        let decision = self
+            .decide(
+                &purpose,
+                key,
+                move || evidence::decode_certificate_der(&leader_chain),
+                None,
+                None,
+                move |_| Extra {
+                    manifest: Some(manifest),
+                    report: None,
+                },
+                &mut summary,
+            )
+            .await?;
+        // Only an accepted manifest moves the cluster's epoch forward: a forged one
+        // cannot push genuine ones out.
+        if let (true, Some(cluster)) = (decision.allow, cluster) {
+            self.epochs.saw(cluster, epoch);
+        }
+        Ok(decision)
     }
 
     /// Judge a sidecar `/attestation` report.
@@ -468,11 +510,14 @@ impl DecisionService {
             AttestationReport::parse(json).map_err(|e| invalid("report_json", e.to_string()))?;
         let expected =
             crate::report::report_data(&report.postgres_state, report.timestamp).to_vec();
+        // Every input of `report.evidence()` is in the key: a later report with the same
+        // quote but another event log or VM configuration is appraised on its own.
         let key = cache_key(
             "report",
             &[
                 report.quote.as_bytes().to_vec(),
                 report.event_log.as_bytes().to_vec(),
+                report.vm_config.as_bytes().to_vec(),
             ],
             Some(&expected),
         );
