@@ -3,6 +3,9 @@
 
 #![allow(missing_docs, missing_debug_implementations, clippy::doc_markdown)]
 
+#[cfg(feature = "runtime")]
+pub mod runtime;
+
 /// `teesql.verifier.v1`.
 pub mod v1 {
     tonic::include_proto!("teesql.verifier.v1");

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use teesql_verifier::dev::agent::{AgentConfig, AgentListener, DevAgent};
+use teesql_devattest::agent::{AgentConfig, AgentListener, DevAgent};
 
 /// A running development agent. Stops when dropped.
 #[derive(Debug)]

@@ -138,7 +138,7 @@ impl Cluster {
 
         // Guest agent.
         let agent = TestAgent::start_with_port(
-            teesql_verifier::dev::AgentConfig::new(opts.seed),
+            teesql_devattest::AgentConfig::new(opts.seed),
             &state_dir,
             opts.agent_port,
         )
@@ -148,7 +148,7 @@ impl Cluster {
         let settings = ServeSettings {
             listen: Some(format!("127.0.0.1:{}", opts.verifier_port.unwrap_or(0))),
             policy_dirs: Some(vec![repo_root().join("policies").join(&opts.profile)]),
-            trust_root: Some(agent.root_der_path()),
+            dev_trust_root: Some(agent.root_der_path()),
             pccs_url: Some(agent.url.clone()),
             decision_log: Some(opts.decision_log.clone()),
             ..ServeSettings::default()
@@ -289,7 +289,7 @@ impl Cluster {
         let issued = self
             .agent
             .agent
-            .issue_tls_key(&teesql_verifier::dev::RaTlsRequest {
+            .issue_tls_key(&teesql_devattest::RaTlsRequest {
                 subject: "teesql-client".into(),
                 alt_names: vec!["teesql-client".into()],
                 usage_ra_tls: true,

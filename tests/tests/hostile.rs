@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use teesql_devattest::{AgentConfig, RaTlsRequest};
 use teesql_sidecar::forward::{ForwardSettings, Forwarder};
 use teesql_tests::agent::TestAgent;
 use teesql_tests::clients::psql;
 use teesql_tests::cluster::{Cluster, ClusterOptions};
-use teesql_verifier::dev::{AgentConfig, RaTlsRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn stderr(o: &std::process::Output) -> String {

@@ -9,8 +9,6 @@ pub mod backend;
 pub mod claims;
 pub mod clock;
 pub mod collateral;
-#[cfg(feature = "dev")]
-pub mod dev;
 pub mod eventlog;
 pub mod evidence;
 pub mod manifest;

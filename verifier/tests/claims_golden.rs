@@ -62,7 +62,7 @@ fn ra_tls_cert() -> Vec<u8> {
     let ext = |n: u64, content: &[u8]| {
         rcgen::CustomExtension::from_oid_content(
             &[1, 3, 6, 1, 4, 1, 62397, 1, n],
-            evidence::encode_extension_value(content),
+            teesql_devattest::encode::extension_value(content),
         )
     };
     // App info in dstack's compact (positional msgpack array) form.

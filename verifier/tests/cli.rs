@@ -141,7 +141,7 @@ fn malformed_inputs_exit_2_with_a_clear_message() {
         .custom_extensions
         .push(rcgen::CustomExtension::from_oid_content(
             &[1, 3, 6, 1, 4, 1, 62397, 1, 8],
-            teesql_verifier::evidence::encode_extension_value(&vec![0u8; 2 << 20]),
+            teesql_devattest::encode::extension_value(&vec![0u8; 2 << 20]),
         ));
     let big = params.self_signed(&key).unwrap();
     let big = write("big.der", big.der());
@@ -230,9 +230,49 @@ fn help_explains_exit_status_and_sources() {
         "--collateral-dir",
         "PCCS_URL",
         "--trust-root",
+        "--dev-trust-root",
     ] {
         assert!(text.contains(needle), "missing {needle} in help:\n{text}");
     }
+}
+
+/// The production verifier carries no development code: no agent, nothing that signs
+/// quotes. The development PKI lives in teesql-devattest, which it does not depend on.
+#[test]
+fn the_verifier_has_no_development_agent() {
+    let out = verifier(&["agent", "--help"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"));
+    let help = verifier(&["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(!text.contains("agent"), "{text}");
+    let manifest = std::fs::read_to_string(root().join("verifier/Cargo.toml")).unwrap();
+    let normal = manifest.split("[dev-dependencies]").next().unwrap();
+    for dev_only in ["teesql-devattest", "rcgen", "p256"] {
+        assert!(
+            !normal.contains(dev_only),
+            "{dev_only} in the verifier's dependencies"
+        );
+    }
+}
+
+/// A root is the development root because the operator says so (--dev-trust-root), never
+/// because its subject says so: the same development root given as --trust-root is
+/// `custom`, which neither profile accepts.
+#[test]
+fn a_root_is_dev_by_the_operators_word_not_its_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = teesql_devattest::DevPki::from_seed([5; 32]).unwrap();
+    let root = dir.path().join("root.der");
+    std::fs::write(&root, pki.root_der()).unwrap();
+    assert!(
+        String::from_utf8_lossy(pki.root_pem().as_bytes()).contains("CERTIFICATE"),
+        "a PEM root"
+    );
+    let as_custom = teesql_verifier::backend::dcap::TrustRoot::from_file(&root).unwrap();
+    assert_eq!(as_custom.kind().as_str(), "custom");
+    let as_dev = teesql_verifier::backend::dcap::TrustRoot::development_from_file(&root).unwrap();
+    assert_eq!(as_dev.kind().as_str(), "dev");
 }
 
 #[test]
@@ -264,8 +304,9 @@ fn a_pccs_that_never_answers_denies_within_the_fetch_timeout() {
     assert!(message.contains("timed out"), "{message}");
 }
 
-/// The README's two commands for development attestation, run as written (the binary for
-/// `cargo run`, a temporary directory for /tmp, a free port for 8090).
+/// The README's two commands for development attestation, run as written (the agent with
+/// `cargo run` itself, the verifier's binary for its `cargo run`, a temporary directory for
+/// /tmp, a free port for 8090).
 #[test]
 fn readme_agent_then_verify_as_two_commands() {
     use std::io::BufRead;
@@ -287,10 +328,12 @@ fn readme_agent_then_verify_as_two_commands() {
         .unwrap()
         .port();
     let tmp = dir.path().join("agent");
+    let local = |line: &str| {
+        line.replace("/tmp/teesql-agent", tmp.to_str().unwrap())
+            .replace("127.0.0.1:8090", &format!("127.0.0.1:{port}"))
+    };
     let args = |line: &str| -> Vec<String> {
-        let line = line
-            .replace("/tmp/teesql-agent", tmp.to_str().unwrap())
-            .replace("127.0.0.1:8090", &format!("127.0.0.1:{port}"));
+        let line = local(line);
         let rest = line
             .strip_prefix("cargo run -q -p teesql-verifier -- ")
             .unwrap_or_else(|| panic!("not a cargo run line: {line}"));
@@ -304,9 +347,15 @@ fn readme_agent_then_verify_as_two_commands() {
             let _ = self.0.wait();
         }
     }
+    // The agent is not in the verifier: `teesql-dev agent`, run through cargo as written.
+    let agent_line = local(commands[0]);
+    assert!(
+        agent_line.starts_with("cargo run -q -p teesql-tests --bin teesql-dev -- agent "),
+        "{agent_line}"
+    );
     let mut agent = Kill(
-        Command::new(env!("CARGO_BIN_EXE_teesql-verifier"))
-            .args(args(commands[0]))
+        Command::new("cargo")
+            .args(agent_line.split_whitespace().skip(1))
             .current_dir(root())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -364,11 +413,11 @@ fn readme_agent_then_verify_as_two_commands() {
         .collect();
     assert!(codes.contains(&"dev_root"), "{codes:?}");
 
-    // Without --trust-root the development quote does not verify at all.
+    // Without --dev-trust-root the development quote does not verify at all.
     let mut untrusted = Vec::new();
     let mut it = verify.iter();
     while let Some(a) = it.next() {
-        if a == "--trust-root" {
+        if a == "--dev-trust-root" {
             it.next();
         } else {
             untrusted.push(a.clone());

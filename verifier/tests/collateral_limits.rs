@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use teesql_devattest::agent::AgentListener;
+use teesql_devattest::{AgentConfig, DevAgent, DevPki, DevTdReport};
 use teesql_verifier::backend::QuoteBackend;
 use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
 use teesql_verifier::collateral::{CollateralConfig, CollateralProvider, MAX_CONCURRENT_FETCHES};
-use teesql_verifier::dev::agent::AgentListener;
-use teesql_verifier::dev::{AgentConfig, DevAgent, DevPki, DevTdReport};
 use teesql_verifier::evidence::{Quote, decode_quote_bytes};
 
 fn quote_of(seed: [u8; 32]) -> Quote {
@@ -47,7 +47,7 @@ async fn a_quote_whose_pck_chain_misses_the_root_fetches_nothing() {
     );
     let now = teesql_verifier::Clock::System.now();
     // The agent's own root: its quotes verify, with collateral from its PCCS.
-    let own = TrustRoot::from_bytes("dev", agent.root_der()).unwrap();
+    let own = TrustRoot::development("dev", agent.root_der()).unwrap();
     let facts = DcapBackend::new(own, provider.clone())
         .appraise(&quote_of([7; 32]), now)
         .await;

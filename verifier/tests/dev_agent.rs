@@ -10,9 +10,9 @@ use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use teesql_devattest::agent::{AgentConfig, AgentListener, DevAgent};
 use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
 use teesql_verifier::collateral::{CollateralConfig, CollateralProvider};
-use teesql_verifier::dev::agent::{AgentConfig, AgentListener, DevAgent};
 use teesql_verifier::evidence;
 use teesql_verifier::policy::{DEFAULT_EVAL_LIMIT, PolicySet};
 use teesql_verifier::{Appraiser, Clock, appraise_and_decide};
@@ -111,7 +111,7 @@ async fn decide(
 }
 
 fn dev_root(a: &Agent) -> TrustRoot {
-    TrustRoot::from_file(&a.out.path().join("dev-root.der")).unwrap()
+    TrustRoot::development_from_file(&a.out.path().join("dev-root.der")).unwrap()
 }
 
 fn codes(d: &teesql_verifier::Decision) -> Vec<String> {
@@ -147,7 +147,7 @@ async fn agent_certificate_allows_under_dev_profile_with_binding_and_replay() {
 /// The development PKI can state any TCB level; its TCB Info is signed as always.
 async fn agent_at_tcb(status: &str, advisories: &[&str]) -> Agent {
     let mut config = AgentConfig::new([9u8; 32]);
-    config.platform_tcb = teesql_verifier::dev::PlatformTcb {
+    config.platform_tcb = teesql_devattest::PlatformTcb {
         status: status.into(),
         advisory_ids: advisories.iter().map(|a| a.to_string()).collect(),
     };
@@ -432,7 +432,7 @@ async fn verify_binary_on_an_agent_certificate() {
             "verify".to_string(),
             "--cert".into(),
             out.join("example-ra-tls-cert.pem").display().to_string(),
-            "--trust-root".into(),
+            "--dev-trust-root".into(),
             out.join("dev-root.der").display().to_string(),
             "--pccs-url".into(),
             a.url.clone(),
@@ -461,7 +461,7 @@ async fn verify_binary_on_an_agent_certificate() {
             "verify",
             "--cert",
             &out.join("example-ra-tls-cert.pem").display().to_string(),
-            "--trust-root",
+            "--dev-trust-root",
             &out.join("dev-root.der").display().to_string(),
             "--collateral-dir",
             &out.display().to_string(),

@@ -43,7 +43,7 @@ fn certificate_with_app_info(app_info: &[u8]) -> Vec<u8> {
         .custom_extensions
         .push(rcgen::CustomExtension::from_oid_content(
             &[1, 3, 6, 1, 4, 1, 62397, 1, 9],
-            teesql_verifier::evidence::encode_extension_value(app_info),
+            teesql_devattest::encode::extension_value(app_info),
         ));
     params.self_signed(&key).unwrap().der().to_vec()
 }

@@ -261,7 +261,7 @@ async fn certificate_whose_key_the_quote_does_not_bind_is_denied() {
         .custom_extensions
         .push(rcgen::CustomExtension::from_oid_content(
             &[1, 3, 6, 1, 4, 1, 62397, 1, 1],
-            evidence::encode_extension_value(&quote),
+            teesql_devattest::encode::extension_value(&quote),
         ));
     let cert = params.self_signed(&key).unwrap();
     let ev = evidence::decode_certificate_der(&[cert.der().to_vec()]).unwrap();

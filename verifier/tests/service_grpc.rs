@@ -637,8 +637,8 @@ async fn decisions_are_counted_and_logged() {
 /// dev root, denied by production, and cached on the second call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_agent_certificates_over_grpc() {
-    use teesql_verifier::dev::RaTlsRequest;
-    use teesql_verifier::dev::agent::{AgentConfig, AgentListener, DevAgent};
+    use teesql_devattest::RaTlsRequest;
+    use teesql_devattest::agent::{AgentConfig, AgentListener, DevAgent};
 
     let agent = DevAgent::new(AgentConfig::new([9; 32])).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -678,7 +678,7 @@ async fn dev_agent_certificates_over_grpc() {
         let pccs = pccs.clone();
         let svc = Running::start(move |s| {
             s.policy_dirs = Some(vec![root().join("policies").join(profile)]);
-            s.trust_root = Some(root_der);
+            s.dev_trust_root = Some(root_der);
             s.collateral_file = None;
             s.offline = Some(false);
             s.pccs_url = Some(pccs);

@@ -275,7 +275,7 @@ async fn run(args: Args) -> Result<()> {
         .args(["serve", "--listen", &format!("127.0.0.1:{verifier_port}")])
         .arg("--policy-dir")
         .arg(&profile)
-        .arg("--trust-root")
+        .arg("--dev-trust-root")
         .arg(agent.root_der_path())
         .args(["--pccs-url", &agent.url, "--decision-log", "off"])
         .stdout(Stdio::null())
@@ -364,7 +364,7 @@ async fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&client_dir)?;
     let issued = agent
         .agent
-        .issue_tls_key(&teesql_verifier::dev::RaTlsRequest {
+        .issue_tls_key(&teesql_devattest::RaTlsRequest {
             subject: "bench".into(),
             alt_names: vec!["bench".into()],
             usage_ra_tls: true,

@@ -12,16 +12,18 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use teesql_devattest::agent::{AgentConfig, derived_key};
 use teesql_tests::cluster::{Cluster, ClusterOptions};
 use teesql_tests::postgres::{PgOptions, pg_bin_dir};
-use teesql_verifier::dev::agent::{AgentConfig, derived_key};
 
 /// Run a local TeeSQL cluster: Postgres + dev guest agent + verifier + sidecar (+ a mode A
 /// forwarder), and print connection strings. Development only: the attestation is
 /// signed by a development PKI that production policies refuse.
 #[derive(Debug, Parser)]
-#[command(name = "teesql-dev", version, about, long_about = None)]
+#[command(name = "teesql-dev", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Sidecar Postgres port (mode B/D clients connect here); 0 = any free port.
     #[arg(long, default_value_t = 5433)]
     port: u16,
@@ -56,17 +58,17 @@ struct Args {
     log: String,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Only the development guest agent (dstack API) and PCCS, with a seeded DCAP PKI.
+    Agent(Box<teesql_devattest::cli::AgentArgs>),
+}
+
 const DEFAULT_SEED: [u8; 32] = *b"teesql-dev-seed-not-a-secret-0x1";
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    teesql_proto::runtime::init_tracing(&args.log, "warn");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,7 +79,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(run(args)) {
+    let result = match args.command {
+        Some(Command::Agent(agent)) => rt
+            .block_on(teesql_devattest::cli::serve(*agent))
+            .map_err(|e| anyhow::anyhow!(e)),
+        None => rt.block_on(run(args)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("teesql-dev: {e:#}");
@@ -115,9 +123,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // A missing Postgres installation is the commonest first-run problem: say how to fix it.
     pg_bin_dir().map_err(|e| anyhow::anyhow!("{e}"))?;
     let seed: [u8; 32] = match &args.seed {
-        Some(s) => {
-            teesql_verifier::dev::parse_seed(s).map_err(|e| anyhow::anyhow!("--seed: {e}"))?
-        }
+        Some(s) => teesql_devattest::parse_seed(s).map_err(|e| anyhow::anyhow!("--seed: {e}"))?,
         None => DEFAULT_SEED,
     };
     let sidecar_port = port_or_free("sidecar", args.port)?;
@@ -332,7 +338,7 @@ Ctrl-C stops everything{keep}.",
         std::fs::rename(&tmp, path)?;
     }
 
-    shutdown_signal().await;
+    teesql_proto::runtime::shutdown_signal().await;
     eprintln!("\nteesql-dev: stopping …");
     if let Some(path) = &args.env_file {
         let _ = std::fs::remove_file(path);
@@ -340,16 +346,4 @@ Ctrl-C stops everything{keep}.",
     drop(cluster);
     eprintln!("teesql-dev: stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

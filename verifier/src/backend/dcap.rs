@@ -13,9 +13,6 @@ use crate::evidence::{Quote, TeeType};
 /// Intel's SGX/TDX root CA (DER), as shipped by dcap-qvl.
 static INTEL_ROOT_DER: &[u8] = include_bytes!("intel_root_ca.der");
 
-/// Marker in the subject of the development root CA (see `dev::pki`).
-pub const DEV_ROOT_MARKER: &str = "TeeSQL Development";
-
 /// The root certificate quotes are verified against.
 #[derive(Debug, Clone)]
 pub struct TrustRoot {
@@ -40,27 +37,12 @@ impl TrustRoot {
         }
     }
 
-    /// A root from DER or PEM bytes. Recognises Intel's root and the development root;
-    /// anything else is `custom`.
+    /// A root from DER or PEM bytes: `intel` when it is Intel's root (by its bytes),
+    /// `custom` otherwise.
     pub fn from_bytes(path: &str, bytes: &[u8]) -> Result<Self, TrustRootError> {
-        let err = |detail: String| TrustRootError {
-            path: path.to_string(),
-            detail,
-        };
-        let der = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-            x509_parser::pem::parse_x509_pem(bytes)
-                .map_err(|e| err(format!("invalid PEM: {e}")))?
-                .1
-                .contents
-        } else {
-            bytes.to_vec()
-        };
-        let (_, cert) = X509Certificate::from_der(&der)
-            .map_err(|e| err(format!("not an X.509 certificate: {e}")))?;
+        let der = parse_root(path, bytes)?;
         let kind = if der == INTEL_ROOT_DER {
             TrustRootKind::Intel
-        } else if cert.subject().to_string().contains(DEV_ROOT_MARKER) {
-            TrustRootKind::Dev
         } else {
             TrustRootKind::Custom
         };
@@ -70,14 +52,34 @@ impl TrustRoot {
         })
     }
 
+    /// A development root (the seeded PKI of `teesql-dev`), declared as such by whoever
+    /// configures the verifier: claims then say `root = "dev"`, which the production
+    /// policy refuses. Which root is a development root is the operator's statement about
+    /// this key, never something a certificate says of itself.
+    pub fn development(path: &str, bytes: &[u8]) -> Result<Self, TrustRootError> {
+        let der = parse_root(path, bytes)?;
+        if der == INTEL_ROOT_DER {
+            return Err(TrustRootError {
+                path: path.to_string(),
+                detail: "this is Intel's root, not a development root".into(),
+            });
+        }
+        Ok(Self {
+            der: Arc::from(der),
+            kind: TrustRootKind::Dev,
+        })
+    }
+
     /// Read a root certificate file (DER or PEM).
     pub fn from_file(path: &std::path::Path) -> Result<Self, TrustRootError> {
-        let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| TrustRootError {
-            path: shown.clone(),
-            detail: e.to_string(),
-        })?;
+        let (shown, bytes) = read_root(path)?;
         Self::from_bytes(&shown, &bytes)
+    }
+
+    /// Read a development root certificate file (DER or PEM); see [`Self::development`].
+    pub fn development_from_file(path: &std::path::Path) -> Result<Self, TrustRootError> {
+        let (shown, bytes) = read_root(path)?;
+        Self::development(&shown, &bytes)
     }
 
     pub fn kind(&self) -> &TrustRootKind {
@@ -87,6 +89,33 @@ impl TrustRoot {
     pub fn der(&self) -> &[u8] {
         &self.der
     }
+}
+
+fn read_root(path: &std::path::Path) -> Result<(String, Vec<u8>), TrustRootError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| TrustRootError {
+        path: shown.clone(),
+        detail: e.to_string(),
+    })?;
+    Ok((shown, bytes))
+}
+
+/// DER of a root certificate given as DER or PEM, checked to be X.509.
+fn parse_root(path: &str, bytes: &[u8]) -> Result<Vec<u8>, TrustRootError> {
+    let err = |detail: String| TrustRootError {
+        path: path.to_string(),
+        detail,
+    };
+    let der = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        x509_parser::pem::parse_x509_pem(bytes)
+            .map_err(|e| err(format!("invalid PEM: {e}")))?
+            .1
+            .contents
+    } else {
+        bytes.to_vec()
+    };
+    X509Certificate::from_der(&der).map_err(|e| err(format!("not an X.509 certificate: {e}")))?;
+    Ok(der)
 }
 
 /// The DCAP backend: collateral from a [`CollateralProvider`], verification by dcap-qvl.

@@ -1,7 +1,5 @@
 //! Command-line interface.
 
-#[cfg(feature = "dev")]
-mod agent;
 mod policy_cmd;
 mod serve;
 mod verify;
@@ -29,8 +27,6 @@ impl Cli {
     pub fn log_level(&self) -> String {
         let default = match self.command {
             Command::Serve(_) => "info",
-            #[cfg(feature = "dev")]
-            Command::Agent(_) => "info",
             _ => "warn",
         };
         self.log
@@ -56,12 +52,6 @@ enum Command {
     /// Work with policy profiles.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
-    /// Run the development guest agent (dstack API) and PCCS, with a seeded DCAP PKI.
-    ///
-    /// Quotes it issues verify only against its own development root: give that root to
-    /// the verifier with --trust-root and use the policies/dev profile. Never production.
-    #[cfg(feature = "dev")]
-    Agent(Box<agent::AgentArgs>),
 }
 
 /// Run a parsed command line.
@@ -70,42 +60,16 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => verify::run(*args).await,
         Command::Serve(args) => serve::run(*args).await,
         Command::Policy(cmd) => policy_cmd::run(cmd),
-        #[cfg(feature = "dev")]
-        Command::Agent(args) => agent::run(*args).await,
     }
 }
 
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    teesql_proto::runtime::shutdown_signal().await
 }
 
 pub fn init_tracing(filter: String) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    teesql_proto::runtime::init_tracing(&filter, "warn");
 }
 
 /// The policy profiles to load: the given ones, or the production profile in

@@ -58,11 +58,14 @@ pub struct VerifyArgs {
     /// Report data the quote must carry (hex, up to 64 bytes, zero-padded).
     #[arg(long, value_name = "HEX")]
     report_data: Option<String>,
-    /// Root CA certificate (DER or PEM) to verify quotes against, instead of Intel's.
-    /// The development root (from `teesql-verifier agent --out-dir`) is reported as
-    /// `tdx.root = "dev"` in the claims.
-    #[arg(long, value_name = "FILE")]
+    /// Root CA certificate (DER or PEM) to verify quotes against, instead of Intel's
+    /// (`tdx.root = "custom"`, or `intel` if it is Intel's).
+    #[arg(long, value_name = "FILE", conflicts_with = "dev_trust_root")]
     trust_root: Option<PathBuf>,
+    /// A development root (from `teesql-dev-agent --out-dir`) to verify quotes against:
+    /// claims say `tdx.root = "dev"`, which only the development profile accepts.
+    #[arg(long, value_name = "FILE")]
+    dev_trust_root: Option<PathBuf>,
 }
 
 pub async fn run(args: VerifyArgs) -> ExitCode {
@@ -99,9 +102,10 @@ async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decisio
         .transpose()
         .map_err(|e| e.to_string())?;
 
-    let root = match &args.trust_root {
-        Some(path) => TrustRoot::from_file(path).map_err(|e| e.to_string())?,
-        None => TrustRoot::intel(),
+    let root = match (&args.trust_root, &args.dev_trust_root) {
+        (Some(path), _) => TrustRoot::from_file(path).map_err(|e| e.to_string())?,
+        (None, Some(path)) => TrustRoot::development_from_file(path).map_err(|e| e.to_string())?,
+        (None, None) => TrustRoot::intel(),
     };
     let clock = args.now.map(Clock::Fixed).unwrap_or(Clock::System);
     let collateral = CollateralProvider::new(&CollateralConfig {

@@ -43,35 +43,6 @@ pub struct DstackAttestation {
 }
 
 impl DstackAttestation {
-    /// Encode as V0 SCALE (`0x00`, DstackTdx, …), the form dstack v0.5.9+ puts in `.8`.
-    /// Runtime events of version 2 cannot be carried in V0 (dstack switches to V1 for
-    /// them); they are encoded as their name and payload only.
-    pub fn encode_v0(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.quote.len() + 1024);
-        out.push(0x00); // V0
-        out.push(0x00); // DstackTdx
-        put_bytes(&mut out, &self.quote);
-        put_compact(&mut out, self.event_log.len() as u64);
-        for e in &self.event_log {
-            out.extend_from_slice(&e.imr.to_le_bytes());
-            out.extend_from_slice(&e.event_type.to_le_bytes());
-            put_bytes(&mut out, &e.digest);
-            put_bytes(&mut out, e.event.as_bytes());
-            put_bytes(&mut out, &e.event_payload);
-        }
-        put_compact(&mut out, self.runtime_events.len() as u64);
-        for e in &self.runtime_events {
-            put_bytes(&mut out, e.event.as_bytes());
-            put_bytes(&mut out, &e.payload);
-        }
-        out.extend_from_slice(&self.report_data);
-        put_bytes(
-            &mut out,
-            self.config.as_deref().unwrap_or_default().as_bytes(),
-        );
-        out
-    }
-
     /// Turn the attestation into evidence of the given kind.
     pub fn into_evidence(self, kind: EvidenceKind) -> Result<Evidence, EvidenceError> {
         let quote = decode_quote_bytes(&self.quote)?;
@@ -178,27 +149,6 @@ fn decode_v0(bytes: &[u8]) -> Result<DstackAttestation, EvidenceError> {
         report_data,
         config: (!config.is_empty()).then_some(config),
     })
-}
-
-/// SCALE compact integer.
-fn put_compact(out: &mut Vec<u8>, n: u64) {
-    match n {
-        0..=0x3f => out.push((n as u8) << 2),
-        0x40..=0x3fff => out.extend_from_slice(&(((n as u16) << 2) | 0b01).to_le_bytes()),
-        0x4000..=0x3fff_ffff => out.extend_from_slice(&(((n as u32) << 2) | 0b10).to_le_bytes()),
-        _ => {
-            let bytes = n.to_le_bytes();
-            let len = 8 - bytes.iter().rev().take_while(|b| **b == 0).count();
-            out.push((((len - 4) as u8) << 2) | 0b11);
-            out.extend_from_slice(&bytes[..len]);
-        }
-    }
-}
-
-/// SCALE `Vec<u8>` / `String`.
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_compact(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
 }
 
 fn platform_name(kind: u8) -> &'static str {
@@ -410,31 +360,6 @@ mod tests {
         assert_eq!(replay_rtmr3(&att.runtime_events), td.rtmr[3]);
         assert_eq!(att.report_data, td.report_data);
         assert!(att.config.unwrap().contains("vm_config"));
-    }
-
-    #[test]
-    fn v0_encoding_reproduces_the_recorded_blob_byte_for_byte() {
-        let b = blob();
-        assert_eq!(decode_attestation(&b).unwrap().encode_v0(), b);
-    }
-
-    #[test]
-    fn compact_encoding_round_trips() {
-        for n in [
-            0u64,
-            1,
-            63,
-            64,
-            16383,
-            16384,
-            (1 << 30) - 1,
-            1 << 30,
-            u64::MAX,
-        ] {
-            let mut out = Vec::new();
-            put_compact(&mut out, n);
-            assert_eq!(Reader::new("t", &out).compact().unwrap(), n, "{n}");
-        }
     }
 
     #[test]

@@ -197,24 +197,6 @@ pub fn decode_certificate_der(chain: &[Vec<u8>]) -> Result<Evidence, EvidenceErr
     Ok(evidence)
 }
 
-/// Wrap an extension value the way dstack does: a DER OCTET STRING, which then goes
-/// into `extnValue` (for certificate builders such as rcgen's custom extensions).
-pub fn encode_extension_value(content: &[u8]) -> Vec<u8> {
-    let len = content.len();
-    let mut out = Vec::with_capacity(len + 6);
-    out.push(0x04);
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
 /// The contents of the DER OCTET STRING dstack wraps every extension value in.
 fn octet_string(oid: &str, value: &[u8]) -> Result<Vec<u8>, EvidenceError> {
     match parse_der_octetstring(value) {
@@ -287,15 +269,6 @@ const APP_INFO_FIELDS: [&str; 9] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn extension_value_round_trips_at_every_length_form() {
-        for len in [0usize, 1, 127, 128, 255, 256, 70_000] {
-            let content = vec![0x5a; len];
-            let wrapped = encode_extension_value(&content);
-            assert_eq!(octet_string("t", &wrapped).unwrap(), content, "len {len}");
-        }
-    }
 
     #[test]
     fn app_info_is_bounded_in_size_and_depth() {

@@ -15,7 +15,7 @@ use serde::Serialize;
 pub use attestation::{
     AttestationFormat, DstackAttestation, decode_attestation, decode_attestation_text,
 };
-pub use cert::{CertInfo, decode_cert_chain, decode_certificate_der, encode_extension_value, oid};
+pub use cert::{CertInfo, decode_cert_chain, decode_certificate_der, oid};
 pub use getquote::decode_getquote_json;
 pub use quote::{Quote, TdReport, TeeType, decode_quote_bytes, decode_quote_text};
 

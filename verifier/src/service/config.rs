@@ -38,6 +38,10 @@ pub struct ServeSettings {
     /// Root CA (DER or PEM) to verify quotes against instead of Intel's.
     #[arg(long, env = "TEESQL_VERIFIER_TRUST_ROOT", value_name = "FILE")]
     pub trust_root: Option<PathBuf>,
+    /// A development root (teesql-dev's seeded PKI) to verify quotes against; claims say
+    /// `tdx.root = "dev"`, which only the development profile accepts.
+    #[arg(long, env = "TEESQL_VERIFIER_DEV_TRUST_ROOT", value_name = "FILE")]
+    pub dev_trust_root: Option<PathBuf>,
     /// PCCS or Intel PCS for collateral [default: Intel PCS].
     #[arg(long, env = "PCCS_URL", value_name = "URL")]
     pub pccs_url: Option<String>,
@@ -93,6 +97,7 @@ impl ServeSettings {
             metrics_listen,
             policy_dirs,
             trust_root,
+            dev_trust_root,
             pccs_url,
             offline,
             collateral_dir,
@@ -156,11 +161,18 @@ impl ServeConfig {
                 errors.push(format!("policy_dir {}: not a directory", d.display()));
             }
         }
-        let trust_root = match &s.trust_root {
-            Some(p) => TrustRoot::from_file(p)
+        let trust_root = match (&s.trust_root, &s.dev_trust_root) {
+            (Some(_), Some(_)) => {
+                errors.push("trust_root and dev_trust_root: give one, not both".into());
+                None
+            }
+            (Some(p), None) => TrustRoot::from_file(p)
                 .map_err(|e| errors.push(e.to_string()))
                 .ok(),
-            None => Some(TrustRoot::intel()),
+            (None, Some(p)) => TrustRoot::development_from_file(p)
+                .map_err(|e| errors.push(e.to_string()))
+                .ok(),
+            (None, None) => Some(TrustRoot::intel()),
         };
         let pccs_url = s.pccs_url.unwrap_or_else(|| INTEL_PCS_URL.to_string());
         if !(pccs_url.starts_with("http://") || pccs_url.starts_with("https://")) {

@@ -8,7 +8,9 @@ use rcgen::{
 };
 
 use super::pki::{DevPkiError, SeededKey};
-use crate::evidence::{encode_extension_value, oid};
+use teesql_verifier::evidence::oid;
+
+use crate::encode::extension_value as encode_extension_value;
 
 /// The development app CA: signs RA-TLS leaf certificates, like dstack's per-app CA.
 /// Derived from the seed, so `dev-app-ca.pem` stays valid across agent restarts.

@@ -1,12 +1,17 @@
-//! `teesql-verifier agent`: the development guest agent and PCCS.
+//! `teesql-dev agent`: the development guest agent (dstack API) and PCCS, with a seeded
+//! DCAP PKI, on its own. Not part of any production build: the verifier has no agent.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{ArgGroup, Args};
-use teesql_verifier::dev::agent::{AgentConfig, AgentListener, DevAgent};
-use teesql_verifier::dev::parse_seed;
 
+use crate::agent::{AgentConfig, AgentListener, DevAgent};
+use crate::parse_seed;
+
+/// Run the development guest agent (dstack API) and PCCS, with a seeded DCAP PKI.
+///
+/// Quotes it issues verify only against its own development root: give that root to the
+/// verifier with --dev-trust-root and use the policies/dev profile. Never production.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("seed_source").required(true).args(["seed", "seed_file"])))]
 #[command(group(ArgGroup::new("listen_on").required(true).multiple(true).args(["socket", "listen"])))]
@@ -34,7 +39,7 @@ pub struct AgentArgs {
     /// The app-compose.json whose SHA-256 is the compose hash. Default: a built-in one.
     #[arg(long, value_name = "FILE")]
     app_compose: Option<PathBuf>,
-    /// Write dev-root.der/.pem (the trust root for --trust-root), dev-collateral.json,
+    /// Write dev-root.der/.pem (the trust root for --dev-trust-root), dev-collateral.json,
     /// dev-app-ca.pem (sslrootcert for clients) and example-ra-tls-cert.pem here.
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
@@ -46,14 +51,8 @@ pub struct AgentArgs {
     collateral_issued_at: Option<u64>,
 }
 
-pub async fn run(args: AgentArgs) -> ExitCode {
-    match serve(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => super::usage_error(msg),
-    }
-}
-
-async fn serve(args: AgentArgs) -> Result<(), String> {
+/// Serve until SIGINT or SIGTERM.
+pub async fn serve(args: AgentArgs) -> Result<(), String> {
     let seed_text = match (&args.seed, &args.seed_file) {
         (Some(s), _) => s.clone(),
         (None, Some(f)) => {
@@ -99,7 +98,7 @@ async fn serve(args: AgentArgs) -> Result<(), String> {
             .map_err(|e| format!("--out-dir: {e}"))?;
         lines.push(format!("  wrote dev-root.der, dev-collateral.json, dev-app-ca.pem, example-ra-tls-cert.pem to {}", dir.display()));
         lines.push(format!(
-            "  try: teesql-verifier verify --cert {} --trust-root {} {} --policy-dir policies/dev",
+            "  try: teesql-verifier verify --cert {} --dev-trust-root {} {} --policy-dir policies/dev",
             dir.join("example-ra-tls-cert.pem").display(),
             dir.join("dev-root.der").display(),
             match &http_url {
@@ -109,8 +108,14 @@ async fn serve(args: AgentArgs) -> Result<(), String> {
         ));
     }
     // Shutdown first, so a signal during start-up is not lost; then report readiness.
-    let shutdown = super::shutdown_signal();
-    super::out(&(lines.join("\n") + "\n"));
+    let shutdown = teesql_proto::runtime::shutdown_signal();
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all((lines.join("\n") + "\n").as_bytes())
+            .and_then(|()| stdout.flush());
+    }
     agent
         .serve(listeners, shutdown)
         .await

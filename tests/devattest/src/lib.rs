@@ -5,10 +5,13 @@
 //! be exercised for real. The real dstack simulator patches report data into a recorded
 //! quote, so its quotes never verify. Here quotes are signed for real by a PKI derived
 //! from a seed; dcap-qvl verifies them against that PKI's root, which the verifier trusts
-//! only when given it with `--trust-root` (claims then say `tdx.root = "dev"`, and the
-//! production policy refuses them).
+//! only when given it with `--dev-trust-root` (claims then say `tdx.root = "dev"`, and the
+//! production policy refuses them). This crate is never a dependency of a production
+//! binary: `teesql-dev` (and `teesql-dev agent`) and the tests use it.
 
 pub mod agent;
+pub mod cli;
+pub mod encode;
 pub mod kms;
 pub mod pki;
 mod ratls;
@@ -20,7 +23,8 @@ pub use ratls::{AppCa, RaTlsIssued, RaTlsRequest};
 
 /// Parse a 32-byte seed from hex (with or without `0x`).
 pub fn parse_seed(text: &str) -> Result<[u8; 32], String> {
-    let bytes = crate::evidence::decode_hex("seed", text, 32).map_err(|e| e.to_string())?;
+    let bytes =
+        teesql_verifier::evidence::decode_hex("seed", text, 32).map_err(|e| e.to_string())?;
     bytes
         .try_into()
         .map_err(|v: Vec<u8>| format!("the seed must be 32 bytes (64 hex digits), got {}", v.len()))

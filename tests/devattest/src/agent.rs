@@ -28,8 +28,8 @@ use tokio::sync::Mutex;
 use super::kms::{DevKms, KeyAlgorithm};
 use super::pki::{DevPki, DevPkiError, DevTdReport, PlatformTcb};
 use super::ratls::{AppCa, CertAttestation, RaTlsIssued, RaTlsRequest};
-use crate::eventlog::{DSTACK_RUNTIME_EVENT_TYPE, RuntimeEvent, TdxEvent, replay_rtmr3};
-use crate::evidence::DstackAttestation;
+use teesql_verifier::eventlog::{DSTACK_RUNTIME_EVENT_TYPE, RuntimeEvent, TdxEvent, replay_rtmr3};
+use teesql_verifier::evidence::DstackAttestation;
 
 /// The agent's version string (`Version`).
 pub const AGENT_VERSION: &str = concat!("teesql-dev-agent ", env!("CARGO_PKG_VERSION"));
@@ -261,7 +261,7 @@ impl DevAgent {
         let identity = Identity::new(&config, &pki, &kms);
         let events = identity.boot_events();
         let collateral_issued_at = config.collateral_issued_at.unwrap_or_else(|| {
-            let now = crate::Clock::System.now();
+            let now = teesql_verifier::Clock::System.now();
             now - now % 86_400
         });
         Ok(Self {
@@ -461,7 +461,7 @@ impl DevAgent {
     async fn attestation(&self, report_data: [u8; 64]) -> Result<DstackAttestation, AgentError> {
         let (quote, events) = self.quote(report_data).await?;
         Ok(DstackAttestation {
-            format: crate::evidence::AttestationFormat::VersionedV0,
+            format: teesql_verifier::evidence::AttestationFormat::VersionedV0,
             quote,
             event_log: tdx_events(&events),
             runtime_events: events,
@@ -481,7 +481,7 @@ impl DevAgent {
             self.state
                 .app_ca
                 .issue(req, self.state.config.cert_validity, move |spki| {
-                    let report_data = crate::eventlog::ra_tls_report_data(spki);
+                    let report_data = teesql_verifier::eventlog::ra_tls_report_data(spki);
                     let quote = this.state.pki.quote(&this.td_report(rtmr3, report_data))?;
                     let event_log = tdx_events(&events);
                     let legacy = legacy.then(|| {
@@ -489,7 +489,7 @@ impl DevAgent {
                         (quote.clone(), log)
                     });
                     let att = DstackAttestation {
-                        format: crate::evidence::AttestationFormat::VersionedV0,
+                        format: teesql_verifier::evidence::AttestationFormat::VersionedV0,
                         quote,
                         event_log,
                         runtime_events: events,
@@ -497,7 +497,7 @@ impl DevAgent {
                         config: Some(this.state.identity.vm_config.clone()),
                     };
                     Ok(CertAttestation {
-                        versioned: att.encode_v0(),
+                        versioned: crate::encode::attestation_v0(&att),
                         legacy,
                         app_id: this.state.identity.app_id.to_vec(),
                         app_info: with_app_info.then(|| this.state.identity.app_info(&rtmr3)),
@@ -529,7 +529,7 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, AgentError> {
 
 /// Report data as dstack takes it: hex, at most 64 bytes, zero-padded.
 fn report_data(hex_text: &str) -> Result<[u8; 64], AgentError> {
-    let bytes = crate::evidence::decode_hex("report_data", hex_text, 64)
+    let bytes = teesql_verifier::evidence::decode_hex("report_data", hex_text, 64)
         .map_err(|e| AgentError::BadRequest(e.to_string()))?;
     let mut out = [0u8; 64];
     out[..bytes.len()].copy_from_slice(&bytes);
@@ -613,7 +613,7 @@ async fn attest(
     let b: ReportDataBody = parse(&body)?;
     let att = agent.attestation(report_data(&b.report_data)?).await?;
     Ok(axum::Json(
-        json!({ "attestation": hex::encode(att.encode_v0()) }),
+        json!({ "attestation": hex::encode(crate::encode::attestation_v0(&att)) }),
     ))
 }
 
@@ -694,7 +694,7 @@ struct SignBody {
 
 async fn sign(State(agent): State<DevAgent>, body: Bytes) -> Result<axum::Json<Value>, AgentError> {
     let b: SignBody = parse(&body)?;
-    let data = crate::evidence::decode_hex("data", &b.data, 64 * 1024)
+    let data = teesql_verifier::evidence::decode_hex("data", &b.data, 64 * 1024)
         .map_err(|e| AgentError::BadRequest(e.to_string()))?;
     let signed = agent
         .state
@@ -720,7 +720,7 @@ struct VerifyBody {
 async fn verify(body: Bytes) -> Result<axum::Json<Value>, AgentError> {
     let b: VerifyBody = parse(&body)?;
     let hex_field = |name: &'static str, text: &str| {
-        crate::evidence::decode_hex(name, text, 64 * 1024)
+        teesql_verifier::evidence::decode_hex(name, text, 64 * 1024)
             .map_err(|e| AgentError::BadRequest(e.to_string()))
     };
     let valid = super::kms::verify(
@@ -754,7 +754,7 @@ async fn emit_event(
             "event name must be 1 to 256 bytes".into(),
         ));
     }
-    let payload = crate::evidence::decode_hex("payload", &b.payload, 64 * 1024)
+    let payload = teesql_verifier::evidence::decode_hex("payload", &b.payload, 64 * 1024)
         .map_err(|e| AgentError::BadRequest(e.to_string()))?;
     let mut events = agent.state.events.lock().await;
     if events.len() >= 4096 {
