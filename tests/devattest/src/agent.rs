@@ -17,9 +17,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256, Sha384};
@@ -370,8 +370,7 @@ impl DevAgent {
             .route("/Verify", post(verify))
             .route("/Version", post(version).get(version))
             .route("/EmitEvent", post(emit_event))
-            .route("/sgx/certification/v4/{*rest}", get(pccs))
-            .route("/tdx/certification/v4/{*rest}", get(pccs))
+            .merge(crate::pccs::routes::<DevAgent>())
             .with_state(self.clone())
     }
 
@@ -766,23 +765,19 @@ async fn emit_event(
     Ok(axum::Json(Value::Null))
 }
 
-async fn pccs(State(agent): State<DevAgent>, uri: Uri) -> Response {
-    agent.state.pccs_requests.fetch_add(1, Ordering::Relaxed);
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let resp = agent.state.pki.pccs_response(
-        path,
-        agent.state.collateral_issued_at,
-        agent.state.config.collateral_validity.as_secs(),
-    );
-    let mut out = (
-        StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        resp.body,
-    )
-        .into_response();
-    for (k, v) in resp.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-            out.headers_mut().insert(k, v);
-        }
+impl crate::pccs::PccsSource for DevAgent {
+    fn pki(&self) -> &DevPki {
+        &self.state.pki
     }
-    out
+
+    fn window(&self) -> (u64, u64) {
+        (
+            self.state.collateral_issued_at,
+            self.state.config.collateral_validity.as_secs(),
+        )
+    }
+
+    fn on_request(&self) {
+        self.state.pccs_requests.fetch_add(1, Ordering::Relaxed);
+    }
 }

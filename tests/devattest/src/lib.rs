@@ -13,6 +13,7 @@ pub mod agent;
 pub mod cli;
 pub mod encode;
 pub mod kms;
+pub mod pccs;
 pub mod pki;
 mod ratls;
 

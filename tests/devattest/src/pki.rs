@@ -37,8 +37,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256, Sha384};
 
 use encoding::{
-    boolean, enumerated, integer, octet_string, offset_date_time, oid, pem, percent_decode,
-    percent_encode, rfc3339, sequence,
+    SGX_EXTENSION_OID, SgxEntry, SgxValue, offset_date_time, pem, percent_encode, rfc3339,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -84,7 +83,7 @@ const CPU_SVN: [u8; 16] = [
     0x07, 0x07, 0x02, 0x02, 0x03, 0x01, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
 ];
 /// SGX type "Scalable" (what TDX-capable Xeon platforms have).
-const SGX_TYPE_SCALABLE: u64 = 1;
+const SGX_TYPE_SCALABLE: i64 = 1;
 
 /// TD QE identity (Intel's real values for the TD QE).
 const TD_QE_MRSIGNER: [u8; 32] = [
@@ -113,9 +112,6 @@ const TDX_MODULE_ATTRIBUTES_MASK: [u8; 8] = [0xff; 8];
 
 /// Date of the single TCB level (platform, TDX module and QE).
 const TCB_DATE: &str = "2025-01-01T00:00:00Z";
-
-/// Intel's PCS answers an unknown path with 404; the same text for every such answer.
-const NOT_FOUND: &str = "not found";
 
 // ---------------------------------------------------------------------------------------
 // Errors
@@ -305,52 +301,6 @@ impl Default for DevTdReport {
             td_attributes: [0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00],
             xfam: [0xe7, 0x02, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00],
             mr_seam: Sha384::digest(b"TeeSQL development TDX module").into(),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// PCCS responses
-// ---------------------------------------------------------------------------------------
-
-/// An HTTP response as a PCCS would send it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PccsResponse {
-    /// HTTP status code.
-    pub status: u16,
-    /// Response headers (name, value); values are ASCII.
-    pub headers: Vec<(String, String)>,
-    /// Response body.
-    pub body: Vec<u8>,
-}
-
-impl PccsResponse {
-    /// The first header named `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn ok(content_type: &str, extra: Vec<(String, String)>, body: Vec<u8>) -> Self {
-        let mut headers = vec![("Content-Type".to_owned(), content_type.to_owned())];
-        headers.extend(extra);
-        Self {
-            status: 200,
-            headers,
-            body,
-        }
-    }
-
-    fn error(status: u16, message: &str) -> Self {
-        Self {
-            status,
-            headers: vec![(
-                "Content-Type".to_owned(),
-                "text/plain; charset=utf-8".to_owned(),
-            )],
-            body: message.as_bytes().to_vec(),
         }
     }
 }
@@ -697,155 +647,6 @@ impl DevPki {
         Ok(quote)
     }
 
-    /// The response a PCCS (v4 API) would give for `path_and_query`, with collateral valid
-    /// from `issued_at` for `validity_secs` (the same bytes as [`collateral`](Self::collateral)).
-    ///
-    /// Served (query parameter names and values are case-insensitive where PCS treats
-    /// them so):
-    /// - `/tdx/certification/v4/tcb?fmspc=<hex>[&update=standard|early][&tcbEvaluationDataNumber=N]`:
-    ///   `{"tcbInfo":{...},"signature":"<hex r||s>"}`, header `TCB-Info-Issuer-Chain`
-    ///   (URL-encoded PEM `[TCB signing, root]`). Missing `fmspc` → 400; another FMSPC or
-    ///   evaluation data number → 404.
-    /// - `/tdx/certification/v4/qe/identity[?...]`: `{"enclaveIdentity":{...},"signature":...}`,
-    ///   header `SGX-Enclave-Identity-Issuer-Chain`.
-    /// - `/sgx/certification/v4/pckcrl?ca=platform[&encoding=der]`: the PCK CRL, DER with
-    ///   `encoding=der`, PEM otherwise; header `SGX-PCK-CRL-Issuer-Chain` (`[PCK CA, root]`).
-    ///   `ca=processor` → 404 (there is no Processor CA); missing `ca` → 400.
-    /// - `/sgx/certification/v4/rootcacrl`: the root CA CRL as hex text, as PCCS serves it.
-    ///
-    /// The SGX TCB Info and QE Identity (`/sgx/certification/v4/tcb`, `.../qe/identity`)
-    /// answer 404: this platform only produces TDX quotes, for which dcap-qvl asks the
-    /// `/tdx/` ones. Any other path → 404; an unrepresentable window → 500.
-    pub fn pccs_response(
-        &self,
-        path_and_query: &str,
-        issued_at: u64,
-        validity_secs: u64,
-    ) -> PccsResponse {
-        match self.pccs_response_inner(path_and_query, issued_at, validity_secs) {
-            Ok(resp) => resp,
-            Err(e) => PccsResponse::error(500, &e.to_string()),
-        }
-    }
-
-    fn pccs_response_inner(
-        &self,
-        path_and_query: &str,
-        issued_at: u64,
-        validity_secs: u64,
-    ) -> Result<PccsResponse, DevPkiError> {
-        let (path, query) = path_and_query
-            .split_once('?')
-            .unwrap_or((path_and_query, ""));
-        let path = path.trim_end_matches('/');
-        let params: Vec<(String, String)> = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (percent_decode(k, true), percent_decode(v, true))
-            })
-            .collect();
-        let param = |name: &str| {
-            params
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        };
-
-        const TDX: &str = "/tdx/certification/v4";
-        const SGX: &str = "/sgx/certification/v4";
-        let Some((api, endpoint)) = [TDX, SGX]
-            .into_iter()
-            .find_map(|api| Some((api, path.strip_prefix(api)?.strip_prefix('/')?)))
-        else {
-            return Ok(PccsResponse::error(404, NOT_FOUND));
-        };
-
-        match (api, endpoint) {
-            (TDX, "tcb") => {
-                let Some(fmspc) = param("fmspc") else {
-                    return Ok(PccsResponse::error(400, "missing fmspc"));
-                };
-                if !fmspc.eq_ignore_ascii_case(&hex::encode(self.fmspc)) {
-                    return Ok(PccsResponse::error(404, NOT_FOUND));
-                }
-                if let Some(resp) = check_evaluation_data_set(param) {
-                    return Ok(resp);
-                }
-                let window = Window::new(issued_at, validity_secs)?;
-                let tcb_info = self.tcb_info_json(&window)?;
-                let signature = self.tcb_signing_key.sign_raw(tcb_info.as_bytes())?;
-                let body = format!(
-                    "{{\"tcbInfo\":{tcb_info},\"signature\":\"{}\"}}",
-                    hex::encode(signature)
-                );
-                Ok(PccsResponse::ok(
-                    "application/json",
-                    vec![(
-                        "TCB-Info-Issuer-Chain".to_owned(),
-                        percent_encode(&self.tcb_issuer_chain_pem),
-                    )],
-                    body.into_bytes(),
-                ))
-            }
-            (TDX, "qe/identity") => {
-                if let Some(resp) = check_evaluation_data_set(param) {
-                    return Ok(resp);
-                }
-                let window = Window::new(issued_at, validity_secs)?;
-                let qe_identity = self.qe_identity_json(&window)?;
-                let signature = self.tcb_signing_key.sign_raw(qe_identity.as_bytes())?;
-                let body = format!(
-                    "{{\"enclaveIdentity\":{qe_identity},\"signature\":\"{}\"}}",
-                    hex::encode(signature)
-                );
-                Ok(PccsResponse::ok(
-                    "application/json",
-                    vec![(
-                        "SGX-Enclave-Identity-Issuer-Chain".to_owned(),
-                        percent_encode(&self.tcb_issuer_chain_pem),
-                    )],
-                    body.into_bytes(),
-                ))
-            }
-            (SGX, "pckcrl") => {
-                let Some(ca) = param("ca") else {
-                    return Ok(PccsResponse::error(400, "missing ca"));
-                };
-                if !ca.eq_ignore_ascii_case("platform") {
-                    return Ok(PccsResponse::error(404, NOT_FOUND));
-                }
-                let window = Window::new(issued_at, validity_secs)?;
-                let crl = self.crl(&self.pck_ca, &window)?;
-                let der = param("encoding").is_some_and(|e| e.eq_ignore_ascii_case("der"));
-                let (content_type, body) = if der {
-                    ("application/pkix-crl", crl)
-                } else {
-                    ("application/x-pem-file", pem("X509 CRL", &crl).into_bytes())
-                };
-                Ok(PccsResponse::ok(
-                    content_type,
-                    vec![(
-                        "SGX-PCK-CRL-Issuer-Chain".to_owned(),
-                        percent_encode(&self.pck_crl_issuer_chain_pem),
-                    )],
-                    body,
-                ))
-            }
-            (SGX, "rootcacrl") => {
-                let window = Window::new(issued_at, validity_secs)?;
-                let crl = self.crl(&self.root, &window)?;
-                Ok(PccsResponse::ok(
-                    "text/plain",
-                    Vec::new(),
-                    hex::encode(crl).into_bytes(),
-                ))
-            }
-            _ => Ok(PccsResponse::error(404, NOT_FOUND)),
-        }
-    }
-
     /// The TCB Info JSON (TDX, version 3), compact, exactly the signed bytes.
     fn tcb_info_json(&self, window: &Window) -> Result<String, DevPkiError> {
         let module = |id: Option<&'static str>| TdxModuleJson {
@@ -938,24 +739,6 @@ const TDX_MODULE_IDENTITY_ID: &str = "TDX_01";
 /// Header (48) + TD report 1.0 (584): the bytes the attestation key signs.
 const QUOTE_SIGNED_LEN: usize = 48 + 584;
 
-/// Answer 404 for a TCB evaluation data set this PKI does not have, 400 for a bad one.
-fn check_evaluation_data_set<'a>(param: impl Fn(&str) -> Option<&'a str>) -> Option<PccsResponse> {
-    if let Some(update) = param("update")
-        && !update.eq_ignore_ascii_case("standard")
-        && !update.eq_ignore_ascii_case("early")
-    {
-        return Some(PccsResponse::error(400, "invalid update"));
-    }
-    if let Some(number) = param("tcbEvaluationDataNumber") {
-        return match number.parse::<u32>() {
-            Ok(n) if n == DevPki::TCB_EVALUATION_DATA_NUMBER => None,
-            Ok(_) => Some(PccsResponse::error(404, NOT_FOUND)),
-            Err(_) => Some(PccsResponse::error(400, "invalid tcbEvaluationDataNumber")),
-        };
-    }
-    None
-}
-
 // ---------------------------------------------------------------------------------------
 // Certificates
 // ---------------------------------------------------------------------------------------
@@ -1004,41 +787,33 @@ fn leaf_params(cn: &str, serial: SerialNumber) -> Result<CertificateParams, DevP
     Ok(params)
 }
 
-/// Intel SGX extension OID 1.2.840.113741.1.13.1 and its children.
-const SGX_EXTENSION_OID: &[u64] = &[1, 2, 840, 113741, 1, 13, 1];
-
-fn sgx_oid(children: &[u64]) -> Vec<u8> {
-    oid(&[SGX_EXTENSION_OID, children].concat())
-}
-
-/// `SEQUENCE { OID, value }`.
-fn sgx_entry(children: &[u64], value: Vec<u8>) -> Vec<u8> {
-    sequence(&[sgx_oid(children), value])
-}
-
 /// The content of the Intel SGX extension of a PCK certificate (Platform CA profile):
 /// PPID, TCB (16 SGX components, PCESVN, CPUSVN), PCE-ID, FMSPC, SGX type, platform
 /// instance id and configuration (dynamic platform, cached keys, SMT: all false).
 fn sgx_extension(ppid: &[u8; 16], fmspc: &[u8; 6], platform_instance_id: &[u8; 16]) -> Vec<u8> {
-    let mut tcb: Vec<Vec<u8>> = (1u64..)
+    let entry = |children: &[u64], value| SgxEntry {
+        children: children.to_vec(),
+        value,
+    };
+    let mut tcb: Vec<SgxEntry<'_>> = (1u64..)
         .zip(CPU_SVN)
-        .map(|(i, svn)| sgx_entry(&[2, i], integer(u64::from(svn))))
+        .map(|(i, svn)| entry(&[2, i], SgxValue::Integer(u64::from(svn))))
         .collect();
-    tcb.push(sgx_entry(&[2, 17], integer(u64::from(PCE_SVN))));
-    tcb.push(sgx_entry(&[2, 18], octet_string(&CPU_SVN)));
-    let configuration = sequence(&[
-        sgx_entry(&[7, 1], boolean(false)),
-        sgx_entry(&[7, 2], boolean(false)),
-        sgx_entry(&[7, 3], boolean(false)),
-    ]);
-    sequence(&[
-        sgx_entry(&[1], octet_string(ppid)),
-        sgx_entry(&[2], sequence(&tcb)),
-        sgx_entry(&[3], octet_string(&PCE_ID)),
-        sgx_entry(&[4], octet_string(fmspc)),
-        sgx_entry(&[5], enumerated(SGX_TYPE_SCALABLE)),
-        sgx_entry(&[6], octet_string(platform_instance_id)),
-        sgx_entry(&[7], configuration),
+    tcb.push(entry(&[2, 17], SgxValue::Integer(u64::from(PCE_SVN))));
+    tcb.push(entry(&[2, 18], SgxValue::Bytes(&CPU_SVN)));
+    let configuration = vec![
+        entry(&[7, 1], SgxValue::Boolean(false)),
+        entry(&[7, 2], SgxValue::Boolean(false)),
+        entry(&[7, 3], SgxValue::Boolean(false)),
+    ];
+    encoding::sgx_entries(&[
+        entry(&[1], SgxValue::Bytes(ppid)),
+        entry(&[2], SgxValue::Entries(tcb)),
+        entry(&[3], SgxValue::Bytes(&PCE_ID)),
+        entry(&[4], SgxValue::Bytes(fmspc)),
+        entry(&[5], SgxValue::Enumerated(SGX_TYPE_SCALABLE)),
+        entry(&[6], SgxValue::Bytes(platform_instance_id)),
+        entry(&[7], SgxValue::Entries(configuration)),
     ])
 }
 
@@ -1210,6 +985,16 @@ struct QeTcbLevelJson {
     tcb: IsvSvnJson,
     tcb_date: &'static str,
     tcb_status: &'static str,
+}
+
+/// PEM text (for the PCCS's PEM answers).
+pub(crate) fn pem_text(label: &str, der: &[u8]) -> String {
+    pem(label, der)
+}
+
+/// Percent-encoded as the PCS's issuer-chain headers are.
+pub(crate) fn percent_encode_header(text: &str) -> String {
+    percent_encode(text)
 }
 
 #[cfg(test)]
@@ -1782,143 +1567,6 @@ mod tests {
             .allow_debug(true)
             .verify_with_policy(&quote, &collateral, NOW, &QuotePolicy::claims_only(NOW))
             .unwrap();
-    }
-
-    /// Percent-decode a header like dcap-qvl's collateral client (`urlencoding::decode`).
-    fn header(resp: &PccsResponse, name: &str) -> String {
-        percent_decode(resp.header(name).unwrap(), false)
-    }
-
-    #[test]
-    fn pccs_responses_reassemble_into_verifying_collateral() {
-        #[derive(serde::Deserialize)]
-        struct TcbInfoResponse {
-            #[serde(rename = "tcbInfo")]
-            tcb_info: serde_json::Value,
-            signature: String,
-        }
-        #[derive(serde::Deserialize)]
-        struct QeIdentityResponse {
-            #[serde(rename = "enclaveIdentity")]
-            enclave_identity: serde_json::Value,
-            signature: String,
-        }
-
-        let pki = pki();
-        let get = |path: &str| {
-            let resp = pki.pccs_response(path, ISSUED_AT, VALIDITY);
-            assert_eq!(
-                resp.status,
-                200,
-                "{path}: {}",
-                String::from_utf8_lossy(&resp.body)
-            );
-            resp
-        };
-        let fmspc = hex::encode_upper(pki.fmspc());
-
-        let pckcrl = get("/sgx/certification/v4/pckcrl?ca=platform&encoding=der");
-        let tcb = get(&format!(
-            "/tdx/certification/v4/tcb?fmspc={fmspc}&update=standard"
-        ));
-        let qe = get("/tdx/certification/v4/qe/identity?update=standard");
-        let rootcacrl = get("/sgx/certification/v4/rootcacrl");
-
-        let tcb_json: TcbInfoResponse = serde_json::from_slice(&tcb.body).unwrap();
-        let qe_json: QeIdentityResponse = serde_json::from_slice(&qe.body).unwrap();
-        let rebuilt = QuoteCollateralV3 {
-            pck_crl_issuer_chain: header(&pckcrl, "SGX-PCK-CRL-Issuer-Chain"),
-            root_ca_crl: hex::decode(&rootcacrl.body).unwrap(),
-            pck_crl: pckcrl.body.clone(),
-            tcb_info_issuer_chain: header(&tcb, "TCB-Info-Issuer-Chain"),
-            tcb_info: tcb_json.tcb_info.to_string(),
-            tcb_info_signature: hex::decode(&tcb_json.signature).unwrap(),
-            qe_identity_issuer_chain: header(&qe, "SGX-Enclave-Identity-Issuer-Chain"),
-            qe_identity: qe_json.enclave_identity.to_string(),
-            qe_identity_signature: hex::decode(&qe_json.signature).unwrap(),
-            pck_certificate_chain: None,
-        };
-        assert_eq!(rebuilt, pki.collateral(ISSUED_AT, VALIDITY).unwrap());
-
-        let quote = pki.quote(&report()).unwrap();
-        let claims = verify(&pki, &quote, &rebuilt, NOW).unwrap();
-        assert_eq!(claims.tcb.status, TcbStatus::UpToDate);
-
-        // The headers are URL-encoded (no raw newlines) and the bodies typed.
-        assert!(!tcb.header("TCB-Info-Issuer-Chain").unwrap().contains('\n'));
-        assert_eq!(tcb.header("content-type"), Some("application/json"));
-        assert_eq!(pckcrl.header("Content-Type"), Some("application/pkix-crl"));
-    }
-
-    #[test]
-    fn pccs_variants_and_errors() {
-        let pki = pki();
-        let get = |path: &str| pki.pccs_response(path, ISSUED_AT, VALIDITY);
-        let fmspc_lower = hex::encode(pki.fmspc());
-        let n = DevPki::TCB_EVALUATION_DATA_NUMBER;
-
-        // Accepted variants.
-        for path in [
-            format!("/tdx/certification/v4/tcb?fmspc={fmspc_lower}"),
-            format!("/tdx/certification/v4/tcb?fmspc={fmspc_lower}&update=early"),
-            format!("/tdx/certification/v4/tcb?fmspc={fmspc_lower}&tcbEvaluationDataNumber={n}"),
-            "/tdx/certification/v4/qe/identity".to_owned(),
-            format!("/tdx/certification/v4/qe/identity?tcbEvaluationDataNumber={n}"),
-            "/sgx/certification/v4/pckcrl?ca=PLATFORM&encoding=DER".to_owned(),
-            "/sgx/certification/v4/rootcacrl/".to_owned(),
-        ] {
-            assert_eq!(get(&path).status, 200, "{path}");
-        }
-        // The JSON inside the response is the signed collateral text, byte for byte.
-        let collateral = pki.collateral(ISSUED_AT, VALIDITY).unwrap();
-        let body = get(&format!("/tdx/certification/v4/tcb?fmspc={fmspc_lower}")).body;
-        let body = String::from_utf8(body).unwrap();
-        assert!(body.starts_with(&format!("{{\"tcbInfo\":{},", collateral.tcb_info)));
-        let body = String::from_utf8(get("/tdx/certification/v4/qe/identity").body).unwrap();
-        assert!(body.starts_with(&format!(
-            "{{\"enclaveIdentity\":{},",
-            collateral.qe_identity
-        )));
-        // Without encoding=der the PCK CRL is PEM.
-        let pem_crl = get("/sgx/certification/v4/pckcrl?ca=platform");
-        assert_eq!(pem_crl.status, 200);
-        assert!(pem_crl.body.starts_with(b"-----BEGIN X509 CRL-----\n"));
-
-        for (path, status) in [
-            ("/tdx/certification/v4/tcb?fmspc=000000000000", 404),
-            ("/tdx/certification/v4/tcb", 400),
-            ("/tdx/certification/v4/tcb?fmspc=zz&update=standard", 404),
-            (
-                &format!("/tdx/certification/v4/tcb?fmspc={fmspc_lower}&update=bogus"),
-                400,
-            ),
-            (
-                &format!("/tdx/certification/v4/tcb?fmspc={fmspc_lower}&tcbEvaluationDataNumber=1"),
-                404,
-            ),
-            ("/sgx/certification/v4/tcb?fmspc=000000000000", 404),
-            (
-                &format!("/sgx/certification/v4/tcb?fmspc={fmspc_lower}"),
-                404,
-            ),
-            ("/sgx/certification/v4/qe/identity", 404),
-            (
-                "/sgx/certification/v4/pckcrl?ca=processor&encoding=der",
-                404,
-            ),
-            ("/sgx/certification/v4/pckcrl", 400),
-            ("/tdx/certification/v4/pckcrl?ca=platform", 404),
-            ("/sgx/certification/v3/rootcacrl", 404),
-            ("/", 404),
-            ("", 404),
-            ("/sgx/certification/v4", 404),
-            ("/sgx/certification/v4/rootcacrlx", 404),
-        ] {
-            assert_eq!(get(path).status, status, "{path}");
-        }
-        // A window that cannot be represented is a server error, not a panic.
-        let resp = pki.pccs_response("/sgx/certification/v4/rootcacrl", ISSUED_AT, 0);
-        assert_eq!(resp.status, 500);
     }
 
     #[test]
