@@ -3,8 +3,11 @@
 
 #![allow(missing_docs, missing_debug_implementations, clippy::doc_markdown)]
 
+pub mod report;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+#[cfg(feature = "runtime")]
+pub mod settings;
 
 /// `teesql.verifier.v1`.
 pub mod v1 {

@@ -17,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+pub use teesql_proto::report::PostgresState;
+use teesql_proto::report::{AttestationReport, ReportTcbInfo, report_data};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend::BackendStream;
@@ -40,7 +42,7 @@ pub struct Admin {
         Arc<tokio::sync::Mutex<Option<(std::time::Instant, StatusCode, serde_json::Value)>>>,
 }
 
-type ReportOutcome = Result<serde_json::Value, String>;
+type ReportOutcome = Result<AttestationReport, String>;
 
 impl Admin {
     pub fn new(shared: Arc<Shared>, agent: Arc<GuestAgent>) -> Self {
@@ -125,7 +127,7 @@ async fn check_health(a: &Admin) -> (StatusCode, serde_json::Value) {
 async fn postgres_alive(addr: &BackendAddr) -> Result<(), String> {
     let probe = async {
         let mut s = BackendStream::connect(addr).await?;
-        s.write_all(&ssl_request()).await?;
+        s.write_all(&pgwire::ssl_request()).await?;
         let mut b = [0u8; 1];
         s.read_exact(&mut b).await?;
         match b[0] {
@@ -143,26 +145,11 @@ async fn postgres_alive(addr: &BackendAddr) -> Result<(), String> {
     }
 }
 
-fn ssl_request() -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b[..4].copy_from_slice(&8u32.to_be_bytes());
-    b[4..].copy_from_slice(&pgwire::SSL_REQUEST_CODE.to_be_bytes());
-    b
-}
-
 async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         a.shared.metrics.encode(),
     )
-}
-
-/// The Postgres state a report binds.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PostgresState {
-    pub wal_lsn: String,
-    pub controldata_hash: String,
-    pub pg_version: String,
 }
 
 /// Read the WAL position, control data and version as the admin user.
@@ -232,14 +219,6 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The report data binding a state and a time (see the module documentation).
-pub fn report_data(state: &PostgresState, timestamp: u64) -> [u8; 64] {
-    let text = format!("{}|{}|{}", state.wal_lsn, state.controldata_hash, timestamp);
-    let mut out = [0u8; 64];
-    out[..32].copy_from_slice(&Sha256::digest(text.as_bytes()));
-    out
-}
-
 async fn attestation(State(a): State<Admin>) -> Response {
     let asked = unix_now();
     let mut last = a.last_report.lock().await;
@@ -282,7 +261,7 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn build_report(a: &Admin, timestamp: u64) -> Result<serde_json::Value, String> {
+async fn build_report(a: &Admin, timestamp: u64) -> Result<AttestationReport, String> {
     let state = postgres_state(&a.shared.config.backend).await?;
     let quote = a
         .agent
@@ -290,21 +269,21 @@ async fn build_report(a: &Admin, timestamp: u64) -> Result<serde_json::Value, St
         .await
         .map_err(|e| e.to_string())?;
     let info = a.agent.info().await.map_err(|e| e.to_string())?;
-    Ok(json!({
-        "app_id": info.app_id,
-        "compose_hash": info.compose_hash,
-        "instance_id": info.instance_id,
-        "quote": quote.quote,
-        "tcb_info": {
-            "mrtd": info.tcb_info.mrtd,
-            "rtmr0": info.tcb_info.rtmr0,
-            "rtmr1": info.tcb_info.rtmr1,
-            "rtmr2": info.tcb_info.rtmr2,
-            "rtmr3": info.tcb_info.rtmr3,
+    Ok(AttestationReport {
+        app_id: info.app_id,
+        compose_hash: info.compose_hash,
+        instance_id: info.instance_id,
+        quote: quote.quote,
+        tcb_info: ReportTcbInfo {
+            mrtd: info.tcb_info.mrtd,
+            rtmr0: info.tcb_info.rtmr0,
+            rtmr1: info.tcb_info.rtmr1,
+            rtmr2: info.tcb_info.rtmr2,
+            rtmr3: info.tcb_info.rtmr3,
         },
-        "postgres_state": state,
-        "timestamp": timestamp,
-        "event_log": quote.event_log,
-        "vm_config": quote.vm_config,
-    }))
+        postgres_state: state,
+        timestamp,
+        event_log: quote.event_log,
+        vm_config: quote.vm_config,
+    })
 }

@@ -1,12 +1,14 @@
 //! Sidecar configuration: a TOML file, environment variables over it, flags over those.
 //! Every bad setting is reported at once; secrets never appear in any message.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::ValueEnum;
 use serde::Deserialize;
+pub use teesql_proto::settings::{Env, ProcessEnv};
+use teesql_proto::settings::{Problems, first};
 
 use crate::auth::{AuthMap, Privileges, Secret};
 
@@ -186,18 +188,23 @@ impl BackendAddr {
 }
 
 /// How the sidecar logs in to Postgres.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendMethod {
     Trust,
     Password,
     Md5,
+    #[value(name = "scram-sha-256")]
     ScramSha256,
 }
 
 /// How clients authenticate to the sidecar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClientAuthMethod {
+    /// SCRAM-SHA-256 (and -PLUS, see `channel_binding`).
+    #[value(name = "scram-sha-256")]
     Scram,
+    /// The secret in a PasswordMessage (inside TLS).
+    #[value(alias = "password")]
     Cleartext,
 }
 
@@ -207,7 +214,7 @@ pub enum ClientAuthMethod {
 /// bytes to a driver that speaks plaintext to it; libpq then refuses any -PLUS offer
 /// ("server offered SCRAM-SHA-256-PLUS authentication over a non-SSL connection"). Only
 /// a TLS peer that is evidently the Postgres client itself can bind the channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ChannelBinding {
     /// Offer -PLUS only when ALPN `postgresql` was negotiated (libpq 17+ sends it on
     /// every TLS connection; TeeSQL's forwarders send none).
@@ -216,6 +223,45 @@ pub enum ChannelBinding {
     Always,
     /// Never offer -PLUS.
     Never,
+}
+
+/// The defaults, named. `--help` and the comments on `SidecarFile` quote them.
+pub mod defaults {
+    pub const LISTEN: &str = "0.0.0.0:5433";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:8080";
+    pub const ALT_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
+    pub const RENEW_SECS: u64 = 3600;
+    /// The guest agent is not asked for a certificate more often than this.
+    pub const MIN_RENEW_SECS: u64 = 10;
+    pub const VERIFIER_URL: &str = "http://127.0.0.1:50051";
+    pub const VERIFIER_TIMEOUT_MS: u64 = 5000;
+    pub const BACKEND_HOST: &str = "127.0.0.1";
+    pub const BACKEND_PORT: u16 = 5432;
+    pub const BACKEND_METHOD: super::BackendMethod = super::BackendMethod::Trust;
+    pub const BACKEND_ADMIN_USER: &str = "postgres";
+    pub const BACKEND_CONNECT_TIMEOUT_MS: u64 = 5000;
+    pub const POOL_MAX_IDLE_PER_KEY: usize = 0;
+    pub const POOL_IDLE_TIMEOUT_SECS: u64 = 60;
+    pub const POOL_MAX_IDLE_TOTAL: usize = 64;
+    pub const AUTH_METHOD: super::ClientAuthMethod = super::ClientAuthMethod::Scram;
+    pub const CHANNEL_BINDING: super::ChannelBinding = super::ChannelBinding::Auto;
+    pub const READ_SECRET_ENV: &str = "TEESQL_READ_SECRET";
+    pub const READWRITE_SECRET_ENV: &str = "TEESQL_READWRITE_SECRET";
+    pub const BACKEND_PASSWORD_ENV: &str = "TEESQL_BACKEND_PASSWORD";
+    pub const BACKEND_ADMIN_PASSWORD_ENV: &str = "TEESQL_BACKEND_ADMIN_PASSWORD";
+    pub const MAX_CONNECTIONS: usize = 1000;
+    pub const TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+    pub const STARTUP_TIMEOUT_SECS: u64 = 60;
+    pub const LOGIN_TIMEOUT_SECS: u64 = 10;
+    pub const IDLE_TIMEOUT_SECS: u64 = 0;
+    pub const SHUTDOWN_GRACE_SECS: u64 = 30;
+    pub const FAILED_AUTH_PER_MINUTE: u32 = 30;
+    pub const ABANDONED_PER_MINUTE: u32 = 60;
+    pub const HANDSHAKES_PER_ADDRESS: usize = 256;
+    pub const FIRST_PACKET_TIMEOUT_SECS: u64 = 5;
+    pub const HTTP_MAX_CONNECTIONS: usize = 64;
+    pub const HTTP_HEADER_TIMEOUT_SECS: u64 = 5;
+    pub const HTTP_CONNECTION_TIMEOUT_SECS: u64 = 30;
 }
 
 /// Checked configuration.
@@ -270,27 +316,6 @@ pub struct Limits {
     pub http: crate::http::HttpLimits,
 }
 
-/// Reads configuration values from the environment; tests supply a map instead.
-pub trait Env {
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.is_empty())
-    }
-}
-
-impl Env for BTreeMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
-}
-
 /// Flag values (each overrides the file and the environment).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -299,117 +324,125 @@ pub struct Overrides {
     pub verifier_url: Option<String>,
     pub backend_host: Option<String>,
     pub backend_port: Option<u16>,
+    /// One of `BackendMethod`'s choices, checked with every other setting.
     pub backend_method: Option<String>,
+    /// One of `ClientAuthMethod`'s choices, checked with every other setting.
     pub auth_method: Option<String>,
     pub alt_names: Option<Vec<String>>,
     pub max_connections: Option<usize>,
 }
 
+/// A listener address, or `off` (also the empty string).
+fn optional_listener(p: &mut Problems, key: &str, text: &str) -> Option<SocketAddr> {
+    if text == "off" || text.is_empty() {
+        None
+    } else {
+        p.socket_addr(key, text)
+    }
+}
+
+/// A whole number of seconds (or milliseconds) at least 1.
+fn positive(p: &mut Problems, key: &str, value: Option<u64>, default: u64) -> u64 {
+    p.at_least(key, value.unwrap_or(default), 1)
+}
+
 impl SidecarConfig {
-    /// Merge flags over environment over file, check everything, load secrets.
+    /// Merge flags over environment over file, check everything, load secrets. Every
+    /// problem is returned, each naming its key; no secret appears in any of them.
     pub fn resolve(
         file: SidecarFile,
         env: &dyn Env,
         flags: Overrides,
     ) -> Result<Self, Vec<String>> {
-        let mut errors = Vec::new();
+        let mut p = Problems::new();
         let e = |name: &str| env.var(name);
-        let addr = |what: &str, v: &str, errors: &mut Vec<String>| -> Option<SocketAddr> {
-            v.parse()
-                .map_err(|err| errors.push(format!("{what} {v:?}: {err} (expected ip:port)")))
-                .ok()
-        };
 
-        let listen_s = flags
-            .listen
-            .or_else(|| e("TEESQL_SIDECAR_LISTEN"))
-            .or(file.listen.postgres)
-            .unwrap_or_else(|| "0.0.0.0:5433".into());
-        let listen = addr("listen", &listen_s, &mut errors);
-        let admin_s = flags
-            .admin_listen
-            .or_else(|| e("TEESQL_SIDECAR_ADMIN_LISTEN"))
-            .or(file.listen.admin)
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
-        let admin_listen = if admin_s == "off" || admin_s.is_empty() {
-            None
-        } else {
-            addr("admin listen", &admin_s, &mut errors)
-        };
-        let public_s = e("TEESQL_SIDECAR_PUBLIC_LISTEN")
-            .or(file.listen.public)
+        let listen_s = first([
+            flags.listen,
+            e("TEESQL_SIDECAR_LISTEN"),
+            file.listen.postgres,
+        ])
+        .unwrap_or_else(|| defaults::LISTEN.into());
+        let listen = p.socket_addr("listen", &listen_s);
+        let admin_s = first([
+            flags.admin_listen,
+            e("TEESQL_SIDECAR_ADMIN_LISTEN"),
+            file.listen.admin,
+        ])
+        .unwrap_or_else(|| defaults::ADMIN_LISTEN.into());
+        let admin_listen = optional_listener(&mut p, "admin listen", &admin_s);
+        let public_s = first([e("TEESQL_SIDECAR_PUBLIC_LISTEN"), file.listen.public])
             .unwrap_or_else(|| "off".into());
-        let public_listen = if public_s == "off" || public_s.is_empty() {
-            None
-        } else {
-            addr("public listen", &public_s, &mut errors)
-        };
+        let public_listen = optional_listener(&mut p, "public listen", &public_s);
 
-        let alt_names = flags
-            .alt_names
-            .or_else(|| {
-                e("TEESQL_SIDECAR_ALT_NAMES")
-                    .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
-            })
-            .or(file.identity.alt_names)
-            .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]);
+        let alt_names = first([
+            flags.alt_names,
+            e("TEESQL_SIDECAR_ALT_NAMES")
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).collect()),
+            file.identity.alt_names,
+        ])
+        .unwrap_or_else(|| defaults::ALT_NAMES.map(String::from).to_vec());
         if alt_names.is_empty() {
-            errors.push("identity.alt_names: at least one name is needed".into());
+            p.report("identity.alt_names", "at least one name is needed");
         }
         let identity = IdentityConfig {
             subject: file
                 .identity
                 .subject
                 .unwrap_or_else(|| alt_names.first().cloned().unwrap_or_default()),
-            renew_every: Duration::from_secs(file.identity.renew_secs.unwrap_or(3600).max(10)),
+            renew_every: Duration::from_secs(p.at_least(
+                "identity.renew_secs",
+                file.identity.renew_secs.unwrap_or(defaults::RENEW_SECS),
+                defaults::MIN_RENEW_SECS,
+            )),
             endpoint: file.identity.endpoint,
             alt_names,
         };
 
-        let verifier_url = flags
-            .verifier_url
-            .or_else(|| e("TEESQL_VERIFIER_URL"))
-            .or(file.verifier.url)
-            .unwrap_or_else(|| "http://127.0.0.1:50051".into());
+        let verifier_url = first([
+            flags.verifier_url,
+            e("TEESQL_VERIFIER_URL"),
+            file.verifier.url,
+        ])
+        .unwrap_or_else(|| defaults::VERIFIER_URL.into());
         if !(verifier_url.starts_with("http://") || verifier_url.starts_with("https://")) {
-            errors.push(format!(
+            p.push(format!(
                 "verifier.url {verifier_url:?}: must be an http(s) URL"
             ));
         }
-        let verifier_timeout =
-            Duration::from_millis(file.verifier.timeout_ms.unwrap_or(5000).max(1));
+        let verifier_timeout = Duration::from_millis(positive(
+            &mut p,
+            "verifier.timeout_ms",
+            file.verifier.timeout_ms,
+            defaults::VERIFIER_TIMEOUT_MS,
+        ));
 
-        let host = flags
-            .backend_host
-            .or_else(|| e("TEESQL_BACKEND_HOST"))
-            .or(file.backend.host)
-            .unwrap_or_else(|| "127.0.0.1".into());
-        let port = flags
-            .backend_port
-            .or_else(|| e("TEESQL_BACKEND_PORT").and_then(|p| p.parse().ok()))
-            .or(file.backend.port)
-            .unwrap_or(5432);
+        let host = first([
+            flags.backend_host,
+            e("TEESQL_BACKEND_HOST"),
+            file.backend.host,
+        ])
+        .unwrap_or_else(|| defaults::BACKEND_HOST.into());
+        let port = first([
+            flags.backend_port,
+            p.env(env, "TEESQL_BACKEND_PORT"),
+            file.backend.port,
+        ])
+        .unwrap_or(defaults::BACKEND_PORT);
         let backend_addr = if host.starts_with('/') {
             BackendAddr::Unix(PathBuf::from(host), port)
         } else {
             BackendAddr::Tcp(host, port)
         };
-        let method_s = flags
-            .backend_method
-            .or_else(|| e("TEESQL_BACKEND_METHOD"))
-            .or(file.backend.method)
-            .unwrap_or_else(|| "trust".into());
-        let method = match method_s.as_str() {
-            "trust" => Some(BackendMethod::Trust),
-            "password" => Some(BackendMethod::Password),
-            "md5" => Some(BackendMethod::Md5),
-            "scram-sha-256" => Some(BackendMethod::ScramSha256),
-            other => {
-                errors.push(format!(
-                    "backend.method {other:?}: expected trust, password, md5 or scram-sha-256"
-                ));
-                None
-            }
+        let method_given = [
+            ("backend.method", flags.backend_method),
+            ("TEESQL_BACKEND_METHOD", e("TEESQL_BACKEND_METHOD")),
+            ("backend.method", file.backend.method),
+        ];
+        let method = if method_given.iter().all(|(_, v)| v.is_none()) {
+            Some(defaults::BACKEND_METHOD)
+        } else {
+            p.first_choice(method_given)
         };
         let password = load_secret_text(
             "backend.password",
@@ -417,14 +450,24 @@ impl SidecarConfig {
             file.backend
                 .password_env
                 .as_deref()
-                .or(Some("TEESQL_BACKEND_PASSWORD")),
+                .or(Some(defaults::BACKEND_PASSWORD_ENV)),
             env,
-            &mut errors,
+            &mut p,
         );
-        if method.is_some_and(|m| m != BackendMethod::Trust) && password.is_none() {
-            errors.push(format!(
-                "backend.method {method_s}: needs backend.password_file or TEESQL_BACKEND_PASSWORD"
-            ));
+        if let Some(m) = method
+            && m != BackendMethod::Trust
+            && password.is_none()
+        {
+            p.report(
+                "backend.method",
+                format_args!(
+                    "{}: needs backend.password_file or {}",
+                    m.to_possible_value()
+                        .map(|v| v.get_name().to_string())
+                        .unwrap_or_default(),
+                    defaults::BACKEND_PASSWORD_ENV
+                ),
+            );
         }
         let admin_password = load_secret_text(
             "backend.admin_password",
@@ -432,74 +475,72 @@ impl SidecarConfig {
             file.backend
                 .admin_password_env
                 .as_deref()
-                .or(Some("TEESQL_BACKEND_ADMIN_PASSWORD")),
+                .or(Some(defaults::BACKEND_ADMIN_PASSWORD_ENV)),
             env,
-            &mut errors,
+            &mut p,
         );
+        let startup_parameters = crate::session::StartupParameters::new(
+            file.backend.forward_parameters.unwrap_or_default(),
+            file.backend.ignore_parameters.unwrap_or_default(),
+        )
+        .unwrap_or_else(|e| {
+            p.push(e);
+            crate::session::StartupParameters::default()
+        });
         let backend = BackendConfig {
             addr: backend_addr,
-            method: method.unwrap_or(BackendMethod::Trust),
+            method: method.unwrap_or(defaults::BACKEND_METHOD),
             password,
-            admin_user: file.backend.admin_user.unwrap_or_else(|| "postgres".into()),
+            admin_user: file
+                .backend
+                .admin_user
+                .unwrap_or_else(|| defaults::BACKEND_ADMIN_USER.into()),
             admin_password,
-            connect_timeout: Duration::from_millis(
-                file.backend.connect_timeout_ms.unwrap_or(5000).max(1),
-            ),
-            pool_max_idle_per_key: file.backend.pool_max_idle_per_key.unwrap_or(0),
-            pool_idle_timeout: Duration::from_secs(
-                file.backend.pool_idle_timeout_secs.unwrap_or(60).max(1),
-            ),
-            pool_max_idle_total: file.backend.pool_max_idle_total.unwrap_or(64),
-            startup_parameters: crate::session::StartupParameters::new(
-                file.backend.forward_parameters.unwrap_or_default(),
-                file.backend.ignore_parameters.unwrap_or_default(),
-            )
-            .unwrap_or_else(|e| {
-                errors.push(e);
-                crate::session::StartupParameters::default()
-            }),
+            connect_timeout: Duration::from_millis(positive(
+                &mut p,
+                "backend.connect_timeout_ms",
+                file.backend.connect_timeout_ms,
+                defaults::BACKEND_CONNECT_TIMEOUT_MS,
+            )),
+            pool_max_idle_per_key: file
+                .backend
+                .pool_max_idle_per_key
+                .unwrap_or(defaults::POOL_MAX_IDLE_PER_KEY),
+            pool_idle_timeout: Duration::from_secs(positive(
+                &mut p,
+                "backend.pool_idle_timeout_secs",
+                file.backend.pool_idle_timeout_secs,
+                defaults::POOL_IDLE_TIMEOUT_SECS,
+            )),
+            pool_max_idle_total: file
+                .backend
+                .pool_max_idle_total
+                .unwrap_or(defaults::POOL_MAX_IDLE_TOTAL),
+            startup_parameters,
         };
 
-        let auth_method = match flags
-            .auth_method
-            .or_else(|| e("TEESQL_AUTH_METHOD"))
-            .or(file.auth.method)
-            .as_deref()
-            .unwrap_or("scram-sha-256")
-        {
-            "scram-sha-256" => ClientAuthMethod::Scram,
-            "cleartext" | "password" => ClientAuthMethod::Cleartext,
-            other => {
-                errors.push(format!(
-                    "auth.method {other:?}: expected scram-sha-256 or cleartext"
-                ));
-                ClientAuthMethod::Scram
-            }
-        };
-        let channel_binding = match e("TEESQL_CHANNEL_BINDING")
-            .or(file.auth.channel_binding)
-            .as_deref()
-            .unwrap_or("auto")
-        {
-            "auto" => ChannelBinding::Auto,
-            "always" => ChannelBinding::Always,
-            "never" => ChannelBinding::Never,
-            other => {
-                errors.push(format!(
-                    "auth.channel_binding {other:?}: expected auto, always or never"
-                ));
-                ChannelBinding::Auto
-            }
-        };
+        let auth_method = p
+            .first_choice([
+                ("auth.method", flags.auth_method),
+                ("TEESQL_AUTH_METHOD", e("TEESQL_AUTH_METHOD")),
+                ("auth.method", file.auth.method),
+            ])
+            .unwrap_or(defaults::AUTH_METHOD);
+        let channel_binding = p
+            .first_choice([
+                ("TEESQL_CHANNEL_BINDING", e("TEESQL_CHANNEL_BINDING")),
+                ("auth.channel_binding", file.auth.channel_binding),
+            ])
+            .unwrap_or(defaults::CHANNEL_BINDING);
         let read = load_cluster_secret(
             "auth.read_secret",
             file.auth.read_secret_file.as_ref(),
             file.auth
                 .read_secret_env
                 .as_deref()
-                .unwrap_or("TEESQL_READ_SECRET"),
+                .unwrap_or(defaults::READ_SECRET_ENV),
             env,
-            &mut errors,
+            &mut p,
         );
         let readwrite = load_cluster_secret(
             "auth.readwrite_secret",
@@ -507,32 +548,25 @@ impl SidecarConfig {
             file.auth
                 .readwrite_secret_env
                 .as_deref()
-                .unwrap_or("TEESQL_READWRITE_SECRET"),
+                .unwrap_or(defaults::READWRITE_SECRET_ENV),
             env,
-            &mut errors,
+            &mut p,
         );
         let mut extra = Vec::new();
         for r in file.auth.roles {
             let what = format!("auth.roles[{}]", r.name);
             if !valid_role_name(&r.name) {
-                errors.push(format!(
-                    "{what}: role names are lowercase letters, digits and _"
-                ));
+                p.report(&what, "role names are lowercase letters, digits and _");
             }
-            let privileges = match r.privileges.as_deref().unwrap_or("none") {
-                "read" => Privileges::Read,
-                "readwrite" => Privileges::ReadWrite,
-                "none" => Privileges::None,
-                other => {
-                    errors.push(format!(
-                        "{what}.privileges {other:?}: expected read, readwrite or none"
-                    ));
-                    Privileges::None
-                }
+            let privileges = match r.privileges.as_deref() {
+                None => Privileges::None,
+                Some(v) => p
+                    .choice(&format!("{what}.privileges"), v)
+                    .unwrap_or(Privileges::None),
             };
             let secret = match (&r.secret_file, &r.secret_env) {
                 (None, None) => {
-                    errors.push(format!("{what}: needs secret_file or secret_env"));
+                    p.report(&what, "needs secret_file or secret_env");
                     None
                 }
                 (f, env_name) => load_cluster_secret(
@@ -540,7 +574,7 @@ impl SidecarConfig {
                     f.as_ref(),
                     env_name.as_deref().unwrap_or(""),
                     env,
-                    &mut errors,
+                    &mut p,
                 ),
             };
             if let Some(s) = secret {
@@ -549,75 +583,116 @@ impl SidecarConfig {
         }
         let passthrough = file.auth.passthrough_roles.unwrap_or_default();
         if read.is_none() && readwrite.is_none() && extra.is_empty() && passthrough.is_empty() {
-            errors.push(
-                "no client can log in: set TEESQL_READ_SECRET / TEESQL_READWRITE_SECRET (or auth.*_secret_file), extra roles, or passthrough_roles"
-                    .into(),
+            p.push(
+                "no client can log in: set TEESQL_READ_SECRET / TEESQL_READWRITE_SECRET (or auth.*_secret_file), extra roles, or passthrough_roles",
             );
         }
 
-        if file.limits.handshake_timeout_secs.is_some() {
-            errors.push(
-                "limits.handshake_timeout_secs: replaced by tls_handshake_timeout_secs (accept to TLS), startup_timeout_secs (TLS to StartupMessage) and login_timeout_secs (StartupMessage to logged in)".into(),
+        let l = file.limits;
+        if l.handshake_timeout_secs.is_some() {
+            p.report(
+                "limits.handshake_timeout_secs",
+                "replaced by tls_handshake_timeout_secs (accept to TLS), startup_timeout_secs (TLS to StartupMessage) and login_timeout_secs (StartupMessage to logged in)",
             );
         }
+        let secs = |p: &mut Problems, key: &str, v: Option<u64>, default: u64| {
+            Duration::from_secs(positive(p, key, v, default))
+        };
         let limits = Limits {
-            max_connections: flags
-                .max_connections
-                .or(file.limits.max_connections)
-                .unwrap_or(1000)
-                .max(1),
-            tls_handshake_timeout: Duration::from_secs(
-                file.limits.tls_handshake_timeout_secs.unwrap_or(10).max(1),
+            max_connections: p.at_least(
+                "limits.max_connections",
+                first([flags.max_connections, l.max_connections])
+                    .unwrap_or(defaults::MAX_CONNECTIONS),
+                1,
             ),
-            startup_timeout: Duration::from_secs(
-                file.limits.startup_timeout_secs.unwrap_or(60).max(1),
+            tls_handshake_timeout: secs(
+                &mut p,
+                "limits.tls_handshake_timeout_secs",
+                l.tls_handshake_timeout_secs,
+                defaults::TLS_HANDSHAKE_TIMEOUT_SECS,
             ),
-            login_timeout: Duration::from_secs(file.limits.login_timeout_secs.unwrap_or(10).max(1)),
-            idle_timeout: match file.limits.idle_timeout_secs.unwrap_or(0) {
+            startup_timeout: secs(
+                &mut p,
+                "limits.startup_timeout_secs",
+                l.startup_timeout_secs,
+                defaults::STARTUP_TIMEOUT_SECS,
+            ),
+            login_timeout: secs(
+                &mut p,
+                "limits.login_timeout_secs",
+                l.login_timeout_secs,
+                defaults::LOGIN_TIMEOUT_SECS,
+            ),
+            idle_timeout: match l.idle_timeout_secs.unwrap_or(defaults::IDLE_TIMEOUT_SECS) {
                 0 => None,
                 s => Some(Duration::from_secs(s)),
             },
-            shutdown_grace: Duration::from_secs(file.limits.shutdown_grace_secs.unwrap_or(30)),
+            shutdown_grace: Duration::from_secs(
+                l.shutdown_grace_secs
+                    .unwrap_or(defaults::SHUTDOWN_GRACE_SECS),
+            ),
             address: crate::ratelimit::AddressLimits {
-                failed_auth_per_minute: file.limits.failed_auth_per_minute.unwrap_or(30).max(1),
-                abandoned_per_minute: file.limits.abandoned_per_minute.unwrap_or(60).max(1),
-                handshakes_per_address: file.limits.handshakes_per_address.unwrap_or(256).max(1),
+                failed_auth_per_minute: p.at_least(
+                    "limits.failed_auth_per_minute",
+                    l.failed_auth_per_minute
+                        .unwrap_or(defaults::FAILED_AUTH_PER_MINUTE),
+                    1,
+                ),
+                abandoned_per_minute: p.at_least(
+                    "limits.abandoned_per_minute",
+                    l.abandoned_per_minute
+                        .unwrap_or(defaults::ABANDONED_PER_MINUTE),
+                    1,
+                ),
+                handshakes_per_address: p.at_least(
+                    "limits.handshakes_per_address",
+                    l.handshakes_per_address
+                        .unwrap_or(defaults::HANDSHAKES_PER_ADDRESS),
+                    1,
+                ),
             },
-            first_packet_timeout: Duration::from_secs(
-                file.limits.first_packet_timeout_secs.unwrap_or(5).max(1),
+            first_packet_timeout: secs(
+                &mut p,
+                "limits.first_packet_timeout_secs",
+                l.first_packet_timeout_secs,
+                defaults::FIRST_PACKET_TIMEOUT_SECS,
             ),
             http: crate::http::HttpLimits {
-                max_connections: file.limits.http_max_connections.unwrap_or(64).max(1),
-                header_timeout: Duration::from_secs(
-                    file.limits.http_header_timeout_secs.unwrap_or(5).max(1),
+                max_connections: p.at_least(
+                    "limits.http_max_connections",
+                    l.http_max_connections
+                        .unwrap_or(defaults::HTTP_MAX_CONNECTIONS),
+                    1,
                 ),
-                connection_timeout: Duration::from_secs(
-                    file.limits
-                        .http_connection_timeout_secs
-                        .unwrap_or(30)
-                        .max(1),
+                header_timeout: secs(
+                    &mut p,
+                    "limits.http_header_timeout_secs",
+                    l.http_header_timeout_secs,
+                    defaults::HTTP_HEADER_TIMEOUT_SECS,
+                ),
+                connection_timeout: secs(
+                    &mut p,
+                    "limits.http_connection_timeout_secs",
+                    l.http_connection_timeout_secs,
+                    defaults::HTTP_CONNECTION_TIMEOUT_SECS,
                 ),
             },
         };
 
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let (Some(listen), true) = (listen, method.is_some()) else {
-            return Err(vec!["invalid configuration".into()]);
-        };
-        Ok(Self {
-            listen,
-            admin_listen,
-            public_listen,
-            identity,
-            verifier_url,
-            verifier_timeout,
-            backend,
-            auth_method,
-            channel_binding,
-            auth: AuthMap::new(read, readwrite, extra, passthrough),
-            limits,
+        p.finish(|| {
+            Some(Self {
+                listen: listen?,
+                admin_listen,
+                public_listen,
+                identity,
+                verifier_url,
+                verifier_timeout,
+                backend,
+                auth_method,
+                channel_binding,
+                auth: AuthMap::new(read, readwrite, extra, passthrough),
+                limits,
+            })
         })
     }
 
@@ -642,13 +717,13 @@ fn load_cluster_secret(
     file: Option<&PathBuf>,
     env_name: &str,
     env: &dyn Env,
-    errors: &mut Vec<String>,
+    p: &mut Problems,
 ) -> Option<Secret> {
     let text = if let Some(path) = file {
         match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(format!("{what}: {}: {e}", path.display()));
+                p.report(what, format_args!("{}: {e}", path.display()));
                 return None;
             }
         }
@@ -658,7 +733,7 @@ fn load_cluster_secret(
     match Secret::from_hex(text.trim()) {
         Ok(s) => Some(s),
         Err(msg) => {
-            errors.push(format!("{what}: {msg}"));
+            p.report(what, msg);
             None
         }
     }
@@ -670,13 +745,13 @@ fn load_secret_text(
     file: Option<&PathBuf>,
     env_name: Option<&str>,
     env: &dyn Env,
-    errors: &mut Vec<String>,
+    p: &mut Problems,
 ) -> Option<Secret> {
     if let Some(path) = file {
         return match std::fs::read_to_string(path) {
             Ok(t) => Some(Secret::from_text(t.trim_end_matches(['\n', '\r']))),
             Err(e) => {
-                errors.push(format!("{what}: {}: {e}", path.display()));
+                p.report(what, format_args!("{}: {e}", path.display()));
                 None
             }
         };
@@ -688,6 +763,8 @@ fn load_secret_text(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -740,10 +817,10 @@ mod tests {
             "listen \"nope\"",
             "admin listen",
             "verifier.url",
-            "backend.method",
-            "auth.method",
+            "backend.method \"kerberos\": expected trust, password, md5 or scram-sha-256",
+            "auth.method \"magic\": expected scram-sha-256 or cleartext",
             "auth.read_secret",
-            "auth.channel_binding \"sometimes\"",
+            "auth.channel_binding \"sometimes\": expected auto, always or never",
             "limits.handshake_timeout_secs: replaced by tls_handshake_timeout_secs",
         ] {
             assert!(all.contains(needle), "{needle} missing in:\n{all}");
@@ -776,5 +853,79 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<SidecarFile>("[auth]\nsecret = 1").is_err());
+    }
+
+    /// Each kind of bad value: an unparsable variable, a zero where at least 1 is
+    /// needed, a value below its minimum, a bad choice in a role, a bad choice in a
+    /// variable. Each names its key, and all come back together.
+    #[test]
+    fn every_kind_of_bad_value_names_its_key() {
+        let file: SidecarFile = toml::from_str(
+            r#"
+            identity = { renew_secs = 5 }
+            verifier = { timeout_ms = 0 }
+            backend = { connect_timeout_ms = 0, pool_idle_timeout_secs = 0 }
+            limits = { max_connections = 0, tls_handshake_timeout_secs = 0, startup_timeout_secs = 0, login_timeout_secs = 0, failed_auth_per_minute = 0, abandoned_per_minute = 0, handshakes_per_address = 0, first_packet_timeout_secs = 0, http_max_connections = 0, http_header_timeout_secs = 0, http_connection_timeout_secs = 0 }
+            [[auth.roles]]
+            name = "app"
+            secret_env = "APP_SECRET"
+            privileges = "all"
+            "#,
+        )
+        .unwrap();
+        let errors = SidecarConfig::resolve(
+            file,
+            &env(&[
+                ("TEESQL_READ_SECRET", S1),
+                ("APP_SECRET", S2),
+                ("TEESQL_BACKEND_PORT", "54x2"),
+                ("TEESQL_CHANNEL_BINDING", "maybe"),
+            ]),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        let all = errors.join("\n");
+        for needle in [
+            "TEESQL_BACKEND_PORT \"54x2\": invalid digit",
+            "TEESQL_CHANNEL_BINDING \"maybe\": expected auto, always or never",
+            "identity.renew_secs: 5 is below the minimum, 10",
+            "verifier.timeout_ms: 0 is below the minimum, 1",
+            "backend.connect_timeout_ms: 0 is below",
+            "backend.pool_idle_timeout_secs: 0 is below",
+            "limits.max_connections: 0 is below",
+            "limits.tls_handshake_timeout_secs: 0 is below",
+            "limits.startup_timeout_secs: 0 is below",
+            "limits.login_timeout_secs: 0 is below",
+            "limits.failed_auth_per_minute: 0 is below",
+            "limits.abandoned_per_minute: 0 is below",
+            "limits.handshakes_per_address: 0 is below",
+            "limits.first_packet_timeout_secs: 0 is below",
+            "limits.http_max_connections: 0 is below",
+            "limits.http_header_timeout_secs: 0 is below",
+            "limits.http_connection_timeout_secs: 0 is below",
+            "auth.roles[app].privileges \"all\": expected read, readwrite or none",
+        ] {
+            assert!(all.contains(needle), "{needle} missing in:\n{all}");
+        }
+        assert_eq!(errors.len(), 18, "{all}");
+    }
+
+    #[test]
+    fn choices_from_the_environment_and_their_aliases() {
+        let c = SidecarConfig::resolve(
+            SidecarFile::default(),
+            &env(&[
+                ("TEESQL_READ_SECRET", S1),
+                ("TEESQL_AUTH_METHOD", "password"),
+                ("TEESQL_BACKEND_METHOD", "scram-sha-256"),
+                ("TEESQL_BACKEND_PASSWORD", "pw"),
+                ("TEESQL_CHANNEL_BINDING", "never"),
+            ]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.auth_method, ClientAuthMethod::Cleartext);
+        assert_eq!(c.backend.method, BackendMethod::ScramSha256);
+        assert_eq!(c.channel_binding, ChannelBinding::Never);
     }
 }

@@ -21,25 +21,29 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, SignatureScheme};
-use teesql_proto::v1::verifier_client::VerifierClient as Grpc;
+use teesql_proto::settings::{Env, first};
 use teesql_proto::v1::{Decision, VerifyManifestRequest, VerifyPeerRequest};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
-use tonic::transport::Channel;
 
 use crate::identity::GuestAgent;
 use crate::pgwire::{self, StartupPacket, WireError, backend as msg};
 use crate::relay;
+use crate::verifier::VerifierClient;
 
 /// How the forwarder runs.
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
+    /// Where local clients connect (plaintext; loopback).
+    pub listen: SocketAddr,
     /// The sidecar, `host:port`; `None` = the leader the manifest names.
     pub to: Option<String>,
     /// TLS server name (SNI); default: the host dialled, when it is a name.
     pub server_name: Option<String>,
     pub verifier_url: String,
+    /// Time limit of one decision.
+    pub verifier_timeout: Duration,
     /// Which policy judges the server [default: client].
     pub purpose: String,
     /// MRTDs the application expects (hex), checked on top of the policy's pins.
@@ -71,14 +75,20 @@ pub enum ManifestSource {
     Dns(String),
 }
 
-/// The forwarder's settings as given (flags and environment), before checking.
+/// The forwarder's settings as given by flags, before checking; `resolve` adds the
+/// environment (`TEESQL_VERIFIER_URL`, `EXPECTED_MRTD`) under them.
 #[derive(Debug, Clone, Default)]
 pub struct ForwardSettings {
+    /// [default: `DEFAULT_LISTEN`]
+    pub listen: Option<String>,
     pub to: Option<String>,
     pub server_name: Option<String>,
-    pub verifier_url: String,
-    pub purpose: String,
-    /// As given: 96 hex digits each, optional `0x`, any case; blanks ignored.
+    /// [default: env TEESQL_VERIFIER_URL, else the sidecar's default]
+    pub verifier_url: Option<String>,
+    /// [default: `DEFAULT_PURPOSE`]
+    pub purpose: Option<String>,
+    /// As given: 96 hex digits each, optional `0x`, any case; blanks ignored
+    /// [default: env EXPECTED_MRTD, comma-separated].
     pub expected_mrtds: Vec<String>,
     /// 64 hex digits each, optional `0x`.
     pub expected_compose_hashes: Vec<String>,
@@ -95,6 +105,12 @@ pub struct ForwardSettings {
     pub dns_server: Option<String>,
 }
 
+/// Where local clients connect by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
+/// The policy that judges the server by default.
+pub const DEFAULT_PURPOSE: &str = "client";
+/// Time limit of one decision of the verifier (a cold appraisal may fetch collateral).
+pub const VERIFIER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TCP connect plus TLS handshake to the sidecar may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the forwarder's client certificate is renewed.
@@ -103,10 +119,25 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(3600);
 pub const MAX_MANIFEST_RECORDS: usize = 16;
 
 impl ForwardSettings {
-    /// Check every setting; all problems are reported at once.
-    pub fn resolve(self) -> Result<ForwardConfig, Vec<String>> {
+    /// Check every setting, with `env` under the flags; all problems are reported at once.
+    pub fn resolve(self, env: &dyn Env) -> Result<ForwardConfig, Vec<String>> {
         let mut errors = Vec::new();
-        let expected_mrtds = hex_pins("expected MRTD", &self.expected_mrtds, 48, &mut errors);
+        let listen_s = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_s
+            .parse::<SocketAddr>()
+            .map_err(|e| errors.push(format!("--listen {listen_s:?}: {e} (expected ip:port)")))
+            .ok();
+        let verifier_url = first([self.verifier_url, env.var("TEESQL_VERIFIER_URL")])
+            .unwrap_or_else(|| crate::config::defaults::VERIFIER_URL.to_string());
+        let purpose = self.purpose.unwrap_or_else(|| DEFAULT_PURPOSE.to_string());
+        let given_mrtds = if self.expected_mrtds.is_empty() {
+            env.var("EXPECTED_MRTD")
+                .map(|v| v.split(',').map(str::to_string).collect())
+                .unwrap_or_default()
+        } else {
+            self.expected_mrtds
+        };
+        let expected_mrtds = hex_pins("expected MRTD", &given_mrtds, 48, &mut errors);
         let expected_compose_hashes = hex_pins(
             "--expected-compose-hash",
             &self.expected_compose_hashes,
@@ -169,21 +200,21 @@ impl ForwardSettings {
                 }
             },
         };
-        if !(self.verifier_url.starts_with("http://") || self.verifier_url.starts_with("https://"))
-        {
+        if !(verifier_url.starts_with("http://") || verifier_url.starts_with("https://")) {
             errors.push(format!(
-                "--verifier {:?}: must be an http(s) URL",
-                self.verifier_url
+                "--verifier {verifier_url:?}: must be an http(s) URL"
             ));
         }
-        if !errors.is_empty() {
+        let (Some(listen), true) = (listen, errors.is_empty()) else {
             return Err(errors);
-        }
+        };
         Ok(ForwardConfig {
+            listen,
             to: self.to,
             server_name: self.server_name,
-            verifier_url: self.verifier_url,
-            purpose: self.purpose,
+            verifier_url,
+            verifier_timeout: VERIFIER_TIMEOUT,
+            purpose,
             expected_mrtds,
             expected_compose_hashes,
             expected_app_ids,
@@ -303,7 +334,7 @@ fn certified(chain_pem: &str, key_pem: &str) -> Result<rustls::sign::CertifiedKe
 pub struct Forwarder {
     config: ForwardConfig,
     connector: TlsConnector,
-    verifier: Grpc<Channel>,
+    verifier: VerifierClient,
     identity: Arc<ClientIdentity>,
     agent: Arc<GuestAgent>,
     /// The manifest record the last connection was checked against, for the log.
@@ -354,14 +385,10 @@ impl Forwarder {
         if let Some(to) = &config.to {
             server_name_for(config.server_name.as_deref(), host_of(to))?;
         }
-        let channel = tonic::transport::Endpoint::from_shared(config.verifier_url.clone())
-            .map_err(|e| format!("verifier url: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+        let verifier = VerifierClient::new(&config.verifier_url, config.verifier_timeout)?;
         Ok(Arc::new(Self {
             connector: TlsConnector::from(Arc::new(tls)),
-            verifier: Grpc::new(channel),
+            verifier,
             identity,
             agent,
             last_manifest: Mutex::new(None),
@@ -378,22 +405,19 @@ impl Forwarder {
         let renew = {
             let me = self.clone();
             tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(me.config.renew_every).await;
-                    match me
+                let every = me.config.renew_every;
+                let renew = || async {
+                    let (chain, key) = me
                         .agent
                         .tls_identity("teesql-forwarder", &["teesql-forwarder".to_string()], false)
                         .await
-                    {
-                        Ok((chain, key)) => match certified(&chain, &key) {
-                            Ok(c) => me.identity.current.store(Arc::new(c)),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "client certificate renewal failed")
-                            }
-                        },
-                        Err(e) => tracing::warn!(error = %e, "client certificate renewal failed"),
-                    }
-                }
+                        .map_err(|e| e.to_string())?;
+                    me.identity
+                        .current
+                        .store(Arc::new(certified(&chain, &key)?));
+                    Ok(())
+                };
+                crate::identity::renew_forever("client", every, renew, |_| {}).await;
             })
         };
         tokio::pin!(shutdown);
@@ -435,10 +459,8 @@ impl Forwarder {
                         .iter()
                         .map(|(k, v)| (k.as_str(), v.as_str()))
                         .collect();
-                    let mut bytes = pgwire::startup_message(&pairs);
                     // Keep the version the client asked for; the sidecar negotiates.
-                    let version = (u32::from(major) << 16) | u32::from(minor);
-                    bytes[4..8].copy_from_slice(&version.to_be_bytes());
+                    let bytes = pgwire::startup_message_version(major, minor, &pairs);
                     break (bytes, params);
                 }
                 Ok(StartupPacket::Cancel { pid, key }) => {
@@ -447,26 +469,24 @@ impl Forwarder {
                 }
                 Err(WireError::Closed) => return,
                 Err(e) => {
-                    fatal(&mut local, "08P01", &format!("invalid startup packet: {e}")).await;
+                    pgwire::send_fatal(
+                        &mut local,
+                        "08P01",
+                        &format!("invalid startup packet: {e}"),
+                    )
+                    .await;
                     return;
                 }
             }
         };
-        let get = |k: &str| {
-            params
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
-        let user = get("user");
-        let database = get("database");
+        let user = pgwire::param(&params, "user").unwrap_or_default();
+        let database = pgwire::param(&params, "database").unwrap_or_default();
 
         let (target, mut upstream) = match self.reach().await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(client.addr = %peer, error = %e, "cannot reach the database");
-                fatal(&mut local, "08006", &format!("teesql forwarder: {e}")).await;
+                pgwire::send_fatal(&mut local, "08006", &format!("teesql forwarder: {e}")).await;
                 return;
             }
         };
@@ -476,9 +496,9 @@ impl Forwarder {
             .peer_certificates()
             .map(|c| c.iter().map(|d| d.to_vec()).collect())
             .unwrap_or_default();
-        if let Err(why) = self.judge(&chain, &target, &user, &database, peer).await {
+        if let Err(why) = self.judge(&chain, &target, user, database, peer).await {
             tracing::warn!(client.addr = %peer, to = %target.addr, reason = %why, "server rejected");
-            fatal(
+            pgwire::send_fatal(
                 &mut local,
                 "28000",
                 &format!(
@@ -491,7 +511,7 @@ impl Forwarder {
             return;
         }
         if upstream.write_all(&startup).await.is_err() {
-            fatal(
+            pgwire::send_fatal(
                 &mut local,
                 "08006",
                 "teesql forwarder: the server closed the connection",
@@ -509,7 +529,7 @@ impl Forwarder {
             Ok(()) => {}
             Err(AuthPhaseError::Refused(why)) => {
                 tracing::warn!(client.addr = %peer, to = %target.addr, reason = %why, "refused the server's authentication request");
-                fatal(&mut local, "28000", &format!("teesql forwarder: {why}")).await;
+                pgwire::send_fatal(&mut local, "28000", &format!("teesql forwarder: {why}")).await;
                 let _ = upstream.shutdown().await;
                 return;
             }
@@ -610,8 +630,8 @@ impl Forwarder {
         database: &str,
         peer: SocketAddr,
     ) -> Result<(), String> {
-        let mut grpc = self.verifier.clone();
-        let decision = grpc
+        let decision = self
+            .verifier
             .verify_peer(VerifyPeerRequest {
                 purpose: self.config.purpose.clone(),
                 chain: chain.to_vec(),
@@ -625,8 +645,7 @@ impl Forwarder {
                 expected_app_ids: self.config.expected_app_ids.clone(),
             })
             .await
-            .map_err(|s| format!("verifier unavailable ({:?}: {})", s.code(), s.message()))?
-            .into_inner();
+            .map_err(|e| format!("verifier unavailable ({})", e.detail))?;
         allowed(&decision)?;
         if target.manifests.is_empty() {
             return Ok(());
@@ -645,18 +664,17 @@ impl Forwarder {
         records: &[String],
         chain: &[Vec<u8>],
     ) -> Result<(String, Decision), String> {
-        let mut grpc = self.verifier.clone();
         let mut why = Vec::new();
         for (i, record) in records.iter().enumerate() {
-            let decision = grpc
+            let decision = self
+                .verifier
                 .verify_manifest(VerifyManifestRequest {
                     manifest: record.clone(),
                     leader_chain: chain.to_vec(),
                     expected_signers: self.config.manifest_signers.clone(),
                 })
                 .await
-                .map_err(|s| format!("verifier unavailable ({:?}: {})", s.code(), s.message()))?
-                .into_inner();
+                .map_err(|e| format!("verifier unavailable ({})", e.detail))?;
             match allowed(&decision) {
                 Ok(()) => return Ok((record.clone(), decision)),
                 Err(e) => why.push(format!("record {} of {}: {e}", i + 1, records.len())),
@@ -869,15 +887,6 @@ async fn resolve_manifests(
     Ok(records)
 }
 
-async fn fatal(local: &mut TcpStream, code: &str, message: &str) {
-    let mut out = Vec::new();
-    msg::error_response(&mut out, "FATAL", code, message, None, None);
-    let mut w = BufWriter::new(local);
-    let _ = w.write_all(&out).await;
-    let _ = w.flush().await;
-    let _ = w.into_inner().shutdown().await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -920,11 +929,12 @@ mod tests {
         }
     }
 
+    const NO_ENV: &teesql_proto::settings::NoEnv = &teesql_proto::settings::NoEnv;
+
     fn settings() -> ForwardSettings {
         ForwardSettings {
             to: Some("db.example.com:5433".into()),
-            verifier_url: "http://127.0.0.1:50051".into(),
-            purpose: "client".into(),
+            verifier_url: Some("http://127.0.0.1:50051".into()),
             expected_compose_hashes: vec![format!("0x{}", "C1".repeat(32))],
             ..ForwardSettings::default()
         }
@@ -937,7 +947,7 @@ mod tests {
             expected_mrtds: vec!["ab".repeat(48)],
             ..settings()
         };
-        let errors = mrtd_only().resolve().unwrap_err();
+        let errors = mrtd_only().resolve(NO_ENV).unwrap_err();
         assert!(
             errors[0].contains("nothing identifies the server beyond its OS image"),
             "{errors:?}"
@@ -956,16 +966,16 @@ mod tests {
                 ..mrtd_only()
             },
         ] {
-            ok.resolve().unwrap();
+            ok.resolve(NO_ENV).unwrap();
         }
-        let c = settings().resolve().unwrap();
+        let c = settings().resolve(NO_ENV).unwrap();
         assert_eq!(c.expected_compose_hashes, ["c1".repeat(32)]);
         let errors = ForwardSettings {
             expected_compose_hashes: vec!["c1".repeat(31)],
             expected_app_ids: vec!["zz".repeat(20)],
             ..settings()
         }
-        .resolve()
+        .resolve(NO_ENV)
         .unwrap_err()
         .join("\n");
         assert!(errors.contains("--expected-compose-hash"), "{errors}");
@@ -981,7 +991,7 @@ mod tests {
             dns_server: Some("127.0.0.1:5353".into()),
             ..settings()
         }
-        .resolve()
+        .resolve(NO_ENV)
         .unwrap();
         assert_eq!(c.expected_mrtds, ["ab".repeat(48)]);
         assert_eq!(c.manifest_signers, [format!("0x{}", "cd".repeat(20))]);
@@ -992,7 +1002,7 @@ mod tests {
             dns_server: Some("10.0.0.53".into()),
             ..settings()
         }
-        .resolve()
+        .resolve(NO_ENV)
         .unwrap();
         assert_eq!(c.dns_server, Some("10.0.0.53:53".parse().unwrap()));
     }
@@ -1004,7 +1014,7 @@ mod tests {
             manifest_domain: Some("db.example.com".into()),
             ..settings()
         }
-        .resolve()
+        .resolve(NO_ENV)
         .unwrap();
         assert!(c.to.is_none());
     }
@@ -1013,13 +1023,13 @@ mod tests {
     fn every_bad_setting_is_named_at_once() {
         let errors = ForwardSettings {
             to: None,
-            verifier_url: "grpc://x".into(),
+            verifier_url: Some("grpc://x".into()),
             expected_mrtds: vec!["abc".into()],
             manifest_signers: vec!["0x12".into()],
             dns_server: Some("dns.example".into()),
             ..settings()
         }
-        .resolve()
+        .resolve(NO_ENV)
         .unwrap_err();
         let all = errors.join("\n");
         for needle in [
@@ -1037,7 +1047,7 @@ mod tests {
             manifest_txt: Some("v=1".into()),
             ..settings()
         }
-        .resolve()
+        .resolve(NO_ENV)
         .unwrap_err();
         let all = errors.join("\n");
         assert!(
@@ -1045,5 +1055,44 @@ mod tests {
             "{all}"
         );
         assert!(all.contains("give one, not both"), "{all}");
+    }
+
+    #[test]
+    fn the_environment_fills_what_flags_leave_out() {
+        let mrtd = "ab".repeat(48);
+        let env = [
+            ("TEESQL_VERIFIER_URL", "http://10.0.0.1:50051"),
+            ("EXPECTED_MRTD", &*format!("{mrtd}, ")),
+        ];
+        let c = ForwardSettings {
+            verifier_url: None,
+            ..settings()
+        }
+        .resolve(&env)
+        .unwrap();
+        assert_eq!(c.verifier_url, "http://10.0.0.1:50051");
+        assert_eq!(c.expected_mrtds, [mrtd]);
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.purpose, DEFAULT_PURPOSE);
+        assert_eq!(c.verifier_timeout, VERIFIER_TIMEOUT);
+        // Flags win over the environment.
+        let c = ForwardSettings {
+            expected_mrtds: vec!["cd".repeat(48)],
+            ..settings()
+        }
+        .resolve(&env)
+        .unwrap();
+        assert_eq!(c.verifier_url, "http://127.0.0.1:50051");
+        assert_eq!(c.expected_mrtds, ["cd".repeat(48)]);
+        // A bad listen address is named with the rest.
+        let errors = ForwardSettings {
+            listen: Some("6432".into()),
+            ..settings()
+        }
+        .resolve(&[("EXPECTED_MRTD", "xyz")])
+        .unwrap_err()
+        .join("\n");
+        assert!(errors.contains("--listen \"6432\""), "{errors}");
+        assert!(errors.contains("expected MRTD \"xyz\""), "{errors}");
     }
 }

@@ -106,10 +106,39 @@ impl GuestAgent {
     }
 }
 
-/// Renew the serving certificate every `every`; a failed renewal is retried after a
-/// minute and the current certificate keeps serving meanwhile. Sessions already
-/// established are never touched.
-pub async fn renew_forever(
+/// Run `renew` every `every`, forever (the task is aborted when its owner stops). A
+/// failed renewal is retried after at most a minute and whatever was renewed last keeps
+/// serving meanwhile; sessions already established are never touched. `what` names the
+/// certificate in the log.
+pub async fn renew_forever<F, Fut>(
+    what: &'static str,
+    every: Duration,
+    mut renew: F,
+    on_result: impl Fn(bool) + Send + 'static,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut wait = every;
+    loop {
+        tokio::time::sleep(wait).await;
+        match renew().await {
+            Ok(()) => {
+                tracing::info!(certificate = what, "renewed");
+                on_result(true);
+                wait = every;
+            }
+            Err(e) => {
+                tracing::warn!(certificate = what, error = %e, "renewal failed; retrying in at most 60 s");
+                on_result(false);
+                wait = every.min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+/// Renew the sidecar's serving certificate on schedule.
+pub async fn renew_server_certificate(
     agent: Arc<GuestAgent>,
     cert: Arc<RotatingCert>,
     subject: String,
@@ -117,21 +146,14 @@ pub async fn renew_forever(
     every: Duration,
     on_result: impl Fn(bool) + Send + 'static,
 ) {
-    let mut wait = every;
-    loop {
-        tokio::time::sleep(wait).await;
-        match agent.server_identity(&subject, &alt_names).await {
-            Ok(id) => {
-                tracing::info!(not_after = id.not_after, "renewed the server certificate");
-                cert.replace(id);
-                on_result(true);
-                wait = every;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "certificate renewal failed; retrying in 60 s");
-                on_result(false);
-                wait = every.min(Duration::from_secs(60));
-            }
-        }
-    }
+    let renew = || async {
+        let id = agent
+            .server_identity(&subject, &alt_names)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(not_after = id.not_after, "new server certificate");
+        cert.replace(id);
+        Ok(())
+    };
+    renew_forever("server", every, renew, on_result).await;
 }

@@ -84,7 +84,7 @@ impl Sidecar {
         let renewal = {
             let s = shared.clone();
             let id = &shared.config.identity;
-            tokio::spawn(identity::renew_forever(
+            tokio::spawn(identity::renew_server_certificate(
                 self.agent.clone(),
                 shared.cert.clone(),
                 id.subject.clone(),

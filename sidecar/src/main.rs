@@ -57,7 +57,8 @@ struct Common {
     /// Postgres port [default: 5432].
     #[arg(long, value_name = "PORT")]
     backend_port: Option<u16>,
-    /// How the sidecar logs in to Postgres: trust, password, md5, scram-sha-256.
+    /// How the sidecar logs in to Postgres: trust, password, md5 or scram-sha-256
+    /// [default: trust; env TEESQL_BACKEND_METHOD].
     #[arg(long, value_name = "METHOD")]
     backend_method: Option<String>,
 }
@@ -68,28 +69,20 @@ struct ForwardArgs {
     /// the leader the signed manifest names (--manifest-domain or --manifest-txt).
     #[arg(long, value_name = "HOST:PORT")]
     to: Option<String>,
-    /// Local address applications connect to (plaintext; keep it on loopback).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6432")]
-    listen: String,
-    /// Verifier gRPC URL that judges the server.
-    #[arg(
-        long,
-        env = "TEESQL_VERIFIER_URL",
-        value_name = "URL",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    verifier: String,
-    /// Which verifier policy judges the server.
-    #[arg(long, value_name = "PURPOSE", default_value = "client")]
-    policy: String,
-    /// MRTD the server must have (96 hex digits, optional 0x); repeat for several.
-    /// EXPECTED_MRTD works too (comma-separated).
-    #[arg(
-        long = "expected-mrtd",
-        env = "EXPECTED_MRTD",
-        value_name = "HEX",
-        value_delimiter = ','
-    )]
+    /// Local address applications connect to (plaintext; keep it on loopback)
+    /// [default: 127.0.0.1:6432].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Verifier gRPC URL that judges the server [default: env TEESQL_VERIFIER_URL, else
+    /// http://127.0.0.1:50051].
+    #[arg(long, value_name = "URL")]
+    verifier: Option<String>,
+    /// Which verifier policy judges the server [default: client].
+    #[arg(long, value_name = "PURPOSE")]
+    policy: Option<String>,
+    /// MRTD the server must have (96 hex digits, optional 0x); repeat for several
+    /// [default: env EXPECTED_MRTD, comma-separated].
+    #[arg(long = "expected-mrtd", value_name = "HEX", value_delimiter = ',')]
     expected_mrtds: Vec<String>,
     /// Compose hash the server must run (64 hex digits, the SHA-256 of its app-compose,
     /// attested through RTMR3); repeat for several.
@@ -136,13 +129,14 @@ struct ServeArgs {
     /// Postgres listen address [default: 0.0.0.0:5433].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// Admin HTTP listen address, or "off" [default: 0.0.0.0:8080].
+    /// Admin HTTP listen address, or "off" [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
     /// Verifier gRPC URL [default: http://127.0.0.1:50051; env TEESQL_VERIFIER_URL].
     #[arg(long, value_name = "URL")]
     verifier: Option<String>,
-    /// Client authentication: scram-sha-256 (default) or cleartext.
+    /// Client authentication: scram-sha-256 or cleartext [default: scram-sha-256; env
+    /// TEESQL_AUTH_METHOD].
     #[arg(long, value_name = "METHOD")]
     auth_method: Option<String>,
     /// Server certificate names (comma-separated) [default: localhost,127.0.0.1].
@@ -262,6 +256,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 
 async fn forward(args: ForwardArgs) -> ExitCode {
     let settings = teesql_sidecar::forward::ForwardSettings {
+        listen: args.listen,
         to: args.to,
         server_name: args.server_name,
         verifier_url: args.verifier,
@@ -276,17 +271,13 @@ async fn forward(args: ForwardArgs) -> ExitCode {
         manifest_signers: args.manifest_signers,
         dns_server: args.dns_server,
     };
-    let mut errors = Vec::new();
-    let config = settings.resolve().map_err(|e| errors.extend(e)).ok();
-    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
-        Ok(l) => Some(l),
-        Err(e) => {
-            errors.push(format!("--listen {}: {e}", args.listen));
-            None
-        }
+    let config = match settings.resolve(&ProcessEnv) {
+        Ok(c) => c,
+        Err(errors) => return fail(&errors),
     };
-    let (Some(config), Some(listener)) = (config, listener) else {
-        return fail(&errors);
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(&[format!("--listen {}: {e}", config.listen)]),
     };
     if config.manifest.is_some() && config.manifest_signers.is_empty() {
         tracing::warn!(
@@ -301,15 +292,13 @@ async fn forward(args: ForwardArgs) -> ExitCode {
         (None, _) => "the leader the manifest names".to_string(),
     };
     let verifier = config.verifier_url.clone();
+    let config_listen = config.listen;
     let forwarder =
         match teesql_sidecar::forward::Forwarder::start(config, args.agent.as_deref()).await {
             Ok(f) => f,
             Err(e) => return fail(&[e]),
         };
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| args.listen.clone());
+    let local = listener.local_addr().unwrap_or(config_listen);
     println!(
         "teesql forwarder: postgresql://USER:SECRET@{local}/DB?sslmode=disable -> mutual RA-TLS -> {server} (judged by {verifier})"
     );

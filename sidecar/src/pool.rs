@@ -114,10 +114,7 @@ impl BackendPool {
 async fn reset(conn: &mut LoggedIn) -> Result<(), String> {
     let mut out = Vec::new();
     for sql in ["ROLLBACK", "DISCARD ALL"] {
-        out.push(b'Q');
-        out.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
-        out.extend_from_slice(sql.as_bytes());
-        out.push(0);
+        pgwire::frontend::query(&mut out, sql);
     }
     conn.stream
         .write_all(&out)

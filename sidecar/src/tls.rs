@@ -88,12 +88,60 @@ impl ResolvesServerCert for RotatingCert {
     }
 }
 
+/// What both sides still check of a certificate they accept at the TLS layer: the
+/// handshake signature made with its key, so the peer proves possession of the
+/// certified key. The certificate itself is judged by the verifier, by its quote.
+#[derive(Debug)]
+struct HandshakeSignatures {
+    provider: Arc<CryptoProvider>,
+}
+
+impl HandshakeSignatures {
+    fn new() -> Self {
+        Self {
+            provider: provider(),
+        }
+    }
+
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Asks for a client certificate, accepts any (or none), checks only the handshake
 /// signature made with its key.
 #[derive(Debug)]
-struct AnyClientCertificate {
-    provider: Arc<CryptoProvider>,
-}
+struct AnyClientCertificate(HandshakeSignatures);
 
 impl ClientCertVerifier for AnyClientCertificate {
     fn offer_client_auth(&self) -> bool {
@@ -124,12 +172,7 @@ impl ClientCertVerifier for AnyClientCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -138,34 +181,23 @@ impl ClientCertVerifier for AnyClientCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.schemes()
     }
 }
 
 /// The client side's counterpart: accepts any server chain at the TLS layer (still
-/// checking the handshake signature, so the server proves possession of the certified
-/// key). The chain is judged afterwards, by its quote, before any byte is relayed.
+/// checking the handshake signature). The chain is judged afterwards, by its quote,
+/// before any byte is relayed.
 #[derive(Debug)]
-pub struct AnyServerCertificate {
-    provider: Arc<CryptoProvider>,
-}
+pub struct AnyServerCertificate(HandshakeSignatures);
 
 impl AnyServerCertificate {
     pub fn new() -> Self {
-        Self {
-            provider: provider(),
-        }
+        Self(HandshakeSignatures::new())
     }
 }
 
@@ -193,12 +225,7 @@ impl ServerCertVerifier for AnyServerCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -207,27 +234,19 @@ impl ServerCertVerifier for AnyServerCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.schemes()
     }
 }
 
 /// The server configuration of the Postgres port.
 pub fn server_config(cert: Arc<RotatingCert>) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = provider();
-    let mut config = ServerConfig::builder_with_provider(provider.clone())
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_client_cert_verifier(Arc::new(AnyClientCertificate { provider }))
+        .with_client_cert_verifier(Arc::new(AnyClientCertificate(HandshakeSignatures::new())))
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     // Sessions are long-lived and few; no resumption state to guard.

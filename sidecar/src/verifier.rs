@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use teesql_proto::v1::verifier_client::VerifierClient as Grpc;
-use teesql_proto::v1::{Decision, VerifyPeerRequest};
+use teesql_proto::v1::{Decision, VerifyManifestRequest, VerifyPeerRequest};
 use tonic::transport::{Channel, Endpoint};
 
 /// A cheap-to-clone handle on the verifier.
@@ -53,6 +53,21 @@ impl VerifierClient {
     ) -> Result<Decision, VerifierUnavailable> {
         let mut grpc = self.grpc.clone();
         match tokio::time::timeout(self.timeout, grpc.verify_peer(req)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => {
+                Err(self.unavailable(format!("{:?}: {}", status.code(), status.message())))
+            }
+            Err(_) => Err(self.unavailable(format!("no decision within {:?}", self.timeout))),
+        }
+    }
+
+    /// Ask for a decision on a leader manifest; errors and timeouts are `Err`.
+    pub async fn verify_manifest(
+        &self,
+        req: VerifyManifestRequest,
+    ) -> Result<Decision, VerifierUnavailable> {
+        let mut grpc = self.grpc.clone();
+        match tokio::time::timeout(self.timeout, grpc.verify_manifest(req)).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => {
                 Err(self.unavailable(format!("{:?}: {}", status.code(), status.message())))

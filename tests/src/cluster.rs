@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use teesql_sidecar::Sidecar;
 use teesql_sidecar::config::{Overrides, SidecarConfig, SidecarFile};
+use teesql_sidecar::forward::{ForwardSettings, Forwarder};
+use teesql_verifier::service::DecisionService;
 use teesql_verifier::service::config::{ServeConfig, ServeSettings};
-use teesql_verifier::service::{DecisionService, grpc, reload};
+use teesql_verifier::service::server::{Listeners, Verifier};
 
 use crate::agent::TestAgent;
 use crate::postgres::{PgOptions, TempPostgres};
@@ -154,20 +155,18 @@ impl Cluster {
             ..ServeSettings::default()
         };
         let vconfig = ServeConfig::resolve(settings).map_err(|e| anyhow!(e.join("; ")))?;
-        let verifier = vconfig.build().map_err(|e| anyhow!(e.join("; ")))?;
+        let running = Verifier::start(&vconfig).map_err(|e| anyhow!(e.join("; ")))?;
+        let verifier = running.service().clone();
         let vlistener = bind(opts.verifier_port, "verifier").await?;
         let verifier_addr = vlistener.local_addr()?;
         let (vtx, vrx) = tokio::sync::oneshot::channel::<()>();
-        {
-            let v = verifier.clone();
-            tokio::spawn(async move {
-                let _ = grpc::serve(v, vlistener, Duration::from_secs(30), async {
-                    let _ = vrx.await;
-                })
-                .await;
-            });
-            tokio::spawn(reload::run(verifier.clone(), std::future::pending()));
-        }
+        let listeners = Listeners {
+            grpc: vlistener,
+            metrics: None,
+        };
+        tokio::spawn(running.run(listeners, async {
+            let _ = vrx.await;
+        }));
 
         // Sidecar.
         let listener = bind(opts.sidecar_port, "sidecar").await?;
@@ -263,6 +262,41 @@ impl Cluster {
         )
     }
 
+    /// A TLS client configuration trusting this cluster's app CA, without a client
+    /// certificate.
+    pub fn client_tls(&self) -> Result<rustls::ClientConfig> {
+        crate::clients::tls_config(&self.agent.app_ca_path(), None)
+    }
+
+    /// A tokio-postgres client logged in to the sidecar as `user` with `secret`, over
+    /// TLS (`sslmode=require`, no client certificate) to database `db`.
+    pub async fn connect(
+        &self,
+        user: &str,
+        secret: &str,
+        db: &str,
+    ) -> Result<tokio_postgres::Client> {
+        let dsn = self.dsn(user, secret, db, "require");
+        Ok(crate::clients::connect(&dsn, self.client_tls()?).await?)
+    }
+
+    /// Direct TLS to the sidecar (no SSLRequest) as `localhost`, offering ALPN
+    /// `postgresql` when `alpn`; nothing sent after the handshake.
+    pub async fn tls_connect(
+        &self,
+        alpn: bool,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let mut cfg = self.client_tls()?;
+        if alpn {
+            cfg.alpn_protocols = vec![b"postgresql".to_vec()];
+        }
+        let tcp = tokio::net::TcpStream::connect(self.sidecar_addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await?)
+    }
+
     /// Stop the verifier (its port stops answering).
     pub fn stop_verifier(&mut self) {
         if let Some(tx) = self.verifier_stop.take() {
@@ -282,6 +316,37 @@ impl Cluster {
 
     pub fn sidecar_config(&self) -> &SidecarConfig {
         &self.sidecar_config
+    }
+
+    /// `forward` settings that reach this cluster's sidecar (SNI `localhost`), judged by
+    /// its verifier, with the server pinned by its compose hash.
+    pub fn forward_settings(&self) -> ForwardSettings {
+        ForwardSettings {
+            to: Some(self.sidecar_addr.to_string()),
+            server_name: Some("localhost".into()),
+            verifier_url: Some(format!("http://{}", self.verifier_addr)),
+            expected_compose_hashes: vec![self.agent.agent.compose_hash_hex()],
+            ..ForwardSettings::default()
+        }
+    }
+
+    /// Start a `forward` with `settings` (no environment under them) on their `listen`
+    /// address, else a free loopback port; it runs until the process ends. Returns where
+    /// applications connect.
+    pub async fn forward(&self, mut settings: ForwardSettings) -> Result<SocketAddr> {
+        settings.listen.get_or_insert_with(|| "127.0.0.1:0".into());
+        let config = settings
+            .resolve(&teesql_proto::settings::NoEnv)
+            .map_err(|e| anyhow!(e.join("; ")))?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("forwarder: cannot listen on {}", config.listen))?;
+        let forwarder = Forwarder::start(config, Some(&self.agent.socket.display().to_string()))
+            .await
+            .map_err(|e| anyhow!(e))?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(forwarder.run(listener, std::future::pending()));
+        Ok(addr)
     }
 
     /// A fresh RA-TLS client certificate from the agent: (chain PEM path, key PEM path).

@@ -152,7 +152,8 @@ impl ForwarderDouble {
             .map_err(|_| anyhow!("TCP connect timed out"))??;
         let _ = tcp.set_nodelay(true);
         if self.shape == Shape::SslRequest {
-            tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+            tcp.write_all(&teesql_sidecar::pgwire::ssl_request())
+                .await?;
             let mut answer = [0u8; 1];
             tcp.read_exact(&mut answer).await?;
             if answer[0] != b'S' {

@@ -437,8 +437,6 @@ fn postmaster_ready(data_dir: &Path, pid: u32) -> bool {
 
 /// Whether something on 127.0.0.1:`port` answers a PostgreSQL SSLRequest with 'N' or 'S'.
 fn ssl_probe(port: u16) -> bool {
-    // Int32 length 8, Int32 code 80877103 (the SSLRequest code).
-    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
         return false;
@@ -449,7 +447,9 @@ fn ssl_probe(port: u16) -> bool {
         || stream
             .set_write_timeout(Some(Duration::from_secs(2)))
             .is_err()
-        || stream.write_all(&SSL_REQUEST).is_err()
+        || stream
+            .write_all(&teesql_sidecar::pgwire::ssl_request())
+            .is_err()
     {
         return false;
     }

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use teesql_devattest::{AgentConfig, RaTlsRequest};
-use teesql_sidecar::forward::{ForwardSettings, Forwarder};
+use teesql_sidecar::forward::ForwardSettings;
+use teesql_sidecar::pgwire::backend;
 use teesql_tests::agent::TestAgent;
 use teesql_tests::clients::psql;
 use teesql_tests::cluster::{Cluster, ClusterOptions};
@@ -61,12 +62,11 @@ async fn rogue_server(agent: &TestAgent, auth: u32) -> (SocketAddr, Arc<Mutex<Ve
                 {
                     return;
                 }
-                let mut request = vec![b'R'];
-                let body_len: u32 = if auth == 5 { 12 } else { 8 };
-                request.extend_from_slice(&body_len.to_be_bytes());
-                request.extend_from_slice(&auth.to_be_bytes());
+                let mut request = Vec::new();
                 if auth == 5 {
-                    request.extend_from_slice(b"salt");
+                    backend::authentication_md5_password(&mut request, *b"salt");
+                } else {
+                    backend::authentication_cleartext_password(&mut request);
                 }
                 let _ = tls.write_all(&request).await;
                 let mut buf = vec![0u8; 4096];
@@ -91,21 +91,12 @@ async fn forwarder(
 ) -> SocketAddr {
     let mut settings = ForwardSettings {
         to: Some(to.to_string()),
-        server_name: Some("localhost".into()),
-        verifier_url: format!("http://{}", c.verifier_addr),
-        purpose: "client".into(),
         expected_mrtds: vec![c.agent.agent.mrtd_hex()],
-        ..Default::default()
+        expected_compose_hashes: vec![],
+        ..c.forward_settings()
     };
     tweak(&mut settings);
-    let config = settings.resolve().unwrap();
-    let f = Forwarder::start(config, Some(c.agent.socket.to_str().unwrap()))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(f.run(listener, std::future::pending()));
-    addr
+    c.forward(settings).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,11 +116,11 @@ async fn a_rogue_server_gets_no_secret_through_forward() {
     // Pinned by MRTD only: the forwarder will not start.
     let errors = ForwardSettings {
         to: Some("127.0.0.1:1".into()),
-        verifier_url: "http://127.0.0.1:1".into(),
+        verifier_url: Some("http://127.0.0.1:1".into()),
         expected_mrtds: vec![c.agent.agent.mrtd_hex()],
         ..Default::default()
     }
-    .resolve()
+    .resolve(&teesql_proto::settings::NoEnv)
     .unwrap_err();
     assert!(
         errors
@@ -333,18 +324,7 @@ async fn failure_limits_are_per_user_and_count_only_the_clients_faults() {
 
     // Clients that go away after their StartupMessage (the verifier already asked).
     for _ in 0..2 {
-        let cfg = teesql_tests::clients::tls_config(&c.agent.app_ca_path(), None).unwrap();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-        let tcp = tokio::net::TcpStream::connect(c.sidecar_addr)
-            .await
-            .unwrap();
-        let mut tls = connector
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
+        let mut tls = c.tls_connect(false).await.unwrap();
         tls.write_all(&teesql_sidecar::pgwire::startup_message(&[
             ("user", "teesql_readwrite"),
             ("database", "postgres"),
@@ -477,21 +457,7 @@ async fn silent_connections_are_capped_per_address_and_cut_off_early() {
 
 /// A raw TLS client's StartupMessage, and the first message the sidecar answers with.
 async fn first_answer(c: &Cluster, alpn: bool, params: &[(&str, &str)]) -> (u8, Vec<u8>) {
-    let mut cfg = teesql_tests::clients::tls_config(&c.agent.app_ca_path(), None).unwrap();
-    if alpn {
-        cfg.alpn_protocols = vec![b"postgresql".to_vec()];
-    }
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(c.sidecar_addr)
-        .await
-        .unwrap();
-    let mut tls = connector
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut tls = c.tls_connect(alpn).await.unwrap();
     tls.write_all(&teesql_sidecar::pgwire::startup_message(params))
         .await
         .unwrap();
@@ -585,7 +551,7 @@ async fn what_a_client_may_ask_of_postgres() {
     assert_eq!(path, "pg_catalog");
 
     // Connection reuse: five application names, each its own key, three kept at most.
-    let tls = teesql_tests::clients::tls_config(&c.agent.app_ca_path(), None).unwrap();
+    let tls = c.client_tls().unwrap();
     for i in 0..5 {
         let client =
             teesql_tests::clients::connect(&format!("{read}&application_name=app{i}"), tls.clone())

@@ -157,18 +157,7 @@ async fn silence_after_tls_is_closed_at_the_startup_deadline() {
     })
     .await
     .unwrap();
-    let cfg = teesql_tests::clients::tls_config(&c.agent.app_ca_path(), None).unwrap();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(c.sidecar_addr)
-        .await
-        .unwrap();
-    let mut tls = connector
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut tls = c.tls_connect(false).await.unwrap();
     let established = Instant::now();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(60), tls.read_to_end(&mut buf)).await;
@@ -209,25 +198,16 @@ async fn forward_by_manifest(
     domain: &str,
     dns: std::net::SocketAddr,
 ) -> std::net::SocketAddr {
-    let config = teesql_sidecar::forward::ForwardSettings {
+    c.forward(teesql_sidecar::forward::ForwardSettings {
         to: None,
-        verifier_url: format!("http://{}", c.verifier_addr),
-        purpose: "client".into(),
+        expected_compose_hashes: vec![],
         manifest_domain: Some(domain.into()),
         manifest_signers: vec!["0x19E7E376E7C213B7E7e7e46cc70A5dD086DAff2A".into()],
         dns_server: Some(dns.to_string()),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap();
-    let f =
-        teesql_sidecar::forward::Forwarder::start(config, Some(c.agent.socket.to_str().unwrap()))
-            .await
-            .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(f.run(listener, std::future::pending()));
-    addr
+        ..c.forward_settings()
+    })
+    .await
+    .unwrap()
 }
 
 /// `forward` with no `--to`: the leader is the one the signed manifest in DNS names. Every

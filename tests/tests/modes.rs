@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use teesql_sidecar::forward::{ForwardConfig, Forwarder, ManifestSource};
+use teesql_sidecar::forward::ForwardSettings;
 use teesql_tests::clients::psql;
 use teesql_tests::cluster::{Cluster, ClusterOptions, repo_root};
 use teesql_verifier::manifest::{Manifest, address_of, sign};
@@ -29,30 +29,10 @@ fn profile(dir: &Path, signer: &str) -> String {
     dir.display().to_string()
 }
 
-async fn forwarder(c: &Cluster, tweak: impl FnOnce(&mut ForwardConfig)) -> SocketAddr {
-    let mut config = ForwardConfig {
-        to: Some(c.sidecar_addr.to_string()),
-        server_name: Some("localhost".into()),
-        verifier_url: format!("http://{}", c.verifier_addr),
-        purpose: "client".into(),
-        expected_mrtds: vec![],
-        expected_compose_hashes: vec![c.agent.agent.compose_hash_hex()],
-        expected_app_ids: vec![],
-        allow_cleartext_upstream: false,
-        manifest: None,
-        manifest_signers: vec![],
-        dns_server: None,
-        connect_timeout: Duration::from_secs(10),
-        renew_every: Duration::from_secs(3600),
-    };
-    tweak(&mut config);
-    let f = Forwarder::start(config, Some(c.agent.socket.to_str().unwrap()))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(f.run(listener, std::future::pending()));
-    addr
+async fn forwarder(c: &Cluster, tweak: impl FnOnce(&mut ForwardSettings)) -> SocketAddr {
+    let mut settings = c.forward_settings();
+    tweak(&mut settings);
+    c.forward(settings).await.unwrap()
 }
 
 fn local_dsn(addr: SocketAddr, user: &str, secret: &str) -> String {
@@ -135,9 +115,7 @@ async fn mode_a_through_the_forwarder() {
         m.to_txt()
     };
     let good = forwarder(&c, |f| {
-        f.manifest = Some(ManifestSource::Txt(manifest(
-            &c.agent.agent.instance_id_hex(),
-        )));
+        f.manifest_txt = Some(manifest(&c.agent.agent.instance_id_hex()));
         f.manifest_signers = vec![signer.clone()];
     })
     .await;
@@ -147,10 +125,7 @@ async fn mode_a_through_the_forwarder() {
     )
     .await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let other = forwarder(&c, |f| {
-        f.manifest = Some(ManifestSource::Txt(manifest(&"11".repeat(20))))
-    })
-    .await;
+    let other = forwarder(&c, |f| f.manifest_txt = Some(manifest(&"11".repeat(20)))).await;
     let o = psql(
         &local_dsn(other, "teesql_read", &c.read_secret),
         &["-c", "SELECT 1"],

@@ -339,7 +339,7 @@ async fn raw_protocol_edge_cases() {
     .await
     .unwrap();
     let addr = c.sidecar_addr;
-    let ssl_request = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let ssl_request = teesql_sidecar::pgwire::ssl_request();
 
     // Plaintext bytes pipelined after the SSLRequest: fatal, never part of the session.
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -393,19 +393,7 @@ async fn raw_protocol_edge_cases() {
     // byte is a ClientHello, and the sidecar answers the StartupMessage with SASL;
     // SCRAM-SHA-256-PLUS only to the client that negotiated ALPN `postgresql`.
     for alpn in [true, false] {
-        let mut cfg = tls_config(&c.agent.app_ca_path(), None).unwrap();
-        if alpn {
-            cfg.alpn_protocols = vec![b"postgresql".to_vec()];
-        }
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut tls = connector
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
+        let mut tls = c.tls_connect(alpn).await.unwrap();
         if alpn {
             assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
         }
@@ -435,7 +423,7 @@ async fn raw_protocol_edge_cases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_a_running_query_through_the_sidecar() {
     let c = Cluster::start(ClusterOptions::default()).await.unwrap();
-    let tls = tls_config(&c.agent.app_ca_path(), None).unwrap();
+    let tls = c.client_tls().unwrap();
     let client = connect(
         &c.dsn("teesql_read", &c.read_secret, "postgres", "require"),
         tls.clone(),
@@ -544,7 +532,7 @@ async fn postgres_down_and_verifier_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_sessions() {
     let c = Cluster::start(ClusterOptions::default()).await.unwrap();
-    let tls = tls_config(&c.agent.app_ca_path(), None).unwrap();
+    let tls = c.client_tls().unwrap();
     let dsn = c.dsn("teesql_read", &c.read_secret, "postgres", "require");
     let mut tasks = Vec::new();
     for i in 0..100i32 {
@@ -580,18 +568,10 @@ async fn a_hundred_concurrent_sessions() {
 async fn copy_200_mib_in_and_out_with_matching_checksums() {
     use futures_util::{SinkExt, StreamExt};
     let c = Cluster::start(ClusterOptions::default()).await.unwrap();
-    let tls = tls_config(&c.agent.app_ca_path(), None).unwrap();
-    let client = connect(
-        &c.dsn(
-            "teesql_readwrite",
-            &c.readwrite_secret,
-            "postgres",
-            "require",
-        ),
-        tls,
-    )
-    .await
-    .unwrap();
+    let client = c
+        .connect("teesql_readwrite", &c.readwrite_secret, "postgres")
+        .await
+        .unwrap();
     client
         .batch_execute("CREATE TABLE blob (line text)")
         .await
@@ -769,7 +749,7 @@ async fn idle_sessions_close_and_renewal_keeps_sessions() {
     })
     .await
     .unwrap();
-    let tls = tls_config(&c.agent.app_ca_path(), None).unwrap();
+    let tls = c.client_tls().unwrap();
     let dsn = c.dsn("teesql_read", &c.read_secret, "postgres", "require");
     let old_leaf = c.sidecar.cert.current().certified.cert[0].clone();
 
@@ -792,7 +772,7 @@ async fn idle_sessions_close_and_renewal_keeps_sessions() {
     let cfg = tls.clone();
     let tcp = TcpStream::connect(c.sidecar_addr).await.unwrap();
     let mut s = tcp;
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+    s.write_all(&teesql_sidecar::pgwire::ssl_request())
         .await
         .unwrap();
     let mut b = [0u8; 1];
@@ -816,7 +796,7 @@ async fn idle_sessions_close_and_renewal_keeps_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_sessions_and_stops_accepting() {
     let mut c = Cluster::start(ClusterOptions::default()).await.unwrap();
-    let tls = tls_config(&c.agent.app_ca_path(), None).unwrap();
+    let tls = c.client_tls().unwrap();
     let dsn = c.dsn("teesql_read", &c.read_secret, "postgres", "require");
     let client = connect(&dsn, tls.clone()).await.unwrap();
     let addr = c.sidecar_addr;
@@ -918,7 +898,7 @@ fn write_password_file(method: &str) -> PathBuf {
 async fn postgres_connections_are_reset_and_reused_between_clients() {
     // Reuse is opt-in: by default every client gets its own Postgres connection.
     let plain = Cluster::start(ClusterOptions::default()).await.unwrap();
-    let tls = tls_config(&plain.agent.app_ca_path(), None).unwrap();
+    let tls = plain.client_tls().unwrap();
     let rw = plain.dsn(
         "teesql_readwrite",
         &plain.readwrite_secret,
@@ -947,7 +927,7 @@ async fn postgres_connections_are_reset_and_reused_between_clients() {
     })
     .await
     .unwrap();
-    let tls = tls_config(&c.agent.app_ca_path(), None).unwrap();
+    let tls = c.client_tls().unwrap();
     let rw = c.dsn(
         "teesql_readwrite",
         &c.readwrite_secret,
@@ -1019,12 +999,10 @@ async fn postgres_connections_are_reset_and_reused_between_clients() {
     assert_eq!(locks, 0, "advisory lock released");
 
     // Another role never gets this role's connection.
-    let read = connect(
-        &c.dsn("teesql_read", &c.read_secret, "postgres", "require"),
-        tls.clone(),
-    )
-    .await
-    .unwrap();
+    let read = c
+        .connect("teesql_read", &c.read_secret, "postgres")
+        .await
+        .unwrap();
     let pid3: i32 = read
         .query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -1069,13 +1047,10 @@ async fn the_backend_can_be_a_unix_socket() {
     })
     .await
     .unwrap();
-    let tls = tls_config(&c.agent.app_ca_path(), None).unwrap();
-    let client = connect(
-        &c.dsn("teesql_read", &c.read_secret, "postgres", "require"),
-        tls,
-    )
-    .await
-    .unwrap();
+    let client = c
+        .connect("teesql_read", &c.read_secret, "postgres")
+        .await
+        .unwrap();
     let row = client
         .query_one("SELECT current_user::text, inet_server_addr() IS NULL", &[])
         .await

@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use teesql_verifier::backend::BackendConfig;
 use teesql_verifier::backend::QuoteBackend;
-use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
+use teesql_verifier::backend::dcap::DcapBackend;
 use teesql_verifier::claims::AppraisedEvidence;
-use teesql_verifier::collateral::{Collateral, CollateralConfig, CollateralProvider};
+use teesql_verifier::collateral::Collateral;
+use teesql_verifier::decide;
 use teesql_verifier::evidence::{self, Evidence};
 use teesql_verifier::policy::{DEFAULT_EVAL_LIMIT, PolicySet};
-use teesql_verifier::{Appraiser, Clock, decide};
 
 const NOW: u64 = 1_751_000_000;
 
@@ -69,12 +70,7 @@ fn main() {
     let quote_bytes = std::fs::read(root().join("testdata/dcap/tdx_quote")).unwrap();
     let collateral_path = root().join("testdata/dcap/tdx_quote_collateral.json");
     let policies = PolicySet::load(&[root().join("policies/teesql")], DEFAULT_EVAL_LIMIT).unwrap();
-    let config = CollateralConfig {
-        file: Some(collateral_path.clone()),
-        pccs_url: None,
-        clock: Clock::Fixed(NOW),
-        ..CollateralConfig::default()
-    };
+    let config = BackendConfig::recorded(Some(collateral_path.clone()), NOW);
     let n = 2000;
     println!("one decision on testdata/dcap/tdx_quote (TDX v4, 5006 bytes), {n} iterations each\n");
 
@@ -82,9 +78,7 @@ fn main() {
     // build claims, evaluate the policy.
     let cold = Stats::measure(n / 4, || {
         rt.block_on(async {
-            let provider = Arc::new(CollateralProvider::new(&config).unwrap());
-            let appraiser =
-                Appraiser::new(Arc::new(DcapBackend::new(TrustRoot::intel(), provider)));
+            let appraiser = config.build().unwrap().appraiser;
             let ev = Evidence::from_quote(evidence::decode_quote_bytes(&quote_bytes).unwrap());
             let claims = appraiser
                 .appraise(&ev, NOW, None)
@@ -95,9 +89,13 @@ fn main() {
     });
 
     // Warm: the collateral is in memory (as after the first request for this FMSPC).
-    let provider = Arc::new(CollateralProvider::new(&config).unwrap());
-    let backend = Arc::new(DcapBackend::new(TrustRoot::intel(), provider));
-    let appraiser = Appraiser::new(backend.clone());
+    let built = config.build().unwrap();
+    let appraiser = built.appraiser.clone();
+    // The DCAP backend itself, for the phases measured inside it.
+    let backend = Arc::new(DcapBackend::new(
+        config.trust_root.clone(),
+        built.collateral.clone(),
+    ));
     let warm = Stats::measure(n, || {
         rt.block_on(async {
             let ev = Evidence::from_quote(evidence::decode_quote_bytes(&quote_bytes).unwrap());

@@ -21,7 +21,8 @@ use dcap_qvl::QuoteCollateralV3;
 use teesql_proto::v1::verifier_client::VerifierClient;
 use teesql_proto::v1::{VerifyQuoteRequest, verify_quote_request};
 use teesql_verifier::service::config::{ServeConfig, ServeSettings};
-use teesql_verifier::service::{DecisionService, QuoteInput, grpc};
+use teesql_verifier::service::server::{Listeners, Verifier};
+use teesql_verifier::service::{DecisionService, QuoteInput};
 
 const NOW: u64 = 1_751_000_000;
 
@@ -132,7 +133,8 @@ fn main() {
         .build()
         .unwrap();
     let config = service_config("127.0.0.1:0");
-    let service: Arc<DecisionService> = rt.block_on(async { config.build().unwrap() });
+    let verifier = rt.block_on(async { Verifier::start(&config).unwrap() });
+    let service: Arc<DecisionService> = verifier.service().clone();
     let request = || QuoteInput::Quote {
         quote: quote.clone(),
         event_log: String::new(),
@@ -188,11 +190,10 @@ fn main() {
 
     // (c) gRPC on loopback, 16 concurrent callers.
     let (addr, _stop) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let addr = listeners.grpc.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let svc = service.clone();
-        tokio::spawn(grpc::serve(svc, listener, Duration::from_secs(30), async {
+        tokio::spawn(verifier.run(listeners, async {
             let _ = rx.await;
         }));
         (addr, tx)

@@ -71,18 +71,47 @@ pub fn decide(policies: &PolicySet, claims: &Claims) -> Result<Decision, PolicyE
     })
 }
 
-/// Appraise and decide in one step (the `verify` command).
-pub async fn appraise_and_decide(
-    appraiser: &Appraiser,
-    policies: &PolicySet,
-    evidence: &Evidence,
-    purpose: &str,
-    now: u64,
-    expected_report_data: Option<&[u8]>,
-    connection: Option<ConnectionClaims>,
-) -> Result<Decision, PolicyError> {
-    let appraised = appraiser
-        .appraise(evidence, now, expected_report_data)
-        .await;
-    decide(policies, &appraised.into_claims(purpose, now, connection))
+/// One decision to make: the evidence, the policy purpose that judges it, and what the
+/// caller knows beside it.
+#[derive(Debug, Clone)]
+pub struct DecisionRequest<'a> {
+    pub evidence: &'a Evidence,
+    /// Which policy decides (`quote`, `sidecar`, `client`, …).
+    pub purpose: &'a str,
+    /// Appraise as of this unix time.
+    pub now: u64,
+    /// Report data the quote must carry.
+    pub expected_report_data: Option<&'a [u8]>,
+    /// The TLS connection the evidence came over, when there is one.
+    pub connection: Option<ConnectionClaims>,
+}
+
+impl<'a> DecisionRequest<'a> {
+    /// `evidence` judged by `purpose` at `now`, nothing else known.
+    pub fn new(evidence: &'a Evidence, purpose: &'a str, now: u64) -> Self {
+        Self {
+            evidence,
+            purpose,
+            now,
+            expected_report_data: None,
+            connection: None,
+        }
+    }
+}
+
+impl Appraiser {
+    /// Appraise and decide in one step (the `verify` command, tests).
+    pub async fn decide(
+        &self,
+        policies: &PolicySet,
+        req: DecisionRequest<'_>,
+    ) -> Result<Decision, PolicyError> {
+        let appraised = self
+            .appraise(req.evidence, req.now, req.expected_report_data)
+            .await;
+        decide(
+            policies,
+            &appraised.into_claims(req.purpose, req.now, req.connection),
+        )
+    }
 }

@@ -54,9 +54,9 @@ pub struct TdxClaims {
     /// Why it did not verify.
     pub error: Option<String>,
     /// Class of the failure (`collateral_expired`, `signature_invalid`, …).
-    pub error_code: Option<String>,
+    pub error_code: Option<crate::backend::VerifyErrorCode>,
     /// Which trust root: `intel`, `dev` or `custom`.
-    pub root: String,
+    pub root: crate::backend::TrustRootKind,
     /// Which backend verified: `dcap`.
     pub backend: String,
     pub tee_type: TeeType,
@@ -200,8 +200,8 @@ impl AppraisedEvidence {
             TdxClaims {
                 verified: f.verified,
                 error: f.error.as_ref().map(|e| e.message.clone()),
-                error_code: f.error.as_ref().map(|e| e.code.as_str().to_string()),
-                root: f.root.as_str().to_string(),
+                error_code: f.error.as_ref().map(|e| e.code),
+                root: f.root,
                 backend: backend.to_string(),
                 tee_type: q.tee_type(),
                 quote_version: q.version(),

@@ -16,5 +16,5 @@ pub mod policy;
 pub mod report;
 pub mod service;
 
-pub use appraise::{Appraiser, Decision, appraise_and_decide, decide};
+pub use appraise::{Appraiser, Decision, DecisionRequest, decide};
 pub use clock::Clock;

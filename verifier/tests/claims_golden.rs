@@ -7,13 +7,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use teesql_verifier::Appraiser;
-use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
+use teesql_verifier::backend::BackendConfig;
 use teesql_verifier::claims::{Claims, ConnectionClaims};
-use teesql_verifier::collateral::{CollateralConfig, CollateralProvider};
-use teesql_verifier::{Clock, evidence};
+use teesql_verifier::evidence;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -26,18 +23,11 @@ async fn claims_for(
     purpose: &str,
     connection: Option<ConnectionClaims>,
 ) -> Claims {
-    let provider = CollateralProvider::new(&CollateralConfig {
-        file: collateral.map(|c| root().join("testdata").join(c)),
-        pccs_url: None,
-        clock: Clock::Fixed(now),
-        ..CollateralConfig::default()
-    })
-    .unwrap();
-    let appraiser = Appraiser::new(Arc::new(DcapBackend::new(
-        TrustRoot::intel(),
-        Arc::new(provider),
-    )));
-    appraiser
+    let backend = BackendConfig::recorded(collateral.map(|c| root().join("testdata").join(c)), now)
+        .build()
+        .unwrap();
+    backend
+        .appraiser
         .appraise(ev, now, None)
         .await
         .into_claims(purpose, now, connection)
@@ -187,7 +177,7 @@ async fn claims_documents_match_golden_files_and_claims_md() {
         vm_config: String::new(),
     };
     let mut report_claims = claims_for(
-        &report.evidence().unwrap(),
+        &teesql_verifier::report::evidence(&report).unwrap(),
         Some("dcap/tdx_quote_collateral.json"),
         1_751_000_100,
         "report",
@@ -201,7 +191,7 @@ async fn claims_documents_match_golden_files_and_claims_md() {
         binding: report_claims.binding.clone(),
     }
     .measured();
-    report_claims.report = Some(report.claims(&measured));
+    report_claims.report = Some(teesql_verifier::report::claims(&report, &measured));
     let r = check_golden("claims-report.json", &report_claims);
     assert_eq!(r["report"]["consistent"], false);
     assert_eq!(

@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use teesql_devattest::agent::{AgentConfig, AgentListener, DevAgent};
-use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
+use teesql_verifier::backend::BackendConfig;
+use teesql_verifier::backend::dcap::TrustRoot;
 use teesql_verifier::collateral::{CollateralConfig, CollateralProvider};
 use teesql_verifier::evidence;
 use teesql_verifier::policy::{DEFAULT_EVAL_LIMIT, PolicySet};
-use teesql_verifier::{Appraiser, Clock, appraise_and_decide};
+use teesql_verifier::{Clock, DecisionRequest};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -91,23 +92,17 @@ async fn decide(
     set: &PolicySet,
     ev: &evidence::Evidence,
 ) -> teesql_verifier::Decision {
-    let provider = CollateralProvider::new(&CollateralConfig {
-        pccs_url: Some(a.url.clone()),
-        ..CollateralConfig::default()
-    })
+    let backend = BackendConfig {
+        trust_root,
+        collateral: CollateralConfig {
+            pccs_url: Some(a.url.clone()),
+            ..CollateralConfig::default()
+        },
+    }
+    .build()
     .unwrap();
-    let appraiser = Appraiser::new(Arc::new(DcapBackend::new(trust_root, Arc::new(provider))));
-    appraise_and_decide(
-        &appraiser,
-        set,
-        ev,
-        "quote",
-        Clock::System.now(),
-        None,
-        None,
-    )
-    .await
-    .unwrap()
+    let request = DecisionRequest::new(ev, "quote", Clock::System.now());
+    backend.appraiser.decide(set, request).await.unwrap()
 }
 
 fn dev_root(a: &Agent) -> TrustRoot {

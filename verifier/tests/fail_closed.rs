@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
-use teesql_verifier::collateral::{CollateralConfig, CollateralProvider};
+use teesql_verifier::Clock;
+use teesql_verifier::backend::BackendConfig;
 use teesql_verifier::policy::{DEFAULT_EVAL_LIMIT, PolicySet};
 use teesql_verifier::service::{DecisionLog, DecisionService, LogTarget, Metrics, ServiceOptions};
-use teesql_verifier::{Appraiser, Clock};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -132,16 +131,11 @@ fn a_missing_data_key_makes_client_attestation_required() {
 async fn a_reload_that_drops_a_file_is_refused_and_the_old_set_keeps_serving() {
     let dir = production_without(&[]);
     let policies = load(dir.path()).unwrap();
-    let provider = CollateralProvider::new(&CollateralConfig {
-        pccs_url: None,
-        ..CollateralConfig::default()
-    })
-    .unwrap();
+    let backend = BackendConfig::recorded(None, 1_760_000_000)
+        .build()
+        .unwrap();
     let service = DecisionService::new(
-        Appraiser::new(Arc::new(DcapBackend::new(
-            TrustRoot::intel(),
-            Arc::new(provider),
-        ))),
+        backend.appraiser,
         policies,
         &ServiceOptions {
             clock: Clock::Fixed(1_760_000_000),

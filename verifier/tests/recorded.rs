@@ -5,13 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
-use teesql_verifier::collateral::{CollateralConfig, CollateralProvider};
+use teesql_verifier::backend::BackendConfig;
 use teesql_verifier::evidence::{self, Evidence};
 use teesql_verifier::policy::{DEFAULT_EVAL_LIMIT, PolicySet};
-use teesql_verifier::{Appraiser, Clock, Decision, appraise_and_decide};
+use teesql_verifier::{Clock, Decision, DecisionRequest};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -74,28 +72,14 @@ async fn decide_with(
     now: u64,
     expected_report_data: Option<&[u8]>,
 ) -> Decision {
-    let provider = CollateralProvider::new(&CollateralConfig {
-        file: collateral.map(testdata),
-        pccs_url: None,
-        clock: Clock::Fixed(now),
-        ..CollateralConfig::default()
-    })
-    .unwrap();
-    let appraiser = Appraiser::new(Arc::new(DcapBackend::new(
-        TrustRoot::intel(),
-        Arc::new(provider),
-    )));
-    appraise_and_decide(
-        &appraiser,
-        policies,
-        evidence,
-        "quote",
-        now,
+    let backend = BackendConfig::recorded(collateral.map(testdata), now)
+        .build()
+        .unwrap();
+    let request = DecisionRequest {
         expected_report_data,
-        None,
-    )
-    .await
-    .unwrap()
+        ..DecisionRequest::new(evidence, "quote", now)
+    };
+    backend.appraiser.decide(policies, request).await.unwrap()
 }
 
 fn quote_evidence(path: &str) -> Evidence {

@@ -16,8 +16,9 @@ use teesql_proto::v1::{
     VerifyManifestRequest, VerifyPeerRequest, VerifyQuoteRequest, verify_quote_request,
 };
 use teesql_verifier::manifest::{Manifest, address_of, sign};
+use teesql_verifier::service::DecisionService;
 use teesql_verifier::service::config::{ServeConfig, ServeSettings};
-use teesql_verifier::service::{DecisionService, grpc, reload};
+use teesql_verifier::service::server::{Listeners, Verifier};
 use tonic::transport::Channel;
 
 fn root() -> PathBuf {
@@ -52,18 +53,18 @@ impl Running {
         };
         extra(&mut settings);
         let config = ServeConfig::resolve(settings).unwrap();
-        let service = config.build().unwrap();
-        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let verifier = Verifier::start(&config).unwrap();
+        let service = verifier.service().clone();
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let addr = listeners.grpc.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(reload::run(service.clone(), std::future::pending()));
-        let svc = service.clone();
         tokio::spawn(async move {
-            grpc::serve(svc, listener, Duration::from_secs(30), async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
+            verifier
+                .run(listeners, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
         });
         Self {
             addr,

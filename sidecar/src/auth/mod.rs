@@ -56,11 +56,12 @@ impl Secret {
 }
 
 /// What `provision` grants a role (SEED.md roles table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Privileges {
     /// SELECT on schema public, including future tables.
     Read,
     /// SELECT, INSERT, UPDATE, DELETE, CREATE on schema public.
+    #[value(name = "readwrite")]
     ReadWrite,
     /// Login only.
     None,

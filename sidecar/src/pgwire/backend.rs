@@ -9,6 +9,7 @@ use super::{put_cstr, put_frame};
 /// Authentication request codes ('R' messages).
 const AUTH_OK: u32 = 0;
 const AUTH_CLEARTEXT_PASSWORD: u32 = 3;
+const AUTH_MD5_PASSWORD: u32 = 5;
 const AUTH_SASL: u32 = 10;
 const AUTH_SASL_CONTINUE: u32 = 11;
 const AUTH_SASL_FINAL: u32 = 12;
@@ -28,6 +29,12 @@ pub fn authentication_ok(out: &mut Vec<u8>) {
 /// AuthenticationCleartextPassword.
 pub fn authentication_cleartext_password(out: &mut Vec<u8>) {
     authentication(out, AUTH_CLEARTEXT_PASSWORD, |_| {});
+}
+
+/// AuthenticationMD5Password with its 4-byte salt (the sidecar never asks for it; a
+/// test plays a server that does).
+pub fn authentication_md5_password(out: &mut Vec<u8>, salt: [u8; 4]) {
+    authentication(out, AUTH_MD5_PASSWORD, |out| out.extend_from_slice(&salt));
 }
 
 /// AuthenticationSASL: the mechanisms offered, in order of preference.

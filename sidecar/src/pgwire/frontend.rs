@@ -27,3 +27,8 @@ pub fn sasl_initial_response(out: &mut Vec<u8>, mechanism: &str, data: &[u8]) {
 pub fn sasl_response(out: &mut Vec<u8>, data: &[u8]) {
     put_frame(out, Some(b'p'), |out| out.extend_from_slice(data));
 }
+
+/// Query: one simple-protocol query string.
+pub fn query(out: &mut Vec<u8>, sql: &str) {
+    put_frame(out, Some(b'Q'), |out| put_cstr(out, sql.as_bytes()));
+}

@@ -13,7 +13,7 @@
 //! Layouts follow the protocol documentation ("Message Formats") and the server's
 //! `ProcessStartupPacket` for protocol 3.0 and 3.2.
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub mod backend;
 pub mod decode;
@@ -25,7 +25,8 @@ mod tests;
 
 use reader::Reader;
 pub use startup::{
-    StartupPacket, cancel_request, parse_startup_packet, read_startup_packet, startup_message,
+    StartupPacket, cancel_request, param, parse_startup_packet, read_startup_packet, ssl_request,
+    startup_message, startup_message_version,
 };
 
 /// Protocol version 3.0 as sent in a StartupMessage (`3 << 16`).
@@ -100,6 +101,21 @@ pub enum WireError {
 
 /// Checks a typed message's tag, e.g. that a client answered an
 /// authentication request with `'p'`.
+/// Write `bytes` (a final message), flush, and close the write side; errors are
+/// ignored: the peer is being turned away and may already be gone.
+pub async fn send_and_close<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) {
+    let _ = s.write_all(bytes).await;
+    let _ = s.flush().await;
+    let _ = s.shutdown().await;
+}
+
+/// Send one FATAL ErrorResponse and close.
+pub async fn send_fatal<S: AsyncWrite + Unpin>(s: &mut S, code: &str, message: &str) {
+    let mut out = Vec::new();
+    backend::error_response(&mut out, "FATAL", code, message, None, None);
+    send_and_close(s, &out).await;
+}
+
 pub fn expect_tag(got: u8, want: u8, expected: &'static str) -> Result<(), WireError> {
     if got == want {
         Ok(())

@@ -40,13 +40,26 @@ impl StartupPacket {
     /// The value of StartupMessage parameter `name`, if present.
     pub fn param(&self, name: &str) -> Option<&str> {
         match self {
-            StartupPacket::Startup { params, .. } => params
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str()),
+            StartupPacket::Startup { params, .. } => param(params, name),
             _ => None,
         }
     }
+}
+
+/// The value of parameter `name` in StartupMessage parameters.
+pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// SSLRequest: length 8, the request code.
+pub fn ssl_request() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&8u32.to_be_bytes());
+    b[4..].copy_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
+    b
 }
 
 /// Smallest startup packet: length word plus request code / version.
@@ -178,9 +191,16 @@ pub async fn read_startup_packet<R: AsyncRead + Unpin>(
 /// Encodes a protocol 3.0 StartupMessage (for the proxy's own connection to Postgres).
 /// NULs inside names or values are replaced by U+FFFD.
 pub fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
+    startup_message_version(3, 0, params)
+}
+
+/// A StartupMessage asking for protocol `major.minor` (a forwarder passes on the
+/// version its client asked for; the server negotiates).
+pub fn startup_message_version(major: u16, minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
+    let version = (u32::from(major) << 16) | u32::from(minor);
     let mut out = Vec::new();
     put_frame(&mut out, None, |out| {
-        out.extend_from_slice(&PROTOCOL_3_0.to_be_bytes());
+        out.extend_from_slice(&version.to_be_bytes());
         for (name, value) in params {
             put_cstr(out, name.as_bytes());
             put_cstr(out, value.as_bytes());

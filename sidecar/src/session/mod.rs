@@ -42,7 +42,7 @@ use crate::backend::{self, BackendError, LoggedIn};
 use crate::cancel::{CancelGuard, CancelMap};
 use crate::config::{ChannelBinding, SidecarConfig};
 use crate::metrics::Metrics;
-use crate::pgwire::backend as msg;
+use crate::pgwire;
 use crate::pool::{BackendPool, PoolKey};
 use crate::ratelimit::FailureLimiter;
 use crate::relay::{self, RelayEnd};
@@ -400,18 +400,11 @@ async fn log_in(
 
 /// Send the error's one response, then close.
 async fn respond<S: AsyncWrite + Unpin>(s: &mut S, e: &HandshakeError) {
-    let bytes = match e.response() {
-        Response::Close => return,
-        Response::Fatal { code, message } => {
-            let mut out = Vec::new();
-            msg::error_response(&mut out, "FATAL", code, &message, None, None);
-            out
-        }
-        Response::Raw(raw) => raw,
-    };
-    let _ = s.write_all(&bytes).await;
-    let _ = s.flush().await;
-    let _ = s.shutdown().await;
+    match e.response() {
+        Response::Close => {}
+        Response::Fatal { code, message } => pgwire::send_fatal(s, code, &message).await,
+        Response::Raw(raw) => pgwire::send_and_close(s, &raw).await,
+    }
 }
 
 /// Refuse a connection that has not started TLS with the error's one response (also

@@ -70,7 +70,7 @@ fn check(
 ) -> Result<Startup, HandshakeError> {
     // Before anything reads (or logs) a value: control characters and the allowlist.
     let forwarded = allowed.check(&params)?.forwarded;
-    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let param = |name: &str| pgwire::param(&params, name);
     let user = param("user")
         .filter(|u| !u.is_empty())
         .ok_or(HandshakeError::NoUser)?

@@ -197,29 +197,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client_dir = cluster.state_dir.join("client");
     std::fs::create_dir_all(&client_dir)?;
     let (client_cert, client_key) = cluster.client_certificate(&client_dir).await?;
-    let forwarder = teesql_sidecar::forward::Forwarder::start(
-        teesql_sidecar::forward::ForwardConfig {
-            to: Some(cluster.sidecar_addr.to_string()),
-            server_name: Some("localhost".into()),
-            verifier_url: format!("http://{}", cluster.verifier_addr),
-            purpose: "client".into(),
+    let forward_addr = cluster
+        .forward(teesql_sidecar::forward::ForwardSettings {
+            listen: Some(format!("127.0.0.1:{forward_port}")),
             expected_mrtds: vec![cluster.agent.agent.mrtd_hex()],
-            expected_compose_hashes: vec![cluster.agent.agent.compose_hash_hex()],
-            expected_app_ids: vec![],
-            allow_cleartext_upstream: false,
-            manifest: None,
-            manifest_signers: vec![],
-            dns_server: None,
-            connect_timeout: Duration::from_secs(10),
-            renew_every: Duration::from_secs(3600),
-        },
-        cluster.agent.socket.to_str(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!(e))?;
-    let forward_listener = tokio::net::TcpListener::bind(("127.0.0.1", forward_port)).await?;
-    let forward_addr = forward_listener.local_addr()?;
-    tokio::spawn(forwarder.run(forward_listener, std::future::pending()));
+            ..cluster.forward_settings()
+        })
+        .await?;
     // One real round trip through the sidecar before saying it works.
     let probe = teesql_tests::clients::psql(
         &cluster.dsn("teesql_read", &cluster.read_secret, "postgres", "require"),

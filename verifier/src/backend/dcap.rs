@@ -178,7 +178,7 @@ impl DcapBackend {
         QuoteFacts {
             verified: false,
             error: None,
-            root: self.root.kind.clone(),
+            root: self.root.kind,
             tcb_status: None,
             advisory_ids: Vec::new(),
             collateral: collateral.map(|c| c.window),

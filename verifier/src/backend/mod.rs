@@ -7,7 +7,9 @@
 pub mod dcap;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -23,6 +25,63 @@ pub trait QuoteBackend: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// Verify `quote` at unix time `now`.
     fn appraise<'a>(&'a self, quote: &'a Quote, now: u64) -> BoxFuture<'a, QuoteFacts>;
+}
+
+/// What the quote backend is built from. `serve`, `verify`, the test harness, the tests
+/// and the benchmarks all build theirs here.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub trust_root: dcap::TrustRoot,
+    pub collateral: crate::collateral::CollateralConfig,
+}
+
+/// A built backend: the appraiser over it, and its collateral source (for metrics).
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub appraiser: crate::Appraiser,
+    pub collateral: Arc<crate::collateral::CollateralProvider>,
+}
+
+impl BackendConfig {
+    /// Recorded evidence: Intel's root, collateral from one file (or none), appraised as
+    /// of `now`, nothing fetched.
+    pub fn recorded(collateral_file: Option<PathBuf>, now: u64) -> Self {
+        Self {
+            trust_root: dcap::TrustRoot::intel(),
+            collateral: crate::collateral::CollateralConfig {
+                file: collateral_file,
+                pccs_url: None,
+                clock: crate::Clock::Fixed(now),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The backend these settings describe.
+    pub fn build(&self) -> Result<Backend, String> {
+        let collateral = Arc::new(
+            crate::collateral::CollateralProvider::new(&self.collateral)
+                .map_err(|e| e.to_string())?,
+        );
+        let backend = dcap::DcapBackend::new(self.trust_root.clone(), collateral.clone());
+        Ok(Backend {
+            appraiser: crate::Appraiser::new(Arc::new(backend)),
+            collateral,
+        })
+    }
+}
+
+impl dcap::TrustRoot {
+    /// The root named by the settings: a root file, a development root file (never
+    /// both), or Intel's.
+    pub fn choose(root: Option<&Path>, development: Option<&Path>) -> Result<Self, String> {
+        match (root, development) {
+            (Some(_), Some(_)) => Err("trust_root and dev_trust_root: give one, not both".into()),
+            (Some(p), None) => Self::from_file(p).map_err(|e| e.to_string()),
+            (None, Some(p)) => Self::development_from_file(p).map_err(|e| e.to_string()),
+            (None, None) => Ok(Self::intel()),
+        }
+    }
 }
 
 /// What a backend found out about a quote.
@@ -50,12 +109,12 @@ pub struct CollateralWindow {
 }
 
 /// Which root of trust verified (or was tried on) a quote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrustRootKind {
     /// Intel's SGX/TDX root CA.
     Intel,
-    /// The seeded development PKI (`teesql-verifier agent`). Never production.
+    /// The seeded development PKI (`teesql-dev agent`). Never production.
     Dev,
     /// Another root given by configuration.
     Custom,
@@ -96,10 +155,17 @@ pub enum VerifyErrorCode {
     /// The quote is not a TDX quote.
     NotTdx,
     /// Any other failure.
+    #[serde(rename = "verification_failed")]
     Other,
 }
 
 impl VerifyErrorCode {
+    /// A later attempt could succeed (the collateral source was down, or its collateral
+    /// stale): such an appraisal is never cached.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::CollateralUnavailable | Self::CollateralExpired)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CollateralUnavailable => "collateral_unavailable",
@@ -109,6 +175,45 @@ impl VerifyErrorCode {
             Self::Revoked => "revoked",
             Self::NotTdx => "not_tdx",
             Self::Other => "verification_failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The claims carry the typed codes; policies read them as these strings.
+    #[test]
+    fn codes_serialize_as_their_names_and_only_collateral_is_transient() {
+        use VerifyErrorCode::*;
+        for code in [
+            CollateralUnavailable,
+            CollateralExpired,
+            SignatureInvalid,
+            TcbLevelUnknown,
+            Revoked,
+            NotTdx,
+            Other,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::json!(code.as_str())
+            );
+            assert_eq!(
+                code.is_transient(),
+                matches!(code, CollateralUnavailable | CollateralExpired)
+            );
+        }
+        for root in [
+            TrustRootKind::Intel,
+            TrustRootKind::Dev,
+            TrustRootKind::Custom,
+        ] {
+            assert_eq!(
+                serde_json::to_value(root).unwrap(),
+                serde_json::json!(root.as_str())
+            );
         }
     }
 }

@@ -63,15 +63,6 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    teesql_proto::runtime::shutdown_signal().await
-}
-
-pub fn init_tracing(filter: String) {
-    teesql_proto::runtime::init_tracing(&filter, "warn");
-}
-
 /// The policy profiles to load: the given ones, or the production profile in
 /// `./policies/teesql` when it exists.
 pub fn policy_dirs(given: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {

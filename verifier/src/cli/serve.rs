@@ -3,85 +3,52 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use axum::routing::get;
 use clap::Args;
+use teesql_proto::settings::{Env, ProcessEnv};
 use teesql_verifier::service::config::{ServeConfig, ServeSettings};
-use teesql_verifier::service::{grpc, reload};
+use teesql_verifier::service::server::{Listeners, Verifier};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// TOML configuration file; environment variables and flags override it.
-    #[arg(long, env = "TEESQL_VERIFIER_CONFIG", value_name = "FILE")]
+    /// [env: TEESQL_VERIFIER_CONFIG]
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: ServeSettings,
 }
 
 pub async fn run(args: ServeArgs) -> ExitCode {
-    let file = match &args.config {
+    let config_path = args
+        .config
+        .or_else(|| ProcessEnv.var("TEESQL_VERIFIER_CONFIG").map(PathBuf::from));
+    let file = match &config_path {
         Some(path) => match ServeSettings::from_file(path) {
             Ok(s) => s,
             Err(e) => return super::usage_error(format!("--config {e}")),
         },
         None => ServeSettings::default(),
     };
-    let config = match ServeConfig::resolve(args.settings.over(file)) {
+    let config = match ServeConfig::load(args.settings, &ProcessEnv, file) {
         Ok(c) => c,
         Err(errors) => return report(errors),
     };
-    let service = match config.build() {
-        Ok(s) => s,
+    let verifier = match Verifier::start(&config) {
+        Ok(v) => v,
         Err(errors) => return report(errors),
     };
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listeners = match Listeners::bind(&config).await {
         Ok(l) => l,
-        Err(e) => return super::usage_error(format!("listen {}: {e}", config.listen)),
+        Err(e) => return super::usage_error(e),
     };
-    let grpc_addr = listener.local_addr().ok();
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-
-    if let Some(addr) = config.metrics_listen {
-        let metrics_listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => return super::usage_error(format!("metrics_listen {addr}: {e}")),
-        };
-        let metrics_addr = metrics_listener.local_addr().unwrap_or(addr);
-        let svc = service.clone();
-        let app = axum::Router::new()
-            .route(
-                "/metrics",
-                get(move || {
-                    let svc = svc.clone();
-                    async move {
-                        (
-                            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                            svc.metrics().encode(),
-                        )
-                    }
-                }),
-            )
-            .route("/healthz", get(|| async { "ok\n" }));
-        let stop = stopped();
-        tokio::spawn(async move {
-            let _ = axum::serve(metrics_listener, app)
-                .with_graceful_shutdown(stop)
-                .await;
-        });
-        tracing::info!(addr = %metrics_addr, "metrics on /metrics");
+    if let Some(addr) = listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()) {
+        tracing::info!(%addr, "metrics on /metrics");
         super::out(&format!(
-            "teesql-verifier metrics on http://{metrics_addr}/metrics\n"
+            "teesql-verifier metrics on http://{addr}/metrics\n"
         ));
     }
-
-    tokio::spawn(reload::run(service.clone(), stopped()));
-    let policies = service.policies();
+    let grpc_addr = listeners.grpc.local_addr().ok();
+    let policies = verifier.service().policies();
     tracing::info!(
         listen = ?grpc_addr,
         policy.hash = %policies.hash(),
@@ -95,18 +62,12 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             policies.hash()
         ));
     }
-
-    let shutdown = async move {
-        super::shutdown_signal().await;
-        tracing::info!("shutting down: finishing requests in flight");
-        let _ = stop_tx.send(true);
-    };
-    let served = grpc::serve(service.clone(), listener, config.request_timeout, shutdown).await;
-    // Every decision made before the stop is in the log before the process exits.
-    let _ = tokio::task::spawn_blocking(move || service.close_log()).await;
-    match served {
+    match verifier
+        .run(listeners, teesql_proto::runtime::shutdown_signal())
+        .await
+    {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => super::usage_error(format!("gRPC server: {e}")),
+        Err(e) => super::usage_error(e),
     }
 }
 

@@ -3,15 +3,16 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args};
-use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
-use teesql_verifier::collateral::{CollateralConfig, CollateralProvider, INTEL_PCS_URL};
+use teesql_proto::settings::{Env, ProcessEnv};
+use teesql_verifier::backend::BackendConfig;
+use teesql_verifier::backend::dcap::TrustRoot;
+use teesql_verifier::collateral::{CollateralConfig, INTEL_PCS_URL};
 use teesql_verifier::evidence::{self, Evidence, EvidenceError, MAX_EVIDENCE_LEN, decode_hex};
 use teesql_verifier::policy::{DEFAULT_EVAL_LIMIT, PolicySet};
-use teesql_verifier::{Appraiser, Clock, appraise_and_decide};
+use teesql_verifier::{Clock, DecisionRequest};
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("evidence").required(true).args(["quote", "cert", "attestation", "getquote"])))]
@@ -35,9 +36,10 @@ pub struct VerifyArgs {
     /// Directory of collateral JSON files, used by TEE, FMSPC and PCK CA.
     #[arg(long, value_name = "DIR")]
     collateral_dir: Option<PathBuf>,
-    /// PCCS or Intel PCS to fetch missing collateral from.
-    #[arg(long, env = "PCCS_URL", value_name = "URL", default_value = INTEL_PCS_URL)]
-    pccs_url: String,
+    /// PCCS or Intel PCS to fetch missing collateral from [default: env PCCS_URL, else
+    /// Intel PCS].
+    #[arg(long, value_name = "URL")]
+    pccs_url: Option<String>,
     /// Never fetch collateral over the network.
     #[arg(long)]
     offline: bool,
@@ -102,34 +104,36 @@ async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decisio
         .transpose()
         .map_err(|e| e.to_string())?;
 
-    let root = match (&args.trust_root, &args.dev_trust_root) {
-        (Some(path), _) => TrustRoot::from_file(path).map_err(|e| e.to_string())?,
-        (None, Some(path)) => TrustRoot::development_from_file(path).map_err(|e| e.to_string())?,
-        (None, None) => TrustRoot::intel(),
-    };
+    if args.fetch_timeout == 0 {
+        return Err("--fetch-timeout: 0 is below the minimum, 1".into());
+    }
     let clock = args.now.map(Clock::Fixed).unwrap_or(Clock::System);
-    let collateral = CollateralProvider::new(&CollateralConfig {
-        file: args.collateral,
-        dir: args.collateral_dir,
-        pccs_url: (!args.offline).then_some(args.pccs_url),
-        fetch_timeout: Duration::from_secs(args.fetch_timeout.max(1)),
-        cache_capacity: 16,
-        clock,
-        ..CollateralConfig::default()
-    })
-    .map_err(|e| e.to_string())?;
-    let appraiser = Appraiser::new(Arc::new(DcapBackend::new(root, Arc::new(collateral))));
-    appraise_and_decide(
-        &appraiser,
-        &policies,
-        &evidence,
-        &args.purpose,
-        clock.now(),
-        expected.as_deref(),
-        None,
-    )
-    .await
-    .map_err(|e| e.to_string())
+    let pccs_url = args
+        .pccs_url
+        .or_else(|| ProcessEnv.var("PCCS_URL"))
+        .unwrap_or_else(|| INTEL_PCS_URL.to_string());
+    let backend = BackendConfig {
+        trust_root: TrustRoot::choose(args.trust_root.as_deref(), args.dev_trust_root.as_deref())?,
+        collateral: CollateralConfig {
+            file: args.collateral,
+            dir: args.collateral_dir,
+            pccs_url: (!args.offline).then_some(pccs_url),
+            fetch_timeout: Duration::from_secs(args.fetch_timeout),
+            cache_capacity: 16,
+            clock,
+            ..CollateralConfig::default()
+        },
+    }
+    .build()?;
+    let request = DecisionRequest {
+        expected_report_data: expected.as_deref(),
+        ..DecisionRequest::new(&evidence, &args.purpose, clock.now())
+    };
+    backend
+        .appraiser
+        .decide(&policies, request)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn read_evidence(

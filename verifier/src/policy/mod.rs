@@ -54,6 +54,20 @@ pub enum PolicyError {
     },
 }
 
+/// The reason codes the verifier's own code gives (every other code comes from the
+/// policies). The README's table of reason codes lists these and every code in
+/// `policies/**/*.rego`; a test keeps it so.
+pub mod reason_codes {
+    /// The evidence cannot be decoded.
+    pub const EVIDENCE_MALFORMED: &str = "evidence_malformed";
+    /// The policy failed to evaluate (the decision is a denial).
+    pub const POLICY_ERROR: &str = "policy_error";
+    /// `allow` was not true and the policy gave no reason.
+    pub const NOT_ALLOWED: &str = "not_allowed";
+    /// Every code above.
+    pub const ALL: &[&str] = &[EVIDENCE_MALFORMED, POLICY_ERROR, NOT_ALLOWED];
+}
+
 /// One reason a decision denies.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct Reason {
@@ -282,7 +296,7 @@ impl PolicySet {
         let allowed = allow && reasons.is_empty();
         if !allowed && reasons.is_empty() {
             reasons.push(Reason {
-                code: "not_allowed".into(),
+                code: reason_codes::NOT_ALLOWED.into(),
                 message: format!("{pkg}.allow is not true and the policy gave no reason"),
             });
         }

@@ -5,8 +5,11 @@
 //! cache with a short life, so a peer presenting fresh junk on every connection can
 //! neither grow memory past its budget nor push out the appraisals of genuine quotes.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
 
 use super::prepared::Prepared;
 use crate::clock::Clock;
@@ -123,5 +126,148 @@ impl AppraisalCache {
             self.verified.weighted_size(),
             self.unverified.weighted_size(),
         )
+    }
+}
+
+/// Concurrent requests for the same key share one computation: the first caller runs
+/// it, the others wait for its result. If the first caller goes away (its client hung
+/// up), a waiting one takes over. Nothing is kept once the last caller has its answer.
+#[derive(Debug)]
+pub(crate) struct SingleFlight<V> {
+    calls: std::sync::Mutex<std::collections::HashMap<[u8; 32], Call<V>>>,
+}
+
+/// The shared result of one call, and how many callers are in it.
+type Call<V> = (Arc<OnceCell<V>>, usize);
+
+impl<V> Default for SingleFlight<V> {
+    fn default() -> Self {
+        Self {
+            calls: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+/// A caller's share of a call; the last one out (done or gone) removes the call.
+struct Participant<'a, V> {
+    flight: &'a SingleFlight<V>,
+    key: [u8; 32],
+}
+
+impl<V> Drop for Participant<'_, V> {
+    fn drop(&mut self) {
+        let mut calls = self.flight.calls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, callers)) = calls.get_mut(&self.key) {
+            *callers -= 1;
+            if *callers == 0 {
+                calls.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl<V: Clone> SingleFlight<V> {
+    /// The result of `compute` for `key`, computed once for every caller that asks while
+    /// it runs. Returns whether this caller's `compute` ran.
+    pub(crate) async fn run<F>(&self, key: [u8; 32], compute: F) -> (V, bool)
+    where
+        F: Future<Output = V>,
+    {
+        let cell = {
+            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            let (cell, callers) = calls.entry(key).or_default();
+            *callers += 1;
+            cell.clone()
+        };
+        let _me = Participant { flight: self, key };
+        let mut ran = false;
+        let value = cell
+            .get_or_init(|| {
+                ran = true;
+                compute
+            })
+            .await
+            .clone();
+        (value, ran)
+    }
+
+    /// Calls in progress (tests).
+    #[cfg(test)]
+    pub(crate) fn in_progress(&self) -> usize {
+        self.calls.lock().map(|c| c.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_computation() {
+        let flight = Arc::new(SingleFlight::<u64>::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (flight, runs) = (flight.clone(), runs.clone());
+            tasks.push(tokio::spawn(async move {
+                flight
+                    .run([7; 32], async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        42
+                    })
+                    .await
+            }));
+        }
+        let mut leaders = 0;
+        for t in tasks {
+            let (v, ran) = t.await.unwrap();
+            assert_eq!(v, 42);
+            leaders += usize::from(ran);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(leaders, 1);
+        assert_eq!(flight.in_progress(), 0, "nothing kept after the call");
+        // A later call computes again (results are the cache's business, not this one's).
+        let (v, ran) = flight.run([7; 32], async { 43 }).await;
+        assert_eq!((v, ran), (43, true));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_takes_over_when_the_first_caller_goes_away() {
+        let flight = Arc::new(SingleFlight::<u64>::default());
+        let first = {
+            let flight = flight.clone();
+            tokio::spawn(async move {
+                flight
+                    .run([1; 32], async {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        1
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = {
+            let flight = flight.clone();
+            tokio::spawn(async move { flight.run([1; 32], async { 2 }).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        first.abort();
+        let (v, ran) = second.await.unwrap();
+        assert_eq!((v, ran), (2, true));
+        assert_eq!(flight.in_progress(), 0);
+        // Every caller gone mid-call leaves nothing behind either.
+        let lone = {
+            let flight = flight.clone();
+            tokio::spawn(async move { flight.run([3; 32], std::future::pending::<u64>()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(flight.in_progress(), 1);
+        lone.abort();
+        let _ = lone.await;
+        assert_eq!(flight.in_progress(), 0);
     }
 }

@@ -8,91 +8,101 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use teesql_proto::settings::{Env, Problems, first};
+
 use super::{DecisionLog, DecisionService, LogTarget, Metrics, ServiceOptions};
 use crate::Clock;
-use crate::appraise::Appraiser;
-use crate::backend::dcap::{DcapBackend, TrustRoot};
-use crate::collateral::{CollateralConfig, CollateralProvider, INTEL_PCS_URL};
+use crate::backend::BackendConfig;
+use crate::backend::dcap::TrustRoot;
+use crate::collateral::{CollateralConfig, INTEL_PCS_URL};
 use crate::policy::PolicySet;
 
-/// Every setting, each optional: flags and environment (clap) and the file (TOML) fill
-/// the same shape, then merge.
+/// Every setting, each optional: flags (clap), the environment (`from_env`) and the file
+/// (TOML) fill the same shape, then merge.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeSettings {
-    /// gRPC listen address [default: 127.0.0.1:50051].
-    #[arg(long, env = "TEESQL_VERIFIER_LISTEN", value_name = "ADDR")]
+    /// gRPC listen address [default: 127.0.0.1:50051]. [env: TEESQL_VERIFIER_LISTEN]
+    #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// HTTP address for /metrics and /healthz [default: off].
-    #[arg(long, env = "TEESQL_VERIFIER_METRICS_LISTEN", value_name = "ADDR")]
+    /// HTTP address for /metrics and /healthz [default: off]. [env: TEESQL_VERIFIER_METRICS_LISTEN]
+    #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
-    /// Policy profile directory; repeat to merge profiles [default: policies/teesql].
-    #[arg(
-        long = "policy-dir",
-        env = "TEESQL_VERIFIER_POLICY_DIR",
-        value_name = "DIR",
-        value_delimiter = ','
-    )]
+    /// Policy profile directory; repeat to merge profiles [default: policies/teesql]. [env: TEESQL_VERIFIER_POLICY_DIR]
+    #[arg(long = "policy-dir", value_name = "DIR", value_delimiter = ',')]
     #[serde(alias = "policy_dir")]
     pub policy_dirs: Option<Vec<PathBuf>>,
-    /// Root CA (DER or PEM) to verify quotes against instead of Intel's.
-    #[arg(long, env = "TEESQL_VERIFIER_TRUST_ROOT", value_name = "FILE")]
+    /// Root CA (DER or PEM) to verify quotes against instead of Intel's. [env: TEESQL_VERIFIER_TRUST_ROOT]
+    #[arg(long, value_name = "FILE")]
     pub trust_root: Option<PathBuf>,
     /// A development root (teesql-dev's seeded PKI) to verify quotes against; claims say
-    /// `tdx.root = "dev"`, which only the development profile accepts.
-    #[arg(long, env = "TEESQL_VERIFIER_DEV_TRUST_ROOT", value_name = "FILE")]
+    /// `tdx.root = "dev"`, which only the development profile accepts. [env: TEESQL_VERIFIER_DEV_TRUST_ROOT]
+    #[arg(long, value_name = "FILE")]
     pub dev_trust_root: Option<PathBuf>,
-    /// PCCS or Intel PCS for collateral [default: Intel PCS].
-    #[arg(long, env = "PCCS_URL", value_name = "URL")]
+    /// PCCS or Intel PCS for collateral [default: Intel PCS]. [env: PCCS_URL]
+    #[arg(long, value_name = "URL")]
     pub pccs_url: Option<String>,
-    /// Never fetch collateral over the network.
-    #[arg(long, env = "TEESQL_VERIFIER_OFFLINE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    /// Never fetch collateral over the network. [env: TEESQL_VERIFIER_OFFLINE]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub offline: Option<bool>,
-    /// Directory of collateral JSON files, used before the PCCS.
-    #[arg(long, env = "TEESQL_VERIFIER_COLLATERAL_DIR", value_name = "DIR")]
+    /// Directory of collateral JSON files, used before the PCCS. [env: TEESQL_VERIFIER_COLLATERAL_DIR]
+    #[arg(long, value_name = "DIR")]
     pub collateral_dir: Option<PathBuf>,
-    /// One collateral JSON file used for every quote (testing).
-    #[arg(long, env = "TEESQL_VERIFIER_COLLATERAL", value_name = "FILE")]
+    /// One collateral JSON file used for every quote (testing). [env: TEESQL_VERIFIER_COLLATERAL]
+    #[arg(long, value_name = "FILE")]
     pub collateral_file: Option<PathBuf>,
-    /// Time limit to fetch one collateral set from the PCCS, seconds [default: 10].
-    #[arg(long, env = "TEESQL_VERIFIER_FETCH_TIMEOUT", value_name = "SECS")]
+    /// Time limit to fetch one collateral set from the PCCS, seconds [default: 10]. [env: TEESQL_VERIFIER_FETCH_TIMEOUT]
+    #[arg(long, value_name = "SECS")]
     pub fetch_timeout_secs: Option<u64>,
-    /// Decision log: "stdout", "off", or a file to append to [default: stdout].
-    #[arg(long, env = "TEESQL_VERIFIER_DECISION_LOG", value_name = "TARGET")]
+    /// Decision log: "stdout", "off", or a file to append to [default: stdout]. [env: TEESQL_VERIFIER_DECISION_LOG]
+    #[arg(long, value_name = "TARGET")]
     pub decision_log: Option<String>,
     /// Memory for cached appraisals of verified quotes, MiB; evidence without a verified
-    /// quote gets a sixteenth of it, at least 1 MiB [default: 64].
-    #[arg(long, env = "TEESQL_VERIFIER_CACHE_MAX_MIB", value_name = "MIB")]
+    /// quote gets a sixteenth of it, at least 1 MiB [default: 64]. [env: TEESQL_VERIFIER_CACHE_MAX_MIB]
+    #[arg(long, value_name = "MIB")]
     pub cache_max_mib: Option<u64>,
     /// Replaced by cache_max_mib (the cache is bounded in bytes); kept to say so.
     #[arg(skip)]
     pub cache_capacity: Option<u64>,
-    /// Longest an appraisal stays cached, seconds (never past its collateral) [default: 3600].
-    #[arg(long, env = "TEESQL_VERIFIER_CACHE_TTL", value_name = "SECS")]
+    /// Longest an appraisal stays cached, seconds (never past its collateral) [default: 3600]. [env: TEESQL_VERIFIER_CACHE_TTL]
+    #[arg(long, value_name = "SECS")]
     pub cache_max_ttl_secs: Option<u64>,
-    /// Time limit of one policy evaluation, milliseconds [default: 250].
-    #[arg(long, env = "TEESQL_VERIFIER_EVAL_TIMEOUT_MS", value_name = "MS")]
+    /// Time limit of one policy evaluation, milliseconds [default: 250]. [env: TEESQL_VERIFIER_EVAL_TIMEOUT_MS]
+    #[arg(long, value_name = "MS")]
     pub eval_timeout_ms: Option<u64>,
-    /// Time limit of one request, seconds [default: 30].
-    #[arg(long, env = "TEESQL_VERIFIER_REQUEST_TIMEOUT", value_name = "SECS")]
+    /// Time limit of one request, seconds [default: 30]. [env: TEESQL_VERIFIER_REQUEST_TIMEOUT]
+    #[arg(long, value_name = "SECS")]
     pub request_timeout_secs: Option<u64>,
-    /// Appraise as of this fixed unix time instead of the clock (recorded evidence, tests).
-    #[arg(long, env = "TEESQL_VERIFIER_NOW", value_name = "UNIX")]
+    /// Appraise as of this fixed unix time instead of the clock (recorded evidence, tests). [env: TEESQL_VERIFIER_NOW]
+    #[arg(long, value_name = "UNIX")]
     pub now: Option<u64>,
 }
 
+/// `hi` over `lo`, field by field.
 macro_rules! overlay {
     ($hi:expr, $lo:expr, $($f:ident),*) => {
-        ServeSettings { $($f: $hi.$f.or($lo.$f),)* }
+        ServeSettings { $($f: first([$hi.$f, $lo.$f]),)* }
     };
 }
 
+/// The defaults, named.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:50051";
+    pub const POLICY_DIR: &str = "policies/teesql";
+    pub const FETCH_TIMEOUT_SECS: u64 = 10;
+    pub const CACHE_MAX_MIB: u64 = 64;
+    pub const CACHE_MAX_TTL_SECS: u64 = 3600;
+    pub const EVAL_TIMEOUT_MS: u64 = 250;
+    pub const REQUEST_TIMEOUT_SECS: u64 = 30;
+    pub const DECISION_LOG: &str = "stdout";
+}
+
 impl ServeSettings {
-    /// `self` (flags and environment) over `file`.
-    pub fn over(self, file: ServeSettings) -> ServeSettings {
+    /// `self` over `lower` (flags over environment, environment over file).
+    pub fn over(self, lower: ServeSettings) -> ServeSettings {
         overlay!(
             self,
-            file,
+            lower,
             listen,
             metrics_listen,
             policy_dirs,
@@ -113,6 +123,33 @@ impl ServeSettings {
         )
     }
 
+    /// The settings the environment gives (the variables `--help` names). A value that
+    /// does not parse is a problem naming its variable, not a silent default.
+    pub fn from_env(env: &dyn Env, p: &mut Problems) -> ServeSettings {
+        let path = |name: &str| env.var(name).map(PathBuf::from);
+        ServeSettings {
+            listen: env.var("TEESQL_VERIFIER_LISTEN"),
+            metrics_listen: env.var("TEESQL_VERIFIER_METRICS_LISTEN"),
+            policy_dirs: env
+                .var("TEESQL_VERIFIER_POLICY_DIR")
+                .map(|v| v.split(',').map(PathBuf::from).collect()),
+            trust_root: path("TEESQL_VERIFIER_TRUST_ROOT"),
+            dev_trust_root: path("TEESQL_VERIFIER_DEV_TRUST_ROOT"),
+            pccs_url: env.var("PCCS_URL"),
+            offline: p.env_switch(env, "TEESQL_VERIFIER_OFFLINE"),
+            collateral_dir: path("TEESQL_VERIFIER_COLLATERAL_DIR"),
+            collateral_file: path("TEESQL_VERIFIER_COLLATERAL"),
+            fetch_timeout_secs: p.env(env, "TEESQL_VERIFIER_FETCH_TIMEOUT"),
+            decision_log: env.var("TEESQL_VERIFIER_DECISION_LOG"),
+            cache_max_mib: p.env(env, "TEESQL_VERIFIER_CACHE_MAX_MIB"),
+            cache_capacity: None,
+            cache_max_ttl_secs: p.env(env, "TEESQL_VERIFIER_CACHE_TTL"),
+            eval_timeout_ms: p.env(env, "TEESQL_VERIFIER_EVAL_TIMEOUT_MS"),
+            request_timeout_secs: p.env(env, "TEESQL_VERIFIER_REQUEST_TIMEOUT"),
+            now: p.env(env, "TEESQL_VERIFIER_NOW"),
+        }
+    }
+
     /// Read a TOML configuration file.
     pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -126,8 +163,7 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
     pub policy_dirs: Vec<PathBuf>,
-    pub trust_root: TrustRoot,
-    pub collateral: CollateralConfig,
+    pub backend: BackendConfig,
     pub decision_log: LogTarget,
     pub options: ServiceOptions,
     pub eval_limit: Duration,
@@ -135,122 +171,116 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// Flags over the environment over the file, then [`Self::resolve`]: every problem,
+    /// in any layer, is returned together.
+    pub fn load(
+        flags: ServeSettings,
+        env: &dyn Env,
+        file: ServeSettings,
+    ) -> Result<Self, Vec<String>> {
+        let mut p = Problems::new();
+        let from_env = ServeSettings::from_env(env, &mut p);
+        Self::check(flags.over(from_env).over(file), p)
+    }
+
     /// Check every setting; all problems are returned together.
     pub fn resolve(s: ServeSettings) -> Result<Self, Vec<String>> {
-        let mut errors = Vec::new();
-        let addr = |name: &str, v: &str, errors: &mut Vec<String>| {
-            v.parse::<SocketAddr>()
-                .map_err(|e| errors.push(format!("{name} {v:?}: {e} (expected ip:port)")))
-                .ok()
-        };
-        let listen = addr(
-            "listen",
-            s.listen.as_deref().unwrap_or("127.0.0.1:50051"),
-            &mut errors,
-        );
+        Self::check(s, Problems::new())
+    }
+
+    fn check(s: ServeSettings, mut p: Problems) -> Result<Self, Vec<String>> {
+        let listen = p.socket_addr("listen", s.listen.as_deref().unwrap_or(defaults::LISTEN));
         let metrics_listen = s
             .metrics_listen
             .as_deref()
             .filter(|v| !v.is_empty() && *v != "off")
-            .and_then(|v| addr("metrics_listen", v, &mut errors));
+            .and_then(|v| p.socket_addr("metrics_listen", v));
         let policy_dirs = s
             .policy_dirs
-            .unwrap_or_else(|| vec![PathBuf::from("policies/teesql")]);
+            .unwrap_or_else(|| vec![PathBuf::from(defaults::POLICY_DIR)]);
         for d in &policy_dirs {
             if !d.is_dir() {
-                errors.push(format!("policy_dir {}: not a directory", d.display()));
+                p.push(format!("policy_dir {}: not a directory", d.display()));
             }
         }
-        let trust_root = match (&s.trust_root, &s.dev_trust_root) {
-            (Some(_), Some(_)) => {
-                errors.push("trust_root and dev_trust_root: give one, not both".into());
-                None
-            }
-            (Some(p), None) => TrustRoot::from_file(p)
-                .map_err(|e| errors.push(e.to_string()))
-                .ok(),
-            (None, Some(p)) => TrustRoot::development_from_file(p)
-                .map_err(|e| errors.push(e.to_string()))
-                .ok(),
-            (None, None) => Some(TrustRoot::intel()),
-        };
+        let trust_root = TrustRoot::choose(s.trust_root.as_deref(), s.dev_trust_root.as_deref())
+            .map_err(|e| p.push(e))
+            .ok();
         let pccs_url = s.pccs_url.unwrap_or_else(|| INTEL_PCS_URL.to_string());
         if !(pccs_url.starts_with("http://") || pccs_url.starts_with("https://")) {
-            errors.push(format!("pccs_url {pccs_url:?}: must be an http(s) URL"));
+            p.push(format!("pccs_url {pccs_url:?}: must be an http(s) URL"));
         }
-        for (name, p) in [
+        for (name, path) in [
             ("collateral_dir", &s.collateral_dir),
             ("collateral_file", &s.collateral_file),
         ] {
-            if let Some(p) = p
-                && !p.exists()
+            if let Some(path) = path
+                && !path.exists()
             {
-                errors.push(format!("{name} {}: does not exist", p.display()));
+                p.push(format!("{name} {}: does not exist", path.display()));
             }
         }
-        let positive = |name: &str, v: Option<u64>, default: u64, errors: &mut Vec<String>| {
-            let v = v.unwrap_or(default);
-            if v == 0 {
-                errors.push(format!("{name}: must be greater than 0"));
-            }
-            v
-        };
-        let fetch_timeout = positive("fetch_timeout_secs", s.fetch_timeout_secs, 10, &mut errors);
-        let cache_mib = positive("cache_max_mib", s.cache_max_mib, 64, &mut errors);
-        if s.cache_capacity.is_some() {
-            errors.push(
-                "cache_capacity: replaced by cache_max_mib (the appraisal cache is bounded in bytes)"
-                    .into(),
-            );
-        }
+        let mut positive =
+            |name: &str, v: Option<u64>, default: u64| p.at_least(name, v.unwrap_or(default), 1);
+        let fetch_timeout = positive(
+            "fetch_timeout_secs",
+            s.fetch_timeout_secs,
+            defaults::FETCH_TIMEOUT_SECS,
+        );
+        let cache_mib = positive("cache_max_mib", s.cache_max_mib, defaults::CACHE_MAX_MIB);
         let cache_ttl = positive(
             "cache_max_ttl_secs",
             s.cache_max_ttl_secs,
-            3600,
-            &mut errors,
+            defaults::CACHE_MAX_TTL_SECS,
         );
-        let eval_ms = positive("eval_timeout_ms", s.eval_timeout_ms, 250, &mut errors);
+        let eval_ms = positive(
+            "eval_timeout_ms",
+            s.eval_timeout_ms,
+            defaults::EVAL_TIMEOUT_MS,
+        );
         let request_timeout = positive(
             "request_timeout_secs",
             s.request_timeout_secs,
-            30,
-            &mut errors,
+            defaults::REQUEST_TIMEOUT_SECS,
         );
-        let decision_log: LogTarget = s
-            .decision_log
-            .as_deref()
-            .unwrap_or("stdout")
-            .parse()
-            .unwrap_or(LogTarget::Stdout);
-        if let LogTarget::File(p) = &decision_log
-            && let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty())
+        if s.cache_capacity.is_some() {
+            p.report(
+                "cache_capacity",
+                "replaced by cache_max_mib (the appraisal cache is bounded in bytes)",
+            );
+        }
+        let decision_log: Option<LogTarget> = p.parse(
+            "decision_log",
+            s.decision_log.as_deref().unwrap_or(defaults::DECISION_LOG),
+        );
+        if let Some(LogTarget::File(path)) = &decision_log
+            && let Some(parent) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !parent.is_dir()
         {
-            errors.push(format!(
+            p.push(format!(
                 "decision_log {}: directory {} does not exist",
-                p.display(),
+                path.display(),
                 parent.display()
             ));
         }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
         let clock = s.now.map(Clock::Fixed).unwrap_or(Clock::System);
-        match (listen, trust_root) {
-            (Some(listen), Some(trust_root)) => Ok(Self {
-                listen,
+        p.finish(|| {
+            Some(Self {
+                listen: listen?,
                 metrics_listen,
                 policy_dirs,
-                trust_root,
-                collateral: CollateralConfig {
-                    file: s.collateral_file,
-                    dir: s.collateral_dir,
-                    pccs_url: (!s.offline.unwrap_or(false)).then_some(pccs_url),
-                    fetch_timeout: Duration::from_secs(fetch_timeout),
-                    clock,
-                    ..CollateralConfig::default()
+                backend: BackendConfig {
+                    trust_root: trust_root?,
+                    collateral: CollateralConfig {
+                        file: s.collateral_file,
+                        dir: s.collateral_dir,
+                        pccs_url: (!s.offline.unwrap_or(false)).then_some(pccs_url),
+                        fetch_timeout: Duration::from_secs(fetch_timeout),
+                        clock,
+                        ..CollateralConfig::default()
+                    },
                 },
-                decision_log,
+                decision_log: decision_log?,
                 options: ServiceOptions {
                     cache_max_bytes: cache_mib.saturating_mul(1 << 20),
                     cache_max_ttl: Duration::from_secs(cache_ttl),
@@ -258,28 +288,124 @@ impl ServeConfig {
                 },
                 eval_limit: Duration::from_millis(eval_ms),
                 request_timeout: Duration::from_secs(request_timeout),
-            }),
-            _ => Err(vec!["invalid configuration".into()]),
-        }
+            })
+        })
     }
 
-    /// Build the service: load policies, collateral sources, the decision log.
-    /// Needs a tokio runtime (the decision log writer).
+    /// Build the service: load policies, the backend and its collateral sources, the
+    /// decision log. Needs a tokio runtime (the decision log writer).
     pub fn build(&self) -> Result<Arc<DecisionService>, Vec<String>> {
         let policies =
             PolicySet::load(&self.policy_dirs, self.eval_limit).map_err(|e| vec![e.to_string()])?;
-        let collateral =
-            Arc::new(CollateralProvider::new(&self.collateral).map_err(|e| vec![e.to_string()])?);
-        let metrics = Arc::new(Metrics::new().with_collateral(collateral.clone()));
+        let backend = self.backend.build().map_err(|e| vec![e])?;
+        let metrics = Arc::new(Metrics::new().with_collateral(backend.collateral.clone()));
         let log = DecisionLog::start(&self.decision_log)
             .map_err(|e| vec![format!("decision_log: {e}")])?;
-        let backend = DcapBackend::new(self.trust_root.clone(), collateral);
         Ok(Arc::new(DecisionService::new(
-            Appraiser::new(Arc::new(backend)),
+            backend.appraiser,
             policies,
             &self.options,
             log,
             metrics,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> ServeSettings {
+        ServeSettings {
+            policy_dirs: Some(vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))]),
+            ..ServeSettings::default()
+        }
+    }
+
+    #[test]
+    fn flags_over_environment_over_file() {
+        let file = ServeSettings {
+            listen: Some("127.0.0.1:1".into()),
+            cache_max_mib: Some(8),
+            eval_timeout_ms: Some(100),
+            ..ServeSettings::default()
+        };
+        let env = [
+            ("TEESQL_VERIFIER_LISTEN", "127.0.0.1:2"),
+            ("TEESQL_VERIFIER_CACHE_MAX_MIB", "16"),
+            ("TEESQL_VERIFIER_OFFLINE", "yes"),
+        ];
+        let c = ServeConfig::load(
+            ServeSettings {
+                listen: Some("127.0.0.1:3".into()),
+                ..flags()
+            },
+            &env,
+            file,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.options.cache_max_bytes, 16 << 20);
+        assert_eq!(c.eval_limit, Duration::from_millis(100));
+        assert_eq!(c.backend.collateral.pccs_url, None);
+        assert_eq!(
+            c.request_timeout,
+            Duration::from_secs(defaults::REQUEST_TIMEOUT_SECS)
+        );
+    }
+
+    /// Each kind of bad value, in each layer, names its key or variable; all come back
+    /// together.
+    #[test]
+    fn every_kind_of_bad_value_names_its_key() {
+        let env = [
+            ("TEESQL_VERIFIER_FETCH_TIMEOUT", "ten"),
+            ("TEESQL_VERIFIER_OFFLINE", "perhaps"),
+            ("TEESQL_VERIFIER_NOW", "-1"),
+        ];
+        let file = ServeSettings {
+            metrics_listen: Some("9090".into()),
+            cache_max_mib: Some(0),
+            cache_max_ttl_secs: Some(0),
+            eval_timeout_ms: Some(0),
+            request_timeout_secs: Some(0),
+            cache_capacity: Some(10),
+            pccs_url: Some("ftp://pccs".into()),
+            collateral_file: Some("/nonexistent/collateral.json".into()),
+            decision_log: Some("/nonexistent/dir/decisions.log".into()),
+            trust_root: Some("/nonexistent/root.der".into()),
+            ..ServeSettings::default()
+        };
+        let errors = ServeConfig::load(
+            ServeSettings {
+                listen: Some("localhost".into()),
+                policy_dirs: Some(vec!["/nonexistent/policies".into()]),
+                ..ServeSettings::default()
+            },
+            &env,
+            file,
+        )
+        .unwrap_err();
+        let all = errors.join("\n");
+        for needle in [
+            "TEESQL_VERIFIER_FETCH_TIMEOUT \"ten\"",
+            "TEESQL_VERIFIER_OFFLINE \"perhaps\": expected true or false",
+            "TEESQL_VERIFIER_NOW \"-1\"",
+            "listen \"localhost\"",
+            "metrics_listen \"9090\"",
+            "policy_dir /nonexistent/policies: not a directory",
+            "trust root /nonexistent/root.der",
+            "pccs_url \"ftp://pccs\"",
+            "collateral_file /nonexistent/collateral.json: does not exist",
+            "cache_max_mib: 0 is below the minimum, 1",
+            "cache_max_ttl_secs: 0 is below",
+            "eval_timeout_ms: 0 is below",
+            "request_timeout_secs: 0 is below",
+            "cache_capacity: replaced by cache_max_mib",
+            "decision_log /nonexistent/dir/decisions.log: directory /nonexistent/dir does not exist",
+        ] {
+            assert!(all.contains(needle), "{needle} missing in:\n{all}");
+        }
+        assert_eq!(errors.len(), 15, "{all}");
     }
 }

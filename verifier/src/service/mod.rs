@@ -12,6 +12,7 @@ pub mod log;
 pub mod metrics;
 mod prepared;
 pub mod reload;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +30,7 @@ use crate::appraise::Appraiser;
 use crate::claims::{AppraisedEvidence, ConnectionClaims};
 use crate::evidence::{self, Evidence, EvidenceError, MAX_CHAIN_LEN, MAX_EVIDENCE_LEN};
 use crate::manifest::{MAX_MANIFEST_LEN, Manifest};
-use crate::policy::{PolicyError, PolicySet, Reason};
-use crate::report::AttestationReport;
+use crate::policy::{PolicyError, PolicySet, Reason, reason_codes};
 use prepared::{Extra, Prepared};
 
 /// A decision as the service returns it.
@@ -163,6 +163,27 @@ pub struct DecisionService {
     reloading: tokio::sync::Mutex<()>,
     /// The highest manifest epoch accepted per cluster, against rollback.
     epochs: Epochs,
+    /// Appraisals under way, by cache key: a burst of handshakes with the same fresh
+    /// certificate verifies its quote once.
+    appraising: cache::SingleFlight<Appraisal>,
+}
+
+/// An appraisal as the single-flight shares it: prepared claims, or why the evidence
+/// cannot be decoded.
+type Appraisal = Result<Arc<Prepared>, String>;
+
+/// One decision for the service to make.
+struct Pending<D, X> {
+    purpose: String,
+    /// The appraisal cache key: a hash of everything the appraisal depends on.
+    key: [u8; 32],
+    /// Decodes the evidence; runs only when the appraisal is neither cached nor under way.
+    decode: D,
+    expected_report_data: Option<Vec<u8>>,
+    connection: Option<ConnectionClaims>,
+    /// Claims beside the appraisal (manifest, report), made from its facts.
+    extra: X,
+    summary: PeerSummary,
 }
 
 /// The highest epoch of an accepted manifest, per cluster (in memory: a restarted or
@@ -238,6 +259,7 @@ impl DecisionService {
             log,
             metrics,
             reloading: tokio::sync::Mutex::new(()),
+            appraising: cache::SingleFlight::default(),
             epochs: Epochs::default(),
         }
     }
@@ -340,22 +362,22 @@ impl DecisionService {
         let key = cache_key("peer", &req.chain, None);
         let chain = req.chain;
         let connection = req.connection;
-        let mut summary = PeerSummary {
+        let summary = PeerSummary {
             addr: connection.client_addr.clone(),
             user: connection.user.clone(),
             database: connection.database.clone(),
             sni: connection.sni.clone(),
             ..PeerSummary::default()
         };
-        self.decide(
-            &purpose,
+        self.decide(Pending {
+            purpose,
             key,
-            move || evidence::decode_certificate_der(&chain),
-            None,
-            Some(connection),
-            |_| Extra::default(),
-            &mut summary,
-        )
+            decode: move || evidence::decode_certificate_der(&chain),
+            expected_report_data: None,
+            connection: Some(connection),
+            extra: |_: &prepared::Facts| Extra::default(),
+            summary,
+        })
         .await
     }
 
@@ -423,16 +445,15 @@ impl DecisionService {
                 )
             }
         };
-        let mut summary = PeerSummary::default();
-        self.decide(
-            &purpose,
+        self.decide(Pending {
+            purpose,
             key,
             decode,
             expected_report_data,
-            None,
-            |_| Extra::default(),
-            &mut summary,
-        )
+            connection: None,
+            extra: |_: &prepared::Facts| Extra::default(),
+            summary: PeerSummary::default(),
+        })
         .await
     }
 
@@ -471,20 +492,19 @@ impl DecisionService {
         manifest.highest_epoch_seen = cluster.as_ref().and_then(|c| self.epochs.highest(c));
         let epoch = manifest.epoch;
         let key = cache_key("peer", &leader_chain, None);
-        let mut summary = PeerSummary::default();
         let decision = self
-            .decide(
-                &purpose,
+            .decide(Pending {
+                purpose,
                 key,
-                move || evidence::decode_certificate_der(&leader_chain),
-                None,
-                None,
-                move |_| Extra {
+                decode: move || evidence::decode_certificate_der(&leader_chain),
+                expected_report_data: None,
+                connection: None,
+                extra: move |_: &prepared::Facts| Extra {
                     manifest: Some(manifest),
                     report: None,
                 },
-                &mut summary,
-            )
+                summary: PeerSummary::default(),
+            })
             .await?;
         // Only an accepted manifest moves the cluster's epoch forward: a forged one
         // cannot push genuine ones out.
@@ -507,7 +527,7 @@ impl DecisionService {
             ));
         }
         let report =
-            AttestationReport::parse(json).map_err(|e| invalid("report_json", e.to_string()))?;
+            crate::report::parse(json).map_err(|e| invalid("report_json", e.to_string()))?;
         let expected =
             crate::report::report_data(&report.postgres_state, report.timestamp).to_vec();
         // Every input of `report.evidence()` is in the key: a later report with the same
@@ -522,19 +542,18 @@ impl DecisionService {
             Some(&expected),
         );
         let for_decode = report.clone();
-        let mut summary = PeerSummary::default();
-        self.decide(
-            &purpose,
+        self.decide(Pending {
+            purpose,
             key,
-            move || for_decode.evidence(),
-            Some(expected),
-            None,
-            move |facts| Extra {
+            decode: move || crate::report::evidence(&for_decode),
+            expected_report_data: Some(expected),
+            connection: None,
+            extra: move |facts: &prepared::Facts| Extra {
                 manifest: None,
-                report: Some(report.claims(&facts.measured)),
+                report: Some(crate::report::claims(&report, &facts.measured)),
             },
-            &mut summary,
-        )
+            summary: PeerSummary::default(),
+        })
         .await
     }
 
@@ -593,32 +612,50 @@ impl DecisionService {
         Ok(purpose.to_string())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn decide(
-        &self,
-        purpose: &str,
-        key: [u8; 32],
-        decode: impl FnOnce() -> Result<Evidence, EvidenceError>,
-        expected_report_data: Option<Vec<u8>>,
-        connection: Option<ConnectionClaims>,
-        extra: impl FnOnce(&prepared::Facts) -> Extra,
-        summary: &mut PeerSummary,
-    ) -> Result<ServiceDecision, RequestError> {
+    async fn decide<D, X>(&self, req: Pending<D, X>) -> Result<ServiceDecision, RequestError>
+    where
+        D: FnOnce() -> Result<Evidence, EvidenceError>,
+        X: FnOnce(&prepared::Facts) -> Extra,
+    {
+        let Pending {
+            purpose,
+            key,
+            decode,
+            expected_report_data,
+            connection,
+            extra,
+            mut summary,
+        } = req;
+        let purpose = purpose.as_str();
         let started = Instant::now();
         let now = self.clock.now();
-        let (prepared, cached) = match self.cache.get(&key) {
-            Some(hit) => {
-                self.metrics.appraisal_cache(true);
-                (hit, true)
-            }
+        let cached = self.cache.get(&key);
+        self.metrics.appraisal_cache(cached.is_some());
+        let (prepared, cached) = match cached {
+            Some(hit) => (hit, true),
             None => {
-                self.metrics.appraisal_cache(false);
-                let evidence = match decode() {
-                    Ok(e) => e,
+                let appraise = async {
+                    let evidence = decode().map_err(|e| e.to_string())?;
+                    let appraised = self
+                        .appraiser
+                        .appraise(&evidence, now, expected_report_data.as_deref())
+                        .await;
+                    let until = valid_until(&appraised);
+                    let prepared = Arc::new(Prepared::new(appraised, until));
+                    // Failures that a later attempt could cure are not cached.
+                    if !prepared.facts.transient {
+                        self.cache.insert(key, prepared.clone(), until);
+                        let (verified, unverified) = self.cache.weighted_bytes_estimate();
+                        self.metrics.appraisal_cache_bytes(verified, unverified);
+                    }
+                    Ok(prepared)
+                };
+                match self.appraising.run(key, appraise).await.0 {
+                    Ok(prepared) => (prepared, false),
                     Err(e) => {
                         summary.evidence = "malformed".into();
                         let reason = Reason {
-                            code: "evidence_malformed".into(),
+                            code: reason_codes::EVIDENCE_MALFORMED.into(),
                             message: format!("the evidence cannot be decoded: {e}"),
                         };
                         let policies = self.policies.load_full();
@@ -631,23 +668,10 @@ impl DecisionService {
                             cached: false,
                             valid_until: 0,
                         };
-                        self.finish(purpose, &decision, summary, started);
+                        self.finish(purpose, &decision, &summary, started);
                         return Ok(decision);
                     }
-                };
-                let appraised = self
-                    .appraiser
-                    .appraise(&evidence, now, expected_report_data.as_deref())
-                    .await;
-                let until = valid_until(&appraised);
-                let prepared = Arc::new(Prepared::new(appraised, until));
-                // Failures that a later attempt could cure are not cached.
-                if !prepared.facts.transient {
-                    self.cache.insert(key, prepared.clone(), until);
-                    let (verified, unverified) = self.cache.weighted_bytes_estimate();
-                    self.metrics.appraisal_cache_bytes(verified, unverified);
                 }
-                (prepared, false)
             }
         };
         let facts = &prepared.facts;
@@ -675,7 +699,7 @@ impl DecisionService {
             cached,
             valid_until,
         };
-        self.finish(purpose, &decision, summary, started);
+        self.finish(purpose, &decision, &summary, started);
         Ok(decision)
     }
 
@@ -706,7 +730,7 @@ impl DecisionService {
 
 fn policy_error(e: &PolicyError) -> Reason {
     Reason {
-        code: "policy_error".into(),
+        code: reason_codes::POLICY_ERROR.into(),
         message: format!("the policy could not decide: {e}"),
     }
 }

@@ -94,12 +94,7 @@ impl Prepared {
             app_id: appraised.app.as_ref().and_then(|a| a.app_id.clone()),
             valid_until,
             verified: tdx.is_some_and(|t| t.verified),
-            transient: tdx.is_some_and(|t| {
-                matches!(
-                    t.error_code.as_deref(),
-                    Some("collateral_unavailable" | "collateral_expired")
-                )
-            }),
+            transient: tdx.is_some_and(|t| t.error_code.is_some_and(|c| c.is_transient())),
             measured: appraised.measured(),
         };
         let (evidence, tdx, app, binding) = (

@@ -1,0 +1,273 @@
+//! One way for every TeeSQL binary to read its settings: a TOML file, environment
+//! variables over it, flags over those. Values are typed (choices are `clap::ValueEnum`s,
+//! read the same way from a flag, a variable or the file), defaults are named constants
+//! at the place they apply, and every problem is collected so that one run of the
+//! program names every bad key at once. Nothing is clamped silently: a value out of its
+//! range is an error naming the key.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use clap::ValueEnum;
+
+/// Reads settings from the environment; tests supply a map instead.
+pub trait Env {
+    /// The variable's value; unset and empty are the same.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+/// No environment at all (tests, embedded use).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoEnv;
+
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// The problems found while resolving settings, each naming its key (or variable).
+#[derive(Debug, Default)]
+pub struct Problems(Vec<String>);
+
+impl Problems {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Record a problem with `key`.
+    pub fn report(&mut self, key: &str, problem: impl Display) {
+        self.0.push(format!("{key}: {problem}"));
+    }
+
+    /// Record a problem that concerns several keys or none (the message names them).
+    pub fn push(&mut self, message: impl Into<String>) {
+        self.0.push(message.into());
+    }
+
+    /// `text` parsed as a `T`, or a problem naming `key`.
+    pub fn parse<T>(&mut self, key: &str, text: &str) -> Option<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        text.parse()
+            .map_err(|e| self.push(format!("{key} {text:?}: {e}")))
+            .ok()
+    }
+
+    /// `text` as one of `T`'s choices (or their aliases), or a problem naming `key` and
+    /// listing the choices.
+    pub fn choice<T: ValueEnum>(&mut self, key: &str, text: &str) -> Option<T> {
+        match T::from_str(text, false) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.push(format!("{key} {text:?}: expected {}", choices::<T>()));
+                None
+            }
+        }
+    }
+
+    /// The first layer that gives a value (flag, variable, file: each with the name it
+    /// is reported by), as one of `T`'s choices. `None` when no layer gives one, or when
+    /// the value is not a choice (then a problem is recorded).
+    pub fn first_choice<T: ValueEnum, const N: usize>(
+        &mut self,
+        layers: [(&str, Option<String>); N],
+    ) -> Option<T> {
+        let (key, text) = layers
+            .into_iter()
+            .find_map(|(key, v)| v.map(|v| (key, v)))?;
+        self.choice(key, &text)
+    }
+
+    /// A socket address (`ip:port`), or a problem naming `key`.
+    pub fn socket_addr(&mut self, key: &str, text: &str) -> Option<SocketAddr> {
+        text.parse()
+            .map_err(|e| self.push(format!("{key} {text:?}: {e} (expected ip:port)")))
+            .ok()
+    }
+
+    /// The variable `name` parsed as a `T`; a problem naming the variable if it does not parse.
+    pub fn env<T>(&mut self, env: &dyn Env, name: &str) -> Option<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        env.var(name).and_then(|v| self.parse(name, &v))
+    }
+
+    /// The variable `name` as a yes/no switch (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`).
+    pub fn env_switch(&mut self, env: &dyn Env, name: &str) -> Option<bool> {
+        let text = env.var(name)?;
+        match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Some(true),
+            "false" | "0" | "no" | "off" => Some(false),
+            _ => {
+                self.push(format!(
+                    "{name} {text:?}: expected true or false (or 1/0, yes/no, on/off)"
+                ));
+                None
+            }
+        }
+    }
+
+    /// `value` if it is at least `min`; otherwise a problem naming `key` (and `min`,
+    /// returned so that resolution can go on to find the other problems).
+    pub fn at_least<T: PartialOrd + Display + Copy>(&mut self, key: &str, value: T, min: T) -> T {
+        if value < min {
+            self.report(key, format_args!("{value} is below the minimum, {min}"));
+            return min;
+        }
+        value
+    }
+
+    /// No problems so far.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The problems, or the value `build` makes when there are none. `build` returning
+    /// `None` with no problem recorded is a bug in the caller; it is reported as such
+    /// rather than hidden.
+    pub fn finish<T>(self, build: impl FnOnce() -> Option<T>) -> Result<T, Vec<String>> {
+        if !self.0.is_empty() {
+            return Err(self.0);
+        }
+        build().ok_or_else(|| vec!["invalid configuration (no detail recorded)".into()])
+    }
+
+    /// The problems recorded, in order.
+    pub fn into_vec(self) -> Vec<String> {
+        self.0
+    }
+}
+
+/// `T`'s choices for a message: "a, b or c".
+pub fn choices<T: ValueEnum>() -> String {
+    let names: Vec<String> = T::value_variants()
+        .iter()
+        .filter_map(|v| v.to_possible_value())
+        .filter(|p| !p.is_hide_set())
+        .map(|p| p.get_name().to_string())
+        .collect();
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// The first value given, from the highest layer down: flag, environment, file.
+pub fn first<T>(layers: impl IntoIterator<Item = Option<T>>) -> Option<T> {
+    layers.into_iter().flatten().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+    enum Mode {
+        Auto,
+        Always,
+        #[value(alias = "no")]
+        Never,
+    }
+
+    #[test]
+    fn choices_are_parsed_with_aliases_and_listed_when_wrong() {
+        let mut p = Problems::new();
+        assert_eq!(p.choice::<Mode>("x.mode", "always"), Some(Mode::Always));
+        assert_eq!(p.choice::<Mode>("x.mode", "no"), Some(Mode::Never));
+        assert!(p.is_empty());
+        assert_eq!(p.choice::<Mode>("x.mode", "sometimes"), None);
+        assert_eq!(
+            p.into_vec(),
+            ["x.mode \"sometimes\": expected auto, always or never"]
+        );
+    }
+
+    #[test]
+    fn environment_values_are_checked_not_dropped() {
+        let env = &[("PORT", "54x"), ("ON", "yes"), ("EMPTY", "")];
+        let mut p = Problems::new();
+        assert_eq!(p.env::<u16>(env, "PORT"), None);
+        assert_eq!(p.env_switch(env, "ON"), Some(true));
+        assert_eq!(p.env::<u16>(env, "EMPTY"), None);
+        assert_eq!(p.env::<u16>(env, "UNSET"), None);
+        let all = p.into_vec();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(all[0].starts_with("PORT \"54x\": invalid digit"), "{all:?}");
+    }
+
+    #[test]
+    fn the_first_layer_given_is_the_one_checked() {
+        let mut p = Problems::new();
+        let got: Option<Mode> = p.first_choice([
+            ("--mode", None),
+            ("MODE", Some("never".into())),
+            ("x.mode", Some("bogus".into())),
+        ]);
+        assert_eq!(got, Some(Mode::Never));
+        assert!(p.is_empty(), "lower layers are not read");
+        let got: Option<Mode> = p.first_choice([("--mode", Some("bogus".into()))]);
+        assert_eq!(got, None);
+        assert_eq!(
+            p.into_vec(),
+            ["--mode \"bogus\": expected auto, always or never"]
+        );
+    }
+
+    #[test]
+    fn below_the_minimum_is_an_error_not_a_clamp() {
+        let mut p = Problems::new();
+        assert_eq!(p.at_least("limits.x_secs", 5u64, 1), 5);
+        assert!(p.is_empty());
+        p.at_least("limits.x_secs", 0u64, 1);
+        assert_eq!(p.into_vec(), ["limits.x_secs: 0 is below the minimum, 1"]);
+    }
+
+    #[test]
+    fn finish_returns_every_problem() {
+        let mut p = Problems::new();
+        p.socket_addr("listen", "nope");
+        p.report("a", "bad");
+        let errors = p.finish(|| Some(())).unwrap_err();
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0].contains("(expected ip:port)"));
+    }
+
+    #[test]
+    fn the_highest_layer_wins() {
+        assert_eq!(first([None, Some(2), Some(3)]), Some(2));
+        assert_eq!(first::<u8>([None, None]), None);
+    }
+}
