@@ -52,13 +52,7 @@ impl VerifierClient {
         req: VerifyPeerRequest,
     ) -> Result<Decision, VerifierUnavailable> {
         let mut grpc = self.grpc.clone();
-        match tokio::time::timeout(self.timeout, grpc.verify_peer(req)).await {
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => {
-                Err(self.unavailable(format!("{:?}: {}", status.code(), status.message())))
-            }
-            Err(_) => Err(self.unavailable(format!("no decision within {:?}", self.timeout))),
-        }
+        self.decision(grpc.verify_peer(req)).await
     }
 
     /// Ask for a decision on a leader manifest; errors and timeouts are `Err`.
@@ -67,7 +61,15 @@ impl VerifierClient {
         req: VerifyManifestRequest,
     ) -> Result<Decision, VerifierUnavailable> {
         let mut grpc = self.grpc.clone();
-        match tokio::time::timeout(self.timeout, grpc.verify_manifest(req)).await {
+        self.decision(grpc.verify_manifest(req)).await
+    }
+
+    /// One call's decision within the time limit; anything else is unavailability.
+    async fn decision(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<Decision>, tonic::Status>>,
+    ) -> Result<Decision, VerifierUnavailable> {
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => {
                 Err(self.unavailable(format!("{:?}: {}", status.code(), status.message())))
