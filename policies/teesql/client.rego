@@ -9,7 +9,7 @@ default allow := false
 
 # Positive grounds only (see sidecar.rego): a verified quote bound to the server's key.
 allow if {
-	input.tdx.verified == true
+	lib.quote_verified
 	input.binding.ok == true
 	data.teesql.lib.checks_loaded
 	count(deny) == 0

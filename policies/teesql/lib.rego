@@ -25,6 +25,9 @@ failure_code := {
 	"tcb_level_unknown": "tcb_level_unknown",
 	"revoked": "tcb_revoked",
 	"not_tdx": "not_tdx",
+	"service_unavailable": "attestation_service_unavailable",
+	"token_invalid": "attestation_token_invalid",
+	"simulated": "simulated_quote",
 }
 
 quote_problems contains d if {
@@ -32,8 +35,22 @@ quote_problems contains d if {
 	d := {"code": "no_quote", "message": "the evidence carries no quote"}
 }
 
+# A dstack simulator quote verifies under no root; only a profile that accepts the
+# `simulator` root (the development profile) takes it unverified.
+simulator_accepted if {
+	input.tdx.root == "simulator"
+	input.tdx.error_code == "simulated"
+	"simulator" in data.teesql.accepted_roots
+}
+
+# The quote verified, or is a simulator quote this profile takes as it is.
+quote_verified if input.tdx.verified == true
+
+quote_verified if simulator_accepted
+
 quote_problems contains d if {
 	input.tdx.verified == false
+	not simulator_accepted
 	code := object.get(failure_code, input.tdx.error_code, "quote_unverified")
 	d := {"code": code, "message": sprintf("the quote did not verify: %s", [input.tdx.error])}
 }
@@ -48,6 +65,12 @@ quote_problems contains d if {
 	not input.tdx.root in data.teesql.accepted_roots
 	input.tdx.root != "dev"
 	d := {"code": "untrusted_root", "message": sprintf("the quote was verified against the %s trust root; this policy accepts only: %s", [input.tdx.root, shown(data.teesql.accepted_roots)])}
+}
+
+quote_problems contains d if {
+	input.tdx != null
+	not input.tdx.backend in data.teesql.accepted_backends
+	d := {"code": "backend_not_accepted", "message": sprintf("the quote was appraised by the %s backend; this policy accepts: %s", [input.tdx.backend, shown(data.teesql.accepted_backends)])}
 }
 
 quote_problems contains d if {

@@ -27,7 +27,7 @@ leader_acceptable if input.evidence.kind == "none"
 
 leader_acceptable if {
 	input.evidence.kind != "none"
-	input.tdx.verified == true
+	lib.quote_verified
 	input.binding.ok == true
 	input.app != null
 	data.teesql.lib.checks_loaded

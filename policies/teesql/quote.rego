@@ -8,7 +8,7 @@ import data.teesql.lib
 default allow := false
 
 allow if {
-	input.tdx.verified == true
+	lib.quote_verified
 	data.teesql.lib.checks_loaded
 	count(deny) == 0
 }

@@ -132,3 +132,37 @@ test_no_quote_denied if {
 	not quote.allow with input as none
 	codes(none) == {"no_quote"}
 }
+
+test_a_backend_the_policy_does_not_accept_is_refused if {
+	sim := object.union(good, {"tdx": {"backend": "simulator"}})
+	codes(sim) == {"backend_not_accepted"}
+}
+
+test_ita_tokens_decide_like_dcap if {
+	ita := object.union(good, {"tdx": {"backend": "ita", "root": "intel-trust-authority", "token_sha256": "ab"}})
+	quote.allow with input as ita
+}
+
+test_an_unavailable_service_is_named if {
+	down := object.union(good, {"tdx": {"verified": false, "backend": "ita", "root": "intel-trust-authority", "error": "HTTP 503", "error_code": "service_unavailable"}})
+	codes(down) == {"attestation_service_unavailable"}
+	bad := object.union(down, {"tdx": {"error_code": "token_invalid"}})
+	codes(bad) == {"attestation_token_invalid"}
+}
+
+simulated := object.union(good, {"tdx": {"verified": false, "backend": "simulator", "root": "simulator", "error": "no root", "error_code": "simulated", "tcb_status": null}})
+
+test_simulator_quotes_are_refused_in_production if {
+	codes(simulated) == {"simulated_quote", "untrusted_root", "backend_not_accepted"}
+}
+
+test_simulator_quotes_pass_where_the_simulator_root_is_accepted if {
+	quote.allow with input as simulated
+		with data.teesql.accepted_roots as ["simulator"]
+		with data.teesql.accepted_backends as ["simulator"]
+	# An unverified quote from another root still fails.
+	forged := object.union(simulated, {"tdx": {"root": "dev"}})
+	not quote.allow with input as forged
+		with data.teesql.accepted_roots as ["simulator", "dev"]
+		with data.teesql.accepted_backends as ["simulator"]
+}

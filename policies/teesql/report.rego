@@ -9,7 +9,7 @@ import data.teesql.lib
 default allow := false
 
 allow if {
-	input.tdx.verified == true
+	lib.quote_verified
 	input.report.consistent == true
 	data.teesql.lib.checks_loaded
 	count(deny) == 0

@@ -22,7 +22,7 @@ acceptable_evidence if {
 
 acceptable_evidence if {
 	input.evidence.kind == "ra_tls_cert"
-	input.tdx.verified == true
+	lib.quote_verified
 	input.binding.ok == true
 	data.teesql.lib.checks_loaded
 }

@@ -45,6 +45,9 @@ pub struct ClusterOptions {
     pub backend_unix_socket: bool,
     /// Also start the public HTTP listener (`/attestation` only).
     pub public_http: bool,
+    /// The verifier's quote backend(s), as `--backend` takes them (`dcap`, `ita`,
+    /// `dcap,ita`); with `ita` a mock Intel Trust Authority is started.
+    pub backend: String,
 }
 
 impl Default for ClusterOptions {
@@ -63,6 +66,7 @@ impl Default for ClusterOptions {
             decision_log: "off".into(),
             backend_unix_socket: false,
             public_http: false,
+            backend: "dcap".into(),
         }
     }
 }
@@ -72,6 +76,8 @@ impl Default for ClusterOptions {
 pub struct Cluster {
     pub pg: TempPostgres,
     pub agent: TestAgent,
+    /// The mock Intel Trust Authority, when the verifier uses the `ita` backend.
+    pub ita: Option<crate::ita::MockIta>,
     pub verifier_addr: SocketAddr,
     pub verifier: Arc<DecisionService>,
     pub sidecar_addr: SocketAddr,
@@ -145,16 +151,35 @@ impl Cluster {
         )
         .await?;
 
-        // Verifier.
+        // Verifier, and the mock Intel Trust Authority if it uses one.
+        let ita = if opts.backend.split(',').any(|b| b.trim() == "ita") {
+            Some(crate::ita::MockIta::start(&agent).await?)
+        } else {
+            None
+        };
         let settings = ServeSettings {
             listen: Some(format!("127.0.0.1:{}", opts.verifier_port.unwrap_or(0))),
             policy_dirs: Some(vec![repo_root().join("policies").join(&opts.profile)]),
             dev_trust_root: Some(agent.root_der_path()),
             pccs_url: Some(agent.url.clone()),
             decision_log: Some(opts.decision_log.clone()),
+            backend: Some(opts.backend.clone()),
+            ita_url: ita.as_ref().map(|m| m.url.clone()),
+            ita_jwks_url: ita.as_ref().map(|m| m.jwks_url.clone()),
+            ita_issuer: ita.as_ref().map(|m| m.issuer.clone()),
             ..ServeSettings::default()
         };
-        let vconfig = ServeConfig::resolve(settings).map_err(|e| anyhow!(e.join("; ")))?;
+        let ita_env: BTreeMap<String, String> = ita
+            .iter()
+            .map(|m| {
+                (
+                    "INTEL_TRUST_AUTHORITY_API_KEY".to_string(),
+                    m.api_key.clone(),
+                )
+            })
+            .collect();
+        let vconfig = ServeConfig::load(settings, &ita_env, ServeSettings::default())
+            .map_err(|e| anyhow!(e.join("; ")))?;
         let running = Verifier::start(&vconfig).map_err(|e| anyhow!(e.join("; ")))?;
         let verifier = running.service().clone();
         let vlistener = bind(opts.verifier_port, "verifier").await?;
@@ -237,6 +262,7 @@ impl Cluster {
         Ok(Self {
             pg,
             agent,
+            ita,
             verifier_addr,
             verifier,
             sidecar_addr,

@@ -6,6 +6,7 @@ pub mod clients;
 pub mod cluster;
 pub mod dns;
 pub mod forwarders;
+pub mod ita;
 pub mod postgres;
 
 /// Send the harness's and the services' logs to the test output when `RUST_LOG` is set.

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use teesql_verifier::backend::BackendConfig;
-use teesql_verifier::backend::QuoteBackend;
 use teesql_verifier::backend::dcap::DcapBackend;
 use teesql_verifier::claims::AppraisedEvidence;
 use teesql_verifier::collateral::Collateral;
@@ -118,10 +117,9 @@ fn main() {
     });
     let facts = backend.verify_with(&quote, &collateral, NOW);
     let ev = Evidence::from_quote(quote.clone());
-    let claims = AppraisedEvidence::build(&ev, Some(&facts), backend.name(), None)
-        .into_claims("quote", NOW, None);
+    let claims = AppraisedEvidence::build(&ev, Some(&facts), None).into_claims("quote", NOW, None);
     let build = Stats::measure(n, || {
-        AppraisedEvidence::build(&ev, Some(&facts), "dcap", None).into_claims("quote", NOW, None);
+        AppraisedEvidence::build(&ev, Some(&facts), None).into_claims("quote", NOW, None);
     });
     let input = serde_json::to_value(&claims).unwrap();
     let policy = Stats::measure(n, || {

@@ -36,12 +36,7 @@ impl Appraiser {
             Some(q) => Some(self.backend.appraise(q, now).await),
             None => None,
         };
-        AppraisedEvidence::build(
-            evidence,
-            facts.as_ref(),
-            self.backend.name(),
-            expected_report_data,
-        )
+        AppraisedEvidence::build(evidence, facts.as_ref(), expected_report_data)
     }
 }
 

@@ -55,10 +55,14 @@ pub struct TdxClaims {
     pub error: Option<String>,
     /// Class of the failure (`collateral_expired`, `signature_invalid`, …).
     pub error_code: Option<crate::backend::VerifyErrorCode>,
-    /// Which trust root: `intel`, `dev` or `custom`.
+    /// Which trust root: `intel`, `dev`, `custom`, `intel-trust-authority` or
+    /// `simulator`.
     pub root: crate::backend::TrustRootKind,
-    /// Which backend verified: `dcap`.
+    /// Which backend decided: `dcap`, `ita` or `simulator`.
     pub backend: String,
+    /// SHA-256 (hex) of the attestation token the facts come from (`ita`); `null` for
+    /// backends that verify locally.
+    pub token_sha256: Option<String>,
     pub tee_type: TeeType,
     pub quote_version: u16,
     pub tcb_status: Option<String>,
@@ -190,7 +194,6 @@ impl AppraisedEvidence {
     pub fn build(
         evidence: &Evidence,
         facts: Option<&QuoteFacts>,
-        backend: &str,
         expected_report_data: Option<&[u8]>,
     ) -> Self {
         let quote = evidence.quote.as_ref();
@@ -202,7 +205,8 @@ impl AppraisedEvidence {
                 error: f.error.as_ref().map(|e| e.message.clone()),
                 error_code: f.error.as_ref().map(|e| e.code),
                 root: f.root,
-                backend: backend.to_string(),
+                backend: f.backend.to_string(),
+                token_sha256: f.token_sha256.clone(),
                 tee_type: q.tee_type(),
                 quote_version: q.version(),
                 tcb_status: f.tcb_status.clone(),

@@ -29,6 +29,16 @@ fn stdout_json(out: &Output) -> serde_json::Value {
     })
 }
 
+/// The `code` of every reason in a printed decision.
+fn reason_codes(d: &serde_json::Value) -> Vec<&str> {
+    d["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -405,12 +415,7 @@ fn readme_agent_then_verify_as_two_commands() {
     let out = run(&production);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let d = stdout_json(&out);
-    let codes: Vec<&str> = d["reasons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["code"].as_str().unwrap())
-        .collect();
+    let codes = reason_codes(&d);
     assert!(codes.contains(&"dev_root"), "{codes:?}");
 
     // Without --dev-trust-root the development quote does not verify at all.
@@ -429,4 +434,64 @@ fn readme_agent_then_verify_as_two_commands() {
     assert_eq!(d["claims"]["tdx"]["verified"], false, "{d}");
     assert_eq!(d["claims"]["tdx"]["root"], "intel");
     assert_eq!(d["reasons"][0]["code"], "quote_signature_invalid", "{d}");
+}
+
+/// dstack's simulator quote (mode D) through `--backend simulator`: read, reported
+/// unverified under the `simulator` root, taken by the development profile only.
+#[test]
+fn the_simulator_backend_reads_a_simulator_quote_for_development_only() {
+    let base = [
+        "verify",
+        "--attestation",
+        "testdata/dstack/simulator-attestation.bin",
+        "--backend",
+        "simulator",
+    ];
+    let mut dev = base.to_vec();
+    dev.extend(["--policy-dir", "policies/dev"]);
+    let out = verifier(&dev);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let d = stdout_json(&out);
+    assert_eq!(d["allow"], true, "{d}");
+    let tdx = &d["claims"]["tdx"];
+    assert_eq!(tdx["verified"], false);
+    assert_eq!(tdx["root"], "simulator");
+    assert_eq!(tdx["backend"], "simulator");
+    assert_eq!(tdx["error_code"], "simulated");
+    assert_eq!(
+        tdx["mrtd"].as_str().unwrap().len(),
+        96,
+        "the TD report is still read"
+    );
+    assert_eq!(
+        d["claims"]["app"]["app_id"],
+        "5bb4ff9a3837357f19dc176407a5709c62eb6c56"
+    );
+
+    let out = verifier(&base);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let d = stdout_json(&out);
+    assert_eq!(d["allow"], false);
+    let codes = reason_codes(&d);
+    assert!(codes.contains(&"simulated_quote"), "{codes:?}");
+    assert!(codes.contains(&"backend_not_accepted"), "{codes:?}");
+
+    // Without the flag the same blob goes to DCAP, which names no simulator anything.
+    let out = verifier(&dev[..3]);
+    let d = stdout_json(&out);
+    assert_eq!(d["claims"]["tdx"]["backend"], "dcap", "{d}");
+    assert_ne!(d["claims"]["tdx"]["root"], "simulator");
+
+    // The simulator never joins a chain: a chain would let a real backend's outage
+    // fall through to a quote nobody signed.
+    assert_usage_error(
+        &[
+            "verify",
+            "--attestation",
+            "testdata/dstack/simulator-attestation.bin",
+            "--backend",
+            "dcap,simulator",
+        ],
+        "simulator",
+    );
 }

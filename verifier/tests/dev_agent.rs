@@ -92,13 +92,13 @@ async fn decide(
     set: &PolicySet,
     ev: &evidence::Evidence,
 ) -> teesql_verifier::Decision {
-    let backend = BackendConfig {
+    let backend = BackendConfig::dcap(
         trust_root,
-        collateral: CollateralConfig {
+        CollateralConfig {
             pccs_url: Some(a.url.clone()),
             ..CollateralConfig::default()
         },
-    }
+    )
     .build()
     .unwrap();
     let request = DecisionRequest::new(ev, "quote", Clock::System.now());

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use teesql_verifier::backend::{
-    BoxFuture, QuoteBackend, QuoteFacts, TrustRootKind, VerifyError, VerifyErrorCode,
+    BoxFuture, QuoteBackend, QuoteFacts, TrustRootKind, VerifyErrorCode,
 };
 use teesql_verifier::evidence::Quote;
 use teesql_verifier::policy::{DEFAULT_EVAL_LIMIT, PolicySet};
@@ -28,7 +28,7 @@ struct Slow {
 }
 
 impl QuoteBackend for Slow {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "slow"
     }
 
@@ -36,17 +36,7 @@ impl QuoteBackend for Slow {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(300)).await;
-            QuoteFacts {
-                verified: false,
-                error: Some(VerifyError {
-                    code: self.code,
-                    message: "test backend".into(),
-                }),
-                root: TrustRootKind::Intel,
-                tcb_status: None,
-                advisory_ids: vec![],
-                collateral: None,
-            }
+            QuoteFacts::new("slow", TrustRootKind::Intel).failed(self.code, "test backend")
         })
     }
 }

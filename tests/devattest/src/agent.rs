@@ -448,7 +448,7 @@ impl DevAgent {
     }
 
     /// A quote over `report_data`, with the events it was taken over.
-    async fn quote(
+    pub async fn quote(
         &self,
         report_data: [u8; 64],
     ) -> Result<(Vec<u8>, Vec<RuntimeEvent>), AgentError> {

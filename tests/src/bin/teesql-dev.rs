@@ -53,6 +53,11 @@ struct Args {
     /// Policy profile: a directory name under policies/ or a path [default: dev].
     #[arg(long, default_value = "dev")]
     profile: String,
+    /// The verifier's quote backend(s): dcap (the dev PKI's PCCS), ita (a mock Intel
+    /// Trust Authority on loopback, appraising the dev PKI's quotes), or a chain such
+    /// as dcap,ita.
+    #[arg(long, default_value = "dcap", value_name = "NAMES")]
+    backend: String,
     /// Log filter for the services (e.g. info, teesql_sidecar=debug).
     #[arg(long, default_value = "warn")]
     log: String,
@@ -167,6 +172,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         seed,
         state_dir,
         decision_log: "off".into(),
+        backend: args.backend.clone(),
         ..ClusterOptions::default()
     })
     .await?;
@@ -243,7 +249,7 @@ TeeSQL local cluster is up (development attestation: NOT FOR PRODUCTION)
 
   sidecar (Postgres over TLS)  {host}:{port}
   sidecar HTTP                 http://{host}:{http}/health  /attestation  /metrics
-  verifier (gRPC)              {verifier_url}   profile: {profile}
+  verifier (gRPC)              {verifier_url}   profile: {profile}   backend: {backend}{ita}
   dev guest agent              {agent}   socket: {socket}
   mode A forwarder             {forward_addr}
 
@@ -268,6 +274,12 @@ Dev CA (sslrootcert):    {ca}
 Ctrl-C stops everything{keep}.",
         http = cluster.admin_addr.map(|a| a.port()).unwrap_or(0),
         profile = args.profile,
+        backend = args.backend,
+        ita = cluster
+            .ita
+            .as_ref()
+            .map(|m| format!("\n  mock Intel Trust Authority   {}  (JWKS {})", m.url, m.jwks_url))
+            .unwrap_or_default(),
         agent = cluster.agent.url,
         socket = cluster.agent.socket.display(),
         ca = ca.display(),

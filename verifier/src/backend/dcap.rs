@@ -176,18 +176,14 @@ impl DcapBackend {
 
     fn facts(&self, collateral: Option<&Collateral>) -> QuoteFacts {
         QuoteFacts {
-            verified: false,
-            error: None,
-            root: self.root.kind,
-            tcb_status: None,
-            advisory_ids: Vec::new(),
             collateral: collateral.map(|c| c.window),
+            ..QuoteFacts::new("dcap", self.root.kind)
         }
     }
 }
 
 impl QuoteBackend for DcapBackend {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "dcap"
     }
 

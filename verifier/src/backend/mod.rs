@@ -4,7 +4,10 @@
 //! signature chain, TCB status, advisories, which trust root, collateral window. Whether
 //! those facts are good enough is the policy's decision.
 
+pub mod chain;
 pub mod dcap;
+pub mod ita;
+pub mod simulator;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -21,18 +24,44 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Verifies quotes. Implementations must not panic on any input and must bound the time
 /// they spend on the network.
 pub trait QuoteBackend: Send + Sync + std::fmt::Debug {
-    /// Short name reported in claims (`tdx.backend`).
-    fn name(&self) -> &'static str;
+    /// Short name, for logs (`dcap`, `ita`, `simulator`, `dcap,ita`). The claims name
+    /// the backend that decided, from [`QuoteFacts::backend`].
+    fn name(&self) -> &str;
     /// Verify `quote` at unix time `now`.
     fn appraise<'a>(&'a self, quote: &'a Quote, now: u64) -> BoxFuture<'a, QuoteFacts>;
+}
+
+/// A quote backend, by the name `--backend` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Local DCAP verification (dcap-qvl) with collateral from a PCCS or files.
+    Dcap,
+    /// Intel Trust Authority.
+    Ita,
+    /// dstack simulator quotes, reported unverified (development only; alone).
+    Simulator,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dcap => "dcap",
+            Self::Ita => "ita",
+            Self::Simulator => "simulator",
+        }
+    }
 }
 
 /// What the quote backend is built from. `serve`, `verify`, the test harness, the tests
 /// and the benchmarks all build theirs here.
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
+    /// The backends in the order they are asked; the next only when one could not decide.
+    pub chain: Vec<BackendKind>,
     pub trust_root: dcap::TrustRoot,
     pub collateral: crate::collateral::CollateralConfig,
+    /// Needed when the chain has `ita`.
+    pub ita: Option<ita::ItaConfig>,
 }
 
 /// A built backend: the appraiser over it, and its collateral source (for metrics).
@@ -40,35 +69,177 @@ pub struct BackendConfig {
 pub struct Backend {
     pub appraiser: crate::Appraiser,
     pub collateral: Arc<crate::collateral::CollateralProvider>,
+    /// The ITA backend, when the chain has one (tests read its counters).
+    pub ita: Option<Arc<ita::ItaBackend>>,
 }
 
 impl BackendConfig {
+    /// Local DCAP with `trust_root` and `collateral`.
+    pub fn dcap(
+        trust_root: dcap::TrustRoot,
+        collateral: crate::collateral::CollateralConfig,
+    ) -> Self {
+        Self {
+            chain: vec![BackendKind::Dcap],
+            trust_root,
+            collateral,
+            ita: None,
+        }
+    }
+
     /// Recorded evidence: Intel's root, collateral from one file (or none), appraised as
     /// of `now`, nothing fetched.
     pub fn recorded(collateral_file: Option<PathBuf>, now: u64) -> Self {
-        Self {
-            trust_root: dcap::TrustRoot::intel(),
-            collateral: crate::collateral::CollateralConfig {
+        Self::dcap(
+            dcap::TrustRoot::intel(),
+            crate::collateral::CollateralConfig {
                 file: collateral_file,
                 pccs_url: None,
                 clock: crate::Clock::Fixed(now),
                 ..Default::default()
             },
+        )
+    }
+
+    /// Check a chain: not empty, no backend twice, the simulator only on its own (its
+    /// quotes verify under no root; behind another backend it would hide real failures).
+    pub fn check_chain(chain: &[BackendKind]) -> Result<(), String> {
+        if chain.is_empty() {
+            return Err("backend: name at least one of dcap, ita, simulator".into());
         }
+        for (i, k) in chain.iter().enumerate() {
+            if chain[..i].contains(k) {
+                return Err(format!("backend: {} is named twice", k.as_str()));
+            }
+        }
+        if chain.len() > 1 && chain.contains(&BackendKind::Simulator) {
+            return Err("backend: simulator only on its own".into());
+        }
+        Ok(())
+    }
+
+    /// The chain as `--backend` writes it: `dcap`, `dcap,ita`.
+    pub fn chain_name(&self) -> String {
+        let names: Vec<&str> = self.chain.iter().map(|k| k.as_str()).collect();
+        names.join(",")
     }
 
     /// The backend these settings describe.
     pub fn build(&self) -> Result<Backend, String> {
+        Self::check_chain(&self.chain)?;
         let collateral = Arc::new(
             crate::collateral::CollateralProvider::new(&self.collateral)
                 .map_err(|e| e.to_string())?,
         );
-        let backend = dcap::DcapBackend::new(self.trust_root.clone(), collateral.clone());
+        let mut ita_backend = None;
+        let mut built: Vec<Arc<dyn QuoteBackend>> = Vec::new();
+        for kind in &self.chain {
+            built.push(match kind {
+                BackendKind::Dcap => Arc::new(dcap::DcapBackend::new(
+                    self.trust_root.clone(),
+                    collateral.clone(),
+                )),
+                BackendKind::Simulator => Arc::new(simulator::SimulatorBackend),
+                BackendKind::Ita => {
+                    let config = self.ita.clone().ok_or(
+                        "backend ita: needs an API key (INTEL_TRUST_AUTHORITY_API_KEY or --ita-api-key-file)",
+                    )?;
+                    let b = Arc::new(ita::ItaBackend::new(config)?);
+                    ita_backend = Some(b.clone());
+                    b
+                }
+            });
+        }
+        let backend: Arc<dyn QuoteBackend> = if built.len() == 1 {
+            built.remove(0)
+        } else {
+            Arc::new(chain::ChainBackend::new(built))
+        };
         Ok(Backend {
-            appraiser: crate::Appraiser::new(Arc::new(backend)),
+            appraiser: crate::Appraiser::new(backend),
             collateral,
+            ita: ita_backend,
         })
     }
+}
+
+/// The backend settings as written (flags, environment, file), for `serve` and `verify`.
+#[derive(Debug, Clone, Default)]
+pub struct BackendSettings {
+    /// `dcap`, `ita`, `simulator`, or a comma-separated chain such as `dcap,ita`.
+    pub backend: Option<String>,
+    pub ita_url: Option<String>,
+    pub ita_jwks_url: Option<String>,
+    pub ita_issuer: Option<String>,
+    pub ita_api_key_file: Option<PathBuf>,
+}
+
+/// The chain and the ITA settings, every problem recorded in `p`. The API key comes from
+/// `ita_api_key_file`, else `INTEL_TRUST_AUTHORITY_API_KEY` in `env`; it is asked for
+/// only when the chain has `ita`, and never appears in a problem.
+pub fn resolve_backends(
+    s: &BackendSettings,
+    env: &dyn teesql_proto::settings::Env,
+    p: &mut teesql_proto::settings::Problems,
+) -> (Option<Vec<BackendKind>>, Option<ita::ItaConfig>) {
+    let text = s.backend.as_deref().unwrap_or("dcap");
+    let mut chain = Vec::new();
+    let mut ok = true;
+    for part in text.split(',').map(str::trim) {
+        match p.choice::<BackendKind>("backend", part) {
+            Some(k) => chain.push(k),
+            None => ok = false,
+        }
+    }
+    if ok && let Err(e) = BackendConfig::check_chain(&chain) {
+        p.push(e);
+        ok = false;
+    }
+    for (name, url) in [("ita_url", &s.ita_url), ("ita_jwks_url", &s.ita_jwks_url)] {
+        if let Some(u) = url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            p.push(format!("{name} {u:?}: must be an http(s) URL"));
+        }
+    }
+    let ita = if chain.contains(&BackendKind::Ita) {
+        let key = match &s.ita_api_key_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    p.push(format!("ita_api_key_file {}: {e}", path.display()));
+                    None
+                }
+            },
+            None => {
+                let k = env.var("INTEL_TRUST_AUTHORITY_API_KEY");
+                if k.is_none() {
+                    p.push(
+                        "backend ita: needs an API key: set INTEL_TRUST_AUTHORITY_API_KEY or ita_api_key_file",
+                    );
+                }
+                k
+            }
+        };
+        key.and_then(|k| {
+            ita::ApiKey::new(&k)
+                .map_err(|e| p.push(format!("backend ita: {e}")))
+                .ok()
+        })
+        .map(|key| {
+            let mut c = ita::ItaConfig::new(s.ita_url.as_deref().unwrap_or(ita::US_API_URL), key);
+            if let Some(u) = &s.ita_jwks_url {
+                c.jwks_url = u.clone();
+            }
+            if let Some(i) = &s.ita_issuer {
+                c.issuer = i.clone();
+            }
+            c
+        })
+    } else {
+        None
+    };
+    (ok.then_some(chain), ita)
 }
 
 impl dcap::TrustRoot {
@@ -87,6 +258,8 @@ impl dcap::TrustRoot {
 /// What a backend found out about a quote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuoteFacts {
+    /// The backend that reached these facts (`tdx.backend`).
+    pub backend: &'static str,
     /// The quote's signature chain verified up to the trust root, with valid collateral.
     pub verified: bool,
     /// Why verification failed, for operators.
@@ -96,8 +269,44 @@ pub struct QuoteFacts {
     /// Converged TCB status (e.g. `UpToDate`), when verified.
     pub tcb_status: Option<String>,
     pub advisory_ids: Vec<String>,
-    /// The window in which the collateral used is valid, when collateral was found.
+    /// The window in which the facts hold: the collateral's (DCAP) or the attestation
+    /// token's (`iat`/`nbf` to `exp`, ITA).
     pub collateral: Option<CollateralWindow>,
+    /// SHA-256 (hex) of the signed attestation result the facts come from (ITA's JWT),
+    /// so a decision can be audited against the token.
+    pub token_sha256: Option<String>,
+}
+
+impl QuoteFacts {
+    /// Facts that say nothing yet: not verified, no error.
+    pub fn new(backend: &'static str, root: TrustRootKind) -> Self {
+        Self {
+            backend,
+            verified: false,
+            error: None,
+            root,
+            tcb_status: None,
+            advisory_ids: Vec::new(),
+            collateral: None,
+            token_sha256: None,
+        }
+    }
+
+    /// These facts with `error`.
+    pub fn failed(mut self, code: VerifyErrorCode, message: impl Into<String>) -> Self {
+        self.verified = false;
+        self.error = Some(VerifyError {
+            code,
+            message: message.into(),
+        });
+        self
+    }
+
+    /// The backend could not reach a verdict on the quote (its collateral or service
+    /// was unavailable): another backend may try, and nothing is cached.
+    pub fn undecided(&self) -> bool {
+        self.error.as_ref().is_some_and(|e| e.code.is_transient())
+    }
 }
 
 /// Validity window of a collateral set, unix seconds: from the latest issue date to the
@@ -118,6 +327,11 @@ pub enum TrustRootKind {
     Dev,
     /// Another root given by configuration.
     Custom,
+    /// Intel Trust Authority appraised the quote; its signed token is the evidence.
+    #[serde(rename = "intel-trust-authority")]
+    IntelTrustAuthority,
+    /// dstack's simulator: the quote is signed by no root at all.
+    Simulator,
 }
 
 impl TrustRootKind {
@@ -126,6 +340,8 @@ impl TrustRootKind {
             Self::Intel => "intel",
             Self::Dev => "dev",
             Self::Custom => "custom",
+            Self::IntelTrustAuthority => "intel-trust-authority",
+            Self::Simulator => "simulator",
         }
     }
 }
@@ -154,16 +370,31 @@ pub enum VerifyErrorCode {
     Revoked,
     /// The quote is not a TDX quote.
     NotTdx,
+    /// The attestation service (Intel Trust Authority) could not be asked: unreachable,
+    /// timed out, rate-limited, failing, or it refused the API key.
+    ServiceUnavailable,
+    /// The attestation service answered with a token that does not verify (signature,
+    /// key, algorithm, issuer, validity) or does not describe the quote sent.
+    TokenInvalid,
+    /// A dstack simulator quote: signed by no root, so it cannot verify.
+    Simulated,
     /// Any other failure.
     #[serde(rename = "verification_failed")]
     Other,
 }
 
 impl VerifyErrorCode {
-    /// A later attempt could succeed (the collateral source was down, or its collateral
-    /// stale): such an appraisal is never cached.
+    /// No verdict on the quote was reached (its collateral or the attestation service
+    /// was unavailable, or the service's answer could not be trusted); a later attempt,
+    /// or another backend, could succeed. Such an appraisal is never cached.
     pub fn is_transient(self) -> bool {
-        matches!(self, Self::CollateralUnavailable | Self::CollateralExpired)
+        matches!(
+            self,
+            Self::CollateralUnavailable
+                | Self::CollateralExpired
+                | Self::ServiceUnavailable
+                | Self::TokenInvalid
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -174,6 +405,9 @@ impl VerifyErrorCode {
             Self::TcbLevelUnknown => "tcb_level_unknown",
             Self::Revoked => "revoked",
             Self::NotTdx => "not_tdx",
+            Self::ServiceUnavailable => "service_unavailable",
+            Self::TokenInvalid => "token_invalid",
+            Self::Simulated => "simulated",
             Self::Other => "verification_failed",
         }
     }
@@ -185,7 +419,7 @@ mod tests {
 
     /// The claims carry the typed codes; policies read them as these strings.
     #[test]
-    fn codes_serialize_as_their_names_and_only_collateral_is_transient() {
+    fn codes_serialize_as_their_names_and_only_undecided_ones_are_transient() {
         use VerifyErrorCode::*;
         for code in [
             CollateralUnavailable,

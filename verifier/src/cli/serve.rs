@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use teesql_proto::settings::{Env, ProcessEnv};
+use teesql_verifier::backend::BackendKind;
 use teesql_verifier::service::config::{ServeConfig, ServeSettings};
 use teesql_verifier::service::server::{Listeners, Verifier};
 
@@ -49,8 +50,16 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     }
     let grpc_addr = listeners.grpc.local_addr().ok();
     let policies = verifier.service().policies();
+    let backends = config.backend.chain_name();
+    if config.backend.chain.contains(&BackendKind::Simulator) {
+        tracing::warn!(
+            "backend simulator: quotes are reported unverified (root \"simulator\"); \
+             only a development profile may accept them"
+        );
+    }
     tracing::info!(
         listen = ?grpc_addr,
+        backend = %backends,
         policy.hash = %policies.hash(),
         purposes = ?policies.purposes(),
         vm = policies.uses_vm(),
@@ -58,7 +67,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     );
     if let Some(addr) = grpc_addr {
         super::out(&format!(
-            "teesql-verifier listening on {addr} (policy {})\n",
+            "teesql-verifier listening on {addr} (backend {backends}, policy {})\n",
             policies.hash()
         ));
     }

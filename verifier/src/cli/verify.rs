@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args};
-use teesql_proto::settings::{Env, ProcessEnv};
-use teesql_verifier::backend::BackendConfig;
+use teesql_proto::settings::{Env, Problems, ProcessEnv};
 use teesql_verifier::backend::dcap::TrustRoot;
+use teesql_verifier::backend::{BackendConfig, BackendSettings, resolve_backends};
 use teesql_verifier::collateral::{CollateralConfig, INTEL_PCS_URL};
 use teesql_verifier::evidence::{self, Evidence, EvidenceError, MAX_EVIDENCE_LEN, decode_hex};
 use teesql_verifier::policy::{DEFAULT_EVAL_LIMIT, PolicySet};
@@ -64,7 +64,23 @@ pub struct VerifyArgs {
     /// (`tdx.root = "custom"`, or `intel` if it is Intel's).
     #[arg(long, value_name = "FILE", conflicts_with = "dev_trust_root")]
     trust_root: Option<PathBuf>,
-    /// A development root (from `teesql-dev-agent --out-dir`) to verify quotes against:
+    /// Quote backend: dcap, ita, simulator (development only, alone), or a chain tried in
+    /// order when one cannot decide, e.g. dcap,ita [default: dcap].
+    #[arg(long, value_name = "NAMES")]
+    backend: Option<String>,
+    /// Intel Trust Authority API base [default: https://api.trustauthority.intel.com].
+    #[arg(long, value_name = "URL")]
+    ita_url: Option<String>,
+    /// Where ITA's token-signing keys are read [default: the region's portal /certs].
+    #[arg(long, value_name = "URL")]
+    ita_jwks_url: Option<String>,
+    /// The issuer ITA tokens must name [default: the region's portal URL].
+    #[arg(long, value_name = "ISS")]
+    ita_issuer: Option<String>,
+    /// A file holding the ITA API key [default: env INTEL_TRUST_AUTHORITY_API_KEY].
+    #[arg(long, value_name = "FILE")]
+    ita_api_key_file: Option<PathBuf>,
+    /// A development root (from `teesql-dev agent --out-dir`) to verify quotes against:
     /// claims say `tdx.root = "dev"`, which only the development profile accepts.
     #[arg(long, value_name = "FILE")]
     dev_trust_root: Option<PathBuf>,
@@ -112,7 +128,24 @@ async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decisio
         .pccs_url
         .or_else(|| ProcessEnv.var("PCCS_URL"))
         .unwrap_or_else(|| INTEL_PCS_URL.to_string());
+    let mut problems = Problems::new();
+    let (chain, ita) = resolve_backends(
+        &BackendSettings {
+            backend: args.backend,
+            ita_url: args.ita_url,
+            ita_jwks_url: args.ita_jwks_url,
+            ita_issuer: args.ita_issuer,
+            ita_api_key_file: args.ita_api_key_file,
+        },
+        &ProcessEnv,
+        &mut problems,
+    );
+    let chain = problems
+        .finish(|| chain)
+        .map_err(|errors| errors.join("; "))?;
     let backend = BackendConfig {
+        chain,
+        ita,
         trust_root: TrustRoot::choose(args.trust_root.as_deref(), args.dev_trust_root.as_deref())?,
         collateral: CollateralConfig {
             file: args.collateral,

@@ -12,8 +12,8 @@ use teesql_proto::settings::{Env, Problems, first};
 
 use super::{DecisionLog, DecisionService, LogTarget, Metrics, ServiceOptions};
 use crate::Clock;
-use crate::backend::BackendConfig;
 use crate::backend::dcap::TrustRoot;
+use crate::backend::{BackendConfig, BackendSettings, resolve_backends};
 use crate::collateral::{CollateralConfig, INTEL_PCS_URL};
 use crate::policy::PolicySet;
 
@@ -73,6 +73,25 @@ pub struct ServeSettings {
     /// Time limit of one request, seconds [default: 30]. [env: TEESQL_VERIFIER_REQUEST_TIMEOUT]
     #[arg(long, value_name = "SECS")]
     pub request_timeout_secs: Option<u64>,
+    /// Quote backend: dcap, ita, simulator (development only, alone), or a chain tried in
+    /// order when one cannot decide, e.g. dcap,ita [default: dcap]. [env: TEESQL_VERIFIER_BACKEND]
+    #[arg(long, value_name = "NAMES")]
+    pub backend: Option<String>,
+    /// Intel Trust Authority API base [default: https://api.trustauthority.intel.com;
+    /// the EU region is https://api.eu.trustauthority.intel.com]. [env: TEESQL_VERIFIER_ITA_URL]
+    #[arg(long, value_name = "URL")]
+    pub ita_url: Option<String>,
+    /// Where ITA's token-signing keys are read, whatever a token names [default: the
+    /// region's https://portal…trustauthority.intel.com/certs]. [env: TEESQL_VERIFIER_ITA_JWKS_URL]
+    #[arg(long, value_name = "URL")]
+    pub ita_jwks_url: Option<String>,
+    /// The issuer (`iss`) ITA tokens must name [default: the region's portal URL].
+    /// [env: TEESQL_VERIFIER_ITA_ISSUER]
+    #[arg(long, value_name = "ISS")]
+    pub ita_issuer: Option<String>,
+    /// A file holding the ITA API key [default: env INTEL_TRUST_AUTHORITY_API_KEY].
+    #[arg(long, value_name = "FILE")]
+    pub ita_api_key_file: Option<PathBuf>,
     /// Appraise as of this fixed unix time instead of the clock (recorded evidence, tests). [env: TEESQL_VERIFIER_NOW]
     #[arg(long, value_name = "UNIX")]
     pub now: Option<u64>,
@@ -119,6 +138,11 @@ impl ServeSettings {
             cache_max_ttl_secs,
             eval_timeout_ms,
             request_timeout_secs,
+            backend,
+            ita_url,
+            ita_jwks_url,
+            ita_issuer,
+            ita_api_key_file,
             now
         )
     }
@@ -146,6 +170,11 @@ impl ServeSettings {
             cache_max_ttl_secs: p.env(env, "TEESQL_VERIFIER_CACHE_TTL"),
             eval_timeout_ms: p.env(env, "TEESQL_VERIFIER_EVAL_TIMEOUT_MS"),
             request_timeout_secs: p.env(env, "TEESQL_VERIFIER_REQUEST_TIMEOUT"),
+            backend: env.var("TEESQL_VERIFIER_BACKEND"),
+            ita_url: env.var("TEESQL_VERIFIER_ITA_URL"),
+            ita_jwks_url: env.var("TEESQL_VERIFIER_ITA_JWKS_URL"),
+            ita_issuer: env.var("TEESQL_VERIFIER_ITA_ISSUER"),
+            ita_api_key_file: path("TEESQL_VERIFIER_ITA_API_KEY_FILE"),
             now: p.env(env, "TEESQL_VERIFIER_NOW"),
         }
     }
@@ -180,15 +209,26 @@ impl ServeConfig {
     ) -> Result<Self, Vec<String>> {
         let mut p = Problems::new();
         let from_env = ServeSettings::from_env(env, &mut p);
-        Self::check(flags.over(from_env).over(file), p)
+        Self::check(flags.over(from_env).over(file), env, p)
     }
 
-    /// Check every setting; all problems are returned together.
+    /// Check every setting (no environment); all problems are returned together.
     pub fn resolve(s: ServeSettings) -> Result<Self, Vec<String>> {
-        Self::check(s, Problems::new())
+        Self::check(s, &teesql_proto::settings::NoEnv, Problems::new())
     }
 
-    fn check(s: ServeSettings, mut p: Problems) -> Result<Self, Vec<String>> {
+    fn check(s: ServeSettings, env: &dyn Env, mut p: Problems) -> Result<Self, Vec<String>> {
+        let (chain, ita) = resolve_backends(
+            &BackendSettings {
+                backend: s.backend.clone(),
+                ita_url: s.ita_url.clone(),
+                ita_jwks_url: s.ita_jwks_url.clone(),
+                ita_issuer: s.ita_issuer.clone(),
+                ita_api_key_file: s.ita_api_key_file.clone(),
+            },
+            env,
+            &mut p,
+        );
         let listen = p.socket_addr("listen", s.listen.as_deref().unwrap_or(defaults::LISTEN));
         let metrics_listen = s
             .metrics_listen
@@ -270,6 +310,8 @@ impl ServeConfig {
                 metrics_listen,
                 policy_dirs,
                 backend: BackendConfig {
+                    chain: chain?,
+                    ita,
                     trust_root: trust_root?,
                     collateral: CollateralConfig {
                         file: s.collateral_file,

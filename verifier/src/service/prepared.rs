@@ -185,7 +185,7 @@ mod tests {
         )
         .unwrap();
         let ev = crate::evidence::Evidence::from_quote(quote);
-        let appraised = AppraisedEvidence::build(&ev, None, "dcap", Some(b"abc"));
+        let appraised = AppraisedEvidence::build(&ev, None, Some(b"abc"));
         let prepared = Prepared::new(appraised.clone(), 0);
         let connection = ConnectionClaims {
             user: "u\"ser".into(),
