@@ -10,6 +10,7 @@
 #                      still one worker; every crash input is saved in artifacts/<target>/
 #   FUZZ_TIMEOUT=S     per-input timeout in seconds (default 25)
 #   FUZZ_ARGS="..."    extra libFuzzer flags
+#   FUZZ_NO_BUILD=1    use the binaries already in fuzz/target (no rebuild)
 #
 # Crash inputs go to fuzz/artifacts/<target>/, libFuzzer logs to fuzz/artifacts/logs/.
 # Exit status: 0 if no target crashed (or timed out / ran out of memory), 1 otherwise.
@@ -31,10 +32,12 @@ else
     mapfile -t TARGETS < <(cargo +nightly fuzz list)
 fi
 
-echo "building ${#TARGETS[@]} target(s)..." >&2
-if ! nice -n 19 cargo +nightly fuzz build >&2; then
-    echo "build failed" >&2
-    exit 2
+if [[ -z "${FUZZ_NO_BUILD:-}" ]]; then
+    echo "building ${#TARGETS[@]} target(s)..." >&2
+    if ! nice -n 19 cargo +nightly fuzz build >&2; then
+        echo "build failed" >&2
+        exit 2
+    fi
 fi
 BIN_DIR="$FUZZ_DIR/target/x86_64-unknown-linux-gnu/release"
 
