@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("teesql_verifier_v1_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Decode errors are the caller's (INVALID_ARGUMENT naming the field), see codec.rs.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::TeesqlCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -3,6 +3,11 @@
 
     pip install grpcio grpcio-reflection protobuf
     python3 tools/verify_peer.py 127.0.0.1:50051 sidecar [client-cert.pem]
+    python3 tools/verify_peer.py --ca verifier-ca.pem verifier.example:50051 sidecar [client-cert.pem]
+    python3 tools/verify_peer.py unix:///run/teesql/verifier.sock sidecar [client-cert.pem]
+
+With --ca the channel is TLS and the verifier's certificate must chain to that CA and name
+the host; without it the channel is plaintext (loopback or a unix socket only).
 
 Prints the decision as JSON. No .proto file or generated code is needed: the message
 types come from the server's reflection service.
@@ -27,9 +32,17 @@ def pem_chain_to_der(path):
 
 
 def main():
-    target, purpose = sys.argv[1], sys.argv[2]
-    chain = pem_chain_to_der(sys.argv[3]) if len(sys.argv) > 3 else []
-    channel = grpc.insecure_channel(target)
+    args = sys.argv[1:]
+    ca = None
+    if args[:1] == ["--ca"]:
+        ca, args = args[1], args[2:]
+    target, purpose = args[0], args[1]
+    chain = pem_chain_to_der(args[2]) if len(args) > 2 else []
+    if ca:
+        with open(ca, "rb") as f:
+            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=f.read()))
+    else:
+        channel = grpc.insecure_channel(target)
     pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
     service = pool.FindServiceByName("teesql.verifier.v1.Verifier")
     method = service.methods_by_name["VerifyPeer"]

@@ -3,11 +3,14 @@
 
 #![allow(missing_docs, missing_debug_implementations, clippy::doc_markdown)]
 
+pub mod codec;
 pub mod report;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 #[cfg(feature = "runtime")]
 pub mod settings;
+#[cfg(feature = "runtime")]
+pub mod transport;
 
 /// `teesql.verifier.v1`.
 pub mod v1 {

@@ -9,6 +9,7 @@ use clap::ValueEnum;
 use serde::Deserialize;
 pub use teesql_proto::settings::{Env, ProcessEnv};
 use teesql_proto::settings::{Problems, first};
+use teesql_proto::transport::ServerTrust;
 
 use crate::auth::{AuthMap, Privileges, Secret};
 
@@ -59,10 +60,15 @@ pub struct IdentityFile {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifierFile {
-    /// gRPC URL of teesql-verifier [default: http://127.0.0.1:50051].
+    /// gRPC URL of teesql-verifier: http://127.0.0.1:PORT, https://HOST:PORT or
+    /// unix:///PATH [default: http://127.0.0.1:50051].
     pub url: Option<String>,
     /// Time limit of one decision, milliseconds [default: 5000].
     pub timeout_ms: Option<u64>,
+    /// CA certificates (PEM) that an https verifier's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// Or the SHA-256 (hex) of the https verifier's certificate.
+    pub cert_sha256: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -272,6 +278,7 @@ pub struct SidecarConfig {
     pub public_listen: Option<SocketAddr>,
     pub identity: IdentityConfig,
     pub verifier_url: String,
+    pub verifier_trust: Option<ServerTrust>,
     pub verifier_timeout: Duration,
     pub backend: BackendConfig,
     pub auth_method: ClientAuthMethod,
@@ -405,10 +412,17 @@ impl SidecarConfig {
             file.verifier.url,
         ])
         .unwrap_or_else(|| defaults::VERIFIER_URL.into());
-        if !(verifier_url.starts_with("http://") || verifier_url.starts_with("https://")) {
-            p.push(format!(
-                "verifier.url {verifier_url:?}: must be an http(s) URL"
-            ));
+        let ca_file = first([
+            e("TEESQL_VERIFIER_CA_FILE").map(PathBuf::from),
+            file.verifier.ca_file,
+        ]);
+        let cert_sha256 = first([e("TEESQL_VERIFIER_CERT_SHA256"), file.verifier.cert_sha256]);
+        let verifier_trust = ServerTrust::from_settings(ca_file.as_deref(), cert_sha256.as_deref())
+            .map_err(|e| p.push(format!("verifier.{e}")))
+            .ok()
+            .flatten();
+        if let Err(e) = teesql_proto::transport::check(&verifier_url, verifier_trust.as_ref()) {
+            p.push(format!("verifier.url {e}"));
         }
         let verifier_timeout = Duration::from_millis(positive(
             &mut p,
@@ -686,6 +700,7 @@ impl SidecarConfig {
                 public_listen,
                 identity,
                 verifier_url,
+                verifier_trust,
                 verifier_timeout,
                 backend,
                 auth_method,

@@ -31,6 +31,7 @@ use crate::identity::GuestAgent;
 use crate::pgwire::{self, StartupPacket, WireError, backend as msg};
 use crate::relay;
 use crate::verifier::VerifierClient;
+use teesql_proto::transport::ServerTrust;
 
 /// How the forwarder runs.
 #[derive(Debug, Clone)]
@@ -42,6 +43,7 @@ pub struct ForwardConfig {
     /// TLS server name (SNI); default: the host dialled, when it is a name.
     pub server_name: Option<String>,
     pub verifier_url: String,
+    pub verifier_trust: Option<ServerTrust>,
     /// Time limit of one decision.
     pub verifier_timeout: Duration,
     /// Which policy judges the server [default: client].
@@ -85,6 +87,10 @@ pub struct ForwardSettings {
     pub server_name: Option<String>,
     /// [default: env TEESQL_VERIFIER_URL, else the sidecar's default]
     pub verifier_url: Option<String>,
+    /// [default: env TEESQL_VERIFIER_CA_FILE]
+    pub verifier_ca_file: Option<std::path::PathBuf>,
+    /// [default: env TEESQL_VERIFIER_CERT_SHA256]
+    pub verifier_cert_sha256: Option<String>,
     /// [default: `DEFAULT_PURPOSE`]
     pub purpose: Option<String>,
     /// As given: 96 hex digits each, optional `0x`, any case; blanks ignored
@@ -200,10 +206,25 @@ impl ForwardSettings {
                 }
             },
         };
-        if !(verifier_url.starts_with("http://") || verifier_url.starts_with("https://")) {
-            errors.push(format!(
-                "--verifier {verifier_url:?}: must be an http(s) URL"
-            ));
+        let ca_file = first([
+            self.verifier_ca_file,
+            env.var("TEESQL_VERIFIER_CA_FILE")
+                .map(std::path::PathBuf::from),
+        ]);
+        let cert_sha256 = first([
+            self.verifier_cert_sha256,
+            env.var("TEESQL_VERIFIER_CERT_SHA256"),
+        ]);
+        let verifier_trust =
+            match ServerTrust::from_settings(ca_file.as_deref(), cert_sha256.as_deref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(format!("--{}", e.replace('_', "-")));
+                    None
+                }
+            };
+        if let Err(e) = teesql_proto::transport::check(&verifier_url, verifier_trust.as_ref()) {
+            errors.push(format!("--verifier {e}"));
         }
         let (Some(listen), true) = (listen, errors.is_empty()) else {
             return Err(errors);
@@ -213,6 +234,7 @@ impl ForwardSettings {
             to: self.to,
             server_name: self.server_name,
             verifier_url,
+            verifier_trust,
             verifier_timeout: VERIFIER_TIMEOUT,
             purpose,
             expected_mrtds,
@@ -385,7 +407,11 @@ impl Forwarder {
         if let Some(to) = &config.to {
             server_name_for(config.server_name.as_deref(), host_of(to))?;
         }
-        let verifier = VerifierClient::new(&config.verifier_url, config.verifier_timeout)?;
+        let verifier = VerifierClient::new(
+            &config.verifier_url,
+            config.verifier_trust.as_ref(),
+            config.verifier_timeout,
+        )?;
         Ok(Arc::new(Self {
             connector: TlsConnector::from(Arc::new(tls)),
             verifier,
@@ -1061,7 +1087,8 @@ mod tests {
     fn the_environment_fills_what_flags_leave_out() {
         let mrtd = "ab".repeat(48);
         let env = [
-            ("TEESQL_VERIFIER_URL", "http://10.0.0.1:50051"),
+            ("TEESQL_VERIFIER_URL", "https://10.0.0.1:50051"),
+            ("TEESQL_VERIFIER_CERT_SHA256", &*"cd".repeat(32)),
             ("EXPECTED_MRTD", &*format!("{mrtd}, ")),
         ];
         let c = ForwardSettings {
@@ -1070,7 +1097,8 @@ mod tests {
         }
         .resolve(&env)
         .unwrap();
-        assert_eq!(c.verifier_url, "http://10.0.0.1:50051");
+        assert_eq!(c.verifier_url, "https://10.0.0.1:50051");
+        assert_eq!(c.verifier_trust, Some(ServerTrust::CertSha256([0xcd; 32])));
         assert_eq!(c.expected_mrtds, [mrtd]);
         assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(c.purpose, DEFAULT_PURPOSE);
@@ -1080,7 +1108,7 @@ mod tests {
             expected_mrtds: vec!["cd".repeat(48)],
             ..settings()
         }
-        .resolve(&env)
+        .resolve(&[env[0], env[2]])
         .unwrap();
         assert_eq!(c.verifier_url, "http://127.0.0.1:50051");
         assert_eq!(c.expected_mrtds, ["cd".repeat(48)]);

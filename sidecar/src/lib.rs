@@ -58,7 +58,11 @@ impl Sidecar {
         let cert = RotatingCert::new(identity);
         let tls =
             tls::server_config(cert.clone()).map_err(|e| format!("TLS configuration: {e}"))?;
-        let verifier = VerifierClient::new(&config.verifier_url, config.verifier_timeout)?;
+        let verifier = VerifierClient::new(
+            &config.verifier_url,
+            config.verifier_trust.as_ref(),
+            config.verifier_timeout,
+        )?;
         let shared = Arc::new(Shared {
             limiter: FailureLimiter::new(config.limits.address),
             pool: pool::BackendPool::new(

@@ -73,10 +73,18 @@ struct ForwardArgs {
     /// [default: 127.0.0.1:6432].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// Verifier gRPC URL that judges the server [default: env TEESQL_VERIFIER_URL, else
-    /// http://127.0.0.1:50051].
+    /// Verifier gRPC URL that judges the server: http://127.0.0.1:PORT, https://HOST:PORT
+    /// or unix:///PATH [default: env TEESQL_VERIFIER_URL, else http://127.0.0.1:50051].
     #[arg(long, value_name = "URL")]
     verifier: Option<String>,
+    /// CA certificates (PEM) an https verifier's certificate must chain to
+    /// [default: env TEESQL_VERIFIER_CA_FILE].
+    #[arg(long, value_name = "FILE")]
+    verifier_ca_file: Option<std::path::PathBuf>,
+    /// Or the SHA-256 (hex) of the https verifier's certificate
+    /// [default: env TEESQL_VERIFIER_CERT_SHA256].
+    #[arg(long, value_name = "HEX")]
+    verifier_cert_sha256: Option<String>,
     /// Which verifier policy judges the server [default: client].
     #[arg(long, value_name = "PURPOSE")]
     policy: Option<String>,
@@ -260,6 +268,8 @@ async fn forward(args: ForwardArgs) -> ExitCode {
         to: args.to,
         server_name: args.server_name,
         verifier_url: args.verifier,
+        verifier_ca_file: args.verifier_ca_file,
+        verifier_cert_sha256: args.verifier_cert_sha256,
         purpose: args.policy,
         expected_mrtds: args.expected_mrtds,
         expected_compose_hashes: args.expected_compose_hashes,

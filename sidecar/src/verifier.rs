@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use teesql_proto::transport::ServerTrust;
 use teesql_proto::v1::verifier_client::VerifierClient as Grpc;
 use teesql_proto::v1::{Decision, VerifyManifestRequest, VerifyPeerRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A cheap-to-clone handle on the verifier.
 #[derive(Debug, Clone)]
@@ -26,14 +27,15 @@ pub struct VerifierUnavailable {
 
 impl VerifierClient {
     /// Connects lazily: a verifier that is down at start-up is retried on each call.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let channel = Endpoint::from_shared(url.to_string())
-            .map_err(|e| format!("verifier url {url:?}: {e}"))?
-            .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .connect_lazy();
+    /// `http://` (loopback only), `https://` (trusted by `trust`) or `unix://`.
+    pub fn new(url: &str, trust: Option<&ServerTrust>, timeout: Duration) -> Result<Self, String> {
+        let channel = teesql_proto::transport::connect_lazy(
+            url,
+            trust,
+            timeout.min(Duration::from_secs(2)),
+            timeout,
+        )
+        .map_err(|e| format!("verifier url {e}"))?;
         Ok(Self {
             grpc: Grpc::new(channel.clone()),
             health: tonic_health::pb::health_client::HealthClient::new(channel),

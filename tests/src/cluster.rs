@@ -14,7 +14,7 @@ use teesql_sidecar::config::{Overrides, SidecarConfig, SidecarFile};
 use teesql_sidecar::forward::{ForwardSettings, Forwarder};
 use teesql_verifier::service::DecisionService;
 use teesql_verifier::service::config::{ServeConfig, ServeSettings};
-use teesql_verifier::service::server::{Listeners, Verifier};
+use teesql_verifier::service::server::{GrpcListener, Listeners, Verifier};
 
 use crate::agent::TestAgent;
 use crate::postgres::{PgOptions, TempPostgres};
@@ -48,6 +48,21 @@ pub struct ClusterOptions {
     /// The verifier's quote backend(s), as `--backend` takes them (`dcap`, `ita`,
     /// `dcap,ita`); with `ita` a mock Intel Trust Authority is started.
     pub backend: String,
+    /// How the sidecar and forwarders reach the verifier.
+    pub verifier_transport: VerifierTransport,
+}
+
+/// How the verifier serves gRPC in a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifierTransport {
+    /// Plaintext on 127.0.0.1.
+    #[default]
+    Loopback,
+    /// TLS on 127.0.0.1 with a certificate from a CA the cluster makes
+    /// (`Cluster::verifier_ca`).
+    Tls,
+    /// A unix socket in the state directory.
+    Unix,
 }
 
 impl Default for ClusterOptions {
@@ -67,6 +82,7 @@ impl Default for ClusterOptions {
             backend_unix_socket: false,
             public_http: false,
             backend: "dcap".into(),
+            verifier_transport: VerifierTransport::Loopback,
         }
     }
 }
@@ -78,7 +94,12 @@ pub struct Cluster {
     pub agent: TestAgent,
     /// The mock Intel Trust Authority, when the verifier uses the `ita` backend.
     pub ita: Option<crate::ita::MockIta>,
+    /// The verifier's TCP address (unused with a unix socket).
     pub verifier_addr: SocketAddr,
+    /// What clients put in their verifier URL.
+    pub verifier_url: String,
+    /// With TLS: the CA that issued the verifier's certificate (PEM).
+    pub verifier_ca: Option<PathBuf>,
     pub verifier: Arc<DecisionService>,
     pub sidecar_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
@@ -157,8 +178,14 @@ impl Cluster {
         } else {
             None
         };
+        let tls_files = match opts.verifier_transport {
+            VerifierTransport::Tls => Some(verifier_pki(&state_dir)?),
+            _ => None,
+        };
         let settings = ServeSettings {
             listen: Some(format!("127.0.0.1:{}", opts.verifier_port.unwrap_or(0))),
+            tls_cert: tls_files.as_ref().map(|f| f.cert.clone()),
+            tls_key: tls_files.as_ref().map(|f| f.key.clone()),
             policy_dirs: Some(vec![repo_root().join("policies").join(&opts.profile)]),
             dev_trust_root: Some(agent.root_der_path()),
             pccs_url: Some(agent.url.clone()),
@@ -184,9 +211,17 @@ impl Cluster {
         let verifier = running.service().clone();
         let vlistener = bind(opts.verifier_port, "verifier").await?;
         let verifier_addr = vlistener.local_addr()?;
+        let grpc = match opts.verifier_transport {
+            VerifierTransport::Unix => {
+                GrpcListener::bind_unix(&state_dir.join("verifier.sock")).map_err(|e| anyhow!(e))?
+            }
+            _ => vlistener.into(),
+        };
+        let verifier_url = grpc.url(tls_files.is_some());
+        let verifier_ca = tls_files.map(|f| f.ca);
         let (vtx, vrx) = tokio::sync::oneshot::channel::<()>();
         let listeners = Listeners {
-            grpc: vlistener,
+            grpc,
             metrics: None,
         };
         tokio::spawn(running.run(listeners, async {
@@ -207,12 +242,16 @@ impl Cluster {
         let mut toml = format!(
             "[listen]\npostgres = \"{sidecar_addr}\"\nadmin = \"{}\"\n\
              [identity]\nendpoint = \"{}\"\nalt_names = [\"localhost\", \"127.0.0.1\"]\n\
-             [verifier]\nurl = \"http://{verifier_addr}\"\n\
+             [verifier]\nurl = \"{verifier_url}\"\n{}\
              [backend]\nhost = \"{}\"\nport = {}\n",
             admin_addr
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "off".into()),
             agent.socket.display(),
+            verifier_ca
+                .as_ref()
+                .map(|ca| format!("ca_file = {:?}\n", ca.display().to_string()))
+                .unwrap_or_default(),
             if opts.backend_unix_socket {
                 pg.socket_dir.display().to_string()
             } else {
@@ -264,6 +303,8 @@ impl Cluster {
             agent,
             ita,
             verifier_addr,
+            verifier_url,
+            verifier_ca,
             verifier,
             sidecar_addr,
             admin_addr,
@@ -350,7 +391,8 @@ impl Cluster {
         ForwardSettings {
             to: Some(self.sidecar_addr.to_string()),
             server_name: Some("localhost".into()),
-            verifier_url: Some(format!("http://{}", self.verifier_addr)),
+            verifier_url: Some(self.verifier_url.clone()),
+            verifier_ca_file: self.verifier_ca.clone(),
             expected_compose_hashes: vec![self.agent.agent.compose_hash_hex()],
             ..ForwardSettings::default()
         }
@@ -452,6 +494,36 @@ impl Drop for Cluster {
             let _ = tx.send(());
         }
     }
+}
+
+/// The files of a verifier TLS identity.
+struct VerifierPki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A CA and a verifier certificate it issues for 127.0.0.1 and localhost, in `dir`.
+fn verifier_pki(dir: &Path) -> Result<VerifierPki> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "teesql-dev verifier CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
+        .signed_by(&key, &issuer)?;
+    let files = VerifierPki {
+        ca: dir.join("verifier-ca.pem"),
+        cert: dir.join("verifier.pem"),
+        key: dir.join("verifier.key"),
+    };
+    std::fs::write(&files.ca, ca_cert.pem())?;
+    std::fs::write(&files.cert, cert.pem())?;
+    std::fs::write(&files.key, key.serialize_pem())?;
+    Ok(files)
 }
 
 #[cfg(test)]

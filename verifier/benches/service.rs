@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use dcap_qvl::QuoteCollateralV3;
+use sha2::{Digest as _, Sha256 as Sha256Digest};
 use teesql_proto::v1::verifier_client::VerifierClient;
 use teesql_proto::v1::{VerifyQuoteRequest, verify_quote_request};
 use teesql_verifier::service::config::{ServeConfig, ServeSettings};
@@ -77,16 +78,60 @@ fn baseline_decision(
 }
 
 fn service_config(listen: &str) -> ServeConfig {
-    ServeConfig::resolve(ServeSettings {
+    service_config_with(ServeSettings {
         listen: Some(listen.into()),
+        ..ServeSettings::default()
+    })
+}
+
+/// The bench's settings over `extra` (listen address, TLS, signing).
+fn service_config_with(extra: ServeSettings) -> ServeConfig {
+    ServeConfig::resolve(ServeSettings {
         policy_dirs: Some(vec![root().join("policies/teesql")]),
         collateral_file: Some(root().join("testdata/dcap/tdx_quote_collateral.json")),
         offline: Some(true),
         decision_log: Some("off".into()),
         now: Some(NOW),
-        ..ServeSettings::default()
+        ..extra
     })
     .unwrap()
+}
+
+/// Serve `config` on `rt`; the URL a client uses.
+fn spawn_verifier(
+    rt: &tokio::runtime::Runtime,
+    config: &ServeConfig,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    rt.block_on(async {
+        let verifier = Verifier::start(config).unwrap();
+        let listeners = Listeners::bind(config).await.unwrap();
+        let url = listeners.grpc.url(config.tls.is_some());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(verifier.run(listeners, async {
+            let _ = rx.await;
+        }));
+        (url, tx)
+    })
+}
+
+/// 3000 warm decisions, one caller, sequential, over `channel`.
+async fn one_caller(channel: tonic::transport::Channel, quote: &[u8]) -> (Vec<Duration>, Duration) {
+    let mut client = VerifierClient::new(channel);
+    let req = VerifyQuoteRequest {
+        purpose: "quote".into(),
+        evidence: Some(verify_quote_request::Evidence::Quote(quote.to_vec())),
+        ..Default::default()
+    };
+    client.verify_quote(req.clone()).await.unwrap();
+    let wall = Instant::now();
+    let mut s = Vec::with_capacity(3000);
+    for _ in 0..3000 {
+        let t = Instant::now();
+        let d = client.verify_quote(req.clone()).await.unwrap().into_inner();
+        s.push(t.elapsed());
+        assert!(d.allow && d.cached);
+    }
+    (s, wall.elapsed())
 }
 
 fn main() {
@@ -352,7 +397,82 @@ fn main() {
         grpc_wall,
     );
 
+    // (d) the same warm decision, one caller, over each transport a client can use, each
+    // verifier in this process and run: plaintext TCP (above), TLS, the unix socket; and
+    // plaintext TCP with decision signing off, to show what the token costs.
+    let pki = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (pki.path().join("c.pem"), pki.path().join("k.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let pin =
+        teesql_proto::transport::ServerTrust::CertSha256(Sha256Digest::digest(cert.der()).into());
+    let (tls_url, _tls_stop) = spawn_verifier(
+        &rt,
+        &service_config_with(ServeSettings {
+            listen: Some("127.0.0.1:0".into()),
+            tls_cert: Some(cert_path),
+            tls_key: Some(key_path),
+            ..ServeSettings::default()
+        }),
+    );
+    let (unix_url, _unix_stop) = spawn_verifier(
+        &rt,
+        &service_config_with(ServeSettings {
+            listen: Some(format!("unix://{}", pki.path().join("v.sock").display())),
+            ..ServeSettings::default()
+        }),
+    );
+    let (unsigned_url, _unsigned_stop) = spawn_verifier(
+        &rt,
+        &service_config_with(ServeSettings {
+            listen: Some("127.0.0.1:0".into()),
+            sign_decisions: Some(false),
+            ..ServeSettings::default()
+        }),
+    );
+    let connect = |url: &str, trust: Option<&teesql_proto::transport::ServerTrust>| {
+        teesql_proto::transport::connect_lazy(
+            url,
+            trust,
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    let mut by_transport = Vec::new();
+    for (name, url, trust) in [
+        (
+            "(d) gRPC TLS (pinned cert), warm, 1 caller",
+            &tls_url,
+            Some(&pin),
+        ),
+        ("(d) gRPC unix socket, warm, 1 caller", &unix_url, None),
+        (
+            "(d) gRPC TCP, signing off, warm, 1 caller",
+            &unsigned_url,
+            None,
+        ),
+    ] {
+        let (samples, wall) = client_rt.block_on(one_caller(connect(url, trust), &quote));
+        let p50 = pct(&mut samples.clone(), 0.5);
+        line(name, samples, wall);
+        by_transport.push((name, p50));
+    }
+
     println!();
+    for (name, p50) in &by_transport {
+        println!(
+            "{name}: p50 {:.0} µs = {:.2}x plaintext TCP ({:.0} µs, same run)",
+            p50.as_secs_f64() * 1e6,
+            p50.as_secs_f64() / one_p50.as_secs_f64(),
+            one_p50.as_secs_f64() * 1e6
+        );
+    }
     println!(
         "warm in-process / baseline throughput: {:.0}x (target >= 20x)",
         warm / baseline

@@ -200,6 +200,11 @@ async fn serve_from_a_toml_config_reloads_and_drains() {
 /// protobuf: `.ci/run` provides them (TEESQL_PYTHON) and CI fails without them; elsewhere a
 /// missing module skips this part with a notice. Returns whether the client ran.
 async fn python_client_calls_verify_peer(target: &str) -> bool {
+    python_verify_peer(&[target]).await
+}
+
+/// `tools/verify_peer.py ARGS... sidecar` (see above); whether it ran.
+async fn python_verify_peer(args: &[&str]) -> bool {
     let python = std::env::var("TEESQL_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = Command::new(&python)
         .args(["-c", "import grpc, grpc_reflection, google.protobuf"])
@@ -219,11 +224,12 @@ async fn python_client_calls_verify_peer(target: &str) -> bool {
         );
         return false;
     }
-    let target = target.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(root().join("tools/verify_peer.py"))
-            .args([target.as_str(), "sidecar"])
+            .args(&args)
+            .arg("sidecar")
             .output()
             .unwrap()
     })
@@ -332,4 +338,64 @@ async fn every_decision_before_sigterm_is_logged() {
     let text = reader.join().unwrap();
     assert_eq!(text.lines().count(), PER_TASK * TASKS);
     assert!(text.lines().all(|l| l.ends_with('}')), "a torn line");
+}
+
+/// `serve --tls-cert --tls-key` on loopback, and the README's Python client reaching it
+/// over TLS with `--ca`, as a client library on another machine would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_over_tls_answers_a_python_grpcio_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "test verifier CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let path = |n: &str| dir.path().join(n);
+    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+    let mut serve = Serve(
+        Command::new(env!("CARGO_BIN_EXE_teesql-verifier"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--decision-log", "off"])
+            .arg("--tls-cert")
+            .arg(path("cert.pem"))
+            .arg("--tls-key")
+            .arg(path("key.pem"))
+            .current_dir(root())
+            .env_remove("PCCS_URL")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut addr = None;
+    for line in BufReader::new(serve.0.stdout.take().unwrap()).lines() {
+        if let Some(rest) = line.unwrap().strip_prefix("teesql-verifier listening on ") {
+            addr = Some(rest.split(' ').next().unwrap().to_string());
+            break;
+        }
+    }
+    let addr = addr.expect("serve exited before listening");
+    let ca = path("ca.pem");
+    let ran = python_verify_peer(&["--ca", ca.to_str().unwrap(), &addr]).await;
+    if !ran {
+        eprintln!("NOTICE: the Python TLS client was not run (no grpcio here)");
+    }
+    // A plaintext client gets no decision from the TLS listener.
+    let plain = VerifierClient::connect(format!("http://{addr}")).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(mut c) => c.verify_quote(VerifyQuoteRequest::default()).await.is_err(),
+    };
+    assert!(
+        refused,
+        "a plaintext client got an answer from the TLS listener"
+    );
 }

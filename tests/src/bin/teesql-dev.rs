@@ -238,7 +238,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let mode_a =
         format!("postgresql://teesql_readwrite:{rw}@{forward_addr}/postgres?sslmode=disable");
-    let verifier_url = format!("http://{}", cluster.verifier_addr);
+    let verifier_url = cluster.verifier_url.clone();
     let backend_dsn = format!(
         "postgresql://postgres:{superuser_password}@127.0.0.1:{}/postgres?sslmode=disable",
         cluster.pg.port

@@ -2,6 +2,7 @@
 
 mod policy_cmd;
 mod serve;
+mod token_cmd;
 mod verify;
 
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ enum Command {
     /// Work with policy profiles.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Check signed decisions (Decision.token) as a relying party.
+    #[command(subcommand)]
+    Token(token_cmd::TokenCommand),
 }
 
 /// Run a parsed command line.
@@ -60,6 +64,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => verify::run(*args).await,
         Command::Serve(args) => serve::run(*args).await,
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Token(cmd) => token_cmd::run(cmd).await,
     }
 }
 

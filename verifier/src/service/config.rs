@@ -22,9 +22,44 @@ use crate::policy::PolicySet;
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeSettings {
-    /// gRPC listen address [default: 127.0.0.1:50051]. [env: TEESQL_VERIFIER_LISTEN]
+    /// gRPC listen address, HOST:PORT or unix:///PATH [default: 127.0.0.1:50051].
+    /// Plaintext TCP only on loopback unless --insecure-plaintext. [env: TEESQL_VERIFIER_LISTEN]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key. [env: TEESQL_VERIFIER_TLS_CERT]
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM). [env: TEESQL_VERIFIER_TLS_KEY]
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plaintext gRPC on a non-loopback address: whoever is on the path can then
+    /// answer "allow" for this verifier. [env: TEESQL_VERIFIER_INSECURE_PLAINTEXT]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_plaintext: Option<bool>,
+    /// A file holding the bearer token PolicyAdmin requires; without it PolicyAdmin
+    /// answers only over the unix socket or loopback. [env: TEESQL_VERIFIER_ADMIN_TOKEN_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve gRPC server reflection [default: true]. [env: TEESQL_VERIFIER_REFLECTION]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub reflection: Option<bool>,
+    /// Largest request accepted, KiB [default: 4096]. [env: TEESQL_VERIFIER_MAX_MESSAGE_KIB]
+    #[arg(long, value_name = "KIB")]
+    pub max_message_kib: Option<u64>,
+    /// Requests served at once on one connection [default: 64]. [env: TEESQL_VERIFIER_CONCURRENCY_PER_CONNECTION]
+    #[arg(long, value_name = "N")]
+    pub concurrency_per_connection: Option<u64>,
+    /// Sign every decision (Decision.token, a JWS checkable with /.well-known/jwks.json)
+    /// [default: true]. [env: TEESQL_VERIFIER_SIGN_DECISIONS]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub sign_decisions: Option<bool>,
+    /// The decision-signing key, P-256 PKCS#8 PEM [default: a key generated at start].
+    /// [env: TEESQL_VERIFIER_SIGNING_KEY]
+    #[arg(long, value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+    /// The `iss` of decision tokens [default: teesql-verifier]. [env: TEESQL_VERIFIER_TOKEN_ISSUER]
+    #[arg(long, value_name = "ISS")]
+    pub token_issuer: Option<String>,
     /// HTTP address for /metrics and /healthz [default: off]. [env: TEESQL_VERIFIER_METRICS_LISTEN]
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
@@ -114,6 +149,8 @@ pub mod defaults {
     pub const EVAL_TIMEOUT_MS: u64 = 250;
     pub const REQUEST_TIMEOUT_SECS: u64 = 30;
     pub const DECISION_LOG: &str = "stdout";
+    pub const MAX_MESSAGE_KIB: u64 = 4096;
+    pub const CONCURRENCY_PER_CONNECTION: u64 = 64;
 }
 
 impl ServeSettings {
@@ -123,6 +160,16 @@ impl ServeSettings {
             self,
             lower,
             listen,
+            tls_cert,
+            tls_key,
+            insecure_plaintext,
+            admin_token_file,
+            reflection,
+            max_message_kib,
+            concurrency_per_connection,
+            sign_decisions,
+            signing_key,
+            token_issuer,
             metrics_listen,
             policy_dirs,
             trust_root,
@@ -157,6 +204,16 @@ impl ServeSettings {
             policy_dirs: env
                 .var("TEESQL_VERIFIER_POLICY_DIR")
                 .map(|v| v.split(',').map(PathBuf::from).collect()),
+            tls_cert: path("TEESQL_VERIFIER_TLS_CERT"),
+            tls_key: path("TEESQL_VERIFIER_TLS_KEY"),
+            insecure_plaintext: p.env_switch(env, "TEESQL_VERIFIER_INSECURE_PLAINTEXT"),
+            admin_token_file: path("TEESQL_VERIFIER_ADMIN_TOKEN_FILE"),
+            reflection: p.env_switch(env, "TEESQL_VERIFIER_REFLECTION"),
+            max_message_kib: p.env(env, "TEESQL_VERIFIER_MAX_MESSAGE_KIB"),
+            concurrency_per_connection: p.env(env, "TEESQL_VERIFIER_CONCURRENCY_PER_CONNECTION"),
+            sign_decisions: p.env_switch(env, "TEESQL_VERIFIER_SIGN_DECISIONS"),
+            signing_key: path("TEESQL_VERIFIER_SIGNING_KEY"),
+            token_issuer: env.var("TEESQL_VERIFIER_TOKEN_ISSUER"),
             trust_root: path("TEESQL_VERIFIER_TRUST_ROOT"),
             dev_trust_root: path("TEESQL_VERIFIER_DEV_TRUST_ROOT"),
             pccs_url: env.var("PCCS_URL"),
@@ -186,10 +243,75 @@ impl ServeSettings {
     }
 }
 
+/// Where gRPC is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    /// `unix:///run/teesql/verifier.sock`
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err("expected unix:///ABSOLUTE/PATH".into());
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        s.parse::<SocketAddr>()
+            .map(Self::Tcp)
+            .map_err(|e| format!("{e}; expected HOST:PORT or unix:///PATH"))
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// Who may call PolicyAdmin.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AdminAccess {
+    /// Callers over the unix socket or loopback.
+    LocalOnly,
+    /// Callers presenting `authorization: Bearer <token>`; the SHA-256 of the token is kept.
+    Token([u8; 32]),
+}
+
+impl AdminAccess {
+    pub fn token(token: &str) -> Self {
+        use sha2::Digest;
+        Self::Token(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+impl std::fmt::Debug for AdminAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::LocalOnly => f.write_str("LocalOnly"),
+            Self::Token(_) => f.write_str("Token(<redacted>)"),
+        }
+    }
+}
+
 /// Settings checked and resolved, with defaults applied.
 #[derive(Debug)]
 pub struct ServeConfig {
-    pub listen: SocketAddr,
+    pub listen: Listen,
+    /// TLS for gRPC (an operator certificate).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub admin: AdminAccess,
+    pub reflection: bool,
+    pub max_message_bytes: usize,
+    pub concurrency_per_connection: usize,
+    /// Signs decisions, unless turned off.
+    pub signer: Option<Arc<super::token::DecisionSigner>>,
     pub metrics_listen: Option<SocketAddr>,
     pub policy_dirs: Vec<PathBuf>,
     pub backend: BackendConfig,
@@ -229,7 +351,53 @@ impl ServeConfig {
             env,
             &mut p,
         );
-        let listen = p.socket_addr("listen", s.listen.as_deref().unwrap_or(defaults::LISTEN));
+        let listen: Option<Listen> =
+            p.parse("listen", s.listen.as_deref().unwrap_or(defaults::LISTEN));
+        let tls = match (&s.tls_cert, &s.tls_key) {
+            (Some(cert), Some(key)) => teesql_proto::transport::server_config(cert, key)
+                .map(Arc::new)
+                .map_err(|e| p.push(e))
+                .ok(),
+            (None, None) => None,
+            _ => {
+                p.push("tls_cert and tls_key: give both, or neither");
+                None
+            }
+        };
+        if let Some(l) = &listen {
+            match l {
+                Listen::Unix(_) if tls.is_some() => {
+                    p.push("tls_cert: TLS is for TCP listeners; a unix socket is local already");
+                }
+                Listen::Tcp(addr)
+                    if tls.is_none()
+                        && !addr.ip().is_loopback()
+                        && !s.insecure_plaintext.unwrap_or(false) =>
+                {
+                    p.push(format!(
+                        "listen {addr}: plaintext gRPC on a non-loopback address lets anyone on the path answer for this verifier; give tls_cert and tls_key, listen on a unix socket, or set insecure_plaintext"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let admin = match &s.admin_token_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(t) if t.trim().len() >= 16 => Some(AdminAccess::token(t.trim())),
+                Ok(_) => {
+                    p.push(format!(
+                        "admin_token_file {}: the token must be at least 16 characters",
+                        path.display()
+                    ));
+                    None
+                }
+                Err(e) => {
+                    p.push(format!("admin_token_file {}: {e}", path.display()));
+                    None
+                }
+            },
+            None => Some(AdminAccess::LocalOnly),
+        };
         let metrics_listen = s
             .metrics_listen
             .as_deref()
@@ -283,6 +451,16 @@ impl ServeConfig {
             s.request_timeout_secs,
             defaults::REQUEST_TIMEOUT_SECS,
         );
+        let max_message_kib = positive(
+            "max_message_kib",
+            s.max_message_kib,
+            defaults::MAX_MESSAGE_KIB,
+        );
+        let concurrency = positive(
+            "concurrency_per_connection",
+            s.concurrency_per_connection,
+            defaults::CONCURRENCY_PER_CONNECTION,
+        );
         if s.cache_capacity.is_some() {
             p.report(
                 "cache_capacity",
@@ -303,10 +481,30 @@ impl ServeConfig {
                 parent.display()
             ));
         }
+        let issuer = s
+            .token_issuer
+            .clone()
+            .unwrap_or_else(|| super::token::DEFAULT_ISSUER.to_string());
+        let signer = if s.sign_decisions.unwrap_or(true) {
+            let made = match &s.signing_key {
+                Some(path) => super::token::DecisionSigner::from_pem_file(path, &issuer),
+                None => super::token::DecisionSigner::generate(&issuer),
+            };
+            made.map(Arc::new).map_err(|e| p.push(e)).ok()
+        } else {
+            None
+        };
         let clock = s.now.map(Clock::Fixed).unwrap_or(Clock::System);
         p.finish(|| {
             Some(Self {
                 listen: listen?,
+                tls,
+                admin: admin?,
+                reflection: s.reflection.unwrap_or(true),
+                max_message_bytes: usize::try_from(max_message_kib.saturating_mul(1024))
+                    .unwrap_or(usize::MAX),
+                concurrency_per_connection: usize::try_from(concurrency).unwrap_or(usize::MAX),
+                signer,
                 metrics_listen,
                 policy_dirs,
                 backend: BackendConfig {
@@ -343,13 +541,12 @@ impl ServeConfig {
         let metrics = Arc::new(Metrics::new().with_collateral(backend.collateral.clone()));
         let log = DecisionLog::start(&self.decision_log)
             .map_err(|e| vec![format!("decision_log: {e}")])?;
-        Ok(Arc::new(DecisionService::new(
-            backend.appraiser,
-            policies,
-            &self.options,
-            log,
-            metrics,
-        )))
+        let service =
+            DecisionService::new(backend.appraiser, policies, &self.options, log, metrics);
+        Ok(Arc::new(match &self.signer {
+            Some(signer) => service.with_signer(signer.clone()),
+            None => service,
+        }))
     }
 }
 
@@ -386,7 +583,7 @@ mod tests {
             file,
         )
         .unwrap();
-        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.listen, Listen::Tcp("127.0.0.1:3".parse().unwrap()));
         assert_eq!(c.options.cache_max_bytes, 16 << 20);
         assert_eq!(c.eval_limit, Duration::from_millis(100));
         assert_eq!(c.backend.collateral.pccs_url, None);

@@ -17,21 +17,101 @@ use teesql_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use futures_util::FutureExt;
+use teesql_proto::transport::{Peer, Stream};
+
+use super::config::{AdminAccess, ServeConfig};
+use super::server::GrpcListener;
 use super::{DecisionService, PeerRequest, QuoteInput, RequestError, ServiceDecision};
 use crate::claims::ConnectionClaims;
 
-/// Largest request accepted (a chain of 8 certificates of 1 MiB extensions).
-const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// How gRPC is served (from [`ServeConfig`]).
+#[derive(Debug, Clone)]
+pub struct GrpcOptions {
+    pub request_timeout: Duration,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub admin: AdminAccess,
+    pub reflection: bool,
+    pub max_message_bytes: usize,
+    pub concurrency_per_connection: usize,
+}
+
+impl GrpcOptions {
+    pub fn from_config(c: &ServeConfig) -> Self {
+        Self {
+            request_timeout: c.request_timeout,
+            tls: c.tls.clone(),
+            admin: c.admin.clone(),
+            reflection: c.reflection,
+            max_message_bytes: c.max_message_bytes,
+            concurrency_per_connection: c.concurrency_per_connection,
+        }
+    }
+}
+
+/// A TLS handshake must finish within this (before any request is read).
+const TLS_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The gRPC services over one [`DecisionService`].
 #[derive(Debug, Clone)]
 pub struct GrpcVerifier {
     service: Arc<DecisionService>,
+    admin: AdminAccess,
 }
 
 impl GrpcVerifier {
-    pub fn new(service: Arc<DecisionService>) -> Self {
-        Self { service }
+    pub fn new(service: Arc<DecisionService>, admin: AdminAccess) -> Self {
+        Self { service, admin }
+    }
+
+    /// PolicyAdmin's gate: the bearer token when one is configured, else a caller on
+    /// this machine.
+    fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        match &self.admin {
+            AdminAccess::Token(expected) => {
+                let given = req
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(|t| Sha256::digest(t.trim().as_bytes()));
+                match given {
+                    Some(d) if d.as_slice() == expected => Ok(()),
+                    _ => Err(Status::unauthenticated(
+                        "PolicyAdmin needs `authorization: Bearer <token>` with the verifier's admin token",
+                    )),
+                }
+            }
+            AdminAccess::LocalOnly => {
+                if req.extensions().get::<Peer>().is_some_and(Peer::is_local) {
+                    Ok(())
+                } else {
+                    Err(Status::permission_denied(
+                        "PolicyAdmin answers only over the unix socket or loopback unless the verifier has an admin token",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Run a handler; a panic in it becomes INTERNAL for this call, and the service keeps
+/// serving everyone else.
+async fn guarded<T>(
+    what: &'static str,
+    f: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match std::panic::AssertUnwindSafe(f).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(call = what, panic = %detail, "a request handler panicked; answering INTERNAL");
+            Err(Status::internal("internal error"))
+        }
     }
 }
 
@@ -51,6 +131,7 @@ fn to_proto(d: ServiceDecision) -> Decision {
         claims_json: d.claims_json,
         cached: d.cached,
         valid_until: i64::try_from(d.valid_until).unwrap_or(i64::MAX),
+        token: d.token,
     }
 }
 
@@ -65,71 +146,87 @@ type Answer = Result<Response<Decision>, Status>;
 #[tonic::async_trait]
 impl Verifier for GrpcVerifier {
     async fn verify_peer(&self, req: Request<VerifyPeerRequest>) -> Answer {
-        let r = req.into_inner();
-        let decision = self
-            .service
-            .verify_peer(PeerRequest {
-                purpose: r.purpose,
-                chain: r.chain,
-                connection: ConnectionClaims {
-                    user: r.user,
-                    database: r.database,
-                    sni: r.sni,
-                    client_addr: r.client_addr,
-                    alpn: r.alpn,
-                    expected_mrtds: r.expected_mrtds,
-                    expected_compose_hashes: r.expected_compose_hashes,
-                    expected_app_ids: r.expected_app_ids,
-                },
-            })
-            .await
-            .map_err(status)?;
-        Ok(Response::new(to_proto(decision)))
+        guarded("verify_peer", async move {
+            let r = req.into_inner();
+            let decision = self
+                .service
+                .verify_peer(PeerRequest {
+                    purpose: r.purpose,
+                    chain: r.chain,
+                    connection: ConnectionClaims {
+                        user: r.user,
+                        database: r.database,
+                        sni: r.sni,
+                        client_addr: r.client_addr,
+                        alpn: r.alpn,
+                        expected_mrtds: r.expected_mrtds,
+                        expected_compose_hashes: r.expected_compose_hashes,
+                        expected_app_ids: r.expected_app_ids,
+                    },
+                })
+                .await
+                .map_err(status)?;
+            Ok(Response::new(to_proto(decision)))
+        })
+        .await
     }
 
     async fn verify_quote(&self, req: Request<VerifyQuoteRequest>) -> Answer {
-        let r = req.into_inner();
-        let input = match r.evidence {
-            Some(verify_quote_request::Evidence::Quote(quote)) => QuoteInput::Quote {
-                quote,
-                event_log: r.event_log,
-            },
-            Some(verify_quote_request::Evidence::Attestation(blob)) => {
-                QuoteInput::Attestation(blob)
+        guarded("verify_quote", async move {
+            let r = req.into_inner();
+            #[cfg(test)]
+            if r.purpose == tests::PANIC_PURPOSE {
+                panic!("a test asked this handler to panic");
             }
-            None => {
-                return Err(Status::invalid_argument(
-                    "evidence: one of quote or attestation is required",
-                ));
-            }
-        };
-        let expected = (!r.expected_report_data.is_empty()).then_some(r.expected_report_data);
-        let decision = self
-            .service
-            .verify_quote(&r.purpose, input, expected)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(to_proto(decision)))
+            let input = match r.evidence {
+                Some(verify_quote_request::Evidence::Quote(quote)) => QuoteInput::Quote {
+                    quote,
+                    event_log: r.event_log,
+                },
+                Some(verify_quote_request::Evidence::Attestation(blob)) => {
+                    QuoteInput::Attestation(blob)
+                }
+                None => {
+                    return Err(Status::invalid_argument(
+                        "evidence: one of quote or attestation is required",
+                    ));
+                }
+            };
+            let expected = (!r.expected_report_data.is_empty()).then_some(r.expected_report_data);
+            let decision = self
+                .service
+                .verify_quote(&r.purpose, input, expected)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(to_proto(decision)))
+        })
+        .await
     }
 
     async fn verify_manifest(&self, req: Request<VerifyManifestRequest>) -> Answer {
-        let r = req.into_inner();
-        let decision = self
-            .service
-            .verify_manifest(&r.manifest, r.leader_chain, r.expected_signers)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(to_proto(decision)))
+        guarded("verify_manifest", async move {
+            let r = req.into_inner();
+            let decision = self
+                .service
+                .verify_manifest(&r.manifest, r.leader_chain, r.expected_signers)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(to_proto(decision)))
+        })
+        .await
     }
 
     async fn verify_report(&self, req: Request<VerifyReportRequest>) -> Answer {
-        let r = req.into_inner();
-        let decision = self
-            .service
-            .verify_report(&r.report_json)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(to_proto(decision)))
+        guarded("verify_report", async move {
+            let r = req.into_inner();
+            let decision = self
+                .service
+                .verify_report(&r.report_json)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(to_proto(decision)))
+        })
+        .await
     }
 }
 
@@ -141,8 +238,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
 impl PolicyAdmin for GrpcVerifier {
     async fn list_policies(
         &self,
-        _: Request<ListPoliciesRequest>,
+        req: Request<ListPoliciesRequest>,
     ) -> Result<Response<ListPoliciesResponse>, Status> {
+        self.admit(&req)?;
         let p = self.service.policies();
         Ok(Response::new(ListPoliciesResponse {
             policy_hash: p.hash().to_string(),
@@ -164,6 +262,7 @@ impl PolicyAdmin for GrpcVerifier {
         &self,
         req: Request<GetPolicyRequest>,
     ) -> Result<Response<GetPolicyResponse>, Status> {
+        self.admit(&req)?;
         let path = req.into_inner().path;
         let p = self.service.policies();
         let f = p
@@ -183,6 +282,7 @@ impl PolicyAdmin for GrpcVerifier {
     }
 
     async fn evaluate_policy(&self, req: Request<EvaluatePolicyRequest>) -> Answer {
+        self.admit(&req)?;
         let r = req.into_inner();
         let decision = self
             .service
@@ -193,8 +293,9 @@ impl PolicyAdmin for GrpcVerifier {
 
     async fn reload_policies(
         &self,
-        _: Request<ReloadPoliciesRequest>,
+        req: Request<ReloadPoliciesRequest>,
     ) -> Result<Response<ReloadPoliciesResponse>, Status> {
+        self.admit(&req)?;
         match self.service.reload().await {
             Ok((hash, changed)) => Ok(Response::new(ReloadPoliciesResponse {
                 policy_hash: hash,
@@ -208,14 +309,105 @@ impl PolicyAdmin for GrpcVerifier {
     }
 }
 
+/// Connections from `listener` (TLS handshakes done concurrently, each within a
+/// deadline, so a slow client holds up no one), for tonic.
+fn incoming(
+    listener: GrpcListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Stream>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = tx.closed() => return,
+                a = accept(&listener) => a,
+            };
+            let stream = match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "gRPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match (&acceptor, stream) {
+                (Some(acceptor), Stream::Tcp(tcp)) => {
+                    let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let peer = tcp.peer_addr().ok();
+                        match tokio::time::timeout(TLS_HANDSHAKE_DEADLINE, acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(tls)) => {
+                                let _ = tx.send(Ok(Stream::ServerTls(Box::new(tls)))).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(?peer, error = %e, "gRPC TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(?peer, "gRPC TLS handshake timed out"),
+                        }
+                    });
+                }
+                (_, s) => {
+                    if tx.send(Ok(s)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+async fn accept(listener: &GrpcListener) -> std::io::Result<Stream> {
+    match listener {
+        GrpcListener::Tcp(l) => {
+            let (s, _) = l.accept().await?;
+            s.set_nodelay(true)?;
+            Ok(Stream::Tcp(s))
+        }
+        GrpcListener::Unix(l, _) => Ok(Stream::Unix(l.accept().await?.0)),
+    }
+}
+
+/// tonic answers a request over the size limit with OUT_OF_RANGE; gRPC's own servers
+/// (and the clients) expect RESOURCE_EXHAUSTED, with the limit named.
+fn size_limit_status(
+    limit: usize,
+) -> impl Fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> + Clone {
+    move |mut resp| {
+        let h = resp.headers();
+        let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
+            && h.get("grpc-message")
+                .and_then(|m| m.to_str().ok())
+                .is_some_and(|m| {
+                    m.contains("message%20length%20too%20large")
+                        || m.contains("message length too large")
+                });
+        if too_large {
+            let h = resp.headers_mut();
+            h.insert("grpc-status", http::HeaderValue::from_static("8"));
+            if let Ok(v) = http::HeaderValue::from_str(
+                &format!("request too large: the limit is {limit} bytes (max_message_kib)")
+                    .replace(' ', "%20"),
+            ) {
+                h.insert("grpc-message", v);
+            }
+        }
+        resp
+    }
+}
+
 /// Serve every gRPC service on `listener` until `shutdown` completes, then drain.
 pub async fn serve(
     service: Arc<DecisionService>,
-    listener: tokio::net::TcpListener,
-    request_timeout: Duration,
+    listener: GrpcListener,
+    opts: GrpcOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let grpc = GrpcVerifier::new(service);
+    let grpc = GrpcVerifier::new(service, opts.admin.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<VerifierServer<GrpcVerifier>>().await;
     health
@@ -229,24 +421,31 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(teesql_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| tracing::error!(error = %e, "reflection v1 unavailable"))
-        .ok();
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| tracing::error!(error = %e, "reflection v1alpha unavailable"))
-        .ok();
-
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (reflection_v1, reflection_v1alpha) = if opts.reflection {
+        (
+            reflection()
+                .build_v1()
+                .map_err(|e| tracing::error!(error = %e, "reflection v1 unavailable"))
+                .ok(),
+            reflection()
+                .build_v1alpha()
+                .map_err(|e| tracing::error!(error = %e, "reflection v1alpha unavailable"))
+                .ok(),
+        )
+    } else {
+        (None, None)
+    };
+    let limit = opts.max_message_bytes;
     tonic::transport::Server::builder()
-        .timeout(request_timeout)
-        .add_service(VerifierServer::new(grpc.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(PolicyAdminServer::new(grpc).max_decoding_message_size(MAX_MESSAGE))
+        .timeout(opts.request_timeout)
+        .concurrency_limit_per_connection(opts.concurrency_per_connection)
+        .layer(tower::util::MapResponseLayer::new(size_limit_status(limit)))
+        .add_service(VerifierServer::new(grpc.clone()).max_decoding_message_size(limit))
+        .add_service(PolicyAdminServer::new(grpc).max_decoding_message_size(limit))
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, async move {
+        .serve_with_incoming_shutdown(incoming(listener, opts.tls), async move {
             shutdown.await;
             // Draining: tell health checkers (and load balancers) to send no more.
             health
@@ -257,4 +456,103 @@ pub async fn serve(
                 .await;
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::config::ServeSettings;
+    use crate::service::server::{Listeners, Verifier as Running};
+    use teesql_proto::v1::verifier_client::VerifierClient;
+
+    /// The purpose that makes `verify_quote` panic, in test builds only.
+    pub(super) const PANIC_PURPOSE: &str = "test-panic";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_handler_answers_internal_and_the_service_keeps_serving() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let config = ServeConfig::resolve(ServeSettings {
+            listen: Some("127.0.0.1:0".into()),
+            policy_dirs: Some(vec![root.join("policies/teesql")]),
+            offline: Some(true),
+            decision_log: Some("off".into()),
+            ..ServeSettings::default()
+        })
+        .unwrap();
+        let running = Running::start(&config).unwrap();
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let url = listeners.grpc.url(false);
+        let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(running.run(listeners, async {
+            let _ = rx.await;
+        }));
+        let ch = teesql_proto::transport::connect_lazy(
+            &url,
+            None,
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let ask = |purpose: &str| {
+            let mut c = VerifierClient::new(ch.clone());
+            let req = VerifyQuoteRequest {
+                purpose: purpose.into(),
+                evidence: Some(verify_quote_request::Evidence::Quote(vec![0; 16])),
+                ..Default::default()
+            };
+            async move { c.verify_quote(req).await }
+        };
+        for _ in 0..3 {
+            let e = ask(PANIC_PURPOSE).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+            assert_eq!(e.message(), "internal error", "no detail goes to the peer");
+        }
+        // The server is alive: a short quote is decided (denied, named).
+        let d = ask("quote").await.unwrap().into_inner();
+        assert!(!d.allow);
+        assert_eq!(d.reasons[0].code, "evidence_malformed");
+    }
+
+    #[test]
+    fn without_a_token_policy_admin_answers_only_local_callers() {
+        let service = {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let config = ServeConfig::resolve(ServeSettings {
+                policy_dirs: Some(vec![root.join("policies/teesql")]),
+                offline: Some(true),
+                decision_log: Some("off".into()),
+                ..ServeSettings::default()
+            })
+            .unwrap();
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let _guard = rt.enter();
+            config.build().unwrap()
+        };
+        let g = GrpcVerifier::new(service, AdminAccess::LocalOnly);
+        let from = |peer: Option<Peer>| {
+            let mut r = Request::new(ListPoliciesRequest {});
+            if let Some(p) = peer {
+                r.extensions_mut().insert(p);
+            }
+            g.admit(&r)
+        };
+        assert!(from(Some(Peer::Unix)).is_ok());
+        assert!(
+            from(Some(Peer::Tcp {
+                addr: Some("127.0.0.1:5".parse().unwrap()),
+                tls: false
+            }))
+            .is_ok()
+        );
+        let e = from(Some(Peer::Tcp {
+            addr: Some("10.1.2.3:5".parse().unwrap()),
+            tls: true,
+        }))
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            from(None).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+    }
 }

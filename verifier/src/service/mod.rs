@@ -13,6 +13,7 @@ pub mod metrics;
 mod prepared;
 pub mod reload;
 pub mod server;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +47,8 @@ pub struct ServiceDecision {
     pub cached: bool,
     /// Unix seconds until which the facts hold; 0 = unknown.
     pub valid_until: u64,
+    /// The decision signed by the verifier (compact JWS), when it signs decisions.
+    pub token: String,
 }
 
 /// A request the service cannot act on: the caller's mistake, named by field.
@@ -166,6 +169,8 @@ pub struct DecisionService {
     /// Appraisals under way, by cache key: a burst of handshakes with the same fresh
     /// certificate verifies its quote once.
     appraising: cache::SingleFlight<Appraisal>,
+    /// Signs every decision answered, when set.
+    signer: Option<Arc<token::DecisionSigner>>,
 }
 
 /// An appraisal as the single-flight shares it: prepared claims, or why the evidence
@@ -261,6 +266,56 @@ impl DecisionService {
             reloading: tokio::sync::Mutex::new(()),
             appraising: cache::SingleFlight::default(),
             epochs: Epochs::default(),
+            signer: None,
+        }
+    }
+
+    /// Sign every decision with `signer`.
+    pub fn with_signer(mut self, signer: Arc<token::DecisionSigner>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// The decision signer, for `/.well-known/jwks.json`.
+    pub fn signer(&self) -> Option<&Arc<token::DecisionSigner>> {
+        self.signer.as_ref()
+    }
+
+    /// The token for `d`, made from `facts` (empty when decisions are not signed).
+    fn sign(
+        &self,
+        purpose: &str,
+        d: &ServiceDecision,
+        key: &[u8; 32],
+        facts: &prepared::Facts,
+        now: u64,
+    ) -> String {
+        let Some(signer) = &self.signer else {
+            return String::new();
+        };
+        let identity = facts.measured.identity.as_ref();
+        let facts = token::TokenFacts {
+            purpose,
+            allow: d.allow,
+            reasons: d.reasons.iter().map(|r| r.code.as_str()).collect(),
+            policy_id: &d.policy_id,
+            policy_hash: &d.policy_hash,
+            evidence_sha256: *key,
+            valid_until: d.valid_until,
+            mrtd: facts.mrtd.as_deref(),
+            tcb_status: facts.tcb_status.as_deref(),
+            backend: facts.backend.as_deref(),
+            root: facts.root.as_deref(),
+            verified: facts.verified,
+            app_id: facts.app_id.as_deref(),
+            compose_hash: identity.and_then(|i| i[1].as_deref()),
+        };
+        match signer.sign(&facts, now) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign a decision; answering it unsigned");
+                String::new()
+            }
         }
     }
 
@@ -582,6 +637,7 @@ impl DecisionService {
             claims_json: claims_json.to_string(),
             cached: false,
             valid_until: 0,
+            token: String::new(),
         })
     }
 
@@ -659,7 +715,7 @@ impl DecisionService {
                             message: format!("the evidence cannot be decoded: {e}"),
                         };
                         let policies = self.policies.load_full();
-                        let decision = ServiceDecision {
+                        let mut decision = ServiceDecision {
                             allow: false,
                             reasons: vec![reason],
                             policy_id: format!("teesql.{purpose}"),
@@ -667,7 +723,10 @@ impl DecisionService {
                             claims_json: "null".into(),
                             cached: false,
                             valid_until: 0,
+                            token: String::new(),
                         };
+                        decision.token =
+                            self.sign(purpose, &decision, &key, &prepared::Facts::default(), now);
                         self.finish(purpose, &decision, &summary, started);
                         return Ok(decision);
                     }
@@ -690,7 +749,7 @@ impl DecisionService {
                 (false, vec![policy_error(&e)], format!("teesql.{purpose}"))
             }
         };
-        let decision = ServiceDecision {
+        let mut decision = ServiceDecision {
             allow,
             reasons,
             policy_id,
@@ -698,7 +757,9 @@ impl DecisionService {
             claims_json,
             cached,
             valid_until,
+            token: String::new(),
         };
+        decision.token = self.sign(purpose, &decision, &key, facts, now);
         self.finish(purpose, &decision, &summary, started);
         Ok(decision)
     }

@@ -28,6 +28,10 @@ pub(crate) struct Facts {
     pub subject: Option<String>,
     pub mrtd: Option<String>,
     pub app_id: Option<String>,
+    pub tcb_status: Option<String>,
+    /// The quote backend that decided, and the root it verified against.
+    pub backend: Option<String>,
+    pub root: Option<String>,
     /// Until when the facts hold (unix seconds; 0 = no limit of their own).
     pub valid_until: u64,
     /// A quote that verified up to a trust root.
@@ -92,6 +96,9 @@ impl Prepared {
             subject: appraised.evidence.cert.as_ref().map(|c| c.subject.clone()),
             mrtd: tdx.and_then(|t| t.mrtd.clone()),
             app_id: appraised.app.as_ref().and_then(|a| a.app_id.clone()),
+            tcb_status: tdx.and_then(|t| t.tcb_status.clone()),
+            backend: tdx.map(|t| t.backend.clone()),
+            root: tdx.map(|t| t.root.as_str().to_string()),
             valid_until,
             verified: tdx.is_some_and(|t| t.verified),
             transient: tdx.is_some_and(|t| t.error_code.is_some_and(|c| c.is_transient())),

@@ -5,28 +5,98 @@
 //! [`Listeners`] until a shutdown future completes.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use super::config::ServeConfig;
+use super::config::{Listen, ServeConfig};
 use super::{DecisionService, grpc, reload};
 
 /// Where the verifier serves.
 #[derive(Debug)]
 pub struct Listeners {
-    pub grpc: TcpListener,
+    pub grpc: GrpcListener,
     pub metrics: Option<TcpListener>,
+}
+
+/// The gRPC listener: TCP (plaintext or TLS, per the configuration) or a unix socket.
+#[derive(Debug)]
+pub enum GrpcListener {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+impl From<TcpListener> for GrpcListener {
+    fn from(l: TcpListener) -> Self {
+        Self::Tcp(l)
+    }
+}
+
+impl GrpcListener {
+    /// The TCP address (an error for a unix socket).
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match self {
+            Self::Tcp(l) => l.local_addr(),
+            Self::Unix(..) => Err(std::io::Error::other("a unix socket has no TCP address")),
+        }
+    }
+
+    /// What a client puts in its verifier URL.
+    pub fn url(&self, tls: bool) -> String {
+        match self {
+            Self::Tcp(l) => match l.local_addr() {
+                Ok(a) => format!("{}://{a}", if tls { "https" } else { "http" }),
+                Err(_) => "?".into(),
+            },
+            Self::Unix(_, path) => format!("unix://{}", path.display()),
+        }
+    }
+
+    /// Bind a unix socket, replacing a stale socket file nobody listens on.
+    pub fn bind_unix(path: &Path) -> Result<Self, String> {
+        use std::os::unix::fs::FileTypeExt;
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(format!(
+                    "listen unix://{}: exists and is not a socket",
+                    path.display()
+                ));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(format!(
+                    "listen unix://{}: another process is serving on it",
+                    path.display()
+                ));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        tokio::net::UnixListener::bind(path)
+            .map(|l| Self::Unix(l, path.to_path_buf()))
+            .map_err(|e| format!("listen unix://{}: {e}", path.display()))
+    }
+}
+
+impl Drop for GrpcListener {
+    fn drop(&mut self) {
+        if let Self::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl Listeners {
     /// Bind the addresses the configuration names.
     pub async fn bind(config: &ServeConfig) -> Result<Self, String> {
-        let grpc = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| format!("listen {}: {e}", config.listen))?;
+        let grpc = match &config.listen {
+            Listen::Tcp(addr) => GrpcListener::Tcp(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("listen {addr}: {e}"))?,
+            ),
+            Listen::Unix(path) => GrpcListener::bind_unix(path)?,
+        };
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -43,7 +113,7 @@ impl Listeners {
 #[derive(Debug, Clone)]
 pub struct Verifier {
     service: Arc<DecisionService>,
-    request_timeout: Duration,
+    grpc: grpc::GrpcOptions,
 }
 
 impl Verifier {
@@ -51,7 +121,7 @@ impl Verifier {
     pub fn start(config: &ServeConfig) -> Result<Self, Vec<String>> {
         Ok(Self {
             service: config.build()?,
-            request_timeout: config.request_timeout,
+            grpc: grpc::GrpcOptions::from_config(config),
         })
     }
 
@@ -88,7 +158,7 @@ impl Verifier {
         let served = grpc::serve(
             self.service.clone(),
             listeners.grpc,
-            self.request_timeout,
+            self.grpc,
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: finishing requests in flight");
@@ -102,9 +172,31 @@ impl Verifier {
     }
 }
 
-/// `/metrics` (Prometheus text) and `/healthz`.
+/// `/metrics` (Prometheus text), `/healthz`, and the decision-signing keys at
+/// `/.well-known/jwks.json` (404 when decisions are not signed).
 pub fn metrics_router(service: Arc<DecisionService>) -> axum::Router {
+    let jwks = service.signer().map(|s| s.jwks_json().to_string());
     axum::Router::new()
+        .route(
+            "/.well-known/jwks.json",
+            get(move || {
+                let jwks = jwks.clone();
+                async move {
+                    match jwks {
+                        Some(j) => (
+                            axum::http::StatusCode::OK,
+                            [("content-type", "application/jwk-set+json")],
+                            j,
+                        ),
+                        None => (
+                            axum::http::StatusCode::NOT_FOUND,
+                            [("content-type", "text/plain")],
+                            "this verifier does not sign decisions\n".to_string(),
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {

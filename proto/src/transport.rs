@@ -1,0 +1,557 @@
+//! How the verifier is reached, and how it serves: the one place that knows the three
+//! transports.
+//!
+//! - `unix:///run/teesql/verifier.sock`: a unix socket, for the same CVM (plaintext).
+//! - `http://127.0.0.1:50051`: plaintext TCP, only to a loopback address.
+//! - `https://verifier.example:50051`: TLS, the server authenticated by a CA file or by
+//!   the SHA-256 of its certificate ([`ServerTrust`]).
+//!
+//! Whoever can answer the sidecar's questions decides who gets into the database, so a
+//! client refuses a plaintext verifier that is not on this machine.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Where a verifier is, parsed from its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifierAddr {
+    Unix(PathBuf),
+    /// `host:port`, and whether TLS is spoken.
+    Tcp {
+        host: String,
+        port: u16,
+        tls: bool,
+    },
+}
+
+impl VerifierAddr {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "{url:?}: a unix socket URL names an absolute path (unix:///run/teesql/verifier.sock)"
+                ));
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!(
+                "{url:?}: expected https://HOST:PORT, http://127.0.0.1:PORT or unix:///PATH"
+            ));
+        };
+        let authority = rest.trim_end_matches('/');
+        let uri: Uri = format!("http://{authority}")
+            .parse()
+            .map_err(|e| format!("{url:?}: {e}"))?;
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("{url:?}: no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().ok_or_else(|| format!("{url:?}: no port"))?;
+        if uri.path() != "/" {
+            return Err(format!("{url:?}: a verifier URL has no path"));
+        }
+        Ok(Self::Tcp { host, port, tls })
+    }
+
+    /// True for a unix socket and for a TCP address on this machine.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Self::Unix(_) => true,
+            Self::Tcp { host, .. } => is_loopback_host(host),
+        }
+    }
+}
+
+/// `localhost` or a loopback IP literal.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How a client authenticates a TLS verifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerTrust {
+    /// CA certificates (PEM); the name in the URL must be in the certificate.
+    CaFile(PathBuf),
+    /// The SHA-256 of the verifier's certificate (DER), as `openssl x509 -outform der |
+    /// sha256sum` prints it.
+    CertSha256([u8; 32]),
+}
+
+impl ServerTrust {
+    /// From the two settings a client has; at most one may be given.
+    pub fn from_settings(
+        ca_file: Option<&Path>,
+        cert_sha256: Option<&str>,
+    ) -> Result<Option<Self>, String> {
+        match (ca_file, cert_sha256) {
+            (Some(_), Some(_)) => Err(
+                "verifier_ca_file and verifier_cert_sha256: give one way to trust the verifier, not both"
+                    .into(),
+            ),
+            (Some(f), None) => Ok(Some(Self::CaFile(f.to_path_buf()))),
+            (None, Some(h)) => {
+                let hex = h.trim().trim_start_matches("sha256:").replace(':', "");
+                let bytes = hex_decode(&hex)
+                    .filter(|b| b.len() == 32)
+                    .ok_or_else(|| {
+                        format!("verifier_cert_sha256 {h:?}: expected 64 hex digits (SHA-256 of the certificate's DER)")
+                    })?;
+                let mut pin = [0u8; 32];
+                pin.copy_from_slice(&bytes);
+                Ok(Some(Self::CertSha256(pin)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// SHA-256 of a certificate's DER, lower-case hex (what [`ServerTrust::CertSha256`] pins).
+pub fn cert_sha256_hex(der: &[u8]) -> String {
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Check a verifier URL and how it is trusted, as [`connect_lazy`] will use them (the CA
+/// file is read), for configuration errors at start-up.
+pub fn check(url: &str, trust: Option<&ServerTrust>) -> Result<(), String> {
+    plan(url, trust).map(|_| ())
+}
+
+/// The address, and the TLS configuration when it speaks TLS.
+fn plan(
+    url: &str,
+    trust: Option<&ServerTrust>,
+) -> Result<(VerifierAddr, Option<Arc<rustls::ClientConfig>>), String> {
+    let addr = VerifierAddr::parse(url)?;
+    let tls = match (&addr, trust) {
+        (VerifierAddr::Tcp { tls: true, .. }, Some(t)) => Some(Arc::new(client_config(t)?)),
+        (VerifierAddr::Tcp { tls: true, .. }, None) => {
+            return Err(format!(
+                "{url:?}: an https verifier needs verifier_ca_file or verifier_cert_sha256 to be trusted"
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(format!(
+                "{url:?}: verifier_ca_file / verifier_cert_sha256 need an https:// verifier URL"
+            ));
+        }
+        (
+            VerifierAddr::Tcp {
+                tls: false, host, ..
+            },
+            None,
+        ) if !is_loopback_host(host) => {
+            return Err(format!(
+                "{url:?}: plaintext only to a loopback address; use https:// (with verifier_ca_file or verifier_cert_sha256) or unix://"
+            ));
+        }
+        _ => None,
+    };
+    Ok((addr, tls))
+}
+
+/// A lazily connected gRPC channel to the verifier at `url`. Refuses plaintext TCP to
+/// another machine, and TLS without a way to authenticate the server.
+pub fn connect_lazy(
+    url: &str,
+    trust: Option<&ServerTrust>,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<Channel, String> {
+    let (addr, tls) = plan(url, trust)?;
+    // The URI only names the :authority; the connector below decides how to get there.
+    let authority = match &addr {
+        VerifierAddr::Unix(_) => "http://localhost".to_string(),
+        VerifierAddr::Tcp { host, port, .. } if host.contains(':') => {
+            format!("http://[{host}]:{port}")
+        }
+        VerifierAddr::Tcp { host, port, .. } => format!("http://{host}:{port}"),
+    };
+    let endpoint = Endpoint::from_shared(authority)
+        .map_err(|e| format!("verifier url {url:?}: {e}"))?
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    let connector = tower::service_fn(move |_: Uri| {
+        let addr = addr.clone();
+        let tls = tls.clone();
+        async move { open(&addr, tls, connect_timeout).await.map(TokioIo::new) }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+async fn open(
+    addr: &VerifierAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    connect_timeout: Duration,
+) -> std::io::Result<Stream> {
+    let timed = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} within {connect_timeout:?}"),
+        )
+    };
+    match addr {
+        VerifierAddr::Unix(path) => {
+            let s = tokio::time::timeout(connect_timeout, tokio::net::UnixStream::connect(path))
+                .await
+                .map_err(|_| timed("no connection"))??;
+            Ok(Stream::Unix(s))
+        }
+        VerifierAddr::Tcp { host, port, .. } => {
+            let tcp = tokio::time::timeout(
+                connect_timeout,
+                tokio::net::TcpStream::connect((host.as_str(), *port)),
+            )
+            .await
+            .map_err(|_| timed("no connection"))??;
+            tcp.set_nodelay(true)?;
+            let Some(tls) = tls else {
+                return Ok(Stream::Tcp(tcp));
+            };
+            let name = ServerName::try_from(host.clone())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let s = tokio::time::timeout(
+                connect_timeout,
+                tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+            )
+            .await
+            .map_err(|_| timed("no TLS handshake"))??;
+            Ok(Stream::ClientTls(Box::new(s)))
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn client_config(trust: &ServerTrust) -> Result<rustls::ClientConfig, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut config = match trust {
+        ServerTrust::CaFile(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = read_certs(path, "verifier_ca_file")?;
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("verifier_ca_file {}: {e}", path.display()))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        ServerTrust::CertSha256(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCert {
+                pin: *pin,
+                provider: provider(),
+            }))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Certificates from a PEM file, at least one.
+pub fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{key} {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{key} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{key} {}: no PEM certificate in it",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// Accepts exactly one certificate, by its SHA-256; the handshake signature is still
+/// checked with that certificate's key, so only its holder can answer.
+#[derive(Debug)]
+struct PinnedCert {
+    pin: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if Sha256::digest(end_entity.as_ref()).as_slice() == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The server's TLS configuration from an operator's certificate chain and key (PEM),
+/// speaking HTTP/2 only.
+pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+    let chain = read_certs(cert, "tls_cert")?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls_key {}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("tls_cert/tls_key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// One connection to or from the verifier, whatever the transport.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+    ClientTls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    ServerTls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Tcp($s) => $e,
+            Stream::Unix($s) => $e,
+            Stream::ClientTls($s) => $e,
+            Stream::ServerTls($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+            Stream::ClientTls(s) => s.is_write_vectored(),
+            Stream::ServerTls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Who is calling, as the server sees the connection (in each request's extensions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Over TCP (plaintext or TLS) from this address.
+    Tcp {
+        addr: Option<std::net::SocketAddr>,
+        tls: bool,
+    },
+    /// Over the unix socket.
+    Unix,
+}
+
+impl Peer {
+    /// On this machine: the unix socket or a loopback TCP address.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Peer::Unix => true,
+            Peer::Tcp { addr, .. } => addr.is_some_and(|a| a.ip().is_loopback()),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Stream {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        match self {
+            Stream::Unix(_) => Peer::Unix,
+            Stream::Tcp(s) => Peer::Tcp {
+                addr: s.peer_addr().ok(),
+                tls: false,
+            },
+            Stream::ServerTls(s) => Peer::Tcp {
+                addr: s.get_ref().0.peer_addr().ok(),
+                tls: true,
+            },
+            Stream::ClientTls(s) => Peer::Tcp {
+                addr: s.get_ref().0.peer_addr().ok(),
+                tls: true,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_say_what_is_wrong() {
+        assert_eq!(
+            VerifierAddr::parse("unix:///run/teesql/verifier.sock").unwrap(),
+            VerifierAddr::Unix("/run/teesql/verifier.sock".into())
+        );
+        assert_eq!(
+            VerifierAddr::parse("https://v.example:443").unwrap(),
+            VerifierAddr::Tcp {
+                host: "v.example".into(),
+                port: 443,
+                tls: true
+            }
+        );
+        let v6 = VerifierAddr::parse("http://[::1]:50051/").unwrap();
+        assert!(v6.is_local(), "{v6:?}");
+        assert!(!VerifierAddr::parse("http://10.0.0.1:1").unwrap().is_local());
+        for (bad, needle) in [
+            ("unix://relative.sock", "absolute path"),
+            ("grpc://x:1", "expected https://"),
+            ("http://x", "no port"),
+            ("http://x:1/path", "no path"),
+        ] {
+            let e = VerifierAddr::parse(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn trust_settings_are_one_or_none() {
+        assert_eq!(ServerTrust::from_settings(None, None).unwrap(), None);
+        let pin = "ab".repeat(32);
+        assert_eq!(
+            ServerTrust::from_settings(None, Some(&format!("sha256:{pin}"))).unwrap(),
+            Some(ServerTrust::CertSha256([0xab; 32]))
+        );
+        assert!(ServerTrust::from_settings(None, Some("abc")).is_err());
+        assert!(
+            ServerTrust::from_settings(Some(Path::new("/x")), Some(&pin))
+                .unwrap_err()
+                .contains("not both")
+        );
+    }
+
+    #[tokio::test]
+    async fn plaintext_to_another_machine_and_unauthenticated_tls_are_refused() {
+        let t = Duration::from_secs(1);
+        let e = connect_lazy("http://192.0.2.1:50051", None, t, t).unwrap_err();
+        assert!(e.contains("plaintext only to a loopback address"), "{e}");
+        let e = connect_lazy("https://192.0.2.1:50051", None, t, t).unwrap_err();
+        assert!(
+            e.contains("needs verifier_ca_file or verifier_cert_sha256"),
+            "{e}"
+        );
+        let pin = ServerTrust::CertSha256([1; 32]);
+        let e = connect_lazy("http://127.0.0.1:1", Some(&pin), t, t).unwrap_err();
+        assert!(e.contains("need an https://"), "{e}");
+        assert!(connect_lazy("http://127.0.0.1:1", None, t, t).is_ok());
+        assert!(connect_lazy("unix:///tmp/x.sock", None, t, t).is_ok());
+        assert!(connect_lazy("https://192.0.2.1:1", Some(&pin), t, t).is_ok());
+    }
+}

@@ -1,0 +1,243 @@
+//! Signed decisions: every decision the service answers carries a compact JWS (ES256)
+//! that a relying party which was not on the gRPC channel (an audit log, a second
+//! service, a browser) can check with the verifier's public keys alone, served as a JWKS
+//! at `/.well-known/jwks.json`.
+//!
+//! The claims follow the IETF attestation-results drafts where a name fits (EAT's
+//! `eat_profile`, EAR's `ear.status` and `ear.verifier-id`); the rest are TeeSQL's own,
+//! listed in CLAIMS.md ("Decision tokens").
+
+use std::path::Path;
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// `eat_profile` of TeeSQL decision tokens.
+pub const PROFILE: &str = "tag:teesql.dev,2026:decision/v1";
+/// The default `iss`.
+pub const DEFAULT_ISSUER: &str = "teesql-verifier";
+/// A decision with no validity of its own (no collateral, no certificate) is signed for
+/// this long.
+pub const DEFAULT_LIFETIME_SECS: u64 = 300;
+
+/// What a token says about one decision.
+#[derive(Debug, Clone, Default)]
+pub struct TokenFacts<'a> {
+    pub purpose: &'a str,
+    pub allow: bool,
+    pub reasons: Vec<&'a str>,
+    pub policy_id: &'a str,
+    pub policy_hash: &'a str,
+    /// The service's SHA-256 over the evidence (see CLAIMS.md).
+    pub evidence_sha256: [u8; 32],
+    pub valid_until: u64,
+    pub mrtd: Option<&'a str>,
+    pub tcb_status: Option<&'a str>,
+    pub backend: Option<&'a str>,
+    pub root: Option<&'a str>,
+    pub verified: bool,
+    pub app_id: Option<&'a str>,
+    pub compose_hash: Option<&'a str>,
+}
+
+/// The verifier's decision-signing key.
+pub struct DecisionSigner {
+    key: EncodingKey,
+    header: Header,
+    jwks: String,
+    issuer: String,
+}
+
+impl std::fmt::Debug for DecisionSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionSigner")
+            .field("kid", &self.header.kid)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DecisionSigner {
+    /// A fresh P-256 key (the default: tokens are then checkable for as long as this
+    /// process serves its JWKS).
+    pub fn generate(issuer: &str) -> Result<Self, String> {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .map_err(|_| "cannot generate a decision-signing key".to_string())?;
+        Self::from_pkcs8_der(pkcs8.as_ref(), issuer)
+    }
+
+    /// A P-256 key from a PKCS#8 PEM file (`openssl genpkey -algorithm EC -pkeyopt
+    /// ec_paramgen_curve:P-256`), so tokens outlive restarts.
+    pub fn from_pem_file(path: &Path, issuer: &str) -> Result<Self, String> {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let bad = |e: String| format!("signing_key {}: {e}", path.display());
+        let der = match PrivateKeyDer::from_pem_file(path).map_err(|e| bad(e.to_string()))? {
+            PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
+            _ => return Err(bad("expected a PKCS#8 P-256 key (BEGIN PRIVATE KEY)".into())),
+        };
+        Self::from_pkcs8_der(&der, issuer).map_err(bad)
+    }
+
+    fn from_pkcs8_der(der: &[u8], issuer: &str) -> Result<Self, String> {
+        Self::new(EncodingKey::from_ec_der(der), issuer)
+    }
+
+    fn new(key: EncodingKey, issuer: &str) -> Result<Self, String> {
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)
+            .map_err(|e| format!("not a P-256 key: {e}"))?;
+        // The key id: a digest of the public key, stable for a key file across restarts.
+        let public = serde_json::to_vec(&jwk.algorithm).unwrap_or_default();
+        let kid = hex::encode(&Sha256::digest(&public)[..12]);
+        jwk.common.key_id = Some(kid.clone());
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        let jwks =
+            serde_json::to_string(&JwkSet { keys: vec![jwk] }).map_err(|e| format!("JWKS: {e}"))?;
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid);
+        header.typ = Some("JWT".into());
+        let signer = Self {
+            key,
+            header,
+            jwks,
+            issuer: issuer.to_string(),
+        };
+        // A key that cannot sign is found at start, not on the first decision.
+        signer.sign(&TokenFacts::default(), 0)?;
+        Ok(signer)
+    }
+
+    /// The public keys, as `/.well-known/jwks.json` serves them.
+    pub fn jwks_json(&self) -> &str {
+        &self.jwks
+    }
+
+    /// Sign one decision made at `now`.
+    pub fn sign(&self, f: &TokenFacts<'_>, now: u64) -> Result<String, String> {
+        let exp = if f.valid_until > now {
+            f.valid_until
+        } else {
+            now + DEFAULT_LIFETIME_SECS
+        };
+        let claims = json!({
+            "iss": self.issuer,
+            "iat": now,
+            "exp": exp,
+            "eat_profile": PROFILE,
+            "ear.status": if f.allow { "affirming" } else { "contraindicated" },
+            "ear.verifier-id": {
+                "developer": "teesql",
+                "build": concat!("teesql-verifier ", env!("CARGO_PKG_VERSION")),
+            },
+            "purpose": f.purpose,
+            "allow": f.allow,
+            "reasons": f.reasons,
+            "policy_id": f.policy_id,
+            "policy_hash": f.policy_hash,
+            "evidence_sha256": hex::encode(f.evidence_sha256),
+            "tdx": {
+                "verified": f.verified,
+                "mrtd": f.mrtd,
+                "tcb_status": f.tcb_status,
+                "backend": f.backend,
+                "root": f.root,
+            },
+            "app": {
+                "app_id": f.app_id,
+                "compose_hash": f.compose_hash,
+            },
+        });
+        jsonwebtoken::encode(&self.header, &claims, &self.key).map_err(|e| format!("signing: {e}"))
+    }
+}
+
+/// Check a decision token against a JWKS (as a relying party does): ES256 only, the key
+/// by `kid`, the signature, `exp` at `now` (60 s skew), and `iss` when given. Returns the
+/// claims.
+pub fn verify(token: &str, jwks: &str, issuer: Option<&str>, now: u64) -> Result<Value, String> {
+    let set: JwkSet =
+        serde_json::from_str(jwks).map_err(|e| format!("the JWKS is not valid: {e}"))?;
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|e| format!("the token's header: {e}"))?;
+    if header.alg != Algorithm::ES256 {
+        return Err(format!(
+            "the token is signed with {:?}; decision tokens use ES256",
+            header.alg
+        ));
+    }
+    let kid = header.kid.ok_or("the token names no key (kid)")?;
+    let jwk = set
+        .find(&kid)
+        .ok_or_else(|| format!("no key {kid:?} in the JWKS"))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid:?}: {e}"))?;
+    let mut v = Validation::new(Algorithm::ES256);
+    v.validate_exp = false;
+    v.validate_aud = false;
+    v.set_required_spec_claims(&["exp", "iss", "iat"]);
+    if let Some(iss) = issuer {
+        v.set_issuer(&[iss]);
+    }
+    let data = jsonwebtoken::decode::<Value>(token, &key, &v)
+        .map_err(|e| format!("the token does not verify: {e}"))?;
+    let exp = data.claims["exp"]
+        .as_u64()
+        .ok_or("the token has no numeric exp")?;
+    if now > exp.saturating_add(60) {
+        return Err(format!("the token expired at {exp} (now {now})"));
+    }
+    Ok(data.claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_decision_verifies_and_an_altered_or_expired_one_does_not() {
+        let s = DecisionSigner::generate("v1").unwrap();
+        let facts = TokenFacts {
+            purpose: "sidecar",
+            allow: true,
+            valid_until: 2_000,
+            mrtd: Some("ab"),
+            ..TokenFacts::default()
+        };
+        let t = s.sign(&facts, 1_000).unwrap();
+        let c = verify(&t, s.jwks_json(), Some("v1"), 1_500).unwrap();
+        assert_eq!(c["allow"], true);
+        assert_eq!(c["ear.status"], "affirming");
+        assert_eq!(c["exp"], 2_000);
+        assert!(
+            verify(&t, s.jwks_json(), Some("v1"), 2_100)
+                .unwrap_err()
+                .contains("expired")
+        );
+        assert!(verify(&t, s.jwks_json(), Some("other"), 1_500).is_err());
+        // Another key's JWKS: the kid is unknown.
+        let other = DecisionSigner::generate("v1").unwrap();
+        assert!(
+            verify(&t, other.jwks_json(), None, 1_500)
+                .unwrap_err()
+                .contains("no key")
+        );
+        // A payload changed by one claim no longer matches its signature.
+        let parts: Vec<&str> = t.split('.').collect();
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = String::from_utf8(b64.decode(parts[1]).unwrap()).unwrap();
+        let forged = payload.replace("\"allow\":true", "\"allow\":false");
+        assert_ne!(forged, payload);
+        let forged = format!("{}.{}.{}", parts[0], b64.encode(forged), parts[2]);
+        assert!(
+            verify(&forged, s.jwks_json(), None, 1_500)
+                .unwrap_err()
+                .contains("does not verify")
+        );
+    }
+}
