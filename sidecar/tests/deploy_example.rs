@@ -42,6 +42,10 @@ fn deploy_sidecar_toml_resolves_with_the_compose_environment() {
             // The volume docker-compose.yml shares between postgres and the sidecar.
             assert_eq!(dir, Path::new("/var/run/postgresql"));
             assert!(compose.contains("pgsocket:/var/run/postgresql"));
+            // And the verifier's socket, shared with the sidecar.
+            assert!(compose.contains("verifier-socket:/run/teesql"));
+            assert_eq!(cfg.verifier_url, "unix:///run/teesql/verifier.sock");
+            assert!(compose.contains("unix:///run/teesql/verifier.sock"));
         }
         other => panic!("deploy/sidecar.toml backend: {other:?}"),
     }
