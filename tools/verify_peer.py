@@ -41,6 +41,10 @@ def main():
     if ca:
         with open(ca, "rb") as f:
             channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=f.read()))
+    elif target.startswith("unix:"):
+        # grpc-core sends the socket path as :authority, which the verifier's HTTP/2
+        # server refuses; name the local host instead.
+        channel = grpc.insecure_channel(target, options=[("grpc.default_authority", "localhost")])
     else:
         channel = grpc.insecure_channel(target)
     pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))

@@ -209,13 +209,17 @@ impl Cluster {
             .map_err(|e| anyhow!(e.join("; ")))?;
         let running = Verifier::start(&vconfig).map_err(|e| anyhow!(e.join("; ")))?;
         let verifier = running.service().clone();
-        let vlistener = bind(opts.verifier_port, "verifier").await?;
-        let verifier_addr = vlistener.local_addr()?;
-        let grpc = match opts.verifier_transport {
-            VerifierTransport::Unix => {
-                GrpcListener::bind_unix(&state_dir.join("verifier.sock")).map_err(|e| anyhow!(e))?
+        let (grpc, verifier_addr) = match opts.verifier_transport {
+            VerifierTransport::Unix => (
+                GrpcListener::bind_unix(&state_dir.join("verifier.sock"))
+                    .map_err(|e| anyhow!(e))?,
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+            ),
+            _ => {
+                let l = bind(opts.verifier_port, "verifier").await?;
+                let addr = l.local_addr()?;
+                (l.into(), addr)
             }
-            _ => vlistener.into(),
         };
         let verifier_url = grpc.url(tls_files.is_some());
         let verifier_ca = tls_files.map(|f| f.ca);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use teesql_devattest::agent::{AgentConfig, derived_key};
-use teesql_tests::cluster::{Cluster, ClusterOptions};
+use teesql_tests::cluster::{Cluster, ClusterOptions, VerifierTransport};
 use teesql_tests::postgres::{PgOptions, pg_bin_dir};
 
 /// Run a local TeeSQL cluster: Postgres + dev guest agent + verifier + sidecar (+ a mode A
@@ -30,7 +30,12 @@ struct Args {
     /// Sidecar HTTP port: /health, /attestation, /metrics.
     #[arg(long, default_value_t = 8080)]
     http_port: u16,
-    /// Verifier gRPC port.
+    /// How the verifier serves gRPC: unix (a socket in the state directory, as in the
+    /// deployment example), tcp (127.0.0.1:--verifier-port) or tls (TCP with a certificate
+    /// from a CA teesql-dev makes; its path is TEESQL_VERIFIER_CA_FILE in the env file).
+    #[arg(long, value_enum, default_value = "unix")]
+    verifier: DevVerifier,
+    /// Verifier gRPC port, with --verifier tcp or tls.
     #[arg(long, default_value_t = 50051)]
     verifier_port: u16,
     /// Development guest agent HTTP port (dstack API and PCCS).
@@ -61,6 +66,14 @@ struct Args {
     /// Log filter for the services (e.g. info, teesql_sidecar=debug).
     #[arg(long, default_value = "warn")]
     log: String,
+}
+
+/// How teesql-dev's verifier serves gRPC.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DevVerifier {
+    Unix,
+    Tcp,
+    Tls,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -133,7 +146,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let sidecar_port = port_or_free("sidecar", args.port)?;
     let http_port = port_or_free("sidecar HTTP", args.http_port)?;
-    let verifier_port = port_or_free("verifier", args.verifier_port)?;
+    let verifier_port = match args.verifier {
+        DevVerifier::Unix => 0,
+        _ => port_or_free("verifier", args.verifier_port)?,
+    };
     let agent_port = port_or_free("dev agent", args.agent_port)?;
     let forward_port = port_or_free("forwarder", args.forward_port)?;
 
@@ -173,6 +189,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         state_dir,
         decision_log: "off".into(),
         backend: args.backend.clone(),
+        verifier_transport: match args.verifier {
+            DevVerifier::Unix => VerifierTransport::Unix,
+            DevVerifier::Tcp => VerifierTransport::Loopback,
+            DevVerifier::Tls => VerifierTransport::Tls,
+        },
         ..ClusterOptions::default()
     })
     .await?;
@@ -266,13 +287,18 @@ Mode B (verify-full, dev CA, agent client certificate; superuser password from G
 Mode A (any driver, plaintext to the local forwarder, which does mutual RA-TLS):
   psql \"{mode_a}\"
   run your own: DSTACK_SIMULATOR_ENDPOINT={socket} cargo run -q -p teesql-sidecar -- forward \\
-      --to {host}:{port} --server-name localhost --verifier {verifier_url} --listen 127.0.0.1:6433
+      --to {host}:{port} --server-name localhost --verifier {verifier_url}{verifier_ca} --listen 127.0.0.1:6433
 
 For dstack SDK clients:  export DSTACK_SIMULATOR_ENDPOINT={socket}
 Dev CA (sslrootcert):    {ca}
 
 Ctrl-C stops everything{keep}.",
         http = cluster.admin_addr.map(|a| a.port()).unwrap_or(0),
+        verifier_ca = cluster
+            .verifier_ca
+            .as_ref()
+            .map(|p| format!(" --verifier-ca-file {}", p.display()))
+            .unwrap_or_default(),
         profile = args.profile,
         backend = args.backend,
         ita = cluster
@@ -303,6 +329,14 @@ Ctrl-C stops everything{keep}.",
             ("TEESQL_CA_PEM", ca.display().to_string()),
             ("TEESQL_VERIFIER_URL", verifier_url.clone()),
             (
+                "TEESQL_VERIFIER_CA_FILE",
+                cluster
+                    .verifier_ca
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            (
                 "TEESQL_COMPOSE_HASH",
                 cluster.agent.agent.compose_hash_hex(),
             ),
@@ -316,7 +350,12 @@ Ctrl-C stops everything{keep}.",
             ("TEESQL_BACKEND_DSN", backend_dsn.clone()),
             ("TEESQL_SUPERUSER_PASSWORD", superuser_password.clone()),
         ];
-        let text: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        // A setting that does not apply (the verifier CA without TLS) is left out.
+        let text: String = lines
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
         // Written whole, then renamed: a reader never sees half a file. It holds the
         // cluster secrets, so only its owner may read it.
         let tmp = path.with_extension("tmp");

@@ -49,6 +49,11 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         ));
     }
     let grpc_addr = listeners.grpc.local_addr().ok();
+    // HOST:PORT for TCP (plaintext or TLS), unix:///PATH for a socket.
+    let shown = match grpc_addr {
+        Some(a) => a.to_string(),
+        None => listeners.grpc.url(false),
+    };
     let policies = verifier.service().policies();
     let backends = config.backend.chain_name();
     if config.backend.chain.contains(&BackendKind::Simulator) {
@@ -58,19 +63,18 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         );
     }
     tracing::info!(
-        listen = ?grpc_addr,
+        listen = %shown,
+        tls = config.tls.is_some(),
         backend = %backends,
         policy.hash = %policies.hash(),
         purposes = ?policies.purposes(),
         vm = policies.uses_vm(),
         "teesql-verifier serving"
     );
-    if let Some(addr) = grpc_addr {
-        super::out(&format!(
-            "teesql-verifier listening on {addr} (backend {backends}, policy {})\n",
-            policies.hash()
-        ));
-    }
+    super::out(&format!(
+        "teesql-verifier listening on {shown} (backend {backends}, policy {})\n",
+        policies.hash()
+    ));
     match verifier
         .run(listeners, teesql_proto::runtime::shutdown_signal())
         .await
