@@ -302,3 +302,29 @@ async fn bad_requests_get_specific_codes() {
     // And the service still answers.
     assert!(decide(ch).await.unwrap());
 }
+
+/// A peer that opens TCP to the TLS listener and says nothing is closed at the handshake
+/// deadline, and meanwhile a real client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_on_the_tls_listener_is_closed_at_the_deadline() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    let (url, _stop) = serve(ServeSettings {
+        tls_cert: Some(pki.path("server.pem")),
+        tls_key: Some(pki.path("server.key")),
+        ..settings()
+    })
+    .await;
+    let addr = url.trim_start_matches("https://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let by_ca = ServerTrust::CaFile(pki.path("ca.pem"));
+    assert!(decide(channel(&url, Some(&by_ca))).await.unwrap());
+    let deadline = teesql_verifier::service::grpc::TLS_HANDSHAKE_DEADLINE;
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(deadline * 3, silent.read(&mut buf))
+        .await
+        .expect("the silent peer was never closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= deadline, "closed before the deadline");
+}

@@ -50,7 +50,11 @@ impl GrpcOptions {
 }
 
 /// A TLS handshake must finish within this (before any request is read).
-const TLS_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+pub const TLS_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// TLS handshakes in progress at most; a connection past it is closed at once, so a
+/// flood of silent peers holds at most this many tasks for the deadline.
+const MAX_TLS_HANDSHAKES: usize = 256;
 
 /// The gRPC services over one [`DecisionService`].
 #[derive(Debug, Clone)]
@@ -317,6 +321,7 @@ fn incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Stream>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_TLS_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -334,8 +339,16 @@ fn incoming(
             };
             match (&acceptor, stream) {
                 (Some(acceptor), Stream::Tcp(tcp)) => {
+                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                        tracing::warn!(
+                            peer = ?tcp.peer_addr().ok(),
+                            "gRPC: {MAX_TLS_HANDSHAKES} TLS handshakes in progress; closing a new connection"
+                        );
+                        continue;
+                    };
                     let (acceptor, tx) = (acceptor.clone(), tx.clone());
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let peer = tcp.peer_addr().ok();
                         match tokio::time::timeout(TLS_HANDSHAKE_DEADLINE, acceptor.accept(tcp))
                             .await
