@@ -280,7 +280,7 @@ fn client_config(trust: &ServerTrust) -> Result<rustls::ClientConfig, String> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedCert {
                 pin: *pin,
-                provider: provider(),
+                signatures: HandshakeSignatures::default(),
             }))
             .with_no_client_auth(),
     };
@@ -303,12 +303,65 @@ pub fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
+/// What a verifier that accepts a certificate by its own rule still checks: the handshake
+/// signature made with the certificate's key, so the peer proves possession of it.
+/// (The sidecar accepts any certificate at the TLS layer and has the verifier judge it;
+/// a pinned verifier certificate is accepted by its hash.)
+#[derive(Debug)]
+pub struct HandshakeSignatures {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl Default for HandshakeSignatures {
+    fn default() -> Self {
+        Self {
+            provider: provider(),
+        }
+    }
+}
+
+impl HandshakeSignatures {
+    pub fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    pub fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Accepts exactly one certificate, by its SHA-256; the handshake signature is still
 /// checked with that certificate's key, so only its holder can answer.
 #[derive(Debug)]
 struct PinnedCert {
     pin: [u8; 32],
-    provider: Arc<rustls::crypto::CryptoProvider>,
+    signatures: HandshakeSignatures,
 }
 
 impl ServerCertVerifier for PinnedCert {
@@ -335,12 +388,7 @@ impl ServerCertVerifier for PinnedCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -349,18 +397,11 @@ impl ServerCertVerifier for PinnedCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 

@@ -16,6 +16,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use teesql_proto::transport::HandshakeSignatures;
 
 /// ALPN protocol id of PostgreSQL (direct TLS, PG 17).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
@@ -88,56 +89,6 @@ impl ResolvesServerCert for RotatingCert {
     }
 }
 
-/// What both sides still check of a certificate they accept at the TLS layer: the
-/// handshake signature made with its key, so the peer proves possession of the
-/// certified key. The certificate itself is judged by the verifier, by its quote.
-#[derive(Debug)]
-struct HandshakeSignatures {
-    provider: Arc<CryptoProvider>,
-}
-
-impl HandshakeSignatures {
-    fn new() -> Self {
-        Self {
-            provider: provider(),
-        }
-    }
-
-    fn tls12(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Asks for a client certificate, accepts any (or none), checks only the handshake
 /// signature made with its key.
 #[derive(Debug)]
@@ -197,7 +148,7 @@ pub struct AnyServerCertificate(HandshakeSignatures);
 
 impl AnyServerCertificate {
     pub fn new() -> Self {
-        Self(HandshakeSignatures::new())
+        Self(HandshakeSignatures::default())
     }
 }
 
@@ -246,7 +197,9 @@ impl ServerCertVerifier for AnyServerCertificate {
 pub fn server_config(cert: Arc<RotatingCert>) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_client_cert_verifier(Arc::new(AnyClientCertificate(HandshakeSignatures::new())))
+        .with_client_cert_verifier(Arc::new(AnyClientCertificate(
+            HandshakeSignatures::default(),
+        )))
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     // Sessions are long-lived and few; no resumption state to guard.

@@ -179,7 +179,11 @@ impl Cluster {
             None
         };
         let tls_files = match opts.verifier_transport {
-            VerifierTransport::Tls => Some(verifier_pki(&state_dir)?),
+            VerifierTransport::Tls => Some(teesql_devattest::server_pki::ServerPki::write(
+                &state_dir,
+                "verifier",
+                "teesql-dev verifier CA",
+            )?),
             _ => None,
         };
         let settings = ServeSettings {
@@ -498,36 +502,6 @@ impl Drop for Cluster {
             let _ = tx.send(());
         }
     }
-}
-
-/// The files of a verifier TLS identity.
-struct VerifierPki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-/// A CA and a verifier certificate it issues for 127.0.0.1 and localhost, in `dir`.
-fn verifier_pki(dir: &Path) -> Result<VerifierPki> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "teesql-dev verifier CA");
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
-        .signed_by(&key, &issuer)?;
-    let files = VerifierPki {
-        ca: dir.join("verifier-ca.pem"),
-        cert: dir.join("verifier.pem"),
-        key: dir.join("verifier.key"),
-    };
-    std::fs::write(&files.ca, ca_cert.pem())?;
-    std::fs::write(&files.cert, cert.pem())?;
-    std::fs::write(&files.key, key.serialize_pem())?;
-    Ok(files)
 }
 
 #[cfg(test)]

@@ -355,24 +355,12 @@ fn main() {
 
     // (c1) one caller, sequential: the latency of a decision with nothing queued.
     let (one_samples, one_wall) = client_rt.block_on(async {
-        let mut client = VerifierClient::connect(format!("http://{addr}"))
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
             .await
             .unwrap();
-        let req = VerifyQuoteRequest {
-            purpose: "quote".into(),
-            evidence: Some(verify_quote_request::Evidence::Quote(quote.clone())),
-            ..Default::default()
-        };
-        client.verify_quote(req.clone()).await.unwrap();
-        let wall = Instant::now();
-        let mut s = Vec::with_capacity(3000);
-        for _ in 0..3000 {
-            let t = Instant::now();
-            let d = client.verify_quote(req.clone()).await.unwrap().into_inner();
-            s.push(t.elapsed());
-            assert!(d.allow && d.cached);
-        }
-        (s, wall.elapsed())
+        one_caller(channel, &quote).await
     });
     let mut one = one_samples.clone();
     let one_p50 = pct(&mut one, 0.5);
@@ -434,22 +422,17 @@ fn main() {
     // verifier in this process and run: plaintext TCP (above), TLS, the unix socket; and
     // plaintext TCP with decision signing off, to show what the token costs.
     let pki = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cert_path, key_path) = (pki.path().join("c.pem"), pki.path().join("k.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    let pin =
-        teesql_proto::transport::ServerTrust::CertSha256(Sha256Digest::digest(cert.der()).into());
+    let files =
+        teesql_devattest::server_pki::ServerPki::write(pki.path(), "verifier", "bench CA").unwrap();
+    let pin = teesql_proto::transport::ServerTrust::CertSha256(
+        Sha256Digest::digest(&files.cert_der).into(),
+    );
     let (tls_url, _tls_stop) = spawn_verifier(
         &rt,
         &service_config_with(ServeSettings {
             listen: Some("127.0.0.1:0".into()),
-            tls_cert: Some(cert_path),
-            tls_key: Some(key_path),
+            tls_cert: Some(files.cert.clone()),
+            tls_key: Some(files.key.clone()),
             ..ServeSettings::default()
         }),
     );

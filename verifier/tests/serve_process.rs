@@ -345,29 +345,16 @@ async fn every_decision_before_sigterm_is_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_over_tls_answers_a_python_grpcio_client() {
     let dir = tempfile::tempdir().unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "test verifier CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let path = |n: &str| dir.path().join(n);
-    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+    let pki =
+        teesql_devattest::server_pki::ServerPki::write(dir.path(), "verifier", "test verifier CA")
+            .unwrap();
     let mut serve = Serve(
         Command::new(env!("CARGO_BIN_EXE_teesql-verifier"))
             .args(["serve", "--listen", "127.0.0.1:0", "--decision-log", "off"])
             .arg("--tls-cert")
-            .arg(path("cert.pem"))
+            .arg(&pki.cert)
             .arg("--tls-key")
-            .arg(path("key.pem"))
+            .arg(&pki.key)
             .current_dir(root())
             .env_remove("PCCS_URL")
             .env("RUST_LOG", "warn")
@@ -383,8 +370,7 @@ async fn serve_over_tls_answers_a_python_grpcio_client() {
         }
     }
     let addr = addr.expect("serve exited before listening");
-    let ca = path("ca.pem");
-    let ran = python_verify_peer(&["--ca", ca.to_str().unwrap(), &addr]).await;
+    let ran = python_verify_peer(&["--ca", pki.ca.to_str().unwrap(), &addr]).await;
     if !ran {
         eprintln!("NOTICE: the Python TLS client was not run (no grpcio here)");
     }

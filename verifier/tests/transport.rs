@@ -21,35 +21,29 @@ fn root() -> PathBuf {
 
 /// A CA and a server certificate it issued for 127.0.0.1 and localhost, as PEM files.
 struct Pki {
-    dir: tempfile::TempDir,
-    server_der: Vec<u8>,
+    _dir: tempfile::TempDir,
+    files: teesql_devattest::server_pki::ServerPki,
 }
 
 impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(rcgen::DnType::CommonName, "test verifier CA");
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
-        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
-        Self {
-            server_der: cert.der().to_vec(),
-            dir,
+    /// The verifier's settings serving TLS with this PKI's certificate.
+    fn serving(&self) -> ServeSettings {
+        ServeSettings {
+            tls_cert: Some(self.files.cert.clone()),
+            tls_key: Some(self.files.key.clone()),
+            ..settings()
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let files = teesql_devattest::server_pki::ServerPki::write(
+            dir.path(),
+            "server",
+            "test verifier CA",
+        )
+        .unwrap();
+        Self { _dir: dir, files }
     }
 }
 
@@ -103,17 +97,12 @@ async fn decide(ch: Channel) -> Result<bool, tonic::Status> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_verifier_is_trusted_by_ca_or_pin_and_refused_otherwise() {
     let pki = Pki::new();
-    let (url, _stop) = serve(ServeSettings {
-        tls_cert: Some(pki.path("server.pem")),
-        tls_key: Some(pki.path("server.key")),
-        ..settings()
-    })
-    .await;
+    let (url, _stop) = serve(pki.serving()).await;
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
-    let by_ca = ServerTrust::CaFile(pki.path("ca.pem"));
+    let by_ca = ServerTrust::CaFile(pki.files.ca.clone());
     assert!(decide(channel(&url, Some(&by_ca))).await.unwrap());
-    let pin = ServerTrust::from_settings(None, Some(&cert_sha256_hex(&pki.server_der)))
+    let pin = ServerTrust::from_settings(None, Some(&cert_sha256_hex(&pki.files.cert_der)))
         .unwrap()
         .unwrap();
     assert!(decide(channel(&url, Some(&pin))).await.unwrap());
@@ -125,7 +114,7 @@ async fn tls_verifier_is_trusted_by_ca_or_pin_and_refused_otherwise() {
     let other = Pki::new();
     let e = decide(channel(
         &url,
-        Some(&ServerTrust::CaFile(other.path("ca.pem"))),
+        Some(&ServerTrust::CaFile(other.files.ca.clone())),
     ))
     .await
     .unwrap_err();
@@ -309,16 +298,11 @@ async fn bad_requests_get_specific_codes() {
 async fn a_silent_peer_on_the_tls_listener_is_closed_at_the_deadline() {
     use tokio::io::AsyncReadExt;
     let pki = Pki::new();
-    let (url, _stop) = serve(ServeSettings {
-        tls_cert: Some(pki.path("server.pem")),
-        tls_key: Some(pki.path("server.key")),
-        ..settings()
-    })
-    .await;
+    let (url, _stop) = serve(pki.serving()).await;
     let addr = url.trim_start_matches("https://").to_string();
     let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let started = std::time::Instant::now();
-    let by_ca = ServerTrust::CaFile(pki.path("ca.pem"));
+    let by_ca = ServerTrust::CaFile(pki.files.ca.clone());
     assert!(decide(channel(&url, Some(&by_ca))).await.unwrap());
     let deadline = teesql_verifier::service::grpc::TLS_HANDSHAKE_DEADLINE;
     let mut buf = [0u8; 1];

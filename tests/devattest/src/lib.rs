@@ -16,6 +16,7 @@ pub mod kms;
 pub mod pccs;
 pub mod pki;
 mod ratls;
+pub mod server_pki;
 
 pub use agent::{AgentConfig, DevAgent};
 pub use kms::DevKms;
