@@ -3,7 +3,7 @@
 //! reach the code that consumes parsed peer data, not just the parsers.
 #![allow(dead_code)]
 
-use teesql_verifier::backend::{QuoteFacts, TrustRootKind, VerifyError, VerifyErrorCode};
+use teesql_verifier::backend::{QuoteFacts, TrustRootKind, VerifyErrorCode};
 use teesql_verifier::claims::AppraisedEvidence;
 use teesql_verifier::collateral::key_for_quote;
 use teesql_verifier::eventlog::{AppIdentity, RuntimeEvent, replay_rtmr3};
@@ -49,18 +49,11 @@ pub fn exercise_evidence(ev: &Evidence) {
         exercise_event_log(log);
     }
     let facts = QuoteFacts {
-        verified: false,
-        error: Some(VerifyError {
-            code: VerifyErrorCode::Other,
-            message: "fuzz".into(),
-        }),
-        root: TrustRootKind::Intel,
         tcb_status: Some("UpToDate".into()),
-        advisory_ids: Vec::new(),
-        collateral: None,
+        ..QuoteFacts::new("fuzz", TrustRootKind::Intel).failed(VerifyErrorCode::Other, "fuzz")
     };
     for (facts, expected) in [(Some(&facts), Some(&[0u8; 64][..])), (None, None)] {
-        let appraised = AppraisedEvidence::build(ev, facts, "fuzz", expected);
+        let appraised = AppraisedEvidence::build(ev, facts, expected);
         let _ = appraised.measured();
         let claims = appraised.into_claims("fuzz", 0, None);
         let _ = serde_json::to_vec(&claims);
