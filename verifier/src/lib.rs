@@ -11,6 +11,7 @@ pub mod clock;
 pub mod collateral;
 pub mod eventlog;
 pub mod evidence;
+pub mod http;
 pub mod manifest;
 pub mod policy;
 pub mod report;

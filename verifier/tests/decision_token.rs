@@ -180,3 +180,22 @@ async fn a_signing_key_file_keeps_tokens_valid_across_restarts_and_signing_can_b
     .join("\n");
     assert!(e.contains("signing_key"), "{e}");
 }
+
+/// A JWKS URL that answers without end is read no further than its bound: the command
+/// says so (exit 2) instead of holding whatever the server sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_jwks_is_refused_as_it_arrives() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    // A chunked body with no length: 4 MiB of JSON-looking bytes.
+    let app = axum::Router::new().fallback(|| async {
+        let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(vec![b' '; 64 << 10]));
+        axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let (code, _, err) = token_verify("a.b.c", &url, &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("more than 65536 bytes"), "{err}");
+}

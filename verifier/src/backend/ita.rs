@@ -30,6 +30,7 @@ use super::{
     BoxFuture, CollateralWindow, QuoteBackend, QuoteFacts, TrustRootKind, VerifyErrorCode,
 };
 use crate::evidence::Quote;
+use crate::http::{BodyError, error_chain};
 
 /// ITA's API, United States region (the default).
 pub const US_API_URL: &str = "https://api.trustauthority.intel.com";
@@ -542,15 +543,14 @@ fn normalize(value: &str) -> Option<String> {
         .map(hex::encode)
 }
 
-/// The body, at most [`MAX_BODY`] bytes.
+/// The body as text, at most [`MAX_BODY`] bytes.
 async fn read_bounded(mut resp: reqwest::Response) -> Result<String, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(format!("the answer is larger than {MAX_BODY} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = crate::http::read_bounded(&mut resp, MAX_BODY)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => format!("the answer is larger than {MAX_BODY} bytes"),
+            BodyError::Transport(e) => transport_error(&e),
+        })?;
     String::from_utf8(body).map_err(|_| "the answer is not UTF-8".to_string())
 }
 
@@ -563,14 +563,11 @@ fn transport_error(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut s = kind.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
+    // The causes, not the error's own text: it would repeat the URL.
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{kind}: {}", error_chain(cause)),
+        None => kind.to_string(),
     }
-    s
 }
 
 /// At most 200 characters of an error body, for a message.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use teesql_verifier::http::{BodyError, error_chain, read_bounded};
 use teesql_verifier::service::token;
 
 /// Largest JWKS read (a verifier publishes one or two keys).
@@ -73,22 +74,25 @@ pub async fn run(cmd: TokenCommand) -> ExitCode {
 
 async fn read_jwks(source: &str) -> Result<String, String> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        let resp = reqwest::Client::builder()
+        let mut resp = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| e.to_string())?
             .get(source)
             .send()
             .await
-            .map_err(|e| format!("{source}: {e}"))?;
+            .map_err(|e| format!("{source}: {}", error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(format!("{source}: HTTP {}", resp.status().as_u16()));
         }
-        let body = resp.bytes().await.map_err(|e| format!("{source}: {e}"))?;
-        if body.len() > MAX_JWKS {
-            return Err(format!("{source}: more than {MAX_JWKS} bytes"));
-        }
-        String::from_utf8(body.to_vec()).map_err(|_| format!("{source}: not UTF-8"))
+        // Read no further than the bound: the URL may name anyone.
+        let body = read_bounded(&mut resp, MAX_JWKS)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => format!("{source}: more than {MAX_JWKS} bytes"),
+                BodyError::Transport(e) => format!("{source}: {}", error_chain(&e)),
+            })?;
+        String::from_utf8(body).map_err(|_| format!("{source}: not UTF-8"))
     } else {
         let path = PathBuf::from(source);
         let meta = std::fs::metadata(&path).map_err(|e| format!("{source}: {e}"))?;

@@ -11,6 +11,7 @@ use x509_parser::prelude::{FromDer, Pem, X509Certificate};
 
 use super::{CollateralError, CollateralKey};
 use crate::evidence::TeeType;
+use crate::http::{BodyError, error_chain, read_bounded};
 
 /// Intel's Provisioning Certification Service.
 pub const INTEL_PCS_URL: &str = "https://api.trustedservices.intel.com";
@@ -193,50 +194,32 @@ impl PccsClient {
             url: url.to_string(),
             detail,
         };
-        let mut resp = self.http.get(url).send().await.map_err(|e| {
-            fail(if e.is_timeout() {
+        let describe = |e: reqwest::Error| {
+            if e.is_timeout() {
                 "timed out".to_string()
             } else {
                 error_chain(&e)
-            })
-        })?;
+            }
+        };
+        let mut resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| fail(describe(e)))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(fail(format!("HTTP {status}")));
         }
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_RESPONSE as u64)
-        {
-            return Err(fail("response too large".into()));
-        }
         let headers = resp.headers().clone();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| {
-            fail(if e.is_timeout() {
-                "timed out".into()
-            } else {
-                error_chain(&e)
+        let body = read_bounded(&mut resp, MAX_RESPONSE).await.map_err(|e| {
+            fail(match e {
+                BodyError::TooLarge => "response too large".into(),
+                BodyError::Transport(e) => describe(e),
             })
-        })? {
-            if body.len() + chunk.len() > MAX_RESPONSE {
-                return Err(fail("response too large".into()));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        })?;
         Ok(Response { headers, body })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// A URL-encoded PEM chain from a response header.

@@ -1,0 +1,39 @@
+//! What every HTTP client of the verifier (collateral from a PCCS, Intel Trust Authority,
+//! a JWKS) does with an answer: read the body up to a bound, and describe a transport
+//! error with its causes.
+
+/// Why a body was not read.
+#[derive(Debug)]
+pub enum BodyError {
+    Transport(reqwest::Error),
+    /// Larger than the bound (by its Content-Length, or as it arrived).
+    TooLarge,
+}
+
+/// The body of `resp`, refused as soon as it is known to exceed `max` bytes: nothing
+/// larger is ever held in memory, whatever the peer announces or sends.
+pub async fn read_bounded(resp: &mut reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// An error and each of its causes, `: `-separated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
