@@ -112,14 +112,11 @@ impl ServerTrust {
             ),
             (Some(f), None) => Ok(Some(Self::CaFile(f.to_path_buf()))),
             (None, Some(h)) => {
-                let hex = h.trim().trim_start_matches("sha256:").replace(':', "");
-                let bytes = hex_decode(&hex)
-                    .filter(|b| b.len() == 32)
-                    .ok_or_else(|| {
-                        format!("verifier_cert_sha256 {h:?}: expected 64 hex digits (SHA-256 of the certificate's DER)")
-                    })?;
+                let digits = h.trim().trim_start_matches("sha256:").replace(':', "");
                 let mut pin = [0u8; 32];
-                pin.copy_from_slice(&bytes);
+                hex::decode_to_slice(&digits, &mut pin).map_err(|_| {
+                    format!("verifier_cert_sha256 {h:?}: expected 64 hex digits (SHA-256 of the certificate's DER)")
+                })?;
                 Ok(Some(Self::CertSha256(pin)))
             }
             (None, None) => Ok(None),
@@ -127,22 +124,9 @@ impl ServerTrust {
     }
 }
 
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// SHA-256 of a certificate's DER, lower-case hex (what [`ServerTrust::CertSha256`] pins).
 pub fn cert_sha256_hex(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(der))
 }
 
 /// Check a verifier URL and how it is trusted, as [`connect_lazy`] will use them (the CA
@@ -257,7 +241,8 @@ async fn open(
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The rustls crypto provider of every TeeSQL TLS endpoint: ring.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

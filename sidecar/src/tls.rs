@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -21,10 +20,8 @@ use teesql_proto::transport::HandshakeSignatures;
 /// ALPN protocol id of PostgreSQL (direct TLS, PG 17).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
-/// The crypto provider everything here uses: ring.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+/// The crypto provider everything here uses: ring (the same as the verifier's clients).
+pub use teesql_proto::transport::provider;
 
 /// A certificate and key ready to serve, with the `tls-server-end-point` hash clients
 /// bind SCRAM to.

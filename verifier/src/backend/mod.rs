@@ -428,6 +428,9 @@ mod tests {
             TcbLevelUnknown,
             Revoked,
             NotTdx,
+            ServiceUnavailable,
+            TokenInvalid,
+            Simulated,
             Other,
         ] {
             assert_eq!(
@@ -436,13 +439,18 @@ mod tests {
             );
             assert_eq!(
                 code.is_transient(),
-                matches!(code, CollateralUnavailable | CollateralExpired)
+                matches!(
+                    code,
+                    CollateralUnavailable | CollateralExpired | ServiceUnavailable | TokenInvalid
+                )
             );
         }
         for root in [
             TrustRootKind::Intel,
             TrustRootKind::Dev,
             TrustRootKind::Custom,
+            TrustRootKind::IntelTrustAuthority,
+            TrustRootKind::Simulator,
         ] {
             assert_eq!(
                 serde_json::to_value(root).unwrap(),
