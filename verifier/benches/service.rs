@@ -114,6 +114,36 @@ fn spawn_verifier(
     })
 }
 
+/// `n` warm decisions in process (after one that caches the appraisal), each with a token
+/// when `signed`.
+async fn warm_in_process(
+    service: &DecisionService,
+    quote: &[u8],
+    n: usize,
+    signed: bool,
+) -> (Vec<Duration>, Duration) {
+    let request = || QuoteInput::Quote {
+        quote: quote.to_vec(),
+        event_log: String::new(),
+    };
+    service
+        .verify_quote("quote", request(), None)
+        .await
+        .unwrap();
+    let wall = Instant::now();
+    let mut s = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let d = service
+            .verify_quote("quote", request(), None)
+            .await
+            .unwrap();
+        s.push(t.elapsed());
+        assert!(d.cached && d.allow && d.token.is_empty() != signed);
+    }
+    (s, wall.elapsed())
+}
+
 /// 3000 warm decisions, one caller, sequential, over `channel`.
 async fn one_caller(channel: tonic::transport::Channel, quote: &[u8]) -> (Vec<Duration>, Duration) {
     let mut client = VerifierClient::new(channel);
@@ -208,24 +238,7 @@ fn main() {
         cold_wall,
     );
     let warm_n = 20_000;
-    let (warm_samples, warm_wall) = rt.block_on(async {
-        service
-            .verify_quote("quote", request(), None)
-            .await
-            .unwrap();
-        let wall = Instant::now();
-        let mut s = Vec::with_capacity(warm_n);
-        for _ in 0..warm_n {
-            let t = Instant::now();
-            let d = service
-                .verify_quote("quote", request(), None)
-                .await
-                .unwrap();
-            s.push(t.elapsed());
-            assert!(d.cached && d.allow);
-        }
-        (s, wall.elapsed())
-    });
+    let (warm_samples, warm_wall) = rt.block_on(warm_in_process(&service, &quote, warm_n, true));
     let warm_p50 = pct(&mut warm_samples.clone(), 0.5);
     let warm = line(
         "(b) in-process, warm (appraisal cached)",
@@ -241,24 +254,8 @@ fn main() {
     });
     let unsigned = rt.block_on(async { Verifier::start(&unsigned_config).unwrap() });
     let unsigned = unsigned.service().clone();
-    let (unsigned_samples, unsigned_wall) = rt.block_on(async {
-        unsigned
-            .verify_quote("quote", request(), None)
-            .await
-            .unwrap();
-        let wall = Instant::now();
-        let mut s = Vec::with_capacity(warm_n);
-        for _ in 0..warm_n {
-            let t = Instant::now();
-            let d = unsigned
-                .verify_quote("quote", request(), None)
-                .await
-                .unwrap();
-            s.push(t.elapsed());
-            assert!(d.cached && d.allow && d.token.is_empty());
-        }
-        (s, wall.elapsed())
-    });
+    let (unsigned_samples, unsigned_wall) =
+        rt.block_on(warm_in_process(&unsigned, &quote, warm_n, false));
     let unsigned_p50 = pct(&mut unsigned_samples.clone(), 0.5);
     line(
         "(b) in-process, warm, decision signing off",

@@ -18,6 +18,38 @@ fn root() -> PathBuf {
 
 struct Serve(Child);
 
+impl Serve {
+    /// `teesql-verifier serve ARGS` from the repository root, without PCCS_URL, logging
+    /// warnings, its stdout piped.
+    fn spawn(args: &[&std::ffi::OsStr]) -> Self {
+        Self(
+            Command::new(env!("CARGO_BIN_EXE_teesql-verifier"))
+                .arg("serve")
+                .args(args)
+                .current_dir(root())
+                .env_remove("PCCS_URL")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Where it serves gRPC, from its "listening on" line: HOST:PORT or unix:///PATH.
+    fn listening(&mut self) -> String {
+        let line = BufReader::new(self.0.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with("teesql-verifier listening on "))
+            .expect("serve exited before listening");
+        line["teesql-verifier listening on ".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -272,35 +304,24 @@ async fn every_decision_before_sigterm_is_logged() {
             text
         })
     };
-    let mut serve = Serve(
-        Command::new(env!("CARGO_BIN_EXE_teesql-verifier"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--offline",
-                "--now",
-                "1751000000",
-            ])
-            .arg("--policy-dir")
-            .arg(root().join("policies/teesql"))
-            .arg("--collateral-file")
-            .arg(root().join("testdata/dcap/tdx_quote_collateral.json"))
-            .arg("--decision-log")
-            .arg(&log)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut grpc = None;
-    for line in BufReader::new(serve.0.stdout.take().unwrap()).lines() {
-        if let Some(rest) = line.unwrap().strip_prefix("teesql-verifier listening on ") {
-            grpc = Some(format!("http://{}", rest.split(' ').next().unwrap()));
-            break;
-        }
-    }
-    let client = VerifierClient::connect(grpc.unwrap()).await.unwrap();
+    let policies = root().join("policies/teesql");
+    let collateral = root().join("testdata/dcap/tdx_quote_collateral.json");
+    let mut serve = Serve::spawn(&[
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--offline".as_ref(),
+        "--now".as_ref(),
+        "1751000000".as_ref(),
+        "--policy-dir".as_ref(),
+        policies.as_os_str(),
+        "--collateral-file".as_ref(),
+        collateral.as_os_str(),
+        "--decision-log".as_ref(),
+        log.as_os_str(),
+    ]);
+    let client = VerifierClient::connect(format!("http://{}", serve.listening()))
+        .await
+        .unwrap();
     let request = VerifyQuoteRequest {
         purpose: "quote".into(),
         evidence: Some(verify_quote_request::Evidence::Quote(
@@ -348,28 +369,17 @@ async fn serve_over_tls_answers_a_python_grpcio_client() {
     let pki =
         teesql_devattest::server_pki::ServerPki::write(dir.path(), "verifier", "test verifier CA")
             .unwrap();
-    let mut serve = Serve(
-        Command::new(env!("CARGO_BIN_EXE_teesql-verifier"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--decision-log", "off"])
-            .arg("--tls-cert")
-            .arg(&pki.cert)
-            .arg("--tls-key")
-            .arg(&pki.key)
-            .current_dir(root())
-            .env_remove("PCCS_URL")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut addr = None;
-    for line in BufReader::new(serve.0.stdout.take().unwrap()).lines() {
-        if let Some(rest) = line.unwrap().strip_prefix("teesql-verifier listening on ") {
-            addr = Some(rest.split(' ').next().unwrap().to_string());
-            break;
-        }
-    }
-    let addr = addr.expect("serve exited before listening");
+    let mut serve = Serve::spawn(&[
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--decision-log".as_ref(),
+        "off".as_ref(),
+        "--tls-cert".as_ref(),
+        pki.cert.as_os_str(),
+        "--tls-key".as_ref(),
+        pki.key.as_os_str(),
+    ]);
+    let addr = serve.listening();
     let ran = python_verify_peer(&["--ca", pki.ca.to_str().unwrap(), &addr]).await;
     if !ran {
         eprintln!("NOTICE: the Python TLS client was not run (no grpcio here)");
@@ -392,22 +402,13 @@ async fn serve_over_tls_answers_a_python_grpcio_client() {
 async fn serve_on_a_unix_socket_answers_a_python_grpcio_client() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("unix://{}", dir.path().join("v.sock").display());
-    let mut serve = Serve(
-        Command::new(env!("CARGO_BIN_EXE_teesql-verifier"))
-            .args(["serve", "--listen", &url, "--decision-log", "off"])
-            .current_dir(root())
-            .env_remove("PCCS_URL")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let listening = BufReader::new(serve.0.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("teesql-verifier listening on "))
-        .expect("serve exited before listening");
-    assert!(listening.contains(&url), "{listening}");
+    let mut serve = Serve::spawn(&[
+        "--listen".as_ref(),
+        url.as_ref(),
+        "--decision-log".as_ref(),
+        "off".as_ref(),
+    ]);
+    assert_eq!(serve.listening(), url);
     if !python_verify_peer(&[&url]).await {
         eprintln!("NOTICE: the Python unix-socket client was not run (no grpcio here)");
     }
