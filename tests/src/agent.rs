@@ -37,24 +37,9 @@ impl TestAgent {
         let socket = dir.join("dstack.sock");
         let out_dir = dir.join("dev-pki");
         agent.write_out_dir(&out_dir).await?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port.unwrap_or(0))).await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let a = agent.clone();
-        let listeners = vec![
-            AgentListener::Unix(socket.clone()),
-            AgentListener::Tcp(listener),
-        ];
-        tokio::spawn(async move {
-            if let Err(e) = a
-                .serve(listeners, async {
-                    let _ = rx.await;
-                })
-                .await
-            {
-                tracing::error!(error = %e, "dev agent stopped");
-            }
-        });
+        let (url, tx) = agent
+            .spawn_on_loopback(port.unwrap_or(0), vec![AgentListener::Unix(socket.clone())])
+            .await?;
         // The unix socket exists once bound; wait for it.
         for _ in 0..200 {
             if socket.exists() {

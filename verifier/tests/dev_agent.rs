@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use teesql_devattest::agent::{AgentConfig, AgentListener, DevAgent};
+use teesql_devattest::agent::{AgentConfig, DevAgent};
 use teesql_verifier::backend::BackendConfig;
 use teesql_verifier::backend::dcap::TrustRoot;
 use teesql_verifier::collateral::{CollateralConfig, CollateralProvider};
@@ -37,17 +37,7 @@ async fn start_agent(legacy: bool) -> Agent {
 
 async fn start_agent_with(config: AgentConfig) -> Agent {
     let agent = DevAgent::new(config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let a = agent.clone();
-    tokio::spawn(async move {
-        a.serve(vec![AgentListener::Tcp(listener)], async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
+    let (url, tx) = agent.spawn_on_loopback(0, Vec::new()).await.unwrap();
     let out = tempfile::tempdir().unwrap();
     agent.write_out_dir(out.path()).await.unwrap();
     Agent {

@@ -374,6 +374,37 @@ impl DevAgent {
             .with_state(self.clone())
     }
 
+    /// Serve HTTP on 127.0.0.1:`port` (0 = any) and on `extra` listeners in the
+    /// background until the returned sender is dropped. Returns the HTTP base URL.
+    pub async fn spawn_on_loopback(
+        &self,
+        port: u16,
+        extra: Vec<AgentListener>,
+    ) -> Result<(String, tokio::sync::oneshot::Sender<()>), AgentError> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|e| AgentError::Io(format!("127.0.0.1:{port}: {e}")))?;
+        let url = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .map_err(|e| AgentError::Io(e.to_string()))?
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut listeners = extra;
+        listeners.push(AgentListener::Tcp(listener));
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let stop = async {
+                let _ = rx.await;
+            };
+            if let Err(e) = agent.serve(listeners, stop).await {
+                tracing::error!(error = %e, "dev agent stopped");
+            }
+        });
+        Ok((url, tx))
+    }
+
     /// Serve on every listener until `shutdown` completes. A unix socket path is
     /// replaced if a stale socket file is there, and removed on exit.
     pub async fn serve(

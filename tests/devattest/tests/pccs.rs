@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use dcap_qvl::QuoteCollateralV3;
-use teesql_devattest::agent::{AgentConfig, AgentListener, DevAgent};
+use teesql_devattest::agent::{AgentConfig, DevAgent};
 use teesql_devattest::{DevPki, DevTdReport};
 
 const ISSUED_AT: u64 = 1_767_225_600;
@@ -19,16 +19,7 @@ async fn start() -> Running {
     let mut config = AgentConfig::new([0x42; 32]);
     config.collateral_issued_at = Some(ISSUED_AT);
     let agent = DevAgent::new(config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let a = agent.clone();
-    tokio::spawn(async move {
-        a.serve(vec![AgentListener::Tcp(listener)], async {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let (url, tx) = agent.spawn_on_loopback(0, Vec::new()).await.unwrap();
     Running {
         agent,
         url,
