@@ -3,6 +3,8 @@
 
 #![allow(missing_docs, missing_debug_implementations, clippy::doc_markdown)]
 
+#[cfg(feature = "agent")]
+pub mod agent;
 pub mod codec;
 pub mod report;
 #[cfg(feature = "runtime")]

@@ -3,8 +3,9 @@
 //!
 //! - `unix:///run/teesql/verifier.sock`: a unix socket, for the same CVM (plaintext).
 //! - `http://127.0.0.1:50051`: plaintext TCP, only to a loopback address.
-//! - `https://verifier.example:50051`: TLS, the server authenticated by a CA file or by
-//!   the SHA-256 of its certificate ([`ServerTrust`]).
+//! - `https://verifier.example:50051`: TLS, the server authenticated by a CA file, by
+//!   the SHA-256 of its certificate, or by appraising the quote in its RA-TLS
+//!   certificate ([`ServerTrust`]).
 //!
 //! Whoever can answer the sidecar's questions decides who gets into the database, so a
 //! client refuses a plaintext verifier that is not on this machine.
@@ -89,14 +90,40 @@ pub fn is_loopback_host(host: &str) -> bool {
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// What [`PeerCheck::check`] returns: `Ok` with what was attested (for the log), or why
+/// the peer is refused.
+pub type CheckFuture<'a> =
+    Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>;
+
+/// Judges a TLS verifier by its certificate chain (leaf first) after the handshake and
+/// before the first request: the verifier's own RA-TLS certificate, appraised in the
+/// client's process (`teesql_verifier::local::VerifierIdentity`).
+pub trait PeerCheck: Send + Sync + std::fmt::Debug {
+    fn check<'a>(&'a self, chain: &'a [CertificateDer<'static>]) -> CheckFuture<'a>;
+}
+
 /// How a client authenticates a TLS verifier.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ServerTrust {
     /// CA certificates (PEM); the name in the URL must be in the certificate.
     CaFile(PathBuf),
     /// The SHA-256 of the verifier's certificate (DER), as `openssl x509 -outform der |
     /// sha256sum` prints it.
     CertSha256([u8; 32]),
+    /// The verifier's RA-TLS certificate, appraised by this check (the name in the URL
+    /// is not what identifies it; its attested compose hash and app id are).
+    Attested(Arc<dyn PeerCheck>),
+}
+
+impl PartialEq for ServerTrust {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::CaFile(a), Self::CaFile(b)) => a == b,
+            (Self::CertSha256(a), Self::CertSha256(b)) => a == b,
+            (Self::Attested(a), Self::Attested(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 impl ServerTrust {
@@ -135,22 +162,33 @@ pub fn check(url: &str, trust: Option<&ServerTrust>) -> Result<(), String> {
     plan(url, trust).map(|_| ())
 }
 
-/// The address, and the TLS configuration when it speaks TLS.
-fn plan(
-    url: &str,
-    trust: Option<&ServerTrust>,
-) -> Result<(VerifierAddr, Option<Arc<rustls::ClientConfig>>), String> {
+/// How one connection is secured: the TLS configuration, and the check of the peer's
+/// chain after the handshake when the verifier is trusted by its quote.
+#[derive(Debug, Clone)]
+struct Secured {
+    config: Arc<rustls::ClientConfig>,
+    check: Option<Arc<dyn PeerCheck>>,
+}
+
+/// The address, and how the connection is secured when it speaks TLS.
+fn plan(url: &str, trust: Option<&ServerTrust>) -> Result<(VerifierAddr, Option<Secured>), String> {
     let addr = VerifierAddr::parse(url)?;
     let tls = match (&addr, trust) {
-        (VerifierAddr::Tcp { tls: true, .. }, Some(t)) => Some(Arc::new(client_config(t)?)),
+        (VerifierAddr::Tcp { tls: true, .. }, Some(t)) => Some(Secured {
+            config: Arc::new(client_config(t)?),
+            check: match t {
+                ServerTrust::Attested(check) => Some(check.clone()),
+                _ => None,
+            },
+        }),
         (VerifierAddr::Tcp { tls: true, .. }, None) => {
             return Err(format!(
-                "{url:?}: an https verifier needs verifier_ca_file or verifier_cert_sha256 to be trusted"
+                "{url:?}: an https verifier needs verifier_ca_file, verifier_cert_sha256 or verifier_identity_policy_dir to be trusted"
             ));
         }
         (_, Some(_)) => {
             return Err(format!(
-                "{url:?}: verifier_ca_file / verifier_cert_sha256 need an https:// verifier URL"
+                "{url:?}: verifier_ca_file / verifier_cert_sha256 / verifier_identity_policy_dir need an https:// verifier URL"
             ));
         }
         (
@@ -160,7 +198,7 @@ fn plan(
             None,
         ) if !is_loopback_host(host) => {
             return Err(format!(
-                "{url:?}: plaintext only to a loopback address; use https:// (with verifier_ca_file or verifier_cert_sha256) or unix://"
+                "{url:?}: plaintext only to a loopback address; use https:// (with verifier_ca_file, verifier_cert_sha256 or verifier_identity_policy_dir) or unix://"
             ));
         }
         _ => None,
@@ -201,7 +239,7 @@ pub fn connect_lazy(
 
 async fn open(
     addr: &VerifierAddr,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<Secured>,
     connect_timeout: Duration,
 ) -> std::io::Result<Stream> {
     let timed = |what: &str| {
@@ -232,10 +270,30 @@ async fn open(
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             let s = tokio::time::timeout(
                 connect_timeout,
-                tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+                tokio_rustls::TlsConnector::from(tls.config).connect(name, tcp),
             )
             .await
             .map_err(|_| timed("no TLS handshake"))??;
+            if let Some(check) = tls.check {
+                let chain = s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .unwrap_or_default()
+                    .to_vec();
+                match check.check(&chain).await {
+                    Ok(attested) => {
+                        tracing::debug!(verifier = %host, %attested, "verifier attested");
+                    }
+                    Err(why) => {
+                        tracing::warn!(verifier = %host, %why, "the verifier's attestation was refused");
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("the verifier's attestation was refused: {why}"),
+                        ));
+                    }
+                }
+            }
             Ok(Stream::ClientTls(Box::new(s)))
         }
     }
@@ -267,6 +325,11 @@ fn client_config(trust: &ServerTrust) -> Result<rustls::ClientConfig, String> {
                 pin: *pin,
                 signatures: HandshakeSignatures::default(),
             }))
+            .with_no_client_auth(),
+        // Judged after the handshake, by its quote ([`PeerCheck`]).
+        ServerTrust::Attested(_) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate::new()))
             .with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -390,6 +453,59 @@ impl ServerCertVerifier for PinnedCert {
     }
 }
 
+/// Accepts any server chain at the TLS layer, still checking the handshake signature made
+/// with its key. The chain is then judged by its quote before any byte goes to the peer
+/// (the forwarder's Postgres server, an attested verifier).
+#[derive(Debug)]
+pub struct AnyServerCertificate(HandshakeSignatures);
+
+impl AnyServerCertificate {
+    pub fn new() -> Self {
+        Self(HandshakeSignatures::default())
+    }
+}
+
+impl Default for AnyServerCertificate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.schemes()
+    }
+}
+
 /// The server's TLS configuration from an operator's certificate chain and key (PEM),
 /// speaking HTTP/2 only.
 pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
@@ -402,6 +518,20 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| format!("tls_cert/tls_key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The server's TLS configuration with a certificate chosen per handshake (one that is
+/// renewed: the verifier's RA-TLS certificate), speaking HTTP/2 only.
+pub fn server_config_resolving(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<rustls::ServerConfig, String> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
@@ -570,7 +700,9 @@ mod tests {
         assert!(e.contains("plaintext only to a loopback address"), "{e}");
         let e = connect_lazy("https://192.0.2.1:50051", None, t, t).unwrap_err();
         assert!(
-            e.contains("needs verifier_ca_file or verifier_cert_sha256"),
+            e.contains(
+                "needs verifier_ca_file, verifier_cert_sha256 or verifier_identity_policy_dir"
+            ),
             "{e}"
         );
         let pin = ServerTrust::CertSha256([1; 32]);

@@ -69,6 +69,15 @@ pub struct VerifierFile {
     pub ca_file: Option<PathBuf>,
     /// Or the SHA-256 (hex) of the https verifier's certificate.
     pub cert_sha256: Option<String>,
+    /// Or a policy profile whose purpose `verifier` judges the https verifier's own
+    /// RA-TLS certificate (pins in data.teesql.verifier_pins), appraised in the sidecar.
+    pub identity_policy_dir: Option<PathBuf>,
+    /// A root CA for the verifier's quote instead of Intel's.
+    pub identity_trust_root: Option<PathBuf>,
+    /// The development root, for a verifier on the development agent.
+    pub identity_dev_trust_root: Option<PathBuf>,
+    /// Collateral for the verifier's quote [default: env PCCS_URL, else Intel PCS].
+    pub identity_pccs_url: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -412,13 +421,17 @@ impl SidecarConfig {
             file.verifier.url,
         ])
         .unwrap_or_else(|| defaults::VERIFIER_URL.into());
-        let ca_file = first([
-            e("TEESQL_VERIFIER_CA_FILE").map(PathBuf::from),
-            file.verifier.ca_file,
-        ]);
-        let cert_sha256 = first([e("TEESQL_VERIFIER_CERT_SHA256"), file.verifier.cert_sha256]);
-        let verifier_trust = ServerTrust::from_settings(ca_file.as_deref(), cert_sha256.as_deref())
-            .map_err(|e| p.push(format!("verifier.{e}")))
+        let verifier_trust = crate::verifier::TrustSettings::from_env(env)
+            .over(crate::verifier::TrustSettings {
+                ca_file: file.verifier.ca_file,
+                cert_sha256: file.verifier.cert_sha256,
+                identity_policy_dir: file.verifier.identity_policy_dir,
+                identity_trust_root: file.verifier.identity_trust_root,
+                identity_dev_trust_root: file.verifier.identity_dev_trust_root,
+                identity_pccs_url: file.verifier.identity_pccs_url,
+            })
+            .resolve(env)
+            .map_err(|e| p.push(format!("verifier.{}", e.replace("verifier_", ""))))
             .ok()
             .flatten();
         if let Err(e) = teesql_proto::transport::check(&verifier_url, verifier_trust.as_ref()) {

@@ -91,6 +91,9 @@ pub struct ForwardSettings {
     pub verifier_ca_file: Option<std::path::PathBuf>,
     /// [default: env TEESQL_VERIFIER_CERT_SHA256]
     pub verifier_cert_sha256: Option<String>,
+    /// The verifier trusted by its own attestation (`--verifier-identity-*`), over the
+    /// environment (`TEESQL_VERIFIER_IDENTITY_*`).
+    pub verifier_identity: crate::verifier::TrustSettings,
     /// [default: `DEFAULT_PURPOSE`]
     pub purpose: Option<String>,
     /// As given: 96 hex digits each, optional `0x`, any case; blanks ignored
@@ -206,23 +209,30 @@ impl ForwardSettings {
                 }
             },
         };
-        let ca_file = first([
-            self.verifier_ca_file,
-            env.var("TEESQL_VERIFIER_CA_FILE")
-                .map(std::path::PathBuf::from),
-        ]);
-        let cert_sha256 = first([
-            self.verifier_cert_sha256,
-            env.var("TEESQL_VERIFIER_CERT_SHA256"),
-        ]);
-        let verifier_trust =
-            match ServerTrust::from_settings(ca_file.as_deref(), cert_sha256.as_deref()) {
-                Ok(t) => t,
-                Err(e) => {
-                    errors.push(format!("--{}", e.replace('_', "-")));
-                    None
-                }
-            };
+        let trust = crate::verifier::TrustSettings {
+            ca_file: self.verifier_ca_file,
+            cert_sha256: self.verifier_cert_sha256,
+            ..self.verifier_identity
+        }
+        .over(crate::verifier::TrustSettings::from_env(env));
+        let verifier_trust = match trust.resolve(env) {
+            Ok(t) => t,
+            Err(e) => {
+                // Flags as the command line spells them.
+                let flags: Vec<String> = e
+                    .split(' ')
+                    .map(|w| {
+                        if w.starts_with("verifier_") {
+                            format!("--{}", w.replace('_', "-"))
+                        } else {
+                            w.to_string()
+                        }
+                    })
+                    .collect();
+                errors.push(flags.join(" "));
+                None
+            }
+        };
         if let Err(e) = teesql_proto::transport::check(&verifier_url, verifier_trust.as_ref()) {
             errors.push(format!("--verifier {e}"));
         }

@@ -51,10 +51,10 @@ impl Sidecar {
     /// clients. Fails with a clear message when the agent cannot be reached.
     pub async fn start(config: SidecarConfig) -> Result<Self, String> {
         let agent = Arc::new(GuestAgent::new(config.identity.endpoint.as_deref()));
-        let identity = agent
-            .server_identity(&config.identity.subject, &config.identity.alt_names)
-            .await
-            .map_err(|e| format!("cannot get the server certificate: {e}"))?;
+        let identity =
+            identity::server_identity(&agent, &config.identity.subject, &config.identity.alt_names)
+                .await
+                .map_err(|e| format!("cannot get the server certificate: {e}"))?;
         let cert = RotatingCert::new(identity);
         let tls =
             tls::server_config(cert.clone()).map_err(|e| format!("TLS configuration: {e}"))?;

@@ -85,6 +85,23 @@ struct ForwardArgs {
     /// [default: env TEESQL_VERIFIER_CERT_SHA256].
     #[arg(long, value_name = "HEX")]
     verifier_cert_sha256: Option<String>,
+    /// Or trust the https verifier by its own attestation: its RA-TLS certificate is
+    /// appraised here under the purpose `verifier` of this policy profile (pins in
+    /// data.teesql.verifier_pins) [default: env TEESQL_VERIFIER_IDENTITY_POLICY_DIR].
+    #[arg(long, value_name = "DIR")]
+    verifier_identity_policy_dir: Option<std::path::PathBuf>,
+    /// A root CA for the verifier's quote instead of Intel's
+    /// [default: env TEESQL_VERIFIER_IDENTITY_TRUST_ROOT].
+    #[arg(long, value_name = "FILE")]
+    verifier_identity_trust_root: Option<std::path::PathBuf>,
+    /// The development root, for a verifier on the development agent
+    /// [default: env TEESQL_VERIFIER_IDENTITY_DEV_TRUST_ROOT].
+    #[arg(long, value_name = "FILE")]
+    verifier_identity_dev_trust_root: Option<std::path::PathBuf>,
+    /// Collateral for the verifier's quote [default: env TEESQL_VERIFIER_IDENTITY_PCCS_URL,
+    /// else PCCS_URL, else Intel PCS].
+    #[arg(long, value_name = "URL")]
+    verifier_identity_pccs_url: Option<String>,
     /// Which verifier policy judges the server [default: client].
     #[arg(long, value_name = "PURPOSE")]
     policy: Option<String>,
@@ -270,6 +287,13 @@ async fn forward(args: ForwardArgs) -> ExitCode {
         verifier_url: args.verifier,
         verifier_ca_file: args.verifier_ca_file,
         verifier_cert_sha256: args.verifier_cert_sha256,
+        verifier_identity: teesql_sidecar::verifier::TrustSettings {
+            identity_policy_dir: args.verifier_identity_policy_dir,
+            identity_trust_root: args.verifier_identity_trust_root,
+            identity_dev_trust_root: args.verifier_identity_dev_trust_root,
+            identity_pccs_url: args.verifier_identity_pccs_url,
+            ..Default::default()
+        },
         purpose: args.policy,
         expected_mrtds: args.expected_mrtds,
         expected_compose_hashes: args.expected_compose_hashes,

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -140,55 +140,7 @@ impl ClientCertVerifier for AnyClientCertificate {
 /// The client side's counterpart: accepts any server chain at the TLS layer (still
 /// checking the handshake signature). The chain is judged afterwards, by its quote,
 /// before any byte is relayed.
-#[derive(Debug)]
-pub struct AnyServerCertificate(HandshakeSignatures);
-
-impl AnyServerCertificate {
-    pub fn new() -> Self {
-        Self(HandshakeSignatures::default())
-    }
-}
-
-impl Default for AnyServerCertificate {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ServerCertVerifier for AnyServerCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
-    }
-}
+pub use teesql_proto::transport::AnyServerCertificate;
 
 /// The server configuration of the Postgres port.
 pub fn server_config(cert: Arc<RotatingCert>) -> Result<Arc<ServerConfig>, rustls::Error> {

@@ -1,12 +1,93 @@
 //! The sidecar's client of the verifier service. Every handshake decision is the
 //! verifier's; when it cannot be asked in time, the answer is no (fail closed).
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use teesql_proto::settings::{Env, first};
 use teesql_proto::transport::ServerTrust;
 use teesql_proto::v1::verifier_client::VerifierClient as Grpc;
 use teesql_proto::v1::{Decision, VerifyManifestRequest, VerifyPeerRequest};
+use teesql_verifier::local::{LocalSettings, VerifierIdentity};
 use tonic::transport::Channel;
+
+/// How an https verifier is trusted, as the sidecar and `forward` are told: a CA file, a
+/// certificate hash, or its own attestation (its RA-TLS certificate appraised here,
+/// under the policy purpose `verifier` of `identity_policy_dir`). At most one way.
+#[derive(Debug, Clone, Default)]
+pub struct TrustSettings {
+    pub ca_file: Option<PathBuf>,
+    pub cert_sha256: Option<String>,
+    pub identity_policy_dir: Option<PathBuf>,
+    /// A root CA (DER or PEM) for the verifier's quote instead of Intel's.
+    pub identity_trust_root: Option<PathBuf>,
+    /// The development root (teesql-dev's PKI), for a verifier on the development agent.
+    pub identity_dev_trust_root: Option<PathBuf>,
+    /// Where the quote's collateral comes from [default: env PCCS_URL, else Intel PCS].
+    pub identity_pccs_url: Option<String>,
+}
+
+impl TrustSettings {
+    /// What the environment says: `TEESQL_VERIFIER_CA_FILE`, `…_CERT_SHA256`,
+    /// `…_IDENTITY_POLICY_DIR`, `…_IDENTITY_TRUST_ROOT`, `…_IDENTITY_DEV_TRUST_ROOT`,
+    /// `…_IDENTITY_PCCS_URL`.
+    pub fn from_env(env: &dyn Env) -> Self {
+        let path = |name: &str| env.var(name).map(PathBuf::from);
+        Self {
+            ca_file: path("TEESQL_VERIFIER_CA_FILE"),
+            cert_sha256: env.var("TEESQL_VERIFIER_CERT_SHA256"),
+            identity_policy_dir: path("TEESQL_VERIFIER_IDENTITY_POLICY_DIR"),
+            identity_trust_root: path("TEESQL_VERIFIER_IDENTITY_TRUST_ROOT"),
+            identity_dev_trust_root: path("TEESQL_VERIFIER_IDENTITY_DEV_TRUST_ROOT"),
+            identity_pccs_url: env.var("TEESQL_VERIFIER_IDENTITY_PCCS_URL"),
+        }
+    }
+
+    /// `self` over `lower`, setting by setting.
+    pub fn over(self, lower: Self) -> Self {
+        Self {
+            ca_file: first([self.ca_file, lower.ca_file]),
+            cert_sha256: first([self.cert_sha256, lower.cert_sha256]),
+            identity_policy_dir: first([self.identity_policy_dir, lower.identity_policy_dir]),
+            identity_trust_root: first([self.identity_trust_root, lower.identity_trust_root]),
+            identity_dev_trust_root: first([
+                self.identity_dev_trust_root,
+                lower.identity_dev_trust_root,
+            ]),
+            identity_pccs_url: first([self.identity_pccs_url, lower.identity_pccs_url]),
+        }
+    }
+
+    /// The trust these settings describe (the identity policy is loaded now, so a bad
+    /// profile is a start-up error); collateral from `identity_pccs_url`, else env
+    /// `PCCS_URL`, else Intel PCS. Errors name the setting as `verifier_…`.
+    pub fn resolve(&self, env: &dyn Env) -> Result<Option<ServerTrust>, String> {
+        let pinned =
+            ServerTrust::from_settings(self.ca_file.as_deref(), self.cert_sha256.as_deref())?;
+        let Some(dir) = &self.identity_policy_dir else {
+            if self.identity_trust_root.is_some() || self.identity_dev_trust_root.is_some() {
+                return Err(
+                    "verifier_identity_trust_root / verifier_identity_dev_trust_root need verifier_identity_policy_dir"
+                        .into(),
+                );
+            }
+            return Ok(pinned);
+        };
+        if pinned.is_some() {
+            return Err("verifier_identity_policy_dir and verifier_ca_file / verifier_cert_sha256: give one way to trust the verifier".into());
+        }
+        let identity = VerifierIdentity::new(&LocalSettings {
+            policy_dirs: vec![dir.clone()],
+            trust_root: self.identity_trust_root.clone(),
+            dev_trust_root: self.identity_dev_trust_root.clone(),
+            pccs_url: first([self.identity_pccs_url.clone(), env.var("PCCS_URL")]),
+            ..LocalSettings::default()
+        })
+        .map_err(|e| format!("verifier_identity_policy_dir {}: {e}", dir.display()))?;
+        Ok(Some(ServerTrust::Attested(Arc::new(identity))))
+    }
+}
 
 /// A cheap-to-clone handle on the verifier.
 #[derive(Debug, Clone)]
@@ -104,5 +185,82 @@ impl VerifierClient {
             url: self.url.clone(),
             detail,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policies(profile: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../policies")
+            .join(profile)
+    }
+
+    #[test]
+    fn one_way_to_trust_a_verifier_and_its_policy_loaded_at_start() {
+        let attested = TrustSettings {
+            identity_policy_dir: Some(policies("teesql")),
+            ..TrustSettings::default()
+        };
+        let trust = attested.resolve(&teesql_proto::settings::NoEnv).unwrap();
+        assert!(matches!(trust, Some(ServerTrust::Attested(_))), "{trust:?}");
+
+        let both = TrustSettings {
+            cert_sha256: Some("ab".repeat(32)),
+            ..attested.clone()
+        };
+        let e = both.resolve(&teesql_proto::settings::NoEnv).unwrap_err();
+        assert!(e.contains("give one way"), "{e}");
+
+        let missing = TrustSettings {
+            identity_policy_dir: Some("/nonexistent/policies".into()),
+            ..TrustSettings::default()
+        };
+        let e = missing.resolve(&teesql_proto::settings::NoEnv).unwrap_err();
+        assert!(
+            e.contains("verifier_identity_policy_dir /nonexistent/policies"),
+            "{e}"
+        );
+
+        let root_alone = TrustSettings {
+            identity_dev_trust_root: Some("/x.der".into()),
+            ..TrustSettings::default()
+        };
+        let e = root_alone
+            .resolve(&teesql_proto::settings::NoEnv)
+            .unwrap_err();
+        assert!(e.contains("need verifier_identity_policy_dir"), "{e}");
+
+        // The environment fills what the file leaves out; the file wins where both speak.
+        let env = [
+            ("TEESQL_VERIFIER_IDENTITY_POLICY_DIR", "/from/env"),
+            ("TEESQL_VERIFIER_IDENTITY_DEV_TRUST_ROOT", "/env-root.der"),
+        ];
+        let merged = TrustSettings {
+            identity_policy_dir: Some("/from/file".into()),
+            ..TrustSettings::default()
+        }
+        .over(TrustSettings::from_env(&env));
+        assert_eq!(merged.identity_policy_dir, Some("/from/file".into()));
+        assert_eq!(merged.identity_dev_trust_root, Some("/env-root.der".into()));
+    }
+
+    #[test]
+    fn a_profile_without_the_verifier_purpose_trusts_no_verifier() {
+        let dir = std::env::temp_dir().join(format!("teesql-no-verifier-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["lib.rego", "quote.rego", "data.json"] {
+            std::fs::copy(policies("teesql").join(file), dir.join(file)).unwrap();
+        }
+        let e = TrustSettings {
+            identity_policy_dir: Some(dir.clone()),
+            ..TrustSettings::default()
+        }
+        .resolve(&teesql_proto::settings::NoEnv)
+        .unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(e.contains("no purpose \"verifier\""), "{e}");
     }
 }

@@ -63,6 +63,11 @@ pub enum VerifierTransport {
     Tls,
     /// A unix socket in the state directory.
     Unix,
+    /// TLS on 127.0.0.1 with the verifier's own RA-TLS certificate from the development
+    /// agent; the sidecar and `forward` trust it by appraising that certificate under
+    /// the purpose `verifier` of a profile pinning the agent's compose hash
+    /// (`Cluster::verifier_identity`).
+    RaTls,
 }
 
 impl Default for ClusterOptions {
@@ -100,6 +105,8 @@ pub struct Cluster {
     pub verifier_url: String,
     /// With TLS: the CA that issued the verifier's certificate (PEM).
     pub verifier_ca: Option<PathBuf>,
+    /// With RA-TLS: how clients trust the verifier by its quote.
+    pub verifier_identity: Option<teesql_sidecar::verifier::TrustSettings>,
     pub verifier: Arc<DecisionService>,
     pub sidecar_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
@@ -115,6 +122,51 @@ pub struct Cluster {
     sidecar_stop: Option<tokio::sync::oneshot::Sender<()>>,
     sidecar_task: Option<tokio::task::JoinHandle<()>>,
     _tmp: Option<tempfile::TempDir>,
+}
+
+/// A policy profile in `dir` that extends the development profile and pins the verifier
+/// (purpose `verifier`) to `compose_hashes`; returns `dir`.
+pub fn write_identity_profile(dir: &Path, compose_hashes: &[String]) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let base = repo_root().join("policies").join("dev").canonicalize()?;
+    std::fs::write(
+        dir.join("profile.toml"),
+        format!("extends = [{:?}]\n", base.display().to_string()),
+    )?;
+    let data = serde_json::json!({"teesql": {"verifier_pins": {"compose_hash": compose_hashes, "app_id": []}}});
+    std::fs::write(dir.join("data.json"), data.to_string())?;
+    Ok(dir.to_path_buf())
+}
+
+/// Trust a verifier on `agent` by its quote, judged by the profile in `dir`.
+pub fn identity_trust(agent: &TestAgent, dir: PathBuf) -> teesql_sidecar::verifier::TrustSettings {
+    teesql_sidecar::verifier::TrustSettings {
+        identity_policy_dir: Some(dir),
+        identity_dev_trust_root: Some(agent.root_der_path()),
+        identity_pccs_url: Some(agent.url.clone()),
+        ..Default::default()
+    }
+}
+
+/// The sidecar's `[verifier]` keys for `trust`'s identity settings.
+fn identity_toml(trust: &teesql_sidecar::verifier::TrustSettings) -> String {
+    let mut out = String::new();
+    if let Some(d) = &trust.identity_policy_dir {
+        out.push_str(&format!(
+            "identity_policy_dir = {:?}\n",
+            d.display().to_string()
+        ));
+    }
+    if let Some(r) = &trust.identity_dev_trust_root {
+        out.push_str(&format!(
+            "identity_dev_trust_root = {:?}\n",
+            r.display().to_string()
+        ));
+    }
+    if let Some(u) = &trust.identity_pccs_url {
+        out.push_str(&format!("identity_pccs_url = {u:?}\n"));
+    }
+    out
 }
 
 /// The repository root (policies/ lives there).
@@ -186,8 +238,20 @@ impl Cluster {
             )?),
             _ => None,
         };
+        let ra_tls = opts.verifier_transport == VerifierTransport::RaTls;
+        let verifier_identity = if ra_tls {
+            let dir = write_identity_profile(
+                &state_dir.join("verifier-identity"),
+                &[agent.agent.compose_hash_hex()],
+            )?;
+            Some(identity_trust(&agent, dir))
+        } else {
+            None
+        };
         let settings = ServeSettings {
             listen: Some(format!("127.0.0.1:{}", opts.verifier_port.unwrap_or(0))),
+            ra_tls: ra_tls.then_some(true),
+            dstack_endpoint: ra_tls.then(|| agent.socket.display().to_string()),
             tls_cert: tls_files.as_ref().map(|f| f.cert.clone()),
             tls_key: tls_files.as_ref().map(|f| f.key.clone()),
             policy_dirs: Some(vec![repo_root().join("policies").join(&opts.profile)]),
@@ -211,7 +275,11 @@ impl Cluster {
             .collect();
         let vconfig = ServeConfig::load(settings, &ita_env, ServeSettings::default())
             .map_err(|e| anyhow!(e.join("; ")))?;
-        let running = Verifier::start(&vconfig).map_err(|e| anyhow!(e.join("; ")))?;
+        let running = Verifier::start(&vconfig)
+            .map_err(|e| anyhow!(e.join("; ")))?
+            .attest(&vconfig)
+            .await
+            .map_err(|e| anyhow!(e))?;
         let verifier = running.service().clone();
         let (grpc, verifier_addr) = match opts.verifier_transport {
             VerifierTransport::Unix => (
@@ -225,7 +293,7 @@ impl Cluster {
                 (l.into(), addr)
             }
         };
-        let verifier_url = grpc.url(tls_files.is_some());
+        let verifier_url = grpc.url(tls_files.is_some() || ra_tls);
         let verifier_ca = tls_files.map(|f| f.ca);
         let (vtx, vrx) = tokio::sync::oneshot::channel::<()>();
         let listeners = Listeners {
@@ -256,10 +324,11 @@ impl Cluster {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "off".into()),
             agent.socket.display(),
-            verifier_ca
-                .as_ref()
-                .map(|ca| format!("ca_file = {:?}\n", ca.display().to_string()))
-                .unwrap_or_default(),
+            match (&verifier_ca, &verifier_identity) {
+                (Some(ca), _) => format!("ca_file = {:?}\n", ca.display().to_string()),
+                (None, Some(id)) => identity_toml(id),
+                (None, None) => String::new(),
+            },
             if opts.backend_unix_socket {
                 pg.socket_dir.display().to_string()
             } else {
@@ -313,6 +382,7 @@ impl Cluster {
             verifier_addr,
             verifier_url,
             verifier_ca,
+            verifier_identity,
             verifier,
             sidecar_addr,
             admin_addr,
@@ -401,6 +471,7 @@ impl Cluster {
             server_name: Some("localhost".into()),
             verifier_url: Some(self.verifier_url.clone()),
             verifier_ca_file: self.verifier_ca.clone(),
+            verifier_identity: self.verifier_identity.clone().unwrap_or_default(),
             expected_compose_hashes: vec![self.agent.agent.compose_hash_hex()],
             ..ForwardSettings::default()
         }

@@ -755,10 +755,14 @@ async fn idle_sessions_close_and_renewal_keeps_sessions() {
 
     let client = connect(&dsn, tls.clone()).await.unwrap();
     // A new certificate is swapped in while the session is open.
-    let renewed = teesql_sidecar::identity::GuestAgent::new(Some(c.agent.socket.to_str().unwrap()))
-        .server_identity("localhost", &["localhost".into(), "127.0.0.1".into()])
-        .await
-        .unwrap();
+    let agent = teesql_sidecar::identity::GuestAgent::new(Some(c.agent.socket.to_str().unwrap()));
+    let renewed = teesql_sidecar::identity::server_identity(
+        &agent,
+        "localhost",
+        &["localhost".into(), "127.0.0.1".into()],
+    )
+    .await
+    .unwrap();
     c.sidecar.cert.replace(renewed);
     assert_eq!(
         client

@@ -1,12 +1,15 @@
 //! The sidecar and `forward` reaching the verifier over TLS (trusted by the CA that
-//! issued its certificate, or by the certificate's hash) and over a unix socket, and
-//! refusing a verifier that is not the one they trust: no decision, no login.
+//! issued its certificate, by the certificate's hash, or by the quote in its own RA-TLS
+//! certificate) and over a unix socket, and refusing a verifier that is not the one they
+//! trust: no decision, no login.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use teesql_proto::transport::ServerTrust;
 use teesql_tests::clients;
-use teesql_tests::cluster::{Cluster, ClusterOptions, VerifierTransport};
+use teesql_tests::cluster::{
+    Cluster, ClusterOptions, VerifierTransport, identity_trust, write_identity_profile,
+};
 
 async fn cluster(transport: VerifierTransport) -> Cluster {
     Cluster::start(ClusterOptions {
@@ -87,6 +90,179 @@ async fn sidecar_and_forward_ask_a_tls_verifier_and_refuse_an_impostor() {
         .unwrap();
     let row = ok.query_one("SELECT 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 1);
+}
+
+/// The sidecar's client of `c`'s verifier under `trust`: its health check says whether
+/// the verifier was accepted, and why not.
+async fn health_under(
+    c: &Cluster,
+    trust: &teesql_sidecar::verifier::TrustSettings,
+) -> Result<(), String> {
+    let trust = trust
+        .resolve(&teesql_proto::settings::NoEnv)
+        .map_err(|e| format!("config: {e}"))?;
+    let client = teesql_sidecar::verifier::VerifierClient::new(
+        &c.verifier_url,
+        trust.as_ref(),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    client.check_health().await.map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_and_forward_trust_a_verifier_by_its_quote_and_refuse_another_identity() {
+    let c = cluster(VerifierTransport::RaTls).await;
+    assert!(c.verifier_url.starts_with("https://"), "{}", c.verifier_url);
+    let trust = c.verifier_identity.clone().unwrap();
+
+    // The sidecar (whose every login goes through this verifier) and the forwarder both
+    // appraised the verifier's RA-TLS certificate: 42 comes back.
+    let o = through_forward(&c, c.forward_settings()).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "42");
+    health_under(&c, &trust).await.unwrap();
+
+    // Pinned to another compose hash: refused, and the reason names the pin.
+    let other =
+        write_identity_profile(&c.state_dir.join("other-verifier"), &["ab".repeat(32)]).unwrap();
+    let wrong = identity_trust(&c.agent, other);
+    let e = health_under(&c, &wrong).await.unwrap_err();
+    assert!(e.contains("verifier_compose_hash_not_pinned"), "{e}");
+    assert!(e.contains(&c.agent.agent.compose_hash_hex()), "{e}");
+    let mut settings = c.forward_settings();
+    settings.verifier_identity = wrong.clone();
+    let o = through_forward(&c, settings).await;
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("verifier unavailable"), "{err}");
+
+    // A profile without pins trusts no verifier (fail closed).
+    let unpinned = write_identity_profile(&c.state_dir.join("unpinned-verifier"), &[]).unwrap();
+    let e = health_under(&c, &identity_trust(&c.agent, unpinned))
+        .await
+        .unwrap_err();
+    assert!(e.contains("verifier_not_pinned"), "{e}");
+
+    // The same pins, but the production roots: a development quote is not accepted.
+    let prod = c.state_dir.join("prod-verifier");
+    std::fs::create_dir_all(&prod).unwrap();
+    std::fs::write(
+        prod.join("profile.toml"),
+        format!(
+            "extends = [{:?}]\n",
+            teesql_tests::cluster::repo_root()
+                .join("policies/teesql")
+                .canonicalize()
+                .unwrap()
+                .display()
+                .to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::copy(
+        trust
+            .identity_policy_dir
+            .as_ref()
+            .unwrap()
+            .join("data.json"),
+        prod.join("data.json"),
+    )
+    .unwrap();
+    let e = health_under(&c, &identity_trust(&c.agent, prod))
+        .await
+        .unwrap_err();
+    assert!(e.contains("dev_root"), "{e}");
+
+    // A sidecar configured with the wrong pin logs no one in.
+    let mut config = c.sidecar_config().clone();
+    config.verifier_trust = wrong.resolve(&teesql_proto::settings::NoEnv).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sidecar = teesql_sidecar::Sidecar::start(config).await.unwrap();
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(sidecar.run(
+        teesql_sidecar::Listeners {
+            postgres: listener,
+            admin: None,
+            public: None,
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let dsn = format!(
+        "postgresql://teesql_read:{}@{addr}/postgres?sslmode=require",
+        c.read_secret
+    );
+    assert!(
+        clients::connect(&dsn, c.client_tls().unwrap())
+            .await
+            .is_err(),
+        "a sidecar logged a client in through a verifier it does not trust"
+    );
+
+    // Decision tokens: the signing key is bound to the verifier's quote, and a relying
+    // party appraises who signed from the JWKS alone.
+    let jwks = c.verifier.signer().unwrap().jwks_json().to_string();
+    assert!(jwks.contains("teesql_getquote"), "{jwks}");
+    let agent = teesql_proto::agent::GuestAgent::new(Some(&c.agent.socket.display().to_string()));
+    let (chain_pem, _key) = agent.tls_identity("app", &[], false).await.unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<Vec<u8>> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .map(|c| c.unwrap().as_ref().to_vec())
+            .collect();
+    let client = teesql_sidecar::verifier::VerifierClient::new(
+        &c.verifier_url,
+        c.sidecar_config().verifier_trust.as_ref(),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    let decision = client
+        .verify_peer(teesql_proto::v1::VerifyPeerRequest {
+            purpose: "sidecar".into(),
+            chain,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(decision.allow, "{decision:?}");
+    let token = decision.token.clone();
+    assert!(!token.is_empty());
+    let identity =
+        teesql_verifier::local::VerifierIdentity::new(&teesql_verifier::local::LocalSettings {
+            policy_dirs: vec![trust.identity_policy_dir.clone().unwrap()],
+            dev_trust_root: trust.identity_dev_trust_root.clone(),
+            pccs_url: trust.identity_pccs_url.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+    let who = identity.appraise_token_signer(&token, &jwks).await.unwrap();
+    assert!(who.contains(&c.agent.agent.compose_hash_hex()), "{who}");
+    // The same key published without its quote, or with another key's quote: refused.
+    let set: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    let mut bare = set.clone();
+    bare["keys"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("teesql_getquote");
+    let e = identity
+        .appraise_token_signer(&token, &bare.to_string())
+        .await
+        .unwrap_err();
+    assert!(e.contains("carries no quote"), "{e}");
+    let other_signer =
+        teesql_verifier::service::token::DecisionSigner::generate("teesql-verifier").unwrap();
+    let mut swapped: serde_json::Value = serde_json::from_str(other_signer.jwks_json()).unwrap();
+    let kid = set["keys"][0]["kid"].clone();
+    swapped["keys"][0]["kid"] = kid;
+    swapped["keys"][0]["teesql_getquote"] = set["keys"][0]["teesql_getquote"].clone();
+    let e = identity
+        .appraise_token_signer(&token, &swapped.to_string())
+        .await
+        .unwrap_err();
+    assert!(e.contains("key_not_bound"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ pub mod collateral;
 pub mod eventlog;
 pub mod evidence;
 pub mod http;
+pub mod local;
 pub mod manifest;
 pub mod policy;
 pub mod report;

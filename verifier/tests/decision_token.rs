@@ -33,9 +33,13 @@ async fn serve(extra: ServeSettings) -> (String, String, tokio::sync::oneshot::S
         ..extra
     })
     .unwrap();
-    let verifier = Verifier::start(&config).unwrap();
+    let verifier = Verifier::start(&config)
+        .unwrap()
+        .attest(&config)
+        .await
+        .unwrap();
     let listeners = Listeners::bind(&config).await.unwrap();
-    let grpc = listeners.grpc.url(false);
+    let grpc = listeners.grpc.url(verifier.tls());
     let http = listeners.metrics.as_ref().unwrap().local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(verifier.run(listeners, async {
@@ -197,5 +201,107 @@ async fn an_oversized_jwks_is_refused_as_it_arrives() {
     });
     let (code, _, err) = token_verify("a.b.c", &url, &[]).await;
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("more than 65536 bytes"), "{err}");
+    assert!(err.contains("more than 1048576 bytes"), "{err}");
+}
+
+/// A profile extending the development one that pins the verifier to `compose_hashes`.
+fn identity_profile(dir: &Path, compose_hashes: &[String]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let base = root().join("policies/dev").canonicalize().unwrap();
+    std::fs::write(
+        dir.join("profile.toml"),
+        format!("extends = [{:?}]\n", base.display().to_string()),
+    )
+    .unwrap();
+    let data = serde_json::json!({"teesql": {"verifier_pins": {"compose_hash": compose_hashes}}});
+    std::fs::write(dir.join("data.json"), data.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
+/// A verifier serving with `--ra-tls` on the development agent binds its signing key to
+/// its quote; `token verify --attested` appraises who signed, and refuses a signer that
+/// is not pinned, or a key without a quote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_verify_attested_checks_who_signed() {
+    use teesql_devattest::agent::{AgentConfig, DevAgent};
+    let agent = DevAgent::new(AgentConfig::new([5; 32])).unwrap();
+    let (agent_url, _agent_stop) = agent.spawn_on_loopback(0, Vec::new()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    agent.write_out_dir(dir.path()).await.unwrap();
+    let dev_root = dir.path().join("dev-root.der");
+
+    let (grpc, jwks, _stop) = serve(ServeSettings {
+        ra_tls: Some(true),
+        dstack_endpoint: Some(agent_url.clone()),
+        ..ServeSettings::default()
+    })
+    .await;
+    assert!(grpc.starts_with("https://"), "{grpc}");
+    let pinned = identity_profile(&dir.path().join("pinned"), &[agent.compose_hash_hex()]);
+    // The client trusts the verifier by the same profile, appraised in this process.
+    let identity =
+        teesql_verifier::local::VerifierIdentity::new(&teesql_verifier::local::LocalSettings {
+            policy_dirs: vec![pinned.clone()],
+            dev_trust_root: Some(dev_root.clone()),
+            pccs_url: Some(agent_url.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+    let trust = teesql_proto::transport::ServerTrust::Attested(std::sync::Arc::new(identity));
+    let ch = connect_lazy(
+        &grpc,
+        Some(&trust),
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let token = VerifierClient::new(ch)
+        .verify_quote(VerifyQuoteRequest {
+            purpose: "quote".into(),
+            evidence: Some(verify_quote_request::Evidence::Quote(
+                std::fs::read(root().join("testdata/dcap/tdx_quote")).unwrap(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+
+    let attested = |profile: &Path| {
+        vec![
+            "--attested".to_string(),
+            "--policy-dir".into(),
+            profile.display().to_string(),
+            "--dev-trust-root".into(),
+            dev_root.display().to_string(),
+            "--pccs-url".into(),
+            agent_url.clone(),
+            "--now".into(),
+            NOW.to_string(),
+        ]
+    };
+    let args = attested(&pinned);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = token_verify(&token, &jwks, &args).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("signed by an attested verifier"), "{err}");
+    assert!(err.contains(&agent.compose_hash_hex()), "{err}");
+    assert!(out.contains("\"allow\""), "{out}");
+
+    let other = identity_profile(&dir.path().join("other"), &["ab".repeat(32)]);
+    let args = attested(&other);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = token_verify(&token, &jwks, &args).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("verifier_compose_hash_not_pinned"), "{err}");
+
+    // A verifier without --ra-tls publishes a bare key: the signer cannot be appraised.
+    let (plain_grpc, plain_jwks, _stop2) = serve(ServeSettings::default()).await;
+    let plain_token = decision(&plain_grpc).await.token;
+    let args = attested(&pinned);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = token_verify(&plain_token, &plain_jwks, &args).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("carries no quote"), "{err}");
 }

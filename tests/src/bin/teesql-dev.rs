@@ -32,7 +32,9 @@ struct Args {
     http_port: u16,
     /// How the verifier serves gRPC: unix (a socket in the state directory, as in the
     /// deployment example), tcp (127.0.0.1:--verifier-port) or tls (TCP with a certificate
-    /// from a CA teesql-dev makes; its path is TEESQL_VERIFIER_CA_FILE in the env file).
+    /// from a CA teesql-dev makes; its path is TEESQL_VERIFIER_CA_FILE in the env file) or
+    /// ra-tls (TCP with the verifier's own RA-TLS certificate from the development agent,
+    /// trusted by its quote: TEESQL_VERIFIER_IDENTITY_* in the env file).
     #[arg(long, value_enum, default_value = "unix")]
     verifier: DevVerifier,
     /// Verifier gRPC port, with --verifier tcp or tls.
@@ -74,6 +76,7 @@ enum DevVerifier {
     Unix,
     Tcp,
     Tls,
+    RaTls,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -193,6 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             DevVerifier::Unix => VerifierTransport::Unix,
             DevVerifier::Tcp => VerifierTransport::Loopback,
             DevVerifier::Tls => VerifierTransport::Tls,
+            DevVerifier::RaTls => VerifierTransport::RaTls,
         },
         ..ClusterOptions::default()
     })
@@ -312,6 +316,14 @@ Ctrl-C stops everything{keep}.",
         keep = if args.data_dir.is_some() { " (the data directory is kept)" } else { " and removes its temporary files" },
     );
     if let Some(path) = &args.env_file {
+        let identity_setting =
+            |get: fn(&teesql_sidecar::verifier::TrustSettings) -> Option<String>| {
+                cluster
+                    .verifier_identity
+                    .as_ref()
+                    .and_then(get)
+                    .unwrap_or_default()
+            };
         let lines = [
             ("DATABASE_URL", mode_d.clone()),
             ("TEESQL_HOST", host.to_string()),
@@ -335,6 +347,26 @@ Ctrl-C stops everything{keep}.",
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
+            ),
+            (
+                "TEESQL_VERIFIER_IDENTITY_POLICY_DIR",
+                identity_setting(|t| {
+                    t.identity_policy_dir
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                }),
+            ),
+            (
+                "TEESQL_VERIFIER_IDENTITY_DEV_TRUST_ROOT",
+                identity_setting(|t| {
+                    t.identity_dev_trust_root
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                }),
+            ),
+            (
+                "TEESQL_VERIFIER_IDENTITY_PCCS_URL",
+                identity_setting(|t| t.identity_pccs_url.clone()),
             ),
             (
                 "TEESQL_COMPOSE_HASH",

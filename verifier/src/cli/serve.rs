@@ -38,6 +38,18 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         Ok(v) => v,
         Err(errors) => return report(errors),
     };
+    let verifier = match verifier.attest(&config).await {
+        Ok(v) => v,
+        Err(e) => return super::usage_error(e),
+    };
+    if let Some(chain) = verifier.ra_tls_chain()
+        && let Some(leaf) = chain.first()
+    {
+        tracing::info!(
+            cert_sha256 = %teesql_proto::transport::cert_sha256_hex(leaf),
+            "serving gRPC with an RA-TLS certificate from the guest agent"
+        );
+    }
     let listeners = match Listeners::bind(&config).await {
         Ok(l) => l,
         Err(e) => return super::usage_error(e),
@@ -64,7 +76,8 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     }
     tracing::info!(
         listen = %shown,
-        tls = config.tls.is_some(),
+        tls = verifier.tls(),
+        ra_tls = config.ra_tls.is_some(),
         backend = %backends,
         policy.hash = %policies.hash(),
         purposes = ?policies.purposes(),

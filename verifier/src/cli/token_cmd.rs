@@ -4,11 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use teesql_proto::settings::{Env, ProcessEnv};
 use teesql_verifier::http::{BodyError, error_chain, read_bounded};
+use teesql_verifier::local::{LocalSettings, VerifierIdentity};
 use teesql_verifier::service::token;
 
-/// Largest JWKS read (a verifier publishes one or two keys).
-const MAX_JWKS: usize = 64 * 1024;
+/// Largest JWKS read (a verifier publishes one or two keys, each perhaps with a quote and
+/// its event log).
+const MAX_JWKS: usize = 1024 * 1024;
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -29,6 +32,24 @@ pub enum TokenCommand {
         /// Check as of this unix time instead of the clock.
         #[arg(long, value_name = "UNIX")]
         now: Option<u64>,
+        /// Also require the signing key to be bound to a verifier's quote (a verifier
+        /// serving with --ra-tls publishes it in the JWKS) and appraise that quote here
+        /// under the purpose `verifier` of --policy-dir (pins in data.teesql.verifier_pins).
+        #[arg(long)]
+        attested: bool,
+        /// Policy profile for --attested [default: ./policies/teesql].
+        #[arg(long = "policy-dir", value_name = "DIR", requires = "attested")]
+        policy_dirs: Vec<PathBuf>,
+        /// Root CA for the verifier's quote instead of Intel's (--attested).
+        #[arg(long, value_name = "FILE", requires = "attested")]
+        trust_root: Option<PathBuf>,
+        /// The development root, for a verifier on the development agent (--attested).
+        #[arg(long, value_name = "FILE", requires = "attested")]
+        dev_trust_root: Option<PathBuf>,
+        /// PCCS or Intel PCS for the quote's collateral (--attested) [default: env PCCS_URL,
+        /// else Intel PCS].
+        #[arg(long, value_name = "URL", requires = "attested")]
+        pccs_url: Option<String>,
     },
 }
 
@@ -38,6 +59,11 @@ pub async fn run(cmd: TokenCommand) -> ExitCode {
         jwks,
         issuer,
         now,
+        attested,
+        policy_dirs,
+        trust_root,
+        dev_trust_root,
+        pccs_url,
     } = cmd;
     let token = if token == "-" {
         let mut s = String::new();
@@ -57,7 +83,29 @@ pub async fn run(cmd: TokenCommand) -> ExitCode {
         Err(e) => return super::usage_error(format!("--jwks {e}")),
     };
     let now = now.unwrap_or_else(|| teesql_verifier::Clock::System.now());
-    match token::verify(&token, &jwks, issuer.as_deref(), now) {
+    let verified = token::verify(&token, &jwks, issuer.as_deref(), now);
+    if attested && verified.is_ok() {
+        let local = match super::policy_dirs(policy_dirs).and_then(|dirs| {
+            VerifierIdentity::new(&LocalSettings {
+                policy_dirs: dirs,
+                trust_root,
+                dev_trust_root,
+                pccs_url: pccs_url.or_else(|| ProcessEnv.var("PCCS_URL")),
+                ..LocalSettings::default()
+            })
+        }) {
+            Ok(l) => l,
+            Err(e) => return super::usage_error(e),
+        };
+        match local.appraise_token_signer(&token, &jwks).await {
+            Ok(who) => eprintln!("teesql-verifier: signed by an attested verifier: {who}"),
+            Err(e) => {
+                eprintln!("teesql-verifier: the token's signer is not an attested verifier: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    match verified {
         Ok(claims) => {
             super::out(&format!(
                 "{}\n",

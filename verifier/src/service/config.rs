@@ -32,6 +32,19 @@ pub struct ServeSettings {
     /// The TLS private key (PEM). [env: TEESQL_VERIFIER_TLS_KEY]
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Serve gRPC over TLS with an RA-TLS certificate from the dstack guest agent
+    /// (GetTlsKey), renewed every --ra-tls-renew-secs; clients trust it by appraising its
+    /// quote (policy purpose `verifier`). The decision-signing key is then bound to a quote
+    /// too (its JWK carries it). [env: TEESQL_VERIFIER_RA_TLS]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub ra_tls: Option<bool>,
+    /// The guest agent: a unix socket path or an http URL [default: DSTACK_SIMULATOR_ENDPOINT,
+    /// else /var/run/dstack.sock]. [env: TEESQL_VERIFIER_DSTACK_ENDPOINT]
+    #[arg(long, value_name = "PATH|URL")]
+    pub dstack_endpoint: Option<String>,
+    /// How often the RA-TLS certificate is renewed, seconds [default: 3600]. [env: TEESQL_VERIFIER_RA_TLS_RENEW_SECS]
+    #[arg(long, value_name = "SECS")]
+    pub ra_tls_renew_secs: Option<u64>,
     /// Allow plaintext gRPC on a non-loopback address: whoever is on the path can then
     /// answer "allow" for this verifier. [env: TEESQL_VERIFIER_INSECURE_PLAINTEXT]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -151,6 +164,16 @@ pub mod defaults {
     pub const DECISION_LOG: &str = "stdout";
     pub const MAX_MESSAGE_KIB: u64 = 4096;
     pub const CONCURRENCY_PER_CONNECTION: u64 = 64;
+    pub const RA_TLS_RENEW_SECS: u64 = 3600;
+    pub const MIN_RA_TLS_RENEW_SECS: u64 = 10;
+}
+
+/// The verifier's own RA-TLS identity, from the dstack guest agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaTlsConfig {
+    /// `None`: dstack-sdk's discovery (`DSTACK_SIMULATOR_ENDPOINT`, then the CVM socket).
+    pub endpoint: Option<String>,
+    pub renew_every: Duration,
 }
 
 impl ServeSettings {
@@ -162,6 +185,9 @@ impl ServeSettings {
             listen,
             tls_cert,
             tls_key,
+            ra_tls,
+            dstack_endpoint,
+            ra_tls_renew_secs,
             insecure_plaintext,
             admin_token_file,
             reflection,
@@ -206,6 +232,9 @@ impl ServeSettings {
                 .map(|v| v.split(',').map(PathBuf::from).collect()),
             tls_cert: path("TEESQL_VERIFIER_TLS_CERT"),
             tls_key: path("TEESQL_VERIFIER_TLS_KEY"),
+            ra_tls: p.env_switch(env, "TEESQL_VERIFIER_RA_TLS"),
+            dstack_endpoint: env.var("TEESQL_VERIFIER_DSTACK_ENDPOINT"),
+            ra_tls_renew_secs: p.env(env, "TEESQL_VERIFIER_RA_TLS_RENEW_SECS"),
             insecure_plaintext: p.env_switch(env, "TEESQL_VERIFIER_INSECURE_PLAINTEXT"),
             admin_token_file: path("TEESQL_VERIFIER_ADMIN_TOKEN_FILE"),
             reflection: p.env_switch(env, "TEESQL_VERIFIER_REFLECTION"),
@@ -306,6 +335,9 @@ pub struct ServeConfig {
     pub listen: Listen,
     /// TLS for gRPC (an operator certificate).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS for gRPC with an RA-TLS certificate from the guest agent (set up by
+    /// [`super::server::Verifier::attest`]).
+    pub ra_tls: Option<RaTlsConfig>,
     pub admin: AdminAccess,
     pub reflection: bool,
     pub max_message_bytes: usize,
@@ -364,18 +396,30 @@ impl ServeConfig {
                 None
             }
         };
+        let ra_tls = s.ra_tls.unwrap_or(false).then(|| RaTlsConfig {
+            endpoint: s.dstack_endpoint.clone(),
+            renew_every: Duration::from_secs(p.at_least(
+                "ra_tls_renew_secs",
+                s.ra_tls_renew_secs.unwrap_or(defaults::RA_TLS_RENEW_SECS),
+                defaults::MIN_RA_TLS_RENEW_SECS,
+            )),
+        });
+        if ra_tls.is_some() && (s.tls_cert.is_some() || s.tls_key.is_some()) {
+            p.push("ra_tls and tls_cert/tls_key: serve one certificate, the guest agent's or the operator's");
+        }
         if let Some(l) = &listen {
             match l {
-                Listen::Unix(_) if tls.is_some() => {
-                    p.push("tls_cert: TLS is for TCP listeners; a unix socket is local already");
+                Listen::Unix(_) if tls.is_some() || ra_tls.is_some() => {
+                    p.push("tls_cert / ra_tls: TLS is for TCP listeners; a unix socket is local already");
                 }
                 Listen::Tcp(addr)
                     if tls.is_none()
+                        && ra_tls.is_none()
                         && !addr.ip().is_loopback()
                         && !s.insecure_plaintext.unwrap_or(false) =>
                 {
                     p.push(format!(
-                        "listen {addr}: plaintext gRPC on a non-loopback address lets anyone on the path answer for this verifier; give tls_cert and tls_key, listen on a unix socket, or set insecure_plaintext"
+                        "listen {addr}: plaintext gRPC on a non-loopback address lets anyone on the path answer for this verifier; give tls_cert and tls_key, or ra_tls, listen on a unix socket, or set insecure_plaintext"
                     ));
                 }
                 _ => {}
@@ -499,6 +543,7 @@ impl ServeConfig {
             Some(Self {
                 listen: listen?,
                 tls,
+                ra_tls,
                 admin: admin?,
                 reflection: s.reflection.unwrap_or(true),
                 max_message_bytes: usize::try_from(max_message_kib.saturating_mul(1024))
@@ -646,5 +691,39 @@ mod tests {
             assert!(all.contains(needle), "{needle} missing in:\n{all}");
         }
         assert_eq!(errors.len(), 15, "{all}");
+    }
+
+    #[test]
+    fn ra_tls_is_tls_on_tcp_and_not_beside_an_operator_certificate() {
+        // RA-TLS counts as TLS: a non-loopback listener needs no insecure_plaintext.
+        let c = ServeConfig::resolve(ServeSettings {
+            listen: Some("0.0.0.0:0".into()),
+            ra_tls: Some(true),
+            dstack_endpoint: Some("/run/dstack.sock".into()),
+            ..flags()
+        })
+        .unwrap();
+        let ra = c.ra_tls.unwrap();
+        assert_eq!(ra.endpoint.as_deref(), Some("/run/dstack.sock"));
+        assert_eq!(
+            ra.renew_every,
+            Duration::from_secs(defaults::RA_TLS_RENEW_SECS)
+        );
+        let errors = ServeConfig::resolve(ServeSettings {
+            listen: Some("unix:///tmp/v.sock".into()),
+            ra_tls: Some(true),
+            tls_cert: Some("/nonexistent/c.pem".into()),
+            ra_tls_renew_secs: Some(1),
+            ..flags()
+        })
+        .unwrap_err()
+        .join("\n");
+        for needle in [
+            "ra_tls and tls_cert/tls_key: serve one certificate",
+            "a unix socket is local already",
+            "ra_tls_renew_secs: 1 is below the minimum, 10",
+        ] {
+            assert!(errors.contains(needle), "{needle} missing in:\n{errors}");
+        }
     }
 }

@@ -8,6 +8,7 @@
 mod cache;
 pub mod config;
 pub mod grpc;
+pub mod identity;
 pub mod log;
 pub mod metrics;
 mod prepared;

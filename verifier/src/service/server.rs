@@ -114,6 +114,8 @@ impl Listeners {
 pub struct Verifier {
     service: Arc<DecisionService>,
     grpc: grpc::GrpcOptions,
+    /// Its RA-TLS identity, with `ra_tls` (after [`Self::attest`]).
+    identity: Option<super::identity::AgentIdentity>,
 }
 
 impl Verifier {
@@ -122,7 +124,35 @@ impl Verifier {
         Ok(Self {
             service: config.build()?,
             grpc: grpc::GrpcOptions::from_config(config),
+            identity: None,
         })
+    }
+
+    /// With `ra_tls`: get the first RA-TLS certificate from the guest agent and serve
+    /// gRPC over TLS with it (renewed while serving), and bind the decision-signing key
+    /// to a quote. Fails, naming the agent, when the agent cannot give them. Without
+    /// `ra_tls`, nothing changes.
+    pub async fn attest(mut self, config: &ServeConfig) -> Result<Self, String> {
+        let Some(ra) = &config.ra_tls else {
+            return Ok(self);
+        };
+        let identity = super::identity::AgentIdentity::start(ra).await?;
+        self.grpc.tls = Some(identity.server_config()?);
+        if let Some(signer) = self.service.signer() {
+            identity.bind_signing_key(signer).await?;
+        }
+        self.identity = Some(identity);
+        Ok(self)
+    }
+
+    /// The RA-TLS certificate served (leaf first), with `ra_tls`.
+    pub fn ra_tls_chain(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        self.identity.as_ref().map(|i| i.chain())
+    }
+
+    /// Whether gRPC is served over TLS.
+    pub fn tls(&self) -> bool {
+        self.grpc.tls.is_some()
     }
 
     /// The decision engine (tests ask it directly; the CLI reports its policy).
@@ -155,6 +185,10 @@ impl Verifier {
             });
         }
         tokio::spawn(reload::run(self.service.clone(), stopped()));
+        let renewal = self
+            .identity
+            .clone()
+            .map(|identity| tokio::spawn(identity.renew()));
         let served = grpc::serve(
             self.service.clone(),
             listeners.grpc,
@@ -166,6 +200,9 @@ impl Verifier {
             },
         )
         .await;
+        if let Some(task) = renewal {
+            task.abort();
+        }
         let service = self.service;
         let _ = tokio::task::spawn_blocking(move || service.close_log()).await;
         served.map_err(|e| format!("gRPC server: {e}"))

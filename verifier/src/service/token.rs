@@ -6,8 +6,14 @@
 //! The claims follow the IETF attestation-results drafts where a name fits (EAT's
 //! `eat_profile`, EAR's `ear.status` and `ear.verifier-id`); the rest are TeeSQL's own,
 //! listed in CLAIMS.md ("Decision tokens").
+//!
+//! A verifier with an RA-TLS identity binds its signing key to its own quote: the JWK
+//! carries `teesql_getquote`, the guest agent's GetQuote response for report data
+//! [`key_report_data`] of the key, so a relying party can appraise who signed
+//! (`token verify --attested`, purpose `verifier`).
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -55,7 +61,22 @@ pub struct DecisionSigner {
     /// base64url of the protected header, the same for every token.
     header_b64: String,
     jwks: String,
+    /// The JWKS with the key bound to this verifier's quote, once it is.
+    attested_jwks: OnceLock<String>,
     issuer: String,
+}
+
+/// The JWK member that carries the quote binding the key.
+pub const JWK_QUOTE_MEMBER: &str = "teesql_getquote";
+
+/// What a quote binding a decision-signing key carries as report data:
+/// `SHA-512("teesql-jwk:" ‖ 0x04 ‖ x ‖ y)`, the key's uncompressed P-256 point.
+pub fn key_report_data(uncompressed_point: &[u8]) -> [u8; 64] {
+    use sha2::Sha512;
+    let mut h = Sha512::new();
+    h.update(b"teesql-jwk:");
+    h.update(uncompressed_point);
+    h.finalize().into()
 }
 
 impl std::fmt::Debug for DecisionSigner {
@@ -120,6 +141,7 @@ impl DecisionSigner {
             kid,
             header_b64: b64(&header_json),
             jwks,
+            attested_jwks: OnceLock::new(),
             issuer: issuer.to_string(),
         };
         // A key that cannot sign is found at start, not on the first decision.
@@ -129,7 +151,28 @@ impl DecisionSigner {
 
     /// The public keys, as `/.well-known/jwks.json` serves them.
     pub fn jwks_json(&self) -> &str {
-        &self.jwks
+        self.attested_jwks.get().unwrap_or(&self.jwks)
+    }
+
+    /// The report data a quote binding this key must carry ([`key_report_data`]).
+    pub fn report_data(&self) -> [u8; 64] {
+        use ring::signature::KeyPair;
+        key_report_data(self.key.public_key().as_ref())
+    }
+
+    /// Publish the key with the guest agent's GetQuote response for [`Self::report_data`]
+    /// (once; a second call is refused).
+    pub fn attach_quote(&self, getquote: Value) -> Result<(), String> {
+        let mut set: Value = serde_json::from_str(&self.jwks).map_err(|e| format!("JWKS: {e}"))?;
+        let key = set["keys"]
+            .get_mut(0)
+            .and_then(Value::as_object_mut)
+            .ok_or("JWKS without a key")?;
+        key.insert(JWK_QUOTE_MEMBER.into(), getquote);
+        let text = serde_json::to_string(&set).map_err(|e| format!("JWKS: {e}"))?;
+        self.attested_jwks
+            .set(text)
+            .map_err(|_| "the signing key is already bound to a quote".to_string())
     }
 
     /// Sign one decision made at `now`.
@@ -181,6 +224,48 @@ impl DecisionSigner {
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A quote a JWKS publishes for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyQuote {
+    /// The guest agent's GetQuote response, JSON.
+    pub getquote: Vec<u8>,
+    /// The report data it must carry to bind the key ([`key_report_data`]).
+    pub expected_report_data: [u8; 64],
+}
+
+/// The quote a JWKS publishes for key `kid`; `None` when the key carries none.
+pub fn key_quote(jwks: &str, kid: &str) -> Result<Option<KeyQuote>, String> {
+    use base64::Engine;
+    let set: Value =
+        serde_json::from_str(jwks).map_err(|e| format!("the JWKS is not valid: {e}"))?;
+    let key = set["keys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["kid"] == kid))
+        .ok_or_else(|| format!("no key {kid:?} in the JWKS"))?;
+    let Some(getquote) = key.get(JWK_QUOTE_MEMBER) else {
+        return Ok(None);
+    };
+    let coord = |name: &str| {
+        key[name]
+            .as_str()
+            .and_then(|v| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(v)
+                    .ok()
+            })
+            .filter(|v| v.len() == 32)
+            .ok_or_else(|| format!("key {kid:?}: {name} is not a P-256 coordinate"))
+    };
+    let mut point = vec![0x04];
+    point.extend(coord("x")?);
+    point.extend(coord("y")?);
+    let json = serde_json::to_vec(getquote).map_err(|e| e.to_string())?;
+    Ok(Some(KeyQuote {
+        getquote: json,
+        expected_report_data: key_report_data(&point),
+    }))
 }
 
 /// Check a decision token against a JWKS (as a relying party does): ES256 only, the key
@@ -265,5 +350,27 @@ mod tests {
                 .unwrap_err()
                 .contains("does not verify")
         );
+    }
+
+    #[test]
+    fn a_key_bound_to_a_quote_names_the_report_data_a_relying_party_recomputes() {
+        let s = DecisionSigner::generate("v1").unwrap();
+        let kid = s.kid.clone();
+        assert_eq!(key_quote(s.jwks_json(), &kid).unwrap(), None);
+        s.attach_quote(json!({"quote": "00", "event_log": "[]"}))
+            .unwrap();
+        let q = key_quote(s.jwks_json(), &kid).unwrap().unwrap();
+        assert_eq!(q.expected_report_data, s.report_data());
+        assert_eq!(
+            serde_json::from_slice::<Value>(&q.getquote).unwrap()["quote"],
+            "00"
+        );
+        // Still an ordinary JWKS for the token itself.
+        let t = s.sign(&TokenFacts::default(), 1_000).unwrap();
+        verify(&t, s.jwks_json(), None, 1_000).unwrap();
+        // Another key's report data differs; a second binding is refused.
+        let other = DecisionSigner::generate("v1").unwrap();
+        assert_ne!(other.report_data(), s.report_data());
+        assert!(s.attach_quote(json!({})).is_err());
     }
 }

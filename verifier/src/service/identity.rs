@@ -1,0 +1,110 @@
+//! The verifier's own RA-TLS identity (`serve --ra-tls`): a certificate from the dstack
+//! guest agent (GetTlsKey, the key and quote made inside this CVM), served on gRPC and
+//! renewed on schedule; and a quote binding the decision-signing key, published in the
+//! JWKS. Clients then trust this verifier by what it runs (its compose hash and app id,
+//! appraised under the policy purpose `verifier`), not by a CA.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use teesql_proto::agent::{GuestAgent, renew_forever};
+
+use super::config::RaTlsConfig;
+use super::token::DecisionSigner;
+
+/// The subject of the verifier's certificates.
+pub const SUBJECT: &str = "teesql-verifier";
+
+/// The serving certificate, swapped on renewal; handshakes in progress keep theirs.
+#[derive(Debug)]
+pub struct RotatingKey(ArcSwap<CertifiedKey>);
+
+impl RotatingKey {
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.0.load_full()
+    }
+}
+
+impl ResolvesServerCert for RotatingKey {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// The guest agent and the certificate it issued.
+#[derive(Debug, Clone)]
+pub struct AgentIdentity {
+    agent: Arc<GuestAgent>,
+    key: Arc<RotatingKey>,
+    renew_every: Duration,
+}
+
+impl AgentIdentity {
+    /// The first certificate (an agent that cannot give one stops start-up).
+    pub async fn start(config: &RaTlsConfig) -> Result<Self, String> {
+        let agent = Arc::new(GuestAgent::new(config.endpoint.as_deref()));
+        let first = issue(&agent).await?;
+        Ok(Self {
+            agent,
+            key: Arc::new(RotatingKey(ArcSwap::from_pointee(first))),
+            renew_every: config.renew_every,
+        })
+    }
+
+    /// gRPC's TLS configuration, serving whatever certificate is current.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        teesql_proto::transport::server_config_resolving(self.key.clone()).map(Arc::new)
+    }
+
+    /// The certificate being served (leaf first).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.key.current().cert.clone()
+    }
+
+    /// Bind the decision-signing key to a quote: GetQuote with the key's report data,
+    /// published with the key in the JWKS.
+    pub async fn bind_signing_key(&self, signer: &DecisionSigner) -> Result<(), String> {
+        let quote = self
+            .agent
+            .quote(signer.report_data())
+            .await
+            .map_err(|e| format!("cannot bind the signing key to a quote: {e}"))?;
+        let value = serde_json::to_value(&quote).map_err(|e| e.to_string())?;
+        signer.attach_quote(value)
+    }
+
+    /// Renew forever (the task is aborted when the server stops).
+    pub async fn renew(self) {
+        let renew = || async {
+            let next = issue(&self.agent).await?;
+            self.key.0.store(Arc::new(next));
+            Ok(())
+        };
+        renew_forever("verifier", self.renew_every, renew, |_| {}).await;
+    }
+}
+
+async fn issue(agent: &GuestAgent) -> Result<CertifiedKey, String> {
+    let (chain, key) = agent
+        .tls_identity(SUBJECT, &[SUBJECT.to_string()], true)
+        .await
+        .map_err(|e| format!("cannot get the verifier's RA-TLS certificate: {e}"))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the guest agent's certificate chain: {e}"))?;
+    if certs.is_empty() {
+        return Err("the guest agent returned no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| format!("the guest agent's private key: {e}"))?;
+    let signing = teesql_proto::transport::provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("the guest agent's private key: {e}"))?;
+    Ok(CertifiedKey::new(certs, signing))
+}
