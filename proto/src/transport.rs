@@ -156,10 +156,42 @@ pub fn cert_sha256_hex(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
-/// Check a verifier URL and how it is trusted, as [`connect_lazy`] will use them (the CA
-/// file is read), for configuration errors at start-up.
-pub fn check(url: &str, trust: Option<&ServerTrust>) -> Result<(), String> {
-    plan(url, trust).map(|_| ())
+/// Most verifier endpoints one client balances over.
+pub const MAX_ENDPOINTS: usize = 16;
+
+/// The URLs of a verifier list, `URL[,URL…]` (blanks around commas ignored): one or more,
+/// at most [`MAX_ENDPOINTS`], none twice.
+pub fn split_urls(list: &str) -> Result<Vec<&str>, String> {
+    let urls: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Err(format!("{list:?}: no verifier URL"));
+    }
+    if urls.len() > MAX_ENDPOINTS {
+        return Err(format!(
+            "{} verifier URLs; at most {MAX_ENDPOINTS}",
+            urls.len()
+        ));
+    }
+    for (i, u) in urls.iter().enumerate() {
+        if urls[..i].contains(u) {
+            return Err(format!("{u:?} is listed twice"));
+        }
+    }
+    Ok(urls)
+}
+
+/// Check a verifier URL (or a comma-separated list of them) and how it is trusted, as
+/// [`connect_lazy`] will use them (the CA file is read), for configuration errors at
+/// start-up.
+pub fn check(urls: &str, trust: Option<&ServerTrust>) -> Result<(), String> {
+    for url in split_urls(urls)? {
+        plan(url, trust)?;
+    }
+    Ok(())
 }
 
 /// How one connection is secured: the TLS configuration, and the check of the peer's
@@ -675,6 +707,29 @@ mod tests {
             let e = VerifierAddr::parse(bad).unwrap_err();
             assert!(e.contains(needle), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn url_lists_split_on_commas() {
+        assert_eq!(
+            split_urls(" unix:///a.sock , http://127.0.0.1:1").unwrap(),
+            vec!["unix:///a.sock", "http://127.0.0.1:1"]
+        );
+        assert!(split_urls(" , ").unwrap_err().contains("no verifier URL"));
+        assert!(
+            split_urls("unix:///a,unix:///a")
+                .unwrap_err()
+                .contains("twice")
+        );
+        let many = vec!["unix:///x"; MAX_ENDPOINTS + 1]
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("{u}{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(split_urls(&many).is_err());
+        let e = check("http://127.0.0.1:1,http://192.0.2.1:1", None).unwrap_err();
+        assert!(e.contains("192.0.2.1"), "{e}");
     }
 
     #[test]

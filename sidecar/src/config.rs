@@ -61,7 +61,8 @@ pub struct IdentityFile {
 #[serde(deny_unknown_fields)]
 pub struct VerifierFile {
     /// gRPC URL of teesql-verifier: http://127.0.0.1:PORT, https://HOST:PORT or
-    /// unix:///PATH [default: http://127.0.0.1:50051].
+    /// unix:///PATH; several, comma-separated, are balanced and fail over
+    /// [default: http://127.0.0.1:50051].
     pub url: Option<String>,
     /// Time limit of one decision, milliseconds [default: 5000].
     pub timeout_ms: Option<u64>,

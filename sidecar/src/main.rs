@@ -74,7 +74,8 @@ struct ForwardArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
     /// Verifier gRPC URL that judges the server: http://127.0.0.1:PORT, https://HOST:PORT
-    /// or unix:///PATH [default: env TEESQL_VERIFIER_URL, else http://127.0.0.1:50051].
+    /// or unix:///PATH; several, comma-separated, are balanced and stand in for each other
+    /// [default: env TEESQL_VERIFIER_URL, else http://127.0.0.1:50051].
     #[arg(long, value_name = "URL")]
     verifier: Option<String>,
     /// CA certificates (PEM) an https verifier's certificate must chain to
@@ -157,7 +158,8 @@ struct ServeArgs {
     /// Admin HTTP listen address, or "off" [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
-    /// Verifier gRPC URL [default: http://127.0.0.1:50051; env TEESQL_VERIFIER_URL].
+    /// Verifier gRPC URL, or several comma-separated (balanced, failing over)
+    /// [default: http://127.0.0.1:50051; env TEESQL_VERIFIER_URL].
     #[arg(long, value_name = "URL")]
     verifier: Option<String>,
     /// Client authentication: scram-sha-256 or cleartext [default: scram-sha-256; env

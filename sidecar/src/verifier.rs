@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use teesql_proto::settings::{Env, first};
@@ -89,13 +90,26 @@ impl TrustSettings {
     }
 }
 
-/// A cheap-to-clone handle on the verifier.
+/// A cheap-to-clone handle on the verifier: one endpoint, or several that share the
+/// load and stand in for each other.
+///
+/// Calls go round-robin over the endpoints. When one cannot answer (unreachable, down,
+/// overloaded, a failed handshake or a refused attestation, no answer in its share of the
+/// time), the same question goes to the next, so no handshake fails while another
+/// endpoint is up. A decision, allow or deny, is final: it is never asked again elsewhere.
 #[derive(Debug, Clone)]
 pub struct VerifierClient {
-    grpc: Grpc<Channel>,
-    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    endpoints: Arc<[Endpoint]>,
+    next: Arc<AtomicUsize>,
     timeout: Duration,
     url: String,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    url: String,
+    grpc: Grpc<Channel>,
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
 }
 
 /// The verifier could not decide.
@@ -106,25 +120,51 @@ pub struct VerifierUnavailable {
     pub detail: String,
 }
 
+/// Whether another endpoint may answer where this one did not (the request is fine; the
+/// endpoint or the way to it is not).
+fn endpoint_failure(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unavailable
+            | Unknown
+            | Internal
+            | ResourceExhausted
+            | Cancelled
+            | DeadlineExceeded
+            | Aborted
+    )
+}
+
 impl VerifierClient {
     /// Connects lazily: a verifier that is down at start-up is retried on each call.
-    /// `http://` (loopback only), `https://` (trusted by `trust`) or `unix://`.
-    pub fn new(url: &str, trust: Option<&ServerTrust>, timeout: Duration) -> Result<Self, String> {
-        let channel = teesql_proto::transport::connect_lazy(
-            url,
-            trust,
-            timeout.min(Duration::from_secs(2)),
-            timeout,
-        )
-        .map_err(|e| format!("verifier url {e}"))?;
+    /// `urls`: one URL or several, comma-separated; each `http://` (loopback only),
+    /// `https://` (trusted by `trust`) or `unix://`.
+    pub fn new(urls: &str, trust: Option<&ServerTrust>, timeout: Duration) -> Result<Self, String> {
+        let mut endpoints = Vec::new();
+        for url in teesql_proto::transport::split_urls(urls)? {
+            let channel = teesql_proto::transport::connect_lazy(
+                url,
+                trust,
+                timeout.min(Duration::from_secs(2)),
+                timeout,
+            )
+            .map_err(|e| format!("verifier url {e}"))?;
+            endpoints.push(Endpoint {
+                url: url.to_string(),
+                grpc: Grpc::new(channel.clone()),
+                health: tonic_health::pb::health_client::HealthClient::new(channel),
+            });
+        }
         Ok(Self {
-            grpc: Grpc::new(channel.clone()),
-            health: tonic_health::pb::health_client::HealthClient::new(channel),
+            endpoints: endpoints.into(),
+            next: Arc::new(AtomicUsize::new(0)),
             timeout,
-            url: url.to_string(),
+            url: urls.to_string(),
         })
     }
 
+    /// The URL list as given.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -134,8 +174,11 @@ impl VerifierClient {
         &self,
         req: VerifyPeerRequest,
     ) -> Result<Decision, VerifierUnavailable> {
-        let mut grpc = self.grpc.clone();
-        self.decision(grpc.verify_peer(req)).await
+        self.decision(|mut grpc| {
+            let req = req.clone();
+            async move { grpc.verify_peer(req).await }
+        })
+        .await
     }
 
     /// Ask for a decision on a leader manifest; errors and timeouts are `Err`.
@@ -143,41 +186,96 @@ impl VerifierClient {
         &self,
         req: VerifyManifestRequest,
     ) -> Result<Decision, VerifierUnavailable> {
-        let mut grpc = self.grpc.clone();
-        self.decision(grpc.verify_manifest(req)).await
+        self.decision(|mut grpc| {
+            let req = req.clone();
+            async move { grpc.verify_manifest(req).await }
+        })
+        .await
     }
 
-    /// One call's decision within the time limit; anything else is unavailability.
-    async fn decision(
-        &self,
-        call: impl std::future::Future<Output = Result<tonic::Response<Decision>, tonic::Status>>,
-    ) -> Result<Decision, VerifierUnavailable> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => {
-                Err(self.unavailable(format!("{:?}: {}", status.code(), status.message())))
+    /// One decision within the time limit, from the first endpoint (round-robin) that
+    /// gives one. Each endpoint gets an equal share of the time left, so one that hangs
+    /// leaves time for the others.
+    async fn decision<F, Fut>(&self, call: F) -> Result<Decision, VerifierUnavailable>
+    where
+        F: Fn(Grpc<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Decision>, tonic::Status>>,
+    {
+        let n = self.endpoints.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut failures = Vec::new();
+        for k in 0..n {
+            let endpoint = &self.endpoints[(first + k) % n];
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let share = left / u32::try_from(n - k).unwrap_or(1);
+            if share.is_zero() {
+                break;
             }
-            Err(_) => Err(self.unavailable(format!("no decision within {:?}", self.timeout))),
+            match tokio::time::timeout(share, call(endpoint.grpc.clone())).await {
+                Ok(Ok(resp)) => {
+                    if !failures.is_empty() {
+                        tracing::warn!(
+                            answered = %endpoint.url,
+                            failed = %failures.join("; "),
+                            "a verifier endpoint failed; another answered"
+                        );
+                    }
+                    return Ok(resp.into_inner());
+                }
+                Ok(Err(status)) if endpoint_failure(status.code()) => failures.push(format!(
+                    "{}: {:?}: {}",
+                    endpoint.url,
+                    status.code(),
+                    status.message()
+                )),
+                Ok(Err(status)) => {
+                    return Err(self.unavailable(format!(
+                        "{}: {:?}: {}",
+                        endpoint.url,
+                        status.code(),
+                        status.message()
+                    )));
+                }
+                Err(_) => failures.push(format!("{}: no decision within {share:?}", endpoint.url)),
+            }
         }
+        if failures.is_empty() {
+            failures.push(format!("no decision within {:?}", self.timeout));
+        }
+        Err(self.unavailable(failures.join("; ")))
     }
 
-    /// gRPC health check of the verifier.
+    /// gRPC health check, all endpoints at once: `Ok` when at least one serves; else why
+    /// none does.
     pub async fn check_health(&self) -> Result<(), VerifierUnavailable> {
-        let mut health = self.health.clone();
-        let req = tonic_health::pb::HealthCheckRequest {
-            service: "teesql.verifier.v1.Verifier".into(),
-        };
-        match tokio::time::timeout(Duration::from_secs(2), health.check(req)).await {
-            Ok(Ok(r))
-                if r.get_ref().status
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
-            {
-                Ok(())
-            }
-            Ok(Ok(r)) => Err(self.unavailable(format!("not serving ({})", r.get_ref().status))),
-            Ok(Err(s)) => Err(self.unavailable(s.message().to_string())),
-            Err(_) => Err(self.unavailable("no answer within 2 s".into())),
+        let mut checks = tokio::task::JoinSet::new();
+        for e in self.endpoints.iter() {
+            let mut health = e.health.clone();
+            let url = e.url.clone();
+            checks.spawn(async move {
+                let req = tonic_health::pb::HealthCheckRequest {
+                    service: "teesql.verifier.v1.Verifier".into(),
+                };
+                let serving =
+                    tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+                match tokio::time::timeout(Duration::from_secs(2), health.check(req)).await {
+                    Ok(Ok(r)) if r.get_ref().status == serving => Ok(()),
+                    Ok(Ok(r)) => Err(format!("{url}: not serving ({})", r.get_ref().status)),
+                    Ok(Err(s)) => Err(format!("{url}: {}", s.message())),
+                    Err(_) => Err(format!("{url}: no answer within 2 s")),
+                }
+            });
         }
+        let mut failures = Vec::new();
+        while let Some(done) = checks.join_next().await {
+            match done {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => failures.push(e),
+                Err(e) => failures.push(format!("health check task: {e}")),
+            }
+        }
+        Err(self.unavailable(failures.join("; ")))
     }
 
     fn unavailable(&self, detail: String) -> VerifierUnavailable {

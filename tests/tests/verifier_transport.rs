@@ -60,20 +60,7 @@ async fn sidecar_and_forward_ask_a_tls_verifier_and_refuse_an_impostor() {
     // A sidecar trusting another verifier certificate: every login is refused.
     let mut config = c.sidecar_config().clone();
     config.verifier_trust = Some(ServerTrust::CertSha256([7; 32]));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sidecar = teesql_sidecar::Sidecar::start(config).await.unwrap();
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(sidecar.run(
-        teesql_sidecar::Listeners {
-            postgres: listener,
-            admin: None,
-            public: None,
-        },
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let (addr, _stop) = start_sidecar(config).await;
     let dsn = format!(
         "postgresql://teesql_read:{}@{addr}/postgres?sslmode=require",
         c.read_secret
@@ -90,6 +77,27 @@ async fn sidecar_and_forward_ask_a_tls_verifier_and_refuse_an_impostor() {
         .unwrap();
     let row = ok.query_one("SELECT 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 1);
+}
+
+/// A sidecar with `config` on a free loopback port; it stops when the sender is dropped.
+async fn start_sidecar(
+    config: teesql_sidecar::config::SidecarConfig,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sidecar = teesql_sidecar::Sidecar::start(config).await.unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(sidecar.run(
+        teesql_sidecar::Listeners {
+            postgres: listener,
+            admin: None,
+            public: None,
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
+    (addr, stop)
 }
 
 /// The sidecar's client of `c`'s verifier under `trust`: its health check says whether
@@ -177,20 +185,7 @@ async fn sidecar_and_forward_trust_a_verifier_by_its_quote_and_refuse_another_id
     // A sidecar configured with the wrong pin logs no one in.
     let mut config = c.sidecar_config().clone();
     config.verifier_trust = wrong.resolve(&teesql_proto::settings::NoEnv).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sidecar = teesql_sidecar::Sidecar::start(config).await.unwrap();
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(sidecar.run(
-        teesql_sidecar::Listeners {
-            postgres: listener,
-            admin: None,
-            public: None,
-        },
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let (addr, _stop) = start_sidecar(config).await;
     let dsn = format!(
         "postgresql://teesql_read:{}@{addr}/postgres?sslmode=require",
         c.read_secret
@@ -286,4 +281,139 @@ fn forward_refuses_plaintext_to_a_remote_verifier() {
     .unwrap_err()
     .join("\n");
     assert!(e.contains("plaintext only to a loopback address"), "{e}");
+}
+
+/// `teesql_verifier_decisions_total` for purpose `sidecar`, allowed, from its metrics.
+fn sidecar_allows(service: &teesql_verifier::service::DecisionService) -> u64 {
+    service
+        .metrics()
+        .encode()
+        .lines()
+        .find(|l| {
+            l.starts_with("teesql_verifier_decisions_total{")
+                && l.contains("purpose=\"sidecar\"")
+                && l.contains("outcome=\"allow\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A second verifier like the cluster's (same policies, trust root, collateral) on its
+/// own port: its URL, its decision engine, and the sender that stops it.
+async fn second_verifier(
+    c: &Cluster,
+) -> (
+    String,
+    std::sync::Arc<teesql_verifier::service::DecisionService>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    use teesql_verifier::service::config::{ServeConfig, ServeSettings};
+    use teesql_verifier::service::server::{Listeners, Verifier};
+    let config = ServeConfig::resolve(ServeSettings {
+        listen: Some("127.0.0.1:0".into()),
+        policy_dirs: Some(vec![
+            teesql_tests::cluster::repo_root().join("policies/dev"),
+        ]),
+        dev_trust_root: Some(c.agent.root_der_path()),
+        pccs_url: Some(c.agent.url.clone()),
+        decision_log: Some("off".into()),
+        ..ServeSettings::default()
+    })
+    .unwrap();
+    let verifier = Verifier::start(&config).unwrap();
+    let service = verifier.service().clone();
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let url = listeners.grpc.url(false);
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(verifier.run(listeners, async {
+        let _ = rx.await;
+    }));
+    (url, service, stop)
+}
+
+/// Issue 15, goal 6: a sidecar given two verifiers asks both, and keeps logging clients
+/// in when one stops, or hangs; only with none left does a login fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_verifiers_share_the_load_and_one_failing_fails_no_login() {
+    let c = cluster(VerifierTransport::Loopback).await;
+    let (second_url, second, stop_second) = second_verifier(&c).await;
+    let mut config = c.sidecar_config().clone();
+    config.verifier_url = format!("{}, {second_url}", c.verifier_url);
+    let (addr, _stop) = start_sidecar(config.clone()).await;
+    let dsn = format!(
+        "postgresql://teesql_read:{}@{addr}/postgres?sslmode=require",
+        c.read_secret
+    );
+    let tls = c.client_tls().unwrap();
+    let login = || async {
+        let client = clients::connect(&dsn, tls.clone()).await?;
+        client.query_one("SELECT 1", &[]).await?;
+        Ok::<_, anyhow::Error>(())
+    };
+
+    let (first_before, second_before) = (sidecar_allows(&c.verifier), sidecar_allows(&second));
+    const LOGINS: u64 = 12;
+    for i in 0..LOGINS {
+        login().await.unwrap_or_else(|e| panic!("login {i}: {e:#}"));
+    }
+    let first_n = sidecar_allows(&c.verifier) - first_before;
+    let second_n = sidecar_allows(&second) - second_before;
+    println!("{LOGINS} logins over two verifiers: {first_n} + {second_n} decisions");
+    assert_eq!(first_n + second_n, LOGINS);
+    assert!(first_n > 0 && second_n > 0, "{first_n} / {second_n}");
+
+    // One verifier stops: every login still gets its decision from the other.
+    drop(stop_second);
+    let mut failed = 0;
+    for _ in 0..LOGINS {
+        if login().await.is_err() {
+            failed += 1;
+        }
+    }
+    println!("{LOGINS} logins with one of two verifiers stopped: {failed} failed");
+    assert_eq!(failed, 0);
+
+    // A verifier that accepts connections and never answers costs its share of the
+    // time limit, not the login.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s);
+        }
+    });
+    let mut hung_config = c.sidecar_config().clone();
+    hung_config.verifier_url = format!("{hung_url},{}", c.verifier_url);
+    hung_config.verifier_timeout = std::time::Duration::from_secs(4);
+    let (hung_addr, _stop_hung) = start_sidecar(hung_config).await;
+    let hung_dsn = format!(
+        "postgresql://teesql_read:{}@{hung_addr}/postgres?sslmode=require",
+        c.read_secret
+    );
+    for i in 0..4 {
+        let client = clients::connect(&hung_dsn, tls.clone())
+            .await
+            .unwrap_or_else(|e| panic!("login {i} beside a hung verifier: {e:#}"));
+        client.query_one("SELECT 1", &[]).await.unwrap();
+    }
+
+    // None left: the login is refused (fail closed), and health says why for each.
+    let mut dead = c.sidecar_config().clone();
+    dead.verifier_url = format!("{second_url},{hung_url}");
+    dead.verifier_timeout = std::time::Duration::from_secs(2);
+    let client = teesql_sidecar::verifier::VerifierClient::new(
+        &dead.verifier_url,
+        None,
+        dead.verifier_timeout,
+    )
+    .unwrap();
+    let e = client.check_health().await.unwrap_err().to_string();
+    assert!(e.contains(&second_url) && e.contains(&hung_url), "{e}");
+    let (dead_addr, _stop_dead) = start_sidecar(dead).await;
+    let dead_dsn = format!(
+        "postgresql://teesql_read:{}@{dead_addr}/postgres?sslmode=require",
+        c.read_secret
+    );
+    assert!(clients::connect(&dead_dsn, tls.clone()).await.is_err());
 }
