@@ -7,7 +7,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
+
+use crate::auth::scram_client::{KeyCache, ScramClient};
+
+/// SCRAM keys of the backend password, per salt and iteration count: Postgres sends the
+/// same ones for every login of a role, so PBKDF2 runs once per role, not per connection.
+static BACKEND_KEYS: KeyCache = KeyCache::new();
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -208,7 +214,7 @@ async fn login_inner(
         .map(|(_, v)| *v)
         .unwrap_or_default();
     write(&mut stream, &pgwire::startup_message(params)).await?;
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<ScramClient<'static>> = None;
     loop {
         let (tag, body) = pgwire::read_message(&mut stream, MAX_LOGIN_MESSAGE).await?;
         match tag {
@@ -231,11 +237,12 @@ async fn login_inner(
                             return Err(BackendError::Method(format!("SASL {mechanisms:?}")));
                         }
                         let pw = password_for(method, password, "SCRAM-SHA-256")?;
-                        let client = ScramSha256::new(pw, ChannelBinding::unsupported());
+                        let client = ScramClient::new(pw, &BACKEND_KEYS)
+                            .map_err(|e| BackendError::Protocol(format!("SCRAM: {e}")))?;
                         pgwire::frontend::sasl_initial_response(
                             &mut out,
                             SCRAM_SHA_256,
-                            client.message(),
+                            &client.client_first(),
                         );
                         scram = Some(client);
                     }
@@ -243,16 +250,16 @@ async fn login_inner(
                         let client = scram.as_mut().ok_or_else(|| {
                             BackendError::Protocol("SASLContinue before SASL".into())
                         })?;
-                        client
-                            .update(data)
+                        let reply = client
+                            .server_first(data)
                             .map_err(|e| BackendError::Protocol(format!("SCRAM: {e}")))?;
-                        pgwire::frontend::sasl_response(&mut out, client.message());
+                        pgwire::frontend::sasl_response(&mut out, &reply);
                     }
                     decode::Authentication::SaslFinal(data) => {
                         let client = scram.as_mut().ok_or_else(|| {
                             BackendError::Protocol("SASLFinal before SASL".into())
                         })?;
-                        client.finish(data).map_err(|e| {
+                        client.server_final(data).map_err(|e| {
                             BackendError::Protocol(format!("SCRAM server signature: {e}"))
                         })?;
                         continue;

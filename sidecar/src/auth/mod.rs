@@ -6,6 +6,7 @@
 //! and SCRAM verifiers are computed once, at start-up.
 
 pub mod scram;
+pub mod scram_client;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -1,0 +1,330 @@
+//! SCRAM-SHA-256 client side (RFC 5802, RFC 7677, no channel binding), for the sidecar's
+//! own logins to Postgres.
+//!
+//! The expensive step of SCRAM is PBKDF2 over the password (4096 HMAC rounds by
+//! default). Postgres answers every login of a role with that role's stored salt and
+//! iteration count, and the sidecar's backend password does not change while it runs, so
+//! the derived keys are kept in a [`KeyCache`] per (password digest, salt, iterations):
+//! one PBKDF2 per role instead of one per connection. Everything that depends on the
+//! connection (the nonces, the proof, the server's signature) is computed every time.
+
+use std::sync::Mutex;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac as _};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+/// Largest server message accepted, bytes.
+const MAX_MESSAGE_LEN: usize = 16 * 1024;
+/// Largest salt accepted, bytes (Postgres uses 16).
+const MAX_SALT_LEN: usize = 1024;
+/// Most PBKDF2 iterations accepted (Postgres' default is 4096; its `scram_iterations`
+/// can be raised, but a count this high would stall every login for seconds).
+pub const MAX_ITERATIONS: u32 = 10_000_000;
+/// Raw bytes of the client nonce.
+const NONCE_LEN: usize = 18;
+/// Keys kept: one per role the sidecar logs in as is typical; a few dozen at most.
+const CACHE_ENTRIES: usize = 64;
+
+type Key = [u8; 32];
+
+/// `ClientKey` and `ServerKey` of one (password, salt, iterations).
+#[derive(Clone, Copy)]
+struct Keys {
+    client: Key,
+    server: Key,
+}
+
+/// Derived keys per (password digest, salt, iterations), bounded; the oldest entry goes
+/// first. Holds no password, only keys that Postgres' own verifier is made of.
+pub struct KeyCache {
+    entries: Mutex<Vec<Entry>>,
+}
+
+/// One derivation: (SHA-256 of the password, salt, iterations) → keys.
+struct Entry {
+    password: Key,
+    salt: Vec<u8>,
+    iterations: u32,
+    keys: Keys,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.entries.lock().map(|e| e.len()).unwrap_or(0);
+        f.debug_struct("KeyCache").field("entries", &n).finish()
+    }
+}
+
+impl KeyCache {
+    pub const fn new() -> Self {
+        Self {
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How many derivations are kept (tests).
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn keys(&self, password: &[u8], salt: &[u8], iterations: u32) -> Keys {
+        let digest: Key = Sha256::digest(password).into();
+        if let Ok(entries) = self.entries.lock()
+            && let Some(e) = entries
+                .iter()
+                .find(|e| e.password == digest && e.salt == salt && e.iterations == iterations)
+        {
+            return e.keys;
+        }
+        let salted = pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password, salt, iterations);
+        let keys = Keys {
+            client: hmac(&salted, &[b"Client Key"]),
+            server: hmac(&salted, &[b"Server Key"]),
+        };
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= CACHE_ENTRIES {
+                entries.remove(0);
+            }
+            entries.push(Entry {
+                password: digest,
+                salt: salt.to_vec(),
+                iterations,
+                keys,
+            });
+        }
+        keys
+    }
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Key {
+    let mut mac = <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// The password as SCRAM uses it: SASLprep-normalised when it is valid UTF-8 that
+/// SASLprep accepts, else the raw bytes (what libpq and postgres-protocol do).
+fn normalize(password: &[u8]) -> Vec<u8> {
+    match std::str::from_utf8(password) {
+        Ok(s) => match stringprep::saslprep(s) {
+            Ok(p) => p.into_owned().into_bytes(),
+            Err(_) => password.to_vec(),
+        },
+        Err(_) => password.to_vec(),
+    }
+}
+
+/// One SCRAM-SHA-256 exchange as the client.
+pub struct ScramClient<'a> {
+    password: Vec<u8>,
+    cache: &'a KeyCache,
+    nonce: String,
+    /// Set after the server's first message: the AuthMessage and the ServerKey.
+    expect: Option<(Vec<u8>, Key)>,
+}
+
+impl std::fmt::Debug for ScramClient<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramClient(***)")
+    }
+}
+
+impl<'a> ScramClient<'a> {
+    pub fn new(password: &[u8], cache: &'a KeyCache) -> Result<Self, String> {
+        let mut raw = [0u8; NONCE_LEN];
+        getrandom::fill(&mut raw).map_err(|e| format!("no randomness for the nonce: {e}"))?;
+        Ok(Self::with_nonce(password, cache, B64.encode(raw)))
+    }
+
+    fn with_nonce(password: &[u8], cache: &'a KeyCache, nonce: String) -> Self {
+        Self {
+            password: normalize(password),
+            cache,
+            nonce,
+            expect: None,
+        }
+    }
+
+    /// `client-first-message-bare`: Postgres takes the user from the startup message.
+    fn first_bare(&self) -> String {
+        format!("n=,r={}", self.nonce)
+    }
+
+    /// The SASLInitialResponse data.
+    pub fn client_first(&self) -> Vec<u8> {
+        format!("n,,{}", self.first_bare()).into_bytes()
+    }
+
+    /// The server's first message in, the client's final message out.
+    pub fn server_first(&mut self, message: &[u8]) -> Result<Vec<u8>, String> {
+        if message.len() > MAX_MESSAGE_LEN {
+            return Err(format!("server-first-message of {} bytes", message.len()));
+        }
+        let text = std::str::from_utf8(message).map_err(|_| "server-first-message is not UTF-8")?;
+        let (mut nonce, mut salt, mut iterations) = (None, None, None);
+        for attr in text.split(',') {
+            match attr.split_once('=') {
+                Some(("r", v)) => nonce = Some(v),
+                Some(("s", v)) => salt = Some(v),
+                Some(("i", v)) => iterations = Some(v),
+                Some(("m", _)) => return Err("server-first-message requires an extension".into()),
+                _ => return Err("server-first-message is malformed".into()),
+            }
+        }
+        let nonce = nonce.ok_or("server-first-message has no nonce")?;
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err("the server's nonce does not extend ours".into());
+        }
+        let salt = salt.ok_or("server-first-message has no salt")?;
+        if salt.len() > MAX_SALT_LEN * 4 / 3 + 4 {
+            return Err("the salt is too long".into());
+        }
+        let salt = B64
+            .decode(salt)
+            .map_err(|_| "the salt is not base64".to_string())?;
+        let iterations: u32 = iterations
+            .ok_or("server-first-message has no iteration count")?
+            .parse()
+            .map_err(|_| "the iteration count is not a number".to_string())?;
+        if iterations == 0 || iterations > MAX_ITERATIONS {
+            return Err(format!(
+                "iteration count {iterations} outside 1..={MAX_ITERATIONS}"
+            ));
+        }
+        let keys = self.cache.keys(&self.password, &salt, iterations);
+        let stored: Key = Sha256::digest(keys.client).into();
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{text},{without_proof}", self.first_bare()).into_bytes();
+        let signature = hmac(&stored, &[&auth_message]);
+        let proof: Vec<u8> = keys
+            .client
+            .iter()
+            .zip(signature.iter())
+            .map(|(k, s)| k ^ s)
+            .collect();
+        self.expect = Some((auth_message, keys.server));
+        Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
+    }
+
+    /// The server's final message: its signature must prove it knows the verifier.
+    pub fn server_final(&self, message: &[u8]) -> Result<(), String> {
+        let (auth_message, server_key) = self
+            .expect
+            .as_ref()
+            .ok_or("server-final-message before server-first-message")?;
+        let text = std::str::from_utf8(message).map_err(|_| "server-final-message is not UTF-8")?;
+        if let Some(e) = text.strip_prefix("e=") {
+            return Err(format!("the server refused: {e}"));
+        }
+        let sig = text
+            .strip_prefix("v=")
+            .and_then(|v| B64.decode(v).ok())
+            .ok_or("server-final-message is malformed")?;
+        let expected = hmac(server_key, &[auth_message]);
+        if bool::from(sig.as_slice().ct_eq(&expected)) {
+            Ok(())
+        } else {
+            Err("the server's signature is wrong (it does not know this password)".into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 7677's server-first message (password "pencil"); the user is empty as
+    /// Postgres has it, so the proof is recomputed here step by step from RFC 5802.
+    #[test]
+    fn proof_and_server_signature_follow_rfc5802() {
+        let cache = KeyCache::new();
+        let mut c = ScramClient::with_nonce(b"pencil", &cache, "rOprNGfwEbeRWgbNEkqO".into());
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        let final_msg =
+            String::from_utf8(c.server_first(server_first.as_bytes()).unwrap()).unwrap();
+        let salted = pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(
+            b"pencil",
+            &B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap(),
+            4096,
+        );
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        let stored: Key = Sha256::digest(client_key).into();
+        let auth = format!(
+            "n=,r=rOprNGfwEbeRWgbNEkqO,{server_first},c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+        );
+        let sig = hmac(&stored, &[auth.as_bytes()]);
+        let proof: Vec<u8> = client_key.iter().zip(sig).map(|(k, s)| k ^ s).collect();
+        assert!(
+            final_msg.ends_with(&format!(",p={}", B64.encode(proof))),
+            "{final_msg}"
+        );
+        let server_sig = hmac(&hmac(&salted, &[b"Server Key"]), &[auth.as_bytes()]);
+        c.server_final(format!("v={}", B64.encode(server_sig)).as_bytes())
+            .unwrap();
+        assert!(c.server_final(b"v=AAAA").is_err());
+        assert!(
+            c.server_final(b"e=invalid-proof")
+                .unwrap_err()
+                .contains("refused")
+        );
+    }
+
+    #[test]
+    fn keys_are_derived_once_per_salt_and_iterations() {
+        let cache = KeyCache::new();
+        let first = |nonce: &str, salt: &str, i: u32| format!("r={nonce}xyz,s={salt},i={i}");
+        for _ in 0..3 {
+            let mut c = ScramClient::with_nonce(b"pw", &cache, "abc".into());
+            c.server_first(first("abc", "c2FsdA==", 4096).as_bytes())
+                .unwrap();
+        }
+        assert_eq!(cache.len(), 1);
+        let mut c = ScramClient::with_nonce(b"pw", &cache, "abc".into());
+        c.server_first(first("abc", "b3RoZXI=", 4096).as_bytes())
+            .unwrap();
+        let mut c = ScramClient::with_nonce(b"other", &cache, "abc".into());
+        c.server_first(first("abc", "b3RoZXI=", 4096).as_bytes())
+            .unwrap();
+        assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn hostile_server_first_messages_are_refused() {
+        let cache = KeyCache::new();
+        for (bad, needle) in [
+            ("r=zzz,s=c2FsdA==,i=4096", "does not extend"),
+            ("r=abc,s=c2FsdA==,i=4096", "does not extend"),
+            ("r=abcx,s=c2FsdA==,i=0", "outside"),
+            ("r=abcx,s=c2FsdA==,i=4294967295", "outside"),
+            ("r=abcx,s=c2FsdA==,i=many", "not a number"),
+            ("r=abcx,s=%%%,i=4096", "not base64"),
+            ("m=ext,r=abcx,s=c2FsdA==,i=4096", "extension"),
+            ("r=abcx,i=4096", "no salt"),
+            ("garbage", "malformed"),
+        ] {
+            let mut c = ScramClient::with_nonce(b"pw", &cache, "abc".into());
+            let e = c.server_first(bad.as_bytes()).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        let mut c = ScramClient::with_nonce(b"pw", &cache, "abc".into());
+        let huge = vec![b'a'; MAX_MESSAGE_LEN + 1];
+        assert!(c.server_first(&huge).is_err());
+        assert!(c.server_final(b"v=AAAA").unwrap_err().contains("before"));
+    }
+}
