@@ -14,11 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-/// Buffer per direction. Pages a session never fills are never touched, so an idle
-/// session costs far less than this.
+/// Buffer per direction while data moves. It is taken when a read is attempted and given
+/// back as soon as a read finds nothing and nothing is held: an idle session holds no
+/// relay buffer at all, and the allocation is not zeroed (reads fill it as they go).
 pub const BUFFER: usize = 32 * 1024;
 
 /// Bytes moved each way.
@@ -96,7 +98,7 @@ struct Framing {
 /// One direction's buffer and state.
 #[derive(Debug)]
 struct Direction {
-    buf: Vec<u8>,
+    buf: BytesMut,
     /// Bytes `[pos, scanned)` are ready to write; `[scanned, cap)` are held back (a
     /// message header that may be a Terminate, not yet complete).
     pos: usize,
@@ -112,7 +114,7 @@ struct Direction {
 impl Direction {
     fn new(framing: Option<Framing>) -> Self {
         Self {
-            buf: Vec::new(),
+            buf: BytesMut::new(),
             pos: 0,
             scanned: 0,
             cap: 0,
@@ -173,18 +175,16 @@ impl Direction {
             if self.pos == self.scanned && !self.read_done && !self.terminated {
                 // Keep held-back header bytes at the front; read after them.
                 if self.pos > 0 {
-                    self.buf.copy_within(self.pos..self.cap, 0);
+                    let _written = self.buf.split_to(self.pos);
                     self.cap -= self.pos;
                     self.scanned -= self.pos;
                     self.pos = 0;
                 }
-                if self.buf.is_empty() {
-                    self.buf = vec![0; BUFFER];
+                if self.buf.capacity() < BUFFER {
+                    self.buf.reserve(BUFFER - self.buf.len());
                 }
-                let mut rb = ReadBuf::new(&mut self.buf[self.cap..]);
-                match r.as_mut().poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
+                match tokio_util::io::poll_read_buf(r.as_mut(), cx, &mut self.buf) {
+                    Poll::Ready(Ok(n)) => {
                         if n == 0 {
                             self.read_done = true;
                         } else {
@@ -196,6 +196,10 @@ impl Direction {
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
+                        if self.buf.is_empty() {
+                            // Nothing held: give the buffer back while the peer is quiet.
+                            self.buf = BytesMut::new();
+                        }
                         if self.need_flush {
                             ready!(w.as_mut().poll_flush(cx))?;
                             self.need_flush = false;
@@ -328,6 +332,54 @@ where
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A direction that has passed on everything and finds nothing more to read gives its
+    /// buffer back; one holding back part of a header keeps it.
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer() {
+        let (mut peer, mut r) = tokio::io::duplex(64 * 1024);
+        let (mut w, mut sink) = tokio::io::duplex(64 * 1024);
+        let activity = AtomicU64::new(0);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+
+        peer.write_all(b"Q\0\0\0\x05;").await.unwrap();
+        let mut d = Direction::new(Some(Framing::default()));
+        let polled = d.poll_copy(
+            &mut cx,
+            Pin::new(&mut r),
+            Pin::new(&mut w),
+            &activity,
+            Instant::now(),
+        );
+        assert!(polled.is_pending());
+        assert_eq!(d.buf.capacity(), 0, "an idle direction kept its buffer");
+        let mut got = [0u8; 6];
+        sink.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"Q\0\0\0\x05;");
+
+        // Three bytes of the next header: held back, so the buffer stays.
+        peer.write_all(b"X\0\0").await.unwrap();
+        let polled = d.poll_copy(
+            &mut cx,
+            Pin::new(&mut r),
+            Pin::new(&mut w),
+            &activity,
+            Instant::now(),
+        );
+        assert!(polled.is_pending());
+        assert!(d.buf.capacity() >= 3);
+        // The rest of a Terminate: caught, not passed on.
+        peer.write_all(b"\0\x04").await.unwrap();
+        let polled = d.poll_copy(
+            &mut cx,
+            Pin::new(&mut r),
+            Pin::new(&mut w),
+            &activity,
+            Instant::now(),
+        );
+        assert!(matches!(polled, Poll::Ready(Ok(()))));
+        assert!(d.terminated);
+    }
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut m = vec![tag];
