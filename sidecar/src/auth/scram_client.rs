@@ -177,15 +177,15 @@ impl<'a> ScramClient<'a> {
             return Err(format!("server-first-message of {} bytes", message.len()));
         }
         let text = std::str::from_utf8(message).map_err(|_| "server-first-message is not UTF-8")?;
-        let (mut nonce, mut salt, mut iterations) = (None, None, None);
-        for attr in text.split(',') {
-            match attr.split_once('=') {
-                Some(("r", v)) => nonce = Some(v),
-                Some(("s", v)) => salt = Some(v),
-                Some(("i", v)) => iterations = Some(v),
-                Some(("m", _)) => return Err("server-first-message requires an extension".into()),
-                _ => return Err("server-first-message is malformed".into()),
-            }
+        // RFC 5802: exactly `r=…,s=…,i=…`, in that order (Postgres sends nothing else).
+        if text.starts_with("m=") {
+            return Err("server-first-message requires an extension".into());
+        }
+        let mut attrs = text.split(',');
+        let mut attr = |key: &str| attrs.next().and_then(|a| a.strip_prefix(key));
+        let (nonce, salt, iterations) = (attr("r="), attr("s="), attr("i="));
+        if attrs.next().is_some() {
+            return Err("server-first-message is malformed (more than r, s, i)".into());
         }
         let nonce = nonce.ok_or("server-first-message has no nonce")?;
         if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
@@ -316,7 +316,10 @@ mod tests {
             ("r=abcx,s=%%%,i=4096", "not base64"),
             ("m=ext,r=abcx,s=c2FsdA==,i=4096", "extension"),
             ("r=abcx,i=4096", "no salt"),
-            ("garbage", "malformed"),
+            ("s=c2FsdA==,r=abcx,i=4096", "no nonce"),
+            ("r=abcx,s=c2FsdA==,i=4096,i=1", "malformed"),
+            ("r=abcx,s=,i=c2FsdA==,i=2", "malformed"),
+            ("garbage", "no nonce"),
         ] {
             let mut c = ScramClient::with_nonce(b"pw", &cache, "abc".into());
             let e = c.server_first(bad.as_bytes()).unwrap_err();
