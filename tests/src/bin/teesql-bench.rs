@@ -31,6 +31,9 @@ struct Args {
     idle: usize,
     /// The sidecar's backend.pool_max_idle_per_key (0 = no reuse of Postgres connections).
     pool: u64,
+    /// Give the sidecar a second verifier process, and at the end kill one halfway
+    /// through a connect-per-transaction run (no handshake may fail).
+    failover: bool,
 }
 
 fn args() -> Result<Args> {
@@ -39,6 +42,7 @@ fn args() -> Result<Args> {
         rounds: 2,
         idle: 1000,
         pool: 0,
+        failover: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,9 +57,10 @@ fn args() -> Result<Args> {
             "--rounds" => a.rounds = value()? as usize,
             "--idle" => a.idle = value()? as usize,
             "--pool" => a.pool = value()?,
+            "--failover" => a.failover = true,
             "--help" | "-h" => {
                 println!(
-                    "teesql-bench [--seconds N (15)] [--rounds N (2)] [--idle N (1000)] [--pool N (0): the sidecar's backend.pool_max_idle_per_key, 0 = off, the default]"
+                    "teesql-bench [--seconds N (15)] [--rounds N (2)] [--idle N (1000)] [--pool N (0): the sidecar's backend.pool_max_idle_per_key, 0 = off, the default] [--failover: two verifier processes, one killed during a connect-per-transaction run]"
                 );
                 std::process::exit(0);
             }
@@ -270,19 +275,33 @@ async fn run(args: Args) -> Result<()> {
         profile.join("data.json"),
         r#"{"teesql": {"require_client_attestation": true}}"#,
     )?;
+    let start_verifier = |port: u16| {
+        Command::new(&verifier_bin)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--policy-dir")
+            .arg(&profile)
+            .arg("--dev-trust-root")
+            .arg(agent.root_der_path())
+            .args(["--pccs-url", &agent.url, "--decision-log", "off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
     let verifier_port = free_port()?;
-    let verifier = Command::new(&verifier_bin)
-        .args(["serve", "--listen", &format!("127.0.0.1:{verifier_port}")])
-        .arg("--policy-dir")
-        .arg(&profile)
-        .arg("--dev-trust-root")
-        .arg(agent.root_der_path())
-        .args(["--pccs-url", &agent.url, "--decision-log", "off"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    kids.0.push(("verifier".into(), verifier));
+    kids.0
+        .push(("verifier".into(), start_verifier(verifier_port)?));
     wait_port(verifier_port, "teesql-verifier")?;
+    let mut verifier_urls = format!("http://127.0.0.1:{verifier_port}");
+    // The second verifier is killed by the failover run (or stopped when this ends).
+    let mut second_verifier = Kids(Vec::new());
+    if args.failover {
+        let port = free_port()?;
+        second_verifier
+            .0
+            .push(("second verifier".into(), start_verifier(port)?));
+        wait_port(port, "the second teesql-verifier")?;
+        verifier_urls.push_str(&format!(",http://127.0.0.1:{port}"));
+    }
 
     let read_secret = hex::encode([0x11u8; 32]);
     let sidecar_port = free_port()?;
@@ -291,7 +310,7 @@ async fn run(args: Args) -> Result<()> {
         &config,
         format!(
             "[listen]\npostgres = \"127.0.0.1:{sidecar_port}\"\nadmin = \"off\"\n\
-             [identity]\nendpoint = \"{}\"\n[verifier]\nurl = \"http://127.0.0.1:{verifier_port}\"\n\
+             [identity]\nendpoint = \"{}\"\n[verifier]\nurl = \"{verifier_urls}\"\n\
              [backend]\nhost = \"{}\"\nport = {}\npool_max_idle_per_key = {}\n[limits]\nmax_connections = {}\nfailed_auth_per_minute = 100000\n",
             agent.socket.display(),
             pg.socket_dir.display(),
@@ -433,6 +452,26 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
+    // Failover: connect-per-transaction through the sidecar while one of its two
+    // verifiers is killed halfway; pgbench fails the run if any connection fails.
+    let mut failover = None;
+    if let Some((_, mut second)) = second_verifier.0.pop() {
+        let (name, conn, env) = &targets[2];
+        eprintln!("failover: {name}, connect per tx, killing one of two verifiers halfway …");
+        let half = Duration::from_secs(args.seconds.div_ceil(2));
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(half);
+            let _ = second.kill();
+            let _ = second.wait();
+        });
+        let rate = pgbench(&pg_bin, conn, true, args.seconds, env)
+            .context("connect per tx while a verifier is killed")?;
+        let _ = killer.join();
+        let after = pgbench(&pg_bin, conn, true, args.seconds, env)
+            .context("connect per tx with one verifier left")?;
+        failover = Some((rate, after));
+    }
+
     // Idle sessions: RSS of the sidecar before and after.
     eprintln!("opening {} idle sessions through the sidecar …", args.idle);
     let before = rss_kib(sidecar_pid)?;
@@ -477,9 +516,19 @@ async fn run(args: Args) -> Result<()> {
         );
     }
     println!(
-        "\nsidecar memory per idle session: {per_session:.1} KiB (RSS {before} KiB -> {after} KiB with {} sessions; target <= 64 KiB)",
+        "\nsidecar memory per idle session: {per_session:.1} KiB (RSS {before} KiB -> {after} KiB with {} sessions; target <= 32 KiB)",
         args.idle
     );
+    if let Some((during, after)) = failover {
+        let two = mean(&results[2][1]);
+        println!(
+            "\nfailover (two verifier processes): connections/s {two:.0} with both, {during:.0} \
+             while one was killed halfway ({:.2}x), {after:.0} with one left ({:.2}x); \
+             failed connections: 0 (pgbench fails the run on any)",
+            during / two,
+            after / two
+        );
+    }
     println!(
         "targets: select-only through the sidecar >= 0.90x direct TLS; connection rate >= 1.00x direct TLS"
     );
