@@ -87,38 +87,37 @@ async fn main() {
         .await,
         None,
     );
+    let sidecar_login = |method, secret: Option<&Secret>, user: &'static str| {
+        let (addr, secret) = (addr.clone(), secret.cloned());
+        move || {
+            let (addr, secret) = (addr.clone(), secret.clone());
+            async move {
+                let logged_in = teesql_sidecar::backend::login(
+                    &addr,
+                    method,
+                    secret.as_ref(),
+                    &[("user", user), ("database", "postgres")],
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+                drop(logged_in);
+            }
+        }
+    };
     report(
         "sidecar backend::login, SCRAM (cached keys)",
-        time_logins(|| async {
-            let logged_in = teesql_sidecar::backend::login(
-                &addr,
-                BackendMethod::ScramSha256,
-                Some(&secret),
-                &[("user", "postgres"), ("database", "postgres")],
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-            drop(logged_in);
-        })
+        time_logins(sidecar_login(
+            BackendMethod::ScramSha256,
+            Some(&secret),
+            "postgres",
+        ))
         .await,
         Some(baseline),
     );
     report(
         "sidecar backend::login, trust (no auth)",
-        time_logins(|| async {
-            let logged_in = teesql_sidecar::backend::login(
-                &addr,
-                BackendMethod::Trust,
-                None,
-                &[("user", "trusted"), ("database", "postgres")],
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-            drop(logged_in);
-        })
-        .await,
+        time_logins(sidecar_login(BackendMethod::Trust, None, "trusted")).await,
         Some(baseline),
     );
 }

@@ -49,7 +49,15 @@ async fn serve(extra: ServeSettings) -> (String, String, tokio::sync::oneshot::S
 }
 
 async fn decision(grpc: &str) -> teesql_proto::v1::Decision {
-    let ch = connect_lazy(grpc, None, Duration::from_secs(5), Duration::from_secs(10)).unwrap();
+    decision_trusting(grpc, None).await
+}
+
+/// A decision on the recorded quote from the verifier at `grpc`, trusted by `trust`.
+async fn decision_trusting(
+    grpc: &str,
+    trust: Option<&teesql_proto::transport::ServerTrust>,
+) -> teesql_proto::v1::Decision {
+    let ch = connect_lazy(grpc, trust, Duration::from_secs(5), Duration::from_secs(10)).unwrap();
     VerifierClient::new(ch)
         .verify_quote(VerifyQuoteRequest {
             purpose: "quote".into(),
@@ -248,25 +256,7 @@ async fn token_verify_attested_checks_who_signed() {
         })
         .unwrap();
     let trust = teesql_proto::transport::ServerTrust::Attested(std::sync::Arc::new(identity));
-    let ch = connect_lazy(
-        &grpc,
-        Some(&trust),
-        Duration::from_secs(5),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    let token = VerifierClient::new(ch)
-        .verify_quote(VerifyQuoteRequest {
-            purpose: "quote".into(),
-            evidence: Some(verify_quote_request::Evidence::Quote(
-                std::fs::read(root().join("testdata/dcap/tdx_quote")).unwrap(),
-            )),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = decision_trusting(&grpc, Some(&trust)).await.token;
 
     let attested = |profile: &Path| {
         vec![
