@@ -459,6 +459,24 @@ impl Cluster {
         }
     }
 
+    /// The sidecar's count of connections that ended with `outcome`, once it reaches
+    /// `at_least` or after 10 s. A session's outcome is counted as its task ends, just
+    /// after its socket closes, so a client that saw the close may not see the count yet.
+    pub async fn outcome_count(
+        &self,
+        outcome: teesql_sidecar::session::Outcome,
+        at_least: u64,
+    ) -> u64 {
+        for _ in 0..100 {
+            let n = self.sidecar.metrics.connections(outcome);
+            if n >= at_least {
+                return n;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.sidecar.metrics.connections(outcome)
+    }
+
     pub fn sidecar_config(&self) -> &SidecarConfig {
         &self.sidecar_config
     }

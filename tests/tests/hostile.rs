@@ -438,17 +438,7 @@ async fn silent_connections_are_capped_per_address_and_cut_off_early() {
             .unwrap();
     }
     use teesql_sidecar::session::Outcome;
-    // A session's outcome is counted as its task ends, just after the socket closes.
-    for _ in 0..100 {
-        if c.sidecar.metrics.connections(Outcome::FirstPacketTimeout) >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        c.sidecar.metrics.connections(Outcome::FirstPacketTimeout),
-        2
-    );
+    assert_eq!(c.outcome_count(Outcome::FirstPacketTimeout, 2).await, 2);
     assert_eq!(
         c.sidecar.metrics.connections(Outcome::TooManyFromAddress),
         1

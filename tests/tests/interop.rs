@@ -165,7 +165,7 @@ async fn silence_after_tls_is_closed_at_the_startup_deadline() {
     // Closed no earlier than its deadline: the 1 s TLS deadline no longer applied.
     assert!(established.elapsed() >= Duration::from_secs(4));
     assert!(buf.is_empty(), "{buf:?}");
-    assert_eq!(c.sidecar.metrics.connections(Outcome::StartupTimeout), 1);
+    assert_eq!(c.outcome_count(Outcome::StartupTimeout, 1).await, 1);
     assert_eq!(c.sidecar.metrics.connections(Outcome::TlsTimeout), 0);
 }
 
