@@ -127,22 +127,29 @@ impl PartialEq for ServerTrust {
 }
 
 impl ServerTrust {
-    /// From the two settings a client has; at most one may be given.
+    /// From the two settings a client has; at most one may be given. `key` spells a
+    /// setting's name as the caller's user writes it (`verifier.ca_file`,
+    /// `--verifier-ca-file`) for the messages.
     pub fn from_settings(
         ca_file: Option<&Path>,
         cert_sha256: Option<&str>,
+        key: &dyn Fn(&str) -> String,
     ) -> Result<Option<Self>, String> {
         match (ca_file, cert_sha256) {
-            (Some(_), Some(_)) => Err(
-                "verifier_ca_file and verifier_cert_sha256: give one way to trust the verifier, not both"
-                    .into(),
-            ),
+            (Some(_), Some(_)) => Err(format!(
+                "{} and {}: give one way to trust the verifier, not both",
+                key("ca_file"),
+                key("cert_sha256")
+            )),
             (Some(f), None) => Ok(Some(Self::CaFile(f.to_path_buf()))),
             (None, Some(h)) => {
                 let digits = h.trim().trim_start_matches("sha256:").replace(':', "");
                 let mut pin = [0u8; 32];
                 hex::decode_to_slice(&digits, &mut pin).map_err(|_| {
-                    format!("verifier_cert_sha256 {h:?}: expected 64 hex digits (SHA-256 of the certificate's DER)")
+                    format!(
+                        "{} {h:?}: expected 64 hex digits (SHA-256 of the certificate's DER)",
+                        key("cert_sha256")
+                    )
                 })?;
                 Ok(Some(Self::CertSha256(pin)))
             }
@@ -734,17 +741,18 @@ mod tests {
 
     #[test]
     fn trust_settings_are_one_or_none() {
-        assert_eq!(ServerTrust::from_settings(None, None).unwrap(), None);
+        let key = |k: &str| format!("verifier.{k}");
+        assert_eq!(ServerTrust::from_settings(None, None, &key).unwrap(), None);
         let pin = "ab".repeat(32);
         assert_eq!(
-            ServerTrust::from_settings(None, Some(&format!("sha256:{pin}"))).unwrap(),
+            ServerTrust::from_settings(None, Some(&format!("sha256:{pin}")), &key).unwrap(),
             Some(ServerTrust::CertSha256([0xab; 32]))
         );
-        assert!(ServerTrust::from_settings(None, Some("abc")).is_err());
-        assert!(
-            ServerTrust::from_settings(Some(Path::new("/x")), Some(&pin))
-                .unwrap_err()
-                .contains("not both")
+        let e = ServerTrust::from_settings(None, Some("abc"), &key).unwrap_err();
+        assert!(e.starts_with("verifier.cert_sha256 \"abc\""), "{e}");
+        assert_eq!(
+            ServerTrust::from_settings(Some(Path::new("/x")), Some(&pin), &key).unwrap_err(),
+            "verifier.ca_file and verifier.cert_sha256: give one way to trust the verifier, not both"
         );
     }
 

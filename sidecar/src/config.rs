@@ -431,8 +431,8 @@ impl SidecarConfig {
                 identity_dev_trust_root: file.verifier.identity_dev_trust_root,
                 identity_pccs_url: file.verifier.identity_pccs_url,
             })
-            .resolve(env)
-            .map_err(|e| p.push(format!("verifier.{}", e.replace("verifier_", ""))))
+            .resolve_as(env, &|k| format!("verifier.{k}"))
+            .map_err(|e| p.push(e))
             .ok()
             .flatten();
         if let Err(e) = teesql_proto::transport::check(&verifier_url, verifier_trust.as_ref()) {

@@ -215,24 +215,11 @@ impl ForwardSettings {
             ..self.verifier_identity
         }
         .over(crate::verifier::TrustSettings::from_env(env));
-        let verifier_trust = match trust.resolve(env) {
-            Ok(t) => t,
-            Err(e) => {
-                // Flags as the command line spells them.
-                let flags: Vec<String> = e
-                    .split(' ')
-                    .map(|w| {
-                        if w.starts_with("verifier_") {
-                            format!("--{}", w.replace('_', "-"))
-                        } else {
-                            w.to_string()
-                        }
-                    })
-                    .collect();
-                errors.push(flags.join(" "));
-                None
-            }
-        };
+        let flag = |k: &str| format!("--verifier-{}", k.replace('_', "-"));
+        let verifier_trust = trust.resolve_as(env, &flag).unwrap_or_else(|e| {
+            errors.push(e);
+            None
+        });
         if let Err(e) = teesql_proto::transport::check(&verifier_url, verifier_trust.as_ref()) {
             errors.push(format!("--verifier {e}"));
         }

@@ -62,21 +62,40 @@ impl TrustSettings {
 
     /// The trust these settings describe (the identity policy is loaded now, so a bad
     /// profile is a start-up error); collateral from `identity_pccs_url`, else env
-    /// `PCCS_URL`, else Intel PCS. Errors name the setting as `verifier_…`.
+    /// `PCCS_URL`, else Intel PCS. Errors name a setting `verifier_<key>`; see
+    /// [`Self::resolve_as`].
     pub fn resolve(&self, env: &dyn Env) -> Result<Option<ServerTrust>, String> {
+        self.resolve_as(env, &|k| format!("verifier_{k}"))
+    }
+
+    /// [`Self::resolve`], with `key` spelling a setting's name (`ca_file`,
+    /// `identity_policy_dir`, …) as the caller's user writes it: `verifier.ca_file` in
+    /// the sidecar's file, `--verifier-ca-file` for `forward`.
+    pub fn resolve_as(
+        &self,
+        env: &dyn Env,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Option<ServerTrust>, String> {
         let pinned =
-            ServerTrust::from_settings(self.ca_file.as_deref(), self.cert_sha256.as_deref())?;
+            ServerTrust::from_settings(self.ca_file.as_deref(), self.cert_sha256.as_deref(), key)?;
         let Some(dir) = &self.identity_policy_dir else {
             if self.identity_trust_root.is_some() || self.identity_dev_trust_root.is_some() {
-                return Err(
-                    "verifier_identity_trust_root / verifier_identity_dev_trust_root need verifier_identity_policy_dir"
-                        .into(),
-                );
+                return Err(format!(
+                    "{} / {} need {}",
+                    key("identity_trust_root"),
+                    key("identity_dev_trust_root"),
+                    key("identity_policy_dir")
+                ));
             }
             return Ok(pinned);
         };
         if pinned.is_some() {
-            return Err("verifier_identity_policy_dir and verifier_ca_file / verifier_cert_sha256: give one way to trust the verifier".into());
+            return Err(format!(
+                "{} and {} / {}: give one way to trust the verifier",
+                key("identity_policy_dir"),
+                key("ca_file"),
+                key("cert_sha256")
+            ));
         }
         let identity = VerifierIdentity::new(&LocalSettings {
             policy_dirs: vec![dir.clone()],
@@ -85,7 +104,7 @@ impl TrustSettings {
             pccs_url: first([self.identity_pccs_url.clone(), env.var("PCCS_URL")]),
             ..LocalSettings::default()
         })
-        .map_err(|e| format!("verifier_identity_policy_dir {}: {e}", dir.display()))?;
+        .map_err(|e| format!("{} {}: {e}", key("identity_policy_dir"), dir.display()))?;
         Ok(Some(ServerTrust::Attested(Arc::new(identity))))
     }
 }
@@ -319,6 +338,19 @@ mod tests {
         let e = missing.resolve(&teesql_proto::settings::NoEnv).unwrap_err();
         assert!(
             e.contains("verifier_identity_policy_dir /nonexistent/policies"),
+            "{e}"
+        );
+
+        // Each caller names its own settings; a value is shown as given.
+        let flag = |k: &str| format!("--verifier-{}", k.replace('_', "-"));
+        let e = TrustSettings {
+            identity_policy_dir: Some("/etc/verifier_policies".into()),
+            ..TrustSettings::default()
+        }
+        .resolve_as(&teesql_proto::settings::NoEnv, &flag)
+        .unwrap_err();
+        assert!(
+            e.starts_with("--verifier-identity-policy-dir /etc/verifier_policies: "),
             "{e}"
         );
 

@@ -102,9 +102,11 @@ async fn tls_verifier_is_trusted_by_ca_or_pin_and_refused_otherwise() {
 
     let by_ca = ServerTrust::CaFile(pki.files.ca.clone());
     assert!(decide(channel(&url, Some(&by_ca))).await.unwrap());
-    let pin = ServerTrust::from_settings(None, Some(&cert_sha256_hex(&pki.files.cert_der)))
-        .unwrap()
-        .unwrap();
+    let pin = ServerTrust::from_settings(None, Some(&cert_sha256_hex(&pki.files.cert_der)), &|k| {
+        k.to_string()
+    })
+    .unwrap()
+    .unwrap();
     assert!(decide(channel(&url, Some(&pin))).await.unwrap());
 
     // Another certificate's hash, another CA: no decision is taken from this server.
