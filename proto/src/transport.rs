@@ -375,6 +375,24 @@ fn client_config(trust: &ServerTrust) -> Result<rustls::ClientConfig, String> {
     Ok(config)
 }
 
+/// A certificate chain (PEM, leaf first) and its private key (PEM), as dstack's GetTlsKey
+/// returns them, ready to serve.
+pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<rustls::sign::CertifiedKey, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate chain: {e}"))?;
+    if certs.is_empty() {
+        return Err("certificate chain is empty".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("private key: {e}"))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("private key: {e}"))?;
+    Ok(rustls::sign::CertifiedKey::new(certs, signing))
+}
+
 /// Certificates from a PEM file, at least one.
 pub fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)

@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -36,23 +35,14 @@ pub struct ServerIdentity {
 impl ServerIdentity {
     /// From a PEM chain (leaf first) and a PEM private key, as dstack's GetTlsKey returns.
     pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self, String> {
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("certificate chain: {e}"))?;
-        let leaf = certs.first().ok_or("certificate chain is empty")?.clone();
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| format!("private key: {e}"))?;
-        let signing = provider()
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| format!("private key: {e}"))?;
-        let not_after = x509_parser::parse_x509_certificate(&leaf)
+        let certified = teesql_proto::transport::certified_key(chain_pem, key_pem)?;
+        let leaf = &certified.cert[0];
+        let not_after = x509_parser::parse_x509_certificate(leaf)
             .map(|(_, c)| c.validity().not_after.timestamp().max(0) as u64)
             .unwrap_or(0);
         Ok(Self {
-            end_point_hash: crate::auth::scram::tls_server_end_point(&leaf),
-            certified: Arc::new(CertifiedKey::new(certs, signing)),
+            end_point_hash: crate::auth::scram::tls_server_end_point(leaf),
+            certified: Arc::new(certified),
             not_after,
         })
     }

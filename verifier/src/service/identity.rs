@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use teesql_proto::agent::{GuestAgent, renew_forever};
@@ -94,17 +93,6 @@ async fn issue(agent: &GuestAgent) -> Result<CertifiedKey, String> {
         .tls_identity(SUBJECT, &[SUBJECT.to_string()], true)
         .await
         .map_err(|e| format!("cannot get the verifier's RA-TLS certificate: {e}"))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("the guest agent's certificate chain: {e}"))?;
-    if certs.is_empty() {
-        return Err("the guest agent returned no certificate".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
-        .map_err(|e| format!("the guest agent's private key: {e}"))?;
-    let signing = teesql_proto::transport::provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| format!("the guest agent's private key: {e}"))?;
-    Ok(CertifiedKey::new(certs, signing))
+    teesql_proto::transport::certified_key(&chain, &key)
+        .map_err(|e| format!("the guest agent's RA-TLS identity: {e}"))
 }
