@@ -1,5 +1,5 @@
 //! What every TeeSQL binary does the same way around its work: log to stderr with a
-//! filter, and stop on SIGINT or SIGTERM.
+//! filter, stop on SIGINT or SIGTERM, and show an error with its causes.
 
 /// Log to stderr with `filter` (an `EnvFilter` directive such as `info` or
 /// `teesql_sidecar=debug`); an invalid one falls back to `fallback`.
@@ -23,4 +23,17 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// An error and each of its causes, `: `-separated (what a message to an operator shows
+/// of a transport or database error, whose `Display` alone often says only "error").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
 }

@@ -19,6 +19,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 pub use teesql_proto::report::PostgresState;
 use teesql_proto::report::{AttestationReport, ReportTcbInfo, report_data};
+use teesql_proto::runtime::error_chain;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend::BackendStream;
@@ -164,7 +165,7 @@ pub async fn postgres_state(cfg: &BackendConfig) -> Result<PostgresState, String
             &[],
         )
         .await
-        .map_err(|e| format!("reading the Postgres state: {}", chain(&e)))?;
+        .map_err(|e| format!("reading the Postgres state: {}", error_chain(&e)))?;
     let lsn: Option<String> = row.get(0);
     let version: String = row.get(1);
     let system: String = row.get(2);
@@ -196,7 +197,7 @@ pub async fn admin_client(cfg: &BackendConfig) -> Result<tokio_postgres::Client,
         format!(
             "connecting to Postgres as {}: {}",
             cfg.admin_user,
-            chain(&e)
+            error_chain(&e)
         )
     })?;
     tokio::spawn(async move {
@@ -205,18 +206,6 @@ pub async fn admin_client(cfg: &BackendConfig) -> Result<tokio_postgres::Client,
         }
     });
     Ok(client)
-}
-
-/// An error with its causes, for messages.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 async fn attestation(State(a): State<Admin>) -> Response {

@@ -19,6 +19,7 @@
 use crate::admin::admin_client;
 use crate::auth::Privileges;
 use crate::config::{BackendConfig, BackendMethod, SidecarConfig};
+use teesql_proto::runtime::error_chain;
 
 /// What was done, for the operator.
 #[derive(Debug, Default)]
@@ -49,7 +50,7 @@ pub async fn provision(cfg: &SidecarConfig, databases: &[String]) -> Result<Prov
                 &[role],
             )
             .await
-            .map_err(|e| format!("checking role {role}: {}", crate::admin::chain(&e)))?
+            .map_err(|e| format!("checking role {role}: {}", error_chain(&e)))?
             .get(0);
         if existed {
             done.updated.push(role.clone());
@@ -134,7 +135,7 @@ async fn restrict_public(
             &[],
         )
         .await
-        .map_err(|e| format!("listing functions to restrict: {}", crate::admin::chain(&e)))?
+        .map_err(|e| format!("listing functions to restrict: {}", error_chain(&e)))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -142,12 +143,7 @@ async fn restrict_public(
         // `f` is Postgres' own regprocedure text (a quoted, typed signature).
         c.batch_execute(&format!("REVOKE EXECUTE ON FUNCTION {f} FROM PUBLIC"))
             .await
-            .map_err(|e| {
-                format!(
-                    "REVOKE EXECUTE ON FUNCTION {f}: {}",
-                    crate::admin::chain(&e)
-                )
-            })?;
+            .map_err(|e| format!("REVOKE EXECUTE ON FUNCTION {f}: {}", error_chain(&e)))?;
         for role in writers {
             exec_formatted(c, &format!("GRANT EXECUTE ON FUNCTION {f} TO %I"), &[role]).await?;
         }
@@ -170,7 +166,7 @@ async fn connect_db(cfg: &BackendConfig, db: &str) -> Result<tokio_postgres::Cli
     let (client, conn) = pg
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|e| format!("connecting to database {db}: {}", crate::admin::chain(&e)))?;
+        .map_err(|e| format!("connecting to database {db}: {}", error_chain(&e)))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -217,13 +213,9 @@ async fn exec_formatted(
     let sql: String = c
         .query_one(&query, &params)
         .await
-        .map_err(|e| format!("preparing {template}: {}", crate::admin::chain(&e)))?
+        .map_err(|e| format!("preparing {template}: {}", error_chain(&e)))?
         .get(0);
-    c.batch_execute(&sql).await.map_err(|e| {
-        format!(
-            "{}: {}",
-            template.replace("%L", "***"),
-            crate::admin::chain(&e)
-        )
-    })
+    c.batch_execute(&sql)
+        .await
+        .map_err(|e| format!("{}: {}", template.replace("%L", "***"), error_chain(&e)))
 }

@@ -27,13 +27,4 @@ pub async fn read_bounded(resp: &mut reqwest::Response, max: usize) -> Result<Ve
 }
 
 /// An error and each of its causes, `: `-separated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
+pub use teesql_proto::runtime::error_chain;
