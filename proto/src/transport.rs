@@ -360,15 +360,12 @@ fn client_config(trust: &ServerTrust) -> Result<rustls::ClientConfig, String> {
         }
         ServerTrust::CertSha256(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCert {
-                pin: *pin,
-                signatures: HandshakeSignatures::default(),
-            }))
+            .with_custom_certificate_verifier(Arc::new(ServerCertificateRule::sha256(*pin)))
             .with_no_client_auth(),
         // Judged after the handshake, by its quote ([`PeerCheck`]).
         ServerTrust::Attested(_) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate::new()))
+            .with_custom_certificate_verifier(Arc::new(ServerCertificateRule::any()))
             .with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -461,15 +458,37 @@ impl HandshakeSignatures {
     }
 }
 
-/// Accepts exactly one certificate, by its SHA-256; the handshake signature is still
-/// checked with that certificate's key, so only its holder can answer.
+/// A server certificate accepted by a rule of the client's own rather than by a CA: any
+/// certificate — judged afterwards by its quote, before any byte goes to the peer (the
+/// forwarder's Postgres server, an attested verifier) — or exactly one, by the SHA-256 of
+/// its DER. Either way the handshake signature is checked with the certificate's key, so
+/// only its holder can answer.
 #[derive(Debug)]
-struct PinnedCert {
-    pin: [u8; 32],
+pub struct ServerCertificateRule {
+    /// `None`: any certificate.
+    pin: Option<[u8; 32]>,
     signatures: HandshakeSignatures,
 }
 
-impl ServerCertVerifier for PinnedCert {
+impl ServerCertificateRule {
+    /// Any certificate, to be judged by its quote once the handshake is done.
+    pub fn any() -> Self {
+        Self {
+            pin: None,
+            signatures: HandshakeSignatures::default(),
+        }
+    }
+
+    /// Exactly the certificate whose DER has this SHA-256.
+    pub fn sha256(pin: [u8; 32]) -> Self {
+        Self {
+            pin: Some(pin),
+            signatures: HandshakeSignatures::default(),
+        }
+    }
+}
+
+impl ServerCertVerifier for ServerCertificateRule {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -478,12 +497,13 @@ impl ServerCertVerifier for PinnedCert {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if Sha256::digest(end_entity.as_ref()).as_slice() == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
+        match self.pin {
+            Some(pin) if Sha256::digest(end_entity.as_ref()).as_slice() != pin => {
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+            _ => Ok(ServerCertVerified::assertion()),
         }
     }
 
@@ -507,59 +527,6 @@ impl ServerCertVerifier for PinnedCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.signatures.schemes()
-    }
-}
-
-/// Accepts any server chain at the TLS layer, still checking the handshake signature made
-/// with its key. The chain is then judged by its quote before any byte goes to the peer
-/// (the forwarder's Postgres server, an attested verifier).
-#[derive(Debug)]
-pub struct AnyServerCertificate(HandshakeSignatures);
-
-impl AnyServerCertificate {
-    pub fn new() -> Self {
-        Self(HandshakeSignatures::default())
-    }
-}
-
-impl Default for AnyServerCertificate {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ServerCertVerifier for AnyServerCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
     }
 }
 

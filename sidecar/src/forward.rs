@@ -397,7 +397,7 @@ impl Forwarder {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| e.to_string())?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(crate::tls::AnyServerCertificate::new()))
+            .with_custom_certificate_verifier(Arc::new(crate::tls::ServerCertificateRule::any()))
             .with_client_cert_resolver(identity.clone());
         tls.alpn_protocols = vec![crate::tls::ALPN_POSTGRESQL.to_vec()];
         tls.resumption = rustls::client::Resumption::disabled();

@@ -127,10 +127,10 @@ impl ClientCertVerifier for AnyClientCertificate {
     }
 }
 
-/// The client side's counterpart: accepts any server chain at the TLS layer (still
-/// checking the handshake signature). The chain is judged afterwards, by its quote,
-/// before any byte is relayed.
-pub use teesql_proto::transport::AnyServerCertificate;
+/// The client side's counterpart: `ServerCertificateRule::any()` accepts any server
+/// chain at the TLS layer (still checking the handshake signature); the chain is judged
+/// afterwards, by its quote, before any byte is relayed.
+pub use teesql_proto::transport::ServerCertificateRule;
 
 /// The server configuration of the Postgres port.
 pub fn server_config(cert: Arc<RotatingCert>) -> Result<Arc<ServerConfig>, rustls::Error> {

@@ -104,7 +104,7 @@ impl ForwarderDouble {
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(
-                teesql_sidecar::tls::AnyServerCertificate::new(),
+                teesql_sidecar::tls::ServerCertificateRule::any(),
             ))
             .with_client_auth_cert(chain, key)?;
         // What the real ones set: nothing.
