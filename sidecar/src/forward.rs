@@ -87,13 +87,9 @@ pub struct ForwardSettings {
     pub server_name: Option<String>,
     /// [default: env TEESQL_VERIFIER_URL, else the sidecar's default]
     pub verifier_url: Option<String>,
-    /// [default: env TEESQL_VERIFIER_CA_FILE]
-    pub verifier_ca_file: Option<std::path::PathBuf>,
-    /// [default: env TEESQL_VERIFIER_CERT_SHA256]
-    pub verifier_cert_sha256: Option<String>,
-    /// The verifier trusted by its own attestation (`--verifier-identity-*`), over the
-    /// environment (`TEESQL_VERIFIER_IDENTITY_*`).
-    pub verifier_identity: crate::verifier::TrustSettings,
+    /// How an https verifier is trusted (`--verifier-ca-file`, `--verifier-cert-sha256`,
+    /// `--verifier-identity-*`), over the environment (`TEESQL_VERIFIER_CA_FILE`, …).
+    pub verifier_trust: crate::verifier::TrustSettings,
     /// [default: `DEFAULT_PURPOSE`]
     pub purpose: Option<String>,
     /// As given: 96 hex digits each, optional `0x`, any case; blanks ignored
@@ -209,17 +205,15 @@ impl ForwardSettings {
                 }
             },
         };
-        let trust = crate::verifier::TrustSettings {
-            ca_file: self.verifier_ca_file,
-            cert_sha256: self.verifier_cert_sha256,
-            ..self.verifier_identity
-        }
-        .over(crate::verifier::TrustSettings::from_env(env));
         let flag = |k: &str| format!("--verifier-{}", k.replace('_', "-"));
-        let verifier_trust = trust.resolve_as(env, &flag).unwrap_or_else(|e| {
-            errors.push(e);
-            None
-        });
+        let verifier_trust = self
+            .verifier_trust
+            .over(crate::verifier::TrustSettings::from_env(env))
+            .resolve_as(env, &flag)
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                None
+            });
         if let Err(e) = teesql_proto::transport::check(&verifier_url, verifier_trust.as_ref()) {
             errors.push(format!("--verifier {e}"));
         }

@@ -287,14 +287,13 @@ async fn forward(args: ForwardArgs) -> ExitCode {
         to: args.to,
         server_name: args.server_name,
         verifier_url: args.verifier,
-        verifier_ca_file: args.verifier_ca_file,
-        verifier_cert_sha256: args.verifier_cert_sha256,
-        verifier_identity: teesql_sidecar::verifier::TrustSettings {
+        verifier_trust: teesql_sidecar::verifier::TrustSettings {
+            ca_file: args.verifier_ca_file,
+            cert_sha256: args.verifier_cert_sha256,
             identity_policy_dir: args.verifier_identity_policy_dir,
             identity_trust_root: args.verifier_identity_trust_root,
             identity_dev_trust_root: args.verifier_identity_dev_trust_root,
             identity_pccs_url: args.verifier_identity_pccs_url,
-            ..Default::default()
         },
         purpose: args.policy,
         expected_mrtds: args.expected_mrtds,

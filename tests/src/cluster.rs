@@ -488,8 +488,10 @@ impl Cluster {
             to: Some(self.sidecar_addr.to_string()),
             server_name: Some("localhost".into()),
             verifier_url: Some(self.verifier_url.clone()),
-            verifier_ca_file: self.verifier_ca.clone(),
-            verifier_identity: self.verifier_identity.clone().unwrap_or_default(),
+            verifier_trust: teesql_sidecar::verifier::TrustSettings {
+                ca_file: self.verifier_ca.clone(),
+                ..self.verifier_identity.clone().unwrap_or_default()
+            },
             expected_compose_hashes: vec![self.agent.agent.compose_hash_hex()],
             ..ForwardSettings::default()
         }

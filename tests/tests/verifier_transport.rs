@@ -50,8 +50,8 @@ async fn sidecar_and_forward_ask_a_tls_verifier_and_refuse_an_impostor() {
     // The same verifier under a pin that is not its certificate: the forwarder gets no
     // decision, so it lets no one through.
     let mut pinned_wrong = c.forward_settings();
-    pinned_wrong.verifier_ca_file = None;
-    pinned_wrong.verifier_cert_sha256 = Some("ab".repeat(32));
+    pinned_wrong.verifier_trust.ca_file = None;
+    pinned_wrong.verifier_trust.cert_sha256 = Some("ab".repeat(32));
     let o = through_forward(&c, pinned_wrong).await;
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -139,7 +139,7 @@ async fn sidecar_and_forward_trust_a_verifier_by_its_quote_and_refuse_another_id
     assert!(e.contains("verifier_compose_hash_not_pinned"), "{e}");
     assert!(e.contains(&c.agent.agent.compose_hash_hex()), "{e}");
     let mut settings = c.forward_settings();
-    settings.verifier_identity = wrong.clone();
+    settings.verifier_trust = wrong.clone();
     let o = through_forward(&c, settings).await;
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
