@@ -1,8 +1,9 @@
 //! One decision through each quote backend, in process: `dcap` (dcap-qvl, collateral
-//! already cached), `ita` (a round trip to the mock Intel Trust Authority on loopback,
-//! which itself appraises with dcap-qvl and signs a PS384 token, then the token's
-//! verification here), and `simulator` (decode and policy only). DCAP is the baseline,
-//! measured in the same run; ratios hold across machines, absolute times do not.
+//! already cached, platform cache off), `ita` (a round trip to the mock Intel Trust
+//! Authority on loopback, which itself appraises with dcap-qvl and signs a PS384 token,
+//! then the token's verification here), and `simulator` (decode and policy only). DCAP is
+//! the baseline, measured in the same run; ratios hold across machines, absolute times do
+//! not.
 //!
 //! Run: `cargo bench -p teesql-tests --bench backends`.
 
@@ -76,6 +77,9 @@ async fn run() {
         BackendConfig {
             chain: chain.to_vec(),
             ita: Some(mock.config(&mock.api_key).unwrap()),
+            // The same quote every time: with the platform cache DCAP would measure its
+            // hit, not a verification (the `platform` bench compares the two).
+            platform_cache_bytes: 0,
             ..BackendConfig::dcap(
                 TrustRoot::development_from_file(&agent.root_der_path()).unwrap(),
                 CollateralConfig {

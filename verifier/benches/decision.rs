@@ -69,7 +69,12 @@ fn main() {
     let quote_bytes = std::fs::read(root().join("testdata/dcap/tdx_quote")).unwrap();
     let collateral_path = root().join("testdata/dcap/tdx_quote_collateral.json");
     let policies = PolicySet::load(&[root().join("policies/teesql")], DEFAULT_EVAL_LIMIT).unwrap();
-    let config = BackendConfig::recorded(Some(collateral_path.clone()), NOW);
+    // The platform cache off: every decision here verifies the quote in full (the
+    // `platform` bench measures the cache).
+    let config = BackendConfig {
+        platform_cache_bytes: 0,
+        ..BackendConfig::recorded(Some(collateral_path.clone()), NOW)
+    };
     let n = 2000;
     println!("one decision on testdata/dcap/tdx_quote (TDX v4, 5006 bytes), {n} iterations each\n");
 

@@ -58,6 +58,7 @@ impl LocalAppraiser {
         let backend = BackendConfig {
             chain: vec![BackendKind::Dcap],
             ita: None,
+            platform_cache_bytes: crate::backend::platform::DEFAULT_PLATFORM_CACHE_BYTES,
             trust_root: TrustRoot::choose(s.trust_root.as_deref(), s.dev_trust_root.as_deref())?,
             collateral: CollateralConfig {
                 dir: s.collateral_dir.clone(),

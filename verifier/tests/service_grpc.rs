@@ -596,6 +596,9 @@ async fn decisions_are_counted_and_logged() {
         "teesql_verifier_decision_duration_seconds_bucket",
         "teesql_verifier_policy_info{hash=\"sha256:",
         "collateral_fetches_total 0",
+        // The one TDX quote needed the full verification; its platform is now known.
+        "platform_cache_misses_total 1",
+        "platform_cache_hits_total 0",
     ] {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }

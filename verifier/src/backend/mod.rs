@@ -7,6 +7,7 @@
 pub mod chain;
 pub mod dcap;
 pub mod ita;
+pub mod platform;
 pub mod simulator;
 
 use std::future::Future;
@@ -62,6 +63,9 @@ pub struct BackendConfig {
     pub collateral: crate::collateral::CollateralConfig,
     /// Needed when the chain has `ita`.
     pub ita: Option<ita::ItaConfig>,
+    /// Memory for the DCAP backend's platform cache, bytes; 0: every quote gets the full
+    /// verification.
+    pub platform_cache_bytes: u64,
 }
 
 /// A built backend: the appraiser over it, and its collateral source (for metrics).
@@ -71,6 +75,8 @@ pub struct Backend {
     pub collateral: Arc<crate::collateral::CollateralProvider>,
     /// The ITA backend, when the chain has one (tests read its counters).
     pub ita: Option<Arc<ita::ItaBackend>>,
+    /// The DCAP backend's platform cache, when it has one (for metrics).
+    pub platforms: Option<Arc<platform::PlatformCache>>,
 }
 
 impl BackendConfig {
@@ -84,6 +90,7 @@ impl BackendConfig {
             trust_root,
             collateral,
             ita: None,
+            platform_cache_bytes: platform::DEFAULT_PLATFORM_CACHE_BYTES,
         }
     }
 
@@ -132,13 +139,18 @@ impl BackendConfig {
                 .map_err(|e| e.to_string())?,
         );
         let mut ita_backend = None;
+        let platforms = (self.platform_cache_bytes > 0)
+            .then(|| Arc::new(platform::PlatformCache::new(self.platform_cache_bytes)));
         let mut built: Vec<Arc<dyn QuoteBackend>> = Vec::new();
         for kind in &self.chain {
             built.push(match kind {
-                BackendKind::Dcap => Arc::new(dcap::DcapBackend::new(
-                    self.trust_root.clone(),
-                    collateral.clone(),
-                )),
+                BackendKind::Dcap => {
+                    let dcap = dcap::DcapBackend::new(self.trust_root.clone(), collateral.clone());
+                    Arc::new(match &platforms {
+                        Some(cache) => dcap.with_platform_cache(cache.clone()),
+                        None => dcap,
+                    })
+                }
                 BackendKind::Simulator => Arc::new(simulator::SimulatorBackend),
                 BackendKind::Ita => {
                     let config = self.ita.clone().ok_or(
@@ -159,6 +171,7 @@ impl BackendConfig {
             appraiser: crate::Appraiser::new(backend),
             collateral,
             ita: ita_backend,
+            platforms,
         })
     }
 }

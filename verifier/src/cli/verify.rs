@@ -146,6 +146,7 @@ async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decisio
     let backend = BackendConfig {
         chain,
         ita,
+        platform_cache_bytes: teesql_verifier::backend::platform::DEFAULT_PLATFORM_CACHE_BYTES,
         trust_root: TrustRoot::choose(args.trust_root.as_deref(), args.dev_trust_root.as_deref())?,
         collateral: CollateralConfig {
             file: args.collateral,

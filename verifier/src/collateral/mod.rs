@@ -78,6 +78,9 @@ impl PckCa {
 pub struct Collateral {
     pub data: QuoteCollateralV3,
     pub window: CollateralWindow,
+    /// SHA-256 over every field of `data`: which collateral a platform was verified
+    /// under (see the platform cache).
+    digest: [u8; 32],
 }
 
 /// Why collateral could not be had.
@@ -105,7 +108,17 @@ impl Collateral {
     /// Wrap collateral, computing its validity window.
     pub fn new(data: QuoteCollateralV3) -> Result<Self, CollateralError> {
         let window = validity_window(&data)?;
-        Ok(Self { data, window })
+        let digest = collateral_digest(&data);
+        Ok(Self {
+            data,
+            window,
+            digest,
+        })
+    }
+
+    /// SHA-256 over every field of the collateral, each with its length.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
     }
 
     /// Read a collateral JSON file (dcap-qvl's `QuoteCollateralV3` shape, bytes as hex).
@@ -197,6 +210,30 @@ fn first_cert_subject(pem_chain: &str) -> Result<String, CollateralError> {
 
 /// From the latest issue date to the earliest next update of TCB Info, QE Identity and
 /// both CRLs.
+fn collateral_digest(c: &QuoteCollateralV3) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"teesql-collateral-v1\0");
+    let pck_chain = c.pck_certificate_chain.as_deref();
+    for field in [
+        c.pck_crl_issuer_chain.as_bytes(),
+        &c.root_ca_crl,
+        &c.pck_crl,
+        c.tcb_info_issuer_chain.as_bytes(),
+        c.tcb_info.as_bytes(),
+        &c.tcb_info_signature,
+        c.qe_identity_issuer_chain.as_bytes(),
+        c.qe_identity.as_bytes(),
+        &c.qe_identity_signature,
+        pck_chain.unwrap_or("").as_bytes(),
+    ] {
+        h.update((field.len() as u64).to_le_bytes());
+        h.update(field);
+    }
+    h.update([u8::from(pck_chain.is_some())]);
+    h.finalize().into()
+}
+
 fn validity_window(c: &QuoteCollateralV3) -> Result<CollateralWindow, CollateralError> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]

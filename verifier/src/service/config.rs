@@ -112,6 +112,11 @@ pub struct ServeSettings {
     /// Replaced by cache_max_mib (the cache is bounded in bytes); kept to say so.
     #[arg(skip)]
     pub cache_capacity: Option<u64>,
+    /// Memory for the platform cache, KiB; 0 turns it off. A fresh quote from a platform
+    /// verified before (same PCK chain, QE report, TDX module, collateral) then costs one
+    /// signature check instead of a full DCAP verification [default: 1024]. [env: TEESQL_VERIFIER_PLATFORM_CACHE_KIB]
+    #[arg(long, value_name = "KIB")]
+    pub platform_cache_kib: Option<u64>,
     /// Longest an appraisal stays cached, seconds (never past its collateral) [default: 3600]. [env: TEESQL_VERIFIER_CACHE_TTL]
     #[arg(long, value_name = "SECS")]
     pub cache_max_ttl_secs: Option<u64>,
@@ -159,6 +164,7 @@ pub mod defaults {
     pub const FETCH_TIMEOUT_SECS: u64 = 10;
     pub const CACHE_MAX_MIB: u64 = 64;
     pub const CACHE_MAX_TTL_SECS: u64 = 3600;
+    pub const PLATFORM_CACHE_KIB: u64 = 1024;
     pub const EVAL_TIMEOUT_MS: u64 = 250;
     pub const REQUEST_TIMEOUT_SECS: u64 = 30;
     pub const DECISION_LOG: &str = "stdout";
@@ -208,6 +214,7 @@ impl ServeSettings {
             decision_log,
             cache_max_mib,
             cache_capacity,
+            platform_cache_kib,
             cache_max_ttl_secs,
             eval_timeout_ms,
             request_timeout_secs,
@@ -253,6 +260,7 @@ impl ServeSettings {
             decision_log: env.var("TEESQL_VERIFIER_DECISION_LOG"),
             cache_max_mib: p.env(env, "TEESQL_VERIFIER_CACHE_MAX_MIB"),
             cache_capacity: None,
+            platform_cache_kib: p.env(env, "TEESQL_VERIFIER_PLATFORM_CACHE_KIB"),
             cache_max_ttl_secs: p.env(env, "TEESQL_VERIFIER_CACHE_TTL"),
             eval_timeout_ms: p.env(env, "TEESQL_VERIFIER_EVAL_TIMEOUT_MS"),
             request_timeout_secs: p.env(env, "TEESQL_VERIFIER_REQUEST_TIMEOUT"),
@@ -564,6 +572,10 @@ impl ServeConfig {
                         clock,
                         ..CollateralConfig::default()
                     },
+                    platform_cache_bytes: s
+                        .platform_cache_kib
+                        .unwrap_or(defaults::PLATFORM_CACHE_KIB)
+                        .saturating_mul(1024),
                 },
                 decision_log: decision_log?,
                 options: ServiceOptions {
@@ -583,7 +595,11 @@ impl ServeConfig {
         let policies =
             PolicySet::load(&self.policy_dirs, self.eval_limit).map_err(|e| vec![e.to_string()])?;
         let backend = self.backend.build().map_err(|e| vec![e])?;
-        let metrics = Arc::new(Metrics::new().with_collateral(backend.collateral.clone()));
+        let metrics = Arc::new(
+            Metrics::new()
+                .with_collateral(backend.collateral.clone())
+                .with_platforms(backend.platforms.clone()),
+        );
         let log = DecisionLog::start(&self.decision_log)
             .map_err(|e| vec![format!("decision_log: {e}")])?;
         let service =

@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::backend::platform::PlatformCache;
 use crate::collateral::CollateralProvider;
 
 type Labels = Vec<(&'static str, String)>;
@@ -102,6 +103,15 @@ impl Metrics {
         self
     }
 
+    /// Also export the platform cache's counters, when there is one.
+    pub fn with_platforms(mut self, platforms: Option<Arc<PlatformCache>>) -> Self {
+        if let Some(platforms) = platforms {
+            self.registry
+                .register_collector(Box::new(PlatformCollector { platforms }));
+        }
+        self
+    }
+
     pub fn decision(&self, purpose: &str, allow: bool, latency: Duration) {
         let outcome = if allow { "allow" } else { "deny" };
         self.decisions
@@ -181,6 +191,34 @@ impl Collector for CollateralCollector {
                 "collateral_cache_hits",
                 "Collateral served from the cache",
                 s.cache_hits.load(Ordering::Relaxed),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let m = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct PlatformCollector {
+    platforms: Arc<PlatformCache>,
+}
+
+impl Collector for PlatformCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.platforms.stats;
+        for (name, help, value) in [
+            (
+                "platform_cache_hits",
+                "TDX quotes from a known platform: only their own signature checked",
+                s.hits.load(Ordering::Relaxed),
+            ),
+            (
+                "platform_cache_misses",
+                "TDX quotes that needed the full DCAP verification",
+                s.misses.load(Ordering::Relaxed),
             ),
         ] {
             let counter = ConstCounter::new(value);
