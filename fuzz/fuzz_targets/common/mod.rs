@@ -3,6 +3,7 @@
 //! reach the code that consumes parsed peer data, not just the parsers.
 #![allow(dead_code)]
 
+use teesql_verifier::backend::platform::{PlatformKey, signature_verifies};
 use teesql_verifier::backend::{QuoteFacts, TrustRootKind, VerifyErrorCode};
 use teesql_verifier::claims::AppraisedEvidence;
 use teesql_verifier::collateral::key_for_quote;
@@ -20,6 +21,11 @@ pub fn exercise_quote(q: &Quote) {
     }
     // Which collateral the quote needs: parses the PCK certificate the quote embeds.
     trace("key_for_quote", &key_for_quote(q));
+    // The platform cache's view: where the signature and key sit, the key's digest, and
+    // the one check a known platform's quote gets.
+    if let Some(key) = PlatformKey::of(b"root", q) {
+        let _ = signature_verifies(q, &key);
+    }
 }
 
 /// RTMR3 replay and the app identity of runtime events.
