@@ -40,3 +40,71 @@ deny contains d if {
 	input.evidence.kind != "none"
 	some d in lib.peer_problems
 }
+
+# Tenants: per-application isolation in the database. data.teesql.tenants maps a tenant
+# name to its Postgres role and the attested identities that belong to it:
+#   "tenants": {"acme": {"role": "tenant_acme", "privileges": "readwrite",
+#                        "compose_hashes": ["…"], "app_ids": ["…"]}}
+# An attested client (RTMR3 replayed) that maps to exactly one tenant is granted that
+# tenant's role, and its session records {"tenant": name}. The sidecar lets a client log
+# in as a tenant role only when granted, and maps data.teesql.tenant_user (the generic
+# user, "teesql_app") to the granted role.
+attested_app if {
+	input.app != null
+	input.app.rtmr3_replayed == true
+}
+
+tenants_of contains t if {
+	attested_app
+	some t, spec in data.teesql.tenants
+	input.app.compose_hash != null
+	data.teesql.lib.norm(input.app.compose_hash) in data.teesql.lib.pinned(object.get(spec, "compose_hashes", []))
+}
+
+tenants_of contains t if {
+	attested_app
+	some t, spec in data.teesql.tenants
+	input.app.app_id != null
+	data.teesql.lib.norm(input.app.app_id) in data.teesql.lib.pinned(object.get(spec, "app_ids", []))
+}
+
+tenant_roles := {spec.role | some spec in data.teesql.tenants}
+
+asks_for_tenant if input.connection.user == data.teesql.tenant_user
+
+asks_for_tenant if input.connection.user in tenant_roles
+
+grants := {"roles": [data.teesql.tenants[t].role], "attributes": {"tenant": t}} if {
+	count(tenants_of) == 1
+	some t in tenants_of
+}
+
+app_field(f) := object.get(input.app, f, null) if input.app != null
+
+app_field(_) := null if input.app == null
+
+deny contains d if {
+	count(tenants_of) == 0
+	asks_for_tenant
+	d := {"code": "tenant_not_mapped", "message": sprintf("user %s needs a tenant, and no tenant maps this client's attested compose hash %v or app id %v", [input.connection.user, app_field("compose_hash"), app_field("app_id")])}
+}
+
+deny contains d if {
+	count(tenants_of) == 0
+	not asks_for_tenant
+	data.teesql.require_tenant == true
+	d := {"code": "tenant_not_mapped", "message": sprintf("require_tenant is set, and no tenant maps this client's attested compose hash %v or app id %v", [app_field("compose_hash"), app_field("app_id")])}
+}
+
+deny contains d if {
+	count(tenants_of) > 1
+	d := {"code": "tenant_ambiguous", "message": sprintf("this client's attested identity maps to several tenants: %s", [concat(", ", sort([t | some t in tenants_of]))])}
+}
+
+deny contains d if {
+	input.connection.user in tenant_roles
+	count(tenants_of) == 1
+	some t in tenants_of
+	data.teesql.tenants[t].role != input.connection.user
+	d := {"code": "role_not_granted", "message": sprintf("role %s is not this client's: its attested identity is tenant %s (role %s)", [input.connection.user, t, data.teesql.tenants[t].role])}
+}

@@ -41,3 +41,61 @@ test_expired_client_certificate_denied if {
 	old := object.union(client, {"now": 1900000000})
 	codes(old) == {"certificate_expired"}
 }
+
+# Tenants.
+tenants := {
+	"acme": {"role": "tenant_acme", "privileges": "readwrite", "compose_hashes": ["0xC1"]},
+	"globex": {"role": "tenant_globex", "privileges": "read", "app_ids": ["b2"]},
+}
+
+as_user(claims, user) := object.union(claims, {"connection": {"user": user}})
+
+acme_client := object.union(client, {"app": quote_test.app})
+
+globex_client := object.union(client, {"app": object.union(quote_test.app, {"app_id": "B2", "compose_hash": "c9"})})
+
+stranger := object.union(client, {"app": object.union(quote_test.app, {"app_id": "a9", "compose_hash": "c9"})})
+
+test_tenant_granted_by_compose_hash if {
+	c := as_user(acme_client, "teesql_app")
+	sidecar.allow with input as c with data.teesql.tenants as tenants
+	sidecar.grants == {"roles": ["tenant_acme"], "attributes": {"tenant": "acme"}} with input as c with data.teesql.tenants as tenants
+}
+
+test_tenant_granted_by_app_id_and_own_role_allowed if {
+	c := as_user(globex_client, "tenant_globex")
+	sidecar.allow with input as c with data.teesql.tenants as tenants
+	sidecar.grants.roles == ["tenant_globex"] with input as c with data.teesql.tenants as tenants
+}
+
+test_other_tenants_role_not_granted if {
+	c := as_user(acme_client, "tenant_globex")
+	codes(c) == {"role_not_granted"} with data.teesql.tenants as tenants
+}
+
+test_unmapped_client_asking_for_a_tenant_refused if {
+	codes(as_user(stranger, "teesql_app")) == {"tenant_not_mapped"} with data.teesql.tenants as tenants
+	codes(as_user(stranger, "tenant_acme")) == {"tenant_not_mapped"} with data.teesql.tenants as tenants
+	not sidecar.grants with input as as_user(stranger, "teesql_app") with data.teesql.tenants as tenants
+}
+
+test_unmapped_client_keeps_cluster_roles_unless_tenants_required if {
+	sidecar.allow with input as stranger with data.teesql.tenants as tenants
+	codes(stranger) == {"tenant_not_mapped"} with data.teesql.tenants as tenants with data.teesql.require_tenant as true
+}
+
+test_unreplayed_event_log_maps_to_no_tenant if {
+	unreplayed := object.union(acme_client, {"app": {"rtmr3_replayed": false}})
+	codes(as_user(unreplayed, "teesql_app")) == {"rtmr3_mismatch", "tenant_not_mapped"} with data.teesql.tenants as tenants
+}
+
+test_identity_in_two_tenants_is_ambiguous if {
+	both := object.union(tenants, {"globex": {"compose_hashes": ["c1"]}})
+	codes(as_user(acme_client, "teesql_app")) == {"tenant_ambiguous"} with data.teesql.tenants as both
+	not sidecar.grants with input as as_user(acme_client, "teesql_app") with data.teesql.tenants as both
+}
+
+test_no_grants_without_tenants if {
+	not sidecar.grants with input as as_user(acme_client, "teesql_read")
+	sidecar.allow with input as as_user(acme_client, "teesql_read")
+}

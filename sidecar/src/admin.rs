@@ -179,8 +179,16 @@ pub async fn postgres_state(cfg: &BackendConfig) -> Result<PostgresState, String
 
 /// A tokio-postgres connection as the admin (superuser) role.
 pub async fn admin_client(cfg: &BackendConfig) -> Result<tokio_postgres::Client, String> {
+    admin_client_to(cfg, "postgres").await
+}
+
+/// A tokio-postgres connection as the admin (superuser) role to `database`.
+pub async fn admin_client_to(
+    cfg: &BackendConfig,
+    database: &str,
+) -> Result<tokio_postgres::Client, String> {
     let mut pg = tokio_postgres::Config::new();
-    pg.user(&cfg.admin_user).dbname("postgres");
+    pg.user(&cfg.admin_user).dbname(database);
     // A superuser session resolves names in pg_catalog only: a role with CREATE on a
     // schema on the default search_path (teesql_readwrite has it on public) could
     // otherwise plant functions it runs (CVE-2018-1058).
@@ -195,7 +203,7 @@ pub async fn admin_client(cfg: &BackendConfig) -> Result<tokio_postgres::Client,
     pg.connect_timeout(cfg.connect_timeout);
     let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
         format!(
-            "connecting to Postgres as {}: {}",
+            "connecting to Postgres database {database} as {}: {}",
             cfg.admin_user,
             error_chain(&e)
         )

@@ -149,6 +149,8 @@ pub enum BackendError {
     Protocol(String),
     #[error("Postgres did not finish the login within {0:?}")]
     Timeout(Duration),
+    #[error("recording the session's attested identity failed: {0}")]
+    Identity(String),
 }
 
 impl From<WireError> for BackendError {

@@ -11,7 +11,7 @@ pub use teesql_proto::settings::{Env, ProcessEnv};
 use teesql_proto::settings::{Problems, first};
 use teesql_proto::transport::ServerTrust;
 
-use crate::auth::{AuthMap, Privileges, Secret};
+use crate::auth::{AuthMap, GrantedRole, Privileges, Secret};
 
 /// The settings as they can be written: every field optional (file, env and flags merge).
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -114,6 +114,9 @@ pub struct BackendFile {
     /// Startup parameters accepted from clients but not passed on (as PgBouncer's
     /// ignore_startup_parameters).
     pub ignore_parameters: Option<Vec<String>>,
+    /// Record each session's attested identity for `teesql.identity()` in SQL (needs
+    /// `provision`) [default: true when a role is `granted`, else false].
+    pub record_identity: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -136,6 +139,9 @@ pub struct AuthFile {
     /// More roles, each with its own secret.
     #[serde(default)]
     pub roles: Vec<ExtraRoleFile>,
+    /// The user a client names to let the verifier's policy choose its role: the first
+    /// role of the decision's grants that is a `granted` role here [default: teesql_app].
+    pub tenant_user: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -146,6 +152,13 @@ pub struct ExtraRoleFile {
     pub secret_env: Option<String>,
     /// What `provision` grants: read, readwrite or none [default: none].
     pub privileges: Option<String>,
+    /// Only for a client whose verifier decision grants this role (`grants.roles`, e.g.
+    /// a tenant's role from data.teesql.tenants) [default: false]. Without its own
+    /// secret, a granted role takes the read-write cluster secret: both factors.
+    pub granted: Option<bool>,
+    /// With `granted`: the grant alone logs the client in, no secret is asked. Opt-in,
+    /// for roles the policy grants only to pinned compose hashes [default: false].
+    pub attestation_only: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -263,6 +276,7 @@ pub mod defaults {
     pub const CHANNEL_BINDING: super::ChannelBinding = super::ChannelBinding::Auto;
     pub const READ_SECRET_ENV: &str = "TEESQL_READ_SECRET";
     pub const READWRITE_SECRET_ENV: &str = "TEESQL_READWRITE_SECRET";
+    pub const TENANT_USER: &str = "teesql_app";
     pub const BACKEND_PASSWORD_ENV: &str = "TEESQL_BACKEND_PASSWORD";
     pub const BACKEND_ADMIN_PASSWORD_ENV: &str = "TEESQL_BACKEND_ADMIN_PASSWORD";
     pub const MAX_CONNECTIONS: usize = 1000;
@@ -318,6 +332,8 @@ pub struct BackendConfig {
     pub pool_idle_timeout: Duration,
     /// Which client startup parameters are passed on, and which are ignored.
     pub startup_parameters: crate::session::StartupParameters,
+    /// Record each session's attested identity (`teesql.session_identity`).
+    pub record_identity: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -515,7 +531,7 @@ impl SidecarConfig {
             p.push(e);
             crate::session::StartupParameters::default()
         });
-        let backend = BackendConfig {
+        let mut backend = BackendConfig {
             addr: backend_addr,
             method: method.unwrap_or(defaults::BACKEND_METHOD),
             password,
@@ -545,6 +561,8 @@ impl SidecarConfig {
                 .pool_max_idle_total
                 .unwrap_or(defaults::POOL_MAX_IDLE_TOTAL),
             startup_parameters,
+            // Set below, once the roles are known.
+            record_identity: false,
         };
 
         let auth_method = p
@@ -581,6 +599,7 @@ impl SidecarConfig {
             &mut p,
         );
         let mut extra = Vec::new();
+        let mut granted = Vec::new();
         for r in file.auth.roles {
             let what = format!("auth.roles[{}]", r.name);
             if !valid_role_name(&r.name) {
@@ -592,6 +611,48 @@ impl SidecarConfig {
                     .choice(&format!("{what}.privileges"), v)
                     .unwrap_or(Privileges::None),
             };
+            let attestation_only = r.attestation_only.unwrap_or(false);
+            if r.granted.unwrap_or(false) {
+                let secrets = match (&r.secret_file, &r.secret_env, attestation_only) {
+                    (None, None, true) => Vec::new(),
+                    (_, _, true) => {
+                        p.report(
+                            &what,
+                            "attestation_only takes no secret (the grant alone logs in)",
+                        );
+                        Vec::new()
+                    }
+                    (None, None, false) => match &readwrite {
+                        Some(rw) => vec![rw.clone()],
+                        None => {
+                            p.report(
+                                &what,
+                                "a granted role needs its own secret, the read-write secret, or attestation_only = true",
+                            );
+                            Vec::new()
+                        }
+                    },
+                    (f, env_name, false) => load_cluster_secret(
+                        &what,
+                        f.as_ref(),
+                        env_name.as_deref().unwrap_or(""),
+                        env,
+                        &mut p,
+                    )
+                    .into_iter()
+                    .collect(),
+                };
+                granted.push(GrantedRole {
+                    name: r.name,
+                    secrets,
+                    privileges,
+                    attestation_only,
+                });
+                continue;
+            }
+            if attestation_only {
+                p.report(&what, "attestation_only needs granted = true");
+            }
             let secret = match (&r.secret_file, &r.secret_env) {
                 (None, None) => {
                     p.report(&what, "needs secret_file or secret_env");
@@ -610,7 +671,23 @@ impl SidecarConfig {
             }
         }
         let passthrough = file.auth.passthrough_roles.unwrap_or_default();
-        if read.is_none() && readwrite.is_none() && extra.is_empty() && passthrough.is_empty() {
+        let tenant_user = file
+            .auth
+            .tenant_user
+            .unwrap_or_else(|| defaults::TENANT_USER.to_string());
+        if !valid_role_name(&tenant_user) {
+            p.report(
+                "auth.tenant_user",
+                "role names are lowercase letters, digits and _",
+            );
+        }
+        backend.record_identity = file.backend.record_identity.unwrap_or(!granted.is_empty());
+        if read.is_none()
+            && readwrite.is_none()
+            && extra.is_empty()
+            && granted.is_empty()
+            && passthrough.is_empty()
+        {
             p.push(
                 "no client can log in: set TEESQL_READ_SECRET / TEESQL_READWRITE_SECRET (or auth.*_secret_file), extra roles, or passthrough_roles",
             );
@@ -719,7 +796,8 @@ impl SidecarConfig {
                 backend,
                 auth_method,
                 channel_binding,
-                auth: AuthMap::new(read, readwrite, extra, passthrough),
+                auth: AuthMap::new(read, readwrite, extra, passthrough)
+                    .with_granted(granted, tenant_user),
                 limits,
             })
         })
@@ -824,6 +902,66 @@ mod tests {
         assert_eq!(c.limits.startup_timeout, Duration::from_secs(60));
         assert_eq!(c.limits.login_timeout, Duration::from_secs(10));
         assert!(c.auth.role("teesql_read").is_some());
+    }
+
+    #[test]
+    fn granted_roles_need_a_second_factor_unless_attestation_only() {
+        let file = |roles: &str| -> SidecarFile {
+            toml::from_str(&format!("[auth]\ntenant_user = \"app\"\n{roles}")).unwrap()
+        };
+        // No secret of its own: the read-write secret, both factors.
+        let c = SidecarConfig::resolve(
+            file("[[auth.roles]]\nname = \"tenant_a\"\ngranted = true\n"),
+            &env(&[("TEESQL_READWRITE_SECRET", S1)]),
+            Overrides::default(),
+        )
+        .unwrap();
+        let role = c.auth.role("tenant_a").unwrap();
+        assert!(role.granted && !role.attestation_only);
+        assert!(role.check_cleartext(S1.as_bytes()));
+        assert!(c.auth.needs_grant("app") && c.auth.needs_grant("tenant_a"));
+        assert!(!c.auth.needs_grant("teesql_readwrite"));
+        assert!(
+            c.backend.record_identity,
+            "on by default with granted roles"
+        );
+
+        let c = SidecarConfig::resolve(
+            file("[[auth.roles]]\nname = \"tenant_a\"\ngranted = true\nattestation_only = true\n"),
+            &env(&[("TEESQL_READ_SECRET", S2)]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.auth.role("tenant_a").unwrap().attestation_only);
+
+        let errors = SidecarConfig::resolve(
+            file(
+                "[[auth.roles]]\nname = \"tenant_a\"\ngranted = true\n\
+                 [[auth.roles]]\nname = \"tenant_b\"\nattestation_only = true\nsecret_env = \"X\"\n\
+                 [[auth.roles]]\nname = \"tenant_c\"\ngranted = true\nattestation_only = true\nsecret_env = \"X\"\n",
+            ),
+            &env(&[("TEESQL_READ_SECRET", S2), ("X", S1)]),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .join("\n");
+        for needle in [
+            "auth.roles[tenant_a]: a granted role needs its own secret, the read-write secret, or attestation_only = true",
+            "auth.roles[tenant_b]: attestation_only needs granted = true",
+            "auth.roles[tenant_c]: attestation_only takes no secret",
+        ] {
+            assert!(errors.contains(needle), "{needle} missing in:\n{errors}");
+        }
+
+        // Without granted roles nothing needs a grant and no identity is recorded.
+        let c = SidecarConfig::resolve(
+            file(""),
+            &env(&[("TEESQL_READ_SECRET", S2)]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(!c.auth.needs_grant("app"));
+        assert!(!c.backend.record_identity);
     }
 
     #[test]

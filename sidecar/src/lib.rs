@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod server;
 pub mod session;
+pub mod session_identity;
 pub mod tls;
 pub mod verifier;
 
@@ -63,7 +64,12 @@ impl Sidecar {
             config.verifier_trust.as_ref(),
             config.verifier_timeout,
         )?;
+        let identities = config
+            .backend
+            .record_identity
+            .then(|| session_identity::IdentityRecorder::new(config.backend.clone()));
         let shared = Arc::new(Shared {
+            identities,
             limiter: FailureLimiter::new(config.limits.address),
             pool: pool::BackendPool::new(
                 config.backend.pool_max_idle_per_key,

@@ -36,13 +36,19 @@ enum Command {
     /// reasons.
     Forward(Box<ForwardArgs>),
     /// Create the roles of the auth map in Postgres (idempotent), with SEED.md's
-    /// privileges, connecting as the backend admin user.
+    /// privileges, connecting as the backend admin user; and in each database the schema
+    /// `teesql` behind `teesql.identity()` (each session's attested identity).
     Provision {
         #[command(flatten)]
         common: Common,
         /// Database(s) to grant CONNECT and schema privileges in [default: postgres].
         #[arg(long = "database", value_name = "NAME")]
         databases: Vec<String>,
+        /// A policy data file (data.json) whose `teesql.tenants` names tenant roles and
+        /// their privileges (`{"acme": {"role": "tenant_acme", "privileges":
+        /// "readwrite"}}`): those roles are created too.
+        #[arg(long, value_name = "FILE")]
+        tenants: Option<std::path::PathBuf>,
     },
 }
 
@@ -196,7 +202,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
             Command::Forward(args) => forward(*args).await,
-            Command::Provision { common, databases } => provision(common, databases).await,
+            Command::Provision {
+                common,
+                databases,
+                tenants,
+            } => provision(common, databases, tenants).await,
         }
     })
 }
@@ -341,7 +351,11 @@ async fn forward(args: ForwardArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn provision(common: Common, mut databases: Vec<String>) -> ExitCode {
+async fn provision(
+    common: Common,
+    mut databases: Vec<String>,
+    tenants: Option<std::path::PathBuf>,
+) -> ExitCode {
     let config = match load(&common, Overrides::default()) {
         Ok(c) => c,
         Err(code) => return code,
@@ -349,7 +363,12 @@ async fn provision(common: Common, mut databases: Vec<String>) -> ExitCode {
     if databases.is_empty() {
         databases.push("postgres".into());
     }
-    match teesql_sidecar::provision::provision(&config, &databases).await {
+    let tenants = match tenants.map(|p| teesql_sidecar::provision::read_tenants(&p)) {
+        None => Vec::new(),
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return fail(&[e]),
+    };
+    match teesql_sidecar::provision::provision_with(&config, &databases, &tenants).await {
         Ok(done) => {
             println!(
                 "provisioned roles in {}: created [{}], updated [{}]",

@@ -16,7 +16,9 @@
 //! Roles log in without a password when the backend method is trust; otherwise their
 //! password is the backend password the sidecar logs in with.
 
-use crate::admin::admin_client;
+use std::path::Path;
+
+use crate::admin::{admin_client, admin_client_to};
 use crate::auth::Privileges;
 use crate::config::{BackendConfig, BackendMethod, SidecarConfig};
 use teesql_proto::runtime::error_chain;
@@ -30,11 +32,64 @@ pub struct Provisioned {
 
 /// Provision every role of the auth map in each of `databases`.
 pub async fn provision(cfg: &SidecarConfig, databases: &[String]) -> Result<Provisioned, String> {
+    provision_with(cfg, databases, &[]).await
+}
+
+/// The tenant roles of a policy data file: `teesql.tenants.<name>.role` with its
+/// `privileges` (read, readwrite or none; default none).
+pub fn read_tenants(path: &Path) -> Result<Vec<(String, Privileges)>, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--tenants {shown}: {e}"))?;
+    let data: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("--tenants {shown}: not JSON: {e}"))?;
+    let Some(tenants) = data.pointer("/teesql/tenants").and_then(|t| t.as_object()) else {
+        return Err(format!("--tenants {shown}: no object at teesql.tenants"));
+    };
+    let mut out = Vec::new();
+    for (name, spec) in tenants {
+        let what = format!("--tenants {shown}: teesql.tenants.{name}");
+        let role = spec
+            .get("role")
+            .and_then(|r| r.as_str())
+            .ok_or_else(|| format!("{what}: no \"role\""))?;
+        if !teesql_verifier::policy::is_identifier(role) {
+            return Err(format!(
+                "{what}: role {role:?} is not a lowercase SQL identifier"
+            ));
+        }
+        let privileges = match spec.get("privileges").and_then(|p| p.as_str()) {
+            None | Some("none") => Privileges::None,
+            Some("read") => Privileges::Read,
+            Some("readwrite") => Privileges::ReadWrite,
+            Some(other) => {
+                return Err(format!(
+                    "{what}: privileges {other:?}: expected read, readwrite or none"
+                ));
+            }
+        };
+        out.push((role.to_string(), privileges));
+    }
+    Ok(out)
+}
+
+/// Provision every role of the auth map and `tenants` in each of `databases`, and the
+/// `teesql` schema behind `teesql.identity()`.
+pub async fn provision_with(
+    cfg: &SidecarConfig,
+    databases: &[String],
+    tenants: &[(String, Privileges)],
+) -> Result<Provisioned, String> {
     let mut roles: Vec<(String, Privileges)> = cfg
         .auth
         .roles()
         .map(|r| (r.name.clone(), r.privileges))
         .collect();
+    for (role, privileges) in tenants {
+        match roles.iter_mut().find(|(r, _)| r == role) {
+            Some(known) => known.1 = *privileges,
+            None => roles.push((role.clone(), *privileges)),
+        }
+    }
     // Read-write first: read's default privileges refer to it.
     roles.sort_by_key(|(_, p)| match p {
         Privileges::ReadWrite => 0,
@@ -72,10 +127,18 @@ pub async fn provision(cfg: &SidecarConfig, databases: &[String]) -> Result<Prov
             None
         } else {
             per_db.admin_user = cfg.backend.admin_user.clone();
-            Some(connect_db(&per_db, db).await?)
+            Some(admin_client_to(&per_db, db).await?)
         };
         let c = client.as_ref().unwrap_or(&admin);
         restrict_public(c, db, &writers).await?;
+        for sql in crate::session_identity::PROVISION_SQL {
+            c.batch_execute(sql).await.map_err(|e| {
+                format!(
+                    "creating teesql.identity() in database {db}: {}",
+                    error_chain(&e)
+                )
+            })?;
+        }
         for (role, privileges) in &roles {
             exec_formatted(c, "GRANT CONNECT ON DATABASE %I TO %I", &[db, role]).await?;
             match privileges {
@@ -149,28 +212,6 @@ async fn restrict_public(
         }
     }
     Ok(())
-}
-
-async fn connect_db(cfg: &BackendConfig, db: &str) -> Result<tokio_postgres::Client, String> {
-    let mut pg = tokio_postgres::Config::new();
-    pg.user(&cfg.admin_user).dbname(db);
-    // A superuser session must not resolve names through schemas others can create in.
-    pg.options("-c search_path=pg_catalog");
-    match &cfg.addr {
-        crate::config::BackendAddr::Tcp(h, p) => pg.host(h).port(*p),
-        crate::config::BackendAddr::Unix(d, p) => pg.host_path(d).port(*p),
-    };
-    if let Some(pw) = &cfg.admin_password {
-        pg.password(pw.expose());
-    }
-    let (client, conn) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("connecting to database {db}: {}", error_chain(&e)))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
 }
 
 async fn set_password(

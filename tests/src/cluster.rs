@@ -551,7 +551,12 @@ fn merge_tables(text: &str) -> String {
     let mut tables: Vec<(String, Vec<String>)> = vec![(String::new(), Vec::new())];
     for line in text.lines() {
         let t = line.trim();
-        if t.starts_with('[') && !t.starts_with("[[") {
+        // Each `[[array]]` entry is its own table: never merged, keys never deduplicated.
+        if t.starts_with("[[") {
+            tables.push((t.to_string(), Vec::new()));
+            continue;
+        }
+        if t.starts_with('[') {
             let name = t.to_string();
             if !tables.iter().any(|(n, _)| *n == name) {
                 tables.push((name.clone(), Vec::new()));

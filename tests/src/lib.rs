@@ -8,6 +8,7 @@ pub mod dns;
 pub mod forwarders;
 pub mod ita;
 pub mod postgres;
+pub mod tenants;
 
 /// Send the harness's and the services' logs to the test output when `RUST_LOG` is set.
 pub fn init_logging() {

@@ -48,6 +48,9 @@ pub struct Decision {
     pub policy_id: String,
     pub policy_hash: String,
     pub claims: serde_json::Value,
+    /// What the policy grants (allowed decisions only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grants: Option<crate::policy::Grants>,
 }
 
 /// Decide on claims with a policy set.
@@ -63,6 +66,7 @@ pub fn decide(policies: &PolicySet, claims: &Claims) -> Result<Decision, PolicyE
         policy_id: verdict.policy_id,
         policy_hash: verdict.policy_hash,
         claims: input,
+        grants: verdict.grants,
     })
 }
 

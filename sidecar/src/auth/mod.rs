@@ -72,8 +72,22 @@ pub enum Privileges {
 pub struct RoleAuth {
     pub name: String,
     pub privileges: Privileges,
+    /// Only with the verifier's grant (`grants.roles`).
+    pub granted: bool,
+    /// With `granted`: no secret is asked.
+    pub attestation_only: bool,
     accepted: Vec<Secret>,
     scram: ScramVerifier,
+}
+
+/// A role a client may log in as only when the verifier's decision grants it.
+#[derive(Debug, Clone)]
+pub struct GrantedRole {
+    pub name: String,
+    /// The secrets it accepts (none with `attestation_only`).
+    pub secrets: Vec<Secret>,
+    pub privileges: Privileges,
+    pub attestation_only: bool,
 }
 
 impl fmt::Debug for RoleAuth {
@@ -81,6 +95,8 @@ impl fmt::Debug for RoleAuth {
         f.debug_struct("RoleAuth")
             .field("name", &self.name)
             .field("privileges", &self.privileges)
+            .field("granted", &self.granted)
+            .field("attestation_only", &self.attestation_only)
             .field("secrets", &self.accepted.len())
             .finish()
     }
@@ -100,6 +116,8 @@ impl RoleAuth {
         Self {
             name: name.to_string(),
             privileges,
+            granted: false,
+            attestation_only: false,
             scram: ScramVerifier::new(&passwords, &salt, DEFAULT_ITERATIONS),
             accepted,
         }
@@ -132,6 +150,8 @@ impl RoleAuth {
 pub struct AuthMap {
     roles: Arc<BTreeMap<String, RoleAuth>>,
     passthrough: Arc<BTreeSet<String>>,
+    /// The user that lets the policy choose among the granted roles; `None` without any.
+    tenant_user: Option<Arc<str>>,
     /// Derives decoy SCRAM salts for unknown users, so none can be told from a real one.
     decoy_key: [u8; 32],
 }
@@ -163,8 +183,44 @@ impl AuthMap {
         Self {
             roles: Arc::new(roles),
             passthrough: Arc::new(passthrough.into_iter().collect()),
+            tenant_user: None,
             decoy_key: random::<32>(),
         }
+    }
+
+    /// Add roles a client gets only with the verifier's grant, and the user that asks the
+    /// policy to choose one of them.
+    pub fn with_granted(mut self, granted: Vec<GrantedRole>, tenant_user: String) -> Self {
+        if granted.is_empty() {
+            return self;
+        }
+        let mut roles: BTreeMap<String, RoleAuth> = Arc::try_unwrap(self.roles)
+            .unwrap_or_else(|_| unreachable!("the map is not shared while it is built"));
+        for g in granted {
+            let mut role = RoleAuth::new(&g.name, g.privileges, g.secrets);
+            role.granted = true;
+            role.attestation_only = g.attestation_only;
+            roles.insert(g.name, role);
+        }
+        self.roles = Arc::new(roles);
+        self.tenant_user = Some(tenant_user.into());
+        self
+    }
+
+    /// Whether `user` asks the policy to choose its role.
+    pub fn is_tenant_user(&self, user: &str) -> bool {
+        self.tenant_user.as_deref() == Some(user)
+    }
+
+    /// Whether logging in as `user` depends on the verifier's grants: the tenant user or a
+    /// granted role.
+    pub fn needs_grant(&self, user: &str) -> bool {
+        self.is_tenant_user(user) || self.role(user).is_some_and(|r| r.granted)
+    }
+
+    /// Whether any role needs a grant.
+    pub fn has_granted(&self) -> bool {
+        self.tenant_user.is_some()
     }
 
     pub fn role(&self, name: &str) -> Option<&RoleAuth> {

@@ -118,13 +118,13 @@ pub async fn verdict(
     shared: &Shared,
     handle: tokio::task::JoinHandle<Result<Decision, VerifierUnavailable>>,
     asked: Instant,
-) -> Result<(), Refusal> {
+) -> Result<Decision, Refusal> {
     let result = handle.await;
     shared
         .metrics
         .verifier_call(asked.elapsed(), matches!(result, Ok(Ok(_))));
     match result {
-        Ok(Ok(d)) if d.allow => Ok(()),
+        Ok(Ok(d)) if d.allow => Ok(d),
         Ok(Ok(d)) => Err(Refusal::VerifierDenied {
             policy_id: d.policy_id,
             reasons: d.reasons.into_iter().map(|r| (r.code, r.message)).collect(),

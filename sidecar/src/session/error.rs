@@ -74,6 +74,9 @@ pub enum Refusal {
     VerifierUnavailable(String),
     /// Postgres refused a passthrough role's own authentication.
     PassthroughRefused(String),
+    /// The client asked for a role (or the tenant user) that the verifier's decision does
+    /// not grant it.
+    NotGranted { user: String, granted: Vec<String> },
 }
 
 impl Refusal {
@@ -104,6 +107,15 @@ impl fmt::Display for Refusal {
             Self::PassthroughRefused(m) => {
                 write!(f, "Postgres refused the passthrough login: {m}")
             }
+            Self::NotGranted { user, granted } if granted.is_empty() => write!(
+                f,
+                "{user} needs a role granted by the verifier's policy, and the decision grants none"
+            ),
+            Self::NotGranted { user, granted } => write!(
+                f,
+                "the verifier's decision grants {} but not {user}",
+                granted.join(", ")
+            ),
         }
     }
 }

@@ -46,6 +46,7 @@ use crate::pgwire;
 use crate::pool::{BackendPool, PoolKey};
 use crate::ratelimit::FailureLimiter;
 use crate::relay::{self, RelayEnd};
+use crate::session_identity::{IdentityRecorder, SessionIdentity};
 use crate::tls::RotatingCert;
 use crate::verifier::VerifierClient;
 
@@ -59,6 +60,8 @@ pub struct Shared {
     pub limiter: FailureLimiter,
     pub metrics: Metrics,
     pub pool: BackendPool,
+    /// Records each session's attested identity (`backend.record_identity`).
+    pub identities: Option<IdentityRecorder>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -77,6 +80,7 @@ struct Ready {
     backend: LoggedIn,
     _cancel: Option<CancelGuard>,
     user: String,
+    role: String,
     database: String,
     /// Set when the Postgres connection may be reused after the client terminates.
     pool_key: Option<PoolKey>,
@@ -108,6 +112,7 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             tracing::info!(
                 client.addr = %peer,
                 user = %ready.user,
+                role = %ready.role,
                 database = %ready.database,
                 handshake_ms = started.elapsed().as_millis() as u64,
                 "session started"
@@ -229,6 +234,7 @@ async fn handshake(
             backend: session.backend,
             _cancel: session.cancel,
             user: session.user,
+            role: session.role,
             database: session.database,
             pool_key: session.pool_key,
         })),
@@ -245,6 +251,8 @@ struct Session {
     backend: LoggedIn,
     cancel: Option<CancelGuard>,
     user: String,
+    /// The Postgres role: the user, or the role granted for it.
+    role: String,
     database: String,
     pool_key: Option<PoolKey>,
 }
@@ -319,7 +327,10 @@ async fn log_in(
     let forwarded = backend::forwarded_params(&user, &database, &params);
     let cfg = &shared.config;
     if cfg.auth.is_passthrough(&user) {
-        if let Err(r) = authenticate::verdict(shared, decision, asked).await {
+        if let Err(r) = authenticate::verdict(shared, decision, asked)
+            .await
+            .map(drop)
+        {
             return Err(HandshakeError::AuthFailed {
                 user,
                 causes: vec![r],
@@ -346,6 +357,7 @@ async fn log_in(
         return Ok(Session {
             backend: logged_in,
             cancel,
+            role: user.clone(),
             user,
             database,
             pool_key: None,
@@ -362,24 +374,52 @@ async fn log_in(
         }
         ChannelBinding::Auto | ChannelBinding::Never => None,
     };
-    let auth = authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, end_point).await?;
-    let verdict = authenticate::verdict(shared, decision, asked).await;
-    let sasl_final = match (auth, verdict) {
-        (Authenticated::Yes(sasl_final), Ok(())) => sasl_final,
-        (auth, verdict) => {
-            let mut causes = Vec::new();
-            if let Authenticated::No(why) = auth {
-                causes.push(why);
+    let refused = |user: &str, why: Refusal| HandshakeError::AuthFailed {
+        user: user.to_string(),
+        causes: vec![why],
+    };
+    let (role, sasl_final, decision) = if cfg.auth.needs_grant(&user) {
+        // Which role, and so which secret, depends on the decision: wait for it first.
+        let decision = authenticate::verdict(shared, decision, asked)
+            .await
+            .map_err(|why| refused(&user, why))?;
+        let role = granted_role(&cfg.auth, &user, &decision).map_err(|why| refused(&user, why))?;
+        let attestation_only = cfg.auth.role(&role).is_some_and(|r| r.attestation_only);
+        let sasl_final = if attestation_only {
+            Vec::new()
+        } else {
+            match authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &role, end_point).await? {
+                Authenticated::Yes(sasl_final) => sasl_final,
+                Authenticated::No(why) => return Err(refused(&user, why)),
             }
-            if let Err(v) = verdict {
-                causes.push(v);
+        };
+        (role, sasl_final, decision)
+    } else {
+        let auth =
+            authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, end_point).await?;
+        let verdict = authenticate::verdict(shared, decision, asked).await;
+        match (auth, verdict) {
+            (Authenticated::Yes(sasl_final), Ok(decision)) => (user.clone(), sasl_final, decision),
+            (auth, verdict) => {
+                let mut causes = Vec::new();
+                if let Authenticated::No(why) = auth {
+                    causes.push(why);
+                }
+                if let Err(v) = verdict {
+                    causes.push(v);
+                }
+                return Err(HandshakeError::AuthFailed { user, causes });
             }
-            return Err(HandshakeError::AuthFailed { user, causes });
         }
+    };
+    let forwarded = if role == user {
+        forwarded
+    } else {
+        backend::forwarded_params(&role, &database, &params)
     };
 
     let key = PoolKey {
-        user: user.clone(),
+        user: role.clone(),
         database: database.clone(),
         params: forwarded
             .iter()
@@ -388,13 +428,47 @@ async fn log_in(
             .collect(),
     };
     let logged_in = login::to_postgres(shared, &key, &forwarded).await?;
+    if let Some(recorder) = &shared.identities {
+        let identity = SessionIdentity::from_decision(&decision, &user, &role);
+        let recorded = match &logged_in.cancel_key {
+            Some((pid, _)) => recorder.record(&database, *pid, &identity).await,
+            None => Err("Postgres sent no process id (BackendKeyData)".into()),
+        };
+        recorded.map_err(|e| HandshakeError::Backend(BackendError::Identity(e)))?;
+    }
     let cancel = login::welcome(shared, tls, &logged_in, &sasl_final).await?;
     Ok(Session {
         backend: logged_in,
         cancel,
         user,
+        role,
         database,
         pool_key: Some(key),
+    })
+}
+
+/// The role a client that needs a grant logs in as: for the tenant user, the first role
+/// the decision grants that is a granted role here; for a granted role, itself if the
+/// decision grants it.
+fn granted_role(
+    auth: &crate::auth::AuthMap,
+    user: &str,
+    decision: &teesql_proto::v1::Decision,
+) -> Result<String, Refusal> {
+    let granted: Vec<String> = decision
+        .grants
+        .as_ref()
+        .map(|g| g.roles.clone())
+        .unwrap_or_default();
+    let usable = |r: &&String| auth.role(r).is_some_and(|a| a.granted);
+    let chosen = if auth.is_tenant_user(user) {
+        granted.iter().find(usable)
+    } else {
+        granted.iter().filter(usable).find(|r| r.as_str() == user)
+    };
+    chosen.cloned().ok_or_else(|| Refusal::NotGranted {
+        user: user.to_string(),
+        granted,
     })
 }
 

@@ -4,7 +4,9 @@
 //! data root. A profile may extend others with a `profile.toml` (`extends = ["../teesql"]`):
 //! the bases load first, and the profile's own data is merged over theirs. Each purpose has
 //! a package `teesql.<purpose>` with `allow` (bool) and `deny` (set of `{code, message}`);
-//! a decision allows only when `allow` is true and `deny` is empty.
+//! a decision allows only when `allow` is true and `deny` is empty. A package may also
+//! define `grants` (`{"roles": [...], "attributes": {...}}`): what an allowed peer gets,
+//! e.g. the Postgres role of its tenant.
 
 mod load;
 pub mod testing;
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::{Program, RegoVM};
 use regorus::utils::limits::ExecutionTimerConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use load::PolicyFile;
 
@@ -75,11 +77,85 @@ pub struct Reason {
     pub message: String,
 }
 
+/// What a policy grants an allowed peer: Postgres roles it may log in as (the first is
+/// chosen for a client that asks for the generic role) and attributes recorded with its
+/// session (e.g. its tenant). Bounded and checked before use; a policy that grants
+/// anything else fails to decide (a denial).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// At most this many granted roles, and this many attributes.
+pub const MAX_GRANTED_ROLES: usize = 16;
+pub const MAX_GRANT_ATTRIBUTES: usize = 16;
+/// Longest attribute value, bytes.
+pub const MAX_GRANT_VALUE: usize = 256;
+
+impl Grants {
+    /// Role names and attribute keys are lowercase SQL identifiers (at most 63 bytes,
+    /// Postgres' limit); values are text without NUL, at most [`MAX_GRANT_VALUE`] bytes.
+    pub fn check(&self) -> Result<(), String> {
+        if self.roles.len() > MAX_GRANTED_ROLES {
+            return Err(format!(
+                "{} roles, at most {MAX_GRANTED_ROLES}",
+                self.roles.len()
+            ));
+        }
+        if self.attributes.len() > MAX_GRANT_ATTRIBUTES {
+            return Err(format!(
+                "{} attributes, at most {MAX_GRANT_ATTRIBUTES}",
+                self.attributes.len()
+            ));
+        }
+        for r in &self.roles {
+            if !is_identifier(r) {
+                return Err(format!(
+                    "role {r:?} is not a lowercase SQL identifier (a-z, 0-9, _; at most 63 bytes)"
+                ));
+            }
+        }
+        for (k, v) in &self.attributes {
+            if !is_identifier(k) {
+                return Err(format!(
+                    "attribute {k:?} is not a lowercase identifier (a-z, 0-9, _; at most 63 bytes)"
+                ));
+            }
+            if v.len() > MAX_GRANT_VALUE || v.contains('\0') {
+                return Err(format!(
+                    "attribute {k}: the value must be text without NUL, at most {MAX_GRANT_VALUE} bytes"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.roles.is_empty() && self.attributes.is_empty()
+    }
+}
+
+/// A lowercase SQL identifier: `[a-z_][a-z0-9_]*`, 1 to 63 bytes.
+pub fn is_identifier(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
 /// What a policy said about one input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
     pub allow: bool,
     pub reasons: Vec<Reason>,
+    /// What the policy grants, when it allowed and defines `grants`.
+    pub grants: Option<Grants>,
     /// `teesql.<purpose>`.
     pub policy_id: String,
     /// Hash of every file of the loaded set.
@@ -250,7 +326,7 @@ impl PolicySet {
                 loaded: self.purposes().join(", "),
             });
         }
-        let (allow, deny) = match &self.vm {
+        let (allow, deny, grants) = match &self.vm {
             Some(vm) if vm.purposes.iter().any(|p| p == purpose) => {
                 self.run_vm(&vm.program, purpose, input)?
             }
@@ -294,6 +370,24 @@ impl PolicySet {
         reasons.sort();
         reasons.dedup();
         let allowed = allow && reasons.is_empty();
+        let grants = match grants {
+            regorus::Value::Undefined | regorus::Value::Null => None,
+            value => {
+                let shape = || PolicyError::Shape {
+                    purpose: purpose.to_string(),
+                    rule: "grants",
+                    expected: "an object {\"roles\": [role, ...], \"attributes\": {key: text}}",
+                    got: shown(&value),
+                };
+                let json = serde_json::to_value(&value).map_err(|_| shape())?;
+                let grants: Grants = serde_json::from_value(json).map_err(|_| shape())?;
+                grants.check().map_err(|detail| PolicyError::Eval {
+                    purpose: purpose.to_string(),
+                    detail: format!("grants: {detail}"),
+                })?;
+                Some(grants)
+            }
+        };
         if !allowed && reasons.is_empty() {
             reasons.push(Reason {
                 code: reason_codes::NOT_ALLOWED.into(),
@@ -303,6 +397,8 @@ impl PolicySet {
         Ok(Verdict {
             allow: allowed,
             reasons,
+            // Nothing is granted to a peer that is not allowed in.
+            grants: grants.filter(|_| allowed),
             policy_id: pkg,
             policy_hash: self.hash.clone(),
         })
@@ -325,18 +421,30 @@ impl PolicySet {
         &self,
         purpose: &str,
         input: regorus::Value,
-    ) -> Result<(regorus::Value, regorus::Value), PolicyError> {
+    ) -> Result<(regorus::Value, regorus::Value, regorus::Value), PolicyError> {
         let mut engine = self.engine.clone();
         engine.set_input(input);
+        let err = |e: anyhow::Error| PolicyError::Eval {
+            purpose: purpose.to_string(),
+            detail: format!("{e:#}"),
+        };
         let mut eval = |rule: &str| {
             engine
                 .eval_rule(format!("data.teesql.{purpose}.{rule}"))
-                .map_err(|e| PolicyError::Eval {
-                    purpose: purpose.to_string(),
-                    detail: format!("{e:#}"),
-                })
+                .map_err(err)
         };
-        Ok((eval("allow")?, eval("deny")?))
+        let (allow, deny) = (eval("allow")?, eval("deny")?);
+        // `grants` is optional: a query, which is undefined (no result) when no rule
+        // defines it, where `eval_rule` would fail.
+        let grants = engine
+            .eval_query(format!("data.teesql.{purpose}.grants"), false)
+            .map_err(err)?
+            .result
+            .into_iter()
+            .next()
+            .and_then(|r| r.expressions.into_iter().next())
+            .map_or(regorus::Value::Undefined, |e| e.value);
+        Ok((allow, deny, grants))
     }
 
     fn run_vm(
@@ -344,7 +452,7 @@ impl PolicySet {
         program: &Arc<Program>,
         purpose: &str,
         input: regorus::Value,
-    ) -> Result<(regorus::Value, regorus::Value), PolicyError> {
+    ) -> Result<(regorus::Value, regorus::Value, regorus::Value), PolicyError> {
         let err = |detail: String| PolicyError::Eval {
             purpose: purpose.to_string(),
             detail,
@@ -366,7 +474,7 @@ impl PolicySet {
                 .and_then(|o| o.get(&regorus::Value::from(name)).cloned())
                 .unwrap_or(regorus::Value::Undefined)
         };
-        Ok((field("allow"), field("deny")))
+        Ok((field("allow"), field("deny"), field("grants")))
     }
 }
 
@@ -410,7 +518,9 @@ fn compile_vm(
                  allow := data.teesql.{p}.allow\n\
                  default deny := set()\n\
                  deny := data.teesql.{p}.deny\n\
-                 result := {{\"allow\": allow, \"deny\": deny}}\n"
+                 default grants := null\n\
+                 grants := data.teesql.{p}.grants\n\
+                 result := {{\"allow\": allow, \"deny\": deny, \"grants\": grants}}\n"
             )
             .into(),
         });

@@ -136,6 +136,10 @@ fn to_proto(d: ServiceDecision) -> Decision {
         cached: d.cached,
         valid_until: i64::try_from(d.valid_until).unwrap_or(i64::MAX),
         token: d.token,
+        grants: d.grants.map(|g| teesql_proto::v1::Grants {
+            roles: g.roles,
+            attributes: g.attributes.into_iter().collect(),
+        }),
     }
 }
 

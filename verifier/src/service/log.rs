@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::PeerSummary;
-use crate::policy::Reason;
+use crate::policy::{Grants, Reason};
 
 /// One decision, as logged. Holds no secrets: the verifier never sees any.
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +21,9 @@ pub struct DecisionRecord {
     pub peer: PeerSummary,
     pub allow: bool,
     pub reasons: Vec<Reason>,
+    /// What the policy granted (allowed decisions that grant something).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Grants>,
     pub policy_hash: String,
     pub cached: bool,
     pub latency_us: u64,
@@ -158,6 +161,7 @@ mod tests {
             peer: PeerSummary::default(),
             allow: true,
             reasons: Vec::new(),
+            grants: None,
             policy_hash: "sha256:00".into(),
             cached: false,
             latency_us: 1,

@@ -32,7 +32,7 @@ use crate::appraise::Appraiser;
 use crate::claims::{AppraisedEvidence, ConnectionClaims};
 use crate::evidence::{self, Evidence, EvidenceError, MAX_CHAIN_LEN, MAX_EVIDENCE_LEN};
 use crate::manifest::{MAX_MANIFEST_LEN, Manifest};
-use crate::policy::{PolicyError, PolicySet, Reason, reason_codes};
+use crate::policy::{Grants, PolicyError, PolicySet, Reason, reason_codes};
 use prepared::{Extra, Prepared};
 
 /// A decision as the service returns it.
@@ -50,6 +50,9 @@ pub struct ServiceDecision {
     pub valid_until: u64,
     /// The decision signed by the verifier (compact JWS), when it signs decisions.
     pub token: String,
+    /// What the policy grants (allowed decisions only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Grants>,
 }
 
 /// A request the service cannot act on: the caller's mistake, named by field.
@@ -310,6 +313,7 @@ impl DecisionService {
             verified: facts.verified,
             app_id: facts.app_id.as_deref(),
             compose_hash: identity.and_then(|i| i[1].as_deref()),
+            grants: d.grants.as_ref(),
         };
         match signer.sign(&facts, now) {
             Ok(t) => t,
@@ -626,9 +630,14 @@ impl DecisionService {
             return Err(invalid("claims_json", "must be a JSON object"));
         }
         let policies = self.policies.load_full();
-        let (allow, reasons, policy_id) = match policies.evaluate(&purpose, &input) {
-            Ok(v) => (v.allow, v.reasons, v.policy_id),
-            Err(e) => (false, vec![policy_error(&e)], format!("teesql.{purpose}")),
+        let (allow, reasons, policy_id, grants) = match policies.evaluate(&purpose, &input) {
+            Ok(v) => (v.allow, v.reasons, v.policy_id, v.grants),
+            Err(e) => (
+                false,
+                vec![policy_error(&e)],
+                format!("teesql.{purpose}"),
+                None,
+            ),
         };
         Ok(ServiceDecision {
             allow,
@@ -639,6 +648,7 @@ impl DecisionService {
             cached: false,
             valid_until: 0,
             token: String::new(),
+            grants,
         })
     }
 
@@ -725,6 +735,7 @@ impl DecisionService {
                             cached: false,
                             valid_until: 0,
                             token: String::new(),
+                            grants: None,
                         };
                         decision.token =
                             self.sign(purpose, &decision, &key, &prepared::Facts::default(), now);
@@ -743,11 +754,16 @@ impl DecisionService {
         let extra = extra(facts);
         let (input, claims_json) = prepared.input(purpose, now, connection.as_ref(), &extra);
         let policies = self.policies.load_full();
-        let (allow, reasons, policy_id) = match policies.evaluate_value(purpose, input) {
-            Ok(v) => (v.allow, v.reasons, v.policy_id),
+        let (allow, reasons, policy_id, grants) = match policies.evaluate_value(purpose, input) {
+            Ok(v) => (v.allow, v.reasons, v.policy_id, v.grants),
             Err(e) => {
                 tracing::error!(purpose, error = %e, "policy evaluation failed; denying");
-                (false, vec![policy_error(&e)], format!("teesql.{purpose}"))
+                (
+                    false,
+                    vec![policy_error(&e)],
+                    format!("teesql.{purpose}"),
+                    None,
+                )
             }
         };
         let mut decision = ServiceDecision {
@@ -759,6 +775,7 @@ impl DecisionService {
             cached,
             valid_until,
             token: String::new(),
+            grants,
         };
         decision.token = self.sign(purpose, &decision, &key, facts, now);
         self.finish(purpose, &decision, &summary, started);
@@ -774,6 +791,7 @@ impl DecisionService {
             peer: peer.clone(),
             allow: d.allow,
             reasons: d.reasons.clone(),
+            grants: d.grants.clone(),
             policy_hash: d.policy_hash.clone(),
             cached: d.cached,
             latency_us: latency.as_micros() as u64,

@@ -46,6 +46,8 @@ pub struct TokenFacts<'a> {
     pub verified: bool,
     pub app_id: Option<&'a str>,
     pub compose_hash: Option<&'a str>,
+    /// What the policy granted.
+    pub grants: Option<&'a crate::policy::Grants>,
 }
 
 /// The verifier's decision-signing key.
@@ -209,6 +211,7 @@ impl DecisionSigner {
                 "app_id": f.app_id,
                 "compose_hash": f.compose_hash,
             },
+            "grants": f.grants,
         });
         let payload = serde_json::to_vec(&claims).map_err(|e| format!("claims: {e}"))?;
         let message = format!("{}.{}", self.header_b64, b64(&payload));
@@ -350,6 +353,34 @@ mod tests {
                 .unwrap_err()
                 .contains("does not verify")
         );
+    }
+
+    #[test]
+    fn grants_are_signed_with_the_decision() {
+        let s = DecisionSigner::generate("v1").unwrap();
+        let grants = crate::policy::Grants {
+            roles: vec!["tenant_acme".into()],
+            attributes: [("tenant".to_string(), "acme".to_string())].into(),
+        };
+        let t = s
+            .sign(
+                &TokenFacts {
+                    purpose: "sidecar",
+                    allow: true,
+                    grants: Some(&grants),
+                    ..TokenFacts::default()
+                },
+                1_000,
+            )
+            .unwrap();
+        let c = verify(&t, s.jwks_json(), Some("v1"), 1_100).unwrap();
+        assert_eq!(
+            c["grants"],
+            json!({"roles": ["tenant_acme"], "attributes": {"tenant": "acme"}})
+        );
+        let none = s.sign(&TokenFacts::default(), 1_000).unwrap();
+        let c = verify(&none, s.jwks_json(), Some("v1"), 1_100).unwrap();
+        assert_eq!(c["grants"], Value::Null);
     }
 
     #[test]

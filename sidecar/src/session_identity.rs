@@ -1,0 +1,202 @@
+//! The attested identity of each session, recorded where SQL can read it and nobody else
+//! can write it.
+//!
+//! `provision` creates, in each database, a schema `teesql` owned by the admin role:
+//!
+//! - `teesql.session_identity (pid, backend_start, identity jsonb)`: no rights for anyone
+//!   but its owner. The sidecar writes one row per Postgres backend over its own admin
+//!   connection, after the login and before the client sees ReadyForQuery, and again
+//!   whenever it hands a kept backend to another client.
+//! - `teesql.identity()`: `SECURITY DEFINER`, executable by everyone; returns the row of
+//!   the calling backend (`pg_backend_pid()`), and only while its `backend_start` is the
+//!   one recorded, so a recycled process id never shows an earlier session's identity.
+//! - `teesql.tenant()`: `teesql.identity() -> 'attributes' ->> 'tenant'`, for
+//!   row-level security (`USING (tenant = (SELECT teesql.tenant()))`).
+//!
+//! Nothing a session can do changes what the functions return: `SET`, `RESET` and `SET
+//! ROLE` do not touch the backend's process id or the table, the session's role has no
+//! right on the table, and startup parameters are not read. Cost: one `INSERT … ON
+//! CONFLICT` round trip on an admin connection kept per database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use teesql_proto::runtime::error_chain;
+
+use crate::admin::admin_client_to;
+use crate::config::BackendConfig;
+
+/// The SQL `provision` runs in each database (idempotent).
+pub const PROVISION_SQL: &[&str] = &[
+    "CREATE SCHEMA IF NOT EXISTS teesql",
+    "REVOKE ALL ON SCHEMA teesql FROM PUBLIC",
+    "GRANT USAGE ON SCHEMA teesql TO PUBLIC",
+    "CREATE TABLE IF NOT EXISTS teesql.session_identity (\
+        pid integer PRIMARY KEY, \
+        backend_start timestamptz NOT NULL, \
+        identity jsonb NOT NULL)",
+    "REVOKE ALL ON teesql.session_identity FROM PUBLIC",
+    "CREATE OR REPLACE FUNCTION teesql.identity() RETURNS jsonb \
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ \
+        SELECT s.identity FROM teesql.session_identity s \
+        WHERE s.pid = pg_catalog.pg_backend_pid() \
+          AND s.backend_start = (SELECT a.backend_start \
+                                 FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a) \
+        $$",
+    "CREATE OR REPLACE FUNCTION teesql.tenant() RETURNS text \
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ \
+        SELECT teesql.identity() -> 'attributes' ->> 'tenant' $$",
+    "REVOKE ALL ON FUNCTION teesql.identity(), teesql.tenant() FROM PUBLIC",
+    "GRANT EXECUTE ON FUNCTION teesql.identity(), teesql.tenant() TO PUBLIC",
+];
+
+const RECORD_SQL: &str = "INSERT INTO teesql.session_identity (pid, backend_start, identity) \
+     SELECT a.pid, a.backend_start, $2::text::jsonb \
+     FROM pg_catalog.pg_stat_get_activity($1) a WHERE a.pid = $1 \
+     ON CONFLICT (pid) DO UPDATE \
+     SET backend_start = EXCLUDED.backend_start, identity = EXCLUDED.identity";
+
+/// Admin connections kept: one per database, at most this many databases.
+const MAX_DATABASES: usize = 64;
+
+/// What a session's `teesql.identity()` returns.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SessionIdentity {
+    /// From the attested event log (RTMR3 replayed), else null.
+    pub app_id: Option<String>,
+    pub compose_hash: Option<String>,
+    pub instance_id: Option<String>,
+    /// The policy's grants.
+    pub attributes: std::collections::BTreeMap<String, String>,
+    pub roles: Vec<String>,
+    /// The Postgres role the session logged in as, and the user the client named.
+    pub role: String,
+    pub user: String,
+    pub policy_hash: String,
+}
+
+impl SessionIdentity {
+    /// The identity a verifier decision attests for a session as `role`.
+    pub fn from_decision(d: &teesql_proto::v1::Decision, user: &str, role: &str) -> Self {
+        #[derive(serde::Deserialize, Default)]
+        struct Claims {
+            app: Option<App>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct App {
+            app_id: Option<String>,
+            compose_hash: Option<String>,
+            instance_id: Option<String>,
+            #[serde(default)]
+            rtmr3_replayed: bool,
+        }
+        let app = serde_json::from_str::<Claims>(&d.claims_json)
+            .ok()
+            .and_then(|c| c.app)
+            .filter(|a| a.rtmr3_replayed)
+            .unwrap_or_default();
+        let (roles, attributes) = match &d.grants {
+            Some(g) => (
+                g.roles.clone(),
+                g.attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            None => Default::default(),
+        };
+        Self {
+            app_id: app.app_id,
+            compose_hash: app.compose_hash,
+            instance_id: app.instance_id,
+            attributes,
+            roles,
+            role: role.to_string(),
+            user: user.to_string(),
+            policy_hash: d.policy_hash.clone(),
+        }
+    }
+}
+
+/// Writes session identities over admin connections, one per database.
+#[derive(Debug, Clone)]
+pub struct IdentityRecorder {
+    backend: BackendConfig,
+    clients: Arc<Mutex<HashMap<String, Arc<tokio_postgres::Client>>>>,
+}
+
+impl IdentityRecorder {
+    pub fn new(backend: BackendConfig) -> Self {
+        Self {
+            backend,
+            clients: Arc::default(),
+        }
+    }
+
+    /// Record `identity` for the backend `pid` in `database`. One retry on a fresh
+    /// connection if the kept one has failed.
+    pub async fn record(
+        &self,
+        database: &str,
+        pid: i32,
+        identity: &SessionIdentity,
+    ) -> Result<(), String> {
+        let json = serde_json::to_string(identity).map_err(|e| e.to_string())?;
+        let mut last = String::new();
+        for _ in 0..2 {
+            let client = self.client(database).await?;
+            match client.execute(RECORD_SQL, &[&pid, &json]).await {
+                Ok(1) => return Ok(()),
+                Ok(_) => return Err(format!("Postgres has no backend with process id {pid}")),
+                Err(e) => {
+                    last = error_chain(&e);
+                    let missing = e
+                        .as_db_error()
+                        .is_some_and(|d| d.code().code() == "42P01" || d.code().code() == "3F000");
+                    if missing {
+                        return Err(format!(
+                            "{last} (database {database} has no teesql.session_identity: run `teesql-sidecar provision`)"
+                        ));
+                    }
+                    if client.is_closed() {
+                        self.forget(database, &client);
+                        continue;
+                    }
+                    return Err(last);
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn client(&self, database: &str) -> Result<Arc<tokio_postgres::Client>, String> {
+        if let Some(c) = self.lock().get(database).filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(admin_client_to(&self.backend, database).await?);
+        let mut clients = self.lock();
+        if clients.len() >= MAX_DATABASES && !clients.contains_key(database) {
+            let any = clients.keys().next().cloned();
+            if let Some(k) = any {
+                clients.remove(&k);
+            }
+        }
+        clients.insert(database.to_string(), client.clone());
+        Ok(client)
+    }
+
+    fn forget(&self, database: &str, client: &Arc<tokio_postgres::Client>) {
+        let mut clients = self.lock();
+        if clients
+            .get(database)
+            .is_some_and(|c| Arc::ptr_eq(c, client))
+        {
+            clients.remove(database);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio_postgres::Client>>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,357 @@
+//! Attested identity decides the Postgres role (README, "Tenants"): two applications with
+//! different compose hashes (development agents of the cluster's platform with their own
+//! app-compose.json), one table with row-level security keyed on `teesql.tenant()`. Each
+//! sees only its rows; presenting the other's secret does not help; an unmapped
+//! application is refused with the generic error while the decision log says why; and no
+//! session can make `teesql.identity()` say anything but its own attested identity — not
+//! with SET, RESET, SET ROLE, a startup parameter, or a kept Postgres backend handed on.
+//! Run without pooling and with it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{Value, json};
+
+use teesql_tests::tenants::setup;
+
+async fn identity(c: &tokio_postgres::Client) -> Value {
+    let row = c
+        .query_one("SELECT teesql.identity()::text", &[])
+        .await
+        .unwrap();
+    serde_json::from_str(row.get::<_, Option<&str>>(0).expect("an identity")).unwrap()
+}
+
+async fn bodies(c: &tokio_postgres::Client) -> Vec<String> {
+    c.query("SELECT body FROM notes ORDER BY body", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn refused(r: Result<tokio_postgres::Client, tokio_postgres::Error>) -> String {
+    let e = r.expect_err("refused");
+    let db = e.as_db_error().expect("a Postgres error");
+    assert_eq!(db.code().code(), "28000", "{db:?}");
+    assert_eq!(db.message(), "authentication_failed");
+    db.message().to_string()
+}
+
+async fn isolation(pooling: bool) {
+    let s = setup(pooling, false).await.unwrap();
+
+    // `provision --tenants` from the same data file: the roles exist already (from
+    // auth.roles), so this run only updates them, idempotently.
+    let tenants = teesql_sidecar::provision::read_tenants(&s.data_file).unwrap();
+    assert_eq!(tenants.len(), 2);
+    let done = teesql_sidecar::provision::provision_with(
+        s.cluster.sidecar_config(),
+        &["postgres".to_string()],
+        &tenants,
+    )
+    .await
+    .unwrap();
+    assert!(done.created.is_empty(), "{:?}", done.created);
+    assert!(done.updated.contains(&"tenant_acme".to_string()));
+    // A tenant the sidecar's config does not name yet is created from the data file, with
+    // its privileges, and a second run only updates it.
+    let initech = vec![(
+        "tenant_initech".to_string(),
+        teesql_sidecar::auth::Privileges::Read,
+    )];
+    for (run, created) in [(1, true), (2, false)] {
+        let done = teesql_sidecar::provision::provision_with(
+            s.cluster.sidecar_config(),
+            &["postgres".to_string()],
+            &initech,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            done.created.contains(&"tenant_initech".to_string()),
+            created,
+            "run {run}: {done:?}"
+        );
+    }
+    let can_read = s
+        .cluster
+        .pg
+        .psql(
+            "postgres",
+            "postgres",
+            "SELECT has_schema_privilege('tenant_initech', 'public', 'USAGE')",
+        )
+        .unwrap();
+    assert_eq!(can_read.trim(), "t");
+
+    // Each application, as the generic user with its tenant's secret, gets its tenant's
+    // role and writes and reads only its own rows.
+    let acme = s
+        .connect(&s.acme, "teesql_app", &s.acme_secret)
+        .await
+        .unwrap()
+        .unwrap();
+    acme.execute("INSERT INTO notes (body) VALUES ('acme 1')", &[])
+        .await
+        .unwrap();
+    let globex = s
+        .connect(&s.globex, "teesql_app", &s.globex_secret)
+        .await
+        .unwrap()
+        .unwrap();
+    globex
+        .execute("INSERT INTO notes (body) VALUES ('globex 1')", &[])
+        .await
+        .unwrap();
+    assert_eq!(bodies(&acme).await, ["acme 1"]);
+    assert_eq!(bodies(&globex).await, ["globex 1"]);
+    let role: String = acme
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(role, "tenant_acme");
+
+    // teesql.identity() is the attested identity the verifier decided on.
+    let id = identity(&acme).await;
+    assert_eq!(id["compose_hash"], s.acme.agent.compose_hash_hex());
+    assert_eq!(id["app_id"], s.acme.agent.app_id_hex());
+    assert_eq!(id["instance_id"], s.acme.agent.instance_id_hex());
+    assert_eq!(id["attributes"], json!({"tenant": "acme"}));
+    assert_eq!(id["role"], "tenant_acme");
+    assert_eq!(id["user"], "teesql_app");
+    assert!(id["policy_hash"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(
+        identity(&globex).await["compose_hash"],
+        s.globex.agent.compose_hash_hex()
+    );
+
+    // Writing a row for another tenant is refused by the table's policy.
+    let e = acme
+        .execute(
+            "INSERT INTO notes (tenant, body) VALUES ('globex', 'planted')",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}");
+
+    // Nothing a session does changes its identity.
+    for sql in [
+        "SET ROLE tenant_globex",
+        "SET SESSION AUTHORIZATION tenant_globex",
+        "INSERT INTO teesql.session_identity VALUES (pg_backend_pid(), now(), '{}')",
+        "UPDATE teesql.session_identity SET identity = '{\"attributes\": {\"tenant\": \"globex\"}}'",
+        "DELETE FROM teesql.session_identity",
+        "CREATE OR REPLACE FUNCTION teesql.tenant() RETURNS text LANGUAGE sql AS $$ SELECT 'globex' $$",
+    ] {
+        let e = acme.batch_execute(sql).await;
+        assert!(e.is_err(), "{sql} should fail");
+    }
+    acme.batch_execute(
+        "SET teesql.tenant = 'globex'; SET search_path = public; RESET ALL; SET application_name = 'globex'",
+    )
+    .await
+    .unwrap();
+    // A function of the same name in a schema the session controls does not shadow it.
+    acme.batch_execute(
+        "CREATE FUNCTION public.tenant() RETURNS text LANGUAGE sql AS $$ SELECT 'globex' $$",
+    )
+    .await
+    .unwrap();
+    acme.batch_execute("SET search_path = public, teesql")
+        .await
+        .unwrap();
+    assert_eq!(identity(&acme).await["attributes"]["tenant"], "acme");
+    assert_eq!(bodies(&acme).await, ["acme 1"]);
+    acme.batch_execute("DROP FUNCTION public.tenant(); RESET search_path")
+        .await
+        .unwrap();
+
+    // A client-sent startup parameter cannot carry an identity either: `options` is
+    // refused by the sidecar, and what it forwards is only settings.
+    let tls = s.tls(&s.acme).unwrap();
+    let with_options = format!(
+        "{}&options=-c%20teesql.tenant%3Dglobex",
+        s.cluster
+            .dsn("teesql_app", &s.acme_secret, "postgres", "require")
+    );
+    assert!(
+        teesql_tests::clients::connect(&with_options, tls.clone())
+            .await
+            .is_err()
+    );
+    let named = format!(
+        "{}&application_name=tenant_globex",
+        s.cluster
+            .dsn("teesql_app", &s.acme_secret, "postgres", "require")
+    );
+    let c = teesql_tests::clients::connect(&named, tls).await.unwrap();
+    assert_eq!(identity(&c).await["attributes"]["tenant"], "acme");
+    drop(c);
+
+    // The other tenant's secret does not help: not as the generic user (its grant is
+    // acme, whose secret this is not), not as the other tenant's role (not granted).
+    refused(
+        s.connect(&s.acme, "teesql_app", &s.globex_secret)
+            .await
+            .unwrap(),
+    );
+    refused(
+        s.connect(&s.acme, "tenant_globex", &s.globex_secret)
+            .await
+            .unwrap(),
+    );
+    // Its own role by name, with its own secret, works.
+    let named = s
+        .connect(&s.acme, "tenant_acme", &s.acme_secret)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bodies(&named).await, ["acme 1"]);
+    drop(named);
+
+    // An application no tenant maps is refused with the generic error, even with the
+    // cluster's read-write secret; the decision log says why.
+    refused(
+        s.connect(&s.stranger, "teesql_app", &s.cluster.readwrite_secret)
+            .await
+            .unwrap(),
+    );
+    let lines = s.decisions(1).await.unwrap();
+    let codes: Vec<String> = lines
+        .iter()
+        .flat_map(|l| l["reasons"].as_array().cloned().unwrap_or_default())
+        .map(|r| r["code"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        codes.contains(&"tenant_not_mapped".to_string()),
+        "{codes:?}"
+    );
+    assert!(codes.contains(&"role_not_granted".to_string()), "{codes:?}");
+    let granted: Vec<&Value> = lines.iter().filter(|l| l["grants"].is_object()).collect();
+    assert!(
+        granted
+            .iter()
+            .any(|l| l["grants"]
+                == json!({"roles": ["tenant_acme"], "attributes": {"tenant": "acme"}})),
+        "{granted:?}"
+    );
+
+    // psql through the same door sees the same rows.
+    let conn = format!(
+        "{} sslcert={} sslkey={}",
+        s.cluster
+            .dsn("teesql_app", &s.globex_secret, "postgres", "require"),
+        s.globex.cert.display(),
+        s.globex.key.display()
+    );
+    let conn = dsn_to_keywords(&conn);
+    let out = teesql_tests::clients::psql(&conn, &["-c", "SELECT body FROM notes"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "globex 1");
+
+    // A Postgres backend handed on: acme-web ends its session; acme-batch (the same
+    // tenant, the same role, another application) logs in next. With pooling it gets the
+    // same backend, and must see its own identity, never acme-web's.
+    let first_pid = pid(&acme).await;
+    drop(acme);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Another tenant never gets that backend: kept backends are per role.
+    let other = s
+        .connect(&s.globex, "teesql_app", &s.globex_secret)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(pid(&other).await, first_pid);
+    assert_eq!(identity(&other).await["attributes"]["tenant"], "globex");
+    drop(other);
+    let batch = s
+        .connect(&s.acme_batch, "teesql_app", &s.acme_secret)
+        .await
+        .unwrap()
+        .unwrap();
+    let batch_pid = pid(&batch).await;
+    if pooling {
+        assert_eq!(batch_pid, first_pid, "the kept backend was not reused");
+    }
+    assert_eq!(
+        identity(&batch).await["compose_hash"],
+        s.acme_batch.agent.compose_hash_hex()
+    );
+    assert_eq!(bodies(&batch).await, ["acme 1"]);
+    drop(batch);
+    drop(globex);
+}
+
+/// `postgresql://u:p@h:port/db?sslmode=require sslcert=… sslkey=…` as keyword/value pairs
+/// (psql takes either form, not a mix).
+fn dsn_to_keywords(conn: &str) -> String {
+    let (url, rest) = conn.split_once(' ').unwrap();
+    let url = url.trim_start_matches("postgresql://");
+    let (userinfo, hostpart) = url.split_once('@').unwrap();
+    let (user, password) = userinfo.split_once(':').unwrap();
+    let (hostport, dbq) = hostpart.split_once('/').unwrap();
+    let (host, port) = hostport.split_once(':').unwrap();
+    let (db, query) = dbq.split_once('?').unwrap();
+    format!(
+        "host={host} port={port} user={user} password={password} dbname={db} {} {rest}",
+        query.replace('&', " ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_isolated_by_attested_identity() {
+    isolation(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_isolated_by_attested_identity_with_pooling() {
+    isolation(true).await;
+}
+
+/// `attestation_only`: the grant alone logs in, whatever password the client sends; an
+/// application without the grant still gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attestation_only_role_needs_the_grant_and_no_secret() {
+    let s = setup(false, true).await.unwrap();
+    let c = s
+        .connect(&s.acme, "tenant_acme", "not-a-secret")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(identity(&c).await["attributes"]["tenant"], "acme");
+    let c = s
+        .connect(&s.acme_batch, "teesql_app", &s.globex_secret)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(identity(&c).await["role"], "tenant_acme");
+    refused(
+        s.connect(&s.globex, "tenant_acme", "not-a-secret")
+            .await
+            .unwrap(),
+    );
+    refused(
+        s.connect(&s.stranger, "tenant_acme", "not-a-secret")
+            .await
+            .unwrap(),
+    );
+    refused(
+        s.connect(&s.stranger, "teesql_app", "not-a-secret")
+            .await
+            .unwrap(),
+    );
+}
