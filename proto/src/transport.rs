@@ -276,6 +276,19 @@ pub fn connect_lazy(
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
+/// Run `check` in a task of its own. The connect timeout may cancel this connection
+/// attempt while the appraisal waits for collateral (a cold fetch from Intel PCS over a
+/// WAN can take longer); the appraisal then runs on, bounded by its own fetch timeout, so
+/// what it fetched is cached and the next attempt is quick.
+async fn check_detached(
+    check: Arc<dyn PeerCheck>,
+    chain: Vec<CertificateDer<'static>>,
+) -> Result<String, String> {
+    tokio::spawn(async move { check.check(&chain).await })
+        .await
+        .unwrap_or_else(|e| Err(format!("the check did not finish: {e}")))
+}
+
 async fn open(
     addr: &VerifierAddr,
     tls: Option<Secured>,
@@ -320,7 +333,7 @@ async fn open(
                     .peer_certificates()
                     .unwrap_or_default()
                     .to_vec();
-                match check.check(&chain).await {
+                match check_detached(check, chain).await {
                     Ok(attested) => {
                         tracing::debug!(verifier = %host, %attested, "verifier attested");
                     }
@@ -672,6 +685,43 @@ impl tonic::transport::server::Connected for Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Default)]
+    struct SlowCheck {
+        finished: std::sync::atomic::AtomicBool,
+    }
+
+    impl PeerCheck for SlowCheck {
+        fn check<'a>(&'a self, _: &'a [CertificateDer<'static>]) -> CheckFuture<'a> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.finished
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok("attested".into())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_attempt_cancelled_by_its_timeout_leaves_the_check_running() {
+        let check = Arc::new(SlowCheck::default());
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(20),
+            check_detached(check.clone(), Vec::new()),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the attempt should time out");
+        assert!(!check.finished.load(std::sync::atomic::Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            check.finished.load(std::sync::atomic::Ordering::SeqCst),
+            "the check stopped with the attempt"
+        );
+        assert_eq!(
+            check_detached(check, Vec::new()).await.as_deref(),
+            Ok("attested")
+        );
+    }
 
     #[test]
     fn urls_parse_and_say_what_is_wrong() {
