@@ -101,10 +101,13 @@ deny contains d if {
 	d := {"code": "tenant_ambiguous", "message": sprintf("this client's attested identity maps to several tenants: %s", [concat(", ", sort([t | some t in tenants_of]))])}
 }
 
+# A tenant's application logs in only as its tenant's role (or the generic user): never as
+# another tenant's role, and never as a cluster-wide role, which row-level security keyed
+# on the tenant would not confine.
 deny contains d if {
-	input.connection.user in tenant_roles
 	count(tenants_of) == 1
 	some t in tenants_of
+	input.connection.user != data.teesql.tenant_user
 	data.teesql.tenants[t].role != input.connection.user
-	d := {"code": "role_not_granted", "message": sprintf("role %s is not this client's: its attested identity is tenant %s (role %s)", [input.connection.user, t, data.teesql.tenants[t].role])}
+	d := {"code": "role_not_granted", "message": sprintf("this client is tenant %s and logs in only as %s or %s, not %s", [t, data.teesql.tenants[t].role, data.teesql.tenant_user, input.connection.user])}
 }

@@ -73,6 +73,11 @@ test_other_tenants_role_not_granted if {
 	codes(c) == {"role_not_granted"} with data.teesql.tenants as tenants
 }
 
+test_tenant_never_gets_a_cluster_role if {
+	codes(as_user(acme_client, "teesql_readwrite")) == {"role_not_granted"} with data.teesql.tenants as tenants
+	codes(as_user(acme_client, "postgres")) == {"role_not_granted"} with data.teesql.tenants as tenants
+}
+
 test_unmapped_client_asking_for_a_tenant_refused if {
 	codes(as_user(stranger, "teesql_app")) == {"tenant_not_mapped"} with data.teesql.tenants as tenants
 	codes(as_user(stranger, "tenant_acme")) == {"tenant_not_mapped"} with data.teesql.tenants as tenants
@@ -96,6 +101,7 @@ test_identity_in_two_tenants_is_ambiguous if {
 }
 
 test_no_grants_without_tenants if {
+	# No tenants configured: the same client keeps the cluster roles.
 	not sidecar.grants with input as as_user(acme_client, "teesql_read")
 	sidecar.allow with input as as_user(acme_client, "teesql_read")
 }

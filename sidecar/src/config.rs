@@ -681,6 +681,32 @@ impl SidecarConfig {
                 "role names are lowercase letters, digits and _",
             );
         }
+        // A granted role or the tenant user must not be a name that means something else:
+        // the cluster roles, a passthrough role (Postgres would authenticate it, and no
+        // grant would be checked), the admin, Postgres' own pg_ roles.
+        let reserved = |name: &str| {
+            name == "teesql_read"
+                || name == "teesql_readwrite"
+                || name == backend.admin_user
+                || name.starts_with("pg_")
+                || passthrough.iter().any(|p| p == name)
+        };
+        for g in &granted {
+            if reserved(&g.name) || g.name == tenant_user {
+                p.report(
+                    &format!("auth.roles[{}]", g.name),
+                    "a granted role cannot be a cluster role, a passthrough role, the admin user, a pg_ role or auth.tenant_user",
+                );
+            }
+        }
+        if !granted.is_empty()
+            && (reserved(&tenant_user) || extra.iter().any(|(n, _, _)| *n == tenant_user))
+        {
+            p.report(
+                "auth.tenant_user",
+                "must be a name of its own, not a role clients log in as",
+            );
+        }
         backend.record_identity = file.backend.record_identity.unwrap_or(!granted.is_empty());
         if read.is_none()
             && readwrite.is_none()
@@ -949,6 +975,27 @@ mod tests {
             "auth.roles[tenant_a]: a granted role needs its own secret, the read-write secret, or attestation_only = true",
             "auth.roles[tenant_b]: attestation_only needs granted = true",
             "auth.roles[tenant_c]: attestation_only takes no secret",
+        ] {
+            assert!(errors.contains(needle), "{needle} missing in:\n{errors}");
+        }
+
+        // Names that mean something else are refused.
+        let errors = SidecarConfig::resolve(
+            toml::from_str(
+                "[auth]\ntenant_user = \"teesql_read\"\npassthrough_roles = [\"postgres\"]\n\
+                 [[auth.roles]]\nname = \"postgres\"\ngranted = true\n\
+                 [[auth.roles]]\nname = \"pg_monitor\"\ngranted = true\n",
+            )
+            .unwrap(),
+            &env(&[("TEESQL_READWRITE_SECRET", S1)]),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .join("\n");
+        for needle in [
+            "auth.roles[postgres]: a granted role cannot be",
+            "auth.roles[pg_monitor]: a granted role cannot be",
+            "auth.tenant_user: must be a name of its own",
         ] {
             assert!(errors.contains(needle), "{needle} missing in:\n{errors}");
         }

@@ -85,6 +85,19 @@ pub async fn provision_with(
         .map(|r| (r.name.clone(), r.privileges))
         .collect();
     for (role, privileges) in tenants {
+        // The data file names the roles; it must not name one that means something else.
+        if role == "teesql_read"
+            || role == "teesql_readwrite"
+            || role == &cfg.backend.admin_user
+            || role.starts_with("pg_")
+            || cfg.auth.is_passthrough(role)
+            || cfg.auth.tenant_user() == Some(role.as_str())
+            || cfg.auth.role(role).is_some_and(|r| !r.granted)
+        {
+            return Err(format!(
+                "--tenants: tenant role {role} is a cluster role, a passthrough role, the admin user, a pg_ role, auth.tenant_user or a non-granted role of the config; give the tenant a role of its own"
+            ));
+        }
         match roles.iter_mut().find(|(r, _)| r == role) {
             Some(known) => known.1 = *privileges,
             None => roles.push((role.clone(), *privileges)),
@@ -115,7 +128,17 @@ pub async fn provision_with(
         }
         set_password(&admin, &cfg.backend, role).await?;
     }
-    let readwrite_exists = roles.iter().any(|(_, p)| *p == Privileges::ReadWrite);
+    // Tenant roles (granted by the verifier's policy) share schema public with each
+    // other: they get no CREATE there, so none can plant functions or operators that
+    // another tenant's queries would resolve (CVE-2018-1058).
+    let tenant_roles: Vec<&String> = cfg
+        .auth
+        .roles()
+        .filter(|r| r.granted)
+        .map(|r| &r.name)
+        .chain(tenants.iter().map(|(r, _)| r))
+        .collect();
+    let readwrite_exists = roles.iter().any(|(r, _)| r == "teesql_readwrite");
     let writers: Vec<&String> = roles
         .iter()
         .filter(|(_, p)| *p == Privileges::ReadWrite)
@@ -131,14 +154,7 @@ pub async fn provision_with(
         };
         let c = client.as_ref().unwrap_or(&admin);
         restrict_public(c, db, &writers).await?;
-        for sql in crate::session_identity::PROVISION_SQL {
-            c.batch_execute(sql).await.map_err(|e| {
-                format!(
-                    "creating teesql.identity() in database {db}: {}",
-                    error_chain(&e)
-                )
-            })?;
-        }
+        crate::session_identity::provision(c, db).await?;
         for (role, privileges) in &roles {
             exec_formatted(c, "GRANT CONNECT ON DATABASE %I TO %I", &[db, role]).await?;
             match privileges {
@@ -157,6 +173,18 @@ pub async fn provision_with(
                             &[role],
                         )
                         .await?;
+                    }
+                }
+                Privileges::ReadWrite if tenant_roles.contains(&role) => {
+                    for sql in [
+                        "REVOKE CREATE ON SCHEMA public FROM %I",
+                        "GRANT USAGE ON SCHEMA public TO %I",
+                        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO %I",
+                        "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO %I",
+                        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I",
+                        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO %I",
+                    ] {
+                        exec_formatted(c, sql, &[role]).await?;
                     }
                 }
                 Privileges::ReadWrite => {

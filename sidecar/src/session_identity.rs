@@ -51,11 +51,60 @@ pub const PROVISION_SQL: &[&str] = &[
     "GRANT EXECUTE ON FUNCTION teesql.identity(), teesql.tenant() TO PUBLIC",
 ];
 
+/// The backend must still be the session's: its role and database, not a process that
+/// took over the id of one that died meanwhile.
 const RECORD_SQL: &str = "INSERT INTO teesql.session_identity (pid, backend_start, identity) \
      SELECT a.pid, a.backend_start, $2::text::jsonb \
-     FROM pg_catalog.pg_stat_get_activity($1) a WHERE a.pid = $1 \
+     FROM pg_catalog.pg_stat_get_activity($1) a \
+     WHERE a.pid = $1 AND a.usesysid = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $3) \
+       AND a.datid = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = $4) \
      ON CONFLICT (pid) DO UPDATE \
      SET backend_start = EXCLUDED.backend_start, identity = EXCLUDED.identity";
+
+/// Create the schema, table and functions in the database `c` is connected to, then
+/// check that every object in schema `teesql` belongs to the role running this (the
+/// admin): one that someone else created first could be redefined by them.
+pub async fn provision(c: &tokio_postgres::Client, db: &str) -> Result<(), String> {
+    for sql in PROVISION_SQL {
+        c.batch_execute(sql).await.map_err(|e| {
+            format!(
+                "creating teesql.identity() in database {db}: {}",
+                error_chain(&e)
+            )
+        })?;
+    }
+    let foreign: Option<String> = c
+        .query_one(OWNERS_SQL, &[])
+        .await
+        .map_err(|e| {
+            format!(
+                "checking schema teesql in database {db}: {}",
+                error_chain(&e)
+            )
+        })?
+        .get(0);
+    match foreign {
+        None => Ok(()),
+        Some(list) => Err(format!(
+            "in database {db}, schema teesql holds objects another role owns ({list}): \
+             drop them or make the admin role their owner, then provision again"
+        )),
+    }
+}
+
+/// Objects in (or the) schema `teesql` not owned by `current_user`, or NULL.
+const OWNERS_SQL: &str = "WITH me AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user), \
+     ns AS (SELECT oid, nspowner FROM pg_catalog.pg_namespace WHERE nspname = 'teesql') \
+     SELECT pg_catalog.string_agg(what, ', ') FROM ( \
+       SELECT 'schema teesql' AS what FROM ns WHERE nspowner <> (SELECT oid FROM me) \
+       UNION ALL SELECT 'relation ' || relname FROM pg_catalog.pg_class \
+         WHERE relnamespace = (SELECT oid FROM ns) AND relowner <> (SELECT oid FROM me) \
+       UNION ALL SELECT 'function ' || proname FROM pg_catalog.pg_proc \
+         WHERE pronamespace = (SELECT oid FROM ns) AND proowner <> (SELECT oid FROM me) \
+       UNION ALL SELECT 'type ' || typname FROM pg_catalog.pg_type \
+         WHERE typnamespace = (SELECT oid FROM ns) AND typowner <> (SELECT oid FROM me) \
+           AND typrelid = 0 AND typcategory <> 'A' \
+     ) x";
 
 /// Admin connections kept: one per database, at most this many databases.
 const MAX_DATABASES: usize = 64;
@@ -146,9 +195,16 @@ impl IdentityRecorder {
         let mut last = String::new();
         for _ in 0..2 {
             let client = self.client(database).await?;
-            match client.execute(RECORD_SQL, &[&pid, &json]).await {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&pid, &json, &identity.role, &database];
+            match client.execute(RECORD_SQL, &params).await {
                 Ok(1) => return Ok(()),
-                Ok(_) => return Err(format!("Postgres has no backend with process id {pid}")),
+                Ok(_) => {
+                    return Err(format!(
+                        "Postgres has no backend {pid} of role {} in database {database}",
+                        identity.role
+                    ));
+                }
                 Err(e) => {
                     last = error_chain(&e);
                     let missing = e

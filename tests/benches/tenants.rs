@@ -64,9 +64,11 @@ fn main() {
                 PER_ROUND,
             )
             .await;
+            // A tenant's application gets only its tenant's role: the cluster role is
+            // measured with an application no tenant maps.
             totals[1] += connections(
                 &tenants.cluster,
-                app,
+                &tenants.stranger,
                 "teesql_readwrite",
                 &tenants.cluster.readwrite_secret,
                 PER_ROUND,

@@ -81,6 +81,37 @@ async fn isolation(pooling: bool) {
             "run {run}: {done:?}"
         );
     }
+    // A data file that names a role meaning something else is refused.
+    let e = teesql_sidecar::provision::provision_with(
+        s.cluster.sidecar_config(),
+        &["postgres".to_string()],
+        &[(
+            "postgres".to_string(),
+            teesql_sidecar::auth::Privileges::ReadWrite,
+        )],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("give the tenant a role of its own"), "{e}");
+    // An object in schema teesql that another role owns (and so could redefine) stops
+    // provisioning, naming it.
+    s.cluster
+        .pg
+        .psql(
+            "postgres",
+            "postgres",
+            "CREATE TABLE teesql.planted (x int); ALTER TABLE teesql.planted OWNER TO tenant_acme;",
+        )
+        .unwrap();
+    let e =
+        teesql_sidecar::provision::provision(s.cluster.sidecar_config(), &["postgres".to_string()])
+            .await
+            .unwrap_err();
+    assert!(e.contains("another role owns (relation planted)"), "{e}");
+    s.cluster
+        .pg
+        .psql("postgres", "postgres", "DROP TABLE teesql.planted")
+        .unwrap();
     let can_read = s
         .cluster
         .pg
@@ -161,18 +192,25 @@ async fn isolation(pooling: bool) {
     )
     .await
     .unwrap();
-    // A function of the same name in a schema the session controls does not shadow it.
+    // Tenants share schema public and cannot create in it (nothing to plant for another
+    // tenant's queries); a function of the same name in the session's own temporary
+    // schema does not shadow teesql's either.
+    let e = acme
+        .batch_execute(
+            "CREATE FUNCTION public.tenant() RETURNS text LANGUAGE sql AS $$ SELECT 'globex' $$",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}");
     acme.batch_execute(
-        "CREATE FUNCTION public.tenant() RETURNS text LANGUAGE sql AS $$ SELECT 'globex' $$",
+        "CREATE FUNCTION pg_temp.tenant() RETURNS text LANGUAGE sql AS $$ SELECT 'globex' $$; \
+         SET search_path = pg_temp, teesql, public",
     )
     .await
     .unwrap();
-    acme.batch_execute("SET search_path = public, teesql")
-        .await
-        .unwrap();
     assert_eq!(identity(&acme).await["attributes"]["tenant"], "acme");
     assert_eq!(bodies(&acme).await, ["acme 1"]);
-    acme.batch_execute("DROP FUNCTION public.tenant(); RESET search_path")
+    acme.batch_execute("DROP FUNCTION pg_temp.tenant(); RESET search_path")
         .await
         .unwrap();
 
@@ -210,6 +248,13 @@ async fn isolation(pooling: bool) {
             .await
             .unwrap(),
     );
+    // A tenant's application never gets a cluster-wide role, which the table's
+    // row-level security would not confine, even with the read-write secret.
+    refused(
+        s.connect(&s.acme, "teesql_readwrite", &s.cluster.readwrite_secret)
+            .await
+            .unwrap(),
+    );
     // Its own role by name, with its own secret, works.
     let named = s
         .connect(&s.acme, "tenant_acme", &s.acme_secret)
@@ -226,6 +271,10 @@ async fn isolation(pooling: bool) {
             .await
             .unwrap(),
     );
+    // Refused before any secret? No: the refusal waits for a password exchange, as a
+    // wrong secret does, so an unauthenticated peer cannot probe its grant.
+    assert_eq!(first_auth_request(&s, &s.stranger, "teesql_app").await, 10);
+    assert_eq!(first_auth_request(&s, &s.acme, "tenant_globex").await, 10);
     let lines = s.decisions(1).await.unwrap();
     let codes: Vec<String> = lines
         .iter()
@@ -294,6 +343,43 @@ async fn isolation(pooling: bool) {
     assert_eq!(bodies(&batch).await, ["acme 1"]);
     drop(batch);
     drop(globex);
+}
+
+/// The sidecar's first answer to `app`'s StartupMessage as `user`: the authentication
+/// request code (10: SASL), or 0 for an ErrorResponse.
+async fn first_auth_request(
+    s: &teesql_tests::tenants::Setup,
+    app: &teesql_tests::tenants::App,
+    user: &str,
+) -> i32 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(s.cluster.sidecar_addr)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(s.tls(app).unwrap()))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608i32.to_be_bytes());
+    for (k, v) in [("user", user), ("database", "postgres")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    tls.write_all(&msg).await.unwrap();
+    let tag = tls.read_u8().await.unwrap();
+    let _len = tls.read_i32().await.unwrap();
+    match tag {
+        b'R' => tls.read_i32().await.unwrap(),
+        b'E' => 0,
+        other => panic!("unexpected message {:?}", other as char),
+    }
 }
 
 /// `postgresql://u:p@h:port/db?sslmode=require sslcert=… sslkey=…` as keyword/value pairs

@@ -207,6 +207,11 @@ impl AuthMap {
         self
     }
 
+    /// The user that asks the policy to choose its role, when granted roles exist.
+    pub fn tenant_user(&self) -> Option<&str> {
+        self.tenant_user.as_deref()
+    }
+
     /// Whether `user` asks the policy to choose its role.
     pub fn is_tenant_user(&self, user: &str) -> bool {
         self.tenant_user.as_deref() == Some(user)

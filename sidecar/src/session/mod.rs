@@ -327,10 +327,8 @@ async fn log_in(
     let forwarded = backend::forwarded_params(&user, &database, &params);
     let cfg = &shared.config;
     if cfg.auth.is_passthrough(&user) {
-        if let Err(r) = authenticate::verdict(shared, decision, asked)
-            .await
-            .map(drop)
-        {
+        let verdict = authenticate::verdict(shared, decision, asked).await;
+        if let Err(r) = verdict.and_then(|d| outside_grants(&user, &d).map_or(Ok(()), Err)) {
             return Err(HandshakeError::AuthFailed {
                 user,
                 causes: vec![r],
@@ -380,10 +378,18 @@ async fn log_in(
     };
     let (role, sasl_final, decision) = if cfg.auth.needs_grant(&user) {
         // Which role, and so which secret, depends on the decision: wait for it first.
-        let decision = authenticate::verdict(shared, decision, asked)
+        let chosen = authenticate::verdict(shared, decision, asked)
             .await
-            .map_err(|why| refused(&user, why))?;
-        let role = granted_role(&cfg.auth, &user, &decision).map_err(|why| refused(&user, why))?;
+            .and_then(|d| Ok((granted_role(&cfg.auth, &user, &d)?, d)));
+        let (role, decision) = match chosen {
+            Ok(chosen) => chosen,
+            Err(why) => {
+                // The exchange a wrong secret gets (against a decoy for the tenant user),
+                // so that a peer learns nothing of its grant before it proves a secret.
+                authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, end_point).await?;
+                return Err(refused(&user, why));
+            }
+        };
         let attestation_only = cfg.auth.role(&role).is_some_and(|r| r.attestation_only);
         let sasl_final = if attestation_only {
             Vec::new()
@@ -398,6 +404,11 @@ async fn log_in(
         let auth =
             authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, end_point).await?;
         let verdict = authenticate::verdict(shared, decision, asked).await;
+        // A client the policy gave roles (a tenant) logs in only as one of them.
+        let verdict = verdict.and_then(|d| match outside_grants(&user, &d) {
+            Some(why) => Err(why),
+            None => Ok(d),
+        });
         match (auth, verdict) {
             (Authenticated::Yes(sasl_final), Ok(decision)) => (user.clone(), sasl_final, decision),
             (auth, verdict) => {
@@ -444,6 +455,16 @@ async fn log_in(
         role,
         database,
         pool_key: Some(key),
+    })
+}
+
+/// Why `user` may not log in when the decision grants roles and `user` is none of them:
+/// a tenant's application never gets a cluster-wide role (the policy denies it too).
+fn outside_grants(user: &str, decision: &teesql_proto::v1::Decision) -> Option<Refusal> {
+    let granted = &decision.grants.as_ref()?.roles;
+    (!granted.is_empty() && !granted.iter().any(|r| r == user)).then(|| Refusal::NotGranted {
+        user: user.to_string(),
+        granted: granted.clone(),
     })
 }
 
