@@ -153,8 +153,8 @@ pub struct ExtraRoleFile {
     /// What `provision` grants: read, readwrite or none [default: none].
     pub privileges: Option<String>,
     /// Only for a client whose verifier decision grants this role (`grants.roles`, e.g.
-    /// a tenant's role from data.teesql.tenants) [default: false]. Without its own
-    /// secret, a granted role takes the read-write cluster secret: both factors.
+    /// a tenant's role from data.teesql.tenants) [default: false]. It needs a secret of
+    /// its own (both factors: the grant and the secret) or `attestation_only`.
     pub granted: Option<bool>,
     /// With `granted`: the grant alone logs the client in, no secret is asked. Opt-in,
     /// for roles the policy grants only to pinned compose hashes [default: false].
@@ -622,16 +622,15 @@ impl SidecarConfig {
                         );
                         Vec::new()
                     }
-                    (None, None, false) => match &readwrite {
-                        Some(rw) => vec![rw.clone()],
-                        None => {
-                            p.report(
-                                &what,
-                                "a granted role needs its own secret, the read-write secret, or attestation_only = true",
-                            );
-                            Vec::new()
-                        }
-                    },
+                    // Not the read-write secret: a tenant holding it could log in as
+                    // teesql_readwrite from an application no tenant maps.
+                    (None, None, false) => {
+                        p.report(
+                            &what,
+                            "a granted role needs a secret of its own (secret_file or secret_env) or attestation_only = true",
+                        );
+                        Vec::new()
+                    }
                     (f, env_name, false) => load_cluster_secret(
                         &what,
                         f.as_ref(),
@@ -935,16 +934,17 @@ mod tests {
         let file = |roles: &str| -> SidecarFile {
             toml::from_str(&format!("[auth]\ntenant_user = \"app\"\n{roles}")).unwrap()
         };
-        // No secret of its own: the read-write secret, both factors.
+        // A secret of its own: both factors; never the read-write secret.
         let c = SidecarConfig::resolve(
-            file("[[auth.roles]]\nname = \"tenant_a\"\ngranted = true\n"),
-            &env(&[("TEESQL_READWRITE_SECRET", S1)]),
+            file("[[auth.roles]]\nname = \"tenant_a\"\ngranted = true\nsecret_env = \"A\"\n"),
+            &env(&[("TEESQL_READWRITE_SECRET", S1), ("A", S2)]),
             Overrides::default(),
         )
         .unwrap();
         let role = c.auth.role("tenant_a").unwrap();
         assert!(role.granted && !role.attestation_only);
-        assert!(role.check_cleartext(S1.as_bytes()));
+        assert!(role.check_cleartext(S2.as_bytes()));
+        assert!(!role.check_cleartext(S1.as_bytes()));
         assert!(c.auth.needs_grant("app") && c.auth.needs_grant("tenant_a"));
         assert!(!c.auth.needs_grant("teesql_readwrite"));
         assert!(
@@ -972,7 +972,7 @@ mod tests {
         .unwrap_err()
         .join("\n");
         for needle in [
-            "auth.roles[tenant_a]: a granted role needs its own secret, the read-write secret, or attestation_only = true",
+            "auth.roles[tenant_a]: a granted role needs a secret of its own",
             "auth.roles[tenant_b]: attestation_only needs granted = true",
             "auth.roles[tenant_c]: attestation_only takes no secret",
         ] {
@@ -983,8 +983,8 @@ mod tests {
         let errors = SidecarConfig::resolve(
             toml::from_str(
                 "[auth]\ntenant_user = \"teesql_read\"\npassthrough_roles = [\"postgres\"]\n\
-                 [[auth.roles]]\nname = \"postgres\"\ngranted = true\n\
-                 [[auth.roles]]\nname = \"pg_monitor\"\ngranted = true\n",
+                 [[auth.roles]]\nname = \"postgres\"\ngranted = true\nattestation_only = true\n\
+                 [[auth.roles]]\nname = \"pg_monitor\"\ngranted = true\nattestation_only = true\n",
             )
             .unwrap(),
             &env(&[("TEESQL_READWRITE_SECRET", S1)]),

@@ -154,6 +154,18 @@ pub async fn provision_with(
         };
         let c = client.as_ref().unwrap_or(&admin);
         restrict_public(c, db, &writers).await?;
+        if !tenant_roles.is_empty() {
+            // Before Postgres 15 every role may create in public through PUBLIC; the
+            // cluster's read-write roles keep it by their own grant below.
+            c.batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+                .await
+                .map_err(|e| {
+                    format!(
+                        "REVOKE CREATE ON SCHEMA public FROM PUBLIC: {}",
+                        error_chain(&e)
+                    )
+                })?;
+        }
         crate::session_identity::provision(c, db).await?;
         for (role, privileges) in &roles {
             exec_formatted(c, "GRANT CONNECT ON DATABASE %I TO %I", &[db, role]).await?;
@@ -201,8 +213,52 @@ pub async fn provision_with(
                 Privileges::None => {}
             }
         }
+        check_tenants(c, db, &tenant_roles).await?;
     }
     Ok(done)
+}
+
+/// Tenant roles must hold no power beyond their grants: not a superuser or any role
+/// attribute that escapes row-level security or creates roles, no membership in another
+/// role, no CREATE on schema public and nothing of their own in it (functions or operators
+/// there would be resolved by other tenants' queries).
+async fn check_tenants(
+    c: &tokio_postgres::Client,
+    db: &str,
+    tenant_roles: &[&String],
+) -> Result<(), String> {
+    let names: Vec<String> = tenant_roles.iter().map(|r| r.to_string()).collect();
+    let problems: Option<String> = c
+        .query_one(
+            "SELECT pg_catalog.string_agg(problem, '; ') FROM ( \
+               SELECT r.rolname || ' is a superuser or has BYPASSRLS, CREATEROLE, CREATEDB or REPLICATION' AS problem \
+                 FROM pg_catalog.pg_roles r WHERE r.rolname = ANY($1) \
+                 AND (r.rolsuper OR r.rolbypassrls OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication) \
+               UNION ALL SELECT r.rolname || ' is a member of ' || g.rolname \
+                 FROM pg_catalog.pg_auth_members m \
+                 JOIN pg_catalog.pg_roles r ON r.oid = m.member JOIN pg_catalog.pg_roles g ON g.oid = m.roleid \
+                 WHERE r.rolname = ANY($1) \
+               UNION ALL SELECT r.rolname || ' may CREATE in schema public' \
+                 FROM pg_catalog.pg_roles r WHERE r.rolname = ANY($1) \
+                 AND pg_catalog.has_schema_privilege(r.oid, 'public', 'CREATE') \
+               UNION ALL SELECT r.rolname || ' owns function ' || p.oid::pg_catalog.regprocedure::text \
+                 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner \
+                 WHERE p.pronamespace = 'public'::pg_catalog.regnamespace AND r.rolname = ANY($1) \
+               UNION ALL SELECT r.rolname || ' owns operator ' || o.oid::pg_catalog.regoperator::text \
+                 FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_roles r ON r.oid = o.oprowner \
+                 WHERE o.oprnamespace = 'public'::pg_catalog.regnamespace AND r.rolname = ANY($1) \
+             ) x",
+            &[&names],
+        )
+        .await
+        .map_err(|e| format!("checking tenant roles in database {db}: {}", error_chain(&e)))?
+        .get(0);
+    match problems {
+        None => Ok(()),
+        Some(p) => Err(format!(
+            "in database {db}, tenant roles hold more than their grants: {p}; a tenant role must be an ordinary role of its own"
+        )),
+    }
 }
 
 /// Take temporary tables, large-object creation and advisory locks from `PUBLIC` in

@@ -86,15 +86,16 @@ pub async fn provision(c: &tokio_postgres::Client, db: &str) -> Result<(), Strin
     match foreign {
         None => Ok(()),
         Some(list) => Err(format!(
-            "in database {db}, schema teesql holds objects another role owns ({list}): \
-             drop them or make the admin role their owner, then provision again"
+            "in database {db}, schema teesql holds what another role owns or was granted ({list}): \
+             drop or revoke it (or make the admin role its owner), then provision again"
         )),
     }
 }
 
-/// Objects in (or the) schema `teesql` not owned by `current_user`, or NULL.
+/// Objects in (or the) schema `teesql` not owned by `current_user`, and grants on them
+/// beyond USAGE on the schema and EXECUTE on the functions to PUBLIC; or NULL.
 const OWNERS_SQL: &str = "WITH me AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user), \
-     ns AS (SELECT oid, nspowner FROM pg_catalog.pg_namespace WHERE nspname = 'teesql') \
+     ns AS (SELECT oid, nspowner, nspacl FROM pg_catalog.pg_namespace WHERE nspname = 'teesql') \
      SELECT pg_catalog.string_agg(what, ', ') FROM ( \
        SELECT 'schema teesql' AS what FROM ns WHERE nspowner <> (SELECT oid FROM me) \
        UNION ALL SELECT 'relation ' || relname FROM pg_catalog.pg_class \
@@ -104,6 +105,18 @@ const OWNERS_SQL: &str = "WITH me AS (SELECT oid FROM pg_catalog.pg_roles WHERE 
        UNION ALL SELECT 'type ' || typname FROM pg_catalog.pg_type \
          WHERE typnamespace = (SELECT oid FROM ns) AND typowner <> (SELECT oid FROM me) \
            AND typrelid = 0 AND typcategory <> 'A' \
+       UNION ALL SELECT 'operator ' || oprname FROM pg_catalog.pg_operator \
+         WHERE oprnamespace = (SELECT oid FROM ns) AND oprowner <> (SELECT oid FROM me) \
+       UNION ALL SELECT 'a grant of ' || a.privilege_type || ' on schema teesql' \
+         FROM ns, pg_catalog.aclexplode(ns.nspacl) a \
+         WHERE a.grantee <> ns.nspowner AND NOT (a.grantee = 0 AND a.privilege_type = 'USAGE') \
+       UNION ALL SELECT 'a grant of ' || a.privilege_type || ' on ' || c.relname \
+         FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a \
+         WHERE c.relnamespace = (SELECT oid FROM ns) AND a.grantee <> c.relowner \
+       UNION ALL SELECT 'a grant of ' || a.privilege_type || ' on function ' || p.proname \
+         FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a \
+         WHERE p.pronamespace = (SELECT oid FROM ns) AND a.grantee <> p.proowner \
+           AND NOT (a.grantee = 0 AND a.privilege_type = 'EXECUTE') \
      ) x";
 
 /// Admin connections kept: one per database, at most this many databases.

@@ -11,7 +11,7 @@
 
 use serde_json::{Value, json};
 
-use teesql_tests::tenants::setup;
+use teesql_tests::tenants::{App, Setup, setup};
 
 async fn identity(c: &tokio_postgres::Client) -> Value {
     let row = c
@@ -107,10 +107,59 @@ async fn isolation(pooling: bool) {
         teesql_sidecar::provision::provision(s.cluster.sidecar_config(), &["postgres".to_string()])
             .await
             .unwrap_err();
-    assert!(e.contains("another role owns (relation planted)"), "{e}");
+    assert!(
+        e.contains("another role owns or was granted (relation planted)"),
+        "{e}"
+    );
     s.cluster
         .pg
         .psql("postgres", "postgres", "DROP TABLE teesql.planted")
+        .unwrap();
+    // So does a grant on the identity table (whoever holds it could forge identities).
+    s.cluster
+        .pg
+        .psql(
+            "postgres",
+            "postgres",
+            "GRANT UPDATE ON teesql.session_identity TO tenant_acme",
+        )
+        .unwrap();
+    let e =
+        teesql_sidecar::provision::provision(s.cluster.sidecar_config(), &["postgres".to_string()])
+            .await
+            .unwrap_err();
+    assert!(e.contains("a grant of UPDATE on session_identity"), "{e}");
+    s.cluster
+        .pg
+        .psql(
+            "postgres",
+            "postgres",
+            "REVOKE UPDATE ON teesql.session_identity FROM tenant_acme",
+        )
+        .unwrap();
+    // A tenant role that is more than an ordinary role is refused.
+    s.cluster
+        .pg
+        .psql("postgres", "postgres", "CREATE ROLE tenant_root SUPERUSER")
+        .unwrap();
+    let e = teesql_sidecar::provision::provision_with(
+        s.cluster.sidecar_config(),
+        &["postgres".to_string()],
+        &[(
+            "tenant_root".to_string(),
+            teesql_sidecar::auth::Privileges::Read,
+        )],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("tenant_root is a superuser"), "{e}");
+    s.cluster
+        .pg
+        .psql(
+            "postgres",
+            "postgres",
+            "DROP OWNED BY tenant_root; DROP ROLE tenant_root",
+        )
         .unwrap();
     let can_read = s
         .cluster
@@ -275,6 +324,19 @@ async fn isolation(pooling: bool) {
     // wrong secret does, so an unauthenticated peer cannot probe its grant.
     assert_eq!(first_auth_request(&s, &s.stranger, "teesql_app").await, 10);
     assert_eq!(first_auth_request(&s, &s.acme, "tenant_globex").await, 10);
+    // And the exchange looks the same granted or not: the salt a peer is shown.
+    assert_eq!(
+        server_salt(&s, &s.stranger, "teesql_app").await,
+        server_salt(&s, &s.acme, "teesql_app").await
+    );
+    assert_eq!(
+        server_salt(&s, &s.acme, "teesql_app").await,
+        server_salt(&s, &s.globex, "teesql_app").await
+    );
+    assert_eq!(
+        server_salt(&s, &s.globex, "tenant_acme").await,
+        server_salt(&s, &s.acme, "tenant_acme").await
+    );
     let lines = s.decisions(1).await.unwrap();
     let codes: Vec<String> = lines
         .iter()
@@ -347,12 +409,55 @@ async fn isolation(pooling: bool) {
 
 /// The sidecar's first answer to `app`'s StartupMessage as `user`: the authentication
 /// request code (10: SASL), or 0 for an ErrorResponse.
-async fn first_auth_request(
-    s: &teesql_tests::tenants::Setup,
-    app: &teesql_tests::tenants::App,
-    user: &str,
-) -> i32 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+async fn first_auth_request(s: &Setup, app: &App, user: &str) -> i32 {
+    let mut tls = started(s, app, user).await;
+    let (tag, body) = message(&mut tls).await;
+    match tag {
+        b'R' => i32::from_be_bytes(body[..4].try_into().unwrap()),
+        b'E' => 0,
+        other => panic!("unexpected message {:?}", other as char),
+    }
+}
+
+/// The salt in the sidecar's SCRAM server-first message to `app` logging in as `user`.
+async fn server_salt(s: &Setup, app: &App, user: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut tls = started(s, app, user).await;
+    let (tag, body) = message(&mut tls).await;
+    assert_eq!((tag, &body[..4]), (b'R', &10i32.to_be_bytes()[..]));
+    let first = b"n,,n=,r=abcdefghijklmnopqrstuvwx";
+    let mut msg = b"SCRAM-SHA-256\0".to_vec();
+    msg.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    msg.extend_from_slice(first);
+    let mut out = vec![b'p'];
+    out.extend_from_slice(&((msg.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(&msg);
+    tls.write_all(&out).await.unwrap();
+    let (tag, body) = message(&mut tls).await;
+    assert_eq!((tag, &body[..4]), (b'R', &11i32.to_be_bytes()[..]));
+    let server_first = String::from_utf8(body[4..].to_vec()).unwrap();
+    server_first
+        .split(',')
+        .find_map(|f| f.strip_prefix("s="))
+        .unwrap()
+        .to_string()
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// One backend message: tag and body.
+async fn message(tls: &mut Tls) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let tag = tls.read_u8().await.unwrap();
+    let len = tls.read_i32().await.unwrap();
+    let mut body = vec![0u8; usize::try_from(len - 4).unwrap()];
+    tls.read_exact(&mut body).await.unwrap();
+    (tag, body)
+}
+
+/// A TLS connection as `app` that has sent its StartupMessage as `user`.
+async fn started(s: &Setup, app: &App, user: &str) -> Tls {
+    use tokio::io::AsyncWriteExt;
     let tcp = tokio::net::TcpStream::connect(s.cluster.sidecar_addr)
         .await
         .unwrap();
@@ -373,13 +478,7 @@ async fn first_auth_request(
     let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     msg.extend_from_slice(&body);
     tls.write_all(&msg).await.unwrap();
-    let tag = tls.read_u8().await.unwrap();
-    let _len = tls.read_i32().await.unwrap();
-    match tag {
-        b'R' => tls.read_i32().await.unwrap(),
-        b'E' => 0,
-        other => panic!("unexpected message {:?}", other as char),
-    }
+    tls
 }
 
 /// `postgresql://u:p@h:port/db?sslmode=require sslcert=… sslkey=…` as keyword/value pairs

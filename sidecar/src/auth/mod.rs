@@ -78,6 +78,10 @@ pub struct RoleAuth {
     pub attestation_only: bool,
     accepted: Vec<Secret>,
     scram: ScramVerifier,
+    /// For a granted role: its secrets under the tenant user's decoy salt, used when a
+    /// client logs in as the tenant user. A refused tenant-user login gets the decoy of
+    /// that name, so the salt a peer sees is the same whether or not it is granted.
+    scram_as_tenant_user: Option<ScramVerifier>,
 }
 
 /// A role a client may log in as only when the verifier's decision grants it.
@@ -104,6 +108,11 @@ impl fmt::Debug for RoleAuth {
 
 impl RoleAuth {
     fn new(name: &str, privileges: Privileges, accepted: Vec<Secret>) -> Self {
+        let salt = random::<16>();
+        Self::with_salt(name, privileges, accepted, &salt)
+    }
+
+    fn with_salt(name: &str, privileges: Privileges, accepted: Vec<Secret>, salt: &[u8]) -> Self {
         let forms: Vec<String> = accepted
             .iter()
             .flat_map(|s| {
@@ -112,13 +121,13 @@ impl RoleAuth {
             })
             .collect();
         let passwords: Vec<&[u8]> = forms.iter().map(|s| s.as_bytes()).collect();
-        let salt = random::<16>();
         Self {
             name: name.to_string(),
             privileges,
             granted: false,
             attestation_only: false,
-            scram: ScramVerifier::new(&passwords, &salt, DEFAULT_ITERATIONS),
+            scram: ScramVerifier::new(&passwords, salt, DEFAULT_ITERATIONS),
+            scram_as_tenant_user: None,
             accepted,
         }
     }
@@ -126,6 +135,11 @@ impl RoleAuth {
     /// SCRAM verifiers of every accepted secret (lower- and upper-case hex forms).
     pub fn scram(&self) -> &ScramVerifier {
         &self.scram
+    }
+
+    /// The verifiers for a login as the tenant user that was granted this role.
+    pub fn scram_as_tenant_user(&self) -> &ScramVerifier {
+        self.scram_as_tenant_user.as_ref().unwrap_or(&self.scram)
     }
 
     /// Check a cleartext password in constant time against every accepted secret.
@@ -196,10 +210,15 @@ impl AuthMap {
         }
         let mut roles: BTreeMap<String, RoleAuth> = Arc::try_unwrap(self.roles)
             .unwrap_or_else(|_| unreachable!("the map is not shared while it is built"));
+        let tenant_salt = ScramVerifier::decoy(&self.decoy_key, &tenant_user, DEFAULT_ITERATIONS)
+            .salt()
+            .to_vec();
         for g in granted {
-            let mut role = RoleAuth::new(&g.name, g.privileges, g.secrets);
+            let mut role = RoleAuth::new(&g.name, g.privileges, g.secrets.clone());
             role.granted = true;
             role.attestation_only = g.attestation_only;
+            role.scram_as_tenant_user =
+                Some(RoleAuth::with_salt(&g.name, g.privileges, g.secrets, &tenant_salt).scram);
             roles.insert(g.name, role);
         }
         self.roles = Arc::new(roles);

@@ -23,14 +23,16 @@ pub enum Authenticated {
     No(Refusal),
 }
 
-/// Run the authentication exchange for `user`. `end_point` is the channel binding data
-/// when SCRAM-SHA-256-PLUS is offered. A client that breaks the exchange is refused
-/// (`AuthFailed`) at once; one that goes away is `Closed`.
+/// Run the authentication exchange for `user`'s secrets (for a granted role reached
+/// through the tenant user, `as_tenant_user`: under that name's salt). `end_point` is the
+/// channel binding data when SCRAM-SHA-256-PLUS is offered. A client that breaks the
+/// exchange is refused (`AuthFailed`) at once; one that goes away is `Closed`.
 pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     tls: &mut S,
     auth: &AuthMap,
     method: ClientAuthMethod,
     user: &str,
+    as_tenant_user: bool,
     end_point: Option<Vec<u8>>,
 ) -> Result<Authenticated, HandshakeError> {
     let protocol = |e: String| HandshakeError::AuthFailed {
@@ -61,6 +63,7 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         ClientAuthMethod::Scram => {
             let decoy;
             let verifier = match role {
+                Some(r) if as_tenant_user => r.scram_as_tenant_user(),
                 Some(r) => r.scram(),
                 None => {
                     decoy = auth.decoy(user);

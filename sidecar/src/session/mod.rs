@@ -386,7 +386,8 @@ async fn log_in(
             Err(why) => {
                 // The exchange a wrong secret gets (against a decoy for the tenant user),
                 // so that a peer learns nothing of its grant before it proves a secret.
-                authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, end_point).await?;
+                authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, false, end_point)
+                    .await?;
                 return Err(refused(&user, why));
             }
         };
@@ -394,15 +395,26 @@ async fn log_in(
         let sasl_final = if attestation_only {
             Vec::new()
         } else {
-            match authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &role, end_point).await? {
+            let as_tenant_user = cfg.auth.is_tenant_user(&user);
+            let auth = &cfg.auth;
+            match authenticate::exchange(
+                tls,
+                auth,
+                cfg.auth_method,
+                &role,
+                as_tenant_user,
+                end_point,
+            )
+            .await?
+            {
                 Authenticated::Yes(sasl_final) => sasl_final,
                 Authenticated::No(why) => return Err(refused(&user, why)),
             }
         };
         (role, sasl_final, decision)
     } else {
-        let auth =
-            authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, end_point).await?;
+        let auth = authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, false, end_point)
+            .await?;
         let verdict = authenticate::verdict(shared, decision, asked).await;
         // A client the policy gave roles (a tenant) logs in only as one of them.
         let verdict = verdict.and_then(|d| match outside_grants(&user, &d) {
