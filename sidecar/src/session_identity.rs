@@ -186,13 +186,25 @@ impl SessionIdentity {
 pub struct IdentityRecorder {
     backend: BackendConfig,
     clients: Arc<Mutex<HashMap<String, Arc<tokio_postgres::Client>>>>,
+    /// Identities recorded, for the periodic removal of ended sessions' rows.
+    recorded: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Every this many identities recorded, rows of backends that have ended are removed from
+/// the database just written to: the table holds about as many rows as there are live
+/// sessions, not one per process id ever used.
+pub const PRUNE_EVERY: u64 = 256;
+
+const PRUNE_SQL: &str = "DELETE FROM teesql.session_identity s \
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) a \
+                       WHERE a.pid = s.pid AND a.backend_start = s.backend_start)";
 
 impl IdentityRecorder {
     pub fn new(backend: BackendConfig) -> Self {
         Self {
             backend,
             clients: Arc::default(),
+            recorded: Arc::default(),
         }
     }
 
@@ -211,7 +223,20 @@ impl IdentityRecorder {
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                 [&pid, &json, &identity.role, &database];
             match client.execute(RECORD_SQL, &params).await {
-                Ok(1) => return Ok(()),
+                Ok(1) => {
+                    let n = self
+                        .recorded
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n % PRUNE_EVERY == PRUNE_EVERY - 1 {
+                        let database = database.to_string();
+                        tokio::spawn(async move {
+                            if let Err(e) = client.execute(PRUNE_SQL, &[]).await {
+                                tracing::warn!(%database, error = %error_chain(&e), "could not remove ended sessions' identities");
+                            }
+                        });
+                    }
+                    return Ok(());
+                }
                 Ok(_) => {
                     return Err(format!(
                         "Postgres has no backend {pid} of role {} in database {database}",

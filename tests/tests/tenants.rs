@@ -540,3 +540,39 @@ async fn an_attestation_only_role_needs_the_grant_and_no_secret() {
             .unwrap(),
     );
 }
+
+/// Rows of ended sessions do not pile up: every `PRUNE_EVERY` identities recorded, the
+/// rows of backends that have ended are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_sessions_leave_no_rows_behind() {
+    let s = setup(false, false).await.unwrap();
+    let n = teesql_sidecar::session_identity::PRUNE_EVERY + 44;
+    for _ in 0..n {
+        let c = s
+            .connect(&s.acme, "teesql_app", &s.acme_secret)
+            .await
+            .unwrap()
+            .unwrap();
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    let mut rows = u64::MAX;
+    for _ in 0..50 {
+        rows = s
+            .cluster
+            .pg
+            .psql(
+                "postgres",
+                "postgres",
+                "SELECT count(*) FROM teesql.session_identity",
+            )
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if rows <= 100 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(rows <= 100, "{rows} rows after {n} sessions");
+}
