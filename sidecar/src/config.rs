@@ -11,7 +11,7 @@ pub use teesql_proto::settings::{Env, ProcessEnv};
 use teesql_proto::settings::{Problems, first};
 use teesql_proto::transport::ServerTrust;
 
-use crate::auth::{AuthMap, GrantedRole, Privileges, Secret};
+use crate::auth::{AuthMap, GrantedRole, Privileges, Secret, is_reserved_role};
 
 /// The settings as they can be written: every field optional (file, env and flags merge).
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -684,11 +684,9 @@ impl SidecarConfig {
         // the cluster roles, a passthrough role (Postgres would authenticate it, and no
         // grant would be checked), the admin, Postgres' own pg_ roles.
         let reserved = |name: &str| {
-            name == "teesql_read"
-                || name == "teesql_readwrite"
-                || name == backend.admin_user
-                || name.starts_with("pg_")
-                || passthrough.iter().any(|p| p == name)
+            is_reserved_role(name, &backend.admin_user, |n| {
+                passthrough.iter().any(|p| p == n)
+            })
         };
         for g in &granted {
             if reserved(&g.name) || g.name == tenant_user {

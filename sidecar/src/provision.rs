@@ -86,12 +86,9 @@ pub async fn provision_with(
         .collect();
     for (role, privileges) in tenants {
         // The data file names the roles; it must not name one that means something else.
-        if role == "teesql_read"
-            || role == "teesql_readwrite"
-            || role == &cfg.backend.admin_user
-            || role.starts_with("pg_")
-            || cfg.auth.is_passthrough(role)
-            || cfg.auth.tenant_user() == Some(role.as_str())
+        if crate::auth::is_reserved_role(role, &cfg.backend.admin_user, |n| {
+            cfg.auth.is_passthrough(n)
+        }) || cfg.auth.tenant_user() == Some(role.as_str())
             || cfg.auth.role(role).is_some_and(|r| !r.granted)
         {
             return Err(format!(

@@ -576,3 +576,33 @@ async fn ended_sessions_leave_no_rows_behind() {
     }
     assert!(rows <= 100, "{rows} rows after {n} sessions");
 }
+
+/// Without the schema `provision` creates, a session is refused (never relayed without
+/// its identity), and the error for the operator says what to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_without_the_identity_schema_refuses_sessions_and_says_why() {
+    let s = setup(false, false).await.unwrap();
+    s.cluster
+        .pg
+        .psql("postgres", "postgres", "DROP SCHEMA teesql CASCADE")
+        .unwrap();
+    let e = s
+        .connect(&s.acme, "teesql_app", &s.acme_secret)
+        .await
+        .unwrap()
+        .expect_err("a session without its identity recorded");
+    let db = e.as_db_error().expect("a Postgres error");
+    assert_eq!(db.code().code(), "08006", "{db:?}");
+    let recorder = teesql_sidecar::session_identity::IdentityRecorder::new(
+        s.cluster.sidecar_config().backend.clone(),
+    );
+    let why = recorder
+        .record(
+            "postgres",
+            std::process::id() as i32,
+            &teesql_sidecar::session_identity::SessionIdentity::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(why.contains("run `teesql-sidecar provision`"), "{why}");
+}

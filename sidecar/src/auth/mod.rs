@@ -84,6 +84,35 @@ pub struct RoleAuth {
     scram_as_tenant_user: Option<ScramVerifier>,
 }
 
+/// Whether `name` already means something a granted (tenant) role must not be: a cluster
+/// role, the admin user, one of Postgres' own `pg_` roles, or a passthrough role (Postgres
+/// would authenticate it, and no grant would be checked).
+pub fn is_reserved_role(
+    name: &str,
+    admin_user: &str,
+    is_passthrough: impl Fn(&str) -> bool,
+) -> bool {
+    name == "teesql_read"
+        || name == "teesql_readwrite"
+        || name == admin_user
+        || name.starts_with("pg_")
+        || is_passthrough(name)
+}
+
+/// SCRAM verifiers of `accepted` secrets in both of their password forms (lower- and
+/// upper-case hex) under `salt`.
+fn scram_verifier(accepted: &[Secret], salt: &[u8]) -> ScramVerifier {
+    let forms: Vec<String> = accepted
+        .iter()
+        .flat_map(|s| {
+            let hex = s.to_hex();
+            [hex.clone(), hex.to_ascii_uppercase()]
+        })
+        .collect();
+    let passwords: Vec<&[u8]> = forms.iter().map(|s| s.as_bytes()).collect();
+    ScramVerifier::new(&passwords, salt, DEFAULT_ITERATIONS)
+}
+
 /// A role a client may log in as only when the verifier's decision grants it.
 #[derive(Debug, Clone)]
 pub struct GrantedRole {
@@ -113,20 +142,12 @@ impl RoleAuth {
     }
 
     fn with_salt(name: &str, privileges: Privileges, accepted: Vec<Secret>, salt: &[u8]) -> Self {
-        let forms: Vec<String> = accepted
-            .iter()
-            .flat_map(|s| {
-                let hex = s.to_hex();
-                [hex.clone(), hex.to_ascii_uppercase()]
-            })
-            .collect();
-        let passwords: Vec<&[u8]> = forms.iter().map(|s| s.as_bytes()).collect();
         Self {
             name: name.to_string(),
             privileges,
             granted: false,
             attestation_only: false,
-            scram: ScramVerifier::new(&passwords, salt, DEFAULT_ITERATIONS),
+            scram: scram_verifier(&accepted, salt),
             scram_as_tenant_user: None,
             accepted,
         }
@@ -214,11 +235,11 @@ impl AuthMap {
             .salt()
             .to_vec();
         for g in granted {
-            let mut role = RoleAuth::new(&g.name, g.privileges, g.secrets.clone());
+            let as_tenant_user = scram_verifier(&g.secrets, &tenant_salt);
+            let mut role = RoleAuth::new(&g.name, g.privileges, g.secrets);
             role.granted = true;
             role.attestation_only = g.attestation_only;
-            role.scram_as_tenant_user =
-                Some(RoleAuth::with_salt(&g.name, g.privileges, g.secrets, &tenant_salt).scram);
+            role.scram_as_tenant_user = Some(as_tenant_user);
             roles.insert(g.name, role);
         }
         self.roles = Arc::new(roles);

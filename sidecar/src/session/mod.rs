@@ -328,7 +328,7 @@ async fn log_in(
     let cfg = &shared.config;
     if cfg.auth.is_passthrough(&user) {
         let verdict = authenticate::verdict(shared, decision, asked).await;
-        if let Err(r) = verdict.and_then(|d| outside_grants(&user, &d).map_or(Ok(()), Err)) {
+        if let Err(r) = verdict.and_then(|d| within_grants(&user, d)) {
             return Err(HandshakeError::AuthFailed {
                 user,
                 causes: vec![r],
@@ -396,10 +396,9 @@ async fn log_in(
             Vec::new()
         } else {
             let as_tenant_user = cfg.auth.is_tenant_user(&user);
-            let auth = &cfg.auth;
             match authenticate::exchange(
                 tls,
-                auth,
+                &cfg.auth,
                 cfg.auth_method,
                 &role,
                 as_tenant_user,
@@ -416,11 +415,7 @@ async fn log_in(
         let auth = authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, false, end_point)
             .await?;
         let verdict = authenticate::verdict(shared, decision, asked).await;
-        // A client the policy gave roles (a tenant) logs in only as one of them.
-        let verdict = verdict.and_then(|d| match outside_grants(&user, &d) {
-            Some(why) => Err(why),
-            None => Ok(d),
-        });
+        let verdict = verdict.and_then(|d| within_grants(&user, d));
         match (auth, verdict) {
             (Authenticated::Yes(sasl_final), Ok(decision)) => (user.clone(), sasl_final, decision),
             (auth, verdict) => {
@@ -470,14 +465,22 @@ async fn log_in(
     })
 }
 
-/// Why `user` may not log in when the decision grants roles and `user` is none of them:
-/// a tenant's application never gets a cluster-wide role (the policy denies it too).
-fn outside_grants(user: &str, decision: &teesql_proto::v1::Decision) -> Option<Refusal> {
-    let granted = &decision.grants.as_ref()?.roles;
-    (!granted.is_empty() && !granted.iter().any(|r| r == user)).then(|| Refusal::NotGranted {
-        user: user.to_string(),
-        granted: granted.clone(),
-    })
+/// The decision, unless it grants roles and `user` is none of them: a client the policy
+/// gave roles (a tenant's application) never gets a cluster-wide role (the policy denies
+/// it too).
+fn within_grants(
+    user: &str,
+    decision: teesql_proto::v1::Decision,
+) -> Result<teesql_proto::v1::Decision, Refusal> {
+    match decision.grants.as_ref().map(|g| &g.roles) {
+        Some(granted) if !granted.is_empty() && !granted.iter().any(|r| r == user) => {
+            Err(Refusal::NotGranted {
+                user: user.to_string(),
+                granted: granted.clone(),
+            })
+        }
+        _ => Ok(decision),
+    }
 }
 
 /// The role a client that needs a grant logs in as: for the tenant user, the first role

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use dcap_qvl::quote::Report;
+use dcap_qvl::quote::{AuthData, Report};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, Pem, X509Certificate};
 
@@ -93,9 +93,12 @@ impl PlatformKey {
             return None;
         }
         // The parser must agree on where the signature and key are.
-        let auth = parsed.auth_data.clone().into_v3();
-        if raw[sig_at..key_at] != auth.ecdsa_signature
-            || raw[key_at..key_at + ATTESTATION_KEY_LEN] != auth.ecdsa_attestation_key
+        let (signature, key) = match &parsed.auth_data {
+            AuthData::V3(a) => (&a.ecdsa_signature, &a.ecdsa_attestation_key),
+            AuthData::V4(a) => (&a.ecdsa_signature, &a.ecdsa_attestation_key),
+        };
+        if raw[sig_at..key_at] != signature[..]
+            || raw[key_at..key_at + ATTESTATION_KEY_LEN] != key[..]
         {
             return None;
         }

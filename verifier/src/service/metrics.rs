@@ -98,16 +98,47 @@ impl Metrics {
 
     /// Also export the collateral counters of `provider`.
     pub fn with_collateral(mut self, provider: Arc<CollateralProvider>) -> Self {
-        self.registry
-            .register_collector(Box::new(CollateralCollector { provider }));
+        self.registry.register_collector(Box::new(Counters(move || {
+            let s = &provider.stats;
+            vec![
+                (
+                    "collateral_fetches",
+                    "Collateral fetches from the PCCS / Intel PCS",
+                    s.fetches.load(Ordering::Relaxed),
+                ),
+                (
+                    "collateral_fetch_failures",
+                    "Collateral fetches that failed (down, timeout, bad response)",
+                    s.fetch_failures.load(Ordering::Relaxed),
+                ),
+                (
+                    "collateral_cache_hits",
+                    "Collateral served from the cache",
+                    s.cache_hits.load(Ordering::Relaxed),
+                ),
+            ]
+        })));
         self
     }
 
     /// Also export the platform cache's counters, when there is one.
     pub fn with_platforms(mut self, platforms: Option<Arc<PlatformCache>>) -> Self {
         if let Some(platforms) = platforms {
-            self.registry
-                .register_collector(Box::new(PlatformCollector { platforms }));
+            self.registry.register_collector(Box::new(Counters(move || {
+                let s = &platforms.stats;
+                vec![
+                    (
+                        "platform_cache_hits",
+                        "TDX quotes from a known platform: only their own signature checked",
+                        s.hits.load(Ordering::Relaxed),
+                    ),
+                    (
+                        "platform_cache_misses",
+                        "TDX quotes that needed the full DCAP verification",
+                        s.misses.load(Ordering::Relaxed),
+                    ),
+                ]
+            })));
         }
         self
     }
@@ -168,59 +199,21 @@ impl Metrics {
     }
 }
 
-#[derive(Debug)]
-struct CollateralCollector {
-    provider: Arc<CollateralProvider>,
-}
+/// Counters read at scrape time from shared atomics: (name, help, value) each.
+struct Counters<F>(F);
 
-impl Collector for CollateralCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.provider.stats;
-        for (name, help, value) in [
-            (
-                "collateral_fetches",
-                "Collateral fetches from the PCCS / Intel PCS",
-                s.fetches.load(Ordering::Relaxed),
-            ),
-            (
-                "collateral_fetch_failures",
-                "Collateral fetches that failed (down, timeout, bad response)",
-                s.fetch_failures.load(Ordering::Relaxed),
-            ),
-            (
-                "collateral_cache_hits",
-                "Collateral served from the cache",
-                s.cache_hits.load(Ordering::Relaxed),
-            ),
-        ] {
-            let counter = ConstCounter::new(value);
-            let m = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            counter.encode(m)?;
-        }
-        Ok(())
+impl<F> std::fmt::Debug for Counters<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Counters")
     }
 }
 
-#[derive(Debug)]
-struct PlatformCollector {
-    platforms: Arc<PlatformCache>,
-}
-
-impl Collector for PlatformCollector {
+impl<F> Collector for Counters<F>
+where
+    F: Fn() -> Vec<(&'static str, &'static str, u64)> + Send + Sync + 'static,
+{
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.platforms.stats;
-        for (name, help, value) in [
-            (
-                "platform_cache_hits",
-                "TDX quotes from a known platform: only their own signature checked",
-                s.hits.load(Ordering::Relaxed),
-            ),
-            (
-                "platform_cache_misses",
-                "TDX quotes that needed the full DCAP verification",
-                s.misses.load(Ordering::Relaxed),
-            ),
-        ] {
+        for (name, help, value) in (self.0)() {
             let counter = ConstCounter::new(value);
             let m = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(m)?;
