@@ -123,6 +123,24 @@ pub async fn start_teesql_dev(
     Ok(child)
 }
 
+/// A binary of the workspace that `cargo test --workspace` built beside the running test
+/// (the test's own is in `deps/`, the workspace's one level up), for tests that run
+/// another package's binary as a user would.
+pub fn workspace_bin(name: &str) -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("no directory above the test executable")?;
+    let bin = dir.join(name);
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: run the workspace's tests (cargo test --workspace), which build it",
+        bin.display()
+    );
+    Ok(bin)
+}
+
 /// Major version of the `psql` the tests run (e.g. 15), or 0 if it cannot be run.
 pub fn psql_major() -> u32 {
     std::process::Command::new(TempPostgres::psql_path())

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 fn snippets() -> Vec<(String, String)> {
@@ -22,33 +22,25 @@ fn snippets() -> Vec<(String, String)> {
     out
 }
 
-/// Where `cargo test --workspace` put the workspace's binaries (beside this test's `deps/`).
-fn bin_dir() -> PathBuf {
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_snippets_connect_as_written() {
     let blocks = snippets();
     let names: Vec<&str> = blocks.iter().map(|(n, _)| n.as_str()).collect();
-    for want in ["mode-d", "mode-a", "mode-a-own", "mode-b"] {
+    for want in [
+        "mode-d",
+        "mode-a",
+        "mode-a-own",
+        "mode-b",
+        "health",
+        "dstack-agent",
+        "backend",
+    ] {
         assert!(
             names.contains(&want),
             "README lost its {want} snippet: {names:?}"
         );
     }
-    let sidecar_bin = bin_dir().join("teesql-sidecar");
-    assert!(
-        sidecar_bin.exists(),
-        "{} is missing: run the workspace's tests (cargo test --workspace), which build it",
-        sidecar_bin.display()
-    );
+    let sidecar_bin = teesql_tests::clients::workspace_bin("teesql-sidecar").unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let env_file = dir.path().join("teesql.env");
@@ -59,6 +51,22 @@ async fn readme_snippets_connect_as_written() {
     )
     .await
     .unwrap();
+    // Every variable the env file holds is used by a snippet this test runs, so what a
+    // newcomer sources is documented by something that works.
+    let env_text = std::fs::read_to_string(&env_file).unwrap();
+    let unused: Vec<&str> = env_text
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| {
+            !blocks
+                .iter()
+                .any(|(_, s)| s.contains(&format!("${k}")) || s.contains(&format!("${{{k}")))
+        })
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "teesql-dev's --env-file writes {unused:?}, which no tested README snippet uses"
+    );
     for (name, script) in blocks {
         // The only edits: the env file's location, and the binary cargo already built
         // instead of a nested cargo build.

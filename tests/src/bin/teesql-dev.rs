@@ -115,6 +115,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// The flags that tell a forwarder how to trust this cluster's verifier: its CA with
+/// `--verifier tls`, its attestation with `ra-tls`, nothing on a unix socket or plain TCP.
+fn verifier_trust_flags(cluster: &Cluster) -> String {
+    let mut flags = String::new();
+    if let Some(ca) = &cluster.verifier_ca {
+        flags += &format!(" --verifier-ca-file {}", ca.display());
+    }
+    if let Some(t) = &cluster.verifier_identity {
+        let paths = [
+            ("policy-dir", &t.identity_policy_dir),
+            ("trust-root", &t.identity_trust_root),
+            ("dev-trust-root", &t.identity_dev_trust_root),
+        ];
+        for (flag, path) in paths {
+            if let Some(p) = path {
+                flags += &format!(" \\\n      --verifier-identity-{flag} {}", p.display());
+            }
+        }
+        if let Some(url) = &t.identity_pccs_url {
+            flags += &format!(" \\\n      --verifier-identity-pccs-url {url}");
+        }
+    }
+    flags
+}
+
 /// The port itself if free, else any free port (with a notice).
 fn port_or_free(what: &str, port: u16) -> anyhow::Result<u16> {
     if port == 0 {
@@ -155,6 +180,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let agent_port = port_or_free("dev agent", args.agent_port)?;
     let forward_port = port_or_free("forwarder", args.forward_port)?;
+    // The port of the "run your own" forwarder teesql-dev prints (it does not start it):
+    // the next one after its own forwarder's, or any free one when that is 0.
+    let own_forward_port = match forward_port {
+        0 => TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+        p => port_or_free("the example forwarder", p.saturating_add(1))?,
+    };
 
     let (state_dir, data_dir) = match &args.data_dir {
         Some(d) => {
@@ -263,6 +294,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let mode_a =
         format!("postgresql://teesql_readwrite:{rw}@{forward_addr}/postgres?sslmode=disable");
+    let mode_a_own = format!(
+        "postgresql://teesql_readwrite:{rw}@127.0.0.1:{own_forward_port}/postgres?sslmode=disable"
+    );
     let verifier_url = cluster.verifier_url.clone();
     let backend_dsn = format!(
         "postgresql://postgres:{superuser_password}@127.0.0.1:{}/postgres?sslmode=disable",
@@ -291,18 +325,18 @@ Mode B (verify-full, dev CA, agent client certificate; superuser password from G
 Mode A (any driver, plaintext to the local forwarder, which does mutual RA-TLS):
   psql \"{mode_a}\"
   run your own: DSTACK_SIMULATOR_ENDPOINT={socket} cargo run -q -p teesql-sidecar -- forward \\
-      --to {host}:{port} --server-name localhost --verifier {verifier_url}{verifier_ca} --listen 127.0.0.1:6433
+      --to {host}:{port} --server-name localhost --expected-compose-hash {compose_hash} \\
+      --verifier {verifier_url}{verifier_ca} --listen 127.0.0.1:{own_forward_port}
+  then, in another shell:
+  psql \"{mode_a_own}\"
 
 For dstack SDK clients:  export DSTACK_SIMULATOR_ENDPOINT={socket}
 Dev CA (sslrootcert):    {ca}
 
 Ctrl-C stops everything{keep}.",
         http = cluster.admin_addr.map(|a| a.port()).unwrap_or(0),
-        verifier_ca = cluster
-            .verifier_ca
-            .as_ref()
-            .map(|p| format!(" --verifier-ca-file {}", p.display()))
-            .unwrap_or_default(),
+        verifier_ca = verifier_trust_flags(&cluster),
+        compose_hash = cluster.agent.agent.compose_hash_hex(),
         profile = args.profile,
         backend = args.backend,
         ita = cluster
