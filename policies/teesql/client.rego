@@ -52,3 +52,15 @@ deny contains d if {
 	not data.teesql.lib.norm_or_empty(value) in pins
 	d := {"code": sprintf("%s_not_expected", [field]), "message": sprintf("the server's %s %v is not one the client expects: %s", [field, value, data.teesql.lib.shown(pins)])}
 }
+
+# An expected app id identifies the server only when the app id is an identity, or when
+# the client also expects a compose hash (checked above).
+deny contains d if {
+	pins := expected("expected_app_ids")
+	count(pins) > 0
+	count(expected("expected_compose_hashes")) == 0
+	input.app != null
+	data.teesql.lib.norm_or_empty(object.get(input.app, "app_id", null)) in pins
+	not lib.app_id_attested
+	d := {"code": "app_id_not_attested", "message": sprintf("the server has the expected app id, but %s", [lib.app_id_unattested_reason])}
+}

@@ -130,6 +130,44 @@ quote_problems contains d if {
 	d := {"code": sprintf("%s_not_pinned", [reg]), "message": sprintf("%s %s is not pinned; pinned: %s", [label, input.tdx[reg], shown(pins)])}
 }
 
+# MRCONFIGID is what the host committed the TD's configuration to; a dstack guest does
+# not boot when it disagrees with what the guest measures.
+quote_problems contains d if {
+	input.tdx.mr_config.matches_event_log == false
+	d := {"code": "mr_config_mismatch", "message": sprintf("the quote's MRCONFIGID (%s) does not commit to the attested event log: %s differ", [input.tdx.mr_config.form, concat(", ", input.tdx.mr_config.mismatches)])}
+}
+
+# An app id names an application only when something vouches for it: dstack 0.6 lets a
+# CVM without a KMS measure any app id its operator chooses (dstack commit c8ed2a21). It
+# counts when it is the first 20 bytes of the attested compose hash, or when the key
+# provider is a KMS whose root (the `id` of the key-provider event) is pinned in
+# data.teesql.kms_roots. With that list missing, no KMS counts (fail closed).
+app_id_attested if {
+	input.app.rtmr3_replayed == true
+	input.app.app_id_attested_by == "compose_hash"
+}
+
+app_id_attested if {
+	input.app.rtmr3_replayed == true
+	input.app.app_id_attested_by == "kms"
+	norm(input.app.key_provider.id) in pinned(data.teesql.kms_roots)
+}
+
+# Why an app id is not an identity, naming what to pin instead.
+app_id_unattested_reason := sprintf("the app id %v is measured by a CVM whose key provider is %v, which lets its operator choose the app id; pin the application's compose hash beside it, or pin its KMS root in data.teesql.kms_roots", [object.get(input.app, "app_id", null), key_provider_name]) if {
+	not app_id_attested
+	input.app.app_id_attested_by != "kms"
+}
+
+app_id_unattested_reason := sprintf("the app id %v comes from a KMS whose root %v is not in data.teesql.kms_roots; pin that KMS root, or the application's compose hash", [object.get(input.app, "app_id", null), input.app.key_provider.id]) if {
+	not app_id_attested
+	input.app.app_id_attested_by == "kms"
+}
+
+key_provider_name := input.app.key_provider.name if is_object(input.app.key_provider)
+
+key_provider_name := "unknown" if not is_object(input.app.key_provider)
+
 # App pins: attested through RTMR3 replay.
 app_names := {"compose_hash": "compose hash", "app_id": "app id", "os_image_hash": "OS image hash"}
 
@@ -148,6 +186,18 @@ quote_problems contains d if {
 	value := object.get(input.app, field, null)
 	not norm_or_empty(value) in pins
 	d := {"code": sprintf("%s_not_pinned", [field]), "message": sprintf("%s %v is not pinned; pinned: %s", [label, value, shown(pins)])}
+}
+
+# A pinned app id that matches is not enough on its own: unless a compose hash is pinned
+# beside it, the app id itself must be an identity.
+quote_problems contains d if {
+	pins := pinned(data.teesql.pins.app_id)
+	count(pins) > 0
+	count(data.teesql.pins.compose_hash) == 0
+	input.app != null
+	norm_or_empty(object.get(input.app, "app_id", null)) in pins
+	not app_id_attested
+	d := {"code": "app_id_not_attested", "message": app_id_unattested_reason}
 }
 
 norm_or_empty(x) := norm(x) if x != null

@@ -97,6 +97,17 @@ member_app_ids := {data.teesql.lib.norm(a) |
 	some a in c.member_app_ids
 }
 
+# A member app id tells a cluster's member apart only when the app id is an identity.
+deny contains d if {
+	input.evidence.kind != "none"
+	input.app != null
+	input.manifest.error == null
+	count(member_app_ids) > 0
+	data.teesql.lib.norm_or_empty(input.app.app_id) in member_app_ids
+	not lib.app_id_attested
+	d := {"code": "app_id_not_attested", "message": sprintf("the leader runs a member app of cluster %s, but %s", [input.manifest.cluster, lib.app_id_unattested_reason])}
+}
+
 deny contains d if {
 	input.evidence.kind != "none"
 	input.app != null

@@ -3,6 +3,7 @@ package teesql.manifest_test
 import rego.v1
 
 import data.teesql.manifest
+import data.teesql.quote_test
 import data.teesql.sidecar_test
 
 signer := "0x19e7e376e7c213b7e7e7e46cc70a5dd086daff2a"
@@ -49,7 +50,8 @@ test_invalid_manifest_denied if {
 leader_app := {
 	"app_id": "bd32b609057a1a4569558a571d535c8f1212b097",
 	"instance_id": "ea23198e3419ebbb240571a29d0112d9bcbe69c0",
-	"compose_hash": null, "os_image_hash": null, "key_provider": null,
+	"compose_hash": null, "os_image_hash": null, "key_provider": {"name": "kms", "id": quote_test.kms_root},
+	"app_id_attested_by": "kms",
 	"rtmr3_replayed": true, "rtmr3_replay": "33", "replay_error": null, "events": [],
 }
 
@@ -74,7 +76,16 @@ test_leader_app_id_is_not_compared_with_the_cluster if {
 pinned_members := {"0xBD32B609057A1A4569558A571D535C8F1212B097": {"member_app_ids": ["0x7E1C3B5A9F2D4E6A8B0C1D2E3F4A5B6C7D8E9F0A"]}}
 
 test_pinned_member_app_allows if {
-	manifest.allow with input as member_leader with data.teesql.manifest_signers as [signer] with data.teesql.clusters as pinned_members
+	manifest.allow with input as member_leader with data.teesql.manifest_signers as [signer] with data.teesql.clusters as pinned_members with data.teesql.kms_roots as [quote_test.kms_root]
+}
+
+# (regorus 0.11 evaluates a rule passed straight to a function under `with data.…` as
+# undefined: bind it to a local first.)
+test_a_member_app_id_needs_its_kms_pinned if {
+	leader := member_leader
+	codes(leader) == {"app_id_not_attested"} with data.teesql.manifest_signers as [signer] with data.teesql.clusters as pinned_members
+	chosen := object.union(member_leader, {"app": {"app_id_attested_by": "none", "key_provider": {"name": "none", "id": ""}}})
+	codes(chosen) == {"app_id_not_attested"} with data.teesql.manifest_signers as [signer] with data.teesql.clusters as pinned_members with data.teesql.kms_roots as [quote_test.kms_root]
 }
 
 test_app_outside_the_pinned_members_denied if {

@@ -105,8 +105,50 @@ test_compose_hash_pin_needs_event_log if {
 }
 
 app := {
-	"app_id": "a1", "compose_hash": "c1", "instance_id": "i1", "os_image_hash": null,
+	"app_id": "a1", "app_id_attested_by": "compose_hash", "compose_hash": "c1", "instance_id": "i1", "os_image_hash": null,
 	"key_provider": null, "rtmr3_replayed": true, "rtmr3_replay": "33", "replay_error": null, "events": [],
+}
+
+kms_root := "3059301306072a8648ce3d020106082a8648ce3d030107034200041111"
+
+# A KMS-less dstack 0.6 CVM whose operator chose the app id a1.
+chosen_app := object.union(app, {"app_id_attested_by": "none", "key_provider": {"name": "none", "id": ""}})
+
+# The same app id, issued under a KMS.
+kms_app := object.union(app, {"app_id_attested_by": "kms", "key_provider": {"name": "kms", "id": kms_root}})
+
+test_an_app_id_pin_alone_needs_an_attested_app_id if {
+	chosen := object.union(good, {"app": chosen_app})
+	codes(chosen) == {"app_id_not_attested"} with data.teesql.pins.app_id as ["a1"]
+	some d in quote.deny with input as chosen with data.teesql.pins.app_id as ["a1"]
+	contains(d.message, "compose hash")
+	contains(d.message, "kms_roots")
+
+	# Beside a compose hash pin the app id rests on the compose hash.
+	quote.allow with input as chosen with data.teesql.pins.app_id as ["a1"] with data.teesql.pins.compose_hash as ["c1"]
+
+	# Derived from the compose hash (dstack 0.5's KMS-less form): an identity.
+	quote.allow with input as object.union(good, {"app": app}) with data.teesql.pins.app_id as ["a1"]
+}
+
+test_an_app_id_under_a_kms_counts_only_when_the_kms_is_pinned if {
+	under_kms := object.union(good, {"app": kms_app})
+	codes(under_kms) == {"app_id_not_attested"} with data.teesql.pins.app_id as ["a1"]
+	quote.allow with input as under_kms with data.teesql.pins.app_id as ["a1"] with data.teesql.kms_roots as [upper(kms_root)]
+	codes(under_kms) == {"app_id_not_attested"} with data.teesql.pins.app_id as ["a1"] with data.teesql.kms_roots as ["3059"]
+
+	# An unreplayed log attests nothing.
+	unreplayed := object.union(under_kms, {"app": {"rtmr3_replayed": false}})
+	"app_id_not_attested" in codes(unreplayed) with data.teesql.pins.app_id as ["a1"] with data.teesql.kms_roots as [kms_root]
+}
+
+test_mr_config_that_disagrees_with_the_event_log_is_denied if {
+	mismatch := object.union(good, {"app": app, "tdx": {"mr_config": {"form": "v1", "matches_event_log": false, "mismatches": ["compose_hash"]}}})
+	codes(mismatch) == {"mr_config_mismatch"}
+	agrees := object.union(good, {"app": app, "tdx": {"mr_config": {"form": "v1", "matches_event_log": true, "mismatches": []}}})
+	quote.allow with input as agrees
+	unknown := object.union(good, {"app": app, "tdx": {"mr_config": {"form": "v3", "matches_event_log": null, "mismatches": []}}})
+	quote.allow with input as unknown
 }
 
 test_compose_hash_pin_with_replayed_log if {

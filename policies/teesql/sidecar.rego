@@ -61,11 +61,36 @@ tenants_of contains t if {
 	data.teesql.lib.norm(input.app.compose_hash) in data.teesql.lib.pinned(object.get(spec, "compose_hashes", []))
 }
 
+# A tenant is mapped by app id only when the app id is an identity (lib.app_id_attested:
+# a pinned KMS, or derived from the compose hash).
 tenants_of contains t if {
+	lib.app_id_attested
+	some t in tenants_by_app_id
+}
+
+tenants_by_app_id contains t if {
 	attested_app
 	some t, spec in data.teesql.tenants
 	input.app.app_id != null
 	data.teesql.lib.norm(input.app.app_id) in data.teesql.lib.pinned(object.get(spec, "app_ids", []))
+}
+
+# A tenant would map by app id, but the app id is not an identity: say so, rather than
+# that no tenant maps.
+unattested_tenant if {
+	count(tenants_of) == 0
+	count(tenants_by_app_id) > 0
+	not lib.app_id_attested
+}
+
+needs_tenant if asks_for_tenant
+
+needs_tenant if data.teesql.require_tenant == true
+
+deny contains d if {
+	unattested_tenant
+	needs_tenant
+	d := {"code": "app_id_not_attested", "message": sprintf("tenant %s is mapped by this client's app id, but %s", [concat(", ", sort([t | some t in tenants_by_app_id])), lib.app_id_unattested_reason])}
 }
 
 tenant_roles := {spec.role | some spec in data.teesql.tenants}
@@ -86,6 +111,7 @@ app_field(_) := null if input.app == null
 deny contains d if {
 	count(tenants_of) == 0
 	asks_for_tenant
+	not unattested_tenant
 	d := {"code": "tenant_not_mapped", "message": sprintf("user %s needs a tenant, and no tenant maps this client's attested compose hash %v or app id %v", [input.connection.user, app_field("compose_hash"), app_field("app_id")])}
 }
 
@@ -93,6 +119,7 @@ deny contains d if {
 	count(tenants_of) == 0
 	not asks_for_tenant
 	data.teesql.require_tenant == true
+	not unattested_tenant
 	d := {"code": "tenant_not_mapped", "message": sprintf("require_tenant is set, and no tenant maps this client's attested compose hash %v or app id %v", [app_field("compose_hash"), app_field("app_id")])}
 }
 

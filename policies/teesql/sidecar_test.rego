@@ -68,6 +68,27 @@ test_tenant_granted_by_app_id_and_own_role_allowed if {
 	sidecar.grants.roles == ["tenant_globex"] with input as c with data.teesql.tenants as tenants
 }
 
+test_a_chosen_app_id_maps_no_tenant if {
+	chosen := object.union(client, {"app": object.union(quote_test.chosen_app, {"app_id": "B2", "compose_hash": "c9"})})
+	c := as_user(chosen, "teesql_app")
+	codes(c) == {"app_id_not_attested"} with data.teesql.tenants as tenants
+	not sidecar.grants with input as c with data.teesql.tenants as tenants
+	codes(as_user(chosen, "tenant_globex")) == {"app_id_not_attested"} with data.teesql.tenants as tenants
+
+	# With require_tenant, a cluster role is refused for the same reason.
+	reader := as_user(chosen, "teesql_read")
+	codes(reader) == {"app_id_not_attested"} with data.teesql.tenants as tenants with data.teesql.require_tenant as true
+	sidecar.allow with input as reader with data.teesql.tenants as tenants
+}
+
+test_an_app_id_under_a_pinned_kms_maps_its_tenant if {
+	under_kms := object.union(client, {"app": object.union(quote_test.kms_app, {"app_id": "B2", "compose_hash": "c9"})})
+	c := as_user(under_kms, "teesql_app")
+	codes(c) == {"app_id_not_attested"} with data.teesql.tenants as tenants
+	sidecar.grants.roles == ["tenant_globex"] with input as c with data.teesql.tenants as tenants with data.teesql.kms_roots as [quote_test.kms_root]
+	sidecar.allow with input as c with data.teesql.tenants as tenants with data.teesql.kms_roots as [quote_test.kms_root]
+}
+
 test_other_tenants_role_not_granted if {
 	c := as_user(acme_client, "tenant_globex")
 	codes(c) == {"role_not_granted"} with data.teesql.tenants as tenants

@@ -70,3 +70,13 @@ deny contains d if {
 	not data.teesql.lib.norm_or_empty(value) in pins[field]
 	d := {"code": sprintf("verifier_%s_not_pinned", [field]), "message": sprintf("the verifier's %s %v is not pinned; pinned: %s", [field, value, data.teesql.lib.shown(pins[field])])}
 }
+
+# A verifier pinned by app id alone: the app id must be an identity.
+deny contains d if {
+	count(pins.app_id) > 0
+	count(pins.compose_hash) == 0
+	input.app != null
+	data.teesql.lib.norm_or_empty(object.get(input.app, "app_id", null)) in pins.app_id
+	not lib.app_id_attested
+	d := {"code": "app_id_not_attested", "message": sprintf("the verifier has the pinned app id, but %s", [lib.app_id_unattested_reason])}
+}

@@ -3,6 +3,7 @@ package teesql.verifier_test
 import rego.v1
 
 import data.teesql.client_test
+import data.teesql.quote_test
 import data.teesql.verifier
 
 # A verifier's RA-TLS certificate with its event log, as a sidecar sees it.
@@ -36,6 +37,13 @@ test_app_id_pin_enforced_beside_compose_hash if {
 	not verifier.allow with input as peer with data.teesql.verifier_pins as both
 	ok := {"compose_hash": pinned.compose_hash, "app_id": [client_test.app.app_id]}
 	verifier.allow with input as peer with data.teesql.verifier_pins as ok
+}
+
+test_a_verifier_pinned_by_app_id_alone_needs_an_attested_app_id if {
+	by_app_id := {"compose_hash": [], "app_id": [client_test.app.app_id]}
+	not verifier.allow with input as peer with data.teesql.verifier_pins as by_app_id
+	{d.code | some d in verifier.deny with input as peer} == {"app_id_not_attested"} with data.teesql.verifier_pins as by_app_id
+	verifier.allow with input as peer with data.teesql.verifier_pins as by_app_id with data.teesql.kms_roots as [quote_test.kms_root]
 }
 
 test_no_event_log_denied if {

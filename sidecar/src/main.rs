@@ -120,7 +120,11 @@ struct ForwardArgs {
     /// attested through RTMR3); repeat for several.
     #[arg(long = "expected-compose-hash", value_name = "HEX")]
     expected_compose_hashes: Vec<String>,
-    /// dstack app id the server must have (40 hex digits); repeat for several.
+    /// dstack app id the server must have (40 hex digits); repeat for several. An app id
+    /// identifies a server only when a KMS the verifier's policy pins (data.teesql.kms_roots)
+    /// issued it, or when it is the compose hash's first 20 bytes: a dstack 0.6 CVM without a
+    /// KMS measures whatever app id its operator chooses. Give --expected-compose-hash beside
+    /// it, or such a server is refused (app_id_not_attested).
     #[arg(long = "expected-app-id", value_name = "HEX")]
     expected_app_ids: Vec<String>,
     /// Start even though no compose hash, app id or manifest signer identifies the

@@ -1,8 +1,10 @@
 """Call every method of dstack's Python SDK (dstack-sdk 0.5.x) against a guest agent.
 
-Usage: dstack_sdk_every_method.py ENDPOINT. Prints one JSON object with what each call
-returned (bytes as hex) for tests/tests/dstack_sdk.rs to check; any exception fails the
-script. The endpoint goes through DSTACK_SIMULATOR_ENDPOINT, as a dstack app sees it.
+Usage: dstack_sdk_every_method.py ENDPOINT [DSTACK_VERSION]. Prints one JSON object with
+what each call returned (bytes as hex) for tests/tests/dstack_sdk.rs to check; any
+exception fails the script, except where a dstack 0.6 agent (DSTACK_VERSION 0.6) is
+expected to refuse: EmitEvent is gone there, and what the call raised is recorded. The
+endpoint goes through DSTACK_SIMULATOR_ENDPOINT, as a dstack app sees it.
 """
 
 import asyncio
@@ -14,6 +16,7 @@ import sys
 from dstack_sdk import AsyncDstackClient, DstackClient
 
 os.environ["DSTACK_SIMULATOR_ENDPOINT"] = sys.argv[1]
+dstack_version = sys.argv[2] if len(sys.argv) > 2 else "0.5"
 client = DstackClient()
 out = {}
 
@@ -68,9 +71,17 @@ out["get_quote"] = {
 a = client.attest(b"teesql-attest")
 out["attest"] = a.decode_attestation().hex()
 
-client.emit_event("teesql-python-event", b"payload")
-after = client.get_quote(b"after-event")
-out["emit_event"] = {"events_after": len(after.decode_event_log())}
+if dstack_version == "0.6":
+    try:
+        client.emit_event("teesql-python-event", b"payload")
+        out["emit_event"] = {"error": None}
+    except Exception as e:  # dstack 0.6 removed EmitEvent
+        out["emit_event"] = {"error": str(e)}
+    out["get_quote"]["event_log"] = q.event_log
+else:
+    client.emit_event("teesql-python-event", b"payload")
+    after = client.get_quote(b"after-event")
+    out["emit_event"] = {"events_after": len(after.decode_event_log())}
 
 tls = client.get_tls_key(
     subject="db.local",

@@ -35,6 +35,9 @@ pub struct ClusterOptions {
     pub agent_port: Option<u16>,
     /// Seed of the development PKI and agent.
     pub seed: [u8; 32],
+    /// The database CVM's agent, when not the default one of `seed` (another dstack
+    /// version, key provider or app id).
+    pub agent: Option<teesql_devattest::AgentConfig>,
     /// Where the agent socket, dev PKI files and logs go; `None` = a temporary directory.
     pub state_dir: Option<PathBuf>,
     /// Databases to provision the roles in (besides `postgres`).
@@ -81,6 +84,7 @@ impl Default for ClusterOptions {
             verifier_port: None,
             agent_port: None,
             seed: [0x5e; 32],
+            agent: None,
             state_dir: None,
             databases: Vec::new(),
             decision_log: "off".into(),
@@ -218,7 +222,9 @@ impl Cluster {
 
         // Guest agent.
         let agent = TestAgent::start_with_port(
-            teesql_devattest::AgentConfig::new(opts.seed),
+            opts.agent
+                .clone()
+                .unwrap_or_else(|| teesql_devattest::AgentConfig::new(opts.seed)),
             &state_dir,
             opts.agent_port,
         )

@@ -25,14 +25,22 @@ pub struct App {
 /// An application named `name` on the cluster's platform, with a client certificate in
 /// `dir`.
 pub async fn app(name: &str, dir: &Path) -> Result<App> {
+    app_with(name, dir, |_| {}).await
+}
+
+/// Like [`app`], with its agent's configuration changed by `tweak` (its dstack version,
+/// key provider or app id).
+pub async fn app_with(name: &str, dir: &Path, tweak: impl FnOnce(&mut AgentConfig)) -> Result<App> {
     let compose = format!(
         r#"{{"manifest_version":2,"name":"{name}","runner":"docker-compose","docker_compose_file":"services:\n  app:\n    image: {name}\n"}}"#
     );
-    let agent = DevAgent::new(AgentConfig {
+    let mut config = AgentConfig {
         app_compose: compose.into_bytes(),
         app_name: name.into(),
         ..AgentConfig::new(SEED)
-    })?;
+    };
+    tweak(&mut config);
+    let agent = DevAgent::new(config)?;
     let issued = agent
         .issue_tls_key(&RaTlsRequest {
             subject: name.into(),

@@ -8,7 +8,7 @@
 
 use dstack_sdk::dstack_client::{DstackClient, TlsKeyConfig};
 use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::Digest;
 use sha3::Keccak256;
 use teesql_tests::agent::TestAgent;
@@ -75,10 +75,14 @@ fn check_chain(public_key: &[u8], purpose: &str, chain: &[Vec<u8>], app_id: &[u8
 }
 
 /// The KMS root public key `key_provider_info` names.
-fn kms_root(key_provider_info: &str) -> Vec<u8> {
+/// The KMS root that signs `GetKey` chains (dstack's KMS publishes it as `k256_pubkey`),
+/// after checking that `key_provider_info` names the agent's KMS by its root CA, as
+/// dstack does.
+fn kms_root(agent: &TestAgent, key_provider_info: &str) -> Vec<u8> {
     let v: Value = serde_json::from_str(key_provider_info).unwrap();
     assert_eq!(v["name"], "kms");
-    hex::decode(v["id"].as_str().unwrap()).unwrap()
+    assert_eq!(v["id"], agent.agent.kms_root_hex());
+    agent.agent.kms_signing_root()
 }
 
 /// `mr_aggregated` as dstack computes it, from a quote's registers.
@@ -119,7 +123,7 @@ async fn exercise(client: &DstackClient, agent: &TestAgent) {
         info.compose_hash,
         hex::encode(sha2::Sha256::digest(info.tcb_info.app_compose.as_bytes()))
     );
-    let kms = kms_root(&info.key_provider_info);
+    let kms = kms_root(agent, &info.key_provider_info);
     let app_id = hex::decode(&info.app_id).unwrap();
 
     let key = client
@@ -318,7 +322,7 @@ async fn python_sdk_every_method() {
     );
 
     // GetKey: every algorithm's chain leads to the KMS root Info names.
-    let kms = kms_root(info["key_provider_info"].as_str().unwrap());
+    let kms = kms_root(&agent, info["key_provider_info"].as_str().unwrap());
     let app_id = hex::decode(info["app_id"].as_str().unwrap()).unwrap();
     for algorithm in ["secp256k1", "k256", "ed25519"] {
         let k = &out["get_key"][algorithm];
@@ -364,4 +368,79 @@ async fn python_sdk_every_method() {
     assert_eq!(app_info["app_id"], info["app_id"]);
     assert_eq!(app_info["compose_hash"], info["compose_hash"]);
     assert_eq!(app_info["mr_aggregated"].as_str().map(str::len), Some(64));
+}
+
+/// The Python SDK the tests pin (0.5.4) against a dstack 0.6 agent: everything but
+/// `EmitEvent` (gone in 0.6) works. The SDK replays RTMR3 from the digests a `GetQuote`
+/// ships, which 0.6 leaves empty for runtime events, so its replay misses; the verifier
+/// replays from names and payloads and matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_against_a_dstack_0_6_agent() {
+    let Some(py) = python_with(&["dstack_sdk"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = teesql_devattest::AgentConfig::new([5; 32]);
+    config.dstack = teesql_devattest::DstackVersion::V06;
+    let agent = TestAgent::start_with(config, dir.path()).await.unwrap();
+    let script = std::fs::read_to_string(
+        teesql_tests::cluster::repo_root().join("tests/python/dstack_sdk_every_method.py"),
+    )
+    .unwrap();
+    let o = python(&py, &script, &[agent.socket.to_str().unwrap(), "0.6"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+
+    let info = &out["info"];
+    assert_eq!(info["tcb_info"]["mrtd"], agent.agent.mrtd_hex());
+    assert_eq!(info["instance_id"], agent.agent.instance_id_hex());
+    let error = out["emit_event"]["error"]
+        .as_str()
+        .expect("EmitEvent refused");
+    assert!(error.contains("404"), "{error}");
+    let kms = kms_root(&agent, info["key_provider_info"].as_str().unwrap());
+    let app_id = hex::decode(info["app_id"].as_str().unwrap()).unwrap();
+    let k = &out["get_key"]["secp256k1"];
+    let chain: Vec<Vec<u8>> = k["signature_chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| hex::decode(h.as_str().unwrap()).unwrap())
+        .collect();
+    let secret = hex::decode(k["key"].as_str().unwrap()).unwrap();
+    check_chain(
+        &public_key(&secret, "secp256k1"),
+        "python-test",
+        &chain,
+        &app_id,
+        &kms,
+    );
+
+    // The quote and log the SDK returned: the verifier replays RTMR3, the SDK cannot.
+    let quote = hex::decode(out["get_quote"]["quote"].as_str().unwrap()).unwrap();
+    let td = evidence::decode_quote_bytes(&quote)
+        .unwrap()
+        .td_report()
+        .unwrap();
+    assert_ne!(
+        out["get_quote"]["replayed_rtmr3"].as_str().unwrap(),
+        hex::encode(td.rtmr[3])
+    );
+    let getquote = json!({
+        "quote": out["get_quote"]["quote"],
+        "event_log": out["get_quote"]["event_log"],
+        "report_data": out["get_quote"]["report_data"],
+        "vm_config": out["get_quote"]["vm_config"],
+    });
+    let ev = evidence::decode_getquote_json(getquote.to_string().as_bytes()).unwrap();
+    let app = teesql_verifier::claims::AppraisedEvidence::build(&ev, None, None).app;
+    let app = serde_json::to_value(app.unwrap()).unwrap();
+    assert_eq!(
+        app["rtmr3_replay"].as_str().unwrap(),
+        hex::encode(td.rtmr[3])
+    );
+    let att = hex::decode(out["attest"].as_str().unwrap()).unwrap();
+    let att = evidence::decode_attestation(&att).unwrap();
+    assert_eq!(att.format, evidence::AttestationFormat::VersionedV1);
+    assert_eq!(&att.report_data[..13], b"teesql-attest");
 }

@@ -5,8 +5,9 @@
 use serde::Serialize;
 
 use crate::backend::{CollateralWindow, QuoteFacts};
-use crate::eventlog::{AppIdentity, KeyProvider, replay_rtmr3};
+use crate::eventlog::{AppIdAttestation, AppIdentity, KeyProvider, RuntimeEvent, replay_rtmr3};
 use crate::evidence::{CertInfo, Evidence, EvidenceKind, TeeType};
+use crate::mr_config::MrConfigClaims;
 
 /// The version of the claims document; bump on any incompatible change.
 pub const CLAIMS_VERSION: u32 = 1;
@@ -83,17 +84,40 @@ pub struct TdxClaims {
     pub tee_tcb_svn: Option<String>,
     pub debug: Option<bool>,
     pub collateral: Option<CollateralWindow>,
+    /// What MRCONFIGID commits to, and whether that agrees with the event log.
+    pub mr_config: Option<MrConfigClaims>,
 }
 
-/// What the event log says about the application.
+/// What the event log says about the application. The identity fields come only from
+/// the boot events, before the first `system-ready`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AppClaims {
     pub app_id: Option<String>,
+    /// Why the app id is an identity: `kms` (a KMS issued the app's keys; an identity
+    /// when policy pins that KMS), `compose_hash` (the compose hash's first 20 bytes) or
+    /// `none` (the CVM's operator could have chosen it).
+    pub app_id_attested_by: AppIdAttestation,
     pub compose_hash: Option<String>,
     pub instance_id: Option<String>,
     pub os_image_hash: Option<String>,
     /// `{name, id}` from the `key-provider` event, or its raw text if not JSON.
     pub key_provider: Option<serde_json::Value>,
+    /// `init-script-hash` events (dstack 0.6), hex, in order.
+    pub init_script_hashes: Vec<String>,
+    /// `gpu-policy-hash` (dstack 0.6), hex.
+    pub gpu_policy_hash: Option<String>,
+    /// `gpu-attestation` (dstack 0.6): its JSON, or its text when not JSON. What the
+    /// guest reported of its GPU check; not GPU evidence.
+    pub gpu_attestation: Option<serde_json::Value>,
+    /// The boot finished: the log has a `system-ready` event.
+    pub system_ready: bool,
+    /// Events after the first `system-ready`, emitted by the application at run time
+    /// (attested as emitted, but not part of the boot). At most
+    /// [`MAX_RUNTIME_EVENT_CLAIMS`], each payload at most [`MAX_RUNTIME_PAYLOAD_CLAIM`]
+    /// bytes.
+    pub runtime_events: Vec<RuntimeEventClaim>,
+    /// Runtime events left out of `runtime_events` because there were more.
+    pub runtime_events_dropped: usize,
     /// Replaying the runtime events reproduces the quote's RTMR3. Only then are the
     /// fields above attested.
     pub rtmr3_replayed: bool,
@@ -111,6 +135,31 @@ pub struct EventClaim {
     pub event: String,
     /// Payload, hex.
     pub payload: String,
+}
+
+/// Most runtime events listed in `app.runtime_events`.
+pub const MAX_RUNTIME_EVENT_CLAIMS: usize = 64;
+/// Most payload bytes shown per runtime event.
+pub const MAX_RUNTIME_PAYLOAD_CLAIM: usize = 1024;
+
+/// An event the application emitted after the boot.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeEventClaim {
+    pub event: String,
+    /// Payload, hex: its first [`MAX_RUNTIME_PAYLOAD_CLAIM`] bytes.
+    pub payload: String,
+    /// The payload's whole length in bytes.
+    pub payload_len: usize,
+}
+
+impl RuntimeEventClaim {
+    fn of(e: &RuntimeEvent) -> Self {
+        Self {
+            event: e.event.clone(),
+            payload: hex::encode(&e.payload[..e.payload.len().min(MAX_RUNTIME_PAYLOAD_CLAIM)]),
+            payload_len: e.payload.len(),
+        }
+    }
 }
 
 /// Whether the quote is bound to what it is presented with.
@@ -197,7 +246,7 @@ impl AppraisedEvidence {
         expected_report_data: Option<&[u8]>,
     ) -> Self {
         let quote = evidence.quote.as_ref();
-        let tdx = quote.zip(facts).map(|(q, f)| {
+        let mut tdx = quote.zip(facts).map(|(q, f)| {
             let td = q.td_report();
             let h = |f: fn(&crate::evidence::TdReport) -> String| td.as_ref().map(f);
             TdxClaims {
@@ -227,13 +276,27 @@ impl AppraisedEvidence {
                 tee_tcb_svn: h(|t| hex::encode(t.tee_tcb_svn)),
                 debug: td.as_ref().map(|t| t.debug()),
                 collateral: f.collateral,
+                mr_config: None,
             }
         });
 
-        let app = evidence.event_log.as_ref().map(|log| {
+        let boot = evidence.event_log.as_ref().map(|log| {
             let quote_rtmr3 = quote.and_then(|q| q.td_report()).map(|t| t.rtmr[3]);
             app_claims(log, quote_rtmr3)
         });
+        if let (Some(t), Some(td)) = (tdx.as_mut(), quote.and_then(|q| q.td_report())) {
+            // Compared with the boot identity only when the log could be read.
+            let identity = boot
+                .as_ref()
+                .filter(|(app, _)| app.replay_error.is_none())
+                .map(|(_, id)| id);
+            t.mr_config = Some(MrConfigClaims::read(
+                &td.mr_config_id,
+                identity,
+                evidence.vm_config.as_deref(),
+            ));
+        }
+        let app = boot.map(|(app, _)| app);
 
         let report_data_consistent = quote
             .zip(evidence.claimed_report_data.as_ref())
@@ -280,23 +343,42 @@ impl AppraisedEvidence {
     }
 }
 
-fn app_claims(log: &crate::evidence::EventLog, quote_rtmr3: Option<[u8; 48]>) -> AppClaims {
+/// The app claims of an event log, and the boot identity they were read from.
+fn app_claims(
+    log: &crate::evidence::EventLog,
+    quote_rtmr3: Option<[u8; 48]>,
+) -> (AppClaims, AppIdentity) {
     let (events, replay_error) = match log.rtmr3_events() {
         Ok(events) => (events, None),
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
     let replay = replay_error.is_none().then(|| replay_rtmr3(&events));
     let id = AppIdentity::from_events(&events);
-    let key_provider = id.key_provider.map(|kp| match kp {
+    let key_provider = id.key_provider.clone().map(|kp| match kp {
         Ok(KeyProvider { name, id }) => serde_json::json!({ "name": name, "id": id }),
         Err(raw) => serde_json::Value::String(raw),
     });
-    AppClaims {
-        app_id: id.app_id.map(hex::encode),
-        compose_hash: id.compose_hash.map(hex::encode),
-        instance_id: id.instance_id.map(hex::encode),
-        os_image_hash: id.os_image_hash.map(hex::encode),
+    let runtime = id.runtime_events(&events);
+    let app = AppClaims {
+        app_id: id.app_id.as_ref().map(hex::encode),
+        app_id_attested_by: id.app_id_attested_by(),
+        compose_hash: id.compose_hash.as_ref().map(hex::encode),
+        instance_id: id.instance_id.as_ref().map(hex::encode),
+        os_image_hash: id.os_image_hash.as_ref().map(hex::encode),
         key_provider,
+        init_script_hashes: id.init_script_hashes.iter().map(hex::encode).collect(),
+        gpu_policy_hash: id.gpu_policy_hash.as_ref().map(hex::encode),
+        gpu_attestation: id.gpu_attestation.as_ref().map(|p| {
+            serde_json::from_slice(p)
+                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(p).into()))
+        }),
+        system_ready: id.system_ready_at.is_some(),
+        runtime_events: runtime
+            .iter()
+            .take(MAX_RUNTIME_EVENT_CLAIMS)
+            .map(RuntimeEventClaim::of)
+            .collect(),
+        runtime_events_dropped: runtime.len().saturating_sub(MAX_RUNTIME_EVENT_CLAIMS),
         rtmr3_replayed: replay.is_some() && replay == quote_rtmr3,
         rtmr3_replay: replay.map(hex::encode),
         replay_error,
@@ -307,7 +389,8 @@ fn app_claims(log: &crate::evidence::EventLog, quote_rtmr3: Option<[u8; 48]>) ->
                 payload: hex::encode(&e.payload),
             })
             .collect(),
-    }
+    };
+    (app, id)
 }
 
 fn binding_claims(evidence: &Evidence, expected: Option<&[u8]>) -> BindingClaims {

@@ -14,6 +14,7 @@ pub mod evidence;
 pub mod http;
 pub mod local;
 pub mod manifest;
+pub mod mr_config;
 pub mod policy;
 pub mod report;
 pub mod service;

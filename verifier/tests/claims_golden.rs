@@ -132,6 +132,19 @@ async fn claims_documents_match_golden_files_and_claims_md() {
     assert_eq!(b["app"]["rtmr3_replayed"], true);
     assert_eq!(b["binding"]["ok"], false);
 
+    // dstack's recorded GetQuote (0.5, local-sgx key provider), whose log goes on after
+    // system-ready with an event the application emitted.
+    let getquote = evidence::decode_getquote_json(
+        &std::fs::read(root().join("testdata/dstack/getquote-quote-report.json")).unwrap(),
+    )
+    .unwrap();
+    let getquote_claims = claims_for(&getquote, None, 1_760_000_000, "quote", None).await;
+    let g = check_golden("claims-getquote.json", &getquote_claims);
+    assert_eq!(g["app"]["rtmr3_replayed"], true);
+    assert_eq!(g["app"]["system_ready"], true);
+    assert_eq!(g["app"]["runtime_events"][0]["event"], "LIUM_MINER_HOTKEY");
+    assert_eq!(g["tdx"]["mr_config"]["form"], "unused");
+
     // A manifest (judged alone) and a sidecar report.
     let key = k256::ecdsa::SigningKey::from_slice(&[0x11; 32]).unwrap();
     let mut m = teesql_verifier::manifest::Manifest::parse(&format!(
@@ -206,7 +219,7 @@ async fn claims_documents_match_golden_files_and_claims_md() {
 
     // Every path produced is documented, and every documented path is produced.
     let mut produced = BTreeSet::new();
-    for doc in [&a, &b, &c, &r] {
+    for doc in [&a, &b, &c, &g, &r] {
         paths(doc, "", &mut produced);
     }
     let documented = documented_paths();

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use teesql_devattest::agent::{AgentConfig, DevAgent};
+use teesql_devattest::agent::{AgentConfig, DevAgent, DstackVersion, KeyProviderKind};
 use teesql_verifier::backend::BackendConfig;
 use teesql_verifier::backend::dcap::TrustRoot;
 use teesql_verifier::collateral::{CollateralConfig, CollateralProvider};
@@ -463,4 +463,235 @@ async fn verify_binary_on_an_agent_certificate() {
         "{}",
         String::from_utf8_lossy(&offline.stderr)
     );
+}
+
+async fn post_status(url: &str, method: &str, body: Value) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .post(format!("{url}/{method}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_dstack_0_6_agent_speaks_0_6_and_its_evidence_is_read() {
+    let mut config = AgentConfig::new([8u8; 32]);
+    config.dstack = DstackVersion::V06;
+    let a = start_agent_with(config).await;
+
+    // Its certificate: the V1 (msgpack) attestation with version 2 events, dstack 0.6's
+    // 9-field app info, gpu-policy-hash among the boot events.
+    let r = post(
+        &a.url,
+        "GetTlsKey",
+        json!({"subject": "db.local", "usage_ra_tls": true, "with_app_info": true}),
+    )
+    .await;
+    let chain_pem: Vec<String> = serde_json::from_value(r["certificate_chain"].clone()).unwrap();
+    let chain = evidence::decode_cert_chain(chain_pem.concat().as_bytes()).unwrap();
+    let ev = evidence::decode_certificate_der(&chain).unwrap();
+    let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+    assert!(d.allow, "{:?}", d.reasons);
+    let c = &d.claims;
+    assert_eq!(c["evidence"]["cert"]["attestation_format"], "versioned_v1");
+    assert_eq!(c["app"]["rtmr3_replayed"], true);
+    assert_eq!(c["app"]["app_id_attested_by"], "compose_hash");
+    assert_eq!(
+        c["app"]["gpu_policy_hash"],
+        "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+        "SHA-256 of the canonical empty GPU policy {{}}"
+    );
+    assert_eq!(
+        c["evidence"]["cert"]["app_info"]["init_script_hashes"],
+        json!([])
+    );
+    assert_eq!(c["tdx"]["mr_config"]["matches_event_log"], true);
+
+    // GetQuote: runtime events stripped of their digests, carrying their preimages.
+    let q = post(&a.url, "GetQuote", json!({"report_data": "aabb"})).await;
+    let log: Vec<Value> = serde_json::from_str(q["event_log"].as_str().unwrap()).unwrap();
+    assert!(log.iter().all(|e| e["version"] == 2 && e["digest"] == ""));
+    assert!(
+        log.iter()
+            .all(|e| e["preimage"].as_str().is_some_and(|p| p.starts_with("7b")))
+    );
+    let ev = evidence::decode_getquote_json(q.to_string().as_bytes()).unwrap();
+    let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+    assert!(d.allow, "{:?}", d.reasons);
+
+    // A preimage that is not the event's own is refused, and so is an unknown version.
+    let mut forged: Vec<Value> = log.clone();
+    forged[1]["preimage"] = json!(hex::encode(
+        br#"{"name":"app-id","payload":"00","type":134217729}"#
+    ));
+    let mut q2 = q.clone();
+    q2["event_log"] = json!(serde_json::to_string(&forged).unwrap());
+    let ev = evidence::decode_getquote_json(q2.to_string().as_bytes()).unwrap();
+    let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+    assert!(!d.allow);
+    assert_eq!(codes(&d), ["rtmr3_mismatch"]);
+    assert!(
+        d.claims["app"]["replay_error"]
+            .as_str()
+            .unwrap()
+            .contains("preimage"),
+        "{}",
+        d.claims["app"]
+    );
+    let mut v3 = log.clone();
+    v3[0]["version"] = json!(3);
+    q2["event_log"] = json!(serde_json::to_string(&v3).unwrap());
+    let err = evidence::decode_getquote_json(q2.to_string().as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("version 3"), "{err}");
+
+    // Attest: the V1 attestation; EmitEvent is gone in 0.6.
+    let att = post(&a.url, "Attest", json!({"report_data": "cc"})).await;
+    assert!(
+        att["attestation"].as_str().unwrap().starts_with('8'),
+        "a msgpack map"
+    );
+    let ev = evidence::decode_attestation_text(att.to_string().as_bytes()).unwrap();
+    let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+    assert!(d.allow, "{:?}", d.reasons);
+    assert_eq!(
+        post_status(&a.url, "EmitEvent", json!({"event": "x", "payload": ""})).await,
+        reqwest::StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn events_after_system_ready_never_change_the_identity() {
+    let a = start_agent(false).await;
+    let before = {
+        let q = post(&a.url, "GetQuote", json!({"report_data": "01"})).await;
+        let ev = evidence::decode_getquote_json(q.to_string().as_bytes()).unwrap();
+        decide(&a, dev_root(&a), &policies("dev"), &ev).await.claims["app"].clone()
+    };
+    // An application emits what looks like identity, and a second system-ready.
+    for (event, payload) in [
+        ("os-image-hash", "ee".repeat(32)),
+        ("app-id", "bb".repeat(20)),
+        ("compose-hash", "cc".repeat(32)),
+        ("system-ready", String::new()),
+        ("instance-id", "dd".repeat(20)),
+    ] {
+        post(
+            &a.url,
+            "EmitEvent",
+            json!({"event": event, "payload": payload}),
+        )
+        .await;
+    }
+    let q = post(&a.url, "GetQuote", json!({"report_data": "01"})).await;
+    let ev = evidence::decode_getquote_json(q.to_string().as_bytes()).unwrap();
+    let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
+    assert!(d.allow, "{:?}", d.reasons);
+    let app = &d.claims["app"];
+    assert_eq!(
+        app["rtmr3_replayed"], true,
+        "the emitted events are measured"
+    );
+    for field in [
+        "app_id",
+        "compose_hash",
+        "instance_id",
+        "os_image_hash",
+        "key_provider",
+    ] {
+        assert_eq!(app[field], before[field], "{field}");
+    }
+    let runtime: Vec<&str> = app["runtime_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        runtime,
+        [
+            "os-image-hash",
+            "app-id",
+            "compose-hash",
+            "system-ready",
+            "instance-id"
+        ]
+    );
+    // A pin on the emitted OS image hash is not met by it.
+    let (_dir, pinned) =
+        dev_profile_with(json!({"teesql": {"pins": {"os_image_hash": ["ee".repeat(32)]}}}));
+    let d = decide(&a, dev_root(&a), &pinned, &ev).await;
+    assert_eq!(codes(&d), ["os_image_hash_not_pinned"]);
+}
+
+#[tokio::test]
+async fn an_app_id_is_an_identity_only_under_a_pinned_kms_or_from_the_compose_hash() {
+    let chosen = [0x5a; 20];
+    let agent_with = |provider: KeyProviderKind, app_id: Option<[u8; 20]>| {
+        let mut config = AgentConfig::new([6u8; 32]);
+        config.dstack = DstackVersion::V06;
+        config.key_provider = provider;
+        config.app_id = app_id;
+        start_agent_with(config)
+    };
+    let kms_less = agent_with(KeyProviderKind::None, Some(chosen)).await;
+    let under_kms = agent_with(KeyProviderKind::Kms, Some(chosen)).await;
+    let derived = agent_with(KeyProviderKind::None, None).await;
+    let pin = |app_id: &str, kms_roots: Vec<String>| {
+        dev_profile_with(json!({"teesql": {"pins": {"app_id": [app_id]}, "kms_roots": kms_roots}}))
+    };
+    let claims_of = |a: &Agent| {
+        let url = a.url.clone();
+        async move {
+            let (_, chain) = tls_key(&url, true).await;
+            evidence::decode_certificate_der(&chain).unwrap()
+        }
+    };
+
+    // A KMS-less 0.6 CVM measures the app id its operator chose: not an identity.
+    let ev = claims_of(&kms_less).await;
+    let (_d1, set) = pin(&hex::encode(chosen), vec![under_kms.agent.kms_root_hex()]);
+    let d = decide(&kms_less, dev_root(&kms_less), &set, &ev).await;
+    assert_eq!(d.claims["app"]["app_id"], hex::encode(chosen));
+    assert_eq!(d.claims["app"]["app_id_attested_by"], "none");
+    assert_eq!(d.claims["app"]["key_provider"]["name"], "none");
+    assert_eq!(codes(&d), ["app_id_not_attested"]);
+    assert!(
+        d.reasons[0].message.contains("compose hash"),
+        "{:?}",
+        d.reasons
+    );
+
+    // The same app id under a KMS: an identity once that KMS's root is pinned.
+    let ev = claims_of(&under_kms).await;
+    let root = under_kms.agent.kms_root_hex();
+    assert!(
+        root.starts_with("3059301306072a8648ce3d0201"),
+        "a P-256 SPKI: {root}"
+    );
+    let d = decide(&under_kms, dev_root(&under_kms), &set, &ev).await;
+    assert_eq!(d.claims["app"]["app_id_attested_by"], "kms");
+    assert!(d.allow, "{:?}", d.reasons);
+    let (_d2, unpinned) = pin(&hex::encode(chosen), vec![]);
+    let d = decide(&under_kms, dev_root(&under_kms), &unpinned, &ev).await;
+    assert_eq!(codes(&d), ["app_id_not_attested"]);
+    assert!(
+        d.reasons[0].message.contains("kms_roots"),
+        "{:?}",
+        d.reasons
+    );
+
+    // dstack 0.5's KMS-less derivation, app id = compose hash's first 20 bytes, still is.
+    let ev = claims_of(&derived).await;
+    let (_d3, set) = pin(&derived.agent.app_id_hex(), vec![]);
+    let d = decide(&derived, dev_root(&derived), &set, &ev).await;
+    assert_eq!(d.claims["app"]["app_id_attested_by"], "compose_hash");
+    assert!(d.allow, "{:?}", d.reasons);
+
+    // dstack 0.5 never booted a KMS-less CVM with a chosen app id; the agent refuses to.
+    let mut config = AgentConfig::new([6u8; 32]);
+    config.key_provider = KeyProviderKind::None;
+    config.app_id = Some(chosen);
+    assert!(DevAgent::new(config).is_err());
 }

@@ -333,3 +333,130 @@ async fn tampered_event_log_fails_replay() {
     assert_eq!(d.claims["app"]["rtmr3_replayed"], false);
     assert!(codes(&d).contains(&"rtmr3_mismatch"));
 }
+
+/// dstack 0.6's `GetQuote` with the evidence in `attestation` (its only field on non-TDX
+/// platforms and in dstack's simulator), made from dstack's own tdx-lite attestation.
+#[tokio::test]
+async fn getquote_with_an_attestation_field_is_read_from_it() {
+    let wrapped: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(testdata("dstack/attestation-tdx-lite.json")).unwrap(),
+    )
+    .unwrap();
+    let attestation = wrapped["attestation"].as_str().unwrap();
+    let only = serde_json::json!({"quote": "", "event_log": "", "attestation": attestation});
+    let ev = evidence::decode_getquote_json(only.to_string().as_bytes()).unwrap();
+    assert_eq!(ev.kind, evidence::EvidenceKind::Getquote);
+    let d = decide_with(&production(), &ev, None, 1_760_000_000, None).await;
+    assert_eq!(
+        d.claims["app"]["rtmr3_replayed"], true,
+        "{}",
+        d.claims["app"]
+    );
+    assert_eq!(d.claims["app"]["key_provider"]["name"], "kms");
+    assert_eq!(d.claims["tdx"]["mr_config"]["form"], "v1");
+    assert_eq!(d.claims["tdx"]["mr_config"]["matches_event_log"], true);
+
+    // A quote and report data beside it must be the attestation's own.
+    let att = evidence::decode_attestation(&hex::decode(attestation).unwrap()).unwrap();
+    let same = serde_json::json!({"quote": hex::encode(&att.quote), "report_data": hex::encode(att.report_data), "attestation": attestation});
+    assert!(evidence::decode_getquote_json(same.to_string().as_bytes()).is_ok());
+    let mut other_quote = att.quote.clone();
+    other_quote[100] ^= 1;
+    let differs =
+        serde_json::json!({"quote": hex::encode(other_quote), "attestation": attestation});
+    let err = evidence::decode_getquote_json(differs.to_string().as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("differs"), "{err}");
+    let differs = serde_json::json!({"report_data": "ff", "attestation": attestation});
+    assert!(evidence::decode_getquote_json(differs.to_string().as_bytes()).is_err());
+    let empty = serde_json::json!({"quote": "", "event_log": ""});
+    let err = evidence::decode_getquote_json(empty.to_string().as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("neither"), "{err}");
+}
+
+/// The report that found it: dstack's 0.5 fixture with one `os-image-hash` event emitted
+/// after `system-ready` was reported as the attested OS image. (The quote is dstack's,
+/// so the changed log no longer replays; the identity must not move either way.)
+#[tokio::test]
+async fn an_os_image_hash_emitted_after_system_ready_is_not_the_os_image() {
+    let mut doc: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(testdata("dstack/getquote-quote-report.json")).unwrap(),
+    )
+    .unwrap();
+    let mut log: Vec<serde_json::Value> =
+        serde_json::from_str(doc["event_log"].as_str().unwrap()).unwrap();
+    log.push(serde_json::json!({"imr": 3, "event_type": 134217729, "digest": "", "event": "os-image-hash", "event_payload": "ee".repeat(32)}));
+    doc["event_log"] = serde_json::Value::String(serde_json::to_string(&log).unwrap());
+    let ev = evidence::decode_getquote_json(doc.to_string().as_bytes()).unwrap();
+    let d = decide_with(&production(), &ev, None, 1_760_000_000, None).await;
+    let app = &d.claims["app"];
+    assert_eq!(app["os_image_hash"], serde_json::Value::Null, "{app}");
+    let runtime: Vec<&str> = app["runtime_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(runtime, ["LIUM_MINER_HOTKEY", "os-image-hash"]);
+    // dstack 0.5, local-sgx: the app id is the compose hash's first 20 bytes.
+    assert_eq!(app["app_id_attested_by"], "compose_hash");
+}
+
+/// A V1 attestation with a runtime event of a version dstack does not define is refused,
+/// not hashed as version 1.
+#[tokio::test]
+async fn runtime_events_of_unknown_versions_are_refused() {
+    use rmpv::Value;
+    let att = evidence::decode_attestation(
+        &std::fs::read(testdata("dstack/simulator-attestation.bin")).unwrap(),
+    )
+    .unwrap();
+    for (version, ok) in [(1u8, true), (2, true), (3, false), (0, false)] {
+        let s = |t: &str| Value::String(t.into());
+        let events: Vec<Value> = att
+            .runtime_events
+            .iter()
+            .map(|e| {
+                Value::Map(vec![
+                    (s("event"), s(&e.event)),
+                    (s("payload"), Value::Binary(e.payload.clone())),
+                    (s("version"), Value::from(version)),
+                ])
+            })
+            .collect();
+        let doc = Value::Map(vec![
+            (s("version"), Value::from(1)),
+            (
+                s("platform"),
+                Value::Map(vec![
+                    (s("kind"), s("tdx")),
+                    (
+                        s("data"),
+                        Value::Map(vec![(s("quote"), Value::Binary(att.quote.clone()))]),
+                    ),
+                ]),
+            ),
+            (
+                s("stack"),
+                Value::Map(vec![
+                    (s("kind"), s("dstack")),
+                    (
+                        s("data"),
+                        Value::Map(vec![
+                            (s("report_data"), Value::Binary(att.report_data.to_vec())),
+                            (s("runtime_events"), Value::Array(events)),
+                        ]),
+                    ),
+                ]),
+            ),
+        ]);
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, &doc).unwrap();
+        match evidence::decode_attestation(&buf) {
+            Ok(_) => assert!(ok, "version {version} accepted"),
+            Err(e) => {
+                assert!(!ok, "version {version}: {e}");
+                assert!(e.to_string().contains("version"), "{e}");
+            }
+        }
+    }
+}

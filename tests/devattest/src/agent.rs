@@ -52,6 +52,41 @@ pub struct AgentConfig {
     pub collateral_validity: Duration,
     /// The TCB level the platform's TCB Info states (default `UpToDate`, no advisories).
     pub platform_tcb: PlatformTcb,
+    /// Which dstack the agent speaks (default 0.5).
+    pub dstack: DstackVersion,
+    /// The app id the CVM measures. Default: the compose hash's first 20 bytes, as dstack
+    /// derives it for a self-deployed app. Under a KMS it is the app's id there (its
+    /// contract); without one, dstack 0.6 measures whatever its operator sets.
+    pub app_id: Option<[u8; 20]>,
+    /// Where the CVM's keys come from (default a KMS, the development KMS of the seed).
+    pub key_provider: KeyProviderKind,
+}
+
+/// The dstack version a development agent speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DstackVersion {
+    /// dstack 0.5.x: version 1 runtime events, the V0 (SCALE) attestation in `.8`, an
+    /// 8-field `.9`, `EmitEvent`.
+    #[default]
+    #[value(name = "0.5")]
+    V05,
+    /// dstack 0.6: version 2 runtime events (`event_log_version: 2`), so the V1 (msgpack)
+    /// attestation in `.8` and `Attest`; `gpu-policy-hash` among the boot events; a
+    /// 9-field `.9`; `GetQuote` runtime events stripped of their digests and carrying
+    /// their preimages; no `EmitEvent`.
+    #[value(name = "0.6")]
+    V06,
+}
+
+/// A CVM's key provider, as its `key-provider` event names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum KeyProviderKind {
+    /// The development KMS (`{"name":"kms","id":<its root CA's SPKI>}`).
+    #[default]
+    Kms,
+    /// No KMS (`{"name":"none","id":""}`): keys are the CVM's own, and in dstack 0.6 the
+    /// app id is whatever the operator chose.
+    None,
 }
 
 impl AgentConfig {
@@ -66,7 +101,29 @@ impl AgentConfig {
             collateral_issued_at: None,
             collateral_validity: Duration::from_secs(30 * 24 * 3600),
             platform_tcb: PlatformTcb::default(),
+            dstack: DstackVersion::default(),
+            app_id: None,
+            key_provider: KeyProviderKind::default(),
         }
+    }
+
+    /// The app id the CVM measures.
+    pub fn measured_app_id(&self) -> [u8; 20] {
+        self.app_id.unwrap_or_else(|| app_id_of(&self.app_compose))
+    }
+
+    /// Refuse what no dstack would boot: dstack 0.5 (0.5.6–0.5.11) measures the compose
+    /// hash's first 20 bytes as the app id of a CVM without a KMS, whatever it was told.
+    fn check(&self) -> Result<(), AgentError> {
+        if self.dstack == DstackVersion::V05
+            && self.key_provider == KeyProviderKind::None
+            && self.measured_app_id() != app_id_of(&self.app_compose)
+        {
+            return Err(AgentError::BadRequest(
+                "dstack 0.5 measures the compose hash's first 20 bytes as the app id of a CVM without a KMS; choosing another app id needs --dstack 0.6".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -110,6 +167,7 @@ struct Identity {
     rtmr: [[u8; 48]; 3],
     key_provider: String,
     vm_config: String,
+    dstack: DstackVersion,
 }
 
 fn derive<const N: usize>(seed: &[u8; 32], label: &str) -> [u8; N] {
@@ -133,7 +191,7 @@ fn app_id_of(app_compose: &[u8]) -> [u8; 20] {
 impl Identity {
     fn new(config: &AgentConfig, pki: &DevPki, kms: &DevKms) -> Self {
         let compose_hash: [u8; 32] = Sha256::digest(&config.app_compose).into();
-        let app_id = app_id_of(&config.app_compose);
+        let app_id = config.measured_app_id();
         let os_image_hash: [u8; 32] = derive(&config.seed, "os-image-hash");
         let vm_config = json!({
             "spec_version": 1,
@@ -156,24 +214,53 @@ impl Identity {
                 derive(&config.seed, "rtmr1"),
                 derive(&config.seed, "rtmr2"),
             ],
-            key_provider: kms.key_provider_info(),
+            key_provider: match config.key_provider {
+                KeyProviderKind::Kms => kms.key_provider_info(),
+                KeyProviderKind::None => r#"{"name":"none","id":""}"#.to_string(),
+            },
             vm_config,
+            dstack: config.dstack,
         }
     }
 
-    /// The boot events dstack's guest writes before the app starts.
+    /// The boot events dstack's guest writes before the app starts, in dstack's order
+    /// (`dstack-util/src/system_setup.rs`; v0.5.11 and next@312dc605): 0.6 adds
+    /// `gpu-policy-hash` after the compose hash (the SHA-256 of the canonical JSON GPU
+    /// policy, `{}` without one); `os-image-hash` comes from the KMS, so only with one.
     fn boot_events(&self) -> Vec<RuntimeEvent> {
-        vec![
+        let v06 = self.dstack == DstackVersion::V06;
+        let with_kms = self.key_provider.contains(r#""name":"kms""#);
+        let mut events = vec![
             RuntimeEvent::new("system-preparing", Vec::new()),
             RuntimeEvent::new("app-id", self.app_id.to_vec()),
             RuntimeEvent::new("compose-hash", self.compose_hash.to_vec()),
-            RuntimeEvent::new("instance-id", self.instance_id.to_vec()),
-            RuntimeEvent::new("boot-mr-done", Vec::new()),
-            RuntimeEvent::new("os-image-hash", self.os_image_hash.to_vec()),
+        ];
+        if v06 {
+            events.push(RuntimeEvent::new(
+                "gpu-policy-hash",
+                Sha256::digest(b"{}").to_vec(),
+            ));
+        }
+        events.push(RuntimeEvent::new("instance-id", self.instance_id.to_vec()));
+        events.push(RuntimeEvent::new("boot-mr-done", Vec::new()));
+        if with_kms {
+            events.push(RuntimeEvent::new(
+                "os-image-hash",
+                self.os_image_hash.to_vec(),
+            ));
+        }
+        events.extend([
             RuntimeEvent::new("key-provider", self.key_provider.as_bytes().to_vec()),
             RuntimeEvent::new("storage-fs", b"ext4".to_vec()),
             RuntimeEvent::new("system-ready", Vec::new()),
-        ]
+        ]);
+        if v06 {
+            // event_log_version = 2: every event of the boot has version 2.
+            for e in &mut events {
+                e.version = 2;
+            }
+        }
+        events
     }
 
     fn mr_config_id(&self) -> [u8; 48] {
@@ -197,7 +284,8 @@ impl Identity {
         h.finalize().into()
     }
 
-    /// The positional `.9` app info dstack writes (an issuer claim, not attested).
+    /// The positional `.9` app info dstack writes (an issuer claim, not attested): 8
+    /// fields in 0.5.6–0.5.11, 0.6 adds `init_script_hashes` (here none: `[]`).
     fn app_info(&self, rtmr3: &[u8; 48]) -> Vec<u8> {
         use rmpv::Value;
         let bin = |b: &[u8]| Value::Binary(b.to_vec());
@@ -215,8 +303,14 @@ impl Identity {
             bin(&self.mr_aggregated(rtmr3)),
             bin(&self.os_image_hash),
             bin(self.key_provider.as_bytes()),
-            Value::Array(Vec::new()),
         ]);
+        let value = match (value, self.dstack) {
+            (Value::Array(mut fields), DstackVersion::V06) => {
+                fields.push(Value::Array(Vec::new()));
+                Value::Array(fields)
+            }
+            (value, _) => value,
+        };
         let mut out = Vec::new();
         // Writing to a Vec cannot fail.
         let _ = rmpv::encode::write_value(&mut out, &value);
@@ -254,10 +348,10 @@ pub enum AgentListener {
 
 impl DevAgent {
     pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
+        config.check()?;
         let pki = DevPki::from_seed(config.seed)?.with_platform_tcb(config.platform_tcb.clone());
         let app_ca = AppCa::from_seed(&config.seed)?;
-        let kms =
-            DevKms::new(&config.seed, app_id_of(&config.app_compose)).map_err(AgentError::Io)?;
+        let kms = DevKms::new(&config.seed, config.measured_app_id()).map_err(AgentError::Io)?;
         let identity = Identity::new(&config, &pki, &kms);
         let events = identity.boot_events();
         let collateral_issued_at = config.collateral_issued_at.unwrap_or_else(|| {
@@ -301,6 +395,43 @@ impl DevAgent {
     /// The app id its event log records (hex).
     pub fn app_id_hex(&self) -> String {
         hex::encode(self.state.identity.app_id)
+    }
+
+    /// The root CA of its KMS (SPKI DER, hex): what `data.teesql.kms_roots` pins to trust
+    /// the app ids this KMS issues.
+    pub fn kms_root_hex(&self) -> String {
+        hex::encode(self.state.kms.root_ca_spki())
+    }
+
+    /// The KMS's secp256k1 root public key (SEC1-compressed), which signs `GetKey`'s
+    /// signature chains: what dstack's KMS publishes as `k256_pubkey` (`GetMeta`).
+    pub fn kms_signing_root(&self) -> Vec<u8> {
+        self.state.kms.root_public_key()
+    }
+
+    /// The dstack version it speaks.
+    pub fn dstack(&self) -> DstackVersion {
+        self.state.config.dstack
+    }
+
+    /// Extend RTMR3 with an event after the boot, as privileged code inside a CVM does
+    /// (`dstack-util extend`; in 0.5 also the `EmitEvent` API). Its version is the boot's.
+    pub async fn extend_rtmr3(&self, event: &str, payload: &[u8]) -> Result<(), AgentError> {
+        if event.is_empty() || event.len() > 256 {
+            return Err(AgentError::BadRequest(
+                "event name must be 1 to 256 bytes".into(),
+            ));
+        }
+        let mut events = self.state.events.lock().await;
+        if events.len() >= 4096 {
+            return Err(AgentError::BadRequest(
+                "event log is full (4096 events)".into(),
+            ));
+        }
+        let mut e = RuntimeEvent::new(event, payload.to_vec());
+        e.version = events.first().map_or(1, |first| first.version);
+        events.push(e);
+        Ok(())
     }
 
     /// The instance id its event log records (hex), a manifest's `leader_instance`.
@@ -358,9 +489,10 @@ impl DevAgent {
         Ok(written)
     }
 
-    /// The HTTP routes: guest agent API and PCCS.
+    /// The HTTP routes: guest agent API and PCCS (`EmitEvent` only for dstack 0.5: 0.6
+    /// removed it).
     pub fn router(&self) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/GetTlsKey", post(get_tls_key))
             .route("/GetQuote", post(get_quote))
             .route("/Attest", post(attest))
@@ -368,8 +500,12 @@ impl DevAgent {
             .route("/GetKey", post(get_key))
             .route("/Sign", post(sign))
             .route("/Verify", post(verify))
-            .route("/Version", post(version).get(version))
-            .route("/EmitEvent", post(emit_event))
+            .route("/Version", post(version).get(version));
+        let router = match self.dstack() {
+            DstackVersion::V05 => router.route("/EmitEvent", post(emit_event)),
+            DstackVersion::V06 => router,
+        };
+        router
             .merge(crate::pccs::routes::<DevAgent>())
             .with_state(self.clone())
     }
@@ -491,9 +627,9 @@ impl DevAgent {
     async fn attestation(&self, report_data: [u8; 64]) -> Result<DstackAttestation, AgentError> {
         let (quote, events) = self.quote(report_data).await?;
         Ok(DstackAttestation {
-            format: teesql_verifier::evidence::AttestationFormat::VersionedV0,
+            format: attestation_format(self.dstack()),
             quote,
-            event_log: tdx_events(&events),
+            event_log: tdx_events(&events, EventForm::Full),
             runtime_events: events,
             report_data,
             config: Some(self.state.identity.vm_config.clone()),
@@ -513,13 +649,16 @@ impl DevAgent {
                 .issue(req, self.state.config.cert_validity, move |spki| {
                     let report_data = teesql_verifier::eventlog::ra_tls_report_data(spki);
                     let quote = this.state.pki.quote(&this.td_report(rtmr3, report_data))?;
-                    let event_log = tdx_events(&events);
+                    let event_log = match this.dstack() {
+                        DstackVersion::V05 => tdx_events(&events, EventForm::Full),
+                        DstackVersion::V06 => tdx_events(&events, EventForm::Stripped),
+                    };
                     let legacy = legacy.then(|| {
                         let log = serde_json::to_vec(&event_log).unwrap_or_default();
                         (quote.clone(), log)
                     });
                     let att = DstackAttestation {
-                        format: teesql_verifier::evidence::AttestationFormat::VersionedV0,
+                        format: attestation_format(this.dstack()),
                         quote,
                         event_log,
                         runtime_events: events,
@@ -527,7 +666,7 @@ impl DevAgent {
                         config: Some(this.state.identity.vm_config.clone()),
                     };
                     Ok(CertAttestation {
-                        versioned: crate::encode::attestation_v0(&att),
+                        versioned: crate::encode::versioned_attestation(&att),
                         legacy,
                         app_id: this.state.identity.app_id.to_vec(),
                         app_info: with_app_info.then(|| this.state.identity.app_info(&rtmr3)),
@@ -537,19 +676,44 @@ impl DevAgent {
     }
 }
 
-/// The RTMR3 events as a TDX event log (digests computed, as newer dstack ships them).
-fn tdx_events(events: &[RuntimeEvent]) -> Vec<TdxEvent> {
+/// How an event log is shipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventForm {
+    /// Digests computed (`Info`'s tcb_info, 0.5's `GetQuote` and certificates).
+    Full,
+    /// Runtime events without their digests (dstack 0.6 `TdxEvent::stripped`, as in
+    /// certificates).
+    Stripped,
+    /// Stripped, with version 2 events carrying their preimage (0.6 `GetQuote`:
+    /// `fill_v2_preimages`).
+    StrippedWithPreimages,
+}
+
+/// The RTMR3 events as a TDX event log.
+fn tdx_events(events: &[RuntimeEvent], form: EventForm) -> Vec<TdxEvent> {
     events
         .iter()
         .map(|e| TdxEvent {
             imr: 3,
             event_type: DSTACK_RUNTIME_EVENT_TYPE,
-            digest: e.digest().to_vec(),
+            digest: match form {
+                EventForm::Full => e.digest().to_vec(),
+                _ => Vec::new(),
+            },
             event: e.event.clone(),
             event_payload: e.payload.clone(),
             version: e.version,
+            preimage: (form == EventForm::StrippedWithPreimages && e.version == 2)
+                .then(|| e.preimage()),
         })
         .collect()
+}
+
+fn attestation_format(dstack: DstackVersion) -> teesql_verifier::evidence::AttestationFormat {
+    match dstack {
+        DstackVersion::V05 => teesql_verifier::evidence::AttestationFormat::VersionedV0,
+        DstackVersion::V06 => teesql_verifier::evidence::AttestationFormat::VersionedV1,
+    }
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, AgentError> {
@@ -626,8 +790,12 @@ async fn get_quote(
     let b: ReportDataBody = parse(&body)?;
     let rd = report_data(&b.report_data)?;
     let (quote, events) = agent.quote(rd).await?;
-    let event_log =
-        serde_json::to_string(&tdx_events(&events)).map_err(|e| AgentError::Io(e.to_string()))?;
+    let form = match agent.dstack() {
+        DstackVersion::V05 => EventForm::Full,
+        DstackVersion::V06 => EventForm::StrippedWithPreimages,
+    };
+    let event_log = serde_json::to_string(&tdx_events(&events, form))
+        .map_err(|e| AgentError::Io(e.to_string()))?;
     Ok(axum::Json(json!({
         "quote": hex::encode(quote),
         "event_log": event_log,
@@ -643,7 +811,7 @@ async fn attest(
     let b: ReportDataBody = parse(&body)?;
     let att = agent.attestation(report_data(&b.report_data)?).await?;
     Ok(axum::Json(
-        json!({ "attestation": hex::encode(crate::encode::attestation_v0(&att)) }),
+        json!({ "attestation": hex::encode(crate::encode::versioned_attestation(&att)) }),
     ))
 }
 
@@ -663,7 +831,7 @@ async fn info(State(agent): State<DevAgent>) -> Result<axum::Json<Value>, AgentE
         "compose_hash": hex::encode(id.compose_hash),
         "device_id": hex::encode(id.device_id),
         "app_compose": app_compose,
-        "event_log": tdx_events(&events),
+        "event_log": tdx_events(&events, EventForm::Full),
     });
     Ok(axum::Json(json!({
         "app_id": hex::encode(id.app_id),
@@ -693,7 +861,7 @@ struct GetKeyBody {
 /// The secp256k1 key `GetKey(path)` returns on an agent with `config` (the same bytes a
 /// caller of the running agent gets), for tools that need it before the agent runs.
 pub fn derived_key(config: &AgentConfig, path: &str) -> Result<[u8; 32], String> {
-    let kms = DevKms::new(&config.seed, app_id_of(&config.app_compose))?;
+    let kms = DevKms::new(&config.seed, config.measured_app_id())?;
     Ok(kms.get_key(path, "", KeyAlgorithm::Secp256k1)?.secret)
 }
 
@@ -779,20 +947,9 @@ async fn emit_event(
     body: Bytes,
 ) -> Result<axum::Json<Value>, AgentError> {
     let b: EmitEventBody = parse(&body)?;
-    if b.event.is_empty() || b.event.len() > 256 {
-        return Err(AgentError::BadRequest(
-            "event name must be 1 to 256 bytes".into(),
-        ));
-    }
     let payload = teesql_verifier::evidence::decode_hex("payload", &b.payload, 64 * 1024)
         .map_err(|e| AgentError::BadRequest(e.to_string()))?;
-    let mut events = agent.state.events.lock().await;
-    if events.len() >= 4096 {
-        return Err(AgentError::BadRequest(
-            "event log is full (4096 events)".into(),
-        ));
-    }
-    events.push(RuntimeEvent::new(b.event, payload));
+    agent.extend_rtmr3(&b.event, &payload).await?;
     Ok(axum::Json(Value::Null))
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args};
 
-use crate::agent::{AgentConfig, AgentListener, DevAgent};
+use crate::agent::{AgentConfig, AgentListener, DevAgent, DstackVersion, KeyProviderKind};
 use crate::parse_seed;
 
 /// Run the development guest agent (dstack API) and PCCS, with a seeded DCAP PKI.
@@ -49,6 +49,20 @@ pub struct AgentArgs {
     /// Start of the collateral validity window (unix seconds). Default: today 00:00 UTC.
     #[arg(long, value_name = "UNIX")]
     collateral_issued_at: Option<u64>,
+    /// Which dstack to speak: 0.5 (V0 attestations, version 1 events, EmitEvent) or 0.6
+    /// (V1 msgpack attestations, version 2 events, gpu-policy-hash, no EmitEvent).
+    #[arg(long, value_enum, default_value = "0.5", value_name = "VERSION")]
+    dstack: DstackVersion,
+    /// The CVM's key provider: kms (the development KMS of the seed; pin its root CA,
+    /// printed at start, in data.teesql.kms_roots to trust the app ids it issues) or none
+    /// (no KMS: with --dstack 0.6 the app id is whatever --app-id says, which is why an
+    /// app id alone proves nothing without a pinned KMS).
+    #[arg(long, value_enum, default_value = "kms", value_name = "KIND")]
+    key_provider: KeyProviderKind,
+    /// The app id the CVM measures (40 hex digits). Default: the compose hash's first
+    /// 20 bytes, dstack's derivation for a self-deployed app.
+    #[arg(long, value_name = "HEX")]
+    app_id: Option<String>,
 }
 
 /// Serve until SIGINT or SIGTERM.
@@ -67,6 +81,17 @@ pub async fn serve(args: AgentArgs) -> Result<(), String> {
     }
     config.legacy_cert_extensions = args.legacy_cert_ext;
     config.collateral_issued_at = args.collateral_issued_at;
+    config.dstack = args.dstack;
+    config.key_provider = args.key_provider;
+    if let Some(text) = &args.app_id {
+        let bytes = teesql_verifier::evidence::decode_hex("--app-id", text, 20)
+            .map_err(|e| e.to_string())?;
+        config.app_id = Some(
+            bytes
+                .try_into()
+                .map_err(|_| "--app-id must be 20 bytes (40 hex digits)".to_string())?,
+        );
+    }
     let agent = DevAgent::new(config).map_err(|e| e.to_string())?;
 
     let mut listeners = Vec::new();
@@ -91,6 +116,17 @@ pub async fn serve(args: AgentArgs) -> Result<(), String> {
         listeners.push(AgentListener::Tcp(listener));
     }
     lines.push(format!("  MRTD: {}", agent.mrtd_hex()));
+    lines.push(format!(
+        "  app id: {}   compose hash: {}",
+        agent.app_id_hex(),
+        agent.compose_hash_hex()
+    ));
+    if args.key_provider == KeyProviderKind::Kms {
+        lines.push(format!(
+            "  KMS root (data.teesql.kms_roots): {}",
+            agent.kms_root_hex()
+        ));
+    }
     if let Some(dir) = &args.out_dir {
         agent
             .write_out_dir(dir)

@@ -1,9 +1,103 @@
-//! Encoders for what dstack puts in RA-TLS certificates, the inverses of the verifier's
-//! decoders: the V0 SCALE attestation of extension `.8`, and the DER OCTET STRING every
-//! extension value is wrapped in. Production code never encodes evidence; these serve the
+//! Encoders for what dstack puts in RA-TLS certificates: the versioned attestation of
+//! extension `.8` (V0 SCALE, V1 msgpack), and the DER OCTET STRING every extension value
+//! is wrapped in. Written from dstack's own type definitions (cited at each), not from
+//! the verifier's decoders. Production code never encodes evidence; these serve the
 //! development agent and tests.
 
-use teesql_verifier::evidence::DstackAttestation;
+use rmpv::Value;
+use teesql_verifier::evidence::{AttestationFormat, DstackAttestation};
+
+/// The form `att.format` names: V1 (msgpack) for `VersionedV1`, V0 (SCALE) otherwise.
+/// dstack writes V1 whenever a runtime event has version 2, since SCALE cannot carry it.
+pub fn versioned_attestation(att: &DstackAttestation) -> Vec<u8> {
+    match att.format {
+        AttestationFormat::VersionedV1 => attestation_v1(att),
+        _ => attestation_v0(att),
+    }
+}
+
+/// V1: msgpack of dstack's `AttestationV1` with named fields (`rmp_serde::to_vec_named`;
+/// dstack `dstack-attest/src/v1.rs`, next@312dc605):
+/// `{version: 1, platform: {kind: "tdx", data: {quote, event_log}}, stack: {kind:
+/// "dstack", data: {report_data, runtime_events, config}}}`. Plain `Vec<u8>` fields
+/// (`quote`, `report_data`) are serde sequences, so arrays of integers; the event fields
+/// dstack marks `serde_human_bytes` (digest, payloads) are msgpack `bin`; an event's
+/// `version` is written only when it is not 1, its `preimage` only when set.
+pub fn attestation_v1(att: &DstackAttestation) -> Vec<u8> {
+    let s = |t: &str| Value::String(t.into());
+    let ints = |b: &[u8]| Value::Array(b.iter().map(|x| Value::from(*x)).collect());
+    let bin = |b: &[u8]| Value::Binary(b.to_vec());
+    let versioned = |mut fields: Vec<(Value, Value)>, version: u8| {
+        if version != 1 {
+            fields.push((s("version"), Value::from(version)));
+        }
+        fields
+    };
+    let event_log = att
+        .event_log
+        .iter()
+        .map(|e| {
+            let mut fields = versioned(
+                vec![
+                    (s("imr"), Value::from(e.imr)),
+                    (s("event_type"), Value::from(e.event_type)),
+                    (s("digest"), bin(&e.digest)),
+                    (s("event"), s(&e.event)),
+                    (s("event_payload"), bin(&e.event_payload)),
+                ],
+                e.version,
+            );
+            if let Some(p) = &e.preimage {
+                fields.push((s("preimage"), bin(p)));
+            }
+            Value::Map(fields)
+        })
+        .collect();
+    let runtime_events = att
+        .runtime_events
+        .iter()
+        .map(|e| {
+            Value::Map(versioned(
+                vec![(s("event"), s(&e.event)), (s("payload"), bin(&e.payload))],
+                e.version,
+            ))
+        })
+        .collect();
+    let doc = Value::Map(vec![
+        (s("version"), Value::from(1)),
+        (
+            s("platform"),
+            Value::Map(vec![
+                (s("kind"), s("tdx")),
+                (
+                    s("data"),
+                    Value::Map(vec![
+                        (s("quote"), ints(&att.quote)),
+                        (s("event_log"), Value::Array(event_log)),
+                    ]),
+                ),
+            ]),
+        ),
+        (
+            s("stack"),
+            Value::Map(vec![
+                (s("kind"), s("dstack")),
+                (
+                    s("data"),
+                    Value::Map(vec![
+                        (s("report_data"), ints(&att.report_data)),
+                        (s("runtime_events"), Value::Array(runtime_events)),
+                        (s("config"), s(att.config.as_deref().unwrap_or_default())),
+                    ]),
+                ),
+            ]),
+        ),
+    ]);
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut out, &doc);
+    out
+}
 
 /// V0 SCALE (`0x00`, DstackTdx, …), the form dstack v0.5.9+ puts in `.8`. Runtime events
 /// of version 2 cannot be carried in V0 (dstack switches to V1 for them); they are
@@ -78,6 +172,23 @@ mod tests {
     fn v0_encoding_reproduces_the_recorded_blob_byte_for_byte() {
         let b = blob();
         assert_eq!(attestation_v0(&decode_attestation(&b).unwrap()), b);
+    }
+
+    #[test]
+    fn v1_encoding_carries_version_2_events_that_v0_cannot() {
+        let mut att = decode_attestation(&blob()).unwrap();
+        for e in &mut att.runtime_events {
+            e.version = 2;
+        }
+        att.format = AttestationFormat::VersionedV1;
+        let v1 = versioned_attestation(&att);
+        assert!(matches!(v1[0], 0x80..=0x8f), "a msgpack map: {:#x}", v1[0]);
+        let back = decode_attestation(&v1).unwrap();
+        assert_eq!(back.format, AttestationFormat::VersionedV1);
+        assert_eq!(back.runtime_events, att.runtime_events);
+        assert_eq!(back.quote, att.quote);
+        assert_eq!(back.report_data, att.report_data);
+        assert_eq!(back.event_log, att.event_log);
     }
 
     #[test]

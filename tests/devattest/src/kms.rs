@@ -1,8 +1,11 @@
 //! A development KMS derived from the seed, issuing app keys the way dstack's KMS and
 //! guest agent do, so a `GetKey` answer can be checked exactly as a dstack one is.
 //!
-//! - The KMS root is a secp256k1 key; the guest's `key-provider` event and `Info`'s
-//!   `key_provider_info` name it: `{"name":"kms","id":"<compressed public key, hex>"}`.
+//! - The KMS root is a secp256k1 key, which signs the key chains below. Beside it the KMS
+//!   has a root CA (P-256, for its TLS), and that is what the guest's `key-provider`
+//!   event and `Info`'s `key_provider_info` name: `{"name":"kms","id":"<hex of the CA's
+//!   SubjectPublicKeyInfo DER>"}` (dstack `dstack-util/src/system_setup.rs`,
+//!   `request_app_keys_from_kms_url`, next@312dc605: `x509.public_key().raw`).
 //! - An app's root key: HKDF-SHA256(salt `RATLS`, IKM = KMS root secret, info =
 //!   `app_id || "app-key"`).
 //! - `GetKey(path, purpose)`: key = HKDF-SHA256(salt `RATLS`, IKM = app root secret,
@@ -65,6 +68,8 @@ pub struct Signed {
 /// The development KMS of one seed, serving one app.
 pub struct DevKms {
     root: SigningKey,
+    /// SubjectPublicKeyInfo DER of the KMS root CA's P-256 key.
+    ca_spki: Vec<u8>,
     app_id: [u8; 20],
     app_root: SigningKey,
 }
@@ -91,8 +96,24 @@ impl DevKms {
         let mut info = app_id.to_vec();
         info.extend_from_slice(b"app-key");
         let app_root = scalar(&hkdf(&root.to_bytes().into(), &info))?;
+        let ca_secret: [u8; 32] = sha2::Sha256::new()
+            .chain_update(b"teesql-dev-kms:root-ca:")
+            .chain_update(seed)
+            .finalize()
+            .into();
+        let ca_spki = {
+            use p256::pkcs8::EncodePublicKey as _;
+            p256::SecretKey::from_slice(&ca_secret)
+                .map_err(|e| format!("derived key is not a P-256 scalar: {e}"))?
+                .public_key()
+                .to_public_key_der()
+                .map_err(|e| format!("KMS root CA public key: {e}"))?
+                .as_bytes()
+                .to_vec()
+        };
         Ok(Self {
             root,
+            ca_spki,
             app_id,
             app_root,
         })
@@ -103,9 +124,19 @@ impl DevKms {
         compressed(self.root.verifying_key())
     }
 
-    /// `key_provider_info` / the `key-provider` event: `{"name":"kms","id":"<hex>"}`.
+    /// The KMS root CA's SubjectPublicKeyInfo DER: what a policy pins in
+    /// `data.teesql.kms_roots` (as hex) to trust the app ids this KMS issues.
+    pub fn root_ca_spki(&self) -> &[u8] {
+        &self.ca_spki
+    }
+
+    /// `key_provider_info` / the `key-provider` event: `{"name":"kms","id":"<hex>"}`,
+    /// keys in dstack's order.
     pub fn key_provider_info(&self) -> String {
-        serde_json::json!({"name": "kms", "id": hex::encode(self.root_public_key())}).to_string()
+        format!(
+            r#"{{"name":"kms","id":"{}"}}"#,
+            hex::encode(self.root_ca_spki())
+        )
     }
 
     /// `GetKey(path, purpose, algorithm)`.

@@ -18,7 +18,7 @@ pub mod pki;
 mod ratls;
 pub mod server_pki;
 
-pub use agent::{AgentConfig, DevAgent};
+pub use agent::{AgentConfig, DevAgent, DstackVersion, KeyProviderKind};
 pub use kms::DevKms;
 pub use pki::{DevPki, DevTdReport, PlatformTcb};
 pub use ratls::{AppCa, RaTlsIssued, RaTlsRequest};

@@ -123,7 +123,9 @@ fn decode_v0(bytes: &[u8]) -> Result<DstackAttestation, EvidenceError> {
             digest: r.bytes()?,
             event: r.string()?,
             event_payload: r.bytes()?,
+            // SCALE skips the version: a V0 attestation carries version 1 events only.
             version: 1,
+            preimage: None,
         });
     }
     let n = r.length(2)?;
@@ -200,7 +202,7 @@ fn decode_v1(bytes: &[u8]) -> Result<DstackAttestation, EvidenceError> {
             check_len("event log (events)", items.len(), MAX_EVENTS)?;
             items
                 .iter()
-                .map(|e| tdx_event(e).ok_or_else(|| bad("malformed event_log entry".into())))
+                .map(|e| tdx_event(e).map_err(|m| bad(format!("event_log entry: {m}"))))
                 .collect::<Result<_, _>>()?
         }
         Some(_) => return Err(bad("platform.data.event_log is not an array".into())),
@@ -227,7 +229,7 @@ fn decode_v1(bytes: &[u8]) -> Result<DstackAttestation, EvidenceError> {
             check_len("runtime events", items.len(), MAX_EVENTS)?;
             items
                 .iter()
-                .map(|e| runtime_event(e).ok_or_else(|| bad("malformed runtime event".into())))
+                .map(|e| runtime_event(e).map_err(|m| bad(format!("runtime event: {m}"))))
                 .collect::<Result<_, _>>()?
         }
         Some(_) => return Err(bad("stack.data.runtime_events is not an array".into())),
@@ -273,10 +275,16 @@ fn bytes_of(v: &ValueRef<'_>) -> Option<Vec<u8>> {
     }
 }
 
-fn tdx_event(v: &ValueRef<'_>) -> Option<TdxEvent> {
-    Some(TdxEvent {
-        imr: u32::try_from(field(v, "imr")?.as_u64()?).ok()?,
-        event_type: u32::try_from(field(v, "event_type")?.as_u64()?).ok()?,
+fn tdx_event(v: &ValueRef<'_>) -> Result<TdxEvent, String> {
+    let number = |name: &str| {
+        field(v, name)
+            .and_then(ValueRef::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| format!("{name} missing or not a 32-bit number"))
+    };
+    Ok(TdxEvent {
+        imr: number("imr")?,
+        event_type: number("event_type")?,
         digest: field(v, "digest").and_then(bytes_of).unwrap_or_default(),
         event: field(v, "event")
             .and_then(str_of)
@@ -285,22 +293,36 @@ fn tdx_event(v: &ValueRef<'_>) -> Option<TdxEvent> {
         event_payload: field(v, "event_payload")
             .and_then(bytes_of)
             .unwrap_or_default(),
-        version: match field(v, "version") {
-            None => 1,
-            Some(x) => u8::try_from(x.as_u64()?).ok()?,
+        version: event_version(v)?,
+        preimage: match field(v, "preimage") {
+            None | Some(ValueRef::Nil) => None,
+            Some(p) => Some(bytes_of(p).ok_or("preimage is not bytes")?),
         },
     })
 }
 
-fn runtime_event(v: &ValueRef<'_>) -> Option<RuntimeEvent> {
+fn runtime_event(v: &ValueRef<'_>) -> Result<RuntimeEvent, String> {
     let mut e = RuntimeEvent::new(
-        field(v, "event").and_then(str_of)?,
-        field(v, "payload").and_then(bytes_of)?,
+        field(v, "event")
+            .and_then(str_of)
+            .ok_or("event name missing or not a string")?,
+        field(v, "payload")
+            .and_then(bytes_of)
+            .ok_or("payload missing or not bytes")?,
     );
-    if let Some(version) = field(v, "version").and_then(|x| x.as_u64()) {
-        e.version = u8::try_from(version).ok()?;
+    e.version = event_version(v)?;
+    Ok(e)
+}
+
+/// An event's `version`: absent means 1; anything but 1 or 2 is refused.
+fn event_version(v: &ValueRef<'_>) -> Result<u8, String> {
+    match field(v, "version") {
+        None | Some(ValueRef::Nil) => Ok(1),
+        Some(x) => x
+            .as_u64()
+            .ok_or_else(|| "version is not a number".to_string())
+            .and_then(crate::eventlog::check_event_version),
     }
-    Some(e)
 }
 
 /// msgpack to JSON for display in claims: byte strings become hex.

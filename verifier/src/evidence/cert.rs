@@ -238,8 +238,10 @@ fn decode_app_info(bytes: &[u8]) -> Result<serde_json::Value, EvidenceError> {
             ))
         })?;
     let json = super::attestation::msgpack_to_json(&value);
-    // dstack v0.5.6–v0.5.11 write a positional array; name its fields like the map form.
-    Ok(match json {
+    // dstack writes a positional array (8 fields in 0.5.6–0.5.11, 9 in 0.6.0: the last
+    // is `init_script_hashes`) or, later, a map with these names; name the array's
+    // fields like the map's.
+    let mut info = match json {
         serde_json::Value::Array(items) if (8..=9).contains(&items.len()) => {
             serde_json::Value::Object(
                 APP_INFO_FIELDS
@@ -250,7 +252,19 @@ fn decode_app_info(bytes: &[u8]) -> Result<serde_json::Value, EvidenceError> {
             )
         }
         other => other,
-    })
+    };
+    // `key_provider_info` is the key-provider event's JSON, as bytes: show it as JSON.
+    if let Some(kp) = info.get_mut("key_provider_info") {
+        let parsed = kp
+            .as_str()
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter(serde_json::Value::is_object);
+        if let Some(parsed) = parsed {
+            *kp = parsed;
+        }
+    }
+    Ok(info)
 }
 
 /// Field order of dstack's `AppInfo` (ra-tls), for the positional msgpack form.
@@ -291,6 +305,53 @@ mod tests {
         rmpv::encode::write_value(&mut buf, &v).unwrap();
         let json = decode_app_info(&buf).unwrap();
         assert_eq!(json["app_id"], hex::encode([0u8; 20]));
+    }
+
+    #[test]
+    fn app_info_in_every_form_dstack_wrote() {
+        use rmpv::Value;
+        let bin = |b: &[u8]| Value::Binary(b.to_vec());
+        let eight = vec![
+            bin(&[0xa1, 0xa2, 0xa3]),
+            bin(&[0xb1, 0xb2]),
+            bin(&[0xc1, 0xc2]),
+            bin(&[0xd1]),
+            bin(&[0x51; 32]),
+            bin(&[0x62; 32]),
+            bin(&[0xe1, 0xe2]),
+            bin(br#"{"name":"kms","id":"3059"}"#),
+        ];
+        let encode = |v: &Value| {
+            let mut buf = Vec::new();
+            rmpv::encode::write_value(&mut buf, v).unwrap();
+            buf
+        };
+        // 0.5.6–0.5.11: 8 positional fields (fixarray 0x98).
+        let v05 = encode(&Value::Array(eight.clone()));
+        assert_eq!(v05[0], 0x98);
+        let json = decode_app_info(&v05).unwrap();
+        assert_eq!(json["app_id"], "a1a2a3");
+        assert_eq!(json["os_image_hash"], "e1e2");
+        assert_eq!(json["key_provider_info"]["name"], "kms");
+        assert!(json.get("init_script_hashes").is_none());
+        // 0.6.0: a 9th field, init_script_hashes (nil or a list of 32-byte values).
+        let mut nine = eight.clone();
+        nine.push(Value::Array(vec![bin(&[0x17; 32])]));
+        let json = decode_app_info(&encode(&Value::Array(nine))).unwrap();
+        assert_eq!(json["init_script_hashes"][0], "17".repeat(32));
+        // The named map.
+        let map = Value::Map(
+            APP_INFO_FIELDS[..8]
+                .iter()
+                .map(|k| Value::String((*k).into()))
+                .zip(eight)
+                .chain([(Value::String("init_script_hashes".into()), Value::Nil)])
+                .collect(),
+        );
+        let json = decode_app_info(&encode(&map)).unwrap();
+        assert_eq!(json["compose_hash"], "b1b2");
+        assert_eq!(json["key_provider_info"]["id"], "3059");
+        assert_eq!(json["init_script_hashes"], serde_json::Value::Null);
     }
 
     #[test]

@@ -78,7 +78,9 @@ pub struct EventLog {
 impl EventLog {
     /// The RTMR3 runtime events: the explicit runtime list when present, otherwise the
     /// RTMR3 entries of the TDX log. Entries on RTMR3 that are not dstack runtime events
-    /// cannot be replayed from name and payload, so they are reported as an error.
+    /// cannot be replayed from name and payload, so they are reported as an error; so is
+    /// a shipped preimage (dstack 0.6) that is not the one of the event's own name and
+    /// payload.
     pub fn rtmr3_events(&self) -> Result<Vec<RuntimeEvent>, EvidenceError> {
         if !self.runtime_events.is_empty() {
             return Ok(self.runtime_events.clone());
@@ -87,18 +89,24 @@ impl EventLog {
             .iter()
             .filter(|e| e.imr == 3)
             .map(|e| {
-                if e.event_type == crate::eventlog::DSTACK_RUNTIME_EVENT_TYPE {
-                    Ok(RuntimeEvent {
-                        event: e.event.clone(),
-                        payload: e.event_payload.clone(),
-                        version: e.version,
-                    })
-                } else {
-                    Err(EvidenceError::Invalid(format!(
+                if e.event_type != crate::eventlog::DSTACK_RUNTIME_EVENT_TYPE {
+                    return Err(EvidenceError::Invalid(format!(
                         "RTMR3 event {:?} has type {:#x}, not a dstack runtime event",
                         e.event, e.event_type
-                    )))
+                    )));
                 }
+                let event = RuntimeEvent {
+                    event: e.event.clone(),
+                    payload: e.event_payload.clone(),
+                    version: e.version,
+                };
+                if e.preimage.as_ref().is_some_and(|p| *p != event.preimage()) {
+                    return Err(EvidenceError::Invalid(format!(
+                        "RTMR3 event {:?} (version {}) ships a preimage that is not the one of its name and payload",
+                        e.event, e.version
+                    )));
+                }
+                Ok(event)
             })
             .collect()
     }
