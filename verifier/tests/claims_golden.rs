@@ -276,3 +276,77 @@ fn documented_paths() -> BTreeSet<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// `policies/teesql/testdata/`: the claims of real evidence that `policy test` gives the
+/// profile's tests as `data.testdata.<name>`, kept equal to what the verifier produces
+/// (regenerate with UPDATE_GOLDEN=1): dstack's recorded 0.5 GetQuote, and development
+/// dstack 0.6 CVMs with an app id their operator chose, without a KMS and under one.
+#[tokio::test]
+async fn policy_testdata_is_what_the_verifier_makes_of_real_evidence() {
+    use teesql_devattest::{AgentConfig, DevAgent, DstackVersion, KeyProviderKind};
+    use teesql_verifier::backend::dcap::TrustRoot;
+    use teesql_verifier::collateral::CollateralConfig;
+
+    let dir = root().join("policies/teesql/testdata");
+    let write = |name: &str, claims: &Claims| {
+        let path = dir.join(name);
+        let actual = serde_json::to_string_pretty(claims).unwrap() + "\n";
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+        assert_eq!(actual, expected, "{} differs", path.display());
+    };
+
+    let recorded = evidence::decode_getquote_json(
+        &std::fs::read(root().join("testdata/dstack/getquote-quote-report.json")).unwrap(),
+    )
+    .unwrap();
+    write(
+        "dstack-0.5-getquote.json",
+        &claims_for(&recorded, None, 1_760_000_000, "quote", None).await,
+    );
+
+    let now = 1_760_000_000;
+    for (name, provider) in [
+        ("dev-0.6-kms-less.json", KeyProviderKind::None),
+        ("dev-0.6-kms.json", KeyProviderKind::Kms),
+    ] {
+        let mut config = AgentConfig::new([0x21; 32]);
+        config.dstack = DstackVersion::V06;
+        config.key_provider = provider;
+        config.app_id = Some([0x5a; 20]);
+        config.collateral_issued_at = Some(now - 86_400);
+        let agent = DevAgent::new(config).unwrap();
+        let collateral = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            collateral.path(),
+            serde_json::to_vec(&agent.collateral().unwrap()).unwrap(),
+        )
+        .unwrap();
+        let backend = BackendConfig::dcap(
+            TrustRoot::development("dev-root.der", agent.root_der()).unwrap(),
+            CollateralConfig {
+                file: Some(collateral.path().to_path_buf()),
+                pccs_url: None,
+                clock: teesql_verifier::Clock::Fixed(now),
+                ..CollateralConfig::default()
+            },
+        )
+        .build()
+        .unwrap();
+        let att = agent.attestation([0x42; 64]).await.unwrap();
+        let ev = att
+            .into_evidence(evidence::EvidenceKind::DstackAttestation)
+            .unwrap();
+        let claims = backend
+            .appraiser
+            .appraise(&ev, now, None)
+            .await
+            .into_claims("quote", now, None);
+        assert!(claims.tdx.as_ref().unwrap().verified);
+        write(name, &claims);
+    }
+}

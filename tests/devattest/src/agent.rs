@@ -624,7 +624,11 @@ impl DevAgent {
         Ok((quote, events))
     }
 
-    async fn attestation(&self, report_data: [u8; 64]) -> Result<DstackAttestation, AgentError> {
+    /// A versioned attestation over `report_data`, as `Attest` returns it.
+    pub async fn attestation(
+        &self,
+        report_data: [u8; 64],
+    ) -> Result<DstackAttestation, AgentError> {
         let (quote, events) = self.quote(report_data).await?;
         Ok(DstackAttestation {
             format: attestation_format(self.dstack()),

@@ -70,8 +70,14 @@ pub fn run_profile(profile: &Path) -> Result<Vec<TestResult>, PolicyError> {
                 detail: format!("{e:#}"),
             })?;
     }
+    let mut data = loaded.data;
+    if let (Some(data), serde_json::Value::Object(docs)) =
+        (data.as_object_mut(), testdata(&own_dir)?)
+    {
+        data.extend(docs);
+    }
     engine
-        .add_data(regorus::Value::from(loaded.data))
+        .add_data(regorus::Value::from(data))
         .map_err(|e| PolicyError::Data {
             path: "data.json".into(),
             detail: format!("{e:#}"),
@@ -113,6 +119,55 @@ pub fn run_profile(profile: &Path) -> Result<Vec<TestResult>, PolicyError> {
         }
     }
     Ok(results)
+}
+
+/// Largest test document read from a profile's `testdata/`.
+const MAX_TESTDATA_FILE: u64 = 4 * 1024 * 1024;
+
+/// A profile's `testdata/*.json` for its tests, as `data.testdata.<name>` (the file stem,
+/// each character other than a letter or digit made `_`): claims documents of real evidence, so tests can judge what the
+/// verifier really produces, not only hand-written inputs.
+fn testdata(profile: &Path) -> Result<serde_json::Value, PolicyError> {
+    let dir = profile.join("testdata");
+    let mut docs = serde_json::Map::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(serde_json::json!({ "testdata": docs }));
+    };
+    let err = |path: &Path, detail: String| PolicyError::Data {
+        path: path.display().to_string(),
+        detail,
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let len = std::fs::metadata(&path)
+            .map_err(|e| err(&path, e.to_string()))?
+            .len();
+        if len > MAX_TESTDATA_FILE {
+            return Err(err(
+                &path,
+                format!("{len} bytes, more than {MAX_TESTDATA_FILE}"),
+            ));
+        }
+        let text = std::fs::read(&path).map_err(|e| err(&path, e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| err(&path, e.to_string()))?;
+        let name = path
+            .file_stem()
+            .map(|s| {
+                s.to_string_lossy()
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        docs.insert(name, value);
+    }
+    Ok(serde_json::json!({ "testdata": docs }))
 }
 
 /// The package a Rego file declares.
