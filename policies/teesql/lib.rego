@@ -89,6 +89,14 @@ quote_problems contains d if {
 	d := {"code": "advisory_refused", "message": sprintf("the platform is affected by %s, which this policy refuses (TCB status %s)", [shown(affected), input.tdx.tcb_status])}
 }
 
+# Intel Trust Authority appraised the quote against policies of the operator's (named in
+# --ita-policy-ids, or attached to the API key): each must have matched.
+quote_problems contains d if {
+	unmatched := input.tdx.ita.policy_ids_unmatched
+	count(unmatched) > 0
+	d := {"code": "ita_policy_unmatched", "message": sprintf("Intel Trust Authority appraised the quote against policies it did not match: %s", [shown(unmatched)])}
+}
+
 quote_problems contains d if {
 	input.tdx.debug == true
 	not data.teesql.allow_debug

@@ -208,3 +208,10 @@ test_simulator_quotes_pass_where_the_simulator_root_is_accepted if {
 		with data.teesql.accepted_roots as ["simulator", "dev"]
 		with data.teesql.accepted_backends as ["simulator"]
 }
+
+test_unmatched_ita_policies_are_denied if {
+	ita := object.union(good, {"tdx": {"backend": "ita", "root": "intel-trust-authority", "ita": {"issuer": "Intel Trust Authority", "policy_ids_required": ["b802fff0-eba4-4286-9fdb-7a3cdc04e94d"], "policy_ids_matched": [], "policy_ids_unmatched": ["b802fff0-eba4-4286-9fdb-7a3cdc04e94d"]}}})
+	codes(ita) == {"ita_policy_unmatched"}
+	matched := object.union(ita, {"tdx": {"ita": {"policy_ids_matched": ["b802fff0-eba4-4286-9fdb-7a3cdc04e94d"], "policy_ids_unmatched": []}}})
+	quote.allow with input as matched
+}

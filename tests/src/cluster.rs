@@ -267,7 +267,6 @@ impl Cluster {
             backend: Some(opts.backend.clone()),
             ita_url: ita.as_ref().map(|m| m.url.clone()),
             ita_jwks_url: ita.as_ref().map(|m| m.jwks_url.clone()),
-            ita_issuer: ita.as_ref().map(|m| m.issuer.clone()),
             ..ServeSettings::default()
         };
         let ita_env: BTreeMap<String, String> = ita

@@ -1,10 +1,19 @@
 //! A stand-in for Intel Trust Authority on loopback, speaking its wire API:
 //! `POST /appraisal/v2/attest` (header `x-api-key`, JSON `{"quote": base64,
-//! "token_signing_alg"}`) answers `{"token": JWT}`, and `GET /certs` serves the JWKS.
+//! "token_signing_alg", "policy_ids", "policy_must_match"}`) answers `{"token": JWT}`, and
+//! `GET /certs` serves the JWKS.
 //!
 //! It appraises quotes for real — dcap-qvl against the development PKI's root and its
 //! PCCS — and signs real JWTs (PS384, or RS256 when asked) with RSA keys it generates.
-//! Tokens carry ITA's v2 claims under `tdx` and a `jku` naming its own JWKS, as ITA's do.
+//! Its tokens are written from Intel's published samples, not from the verifier
+//! (`tests/data/ita-samples/`: docs.trustauthority.intel.com, "Attestation tokens and
+//! claims", and a v2 token Intel issued in 2026): `iss` "Intel Trust Authority" as every
+//! documented sample has it, whatever the verifier expects; ITA's v2 form (`ver` 2.0.0,
+//! the attester and `tdx_*` claims nested under `tdx`); `jti`, `eat_profile`, `intuse`,
+//! `dbgstat`, `attester_type`, `attester_tcb_status`, `attester_tcb_date`,
+//! `attester_advisory_ids`, `verifier_instance_ids`, `policy_ids_matched` /
+//! `policy_ids_unmatched` (`{id, version, hash}`), `policy_defined_claims`, every `tdx_*`
+//! claim of the samples and `tdx_collateral`; a `jku` naming its own JWKS.
 //! Tests switch it into the failure modes a verifier must survive ([`Behaviour`]).
 
 use std::net::SocketAddr;
@@ -43,6 +52,10 @@ pub enum Behaviour {
     RotateKey,
     /// Answer every attestation with this HTTP status.
     Status(u16),
+    /// Sign this published claim set (one of `tests/data/ita-samples/`) with the quote's
+    /// measurements put where the set has them and the times made current: what the
+    /// verifier does with a token shaped exactly like one Intel documents.
+    Sample(Value),
 }
 
 struct SigningKey {
@@ -53,8 +66,9 @@ struct SigningKey {
 
 struct Shared {
     api_key: String,
-    issuer: String,
     jwks_url: String,
+    /// ITA policy ids this mock's appraisals match; any other requested id is unmatched.
+    matching_policies: Mutex<Vec<String>>,
     keys: Mutex<Vec<Arc<SigningKey>>>,
     behaviour: Mutex<Behaviour>,
     attest_requests: AtomicU64,
@@ -68,8 +82,6 @@ pub struct MockIta {
     pub url: String,
     /// Its JWKS (`--ita-jwks-url`).
     pub jwks_url: String,
-    /// The `iss` of its tokens (`--ita-issuer`).
-    pub issuer: String,
     /// The API key it accepts.
     pub api_key: String,
     state: Arc<Shared>,
@@ -114,8 +126,8 @@ impl MockIta {
         let first = tokio::task::spawn_blocking(|| new_key(1)).await??;
         let state = Arc::new(Shared {
             api_key: "mock-ita-api-key-0123456789".into(),
-            issuer: url.clone(),
             jwks_url: format!("{url}/certs"),
+            matching_policies: Mutex::new(Vec::new()),
             keys: Mutex::new(vec![Arc::new(first)]),
             behaviour: Mutex::new(Behaviour::Normal),
             attest_requests: AtomicU64::new(0),
@@ -131,7 +143,6 @@ impl MockIta {
         });
         Ok(Self {
             jwks_url: state.jwks_url.clone(),
-            issuer: state.issuer.clone(),
             api_key: state.api_key.clone(),
             url,
             state,
@@ -147,6 +158,15 @@ impl MockIta {
             .unwrap_or_else(|p| p.into_inner()) = behaviour;
     }
 
+    /// The ITA policy ids the mock's appraisals match (others requested are unmatched).
+    pub fn match_policies(&self, ids: &[&str]) {
+        *self
+            .state
+            .matching_policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = ids.iter().map(|i| i.to_string()).collect();
+    }
+
     /// Attestation requests received so far.
     pub fn attest_requests(&self) -> u64 {
         self.state.attest_requests.load(Ordering::SeqCst)
@@ -157,13 +177,13 @@ impl MockIta {
         self.state.jwks_requests.load(Ordering::SeqCst)
     }
 
-    /// The verifier's ITA settings for this mock, with `api_key`.
+    /// The verifier's ITA settings for this mock, with `api_key`: its API base and JWKS;
+    /// the accepted issuers are the verifier's defaults.
     pub fn config(&self, api_key: &str) -> Result<teesql_verifier::backend::ita::ItaConfig> {
         let key =
             teesql_verifier::backend::ita::ApiKey::new(api_key).map_err(anyhow::Error::msg)?;
         let mut c = teesql_verifier::backend::ita::ItaConfig::new(&self.url, key);
         c.jwks_url = self.jwks_url.clone();
-        c.issuer = self.issuer.clone();
         c.backoff = std::time::Duration::from_millis(20);
         Ok(c)
     }
@@ -231,29 +251,93 @@ async fn attest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: String) 
     } else {
         (now, now + 300)
     };
-    let claims = json!({
-        "tdx": {
-            "tdx_mrtd": hex::encode(td.mrtd),
-            "tdx_rtmr0": hex::encode(td.rtmr[0]),
-            "tdx_rtmr1": hex::encode(td.rtmr[1]),
-            "tdx_rtmr2": hex::encode(td.rtmr[2]),
-            "tdx_rtmr3": hex::encode(td.rtmr[3]),
-            "tdx_report_data": hex::encode(quote.report_data()),
-            "tdx_mrseam": hex::encode(td.mr_seam),
-            "tdx_xfam": hex::encode(td.xfam),
-            "tdx_td_attributes": hex::encode(td.td_attributes),
-            "tdx_is_debuggable": td.debug(),
-            "attester_tcb_status": facts.tcb_status,
-            "attester_advisory_ids": facts.advisory_ids,
-            "attester_type": "TDX",
+    // Policies: each requested id is matched when the mock knows it, else unmatched;
+    // with policy_must_match, ITA issues no token when any is unmatched.
+    let requested: Vec<String> = req
+        .get("policy_ids")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let known = s
+        .matching_policies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let (matched, unmatched): (Vec<String>, Vec<String>) =
+        requested.into_iter().partition(|id| known.contains(id));
+    let must_match = req
+        .get("policy_must_match")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if must_match && !unmatched.is_empty() {
+        // Intel documents that no token is issued; the status is not documented, and
+        // clients (Trustee) read `{"error": …}` from any non-200.
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("policy_must_match: unmatched policies {unmatched:?}"),
+        );
+    }
+    let policy = |id: &String| json!({"id": id, "version": "v1", "hash": base64::engine::general_purpose::STANDARD.encode(sha2_of(id.as_bytes()))});
+    let tdx = json!({
+        "attester_type": "TDX",
+        "attester_tcb_status": facts.tcb_status,
+        "attester_tcb_date": "2024-03-13T00:00:00Z",
+        "attester_advisory_ids": facts.advisory_ids,
+        "dbgstat": if td.debug() { "enabled" } else { "disabled" },
+        "tdx_tee_tcb_svn": hex::encode(td.tee_tcb_svn),
+        "tdx_mrseam": hex::encode(td.mr_seam),
+        "tdx_mrsignerseam": hex::encode(td.mr_signer_seam),
+        "tdx_seam_attributes": hex::encode(td.seam_attributes),
+        "tdx_td_attributes": hex::encode(td.td_attributes),
+        "tdx_xfam": hex::encode(td.xfam),
+        "tdx_mrtd": hex::encode(td.mrtd),
+        "tdx_mrconfigid": hex::encode(td.mr_config_id),
+        "tdx_mrowner": hex::encode(td.mr_owner),
+        "tdx_mrownerconfig": hex::encode(td.mr_owner_config),
+        "tdx_rtmr0": hex::encode(td.rtmr[0]),
+        "tdx_rtmr1": hex::encode(td.rtmr[1]),
+        "tdx_rtmr2": hex::encode(td.rtmr[2]),
+        "tdx_rtmr3": hex::encode(td.rtmr[3]),
+        "tdx_report_data": hex::encode(quote.report_data()),
+        "tdx_seamsvn": u16::from_le_bytes([td.tee_tcb_svn[0], td.tee_tcb_svn[1]]),
+        "tdx_td_attributes_debug": td.debug(),
+        "tdx_td_attributes_septve_disable": td.td_attributes[3] & 0x10 != 0,
+        "tdx_td_attributes_protection_keys": td.td_attributes[3] & 0x40 != 0,
+        "tdx_td_attributes_key_locker": td.td_attributes[3] & 0x80 != 0,
+        "tdx_td_attributes_perfmon": td.td_attributes[7] & 0x80 != 0,
+        "tdx_is_debuggable": td.debug(),
+        "tdx_collateral": {
+            "qeidcerthash": hex::encode(sha2_of(b"qeidcert")),
+            "qeidcrlhash": hex::encode(sha2_of(b"qeidcrl")),
+            "qeidhash": hex::encode(sha2_of(b"qeid")),
+            "quotehash": hex::encode(sha2_of(&raw)),
+            "tcbinfocerthash": hex::encode(sha2_of(b"tcbinfocert")),
+            "tcbinfocrlhash": hex::encode(sha2_of(b"tcbinfocrl")),
+            "tcbinfohash": hex::encode(sha2_of(b"tcbinfo")),
         },
-        "iss": s.issuer,
-        "iat": iat,
-        "nbf": iat,
-        "exp": exp,
-        "ver": "2.0.0",
-        "jti": format!("mock-{now}-{}", s.attest_requests.load(Ordering::SeqCst)),
     });
+    let claims = match &behaviour {
+        Behaviour::Sample(sample) => sample_claims(sample, &tdx, iat, exp),
+        _ => json!({
+            "tdx": tdx,
+            "policy_ids_matched": matched.iter().map(policy).collect::<Vec<_>>(),
+            "policy_ids_unmatched": if unmatched.is_empty() { Value::Null } else { json!(unmatched.iter().map(policy).collect::<Vec<_>>()) },
+            "policy_defined_claims": {},
+            "verifier_instance_ids": [uuid(now, 1), uuid(now, 2)],
+            "eat_profile": "https://portal.trustauthority.intel.com/eat_profile.html",
+            "intuse": "generic",
+            "ver": "2.0.0",
+            "iss": "Intel Trust Authority",
+            "iat": iat,
+            "nbf": iat,
+            "exp": exp,
+            "jti": uuid(now, s.attest_requests.load(Ordering::SeqCst)),
+        }),
+    };
     if behaviour == Behaviour::RotateKey {
         let n = s.keys.lock().unwrap_or_else(|p| p.into_inner()).len() + 1;
         match tokio::task::spawn_blocking(move || new_key(n)).await {
@@ -274,6 +358,58 @@ async fn attest(State(s): State<Arc<Shared>>, headers: HeaderMap, body: String) 
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     axum::Json(json!({ "token": token })).into_response()
+}
+
+/// A published claim set made to describe this quote: each `tdx_*` measurement it has
+/// (flat, or nested under `tdx`) takes the quote's value; its times become current.
+/// Everything else — issuer, version, policies, other TEEs' objects — stays as Intel
+/// published it.
+fn sample_claims(sample: &Value, tdx: &Value, iat: u64, exp: u64) -> Value {
+    let mut claims = sample.clone();
+    let measured = [
+        "tdx_mrtd",
+        "tdx_rtmr0",
+        "tdx_rtmr1",
+        "tdx_rtmr2",
+        "tdx_rtmr3",
+        "tdx_report_data",
+        "tdx_is_debuggable",
+        "tdx_td_attributes_debug",
+    ];
+    let target = if claims.get("tdx").is_some_and(Value::is_object) {
+        &mut claims["tdx"]
+    } else {
+        &mut claims
+    };
+    if let Some(obj) = target.as_object_mut() {
+        for name in measured {
+            if obj.contains_key(name) {
+                obj.insert(name.to_string(), tdx[name].clone());
+            }
+        }
+    }
+    for (name, value) in [("iat", iat), ("nbf", iat), ("exp", exp)] {
+        claims[name] = json!(value);
+    }
+    claims
+}
+
+/// A UUID-shaped id (version 4 layout), unique per `n` within a second.
+fn uuid(now: u64, n: u64) -> String {
+    let h = hex::encode(sha2_of(format!("{now}:{n}").as_bytes()));
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+fn sha2_of(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 fn sign(

@@ -379,8 +379,6 @@ async fn verify_with_backend_ita_prints_the_same_decision() {
         &s.mock.url,
         "--ita-jwks-url",
         &s.mock.jwks_url,
-        "--ita-issuer",
-        &s.mock.issuer,
         "--ita-api-key-file",
         key_file.to_str().unwrap(),
     ]);
@@ -451,11 +449,10 @@ async fn serve_with_backend_ita_from_a_toml_file() {
         format!(
             "listen = \"127.0.0.1:0\"\npolicy_dir = [\"policies/dev\"]\n\
              dev_trust_root = {:?}\ndecision_log = \"off\"\nbackend = \"ita\"\n\
-             ita_url = {:?}\nita_jwks_url = {:?}\nita_issuer = {:?}\n",
+             ita_url = {:?}\nita_jwks_url = {:?}\n",
             s.agent.root_der_path().display().to_string(),
             s.mock.url,
             s.mock.jwks_url,
-            s.mock.issuer,
         ),
     )
     .unwrap();
@@ -523,4 +520,132 @@ fn stderr_of(child: &mut std::process::Child) -> String {
         let _ = e.read_to_string(&mut text);
     }
     text
+}
+
+fn sample(name: &str) -> Value {
+    let path = repo_root().join("tests/data/ita-samples").join(name);
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// Every claim set Intel publishes for its tokens (tests/data/ita-samples/), signed by the
+/// mock's key and carrying the quote's measurements where the set has them: the backend,
+/// with its default issuers, reads each as ITA means it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_shaped_like_intels_published_samples_are_read_as_intel_means_them() {
+    let s = setup().await;
+    let raw = s.quote(9).await;
+    let ita = s.ita();
+    for (name, status, unmatched) in [
+        // v1 flat, "Intel Trust Authority", the older status spelling "OK".
+        (
+            "tdx-v1.json",
+            "UpToDate",
+            vec!["c7c49dd2-a96a-43bd-8cee-f2aa99503458"],
+        ),
+        // Claims nested under `tdx` beside `tpm_claims`.
+        ("tdx-tpm-composite.json", "UpToDate", vec![]),
+        // `nvgpu` beside `tdx`, policies matched and unmatched.
+        (
+            "gpu-tdx-composite.json",
+            "UpToDate",
+            vec![
+                "8500e95a-58da-4b8a-a585-274730576d31",
+                "5210b351-5865-4fb2-a731-17c6793cd4ca",
+            ],
+        ),
+        // v2 as issued in 2026: the portal URL as `iss`.
+        ("tdx-v2-2026-third-party.json", "UpToDate", vec![]),
+    ] {
+        s.mock.set(Behaviour::Sample(sample(name)));
+        let f = facts(&ita, &raw).await;
+        assert!(f.verified, "{name}: {}", message_of(&f));
+        assert_eq!(f.tcb_status.as_deref(), Some(status), "{name}");
+        let ita_facts = f.ita.clone().unwrap();
+        assert_eq!(ita_facts.policy_ids_unmatched, unmatched, "{name}");
+        // Unmatched ITA policies deny; the rest allow under the development profile.
+        let d = decide(&ita, "dev", &raw).await;
+        if unmatched.is_empty() {
+            assert!(d.allow, "{name}: {:?}", d.reasons);
+        } else {
+            assert_eq!(codes(&d), ["ita_policy_unmatched"], "{name}");
+        }
+    }
+    let d = decide(&ita, "dev", &raw).await;
+    assert_eq!(
+        d.claims["tdx"]["ita"]["issuer"],
+        "https://portal.trustauthority.intel.com"
+    );
+
+    // An SGX token does not describe a TDX quote.
+    s.mock.set(Behaviour::Sample(sample("sgx-v1.json")));
+    let f = facts(&ita, &raw).await;
+    assert_eq!(code_of(&f), Some(VerifyErrorCode::TokenInvalid));
+    assert!(message_of(&f).contains("tdx_mrtd"), "{}", message_of(&f));
+
+    // The mock's own tokens say "Intel Trust Authority" as the documentation does; an
+    // operator who names another issuer refuses them.
+    s.mock.set(Behaviour::Normal);
+    let f = facts(&ita, &raw).await;
+    assert!(f.verified, "{}", message_of(&f));
+    assert_eq!(f.ita.as_ref().unwrap().issuer, "Intel Trust Authority");
+    let mut strict = s.mock.config(&s.mock.api_key).unwrap();
+    strict.issuers = vec!["https://issuer.example".into()];
+    let other = BackendConfig {
+        chain: vec![BackendKind::Ita],
+        ita: Some(strict),
+        ..s.dcap(&s.agent.url)
+    }
+    .build()
+    .unwrap();
+    let f = facts(&other, &raw).await;
+    assert_eq!(code_of(&f), Some(VerifyErrorCode::TokenInvalid));
+    assert!(
+        message_of(&f).contains("InvalidIssuer"),
+        "{}",
+        message_of(&f)
+    );
+}
+
+/// `--ita-policy-ids`: each configured policy must be matched; `PolicyMustMatch` is sent,
+/// and then ITA issues no token for an unmatched one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_ita_policies_must_all_match() {
+    let s = setup().await;
+    let raw = s.quote(10).await;
+    let (a, b) = (
+        "b802fff0-eba4-4286-9fdb-7a3cdc04e94d",
+        "3910b351-5865-4fb2-a731-17c6793cd4ca",
+    );
+    let with_policies = |must_match: bool| {
+        let mut c = s.mock.config(&s.mock.api_key).unwrap();
+        c.policy_ids = vec![a.into(), b.into()];
+        c.policy_must_match = must_match;
+        BackendConfig {
+            chain: vec![BackendKind::Ita],
+            ita: Some(c),
+            ..s.dcap(&s.agent.url)
+        }
+        .build()
+        .unwrap()
+    };
+    s.mock.match_policies(&[a]);
+    let d = decide(&with_policies(false), "dev", &raw).await;
+    assert_eq!(codes(&d), ["ita_policy_unmatched"]);
+    assert!(d.reasons[0].message.contains(b), "{:?}", d.reasons);
+    assert_eq!(
+        d.claims["tdx"]["ita"]["policy_ids_matched"],
+        serde_json::json!([a])
+    );
+    s.mock.match_policies(&[a, b]);
+    let d = decide(&with_policies(false), "dev", &raw).await;
+    assert!(d.allow, "{:?}", d.reasons);
+    // PolicyMustMatch: no token for an unmatched policy, so the quote is not verified.
+    s.mock.match_policies(&[a]);
+    let f = facts(&with_policies(true), &raw).await;
+    assert!(!f.verified);
+    assert!(
+        message_of(&f).contains("policy_must_match"),
+        "{}",
+        message_of(&f)
+    );
 }

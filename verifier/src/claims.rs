@@ -86,6 +86,8 @@ pub struct TdxClaims {
     pub collateral: Option<CollateralWindow>,
     /// What MRCONFIGID commits to, and whether that agrees with the event log.
     pub mr_config: Option<MrConfigClaims>,
+    /// With `ita`: what Intel Trust Authority's token said beyond the quote.
+    pub ita: Option<crate::backend::ItaFacts>,
 }
 
 /// What the event log says about the application. The identity fields come only from
@@ -277,6 +279,7 @@ impl AppraisedEvidence {
                 debug: td.as_ref().map(|t| t.debug()),
                 collateral: f.collateral,
                 mr_config: None,
+                ita: f.ita.clone(),
             }
         });
 

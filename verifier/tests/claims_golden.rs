@@ -145,6 +145,35 @@ async fn claims_documents_match_golden_files_and_claims_md() {
     assert_eq!(g["app"]["runtime_events"][0]["event"], "LIUM_MINER_HOTKEY");
     assert_eq!(g["tdx"]["mr_config"]["form"], "unused");
 
+    // The recorded quote as the `ita` backend reports it (facts as it builds them from a
+    // token: see tests/tests/ita.rs for the backend itself against Intel-shaped tokens).
+    let mut ita_facts = teesql_verifier::backend::QuoteFacts::new(
+        "ita",
+        teesql_verifier::backend::TrustRootKind::IntelTrustAuthority,
+    );
+    ita_facts.verified = true;
+    ita_facts.tcb_status = Some("UpToDate".into());
+    ita_facts.collateral = Some(teesql_verifier::backend::CollateralWindow {
+        not_before: 1_750_999_900,
+        not_after: 1_751_000_200,
+    });
+    ita_facts.token_sha256 = Some("ab".repeat(32));
+    ita_facts.ita = Some(teesql_verifier::backend::ItaFacts {
+        issuer: "Intel Trust Authority".into(),
+        ver: Some("2.0.0".into()),
+        jti: Some("304915ef-ec89-48a4-bae0-890c09978d3e".into()),
+        attester_tcb_date: Some("2024-03-13T00:00:00Z".into()),
+        verifier_instance_ids: vec!["605a1fb4-4831-487b-9422-980c16ae0585".into()],
+        policy_ids_required: vec!["b802fff0-eba4-4286-9fdb-7a3cdc04e94d".into()],
+        policy_ids_matched: vec!["b802fff0-eba4-4286-9fdb-7a3cdc04e94d".into()],
+        policy_ids_unmatched: vec![],
+    });
+    let ita_claims =
+        teesql_verifier::claims::AppraisedEvidence::build(&quote, Some(&ita_facts), None)
+            .into_claims("quote", 1_751_000_000, None);
+    let i = check_golden("claims-ita.json", &ita_claims);
+    assert_eq!(i["tdx"]["ita"]["issuer"], "Intel Trust Authority");
+
     // A manifest (judged alone) and a sidecar report.
     let key = k256::ecdsa::SigningKey::from_slice(&[0x11; 32]).unwrap();
     let mut m = teesql_verifier::manifest::Manifest::parse(&format!(
@@ -219,7 +248,7 @@ async fn claims_documents_match_golden_files_and_claims_md() {
 
     // Every path produced is documented, and every documented path is produced.
     let mut produced = BTreeSet::new();
-    for doc in [&a, &b, &c, &g, &r] {
+    for doc in [&a, &b, &c, &g, &i, &r] {
         paths(doc, "", &mut produced);
     }
     let documented = documented_paths();

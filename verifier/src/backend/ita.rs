@@ -2,13 +2,18 @@
 //! JWT; the token is verified here, never trusted.
 //!
 //! - `POST {api}/appraisal/v2/attest`, header `x-api-key`, body
-//!   `{"quote": base64, "token_signing_alg": "PS384"}` -> `{"token": JWT}`. Timeouts;
-//!   retries with exponential backoff on 429 and 5xx.
+//!   `{"quote": base64, "token_signing_alg": "PS384"}` (with `policy_ids` and
+//!   `policy_must_match` when the operator names ITA policies) -> `{"token": JWT}`.
+//!   Timeouts; retries with exponential backoff on 429 and 5xx.
 //! - The token: `alg` PS384 or RS256 only; its key found by `kid` in the JWKS at the
 //!   configured URL (never at a `jku` the token names: a different `jku` is refused and
 //!   not fetched); the JWKS cached and fetched again on an unknown `kid` at most once a
 //!   minute; `exp`, `nbf`, `iat` and `iss` checked against the appraisal time with a
-//!   small leeway.
+//!   small leeway. The issuers accepted by default are the ones Intel's tokens carry:
+//!   `Intel Trust Authority` (every sample token in Intel's documentation) and the
+//!   region's portal URL (tokens issued since 2025).
+//! - `policy_ids_matched` / `policy_ids_unmatched` are facts: a configured policy id the
+//!   token does not list as matched counts as unmatched, and the policy denies on it.
 //! - Its claims (v2: nested under `tdx`; older: flat) must describe the quote that was
 //!   sent — MRTD, RTMR0..3, report data, debug — and give the TCB status and advisory
 //!   IDs. The facts keep the token's SHA-256 and its validity window.
@@ -38,6 +43,11 @@ pub const US_API_URL: &str = "https://api.trustauthority.intel.com";
 pub const EU_API_URL: &str = "https://api.eu.trustauthority.intel.com";
 const US_PORTAL: &str = "https://portal.trustauthority.intel.com";
 const EU_PORTAL: &str = "https://portal.eu.trustauthority.intel.com";
+/// The `iss` of every sample token in Intel's Trust Authority documentation (attestation
+/// token pages for TDX, SGX and GPU).
+pub const DOCUMENTED_ISSUER: &str = "Intel Trust Authority";
+/// The most ITA policy ids a request names (ITA's own limit is 10).
+pub const MAX_POLICY_IDS: usize = 10;
 
 /// The largest answer read from ITA (token or JWKS).
 const MAX_BODY: usize = 256 << 10;
@@ -83,8 +93,12 @@ pub struct ItaConfig {
     pub api_url: String,
     /// Where the token-signing keys are read: only here, whatever a token says.
     pub jwks_url: String,
-    /// The `iss` tokens must carry.
-    pub issuer: String,
+    /// The `iss` values accepted (any one of them).
+    pub issuers: Vec<String>,
+    /// ITA policies to appraise against (`policy_ids`); each must be matched.
+    pub policy_ids: Vec<String>,
+    /// Ask ITA to issue no token unless every policy matches (`policy_must_match`).
+    pub policy_must_match: bool,
     pub api_key: ApiKey,
     /// Time limit of one HTTP request.
     pub request_timeout: Duration,
@@ -99,8 +113,9 @@ pub struct ItaConfig {
 }
 
 impl ItaConfig {
-    /// Settings for `api_url` with the region's JWKS and issuer (the EU region for its
-    /// API base, the US one otherwise), 10 s per request, two retries.
+    /// Settings for `api_url` with the region's JWKS and the issuers its tokens carry
+    /// (the EU region for its API base, the US one otherwise), 10 s per request, two
+    /// retries.
     pub fn new(api_url: &str, api_key: ApiKey) -> Self {
         let api_url = api_url.trim_end_matches('/').to_string();
         let portal = if api_url == EU_API_URL {
@@ -110,7 +125,9 @@ impl ItaConfig {
         };
         Self {
             jwks_url: format!("{portal}/certs"),
-            issuer: portal.to_string(),
+            issuers: vec![DOCUMENTED_ISSUER.to_string(), portal.to_string()],
+            policy_ids: Vec::new(),
+            policy_must_match: false,
             api_url,
             api_key,
             request_timeout: Duration::from_secs(10),
@@ -195,16 +212,20 @@ impl ItaBackend {
     async fn appraise_quote(&self, quote: &Quote, now: u64) -> Result<QuoteFacts, Failure> {
         let token = self.attest(quote).await?;
         let claims = self.verify_token(&token, now).await?;
-        facts_from_claims(&claims, quote, &token, self.root())
+        facts_from_claims(&claims, quote, &token, self.root(), &self.config.policy_ids)
     }
 
     /// Ask ITA for a token, retrying what may pass.
     async fn attest(&self, quote: &Quote) -> Result<String, Failure> {
         let url = format!("{}/appraisal/v2/attest", self.config.api_url);
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "quote": base64::engine::general_purpose::STANDARD.encode(quote.raw()),
             "token_signing_alg": "PS384",
         });
+        if !self.config.policy_ids.is_empty() {
+            body["policy_ids"] = serde_json::json!(self.config.policy_ids);
+            body["policy_must_match"] = serde_json::json!(self.config.policy_must_match);
+        }
         let mut last = String::new();
         for attempt in 0..=self.config.retries {
             if attempt > 0 {
@@ -318,7 +339,7 @@ impl ItaBackend {
         validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "iss"]);
-        validation.set_issuer(&[self.config.issuer.as_str()]);
+        validation.set_issuer(&self.config.issuers);
         let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
             .map_err(|e| bad(format!("the token does not verify: {e}")))?;
         let claims = data.claims;
@@ -462,6 +483,7 @@ fn facts_from_claims(
     quote: &Quote,
     token: &str,
     root: TrustRootKind,
+    required_policies: &[String],
 ) -> Result<QuoteFacts, Failure> {
     let bad = |m: String| failure(VerifyErrorCode::TokenInvalid, m);
     // v2 tokens nest the TDX claims under `tdx`; older ones are flat.
@@ -501,6 +523,7 @@ fn facts_from_claims(
     }
     let status = text("attester_tcb_status")
         .or_else(|| claims.get("attester_tcb_status").and_then(Value::as_str))
+        .map(tcb_status)
         .ok_or_else(|| bad("the token has no attester_tcb_status".into()))?;
     let advisories = tdx
         .get("attester_advisory_ids")
@@ -516,8 +539,65 @@ fn facts_from_claims(
     let time = |name: &str| claims.get(name).and_then(Value::as_u64);
     let exp = time("exp").unwrap_or(0);
     let from = time("nbf").or_else(|| time("iat")).unwrap_or(0);
+    // Claims v2 tokens keep at the top, and some keep inside `tdx` too: read both.
+    let either = |name: &str| tdx.get(name).or_else(|| claims.get(name));
+    let strings = |name: &str| -> Vec<String> {
+        either(name)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .take(64)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // `policy_ids_matched` / `_unmatched` list `{id, version[, hash]}`; either may be
+    // absent or null. A policy the operator asked for and the token does not list as
+    // matched is unmatched, whatever else the token says.
+    let policy_ids = |name: &str| -> Vec<String> {
+        claims
+            .get(name)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.get("id").and_then(Value::as_str))
+                    .map(str::to_ascii_lowercase)
+                    .take(64)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let matched = policy_ids("policy_ids_matched");
+    let mut unmatched = policy_ids("policy_ids_unmatched");
+    for id in required_policies {
+        let id = id.to_ascii_lowercase();
+        if !matched.contains(&id) && !unmatched.contains(&id) {
+            unmatched.push(id);
+        }
+    }
+    let ita = super::ItaFacts {
+        issuer: claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        ver: either("ver").and_then(Value::as_str).map(str::to_string),
+        jti: claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        attester_tcb_date: either("attester_tcb_date")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        verifier_instance_ids: strings("verifier_instance_ids"),
+        policy_ids_required: required_policies.to_vec(),
+        policy_ids_matched: matched,
+        policy_ids_unmatched: unmatched,
+    };
     let mut facts = QuoteFacts::new("ita", root);
     facts.verified = true;
+    facts.ita = Some(ita);
     facts.tcb_status = Some(status.to_string());
     facts.advisory_ids = advisories;
     facts.collateral = Some(CollateralWindow {
@@ -526,6 +606,32 @@ fn facts_from_claims(
     });
     facts.token_sha256 = Some(hex::encode(Sha256::digest(token.as_bytes())));
     Ok(facts)
+}
+
+/// An ITA policy id: a UUID, `8-4-4-4-12` hex digits.
+pub fn is_policy_id(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// ITA's TCB status in the names DCAP (and so the policies) use. Intel's current tokens
+/// carry those names already; its older documented samples say `OK` and `OUT_OF_DATE`,
+/// mapped here with their kin. Anything else is passed on as it is, so a policy sees it.
+fn tcb_status(status: &str) -> &str {
+    match status {
+        "OK" => "UpToDate",
+        "OUT_OF_DATE" => "OutOfDate",
+        "SW_HARDENING_NEEDED" => "SWHardeningNeeded",
+        "CONFIGURATION_NEEDED" => "ConfigurationNeeded",
+        "CONFIGURATION_AND_SW_HARDENING_NEEDED" => "ConfigurationAndSWHardeningNeeded",
+        "OUT_OF_DATE_CONFIGURATION_NEEDED" => "OutOfDateConfigurationNeeded",
+        "REVOKED" => "Revoked",
+        other => other,
+    }
 }
 
 /// A measurement as lowercase hex: given as hex, or as base64.
@@ -596,13 +702,26 @@ mod tests {
         let key = ApiKey::new("k").unwrap();
         let us = ItaConfig::new(US_API_URL, key.clone());
         assert_eq!(us.jwks_url, "https://portal.trustauthority.intel.com/certs");
-        assert_eq!(us.issuer, "https://portal.trustauthority.intel.com");
+        assert_eq!(
+            us.issuers,
+            [
+                "Intel Trust Authority",
+                "https://portal.trustauthority.intel.com"
+            ]
+        );
         let eu = ItaConfig::new(&format!("{EU_API_URL}/"), key);
         assert_eq!(
             eu.jwks_url,
             "https://portal.eu.trustauthority.intel.com/certs"
         );
         assert_eq!(eu.api_url, EU_API_URL);
+        assert_eq!(
+            eu.issuers,
+            [
+                "Intel Trust Authority",
+                "https://portal.eu.trustauthority.intel.com"
+            ]
+        );
     }
 
     #[test]

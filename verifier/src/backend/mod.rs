@@ -183,8 +183,12 @@ pub struct BackendSettings {
     pub backend: Option<String>,
     pub ita_url: Option<String>,
     pub ita_jwks_url: Option<String>,
+    /// Accepted `iss` values, comma-separated.
     pub ita_issuer: Option<String>,
     pub ita_api_key_file: Option<PathBuf>,
+    /// ITA policy ids (UUIDs), comma-separated.
+    pub ita_policy_ids: Option<String>,
+    pub ita_policy_must_match: Option<bool>,
 }
 
 /// The chain and the ITA settings, every problem recorded in `p`. The API key comes from
@@ -214,6 +218,31 @@ pub fn resolve_backends(
         {
             p.push(format!("{name} {u:?}: must be an http(s) URL"));
         }
+    }
+    let policy_ids: Vec<String> = s
+        .ita_policy_ids
+        .iter()
+        .flat_map(|ids| ids.split(','))
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    for id in &policy_ids {
+        if !ita::is_policy_id(id) {
+            p.push(format!(
+                "ita_policy_ids {id:?}: an Intel Trust Authority policy id is a UUID (8-4-4-4-12 hex digits)"
+            ));
+        }
+    }
+    if policy_ids.len() > ita::MAX_POLICY_IDS {
+        p.push(format!(
+            "ita_policy_ids: {} ids, at most {} (Intel Trust Authority's limit)",
+            policy_ids.len(),
+            ita::MAX_POLICY_IDS
+        ));
+    }
+    if s.ita_policy_must_match == Some(true) && policy_ids.is_empty() {
+        p.push("ita_policy_must_match: name the policies with ita_policy_ids");
     }
     let ita = if chain.contains(&BackendKind::Ita) {
         let key = match &s.ita_api_key_file {
@@ -245,8 +274,15 @@ pub fn resolve_backends(
                 c.jwks_url = u.clone();
             }
             if let Some(i) = &s.ita_issuer {
-                c.issuer = i.clone();
+                c.issuers = i
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|i| !i.is_empty())
+                    .map(str::to_string)
+                    .collect();
             }
+            c.policy_ids = policy_ids;
+            c.policy_must_match = s.ita_policy_must_match.unwrap_or(false);
             c
         })
     } else {
@@ -288,6 +324,27 @@ pub struct QuoteFacts {
     /// SHA-256 (hex) of the signed attestation result the facts come from (ITA's JWT),
     /// so a decision can be audited against the token.
     pub token_sha256: Option<String>,
+    /// What an Intel Trust Authority token said beyond the quote (`ita` only).
+    pub ita: Option<ItaFacts>,
+}
+
+/// What an Intel Trust Authority token says besides the quote's facts (claims `tdx.ita`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ItaFacts {
+    /// The token's `iss`.
+    pub issuer: String,
+    /// `ver` (`1.0.0` flat, `2.0.0` nested).
+    pub ver: Option<String>,
+    pub jti: Option<String>,
+    /// `attester_tcb_date`: the TCB level's date.
+    pub attester_tcb_date: Option<String>,
+    pub verifier_instance_ids: Vec<String>,
+    /// The ITA policy ids the operator configured (`--ita-policy-ids`).
+    pub policy_ids_required: Vec<String>,
+    /// `policy_ids_matched` (ids, lowercase).
+    pub policy_ids_matched: Vec<String>,
+    /// `policy_ids_unmatched`, with every required id the token did not list as matched.
+    pub policy_ids_unmatched: Vec<String>,
 }
 
 impl QuoteFacts {
@@ -302,6 +359,7 @@ impl QuoteFacts {
             advisory_ids: Vec::new(),
             collateral: None,
             token_sha256: None,
+            ita: None,
         }
     }
 

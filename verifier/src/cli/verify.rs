@@ -74,12 +74,19 @@ pub struct VerifyArgs {
     /// Where ITA's token-signing keys are read [default: the region's portal /certs].
     #[arg(long, value_name = "URL")]
     ita_jwks_url: Option<String>,
-    /// The issuer ITA tokens must name [default: the region's portal URL].
+    /// The issuers ITA tokens may name, comma-separated [default: "Intel Trust Authority"
+    /// and the region's portal URL].
     #[arg(long, value_name = "ISS")]
     ita_issuer: Option<String>,
     /// A file holding the ITA API key [default: env INTEL_TRUST_AUTHORITY_API_KEY].
     #[arg(long, value_name = "FILE")]
     ita_api_key_file: Option<PathBuf>,
+    /// ITA policy ids (UUIDs, comma-separated) the quote must match.
+    #[arg(long, value_name = "UUIDS")]
+    ita_policy_ids: Option<String>,
+    /// Ask ITA for no token unless every policy matches (PolicyMustMatch).
+    #[arg(long)]
+    ita_policy_must_match: bool,
     /// A development root (from `teesql-dev agent --out-dir`) to verify quotes against:
     /// claims say `tdx.root = "dev"`, which only the development profile accepts.
     #[arg(long, value_name = "FILE")]
@@ -136,6 +143,8 @@ async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decisio
             ita_jwks_url: args.ita_jwks_url,
             ita_issuer: args.ita_issuer,
             ita_api_key_file: args.ita_api_key_file,
+            ita_policy_ids: args.ita_policy_ids,
+            ita_policy_must_match: Some(args.ita_policy_must_match),
         },
         &ProcessEnv,
         &mut problems,

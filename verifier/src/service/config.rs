@@ -138,13 +138,23 @@ pub struct ServeSettings {
     /// region's https://portal…trustauthority.intel.com/certs]. [env: TEESQL_VERIFIER_ITA_JWKS_URL]
     #[arg(long, value_name = "URL")]
     pub ita_jwks_url: Option<String>,
-    /// The issuer (`iss`) ITA tokens must name [default: the region's portal URL].
+    /// The issuers (`iss`, comma-separated) ITA tokens may name [default: "Intel Trust
+    /// Authority", as Intel's documented tokens say, and the region's portal URL].
     /// [env: TEESQL_VERIFIER_ITA_ISSUER]
     #[arg(long, value_name = "ISS")]
     pub ita_issuer: Option<String>,
     /// A file holding the ITA API key [default: env INTEL_TRUST_AUTHORITY_API_KEY].
     #[arg(long, value_name = "FILE")]
     pub ita_api_key_file: Option<PathBuf>,
+    /// ITA policy ids (UUIDs, comma-separated, at most 10) to appraise quotes against;
+    /// a token that does not list each as matched is refused (`ita_policy_unmatched`).
+    /// [env: TEESQL_VERIFIER_ITA_POLICY_IDS]
+    #[arg(long, value_name = "UUIDS")]
+    pub ita_policy_ids: Option<String>,
+    /// Ask ITA to issue no token unless every policy matches (ITA's PolicyMustMatch).
+    /// [env: TEESQL_VERIFIER_ITA_POLICY_MUST_MATCH]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub ita_policy_must_match: Option<bool>,
     /// Appraise as of this fixed unix time instead of the clock (recorded evidence, tests). [env: TEESQL_VERIFIER_NOW]
     #[arg(long, value_name = "UNIX")]
     pub now: Option<u64>,
@@ -223,6 +233,8 @@ impl ServeSettings {
             ita_jwks_url,
             ita_issuer,
             ita_api_key_file,
+            ita_policy_ids,
+            ita_policy_must_match,
             now
         )
     }
@@ -269,6 +281,8 @@ impl ServeSettings {
             ita_jwks_url: env.var("TEESQL_VERIFIER_ITA_JWKS_URL"),
             ita_issuer: env.var("TEESQL_VERIFIER_ITA_ISSUER"),
             ita_api_key_file: path("TEESQL_VERIFIER_ITA_API_KEY_FILE"),
+            ita_policy_ids: env.var("TEESQL_VERIFIER_ITA_POLICY_IDS"),
+            ita_policy_must_match: p.env_switch(env, "TEESQL_VERIFIER_ITA_POLICY_MUST_MATCH"),
             now: p.env(env, "TEESQL_VERIFIER_NOW"),
         }
     }
@@ -387,6 +401,8 @@ impl ServeConfig {
                 ita_jwks_url: s.ita_jwks_url.clone(),
                 ita_issuer: s.ita_issuer.clone(),
                 ita_api_key_file: s.ita_api_key_file.clone(),
+                ita_policy_ids: s.ita_policy_ids.clone(),
+                ita_policy_must_match: s.ita_policy_must_match,
             },
             env,
             &mut p,
