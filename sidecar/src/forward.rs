@@ -650,6 +650,7 @@ impl Forwarder {
         let decision = self
             .verifier
             .verify_peer(VerifyPeerRequest {
+                nonce: Vec::new(),
                 purpose: self.config.purpose.clone(),
                 chain: chain.to_vec(),
                 user: user.to_string(),
@@ -686,6 +687,7 @@ impl Forwarder {
             let decision = self
                 .verifier
                 .verify_manifest(VerifyManifestRequest {
+                    nonce: Vec::new(),
                     manifest: record.clone(),
                     leader_chain: chain.to_vec(),
                     expected_signers: self.config.manifest_signers.clone(),

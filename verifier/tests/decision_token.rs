@@ -108,19 +108,25 @@ async fn a_relying_party_accepts_a_genuine_decision_token_and_nothing_else() {
     .await;
     assert_eq!(code, Some(0), "{err}");
     let claims: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(claims["allow"], true);
-    assert_eq!(claims["ear.status"], "affirming");
-    assert_eq!(claims["purpose"], "quote");
-    assert_eq!(claims["policy_hash"], d.policy_hash.as_str());
+    assert_eq!(claims["eat_profile"], "tag:ietf.org,2026:rats/ear#04");
+    assert_eq!(claims["ear_status"], "affirming");
+    let cpu = &claims["submods"]["cpu0"];
+    assert_eq!(cpu["ear_status"], "affirming");
+    assert_eq!(cpu["ear_trustworthiness_vector"]["hardware"], 2);
+    assert_eq!(cpu["ear_appraisal_policy_ids"][0], d.policy_hash.as_str());
+    let ours = &claims["teesql"];
+    assert_eq!(ours["allow"], true);
+    assert_eq!(ours["purpose"], "quote");
+    assert_eq!(ours["policy_hash"], d.policy_hash.as_str());
     assert_eq!(
         claims["exp"].as_i64().unwrap(),
         d.valid_until,
         "exp is the decision's validity"
     );
-    assert_eq!(claims["tdx"]["tcb_status"], "UpToDate");
-    assert_eq!(claims["tdx"]["backend"], "dcap");
-    assert_eq!(claims["tdx"]["mrtd"].as_str().unwrap().len(), 96);
-    assert_eq!(claims["evidence_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(ours["tdx"]["tcb_status"], "UpToDate");
+    assert_eq!(ours["tdx"]["backend"], "dcap");
+    assert_eq!(ours["tdx"]["mrtd"].as_str().unwrap().len(), 96);
+    assert_eq!(ours["evidence_sha256"].as_str().unwrap().len(), 64);
 
     // Altered: the same token saying "denied" instead.
     let parts: Vec<&str> = d.token.split('.').collect();
@@ -294,4 +300,280 @@ async fn token_verify_attested_checks_who_signed() {
     let (code, _, err) = token_verify(&plain_token, &plain_jwks, &args).await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("carries no quote"), "{err}");
+}
+
+/// A verifier on the development agent (fresh quotes, collateral valid now), so its tokens
+/// are current for libraries that check `exp` against the clock.
+struct DevVerifier {
+    grpc: String,
+    jwks: String,
+    agent: teesql_devattest::DevAgent,
+    _out: tempfile::TempDir,
+    _stops: (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ),
+}
+
+async fn dev_verifier() -> DevVerifier {
+    let agent =
+        teesql_devattest::DevAgent::new(teesql_devattest::AgentConfig::new([0x3c; 32])).unwrap();
+    let (url, agent_stop) = agent.spawn_on_loopback(0, Vec::new()).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    agent.write_out_dir(out.path()).await.unwrap();
+    let config = ServeConfig::resolve(ServeSettings {
+        listen: Some("127.0.0.1:0".into()),
+        metrics_listen: Some("127.0.0.1:0".into()),
+        policy_dirs: Some(vec![root().join("policies/dev")]),
+        dev_trust_root: Some(out.path().join("dev-root.der")),
+        pccs_url: Some(url),
+        decision_log: Some("off".into()),
+        ..ServeSettings::default()
+    })
+    .unwrap();
+    let verifier = Verifier::start(&config)
+        .unwrap()
+        .attest(&config)
+        .await
+        .unwrap();
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let grpc = listeners.grpc.url(verifier.tls());
+    let http = listeners.metrics.as_ref().unwrap().local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(verifier.run(listeners, async {
+        let _ = rx.await;
+    }));
+    DevVerifier {
+        grpc,
+        jwks: format!("http://{http}/.well-known/jwks.json"),
+        agent,
+        _out: out,
+        _stops: (agent_stop, tx),
+    }
+}
+
+impl DevVerifier {
+    /// A decision on a fresh quote; `expected_report_data` other than the quote's denies.
+    async fn decide(&self, nonce: &[u8], expected: &[u8]) -> teesql_proto::v1::Decision {
+        let (quote, _) = self.agent.quote([0x11; 64]).await.unwrap();
+        let ch = connect_lazy(
+            &self.grpc,
+            None,
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        VerifierClient::new(ch)
+            .verify_quote(VerifyQuoteRequest {
+                purpose: "quote".into(),
+                evidence: Some(verify_quote_request::Evidence::Quote(quote)),
+                expected_report_data: expected.to_vec(),
+                nonce: nonce.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn jwks_json(&self) -> Vec<u8> {
+        reqwest::get(&self.jwks)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
+    async fn jwk(&self) -> Vec<u8> {
+        let set: serde_json::Value = serde_json::from_slice(&self.jwks_json().await).unwrap();
+        serde_json::to_vec(&set["keys"][0]).unwrap()
+    }
+}
+
+/// Veraison's EAR library reads an allowed and a denied decision token as EARs: it
+/// verifies them with the verifier's JWK and validates them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ear_library_reads_decision_tokens() {
+    let v = dev_verifier().await;
+    let nonce = *b"teesql-ear-nonce";
+    let allowed = v.decide(&nonce, &[]).await;
+    assert!(allowed.allow, "{:?}", allowed.reasons);
+    let denied = v.decide(&nonce, &[0x99; 64]).await;
+    assert!(!denied.allow);
+    let jwk = v.jwk().await;
+
+    let ear = ear::Ear::from_jwt_jwk(&allowed.token, ear::Algorithm::ES256, &jwk).unwrap();
+    ear.validate().unwrap();
+    assert_eq!(ear.profile, ear::EAR_PROFILE);
+    assert_eq!(
+        ear.vid.developer,
+        "https://github.com/TeeSQL/teesql-front-door"
+    );
+    assert!(ear.vid.build.starts_with("teesql-verifier "));
+    assert_eq!(ear.status, Some(ear::TrustTier::Affirming));
+    let cpu = &ear.submods["cpu0"];
+    assert_eq!(cpu.status, ear::TrustTier::Affirming);
+    assert_eq!(
+        cpu.trust_vector.hardware.get(),
+        2,
+        "genuine hardware, UpToDate"
+    );
+    assert_eq!(
+        cpu.trust_vector.runtime_opaque.get(),
+        2,
+        "memory encrypted, not debug"
+    );
+    assert_eq!(cpu.trust_vector.sourced_data.get(), 2, "current collateral");
+    assert_eq!(cpu.policy_ids, std::slice::from_ref(&allowed.policy_hash));
+    assert!(ear.nonce.is_some(), "the request's nonce is echoed");
+
+    let ear = ear::Ear::from_jwt_jwk(&denied.token, ear::Algorithm::ES256, &jwk).unwrap();
+    ear.validate().unwrap();
+    assert_eq!(ear.status, Some(ear::TrustTier::Contraindicated));
+    let cpu = &ear.submods["cpu0"];
+    assert_eq!(cpu.status, ear::TrustTier::Contraindicated);
+    assert_eq!(
+        cpu.trust_vector.instance_identity.get(),
+        96,
+        "the quote does not bind the expected report data: an untrustworthy instance"
+    );
+
+    // Every claim CLAIMS.md lists for tokens is in one, and nothing else is.
+    let claims = teesql_verifier::service::token::verify(
+        &allowed.token,
+        &String::from_utf8(v.jwks_json().await).unwrap(),
+        None,
+        teesql_verifier::Clock::System.now(),
+    )
+    .unwrap();
+    let md = std::fs::read_to_string(root().join("verifier/CLAIMS.md")).unwrap();
+    let table = md.split("## Decision tokens").nth(1).unwrap();
+    let documented: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("| claim"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .collect();
+    for path in &documented {
+        let mut at = &claims;
+        for part in path.split('.') {
+            at = &at[part];
+        }
+        assert!(
+            !at.is_null(),
+            "CLAIMS.md documents {path}, the token lacks it"
+        );
+    }
+    for key in claims.as_object().unwrap().keys() {
+        assert!(
+            documented
+                .iter()
+                .any(|d| d.split('.').next() == Some(key.as_str())),
+            "{key} is not in CLAIMS.md"
+        );
+    }
+
+    // Another verifier's key does not verify it.
+    let other = dev_verifier().await;
+    assert!(
+        ear::Ear::from_jwt_jwk(&allowed.token, ear::Algorithm::ES256, &other.jwk().await).is_err()
+    );
+
+    // `token verify` exits 1 for the denied decision's valid token, 0 with --signature-only.
+    let (code, _, err) = token_verify(&denied.token, &v.jwks, &[]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("denied decision") && err.contains("key_not_bound"),
+        "{err}"
+    );
+    let (code, _, err) = token_verify(&denied.token, &v.jwks, &["--signature-only"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = token_verify(&allowed.token, &v.jwks, &[]).await;
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// A nonce outside EAR's 8 to 64 bytes is the caller's error, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nonce_is_bounded() {
+    let v = dev_verifier().await;
+    let (quote, _) = v.agent.quote([0x11; 64]).await.unwrap();
+    let ch = connect_lazy(
+        &v.grpc,
+        None,
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    for bad in [vec![1u8; 7], vec![1u8; 65]] {
+        let e = VerifierClient::new(ch.clone())
+            .verify_quote(VerifyQuoteRequest {
+                purpose: "quote".into(),
+                evidence: Some(verify_quote_request::Evidence::Quote(quote.clone())),
+                nonce: bad,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("nonce"), "{}", e.message());
+    }
+}
+
+/// The Python relying party (PyJWT, tests/python/verify_decision_token.py) checks the
+/// same tokens with nothing of ours but the JWKS URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_relying_party_checks_a_decision_token_with_pyjwt() {
+    let python = std::env::var("TEESQL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = Command::new(&python)
+        .args(["-c", "import jwt, cryptography"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PyJWT relying party ({python})"
+        );
+        eprintln!("NOTICE: skipping the PyJWT relying party: {python} lacks pyjwt[crypto]");
+        return;
+    }
+    let v = dev_verifier().await;
+    let nonce = *b"relying-party-01";
+    let script = root().join("tests/python/verify_decision_token.py");
+    let run = |token: String, nonce_hex: String| {
+        let mut cmd = Command::new(&python);
+        cmd.arg(&script).arg(token).arg(&v.jwks).arg(nonce_hex);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let allowed = v.decide(&nonce, &[]).await;
+    let out = run(allowed.token.clone(), hex::encode(nonce))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(claims["teesql"]["allow"], true);
+    let denied = v.decide(&nonce, &[0x99; 64]).await;
+    let out = run(denied.token, hex::encode(nonce)).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another request's nonce: not this request's token.
+    let out = run(allowed.token, hex::encode(b"another-request!"))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

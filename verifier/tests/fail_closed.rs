@@ -23,7 +23,8 @@ fn production_without(missing: &[&str]) -> tempfile::TempDir {
     for entry in std::fs::read_dir(root().join("policies/teesql")).unwrap() {
         let p = entry.unwrap().path();
         let name = p.file_name().unwrap().to_str().unwrap().to_string();
-        if !missing.contains(&name.as_str()) && !name.ends_with("_test.rego") {
+        // Files only: testdata/ is for `policy test`, not part of a profile.
+        if p.is_file() && !missing.contains(&name.as_str()) && !name.ends_with("_test.rego") {
             std::fs::copy(&p, dir.path().join(&name)).unwrap();
         }
     }

@@ -89,7 +89,9 @@ async fn serve_from_a_toml_config_reloads_and_drains() {
     std::fs::create_dir(&policies).unwrap();
     for entry in std::fs::read_dir(root().join("policies/teesql")).unwrap() {
         let p = entry.unwrap().path();
-        std::fs::copy(&p, policies.join(p.file_name().unwrap())).unwrap();
+        if p.is_file() {
+            std::fs::copy(&p, policies.join(p.file_name().unwrap())).unwrap();
+        }
     }
     let config = dir.path().join("verifier.toml");
     std::fs::write(

@@ -40,7 +40,9 @@ impl Running {
         let policy_dir = tempfile::tempdir().unwrap();
         for entry in std::fs::read_dir(root().join("policies/teesql")).unwrap() {
             let p = entry.unwrap().path();
-            std::fs::copy(&p, policy_dir.path().join(p.file_name().unwrap())).unwrap();
+            if p.is_file() {
+                std::fs::copy(&p, policy_dir.path().join(p.file_name().unwrap())).unwrap();
+            }
         }
         let mut settings = ServeSettings {
             listen: Some("127.0.0.1:0".into()),
@@ -447,6 +449,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
     m.signature = sign(&key, &m).unwrap();
     let d = c
         .verify_manifest(VerifyManifestRequest {
+            nonce: Vec::new(),
             manifest: m.to_txt(),
             leader_chain: vec![],
             expected_signers: vec![],
@@ -466,6 +469,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
     m.signature = sign(&key, &m).unwrap();
     let d = c
         .verify_manifest(VerifyManifestRequest {
+            nonce: Vec::new(),
             manifest: m.to_txt(),
             leader_chain: vec![],
             expected_signers: vec![],
@@ -477,6 +481,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
     // An older epoch of the same cluster, validly signed, is a rollback once epoch 42 was
     // accepted; a newer one moves the cluster on.
     let ask = |m: &Manifest| VerifyManifestRequest {
+        nonce: Vec::new(),
         manifest: m.to_txt(),
         leader_chain: vec![],
         expected_signers: vec![],
@@ -497,6 +502,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
     m.signature = sign(&other, &m).unwrap();
     let d = c
         .verify_manifest(VerifyManifestRequest {
+            nonce: Vec::new(),
             manifest: m.to_txt(),
             leader_chain: vec![],
             expected_signers: vec![],
@@ -510,6 +516,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
     let tampered = m.to_txt().replace("epoch=43", "epoch=44");
     let d = c
         .verify_manifest(VerifyManifestRequest {
+            nonce: Vec::new(),
             manifest: tampered,
             leader_chain: vec![],
             expected_signers: vec![],

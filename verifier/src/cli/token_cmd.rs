@@ -15,11 +15,12 @@ const MAX_JWKS: usize = 1024 * 1024;
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Check a decision token (Decision.token) against the verifier's JWKS and print its
-    /// claims as JSON.
+    /// Check a decision token (Decision.token, an EAR) against the verifier's JWKS and
+    /// print its claims as JSON.
     ///
-    /// Exit status: 0 the token verifies and is current, 1 it does not (altered, another
-    /// key, expired, wrong issuer), 2 unusable input.
+    /// Exit status: 0 the token verifies, is current and records an allowed decision; 1 it
+    /// does not verify (altered, another key, expired, wrong issuer) or records a denied
+    /// one (with --signature-only, any valid token is 0); 2 unusable input.
     Verify {
         /// The token (compact JWS), or `-` to read it from stdin.
         token: String,
@@ -32,6 +33,10 @@ pub enum TokenCommand {
         /// Check as of this unix time instead of the clock.
         #[arg(long, value_name = "UNIX")]
         now: Option<u64>,
+        /// Only check the signature and validity: exit 0 for a valid token of a denied
+        /// decision too.
+        #[arg(long)]
+        signature_only: bool,
         /// Also require the signing key to be bound to a verifier's quote (a verifier
         /// serving with --ra-tls publishes it in the JWKS) and appraise that quote here
         /// under the purpose `verifier` of --policy-dir (pins in data.teesql.verifier_pins).
@@ -59,6 +64,7 @@ pub async fn run(cmd: TokenCommand) -> ExitCode {
         jwks,
         issuer,
         now,
+        signature_only,
         attested,
         policy_dirs,
         trust_root,
@@ -111,7 +117,23 @@ pub async fn run(cmd: TokenCommand) -> ExitCode {
                 "{}\n",
                 serde_json::to_string_pretty(&claims).unwrap_or_default()
             ));
-            ExitCode::SUCCESS
+            let decision = &claims[token::PRIVATE_CLAIM];
+            if signature_only || decision["allow"] == true {
+                return ExitCode::SUCCESS;
+            }
+            let reasons: Vec<&str> = decision["reasons"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|c| c.as_str()).collect())
+                .unwrap_or_default();
+            eprintln!(
+                "teesql-verifier: the token is valid but records a denied decision ({}); --signature-only checks only the signature",
+                if reasons.is_empty() {
+                    "no reason given".to_string()
+                } else {
+                    reasons.join(", ")
+                }
+            );
+            ExitCode::from(1)
         }
         Err(e) => {
             eprintln!("teesql-verifier: the decision token is not valid: {e}");

@@ -22,7 +22,9 @@ use teesql_proto::transport::{Peer, Stream};
 
 use super::config::{AdminAccess, ServeConfig};
 use super::server::GrpcListener;
-use super::{DecisionService, PeerRequest, QuoteInput, RequestError, ServiceDecision};
+use super::{
+    DecisionService, PeerRequest, QuoteInput, RequestError, ServiceDecision, TokenRequest,
+};
 use crate::claims::ConnectionClaims;
 
 /// How gRPC is served (from [`ServeConfig`]).
@@ -156,22 +158,26 @@ impl Verifier for GrpcVerifier {
     async fn verify_peer(&self, req: Request<VerifyPeerRequest>) -> Answer {
         guarded("verify_peer", async move {
             let r = req.into_inner();
+            let token = TokenRequest::with_nonce(r.nonce).map_err(status)?;
             let decision = self
                 .service
-                .verify_peer(PeerRequest {
-                    purpose: r.purpose,
-                    chain: r.chain,
-                    connection: ConnectionClaims {
-                        user: r.user,
-                        database: r.database,
-                        sni: r.sni,
-                        client_addr: r.client_addr,
-                        alpn: r.alpn,
-                        expected_mrtds: r.expected_mrtds,
-                        expected_compose_hashes: r.expected_compose_hashes,
-                        expected_app_ids: r.expected_app_ids,
+                .verify_peer_with(
+                    PeerRequest {
+                        purpose: r.purpose,
+                        chain: r.chain,
+                        connection: ConnectionClaims {
+                            user: r.user,
+                            database: r.database,
+                            sni: r.sni,
+                            client_addr: r.client_addr,
+                            alpn: r.alpn,
+                            expected_mrtds: r.expected_mrtds,
+                            expected_compose_hashes: r.expected_compose_hashes,
+                            expected_app_ids: r.expected_app_ids,
+                        },
                     },
-                })
+                    token,
+                )
                 .await
                 .map_err(status)?;
             Ok(Response::new(to_proto(decision)))
@@ -201,9 +207,10 @@ impl Verifier for GrpcVerifier {
                 }
             };
             let expected = (!r.expected_report_data.is_empty()).then_some(r.expected_report_data);
+            let token = TokenRequest::with_nonce(r.nonce).map_err(status)?;
             let decision = self
                 .service
-                .verify_quote(&r.purpose, input, expected)
+                .verify_quote_with(&r.purpose, input, expected, token)
                 .await
                 .map_err(status)?;
             Ok(Response::new(to_proto(decision)))
@@ -214,9 +221,10 @@ impl Verifier for GrpcVerifier {
     async fn verify_manifest(&self, req: Request<VerifyManifestRequest>) -> Answer {
         guarded("verify_manifest", async move {
             let r = req.into_inner();
+            let token = TokenRequest::with_nonce(r.nonce).map_err(status)?;
             let decision = self
                 .service
-                .verify_manifest(&r.manifest, r.leader_chain, r.expected_signers)
+                .verify_manifest_with(&r.manifest, r.leader_chain, r.expected_signers, token)
                 .await
                 .map_err(status)?;
             Ok(Response::new(to_proto(decision)))
@@ -227,9 +235,10 @@ impl Verifier for GrpcVerifier {
     async fn verify_report(&self, req: Request<VerifyReportRequest>) -> Answer {
         guarded("verify_report", async move {
             let r = req.into_inner();
+            let token = TokenRequest::with_nonce(r.nonce).map_err(status)?;
             let decision = self
                 .service
-                .verify_report(&r.report_json)
+                .verify_report_with(&r.report_json, token)
                 .await
                 .map_err(status)?;
             Ok(Response::new(to_proto(decision)))

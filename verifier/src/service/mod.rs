@@ -7,6 +7,7 @@
 
 mod cache;
 pub mod config;
+pub mod ear;
 pub mod grpc;
 pub mod identity;
 pub mod log;
@@ -193,6 +194,37 @@ struct Pending<D, X> {
     /// Claims beside the appraisal (manifest, report), made from its facts.
     extra: X,
     summary: PeerSummary,
+    /// What the caller asked of the decision's token.
+    token: TokenRequest,
+}
+
+/// What a caller asks of a decision's signed token.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRequest {
+    /// Echoed as the token's `eat_nonce` (8 to 64 bytes), so the caller can tell the token
+    /// was made for its request.
+    pub nonce: Option<Vec<u8>>,
+}
+
+impl TokenRequest {
+    /// A request for `nonce` (empty = none), checked against EAR's bounds.
+    pub fn with_nonce(nonce: Vec<u8>) -> Result<Self, RequestError> {
+        if nonce.is_empty() {
+            return Ok(Self::default());
+        }
+        if !token::NONCE_LEN.contains(&nonce.len()) {
+            return Err(invalid(
+                "nonce",
+                format!(
+                    "{} bytes; a nonce is {} to {} bytes",
+                    nonce.len(),
+                    token::NONCE_LEN.start(),
+                    token::NONCE_LEN.end()
+                ),
+            ));
+        }
+        Ok(Self { nonce: Some(nonce) })
+    }
 }
 
 /// The highest epoch of an accepted manifest, per cluster (in memory: a restarted or
@@ -292,6 +324,7 @@ impl DecisionService {
         d: &ServiceDecision,
         key: &[u8; 32],
         facts: &prepared::Facts,
+        token: &TokenRequest,
         now: u64,
     ) -> String {
         let Some(signer) = &self.signer else {
@@ -314,6 +347,10 @@ impl DecisionService {
             app_id: facts.app_id.as_deref(),
             compose_hash: identity.and_then(|i| i[1].as_deref()),
             grants: d.grants.as_ref(),
+            nonce: token.nonce.as_deref(),
+            has_quote: facts.has_quote,
+            debug: facts.debug,
+            rtmr3_replayed: facts.rtmr3_replayed,
         };
         match signer.sign(&facts, now) {
             Ok(t) => t,
@@ -400,6 +437,15 @@ impl DecisionService {
 
     /// Judge a TLS peer.
     pub async fn verify_peer(&self, req: PeerRequest) -> Result<ServiceDecision, RequestError> {
+        self.verify_peer_with(req, TokenRequest::default()).await
+    }
+
+    /// [`Self::verify_peer`], with what the caller asks of the token.
+    pub async fn verify_peer_with(
+        &self,
+        req: PeerRequest,
+        token: TokenRequest,
+    ) -> Result<ServiceDecision, RequestError> {
         let purpose = self.check_purpose(&req.purpose)?;
         check_connection(&req.connection)?;
         if req.chain.len() > MAX_CHAIN_LEN {
@@ -437,6 +483,7 @@ impl DecisionService {
             connection: Some(connection),
             extra: |_: &prepared::Facts| Extra::default(),
             summary,
+            token,
         })
         .await
     }
@@ -447,6 +494,23 @@ impl DecisionService {
         purpose: &str,
         input: QuoteInput,
         expected_report_data: Option<Vec<u8>>,
+    ) -> Result<ServiceDecision, RequestError> {
+        self.verify_quote_with(
+            purpose,
+            input,
+            expected_report_data,
+            TokenRequest::default(),
+        )
+        .await
+    }
+
+    /// [`Self::verify_quote`], with what the caller asks of the token.
+    pub async fn verify_quote_with(
+        &self,
+        purpose: &str,
+        input: QuoteInput,
+        expected_report_data: Option<Vec<u8>>,
+        token: TokenRequest,
     ) -> Result<ServiceDecision, RequestError> {
         let purpose = self.check_purpose(if purpose.is_empty() { "quote" } else { purpose })?;
         if let Some(rd) = &expected_report_data
@@ -513,6 +577,7 @@ impl DecisionService {
             connection: None,
             extra: |_: &prepared::Facts| Extra::default(),
             summary: PeerSummary::default(),
+            token,
         })
         .await
     }
@@ -523,6 +588,18 @@ impl DecisionService {
         txt: &str,
         leader_chain: Vec<Vec<u8>>,
         expected_signers: Vec<String>,
+    ) -> Result<ServiceDecision, RequestError> {
+        self.verify_manifest_with(txt, leader_chain, expected_signers, TokenRequest::default())
+            .await
+    }
+
+    /// [`Self::verify_manifest`], with what the caller asks of the token.
+    pub async fn verify_manifest_with(
+        &self,
+        txt: &str,
+        leader_chain: Vec<Vec<u8>>,
+        expected_signers: Vec<String>,
+        token: TokenRequest,
     ) -> Result<ServiceDecision, RequestError> {
         let purpose = self.check_purpose("manifest")?;
         if txt.trim().is_empty() {
@@ -564,6 +641,7 @@ impl DecisionService {
                     report: None,
                 },
                 summary: PeerSummary::default(),
+                token,
             })
             .await?;
         // Only an accepted manifest moves the cluster's epoch forward: a forged one
@@ -576,6 +654,15 @@ impl DecisionService {
 
     /// Judge a sidecar `/attestation` report.
     pub async fn verify_report(&self, json: &str) -> Result<ServiceDecision, RequestError> {
+        self.verify_report_with(json, TokenRequest::default()).await
+    }
+
+    /// [`Self::verify_report`], with what the caller asks of the token.
+    pub async fn verify_report_with(
+        &self,
+        json: &str,
+        token: TokenRequest,
+    ) -> Result<ServiceDecision, RequestError> {
         let purpose = self.check_purpose("report")?;
         if json.trim().is_empty() {
             return Err(invalid("report_json", "required"));
@@ -613,6 +700,7 @@ impl DecisionService {
                 report: Some(crate::report::claims(&report, &facts.measured)),
             },
             summary: PeerSummary::default(),
+            token,
         })
         .await
     }
@@ -692,6 +780,7 @@ impl DecisionService {
             connection,
             extra,
             mut summary,
+            token,
         } = req;
         let purpose = purpose.as_str();
         let started = Instant::now();
@@ -737,8 +826,14 @@ impl DecisionService {
                             token: String::new(),
                             grants: None,
                         };
-                        decision.token =
-                            self.sign(purpose, &decision, &key, &prepared::Facts::default(), now);
+                        decision.token = self.sign(
+                            purpose,
+                            &decision,
+                            &key,
+                            &prepared::Facts::default(),
+                            &token,
+                            now,
+                        );
                         self.finish(purpose, &decision, &summary, started);
                         return Ok(decision);
                     }
@@ -777,7 +872,7 @@ impl DecisionService {
             token: String::new(),
             grants,
         };
-        decision.token = self.sign(purpose, &decision, &key, facts, now);
+        decision.token = self.sign(purpose, &decision, &key, facts, &token, now);
         self.finish(purpose, &decision, &summary, started);
         Ok(decision)
     }

@@ -40,6 +40,12 @@ pub(crate) struct Facts {
     pub transient: bool,
     /// The registers and identity a sidecar report is compared with.
     pub measured: Measured,
+    /// A quote was presented.
+    pub has_quote: bool,
+    /// The TD runs in debug mode.
+    pub debug: Option<bool>,
+    /// The event log replayed to RTMR3; `None` without an event log.
+    pub rtmr3_replayed: Option<bool>,
 }
 
 /// An appraisal ready to be turned into the input of any number of decisions.
@@ -103,6 +109,9 @@ impl Prepared {
             verified: tdx.is_some_and(|t| t.verified),
             transient: tdx.is_some_and(|t| t.error_code.is_some_and(|c| c.is_transient())),
             measured: appraised.measured(),
+            has_quote: tdx.is_some(),
+            debug: tdx.and_then(|t| t.debug),
+            rtmr3_replayed: appraised.app.as_ref().map(|a| a.rtmr3_replayed),
         };
         let (evidence, tdx, app, binding) = (
             value_of(&appraised.evidence),

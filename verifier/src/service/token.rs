@@ -3,9 +3,13 @@
 //! service, a browser) can check with the verifier's public keys alone, served as a JWKS
 //! at `/.well-known/jwks.json`.
 //!
-//! The claims follow the IETF attestation-results drafts where a name fits (EAT's
-//! `eat_profile`, EAR's `ear.status` and `ear.verifier-id`); the rest are TeeSQL's own,
-//! listed in CLAIMS.md ("Decision tokens").
+//! The token is an EAR (draft-ietf-rats-ear-04, profile [`PROFILE`]), so any EAR consumer
+//! reads it: `iat`, `ear_verifier_id`, `ear_status`, `eat_nonce` when the request carried
+//! one, and one submodule per appraised component (`cpu0`, the CVM) with its status, its
+//! AR4SI trustworthiness vector ([`super::ear`]) and the policy hash as its appraisal
+//! policy id. TeeSQL's own fields (allow, reasons, grants, tdx, app) sit under the one
+//! private claim `teesql`, which no EAR name can collide with; all are in CLAIMS.md
+//! ("Decision tokens").
 //!
 //! A verifier with an RA-TLS identity binds its signing key to its own quote: the JWK
 //! carries `teesql_getquote`, the guest agent's GetQuote response for report data
@@ -20,8 +24,16 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// `eat_profile` of TeeSQL decision tokens.
-pub const PROFILE: &str = "tag:teesql.dev,2026:decision/v1";
+/// `eat_profile` of decision tokens: EAR as draft-ietf-rats-ear-04 defines it.
+pub const PROFILE: &str = "tag:ietf.org,2026:rats/ear#04";
+/// `ear_verifier_id.developer`.
+pub const DEVELOPER: &str = "https://github.com/TeeSQL/teesql-front-door";
+/// The submodule that stands for the appraised CVM (as Trustee names its CPU attester).
+pub const CPU_SUBMOD: &str = "cpu0";
+/// The private claim holding TeeSQL's own fields.
+pub const PRIVATE_CLAIM: &str = "teesql";
+/// A request's nonce, echoed as `eat_nonce`: EAR allows 8 to 64 bytes.
+pub const NONCE_LEN: std::ops::RangeInclusive<usize> = 8..=64;
 /// The default `iss`.
 pub const DEFAULT_ISSUER: &str = "teesql-verifier";
 /// A decision with no validity of its own (no collateral, no certificate) is signed for
@@ -48,6 +60,13 @@ pub struct TokenFacts<'a> {
     pub compose_hash: Option<&'a str>,
     /// What the policy granted.
     pub grants: Option<&'a crate::policy::Grants>,
+    /// The caller's nonce, echoed as `eat_nonce`.
+    pub nonce: Option<&'a [u8]>,
+    /// A quote was presented.
+    pub has_quote: bool,
+    pub debug: Option<bool>,
+    /// The event log replayed to RTMR3; `None` without an event log.
+    pub rtmr3_replayed: Option<bool>,
 }
 
 /// The verifier's decision-signing key.
@@ -184,35 +203,58 @@ impl DecisionSigner {
         } else {
             now + DEFAULT_LIFETIME_SECS
         };
-        let claims = json!({
+        let appraisal = super::ear::appraise(&super::ear::Inputs {
+            allow: f.allow,
+            reasons: &f.reasons,
+            has_quote: f.has_quote,
+            verified: f.verified,
+            tcb_status: f.tcb_status,
+            debug: f.debug,
+            rtmr3_replayed: f.rtmr3_replayed,
+            compose_hash: f.compose_hash,
+        });
+        let mut submod = json!({
+            "ear_status": appraisal.status,
+            "ear_trustworthiness_vector": appraisal.vector,
+        });
+        if !f.policy_hash.is_empty() {
+            submod["ear_appraisal_policy_ids"] = json!([f.policy_hash]);
+        }
+        let mut claims = json!({
+            "eat_profile": PROFILE,
             "iss": self.issuer,
             "iat": now,
             "exp": exp,
-            "eat_profile": PROFILE,
-            "ear.status": if f.allow { "affirming" } else { "contraindicated" },
-            "ear.verifier-id": {
-                "developer": "teesql",
+            "ear_verifier_id": {
+                "developer": DEVELOPER,
                 "build": concat!("teesql-verifier ", env!("CARGO_PKG_VERSION")),
             },
-            "purpose": f.purpose,
-            "allow": f.allow,
-            "reasons": f.reasons,
-            "policy_id": f.policy_id,
-            "policy_hash": f.policy_hash,
-            "evidence_sha256": hex::encode(f.evidence_sha256),
-            "tdx": {
-                "verified": f.verified,
-                "mrtd": f.mrtd,
-                "tcb_status": f.tcb_status,
-                "backend": f.backend,
-                "root": f.root,
+            "ear_status": appraisal.status,
+            "submods": { CPU_SUBMOD: submod },
+            PRIVATE_CLAIM: {
+                "purpose": f.purpose,
+                "allow": f.allow,
+                "reasons": f.reasons,
+                "policy_id": f.policy_id,
+                "policy_hash": f.policy_hash,
+                "evidence_sha256": hex::encode(f.evidence_sha256),
+                "tdx": {
+                    "verified": f.verified,
+                    "mrtd": f.mrtd,
+                    "tcb_status": f.tcb_status,
+                    "backend": f.backend,
+                    "root": f.root,
+                },
+                "app": {
+                    "app_id": f.app_id,
+                    "compose_hash": f.compose_hash,
+                },
+                "grants": f.grants,
             },
-            "app": {
-                "app_id": f.app_id,
-                "compose_hash": f.compose_hash,
-            },
-            "grants": f.grants,
         });
+        if let Some(nonce) = f.nonce {
+            claims["eat_nonce"] = json!(b64(nonce));
+        }
         let payload = serde_json::to_vec(&claims).map_err(|e| format!("claims: {e}"))?;
         let message = format!("{}.{}", self.header_b64, b64(&payload));
         // ES256 in a JWS is r || s, 64 bytes: ring's FIXED encoding (RFC 7518 §3.4).
@@ -324,8 +366,8 @@ mod tests {
         };
         let t = s.sign(&facts, 1_000).unwrap();
         let c = verify(&t, s.jwks_json(), Some("v1"), 1_500).unwrap();
-        assert_eq!(c["allow"], true);
-        assert_eq!(c["ear.status"], "affirming");
+        assert_eq!(c["teesql"]["allow"], true);
+        assert_eq!(c["ear_status"], "affirming");
         assert_eq!(c["exp"], 2_000);
         assert!(
             verify(&t, s.jwks_json(), Some("v1"), 2_100)
@@ -375,12 +417,12 @@ mod tests {
             .unwrap();
         let c = verify(&t, s.jwks_json(), Some("v1"), 1_100).unwrap();
         assert_eq!(
-            c["grants"],
+            c["teesql"]["grants"],
             json!({"roles": ["tenant_acme"], "attributes": {"tenant": "acme"}})
         );
         let none = s.sign(&TokenFacts::default(), 1_000).unwrap();
         let c = verify(&none, s.jwks_json(), Some("v1"), 1_100).unwrap();
-        assert_eq!(c["grants"], Value::Null);
+        assert_eq!(c["teesql"]["grants"], Value::Null);
     }
 
     #[test]
