@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
 
-use crate::auth::scram_client::{KeyCache, ScramClient};
+use crate::auth::scram_client::{KeyCache, ScramClient, ScramKeys};
 
 /// SCRAM keys of the backend password, per salt and iteration count: Postgres sends the
 /// same ones for every login of a role, so PBKDF2 runs once per role, not per connection.
@@ -179,6 +179,18 @@ pub fn forwarded_params<'a>(
     out
 }
 
+/// What the sidecar proves itself with when it logs in to Postgres.
+#[derive(Debug)]
+enum Credential<'a> {
+    /// The configured method and backend password.
+    Configured {
+        method: BackendMethod,
+        password: Option<&'a Secret>,
+    },
+    /// A passthrough role's SCRAM keys, recovered from its client's proof: SCRAM only.
+    Scram(ScramKeys),
+}
+
 /// Log in to Postgres as `user` with the configured method.
 pub async fn login(
     addr: &BackendAddr,
@@ -187,7 +199,24 @@ pub async fn login(
     params: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<LoggedIn, BackendError> {
-    match tokio::time::timeout(timeout, login_inner(addr, method, password, params)).await {
+    let credential = Credential::Configured { method, password };
+    match tokio::time::timeout(timeout, login_inner(addr, credential, params)).await {
+        Ok(r) => r,
+        Err(_) => Err(BackendError::Timeout(timeout)),
+    }
+}
+
+/// Log in to Postgres as a passthrough role with the SCRAM keys its client proved (see
+/// [`crate::auth::passthrough`]). Postgres decides: it checks the proof against the
+/// role's verifier as for any client.
+pub async fn login_with_keys(
+    addr: &BackendAddr,
+    keys: ScramKeys,
+    params: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<LoggedIn, BackendError> {
+    let credential = Credential::Scram(keys);
+    match tokio::time::timeout(timeout, login_inner(addr, credential, params)).await {
         Ok(r) => r,
         Err(_) => Err(BackendError::Timeout(timeout)),
     }
@@ -205,8 +234,7 @@ async fn connect(addr: &BackendAddr) -> Result<BackendStream, BackendError> {
 
 async fn login_inner(
     addr: &BackendAddr,
-    method: BackendMethod,
-    password: Option<&Secret>,
+    credential: Credential<'_>,
     params: &[(&str, &str)],
 ) -> Result<LoggedIn, BackendError> {
     let mut stream = connect(addr).await?;
@@ -217,6 +245,16 @@ async fn login_inner(
         .unwrap_or_default();
     write(&mut stream, &pgwire::startup_message(params)).await?;
     let mut scram: Option<ScramClient<'static>> = None;
+    let mut credential = Some(credential);
+    // The configured password for Postgres' request `asked`.
+    let configured = |credential: &Option<Credential<'_>>, asked: &str| match credential {
+        Some(Credential::Configured { method, password }) => {
+            password_for(*method, *password, asked).map(<[u8]>::to_vec)
+        }
+        _ => Err(BackendError::Method(format!(
+            "{asked}: a passthrough role's SCRAM keys log in only with SCRAM-SHA-256"
+        ))),
+    };
     loop {
         let (tag, body) = pgwire::read_message(&mut stream, MAX_LOGIN_MESSAGE).await?;
         match tag {
@@ -225,22 +263,27 @@ async fn login_inner(
                 match decode::authentication(&body)? {
                     decode::Authentication::Ok => return finish_login(stream).await,
                     decode::Authentication::CleartextPassword => {
-                        let pw = password_for(method, password, "a cleartext password")?;
-                        pgwire::frontend::password_message(&mut out, pw);
+                        let pw = configured(&credential, "a cleartext password")?;
+                        pgwire::frontend::password_message(&mut out, &pw);
                     }
                     decode::Authentication::Md5Password(salt) => {
-                        let pw = password_for(method, password, "an md5 password")?;
+                        let pw = configured(&credential, "an md5 password")?;
                         let hash =
-                            postgres_protocol::authentication::md5_hash(user.as_bytes(), pw, salt);
+                            postgres_protocol::authentication::md5_hash(user.as_bytes(), &pw, salt);
                         pgwire::frontend::password_message(&mut out, hash.as_bytes());
                     }
                     decode::Authentication::Sasl(mechanisms) => {
                         if !mechanisms.contains(&SCRAM_SHA_256) {
                             return Err(BackendError::Method(format!("SASL {mechanisms:?}")));
                         }
-                        let pw = password_for(method, password, "SCRAM-SHA-256")?;
-                        let client = ScramClient::new(pw, &BACKEND_KEYS)
-                            .map_err(|e| BackendError::Protocol(format!("SCRAM: {e}")))?;
+                        let client = match credential.take() {
+                            Some(Credential::Scram(keys)) => ScramClient::with_keys(keys),
+                            other => {
+                                let pw = configured(&other, "SCRAM-SHA-256")?;
+                                ScramClient::new(&pw, &BACKEND_KEYS)
+                            }
+                        }
+                        .map_err(|e| BackendError::Protocol(format!("SCRAM: {e}")))?;
                         pgwire::frontend::sasl_initial_response(
                             &mut out,
                             SCRAM_SHA_256,

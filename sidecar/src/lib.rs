@@ -82,6 +82,7 @@ impl Sidecar {
             verifier,
             cancels: Arc::new(CancelMap::default()),
             metrics: Metrics::new(),
+            passthrough: Default::default(),
         });
         Ok(Self { shared, agent })
     }

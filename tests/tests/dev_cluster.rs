@@ -107,6 +107,30 @@ async fn teesql_dev_starts_prints_working_dsns_and_stops_cleanly() {
     .unwrap();
     assert_eq!(health.status(), 200);
 
+    // Channel binding, as libpq 17+ (psycopg's) does it when required: the cluster role
+    // and the passthrough superuser both get SCRAM-SHA-256-PLUS.
+    if let Some(py) = teesql_tests::clients::python_with(&["psycopg"]) {
+        for dsn in [
+            env["DATABASE_URL"].clone(),
+            format!(
+                "postgresql://postgres:{super_pw}@{}:{}/postgres?sslmode=require",
+                env["TEESQL_HOST"], env["TEESQL_PORT"]
+            ),
+        ] {
+            let o = teesql_tests::clients::python(
+                &py,
+                teesql_tests::clients::PSYCOPG_CONNECT,
+                &[&format!("{dsn}&channel_binding=require")],
+            )
+            .await;
+            assert!(
+                o.status.success(),
+                "{dsn}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+
     // Every command it printed works when pasted.
     let text = loop {
         let text = printed.lock().unwrap().clone();

@@ -295,3 +295,169 @@ async fn forward_reaches_the_leader_a_manifest_names() {
         "{err}"
     );
 }
+
+/// Channel binding in a deployment shaped like `teesql-dev`'s: a passthrough superuser
+/// whose password Postgres checks, a tenant role and the cluster roles. libpq 18
+/// (psycopg) with `channel_binding=require` logs in as each; psql 15 and both TeeSQL
+/// forwarder doubles (no ALPN: plain SCRAM) log in as the superuser too; a wrong password
+/// gets the generic refusal; a changed password is picked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_binding_for_every_role_and_passthrough_roles_too() {
+    use teesql_tests::postgres::PgOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let acme = teesql_tests::tenants::app("acme-cb", dir.path())
+        .await
+        .unwrap();
+    let profile = dir.path().join("profile");
+    std::fs::create_dir(&profile).unwrap();
+    std::fs::write(
+        profile.join("profile.toml"),
+        format!(
+            "extends = [{:?}]\n",
+            teesql_tests::cluster::repo_root()
+                .join("policies/dev")
+                .display()
+                .to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        profile.join("data.json"),
+        serde_json::json!({"teesql": {"tenants": {"acme": {"role": "tenant_acme",
+            "privileges": "readwrite", "compose_hashes": [acme.agent.compose_hash_hex()]}}}})
+        .to_string(),
+    )
+    .unwrap();
+    let acme_secret = hex::encode([0xa1; 32]);
+    let acme_file = dir.path().join("acme.secret");
+    std::fs::write(&acme_file, &acme_secret).unwrap();
+    let superuser = hex::encode([0x33; 32]);
+    let c = Cluster::start(ClusterOptions {
+        seed: teesql_tests::tenants::SEED,
+        profile: profile.display().to_string(),
+        pg: PgOptions {
+            hba: vec![
+                "local all all trust".into(),
+                "host all postgres,operator 127.0.0.1/32 scram-sha-256".into(),
+                "host all all 127.0.0.1/32 trust".into(),
+            ],
+            superuser_password: Some(superuser.clone()),
+            ..PgOptions::default()
+        },
+        sidecar_toml: format!(
+            "[auth]\npassthrough_roles = [\"postgres\", \"operator\"]\n\
+             [[auth.roles]]\nname = \"tenant_acme\"\nprivileges = \"readwrite\"\ngranted = true\nsecret_file = {:?}\n",
+            acme_file.display().to_string()
+        ),
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let direct = |user: &str, password: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=postgres sslmode=require",
+            c.sidecar_addr.port()
+        )
+    };
+    let Some(py) = python_with(&["psycopg"]) else {
+        return;
+    };
+    let psycopg = |conn: String| {
+        let py = py.clone();
+        async move { python(&py, PSYCOPG_CONNECT, &[&conn]).await }
+    };
+    let user_of = |o: &std::process::Output| -> String {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_str::<serde_json::Value>(&stdout(o)).unwrap()["user"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // libpq 18 sends ALPN `postgresql`, so `auto` offers -PLUS to every role, and
+    // `channel_binding=require` is met as the cluster role, the superuser (its exchange run
+    // by the sidecar against Postgres' own verifier) and the tenant (its certificate).
+    let require = " channel_binding=require";
+    let o = psycopg(direct("teesql_readwrite", &c.readwrite_secret) + require).await;
+    assert_eq!(user_of(&o), "teesql_readwrite");
+    let o = psycopg(direct("postgres", &superuser) + require).await;
+    assert_eq!(user_of(&o), "postgres");
+    let tenant = format!(
+        "{} sslcert={} sslkey={}{require}",
+        direct("teesql_app", &acme_secret),
+        acme.cert.display(),
+        acme.key.display()
+    );
+    let o = psycopg(tenant).await;
+    assert_eq!(user_of(&o), "tenant_acme");
+
+    // A wrong superuser password: the generic refusal.
+    let o = psycopg(direct("postgres", &hex::encode([0x44; 32])) + require).await;
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("authentication_failed"),
+        "{}",
+        stderr(&o)
+    );
+
+    // psql 15 sends no ALPN: plain SCRAM, through the same exchange.
+    let o = psql(
+        &direct("postgres", &superuser),
+        &["-c", "SELECT current_user"],
+    )
+    .await;
+    assert!(o.status.success(), "psql: {}", stderr(&o));
+    assert_eq!(stdout(&o), "postgres");
+    if !teesql_tests::clients::libpq_sends_alpn() {
+        let o = psql(
+            &(direct("postgres", &superuser) + require),
+            &["-c", "SELECT 1"],
+        )
+        .await;
+        assert!(
+            stderr(&o).contains("channel binding is required"),
+            "{}",
+            stderr(&o)
+        );
+    }
+
+    // Both TeeSQL-shaped forwarders (no ALPN, the driver on sslmode=disable).
+    for shape in [Shape::DirectTls, Shape::SslRequest] {
+        let f = teesql_forwarder(&c, shape, Duration::ZERO).await;
+        let dsn = f.dsn("postgres", &superuser, "postgres");
+        let o = psql(&dsn, &["-c", "SELECT current_user"]).await;
+        assert!(o.status.success(), "psql behind {shape:?}: {}", stderr(&o));
+        let o = psycopg(dsn.clone()).await;
+        assert_eq!(user_of(&o), "postgres", "psycopg behind {shape:?}");
+        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("tokio-postgres behind {shape:?}: {e}"));
+        tokio::spawn(conn);
+        client.query_one("SELECT 1", &[]).await.unwrap();
+    }
+
+    // Another passthrough role whose password changes: the new one logs in (the verifier
+    // is read again after a refusal at the latest), the old one no longer does.
+    let (old, new) = (hex::encode([0x55; 32]), hex::encode([0x66; 32]));
+    c.pg.psql(
+        "postgres",
+        "postgres",
+        &format!("CREATE ROLE operator LOGIN PASSWORD '{old}'"),
+    )
+    .unwrap();
+    let o = psycopg(direct("operator", &old) + require).await;
+    assert_eq!(user_of(&o), "operator");
+    c.pg.psql(
+        "postgres",
+        "postgres",
+        &format!("ALTER ROLE operator PASSWORD '{new}'"),
+    )
+    .unwrap();
+    let first = psycopg(direct("operator", &new) + require).await;
+    if !first.status.success() {
+        let o = psycopg(direct("operator", &new) + require).await;
+        assert_eq!(user_of(&o), "operator");
+    }
+    let o = psycopg(direct("operator", &old) + require).await;
+    assert!(!o.status.success(), "the old password still logs in");
+}

@@ -153,6 +153,50 @@ impl ScramVerifier {
         }
     }
 
+    /// The verifier Postgres keeps for a role (`pg_authid.rolpassword`):
+    /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, base64 fields. The
+    /// sidecar checks a client's proof against it and, from the proof, recovers the
+    /// ClientKey that logs in to Postgres as the role; it never sees a password.
+    pub fn from_postgres(rolpassword: &str) -> Result<Self, &'static str> {
+        let rest = rolpassword
+            .strip_prefix("SCRAM-SHA-256$")
+            .ok_or("not a SCRAM-SHA-256 verifier")?;
+        let (params, keys) = rest.split_once('$').ok_or("no keys")?;
+        let (iterations, salt) = params.split_once(':').ok_or("no salt")?;
+        let (stored, server) = keys.split_once(':').ok_or("no ServerKey")?;
+        let iterations: u32 = iterations
+            .parse()
+            .map_err(|_| "the iteration count is not a number")?;
+        if iterations == 0 || iterations > super::scram_client::MAX_ITERATIONS {
+            return Err("iteration count out of range");
+        }
+        let salt = B64.decode(salt).map_err(|_| "the salt is not base64")?;
+        if salt.is_empty() || salt.len() > 1024 {
+            return Err("salt length out of range");
+        }
+        let key = |b64: &str| -> Result<Key, &'static str> {
+            B64.decode(b64)
+                .ok()
+                .and_then(|k| Key::try_from(k.as_slice()).ok())
+                .ok_or("a key is not 32 bytes of base64")
+        };
+        Ok(Self {
+            salt,
+            iterations,
+            keys: vec![KeyPair {
+                stored_key: key(stored)?,
+                server_key: key(server)?,
+            }],
+            decoy: false,
+        })
+    }
+
+    /// The ServerKey of this verifier's first password (with [`Self::from_postgres`], the
+    /// role's own).
+    pub fn server_key(&self) -> Option<Key> {
+        self.keys.first().map(|k| k.server_key)
+    }
+
     /// A fresh random salt of [`SALT_LEN`] bytes from the OS generator.
     pub fn random_salt() -> Result<[u8; SALT_LEN], ScramError> {
         let mut salt = [0u8; SALT_LEN];
@@ -208,8 +252,9 @@ enum State {
         /// Expected value of `c=`: base64 of the gs2 header (+ channel binding data).
         expected_cbind: String,
     },
-    /// Success; index of the matching password.
-    Done { matched: usize },
+    /// Success; index of the matching password, and the client's ClientKey (recovered
+    /// from its proof: what logs in as the role where Postgres holds the same verifier).
+    Done { matched: usize, client_key: Key },
     /// Failed (any error is final).
     Failed,
 }
@@ -383,29 +428,48 @@ impl<'a> ScramServer<'a> {
         let mut auth_message = auth_prefix;
         auth_message.extend_from_slice(parsed.without_proof.as_bytes());
 
-        let (matched, server_key) = self.verify_proof(&auth_message, &proof)?;
+        let (matched, server_key, client_key) = self.verify_proof(&auth_message, &proof)?;
         let server_signature = hmac_sha256(&server_key, &[&auth_message]);
         let mut reply = String::with_capacity(2 + PROOF_B64_LEN);
         reply.push_str("v=");
         B64.encode_string(server_signature, &mut reply);
-        self.state = State::Done { matched };
+        self.state = State::Done {
+            matched,
+            client_key,
+        };
         Ok(reply.into_bytes())
     }
 
     /// Which of the verifier's passwords matched (index into `passwords` of `new`), after success.
     pub fn matched(&self) -> Option<usize> {
         match self.state {
-            State::Done { matched } => Some(matched),
+            State::Done { matched, .. } => Some(matched),
+            _ => None,
+        }
+    }
+
+    /// After success, the client's ClientKey (= its proof XOR the ClientSignature): with a
+    /// verifier read from Postgres, what proves the role to Postgres in a SCRAM login of
+    /// the sidecar's own. Kept only for that login.
+    pub fn client_key(&self) -> Option<Key> {
+        match self.state {
+            State::Done { client_key, .. } => Some(client_key),
             _ => None,
         }
     }
 
     /// Checks `proof` against every stored key, without early exit and with constant-time
-    /// comparisons and selections. Returns the first matching index and its ServerKey.
-    fn verify_proof(&self, auth_message: &[u8], proof: &Key) -> Result<(usize, Key), ScramError> {
+    /// comparisons and selections. Returns the first matching index, its ServerKey and the
+    /// ClientKey the proof carried.
+    fn verify_proof(
+        &self,
+        auth_message: &[u8],
+        proof: &Key,
+    ) -> Result<(usize, Key, Key), ScramError> {
         let mut found = Choice::from(0);
         let mut index: u64 = 0;
         let mut server_key: Key = [0u8; KEY_LEN];
+        let mut found_client_key: Key = [0u8; KEY_LEN];
         for (i, pair) in self.verifier.keys.iter().enumerate() {
             // ClientSignature = HMAC(StoredKey, AuthMessage); ClientKey = proof XOR signature.
             let signature = hmac_sha256(&pair.stored_key, &[auth_message]);
@@ -420,12 +484,15 @@ impl<'a> ScramServer<'a> {
             for (dst, src) in server_key.iter_mut().zip(&pair.server_key) {
                 dst.conditional_assign(src, take);
             }
+            for (dst, src) in found_client_key.iter_mut().zip(&client_key) {
+                dst.conditional_assign(src, take);
+            }
             found |= ok;
         }
         found &= !Choice::from(u8::from(self.verifier.decoy));
         if bool::from(found) {
             let index = usize::try_from(index).map_err(|_| ScramError::AuthFailed)?;
-            Ok((index, server_key))
+            Ok((index, server_key, found_client_key))
         } else {
             Err(ScramError::AuthFailed)
         }
@@ -759,6 +826,56 @@ mod tests {
         let der = ck.cert.der().to_vec();
         let hash = tls_server_end_point(&der);
         (der, hash)
+    }
+
+    /// A verifier in Postgres' own `rolpassword` form: the reference client proves its
+    /// password against it, and the ClientKey recovered from the proof is the one the
+    /// password derives (what then logs in to Postgres as the role).
+    #[test]
+    fn a_postgres_verifier_checks_a_proof_and_yields_the_client_key() {
+        let salted: Key = pbkdf2::pbkdf2_hmac_array::<Sha256, KEY_LEN>(PW_READ, SALT, TEST_ITERS);
+        let client_key = hmac_sha256(&salted, &[b"Client Key"]);
+        let server_key = hmac_sha256(&salted, &[b"Server Key"]);
+        let rolpassword = format!(
+            "SCRAM-SHA-256${TEST_ITERS}:{}${}:{}",
+            B64.encode(SALT),
+            B64.encode(sha256(&client_key)),
+            B64.encode(server_key)
+        );
+        let v = ScramVerifier::from_postgres(&rolpassword).unwrap();
+        assert_eq!(v.iterations(), TEST_ITERS);
+        assert_eq!(v.salt(), SALT);
+        assert_eq!(v.server_key(), Some(server_key));
+
+        let mut server = ScramServer::new(&v, None);
+        let mut client = ScramSha256::new(PW_READ, ChannelBinding::unsupported());
+        let first = server
+            .client_first(SCRAM_SHA_256, client.message())
+            .unwrap();
+        client.update(&first).unwrap();
+        let fin = server.client_final(client.message()).unwrap();
+        client.finish(&fin).unwrap();
+        assert_eq!(server.client_key(), Some(client_key));
+
+        // A wrong password yields nothing.
+        let (result, _) = exchange(
+            &v,
+            PW_RW,
+            None,
+            SCRAM_SHA_256,
+            ChannelBinding::unsupported(),
+        );
+        assert_eq!(result, Err(ScramError::AuthFailed));
+
+        for bad in [
+            "md5e8a48653851e28c69d0506508fb27fc5",
+            "SCRAM-SHA-256$0:AAAA$AAAA:AAAA",
+            "SCRAM-SHA-256$4096:AAAA$AAAA:AAAA",
+            "SCRAM-SHA-256$4096:!!$AAAA:AAAA",
+            "SCRAM-SHA-256$4096:AAAA",
+        ] {
+            assert!(ScramVerifier::from_postgres(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

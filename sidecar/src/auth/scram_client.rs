@@ -1,5 +1,7 @@
 //! SCRAM-SHA-256 client side (RFC 5802, RFC 7677, no channel binding), for the sidecar's
-//! own logins to Postgres.
+//! own logins to Postgres: with the backend password, or, for a passthrough role, with
+//! the ClientKey the client's own SCRAM proof carried ([`ScramKeys`]) — the way PgBouncer
+//! logs in users whose passwords it does not hold.
 //!
 //! The expensive step of SCRAM is PBKDF2 over the password (4096 HMAC rounds by
 //! default). Postgres answers every login of a role with that role's stored salt and
@@ -109,6 +111,12 @@ impl KeyCache {
     }
 }
 
+fn fresh_nonce() -> Result<String, String> {
+    let mut raw = [0u8; NONCE_LEN];
+    getrandom::fill(&mut raw).map_err(|e| format!("no randomness for the nonce: {e}"))?;
+    Ok(B64.encode(raw))
+}
+
 fn hmac(key: &[u8], parts: &[&[u8]]) -> Key {
     let mut mac = <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
@@ -130,10 +138,34 @@ fn normalize(password: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A role's SCRAM keys as recovered from a client's proof, with the salt and iteration
+/// count of the verifier they belong to: Postgres must answer with exactly those.
+#[derive(Clone)]
+pub struct ScramKeys {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub client_key: Key,
+    pub server_key: Key,
+}
+
+impl std::fmt::Debug for ScramKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramKeys(***)")
+    }
+}
+
+/// Where the keys come from.
+enum Credential<'a> {
+    Password {
+        password: Vec<u8>,
+        cache: &'a KeyCache,
+    },
+    Keys(ScramKeys),
+}
+
 /// One SCRAM-SHA-256 exchange as the client.
 pub struct ScramClient<'a> {
-    password: Vec<u8>,
-    cache: &'a KeyCache,
+    credential: Credential<'a>,
     nonce: String,
     /// Set after the server's first message: the AuthMessage and the ServerKey.
     expect: Option<(Vec<u8>, Key)>,
@@ -147,15 +179,25 @@ impl std::fmt::Debug for ScramClient<'_> {
 
 impl<'a> ScramClient<'a> {
     pub fn new(password: &[u8], cache: &'a KeyCache) -> Result<Self, String> {
-        let mut raw = [0u8; NONCE_LEN];
-        getrandom::fill(&mut raw).map_err(|e| format!("no randomness for the nonce: {e}"))?;
-        Ok(Self::with_nonce(password, cache, B64.encode(raw)))
+        Ok(Self::with_nonce(password, cache, fresh_nonce()?))
+    }
+
+    /// An exchange proving `keys` (no password, no PBKDF2): Postgres must send the salt
+    /// and iteration count the keys belong to.
+    pub fn with_keys(keys: ScramKeys) -> Result<Self, String> {
+        Ok(Self {
+            credential: Credential::Keys(keys),
+            nonce: fresh_nonce()?,
+            expect: None,
+        })
     }
 
     fn with_nonce(password: &[u8], cache: &'a KeyCache, nonce: String) -> Self {
         Self {
-            password: normalize(password),
-            cache,
+            credential: Credential::Password {
+                password: normalize(password),
+                cache,
+            },
             nonce,
             expect: None,
         }
@@ -207,7 +249,21 @@ impl<'a> ScramClient<'a> {
                 "iteration count {iterations} outside 1..={MAX_ITERATIONS}"
             ));
         }
-        let keys = self.cache.keys(&self.password, &salt, iterations);
+        let keys = match &self.credential {
+            Credential::Password { password, cache } => cache.keys(password, &salt, iterations),
+            Credential::Keys(k) => {
+                if k.salt != salt || k.iterations != iterations {
+                    return Err(
+                        "the role's SCRAM verifier changed (another salt or iteration count)"
+                            .into(),
+                    );
+                }
+                Keys {
+                    client: k.client_key,
+                    server: k.server_key,
+                }
+            }
+        };
         let stored: Key = Sha256::digest(keys.client).into();
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{text},{without_proof}", self.first_bare()).into_bytes();
@@ -329,5 +385,54 @@ mod tests {
         let huge = vec![b'a'; MAX_MESSAGE_LEN + 1];
         assert!(c.server_first(&huge).is_err());
         assert!(c.server_final(b"v=AAAA").unwrap_err().contains("before"));
+    }
+
+    /// The keys recovered from one client's proof log in where the verifier is held, as
+    /// the password would: the passthrough login of a role with channel binding.
+    #[test]
+    fn keys_recovered_from_a_proof_log_in_like_the_password() {
+        use crate::auth::scram::{ScramServer, ScramVerifier};
+        let salt = b"0123456789abcdef";
+        let verifier = ScramVerifier::new(&[b"role-password"], salt, 64);
+        let login = |client: &mut ScramClient<'_>| {
+            let mut server = ScramServer::new(&verifier, None);
+            let first = server
+                .client_first("SCRAM-SHA-256", &client.client_first())
+                .map_err(|e| e.to_string())?;
+            let fin = client.server_first(&first)?;
+            let done = server.client_final(&fin).map_err(|e| e.to_string())?;
+            client.server_final(&done)?;
+            Ok::<_, String>(server.client_key())
+        };
+        let cache = KeyCache::new();
+        let mut by_password = ScramClient::new(b"role-password", &cache).unwrap();
+        let client_key = login(&mut by_password).unwrap().unwrap();
+        let keys = ScramKeys {
+            salt: salt.to_vec(),
+            iterations: 64,
+            client_key,
+            server_key: verifier.server_key().unwrap(),
+        };
+        let mut by_keys = ScramClient::with_keys(keys.clone()).unwrap();
+        assert_eq!(login(&mut by_keys).unwrap(), Some(client_key));
+        // Postgres answering with another salt: the verifier changed, nothing is sent.
+        let other = ScramKeys {
+            salt: b"another-salt-xyz".to_vec(),
+            ..keys
+        };
+        let e = login(&mut ScramClient::with_keys(other).unwrap()).unwrap_err();
+        assert!(e.contains("verifier changed"), "{e}");
+        assert_eq!(
+            format!(
+                "{:?}",
+                ScramKeys {
+                    salt: vec![],
+                    iterations: 1,
+                    client_key,
+                    server_key: client_key
+                }
+            ),
+            "ScramKeys(***)"
+        );
     }
 }

@@ -10,7 +10,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::Shared;
 use super::error::{HandshakeError, Refusal};
 use crate::auth::AuthMap;
-use crate::auth::scram::{ScramError, ScramServer};
+use crate::auth::scram::{ScramError, ScramServer, ScramVerifier};
+use crate::auth::scram_client::ScramKeys;
 use crate::config::ClientAuthMethod;
 use crate::pgwire::{self, WireError, backend as msg};
 use crate::verifier::VerifierUnavailable;
@@ -70,26 +71,71 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                     &decoy
                 }
             };
-            let plus = end_point.is_some();
-            let mut server = ScramServer::new(verifier, end_point);
-            msg::authentication_sasl(&mut out, ScramServer::mechanisms(plus));
-            send(tls, &out).await?;
-            let body = read_p(tls, &protocol).await?;
-            let (mechanism, data) =
-                pgwire::parse_sasl_initial_response(&body).map_err(|e| protocol(e.to_string()))?;
-            let server_first = server
-                .client_first(&mechanism, &data)
-                .map_err(|e| protocol(e.to_string()))?;
-            out.clear();
-            msg::authentication_sasl_continue(&mut out, &server_first);
-            send(tls, &out).await?;
-            let body = read_p(tls, &protocol).await?;
-            match server.client_final(&body) {
-                Ok(server_final) if role.is_some() => Ok(Authenticated::Yes(server_final)),
-                Ok(_) | Err(ScramError::AuthFailed) => Ok(Authenticated::No(unknown_or_wrong())),
-                Err(e) => Err(protocol(e.to_string())),
+            match scram(tls, verifier, end_point, &protocol).await? {
+                Some((server_final, _)) if role.is_some() => Ok(Authenticated::Yes(server_final)),
+                _ => Ok(Authenticated::No(unknown_or_wrong())),
             }
         }
+    }
+}
+
+/// A passthrough role's SCRAM exchange against its verifier from Postgres: on success,
+/// the SASLFinal for the client and the keys that log in to Postgres as the role;
+/// `None` when the client's proof is wrong.
+pub async fn passthrough_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    tls: &mut S,
+    verifier: &ScramVerifier,
+    end_point: Option<Vec<u8>>,
+    user: &str,
+) -> Result<Option<(Vec<u8>, ScramKeys)>, HandshakeError> {
+    let protocol = |e: String| HandshakeError::AuthFailed {
+        user: user.to_string(),
+        causes: vec![Refusal::AuthProtocol(e)],
+    };
+    let Some((server_final, client_key)) = scram(tls, verifier, end_point, &protocol).await? else {
+        return Ok(None);
+    };
+    let server_key = verifier
+        .server_key()
+        .ok_or_else(|| protocol("the verifier has no key".into()))?;
+    Ok(Some((
+        server_final,
+        ScramKeys {
+            salt: verifier.salt().to_vec(),
+            iterations: verifier.iterations(),
+            client_key,
+            server_key,
+        },
+    )))
+}
+
+/// One SCRAM-SHA-256(-PLUS) exchange with the client against `verifier`: the SASLFinal
+/// and the ClientKey the client proved, or `None` for a wrong secret.
+async fn scram<S: AsyncRead + AsyncWrite + Unpin>(
+    tls: &mut S,
+    verifier: &ScramVerifier,
+    end_point: Option<Vec<u8>>,
+    protocol: &impl Fn(String) -> HandshakeError,
+) -> Result<Option<(Vec<u8>, [u8; 32])>, HandshakeError> {
+    let mut out = Vec::new();
+    let plus = end_point.is_some();
+    let mut server = ScramServer::new(verifier, end_point);
+    msg::authentication_sasl(&mut out, ScramServer::mechanisms(plus));
+    send(tls, &out).await?;
+    let body = read_p(tls, protocol).await?;
+    let (mechanism, data) =
+        pgwire::parse_sasl_initial_response(&body).map_err(|e| protocol(e.to_string()))?;
+    let server_first = server
+        .client_first(&mechanism, &data)
+        .map_err(|e| protocol(e.to_string()))?;
+    out.clear();
+    msg::authentication_sasl_continue(&mut out, &server_first);
+    send(tls, &out).await?;
+    let body = read_p(tls, protocol).await?;
+    match server.client_final(&body) {
+        Ok(server_final) => Ok(server.client_key().map(|k| (server_final, k))),
+        Err(ScramError::AuthFailed) => Ok(None),
+        Err(e) => Err(protocol(e.to_string())),
     }
 }
 

@@ -62,6 +62,8 @@ pub struct Shared {
     pub pool: BackendPool,
     /// Records each session's attested identity (`backend.record_identity`).
     pub identities: Option<IdentityRecorder>,
+    /// SCRAM verifiers of passthrough roles, read from Postgres.
+    pub passthrough: crate::auth::passthrough::PassthroughVerifiers,
 }
 
 impl std::fmt::Debug for Shared {
@@ -292,6 +294,80 @@ async fn after_tls(
     result
 }
 
+/// A passthrough role's login: against its SCRAM verifier from Postgres, the exchange
+/// runs here (with channel binding when `end_point` is given) and the ClientKey the
+/// client proved logs in to Postgres, which decides; without a readable SCRAM verifier,
+/// Postgres' own exchange is relayed. Returns the Postgres session and the SASLFinal the
+/// client gets with AuthenticationOk (none after a relayed exchange).
+async fn passthrough(
+    shared: &Shared,
+    tls: &mut TlsStream<TcpStream>,
+    user: &str,
+    forwarded: &[(&str, &str)],
+    end_point: Option<Vec<u8>>,
+) -> Result<(LoggedIn, Vec<u8>), HandshakeError> {
+    use crate::auth::passthrough::Lookup;
+    let cfg = &shared.config;
+    let refused = |why: Refusal| HandshakeError::AuthFailed {
+        user: user.to_string(),
+        causes: vec![why],
+    };
+    let verifier = match shared.passthrough.get(&cfg.backend, user).await {
+        Lookup::Scram(v) => v,
+        other => {
+            if let Lookup::Unavailable(why) = other {
+                tracing::warn!(user, error = %why, "no SCRAM verifier for the passthrough role: relaying Postgres' own exchange (no channel binding)");
+            }
+            let relayed = backend::passthrough_login(
+                tls,
+                &cfg.backend.addr,
+                forwarded,
+                cfg.backend.connect_timeout,
+            )
+            .await;
+            return match relayed {
+                Ok(l) => Ok((l, Vec::new())),
+                Err(BackendError::Refused { code, message, .. }) if code.starts_with("28") => {
+                    Err(refused(Refusal::PassthroughRefused(message)))
+                }
+                Err(e) => Err(HandshakeError::Backend(e)),
+            };
+        }
+    };
+    let Some((sasl_final, keys)) =
+        authenticate::passthrough_exchange(tls, &verifier, end_point, user).await?
+    else {
+        // A wrong password, or one changed since the verifier was read: read it again
+        // next time (failed logins are rate-limited per address).
+        shared.passthrough.forget(user);
+        return Err(refused(Refusal::WrongSecret));
+    };
+    match backend::login_with_keys(
+        &cfg.backend.addr,
+        keys,
+        forwarded,
+        cfg.backend.connect_timeout,
+    )
+    .await
+    {
+        Ok(l) => Ok((l, sasl_final)),
+        Err(e) => {
+            // The verifier no longer is Postgres' (the password changed): read it again
+            // next time.
+            shared.passthrough.forget(user);
+            match e {
+                BackendError::Refused { code, message, .. } if code.starts_with("28") => {
+                    Err(refused(Refusal::PassthroughRefused(message)))
+                }
+                BackendError::Protocol(m) if m.contains("verifier changed") => {
+                    Err(refused(Refusal::PassthroughRefused(m)))
+                }
+                e => Err(HandshakeError::Backend(e)),
+            }
+        }
+    }
+}
+
 /// Phase 3: the verifier's decision and the client's authentication, then Postgres.
 async fn log_in(
     shared: &Arc<Shared>,
@@ -326,6 +402,15 @@ async fn log_in(
 
     let forwarded = backend::forwarded_params(&user, &database, &params);
     let cfg = &shared.config;
+    // SCRAM-SHA-256-PLUS binds the login to this TLS channel, for every role alike (a
+    // passthrough role's exchange runs here too, against its verifier from Postgres).
+    // `auto` offers it only to a peer that negotiated ALPN `postgresql` (libpq 17+):
+    // behind TeeSQL's forwarders the driver sees plaintext and libpq would refuse it.
+    let end_point = match cfg.channel_binding {
+        ChannelBinding::Always => hello.end_point,
+        ChannelBinding::Auto if hello.alpn_postgresql => hello.end_point,
+        ChannelBinding::Auto | ChannelBinding::Never => None,
+    };
     if cfg.auth.is_passthrough(&user) {
         let verdict = authenticate::verdict(shared, decision, asked).await;
         if let Err(r) = verdict.and_then(|d| within_grants(&user, d)) {
@@ -334,24 +419,9 @@ async fn log_in(
                 causes: vec![r],
             });
         }
-        let logged_in = match backend::passthrough_login(
-            tls,
-            &cfg.backend.addr,
-            &forwarded,
-            cfg.backend.connect_timeout,
-        )
-        .await
-        {
-            Ok(l) => l,
-            Err(BackendError::Refused { code, message, .. }) if code.starts_with("28") => {
-                return Err(HandshakeError::AuthFailed {
-                    user,
-                    causes: vec![Refusal::PassthroughRefused(message)],
-                });
-            }
-            Err(e) => return Err(HandshakeError::Backend(e)),
-        };
-        let cancel = login::welcome(shared, tls, &logged_in, &[]).await?;
+        let (logged_in, sasl_final) =
+            passthrough(shared, tls, &user, &forwarded, end_point).await?;
+        let cancel = login::welcome(shared, tls, &logged_in, &sasl_final).await?;
         return Ok(Session {
             backend: logged_in,
             cancel,
@@ -362,16 +432,6 @@ async fn log_in(
         });
     }
 
-    // Passthrough roles get Postgres' own offer, which cannot bind our TLS channel: in
-    // `auto`, where they exist no role is offered -PLUS, so that which names are
-    // passthrough roles does not show in the offer.
-    let end_point = match cfg.channel_binding {
-        ChannelBinding::Always => hello.end_point,
-        ChannelBinding::Auto if hello.alpn_postgresql && !cfg.auth.has_passthrough() => {
-            hello.end_point
-        }
-        ChannelBinding::Auto | ChannelBinding::Never => None,
-    };
     let refused = |user: &str, why: Refusal| HandshakeError::AuthFailed {
         user: user.to_string(),
         causes: vec![why],
