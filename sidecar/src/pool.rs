@@ -82,7 +82,10 @@ impl BackendPool {
                 tracing::debug!(user = %key.user, why = %why, "not pooling a Postgres connection");
                 return false;
             }
-            Err(_) => return false,
+            Err(_) => {
+                tracing::debug!(user = %key.user, "not pooling a Postgres connection: its reset timed out");
+                return false;
+            }
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Drop connections that waited too long, everywhere, while we are here.
@@ -108,49 +111,159 @@ impl BackendPool {
     }
 }
 
-/// Return a connection to the state of a fresh login: roll back whatever the client left
-/// open and `DISCARD ALL` (temporary tables, prepared statements, settings, listeners,
-/// advisory locks, cursors). Anything unexpected is an error: the connection is closed.
+/// Return a connection to the state of a fresh login: `Sync` (ends an extended-protocol
+/// exchange the client left, which would make Postgres skip everything after it), roll
+/// back whatever the client left open, `DISCARD ALL` (temporary tables, prepared
+/// statements, settings, listeners, advisory locks, cursors), then a query of a random
+/// nonce. The answer must be exactly what those four produce, the nonce row included and
+/// an idle ReadyForQuery last: anything else (left-over output of the client's, an
+/// error, a transaction still open) closes the connection.
 async fn reset(conn: &mut LoggedIn) -> Result<(), String> {
+    let nonce = hex::encode(crate::auth::random::<16>());
     let mut out = Vec::new();
+    pgwire::frontend::sync(&mut out);
     for sql in ["ROLLBACK", "DISCARD ALL"] {
         pgwire::frontend::query(&mut out, sql);
     }
+    pgwire::frontend::query(&mut out, &format!("SELECT '{nonce}'"));
     conn.stream
         .write_all(&out)
         .await
         .map_err(|e| format!("write: {e}"))?;
+    let mut check = ResetAnswer::new(&nonce);
     let mut read = 0usize;
-    let mut discarded = false;
     loop {
         let (tag, body) = pgwire::read_message(&mut conn.stream, RESET_BUDGET)
             .await
             .map_err(|e| format!("read: {e}"))?;
         read += body.len() + 5;
         if read > RESET_BUDGET {
-            return Err("too much left-over output".into());
+            return Err("too much output".into());
         }
-        match tag {
-            b'E' => return Err("error during reset".into()),
-            b'C' => discarded = body.starts_with(b"DISCARD ALL\0"),
-            b'S' => {
-                // RESET ALL reports the parameters it changed back.
-                let (k, v) = decode::parameter_status(&body).map_err(|e| e.to_string())?;
-                match conn.params.iter_mut().find(|(n, _)| n == k) {
-                    Some(slot) => slot.1 = v.to_string(),
-                    None => conn.params.push((k.to_string(), v.to_string())),
-                }
+        if tag == b'S' {
+            // DISCARD ALL (RESET ALL) reports the parameters it changed back.
+            let (k, v) = decode::parameter_status(&body).map_err(|e| e.to_string())?;
+            match conn.params.iter_mut().find(|(n, _)| n == k) {
+                Some(slot) => slot.1 = v.to_string(),
+                None => conn.params.push((k.to_string(), v.to_string())),
             }
-            b'Z' if discarded => {
-                return if body.first() == Some(&b'I') {
-                    Ok(())
-                } else {
-                    Err("not idle after DISCARD ALL".into())
-                };
+        }
+        if check.next(tag, &body)? {
+            return Ok(());
+        }
+    }
+}
+
+/// The answer to a reset, message by message: `Z` (the Sync), `C ROLLBACK` `Z`,
+/// `C DISCARD ALL` `Z`, `T` `D <nonce>` `C SELECT 1` `Z I`. Notices, parameter statuses
+/// and notifications may come between; nothing else may.
+#[derive(Debug)]
+pub struct ResetAnswer<'a> {
+    nonce: &'a str,
+    step: usize,
+}
+
+impl<'a> ResetAnswer<'a> {
+    pub fn new(nonce: &'a str) -> Self {
+        Self { nonce, step: 0 }
+    }
+
+    /// Take one message: `Ok(true)` when the answer is complete and as expected, `Ok(false)`
+    /// to read on, `Err` at the first message that does not belong.
+    pub fn next(&mut self, tag: u8, body: &[u8]) -> Result<bool, String> {
+        if matches!(tag, b'N' | b'S' | b'A') {
+            return Ok(false);
+        }
+        let expected: bool = match (self.step, tag) {
+            (0 | 2 | 4, b'Z') => true,
+            (1, b'C') => body == b"ROLLBACK\0",
+            (3, b'C') => body == b"DISCARD ALL\0",
+            (5, b'T') => true,
+            (6, b'D') => self.is_nonce_row(body),
+            (7, b'C') => body == b"SELECT 1\0",
+            (8, b'Z') => body == b"I",
+            _ => false,
+        };
+        if !expected {
+            return Err(format!(
+                "unexpected {:?} at step {} of the reset",
+                tag as char, self.step
+            ));
+        }
+        self.step += 1;
+        Ok(self.step == 9)
+    }
+
+    /// A DataRow of one column holding exactly the nonce.
+    fn is_nonce_row(&self, body: &[u8]) -> bool {
+        let mut want = vec![0, 1];
+        want.extend_from_slice(&(self.nonce.len() as u32).to_be_bytes());
+        want.extend_from_slice(self.nonce.as_bytes());
+        body == want.as_slice()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(nonce: &str) -> Vec<(u8, Vec<u8>)> {
+        let mut row = vec![0, 1];
+        row.extend_from_slice(&(nonce.len() as u32).to_be_bytes());
+        row.extend_from_slice(nonce.as_bytes());
+        vec![
+            (b'Z', b"I".to_vec()),
+            (b'N', b"Swarning\0\0".to_vec()),
+            (b'C', b"ROLLBACK\0".to_vec()),
+            (b'Z', b"I".to_vec()),
+            (b'C', b"DISCARD ALL\0".to_vec()),
+            (b'S', b"search_path\0public\0".to_vec()),
+            (b'Z', b"I".to_vec()),
+            (
+                b'T',
+                b"\0\x01?column?\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0".to_vec(),
+            ),
+            (b'D', row),
+            (b'C', b"SELECT 1\0".to_vec()),
+            (b'Z', b"I".to_vec()),
+        ]
+    }
+
+    fn check(nonce: &str, messages: &[(u8, Vec<u8>)]) -> Result<bool, String> {
+        let mut a = ResetAnswer::new(nonce);
+        let mut done = false;
+        for (tag, body) in messages {
+            if done {
+                return Err("more after the end".into());
             }
-            // Left-over results, notices (ROLLBACK outside a transaction warns), other
-            // ReadyForQuery messages: passed over.
-            _ => {}
+            done = a.next(*tag, body)?;
+        }
+        Ok(done)
+    }
+
+    #[test]
+    fn only_the_exact_answer_to_a_reset_passes() {
+        let nonce = "0123456789abcdef0123456789abcdef";
+        assert_eq!(check(nonce, &answer(nonce)), Ok(true));
+        // A client's left-over output anywhere, another nonce, an open transaction, an
+        // error, a missing step: refused.
+        let mut left_over = answer(nonce);
+        left_over.insert(0, (b'D', b"\0\x01\0\0\0\x08attacker".to_vec()));
+        assert!(check(nonce, &left_over).is_err());
+        assert!(check("ffff", &answer(nonce)).is_err());
+        let mut in_tx = answer(nonce);
+        in_tx[10] = (b'Z', b"T".to_vec());
+        assert!(check(nonce, &in_tx).is_err());
+        let mut error = answer(nonce);
+        error[4] = (b'E', b"SERROR\0\0".to_vec());
+        assert!(check(nonce, &error).is_err());
+        let mut extra_ready = answer(nonce);
+        extra_ready.insert(1, (b'Z', b"I".to_vec()));
+        assert!(check(nonce, &extra_ready).is_err());
+        // Every strict prefix is incomplete, never accepted.
+        let full = answer(nonce);
+        for n in 0..full.len() {
+            assert_eq!(check(nonce, &full[..n]), Ok(false), "prefix {n}");
         }
     }
 }

@@ -1,11 +1,13 @@
 //! After login the sidecar only moves bytes, both ways, until either side closes; half
 //! close is passed on, and an optional idle timeout ends quiet sessions.
 //!
-//! Messages are not parsed. In the client-to-Postgres direction the relay does follow
-//! message boundaries (5-byte headers, nothing inside), for one reason: to catch the
-//! client's Terminate, so that the Postgres connection can be reset and reused for the
-//! next client instead of being torn down (see `pool`). Everything else is copied as it
-//! comes, through one buffer per direction.
+//! Messages are not parsed. When Postgres connections are reused (see `pool`), the relay
+//! follows message boundaries (5-byte headers, nothing inside but ReadyForQuery's status
+//! byte), to catch the client's Terminate, and to tell whether the connection is quiet at
+//! that moment: every query, Sync and function call the client sent has had its
+//! ReadyForQuery, no extended-protocol message waits for a Sync, and the last status was
+//! idle. Only a connection that is quiet then may be reset and kept for another client.
+//! Everything else is copied as it comes, through one buffer per direction.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,8 +38,8 @@ pub enum RelayEnd {
     /// Both sides closed (or one closed and the other followed).
     Closed(Relayed),
     /// The client sent Terminate at a message boundary; it was not passed on, so the
-    /// Postgres connection is still logged in and may be reset and reused.
-    Terminated(Relayed),
+    /// Postgres connection is still logged in and, when `quiet`, may be reset and reused.
+    Terminated { relayed: Relayed, quiet: bool },
     /// Nothing moved for the idle timeout.
     Idle(Relayed),
     /// A read or write failed (e.g. a reset).
@@ -61,8 +63,8 @@ where
     let copy = Bidirectional {
         client,
         backend,
-        up: Direction::new(catch_terminate.then(Framing::default)),
-        down: Direction::new(None),
+        up: Direction::new(catch_terminate.then(|| Framing::new(Side::Client))),
+        down: Direction::new(catch_terminate.then(|| Framing::new(Side::Server))),
         up_phase: Phase::Copying,
         down_phase: Phase::Copying,
         activity: activity.clone(),
@@ -86,13 +88,46 @@ where
     }
 }
 
-/// Message boundaries of the client's stream: enough to see a Terminate ('X', length 4).
-#[derive(Debug, Default)]
+/// Whose messages a direction carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The client's: Terminate is caught; queries, Syncs and function calls counted.
+    Client,
+    /// Postgres': ReadyForQuery counted, with its last status.
+    Server,
+}
+
+/// Message boundaries of a stream: enough to see a Terminate ('X', length 4) and to count
+/// what asks for, and what is, a ReadyForQuery.
+#[derive(Debug)]
 struct Framing {
+    side: Side,
     /// Body bytes of the current message still to pass.
     remaining: u64,
     /// The stream stopped looking like the protocol: stop following it.
     lost: bool,
+    /// Client: Query, Sync and FunctionCall messages sent (each gets one ReadyForQuery).
+    asked: u64,
+    /// Client: an extended-protocol message since the last Sync.
+    unsynced: bool,
+    /// Server: ReadyForQuery messages sent.
+    answered: u64,
+    /// Server: the last ReadyForQuery's status (`I`, `T`, `E`).
+    status: u8,
+}
+
+impl Framing {
+    fn new(side: Side) -> Self {
+        Self {
+            side,
+            remaining: 0,
+            lost: false,
+            asked: 0,
+            unsynced: false,
+            answered: 0,
+            status: b'I',
+        }
+    }
 }
 
 /// One direction's buffer and state.
@@ -143,8 +178,11 @@ impl Direction {
                 return; // a header not yet whole: hold it back
             }
             let h = &self.buf[self.scanned..self.scanned + 5];
-            let len = u64::from(u32::from_be_bytes([h[1], h[2], h[3], h[4]]));
-            if h[0] == b'X' && len == 4 {
+            let (tag, len) = (
+                h[0],
+                u64::from(u32::from_be_bytes([h[1], h[2], h[3], h[4]])),
+            );
+            if f.side == Side::Client && tag == b'X' && len == 4 {
                 self.terminated = true;
                 return;
             }
@@ -152,6 +190,23 @@ impl Direction {
                 f.lost = true;
                 self.scanned = self.cap;
                 return;
+            }
+            match (f.side, tag) {
+                (Side::Client, b'Q' | b'F') => f.asked += 1,
+                (Side::Client, b'S') => {
+                    f.asked += 1;
+                    f.unsynced = false;
+                }
+                (Side::Client, b'P' | b'B' | b'E' | b'D' | b'C' | b'H') => f.unsynced = true,
+                (Side::Server, b'Z') if len == 5 => {
+                    // The status byte: hold the header back until it is here too.
+                    let Some(&status) = self.buf.get(self.scanned + 5) else {
+                        return;
+                    };
+                    f.answered += 1;
+                    f.status = status;
+                }
+                _ => {}
             }
             f.remaining = len - 4;
             self.scanned += 5;
@@ -248,6 +303,21 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    /// At the client's Terminate: every request of the client has been answered, the
+    /// answers are all passed on, and Postgres was idle (not in a transaction) after them.
+    fn quiet(&self) -> bool {
+        let (Some(up), Some(down)) = (&self.up.framing, &self.down.framing) else {
+            return false;
+        };
+        !up.lost
+            && !down.lost
+            && !up.unsynced
+            && up.asked == down.answered
+            && down.status == b'I'
+            && down.remaining == 0
+            && self.down.pos == self.down.cap
+    }
+
     fn counts(&self) -> Relayed {
         Relayed {
             client_to_backend: self.up.amount,
@@ -268,7 +338,10 @@ where
                 ) {
                     // The client's Terminate is kept: the Postgres connection lives on.
                     Poll::Ready(Ok(())) if self.up.terminated => {
-                        return Poll::Ready(RelayEnd::Terminated(self.counts()));
+                        return Poll::Ready(RelayEnd::Terminated {
+                            relayed: self.counts(),
+                            quiet: self.quiet(),
+                        });
                     }
                     Poll::Ready(Ok(())) => {
                         self.up_phase = Phase::ShuttingDown;
@@ -343,7 +416,7 @@ mod tests {
         let mut cx = Context::from_waker(std::task::Waker::noop());
 
         peer.write_all(b"Q\0\0\0\x05;").await.unwrap();
-        let mut d = Direction::new(Some(Framing::default()));
+        let mut d = Direction::new(Some(Framing::new(Side::Client)));
         let polled = d.poll_copy(
             &mut cx,
             Pin::new(&mut r),
@@ -379,6 +452,46 @@ mod tests {
         );
         assert!(matches!(polled, Poll::Ready(Ok(()))));
         assert!(d.terminated);
+    }
+
+    /// At Terminate, a session is quiet only when each query, Sync and function call has
+    /// had its ReadyForQuery, nothing waits for a Sync, and Postgres is idle.
+    #[tokio::test]
+    async fn terminate_reports_whether_every_request_was_answered() {
+        let case = |up: Vec<u8>, down: Vec<u8>| async move {
+            let (mut c, mut client_side) = tokio::io::duplex(64 * 1024);
+            let (mut backend_side, mut b) = tokio::io::duplex(64 * 1024);
+            b.write_all(&down).await.unwrap();
+            let task = tokio::spawn(async move {
+                relay(&mut client_side, &mut backend_side, None, true).await
+            });
+            // The answers reach the client before it terminates.
+            let mut got = vec![0u8; down.len()];
+            c.write_all(&up[..up.len() - 5]).await.unwrap();
+            c.read_exact(&mut got).await.unwrap();
+            c.write_all(&up[up.len() - 5..]).await.unwrap();
+            match task.await.unwrap() {
+                RelayEnd::Terminated { quiet, .. } => quiet,
+                other => panic!("{other:?}"),
+            }
+        };
+        let x = msg(b'X', b"");
+        let q = msg(b'Q', b"SELECT 1\0");
+        let z = |s: u8| msg(b'Z', &[s]);
+        let rows = [msg(b'C', b"SELECT 1\0"), z(b'I')].concat();
+        assert!(case([q.clone(), x.clone()].concat(), rows.clone()).await);
+        // Two queries, one answer: one is in flight.
+        assert!(!case([q.clone(), q.clone(), x.clone()].concat(), rows.clone()).await);
+        // Answered, but inside a transaction.
+        let in_tx = [msg(b'C', b"BEGIN\0"), z(b'T')].concat();
+        assert!(!case([q.clone(), x.clone()].concat(), in_tx).await);
+        // A Parse with no Sync: Postgres would skip what follows.
+        let parse = msg(b'P', b"\0SELECT 1\0\0\0");
+        assert!(!case([parse.clone(), x.clone()].concat(), Vec::new()).await);
+        // Parse, Sync and its ReadyForQuery: quiet.
+        let parsed = [msg(b'1', b""), z(b'I')].concat();
+        let synced = [parse, msg(b'S', b""), x].concat();
+        assert!(case(synced, parsed).await);
     }
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -444,7 +557,7 @@ mod tests {
         c.write_all(&[0, 4]).await.unwrap();
         let (end, backend_side) = task.await.unwrap();
         assert!(
-            matches!(end, RelayEnd::Terminated(r) if r.client_to_backend == n as u64 + 5),
+            matches!(end, RelayEnd::Terminated { relayed: r, .. } if r.client_to_backend == n as u64 + 5),
             "{end:?}"
         );
         // Nothing of the Terminate reached Postgres, whose side stays open.

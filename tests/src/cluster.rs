@@ -15,6 +15,7 @@ use teesql_sidecar::forward::{ForwardSettings, Forwarder};
 use teesql_verifier::service::DecisionService;
 use teesql_verifier::service::config::{ServeConfig, ServeSettings};
 use teesql_verifier::service::server::{GrpcListener, Listeners, Verifier};
+use tokio::io::AsyncWriteExt;
 
 use crate::agent::TestAgent;
 use crate::postgres::{PgOptions, TempPostgres};
@@ -93,6 +94,61 @@ impl Default for ClusterOptions {
             backend: "dcap".into(),
             verifier_transport: VerifierTransport::Loopback,
         }
+    }
+}
+
+/// A logged-in session spoken in raw protocol ([`Cluster::raw_session`]).
+#[derive(Debug)]
+pub struct RawSession {
+    pub tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+}
+
+impl RawSession {
+    /// Send raw protocol bytes.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.tls.write_all(bytes).await?;
+        self.tls.flush().await?;
+        Ok(())
+    }
+
+    /// A simple query's text (a 'Q' message).
+    pub fn query(sql: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        teesql_sidecar::pgwire::frontend::query(&mut out, sql);
+        out
+    }
+
+    /// Messages up to and including the next ReadyForQuery: (tag, body) each.
+    pub async fn until_ready(&mut self) -> Result<Vec<(u8, Vec<u8>)>> {
+        let mut got = Vec::new();
+        loop {
+            let (tag, body) = teesql_sidecar::pgwire::read_message(&mut self.tls, 1 << 20).await?;
+            let done = tag == b'Z';
+            got.push((tag, body));
+            if done {
+                return Ok(got);
+            }
+        }
+    }
+
+    /// The text of the first column of every DataRow among `messages`.
+    pub fn rows(messages: &[(u8, Vec<u8>)]) -> Vec<String> {
+        messages
+            .iter()
+            .filter(|(t, _)| *t == b'D')
+            .filter_map(|(_, b)| {
+                let len = i32::from_be_bytes(b.get(2..6)?.try_into().ok()?);
+                let len = usize::try_from(len).ok()?;
+                Some(String::from_utf8_lossy(b.get(6..6 + len)?).into_owned())
+            })
+            .collect()
+    }
+
+    /// Terminate and close.
+    pub async fn terminate(mut self) -> Result<()> {
+        self.send(b"X\0\0\0\x04").await?;
+        self.tls.shutdown().await?;
+        Ok(())
     }
 }
 
@@ -445,6 +501,49 @@ impl Cluster {
         Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(name, tcp)
             .await?)
+    }
+
+    /// A session spoken in raw protocol: direct TLS, a StartupMessage with `params`
+    /// (`user` and `database` among them), SCRAM-SHA-256 with `password`, up to the first
+    /// ReadyForQuery. For tests that send what no driver would (pipelines, half-finished
+    /// extended-protocol exchanges, an early Terminate).
+    pub async fn raw_session(&self, params: &[(&str, &str)], password: &str) -> Result<RawSession> {
+        use teesql_sidecar::pgwire;
+        let mut tls = self.tls_connect(false).await?;
+        tls.write_all(&pgwire::startup_message(params)).await?;
+        let cache = teesql_sidecar::auth::scram_client::KeyCache::new();
+        let mut scram =
+            teesql_sidecar::auth::scram_client::ScramClient::new(password.as_bytes(), &cache)
+                .map_err(|e| anyhow!(e))?;
+        loop {
+            let (tag, body) = pgwire::read_message(&mut tls, 64 * 1024).await?;
+            match (
+                tag,
+                body.get(..4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            ) {
+                (b'R', Some(10)) => {
+                    let mut out = Vec::new();
+                    pgwire::frontend::sasl_initial_response(
+                        &mut out,
+                        "SCRAM-SHA-256",
+                        &scram.client_first(),
+                    );
+                    tls.write_all(&out).await?;
+                }
+                (b'R', Some(11)) => {
+                    let reply = scram.server_first(&body[4..]).map_err(|e| anyhow!(e))?;
+                    let mut out = Vec::new();
+                    pgwire::frontend::sasl_response(&mut out, &reply);
+                    tls.write_all(&out).await?;
+                }
+                (b'R', Some(12)) => scram.server_final(&body[4..]).map_err(|e| anyhow!(e))?,
+                (b'R', Some(0)) | (b'S' | b'K' | b'N', _) => {}
+                (b'Z', _) => return Ok(RawSession { tls }),
+                (b'E', _) => anyhow::bail!("refused: {}", String::from_utf8_lossy(&body)),
+                (other, _) => anyhow::bail!("unexpected {:?} during login", other as char),
+            }
+        }
     }
 
     /// Stop the verifier (its port stops answering).

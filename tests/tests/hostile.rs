@@ -12,7 +12,7 @@ use teesql_sidecar::forward::ForwardSettings;
 use teesql_sidecar::pgwire::backend;
 use teesql_tests::agent::TestAgent;
 use teesql_tests::clients::psql;
-use teesql_tests::cluster::{Cluster, ClusterOptions};
+use teesql_tests::cluster::{Cluster, ClusterOptions, RawSession};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn stderr(o: &std::process::Output) -> String {
@@ -591,4 +591,169 @@ async fn every_role_is_offered_the_same_mechanisms() {
     }
     assert!(offers.iter().all(|o| *o == offers[0]), "{offers:?}");
     assert!(String::from_utf8_lossy(&offers[0]).contains("SCRAM-SHA-256-PLUS"));
+}
+
+/// Pooling on, and one kept backend of `teesql_readwrite` to hand on.
+async fn pooling_cluster() -> Cluster {
+    Cluster::start(ClusterOptions {
+        sidecar_toml: "[backend]\npool_max_idle_per_key = 4\n".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+const RW: [(&str, &str); 3] = [
+    ("user", "teesql_readwrite"),
+    ("database", "postgres"),
+    ("client_encoding", "UTF8"),
+];
+
+/// The next client of the role asks one query: it must get exactly its own answer.
+async fn victim_answer(c: &Cluster, sql: &str) -> Vec<(u8, Vec<u8>)> {
+    let mut v = c.raw_session(&RW, &c.readwrite_secret).await.unwrap();
+    v.send(&RawSession::query(sql)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), v.until_ready())
+        .await
+        .expect("the victim's answer within 10 s")
+        .unwrap();
+    v.terminate().await.unwrap();
+    got
+}
+
+/// A client that pipelines its own `DISCARD ALL` and a slow query before Terminate must
+/// not get its backend pooled with that query still queued: the next client of the role
+/// would read the attacker's rows as the answer to its own first query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_backend_is_not_handed_on_with_a_pipelined_query() {
+    let c = pooling_cluster().await;
+    for round in 0..3 {
+        let mut a = c.raw_session(&RW, &c.readwrite_secret).await.unwrap();
+        let mut attack = RawSession::query("SELECT pg_sleep(0.3)");
+        attack.extend(RawSession::query("DISCARD ALL"));
+        attack.extend(RawSession::query("SELECT 'attacker-row', pg_sleep(0.5)"));
+        attack.extend(b"X\0\0\0\x04");
+        a.send(&attack).await.unwrap();
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let got = victim_answer(&c, "SELECT 'victim-row'").await;
+        assert!(
+            got.iter().all(|(t, _)| *t != b'E'),
+            "round {round}: {got:?}"
+        );
+        assert_eq!(RawSession::rows(&got), ["victim-row"], "round {round}");
+    }
+}
+
+/// Session state left behind an extended-protocol error without Sync (Postgres then
+/// skips everything until a Sync) must not reach the next client: temporary tables that
+/// shadow real ones, search_path, LISTEN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_backend_is_not_handed_on_with_state_behind_an_unsynced_error() {
+    let c = pooling_cluster().await;
+    let clean = "SELECT current_setting('search_path') || '|' || \
+                 (SELECT count(*) FROM pg_catalog.pg_class WHERE relpersistence = 't')::text || '|' || \
+                 (SELECT count(*) FROM pg_catalog.pg_listening_channels())::text";
+    let expected = victim_answer(&c, clean).await;
+    let expected = RawSession::rows(&expected);
+    assert_eq!(expected.len(), 1);
+    for round in 0..3 {
+        let mut a = c.raw_session(&RW, &c.readwrite_secret).await.unwrap();
+        for sql in [
+            "CREATE TEMP TABLE pg_temp.notes (body text)",
+            "SET search_path = pg_temp, public",
+            "LISTEN attacker_channel",
+        ] {
+            a.send(&RawSession::query(sql)).await.unwrap();
+            a.until_ready().await.unwrap();
+        }
+        // Parse of bad SQL, no Sync: Postgres now discards everything until a Sync.
+        let mut bad = vec![b'P'];
+        let body = b"\0SELEC broken\0\0\0";
+        bad.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        bad.extend_from_slice(body);
+        bad.extend(b"X\0\0\0\x04");
+        a.send(&bad).await.unwrap();
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let got = victim_answer(&c, clean).await;
+        assert!(
+            got.iter().all(|(t, _)| *t != b'E'),
+            "round {round}: {got:?}"
+        );
+        assert_eq!(RawSession::rows(&got), expected, "round {round}");
+    }
+}
+
+/// Whatever a client sends before its Terminate, the next client of the role gets its own
+/// answers and nothing else: random sequences of queries, pipelines, transactions, errors,
+/// unsynced extended-protocol messages, LISTEN/NOTIFY, COPY and session state, answered in
+/// part or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_sequence_before_terminate_leaks_into_the_next_session() {
+    fn ext(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+    let vocabulary: Vec<Vec<u8>> = vec![
+        RawSession::query("SELECT 'attacker-row'"),
+        RawSession::query("SELECT 'attacker-slow', pg_sleep(0.05)"),
+        RawSession::query("BEGIN"),
+        RawSession::query("COMMIT"),
+        RawSession::query("DISCARD ALL"),
+        RawSession::query("SELECT 1/0"),
+        RawSession::query("CREATE TEMP TABLE IF NOT EXISTS leftover (x int)"),
+        RawSession::query("SET search_path = pg_temp, public"),
+        RawSession::query("LISTEN leak; NOTIFY leak, 'attacker-note'"),
+        RawSession::query("COPY (SELECT 'attacker-copy') TO STDOUT"),
+        ext(b'P', b"\0SELECT 'attacker-ext'\0\0\0"),
+        ext(b'B', b"\0\0\0\0\0\0\0\0"),
+        ext(b'E', b"\0\0\0\0\0"),
+        ext(b'P', b"\0SELEC broken\0\0\0"),
+        ext(b'H', b""),
+        ext(b'S', b""),
+    ];
+    let c = pooling_cluster().await;
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    for round in 0..24 {
+        let mut a = c.raw_session(&RW, &c.readwrite_secret).await.unwrap();
+        for _ in 0..1 + rand(8) {
+            let item = &vocabulary[rand(vocabulary.len())];
+            a.send(item).await.unwrap();
+            if rand(2) == 0 && item[0] == b'Q' {
+                let _ = tokio::time::timeout(Duration::from_millis(500), a.until_ready()).await;
+            }
+        }
+        a.send(b"X\0\0\0\x04").await.unwrap();
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = victim_answer(&c, "SELECT 'victim-row'").await;
+        assert!(
+            got.iter().all(|(t, _)| *t != b'E'),
+            "round {round}: {got:?}"
+        );
+        assert!(
+            got.iter().all(|(t, _)| *t != b'A'),
+            "round {round}: {got:?}"
+        );
+        assert_eq!(
+            RawSession::rows(&got),
+            ["victim-row"],
+            "round {round}: {got:?}"
+        );
+    }
+    // Quiet sessions are still kept and handed on (the last victim's, once reset).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.sidecar.pool.idle_count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing was pooled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

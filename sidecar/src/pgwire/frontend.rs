@@ -32,3 +32,9 @@ pub fn sasl_response(out: &mut Vec<u8>, data: &[u8]) {
 pub fn query(out: &mut Vec<u8>, sql: &str) {
     put_frame(out, Some(b'Q'), |out| put_cstr(out, sql.as_bytes()));
 }
+
+/// Sync: ends an extended-query exchange; Postgres answers ReadyForQuery (and stops
+/// skipping messages after an error).
+pub fn sync(out: &mut Vec<u8>) {
+    put_frame(out, Some(b'S'), |_| {});
+}

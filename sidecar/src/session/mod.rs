@@ -168,7 +168,9 @@ async fn serve_session(shared: &Shared, ready: Ready, peer: SocketAddr) {
     )
     .await;
     drop(_cancel);
-    if let (RelayEnd::Terminated(_), Some(key)) = (&end, pool_key) {
+    // Only a connection that was quiet at the client's Terminate (everything it asked
+    // answered, idle) is reset and kept; any other is closed with the session.
+    if let (RelayEnd::Terminated { quiet: true, .. }, Some(key)) = (&end, pool_key) {
         let _ = client.shutdown().await;
         drop(client);
         shared.pool.give_back(key, backend).await;
@@ -176,7 +178,14 @@ async fn serve_session(shared: &Shared, ready: Ready, peer: SocketAddr) {
     shared.metrics.session_ended();
     let (counts, how) = match &end {
         RelayEnd::Closed(r) => (*r, "closed".to_string()),
-        RelayEnd::Terminated(r) => (*r, "terminated".to_string()),
+        RelayEnd::Terminated { relayed, quiet } => (
+            *relayed,
+            if *quiet {
+                "terminated".to_string()
+            } else {
+                "terminated with requests in flight".to_string()
+            },
+        ),
         RelayEnd::Idle(r) => (*r, "idle timeout".to_string()),
         RelayEnd::Error(e, r) => (*r, format!("error: {e}")),
     };
