@@ -6,6 +6,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc, not glibc's malloc: glibc gives each worker thread its own arena and never
+/// lends one arena's free space to another, so when the task that fills the appraisal
+/// cache moves between workers its evicted entries' memory stays behind and RSS reaches
+/// twice the cache's budget. mimalloc returns freed pages to the system after a short
+/// delay, so RSS follows what the cache holds (verifier/tests/hostile.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     teesql_proto::runtime::init_tracing(&args.log_level(), "warn");

@@ -21,6 +21,11 @@ struct Entry {
     until: u64,
 }
 
+/// What moka keeps per entry besides the value, as allocations: the key in an `Arc`, the
+/// value entry and its info, a node in each of its access, write and timer queues, a
+/// hash-table bucket. About seven small chunks.
+const ENTRY_OVERHEAD: usize = 512;
+
 /// How long appraisals of unverified evidence are kept at most.
 const UNVERIFIED_TTL: Duration = Duration::from_secs(60);
 
@@ -62,8 +67,9 @@ impl moka::Expiry<[u8; 32], Entry> for Expiry {
 fn tier(bytes: u64, max_ttl: Duration, clock: Clock) -> moka::sync::Cache<[u8; 32], Entry> {
     moka::sync::Cache::builder()
         .max_capacity(bytes)
-        // Key, entry and moka's own bookkeeping, on top of what the claims hold.
-        .weigher(|_, e: &Entry| u32::try_from(e.appraisal.weight() + 128).unwrap_or(u32::MAX))
+        .weigher(|_, e: &Entry| {
+            u32::try_from(e.appraisal.weight() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+        })
         .expire_after(Expiry { max_ttl, clock })
         .build()
 }
@@ -106,6 +112,11 @@ impl AppraisalCache {
             &self.unverified
         };
         tier.insert(key, Entry { appraisal, until });
+        // moka settles its books every 64 writes; with appraisals of a few hundred KiB
+        // that lets the cache run tens of MiB past its budget, and the allocator keeps
+        // the high-water mark. An insert follows a whole appraisal, so settling now costs
+        // nothing in comparison, and keeps the tier within its budget by one entry.
+        tier.run_pending_tasks();
     }
 
     /// Bytes held (as weighed), verified and unverified tiers, as moka last counted them

@@ -48,6 +48,28 @@ pub(crate) struct Facts {
     pub rtmr3_replayed: Option<bool>,
 }
 
+impl Facts {
+    /// Heap bytes its strings hold, as the allocator lays them out.
+    fn heap(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, |s| chunk(s.capacity()));
+        let measured = self.measured.registers.iter().flatten();
+        let identity = self.measured.identity.iter().flatten();
+        chunk(self.kind.capacity())
+            + [
+                &self.subject,
+                &self.mrtd,
+                &self.app_id,
+                &self.tcb_status,
+                &self.backend,
+                &self.root,
+            ]
+            .into_iter()
+            .map(text)
+            .sum::<usize>()
+            + measured.chain(identity).map(text).sum::<usize>()
+    }
+}
+
 /// An appraisal ready to be turned into the input of any number of decisions.
 #[derive(Debug)]
 pub(crate) struct Prepared {
@@ -64,30 +86,62 @@ fn value_of(v: &impl Serialize) -> regorus::Value {
     regorus::Value::from(serde_json::to_value(v).unwrap_or(serde_json::Value::Null))
 }
 
-/// Approximate bytes a regorus value takes: its slot, each reference-counted allocation
-/// (two counters), each collection's header and entries, each string's bytes. A walk
-/// bounded by the value's own size (the decoders bound its depth).
+/// Bytes the C allocator gives a request of `n`: glibc's chunks carry an 8-byte header,
+/// are 16-byte aligned and at least 32 bytes. What RSS pays, not what was asked for.
+const fn chunk(n: usize) -> usize {
+    let c = (n + 8 + 15) & !15;
+    if c < 32 { 32 } else { c }
+}
+
+/// Heap bytes a regorus value holds beyond its own slot, as the allocator lays them out:
+/// each `Rc` (two counters) around its contents; an array's buffer as regorus grows it
+/// (pushing, so to the next power of two); an object's or set's B-tree nodes as ascending
+/// inserts fill them (leaves of 6 of their 11 entries, the last one up to 11; an internal
+/// level of one node per 6 below). A walk bounded by the value's own size (the decoders
+/// bound its depth).
 pub(crate) fn weight(v: &regorus::Value) -> usize {
     use regorus::Value;
-    const NODE: usize = std::mem::size_of::<Value>();
+    const SLOT: usize = std::mem::size_of::<Value>();
     const RC: usize = 16;
+    // A collection's header: `Vec` is 3 words, `BTreeMap` root, height and length.
     const HEADER: usize = 24;
-    // A B-tree entry's share of its node, besides the key and value slots.
-    const TREE_ENTRY: usize = 16;
+    fn tree(n: usize, entry: usize) -> usize {
+        // A node: parent pointer, index and length, 11 entries; internal nodes 12 edges.
+        let leaf = chunk(8 + 4 + 11 * entry);
+        let internal = chunk(8 + 4 + 11 * entry + 12 * 8);
+        let mut nodes = if n <= 11 {
+            usize::from(n > 0)
+        } else {
+            n.div_ceil(6)
+        };
+        let mut bytes = nodes * leaf;
+        while nodes > 1 {
+            nodes = nodes.div_ceil(6);
+            bytes += nodes * internal;
+        }
+        bytes
+    }
     match v {
-        Value::String(s) => NODE + RC + s.len(),
-        Value::Array(a) => NODE + RC + HEADER + a.iter().map(weight).sum::<usize>(),
+        Value::String(s) => chunk(RC + s.len()),
+        Value::Array(a) => {
+            let cap = if a.is_empty() {
+                0
+            } else {
+                a.len().next_power_of_two().max(4)
+            };
+            chunk(RC + HEADER)
+                + if cap > 0 { chunk(cap * SLOT) } else { 0 }
+                + a.iter().map(weight).sum::<usize>()
+        }
         Value::Set(s) => {
-            NODE + RC + HEADER + s.iter().map(|x| weight(x) + TREE_ENTRY).sum::<usize>()
+            chunk(RC + HEADER) + tree(s.len(), SLOT) + s.iter().map(weight).sum::<usize>()
         }
         Value::Object(o) => {
-            NODE + RC
-                + HEADER
-                + o.iter()
-                    .map(|(k, x)| weight(k) + weight(x) + TREE_ENTRY)
-                    .sum::<usize>()
+            chunk(RC + HEADER)
+                + tree(o.len(), 2 * SLOT)
+                + o.iter().map(|(k, x)| weight(k) + weight(x)).sum::<usize>()
         }
-        _ => NODE,
+        _ => 0,
     }
 }
 
@@ -119,7 +173,8 @@ impl Prepared {
             value_of(&appraised.app),
             value_of(&appraised.binding),
         );
-        let weight = std::mem::size_of::<Self>()
+        let weight = chunk(16 + std::mem::size_of::<Self>())
+            + facts.heap()
             + [&evidence, &tdx, &app, &binding]
                 .into_iter()
                 .map(weight)
