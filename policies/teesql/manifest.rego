@@ -55,8 +55,9 @@ deny contains d if {
 	d := {"code": "manifest_signer_not_pinned", "message": sprintf("the manifest was signed by %s; pinned signers: %s", [input.manifest.signer, data.teesql.lib.shown(pinned_signers)])}
 }
 
-# The verifier remembers the highest epoch it accepted per cluster: an older manifest,
-# however validly signed, is a rollback to a former leader.
+# The verifier remembers the highest epoch it accepted per (cluster, signer), for the
+# signers pinned here only (a caller's own expected_signers cannot poison it): an older
+# manifest, however validly signed, is a rollback to a former leader.
 deny contains d if {
 	input.manifest.error == null
 	is_number(input.manifest.highest_epoch_seen)

@@ -45,7 +45,8 @@ pub fn read_tenants(path: &Path) -> Result<Vec<(String, Privileges)>, String> {
     let Some(tenants) = data.pointer("/teesql/tenants").and_then(|t| t.as_object()) else {
         return Err(format!("--tenants {shown}: no object at teesql.tenants"));
     };
-    let mut out = Vec::new();
+    let mut out: Vec<(String, Privileges)> = Vec::new();
+    let mut owners: Vec<(String, &str, bool)> = Vec::new();
     for (name, spec) in tenants {
         let what = format!("--tenants {shown}: teesql.tenants.{name}");
         let role = spec
@@ -67,7 +68,24 @@ pub fn read_tenants(path: &Path) -> Result<Vec<(String, Privileges)>, String> {
                 ));
             }
         };
-        out.push((role.to_string(), privileges));
+        // A role shared by tenants leaves only row-level security between them (query
+        // text in pg_stat_activity, cancelling each other's backends, pooled backends
+        // passing between them): refused unless each tenant says so.
+        let shared = spec
+            .get("shared_role")
+            .and_then(|s| s.as_bool())
+            .unwrap_or(false);
+        if let Some((other, _, other_shared)) = owners.iter().find(|(_, r, _)| *r == role)
+            && !(shared && *other_shared)
+        {
+            return Err(format!(
+                "{what}: role {role} is also tenant {other}'s: give each tenant a role of its own, or set \"shared_role\": true on both (then only row-level security separates them)"
+            ));
+        }
+        owners.push((name.clone(), role, shared));
+        if !out.iter().any(|(r, _)| r == role) {
+            out.push((role.to_string(), privileges));
+        }
     }
     Ok(out)
 }
@@ -340,4 +358,37 @@ async fn exec_formatted(
     c.batch_execute(&sql)
         .await
         .map_err(|e| format!("{}: {}", template.replace("%L", "***"), error_chain(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_role_shared_by_tenants_is_refused_unless_both_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data.json");
+        let write = |acme_shared: bool, globex_shared: bool| {
+            let data = serde_json::json!({"teesql": {"tenants": {
+                "acme": {"role": "tenant_shared", "privileges": "read", "shared_role": acme_shared},
+                "globex": {"role": "tenant_shared", "privileges": "read", "shared_role": globex_shared},
+                "initech": {"role": "tenant_initech", "privileges": "readwrite"},
+            }}});
+            std::fs::write(&file, data.to_string()).unwrap();
+        };
+        write(false, false);
+        let e = read_tenants(&file).unwrap_err();
+        assert!(
+            e.contains("tenant_shared") && e.contains("a role of its own"),
+            "{e}"
+        );
+        write(true, false);
+        assert!(read_tenants(&file).is_err());
+        write(true, true);
+        let roles = read_tenants(&file).unwrap();
+        assert_eq!(
+            roles.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+            ["tenant_shared", "tenant_initech"]
+        );
+    }
 }

@@ -508,8 +508,23 @@ impl Cluster {
     /// ReadyForQuery. For tests that send what no driver would (pipelines, half-finished
     /// extended-protocol exchanges, an early Terminate).
     pub async fn raw_session(&self, params: &[(&str, &str)], password: &str) -> Result<RawSession> {
+        self.raw_session_with(self.client_tls()?, params, password)
+            .await
+    }
+
+    /// [`Self::raw_session`] with `tls` (e.g. presenting an application's certificate).
+    pub async fn raw_session_with(
+        &self,
+        tls: rustls::ClientConfig,
+        params: &[(&str, &str)],
+        password: &str,
+    ) -> Result<RawSession> {
         use teesql_sidecar::pgwire;
-        let mut tls = self.tls_connect(false).await?;
+        let tcp = tokio::net::TcpStream::connect(self.sidecar_addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await?;
         tls.write_all(&pgwire::startup_message(params)).await?;
         let cache = teesql_sidecar::auth::scram_client::KeyCache::new();
         let mut scram =

@@ -606,3 +606,140 @@ async fn a_database_without_the_identity_schema_refuses_sessions_and_says_why() 
         .unwrap_err();
     assert!(why.contains("run `teesql-sidecar provision`"), "{why}");
 }
+
+/// A tenant role sees nothing of another tenant's activity: not its query text in
+/// `pg_stat_activity` (that needs pg_read_all_stats or the same role) and it cannot
+/// cancel the other's backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_sees_and_stops_nothing_of_another_tenants_activity() {
+    let s = setup(false, false).await.unwrap();
+    let globex = s
+        .connect(&s.globex, "teesql_app", &s.globex_secret)
+        .await
+        .unwrap()
+        .unwrap();
+    let globex_pid = pid(&globex).await;
+    let busy = tokio::spawn(async move {
+        globex
+            .simple_query("SELECT pg_sleep(3), 'globex-secret-marker'")
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let acme = s
+        .connect(&s.acme, "teesql_app", &s.acme_secret)
+        .await
+        .unwrap()
+        .unwrap();
+    let rows = acme
+        .query(
+            "SELECT coalesce(query, ''), client_addr IS NULL, state IS NULL \
+             FROM pg_stat_activity WHERE pid = $1",
+            &[&globex_pid],
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(String, bool, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        seen,
+        [("<insufficient privilege>".to_string(), true, true)],
+        "{seen:?}"
+    );
+    for signal in ["pg_cancel_backend", "pg_terminate_backend"] {
+        let e = acme
+            .query_one(&format!("SELECT {signal}($1)"), &[&globex_pid])
+            .await
+            .unwrap_err();
+        assert!(
+            e.as_db_error()
+                .is_some_and(|d| d.message().contains("permission denied")
+                    || d.message().contains("must be a member")),
+            "{signal}: {e:?}"
+        );
+    }
+    busy.await.unwrap().unwrap();
+}
+
+/// Two tenants that share a role on purpose (`shared_role`) and a pool: whatever one
+/// pipelines before its Terminate, the other's session on a handed-over backend answers
+/// only its own query, as its own tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_role_pool_hands_nothing_from_one_tenant_to_another() {
+    use teesql_tests::cluster::{Cluster, ClusterOptions, RawSession, repo_root};
+    let dir = tempfile::tempdir().unwrap();
+    let acme = teesql_tests::tenants::app("acme-shared", dir.path())
+        .await
+        .unwrap();
+    let globex = teesql_tests::tenants::app("globex-shared", dir.path())
+        .await
+        .unwrap();
+    let profile = dir.path().join("profile");
+    std::fs::create_dir(&profile).unwrap();
+    std::fs::write(
+        profile.join("profile.toml"),
+        format!(
+            "extends = [{:?}]\n",
+            repo_root().join("policies/dev").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        profile.join("data.json"),
+        json!({"teesql": {"tenants": {
+            "acme": {"role": "tenant_shared", "privileges": "readwrite", "shared_role": true,
+                     "compose_hashes": [acme.agent.compose_hash_hex()]},
+            "globex": {"role": "tenant_shared", "privileges": "readwrite", "shared_role": true,
+                       "compose_hashes": [globex.agent.compose_hash_hex()]},
+        }}})
+        .to_string(),
+    )
+    .unwrap();
+    let cluster = Cluster::start(ClusterOptions {
+        seed: teesql_tests::tenants::SEED,
+        profile: profile.display().to_string(),
+        sidecar_toml: "[backend]\npool_max_idle_per_key = 4\n\
+             [[auth.roles]]\nname = \"tenant_shared\"\nprivileges = \"readwrite\"\ngranted = true\nattestation_only = true\n"
+            .into(),
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let tls = |app: &App| {
+        teesql_tests::clients::tls_config(&cluster.agent.app_ca_path(), Some((&app.cert, &app.key)))
+            .unwrap()
+    };
+    let params = [
+        ("user", "tenant_shared"),
+        ("database", "postgres"),
+        ("client_encoding", "UTF8"),
+    ];
+    for round in 0..3 {
+        let mut a = cluster
+            .raw_session_with(tls(&acme), &params, "x")
+            .await
+            .unwrap();
+        let mut attack = RawSession::query("SELECT pg_sleep(0.3)");
+        attack.extend(RawSession::query("DISCARD ALL"));
+        attack.extend(RawSession::query("SELECT teesql.tenant(), pg_sleep(0.5)"));
+        attack.extend(b"X\0\0\0\x04");
+        a.send(&attack).await.unwrap();
+        drop(a);
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let mut v = cluster
+            .raw_session_with(tls(&globex), &params, "x")
+            .await
+            .unwrap();
+        v.send(&RawSession::query("SELECT teesql.tenant()"))
+            .await
+            .unwrap();
+        let got = v.until_ready().await.unwrap();
+        assert!(
+            got.iter().all(|(t, _)| *t != b'E'),
+            "round {round}: {got:?}"
+        );
+        assert_eq!(RawSession::rows(&got), ["globex"], "round {round}");
+        v.terminate().await.unwrap();
+    }
+}

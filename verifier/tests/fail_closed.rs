@@ -161,3 +161,27 @@ async fn a_reload_that_drops_a_file_is_refused_and_the_old_set_keeps_serving() {
     assert!(err.contains("report"), "{err}");
     assert_eq!(service.policies().hash(), serving);
 }
+
+/// Tenants sharing one Postgres role have only row-level security between them: a
+/// profile that does so is refused at load unless each such tenant says `shared_role`.
+#[test]
+fn tenants_sharing_a_role_are_refused_unless_they_say_so() {
+    let dir = production_without(&[]);
+    let data_path = dir.path().join("data.json");
+    let mut data: Value =
+        serde_json::from_str(&std::fs::read_to_string(&data_path).unwrap()).unwrap();
+    data["teesql"]["tenants"] = json!({
+        "acme": {"role": "tenant_shared", "privileges": "read", "compose_hashes": ["aa"]},
+        "globex": {"role": "tenant_shared", "privileges": "read", "compose_hashes": ["bb"]},
+    });
+    std::fs::write(&data_path, data.to_string()).unwrap();
+    let e = load(dir.path()).unwrap_err();
+    assert!(e.contains("share the Postgres role tenant_shared"), "{e}");
+    assert!(e.contains("acme") && e.contains("globex"), "{e}");
+    data["teesql"]["tenants"]["acme"]["shared_role"] = json!(true);
+    std::fs::write(&data_path, data.to_string()).unwrap();
+    assert!(load(dir.path()).is_err(), "both must say so");
+    data["teesql"]["tenants"]["globex"]["shared_role"] = json!(true);
+    std::fs::write(&data_path, data.to_string()).unwrap();
+    load(dir.path()).unwrap();
+}

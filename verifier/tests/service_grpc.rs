@@ -712,3 +712,96 @@ async fn dev_agent_certificates_over_grpc() {
         assert_eq!(again.allow, allow);
     }
 }
+
+/// A caller names its own key as a signer it trusts and gets a self-signed manifest with
+/// epoch 2^64-1 accepted: that must not make every genuine manifest of the cluster a
+/// rollback. Epochs are remembered per (cluster, signer) and only for signers the
+/// verifier's own data pins, and with a state directory they survive a restart.
+#[tokio::test]
+async fn a_callers_own_signer_cannot_poison_the_clusters_epochs() {
+    let genuine = k256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
+    let pinned = format!("0x{}", hex::encode(address_of(genuine.verifying_key())));
+    let attacker = k256::ecdsa::SigningKey::from_slice(&[0x66; 32]).unwrap();
+    let attackers = format!("0x{}", hex::encode(address_of(attacker.verifying_key())));
+    let state = tempfile::tempdir().unwrap();
+    let start = || {
+        let dir = state.path().to_path_buf();
+        Running::start(move |s| s.state_dir = Some(dir))
+    };
+    let pin = |svc: &Running| {
+        let data_path = svc.policy_dir.path().join("data.json");
+        let mut data: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&data_path).unwrap()).unwrap();
+        data["teesql"]["manifest_signers"] = serde_json::json!([pinned]);
+        std::fs::write(&data_path, data.to_string()).unwrap();
+    };
+    let manifest = |key: &k256::ecdsa::SigningKey, epoch: u64| {
+        let mut m = Manifest::parse(&format!(
+            "v=1;cluster=0xbd32b609057a1a4569558a571d535c8f1212b097;leader_instance=ea23198e3419ebbb240571a29d0112d9bcbe69c0;leader_url=https://leader.example:5433;epoch={epoch};valid_until={};sig=0x{}",
+            NOW + 3600,
+            "00".repeat(65)
+        ))
+        .unwrap();
+        m.signature = sign(key, &m).unwrap();
+        m.to_txt()
+    };
+    let ask = |txt: String, expected: Vec<String>| VerifyManifestRequest {
+        nonce: Vec::new(),
+        manifest: txt,
+        leader_chain: vec![],
+        expected_signers: expected,
+    };
+
+    let svc = start().await;
+    pin(&svc);
+    svc.service.reload().await.unwrap();
+    let mut c = svc.client().await;
+    let d = c
+        .verify_manifest(ask(manifest(&genuine, 7), vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(d.allow, "{:?}", d.reasons);
+    // The attack: its own key as an expected signer, the highest epoch there is, many times.
+    for _ in 0..50 {
+        let d = c
+            .verify_manifest(ask(manifest(&attacker, u64::MAX), vec![attackers.clone()]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(d.allow, "the caller trusts its own signer: {:?}", d.reasons);
+    }
+    // The genuine signer's next manifest is not a rollback; its older one still is.
+    let d = c
+        .verify_manifest(ask(manifest(&genuine, 8), vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(d.allow, "{:?}", d.reasons);
+    let d = c
+        .verify_manifest(ask(manifest(&genuine, 6), vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.reasons[0].code, "manifest_rolled_back", "{:?}", d.reasons);
+    drop(c);
+    drop(svc);
+
+    // A restarted verifier with the same state directory still remembers epoch 8.
+    let svc = start().await;
+    pin(&svc);
+    svc.service.reload().await.unwrap();
+    let mut c = svc.client().await;
+    let d = c
+        .verify_manifest(ask(manifest(&genuine, 7), vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.reasons[0].code, "manifest_rolled_back", "{:?}", d.reasons);
+    let d = c
+        .verify_manifest(ask(manifest(&genuine, 9), vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(d.allow, "{:?}", d.reasons);
+}

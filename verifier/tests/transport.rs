@@ -191,7 +191,22 @@ fn plaintext_off_loopback_is_refused_unless_told() {
 async fn policy_admin_needs_the_token_when_one_is_set() {
     let dir = tempfile::tempdir().unwrap();
     let token = "0123456789abcdef-admin";
-    std::fs::write(dir.path().join("admin.token"), format!("{token}\n")).unwrap();
+    let file = dir.path().join("admin.token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    // Readable by others: refused, as ssh refuses such a key, naming the mode.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = ServeConfig::resolve(ServeSettings {
+        admin_token_file: Some(file.clone()),
+        ..settings()
+    })
+    .unwrap_err()
+    .join("\n");
+    assert!(
+        e.contains("admin_token_file") && e.contains("0644") && e.contains("too open"),
+        "{e}"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (url, _stop) = serve(ServeSettings {
         admin_token_file: Some(dir.path().join("admin.token")),
         reflection: Some(false),
@@ -302,8 +317,10 @@ async fn a_silent_peer_on_the_tls_listener_is_closed_at_the_deadline() {
     let pki = Pki::new();
     let (url, _stop) = serve(pki.serving()).await;
     let addr = url.trim_start_matches("https://").to_string();
-    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Before the connect: the server's deadline runs from its accept, which may come
+    // before this task resumes after the connect on a busy machine.
     let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let by_ca = ServerTrust::CaFile(pki.files.ca.clone());
     assert!(decide(channel(&url, Some(&by_ca))).await.unwrap());
     let deadline = teesql_verifier::service::grpc::TLS_HANDSHAKE_DEADLINE;

@@ -177,6 +177,39 @@ pub struct PolicySet {
     files: Vec<PolicyFile>,
     hash: String,
     dirs: Vec<PathBuf>,
+    /// `data.teesql.manifest_signers`, lowercase: the signers whose manifests' epochs the
+    /// verifier remembers.
+    manifest_signers: Vec<String>,
+}
+
+/// Tenants sharing one Postgres role have only row-level security between them: each
+/// sees the other's query text in `pg_stat_activity`, can cancel its backends, and a kept
+/// backend may pass from one to the other. A role shared by tenants is refused unless
+/// every tenant naming it says `"shared_role": true`.
+fn check_tenants(data: &serde_json::Value) -> Result<(), PolicyError> {
+    let Some(tenants) = data["teesql"]["tenants"].as_object() else {
+        return Ok(());
+    };
+    let mut by_role: std::collections::BTreeMap<&str, Vec<(&str, bool)>> = Default::default();
+    for (name, spec) in tenants {
+        if let Some(role) = spec["role"].as_str() {
+            let shared = spec["shared_role"].as_bool().unwrap_or(false);
+            by_role.entry(role).or_default().push((name, shared));
+        }
+    }
+    for (role, names) in by_role {
+        if names.len() > 1 && names.iter().any(|(_, shared)| !shared) {
+            let list: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+            return Err(PolicyError::Data {
+                path: "data.json".into(),
+                detail: format!(
+                    "teesql.tenants: tenants {} share the Postgres role {role}: give each tenant a role of its own, or set \"shared_role\": true on each of them (then only row-level security separates them: each sees the other's query text in pg_stat_activity and can cancel its backends)",
+                    list.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The VM program with one entry point per purpose.
@@ -233,6 +266,16 @@ impl PolicySet {
         packages.sort();
         packages.dedup();
         check_references(&loaded.files, &packages, &loaded.data)?;
+        check_tenants(&loaded.data)?;
+        let manifest_signers = loaded.data["teesql"]["manifest_signers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str())
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default();
 
         // Analyse and schedule once, here, so every clone starts prepared and a set that
         // cannot be evaluated is rejected at load time rather than on the first request.
@@ -266,7 +309,15 @@ impl PolicySet {
             hash: loaded.hash,
             files: loaded.files,
             dirs: dirs.to_vec(),
+            manifest_signers,
         })
+    }
+
+    /// Whether the policy data pins `signer` (an address, `0x` + 40 hex) as a manifest
+    /// signer (`data.teesql.manifest_signers`).
+    pub fn pins_manifest_signer(&self, signer: &str) -> bool {
+        let signer = signer.trim().to_ascii_lowercase();
+        self.manifest_signers.contains(&signer)
     }
 
     /// The time limit of one evaluation.

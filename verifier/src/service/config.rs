@@ -155,6 +155,11 @@ pub struct ServeSettings {
     /// [env: TEESQL_VERIFIER_ITA_POLICY_MUST_MATCH]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub ita_policy_must_match: Option<bool>,
+    /// Where the verifier keeps what must survive a restart: the highest accepted epoch of
+    /// each pinned signer's leader manifests (manifest-epochs.json), so a restart does not
+    /// forget rollback protection [default: none, kept in memory]. [env: TEESQL_VERIFIER_STATE_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Appraise as of this fixed unix time instead of the clock (recorded evidence, tests). [env: TEESQL_VERIFIER_NOW]
     #[arg(long, value_name = "UNIX")]
     pub now: Option<u64>,
@@ -235,6 +240,7 @@ impl ServeSettings {
             ita_api_key_file,
             ita_policy_ids,
             ita_policy_must_match,
+            state_dir,
             now
         )
     }
@@ -283,6 +289,7 @@ impl ServeSettings {
             ita_api_key_file: path("TEESQL_VERIFIER_ITA_API_KEY_FILE"),
             ita_policy_ids: env.var("TEESQL_VERIFIER_ITA_POLICY_IDS"),
             ita_policy_must_match: p.env_switch(env, "TEESQL_VERIFIER_ITA_POLICY_MUST_MATCH"),
+            state_dir: path("TEESQL_VERIFIER_STATE_DIR"),
             now: p.env(env, "TEESQL_VERIFIER_NOW"),
         }
     }
@@ -450,7 +457,7 @@ impl ServeConfig {
             }
         }
         let admin = match &s.admin_token_file {
-            Some(path) => match std::fs::read_to_string(path) {
+            Some(path) => match private_file(path) {
                 Ok(t) if t.trim().len() >= 16 => Some(AdminAccess::token(t.trim())),
                 Ok(_) => {
                     p.push(format!(
@@ -563,6 +570,22 @@ impl ServeConfig {
             None
         };
         let clock = s.now.map(Clock::Fixed).unwrap_or(Clock::System);
+        // The state directory must exist and its epoch file, if any, be readable: a
+        // corrupt one is a start-up error, not silently forgotten protection.
+        let manifest_epochs_file = s.state_dir.as_ref().and_then(|dir| {
+            if !dir.is_dir() {
+                p.push(format!(
+                    "state_dir {}: not a directory (create it; the verifier keeps manifest epochs there)",
+                    dir.display()
+                ));
+                return None;
+            }
+            let file = dir.join("manifest-epochs.json");
+            super::epochs::Epochs::open(Some(file.clone()))
+                .map_err(|e| p.push(format!("state_dir: {e}")))
+                .ok()
+                .map(|_| file)
+        });
         p.finish(|| {
             Some(Self {
                 listen: listen?,
@@ -598,6 +621,7 @@ impl ServeConfig {
                     cache_max_bytes: cache_mib.saturating_mul(1 << 20),
                     cache_max_ttl: Duration::from_secs(cache_ttl),
                     clock,
+                    manifest_epochs_file,
                 },
                 eval_limit: Duration::from_millis(eval_ms),
                 request_timeout: Duration::from_secs(request_timeout),
@@ -625,6 +649,23 @@ impl ServeConfig {
             None => service,
         }))
     }
+}
+
+/// Read a file that holds a credential, refusing it (as ssh refuses a private key) when
+/// its group or others may read or write it: the error names the mode.
+fn private_file(path: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "permissions {:04o} are too open: the file holds a credential, so group and others may have no access (chmod 600)",
+            mode & 0o7777
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 mod cache;
 pub mod config;
 pub mod ear;
+pub mod epochs;
 pub mod grpc;
 pub mod identity;
 pub mod log;
@@ -145,6 +146,8 @@ pub struct ServiceOptions {
     /// Longest an appraisal is kept, whatever its collateral says.
     pub cache_max_ttl: Duration,
     pub clock: Clock,
+    /// Where accepted manifest epochs are kept across restarts; `None` = in memory.
+    pub manifest_epochs_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServiceOptions {
@@ -153,6 +156,7 @@ impl Default for ServiceOptions {
             cache_max_bytes: 64 << 20,
             cache_max_ttl: Duration::from_secs(3600),
             clock: Clock::System,
+            manifest_epochs_file: None,
         }
     }
 }
@@ -170,7 +174,7 @@ pub struct DecisionService {
     /// older load can never be stored over a newer one.
     reloading: tokio::sync::Mutex<()>,
     /// The highest manifest epoch accepted per cluster, against rollback.
-    epochs: Epochs,
+    epochs: epochs::Epochs,
     /// Appraisals under way, by cache key: a burst of handshakes with the same fresh
     /// certificate verifies its quote once.
     appraising: cache::SingleFlight<Appraisal>,
@@ -227,35 +231,6 @@ impl TokenRequest {
     }
 }
 
-/// The highest epoch of an accepted manifest, per cluster (in memory: a restarted or
-/// another replica of the verifier starts from what it sees next).
-#[derive(Debug, Default)]
-struct Epochs {
-    seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
-}
-
-/// Clusters remembered at most.
-const MAX_CLUSTERS: usize = 10_000;
-
-impl Epochs {
-    fn highest(&self, cluster: &str) -> Option<u64> {
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(cluster).copied()
-    }
-
-    fn saw(&self, cluster: String, epoch: u64) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if !seen.contains_key(&cluster) && seen.len() >= MAX_CLUSTERS {
-            // Forget the cluster with the lowest epoch rather than grow.
-            if let Some(k) = seen.iter().min_by_key(|(_, e)| **e).map(|(k, _)| k.clone()) {
-                seen.remove(&k);
-            }
-        }
-        let e = seen.entry(cluster).or_insert(epoch);
-        *e = (*e).max(epoch);
-    }
-}
-
 /// What the decision log and metrics need to know about the peer.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PeerSummary {
@@ -301,7 +276,15 @@ impl DecisionService {
             metrics,
             reloading: tokio::sync::Mutex::new(()),
             appraising: cache::SingleFlight::default(),
-            epochs: Epochs::default(),
+            // The file was read once when the settings were checked: a failure here is a
+            // race with whoever changed it since, and rollback protection then starts
+            // from memory.
+            epochs: epochs::Epochs::open(options.manifest_epochs_file.clone()).unwrap_or_else(
+                |e| {
+                    tracing::error!(error = %e, "cannot read the manifest epochs; starting without them");
+                    epochs::Epochs::default()
+                },
+            ),
             signer: None,
         }
     }
@@ -625,8 +608,16 @@ impl DecisionService {
             .iter()
             .map(|s| s.trim().to_ascii_lowercase())
             .collect();
-        let cluster = (manifest.error.is_none()).then(|| manifest.cluster.clone());
-        manifest.highest_epoch_seen = cluster.as_ref().and_then(|c| self.epochs.highest(c));
+        // Rollback protection per (cluster, signer): the epoch this signer's manifests of
+        // the cluster have reached.
+        let signed = manifest
+            .signer
+            .clone()
+            .filter(|_| manifest.error.is_none())
+            .map(|signer| (manifest.cluster.clone(), signer));
+        manifest.highest_epoch_seen = signed
+            .as_ref()
+            .and_then(|(cluster, signer)| self.epochs.highest(cluster, signer));
         let epoch = manifest.epoch;
         let key = cache_key("peer", &leader_chain, None);
         let decision = self
@@ -644,10 +635,12 @@ impl DecisionService {
                 token,
             })
             .await?;
-        // Only an accepted manifest moves the cluster's epoch forward: a forged one
-        // cannot push genuine ones out.
-        if let (true, Some(cluster)) = (decision.allow, cluster) {
-            self.epochs.saw(cluster, epoch);
+        // Only an accepted manifest of a signer the policy data pins moves the epoch
+        // forward: one accepted on a caller's own signer cannot block genuine ones.
+        if let (true, Some((cluster, signer))) = (decision.allow, signed)
+            && self.policies().pins_manifest_signer(&signer)
+        {
+            self.epochs.saw(&cluster, &signer, epoch, self.clock.now());
         }
         Ok(decision)
     }
