@@ -70,6 +70,11 @@ pub struct VerifierFile {
     pub ca_file: Option<PathBuf>,
     /// Or the SHA-256 (hex) of the https verifier's certificate.
     pub cert_sha256: Option<String>,
+    /// The policies decisions may come from (`sha256:<hex>` each, as decisions carry them
+    /// and the verifier prints them at start), during a rollout the old and the new
+    /// [default: the first answer's; an endpoint answering under another is not believed:
+    /// the next one is asked].
+    pub policy_hashes: Option<Vec<String>>,
     /// Or a policy profile whose purpose `verifier` judges the https verifier's own
     /// RA-TLS certificate (pins in data.teesql.verifier_pins), appraised in the sidecar.
     pub identity_policy_dir: Option<PathBuf>,
@@ -193,6 +198,9 @@ pub struct LimitsFile {
     pub first_packet_timeout_secs: Option<u64>,
     /// Open connections per HTTP listener [default: 64].
     pub http_max_connections: Option<usize>,
+    /// Open connections per HTTP listener from one client address (IPv6: a /64)
+    /// [default: 16].
+    pub http_connections_per_address: Option<usize>,
     /// Time for an HTTP client to send its request headers, seconds [default: 5].
     pub http_header_timeout_secs: Option<u64>,
     /// Longest an HTTP connection may live, seconds [default: 30].
@@ -290,6 +298,7 @@ pub mod defaults {
     pub const HANDSHAKES_PER_ADDRESS: usize = 256;
     pub const FIRST_PACKET_TIMEOUT_SECS: u64 = 5;
     pub const HTTP_MAX_CONNECTIONS: usize = 64;
+    pub const HTTP_CONNECTIONS_PER_ADDRESS: usize = 16;
     pub const HTTP_HEADER_TIMEOUT_SECS: u64 = 5;
     pub const HTTP_CONNECTION_TIMEOUT_SECS: u64 = 30;
 }
@@ -304,6 +313,8 @@ pub struct SidecarConfig {
     pub verifier_url: String,
     pub verifier_trust: Option<ServerTrust>,
     pub verifier_timeout: Duration,
+    /// Policy hashes decisions may come from; empty = the first answer's.
+    pub verifier_policy_hashes: Vec<String>,
     pub backend: BackendConfig,
     pub auth_method: ClientAuthMethod,
     pub channel_binding: ChannelBinding,
@@ -454,6 +465,16 @@ impl SidecarConfig {
         if let Err(e) = teesql_proto::transport::check(&verifier_url, verifier_trust.as_ref()) {
             p.push(format!("verifier.url {e}"));
         }
+        let verifier_policy_hashes = first([
+            e("TEESQL_VERIFIER_POLICY_HASHES").map(|v| vec![v]),
+            file.verifier.policy_hashes,
+        ])
+        .map(|given| crate::verifier::parse_policy_hashes(&given))
+        .transpose()
+        .map_err(|e| p.report("verifier.policy_hashes", &e))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
         let verifier_timeout = Duration::from_millis(positive(
             &mut p,
             "verifier.timeout_ms",
@@ -792,6 +813,12 @@ impl SidecarConfig {
                         .unwrap_or(defaults::HTTP_MAX_CONNECTIONS),
                     1,
                 ),
+                max_per_address: p.at_least(
+                    "limits.http_connections_per_address",
+                    l.http_connections_per_address
+                        .unwrap_or(defaults::HTTP_CONNECTIONS_PER_ADDRESS),
+                    1,
+                ),
                 header_timeout: secs(
                     &mut p,
                     "limits.http_header_timeout_secs",
@@ -816,6 +843,7 @@ impl SidecarConfig {
                 verifier_url,
                 verifier_trust,
                 verifier_timeout,
+                verifier_policy_hashes,
                 backend,
                 auth_method,
                 channel_binding,

@@ -46,6 +46,8 @@ pub struct ForwardConfig {
     pub verifier_trust: Option<ServerTrust>,
     /// Time limit of one decision.
     pub verifier_timeout: Duration,
+    /// Policy hashes the verifier's decisions may come from; empty = the first answer's.
+    pub verifier_policy_hashes: Vec<String>,
     /// Which policy judges the server [default: client].
     pub purpose: String,
     /// MRTDs the application expects (hex), checked on top of the policy's pins.
@@ -90,6 +92,9 @@ pub struct ForwardSettings {
     /// How an https verifier is trusted (`--verifier-ca-file`, `--verifier-cert-sha256`,
     /// `--verifier-identity-*`), over the environment (`TEESQL_VERIFIER_CA_FILE`, …).
     pub verifier_trust: crate::verifier::TrustSettings,
+    /// `sha256:<hex>` each [default: env TEESQL_VERIFIER_POLICY_HASHES, else the first
+    /// answer's].
+    pub verifier_policy_hashes: Vec<String>,
     /// [default: `DEFAULT_PURPOSE`]
     pub purpose: Option<String>,
     /// As given: 96 hex digits each, optional `0x`, any case; blanks ignored
@@ -217,6 +222,18 @@ impl ForwardSettings {
         if let Err(e) = teesql_proto::transport::check(&verifier_url, verifier_trust.as_ref()) {
             errors.push(format!("--verifier {e}"));
         }
+        let given_hashes = if self.verifier_policy_hashes.is_empty() {
+            env.var("TEESQL_VERIFIER_POLICY_HASHES")
+                .into_iter()
+                .collect()
+        } else {
+            self.verifier_policy_hashes
+        };
+        let verifier_policy_hashes = crate::verifier::parse_policy_hashes(&given_hashes)
+            .unwrap_or_else(|e| {
+                errors.push(format!("--verifier-policy-hash: {e}"));
+                Vec::new()
+            });
         let (Some(listen), true) = (listen, errors.is_empty()) else {
             return Err(errors);
         };
@@ -227,6 +244,7 @@ impl ForwardSettings {
             verifier_url,
             verifier_trust,
             verifier_timeout: VERIFIER_TIMEOUT,
+            verifier_policy_hashes,
             purpose,
             expected_mrtds,
             expected_compose_hashes,
@@ -402,7 +420,8 @@ impl Forwarder {
             &config.verifier_url,
             config.verifier_trust.as_ref(),
             config.verifier_timeout,
-        )?;
+        )?
+        .with_policy_hashes(config.verifier_policy_hashes.clone(), Default::default());
         Ok(Arc::new(Self {
             connector: TlsConnector::from(Arc::new(tls)),
             verifier,
@@ -675,14 +694,16 @@ impl Forwarder {
         Ok(())
     }
 
-    /// The first record the verifier allows (with the leader's chain, when given), or
-    /// every record's reasons.
+    /// Of the records the verifier allows (with the leader's chain, when given), the one
+    /// with the highest epoch: a stale record left beside the current one must not win
+    /// by coming first. Or every record's reasons.
     async fn first_allowed(
         &self,
         records: &[String],
         chain: &[Vec<u8>],
     ) -> Result<(String, Decision), String> {
         let mut why = Vec::new();
+        let mut best: Option<(u64, String, Decision)> = None;
         for (i, record) in records.iter().enumerate() {
             let decision = self
                 .verifier
@@ -695,9 +716,20 @@ impl Forwarder {
                 .await
                 .map_err(|e| format!("verifier unavailable ({})", e.detail))?;
             match allowed(&decision) {
-                Ok(()) => return Ok((record.clone(), decision)),
+                Ok(()) => {
+                    let epoch = serde_json::from_str::<serde_json::Value>(&decision.claims_json)
+                        .ok()
+                        .and_then(|c| c["manifest"]["epoch"].as_u64())
+                        .unwrap_or(0);
+                    if best.as_ref().is_none_or(|(e, _, _)| epoch > *e) {
+                        best = Some((epoch, record.clone(), decision));
+                    }
+                }
                 Err(e) => why.push(format!("record {} of {}: {e}", i + 1, records.len())),
             }
+        }
+        if let Some((_, record, decision)) = best {
+            return Ok((record, decision));
         }
         Err(match why.len() {
             0 => "no manifest record".to_string(),

@@ -1,6 +1,7 @@
 //! The sidecar's HTTP listeners, hardened for unauthenticated callers: a connection cap
-//! (a permit per connection), a deadline to read request headers, a cap on a
-//! connection's whole life, and a drained shutdown. HTTP/1.1 only.
+//! (a permit per connection) and a smaller one per client address (so one address
+//! trickling requests cannot hold every slot), a deadline to read request headers, a cap
+//! on a connection's whole life, and a drained shutdown. HTTP/1.1 only.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use tokio::task::JoinSet;
 pub struct HttpLimits {
     /// Connections open at once; more are closed at accept.
     pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 /64).
+    pub max_per_address: usize,
     /// Time to receive a request's headers (slow clients are closed).
     pub header_timeout: Duration,
     /// Longest a connection may live, keep-alive included.
@@ -27,6 +30,7 @@ impl Default for HttpLimits {
     fn default() -> Self {
         Self {
             max_connections: 64,
+            max_per_address: 16,
             header_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(30),
         }
@@ -43,6 +47,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = crate::ratelimit::AddressSlots::new(limits.max_per_address);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -58,6 +63,12 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Some(slot) = per_address.take(peer.ip()) else {
+                    on_refused();
+                    tracing::debug!(client.addr = %peer, limit = limits.max_per_address, "HTTP connection limit of the address reached; closed");
+                    drop(stream);
+                    continue;
+                };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     on_refused();
                     tracing::debug!(client.addr = %peer, limit = limits.max_connections, "HTTP connection limit reached; closed");
@@ -66,7 +77,7 @@ pub async fn serve(
                 };
                 let service = TowerToHyperService::new(app.clone());
                 conns.spawn(async move {
-                    let _permit = permit;
+                    let _permit = (permit, slot);
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(limits.header_timeout)

@@ -59,11 +59,16 @@ impl Sidecar {
         let cert = RotatingCert::new(identity);
         let tls =
             tls::server_config(cert.clone()).map_err(|e| format!("TLS configuration: {e}"))?;
+        let metrics = Metrics::new();
         let verifier = VerifierClient::new(
             &config.verifier_url,
             config.verifier_trust.as_ref(),
             config.verifier_timeout,
-        )?;
+        )?
+        .with_policy_hashes(
+            config.verifier_policy_hashes.clone(),
+            metrics.verifier_policy_mismatches(),
+        );
         let identities = config
             .backend
             .record_identity
@@ -81,7 +86,7 @@ impl Sidecar {
             cert,
             verifier,
             cancels: Arc::new(CancelMap::default()),
-            metrics: Metrics::new(),
+            metrics,
             passthrough: Default::default(),
         });
         Ok(Self { shared, agent })

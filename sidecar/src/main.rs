@@ -109,6 +109,17 @@ struct ForwardArgs {
     /// else PCCS_URL, else Intel PCS].
     #[arg(long, value_name = "URL")]
     verifier_identity_pccs_url: Option<String>,
+    /// Policy hash the verifier's decisions must come from (`sha256:<hex>`, as decisions
+    /// carry it and the verifier prints it at start); repeat for a rollout's old and new.
+    /// An endpoint answering under another is not believed: the next one is asked
+    /// [default: env TEESQL_VERIFIER_POLICY_HASHES, comma-separated, else the first
+    /// answer's].
+    #[arg(
+        long = "verifier-policy-hash",
+        value_name = "HASH",
+        value_delimiter = ','
+    )]
+    verifier_policy_hashes: Vec<String>,
     /// Which verifier policy judges the server [default: client].
     #[arg(long, value_name = "PURPOSE")]
     policy: Option<String>,
@@ -309,6 +320,7 @@ async fn forward(args: ForwardArgs) -> ExitCode {
             identity_dev_trust_root: args.verifier_identity_dev_trust_root,
             identity_pccs_url: args.verifier_identity_pccs_url,
         },
+        verifier_policy_hashes: args.verifier_policy_hashes,
         purpose: args.policy,
         expected_mrtds: args.expected_mrtds,
         expected_compose_hashes: args.expected_compose_hashes,

@@ -21,6 +21,7 @@ pub struct Metrics {
     relayed: Family<Labels, Counter>,
     verifier: Histogram,
     verifier_errors: Counter,
+    verifier_policy_mismatches: Counter,
     active: Gauge,
     renewals: Family<Labels, Counter>,
     reports: Family<Labels, Counter>,
@@ -67,6 +68,12 @@ impl Metrics {
             "Verifier calls that failed or timed out (the client was refused)",
             verifier_errors.clone(),
         );
+        let verifier_policy_mismatches = Counter::default();
+        registry.register(
+            "verifier_policy_mismatches",
+            "Decisions not used because the verifier endpoint decided under another policy than expected (asked again of the next endpoint)",
+            verifier_policy_mismatches.clone(),
+        );
         let active = Gauge::default();
         registry.register("sessions", "Sessions relaying now", active.clone());
         let renewals = Family::<Labels, Counter>::default();
@@ -102,6 +109,7 @@ impl Metrics {
             relayed,
             verifier,
             verifier_errors,
+            verifier_policy_mismatches,
             active,
             renewals,
             reports,
@@ -158,6 +166,11 @@ impl Metrics {
         if !ok {
             self.verifier_errors.inc();
         }
+    }
+
+    /// The counter the verifier client counts policy mismatches on.
+    pub fn verifier_policy_mismatches(&self) -> Counter {
+        self.verifier_policy_mismatches.clone()
     }
 
     pub fn session_started(&self) {

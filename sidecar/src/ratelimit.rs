@@ -11,6 +11,10 @@
 //! Behind a gateway or NAT every client shares one address: the per-user keying keeps
 //! one role's failures from locking out the others, but the abandoned budget and the
 //! handshake cap are shared, so size them for the gateway's traffic.
+//!
+//! An "address" is an IPv4 address, or an IPv6 /64 (one host usually holds a whole /64,
+//! and could otherwise take a fresh address per connection); IPv4-mapped IPv6 addresses
+//! count as their IPv4 address.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -75,32 +79,80 @@ pub struct AddressLimits {
     pub handshakes_per_address: usize,
 }
 
+/// The address limits are keyed by: an IPv4 address (IPv4-mapped IPv6 included), or the
+/// /64 an IPv6 address is in.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
+/// Things in progress per address (handshakes, HTTP connections), capped.
+#[derive(Debug, Clone)]
+pub struct AddressSlots {
+    max: usize,
+    taken: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One slot of an address; the address's count drops when this does.
+#[derive(Debug)]
+pub struct AddressSlot {
+    key: IpAddr,
+    taken: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A handshake in progress.
+pub type HandshakeSlot = AddressSlot;
+
+impl AddressSlots {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            taken: Arc::default(),
+        }
+    }
+
+    /// A slot for `ip`, or `None` when its address has `max` already.
+    pub fn take(&self, ip: IpAddr) -> Option<AddressSlot> {
+        let key = address_key(ip);
+        let mut map = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            key,
+            taken: self.taken.clone(),
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Per-address limits of the sidecar's Postgres port.
 #[derive(Debug)]
 pub struct FailureLimiter {
     failures: Window<(IpAddr, String)>,
     abandoned: Window<IpAddr>,
-    handshakes_per_address: usize,
-    in_progress: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-/// A handshake in progress; the address's count drops when this does.
-#[derive(Debug)]
-pub struct HandshakeSlot {
-    ip: IpAddr,
-    in_progress: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let mut map = self.in_progress.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
+    in_progress: AddressSlots,
 }
 
 fn user_key(user: &str) -> String {
@@ -112,39 +164,30 @@ impl FailureLimiter {
         Self {
             failures: Window::new(limits.failed_auth_per_minute),
             abandoned: Window::new(limits.abandoned_per_minute),
-            handshakes_per_address: limits.handshakes_per_address,
-            in_progress: Arc::default(),
+            in_progress: AddressSlots::new(limits.handshakes_per_address),
         }
     }
 
     /// A slot for one more handshake from `ip`, or `None` when it has its cap in progress.
     pub fn begin_handshake(&self, ip: IpAddr) -> Option<HandshakeSlot> {
-        let mut map = self.in_progress.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= self.handshakes_per_address {
-            return None;
-        }
-        *n += 1;
-        Some(HandshakeSlot {
-            ip,
-            in_progress: self.in_progress.clone(),
-        })
+        self.in_progress.take(ip)
     }
 
     /// Whether `user` from `ip` has used up its failed logins, or `ip` its abandoned
     /// handshakes, in the current window.
     pub fn is_blocked(&self, ip: IpAddr, user: &str) -> bool {
+        let ip = address_key(ip);
         self.failures.is_over(&(ip, user_key(user))) || self.abandoned.is_over(&ip)
     }
 
     /// A login `user` from `ip` failed through the client's fault.
     pub fn record_failure(&self, ip: IpAddr, user: &str) {
-        self.failures.record((ip, user_key(user)));
+        self.failures.record((address_key(ip), user_key(user)));
     }
 
     /// A handshake from `ip` was abandoned after the verifier had been asked.
     pub fn record_abandoned(&self, ip: IpAddr) {
-        self.abandoned.record(ip);
+        self.abandoned.record(address_key(ip));
     }
 }
 
@@ -198,6 +241,27 @@ mod tests {
         assert!(l.begin_handshake(b).is_some());
         drop(s1);
         assert!(l.begin_handshake(a).is_some());
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let l = limiter();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        for _ in 0..3 {
+            l.record_failure(a, "teesql_read");
+        }
+        assert!(l.is_blocked(same_64, "teesql_read"));
+        assert!(!l.is_blocked(other_64, "teesql_read"));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(address_key(mapped), "127.0.0.1".parse::<IpAddr>().unwrap());
+        let slots = AddressSlots::new(1);
+        let held = slots.take(a).unwrap();
+        assert!(slots.take(same_64).is_none());
+        assert!(slots.take(other_64).is_some());
+        drop(held);
+        assert!(slots.take(same_64).is_some());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! verifier's; when it cannot be asked in time, the answer is no (fail closed).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use teesql_proto::settings::{Env, first};
@@ -115,13 +115,93 @@ impl TrustSettings {
 /// Calls go round-robin over the endpoints. When one cannot answer (unreachable, down,
 /// overloaded, a failed handshake or a refused attestation, no answer in its share of the
 /// time), the same question goes to the next, so no handshake fails while another
-/// endpoint is up. A decision, allow or deny, is final: it is never asked again elsewhere.
+/// endpoint is up. A decision, allow or deny, is final: it is never asked again
+/// elsewhere, unless it came from another policy than the others' (see [`PolicyHashes`]).
 #[derive(Debug, Clone)]
 pub struct VerifierClient {
     endpoints: Arc<[Endpoint]>,
     next: Arc<AtomicUsize>,
     timeout: Duration,
     url: String,
+    policy: Arc<PolicyHashes>,
+}
+
+/// Policy hashes as given (comma-separated or a list): each `sha256:` and 64 hex digits,
+/// as `Decision.policy_hash` carries them and `teesql-verifier serve` prints them at start.
+pub fn parse_policy_hashes<S: AsRef<str>>(given: &[S]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for h in given.iter().flat_map(|g| g.as_ref().split(',')) {
+        let h = h.trim();
+        if h.is_empty() {
+            continue;
+        }
+        let hex = h.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{h:?} is not a policy hash (sha256: and 64 hex digits, as decisions carry it)"
+            ));
+        }
+        out.push(format!("sha256:{}", hex.to_ascii_lowercase()));
+    }
+    Ok(out)
+}
+
+/// Which policy decisions may come from (`Decision.policy_hash`), so that endpoints
+/// loaded with different policies never answer alternately.
+///
+/// With a list (`verifier.policy_hashes`, for a rollout: the old and the new), only those.
+/// Without one, the first answer's hash; a decision under another is not used: it is
+/// logged, counted (`teesql_sidecar_verifier_policy_mismatches_total`) and asked again of
+/// the next endpoint. When no endpoint that answers still decides under the expected
+/// hash and all those that do agree on one new hash (a reload or rollout that reached
+/// every endpoint), that hash becomes the expected one: a change everywhere is followed,
+/// a mix never is.
+#[derive(Debug, Default)]
+pub struct PolicyHashes {
+    accepted: Vec<String>,
+    expected: Mutex<Option<String>>,
+    mismatches: prometheus_client::metrics::counter::Counter,
+}
+
+impl PolicyHashes {
+    /// Whether a decision under `hash` may be used; records the first hash seen.
+    fn admits(&self, hash: &str) -> bool {
+        if !self.accepted.is_empty() {
+            return self.accepted.iter().any(|h| h == hash);
+        }
+        let mut expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        match expected.as_deref() {
+            Some(e) => e == hash,
+            None => {
+                tracing::info!(policy_hash = hash, "the verifier decides under this policy");
+                *expected = Some(hash.to_string());
+                true
+            }
+        }
+    }
+
+    /// Follow a policy every answering endpoint has moved to (never with a list).
+    fn follow(&self, hash: &str) -> bool {
+        if !self.accepted.is_empty() {
+            return false;
+        }
+        let mut expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        tracing::warn!(
+            was = expected.as_deref().unwrap_or(""),
+            now = hash,
+            "every verifier endpoint that answers decides under a new policy; following it"
+        );
+        *expected = Some(hash.to_string());
+        true
+    }
+
+    fn expected(&self) -> String {
+        if !self.accepted.is_empty() {
+            return self.accepted.join(" or ");
+        }
+        let expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        expected.clone().unwrap_or_default()
+    }
 }
 
 #[derive(Debug)]
@@ -180,7 +260,23 @@ impl VerifierClient {
             next: Arc::new(AtomicUsize::new(0)),
             timeout,
             url: urls.to_string(),
+            policy: Arc::default(),
         })
+    }
+
+    /// Use decisions only under these policy hashes (`sha256:<hex>`, as decisions carry
+    /// them); empty: under the first one seen. Mismatches are counted on `mismatches`.
+    pub fn with_policy_hashes(
+        mut self,
+        accepted: Vec<String>,
+        mismatches: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.policy = Arc::new(PolicyHashes {
+            accepted,
+            expected: Mutex::new(None),
+            mismatches,
+        });
+        self
     }
 
     /// The URL list as given.
@@ -224,6 +320,8 @@ impl VerifierClient {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut failures = Vec::new();
+        // Decisions under another policy than expected, by endpoint.
+        let mut mismatched: Vec<(&str, Decision)> = Vec::new();
         for k in 0..n {
             let endpoint = &self.endpoints[(first + k) % n];
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -233,6 +331,18 @@ impl VerifierClient {
             }
             match tokio::time::timeout(share, call(endpoint.grpc.clone())).await {
                 Ok(Ok(resp)) => {
+                    let decision = resp.into_inner();
+                    if !self.policy.admits(&decision.policy_hash) {
+                        self.policy.mismatches.inc();
+                        tracing::warn!(
+                            endpoint = %endpoint.url,
+                            policy_hash = %decision.policy_hash,
+                            expected = %self.policy.expected(),
+                            "a verifier endpoint decided under another policy; asking the next"
+                        );
+                        mismatched.push((&endpoint.url, decision));
+                        continue;
+                    }
                     if !failures.is_empty() {
                         tracing::warn!(
                             answered = %endpoint.url,
@@ -240,7 +350,7 @@ impl VerifierClient {
                             "a verifier endpoint failed; another answered"
                         );
                     }
-                    return Ok(resp.into_inner());
+                    return Ok(decision);
                 }
                 Ok(Err(status)) if endpoint_failure(status.code()) => failures.push(format!(
                     "{}: {:?}: {}",
@@ -258,6 +368,24 @@ impl VerifierClient {
                 }
                 Err(_) => failures.push(format!("{}: no decision within {share:?}", endpoint.url)),
             }
+        }
+        // No endpoint answered under the expected policy. If all that answered agree on
+        // one new policy, it reached every endpoint that is up: follow it.
+        if let Some((_, last)) = mismatched.last()
+            && mismatched
+                .iter()
+                .all(|(_, d)| d.policy_hash == last.policy_hash)
+            && self.policy.follow(&last.policy_hash)
+            && let Some((_, decision)) = mismatched.pop()
+        {
+            return Ok(decision);
+        }
+        for (url, d) in &mismatched {
+            failures.push(format!(
+                "{url}: decided under policy {} where {} was expected",
+                d.policy_hash,
+                self.policy.expected()
+            ));
         }
         if failures.is_empty() {
             failures.push(format!("no decision within {:?}", self.timeout));
@@ -392,5 +520,22 @@ mod tests {
         .unwrap_err();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(e.contains("no purpose \"verifier\""), "{e}");
+    }
+
+    #[test]
+    fn policy_hashes_are_read_as_decisions_carry_them() {
+        let h = "AB".repeat(32);
+        assert_eq!(
+            parse_policy_hashes(&[format!(" sha256:{h} ,, sha256:{}", "0".repeat(64))]).unwrap(),
+            vec![
+                format!("sha256:{}", h.to_lowercase()),
+                format!("sha256:{}", "0".repeat(64))
+            ]
+        );
+        for bad in [h.clone(), format!("sha256:{}", &h[1..]), "sha256:zz".into()] {
+            let e = parse_policy_hashes(std::slice::from_ref(&bad)).unwrap_err();
+            assert!(e.contains("not a policy hash"), "{bad}: {e}");
+        }
+        assert!(parse_policy_hashes::<&str>(&[]).unwrap().is_empty());
     }
 }

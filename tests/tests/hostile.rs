@@ -245,7 +245,13 @@ async fn http_listeners_cap_connections_and_cut_off_slow_headers() {
 /// `/health` checks Postgres and the verifier at most once a second, however many ask.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_checked_at_most_once_a_second() {
-    let c = Cluster::start(ClusterOptions::default()).await.unwrap();
+    // 30 probes at once from one address: more than one address may hold by default.
+    let c = Cluster::start(ClusterOptions {
+        sidecar_toml: "[limits]\nhttp_connections_per_address = 64\n".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let url = format!("http://{}/health", c.admin_addr.unwrap());
     let http = reqwest::Client::new();
     let started = std::time::Instant::now();
@@ -756,4 +762,59 @@ async fn no_client_sequence_before_terminate_leaks_into_the_next_session() {
         assert!(std::time::Instant::now() < deadline, "nothing was pooled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// One address trickling requests holds at most its share of an HTTP listener: another
+/// address's health probe still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_http_slot() {
+    let c = Cluster::start(ClusterOptions {
+        sidecar_toml: "[limits]\nhttp_max_connections = 64\nhttp_connections_per_address = 4\nhttp_header_timeout_secs = 20\n".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let admin = c.admin_addr.unwrap();
+    let from = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(std::net::SocketAddr::new(ip, 0)).unwrap();
+            socket.connect(admin).await.unwrap()
+        }
+    };
+    // 127.0.0.1 opens 10 connections and trickles: 4 are kept, 6 closed at once.
+    let mut trickling = Vec::new();
+    for _ in 0..10 {
+        let mut s = from("127.0.0.1").await;
+        s.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+        trickling.push(s);
+    }
+    let mut closed = 0;
+    for s in &mut trickling {
+        let mut b = [0u8; 1];
+        // Closed: end of stream, or a reset (closed with the request unread).
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 6, "the address holds its 4 slots, no more");
+    // Another address is served meanwhile.
+    let mut probe = from("127.0.0.2").await;
+    probe
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), probe.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
 }

@@ -237,6 +237,18 @@ async fn forward_reaches_the_leader_a_manifest_names() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "teesql_read");
 
+    // Two valid records: the stale one (a former leader, an older epoch) comes first; the
+    // highest epoch wins.
+    dns.set(
+        name,
+        &[
+            manifest(&fixture, &instance, "https://127.0.0.1:1", 7),
+            manifest(&fixture, &instance, &leader, 8),
+        ],
+    );
+    let o = psql(&dsn(&c.read_secret), &["-c", "SELECT 1"]).await;
+    assert!(o.status.success(), "the stale record won: {}", stderr(&o));
+
     // The leader moved: the old address accepts and drops the connection; meanwhile DNS
     // names the new one. One more lookup, one retry, in.
     let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

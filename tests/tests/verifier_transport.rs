@@ -307,13 +307,23 @@ async fn second_verifier(
     std::sync::Arc<teesql_verifier::service::DecisionService>,
     tokio::sync::oneshot::Sender<()>,
 ) {
+    verifier_with_profile(c, teesql_tests::cluster::repo_root().join("policies/dev")).await
+}
+
+/// A verifier like the cluster's under the policy profile `profile`.
+async fn verifier_with_profile(
+    c: &Cluster,
+    profile: std::path::PathBuf,
+) -> (
+    String,
+    std::sync::Arc<teesql_verifier::service::DecisionService>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     use teesql_verifier::service::config::{ServeConfig, ServeSettings};
     use teesql_verifier::service::server::{Listeners, Verifier};
     let config = ServeConfig::resolve(ServeSettings {
         listen: Some("127.0.0.1:0".into()),
-        policy_dirs: Some(vec![
-            teesql_tests::cluster::repo_root().join("policies/dev"),
-        ]),
+        policy_dirs: Some(vec![profile]),
         dev_trust_root: Some(c.agent.root_der_path()),
         pccs_url: Some(c.agent.url.clone()),
         decision_log: Some("off".into()),
@@ -416,4 +426,135 @@ async fn several_verifiers_share_the_load_and_one_failing_fails_no_login() {
         c.read_secret
     );
     assert!(clients::connect(&dead_dsn, tls.clone()).await.is_err());
+}
+
+/// Issue 23: endpoints loaded with different policies must not answer alternately. The
+/// first decision's policy hash is expected; one under another is not used but asked
+/// again of the next endpoint, and counted. A list of hashes (a rollout) admits exactly
+/// those. A new hash every answering endpoint agrees on is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifiers_under_different_policies_never_answer_alternately() {
+    let c = cluster(VerifierTransport::Loopback).await;
+    // The same rules and data under another hash: a profile of its own extending dev.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("profile.toml"),
+        format!(
+            "# the next policy version\nextends = [{:?}]\n",
+            teesql_tests::cluster::repo_root()
+                .join("policies/dev")
+                .display()
+                .to_string()
+        ),
+    )
+    .unwrap();
+    let (new_url, new_service, _stop_new) = verifier_with_profile(&c, dir.path().into()).await;
+    let (old_hash, new_hash) = (
+        c.verifier.policies().hash().to_string(),
+        new_service.policies().hash().to_string(),
+    );
+    assert_ne!(old_hash, new_hash);
+
+    let ask = |client: teesql_sidecar::verifier::VerifierClient| async move {
+        client
+            .verify_peer(teesql_proto::v1::VerifyPeerRequest {
+                purpose: "sidecar".into(),
+                user: "teesql_read".into(),
+                ..Default::default()
+            })
+            .await
+    };
+    let client = |urls: &str, hashes: Vec<String>| {
+        let mismatches = prometheus_client::metrics::counter::Counter::<u64>::default();
+        let client = teesql_sidecar::verifier::VerifierClient::new(
+            urls,
+            None,
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap()
+        .with_policy_hashes(hashes, mismatches.clone());
+        (client, mismatches)
+    };
+
+    // Reproduced before the fix: round-robin gave old, new, old, new… Now the first
+    // answer (the old endpoint, first in the list) sets the hash and every decision is
+    // under it; each turn that started at the new endpoint was counted and asked again.
+    let both = format!("{},{new_url}", c.verifier_url);
+    let (mixed, mismatches) = client(&both, Vec::new());
+    for i in 0..8 {
+        let d = ask(mixed.clone()).await.unwrap();
+        assert_eq!(d.policy_hash, old_hash, "decision {i}");
+    }
+    assert_eq!(
+        mismatches.get(),
+        4,
+        "every other call began at the new endpoint"
+    );
+
+    // A rollout names both: both are believed, nothing is counted.
+    let (rollout, mismatches) = client(&both, vec![old_hash.clone(), new_hash.clone()]);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(ask(rollout.clone()).await.unwrap().policy_hash);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(mismatches.get(), 0);
+
+    // Only the new one named: the old endpoint's answers are not used.
+    let (pinned, mismatches) = client(&both, vec![new_hash.clone()]);
+    for _ in 0..4 {
+        assert_eq!(ask(pinned.clone()).await.unwrap().policy_hash, new_hash);
+    }
+    assert_eq!(mismatches.get(), 2);
+    // Named, a hash no endpoint has: no decision at all (refused), naming why.
+    let (nowhere, _) = client(&both, vec![format!("sha256:{}", "0".repeat(64))]);
+    let e = ask(nowhere).await.unwrap_err().to_string();
+    assert!(
+        e.contains("decided under policy") && e.contains(&new_hash),
+        "{e}"
+    );
+
+    // The old endpoint goes away (its reload or upgrade): the new hash is the only one
+    // answering, so it is followed — with one endpoint after a reload the same happens.
+    let (old_url, _, stop_old) =
+        verifier_with_profile(&c, teesql_tests::cluster::repo_root().join("policies/dev")).await;
+    let (moving, mismatches) = client(&format!("{old_url},{new_url}"), Vec::new());
+    assert_eq!(ask(moving.clone()).await.unwrap().policy_hash, old_hash);
+    drop(stop_old);
+    // Until the old endpoint's connections are closed, it still answers.
+    let (old_only, _) = client(&old_url, Vec::new());
+    for _ in 0..100 {
+        if old_only.check_health().await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for _ in 0..4 {
+        assert_eq!(ask(moving.clone()).await.unwrap().policy_hash, new_hash);
+    }
+    assert_eq!(mismatches.get(), 1, "counted once, then followed");
+
+    // End to end: a sidecar over both keeps logging clients in, every decision from one
+    // policy.
+    let mut config = c.sidecar_config().clone();
+    config.verifier_url = both;
+    let (addr, _stop) = start_sidecar(config).await;
+    let dsn = format!(
+        "postgresql://teesql_read:{}@{addr}/postgres?sslmode=require",
+        c.read_secret
+    );
+    let tls = c.client_tls().unwrap();
+    let (old_before, new_before) = (sidecar_allows(&c.verifier), sidecar_allows(&new_service));
+    for i in 0..6 {
+        let client = clients::connect(&dsn, tls.clone())
+            .await
+            .unwrap_or_else(|e| panic!("login {i}: {e:#}"));
+        client.query_one("SELECT 1", &[]).await.unwrap();
+    }
+    let used_old = sidecar_allows(&c.verifier) - old_before;
+    let asked_new = sidecar_allows(&new_service) - new_before;
+    println!(
+        "6 logins over two policies: {used_old} decisions under the first, {asked_new} asked of the other and not used"
+    );
+    assert_eq!(used_old, 6);
 }
