@@ -53,7 +53,7 @@ pub fn read_tenants(path: &Path) -> Result<Vec<(String, Privileges)>, String> {
             .get("role")
             .and_then(|r| r.as_str())
             .ok_or_else(|| format!("{what}: no \"role\""))?;
-        if !teesql_verifier::policy::is_identifier(role) {
+        if !teesql_appraisal::policy::is_identifier(role) {
             return Err(format!(
                 "{what}: role {role:?} is not a lowercase SQL identifier"
             ));

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use teesql_appraisal::local::{LocalSettings, VerifierIdentity};
 use teesql_proto::settings::{Env, first};
 use teesql_proto::transport::ServerTrust;
 use teesql_proto::v1::verifier_client::VerifierClient as Grpc;
 use teesql_proto::v1::{Decision, VerifyManifestRequest, VerifyPeerRequest};
-use teesql_verifier::local::{LocalSettings, VerifierIdentity};
 use tonic::transport::Channel;
 
 /// How an https verifier is trusted, as the sidecar and `forward` are told: a CA file, a

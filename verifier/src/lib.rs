@@ -1,23 +1,14 @@
-//! TeeSQL verifier: appraises TDX and dstack attestation evidence and decides with Rego.
+//! TeeSQL verifier: the attestation service. It serves the appraisal of
+//! [`teesql_appraisal`] over gRPC ([`service`]): decisions under hot-reloaded policies,
+//! appraisal and collateral caches, signed decision tokens, a decision log and metrics.
 //!
-//! Evidence is decoded ([`evidence`]), its quote verified by a [`backend`], the event log
-//! replayed ([`eventlog`]), and everything condensed into [`claims::Claims`], the one
-//! document [`policy`] evaluates. Backends report facts; only policies decide.
+//! The appraisal modules are re-exported under their old paths, so
+//! `teesql_verifier::evidence` is `teesql_appraisal::evidence`.
 
-pub mod appraise;
-pub mod backend;
-pub mod claims;
-pub mod clock;
-pub mod collateral;
-pub mod eventlog;
-pub mod evidence;
-pub mod http;
-pub mod local;
-pub mod manifest;
-pub mod mr_config;
-pub mod policy;
-pub mod report;
+pub use teesql_appraisal::{
+    appraise, backend, claims, clock, collateral, eventlog, evidence, http, local, manifest,
+    mr_config, policy, report,
+};
 pub mod service;
 
-pub use appraise::{Appraiser, Decision, DecisionRequest, decide};
-pub use clock::Clock;
+pub use teesql_appraisal::{Appraiser, Clock, Decision, DecisionRequest, decide};

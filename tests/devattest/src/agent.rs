@@ -28,8 +28,8 @@ use tokio::sync::Mutex;
 use super::kms::{DevKms, KeyAlgorithm};
 use super::pki::{DevPki, DevPkiError, DevTdReport, PlatformTcb};
 use super::ratls::{AppCa, CertAttestation, RaTlsIssued, RaTlsRequest};
-use teesql_verifier::eventlog::{DSTACK_RUNTIME_EVENT_TYPE, RuntimeEvent, TdxEvent, replay_rtmr3};
-use teesql_verifier::evidence::DstackAttestation;
+use teesql_appraisal::eventlog::{DSTACK_RUNTIME_EVENT_TYPE, RuntimeEvent, TdxEvent, replay_rtmr3};
+use teesql_appraisal::evidence::DstackAttestation;
 
 /// The agent's version string (`Version`).
 pub const AGENT_VERSION: &str = concat!("teesql-dev-agent ", env!("CARGO_PKG_VERSION"));
@@ -355,7 +355,7 @@ impl DevAgent {
         let identity = Identity::new(&config, &pki, &kms);
         let events = identity.boot_events();
         let collateral_issued_at = config.collateral_issued_at.unwrap_or_else(|| {
-            let now = teesql_verifier::Clock::System.now();
+            let now = teesql_appraisal::Clock::System.now();
             now - now % 86_400
         });
         Ok(Self {
@@ -651,7 +651,7 @@ impl DevAgent {
             self.state
                 .app_ca
                 .issue(req, self.state.config.cert_validity, move |spki| {
-                    let report_data = teesql_verifier::eventlog::ra_tls_report_data(spki);
+                    let report_data = teesql_appraisal::eventlog::ra_tls_report_data(spki);
                     let quote = this.state.pki.quote(&this.td_report(rtmr3, report_data))?;
                     let event_log = match this.dstack() {
                         DstackVersion::V05 => tdx_events(&events, EventForm::Full),
@@ -713,10 +713,10 @@ fn tdx_events(events: &[RuntimeEvent], form: EventForm) -> Vec<TdxEvent> {
         .collect()
 }
 
-fn attestation_format(dstack: DstackVersion) -> teesql_verifier::evidence::AttestationFormat {
+fn attestation_format(dstack: DstackVersion) -> teesql_appraisal::evidence::AttestationFormat {
     match dstack {
-        DstackVersion::V05 => teesql_verifier::evidence::AttestationFormat::VersionedV0,
-        DstackVersion::V06 => teesql_verifier::evidence::AttestationFormat::VersionedV1,
+        DstackVersion::V05 => teesql_appraisal::evidence::AttestationFormat::VersionedV0,
+        DstackVersion::V06 => teesql_appraisal::evidence::AttestationFormat::VersionedV1,
     }
 }
 
@@ -727,7 +727,7 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, AgentError> {
 
 /// Report data as dstack takes it: hex, at most 64 bytes, zero-padded.
 fn report_data(hex_text: &str) -> Result<[u8; 64], AgentError> {
-    let bytes = teesql_verifier::evidence::decode_hex("report_data", hex_text, 64)
+    let bytes = teesql_appraisal::evidence::decode_hex("report_data", hex_text, 64)
         .map_err(|e| AgentError::BadRequest(e.to_string()))?;
     let mut out = [0u8; 64];
     out[..bytes.len()].copy_from_slice(&bytes);
@@ -896,7 +896,7 @@ struct SignBody {
 
 async fn sign(State(agent): State<DevAgent>, body: Bytes) -> Result<axum::Json<Value>, AgentError> {
     let b: SignBody = parse(&body)?;
-    let data = teesql_verifier::evidence::decode_hex("data", &b.data, 64 * 1024)
+    let data = teesql_appraisal::evidence::decode_hex("data", &b.data, 64 * 1024)
         .map_err(|e| AgentError::BadRequest(e.to_string()))?;
     let signed = agent
         .state
@@ -922,7 +922,7 @@ struct VerifyBody {
 async fn verify(body: Bytes) -> Result<axum::Json<Value>, AgentError> {
     let b: VerifyBody = parse(&body)?;
     let hex_field = |name: &'static str, text: &str| {
-        teesql_verifier::evidence::decode_hex(name, text, 64 * 1024)
+        teesql_appraisal::evidence::decode_hex(name, text, 64 * 1024)
             .map_err(|e| AgentError::BadRequest(e.to_string()))
     };
     let valid = super::kms::verify(
@@ -951,7 +951,7 @@ async fn emit_event(
     body: Bytes,
 ) -> Result<axum::Json<Value>, AgentError> {
     let b: EmitEventBody = parse(&body)?;
-    let payload = teesql_verifier::evidence::decode_hex("payload", &b.payload, 64 * 1024)
+    let payload = teesql_appraisal::evidence::decode_hex("payload", &b.payload, 64 * 1024)
         .map_err(|e| AgentError::BadRequest(e.to_string()))?;
     agent.extend_rtmr3(&b.event, &payload).await?;
     Ok(axum::Json(Value::Null))

@@ -84,7 +84,7 @@ pub async fn serve(args: AgentArgs) -> Result<(), String> {
     config.dstack = args.dstack;
     config.key_provider = args.key_provider;
     if let Some(text) = &args.app_id {
-        let bytes = teesql_verifier::evidence::decode_hex("--app-id", text, 20)
+        let bytes = teesql_appraisal::evidence::decode_hex("--app-id", text, 20)
             .map_err(|e| e.to_string())?;
         config.app_id = Some(
             bytes

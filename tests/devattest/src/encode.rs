@@ -5,7 +5,7 @@
 //! development agent and tests.
 
 use rmpv::Value;
-use teesql_verifier::evidence::{AttestationFormat, DstackAttestation};
+use teesql_appraisal::evidence::{AttestationFormat, DstackAttestation};
 
 /// The form `att.format` names: V1 (msgpack) for `VersionedV1`, V0 (SCALE) otherwise.
 /// dstack writes V1 whenever a runtime event has version 2, since SCALE cannot carry it.
@@ -158,7 +158,7 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use teesql_verifier::evidence::decode_attestation;
+    use teesql_appraisal::evidence::decode_attestation;
 
     fn blob() -> Vec<u8> {
         std::fs::read(concat!(
@@ -196,7 +196,7 @@ mod tests {
         // A SCALE Vec<u8> of each length, decoded as an attestation's quote field.
         for n in [0usize, 1, 63, 64, 16383, 16384, 70_000] {
             let att = DstackAttestation {
-                format: teesql_verifier::evidence::AttestationFormat::VersionedV0,
+                format: teesql_appraisal::evidence::AttestationFormat::VersionedV0,
                 quote: vec![7; n],
                 event_log: Vec::new(),
                 runtime_events: Vec::new(),

@@ -26,7 +26,7 @@ pub use ratls::{AppCa, RaTlsIssued, RaTlsRequest};
 /// Parse a 32-byte seed from hex (with or without `0x`).
 pub fn parse_seed(text: &str) -> Result<[u8; 32], String> {
     let bytes =
-        teesql_verifier::evidence::decode_hex("seed", text, 32).map_err(|e| e.to_string())?;
+        teesql_appraisal::evidence::decode_hex("seed", text, 32).map_err(|e| e.to_string())?;
     bytes
         .try_into()
         .map_err(|v: Vec<u8>| format!("the seed must be 32 bytes (64 hex digits), got {}", v.len()))

@@ -8,7 +8,7 @@ use rcgen::{
 };
 
 use super::pki::{DevPkiError, SeededKey};
-use teesql_verifier::evidence::oid;
+use teesql_appraisal::evidence::oid;
 
 use crate::encode::extension_value as encode_extension_value;
 

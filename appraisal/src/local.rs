@@ -171,14 +171,14 @@ impl VerifierIdentity {
 impl VerifierIdentity {
     /// Who signed a decision token: the quote its JWK carries (a verifier serving with
     /// `--ra-tls` publishes one), which must bind that key, appraised under the purpose
-    /// `verifier`. Checks only the signer; [`crate::service::token::verify`] checks the
+    /// `verifier`. Checks only the signer; [`crate::token::verify`] checks the
     /// token.
     pub async fn appraise_token_signer(&self, token: &str, jwks: &str) -> Result<String, String> {
         let kid = jsonwebtoken::decode_header(token)
             .ok()
             .and_then(|h| h.kid)
             .ok_or("the token names no key")?;
-        let q = crate::service::token::key_quote(jwks, &kid)?.ok_or_else(|| {
+        let q = crate::token::key_quote(jwks, &kid)?.ok_or_else(|| {
             format!("key {kid:?} carries no quote (its verifier does not serve with --ra-tls)")
         })?;
         let evidence = evidence::decode_getquote_json(&q.getquote)
