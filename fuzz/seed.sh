@@ -259,6 +259,30 @@ for name, exts in certs.items():
 put("ra_tls_cert", "chain.pem", pems["ratls_v0"] + pems["plain"])
 put("ra_tls_cert", "simulator_ca.pem", ca_pem)
 put("ra_tls_cert", "simulator_ca.der", ca_der)
+
+# pool_handover: [client chunk, server chunk, op count] then ops (see the target's layout),
+# then the reset answer. Tags index the target's tables: client "QPBEDCHSFdcfp", server
+# "ZZZCTDENSAIG12nst" (Z's status: pick >> 4 into "IIITE").
+def c_msg(tag, body=b""):
+    return bytes([(len(body) << 2) | 0, b"QPBEDCHSFdcfp".index(tag)]) + body
+def s_msg(tag, body=b""):
+    return bytes([(len(body) << 2) | 1, b"ZZZCTDENSAIG12nst".index(tag)]) + body
+def s_z(status):
+    return bytes([1, b"IIITE".index(status) << 4])
+reset_ok = bytes((step << 2) for step in range(9))
+idle = [c_msg(b"Q", b"SELECT 1\0"), s_msg(b"C", b"SELECT 1\0"), s_z(b"I")]
+pipelined = [c_msg(b"Q", b"SELECT 1\0"), c_msg(b"Q", b"DISCARD ALL\0"), c_msg(b"Q", b"SELECT 2\0"),
+             s_msg(b"C", b"SELECT 1\0"), s_z(b"I"), s_msg(b"C", b"DISCARD ALL\0"), s_z(b"I")]
+unsynced = [c_msg(b"P", b"\0SELECT 1/0\0\0\0"), c_msg(b"B", b"\0\0\0\0\0\0\0\0"),
+            c_msg(b"E", b"\0\0\0\0\0"), c_msg(b"H"), s_msg(b"E", b"SERROR\0\0")]
+in_tx = [c_msg(b"Q", b"BEGIN\0"), s_msg(b"C", b"BEGIN\0"), s_z(b"T")]
+extended = [c_msg(b"P", b"\0SELECT 1\0\0\0"), c_msg(b"S"), s_msg(b"1"), s_z(b"I")]
+for name, ops, chunks in [("idle", idle, (255, 255)), ("idle_split", idle, (2, 3)),
+                          ("pipelined", pipelined, (255, 7)), ("unsynced", unsynced, (4, 255)),
+                          ("in_transaction", in_tx, (255, 255)), ("extended", extended, (1, 1))]:
+    put("pool_handover", name, bytes([chunks[0], chunks[1], len(ops)]) + b"".join(ops) + reset_ok)
+put("pool_handover", "reset_with_notices",
+    bytes([255, 255, 0, 0 << 2, 1 << 2, 2, 3]) + b"Mx\0" + bytes((step << 2) for step in range(2, 9)))
 PY
 
 for t in "$CORPUS"/*/; do

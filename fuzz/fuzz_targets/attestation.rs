@@ -9,7 +9,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use teesql_verifier::evidence::{
+use teesql_appraisal::evidence::{
     AttestationFormat, DstackAttestation, EvidenceKind, decode_attestation,
     decode_attestation_text,
 };

@@ -16,11 +16,11 @@ use std::sync::{Arc, LazyLock};
 
 use dcap_qvl::QuoteCollateralV3;
 use libfuzzer_sys::fuzz_target;
-use teesql_verifier::backend::dcap::{DcapBackend, TrustRoot};
-use teesql_verifier::collateral::{
+use teesql_appraisal::backend::dcap::{DcapBackend, TrustRoot};
+use teesql_appraisal::collateral::{
     Collateral, CollateralConfig, CollateralKey, CollateralProvider, key_for_quote,
 };
-use teesql_verifier::evidence::{Quote, decode_quote_bytes, decode_quote_text};
+use teesql_appraisal::evidence::{Quote, decode_quote_bytes, decode_quote_text};
 
 /// The recorded quotes with their collateral keys; the first one is the fallback.
 static QUOTES: LazyLock<Vec<(Quote, Option<CollateralKey>)>> = LazyLock::new(|| {

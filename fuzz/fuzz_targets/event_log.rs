@@ -14,8 +14,8 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use teesql_verifier::eventlog::TdxEvent;
-use teesql_verifier::evidence::{Evidence, EventLog, decode_getquote_json};
+use teesql_appraisal::eventlog::TdxEvent;
+use teesql_appraisal::evidence::{Evidence, EventLog, decode_getquote_json};
 
 fuzz_target!(|data: &[u8]| {
     let text = data.trim_ascii_start();

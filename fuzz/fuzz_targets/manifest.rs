@@ -6,7 +6,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use teesql_verifier::manifest::{MAX_MANIFEST_LEN, Manifest};
+use teesql_appraisal::manifest::{MAX_MANIFEST_LEN, Manifest};
 
 fuzz_target!(|data: &[u8]| {
     let txt = String::from_utf8_lossy(data);

@@ -6,7 +6,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use teesql_verifier::evidence::{decode_quote_bytes, decode_quote_text};
+use teesql_appraisal::evidence::{decode_quote_bytes, decode_quote_text};
 
 fuzz_target!(|data: &[u8]| {
     let bytes = decode_quote_bytes(data);

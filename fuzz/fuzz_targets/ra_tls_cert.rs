@@ -7,7 +7,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use teesql_verifier::evidence::{MAX_CHAIN_LEN, decode_cert_chain, decode_certificate_der};
+use teesql_appraisal::evidence::{MAX_CHAIN_LEN, decode_cert_chain, decode_certificate_der};
 
 fuzz_target!(|data: &[u8]| {
     // The TLS stack hands over DER certificates: the input as the leaf.

@@ -175,7 +175,10 @@ impl<'a> ResetAnswer<'a> {
             return Ok(false);
         }
         let expected: bool = match (self.step, tag) {
-            (0 | 2 | 4, b'Z') => true,
+            // The Sync's: whatever the client left (idle, in a transaction, failed).
+            (0, b'Z') => matches!(body, b"I" | b"T" | b"E"),
+            // ROLLBACK's and DISCARD ALL's: idle.
+            (2 | 4, b'Z') => body == b"I",
             (1, b'C') => body == b"ROLLBACK\0",
             (3, b'C') => body == b"DISCARD ALL\0",
             (5, b'T') => true,
@@ -260,6 +263,24 @@ mod tests {
         let mut extra_ready = answer(nonce);
         extra_ready.insert(1, (b'Z', b"I".to_vec()));
         assert!(check(nonce, &extra_ready).is_err());
+        // The Sync may find a transaction the client left open or failed: ROLLBACK ends
+        // it. A ReadyForQuery that is not one status byte, or not idle after ROLLBACK or
+        // DISCARD ALL, is refused (found by fuzz target pool_handover).
+        for status in [b"T", b"E"] {
+            let mut left_open = answer(nonce);
+            left_open[0] = (b'Z', status.to_vec());
+            assert_eq!(check(nonce, &left_open), Ok(true));
+        }
+        for (at, body) in [
+            (0, b"I\0junk".to_vec()),
+            (0, Vec::new()),
+            (3, b"T".to_vec()),
+            (6, b"E".to_vec()),
+        ] {
+            let mut odd = answer(nonce);
+            odd[at] = (b'Z', body);
+            assert!(check(nonce, &odd).is_err(), "{at}");
+        }
         // Every strict prefix is incomplete, never accepted.
         let full = answer(nonce);
         for n in 0..full.len() {

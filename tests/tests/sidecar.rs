@@ -947,7 +947,8 @@ async fn postgres_connections_are_reset_and_reused_between_clients() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A session that leaves state behind: a temporary table, a setting, a prepared
-    // statement, an advisory lock, and an open transaction with an uncommitted row.
+    // statement, an advisory lock. (One that ends inside a transaction is not pooled:
+    // below.)
     let first = connect(&rw, tls.clone()).await.unwrap();
     let pid: i32 = first
         .query_one("SELECT pg_backend_pid()", &[])
@@ -957,7 +958,7 @@ async fn postgres_connections_are_reset_and_reused_between_clients() {
     first
         .batch_execute(
             "CREATE TEMP TABLE scratch (x int); SET work_mem = '7MB'; PREPARE p AS SELECT 1; \
-             SELECT pg_advisory_lock(42); BEGIN; INSERT INTO kept VALUES (1);",
+             SELECT pg_advisory_lock(42);",
         )
         .await
         .unwrap();
@@ -986,12 +987,6 @@ async fn postgres_connections_are_reset_and_reused_between_clients() {
         second.batch_execute("EXECUTE p").await.is_err(),
         "prepared statement gone"
     );
-    let rows: i64 = second
-        .query_one("SELECT count(*) FROM kept", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rows, 0, "the open transaction was rolled back");
     let locks: i64 = second
         .query_one(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
@@ -1020,6 +1015,42 @@ async fn postgres_connections_are_reset_and_reused_between_clients() {
             .get::<_, String>(0),
         "teesql_read"
     );
+
+    // A session that ends inside a transaction is closed, not pooled: only a connection
+    // the relay saw idle at Terminate is reset and kept (issue 23). Its row is gone.
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.sidecar.pool.idle_count(), 1);
+    let open = connect(&rw, tls.clone()).await.unwrap();
+    let open_pid: i32 = open
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open_pid, pid, "the kept connection is handed out");
+    open.batch_execute("BEGIN; INSERT INTO kept VALUES (1);")
+        .await
+        .unwrap();
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        c.sidecar.pool.idle_count(),
+        0,
+        "not kept: it ended in a transaction"
+    );
+    let second = connect(&rw, tls.clone()).await.unwrap();
+    let rows: i64 = second
+        .query_one("SELECT count(*) FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "the open transaction was rolled back");
+    let pid: i32 = second
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(pid, open_pid, "a fresh Postgres connection");
 
     // A kept connection that Postgres ended while it waited is not handed out.
     drop(second);

@@ -3,12 +3,12 @@
 //! reach the code that consumes parsed peer data, not just the parsers.
 #![allow(dead_code)]
 
-use teesql_verifier::backend::platform::{PlatformKey, signature_verifies};
-use teesql_verifier::backend::{QuoteFacts, TrustRootKind, VerifyErrorCode};
-use teesql_verifier::claims::AppraisedEvidence;
-use teesql_verifier::collateral::key_for_quote;
-use teesql_verifier::eventlog::{AppIdentity, RuntimeEvent, replay_rtmr3};
-use teesql_verifier::evidence::{Evidence, EventLog, Quote};
+use teesql_appraisal::backend::platform::{PlatformKey, signature_verifies};
+use teesql_appraisal::backend::{QuoteFacts, TrustRootKind, VerifyErrorCode};
+use teesql_appraisal::claims::AppraisedEvidence;
+use teesql_appraisal::collateral::key_for_quote;
+use teesql_appraisal::eventlog::{AppIdentity, RuntimeEvent, replay_rtmr3};
+use teesql_appraisal::evidence::{Evidence, EventLog, Quote};
 
 /// The quote accessors the claims and the collateral lookup use.
 pub fn exercise_quote(q: &Quote) {
