@@ -1,0 +1,579 @@
+//! One client connection, from accept to relay (DESIGN.md, "One handshake, end to end").
+//!
+//! 1. [`negotiate`]: SSLRequest, GSSENCRequest, CancelRequest or direct TLS, then TLS
+//!    (a client certificate is optional at the TLS layer). Deadline `tls_handshake_timeout`.
+//! 2. [`startup`]: the StartupMessage inside TLS. Its own, longer deadline
+//!    (`startup_timeout`): TeeSQL's client libraries verify the server's quote between
+//!    TLS and their StartupMessage.
+//! 3. [`authenticate`] and [`login`]: the verifier's decision starts at once, in parallel
+//!    with client authentication; then the login to Postgres. Deadline `login_timeout`.
+//!    SCRAM-SHA-256-PLUS is offered by `auth.channel_binding`: by default only to a TLS
+//!    peer that negotiated ALPN `postgresql`, the mark of a Postgres client that made the
+//!    TLS connection itself; a forwarder relaying for a plaintext driver sends none, and
+//!    libpq behind it would refuse a -PLUS offer.
+//! 4. Any failure ends in exactly one response, chosen by [`HandshakeError::response`]:
+//!    every refusal (wrong secret, unknown role, verifier deny or unreachable) is the
+//!    same `FATAL 28000 authentication_failed`; the cause goes to the log and metrics.
+//! 5. Relay bytes until either side is done.
+
+mod authenticate;
+pub mod error;
+mod login;
+mod negotiate;
+mod startup;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use teesql_proto::v1::VerifyPeerRequest;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use self::authenticate::Authenticated;
+pub use self::error::{AUTH_FAILED, HandshakeError, Outcome, Phase, Refusal, Response};
+use self::negotiate::ClientHello;
+pub use crate::params::{FORWARDED_BY_DEFAULT, StartupParameters};
+use self::startup::Startup;
+use crate::postgres::login::{self as backend, BackendError, LoggedIn};
+use crate::frontend::cancel::CancelGuard;
+use crate::config::ChannelBinding;
+use crate::pgwire;
+use crate::postgres::pool::PoolKey;
+use crate::frontend::relay::{self, RelayEnd};
+use crate::postgres::identity_rows::SessionIdentity;
+
+pub use crate::state::Shared;
+
+/// A logged-in session, ready to relay.
+#[derive(Debug)]
+struct Ready {
+    client: TlsStream<TcpStream>,
+    backend: LoggedIn,
+    _cancel: Option<CancelGuard>,
+    user: String,
+    role: String,
+    database: String,
+    /// Set when the Postgres connection may be reused after the client terminates.
+    pool_key: Option<PoolKey>,
+}
+
+/// Serve one accepted connection to its end.
+pub async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(15)),
+    );
+    // Handshakes in progress are capped per address; past the cap the connection gets
+    // one plaintext error at once (as Postgres answers "too many clients").
+    let Some(slot) = shared.limiter.begin_handshake(peer.ip()) else {
+        let e = HandshakeError::TooManyFromAddress;
+        ended(&shared, &e, peer);
+        refuse_plain(stream, e).await;
+        return;
+    };
+    let result = handshake(&shared, stream, peer).await;
+    drop(slot);
+    match result {
+        Ok(ready) => {
+            shared.metrics.handshake(started.elapsed());
+            shared.metrics.connection(Outcome::Session);
+            tracing::info!(
+                client.addr = %peer,
+                user = %ready.user,
+                role = %ready.role,
+                database = %ready.database,
+                handshake_ms = started.elapsed().as_millis() as u64,
+                "session started"
+            );
+            serve_session(&shared, *ready, peer).await;
+        }
+        Err(e) => ended(&shared, &e, peer),
+    }
+}
+
+/// Count and log a handshake that ended without a session.
+fn ended(shared: &Shared, e: &HandshakeError, peer: SocketAddr) {
+    shared.metrics.connection(e.outcome());
+    match e {
+        HandshakeError::Closed | HandshakeError::CancelRequest => {}
+        HandshakeError::AuthFailed { user, causes } => {
+            // Only what the client caused counts against it: not a verifier outage.
+            if causes.iter().any(Refusal::is_client_fault) {
+                shared.limiter.record_failure(peer.ip(), user);
+            }
+            tracing::warn!(client.addr = %peer, user = %user, cause = %e, "authentication failed");
+        }
+        HandshakeError::RateLimited
+        | HandshakeError::Backend(_)
+        | HandshakeError::TooManyConnections
+        | HandshakeError::TooManyFromAddress => {
+            tracing::warn!(client.addr = %peer, error = %e, "refused");
+        }
+        _ => tracing::info!(client.addr = %peer, error = %e, "handshake ended"),
+    }
+}
+
+/// Relay a logged-in session until either side is done; with reuse on, keep the Postgres
+/// connection of a client that said Terminate.
+async fn serve_session(shared: &Shared, ready: Ready, peer: SocketAddr) {
+    shared.metrics.session_started();
+    let Ready {
+        mut client,
+        mut backend,
+        _cancel,
+        user,
+        pool_key,
+        ..
+    } = ready;
+    let catch_terminate = pool_key.is_some() && shared.pool.enabled();
+    let end = relay::relay(
+        &mut client,
+        &mut backend.stream,
+        shared.config.limits.idle_timeout,
+        catch_terminate,
+    )
+    .await;
+    drop(_cancel);
+    // Only a connection that was quiet at the client's Terminate (everything it asked
+    // answered, idle) is reset and kept; any other is closed with the session.
+    if let (RelayEnd::Terminated { quiet: true, .. }, Some(key)) = (&end, pool_key) {
+        let _ = client.shutdown().await;
+        drop(client);
+        shared.pool.give_back(key, backend).await;
+    }
+    shared.metrics.session_ended();
+    let (counts, how) = match &end {
+        RelayEnd::Closed(r) => (*r, "closed".to_string()),
+        RelayEnd::Terminated { relayed, quiet } => (
+            *relayed,
+            if *quiet {
+                "terminated".to_string()
+            } else {
+                "terminated with requests in flight".to_string()
+            },
+        ),
+        RelayEnd::Idle(r) => (*r, "idle timeout".to_string()),
+        RelayEnd::Error(e, r) => (*r, format!("error: {e}")),
+    };
+    shared
+        .metrics
+        .relayed(counts.client_to_backend, counts.backend_to_client);
+    tracing::info!(
+        client.addr = %peer,
+        user = %user,
+        bytes.up = counts.client_to_backend,
+        bytes.down = counts.backend_to_client,
+        end = %how,
+        "session ended"
+    );
+}
+
+/// The whole handshake, phase by phase, each under its own deadline. On failure the
+/// client has been sent the error's one response.
+async fn handshake(
+    shared: &Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Result<Box<Ready>, HandshakeError> {
+    let limits = &shared.config.limits;
+
+    // Phase 1: negotiation and TLS, one deadline for both; a shorter one for the first
+    // packet (an SSLRequest, a ClientHello), which any client sends at once.
+    let tls_deadline = tokio::time::Instant::now() + limits.tls_handshake_timeout;
+    let timed_out = || HandshakeError::Timeout(Phase::Tls, limits.tls_handshake_timeout);
+    let first_packet = limits
+        .first_packet_timeout
+        .min(limits.tls_handshake_timeout);
+    match tokio::time::timeout(first_packet, negotiate::first_packet(&stream)).await {
+        Err(_) => return Err(HandshakeError::Timeout(Phase::FirstPacket, first_packet)),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(())) => {}
+    }
+    match tokio::time::timeout_at(
+        tls_deadline,
+        negotiate::before_tls(shared, &mut stream, peer),
+    )
+    .await
+    {
+        Err(_) => return Err(timed_out()),
+        Ok(Err(e)) => {
+            respond(&mut stream, &e).await;
+            return Err(e);
+        }
+        Ok(Ok(())) => {}
+    }
+    let (mut tls, hello) = tokio::time::timeout_at(tls_deadline, negotiate::tls(shared, stream))
+        .await
+        .map_err(|_| timed_out())??;
+    match after_tls(shared, &mut tls, peer, hello).await {
+        Ok(session) => Ok(Box::new(Ready {
+            client: tls,
+            backend: session.backend,
+            _cancel: session.cancel,
+            user: session.user,
+            role: session.role,
+            database: session.database,
+            pool_key: session.pool_key,
+        })),
+        Err(e) => {
+            respond(&mut tls, &e).await;
+            Err(e)
+        }
+    }
+}
+
+/// A logged-in session's parts, before the stream joins them.
+#[derive(Debug)]
+struct Session {
+    backend: LoggedIn,
+    cancel: Option<CancelGuard>,
+    user: String,
+    /// The Postgres role: the user, or the role granted for it.
+    role: String,
+    database: String,
+    pool_key: Option<PoolKey>,
+}
+
+/// Phases 2 and 3, inside TLS.
+async fn after_tls(
+    shared: &Arc<Shared>,
+    tls: &mut TlsStream<TcpStream>,
+    peer: SocketAddr,
+    hello: ClientHello,
+) -> Result<Session, HandshakeError> {
+    let limits = &shared.config.limits;
+    let startup = tokio::time::timeout(limits.startup_timeout, startup::read(shared, tls, peer))
+        .await
+        .map_err(|_| HandshakeError::Timeout(Phase::Startup, limits.startup_timeout))??;
+    // A client over its limits still gets the protocol it speaks (TLS, then one FATAL
+    // after its StartupMessage), so it sees the same refusal as any other; it just never
+    // reaches authentication or the verifier.
+    if shared.limiter.is_blocked(peer.ip(), &startup.user) {
+        return Err(HandshakeError::RateLimited);
+    }
+    let result = tokio::time::timeout(
+        limits.login_timeout,
+        log_in(shared, tls, peer, hello, startup),
+    )
+    .await
+    .map_err(|_| HandshakeError::Timeout(Phase::Login, limits.login_timeout))
+    .and_then(|r| r);
+    // The verifier has been asked: a client that goes away now (or stalls) has cost an
+    // appraisal without failing a login, and counts in its own budget.
+    if matches!(
+        result,
+        Err(HandshakeError::Closed | HandshakeError::Timeout(Phase::Login, _))
+    ) {
+        shared.limiter.record_abandoned(peer.ip());
+    }
+    result
+}
+
+/// A passthrough role's login: against its SCRAM verifier from Postgres, the exchange
+/// runs here (with channel binding when `end_point` is given) and the ClientKey the
+/// client proved logs in to Postgres, which decides; without a readable SCRAM verifier,
+/// Postgres' own exchange is relayed. Returns the Postgres session and the SASLFinal the
+/// client gets with AuthenticationOk (none after a relayed exchange).
+async fn passthrough(
+    shared: &Shared,
+    tls: &mut TlsStream<TcpStream>,
+    user: &str,
+    forwarded: &[(&str, &str)],
+    end_point: Option<Vec<u8>>,
+) -> Result<(LoggedIn, Vec<u8>), HandshakeError> {
+    use crate::auth::passthrough::Lookup;
+    let cfg = &shared.config;
+    let refused = |why: Refusal| HandshakeError::AuthFailed {
+        user: user.to_string(),
+        causes: vec![why],
+    };
+    let verifier = match shared.passthrough.get(&cfg.backend, user).await {
+        Lookup::Scram(v) => v,
+        other => {
+            if let Lookup::Unavailable(why) = other {
+                tracing::warn!(user, error = %why, "no SCRAM verifier for the passthrough role: relaying Postgres' own exchange (no channel binding)");
+            }
+            let relayed = backend::passthrough_login(
+                tls,
+                &cfg.backend.addr,
+                forwarded,
+                cfg.backend.connect_timeout,
+            )
+            .await;
+            return match relayed {
+                Ok(l) => Ok((l, Vec::new())),
+                Err(BackendError::Refused { code, message, .. }) if code.starts_with("28") => {
+                    Err(refused(Refusal::PassthroughRefused(message)))
+                }
+                Err(e) => Err(HandshakeError::Backend(e)),
+            };
+        }
+    };
+    let Some((sasl_final, keys)) =
+        authenticate::passthrough_exchange(tls, &verifier, end_point, user).await?
+    else {
+        // A wrong password, or one changed since the verifier was read: read it again
+        // next time (failed logins are rate-limited per address).
+        shared.passthrough.forget(user);
+        return Err(refused(Refusal::WrongSecret));
+    };
+    match backend::login_with_keys(
+        &cfg.backend.addr,
+        keys,
+        forwarded,
+        cfg.backend.connect_timeout,
+    )
+    .await
+    {
+        Ok(l) => Ok((l, sasl_final)),
+        Err(e) => {
+            // The verifier no longer is Postgres' (the password changed): read it again
+            // next time.
+            shared.passthrough.forget(user);
+            match e {
+                BackendError::Refused { code, message, .. } if code.starts_with("28") => {
+                    Err(refused(Refusal::PassthroughRefused(message)))
+                }
+                BackendError::Protocol(m) if m.contains("verifier changed") => {
+                    Err(refused(Refusal::PassthroughRefused(m)))
+                }
+                e => Err(HandshakeError::Backend(e)),
+            }
+        }
+    }
+}
+
+/// Phase 3: the verifier's decision and the client's authentication, then Postgres.
+async fn log_in(
+    shared: &Arc<Shared>,
+    tls: &mut TlsStream<TcpStream>,
+    peer: SocketAddr,
+    hello: ClientHello,
+    startup: Startup,
+) -> Result<Session, HandshakeError> {
+    let Startup {
+        user,
+        database,
+        params,
+    } = startup;
+    // Ask the verifier now; authenticate the client meanwhile.
+    let request = VerifyPeerRequest {
+        purpose: "sidecar".into(),
+        chain: hello.chain,
+        user: user.clone(),
+        database: database.clone(),
+        sni: hello.sni,
+        client_addr: peer.to_string(),
+        alpn: if hello.alpn_postgresql {
+            "postgresql".into()
+        } else {
+            String::new()
+        },
+        ..VerifyPeerRequest::default()
+    };
+    let verifier = shared.verifier.clone();
+    let asked = Instant::now();
+    let decision = tokio::spawn(async move { verifier.verify_peer(request).await });
+
+    let forwarded = backend::forwarded_params(&user, &database, &params);
+    let cfg = &shared.config;
+    // SCRAM-SHA-256-PLUS binds the login to this TLS channel, for every role alike (a
+    // passthrough role's exchange runs here too, against its verifier from Postgres).
+    // `auto` offers it only to a peer that negotiated ALPN `postgresql` (libpq 17+):
+    // behind TeeSQL's forwarders the driver sees plaintext and libpq would refuse it.
+    let end_point = match cfg.channel_binding {
+        ChannelBinding::Always => hello.end_point,
+        ChannelBinding::Auto if hello.alpn_postgresql => hello.end_point,
+        ChannelBinding::Auto | ChannelBinding::Never => None,
+    };
+    if cfg.auth.is_passthrough(&user) {
+        let verdict = authenticate::verdict(shared, decision, asked).await;
+        if let Err(r) = verdict.and_then(|d| within_grants(&user, d)) {
+            return Err(HandshakeError::AuthFailed {
+                user,
+                causes: vec![r],
+            });
+        }
+        let (logged_in, sasl_final) =
+            passthrough(shared, tls, &user, &forwarded, end_point).await?;
+        let cancel = login::welcome(shared, tls, &logged_in, &sasl_final).await?;
+        return Ok(Session {
+            backend: logged_in,
+            cancel,
+            role: user.clone(),
+            user,
+            database,
+            pool_key: None,
+        });
+    }
+
+    let refused = |user: &str, why: Refusal| HandshakeError::AuthFailed {
+        user: user.to_string(),
+        causes: vec![why],
+    };
+    let (role, sasl_final, decision) = if cfg.auth.needs_grant(&user) {
+        // Which role, and so which secret, depends on the decision: wait for it first.
+        let chosen = authenticate::verdict(shared, decision, asked)
+            .await
+            .and_then(|d| Ok((granted_role(&cfg.auth, &user, &d)?, d)));
+        let (role, decision) = match chosen {
+            Ok(chosen) => chosen,
+            Err(why) => {
+                // The exchange a wrong secret gets (against a decoy for the tenant user),
+                // so that a peer learns nothing of its grant before it proves a secret.
+                authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, false, end_point)
+                    .await?;
+                return Err(refused(&user, why));
+            }
+        };
+        let attestation_only = cfg.auth.role(&role).is_some_and(|r| r.attestation_only);
+        let sasl_final = if attestation_only {
+            Vec::new()
+        } else {
+            let as_tenant_user = cfg.auth.is_tenant_user(&user);
+            match authenticate::exchange(
+                tls,
+                &cfg.auth,
+                cfg.auth_method,
+                &role,
+                as_tenant_user,
+                end_point,
+            )
+            .await?
+            {
+                Authenticated::Yes(sasl_final) => sasl_final,
+                Authenticated::No(why) => return Err(refused(&user, why)),
+            }
+        };
+        (role, sasl_final, decision)
+    } else {
+        let auth = authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, false, end_point)
+            .await?;
+        let verdict = authenticate::verdict(shared, decision, asked).await;
+        let verdict = verdict.and_then(|d| within_grants(&user, d));
+        match (auth, verdict) {
+            (Authenticated::Yes(sasl_final), Ok(decision)) => (user.clone(), sasl_final, decision),
+            (auth, verdict) => {
+                let mut causes = Vec::new();
+                if let Authenticated::No(why) = auth {
+                    causes.push(why);
+                }
+                if let Err(v) = verdict {
+                    causes.push(v);
+                }
+                return Err(HandshakeError::AuthFailed { user, causes });
+            }
+        }
+    };
+    let forwarded = if role == user {
+        forwarded
+    } else {
+        backend::forwarded_params(&role, &database, &params)
+    };
+
+    let key = PoolKey {
+        user: role.clone(),
+        database: database.clone(),
+        params: forwarded
+            .iter()
+            .skip(2)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let logged_in = login::to_postgres(shared, &key, &forwarded).await?;
+    if let Some(recorder) = &shared.identities {
+        let identity = SessionIdentity::from_decision(&decision, &user, &role);
+        let recorded = match &logged_in.cancel_key {
+            Some((pid, _)) => recorder.record(&database, *pid, &identity).await,
+            None => Err("Postgres sent no process id (BackendKeyData)".into()),
+        };
+        recorded.map_err(|e| HandshakeError::Backend(BackendError::Identity(e)))?;
+    }
+    let cancel = login::welcome(shared, tls, &logged_in, &sasl_final).await?;
+    Ok(Session {
+        backend: logged_in,
+        cancel,
+        user,
+        role,
+        database,
+        pool_key: Some(key),
+    })
+}
+
+/// The decision, unless it grants roles and `user` is none of them: a client the policy
+/// gave roles (a tenant's application) never gets a cluster-wide role (the policy denies
+/// it too).
+fn within_grants(
+    user: &str,
+    decision: teesql_proto::v1::Decision,
+) -> Result<teesql_proto::v1::Decision, Refusal> {
+    match decision.grants.as_ref().map(|g| &g.roles) {
+        Some(granted) if !granted.is_empty() && !granted.iter().any(|r| r == user) => {
+            Err(Refusal::NotGranted {
+                user: user.to_string(),
+                granted: granted.clone(),
+            })
+        }
+        _ => Ok(decision),
+    }
+}
+
+/// The role a client that needs a grant logs in as: for the tenant user, the first role
+/// the decision grants that is a granted role here; for a granted role, itself if the
+/// decision grants it.
+fn granted_role(
+    auth: &crate::auth::AuthMap,
+    user: &str,
+    decision: &teesql_proto::v1::Decision,
+) -> Result<String, Refusal> {
+    let granted: Vec<String> = decision
+        .grants
+        .as_ref()
+        .map(|g| g.roles.clone())
+        .unwrap_or_default();
+    let usable = |r: &&String| auth.role(r).is_some_and(|a| a.granted);
+    let chosen = if auth.is_tenant_user(user) {
+        granted.iter().find(usable)
+    } else {
+        granted.iter().filter(usable).find(|r| r.as_str() == user)
+    };
+    chosen.cloned().ok_or_else(|| Refusal::NotGranted {
+        user: user.to_string(),
+        granted,
+    })
+}
+
+/// Send the error's one response, then close.
+async fn respond<S: AsyncWrite + Unpin>(s: &mut S, e: &HandshakeError) {
+    match e.response() {
+        Response::Close => {}
+        Response::Fatal { code, message } => pgwire::send_fatal(s, code, &message).await,
+        Response::Raw(raw) => pgwire::send_and_close(s, &raw).await,
+    }
+}
+
+/// Refuse a connection that has not started TLS with the error's one response (also
+/// understood by a client waiting for the answer to its SSLRequest).
+pub async fn refuse_plain(mut stream: TcpStream, e: HandshakeError) {
+    respond(&mut stream, &e).await;
+}
+
+async fn forward_cancel(shared: &Shared, pid: i32, key: &[u8], peer: SocketAddr) {
+    match shared.cancels.lookup(pid, key) {
+        Some((backend_pid, backend_key)) => {
+            if let Err(e) =
+                backend::cancel(&shared.config.backend.addr, backend_pid, &backend_key).await
+            {
+                tracing::warn!(client.addr = %peer, error = %e, "could not forward a cancel request");
+            } else {
+                tracing::info!(client.addr = %peer, "cancel request forwarded");
+            }
+        }
+        None => tracing::info!(client.addr = %peer, "cancel request for no live session; ignored"),
+    }
+}

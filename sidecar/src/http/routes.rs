@@ -1,0 +1,221 @@
+//! HTTP on 8080: `/health`, `/attestation`, `/metrics`.
+//!
+//! `/attestation` answers with a fresh quote whose report data binds the state of
+//! Postgres: `SHA-256(wal_lsn "|" controldata_hash "|" timestamp)` followed by 32 zero
+//! bytes, where `controldata_hash` is the SHA-256 (hex) of
+//! `row_to_json(pg_control_system())::text || "\n" || row_to_json(pg_control_checkpoint())::text`.
+//! The JSON also carries the event log and VM configuration, so a verifier can replay
+//! RTMR3 (`teesql-verifier`'s `VerifyReport`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+pub use teesql_proto::report::PostgresState;
+use teesql_proto::report::{AttestationReport, ReportTcbInfo, report_data};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::postgres::login::BackendStream;
+use crate::config::BackendAddr;
+use crate::identity::GuestAgent;
+use crate::pgwire;
+use crate::state::Shared;
+
+/// What the admin endpoints need.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    pub agent: Arc<GuestAgent>,
+    /// The last `/attestation` outcome and the second it was finished. Anyone can ask for
+    /// one without logging in, and each costs a Postgres login and a quote, so reports are
+    /// made one at a time and callers that arrive while one is made share it.
+    pub last_report: Arc<tokio::sync::Mutex<Option<(u64, ReportOutcome)>>>,
+    /// The last `/health` answer and when it was made: checks run at most once a second
+    /// (each opens a connection to Postgres and asks the verifier), one at a time.
+    last_health:
+        Arc<tokio::sync::Mutex<Option<(std::time::Instant, StatusCode, serde_json::Value)>>>,
+}
+
+type ReportOutcome = Result<AttestationReport, String>;
+
+impl Admin {
+    pub fn new(shared: Arc<Shared>, agent: Arc<GuestAgent>) -> Self {
+        Self {
+            shared,
+            agent,
+            last_report: Arc::default(),
+            last_health: Arc::default(),
+        }
+    }
+}
+
+/// The operator's endpoints: `/health`, `/attestation`, `/metrics`.
+pub fn router(admin: Admin) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/attestation", get(attestation))
+        .route("/metrics", get(metrics))
+        .with_state(admin)
+}
+
+/// What anyone may ask: `/attestation` only. `/health` names internal addresses and
+/// errors, `/metrics` the traffic; they stay on the (loopback) admin listener.
+pub fn public_router(admin: Admin) -> Router {
+    Router::new()
+        .route("/attestation", get(attestation))
+        .with_state(admin)
+}
+
+/// How long a `/health` answer is reused.
+const HEALTH_REFRESH: Duration = Duration::from_secs(1);
+
+async fn health(State(a): State<Admin>) -> Response {
+    let mut last = a.last_health.lock().await;
+    let (status, body) = match last.as_ref() {
+        Some((at, status, body)) if at.elapsed() < HEALTH_REFRESH => (*status, body.clone()),
+        _ => {
+            let (status, body) = check_health(&a).await;
+            a.shared.metrics.health_check();
+            *last = Some((std::time::Instant::now(), status, body.clone()));
+            (status, body)
+        }
+    };
+    drop(last);
+    (status, axum::Json(body)).into_response()
+}
+
+async fn check_health(a: &Admin) -> (StatusCode, serde_json::Value) {
+    let (pg, verifier) = tokio::join!(
+        postgres_alive(&a.shared.config.backend.addr),
+        a.shared.verifier.check_health()
+    );
+    let now = unix_now();
+    let cert = a.shared.cert.current();
+    let identity = if cert.not_after > now {
+        Ok(())
+    } else {
+        Err(format!("server certificate expired at {}", cert.not_after))
+    };
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.clone(),
+    };
+    let verifier = verifier.map_err(|e| e.to_string());
+    let healthy = pg.is_ok() && verifier.is_ok() && identity.is_ok();
+    let body = json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "postgres": show(&pg),
+        "verifier": show(&verifier),
+        "identity": show(&identity),
+        "sessions_cancellable": a.shared.cancels.len(),
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
+}
+
+/// Postgres accepts connections: it answers an SSLRequest.
+async fn postgres_alive(addr: &BackendAddr) -> Result<(), String> {
+    let probe = async {
+        let mut s = BackendStream::connect(addr).await?;
+        s.write_all(&pgwire::ssl_request()).await?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await?;
+        match b[0] {
+            b'S' | b'N' => Ok(()),
+            other => Err(std::io::Error::other(format!(
+                "unexpected answer {:?}",
+                other as char
+            ))),
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(2), probe).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("unreachable at {}: {e}", addr.describe())),
+        Err(_) => Err(format!("no answer from {} within 2 s", addr.describe())),
+    }
+}
+
+async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        a.shared.metrics.encode(),
+    )
+}
+
+async fn attestation(State(a): State<Admin>) -> Response {
+    let asked = unix_now();
+    let mut last = a.last_report.lock().await;
+    // A report finished in the second this caller asked, or later (while it waited for the
+    // lock), answers it too. Failures are shared the same way, so a queue of callers does
+    // not retry a Postgres that is down one connect timeout after another.
+    let (reused, outcome) = match last.as_ref() {
+        Some((done, outcome)) if *done >= asked => (true, outcome.clone()),
+        _ => {
+            let outcome = build_report(&a, unix_now()).await;
+            *last = Some((unix_now(), outcome.clone()));
+            (false, outcome)
+        }
+    };
+    drop(last);
+    match outcome {
+        Ok(body) => {
+            let source = if reused { "reused" } else { "made" };
+            a.shared.metrics.attestation_report(source);
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Err(e) => {
+            if !reused {
+                a.shared.metrics.attestation_report("failed");
+                tracing::warn!(error = %e, "/attestation failed");
+            }
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({ "error": e })),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn build_report(a: &Admin, timestamp: u64) -> Result<AttestationReport, String> {
+    let state = crate::postgres::admin::postgres_state(&a.shared.config.backend).await?;
+    let quote = a
+        .agent
+        .quote(report_data(&state, timestamp))
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = a.agent.info().await.map_err(|e| e.to_string())?;
+    Ok(AttestationReport {
+        app_id: info.app_id,
+        compose_hash: info.compose_hash,
+        instance_id: info.instance_id,
+        quote: quote.quote,
+        tcb_info: ReportTcbInfo {
+            mrtd: info.tcb_info.mrtd,
+            rtmr0: info.tcb_info.rtmr0,
+            rtmr1: info.tcb_info.rtmr1,
+            rtmr2: info.tcb_info.rtmr2,
+            rtmr3: info.tcb_info.rtmr3,
+        },
+        postgres_state: state,
+        timestamp,
+        event_log: quote.event_log,
+        vm_config: quote.vm_config,
+    })
+}

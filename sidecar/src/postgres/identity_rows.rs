@@ -1,0 +1,296 @@
+//! The attested identity of each session, recorded where SQL can read it and nobody else
+//! can write it.
+//!
+//! `provision` creates, in each database, a schema `teesql` owned by the admin role:
+//!
+//! - `teesql.session_identity (pid, backend_start, identity jsonb)`: no rights for anyone
+//!   but its owner. The sidecar writes one row per Postgres backend over its own admin
+//!   connection, after the login and before the client sees ReadyForQuery, and again
+//!   whenever it hands a kept backend to another client.
+//! - `teesql.identity()`: `SECURITY DEFINER`, executable by everyone; returns the row of
+//!   the calling backend (`pg_backend_pid()`), and only while its `backend_start` is the
+//!   one recorded, so a recycled process id never shows an earlier session's identity.
+//! - `teesql.tenant()`: `teesql.identity() -> 'attributes' ->> 'tenant'`, for
+//!   row-level security (`USING (tenant = (SELECT teesql.tenant()))`).
+//!
+//! Nothing a session can do changes what the functions return: `SET`, `RESET` and `SET
+//! ROLE` do not touch the backend's process id or the table, the session's role has no
+//! right on the table, and startup parameters are not read. Cost: one `INSERT … ON
+//! CONFLICT` round trip on an admin connection kept per database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use teesql_proto::runtime::error_chain;
+
+use crate::postgres::admin::admin_client_to;
+use crate::config::BackendConfig;
+
+/// The SQL `provision` runs in each database (idempotent).
+pub const PROVISION_SQL: &[&str] = &[
+    "CREATE SCHEMA IF NOT EXISTS teesql",
+    "REVOKE ALL ON SCHEMA teesql FROM PUBLIC",
+    "GRANT USAGE ON SCHEMA teesql TO PUBLIC",
+    "CREATE TABLE IF NOT EXISTS teesql.session_identity (\
+        pid integer PRIMARY KEY, \
+        backend_start timestamptz NOT NULL, \
+        identity jsonb NOT NULL)",
+    "REVOKE ALL ON teesql.session_identity FROM PUBLIC",
+    "CREATE OR REPLACE FUNCTION teesql.identity() RETURNS jsonb \
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ \
+        SELECT s.identity FROM teesql.session_identity s \
+        WHERE s.pid = pg_catalog.pg_backend_pid() \
+          AND s.backend_start = (SELECT a.backend_start \
+                                 FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid()) a) \
+        $$",
+    "CREATE OR REPLACE FUNCTION teesql.tenant() RETURNS text \
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ \
+        SELECT teesql.identity() -> 'attributes' ->> 'tenant' $$",
+    "REVOKE ALL ON FUNCTION teesql.identity(), teesql.tenant() FROM PUBLIC",
+    "GRANT EXECUTE ON FUNCTION teesql.identity(), teesql.tenant() TO PUBLIC",
+];
+
+/// The backend must still be the session's: its role and database, not a process that
+/// took over the id of one that died meanwhile.
+const RECORD_SQL: &str = "INSERT INTO teesql.session_identity (pid, backend_start, identity) \
+     SELECT a.pid, a.backend_start, $2::text::jsonb \
+     FROM pg_catalog.pg_stat_get_activity($1) a \
+     WHERE a.pid = $1 AND a.usesysid = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $3) \
+       AND a.datid = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = $4) \
+     ON CONFLICT (pid) DO UPDATE \
+     SET backend_start = EXCLUDED.backend_start, identity = EXCLUDED.identity";
+
+/// Create the schema, table and functions in the database `c` is connected to, then
+/// check that every object in schema `teesql` belongs to the role running this (the
+/// admin): one that someone else created first could be redefined by them.
+pub async fn provision(c: &tokio_postgres::Client, db: &str) -> Result<(), String> {
+    for sql in PROVISION_SQL {
+        c.batch_execute(sql).await.map_err(|e| {
+            format!(
+                "creating teesql.identity() in database {db}: {}",
+                error_chain(&e)
+            )
+        })?;
+    }
+    let foreign: Option<String> = c
+        .query_one(OWNERS_SQL, &[])
+        .await
+        .map_err(|e| {
+            format!(
+                "checking schema teesql in database {db}: {}",
+                error_chain(&e)
+            )
+        })?
+        .get(0);
+    match foreign {
+        None => Ok(()),
+        Some(list) => Err(format!(
+            "in database {db}, schema teesql holds what another role owns or was granted ({list}): \
+             drop or revoke it (or make the admin role its owner), then provision again"
+        )),
+    }
+}
+
+/// Objects in (or the) schema `teesql` not owned by `current_user`, and grants on them
+/// beyond USAGE on the schema and EXECUTE on the functions to PUBLIC; or NULL.
+const OWNERS_SQL: &str = "WITH me AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user), \
+     ns AS (SELECT oid, nspowner, nspacl FROM pg_catalog.pg_namespace WHERE nspname = 'teesql') \
+     SELECT pg_catalog.string_agg(what, ', ') FROM ( \
+       SELECT 'schema teesql' AS what FROM ns WHERE nspowner <> (SELECT oid FROM me) \
+       UNION ALL SELECT 'relation ' || relname FROM pg_catalog.pg_class \
+         WHERE relnamespace = (SELECT oid FROM ns) AND relowner <> (SELECT oid FROM me) \
+       UNION ALL SELECT 'function ' || proname FROM pg_catalog.pg_proc \
+         WHERE pronamespace = (SELECT oid FROM ns) AND proowner <> (SELECT oid FROM me) \
+       UNION ALL SELECT 'type ' || typname FROM pg_catalog.pg_type \
+         WHERE typnamespace = (SELECT oid FROM ns) AND typowner <> (SELECT oid FROM me) \
+           AND typrelid = 0 AND typcategory <> 'A' \
+       UNION ALL SELECT 'operator ' || oprname FROM pg_catalog.pg_operator \
+         WHERE oprnamespace = (SELECT oid FROM ns) AND oprowner <> (SELECT oid FROM me) \
+       UNION ALL SELECT 'a grant of ' || a.privilege_type || ' on schema teesql' \
+         FROM ns, pg_catalog.aclexplode(ns.nspacl) a \
+         WHERE a.grantee <> ns.nspowner AND NOT (a.grantee = 0 AND a.privilege_type = 'USAGE') \
+       UNION ALL SELECT 'a grant of ' || a.privilege_type || ' on ' || c.relname \
+         FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a \
+         WHERE c.relnamespace = (SELECT oid FROM ns) AND a.grantee <> c.relowner \
+       UNION ALL SELECT 'a grant of ' || a.privilege_type || ' on function ' || p.proname \
+         FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a \
+         WHERE p.pronamespace = (SELECT oid FROM ns) AND a.grantee <> p.proowner \
+           AND NOT (a.grantee = 0 AND a.privilege_type = 'EXECUTE') \
+     ) x";
+
+/// Admin connections kept: one per database, at most this many databases.
+const MAX_DATABASES: usize = 64;
+
+/// What a session's `teesql.identity()` returns.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SessionIdentity {
+    /// From the attested event log (RTMR3 replayed), else null.
+    pub app_id: Option<String>,
+    pub compose_hash: Option<String>,
+    pub instance_id: Option<String>,
+    /// The policy's grants.
+    pub attributes: std::collections::BTreeMap<String, String>,
+    pub roles: Vec<String>,
+    /// The Postgres role the session logged in as, and the user the client named.
+    pub role: String,
+    pub user: String,
+    pub policy_hash: String,
+}
+
+impl SessionIdentity {
+    /// The identity a verifier decision attests for a session as `role`.
+    pub fn from_decision(d: &teesql_proto::v1::Decision, user: &str, role: &str) -> Self {
+        #[derive(serde::Deserialize, Default)]
+        struct Claims {
+            app: Option<App>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct App {
+            app_id: Option<String>,
+            compose_hash: Option<String>,
+            instance_id: Option<String>,
+            #[serde(default)]
+            rtmr3_replayed: bool,
+        }
+        let app = serde_json::from_str::<Claims>(&d.claims_json)
+            .ok()
+            .and_then(|c| c.app)
+            .filter(|a| a.rtmr3_replayed)
+            .unwrap_or_default();
+        let (roles, attributes) = match &d.grants {
+            Some(g) => (
+                g.roles.clone(),
+                g.attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            None => Default::default(),
+        };
+        Self {
+            app_id: app.app_id,
+            compose_hash: app.compose_hash,
+            instance_id: app.instance_id,
+            attributes,
+            roles,
+            role: role.to_string(),
+            user: user.to_string(),
+            policy_hash: d.policy_hash.clone(),
+        }
+    }
+}
+
+/// Writes session identities over admin connections, one per database.
+#[derive(Debug, Clone)]
+pub struct IdentityRecorder {
+    backend: BackendConfig,
+    clients: Arc<Mutex<HashMap<String, Arc<tokio_postgres::Client>>>>,
+    /// Identities recorded, for the periodic removal of ended sessions' rows.
+    recorded: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Every this many identities recorded, rows of backends that have ended are removed from
+/// the database just written to: the table holds about as many rows as there are live
+/// sessions, not one per process id ever used.
+pub const PRUNE_EVERY: u64 = 256;
+
+const PRUNE_SQL: &str = "DELETE FROM teesql.session_identity s \
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(NULL) a \
+                       WHERE a.pid = s.pid AND a.backend_start = s.backend_start)";
+
+impl IdentityRecorder {
+    pub fn new(backend: BackendConfig) -> Self {
+        Self {
+            backend,
+            clients: Arc::default(),
+            recorded: Arc::default(),
+        }
+    }
+
+    /// Record `identity` for the backend `pid` in `database`. One retry on a fresh
+    /// connection if the kept one has failed.
+    pub async fn record(
+        &self,
+        database: &str,
+        pid: i32,
+        identity: &SessionIdentity,
+    ) -> Result<(), String> {
+        let json = serde_json::to_string(identity).map_err(|e| e.to_string())?;
+        let mut last = String::new();
+        for _ in 0..2 {
+            let client = self.client(database).await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&pid, &json, &identity.role, &database];
+            match client.execute(RECORD_SQL, &params).await {
+                Ok(1) => {
+                    let n = self
+                        .recorded
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n % PRUNE_EVERY == PRUNE_EVERY - 1 {
+                        let database = database.to_string();
+                        tokio::spawn(async move {
+                            if let Err(e) = client.execute(PRUNE_SQL, &[]).await {
+                                tracing::warn!(%database, error = %error_chain(&e), "could not remove ended sessions' identities");
+                            }
+                        });
+                    }
+                    return Ok(());
+                }
+                Ok(_) => {
+                    return Err(format!(
+                        "Postgres has no backend {pid} of role {} in database {database}",
+                        identity.role
+                    ));
+                }
+                Err(e) => {
+                    last = error_chain(&e);
+                    let missing = e
+                        .as_db_error()
+                        .is_some_and(|d| d.code().code() == "42P01" || d.code().code() == "3F000");
+                    if missing {
+                        return Err(format!(
+                            "{last} (database {database} has no teesql.session_identity: run `teesql-sidecar provision`)"
+                        ));
+                    }
+                    if client.is_closed() {
+                        self.forget(database, &client);
+                        continue;
+                    }
+                    return Err(last);
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn client(&self, database: &str) -> Result<Arc<tokio_postgres::Client>, String> {
+        if let Some(c) = self.lock().get(database).filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(admin_client_to(&self.backend, database).await?);
+        let mut clients = self.lock();
+        if clients.len() >= MAX_DATABASES && !clients.contains_key(database) {
+            let any = clients.keys().next().cloned();
+            if let Some(k) = any {
+                clients.remove(&k);
+            }
+        }
+        clients.insert(database.to_string(), client.clone());
+        Ok(client)
+    }
+
+    fn forget(&self, database: &str, client: &Arc<tokio_postgres::Client>) {
+        let mut clients = self.lock();
+        if clients
+            .get(database)
+            .is_some_and(|c| Arc::ptr_eq(c, client))
+        {
+            clients.remove(database);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio_postgres::Client>>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
