@@ -199,7 +199,7 @@ pub struct LimitsFile {
     /// Open connections per HTTP listener [default: 64].
     pub http_max_connections: Option<usize>,
     /// Open connections per HTTP listener from one client address (IPv6: a /64)
-    /// [default: 16].
+    /// [default: 32, half of a listener's connections].
     pub http_connections_per_address: Option<usize>,
     /// Time for an HTTP client to send its request headers, seconds [default: 5].
     pub http_header_timeout_secs: Option<u64>,
@@ -298,7 +298,7 @@ pub mod defaults {
     pub const HANDSHAKES_PER_ADDRESS: usize = 256;
     pub const FIRST_PACKET_TIMEOUT_SECS: u64 = 5;
     pub const HTTP_MAX_CONNECTIONS: usize = 64;
-    pub const HTTP_CONNECTIONS_PER_ADDRESS: usize = 16;
+    pub const HTTP_CONNECTIONS_PER_ADDRESS: usize = 32;
     pub const HTTP_HEADER_TIMEOUT_SECS: u64 = 5;
     pub const HTTP_CONNECTION_TIMEOUT_SECS: u64 = 30;
 }
@@ -342,7 +342,7 @@ pub struct BackendConfig {
     pub pool_max_idle_total: usize,
     pub pool_idle_timeout: Duration,
     /// Which client startup parameters are passed on, and which are ignored.
-    pub startup_parameters: crate::session::StartupParameters,
+    pub startup_parameters: crate::params::StartupParameters,
     /// Record each session's attested identity (`teesql.session_identity`).
     pub record_identity: bool,
 }
@@ -355,9 +355,9 @@ pub struct Limits {
     pub login_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub shutdown_grace: Duration,
-    pub address: crate::ratelimit::AddressLimits,
+    pub address: AddressLimits,
     pub first_packet_timeout: Duration,
-    pub http: crate::http::HttpLimits,
+    pub http: HttpLimits,
 }
 
 /// Flag values (each overrides the file and the environment).
@@ -544,13 +544,13 @@ impl SidecarConfig {
             env,
             &mut p,
         );
-        let startup_parameters = crate::session::StartupParameters::new(
+        let startup_parameters = crate::params::StartupParameters::new(
             file.backend.forward_parameters.unwrap_or_default(),
             file.backend.ignore_parameters.unwrap_or_default(),
         )
         .unwrap_or_else(|e| {
             p.push(e);
-            crate::session::StartupParameters::default()
+            crate::params::StartupParameters::default()
         });
         let mut backend = BackendConfig {
             addr: backend_addr,
@@ -780,7 +780,7 @@ impl SidecarConfig {
                 l.shutdown_grace_secs
                     .unwrap_or(defaults::SHUTDOWN_GRACE_SECS),
             ),
-            address: crate::ratelimit::AddressLimits {
+            address: AddressLimits {
                 failed_auth_per_minute: p.at_least(
                     "limits.failed_auth_per_minute",
                     l.failed_auth_per_minute
@@ -806,7 +806,7 @@ impl SidecarConfig {
                 l.first_packet_timeout_secs,
                 defaults::FIRST_PACKET_TIMEOUT_SECS,
             ),
-            http: crate::http::HttpLimits {
+            http: HttpLimits {
                 max_connections: p.at_least(
                     "limits.http_max_connections",
                     l.http_max_connections
@@ -917,6 +917,41 @@ fn load_secret_text(
     env_name
         .and_then(|n| env.var(n))
         .map(|t| Secret::from_text(&t))
+}
+
+/// Limits per client address on the Postgres port (`limits.*`).
+#[derive(Debug, Clone, Copy)]
+pub struct AddressLimits {
+    /// Failed logins per (address, user) per minute.
+    pub failed_auth_per_minute: u32,
+    /// Abandoned handshakes per address per minute.
+    pub abandoned_per_minute: u32,
+    /// Handshakes in progress per address.
+    pub handshakes_per_address: usize,
+}
+
+/// Bounds of one HTTP listener (`limits.http_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 /64).
+    pub max_per_address: usize,
+    /// Time to receive a request's headers (slow clients are closed).
+    pub header_timeout: Duration,
+    /// Longest a connection may live, keep-alive included.
+    pub connection_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            max_per_address: 32,
+            header_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,9 +27,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
+use crate::frontend::relay;
 use crate::identity::GuestAgent;
 use crate::pgwire::{self, StartupPacket, WireError, backend as msg};
-use crate::relay;
 use crate::verifier::VerifierClient;
 use teesql_proto::transport::ServerTrust;
 
@@ -354,7 +354,7 @@ fn certified(chain_pem: &str, key_pem: &str) -> Result<rustls::sign::CertifiedKe
         .map_err(|e| format!("client certificate: {e}"))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| format!("client key: {e}"))?;
-    let signing = crate::tls::provider()
+    let signing = crate::frontend::tls::provider()
         .key_provider
         .load_private_key(key)
         .map_err(|e| format!("client key: {e}"))?;
@@ -405,13 +405,15 @@ impl Forwarder {
         let identity = Arc::new(ClientIdentity {
             current: arc_swap::ArcSwap::from_pointee(certified(&chain, &key)?),
         });
-        let mut tls = ClientConfig::builder_with_provider(crate::tls::provider())
+        let mut tls = ClientConfig::builder_with_provider(crate::frontend::tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| e.to_string())?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(crate::tls::ServerCertificateRule::any()))
+            .with_custom_certificate_verifier(Arc::new(
+                crate::frontend::tls::ServerCertificateRule::any(),
+            ))
             .with_client_cert_resolver(identity.clone());
-        tls.alpn_protocols = vec![crate::tls::ALPN_POSTGRESQL.to_vec()];
+        tls.alpn_protocols = vec![crate::frontend::tls::ALPN_POSTGRESQL.to_vec()];
         tls.resumption = rustls::client::Resumption::disabled();
         if let Some(to) = &config.to {
             server_name_for(config.server_name.as_deref(), host_of(to))?;
@@ -817,15 +819,15 @@ where
             Some(Authentication::SaslContinue(_) | Authentication::SaslFinal(_))
                 if sasl_started =>
             {
-                out.extend_from_slice(&crate::backend::raw_message(tag, &body))
+                out.extend_from_slice(&crate::postgres::login::raw_message(tag, &body))
             }
             Some(Authentication::Ok) => {
-                out.extend_from_slice(&crate::backend::raw_message(tag, &body))
+                out.extend_from_slice(&crate::postgres::login::raw_message(tag, &body))
             }
             Some(Authentication::CleartextPassword | Authentication::Md5Password(_))
                 if allow_cleartext =>
             {
-                out.extend_from_slice(&crate::backend::raw_message(tag, &body))
+                out.extend_from_slice(&crate::postgres::login::raw_message(tag, &body))
             }
             Some(Authentication::CleartextPassword) => {
                 return Err(Refused(
@@ -843,7 +845,7 @@ where
                 )));
             }
             // An error, NegotiateProtocolVersion or a notice: passed on.
-            None => out.extend_from_slice(&crate::backend::raw_message(tag, &body)),
+            None => out.extend_from_slice(&crate::postgres::login::raw_message(tag, &body)),
         }
         local
             .write_all(&out)
@@ -857,7 +859,7 @@ where
                     .await
                     .map_err(|e| Ended(format!("client: {e}")))?;
                 upstream
-                    .write_all(&crate::backend::raw_message(ctag, &cbody))
+                    .write_all(&crate::postgres::login::raw_message(ctag, &cbody))
                     .await
                     .map_err(|e| Ended(format!("server: {e}")))?;
             }

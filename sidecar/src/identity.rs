@@ -6,7 +6,9 @@ use std::time::Duration;
 
 pub use teesql_proto::agent::{AgentError, GuestAgent, renew_forever};
 
-use crate::tls::{RotatingCert, ServerIdentity};
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 /// A server identity ready for rustls.
 pub async fn server_identity(
@@ -36,4 +38,58 @@ pub async fn renew_server_certificate(
         Ok(())
     };
     renew_forever("server", every, renew, on_result).await;
+}
+
+/// A certificate and key ready to serve, with the `tls-server-end-point` hash clients
+/// bind SCRAM to.
+#[derive(Debug)]
+pub struct ServerIdentity {
+    pub certified: Arc<CertifiedKey>,
+    pub end_point_hash: Vec<u8>,
+    /// Unix seconds; when the certificate expires.
+    pub not_after: u64,
+}
+
+impl ServerIdentity {
+    /// From a PEM chain (leaf first) and a PEM private key, as dstack's GetTlsKey returns.
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self, String> {
+        let certified = teesql_proto::transport::certified_key(chain_pem, key_pem)?;
+        let leaf = &certified.cert[0];
+        let not_after = x509_parser::parse_x509_certificate(leaf)
+            .map(|(_, c)| c.validity().not_after.timestamp().max(0) as u64)
+            .unwrap_or(0);
+        Ok(Self {
+            end_point_hash: crate::auth::scram::tls_server_end_point(leaf),
+            certified: Arc::new(certified),
+            not_after,
+        })
+    }
+}
+
+/// The serving certificate, swapped without a lock or a restart when it is renewed.
+#[derive(Debug)]
+pub struct RotatingCert {
+    current: ArcSwap<ServerIdentity>,
+}
+
+impl RotatingCert {
+    pub fn new(initial: ServerIdentity) -> Arc<Self> {
+        Arc::new(Self {
+            current: ArcSwap::from_pointee(initial),
+        })
+    }
+
+    pub fn current(&self) -> Arc<ServerIdentity> {
+        self.current.load_full()
+    }
+
+    pub fn replace(&self, next: ServerIdentity) {
+        self.current.store(Arc::new(next));
+    }
+}
+
+impl ResolvesServerCert for RotatingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load().certified.clone())
+    }
 }

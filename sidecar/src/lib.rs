@@ -6,24 +6,17 @@
 //! `/attestation` and `/metrics`. No policy logic and no quote parsing live here: every
 //! decision is the verifier's.
 
-pub mod admin;
 pub mod auth;
-pub mod backend;
-pub mod cancel;
 pub mod config;
 pub mod forward;
+pub mod frontend;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod params;
 pub mod pgwire;
-pub mod pool;
-pub mod provision;
-pub mod ratelimit;
-pub mod relay;
-pub mod server;
-pub mod session;
-pub mod session_identity;
-pub mod tls;
+pub mod postgres;
+pub mod state;
 pub mod verifier;
 
 use std::future::Future;
@@ -31,13 +24,13 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::cancel::CancelMap;
 use crate::config::SidecarConfig;
+use crate::frontend::cancel::CancelMap;
+use crate::frontend::ratelimit::FailureLimiter;
+use crate::frontend::tls::RotatingCert;
 use crate::identity::GuestAgent;
 use crate::metrics::Metrics;
-use crate::ratelimit::FailureLimiter;
-use crate::session::Shared;
-use crate::tls::RotatingCert;
+use crate::state::Shared;
 use crate::verifier::VerifierClient;
 
 /// A sidecar with its identity fetched, ready to serve.
@@ -57,8 +50,8 @@ impl Sidecar {
                 .await
                 .map_err(|e| format!("cannot get the server certificate: {e}"))?;
         let cert = RotatingCert::new(identity);
-        let tls =
-            tls::server_config(cert.clone()).map_err(|e| format!("TLS configuration: {e}"))?;
+        let tls = frontend::tls::server_config(cert.clone())
+            .map_err(|e| format!("TLS configuration: {e}"))?;
         let metrics = Metrics::new();
         let verifier = VerifierClient::new(
             &config.verifier_url,
@@ -72,11 +65,11 @@ impl Sidecar {
         let identities = config
             .backend
             .record_identity
-            .then(|| session_identity::IdentityRecorder::new(config.backend.clone()));
+            .then(|| postgres::identity_rows::IdentityRecorder::new(config.backend.clone()));
         let shared = Arc::new(Shared {
             identities,
             limiter: FailureLimiter::new(config.limits.address),
-            pool: pool::BackendPool::new(
+            pool: postgres::pool::BackendPool::new(
                 config.backend.pool_max_idle_per_key,
                 config.backend.pool_max_idle_total,
                 config.backend.pool_idle_timeout,
@@ -109,10 +102,18 @@ impl Sidecar {
                 move |ok| s.metrics.renewal(ok),
             ))
         };
-        let admin = admin::Admin::new(shared.clone(), self.agent.clone());
+        let admin = http::routes::Admin::new(shared.clone(), self.agent.clone());
         for (listener, app, which) in [
-            (listeners.admin, admin::router(admin.clone()), "admin"),
-            (listeners.public, admin::public_router(admin), "public"),
+            (
+                listeners.admin,
+                http::routes::router(admin.clone()),
+                "admin",
+            ),
+            (
+                listeners.public,
+                http::routes::public_router(admin),
+                "public",
+            ),
         ] {
             let Some(listener) = listener else { continue };
             let mut rx = stop_rx.clone();
@@ -127,7 +128,7 @@ impl Sidecar {
                 },
             ));
         }
-        server::serve(shared, listeners.postgres, shutdown).await;
+        frontend::server::serve(shared, listeners.postgres, shutdown).await;
         let _ = stop_tx.send(true);
         renewal.abort();
     }

@@ -379,12 +379,12 @@ async fn provision(
     if databases.is_empty() {
         databases.push("postgres".into());
     }
-    let tenants = match tenants.map(|p| teesql_sidecar::provision::read_tenants(&p)) {
+    let tenants = match tenants.map(|p| teesql_sidecar::postgres::provision::read_tenants(&p)) {
         None => Vec::new(),
         Some(Ok(t)) => t,
         Some(Err(e)) => return fail(&[e]),
     };
-    match teesql_sidecar::provision::provision_with(&config, &databases, &tenants).await {
+    match teesql_sidecar::postgres::provision::provision_with(&config, &databases, &tenants).await {
         Ok(done) => {
             println!(
                 "provisioned roles in {}: created [{}], updated [{}]",

@@ -8,7 +8,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::session::error::{Outcome, OutcomeLabels};
+use std::fmt;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -195,4 +197,76 @@ impl Metrics {
         }
         out
     }
+}
+
+/// How a connection ended: the `outcome` label of `teesql_sidecar_connections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Session,
+    AuthFailed,
+    TlsFailed,
+    ProtocolError,
+    PlaintextRefused,
+    BackendFailed,
+    RateLimited,
+    Cancel,
+    FirstPacketTimeout,
+    TlsTimeout,
+    StartupTimeout,
+    LoginTimeout,
+    TooMany,
+    TooManyFromAddress,
+    Closed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 15] = [
+        Self::Session,
+        Self::AuthFailed,
+        Self::TlsFailed,
+        Self::ProtocolError,
+        Self::PlaintextRefused,
+        Self::BackendFailed,
+        Self::RateLimited,
+        Self::Cancel,
+        Self::FirstPacketTimeout,
+        Self::TlsTimeout,
+        Self::StartupTimeout,
+        Self::LoginTimeout,
+        Self::TooMany,
+        Self::TooManyFromAddress,
+        Self::Closed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::AuthFailed => "auth_failed",
+            Self::TlsFailed => "tls_failed",
+            Self::ProtocolError => "protocol_error",
+            Self::PlaintextRefused => "plaintext_refused",
+            Self::BackendFailed => "backend_failed",
+            Self::RateLimited => "rate_limited",
+            Self::Cancel => "cancel",
+            Self::FirstPacketTimeout => "first_packet_timeout",
+            Self::TlsTimeout => "tls_timeout",
+            Self::StartupTimeout => "startup_timeout",
+            Self::LoginTimeout => "login_timeout",
+            Self::TooMany => "too_many",
+            Self::TooManyFromAddress => "too_many_from_address",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Labels of `teesql_sidecar_connections_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: Outcome,
 }

@@ -61,6 +61,9 @@ impl Default for StartupParameters {
 pub struct Checked {
     /// Parameters to pass on, in the client's order.
     pub forwarded: Vec<(String, String)>,
+    /// Protocol options (`_pq_.*`) the client asked for: none is supported, which the
+    /// sidecar says with NegotiateProtocolVersion, as Postgres does.
+    pub protocol_options: Vec<String>,
 }
 
 impl StartupParameters {
@@ -85,15 +88,17 @@ impl StartupParameters {
     /// Check every parameter; the first one refused is the error.
     pub fn check(&self, params: &[(String, String)]) -> Result<Checked, ParameterError> {
         let mut forwarded = Vec::new();
+        let mut protocol_options = Vec::new();
         for (name, value) in params {
             if has_control(name) || has_control(value) {
                 return Err(ParameterError::ControlCharacters(name.clone()));
             }
             let lower = name.to_ascii_lowercase();
-            if HANDLED.contains(&lower.as_str())
-                || lower.starts_with("_pq_.")
-                || self.ignored.contains(&lower)
-            {
+            if name.starts_with("_pq_.") {
+                protocol_options.push(name.clone());
+                continue;
+            }
+            if HANDLED.contains(&lower.as_str()) || self.ignored.contains(&lower) {
                 continue;
             }
             if self.forwarded.contains(&lower) {
@@ -102,7 +107,10 @@ impl StartupParameters {
                 return Err(ParameterError::Refused(name.clone()));
             }
         }
-        Ok(Checked { forwarded })
+        Ok(Checked {
+            forwarded,
+            protocol_options,
+        })
     }
 }
 

@@ -92,7 +92,7 @@ async fn main() {
         move || {
             let (addr, secret) = (addr.clone(), secret.clone());
             async move {
-                let logged_in = teesql_sidecar::backend::login(
+                let logged_in = teesql_sidecar::postgres::login::login(
                     &addr,
                     method,
                     secret.as_ref(),

@@ -172,7 +172,7 @@ pub struct Cluster {
     pub admin_addr: Option<SocketAddr>,
     /// The public HTTP listener, when started.
     pub public_addr: Option<SocketAddr>,
-    pub sidecar: Arc<teesql_sidecar::session::Shared>,
+    pub sidecar: Arc<teesql_sidecar::state::Shared>,
     /// 64 hex digits.
     pub read_secret: String,
     pub readwrite_secret: String,
@@ -419,7 +419,7 @@ impl Cluster {
                 .map_err(|e| anyhow!("{e}"))?;
             databases.push(db.clone());
         }
-        teesql_sidecar::provision::provision(&sidecar_config, &databases)
+        teesql_sidecar::postgres::provision::provision(&sidecar_config, &databases)
             .await
             .map_err(|e| anyhow!("provision: {e}"))?;
         let sidecar = Sidecar::start(sidecar_config.clone())
@@ -583,7 +583,7 @@ impl Cluster {
     /// after its socket closes, so a client that saw the close may not see the count yet.
     pub async fn outcome_count(
         &self,
-        outcome: teesql_sidecar::session::Outcome,
+        outcome: teesql_sidecar::frontend::session::Outcome,
         at_least: u64,
     ) -> u64 {
         for _ in 0..100 {

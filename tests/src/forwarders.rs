@@ -100,13 +100,14 @@ impl ForwarderDouble {
             CertificateDer::pem_slice_iter(issued.certificate_chain.join("\n").as_bytes())
                 .collect::<Result<_, _>>()?;
         let key = PrivateKeyDer::from_pem_slice(issued.key.as_bytes())?;
-        let mut tls = rustls::ClientConfig::builder_with_provider(teesql_sidecar::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(
-                teesql_sidecar::tls::ServerCertificateRule::any(),
-            ))
-            .with_client_auth_cert(chain, key)?;
+        let mut tls =
+            rustls::ClientConfig::builder_with_provider(teesql_sidecar::frontend::tls::provider())
+                .with_safe_default_protocol_versions()?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(
+                    teesql_sidecar::frontend::tls::ServerCertificateRule::any(),
+                ))
+                .with_client_auth_cert(chain, key)?;
         // What the real ones set: nothing.
         tls.alpn_protocols.clear();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));

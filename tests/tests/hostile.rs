@@ -35,12 +35,15 @@ async fn rogue_server(agent: &TestAgent, auth: u32) -> (SocketAddr, Arc<Mutex<Ve
         })
         .await
         .unwrap();
-    let identity =
-        teesql_sidecar::tls::ServerIdentity::from_pem(&issued.chain_pem.concat(), &issued.key_pem)
-            .unwrap();
-    let config =
-        teesql_sidecar::tls::server_config(teesql_sidecar::tls::RotatingCert::new(identity))
-            .unwrap();
+    let identity = teesql_sidecar::frontend::tls::ServerIdentity::from_pem(
+        &issued.chain_pem.concat(),
+        &issued.key_pem,
+    )
+    .unwrap();
+    let config = teesql_sidecar::frontend::tls::server_config(
+        teesql_sidecar::frontend::tls::RotatingCert::new(identity),
+    )
+    .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -245,13 +248,7 @@ async fn http_listeners_cap_connections_and_cut_off_slow_headers() {
 /// `/health` checks Postgres and the verifier at most once a second, however many ask.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_checked_at_most_once_a_second() {
-    // 30 probes at once from one address: more than one address may hold by default.
-    let c = Cluster::start(ClusterOptions {
-        sidecar_toml: "[limits]\nhttp_connections_per_address = 64\n".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let c = Cluster::start(ClusterOptions::default()).await.unwrap();
     let url = format!("http://{}/health", c.admin_addr.unwrap());
     let http = reqwest::Client::new();
     let started = std::time::Instant::now();
@@ -312,7 +309,7 @@ async fn failure_limits_are_per_user_and_count_only_the_clients_faults() {
     assert_eq!(
         c.sidecar
             .metrics
-            .connections(teesql_sidecar::session::Outcome::RateLimited),
+            .connections(teesql_sidecar::frontend::session::Outcome::RateLimited),
         1
     );
     // ...but another role from the same address (a gateway, a NAT) is not.
@@ -362,7 +359,7 @@ async fn failure_limits_are_per_user_and_count_only_the_clients_faults() {
     assert_eq!(
         c.sidecar
             .metrics
-            .connections(teesql_sidecar::session::Outcome::RateLimited),
+            .connections(teesql_sidecar::frontend::session::Outcome::RateLimited),
         2
     );
 
@@ -389,13 +386,13 @@ async fn failure_limits_are_per_user_and_count_only_the_clients_faults() {
     assert_eq!(
         c2.sidecar
             .metrics
-            .connections(teesql_sidecar::session::Outcome::AuthFailed),
+            .connections(teesql_sidecar::frontend::session::Outcome::AuthFailed),
         5
     );
     assert_eq!(
         c2.sidecar
             .metrics
-            .connections(teesql_sidecar::session::Outcome::RateLimited),
+            .connections(teesql_sidecar::frontend::session::Outcome::RateLimited),
         0
     );
 }
@@ -443,7 +440,7 @@ async fn silent_connections_are_capped_per_address_and_cut_off_early() {
             .unwrap()
             .unwrap();
     }
-    use teesql_sidecar::session::Outcome;
+    use teesql_sidecar::frontend::session::Outcome;
     assert_eq!(c.outcome_count(Outcome::FirstPacketTimeout, 2).await, 2);
     assert_eq!(
         c.sidecar.metrics.connections(Outcome::TooManyFromAddress),
@@ -543,7 +540,7 @@ async fn what_a_client_may_ask_of_postgres() {
     }
 
     // The sidecar's superuser connections use search_path = pg_catalog.
-    let admin = teesql_sidecar::admin::admin_client(&c.sidecar_config().backend)
+    let admin = teesql_sidecar::postgres::admin::admin_client(&c.sidecar_config().backend)
         .await
         .unwrap();
     let path: String = admin

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use teesql_sidecar::session::Outcome;
+use teesql_sidecar::frontend::session::Outcome;
 use teesql_tests::clients::{PSYCOPG_CONNECT, psql, psql_env, python, python_with};
 use teesql_tests::cluster::{Cluster, ClusterOptions};
 use teesql_tests::forwarders::{ForwarderDouble, RunningForwarder, Shape};

@@ -158,7 +158,7 @@ async fn mode_d_roles_secrets_and_privileges() {
     }
 
     // Provisioning again changes nothing and fails nothing.
-    teesql_sidecar::provision::provision(c.sidecar_config(), &["postgres".to_string()])
+    teesql_sidecar::postgres::provision::provision(c.sidecar_config(), &["postgres".to_string()])
         .await
         .unwrap();
     let o = psql(&read, &["-c", "SELECT v FROM t"]).await;
@@ -1095,4 +1095,29 @@ async fn the_backend_can_be_a_unix_socket() {
         row.get::<_, bool>(1),
         "Postgres sees a unix-socket connection"
     );
+}
+
+/// A client asking for protocol options (`_pq_.*`) is told none is supported with
+/// NegotiateProtocolVersion, as Postgres answers, and the login goes on: the options are
+/// neither refused nor passed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_options_get_negotiate_protocol_version() {
+    use teesql_sidecar::pgwire::{self, decode};
+    let c = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let mut tls = c.tls_connect(false).await.unwrap();
+    tls.write_all(&pgwire::startup_message(&[
+        ("user", "teesql_read"),
+        ("database", "postgres"),
+        ("_pq_.test_option", "1"),
+    ]))
+    .await
+    .unwrap();
+    let (tag, body) = pgwire::read_message(&mut tls, 8192).await.unwrap();
+    assert_eq!(tag, b'v', "NegotiateProtocolVersion first");
+    let (minor, options) = decode::negotiate_protocol_version(&body).unwrap();
+    assert_eq!(minor, 0);
+    assert_eq!(options, vec!["_pq_.test_option"]);
+    // Then the authentication request, as for any login.
+    let (tag, _) = pgwire::read_message(&mut tls, 8192).await.unwrap();
+    assert_eq!(tag, b'R');
 }

@@ -50,9 +50,9 @@ async fn isolation(pooling: bool) {
 
     // `provision --tenants` from the same data file: the roles exist already (from
     // auth.roles), so this run only updates them, idempotently.
-    let tenants = teesql_sidecar::provision::read_tenants(&s.data_file).unwrap();
+    let tenants = teesql_sidecar::postgres::provision::read_tenants(&s.data_file).unwrap();
     assert_eq!(tenants.len(), 2);
-    let done = teesql_sidecar::provision::provision_with(
+    let done = teesql_sidecar::postgres::provision::provision_with(
         s.cluster.sidecar_config(),
         &["postgres".to_string()],
         &tenants,
@@ -68,7 +68,7 @@ async fn isolation(pooling: bool) {
         teesql_sidecar::auth::Privileges::Read,
     )];
     for (run, created) in [(1, true), (2, false)] {
-        let done = teesql_sidecar::provision::provision_with(
+        let done = teesql_sidecar::postgres::provision::provision_with(
             s.cluster.sidecar_config(),
             &["postgres".to_string()],
             &initech,
@@ -82,7 +82,7 @@ async fn isolation(pooling: bool) {
         );
     }
     // A data file that names a role meaning something else is refused.
-    let e = teesql_sidecar::provision::provision_with(
+    let e = teesql_sidecar::postgres::provision::provision_with(
         s.cluster.sidecar_config(),
         &["postgres".to_string()],
         &[(
@@ -103,10 +103,12 @@ async fn isolation(pooling: bool) {
             "CREATE TABLE teesql.planted (x int); ALTER TABLE teesql.planted OWNER TO tenant_acme;",
         )
         .unwrap();
-    let e =
-        teesql_sidecar::provision::provision(s.cluster.sidecar_config(), &["postgres".to_string()])
-            .await
-            .unwrap_err();
+    let e = teesql_sidecar::postgres::provision::provision(
+        s.cluster.sidecar_config(),
+        &["postgres".to_string()],
+    )
+    .await
+    .unwrap_err();
     assert!(
         e.contains("another role owns or was granted (relation planted)"),
         "{e}"
@@ -124,10 +126,12 @@ async fn isolation(pooling: bool) {
             "GRANT UPDATE ON teesql.session_identity TO tenant_acme",
         )
         .unwrap();
-    let e =
-        teesql_sidecar::provision::provision(s.cluster.sidecar_config(), &["postgres".to_string()])
-            .await
-            .unwrap_err();
+    let e = teesql_sidecar::postgres::provision::provision(
+        s.cluster.sidecar_config(),
+        &["postgres".to_string()],
+    )
+    .await
+    .unwrap_err();
     assert!(e.contains("a grant of UPDATE on session_identity"), "{e}");
     s.cluster
         .pg
@@ -142,7 +146,7 @@ async fn isolation(pooling: bool) {
         .pg
         .psql("postgres", "postgres", "CREATE ROLE tenant_root SUPERUSER")
         .unwrap();
-    let e = teesql_sidecar::provision::provision_with(
+    let e = teesql_sidecar::postgres::provision::provision_with(
         s.cluster.sidecar_config(),
         &["postgres".to_string()],
         &[(
@@ -546,7 +550,7 @@ async fn an_attestation_only_role_needs_the_grant_and_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ended_sessions_leave_no_rows_behind() {
     let s = setup(false, false).await.unwrap();
-    let n = teesql_sidecar::session_identity::PRUNE_EVERY + 44;
+    let n = teesql_sidecar::postgres::identity_rows::PRUNE_EVERY + 44;
     for _ in 0..n {
         let c = s
             .connect(&s.acme, "teesql_app", &s.acme_secret)
@@ -593,14 +597,14 @@ async fn a_database_without_the_identity_schema_refuses_sessions_and_says_why() 
         .expect_err("a session without its identity recorded");
     let db = e.as_db_error().expect("a Postgres error");
     assert_eq!(db.code().code(), "08006", "{db:?}");
-    let recorder = teesql_sidecar::session_identity::IdentityRecorder::new(
+    let recorder = teesql_sidecar::postgres::identity_rows::IdentityRecorder::new(
         s.cluster.sidecar_config().backend.clone(),
     );
     let why = recorder
         .record(
             "postgres",
             std::process::id() as i32,
-            &teesql_sidecar::session_identity::SessionIdentity::default(),
+            &teesql_sidecar::postgres::identity_rows::SessionIdentity::default(),
         )
         .await
         .unwrap_err();

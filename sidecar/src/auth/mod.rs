@@ -5,7 +5,6 @@
 //! password a client sends is the secret as 64 hex digits. Comparisons are constant time,
 //! and SCRAM verifiers are computed once, at start-up.
 
-pub mod passthrough;
 pub mod scram;
 pub mod scram_client;
 

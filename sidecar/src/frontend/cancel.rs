@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use subtle::ConstantTimeEq;
 
 use crate::auth::random;
+use crate::config::BackendAddr;
 
 #[derive(Debug)]
 struct Target {
@@ -39,6 +40,31 @@ impl Drop for CancelGuard {
 }
 
 impl CancelMap {
+    /// Forward a client's CancelRequest for sidecar session `pid` to Postgres with the
+    /// real key; a request naming no live session, or the wrong key, is ignored.
+    pub async fn forward(
+        &self,
+        postgres: &BackendAddr,
+        pid: i32,
+        key: &[u8],
+        peer: std::net::SocketAddr,
+    ) {
+        match self.lookup(pid, key) {
+            Some((backend_pid, backend_key)) => {
+                if let Err(e) =
+                    crate::postgres::login::cancel(postgres, backend_pid, &backend_key).await
+                {
+                    tracing::warn!(client.addr = %peer, error = %e, "could not forward a cancel request");
+                } else {
+                    tracing::info!(client.addr = %peer, "cancel request forwarded");
+                }
+            }
+            None => {
+                tracing::info!(client.addr = %peer, "cancel request for no live session; ignored")
+            }
+        }
+    }
+
     /// Issue a key for a session whose Postgres backend is `(backend_pid, backend_key)`.
     pub fn register(self: &Arc<Self>, backend_pid: i32, backend_key: Vec<u8>) -> CancelGuard {
         let key = random::<4>();

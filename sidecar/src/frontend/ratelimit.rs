@@ -68,16 +68,7 @@ impl<K: Hash + Eq> Window<K> {
     }
 }
 
-/// The limits as configured.
-#[derive(Debug, Clone, Copy)]
-pub struct AddressLimits {
-    /// Failed logins per (address, user) per minute.
-    pub failed_auth_per_minute: u32,
-    /// Abandoned handshakes per address per minute.
-    pub abandoned_per_minute: u32,
-    /// Handshakes in progress per address.
-    pub handshakes_per_address: usize,
-}
+pub use crate::config::AddressLimits;
 
 /// The address limits are keyed by: an IPv4 address (IPv4-mapped IPv6 included), or the
 /// /64 an IPv6 address is in.

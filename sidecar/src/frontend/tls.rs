@@ -7,12 +7,9 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use teesql_proto::transport::HandshakeSignatures;
 
@@ -22,59 +19,7 @@ pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 /// The crypto provider everything here uses: ring (the same as the verifier's clients).
 pub use teesql_proto::transport::provider;
 
-/// A certificate and key ready to serve, with the `tls-server-end-point` hash clients
-/// bind SCRAM to.
-#[derive(Debug)]
-pub struct ServerIdentity {
-    pub certified: Arc<CertifiedKey>,
-    pub end_point_hash: Vec<u8>,
-    /// Unix seconds; when the certificate expires.
-    pub not_after: u64,
-}
-
-impl ServerIdentity {
-    /// From a PEM chain (leaf first) and a PEM private key, as dstack's GetTlsKey returns.
-    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self, String> {
-        let certified = teesql_proto::transport::certified_key(chain_pem, key_pem)?;
-        let leaf = &certified.cert[0];
-        let not_after = x509_parser::parse_x509_certificate(leaf)
-            .map(|(_, c)| c.validity().not_after.timestamp().max(0) as u64)
-            .unwrap_or(0);
-        Ok(Self {
-            end_point_hash: crate::auth::scram::tls_server_end_point(leaf),
-            certified: Arc::new(certified),
-            not_after,
-        })
-    }
-}
-
-/// The serving certificate, swapped without a lock or a restart when it is renewed.
-#[derive(Debug)]
-pub struct RotatingCert {
-    current: ArcSwap<ServerIdentity>,
-}
-
-impl RotatingCert {
-    pub fn new(initial: ServerIdentity) -> Arc<Self> {
-        Arc::new(Self {
-            current: ArcSwap::from_pointee(initial),
-        })
-    }
-
-    pub fn current(&self) -> Arc<ServerIdentity> {
-        self.current.load_full()
-    }
-
-    pub fn replace(&self, next: ServerIdentity) {
-        self.current.store(Arc::new(next));
-    }
-}
-
-impl ResolvesServerCert for RotatingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load().certified.clone())
-    }
-}
+pub use crate::identity::{RotatingCert, ServerIdentity};
 
 /// Asks for a client certificate, accepts any (or none), checks only the handshake
 /// signature made with its key.

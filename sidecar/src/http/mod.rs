@@ -3,8 +3,6 @@
 //! trickling requests cannot hold every slot), a deadline to read request headers, a cap
 //! on a connection's whole life, and a drained shutdown. HTTP/1.1 only.
 
-
-pub mod metrics;
 pub mod routes;
 
 use std::future::Future;
@@ -17,29 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-/// Bounds of one HTTP listener.
-#[derive(Debug, Clone, Copy)]
-pub struct HttpLimits {
-    /// Connections open at once; more are closed at accept.
-    pub max_connections: usize,
-    /// Connections open at once from one client address (an IPv6 /64).
-    pub max_per_address: usize,
-    /// Time to receive a request's headers (slow clients are closed).
-    pub header_timeout: Duration,
-    /// Longest a connection may live, keep-alive included.
-    pub connection_timeout: Duration,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 64,
-            max_per_address: 16,
-            header_timeout: Duration::from_secs(5),
-            connection_timeout: Duration::from_secs(30),
-        }
-    }
-}
+pub use crate::config::HttpLimits;
 
 /// Serve `app` on `listener` until `shutdown`; then let open requests finish for a
 /// moment and close the rest. `on_refused` is told of each connection refused at the cap.

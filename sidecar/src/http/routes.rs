@@ -20,10 +20,10 @@ pub use teesql_proto::report::PostgresState;
 use teesql_proto::report::{AttestationReport, ReportTcbInfo, report_data};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::postgres::login::BackendStream;
 use crate::config::BackendAddr;
 use crate::identity::GuestAgent;
 use crate::pgwire;
+use crate::postgres::login::BackendStream;
 use crate::state::Shared;
 
 /// What the admin endpoints need.

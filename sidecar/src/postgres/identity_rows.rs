@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use teesql_proto::runtime::error_chain;
 
-use crate::postgres::admin::admin_client_to;
 use crate::config::BackendConfig;
+use crate::postgres::admin::admin_client_to;
 
 /// The SQL `provision` runs in each database (idempotent).
 pub const PROVISION_SQL: &[&str] = &[

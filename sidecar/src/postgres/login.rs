@@ -159,24 +159,36 @@ impl From<WireError> for BackendError {
     }
 }
 
-/// Startup parameters passed on to Postgres: everything the client sent except what
-/// the sidecar decides itself (user, database) or does not support (protocol options).
-pub fn forwarded_params<'a>(
-    user: &'a str,
-    database: &'a str,
-    client_params: &'a [(String, String)],
-) -> Vec<(&'a str, &'a str)> {
-    let mut out = vec![("user", user), ("database", database)];
-    out.extend(
-        client_params
-            .iter()
-            .filter(|(k, _)| {
-                !matches!(k.as_str(), "user" | "database" | "replication")
-                    && !k.starts_with("_pq_.")
-            })
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
-    out
+/// What a login passes on to Postgres: the role and database the sidecar chose, and the
+/// client's settings that `params::StartupParameters` let through (user, database,
+/// replication and protocol options are never among them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarded {
+    pub user: String,
+    pub database: String,
+    /// Settings, in the client's order.
+    pub settings: Vec<(String, String)>,
+}
+
+impl Forwarded {
+    /// `settings` as checked by the startup-parameter allowlist.
+    pub fn new(user: &str, database: &str, settings: &[(String, String)]) -> Self {
+        Self {
+            user: user.to_string(),
+            database: database.to_string(),
+            settings: settings.to_vec(),
+        }
+    }
+
+    /// The StartupMessage parameters: user, database, then the settings.
+    pub fn pairs(&self) -> Vec<(&str, &str)> {
+        let mut out = vec![
+            ("user", self.user.as_str()),
+            ("database", self.database.as_str()),
+        ];
+        out.extend(self.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        out
+    }
 }
 
 /// What the sidecar proves itself with when it logs in to Postgres.
@@ -207,7 +219,7 @@ pub async fn login(
 }
 
 /// Log in to Postgres as a passthrough role with the SCRAM keys its client proved (see
-/// [`crate::auth::passthrough`]). Postgres decides: it checks the proof against the
+/// [`crate::postgres::passthrough`]). Postgres decides: it checks the proof against the
 /// role's verifier as for any client.
 pub async fn login_with_keys(
     addr: &BackendAddr,

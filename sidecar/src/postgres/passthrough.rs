@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::scram::ScramVerifier;
+use crate::auth::scram::ScramVerifier;
 use crate::config::BackendConfig;
 
 /// How long a verifier (or its absence) is trusted before it is read again.
@@ -106,7 +106,7 @@ impl PassthroughVerifiers {
 
 /// Read `role`'s verifier as the admin user.
 async fn read(backend: &BackendConfig, role: &str) -> Lookup {
-    let client = match crate::admin::admin_client(backend).await {
+    let client = match crate::postgres::admin::admin_client(backend).await {
         Ok(c) => c,
         Err(e) => return Lookup::Unavailable(e),
     };

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
-use crate::postgres::login::LoggedIn;
 use crate::pgwire::{self, decode};
+use crate::postgres::login::LoggedIn;
 
 /// What a pooled connection is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -18,9 +18,9 @@
 
 use std::path::Path;
 
-use crate::postgres::admin::{admin_client, admin_client_to};
 use crate::auth::Privileges;
 use crate::config::{BackendConfig, BackendMethod, SidecarConfig};
+use crate::postgres::admin::{admin_client, admin_client_to};
 use teesql_proto::runtime::error_chain;
 
 /// What was done, for the operator.

@@ -7,9 +7,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
-
-use crate::postgres::login::BackendError;
 use crate::pgwire::WireError;
+use crate::postgres::login::BackendError;
 
 /// The message every refused client gets, whatever the reason.
 pub const AUTH_FAILED: &str = "authentication_failed";
@@ -313,7 +312,7 @@ impl fmt::Display for HandshakeError {
     }
 }
 
-pub use crate::http::metrics::{Outcome, OutcomeLabels};
+pub use crate::metrics::{Outcome, OutcomeLabels};
 
 impl From<crate::params::ParameterError> for HandshakeError {
     fn from(e: crate::params::ParameterError) -> Self {

@@ -6,9 +6,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::Shared;
 use super::error::HandshakeError;
-use crate::postgres::login::{self as backend, LoggedIn};
 use crate::frontend::cancel::CancelGuard;
 use crate::pgwire::backend as msg;
+use crate::postgres::login::{self as backend, LoggedIn};
 use crate::postgres::pool::PoolKey;
 
 /// Log in to Postgres with the sidecar's own credentials for the role, or reuse a kept

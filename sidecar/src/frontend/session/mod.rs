@@ -34,15 +34,15 @@ use tokio_rustls::server::TlsStream;
 use self::authenticate::Authenticated;
 pub use self::error::{AUTH_FAILED, HandshakeError, Outcome, Phase, Refusal, Response};
 use self::negotiate::ClientHello;
-pub use crate::params::{FORWARDED_BY_DEFAULT, StartupParameters};
 use self::startup::Startup;
-use crate::postgres::login::{self as backend, BackendError, LoggedIn};
-use crate::frontend::cancel::CancelGuard;
 use crate::config::ChannelBinding;
-use crate::pgwire;
-use crate::postgres::pool::PoolKey;
+use crate::frontend::cancel::CancelGuard;
 use crate::frontend::relay::{self, RelayEnd};
+pub use crate::params::{FORWARDED_BY_DEFAULT, StartupParameters};
+use crate::pgwire;
 use crate::postgres::identity_rows::SessionIdentity;
+use crate::postgres::login::{self as backend, BackendError, LoggedIn};
+use crate::postgres::pool::PoolKey;
 
 pub use crate::state::Shared;
 
@@ -283,10 +283,11 @@ async fn passthrough(
     shared: &Shared,
     tls: &mut TlsStream<TcpStream>,
     user: &str,
-    forwarded: &[(&str, &str)],
+    forwarded: &backend::Forwarded,
     end_point: Option<Vec<u8>>,
 ) -> Result<(LoggedIn, Vec<u8>), HandshakeError> {
-    use crate::auth::passthrough::Lookup;
+    let forwarded = &forwarded.pairs();
+    use crate::postgres::passthrough::Lookup;
     let cfg = &shared.config;
     let refused = |why: Refusal| HandshakeError::AuthFailed {
         user: user.to_string(),
@@ -348,7 +349,32 @@ async fn passthrough(
     }
 }
 
-/// Phase 3: the verifier's decision and the client's authentication, then Postgres.
+/// What authorizes a session: the role it logs in to Postgres as, the SCRAM server-final
+/// message owed to the client (empty without an exchange), and the decision.
+struct Authorized {
+    role: String,
+    sasl_final: Vec<u8>,
+    decision: teesql_proto::v1::Decision,
+}
+
+/// The verifier's decision, asked at the start of phase 3 and awaited when a role class
+/// needs it.
+struct Pending {
+    handle: tokio::task::JoinHandle<
+        Result<teesql_proto::v1::Decision, crate::verifier::VerifierUnavailable>,
+    >,
+    asked: Instant,
+}
+
+fn auth_failed(user: &str, why: Refusal) -> HandshakeError {
+    HandshakeError::AuthFailed {
+        user: user.to_string(),
+        causes: vec![why],
+    }
+}
+
+/// Phase 3: the verifier's decision and the client's authentication, then Postgres. One
+/// function per role class decides who the client is; the rest is the same for all.
 async fn log_in(
     shared: &Arc<Shared>,
     tls: &mut TlsStream<TcpStream>,
@@ -360,6 +386,7 @@ async fn log_in(
         user,
         database,
         params,
+        ..
     } = startup;
     // Ask the verifier now; authenticate the client meanwhile.
     let request = VerifyPeerRequest {
@@ -377,10 +404,10 @@ async fn log_in(
         ..VerifyPeerRequest::default()
     };
     let verifier = shared.verifier.clone();
-    let asked = Instant::now();
-    let decision = tokio::spawn(async move { verifier.verify_peer(request).await });
-
-    let forwarded = backend::forwarded_params(&user, &database, &params);
+    let pending = Pending {
+        asked: Instant::now(),
+        handle: tokio::spawn(async move { verifier.verify_peer(request).await }),
+    };
     let cfg = &shared.config;
     // SCRAM-SHA-256-PLUS binds the login to this TLS channel, for every role alike (a
     // passthrough role's exchange runs here too, against its verifier from Postgres).
@@ -392,100 +419,26 @@ async fn log_in(
         ChannelBinding::Auto | ChannelBinding::Never => None,
     };
     if cfg.auth.is_passthrough(&user) {
-        let verdict = authenticate::verdict(shared, decision, asked).await;
-        if let Err(r) = verdict.and_then(|d| within_grants(&user, d)) {
-            return Err(HandshakeError::AuthFailed {
-                user,
-                causes: vec![r],
-            });
-        }
-        let (logged_in, sasl_final) =
-            passthrough(shared, tls, &user, &forwarded, end_point).await?;
-        let cancel = login::welcome(shared, tls, &logged_in, &sasl_final).await?;
-        return Ok(Session {
-            backend: logged_in,
-            cancel,
-            role: user.clone(),
-            user,
-            database,
-            pool_key: None,
-        });
+        let forwarded = backend::Forwarded::new(&user, &database, &params);
+        return log_in_passthrough(shared, tls, pending, &forwarded, end_point).await;
     }
-
-    let refused = |user: &str, why: Refusal| HandshakeError::AuthFailed {
-        user: user.to_string(),
-        causes: vec![why],
-    };
-    let (role, sasl_final, decision) = if cfg.auth.needs_grant(&user) {
-        // Which role, and so which secret, depends on the decision: wait for it first.
-        let chosen = authenticate::verdict(shared, decision, asked)
-            .await
-            .and_then(|d| Ok((granted_role(&cfg.auth, &user, &d)?, d)));
-        let (role, decision) = match chosen {
-            Ok(chosen) => chosen,
-            Err(why) => {
-                // The exchange a wrong secret gets (against a decoy for the tenant user),
-                // so that a peer learns nothing of its grant before it proves a secret.
-                authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, false, end_point)
-                    .await?;
-                return Err(refused(&user, why));
-            }
-        };
-        let attestation_only = cfg.auth.role(&role).is_some_and(|r| r.attestation_only);
-        let sasl_final = if attestation_only {
-            Vec::new()
-        } else {
-            let as_tenant_user = cfg.auth.is_tenant_user(&user);
-            match authenticate::exchange(
-                tls,
-                &cfg.auth,
-                cfg.auth_method,
-                &role,
-                as_tenant_user,
-                end_point,
-            )
-            .await?
-            {
-                Authenticated::Yes(sasl_final) => sasl_final,
-                Authenticated::No(why) => return Err(refused(&user, why)),
-            }
-        };
-        (role, sasl_final, decision)
+    let authorized = if cfg.auth.needs_grant(&user) {
+        authorize_granted(shared, tls, pending, &user, end_point).await?
     } else {
-        let auth = authenticate::exchange(tls, &cfg.auth, cfg.auth_method, &user, false, end_point)
-            .await?;
-        let verdict = authenticate::verdict(shared, decision, asked).await;
-        let verdict = verdict.and_then(|d| within_grants(&user, d));
-        match (auth, verdict) {
-            (Authenticated::Yes(sasl_final), Ok(decision)) => (user.clone(), sasl_final, decision),
-            (auth, verdict) => {
-                let mut causes = Vec::new();
-                if let Authenticated::No(why) = auth {
-                    causes.push(why);
-                }
-                if let Err(v) = verdict {
-                    causes.push(v);
-                }
-                return Err(HandshakeError::AuthFailed { user, causes });
-            }
-        }
+        authorize_cluster_role(shared, tls, pending, &user, end_point).await?
     };
-    let forwarded = if role == user {
-        forwarded
-    } else {
-        backend::forwarded_params(&role, &database, &params)
-    };
-
+    let Authorized {
+        role,
+        sasl_final,
+        decision,
+    } = authorized;
+    let forwarded = backend::Forwarded::new(&role, &database, &params);
     let key = PoolKey {
         user: role.clone(),
         database: database.clone(),
-        params: forwarded
-            .iter()
-            .skip(2)
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        params: forwarded.settings.clone(),
     };
-    let logged_in = login::to_postgres(shared, &key, &forwarded).await?;
+    let logged_in = login::to_postgres(shared, &key, &forwarded.pairs()).await?;
     if let Some(recorder) = &shared.identities {
         let identity = SessionIdentity::from_decision(&decision, &user, &role);
         let recorded = match &logged_in.cancel_key {
@@ -503,6 +456,116 @@ async fn log_in(
         database,
         pool_key: Some(key),
     })
+}
+
+/// A role Postgres authenticates: the decision first (it must allow the role itself),
+/// then the exchange against the role's own verifier, then Postgres. Never pooled.
+async fn log_in_passthrough(
+    shared: &Arc<Shared>,
+    tls: &mut TlsStream<TcpStream>,
+    pending: Pending,
+    forwarded: &backend::Forwarded,
+    end_point: Option<Vec<u8>>,
+) -> Result<Session, HandshakeError> {
+    let user = forwarded.user.clone();
+    let verdict = authenticate::verdict(shared, pending.handle, pending.asked).await;
+    if let Err(r) = verdict.and_then(|d| within_grants(&user, d)) {
+        return Err(auth_failed(&user, r));
+    }
+    let (logged_in, sasl_final) = passthrough(shared, tls, &user, forwarded, end_point).await?;
+    let cancel = login::welcome(shared, tls, &logged_in, &sasl_final).await?;
+    Ok(Session {
+        backend: logged_in,
+        cancel,
+        role: user.clone(),
+        database: forwarded.database.clone(),
+        user,
+        pool_key: None,
+    })
+}
+
+/// A granted role, or the tenant user: which role, and so which secret, depends on the
+/// decision, so it is awaited first. A peer without the grant still goes through the
+/// exchange (against a decoy for the tenant user) before the generic error, so that it
+/// learns nothing of its grant before it proves a secret.
+async fn authorize_granted(
+    shared: &Shared,
+    tls: &mut TlsStream<TcpStream>,
+    pending: Pending,
+    user: &str,
+    end_point: Option<Vec<u8>>,
+) -> Result<Authorized, HandshakeError> {
+    let cfg = &shared.config;
+    let chosen = authenticate::verdict(shared, pending.handle, pending.asked)
+        .await
+        .and_then(|d| Ok((granted_role(&cfg.auth, user, &d)?, d)));
+    let (role, decision) = match chosen {
+        Ok(chosen) => chosen,
+        Err(why) => {
+            authenticate::exchange(tls, &cfg.auth, cfg.auth_method, user, false, end_point).await?;
+            return Err(auth_failed(user, why));
+        }
+    };
+    let attestation_only = cfg.auth.role(&role).is_some_and(|r| r.attestation_only);
+    let sasl_final = if attestation_only {
+        Vec::new()
+    } else {
+        let as_tenant_user = cfg.auth.is_tenant_user(user);
+        match authenticate::exchange(
+            tls,
+            &cfg.auth,
+            cfg.auth_method,
+            &role,
+            as_tenant_user,
+            end_point,
+        )
+        .await?
+        {
+            Authenticated::Yes(sasl_final) => sasl_final,
+            Authenticated::No(why) => return Err(auth_failed(user, why)),
+        }
+    };
+    Ok(Authorized {
+        role,
+        sasl_final,
+        decision,
+    })
+}
+
+/// A cluster role (`teesql_read`, `teesql_readwrite`, extra roles): the secret is checked
+/// while the verifier decides; both must pass, and every failure is reported.
+async fn authorize_cluster_role(
+    shared: &Shared,
+    tls: &mut TlsStream<TcpStream>,
+    pending: Pending,
+    user: &str,
+    end_point: Option<Vec<u8>>,
+) -> Result<Authorized, HandshakeError> {
+    let cfg = &shared.config;
+    let auth =
+        authenticate::exchange(tls, &cfg.auth, cfg.auth_method, user, false, end_point).await?;
+    let verdict = authenticate::verdict(shared, pending.handle, pending.asked).await;
+    let verdict = verdict.and_then(|d| within_grants(user, d));
+    match (auth, verdict) {
+        (Authenticated::Yes(sasl_final), Ok(decision)) => Ok(Authorized {
+            role: user.to_string(),
+            sasl_final,
+            decision,
+        }),
+        (auth, verdict) => {
+            let mut causes = Vec::new();
+            if let Authenticated::No(why) = auth {
+                causes.push(why);
+            }
+            if let Err(v) = verdict {
+                causes.push(v);
+            }
+            Err(HandshakeError::AuthFailed {
+                user: user.to_string(),
+                causes,
+            })
+        }
+    }
 }
 
 /// The decision, unless it grants roles and `user` is none of them: a client the policy
@@ -561,19 +624,4 @@ async fn respond<S: AsyncWrite + Unpin>(s: &mut S, e: &HandshakeError) {
 /// understood by a client waiting for the answer to its SSLRequest).
 pub async fn refuse_plain(mut stream: TcpStream, e: HandshakeError) {
     respond(&mut stream, &e).await;
-}
-
-async fn forward_cancel(shared: &Shared, pid: i32, key: &[u8], peer: SocketAddr) {
-    match shared.cancels.lookup(pid, key) {
-        Some((backend_pid, backend_key)) => {
-            if let Err(e) =
-                backend::cancel(&shared.config.backend.addr, backend_pid, &backend_key).await
-            {
-                tracing::warn!(client.addr = %peer, error = %e, "could not forward a cancel request");
-            } else {
-                tracing::info!(client.addr = %peer, "cancel request forwarded");
-            }
-        }
-        None => tracing::info!(client.addr = %peer, "cancel request for no live session; ignored"),
-    }
 }

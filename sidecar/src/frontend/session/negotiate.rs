@@ -12,10 +12,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use super::Shared;
 use super::error::HandshakeError;
-use super::{Shared, forward_cancel};
-use crate::pgwire::{self, StartupPacket, WireError};
 use crate::frontend::tls::ALPN_POSTGRESQL;
+use crate::pgwire::{self, StartupPacket, WireError};
 
 /// What the TLS handshake told us about the client.
 #[derive(Debug)]
@@ -89,7 +89,10 @@ pub async fn before_tls(
             }
             StartupPacket::GssEncRequest => return Err(HandshakeError::GssEncRequestTwice),
             StartupPacket::Cancel { pid, key } => {
-                forward_cancel(shared, pid, &key, peer).await;
+                shared
+                    .cancels
+                    .forward(&shared.config.backend.addr, pid, &key, peer)
+                    .await;
                 return Err(HandshakeError::CancelRequest);
             }
             StartupPacket::Startup { .. } => return Err(HandshakeError::PlaintextRefused),

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::error::HandshakeError;
-use super::{Shared, StartupParameters, forward_cancel};
+use super::{Shared, StartupParameters};
 use crate::pgwire::{self, StartupPacket, WireError, backend as msg};
 
 /// What the client asked for.
@@ -16,6 +16,8 @@ pub struct Startup {
     pub database: String,
     /// The parameters passed on to Postgres (the allowlisted ones), in order.
     pub params: Vec<(String, String)>,
+    /// Protocol options (`_pq_.*`) asked for, none supported.
+    pub protocol_options: Vec<String>,
 }
 
 /// Read the StartupMessage and check what the sidecar can serve. A CancelRequest inside
@@ -33,7 +35,10 @@ pub async fn read<S: AsyncRead + AsyncWrite + Unpin>(
     let (minor, params) = match packet {
         StartupPacket::Startup { minor, params, .. } => (minor, params),
         StartupPacket::Cancel { pid, key } => {
-            forward_cancel(shared, pid, &key, peer).await;
+            shared
+                .cancels
+                .forward(&shared.config.backend.addr, pid, &key, peer)
+                .await;
             return Err(HandshakeError::CancelRequest);
         }
         StartupPacket::SslRequest => {
@@ -47,10 +52,9 @@ pub async fn read<S: AsyncRead + AsyncWrite + Unpin>(
     // A newer protocol minor version or protocol options (`_pq_.*`): we speak 3.0 and
     // support none, which Postgres says with NegotiateProtocolVersion.
     let unsupported: Vec<&str> = startup
-        .params
+        .protocol_options
         .iter()
-        .filter(|(k, _)| k.starts_with("_pq_."))
-        .map(|(k, _)| k.as_str())
+        .map(String::as_str)
         .collect();
     if minor > 0 || !unsupported.is_empty() {
         let mut out = Vec::new();
@@ -69,7 +73,7 @@ fn check(
     allowed: &StartupParameters,
 ) -> Result<Startup, HandshakeError> {
     // Before anything reads (or logs) a value: control characters and the allowlist.
-    let forwarded = allowed.check(&params)?.forwarded;
+    let checked = allowed.check(&params)?;
     let param = |name: &str| pgwire::param(&params, name);
     let user = param("user")
         .filter(|u| !u.is_empty())
@@ -85,7 +89,8 @@ fn check(
     Ok(Startup {
         user,
         database,
-        params: forwarded,
+        params: checked.forwarded,
+        protocol_options: checked.protocol_options,
     })
 }
 
@@ -120,6 +125,23 @@ mod tests {
             check(params(&[("user", "u"), ("options", "-c x=y")]), &allowed()),
             Err(HandshakeError::ParameterRefused(_))
         ));
+    }
+
+    /// Protocol options are neither passed on nor refused: the client is told none is
+    /// supported (NegotiateProtocolVersion), as Postgres does.
+    #[test]
+    fn protocol_options_are_answered_not_forwarded() {
+        let s = check(
+            params(&[
+                ("user", "u"),
+                ("_pq_.test_option", "1"),
+                ("application_name", "a"),
+            ]),
+            &allowed(),
+        )
+        .unwrap();
+        assert_eq!(s.params, params(&[("application_name", "a")]));
+        assert_eq!(s.protocol_options, vec!["_pq_.test_option".to_string()]);
     }
 
     #[test]
