@@ -53,9 +53,10 @@ impl<const N: usize> Env for [(&str, &str); N] {
     }
 }
 
-/// The problems found while resolving settings, each naming its key (or variable).
+/// The problems found while resolving settings, each naming its key (or variable), and
+/// notices that do not stop the program (a variable read by its deprecated name).
 #[derive(Debug, Default)]
-pub struct Problems(Vec<String>);
+pub struct Problems(Vec<String>, Vec<String>);
 
 impl Problems {
     pub fn new() -> Self {
@@ -149,6 +150,24 @@ impl Problems {
         value
     }
 
+    /// The variable `name`, or one of the names it had before (`old`, for one release):
+    /// then a notice says which to set instead.
+    pub fn var_renamed(&mut self, env: &dyn Env, name: &str, old: &[&str]) -> Option<String> {
+        if let Some(v) = env.var(name) {
+            return Some(v);
+        }
+        let (was, v) = old.iter().find_map(|o| env.var(o).map(|v| (*o, v)))?;
+        self.1.push(format!(
+            "{was} is deprecated and will be ignored in the next release: set {name}"
+        ));
+        Some(v)
+    }
+
+    /// The notices recorded (deprecations), in order.
+    pub fn notices(&self) -> &[String] {
+        &self.1
+    }
+
     /// No problems so far.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -157,7 +176,11 @@ impl Problems {
     /// The problems, or the value `build` makes when there are none. `build` returning
     /// `None` with no problem recorded is a bug in the caller; it is reported as such
     /// rather than hidden.
+    /// Notices are printed to stderr (`warning: …`): they do not stop the program.
     pub fn finish<T>(self, build: impl FnOnce() -> Option<T>) -> Result<T, Vec<String>> {
+        for n in &self.1 {
+            eprintln!("warning: {n}");
+        }
         if !self.0.is_empty() {
             return Err(self.0);
         }
@@ -263,6 +286,27 @@ mod tests {
         let errors = p.finish(|| Some(())).unwrap_err();
         assert_eq!(errors.len(), 2);
         assert!(errors[0].contains("(expected ip:port)"));
+    }
+
+    #[test]
+    fn a_renamed_variable_is_read_by_its_old_name_with_a_notice() {
+        let mut p = Problems::new();
+        let env = &[("OLD_URL", "http://x"), ("NEW_ONLY", "y")];
+        assert_eq!(
+            p.var_renamed(env, "NEW_ONLY", &["OLD_ONLY"]),
+            Some("y".into())
+        );
+        assert!(p.notices().is_empty());
+        assert_eq!(
+            p.var_renamed(env, "NEW_URL", &["OLD_URL"]),
+            Some("http://x".into())
+        );
+        assert_eq!(
+            p.notices(),
+            ["OLD_URL is deprecated and will be ignored in the next release: set NEW_URL"]
+        );
+        assert!(p.is_empty(), "a notice is not a problem");
+        assert_eq!(p.var_renamed(env, "NONE", &["ALSO_NONE"]), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, SignatureScheme};
-use teesql_proto::settings::{Env, first};
+use teesql_proto::settings::Env;
 use teesql_proto::v1::{Decision, VerifyManifestRequest, VerifyPeerRequest};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -87,14 +87,9 @@ pub struct ForwardSettings {
     pub listen: Option<String>,
     pub to: Option<String>,
     pub server_name: Option<String>,
-    /// [default: env TEESQL_VERIFIER_URL, else the sidecar's default]
-    pub verifier_url: Option<String>,
-    /// How an https verifier is trusted (`--verifier-ca-file`, `--verifier-cert-sha256`,
-    /// `--verifier-identity-*`), over the environment (`TEESQL_VERIFIER_CA_FILE`, …).
-    pub verifier_trust: crate::verifier::TrustSettings,
-    /// `sha256:<hex>` each [default: env TEESQL_VERIFIER_POLICY_HASHES, else the first
-    /// answer's].
-    pub verifier_policy_hashes: Vec<String>,
+    /// Where the verifier is and how it is trusted (`--verifier`, `--verifier-ca-file`,
+    /// …), over the environment (`TEESQL_VERIFIER_URL`, `TEESQL_VERIFIER_CA_FILE`, …).
+    pub verifier: crate::config::VerifierSettings,
     /// [default: `DEFAULT_PURPOSE`]
     pub purpose: Option<String>,
     /// As given: 96 hex digits each, optional `0x`, any case; blanks ignored
@@ -125,6 +120,15 @@ pub const VERIFIER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the forwarder's client certificate is renewed.
 pub const RENEW_EVERY: Duration = Duration::from_secs(3600);
+/// The flag a `[verifier]` setting is given by on `forward`'s command line.
+fn verifier_flag(key: &str) -> String {
+    match key {
+        "url" => "--verifier".into(),
+        "policy_hashes" => "--verifier-policy-hash".into(),
+        k => format!("--verifier-{}", k.replace('_', "-")),
+    }
+}
+
 /// Most TXT records considered at `_teesql-leader.<domain>`.
 pub const MAX_MANIFEST_RECORDS: usize = 16;
 
@@ -137,11 +141,9 @@ impl ForwardSettings {
             .parse::<SocketAddr>()
             .map_err(|e| errors.push(format!("--listen {listen_s:?}: {e} (expected ip:port)")))
             .ok();
-        let verifier_url = first([self.verifier_url, env.var("TEESQL_VERIFIER_URL")])
-            .unwrap_or_else(|| crate::config::defaults::VERIFIER_URL.to_string());
         let purpose = self.purpose.unwrap_or_else(|| DEFAULT_PURPOSE.to_string());
         let given_mrtds = if self.expected_mrtds.is_empty() {
-            env.var("EXPECTED_MRTD")
+            env.var(crate::config::env::EXPECTED_MRTD)
                 .map(|v| v.split(',').map(str::to_string).collect())
                 .unwrap_or_default()
         } else {
@@ -210,41 +212,23 @@ impl ForwardSettings {
                 }
             },
         };
-        let flag = |k: &str| format!("--verifier-{}", k.replace('_', "-"));
-        let verifier_trust = self
-            .verifier_trust
-            .over(crate::verifier::TrustSettings::from_env(env))
-            .resolve_as(env, &flag)
-            .unwrap_or_else(|e| {
-                errors.push(e);
-                None
-            });
-        if let Err(e) = teesql_proto::transport::check(&verifier_url, verifier_trust.as_ref()) {
-            errors.push(format!("--verifier {e}"));
-        }
-        let given_hashes = if self.verifier_policy_hashes.is_empty() {
-            env.var("TEESQL_VERIFIER_POLICY_HASHES")
-                .into_iter()
-                .collect()
-        } else {
-            self.verifier_policy_hashes
-        };
-        let verifier_policy_hashes = crate::verifier::parse_policy_hashes(&given_hashes)
-            .unwrap_or_else(|e| {
-                errors.push(format!("--verifier-policy-hash: {e}"));
-                Vec::new()
-            });
-        let (Some(listen), true) = (listen, errors.is_empty()) else {
+        let mut p = teesql_proto::settings::Problems::new();
+        let verifier = self
+            .verifier
+            .over(crate::config::VerifierSettings::from_env(env, &mut p))
+            .check(env, VERIFIER_TIMEOUT, &verifier_flag, &mut p);
+        errors.extend(p.into_vec());
+        let (Some(listen), Some(verifier), true) = (listen, verifier, errors.is_empty()) else {
             return Err(errors);
         };
         Ok(ForwardConfig {
             listen,
             to: self.to,
             server_name: self.server_name,
-            verifier_url,
-            verifier_trust,
-            verifier_timeout: VERIFIER_TIMEOUT,
-            verifier_policy_hashes,
+            verifier_url: verifier.url,
+            verifier_trust: verifier.trust,
+            verifier_timeout: verifier.timeout,
+            verifier_policy_hashes: verifier.policy_hashes,
             purpose,
             expected_mrtds,
             expected_compose_hashes,
@@ -987,7 +971,10 @@ mod tests {
     fn settings() -> ForwardSettings {
         ForwardSettings {
             to: Some("db.example.com:5433".into()),
-            verifier_url: Some("http://127.0.0.1:50051".into()),
+            verifier: crate::config::VerifierSettings {
+                url: Some("http://127.0.0.1:50051".into()),
+                ..Default::default()
+            },
             expected_compose_hashes: vec![format!("0x{}", "C1".repeat(32))],
             ..ForwardSettings::default()
         }
@@ -1076,7 +1063,10 @@ mod tests {
     fn every_bad_setting_is_named_at_once() {
         let errors = ForwardSettings {
             to: None,
-            verifier_url: Some("grpc://x".into()),
+            verifier: crate::config::VerifierSettings {
+                url: Some("grpc://x".into()),
+                ..Default::default()
+            },
             expected_mrtds: vec!["abc".into()],
             manifest_signers: vec!["0x12".into()],
             dns_server: Some("dns.example".into()),
@@ -1119,7 +1109,7 @@ mod tests {
             ("EXPECTED_MRTD", &*format!("{mrtd}, ")),
         ];
         let c = ForwardSettings {
-            verifier_url: None,
+            verifier: Default::default(),
             ..settings()
         }
         .resolve(&env)

@@ -79,47 +79,8 @@ struct ForwardArgs {
     /// [default: 127.0.0.1:6432].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// Verifier gRPC URL that judges the server: http://127.0.0.1:PORT, https://HOST:PORT
-    /// or unix:///PATH; several, comma-separated, are balanced and stand in for each other
-    /// [default: env TEESQL_VERIFIER_URL, else http://127.0.0.1:50051].
-    #[arg(long, value_name = "URL")]
-    verifier: Option<String>,
-    /// CA certificates (PEM) an https verifier's certificate must chain to
-    /// [default: env TEESQL_VERIFIER_CA_FILE].
-    #[arg(long, value_name = "FILE")]
-    verifier_ca_file: Option<std::path::PathBuf>,
-    /// Or the SHA-256 (hex) of the https verifier's certificate
-    /// [default: env TEESQL_VERIFIER_CERT_SHA256].
-    #[arg(long, value_name = "HEX")]
-    verifier_cert_sha256: Option<String>,
-    /// Or trust the https verifier by its own attestation: its RA-TLS certificate is
-    /// appraised here under the purpose `verifier` of this policy profile (pins in
-    /// data.teesql.verifier_pins) [default: env TEESQL_VERIFIER_IDENTITY_POLICY_DIR].
-    #[arg(long, value_name = "DIR")]
-    verifier_identity_policy_dir: Option<std::path::PathBuf>,
-    /// A root CA for the verifier's quote instead of Intel's
-    /// [default: env TEESQL_VERIFIER_IDENTITY_TRUST_ROOT].
-    #[arg(long, value_name = "FILE")]
-    verifier_identity_trust_root: Option<std::path::PathBuf>,
-    /// The development root, for a verifier on the development agent
-    /// [default: env TEESQL_VERIFIER_IDENTITY_DEV_TRUST_ROOT].
-    #[arg(long, value_name = "FILE")]
-    verifier_identity_dev_trust_root: Option<std::path::PathBuf>,
-    /// Collateral for the verifier's quote [default: env TEESQL_VERIFIER_IDENTITY_PCCS_URL,
-    /// else PCCS_URL, else Intel PCS].
-    #[arg(long, value_name = "URL")]
-    verifier_identity_pccs_url: Option<String>,
-    /// Policy hash the verifier's decisions must come from (`sha256:<hex>`, as decisions
-    /// carry it and the verifier prints it at start); repeat for a rollout's old and new.
-    /// An endpoint answering under another is not believed: the next one is asked
-    /// [default: env TEESQL_VERIFIER_POLICY_HASHES, comma-separated, else the first
-    /// answer's].
-    #[arg(
-        long = "verifier-policy-hash",
-        value_name = "HASH",
-        value_delimiter = ','
-    )]
-    verifier_policy_hashes: Vec<String>,
+    #[command(flatten)]
+    verifier: teesql_sidecar::config::VerifierSettings,
     /// Which verifier policy judges the server [default: client].
     #[arg(long, value_name = "PURPOSE")]
     policy: Option<String>,
@@ -179,10 +140,9 @@ struct ServeArgs {
     /// Admin HTTP listen address, or "off" [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
-    /// Verifier gRPC URL, or several comma-separated (balanced, failing over)
-    /// [default: http://127.0.0.1:50051; env TEESQL_VERIFIER_URL].
-    #[arg(long, value_name = "URL")]
-    verifier: Option<String>,
+    /// Where the verifier is and how it is trusted (over `[verifier]` in the file).
+    #[command(flatten)]
+    verifier: teesql_sidecar::config::VerifierSettings,
     /// Client authentication: scram-sha-256 or cleartext [default: scram-sha-256; env
     /// TEESQL_AUTH_METHOD].
     #[arg(long, value_name = "METHOD")]
@@ -256,7 +216,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Overrides {
             listen: args.listen,
             admin_listen: args.admin_listen,
-            verifier_url: args.verifier,
+            verifier: args.verifier,
             auth_method: args.auth_method,
             alt_names: args.alt_names,
             max_connections: args.max_connections,
@@ -311,16 +271,7 @@ async fn forward(args: ForwardArgs) -> ExitCode {
         listen: args.listen,
         to: args.to,
         server_name: args.server_name,
-        verifier_url: args.verifier,
-        verifier_trust: teesql_sidecar::verifier::TrustSettings {
-            ca_file: args.verifier_ca_file,
-            cert_sha256: args.verifier_cert_sha256,
-            identity_policy_dir: args.verifier_identity_policy_dir,
-            identity_trust_root: args.verifier_identity_trust_root,
-            identity_dev_trust_root: args.verifier_identity_dev_trust_root,
-            identity_pccs_url: args.verifier_identity_pccs_url,
-        },
-        verifier_policy_hashes: args.verifier_policy_hashes,
+        verifier: args.verifier,
         purpose: args.policy,
         expected_mrtds: args.expected_mrtds,
         expected_compose_hashes: args.expected_compose_hashes,

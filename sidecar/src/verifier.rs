@@ -1,113 +1,18 @@
 //! The sidecar's client of the verifier service. Every handshake decision is the
 //! verifier's; when it cannot be asked in time, the answer is no (fail closed).
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use teesql_appraisal::local::{LocalSettings, VerifierIdentity};
-use teesql_proto::settings::{Env, first};
 use teesql_proto::transport::ServerTrust;
 use teesql_proto::v1::verifier_client::VerifierClient as Grpc;
 use teesql_proto::v1::{Decision, VerifyManifestRequest, VerifyPeerRequest};
 use tonic::transport::Channel;
 
-/// How an https verifier is trusted, as the sidecar and `forward` are told: a CA file, a
-/// certificate hash, or its own attestation (its RA-TLS certificate appraised here,
-/// under the policy purpose `verifier` of `identity_policy_dir`). At most one way.
-#[derive(Debug, Clone, Default)]
-pub struct TrustSettings {
-    pub ca_file: Option<PathBuf>,
-    pub cert_sha256: Option<String>,
-    pub identity_policy_dir: Option<PathBuf>,
-    /// A root CA (DER or PEM) for the verifier's quote instead of Intel's.
-    pub identity_trust_root: Option<PathBuf>,
-    /// The development root (teesql-dev's PKI), for a verifier on the development agent.
-    pub identity_dev_trust_root: Option<PathBuf>,
-    /// Where the quote's collateral comes from [default: env PCCS_URL, else Intel PCS].
-    pub identity_pccs_url: Option<String>,
-}
-
-impl TrustSettings {
-    /// What the environment says: `TEESQL_VERIFIER_CA_FILE`, `…_CERT_SHA256`,
-    /// `…_IDENTITY_POLICY_DIR`, `…_IDENTITY_TRUST_ROOT`, `…_IDENTITY_DEV_TRUST_ROOT`,
-    /// `…_IDENTITY_PCCS_URL`.
-    pub fn from_env(env: &dyn Env) -> Self {
-        let path = |name: &str| env.var(name).map(PathBuf::from);
-        Self {
-            ca_file: path("TEESQL_VERIFIER_CA_FILE"),
-            cert_sha256: env.var("TEESQL_VERIFIER_CERT_SHA256"),
-            identity_policy_dir: path("TEESQL_VERIFIER_IDENTITY_POLICY_DIR"),
-            identity_trust_root: path("TEESQL_VERIFIER_IDENTITY_TRUST_ROOT"),
-            identity_dev_trust_root: path("TEESQL_VERIFIER_IDENTITY_DEV_TRUST_ROOT"),
-            identity_pccs_url: env.var("TEESQL_VERIFIER_IDENTITY_PCCS_URL"),
-        }
-    }
-
-    /// `self` over `lower`, setting by setting.
-    pub fn over(self, lower: Self) -> Self {
-        Self {
-            ca_file: first([self.ca_file, lower.ca_file]),
-            cert_sha256: first([self.cert_sha256, lower.cert_sha256]),
-            identity_policy_dir: first([self.identity_policy_dir, lower.identity_policy_dir]),
-            identity_trust_root: first([self.identity_trust_root, lower.identity_trust_root]),
-            identity_dev_trust_root: first([
-                self.identity_dev_trust_root,
-                lower.identity_dev_trust_root,
-            ]),
-            identity_pccs_url: first([self.identity_pccs_url, lower.identity_pccs_url]),
-        }
-    }
-
-    /// The trust these settings describe (the identity policy is loaded now, so a bad
-    /// profile is a start-up error); collateral from `identity_pccs_url`, else env
-    /// `PCCS_URL`, else Intel PCS. Errors name a setting `verifier_<key>`; see
-    /// [`Self::resolve_as`].
-    pub fn resolve(&self, env: &dyn Env) -> Result<Option<ServerTrust>, String> {
-        self.resolve_as(env, &|k| format!("verifier_{k}"))
-    }
-
-    /// [`Self::resolve`], with `key` spelling a setting's name (`ca_file`,
-    /// `identity_policy_dir`, …) as the caller's user writes it: `verifier.ca_file` in
-    /// the sidecar's file, `--verifier-ca-file` for `forward`.
-    pub fn resolve_as(
-        &self,
-        env: &dyn Env,
-        key: &dyn Fn(&str) -> String,
-    ) -> Result<Option<ServerTrust>, String> {
-        let pinned =
-            ServerTrust::from_settings(self.ca_file.as_deref(), self.cert_sha256.as_deref(), key)?;
-        let Some(dir) = &self.identity_policy_dir else {
-            if self.identity_trust_root.is_some() || self.identity_dev_trust_root.is_some() {
-                return Err(format!(
-                    "{} / {} need {}",
-                    key("identity_trust_root"),
-                    key("identity_dev_trust_root"),
-                    key("identity_policy_dir")
-                ));
-            }
-            return Ok(pinned);
-        };
-        if pinned.is_some() {
-            return Err(format!(
-                "{} and {} / {}: give one way to trust the verifier",
-                key("identity_policy_dir"),
-                key("ca_file"),
-                key("cert_sha256")
-            ));
-        }
-        let identity = VerifierIdentity::new(&LocalSettings {
-            policy_dirs: vec![dir.clone()],
-            trust_root: self.identity_trust_root.clone(),
-            dev_trust_root: self.identity_dev_trust_root.clone(),
-            pccs_url: first([self.identity_pccs_url.clone(), env.var("PCCS_URL")]),
-            ..LocalSettings::default()
-        })
-        .map_err(|e| format!("{} {}: {e}", key("identity_policy_dir"), dir.display()))?;
-        Ok(Some(ServerTrust::Attested(Arc::new(identity))))
-    }
-}
+/// How an https verifier is trusted, and where it is: the `[verifier]` settings, shared by
+/// the sidecar and `forward` (declared in [`crate::config::verifier`]).
+pub use crate::config::VerifierSettings as TrustSettings;
 
 /// A cheap-to-clone handle on the verifier: one endpoint, or several that share the
 /// load and stand in for each other.
@@ -437,8 +342,8 @@ impl VerifierClient {
 mod tests {
     use super::*;
 
-    fn policies(profile: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    fn policies(profile: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../policies")
             .join(profile)
     }
@@ -500,7 +405,10 @@ mod tests {
             identity_policy_dir: Some("/from/file".into()),
             ..TrustSettings::default()
         }
-        .over(TrustSettings::from_env(&env));
+        .over(TrustSettings::from_env(
+            &env,
+            &mut teesql_proto::settings::Problems::new(),
+        ));
         assert_eq!(merged.identity_policy_dir, Some("/from/file".into()));
         assert_eq!(merged.identity_dev_trust_root, Some("/env-root.der".into()));
     }

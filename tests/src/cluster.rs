@@ -606,8 +606,8 @@ impl Cluster {
         ForwardSettings {
             to: Some(self.sidecar_addr.to_string()),
             server_name: Some("localhost".into()),
-            verifier_url: Some(self.verifier_url.clone()),
-            verifier_trust: teesql_sidecar::verifier::TrustSettings {
+            verifier: teesql_sidecar::verifier::TrustSettings {
+                url: Some(self.verifier_url.clone()),
                 ca_file: self.verifier_ca.clone(),
                 ..self.verifier_identity.clone().unwrap_or_default()
             },

@@ -100,3 +100,82 @@ async fn readme_snippets_connect_as_written() {
     );
     let _ = dev.wait();
 }
+
+/// `(flag, variable)` of each option in a binary's `--help` (options start a line of
+/// their own; `[env: NAME]` closes the help of those read from the environment).
+fn options_of(help: &str) -> Vec<(String, Option<String>)> {
+    let mut options: Vec<String> = Vec::new();
+    for line in help.lines() {
+        match line.trim_start().strip_prefix("--") {
+            Some(rest) if line.starts_with("      --") => options.push(rest.to_string()),
+            _ => {
+                if let Some(last) = options.last_mut() {
+                    last.push(' ');
+                    last.push_str(line.trim());
+                }
+            }
+        }
+    }
+    options
+        .iter()
+        .map(|o| {
+            let flag = o
+                .split([' ', '<', '['])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let env = o
+                .split("[env: ")
+                .nth(1)
+                .and_then(|r| r.split(']').next())
+                .map(str::to_string);
+            (flag, env)
+        })
+        .collect()
+}
+
+/// The verifier's settings table in the README has a row for every `serve` flag, naming
+/// the variable `--help` names: the README, `--help` and resolution read one list.
+#[test]
+fn the_readme_lists_every_verifier_setting_with_its_variable() {
+    let readme =
+        std::fs::read_to_string(teesql_tests::cluster::repo_root().join("README.md")).unwrap();
+    let bin = teesql_tests::clients::workspace_bin("teesql-verifier").unwrap();
+    let out = Command::new(bin)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let mut checked = 0;
+    for (flag, env) in options_of(&help) {
+        if matches!(flag.as_str(), "help" | "log") {
+            continue;
+        }
+        let row = format!("| `--{flag}` |");
+        let line = readme
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("README: no row for --{flag}"));
+        if let Some(env) = env {
+            assert!(
+                line.contains(&format!("`{env}`")),
+                "README row of --{flag} names no {env}: {line}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 30, "{checked}");
+}
+
+/// Every variable the sidecar or `forward` reads is named in the README.
+#[test]
+fn the_readme_names_every_sidecar_variable() {
+    let readme =
+        std::fs::read_to_string(teesql_tests::cluster::repo_root().join("README.md")).unwrap();
+    let missing: Vec<&str> = teesql_sidecar::config::env::ALL
+        .iter()
+        .copied()
+        .filter(|v| !readme.contains(v))
+        .collect();
+    assert!(missing.is_empty(), "not in the README: {missing:?}");
+}

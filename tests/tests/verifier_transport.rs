@@ -50,8 +50,8 @@ async fn sidecar_and_forward_ask_a_tls_verifier_and_refuse_an_impostor() {
     // The same verifier under a pin that is not its certificate: the forwarder gets no
     // decision, so it lets no one through.
     let mut pinned_wrong = c.forward_settings();
-    pinned_wrong.verifier_trust.ca_file = None;
-    pinned_wrong.verifier_trust.cert_sha256 = Some("ab".repeat(32));
+    pinned_wrong.verifier.ca_file = None;
+    pinned_wrong.verifier.cert_sha256 = Some("ab".repeat(32));
     let o = through_forward(&c, pinned_wrong).await;
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -139,7 +139,10 @@ async fn sidecar_and_forward_trust_a_verifier_by_its_quote_and_refuse_another_id
     assert!(e.contains("verifier_compose_hash_not_pinned"), "{e}");
     assert!(e.contains(&c.agent.agent.compose_hash_hex()), "{e}");
     let mut settings = c.forward_settings();
-    settings.verifier_trust = wrong.clone();
+    settings.verifier = teesql_sidecar::verifier::TrustSettings {
+        url: settings.verifier.url.clone(),
+        ..wrong.clone()
+    };
     let o = through_forward(&c, settings).await;
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -273,7 +276,10 @@ async fn sidecar_and_forward_ask_a_verifier_on_a_unix_socket() {
 fn forward_refuses_plaintext_to_a_remote_verifier() {
     let e = teesql_sidecar::forward::ForwardSettings {
         to: Some("127.0.0.1:5433".into()),
-        verifier_url: Some("http://192.0.2.10:50051".into()),
+        verifier: teesql_sidecar::verifier::TrustSettings {
+            url: Some("http://192.0.2.10:50051".into()),
+            ..Default::default()
+        },
         allow_unpinned_server: true,
         ..Default::default()
     }

@@ -495,3 +495,46 @@ fn the_simulator_backend_reads_a_simulator_quote_for_development_only() {
         "simulator",
     );
 }
+
+/// Every `serve` setting's variable is `TEESQL_VERIFIER_` and its flag (its TOML key):
+/// names that drifted from their keys were renamed (the old ones still read, with a
+/// notice). The one exception is shared with the sidecar: `TEESQL_PCCS_URL`.
+#[test]
+fn serve_variables_are_named_after_their_flags() {
+    let out = verifier(&["serve", "--help"]);
+    // Each option starts a line of its own ("      --flag <VALUE>"); its help follows.
+    let mut options: Vec<String> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        match line.trim_start().strip_prefix("--") {
+            Some(rest) if line.starts_with("      --") => options.push(rest.to_string()),
+            _ => {
+                if let Some(last) = options.last_mut() {
+                    last.push(' ');
+                    last.push_str(line.trim());
+                }
+            }
+        }
+    }
+    let help = options.join("\n");
+    let mut checked = 0;
+    for part in &options {
+        let flag = part.split([' ', '<']).next().unwrap_or_default();
+        if matches!(flag, "help" | "config" | "log") {
+            continue;
+        }
+        let Some(env) = part
+            .split("[env: ")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+        else {
+            panic!("--{flag} names no variable");
+        };
+        let expected = match flag {
+            "pccs-url" => "TEESQL_PCCS_URL".to_string(),
+            f => format!("TEESQL_VERIFIER_{}", f.to_uppercase().replace('-', "_")),
+        };
+        assert_eq!(env, expected, "--{flag}");
+        checked += 1;
+    }
+    assert!(checked > 30, "{checked} flags read from:\n{help}");
+}

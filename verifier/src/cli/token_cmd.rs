@@ -51,7 +51,7 @@ pub enum TokenCommand {
         /// The development root, for a verifier on the development agent (--attested).
         #[arg(long, value_name = "FILE", requires = "attested")]
         dev_trust_root: Option<PathBuf>,
-        /// PCCS or Intel PCS for the quote's collateral (--attested) [default: env PCCS_URL,
+        /// PCCS or Intel PCS for the quote's collateral (--attested) [default: env TEESQL_PCCS_URL (formerly PCCS_URL),
         /// else Intel PCS].
         #[arg(long, value_name = "URL", requires = "attested")]
         pccs_url: Option<String>,
@@ -96,7 +96,11 @@ pub async fn run(cmd: TokenCommand) -> ExitCode {
                 policy_dirs: dirs,
                 trust_root,
                 dev_trust_root,
-                pccs_url: pccs_url.or_else(|| ProcessEnv.var("PCCS_URL")),
+                pccs_url: pccs_url.or_else(|| {
+                    ProcessEnv
+                        .var("TEESQL_PCCS_URL")
+                        .or_else(|| ProcessEnv.var("PCCS_URL"))
+                }),
                 ..LocalSettings::default()
             })
         }) {

@@ -36,7 +36,7 @@ pub struct VerifyArgs {
     /// Directory of collateral JSON files, used by TEE, FMSPC and PCK CA.
     #[arg(long, value_name = "DIR")]
     collateral_dir: Option<PathBuf>,
-    /// PCCS or Intel PCS to fetch missing collateral from [default: env PCCS_URL, else
+    /// PCCS or Intel PCS to fetch missing collateral from [default: env TEESQL_PCCS_URL (formerly PCCS_URL), else
     /// Intel PCS].
     #[arg(long, value_name = "URL")]
     pccs_url: Option<String>,
@@ -133,7 +133,11 @@ async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decisio
     let clock = args.now.map(Clock::Fixed).unwrap_or(Clock::System);
     let pccs_url = args
         .pccs_url
-        .or_else(|| ProcessEnv.var("PCCS_URL"))
+        .or_else(|| {
+            ProcessEnv
+                .var("TEESQL_PCCS_URL")
+                .or_else(|| ProcessEnv.var("PCCS_URL"))
+        })
         .unwrap_or_else(|| INTEL_PCS_URL.to_string());
     let mut problems = Problems::new();
     let (chain, ita) = resolve_backends(

@@ -87,7 +87,7 @@ pub struct ServeSettings {
     /// `tdx.root = "dev"`, which only the development profile accepts. [env: TEESQL_VERIFIER_DEV_TRUST_ROOT]
     #[arg(long, value_name = "FILE")]
     pub dev_trust_root: Option<PathBuf>,
-    /// PCCS or Intel PCS for collateral [default: Intel PCS]. [env: PCCS_URL]
+    /// PCCS or Intel PCS for collateral [default: Intel PCS]. [env: TEESQL_PCCS_URL]
     #[arg(long, value_name = "URL")]
     pub pccs_url: Option<String>,
     /// Never fetch collateral over the network. [env: TEESQL_VERIFIER_OFFLINE]
@@ -96,10 +96,10 @@ pub struct ServeSettings {
     /// Directory of collateral JSON files, used before the PCCS. [env: TEESQL_VERIFIER_COLLATERAL_DIR]
     #[arg(long, value_name = "DIR")]
     pub collateral_dir: Option<PathBuf>,
-    /// One collateral JSON file used for every quote (testing). [env: TEESQL_VERIFIER_COLLATERAL]
+    /// One collateral JSON file used for every quote (testing). [env: TEESQL_VERIFIER_COLLATERAL_FILE]
     #[arg(long, value_name = "FILE")]
     pub collateral_file: Option<PathBuf>,
-    /// Time limit to fetch one collateral set from the PCCS, seconds [default: 10]. [env: TEESQL_VERIFIER_FETCH_TIMEOUT]
+    /// Time limit to fetch one collateral set from the PCCS, seconds [default: 10]. [env: TEESQL_VERIFIER_FETCH_TIMEOUT_SECS]
     #[arg(long, value_name = "SECS")]
     pub fetch_timeout_secs: Option<u64>,
     /// Decision log: "stdout", "off", or a file to append to [default: stdout]. [env: TEESQL_VERIFIER_DECISION_LOG]
@@ -117,13 +117,13 @@ pub struct ServeSettings {
     /// signature check instead of a full DCAP verification [default: 1024]. [env: TEESQL_VERIFIER_PLATFORM_CACHE_KIB]
     #[arg(long, value_name = "KIB")]
     pub platform_cache_kib: Option<u64>,
-    /// Longest an appraisal stays cached, seconds (never past its collateral) [default: 3600]. [env: TEESQL_VERIFIER_CACHE_TTL]
+    /// Longest an appraisal stays cached, seconds (never past its collateral) [default: 3600]. [env: TEESQL_VERIFIER_CACHE_MAX_TTL_SECS]
     #[arg(long, value_name = "SECS")]
     pub cache_max_ttl_secs: Option<u64>,
     /// Time limit of one policy evaluation, milliseconds [default: 250]. [env: TEESQL_VERIFIER_EVAL_TIMEOUT_MS]
     #[arg(long, value_name = "MS")]
     pub eval_timeout_ms: Option<u64>,
-    /// Time limit of one request, seconds [default: 30]. [env: TEESQL_VERIFIER_REQUEST_TIMEOUT]
+    /// Time limit of one request, seconds [default: 30]. [env: TEESQL_VERIFIER_REQUEST_TIMEOUT_SECS]
     #[arg(long, value_name = "SECS")]
     pub request_timeout_secs: Option<u64>,
     /// Quote backend: dcap, ita, simulator (development only, alone), or a chain tried in
@@ -143,7 +143,8 @@ pub struct ServeSettings {
     /// [env: TEESQL_VERIFIER_ITA_ISSUER]
     #[arg(long, value_name = "ISS")]
     pub ita_issuer: Option<String>,
-    /// A file holding the ITA API key [default: env INTEL_TRUST_AUTHORITY_API_KEY].
+    /// A file holding the ITA API key [default: env INTEL_TRUST_AUTHORITY_API_KEY, the
+    /// key itself, as Intel's clients read it]. [env: TEESQL_VERIFIER_ITA_API_KEY_FILE]
     #[arg(long, value_name = "FILE")]
     pub ita_api_key_file: Option<PathBuf>,
     /// ITA policy ids (UUIDs, comma-separated, at most 10) to appraise quotes against;
@@ -249,6 +250,11 @@ impl ServeSettings {
     /// does not parse is a problem naming its variable, not a silent default.
     pub fn from_env(env: &dyn Env, p: &mut Problems) -> ServeSettings {
         let path = |name: &str| env.var(name).map(PathBuf::from);
+        // A number from the variable, or from the name it had until 2026-12 (a notice).
+        let renamed = |p: &mut Problems, name: &str, was: &str| -> Option<u64> {
+            let text = p.var_renamed(env, name, &[was])?;
+            p.parse(name, &text)
+        };
         ServeSettings {
             listen: env.var("TEESQL_VERIFIER_LISTEN"),
             metrics_listen: env.var("TEESQL_VERIFIER_METRICS_LISTEN"),
@@ -270,18 +276,36 @@ impl ServeSettings {
             token_issuer: env.var("TEESQL_VERIFIER_TOKEN_ISSUER"),
             trust_root: path("TEESQL_VERIFIER_TRUST_ROOT"),
             dev_trust_root: path("TEESQL_VERIFIER_DEV_TRUST_ROOT"),
-            pccs_url: env.var("PCCS_URL"),
+            pccs_url: p.var_renamed(env, "TEESQL_PCCS_URL", &["PCCS_URL"]),
             offline: p.env_switch(env, "TEESQL_VERIFIER_OFFLINE"),
             collateral_dir: path("TEESQL_VERIFIER_COLLATERAL_DIR"),
-            collateral_file: path("TEESQL_VERIFIER_COLLATERAL"),
-            fetch_timeout_secs: p.env(env, "TEESQL_VERIFIER_FETCH_TIMEOUT"),
+            collateral_file: p
+                .var_renamed(
+                    env,
+                    "TEESQL_VERIFIER_COLLATERAL_FILE",
+                    &["TEESQL_VERIFIER_COLLATERAL"],
+                )
+                .map(PathBuf::from),
+            fetch_timeout_secs: renamed(
+                p,
+                "TEESQL_VERIFIER_FETCH_TIMEOUT_SECS",
+                "TEESQL_VERIFIER_FETCH_TIMEOUT",
+            ),
             decision_log: env.var("TEESQL_VERIFIER_DECISION_LOG"),
             cache_max_mib: p.env(env, "TEESQL_VERIFIER_CACHE_MAX_MIB"),
             cache_capacity: None,
             platform_cache_kib: p.env(env, "TEESQL_VERIFIER_PLATFORM_CACHE_KIB"),
-            cache_max_ttl_secs: p.env(env, "TEESQL_VERIFIER_CACHE_TTL"),
+            cache_max_ttl_secs: renamed(
+                p,
+                "TEESQL_VERIFIER_CACHE_MAX_TTL_SECS",
+                "TEESQL_VERIFIER_CACHE_TTL",
+            ),
             eval_timeout_ms: p.env(env, "TEESQL_VERIFIER_EVAL_TIMEOUT_MS"),
-            request_timeout_secs: p.env(env, "TEESQL_VERIFIER_REQUEST_TIMEOUT"),
+            request_timeout_secs: renamed(
+                p,
+                "TEESQL_VERIFIER_REQUEST_TIMEOUT_SECS",
+                "TEESQL_VERIFIER_REQUEST_TIMEOUT",
+            ),
             backend: env.var("TEESQL_VERIFIER_BACKEND"),
             ita_url: env.var("TEESQL_VERIFIER_ITA_URL"),
             ita_jwks_url: env.var("TEESQL_VERIFIER_ITA_JWKS_URL"),
@@ -711,12 +735,42 @@ mod tests {
         );
     }
 
+    /// A variable renamed so that it is `TEESQL_VERIFIER_` and its key is still read by
+    /// its old name for one release, with a notice; the new name wins.
+    #[test]
+    fn renamed_variables_are_read_by_their_old_names_with_a_notice() {
+        let mut p = Problems::new();
+        let old = [
+            ("TEESQL_VERIFIER_CACHE_TTL", "120"),
+            ("PCCS_URL", "https://pccs.example"),
+            ("TEESQL_VERIFIER_FETCH_TIMEOUT_SECS", "7"),
+            ("TEESQL_VERIFIER_FETCH_TIMEOUT", "9"),
+        ];
+        let s = ServeSettings::from_env(&old, &mut p);
+        assert_eq!(s.cache_max_ttl_secs, Some(120));
+        assert_eq!(s.pccs_url.as_deref(), Some("https://pccs.example"));
+        assert_eq!(s.fetch_timeout_secs, Some(7), "the new name wins");
+        assert!(p.is_empty());
+        let notices = p.notices().join("\n");
+        assert!(
+            notices.contains("TEESQL_VERIFIER_CACHE_TTL is deprecated")
+                && notices.contains("set TEESQL_VERIFIER_CACHE_MAX_TTL_SECS")
+                && notices.contains("PCCS_URL is deprecated")
+                && notices.contains("set TEESQL_PCCS_URL"),
+            "{notices}"
+        );
+        assert!(
+            !notices.contains("TEESQL_VERIFIER_FETCH_TIMEOUT is"),
+            "{notices}"
+        );
+    }
+
     /// Each kind of bad value, in each layer, names its key or variable; all come back
     /// together.
     #[test]
     fn every_kind_of_bad_value_names_its_key() {
         let env = [
-            ("TEESQL_VERIFIER_FETCH_TIMEOUT", "ten"),
+            ("TEESQL_VERIFIER_FETCH_TIMEOUT_SECS", "ten"),
             ("TEESQL_VERIFIER_OFFLINE", "perhaps"),
             ("TEESQL_VERIFIER_NOW", "-1"),
         ];
@@ -745,7 +799,7 @@ mod tests {
         .unwrap_err();
         let all = errors.join("\n");
         for needle in [
-            "TEESQL_VERIFIER_FETCH_TIMEOUT \"ten\"",
+            "TEESQL_VERIFIER_FETCH_TIMEOUT_SECS \"ten\"",
             "TEESQL_VERIFIER_OFFLINE \"perhaps\": expected true or false",
             "TEESQL_VERIFIER_NOW \"-1\"",
             "listen \"localhost\"",

@@ -1,0 +1,57 @@
+//! `[listen]`: the Postgres port and the two HTTP listeners.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use teesql_proto::settings::{Env, Problems, first};
+
+use super::{Overrides, defaults, env};
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// Postgres over TLS [default: 0.0.0.0:5433].
+    pub postgres: Option<String>,
+    /// HTTP /health, /attestation, /metrics for the operator [default: 127.0.0.1:8080];
+    /// "off" disables.
+    pub admin: Option<String>,
+    /// HTTP with /attestation only, for anyone [default: off], e.g. "0.0.0.0:8080" with
+    /// the admin listener moved to another loopback port.
+    pub public: Option<String>,
+}
+
+/// Where the sidecar listens, checked: Postgres, and the admin and public HTTP listeners
+/// (`None` = off).
+pub(super) type Listeners = (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>);
+
+impl ListenFile {
+    pub(super) fn resolve(self, e: &dyn Env, flags: &mut Overrides, p: &mut Problems) -> Listeners {
+        let listen_s = first([
+            flags.listen.take(),
+            e.var(env::SIDECAR_LISTEN),
+            self.postgres,
+        ])
+        .unwrap_or_else(|| defaults::LISTEN.into());
+        let listen = p.socket_addr("listen", &listen_s);
+        let admin_s = first([
+            flags.admin_listen.take(),
+            e.var(env::SIDECAR_ADMIN_LISTEN),
+            self.admin,
+        ])
+        .unwrap_or_else(|| defaults::ADMIN_LISTEN.into());
+        let admin = optional_listener(p, "admin listen", &admin_s);
+        let public_s =
+            first([e.var(env::SIDECAR_PUBLIC_LISTEN), self.public]).unwrap_or_else(|| "off".into());
+        let public = optional_listener(p, "public listen", &public_s);
+        (listen, admin, public)
+    }
+}
+
+/// A listener address, or `off` (also the empty string).
+fn optional_listener(p: &mut Problems, key: &str, text: &str) -> Option<SocketAddr> {
+    if text == "off" || text.is_empty() {
+        None
+    } else {
+        p.socket_addr(key, text)
+    }
+}

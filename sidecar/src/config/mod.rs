@@ -1,0 +1,496 @@
+//! Sidecar configuration: a TOML file, environment variables over it, flags over those.
+//! Every bad setting is reported at once; secrets never appear in any message.
+//!
+//! One file per section of the TOML file, each declaring its settings once (the file's
+//! struct, read from the environment by the names in [`env`]) with a `resolve` that
+//! checks them; [`SidecarConfig::resolve`] calls them in turn.
+
+pub mod auth;
+pub mod backend;
+pub mod env;
+pub mod identity;
+pub mod limits;
+pub mod listen;
+pub mod verifier;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use teesql_proto::settings::Problems;
+pub use teesql_proto::settings::{Env, ProcessEnv};
+use teesql_proto::transport::ServerTrust;
+
+pub use self::auth::{AuthFile, ExtraRoleFile};
+pub use self::backend::{BackendConfig, BackendFile};
+pub use self::identity::{IdentityConfig, IdentityFile};
+pub use self::limits::{AddressLimits, HttpLimits, Limits, LimitsFile};
+pub use self::listen::ListenFile;
+pub use self::verifier::{VerifierConfig, VerifierSettings};
+use crate::auth::AuthMap;
+
+/// The `[verifier]` table: the settings `forward` shares.
+pub type VerifierFile = VerifierSettings;
+
+/// The settings as they can be written: every field optional (file, env and flags merge).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarFile {
+    #[serde(default)]
+    pub listen: ListenFile,
+    #[serde(default)]
+    pub identity: IdentityFile,
+    #[serde(default)]
+    pub verifier: VerifierFile,
+    #[serde(default)]
+    pub backend: BackendFile,
+    #[serde(default)]
+    pub auth: AuthFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+/// Where the sidecar logs in to Postgres.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddr {
+    Tcp(String, u16),
+    /// Unix socket directory and port (the socket is `<dir>/.s.PGSQL.<port>`).
+    Unix(PathBuf, u16),
+}
+
+impl BackendAddr {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Tcp(h, p) => format!("{h}:{p}"),
+            Self::Unix(d, p) => format!("{}/.s.PGSQL.{p}", d.display()),
+        }
+    }
+}
+
+/// How the sidecar logs in to Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendMethod {
+    Trust,
+    Password,
+    Md5,
+    #[value(name = "scram-sha-256")]
+    ScramSha256,
+}
+
+/// How clients authenticate to the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientAuthMethod {
+    /// SCRAM-SHA-256 (and -PLUS, see `channel_binding`).
+    #[value(name = "scram-sha-256")]
+    Scram,
+    /// The secret in a PasswordMessage (inside TLS).
+    #[value(alias = "password")]
+    Cleartext,
+}
+
+/// When the sidecar offers SCRAM-SHA-256-PLUS (channel binding to its TLS certificate).
+///
+/// A transparent forwarder (TeeSQL's client libraries, mode A) terminates TLS and relays
+/// bytes to a driver that speaks plaintext to it; libpq then refuses any -PLUS offer
+/// ("server offered SCRAM-SHA-256-PLUS authentication over a non-SSL connection"). Only
+/// a TLS peer that is evidently the Postgres client itself can bind the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChannelBinding {
+    /// Offer -PLUS only when ALPN `postgresql` was negotiated (libpq 17+ sends it on
+    /// every TLS connection; TeeSQL's forwarders send none).
+    Auto,
+    /// Offer -PLUS on every TLS connection (breaks libpq behind a forwarder).
+    Always,
+    /// Never offer -PLUS.
+    Never,
+}
+
+/// The defaults, named. `--help` and the comments on `SidecarFile` quote them.
+pub mod defaults {
+    pub const LISTEN: &str = "0.0.0.0:5433";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:8080";
+    pub const ALT_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
+    pub const RENEW_SECS: u64 = 3600;
+    /// The guest agent is not asked for a certificate more often than this.
+    pub const MIN_RENEW_SECS: u64 = 10;
+    pub const VERIFIER_URL: &str = "http://127.0.0.1:50051";
+    pub const VERIFIER_TIMEOUT_MS: u64 = 5000;
+    pub const BACKEND_HOST: &str = "127.0.0.1";
+    pub const BACKEND_PORT: u16 = 5432;
+    pub const BACKEND_METHOD: super::BackendMethod = super::BackendMethod::Trust;
+    pub const BACKEND_ADMIN_USER: &str = "postgres";
+    pub const BACKEND_CONNECT_TIMEOUT_MS: u64 = 5000;
+    pub const POOL_MAX_IDLE_PER_KEY: usize = 0;
+    pub const POOL_IDLE_TIMEOUT_SECS: u64 = 60;
+    pub const POOL_MAX_IDLE_TOTAL: usize = 64;
+    pub const AUTH_METHOD: super::ClientAuthMethod = super::ClientAuthMethod::Scram;
+    pub const CHANNEL_BINDING: super::ChannelBinding = super::ChannelBinding::Auto;
+    pub const READ_SECRET_ENV: &str = "TEESQL_READ_SECRET";
+    pub const READWRITE_SECRET_ENV: &str = "TEESQL_READWRITE_SECRET";
+    pub const TENANT_USER: &str = "teesql_app";
+    pub const BACKEND_PASSWORD_ENV: &str = "TEESQL_BACKEND_PASSWORD";
+    pub const BACKEND_ADMIN_PASSWORD_ENV: &str = "TEESQL_BACKEND_ADMIN_PASSWORD";
+    pub const MAX_CONNECTIONS: usize = 1000;
+    pub const TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+    pub const STARTUP_TIMEOUT_SECS: u64 = 60;
+    pub const LOGIN_TIMEOUT_SECS: u64 = 10;
+    pub const IDLE_TIMEOUT_SECS: u64 = 0;
+    pub const SHUTDOWN_GRACE_SECS: u64 = 30;
+    pub const FAILED_AUTH_PER_MINUTE: u32 = 30;
+    pub const ABANDONED_PER_MINUTE: u32 = 60;
+    pub const HANDSHAKES_PER_ADDRESS: usize = 256;
+    pub const FIRST_PACKET_TIMEOUT_SECS: u64 = 5;
+    pub const HTTP_MAX_CONNECTIONS: usize = 64;
+    pub const HTTP_CONNECTIONS_PER_ADDRESS: usize = 32;
+    pub const HTTP_HEADER_TIMEOUT_SECS: u64 = 5;
+    pub const HTTP_CONNECTION_TIMEOUT_SECS: u64 = 30;
+}
+
+/// Checked configuration.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub public_listen: Option<SocketAddr>,
+    pub identity: IdentityConfig,
+    pub verifier_url: String,
+    pub verifier_trust: Option<ServerTrust>,
+    pub verifier_timeout: Duration,
+    /// Policy hashes decisions may come from; empty = the first answer's.
+    pub verifier_policy_hashes: Vec<String>,
+    pub backend: BackendConfig,
+    pub auth_method: ClientAuthMethod,
+    pub channel_binding: ChannelBinding,
+    pub auth: AuthMap,
+    pub limits: Limits,
+}
+
+/// Flag values (each overrides the file and the environment).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub backend_host: Option<String>,
+    pub backend_port: Option<u16>,
+    /// One of `BackendMethod`'s choices, checked with every other setting.
+    pub backend_method: Option<String>,
+    /// One of `ClientAuthMethod`'s choices, checked with every other setting.
+    pub auth_method: Option<String>,
+    pub alt_names: Option<Vec<String>>,
+    pub max_connections: Option<usize>,
+    /// `--verifier`, `--verifier-ca-file`, … (over `TEESQL_VERIFIER_*`).
+    pub verifier: VerifierSettings,
+}
+
+/// A whole number of seconds (or milliseconds) at least 1.
+fn positive(p: &mut Problems, key: &str, value: Option<u64>, default: u64) -> u64 {
+    p.at_least(key, value.unwrap_or(default), 1)
+}
+
+impl SidecarConfig {
+    /// Merge flags over environment over file, check everything, load secrets. Every
+    /// problem is returned, each naming its key; no secret appears in any of them.
+    pub fn resolve(
+        file: SidecarFile,
+        env: &dyn Env,
+        flags: Overrides,
+    ) -> Result<Self, Vec<String>> {
+        let mut p = Problems::new();
+        let mut flags = flags;
+        let (listen, admin_listen, public_listen) = file.listen.resolve(env, &mut flags, &mut p);
+        let identity = file.identity.resolve(env, &mut flags, &mut p);
+        let verifier = std::mem::take(&mut flags.verifier)
+            .over(VerifierSettings::from_env(env, &mut p))
+            .over(file.verifier)
+            .check(
+                env,
+                Duration::from_millis(defaults::VERIFIER_TIMEOUT_MS),
+                &|k| format!("verifier.{k}"),
+                &mut p,
+            );
+        let record_identity = file.backend.record_identity;
+        let mut backend = file.backend.resolve(env, &mut flags, &mut p);
+        let auth = file
+            .auth
+            .resolve(env, &mut flags, &backend.admin_user, &mut p);
+        backend.record_identity = record_identity.unwrap_or(auth.map.has_granted());
+        let limits = file.limits.resolve(&mut flags, &mut p);
+        p.finish(|| {
+            let verifier = verifier?;
+            Some(Self {
+                listen: listen?,
+                admin_listen,
+                public_listen,
+                identity,
+                verifier_url: verifier.url,
+                verifier_trust: verifier.trust,
+                verifier_timeout: verifier.timeout,
+                verifier_policy_hashes: verifier.policy_hashes,
+                backend,
+                auth_method: auth.method,
+                channel_binding: auth.channel_binding,
+                auth: auth.map,
+                limits,
+            })
+        })
+    }
+
+    /// Read a TOML file.
+    pub fn read_file(path: &std::path::Path) -> Result<SidecarFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const S1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const S2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn defaults_with_secrets_from_env() {
+        let c = SidecarConfig::resolve(
+            SidecarFile::default(),
+            &env(&[("TEESQL_READ_SECRET", S1), ("TEESQL_READWRITE_SECRET", S2)]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:5433");
+        assert_eq!(c.admin_listen.unwrap().to_string(), "127.0.0.1:8080");
+        assert_eq!(c.public_listen, None);
+        assert_eq!(c.backend.addr, BackendAddr::Tcp("127.0.0.1".into(), 5432));
+        assert_eq!(c.auth_method, ClientAuthMethod::Scram);
+        assert_eq!(c.channel_binding, ChannelBinding::Auto);
+        assert_eq!(c.limits.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.startup_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.login_timeout, Duration::from_secs(10));
+        assert!(c.auth.role("teesql_read").is_some());
+    }
+
+    #[test]
+    fn granted_roles_need_a_second_factor_unless_attestation_only() {
+        let file = |roles: &str| -> SidecarFile {
+            toml::from_str(&format!("[auth]\ntenant_user = \"app\"\n{roles}")).unwrap()
+        };
+        // A secret of its own: both factors; never the read-write secret.
+        let c = SidecarConfig::resolve(
+            file("[[auth.roles]]\nname = \"tenant_a\"\ngranted = true\nsecret_env = \"A\"\n"),
+            &env(&[("TEESQL_READWRITE_SECRET", S1), ("A", S2)]),
+            Overrides::default(),
+        )
+        .unwrap();
+        let role = c.auth.role("tenant_a").unwrap();
+        assert!(role.granted && !role.attestation_only);
+        assert!(role.check_cleartext(S2.as_bytes()));
+        assert!(!role.check_cleartext(S1.as_bytes()));
+        assert!(c.auth.needs_grant("app") && c.auth.needs_grant("tenant_a"));
+        assert!(!c.auth.needs_grant("teesql_readwrite"));
+        assert!(
+            c.backend.record_identity,
+            "on by default with granted roles"
+        );
+
+        let c = SidecarConfig::resolve(
+            file("[[auth.roles]]\nname = \"tenant_a\"\ngranted = true\nattestation_only = true\n"),
+            &env(&[("TEESQL_READ_SECRET", S2)]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.auth.role("tenant_a").unwrap().attestation_only);
+
+        let errors = SidecarConfig::resolve(
+            file(
+                "[[auth.roles]]\nname = \"tenant_a\"\ngranted = true\n\
+                 [[auth.roles]]\nname = \"tenant_b\"\nattestation_only = true\nsecret_env = \"X\"\n\
+                 [[auth.roles]]\nname = \"tenant_c\"\ngranted = true\nattestation_only = true\nsecret_env = \"X\"\n",
+            ),
+            &env(&[("TEESQL_READ_SECRET", S2), ("X", S1)]),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .join("\n");
+        for needle in [
+            "auth.roles[tenant_a]: a granted role needs a secret of its own",
+            "auth.roles[tenant_b]: attestation_only needs granted = true",
+            "auth.roles[tenant_c]: attestation_only takes no secret",
+        ] {
+            assert!(errors.contains(needle), "{needle} missing in:\n{errors}");
+        }
+
+        // Names that mean something else are refused.
+        let errors = SidecarConfig::resolve(
+            toml::from_str(
+                "[auth]\ntenant_user = \"teesql_read\"\npassthrough_roles = [\"postgres\"]\n\
+                 [[auth.roles]]\nname = \"postgres\"\ngranted = true\nattestation_only = true\n\
+                 [[auth.roles]]\nname = \"pg_monitor\"\ngranted = true\nattestation_only = true\n",
+            )
+            .unwrap(),
+            &env(&[("TEESQL_READWRITE_SECRET", S1)]),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .join("\n");
+        for needle in [
+            "auth.roles[postgres]: a granted role cannot be",
+            "auth.roles[pg_monitor]: a granted role cannot be",
+            "auth.tenant_user: must be a name of its own",
+        ] {
+            assert!(errors.contains(needle), "{needle} missing in:\n{errors}");
+        }
+
+        // Without granted roles nothing needs a grant and no identity is recorded.
+        let c = SidecarConfig::resolve(
+            file(""),
+            &env(&[("TEESQL_READ_SECRET", S2)]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(!c.auth.needs_grant("app"));
+        assert!(!c.backend.record_identity);
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_and_no_secret_leaks() {
+        let file: SidecarFile = toml::from_str(
+            r#"
+            listen = { postgres = "nope", admin = "1.2.3.4" }
+            verifier = { url = "grpc://x" }
+            backend = { method = "kerberos" }
+            auth = { method = "magic", read_secret_env = "R", channel_binding = "sometimes" }
+            limits = { handshake_timeout_secs = 10 }
+            "#,
+        )
+        .unwrap();
+        let errors =
+            SidecarConfig::resolve(file, &env(&[("R", "zz-secret-zz")]), Overrides::default())
+                .unwrap_err();
+        let all = errors.join("\n");
+        for needle in [
+            "listen \"nope\"",
+            "admin listen",
+            "verifier.url",
+            "backend.method \"kerberos\": expected trust, password, md5 or scram-sha-256",
+            "auth.method \"magic\": expected scram-sha-256 or cleartext",
+            "auth.read_secret",
+            "auth.channel_binding \"sometimes\": expected auto, always or never",
+            "limits.handshake_timeout_secs: replaced by tls_handshake_timeout_secs",
+        ] {
+            assert!(all.contains(needle), "{needle} missing in:\n{all}");
+        }
+        assert!(!all.contains("zz-secret-zz"), "{all}");
+    }
+
+    #[test]
+    fn flags_override_env_override_file() {
+        let file: SidecarFile =
+            toml::from_str("listen = { postgres = \"127.0.0.1:1\" }\nbackend = { port = 1 }")
+                .unwrap();
+        let c = SidecarConfig::resolve(
+            file,
+            &env(&[
+                ("TEESQL_READ_SECRET", S1),
+                ("TEESQL_SIDECAR_LISTEN", "127.0.0.1:2"),
+                ("TEESQL_BACKEND_PORT", "2"),
+            ]),
+            Overrides {
+                listen: Some("127.0.0.1:3".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.backend.addr, BackendAddr::Tcp("127.0.0.1".into(), 2));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<SidecarFile>("[auth]\nsecret = 1").is_err());
+    }
+
+    /// Each kind of bad value: an unparsable variable, a zero where at least 1 is
+    /// needed, a value below its minimum, a bad choice in a role, a bad choice in a
+    /// variable. Each names its key, and all come back together.
+    #[test]
+    fn every_kind_of_bad_value_names_its_key() {
+        let file: SidecarFile = toml::from_str(
+            r#"
+            identity = { renew_secs = 5 }
+            verifier = { timeout_ms = 0 }
+            backend = { connect_timeout_ms = 0, pool_idle_timeout_secs = 0 }
+            limits = { max_connections = 0, tls_handshake_timeout_secs = 0, startup_timeout_secs = 0, login_timeout_secs = 0, failed_auth_per_minute = 0, abandoned_per_minute = 0, handshakes_per_address = 0, first_packet_timeout_secs = 0, http_max_connections = 0, http_header_timeout_secs = 0, http_connection_timeout_secs = 0 }
+            [[auth.roles]]
+            name = "app"
+            secret_env = "APP_SECRET"
+            privileges = "all"
+            "#,
+        )
+        .unwrap();
+        let errors = SidecarConfig::resolve(
+            file,
+            &env(&[
+                ("TEESQL_READ_SECRET", S1),
+                ("APP_SECRET", S2),
+                ("TEESQL_BACKEND_PORT", "54x2"),
+                ("TEESQL_AUTH_CHANNEL_BINDING", "maybe"),
+            ]),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        let all = errors.join("\n");
+        for needle in [
+            "TEESQL_BACKEND_PORT \"54x2\": invalid digit",
+            "TEESQL_AUTH_CHANNEL_BINDING \"maybe\": expected auto, always or never",
+            "identity.renew_secs: 5 is below the minimum, 10",
+            "verifier.timeout_ms: 0 is below the minimum, 1",
+            "backend.connect_timeout_ms: 0 is below",
+            "backend.pool_idle_timeout_secs: 0 is below",
+            "limits.max_connections: 0 is below",
+            "limits.tls_handshake_timeout_secs: 0 is below",
+            "limits.startup_timeout_secs: 0 is below",
+            "limits.login_timeout_secs: 0 is below",
+            "limits.failed_auth_per_minute: 0 is below",
+            "limits.abandoned_per_minute: 0 is below",
+            "limits.handshakes_per_address: 0 is below",
+            "limits.first_packet_timeout_secs: 0 is below",
+            "limits.http_max_connections: 0 is below",
+            "limits.http_header_timeout_secs: 0 is below",
+            "limits.http_connection_timeout_secs: 0 is below",
+            "auth.roles[app].privileges \"all\": expected read, readwrite or none",
+        ] {
+            assert!(all.contains(needle), "{needle} missing in:\n{all}");
+        }
+        assert_eq!(errors.len(), 18, "{all}");
+    }
+
+    #[test]
+    fn choices_from_the_environment_and_their_aliases() {
+        let c = SidecarConfig::resolve(
+            SidecarFile::default(),
+            &env(&[
+                ("TEESQL_READ_SECRET", S1),
+                ("TEESQL_AUTH_METHOD", "password"),
+                ("TEESQL_BACKEND_METHOD", "scram-sha-256"),
+                ("TEESQL_BACKEND_PASSWORD", "pw"),
+                // Its name until 2026-12, still read (with a notice).
+                ("TEESQL_CHANNEL_BINDING", "never"),
+            ]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.auth_method, ClientAuthMethod::Cleartext);
+        assert_eq!(c.backend.method, BackendMethod::ScramSha256);
+        assert_eq!(c.channel_binding, ChannelBinding::Never);
+    }
+}

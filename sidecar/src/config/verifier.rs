@@ -1,0 +1,201 @@
+//! The `[verifier]` section: where the verifier is and how it is trusted. Declared once
+//! here and read the same way by the sidecar (its TOML table, flags, environment) and by
+//! `forward` (flags, environment): each field is a TOML key, a flag (`--verifier-…`) and a
+//! variable ([`super::env`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use teesql_appraisal::local::{LocalSettings, VerifierIdentity};
+use teesql_proto::settings::{Env, Problems, first};
+use teesql_proto::transport::ServerTrust;
+
+use super::env;
+
+/// Where the verifier is and how it is trusted, before checking.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierSettings {
+    /// Verifier gRPC URL: http://127.0.0.1:PORT (loopback only), https://HOST:PORT or
+    /// unix:///PATH; several, comma-separated, are balanced and stand in for each other
+    /// [default: http://127.0.0.1:50051; env TEESQL_VERIFIER_URL].
+    #[arg(long = "verifier", value_name = "URL")]
+    pub url: Option<String>,
+    /// Time limit of one decision, milliseconds [default: 5000 for the sidecar, 10000 for
+    /// forward; env TEESQL_VERIFIER_TIMEOUT_MS].
+    #[arg(long = "verifier-timeout-ms", value_name = "MS")]
+    pub timeout_ms: Option<u64>,
+    /// Policy hash decisions must come from (`sha256:<hex>`, as decisions carry it and
+    /// the verifier prints it at start); several during a rollout. An endpoint answering
+    /// under another is not believed: the next one is asked [default: the first
+    /// answer's; env TEESQL_VERIFIER_POLICY_HASHES, comma-separated].
+    #[arg(
+        long = "verifier-policy-hash",
+        value_name = "HASH",
+        value_delimiter = ','
+    )]
+    pub policy_hashes: Option<Vec<String>>,
+    /// CA certificates (PEM) an https verifier's certificate must chain to
+    /// [env TEESQL_VERIFIER_CA_FILE].
+    #[arg(long = "verifier-ca-file", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Or the SHA-256 (hex) of the https verifier's certificate
+    /// [env TEESQL_VERIFIER_CERT_SHA256].
+    #[arg(long = "verifier-cert-sha256", value_name = "HEX")]
+    pub cert_sha256: Option<String>,
+    /// Or trust the https verifier by its own attestation: its RA-TLS certificate is
+    /// appraised here under the purpose `verifier` of this policy profile (pins in
+    /// data.teesql.verifier_pins) [env TEESQL_VERIFIER_IDENTITY_POLICY_DIR].
+    #[arg(long = "verifier-identity-policy-dir", value_name = "DIR")]
+    pub identity_policy_dir: Option<PathBuf>,
+    /// A root CA (DER or PEM) for the verifier's quote instead of Intel's
+    /// [env TEESQL_VERIFIER_IDENTITY_TRUST_ROOT].
+    #[arg(long = "verifier-identity-trust-root", value_name = "FILE")]
+    pub identity_trust_root: Option<PathBuf>,
+    /// The development root (teesql-dev's PKI), for a verifier on the development agent
+    /// [env TEESQL_VERIFIER_IDENTITY_DEV_TRUST_ROOT].
+    #[arg(long = "verifier-identity-dev-trust-root", value_name = "FILE")]
+    pub identity_dev_trust_root: Option<PathBuf>,
+    /// Where the verifier's quote's collateral comes from [default: env
+    /// TEESQL_VERIFIER_IDENTITY_PCCS_URL, else TEESQL_PCCS_URL, else Intel PCS].
+    #[arg(long = "verifier-identity-pccs-url", value_name = "URL")]
+    pub identity_pccs_url: Option<String>,
+}
+
+/// The `[verifier]` settings, checked.
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    pub url: String,
+    pub trust: Option<ServerTrust>,
+    pub timeout: Duration,
+    /// Policy hashes decisions may come from; empty = the first answer's.
+    pub policy_hashes: Vec<String>,
+}
+
+impl VerifierSettings {
+    /// What the environment says ([`env::VERIFIER`]).
+    pub fn from_env(e: &dyn Env, p: &mut Problems) -> Self {
+        let path = |name: &str| e.var(name).map(PathBuf::from);
+        Self {
+            url: e.var(env::VERIFIER_URL),
+            timeout_ms: p.env(e, env::VERIFIER_TIMEOUT_MS),
+            policy_hashes: e.var(env::VERIFIER_POLICY_HASHES).map(|v| vec![v]),
+            ca_file: path(env::VERIFIER_CA_FILE),
+            cert_sha256: e.var(env::VERIFIER_CERT_SHA256),
+            identity_policy_dir: path(env::VERIFIER_IDENTITY_POLICY_DIR),
+            identity_trust_root: path(env::VERIFIER_IDENTITY_TRUST_ROOT),
+            identity_dev_trust_root: path(env::VERIFIER_IDENTITY_DEV_TRUST_ROOT),
+            identity_pccs_url: e.var(env::VERIFIER_IDENTITY_PCCS_URL),
+        }
+    }
+
+    /// `self` over `lower`, setting by setting.
+    pub fn over(self, lower: Self) -> Self {
+        Self {
+            url: first([self.url, lower.url]),
+            timeout_ms: first([self.timeout_ms, lower.timeout_ms]),
+            policy_hashes: first([self.policy_hashes, lower.policy_hashes]),
+            ca_file: first([self.ca_file, lower.ca_file]),
+            cert_sha256: first([self.cert_sha256, lower.cert_sha256]),
+            identity_policy_dir: first([self.identity_policy_dir, lower.identity_policy_dir]),
+            identity_trust_root: first([self.identity_trust_root, lower.identity_trust_root]),
+            identity_dev_trust_root: first([
+                self.identity_dev_trust_root,
+                lower.identity_dev_trust_root,
+            ]),
+            identity_pccs_url: first([self.identity_pccs_url, lower.identity_pccs_url]),
+        }
+    }
+
+    /// Check everything; `key` spells a setting's name as the caller's user writes it
+    /// (`verifier.ca_file` in the sidecar's file, `--verifier-ca-file` for `forward`).
+    pub fn check(
+        self,
+        e: &dyn Env,
+        default_timeout: Duration,
+        key: &dyn Fn(&str) -> String,
+        p: &mut Problems,
+    ) -> Option<VerifierConfig> {
+        let url = self
+            .url
+            .clone()
+            .unwrap_or_else(|| super::defaults::VERIFIER_URL.into());
+        // Read for its deprecation notice; resolve_as reads it again.
+        let _ = p.var_renamed(e, env::PCCS_URL, env::PCCS_URL_WAS);
+        let trust = self
+            .resolve_as(e, key)
+            .map_err(|problem| p.push(problem))
+            .ok()?;
+        if let Err(problem) = teesql_proto::transport::check(&url, trust.as_ref()) {
+            p.push(format!("{} {problem}", key("url")));
+        }
+        let timeout = match self.timeout_ms {
+            Some(ms) => Duration::from_millis(p.at_least(&key("timeout_ms"), ms, 1)),
+            None => default_timeout,
+        };
+        let policy_hashes =
+            crate::verifier::parse_policy_hashes(&self.policy_hashes.unwrap_or_default())
+                .map_err(|problem| p.report(&key("policy_hashes"), problem))
+                .unwrap_or_default();
+        Some(VerifierConfig {
+            url,
+            trust,
+            timeout,
+            policy_hashes,
+        })
+    }
+
+    /// The trust these settings describe (the identity policy is loaded now, so a bad
+    /// profile is a start-up error); collateral from `identity_pccs_url`, else env
+    /// `TEESQL_PCCS_URL`, else Intel PCS. Errors name a setting `verifier_<key>`; see
+    /// [`Self::resolve_as`].
+    pub fn resolve(&self, e: &dyn Env) -> Result<Option<ServerTrust>, String> {
+        self.resolve_as(e, &|k| format!("verifier_{k}"))
+    }
+
+    /// [`Self::resolve`], with `key` spelling a setting's name.
+    pub fn resolve_as(
+        &self,
+        e: &dyn Env,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Option<ServerTrust>, String> {
+        let pinned =
+            ServerTrust::from_settings(self.ca_file.as_deref(), self.cert_sha256.as_deref(), key)?;
+        let Some(dir) = &self.identity_policy_dir else {
+            if self.identity_trust_root.is_some() || self.identity_dev_trust_root.is_some() {
+                return Err(format!(
+                    "{} / {} need {}",
+                    key("identity_trust_root"),
+                    key("identity_dev_trust_root"),
+                    key("identity_policy_dir")
+                ));
+            }
+            return Ok(pinned);
+        };
+        if pinned.is_some() {
+            return Err(format!(
+                "{} and {} / {}: give one way to trust the verifier",
+                key("identity_policy_dir"),
+                key("ca_file"),
+                key("cert_sha256")
+            ));
+        }
+        let identity = VerifierIdentity::new(&LocalSettings {
+            policy_dirs: vec![dir.clone()],
+            trust_root: self.identity_trust_root.clone(),
+            dev_trust_root: self.identity_dev_trust_root.clone(),
+            pccs_url: first([self.identity_pccs_url.clone(), env::pccs_url(e)]),
+            ..LocalSettings::default()
+        })
+        .map_err(|problem| {
+            format!(
+                "{} {}: {problem}",
+                key("identity_policy_dir"),
+                dir.display()
+            )
+        })?;
+        Ok(Some(ServerTrust::Attested(Arc::new(identity))))
+    }
+}
