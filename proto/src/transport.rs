@@ -385,6 +385,65 @@ fn client_config(trust: &ServerTrust) -> Result<rustls::ClientConfig, String> {
     Ok(config)
 }
 
+/// A certified key (with whatever goes with it) that renewal swaps without a lock:
+/// handshakes in progress keep the one they started with. The one rotating identity of
+/// every TeeSQL endpoint: the sidecar's server certificate, the forwarder's client
+/// certificate and the verifier's RA-TLS certificate.
+#[derive(Debug)]
+pub struct Rotating<T>(arc_swap::ArcSwap<T>);
+
+/// What a [`Rotating`] serves: its certified key.
+pub trait Certified: std::fmt::Debug + Send + Sync + 'static {
+    /// The key and chain to present.
+    fn certified(this: &Arc<Self>) -> Arc<rustls::sign::CertifiedKey>;
+}
+
+impl Certified for rustls::sign::CertifiedKey {
+    fn certified(this: &Arc<Self>) -> Arc<rustls::sign::CertifiedKey> {
+        this.clone()
+    }
+}
+
+impl<T: Certified> Rotating<T> {
+    /// Serving `initial` until replaced.
+    pub fn new(initial: T) -> Arc<Self> {
+        Arc::new(Self(arc_swap::ArcSwap::from_pointee(initial)))
+    }
+
+    /// What is served now.
+    pub fn current(&self) -> Arc<T> {
+        self.0.load_full()
+    }
+
+    /// Serve `next` from the next handshake on.
+    pub fn replace(&self, next: T) {
+        self.0.store(Arc::new(next));
+    }
+}
+
+impl<T: Certified> rustls::server::ResolvesServerCert for Rotating<T> {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(T::certified(&self.0.load()))
+    }
+}
+
+impl<T: Certified> rustls::client::ResolvesClientCert for Rotating<T> {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(T::certified(&self.0.load()))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// A certificate chain (PEM, leaf first) and its private key (PEM), as dstack's GetTlsKey
 /// returns them, ready to serve.
 pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<rustls::sign::CertifiedKey, String> {

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 pub use teesql_proto::agent::{AgentError, GuestAgent, renew_forever};
 
-use arc_swap::ArcSwap;
-use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 /// A server identity ready for rustls.
@@ -67,29 +65,10 @@ impl ServerIdentity {
 }
 
 /// The serving certificate, swapped without a lock or a restart when it is renewed.
-#[derive(Debug)]
-pub struct RotatingCert {
-    current: ArcSwap<ServerIdentity>,
-}
+pub type RotatingCert = teesql_proto::transport::Rotating<ServerIdentity>;
 
-impl RotatingCert {
-    pub fn new(initial: ServerIdentity) -> Arc<Self> {
-        Arc::new(Self {
-            current: ArcSwap::from_pointee(initial),
-        })
-    }
-
-    pub fn current(&self) -> Arc<ServerIdentity> {
-        self.current.load_full()
-    }
-
-    pub fn replace(&self, next: ServerIdentity) {
-        self.current.store(Arc::new(next));
-    }
-}
-
-impl ResolvesServerCert for RotatingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load().certified.clone())
+impl teesql_proto::transport::Certified for ServerIdentity {
+    fn certified(this: &Arc<Self>) -> Arc<CertifiedKey> {
+        this.certified.clone()
     }
 }

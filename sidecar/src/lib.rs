@@ -6,6 +6,7 @@
 //! `/attestation` and `/metrics`. No policy logic and no quote parsing live here: every
 //! decision is the verifier's.
 
+pub mod accept;
 pub mod auth;
 pub mod config;
 pub mod forward;

@@ -19,6 +19,7 @@ pub mod backend;
 pub mod decode;
 pub mod frontend;
 mod reader;
+pub mod sqlstate;
 mod startup;
 #[cfg(test)]
 mod tests;

@@ -7,9 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use rustls::pki_types::CertificateDer;
-use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use teesql_proto::agent::{GuestAgent, renew_forever};
 
@@ -20,20 +18,7 @@ use super::token::DecisionSigner;
 pub const SUBJECT: &str = "teesql-verifier";
 
 /// The serving certificate, swapped on renewal; handshakes in progress keep theirs.
-#[derive(Debug)]
-pub struct RotatingKey(ArcSwap<CertifiedKey>);
-
-impl RotatingKey {
-    pub fn current(&self) -> Arc<CertifiedKey> {
-        self.0.load_full()
-    }
-}
-
-impl ResolvesServerCert for RotatingKey {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load_full())
-    }
-}
+pub type RotatingKey = teesql_proto::transport::Rotating<CertifiedKey>;
 
 /// The guest agent and the certificate it issued.
 #[derive(Debug, Clone)]
@@ -50,7 +35,7 @@ impl AgentIdentity {
         let first = issue(&agent).await?;
         Ok(Self {
             agent,
-            key: Arc::new(RotatingKey(ArcSwap::from_pointee(first))),
+            key: RotatingKey::new(first),
             renew_every: config.renew_every,
         })
     }
@@ -81,7 +66,7 @@ impl AgentIdentity {
     pub async fn renew(self) {
         let renew = || async {
             let next = issue(&self.agent).await?;
-            self.key.0.store(Arc::new(next));
+            self.key.replace(next);
             Ok(())
         };
         renew_forever("verifier", self.renew_every, renew, |_| {}).await;

@@ -14,18 +14,7 @@ use crate::postgres::login::BackendError;
 pub const AUTH_FAILED: &str = "authentication_failed";
 
 /// The SQLSTATEs the sidecar itself sends.
-pub mod sqlstate {
-    /// invalid_authorization_specification: every refusal.
-    pub const INVALID_AUTHORIZATION: &str = "28000";
-    /// protocol_violation: malformed or unexpected messages.
-    pub const PROTOCOL_VIOLATION: &str = "08P01";
-    /// connection_failure: Postgres cannot be reached.
-    pub const CONNECTION_FAILURE: &str = "08006";
-    /// feature_not_supported: replication connections.
-    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-    /// too_many_connections.
-    pub const TOO_MANY_CONNECTIONS: &str = "53300";
-}
+pub use crate::pgwire::sqlstate;
 
 /// The handshake's phases, each with its own deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,7 +341,7 @@ mod tests {
             },
             HandshakeError::Backend(BackendError::Timeout(Duration::from_secs(1))),
             HandshakeError::Backend(BackendError::Refused {
-                code: "3D000".into(),
+                code: sqlstate::INVALID_CATALOG_NAME.into(),
                 message: "no db".into(),
                 raw: vec![b'E'],
             }),
