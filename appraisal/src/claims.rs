@@ -8,6 +8,7 @@ use crate::backend::{CollateralWindow, QuoteFacts};
 use crate::eventlog::{AppIdAttestation, AppIdentity, KeyProvider, RuntimeEvent, replay_rtmr3};
 use crate::evidence::{CertInfo, Evidence, EvidenceKind, TeeType};
 use crate::mr_config::MrConfigClaims;
+use crate::report::{IdentityHex, Measured, Registers, ReportClaims};
 
 /// The version of the claims document; bump on any incompatible change.
 pub const CLAIMS_VERSION: u32 = 1;
@@ -31,7 +32,7 @@ pub struct Claims {
     /// The signed leader manifest (purpose `manifest`); `null` otherwise.
     pub manifest: Option<crate::manifest::ManifestClaims>,
     /// The sidecar `/attestation` report (purpose `report`); `null` otherwise.
-    pub report: Option<crate::report::ReportClaims>,
+    pub report: Option<ReportClaims>,
 }
 
 /// What was presented.
@@ -208,35 +209,21 @@ pub struct AppraisedEvidence {
     pub binding: BindingClaims,
 }
 
-/// What a sidecar report's statements are compared with: the quote's registers (when
-/// there is a quote) and the attested app identity (when there is an event log).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Measured {
-    /// MRTD, RTMR0, RTMR1, RTMR2, RTMR3 (hex).
-    pub registers: Option<[Option<String>; 5]>,
-    /// App id, compose hash, instance id (hex).
-    pub identity: Option<[Option<String>; 3]>,
-}
-
 impl AppraisedEvidence {
     /// The registers and identity a report is compared with.
     pub fn measured(&self) -> Measured {
         Measured {
-            registers: self.tdx.as_ref().map(|t| {
-                [
-                    t.mrtd.clone(),
-                    t.rtmr0.clone(),
-                    t.rtmr1.clone(),
-                    t.rtmr2.clone(),
-                    t.rtmr3.clone(),
-                ]
+            registers: self.tdx.as_ref().map(|t| Registers {
+                mrtd: t.mrtd.clone(),
+                rtmr0: t.rtmr0.clone(),
+                rtmr1: t.rtmr1.clone(),
+                rtmr2: t.rtmr2.clone(),
+                rtmr3: t.rtmr3.clone(),
             }),
-            identity: self.app.as_ref().map(|a| {
-                [
-                    a.app_id.clone(),
-                    a.compose_hash.clone(),
-                    a.instance_id.clone(),
-                ]
+            identity: self.app.as_ref().map(|a| IdentityHex {
+                app_id: a.app_id.clone(),
+                compose_hash: a.compose_hash.clone(),
+                instance_id: a.instance_id.clone(),
             }),
         }
     }

@@ -9,6 +9,8 @@
 //! verifier's own RA-TLS certificate this way); [`token`] checks decision tokens.
 //! `teesql-verifier` serves the same appraisal over gRPC.
 
+#![warn(missing_docs)]
+
 pub mod appraise;
 pub mod backend;
 pub mod claims;

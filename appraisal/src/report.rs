@@ -70,40 +70,83 @@ pub fn evidence(report: &AttestationReport) -> Result<Evidence, EvidenceError> {
     })
 }
 
+/// The five measurement registers of a TD (lower-case hex), as a quote attests them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registers {
+    /// MRTD: the initial TD image (firmware).
+    pub mrtd: Option<String>,
+    /// RTMR0: firmware configuration.
+    pub rtmr0: Option<String>,
+    /// RTMR1: the kernel.
+    pub rtmr1: Option<String>,
+    /// RTMR2: kernel command line and initrd.
+    pub rtmr2: Option<String>,
+    /// RTMR3: the application (dstack's runtime events).
+    pub rtmr3: Option<String>,
+}
+
+impl Registers {
+    /// Every register, MRTD first.
+    pub fn values(&self) -> [&Option<String>; 5] {
+        [
+            &self.mrtd,
+            &self.rtmr0,
+            &self.rtmr1,
+            &self.rtmr2,
+            &self.rtmr3,
+        ]
+    }
+}
+
+/// The application identity a replayed event log attests (lower-case hex).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityHex {
+    /// The app id measured into RTMR3.
+    pub app_id: Option<String>,
+    /// The hash of the app's compose file.
+    pub compose_hash: Option<String>,
+    /// The instance id.
+    pub instance_id: Option<String>,
+}
+
+impl IdentityHex {
+    /// App id, compose hash, instance id.
+    pub fn values(&self) -> [&Option<String>; 3] {
+        [&self.app_id, &self.compose_hash, &self.instance_id]
+    }
+}
+
+/// What a sidecar report's statements are compared with: the quote's registers (when
+/// there is a quote) and the attested app identity (when there is an event log).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Measured {
+    /// The quote's registers; `None` without a quote.
+    pub registers: Option<Registers>,
+    /// The replayed app identity; `None` without an event log.
+    pub identity: Option<IdentityHex>,
+}
+
 /// Compare what a report states with what its quote (and replayed log) attest:
 /// `measured` is taken from the appraisal of [`evidence`].
-pub fn claims(report: &AttestationReport, measured: &crate::claims::Measured) -> ReportClaims {
-    let norm = |s: &str| s.trim_start_matches("0x").to_ascii_lowercase();
+pub fn claims(report: &AttestationReport, measured: &Measured) -> ReportClaims {
     let mut bad = Vec::new();
-    if let Some(registers) = &measured.registers {
-        let stated = [
-            &report.tcb_info.mrtd,
-            &report.tcb_info.rtmr0,
-            &report.tcb_info.rtmr1,
-            &report.tcb_info.rtmr2,
-            &report.tcb_info.rtmr3,
-        ];
-        let names = [
-            "tcb_info.mrtd",
-            "tcb_info.rtmr0",
-            "tcb_info.rtmr1",
-            "tcb_info.rtmr2",
-            "tcb_info.rtmr3",
-        ];
-        for ((name, stated), attested) in names.into_iter().zip(stated).zip(registers) {
-            if attested.as_deref() != Some(norm(stated).as_str()) {
-                bad.push(name.to_string());
-            }
-        }
+    if let Some(r) = &measured.registers {
+        let t = &report.tcb_info;
+        compare("tcb_info.mrtd", &t.mrtd, &r.mrtd, &mut bad);
+        compare("tcb_info.rtmr0", &t.rtmr0, &r.rtmr0, &mut bad);
+        compare("tcb_info.rtmr1", &t.rtmr1, &r.rtmr1, &mut bad);
+        compare("tcb_info.rtmr2", &t.rtmr2, &r.rtmr2, &mut bad);
+        compare("tcb_info.rtmr3", &t.rtmr3, &r.rtmr3, &mut bad);
     }
-    if let Some(identity) = &measured.identity {
-        let stated = [&report.app_id, &report.compose_hash, &report.instance_id];
-        let names = ["app_id", "compose_hash", "instance_id"];
-        for ((name, stated), attested) in names.into_iter().zip(stated).zip(identity) {
-            if attested.as_deref() != Some(norm(stated).as_str()) {
-                bad.push(name.to_string());
-            }
-        }
+    if let Some(i) = &measured.identity {
+        compare("app_id", &report.app_id, &i.app_id, &mut bad);
+        compare(
+            "compose_hash",
+            &report.compose_hash,
+            &i.compose_hash,
+            &mut bad,
+        );
+        compare("instance_id", &report.instance_id, &i.instance_id, &mut bad);
     }
     ReportClaims {
         app_id: report.app_id.clone(),
@@ -113,6 +156,15 @@ pub fn claims(report: &AttestationReport, measured: &crate::claims::Measured) ->
         timestamp: report.timestamp,
         consistent: measured.registers.is_some() && bad.is_empty(),
         inconsistencies: bad,
+    }
+}
+
+/// Note `name` as inconsistent unless the stated hex (any case, `0x` or not) is what was
+/// attested.
+fn compare(name: &str, stated: &str, attested: &Option<String>, bad: &mut Vec<String>) {
+    let stated = stated.trim_start_matches("0x").to_ascii_lowercase();
+    if attested.as_deref() != Some(stated.as_str()) {
+        bad.push(name.to_string());
     }
 }
 

@@ -6,6 +6,8 @@
 //! `/attestation` and `/metrics`. No policy logic and no quote parsing live here: every
 //! decision is the verifier's.
 
+#![warn(missing_docs)]
+
 pub mod accept;
 pub mod auth;
 pub mod config;

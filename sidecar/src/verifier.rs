@@ -31,26 +31,6 @@ pub struct VerifierClient {
     policy: Arc<PolicyHashes>,
 }
 
-/// Policy hashes as given (comma-separated or a list): each `sha256:` and 64 hex digits,
-/// as `Decision.policy_hash` carries them and `teesql-verifier serve` prints them at start.
-pub fn parse_policy_hashes<S: AsRef<str>>(given: &[S]) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for h in given.iter().flat_map(|g| g.as_ref().split(',')) {
-        let h = h.trim();
-        if h.is_empty() {
-            continue;
-        }
-        let hex = h.strip_prefix("sha256:").unwrap_or("");
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
-                "{h:?} is not a policy hash (sha256: and 64 hex digits, as decisions carry it)"
-            ));
-        }
-        out.push(format!("sha256:{}", hex.to_ascii_lowercase()));
-    }
-    Ok(out)
-}
-
 /// Which policy decisions may come from (`Decision.policy_hash`), so that endpoints
 /// loaded with different policies never answer alternately.
 ///
@@ -428,22 +408,5 @@ mod tests {
         .unwrap_err();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(e.contains("no purpose \"verifier\""), "{e}");
-    }
-
-    #[test]
-    fn policy_hashes_are_read_as_decisions_carry_them() {
-        let h = "AB".repeat(32);
-        assert_eq!(
-            parse_policy_hashes(&[format!(" sha256:{h} ,, sha256:{}", "0".repeat(64))]).unwrap(),
-            vec![
-                format!("sha256:{}", h.to_lowercase()),
-                format!("sha256:{}", "0".repeat(64))
-            ]
-        );
-        for bad in [h.clone(), format!("sha256:{}", &h[1..]), "sha256:zz".into()] {
-            let e = parse_policy_hashes(std::slice::from_ref(&bad)).unwrap_err();
-            assert!(e.contains("not a policy hash"), "{bad}: {e}");
-        }
-        assert!(parse_policy_hashes::<&str>(&[]).unwrap().is_empty());
     }
 }

@@ -5,6 +5,8 @@
 //! The appraisal modules are re-exported under their old paths, so
 //! `teesql_verifier::evidence` is `teesql_appraisal::evidence`.
 
+#![warn(missing_docs)]
+
 pub use teesql_appraisal::{
     appraise, backend, claims, clock, collateral, eventlog, evidence, http, local, manifest,
     mr_config, policy, report,

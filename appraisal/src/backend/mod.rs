@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use crate::collateral::CollateralWindow;
 use crate::evidence::Quote;
 
 /// A boxed future, so backends can sit behind `Arc<dyn QuoteBackend>`.
@@ -378,14 +379,6 @@ impl QuoteFacts {
     pub fn undecided(&self) -> bool {
         self.error.as_ref().is_some_and(|e| e.code.is_transient())
     }
-}
-
-/// Validity window of a collateral set, unix seconds: from the latest issue date to the
-/// earliest next update of TCB Info, QE Identity and both CRLs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct CollateralWindow {
-    pub not_before: u64,
-    pub not_after: u64,
 }
 
 /// Which root of trust verified (or was tried on) a quote.

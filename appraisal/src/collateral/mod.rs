@@ -17,13 +17,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dcap_qvl::QuoteCollateralV3;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, Pem, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
 pub use pccs::{INTEL_PCS_URL, PccsClient};
 
-use crate::backend::CollateralWindow;
 use crate::clock::Clock;
 use crate::evidence::{Quote, TeeType};
 
@@ -232,6 +231,16 @@ fn collateral_digest(c: &QuoteCollateralV3) -> [u8; 32] {
     }
     h.update([u8::from(pck_chain.is_some())]);
     h.finalize().into()
+}
+
+/// Validity window of a collateral set, unix seconds: from the latest issue date to the
+/// earliest next update of TCB Info, QE Identity and both CRLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CollateralWindow {
+    /// The latest issue date of the set.
+    pub not_before: u64,
+    /// The earliest next update of the set.
+    pub not_after: u64,
 }
 
 fn validity_window(c: &QuoteCollateralV3) -> Result<CollateralWindow, CollateralError> {

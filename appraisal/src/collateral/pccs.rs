@@ -69,11 +69,6 @@ impl PccsClient {
         })
     }
 
-    /// The base URL requests go to.
-    pub fn base_url(&self) -> &str {
-        &self.base
-    }
-
     /// Fetch the collateral set for `key` (PCK CRL, TCB Info, QE Identity, root CA CRL),
     /// all of it within the client's timeout.
     pub async fn fetch(&self, key: &CollateralKey) -> Result<QuoteCollateralV3, CollateralError> {

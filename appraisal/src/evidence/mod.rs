@@ -2,7 +2,7 @@
 //!
 //! Everything here turns untrusted bytes into typed values with bounded lengths and typed
 //! errors. Nothing here decides whether evidence is trustworthy: signatures are checked by
-//! a [`crate::backend::QuoteBackend`] and acceptance is the policy's job.
+//! a quote backend (`backend::QuoteBackend`) and acceptance is the policy's job.
 
 mod attestation;
 mod cert;

@@ -12,7 +12,7 @@ mod load;
 pub mod testing;
 
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -160,6 +160,34 @@ pub struct Verdict {
     pub policy_id: String,
     /// Hash of every file of the loaded set.
     pub policy_hash: String,
+}
+
+impl Verdict {
+    /// The one way a decision is refused without the policy's word (the evidence did not
+    /// decode, the policy could not decide): `policy_id` is the purpose's package, as an
+    /// evaluated verdict's is.
+    pub fn refusal(purpose: &str, policy_hash: &str, reason: Reason) -> Self {
+        Self {
+            allow: false,
+            reasons: vec![reason],
+            grants: None,
+            policy_id: package_of(purpose),
+            policy_hash: policy_hash.to_string(),
+        }
+    }
+}
+
+/// The reason of a decision the policy could not make.
+pub fn policy_error(e: &PolicyError) -> Reason {
+    Reason {
+        code: reason_codes::POLICY_ERROR.into(),
+        message: format!("the policy could not decide: {e}"),
+    }
+}
+
+/// The Rego package that decides `purpose`: `teesql.<purpose>`.
+pub fn package_of(purpose: &str) -> String {
+    format!("teesql.{purpose}")
 }
 
 /// A loaded, compiled policy set. Cheap to share.
@@ -363,6 +391,15 @@ impl PolicySet {
         self.evaluate_value(purpose, regorus::Value::from(input.clone()))
     }
 
+    /// Evaluate `input` (converted for regorus), or, when the policy cannot decide, the
+    /// refusal saying why (`policy_error`): never an error, never an allow by default.
+    pub fn decide_value(&self, purpose: &str, input: regorus::Value) -> Verdict {
+        self.evaluate_value(purpose, input).unwrap_or_else(|e| {
+            tracing::error!(purpose, error = %e, "policy evaluation failed; denying");
+            Verdict::refusal(purpose, self.hash(), policy_error(&e))
+        })
+    }
+
     /// Evaluate an input already converted for regorus.
     pub fn evaluate_value(
         &self,
@@ -370,7 +407,7 @@ impl PolicySet {
         input: regorus::Value,
     ) -> Result<Verdict, PolicyError> {
         check_purpose(purpose)?;
-        let pkg = format!("teesql.{purpose}");
+        let pkg = package_of(purpose);
         if !self.packages.contains(&pkg) {
             return Err(PolicyError::UnknownPurpose {
                 purpose: purpose.to_string(),
@@ -720,19 +757,6 @@ fn shown(v: &regorus::Value) -> String {
     } else {
         s
     }
-}
-
-/// The profile directories given on the command line, checked to exist.
-pub fn check_dirs(dirs: &[PathBuf]) -> Result<(), PolicyError> {
-    for d in dirs {
-        if !Path::new(d).is_dir() {
-            return Err(PolicyError::Load {
-                path: d.display().to_string(),
-                detail: "not a directory".into(),
-            });
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -389,7 +389,7 @@ pub struct ServeConfig {
     /// TLS for gRPC (an operator certificate).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS for gRPC with an RA-TLS certificate from the guest agent (set up by
-    /// [`super::server::Verifier::attest`]).
+    /// `server::Verifier::attest`).
     pub ra_tls: Option<RaTlsConfig>,
     pub admin: AdminAccess,
     pub reflection: bool,

@@ -9,9 +9,9 @@ use serde::Serialize;
 
 #[cfg(test)]
 use crate::claims::Claims;
-use crate::claims::{AppraisedEvidence, CLAIMS_VERSION, ConnectionClaims, Measured};
+use crate::claims::{AppraisedEvidence, CLAIMS_VERSION, ConnectionClaims};
 use crate::manifest::ManifestClaims;
-use crate::report::ReportClaims;
+use crate::report::{IdentityHex, Measured, Registers, ReportClaims};
 
 /// Per-purpose additions to the claims.
 #[derive(Debug, Default)]
@@ -52,8 +52,8 @@ impl Facts {
     /// Heap bytes its strings hold, as the allocator lays them out.
     fn heap(&self) -> usize {
         let text = |s: &Option<String>| s.as_ref().map_or(0, |s| chunk(s.capacity()));
-        let measured = self.measured.registers.iter().flatten();
-        let identity = self.measured.identity.iter().flatten();
+        let measured = self.measured.registers.iter().flat_map(Registers::values);
+        let identity = self.measured.identity.iter().flat_map(IdentityHex::values);
         chunk(self.kind.capacity())
             + [
                 &self.subject,

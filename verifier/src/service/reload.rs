@@ -9,6 +9,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::DecisionService;
+use crate::policy::{PolicyError, PolicySet};
 
 /// Changes closer together than this are one reload (editors write files in steps).
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -88,4 +89,66 @@ fn rewatch(w: &mut impl Watcher, service: &DecisionService, watched: &mut BTreeS
 /// Keep a service's policies fresh in the background (for embedding and tests).
 pub fn spawn(service: Arc<DecisionService>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(service, std::future::pending()))
+}
+
+impl DecisionService {
+    /// Load the policy set again from its directories and swap it in atomically. A set
+    /// that fails to load or compile is rejected and the current one keeps serving.
+    pub async fn reload(&self) -> Result<(String, bool), PolicyError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let current = self.policies.load_full();
+        let dirs = current.dirs().to_vec();
+        let limit = current.eval_limit();
+        let loaded = tokio::task::spawn_blocking(move || PolicySet::load(&dirs, limit))
+            .await
+            .map_err(|e| PolicyError::Load {
+                path: "(reload)".into(),
+                detail: e.to_string(),
+            })?;
+        // A set that no longer decides a purpose the serving set decides would turn every
+        // such request into an error: refuse it like a set that does not compile.
+        let loaded = loaded.and_then(|set| {
+            let keeps = set.purposes();
+            let dropped: Vec<String> = current
+                .purposes()
+                .into_iter()
+                .filter(|p| !keeps.contains(p))
+                .collect();
+            if dropped.is_empty() {
+                Ok(set)
+            } else {
+                Err(PolicyError::Load {
+                    path: current
+                        .dirs()
+                        .first()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default(),
+                    detail: format!(
+                        "the new set no longer decides {} (package teesql.<purpose> missing); restart to remove a purpose",
+                        dropped.join(", ")
+                    ),
+                })
+            }
+        });
+        match loaded {
+            Ok(set) => {
+                let hash = set.hash().to_string();
+                let changed = hash != current.hash();
+                if changed {
+                    self.policies.store(Arc::new(set));
+                    tracing::info!(policy.hash = %hash, previous = %current.hash(), "policies reloaded");
+                } else {
+                    tracing::debug!(policy.hash = %hash, "policies unchanged");
+                }
+                self.metrics.policy_reload(true);
+                self.metrics.policy_loaded(&hash);
+                Ok((hash, changed))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, serving = %current.hash(), "policy reload rejected; the current policies keep serving");
+                self.metrics.policy_reload(false);
+                Err(e)
+            }
+        }
+    }
 }
