@@ -16,10 +16,13 @@ pub struct Appraiser {
 }
 
 impl Appraiser {
+    /// An appraiser whose quotes `backend` verifies (DCAP, Intel Trust Authority, …).
     pub fn new(backend: Arc<dyn QuoteBackend>) -> Self {
         Self { backend }
     }
 
+    /// The backend that verifies quotes, to name it or to get a quote's raw facts
+    /// without claims or a decision.
     pub fn backend(&self) -> &Arc<dyn QuoteBackend> {
         &self.backend
     }
@@ -43,10 +46,15 @@ impl Appraiser {
 /// A decision, as the CLI prints it and the service returns it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
+    /// Accepted: the policy's `allow` was true and its `deny` empty.
     pub allow: bool,
+    /// Why it was denied, sorted; empty exactly when allowed.
     pub reasons: Vec<Reason>,
+    /// The Rego package that decided, `teesql.<purpose>`.
     pub policy_id: String,
+    /// `sha256:<hex>` over every file of the policy set ([`PolicySet::hash`]).
     pub policy_hash: String,
+    /// The claims the policy evaluated (its `input`), as JSON.
     pub claims: serde_json::Value,
     /// What the policy grants (allowed decisions only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,6 +82,7 @@ pub fn decide(policies: &PolicySet, claims: &Claims) -> Result<Decision, PolicyE
 /// caller knows beside it.
 #[derive(Debug, Clone)]
 pub struct DecisionRequest<'a> {
+    /// The decoded evidence; its quote, when it has one, is verified by the backend.
     pub evidence: &'a Evidence,
     /// Which policy decides (`quote`, `sidecar`, `client`, …).
     pub purpose: &'a str,

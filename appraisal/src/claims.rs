@@ -16,16 +16,20 @@ pub const CLAIMS_VERSION: u32 = 1;
 /// The policy input.
 #[derive(Debug, Clone, Serialize)]
 pub struct Claims {
+    /// Always [`CLAIMS_VERSION`]; policies may check it to refuse a shape they don't know.
     pub claims_version: u32,
     /// Why the evidence is being appraised: `quote`, `sidecar`, `client`, …
     pub purpose: String,
     /// Appraisal time, unix seconds.
     pub now: u64,
+    /// What was presented, as decoded (not verified).
     pub evidence: EvidenceClaims,
     /// Quote facts; `null` when no quote was presented.
     pub tdx: Option<TdxClaims>,
     /// Application identity from the event log; `null` when there is no event log.
     pub app: Option<AppClaims>,
+    /// Whether the quote's report data binds it to what it came with (certificate key
+    /// or the caller's expected report data).
     pub binding: BindingClaims,
     /// The connection being judged (sidecar and client purposes); `null` otherwise.
     pub connection: Option<ConnectionClaims>,
@@ -38,6 +42,8 @@ pub struct Claims {
 /// What was presented.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvidenceClaims {
+    /// The form presented: `none`, `quote`, `ra_tls_cert`, `dstack_attestation` or
+    /// `getquote`.
     pub kind: EvidenceKind,
     /// For certificate evidence: what the certificate says of itself.
     pub cert: Option<CertInfo>,
@@ -65,25 +71,48 @@ pub struct TdxClaims {
     /// SHA-256 (hex) of the attestation token the facts come from (`ita`); `null` for
     /// backends that verify locally.
     pub token_sha256: Option<String>,
+    /// `tdx` or `sgx`, from the quote's body (decoded, whether or not it verified).
     pub tee_type: TeeType,
+    /// The quote format version from its header: 4 or 5 for TDX, 3 for SGX.
     pub quote_version: u16,
+    /// DCAP TCB status (`UpToDate`, `OutOfDate`, `SWHardeningNeeded`, …; ITA's names
+    /// mapped to these); `null` when not verified.
     pub tcb_status: Option<String>,
+    /// Intel security advisories (`INTEL-SA-…`) for the platform's TCB level; empty when
+    /// none apply or the quote did not verify.
     pub advisory_ids: Vec<String>,
+    /// MRTD, lowercase hex (48 bytes); `null` when the quote is not a TDX quote.
     pub mrtd: Option<String>,
+    /// RTMR0 (firmware configuration), lowercase hex; `null` for non-TDX quotes.
     pub rtmr0: Option<String>,
+    /// RTMR1 (OS loader and kernel), lowercase hex; `null` for non-TDX quotes.
     pub rtmr1: Option<String>,
+    /// RTMR2 (kernel command line and initrd), lowercase hex; `null` for non-TDX quotes.
     pub rtmr2: Option<String>,
+    /// RTMR3 (dstack's runtime events), lowercase hex; `null` for non-TDX quotes.
     pub rtmr3: Option<String>,
+    /// The quote's 64 bytes of report data, lowercase hex, for TDX and SGX alike.
     pub report_data: String,
+    /// MRCONFIGID, lowercase hex; `null` for non-TDX quotes. Read in `mr_config`.
     pub mr_config_id: Option<String>,
+    /// MROWNER, lowercase hex; `null` for non-TDX quotes.
     pub mr_owner: Option<String>,
+    /// MROWNERCONFIG, lowercase hex; `null` for non-TDX quotes.
     pub mr_owner_config: Option<String>,
+    /// MRSEAM (the TDX module's measurement), lowercase hex; `null` for non-TDX quotes.
     pub mr_seam: Option<String>,
+    /// MRSIGNERSEAM (the TDX module's signer), lowercase hex; `null` for non-TDX quotes.
     pub mr_signer_seam: Option<String>,
+    /// XFAM (8 bytes), lowercase hex; `null` for non-TDX quotes.
     pub xfam: Option<String>,
+    /// TDATTRIBUTES (8 bytes), lowercase hex; `null` for non-TDX quotes.
     pub td_attributes: Option<String>,
+    /// TEE_TCB_SVN (16 bytes), lowercase hex; `null` for non-TDX quotes.
     pub tee_tcb_svn: Option<String>,
+    /// TDATTRIBUTES' TUD.DEBUG bit: the host can read the TD; `null` for non-TDX quotes.
     pub debug: Option<bool>,
+    /// When the facts hold, unix seconds: the collateral's window (DCAP) or the token's
+    /// (ITA); `null` when none was obtained.
     pub collateral: Option<CollateralWindow>,
     /// What MRCONFIGID commits to, and whether that agrees with the event log.
     pub mr_config: Option<MrConfigClaims>,
@@ -95,13 +124,20 @@ pub struct TdxClaims {
 /// the boot events, before the first `system-ready`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AppClaims {
+    /// The boot's `app-id` event, hex (20 bytes in dstack); `null` when absent. An
+    /// identity only as far as `app_id_attested_by` says.
     pub app_id: Option<String>,
     /// Why the app id is an identity: `kms` (a KMS issued the app's keys; an identity
     /// when policy pins that KMS), `compose_hash` (the compose hash's first 20 bytes) or
     /// `none` (the CVM's operator could have chosen it).
     pub app_id_attested_by: AppIdAttestation,
+    /// The boot's `compose-hash` event (SHA-256 of the app compose file), hex; `null`
+    /// when absent.
     pub compose_hash: Option<String>,
+    /// The boot's `instance-id` event, hex: this CVM, not the application; `null` when
+    /// absent.
     pub instance_id: Option<String>,
+    /// The boot's `os-image-hash` event, hex: the dstack OS image; `null` when absent.
     pub os_image_hash: Option<String>,
     /// `{name, id}` from the `key-provider` event, or its raw text if not JSON.
     pub key_provider: Option<serde_json::Value>,
@@ -135,6 +171,7 @@ pub struct AppClaims {
 /// One runtime event.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventClaim {
+    /// The event's name (`app-id`, `compose-hash`, `system-ready`, …).
     pub event: String,
     /// Payload, hex.
     pub payload: String,
@@ -148,6 +185,7 @@ pub const MAX_RUNTIME_PAYLOAD_CLAIM: usize = 1024;
 /// An event the application emitted after the boot.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuntimeEventClaim {
+    /// The event's name, as the application chose it.
     pub event: String,
     /// Payload, hex: its first [`MAX_RUNTIME_PAYLOAD_CLAIM`] bytes.
     pub payload: String,
@@ -170,26 +208,40 @@ impl RuntimeEventClaim {
 pub struct BindingClaims {
     /// `ra_tls_spki` (certificate key), `report_data` (caller's expected value) or `none`.
     pub kind: BindingKind,
+    /// The quote's report data equals `expected` (data shorter than 64 bytes
+    /// zero-padded); always false for kind `none`.
     pub ok: bool,
     /// The report data the binding requires (hex), when there is one.
     pub expected: Option<String>,
 }
 
+/// What the quote's report data is checked against (`binding.kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BindingKind {
+    /// Certificate evidence: `SHA-512("ratls-cert:" || leaf SPKI DER)`, dstack's RA-TLS
+    /// binding ([`crate::eventlog::ra_tls_report_data`]).
     RaTlsSpki,
+    /// The report data the caller expects, zero-padded to 64 bytes (longer never binds).
     ReportData,
+    /// Nothing to check against: no certificate and no expected report data.
     None,
 }
 
 /// The connection a sidecar or client is deciding about.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConnectionClaims {
+    /// The Postgres user named in the connection's startup; empty when none.
     pub user: String,
+    /// The Postgres database named in the connection's startup; empty when none.
     pub database: String,
+    /// The TLS server name (SNI) of the connection; empty when none was sent.
     pub sni: String,
+    /// The peer's socket address (`ip:port`) as the caller reports it; empty when not
+    /// given.
     pub client_addr: String,
+    /// The negotiated ALPN protocol (`postgresql` for Postgres direct TLS); empty when
+    /// none.
     pub alpn: String,
     /// MRTDs the application itself expects (e.g. `EXPECTED_MRTD`), hex.
     pub expected_mrtds: Vec<String>,
@@ -203,9 +255,13 @@ pub struct ConnectionClaims {
 /// report data): what the appraisal cache keeps.
 #[derive(Debug, Clone, Serialize)]
 pub struct AppraisedEvidence {
+    /// Becomes [`Claims::evidence`].
     pub evidence: EvidenceClaims,
+    /// Becomes [`Claims::tdx`]; `None` when the evidence has no quote.
     pub tdx: Option<TdxClaims>,
+    /// Becomes [`Claims::app`]; `None` when the evidence has no event log.
     pub app: Option<AppClaims>,
+    /// Becomes [`Claims::binding`].
     pub binding: BindingClaims,
 }
 

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// so tests and investigations pin the time; production uses the system clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Clock {
+    /// The system's wall clock, read at each call (the default).
     #[default]
     System,
     /// A fixed unix time, in seconds.

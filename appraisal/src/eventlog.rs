@@ -14,10 +14,15 @@ pub const DSTACK_RUNTIME_EVENT_TYPE: u32 = 0x0800_0001;
 pub struct TdxEvent {
     /// Index of the measurement register: 0 = MRTD/RTMR0 … 3 = RTMR3.
     pub imr: u32,
+    /// TCG event type; [`DSTACK_RUNTIME_EVENT_TYPE`] for dstack's runtime events.
     pub event_type: u32,
+    /// The digest the log says was extended (hex in JSON; current guests ship it empty
+    /// for runtime events). Never trusted: RTMR3 is replayed from name and payload.
     #[serde(with = "hex::serde")]
     pub digest: Vec<u8>,
+    /// The runtime event's name (e.g. `compose-hash`); boot events may have none.
     pub event: String,
+    /// The event data (hex in JSON); for runtime events, the payload the digest covers.
     #[serde(with = "hex::serde")]
     pub event_payload: Vec<u8>,
     /// Runtime event version: 1 (the default) or 2 (digest over canonical JSON, dstack
@@ -88,13 +93,16 @@ mod optional_hex {
 /// A dstack runtime event: a name and a payload, extended into RTMR3.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeEvent {
+    /// The event name, e.g. `app-id`, `compose-hash`, `system-ready`; part of the digest.
     pub event: String,
+    /// The payload, raw bytes, exactly as measured (a hash, an id, JSON text…).
     pub payload: Vec<u8>,
     /// 1: digest over `type:name:payload` bytes; 2: digest over canonical JSON.
     pub version: u8,
 }
 
 impl RuntimeEvent {
+    /// A version 1 event (digest over `type:name:payload`), as V0 attestations carry.
     pub fn new(event: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
         Self {
             event: event.into(),
@@ -176,9 +184,14 @@ pub const SYSTEM_READY: &str = "system-ready";
 /// extend RTMR3 at run time, but what it emits proves nothing about the boot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppIdentity {
+    /// The first `app-id` payload, raw bytes (20 in dstack); `None` when the boot has none.
+    /// What vouches for it is [`Self::app_id_attested_by`].
     pub app_id: Option<Vec<u8>>,
+    /// The first `compose-hash` payload: SHA-256 of the app's compose file, raw bytes.
     pub compose_hash: Option<Vec<u8>>,
+    /// The first `instance-id` payload, raw bytes: this CVM instance, not the app.
     pub instance_id: Option<Vec<u8>>,
+    /// The first `os-image-hash` payload, raw bytes: the dstack OS image booted.
     pub os_image_hash: Option<Vec<u8>>,
     /// The `key-provider` payload; `Err` holds the raw text when it is not the JSON
     /// object dstack writes.

@@ -5,6 +5,7 @@
 /// Why a body was not read.
 #[derive(Debug)]
 pub enum BodyError {
+    /// The connection failed or timed out while the body was arriving.
     Transport(reqwest::Error),
     /// Larger than the bound (by its Content-Length, or as it arrived).
     TooLarge,

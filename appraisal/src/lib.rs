@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod mr_config;
 pub mod policy;
 pub mod report;
+pub mod tcb;
 pub mod token;
 
 pub use appraise::{Appraiser, Decision, DecisionRequest, decide};

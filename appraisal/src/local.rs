@@ -48,6 +48,8 @@ pub struct LocalAppraiser {
 }
 
 impl LocalAppraiser {
+    /// Load the policies and build a DCAP-only backend (platform cache on, at most 16
+    /// collateral sets cached); a bad policy, root or collateral setting is an error now.
     pub fn new(s: &LocalSettings) -> Result<Self, String> {
         let policies = PolicySet::load(&s.policy_dirs, DEFAULT_EVAL_LIMIT)
             .map_err(|e| format!("policy: {e}"))?;

@@ -39,8 +39,11 @@ pub struct Manifest {
     pub cluster: String,
     /// dstack instance id of the leader, lower-cased as given.
     pub leader_instance: String,
+    /// Where the leader is reached, as given (trimmed; signed over as is).
     pub leader_url: String,
+    /// The leadership epoch, decimal in the record; a higher epoch supersedes a lower one.
     pub epoch: u64,
+    /// Unix seconds from which the manifest is no longer valid.
     pub valid_until: u64,
     /// `r || s || v`.
     pub signature: [u8; 65],
@@ -51,14 +54,26 @@ pub struct Manifest {
 /// Why a TXT record is not a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
+    /// The record is longer than [`MAX_MANIFEST_LEN`] bytes (its length given).
     #[error("manifest is {0} bytes, more than the limit of {MAX_MANIFEST_LEN}")]
     TooLong(usize),
+    /// A required v1 field (or `sig`) is absent.
     #[error("manifest field {0:?} is missing")]
     Missing(&'static str),
+    /// A v1 field or `sig` appears more than once: refused rather than picking one.
     #[error("manifest field {0:?} appears twice")]
     Duplicate(String),
+    /// A field's value is malformed: bad hex or length, not a number, `v` not `1`, or
+    /// a part that is not `key=value`.
     #[error("manifest field {field:?}: {detail}")]
-    Field { field: &'static str, detail: String },
+    Field {
+        /// The field's key, or `(record)` for a part that is not `key=value`.
+        field: &'static str,
+        /// What is wrong with its value.
+        detail: String,
+    },
+    /// The signature is malformed or recovers no secp256k1 public key (also a signing
+    /// failure in [`sign`]).
     #[error("manifest signature does not recover a public key: {0}")]
     Signature(String),
 }
@@ -66,13 +81,19 @@ pub enum ManifestError {
 /// What the manifest says, for the claims (`manifest.*`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ManifestClaims {
+    /// The manifest's `v`: 1; 0 when the record did not parse (then `error` says why
+    /// and the fields below are empty or zero).
     pub version: u32,
     /// `0x` + 40 lowercase hex.
     pub cluster: String,
     /// Lowercase hex, no `0x`.
     pub leader_instance: String,
+    /// The leader's URL, exactly as the record gives it (trimmed, not validated).
     pub leader_url: String,
+    /// The manifest's epoch; a lower epoch than `highest_epoch_seen` is a rollback.
     pub epoch: u64,
+    /// Unix seconds from which the manifest has expired (the policy requires
+    /// `valid_until > now`).
     pub valid_until: u64,
     /// Recovered signer address, `0x` + 40 lowercase hex; `null` if none could be.
     pub signer: Option<String>,

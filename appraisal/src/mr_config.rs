@@ -27,17 +27,26 @@ pub const MAX_MR_CONFIG_DOCUMENT: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MrConfigForm {
+    /// All 48 bytes zero: the host committed to nothing.
     Unused,
+    /// dstack ≤ 0.5.1: the compose hash, zero-padded, no version byte; recognised only
+    /// when it equals the attested compose hash.
     Legacy,
+    /// `01 ‖ compose_hash ‖ 00×15` (dstack 0.5.2).
     V1,
+    /// `02 ‖ keccak256(compose_hash ‖ app_id ‖ kind ‖ key_provider_id) ‖ 00×15`
+    /// (dstack 0.5.2).
     V2,
+    /// `03 ‖ SHA-256("dstack-mr-config-v3:" ‖ 0x00 ‖ document) ‖ 00×15` (dstack 0.6).
     V3,
+    /// None of the above (another version byte, or non-zero padding).
     Unknown,
 }
 
 /// What the quote's MRCONFIGID commits to (claims `tdx.mr_config`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MrConfigClaims {
+    /// The form recognised from the 48 bytes (and, for legacy, the attested compose hash).
     pub form: MrConfigForm,
     /// v1 and legacy: the compose hash it carries (hex).
     pub compose_hash: Option<String>,

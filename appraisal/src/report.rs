@@ -28,10 +28,17 @@ use crate::evidence::{
 /// The part of the claims about the report itself (`report.*`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ReportClaims {
+    /// The app id the report states, as written (hex); checked against the event log
+    /// when there is one.
     pub app_id: String,
+    /// The compose hash the report states, as written (hex); checked like `app_id`.
     pub compose_hash: String,
+    /// The instance id the report states, as written (hex); checked like `app_id`.
     pub instance_id: String,
+    /// The Postgres state the report states (`wal_lsn`, `controldata_hash`,
+    /// `pg_version`); the first two are bound into the quote's report data.
     pub postgres_state: PostgresState,
+    /// When the sidecar made the report, unix seconds; bound into the report data.
     pub timestamp: u64,
     /// Every register and identity field the report states equals what the quote and
     /// the replayed event log attest.

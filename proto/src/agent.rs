@@ -25,7 +25,10 @@ impl std::fmt::Debug for GuestAgent {
 #[derive(Debug, thiserror::Error)]
 #[error("dstack guest agent at {endpoint}: {detail}")]
 pub struct AgentError {
+    /// The agent as shown to people: its URL or socket path, or the discovered default.
     pub endpoint: String,
+    /// What went wrong; for a failed call, its name and the error, or that no answer
+    /// came within 15 s.
     pub detail: String,
 }
 
@@ -86,11 +89,15 @@ impl GuestAgent {
         Ok((resp.certificate_chain.concat(), resp.key))
     }
 
+    /// A TDX quote carrying `report_data`, with the event log and `vm_config`
+    /// (`GetQuote`); fails after 15 s without an answer.
     pub async fn quote(&self, report_data: [u8; 64]) -> Result<GetQuoteResponse, AgentError> {
         self.call("GetQuote", self.client.get_quote(report_data.to_vec()))
             .await
     }
 
+    /// The CVM's app id, compose hash, instance id and registers (`Info`); fails after
+    /// 15 s without an answer.
     pub async fn info(&self) -> Result<InfoResponse, AgentError> {
         self.call("Info", self.client.info()).await
     }

@@ -9,6 +9,8 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
+/// The codec tonic-build is told to use (encode `T`, decode `U`): prost's encoder and
+/// [`CallerDecoder`].
 #[derive(Debug, Clone)]
 pub struct TeesqlCodec<T, U> {
     _pd: PhantomData<(T, U)>,

@@ -20,17 +20,24 @@ use sha2::{Digest, Sha256};
 /// The report as the sidecar serves it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttestationReport {
+    /// The app id (hex) from the guest agent's `Info`; checked against the replayed RTMR3.
     pub app_id: String,
+    /// The hash (hex) of the app's compose file, from `Info`; checked like `app_id`.
     pub compose_hash: String,
+    /// The CVM instance id (hex), from `Info`; checked like `app_id`.
     pub instance_id: String,
     /// Hex.
     pub quote: String,
+    /// The registers `Info` states; a verifier compares them with the quote's.
     pub tcb_info: ReportTcbInfo,
+    /// The Postgres state the quote's report data binds ([`report_data`]).
     pub postgres_state: PostgresState,
+    /// When the report was made, in Unix seconds; part of the binding text.
     pub timestamp: u64,
     /// The guest agent's event log (JSON text), so a verifier can replay RTMR3.
     #[serde(default)]
     pub event_log: String,
+    /// `GetQuote`'s `vm_config` (JSON text, carrying `mr_config`); empty or absent = none.
     #[serde(default)]
     pub vm_config: String,
 }
@@ -38,10 +45,15 @@ pub struct AttestationReport {
 /// The registers the report states (checked against the quote).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportTcbInfo {
+    /// MRTD (initial TD image), hex as the guest agent's `Info` gives it.
     pub mrtd: String,
+    /// RTMR0 (firmware configuration), hex.
     pub rtmr0: String,
+    /// RTMR1 (the kernel), hex.
     pub rtmr1: String,
+    /// RTMR2 (kernel command line and initrd), hex.
     pub rtmr2: String,
+    /// RTMR3 (dstack's runtime events: the app), hex.
     pub rtmr3: String,
 }
 

@@ -59,6 +59,7 @@ impl<const N: usize> Env for [(&str, &str); N] {
 pub struct Problems(Vec<String>, Vec<String>);
 
 impl Problems {
+    /// No problems and no notices yet (same as `default()`).
     pub fn new() -> Self {
         Self::default()
     }

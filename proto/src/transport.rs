@@ -29,16 +29,22 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// Where a verifier is, parsed from its URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifierAddr {
+    /// A unix socket at this absolute path (`unix:///run/teesql/verifier.sock`).
     Unix(PathBuf),
     /// `host:port`, and whether TLS is spoken.
     Tcp {
+        /// Host name or IP literal, without the brackets of an IPv6 literal.
         host: String,
+        /// TCP port; the URL must state it (no default).
         port: u16,
+        /// True for `https://`, false for `http://` (then only to a loopback host).
         tls: bool,
     },
 }
 
 impl VerifierAddr {
+    /// Parse `unix:///ABS/PATH`, `http://HOST:PORT` or `https://HOST:PORT` (no path;
+    /// IPv6 hosts in brackets); the error names the URL. Does not check locality.
     pub fn parse(url: &str) -> Result<Self, String> {
         if let Some(path) = url.strip_prefix("unix://") {
             if !path.starts_with('/') {
@@ -99,6 +105,8 @@ pub type CheckFuture<'a> =
 /// before the first request: the verifier's own RA-TLS certificate, appraised in the
 /// client's process (`teesql_verifier::local::VerifierIdentity`).
 pub trait PeerCheck: Send + Sync + std::fmt::Debug {
+    /// Appraise the peer's `chain` (leaf first); an `Err` closes the connection with
+    /// `PermissionDenied` before any request is sent.
     fn check<'a>(&'a self, chain: &'a [CertificateDer<'static>]) -> CheckFuture<'a>;
 }
 
@@ -495,6 +503,8 @@ impl Default for HandshakeSignatures {
 }
 
 impl HandshakeSignatures {
+    /// Check a TLS 1.2 handshake signature over `message` with `cert`'s public key
+    /// (ring's algorithms); an error refuses the handshake.
     pub fn tls12(
         &self,
         message: &[u8],
@@ -509,6 +519,8 @@ impl HandshakeSignatures {
         )
     }
 
+    /// Check a TLS 1.3 handshake signature over `message` with `cert`'s public key
+    /// (ring's algorithms); an error refuses the handshake.
     pub fn tls13(
         &self,
         message: &[u8],
@@ -523,6 +535,8 @@ impl HandshakeSignatures {
         )
     }
 
+    /// The signature schemes ring verifies, to offer in the handshake
+    /// (`ServerCertVerifier::supported_verify_schemes`).
     pub fn schemes(&self) -> Vec<SignatureScheme> {
         self.provider
             .signature_verification_algorithms
@@ -635,9 +649,14 @@ pub fn server_config_resolving(
 /// One connection to or from the verifier, whatever the transport.
 #[derive(Debug)]
 pub enum Stream {
+    /// Plaintext TCP (a client's `http://` loopback URL, or a server's plaintext listener).
     Tcp(tokio::net::TcpStream),
+    /// A unix socket (`unix://` URL), plaintext.
     Unix(tokio::net::UnixStream),
+    /// A client's TLS connection to an `https://` verifier, its server already
+    /// authenticated (and, for [`ServerTrust::Attested`], its quote appraised).
     ClientTls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    /// A connection the verifier accepted on its TLS listener, after the handshake.
     ServerTls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
 }
 
@@ -702,7 +721,10 @@ impl AsyncWrite for Stream {
 pub enum Peer {
     /// Over TCP (plaintext or TLS) from this address.
     Tcp {
+        /// The remote address; `None` when the socket could not report it (`peer_addr`
+        /// failed), which [`Peer::is_local`] treats as not local.
         addr: Option<std::net::SocketAddr>,
+        /// True when the connection speaks TLS, false for plaintext TCP.
         tls: bool,
     },
     /// Over the unix socket.

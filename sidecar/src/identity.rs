@@ -42,7 +42,10 @@ pub async fn renew_server_certificate(
 /// bind SCRAM to.
 #[derive(Debug)]
 pub struct ServerIdentity {
+    /// The chain (leaf first) and signing key rustls serves.
     pub certified: Arc<CertifiedKey>,
+    /// RFC 5929 `tls-server-end-point` of the leaf (its DER hashed with its signature's
+    /// hash, SHA-256 by default): the channel binding data of SCRAM-SHA-256-PLUS.
     pub end_point_hash: Vec<u8>,
     /// Unix seconds; when the certificate expires.
     pub not_after: u64,

@@ -39,7 +39,9 @@ use crate::verifier::VerifierClient;
 /// A sidecar with its identity fetched, ready to serve.
 #[derive(Debug)]
 pub struct Sidecar {
+    /// What every session and the HTTP endpoints share (config, TLS, verifier, metrics, …).
     pub shared: Arc<Shared>,
+    /// The dstack guest agent: certificate renewals and `/attestation`'s quotes.
     pub agent: Arc<GuestAgent>,
 }
 

@@ -38,6 +38,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// All metrics registered at zero, named with the prefix `teesql_sidecar_`.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("teesql_sidecar");
         let connections = Family::<OutcomeLabels, Counter>::default();
@@ -127,16 +128,20 @@ impl Metrics {
             .inc();
     }
 
+    /// A /health check actually run (not a shared cached answer): `health_checks_total`.
     pub fn health_check(&self) {
         self.health_checks.inc();
     }
 
+    /// An HTTP connection closed at accept, over `limits.http_max_connections`;
+    /// `listener` is `admin` or `public`.
     pub fn http_refused(&self, listener: &'static str) {
         self.http_refused
             .get_or_create(&vec![("listener", listener.into())])
             .inc();
     }
 
+    /// Count one client connection's end under `outcome` (`connections_total`).
     pub fn connection(&self, outcome: Outcome) {
         self.connections
             .get_or_create(&OutcomeLabels { outcome })
@@ -150,10 +155,12 @@ impl Metrics {
             .get()
     }
 
+    /// A successful handshake's time from accept to logged in, observed in seconds.
     pub fn handshake(&self, d: Duration) {
         self.handshake.observe(d.as_secs_f64());
     }
 
+    /// Add a finished session's byte counts to `relayed_bytes_total`, by direction.
     pub fn relayed(&self, client_to_backend: u64, backend_to_client: u64) {
         self.relayed
             .get_or_create(&vec![("direction", "client_to_backend".into())])
@@ -163,6 +170,8 @@ impl Metrics {
             .inc_by(backend_to_client);
     }
 
+    /// A verifier call's duration (seconds); `ok = false` (no decision: the call failed
+    /// or timed out; a denial is ok) also counts a verifier error.
     pub fn verifier_call(&self, d: Duration, ok: bool) {
         self.verifier.observe(d.as_secs_f64());
         if !ok {
@@ -175,14 +184,17 @@ impl Metrics {
         self.verifier_policy_mismatches.clone()
     }
 
+    /// One more session relaying (the `sessions` gauge).
     pub fn session_started(&self) {
         self.active.inc();
     }
 
+    /// One session fewer relaying (the `sessions` gauge).
     pub fn session_ended(&self) {
         self.active.dec();
     }
 
+    /// A server certificate renewal, counted by `result` `ok` or `failed`.
     pub fn renewal(&self, ok: bool) {
         let r = if ok { "ok" } else { "failed" };
         self.renewals
@@ -190,6 +202,8 @@ impl Metrics {
             .inc();
     }
 
+    /// Every metric in the Prometheus text format, as `/metrics` serves it; empty if
+    /// encoding fails.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -202,24 +216,43 @@ impl Metrics {
 /// How a connection ended: the `outcome` label of `teesql_sidecar_connections_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
+    /// The handshake succeeded and a session started relaying.
     Session,
+    /// Refused with `FATAL 28000 authentication_failed`: wrong secret, unknown role,
+    /// verifier denial or outage, or a role not granted.
     AuthFailed,
+    /// The TLS handshake failed.
     TlsFailed,
+    /// A malformed or refused startup: bad packet, no user, replication, a refused
+    /// parameter, data after SSLRequest, a request out of place inside TLS.
     ProtocolError,
+    /// A plaintext StartupMessage, refused because TLS is required.
     PlaintextRefused,
+    /// Authenticated, but the login to Postgres failed.
     BackendFailed,
+    /// The (address, user) used up `limits.failed_auth_per_minute`, or the address its
+    /// abandoned handshakes.
     RateLimited,
+    /// The connection carried a CancelRequest (forwarded or ignored); not a failure.
     Cancel,
+    /// No first packet within `limits.first_packet_timeout_secs`.
     FirstPacketTimeout,
+    /// No TLS session within `limits.tls_handshake_timeout_secs`.
     TlsTimeout,
+    /// No StartupMessage within `limits.startup_timeout_secs` after TLS.
     StartupTimeout,
+    /// Not logged in within `limits.login_timeout_secs` of the StartupMessage.
     LoginTimeout,
+    /// Refused at accept with 53300: `limits.max_connections` reached.
     TooMany,
+    /// Refused with 53300: `limits.handshakes_per_address` in progress from the address.
     TooManyFromAddress,
+    /// The client closed the connection during the handshake.
     Closed,
 }
 
 impl Outcome {
+    /// Every outcome, in the order the metric's help text lists them.
     pub const ALL: [Outcome; 15] = [
         Self::Session,
         Self::AuthFailed,
@@ -238,6 +271,7 @@ impl Outcome {
         Self::Closed,
     ];
 
+    /// The label value: snake_case, e.g. `auth_failed`, `first_packet_timeout`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Session => "session",
@@ -268,5 +302,6 @@ impl EncodeLabelValue for Outcome {
 /// Labels of `teesql_sidecar_connections_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OutcomeLabels {
+    /// The `outcome` label, spelled by [`Outcome::as_str`].
     pub outcome: Outcome,
 }

@@ -17,13 +17,21 @@ use crate::verifier::VerifierClient;
 
 /// Everything sessions share.
 pub struct Shared {
+    /// The checked configuration the sidecar started with (not reloaded).
     pub config: SidecarConfig,
+    /// TLS acceptor for the Postgres port, serving [`Self::cert`].
     pub tls: TlsAcceptor,
+    /// The serving certificate, swapped in place every `identity.renew_secs`.
     pub cert: Arc<RotatingCert>,
+    /// Client of the verifier that decides every handshake.
     pub verifier: VerifierClient,
+    /// Sidecar-issued cancel keys of the live sessions, mapped to Postgres' own.
     pub cancels: Arc<CancelMap>,
+    /// Per-address failed-login, abandoned-handshake and in-progress limits (`limits.*`).
     pub limiter: FailureLimiter,
+    /// Prometheus metrics served at `/metrics`.
     pub metrics: Metrics,
+    /// Logged-in Postgres connections kept for reuse; empty when `backend.pool_max_idle_per_key` is 0.
     pub pool: BackendPool,
     /// Records each session's attested identity (`backend.record_identity`).
     pub identities: Option<IdentityRecorder>,

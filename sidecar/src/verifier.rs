@@ -100,7 +100,10 @@ struct Endpoint {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("verifier at {url}: {detail}")]
 pub struct VerifierUnavailable {
+    /// The verifier URL list as configured (every endpoint, comma-separated).
     pub url: String,
+    /// Each endpoint's failure, `; `-separated: a gRPC status, no answer in time, or a
+    /// decision under an unexpected policy hash.
     pub detail: String,
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::{BoxFuture, QuoteBackend, QuoteFacts, VerifyErrorCode};
 use crate::evidence::Quote;
 
+/// Backends asked in order until one decides; named by its members, e.g. `dcap,ita`.
 #[derive(Debug)]
 pub struct ChainBackend {
     backends: Vec<Arc<dyn QuoteBackend>>,

@@ -84,10 +84,12 @@ impl TrustRoot {
         Self::development(&shown, &bytes)
     }
 
+    /// What the claims call this root (`tdx.root`): `intel`, `custom` or `dev`.
     pub fn kind(&self) -> &TrustRootKind {
         &self.kind
     }
 
+    /// The root certificate, DER (PEM input is converted on load).
     pub fn der(&self) -> &[u8] {
         &self.der
     }
@@ -147,6 +149,7 @@ impl DcapBackend {
         self
     }
 
+    /// Where this backend gets collateral (e.g. to fetch it ahead of [`Self::verify_with`]).
     pub fn collateral(&self) -> &Arc<CollateralProvider> {
         &self.collateral
     }

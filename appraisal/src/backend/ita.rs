@@ -61,6 +61,8 @@ const MAX_KEYS: usize = 64;
 pub struct ApiKey(Arc<str>);
 
 impl ApiKey {
+    /// The key with surrounding whitespace trimmed; refused when empty or holding
+    /// anything but printable ASCII (it must fit an HTTP header).
     pub fn new(key: &str) -> Result<Self, String> {
         let key = key.trim();
         if key.is_empty() {
@@ -99,6 +101,7 @@ pub struct ItaConfig {
     pub policy_ids: Vec<String>,
     /// Ask ITA to issue no token unless every policy matches (`policy_must_match`).
     pub policy_must_match: bool,
+    /// Sent as the `x-api-key` header of attest requests; never logged.
     pub api_key: ApiKey,
     /// Time limit of one HTTP request.
     pub request_timeout: Duration,
@@ -150,15 +153,21 @@ struct Keys {
 /// Counters for tests and metrics.
 #[derive(Debug, Default)]
 pub struct ItaStats {
+    /// `POST …/appraisal/v2/attest` requests sent, each retry counted.
     pub attest_requests: std::sync::atomic::AtomicU64,
+    /// JWKS fetches attempted: while no set is held, then for an unknown `kid` at most
+    /// once per `jwks_refresh_interval`.
     pub jwks_fetches: std::sync::atomic::AtomicU64,
 }
 
+/// Sends quotes to Intel Trust Authority and turns its verified token into facts; the
+/// JWKS is cached in between.
 #[derive(Debug)]
 pub struct ItaBackend {
     config: ItaConfig,
     http: reqwest::Client,
     keys: tokio::sync::Mutex<Keys>,
+    /// Requests made to ITA, for tests and metrics.
     pub stats: ItaStats,
 }
 
@@ -176,6 +185,8 @@ fn failure(code: VerifyErrorCode, message: impl Into<String>) -> Failure {
 }
 
 impl ItaBackend {
+    /// A backend with its own HTTP client (per-request timeout from `config`, connect
+    /// timeout at most 5 s, no redirects followed); fails only if the client cannot be built.
     pub fn new(config: ItaConfig) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
@@ -191,6 +202,7 @@ impl ItaBackend {
         })
     }
 
+    /// The settings it was built with (the API key stays redacted in `Debug`).
     pub fn config(&self) -> &ItaConfig {
         &self.config
     }

@@ -45,6 +45,7 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// The name `--backend` takes and logs use: `dcap`, `ita` or `simulator`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Dcap => "dcap",
@@ -60,7 +61,9 @@ impl BackendKind {
 pub struct BackendConfig {
     /// The backends in the order they are asked; the next only when one could not decide.
     pub chain: Vec<BackendKind>,
+    /// The root DCAP verifies quotes against (Intel's, a custom or a development root).
     pub trust_root: dcap::TrustRoot,
+    /// Where DCAP collateral comes from: file, offline directory, PCCS.
     pub collateral: crate::collateral::CollateralConfig,
     /// Needed when the chain has `ita`.
     pub ita: Option<ita::ItaConfig>,
@@ -72,7 +75,10 @@ pub struct BackendConfig {
 /// A built backend: the appraiser over it, and its collateral source (for metrics).
 #[derive(Debug, Clone)]
 pub struct Backend {
+    /// Appraises evidence with the built backend (one, or a [`chain::ChainBackend`]).
     pub appraiser: crate::Appraiser,
+    /// The collateral source the DCAP backend uses; built even when the chain has no
+    /// `dcap`.
     pub collateral: Arc<crate::collateral::CollateralProvider>,
     /// The ITA backend, when the chain has one (tests read its counters).
     pub ita: Option<Arc<ita::ItaBackend>>,
@@ -182,13 +188,18 @@ impl BackendConfig {
 pub struct BackendSettings {
     /// `dcap`, `ita`, `simulator`, or a comma-separated chain such as `dcap,ita`.
     pub backend: Option<String>,
+    /// ITA API base URL (http or https); `None`: the US region, [`ita::US_API_URL`].
     pub ita_url: Option<String>,
+    /// Where ITA's token-signing keys are read; `None`: the API region's portal JWKS.
     pub ita_jwks_url: Option<String>,
     /// Accepted `iss` values, comma-separated.
     pub ita_issuer: Option<String>,
+    /// File holding the ITA API key; `None`: `INTEL_TRUST_AUTHORITY_API_KEY` instead.
     pub ita_api_key_file: Option<PathBuf>,
     /// ITA policy ids (UUIDs), comma-separated.
     pub ita_policy_ids: Option<String>,
+    /// Ask ITA to issue no token unless every policy in `ita_policy_ids` matches (which
+    /// must then name some); `None`: false.
     pub ita_policy_must_match: Option<bool>,
 }
 
@@ -318,6 +329,8 @@ pub struct QuoteFacts {
     pub root: TrustRootKind,
     /// Converged TCB status (e.g. `UpToDate`), when verified.
     pub tcb_status: Option<String>,
+    /// Intel security advisories (`INTEL-SA-…`) that apply to the platform's TCB level;
+    /// empty when none apply or the quote did not verify.
     pub advisory_ids: Vec<String>,
     /// The window in which the facts hold: the collateral's (DCAP) or the attestation
     /// token's (`iat`/`nbf` to `exp`, ITA).
@@ -336,9 +349,12 @@ pub struct ItaFacts {
     pub issuer: String,
     /// `ver` (`1.0.0` flat, `2.0.0` nested).
     pub ver: Option<String>,
+    /// The token's `jti` (JWT ID, unique per token); `None` when the token has none.
     pub jti: Option<String>,
     /// `attester_tcb_date`: the TCB level's date.
     pub attester_tcb_date: Option<String>,
+    /// `verifier_instance_ids`: the ITA verifier instances that appraised (at most 64
+    /// kept); empty when the token lists none.
     pub verifier_instance_ids: Vec<String>,
     /// The ITA policy ids the operator configured (`--ita-policy-ids`).
     pub policy_ids_required: Vec<String>,
@@ -399,6 +415,8 @@ pub enum TrustRootKind {
 }
 
 impl TrustRootKind {
+    /// The name it has in claims (`tdx.root`) and serializes as, e.g.
+    /// `intel-trust-authority`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Intel => "intel",
@@ -413,7 +431,10 @@ impl TrustRootKind {
 /// A verification failure, classified so that policies can give a specific reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyError {
+    /// The class of failure, for policies (`tdx.error_code`).
     pub code: VerifyErrorCode,
+    /// What failed, in the backend's or dcap-qvl's words, for operators (`tdx.error`);
+    /// not stable, match on `code`.
     pub message: String,
 }
 
@@ -461,6 +482,8 @@ impl VerifyErrorCode {
         )
     }
 
+    /// The name it has in claims (`tdx.error_code`) and serializes as; `Other` is
+    /// `verification_failed`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CollateralUnavailable => "collateral_unavailable",

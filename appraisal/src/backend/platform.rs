@@ -131,10 +131,13 @@ pub struct PlatformStats {
 #[derive(Debug)]
 pub struct PlatformCache {
     entries: moka::sync::Cache<[u8; 32], Arc<PlatformEntry>>,
+    /// Hit and miss counters, for metrics.
     pub stats: PlatformStats,
 }
 
 impl PlatformCache {
+    /// An empty cache holding at most about `max_bytes` of entries; an entry unused for
+    /// an hour is dropped.
     pub fn new(max_bytes: u64) -> Self {
         Self {
             entries: moka::sync::Cache::builder()
@@ -199,6 +202,7 @@ impl PlatformCache {
         self.entries.entry_count()
     }
 
+    /// Whether no platform is cached (after pending maintenance, as [`Self::len`]).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -6,6 +6,8 @@
 use super::{BoxFuture, QuoteBackend, QuoteFacts, TrustRootKind, VerifyErrorCode};
 use crate::evidence::Quote;
 
+/// Reports every quote as `simulated`, unverified, under the `simulator` root; checks
+/// nothing and never touches the network.
 #[derive(Debug, Default)]
 pub struct SimulatorBackend;
 

@@ -29,9 +29,11 @@ use crate::evidence::{Quote, TeeType};
 /// Which collateral a quote needs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CollateralKey {
+    /// TDX or SGX: which TCB Info and QE Identity endpoints serve it.
     pub tee: TeeType,
     /// FMSPC, upper-case hex (as PCS URLs use it).
     pub fmspc: String,
+    /// The CA that issued the platform's PCK certificate: which PCK CRL applies.
     pub ca: PckCa,
 }
 
@@ -48,7 +50,9 @@ impl fmt::Display for CollateralKey {
 /// The Intel PCK CA that issued a platform's PCK certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PckCa {
+    /// Intel SGX PCK Processor CA (the issuer's name contains `Processor`).
     Processor,
+    /// Intel SGX PCK Platform CA (the issuer's name contains `Platform`).
     Platform,
 }
 
@@ -75,7 +79,10 @@ impl PckCa {
 /// A collateral set with its validity window.
 #[derive(Debug, Clone)]
 pub struct Collateral {
+    /// The set as dcap-qvl verifies with it: PCK CRL and its issuer chain, root CA CRL,
+    /// TCB Info and QE Identity with their signatures and issuer chains.
     pub data: QuoteCollateralV3,
+    /// When the set is valid, computed from `data` by [`Self::new`].
     pub window: CollateralWindow,
     /// SHA-256 over every field of `data`: which collateral a platform was verified
     /// under (see the platform cache).
@@ -85,22 +92,41 @@ pub struct Collateral {
 /// Why collateral could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CollateralError {
+    /// The quote's PCK certificate (which names the FMSPC and the PCK CA) is missing or
+    /// cannot be read.
     #[error("cannot tell which collateral the quote needs: {0}")]
     QuoteCertificates(String),
+    /// No offline source has the collateral and no PCCS URL is configured.
     #[error(
         "no collateral for {key} in the offline sources (file, directory), and fetching from a PCCS is off"
     )]
-    Offline { key: CollateralKey },
+    Offline {
+        /// The collateral the quote needs.
+        key: CollateralKey,
+    },
+    /// The PCCS could not be asked, timed out, or answered with an error or a body
+    /// that is not collateral.
     #[error("fetching collateral for {key} from {url} failed: {detail}")]
     Fetch {
+        /// The collateral asked for.
         key: CollateralKey,
+        /// The PCCS base URL, or the URL of the one request that failed.
         url: String,
+        /// What went wrong: the transport error with its causes, the HTTP status, …
         detail: String,
     },
+    /// Collateral was obtained but is malformed (bad JSON, dates, CRL, issuer chain), or
+    /// the HTTP client could not be built.
     #[error("collateral is malformed: {0}")]
     Invalid(String),
+    /// A configured collateral file or directory cannot be read or is not collateral.
     #[error("cannot read collateral file {path}: {detail}")]
-    File { path: String, detail: String },
+    File {
+        /// The file or directory, as configured.
+        path: String,
+        /// What is wrong: the I/O error, the size bound, the JSON error.
+        detail: String,
+    },
 }
 
 impl Collateral {
@@ -290,8 +316,11 @@ fn rfc3339(what: &str, s: &str) -> Result<u64, CollateralError> {
 /// Counters the service exports as metrics.
 #[derive(Debug, Default)]
 pub struct CollateralStats {
+    /// Fetches from the PCCS started (one per cache miss, shared by concurrent misses).
     pub fetches: AtomicU64,
+    /// Fetches that failed or returned collateral that could not be read.
     pub fetch_failures: AtomicU64,
+    /// Requests answered from the cache of fetched collateral.
     pub cache_hits: AtomicU64,
     /// Requests answered with a recent failure instead of a new fetch.
     pub failures_reused: AtomicU64,
@@ -310,6 +339,7 @@ pub struct CollateralProvider {
     /// Recent fetch failures by key, kept for `failure_ttl`.
     failures: moka::sync::Cache<CollateralKey, CollateralError>,
     fetch_slots: tokio::sync::Semaphore,
+    /// Fetch and cache counters, for metrics (explicit and offline sources not counted).
     pub stats: CollateralStats,
 }
 
@@ -328,6 +358,8 @@ pub struct CollateralConfig {
     pub cache_capacity: u64,
     /// How long a failed fetch is remembered (and answered) before a new attempt.
     pub failure_ttl: Duration,
+    /// The time cached collateral expires against (its next update); fixed for
+    /// recorded evidence.
     pub clock: Clock,
 }
 
@@ -346,6 +378,8 @@ impl Default for CollateralConfig {
 }
 
 impl CollateralProvider {
+    /// Read the explicit file and every `*.json` of the offline directory now (one bad
+    /// file fails the whole provider), and set up the PCCS client and the cache.
     pub fn new(config: &CollateralConfig) -> Result<Self, CollateralError> {
         let explicit = config
             .file

@@ -51,6 +51,8 @@ struct Response {
 }
 
 impl PccsClient {
+    /// A client for the PCCS or PCS at `base` (a trailing `/sgx|tdx/certification/v4` is
+    /// dropped); `timeout` bounds each request and each whole collateral fetch.
     pub fn new(base: &str, timeout: Duration) -> Result<Self, CollateralError> {
         let base = base
             .trim_end_matches('/')

@@ -33,10 +33,15 @@ pub enum AttestationFormat {
 /// A decoded dstack attestation.
 #[derive(Debug, Clone)]
 pub struct DstackAttestation {
+    /// The encoding it was decoded from: `VersionedV0` (SCALE) or `VersionedV1` (msgpack).
     pub format: AttestationFormat,
+    /// The raw DCAP quote bytes, not yet decoded (see [`Self::into_evidence`]).
     pub quote: Vec<u8>,
+    /// The TDX event log (V1: `platform.data.event_log`); empty when absent.
     pub event_log: Vec<TdxEvent>,
+    /// dstack's RTMR3 runtime events (V1: `stack.data.runtime_events`); empty when absent.
     pub runtime_events: Vec<RuntimeEvent>,
+    /// The report data the attestation states, to be compared with the quote's own.
     pub report_data: [u8; 64],
     /// VmConfig JSON, or sys-config JSON with a nested `vm_config` string.
     pub config: Option<String>,

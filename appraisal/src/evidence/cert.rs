@@ -34,10 +34,13 @@ pub mod oid {
 /// What a certificate says about itself (not attested unless noted).
 #[derive(Debug, Clone, Serialize)]
 pub struct CertInfo {
+    /// The leaf's subject distinguished name, as text (e.g. `CN=…`).
     pub subject: String,
+    /// The leaf's issuer distinguished name, as text.
     pub issuer: String,
     /// Validity, unix seconds.
     pub not_before: i64,
+    /// End of the leaf's validity, unix seconds.
     pub not_after: i64,
     /// Which attestation form the certificate carries.
     pub attestation_format: AttestationFormat,

@@ -53,6 +53,7 @@ pub enum EvidenceKind {
 /// Decoded evidence, ready for appraisal.
 #[derive(Debug, Clone)]
 pub struct Evidence {
+    /// The form it was presented in; becomes `evidence.kind` in the claims.
     pub kind: EvidenceKind,
     /// The quote, when the evidence carries one.
     pub quote: Option<Quote>,
@@ -71,7 +72,11 @@ pub struct Evidence {
 /// and/or dstack runtime events (RTMR3).
 #[derive(Debug, Clone, Default)]
 pub struct EventLog {
+    /// The TDX event log as dstack ships it: boot events (MRTD, RTMR0–2) and, in older
+    /// forms, the runtime events on RTMR3 too. Empty when the evidence has none.
     pub tdx_events: Vec<TdxEvent>,
+    /// dstack's explicit RTMR3 runtime events; when non-empty they take precedence over
+    /// the RTMR3 entries of `tdx_events` (see [`Self::rtmr3_events`]).
     pub runtime_events: Vec<RuntimeEvent>,
 }
 
@@ -142,20 +147,31 @@ pub enum EvidenceError {
     /// The input is larger than the bound for its kind.
     #[error("{what} is {len} bytes, more than the limit of {limit}")]
     TooLarge {
+        /// The input, e.g. `quote` or `certificate chain (certificates)`.
         what: &'static str,
+        /// Its size, in the unit of `limit` (bytes, unless `what` names another).
         len: usize,
+        /// The bound, e.g. [`MAX_QUOTE_LEN`].
         limit: usize,
     },
     /// The input ended before a complete structure was read.
     #[error("truncated {what}: needed {needed} more bytes at offset {offset}")]
     Truncated {
+        /// The structure being read, e.g. `quote header`.
         what: &'static str,
+        /// Byte offset in the input where the read ran out.
         offset: usize,
+        /// Bytes missing to complete the read.
         needed: usize,
     },
     /// Text that should be hexadecimal is not.
     #[error("invalid hex in {what}: {detail}")]
-    Hex { what: &'static str, detail: String },
+    Hex {
+        /// The field the text was for, e.g. `quote` or `attestation`.
+        what: &'static str,
+        /// The hex decoder's error (bad digit and its position, odd length).
+        detail: String,
+    },
     /// A structure is malformed.
     #[error("{0}")]
     Invalid(String),

@@ -18,24 +18,41 @@ pub struct Quote {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TeeType {
+    /// An Intel TDX trust domain: the quote's body is a TD report; `tdx` in claims.
     Tdx,
+    /// An Intel SGX enclave: the quote's body is an enclave report; `sgx` in claims.
     Sgx,
 }
 
 /// The measurement fields of a TD report that policies look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TdReport {
+    /// TEE_TCB_SVN: security version numbers of the TDX module and its components.
     pub tee_tcb_svn: [u8; 16],
+    /// MRSEAM: SHA-384 measurement of the TDX module.
     pub mr_seam: [u8; 48],
+    /// MRSIGNERSEAM: SHA-384 of the TDX module's signer; zero for Intel's modules.
     pub mr_signer_seam: [u8; 48],
+    /// SEAMATTRIBUTES of the TDX module (zero in production modules).
     pub seam_attributes: [u8; 8],
+    /// TDATTRIBUTES; bit 0 of byte 0 is TUD.DEBUG (see [`Self::debug`]).
     pub td_attributes: [u8; 8],
+    /// XFAM: the extended CPU features (XSAVE) the TD may use.
     pub xfam: [u8; 8],
+    /// MRTD: SHA-384 of the TD's initial memory (the firmware image), set at build.
     pub mrtd: [u8; 48],
+    /// MRCONFIGID: 48 bytes the host sets at TD creation; dstack puts a commitment to the
+    /// app's configuration here (see [`crate::mr_config`]).
     pub mr_config_id: [u8; 48],
+    /// MROWNER: owner identity the host sets at TD creation.
     pub mr_owner: [u8; 48],
+    /// MROWNERCONFIG: owner-defined configuration the host sets at TD creation.
     pub mr_owner_config: [u8; 48],
+    /// RTMR0..RTMR3, the runtime-extendable SHA-384 registers; dstack extends RTMR3 with
+    /// its event log's events.
     pub rtmr: [[u8; 48]; 4],
+    /// REPORTDATA: the 64 bytes the TD chose to bind into the quote (dstack pads
+    /// shorter data with zeros).
     pub report_data: [u8; 64],
 }
 
@@ -57,6 +74,8 @@ impl Quote {
         self.parsed.header.version
     }
 
+    /// SGX when the quote's body is an SGX enclave report, TDX otherwise; from the parsed
+    /// report, not yet verified.
     pub fn tee_type(&self) -> TeeType {
         if self.parsed.report.is_sgx() {
             TeeType::Sgx

@@ -18,15 +18,20 @@ const MAX_EXTENDS_DEPTH: usize = 8;
 pub struct PolicyFile {
     /// `<profile>/<file>`, e.g. `teesql/quote.rego`.
     pub display_path: String,
+    /// Where it was read from: inside the profile's canonicalized (absolute) directory.
     pub path: PathBuf,
+    /// The file's text, as read (at most 1 MiB); hashed into the set's `policy_hash`.
     pub contents: String,
 }
 
 impl PolicyFile {
+    /// Whether this is a Rego source (`*.rego`, tests included), not `data.json` or
+    /// `profile.toml`.
     pub fn is_rego(&self) -> bool {
         self.display_path.ends_with(".rego")
     }
 
+    /// Whether this is a `*_test.rego` file (loaded only for `policy test`).
     pub fn is_test(&self) -> bool {
         self.display_path.ends_with("_test.rego")
     }

@@ -33,25 +33,65 @@ pub const DEFAULT_EVAL_LIMIT: Duration = Duration::from_millis(250);
 /// Why a policy set could not be loaded or evaluated.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// A profile or one of its files could not be read (missing, too large, bad
+    /// `profile.toml`, extends too deep), or the set reads `data.…` paths nothing defines.
     #[error("policy directory {path}: {detail}")]
-    Load { path: String, detail: String },
+    Load {
+        /// The directory or file at fault, as given or as read from disk.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A Rego file does not parse or compile, or a purpose package fails its trial
+    /// evaluation at load.
     #[error("policy {path} does not compile: {detail}")]
-    Compile { path: String, detail: String },
+    Compile {
+        /// `<profile>/<file>` of the Rego file, or the package (`(all)` when unknown).
+        path: String,
+        /// The regorus error, with its causes.
+        detail: String,
+    },
+    /// A `data.json` (or `testdata/` file) is not a JSON object, or the merged data is
+    /// refused (e.g. tenants sharing a Postgres role without `shared_role`).
     #[error("data file {path}: {detail}")]
-    Data { path: String, detail: String },
+    Data {
+        /// The file's path; `data.json` for the merged data of the whole set.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// No loaded package `teesql.<purpose>` decides the purpose asked for.
     #[error(
         "no policy for purpose {purpose:?}: package teesql.{purpose} is not loaded (loaded: {loaded})"
     )]
-    UnknownPurpose { purpose: String, loaded: String },
+    UnknownPurpose {
+        /// The purpose asked for.
+        purpose: String,
+        /// The purposes the set does decide, `, `-separated.
+        loaded: String,
+    },
+    /// The purpose asked for is empty, longer than 64 bytes, or not `[a-z0-9_]+`.
     #[error("purpose {0:?} is not a valid name (lowercase letters, digits and _ only)")]
     BadPurpose(String),
+    /// Evaluation failed: a Rego runtime error, the time or VM instruction limit, claims
+    /// that do not serialize, or grants that fail [`Grants::check`].
     #[error("evaluating teesql.{purpose}: {detail}")]
-    Eval { purpose: String, detail: String },
+    Eval {
+        /// The purpose being decided.
+        purpose: String,
+        /// The error, with its causes.
+        detail: String,
+    },
+    /// A rule evaluated to a value of the wrong type.
     #[error("teesql.{purpose}.{rule} must be {expected}, got {got}")]
     Shape {
+        /// The purpose being decided.
         purpose: String,
+        /// `allow`, `deny` or `grants`.
         rule: &'static str,
+        /// The type the rule must have, in words.
         expected: &'static str,
+        /// The value it had, as JSON, cut at 200 bytes.
         got: String,
     },
 }
@@ -73,7 +113,9 @@ pub mod reason_codes {
 /// One reason a decision denies.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct Reason {
+    /// Stable, machine-readable code: one of [`reason_codes`] or a code from the policies.
     pub code: String,
+    /// Human-readable explanation naming the values at fault; match on `code`, not this.
     pub message: String,
 }
 
@@ -84,14 +126,19 @@ pub struct Reason {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
+    /// Postgres roles, lowercase SQL identifiers, at most [`MAX_GRANTED_ROLES`]; the first
+    /// is the default. Empty when the policy names none.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Session attributes (e.g. the tenant), keyed by lowercase identifier; values are
+    /// text without NUL, at most [`MAX_GRANT_VALUE`] bytes.
     #[serde(default)]
     pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// At most this many granted roles, and this many attributes.
 pub const MAX_GRANTED_ROLES: usize = 16;
+/// At most this many granted attributes ([`Grants::attributes`]).
 pub const MAX_GRANT_ATTRIBUTES: usize = 16;
 /// Longest attribute value, bytes.
 pub const MAX_GRANT_VALUE: usize = 256;
@@ -134,6 +181,7 @@ impl Grants {
         Ok(())
     }
 
+    /// Whether it grants nothing: no role and no attribute.
     pub fn is_empty(&self) -> bool {
         self.roles.is_empty() && self.attributes.is_empty()
     }
@@ -152,7 +200,10 @@ pub fn is_identifier(s: &str) -> bool {
 /// What a policy said about one input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
+    /// `allow` was true and `deny` empty: only then is the input accepted.
     pub allow: bool,
+    /// The `deny` set, sorted and deduplicated; a lone `not_allowed` when `allow` was not
+    /// true and `deny` was empty; empty exactly when allowed.
     pub reasons: Vec<Reason>,
     /// What the policy grants, when it allowed and defines `grants`.
     pub grants: Option<Grants>,

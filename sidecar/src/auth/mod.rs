@@ -46,6 +46,7 @@ impl Secret {
         Self(text.as_bytes().into())
     }
 
+    /// The raw bytes (32 for a cluster secret, the UTF-8 text for a password); never log them.
     pub fn expose(&self) -> &[u8] {
         &self.0
     }
@@ -70,7 +71,9 @@ pub enum Privileges {
 
 /// One role clients can log in as with a secret.
 pub struct RoleAuth {
+    /// The Postgres role name, e.g. `teesql_read`.
     pub name: String,
+    /// What `provision` grants it (`teesql_read`: read, `teesql_readwrite`: readwrite).
     pub privileges: Privileges,
     /// Only with the verifier's grant (`grants.roles`).
     pub granted: bool,
@@ -116,10 +119,13 @@ fn scram_verifier(accepted: &[Secret], salt: &[u8]) -> ScramVerifier {
 /// A role a client may log in as only when the verifier's decision grants it.
 #[derive(Debug, Clone)]
 pub struct GrantedRole {
+    /// The Postgres role name, as the decision's `grants.roles` names it.
     pub name: String,
     /// The secrets it accepts (none with `attestation_only`).
     pub secrets: Vec<Secret>,
+    /// What `provision` grants it (`auth.roles[].privileges`, default none).
     pub privileges: Privileges,
+    /// The grant alone logs the client in; no secret is asked.
     pub attestation_only: bool,
 }
 
@@ -192,6 +198,9 @@ pub struct AuthMap {
 }
 
 impl AuthMap {
+    /// `teesql_read` (accepting `read` and `readwrite`) and `teesql_readwrite` when
+    /// their secrets are given, `extra` roles with one secret each, and `passthrough`
+    /// roles Postgres authenticates. SCRAM verifiers are computed here, with fresh salts.
     pub fn new(
         read: Option<Secret>,
         readwrite: Option<Secret>,
@@ -268,14 +277,19 @@ impl AuthMap {
         self.tenant_user.is_some()
     }
 
+    /// The role clients log in to with a secret or a grant; `None` for unknown and
+    /// passthrough roles.
     pub fn role(&self, name: &str) -> Option<&RoleAuth> {
         self.roles.get(name)
     }
 
+    /// Every role the sidecar authenticates itself, by name (passthrough roles excluded).
     pub fn roles(&self) -> impl Iterator<Item = &RoleAuth> {
         self.roles.values()
     }
 
+    /// Whether `user` is in `auth.passthrough_roles`: its authentication is relayed to
+    /// Postgres unchanged.
     pub fn is_passthrough(&self, user: &str) -> bool {
         self.passthrough.contains(user)
     }

@@ -67,6 +67,7 @@ impl std::fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
+    /// Empty; `const` so it can be a `static` (at most 64 entries are ever kept).
     pub const fn new() -> Self {
         Self {
             entries: Mutex::new(Vec::new()),
@@ -78,6 +79,7 @@ impl KeyCache {
         self.entries.lock().map(|e| e.len()).unwrap_or(0)
     }
 
+    /// Whether no derivation is kept (also when the lock is poisoned).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -142,9 +144,13 @@ fn normalize(password: &[u8]) -> Vec<u8> {
 /// count of the verifier they belong to: Postgres must answer with exactly those.
 #[derive(Clone)]
 pub struct ScramKeys {
+    /// The salt of the role's verifier (raw bytes, not base64; Postgres uses 16).
     pub salt: Vec<u8>,
+    /// The verifier's PBKDF2 iteration count (Postgres' default 4096).
     pub iterations: u32,
+    /// `ClientKey` = HMAC(SaltedPassword, "Client Key"), recovered from the proof.
     pub client_key: Key,
+    /// `ServerKey` from the role's stored verifier, to check Postgres' signature.
     pub server_key: Key,
 }
 
@@ -178,6 +184,8 @@ impl std::fmt::Debug for ScramClient<'_> {
 }
 
 impl<'a> ScramClient<'a> {
+    /// An exchange proving `password` (SASLprep-normalised), with its PBKDF2 keys taken
+    /// from or added to `cache`; fails only if no random nonce can be drawn.
     pub fn new(password: &[u8], cache: &'a KeyCache) -> Result<Self, String> {
         Ok(Self::with_nonce(password, cache, fresh_nonce()?))
     }

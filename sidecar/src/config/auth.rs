@@ -8,6 +8,7 @@ use teesql_proto::settings::{Env, Problems};
 use super::{ChannelBinding, ClientAuthMethod, Overrides, defaults, env};
 use crate::auth::{AuthMap, GrantedRole, Privileges, Secret, is_reserved_role};
 
+/// The `[auth]` table as written; every key optional.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
@@ -19,9 +20,11 @@ pub struct AuthFile {
     /// The read secret (32 bytes, hex) from a file or an environment variable
     /// [default env: TEESQL_READ_SECRET].
     pub read_secret_file: Option<PathBuf>,
+    /// The variable holding the read secret, read when `read_secret_file` is unset.
     pub read_secret_env: Option<String>,
     /// The read-write secret [default env: TEESQL_READWRITE_SECRET].
     pub readwrite_secret_file: Option<PathBuf>,
+    /// The variable holding the read-write secret, read when `readwrite_secret_file` is unset.
     pub readwrite_secret_env: Option<String>,
     /// Roles whose authentication is relayed to Postgres unchanged (mode B), e.g. postgres.
     pub passthrough_roles: Option<Vec<String>>,
@@ -33,11 +36,16 @@ pub struct AuthFile {
     pub tenant_user: Option<String>,
 }
 
+/// One `[[auth.roles]]` entry: a role clients may log in as beside the cluster roles.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExtraRoleFile {
+    /// The Postgres role name: lowercase letters, digits and `_`, at most 63 bytes.
     pub name: String,
+    /// File holding the role's secret (32 bytes as 64 hex digits); over `secret_env`.
     pub secret_file: Option<PathBuf>,
+    /// Variable holding the role's secret (64 hex digits); one of the two is needed
+    /// unless the role is `attestation_only`.
     pub secret_env: Option<String>,
     /// What `provision` grants: read, readwrite or none [default: none].
     pub privileges: Option<String>,

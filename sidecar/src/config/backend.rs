@@ -10,6 +10,7 @@ use teesql_proto::settings::{Env, Problems, first};
 use super::{BackendAddr, BackendMethod, Overrides, defaults, env, positive};
 use crate::auth::Secret;
 
+/// The `[backend]` table as written; every key optional.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendFile {
@@ -21,10 +22,14 @@ pub struct BackendFile {
     pub method: Option<String>,
     /// Password of the sidecar-managed roles in Postgres (methods other than trust).
     pub password_file: Option<PathBuf>,
+    /// Or the variable holding that password, read when `password_file` is unset
+    /// [default: TEESQL_BACKEND_PASSWORD].
     pub password_env: Option<String>,
     /// Superuser for /attestation's Postgres state and for `provision` [default: postgres].
     pub admin_user: Option<String>,
+    /// File holding the admin user's password (trailing newline dropped); over `admin_password_env`.
     pub admin_password_file: Option<PathBuf>,
+    /// Variable holding the admin user's password [default: TEESQL_BACKEND_ADMIN_PASSWORD].
     pub admin_password_env: Option<String>,
     /// Time limit to connect and log in to Postgres, milliseconds [default: 5000].
     pub connect_timeout_ms: Option<u64>,
@@ -48,16 +53,27 @@ pub struct BackendFile {
     pub record_identity: Option<bool>,
 }
 
+/// The `[backend]` settings, checked, with the passwords loaded.
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
+    /// Where Postgres is: TCP, or a unix socket when `backend.host` starts with `/`.
     pub addr: BackendAddr,
+    /// How the sidecar logs in to Postgres (default trust).
     pub method: BackendMethod,
+    /// Password of the sidecar-managed roles; `None` when neither the file nor the
+    /// variable gives one (only valid with `trust`).
     pub password: Option<Secret>,
+    /// The superuser for /attestation's Postgres state and `provision` (default `postgres`).
     pub admin_user: String,
+    /// The admin user's password; `None` = log in without one.
     pub admin_password: Option<Secret>,
+    /// Time limit to connect and log in to Postgres (`backend.connect_timeout_ms`, default 5 s).
     pub connect_timeout: Duration,
+    /// Idle connections kept per (role, database, parameters); 0 = no reuse (the default).
     pub pool_max_idle_per_key: usize,
+    /// Idle connections kept over all keys (default 64).
     pub pool_max_idle_total: usize,
+    /// How long a kept connection may wait for a client before it is closed (default 60 s).
     pub pool_idle_timeout: Duration,
     /// Which client startup parameters are passed on, and which are ignored.
     pub startup_parameters: crate::params::StartupParameters,

@@ -7,6 +7,7 @@ use teesql_proto::settings::{Env, Problems, first};
 
 use super::{Overrides, defaults, env};
 
+/// The `[identity]` table as written; every key optional.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityFile {
@@ -20,11 +21,16 @@ pub struct IdentityFile {
     pub endpoint: Option<String>,
 }
 
+/// The `[identity]` settings, checked: what the sidecar asks the guest agent for.
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
+    /// Certificate subject CN; the first alt name unless `identity.subject` is set.
     pub subject: String,
+    /// Subject alternative names, never empty (default `localhost`, `127.0.0.1`).
     pub alt_names: Vec<String>,
+    /// Certificate renewal period (`identity.renew_secs`, default 1 h, at least 10 s).
     pub renew_every: Duration,
+    /// Guest agent endpoint; `None` = `DSTACK_SIMULATOR_ENDPOINT`, else the dstack socket.
     pub endpoint: Option<String>,
 }
 

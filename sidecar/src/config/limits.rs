@@ -8,6 +8,7 @@ use teesql_proto::settings::{Problems, first};
 
 use super::{Overrides, defaults, positive};
 
+/// The `[limits]` table as written; every key optional.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
@@ -49,16 +50,27 @@ pub struct LimitsFile {
     pub http_connection_timeout_secs: Option<u64>,
 }
 
+/// The `[limits]` settings, checked, with the defaults filled in.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Concurrent client connections on the Postgres port (default 1000; `--max-connections`).
     pub max_connections: usize,
+    /// Accept to an established TLS session, SSLRequest included (default 10 s).
     pub tls_handshake_timeout: Duration,
+    /// TLS established to the StartupMessage received (default 60 s).
     pub startup_timeout: Duration,
+    /// StartupMessage to a logged-in session: authentication, verifier, Postgres login (default 10 s).
     pub login_timeout: Duration,
+    /// Sessions idle this long are closed; `None` = never (`idle_timeout_secs = 0`, the default).
     pub idle_timeout: Option<Duration>,
+    /// After shutdown stops accepting, how long open sessions may run before they are
+    /// closed (default 30 s).
     pub shutdown_grace: Duration,
+    /// Per client address rates and counts on the Postgres port.
     pub address: AddressLimits,
+    /// Accept to the client's first packet (default 5 s).
     pub first_packet_timeout: Duration,
+    /// Bounds of each HTTP listener (admin and public alike).
     pub http: HttpLimits,
 }
 

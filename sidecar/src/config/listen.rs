@@ -7,6 +7,7 @@ use teesql_proto::settings::{Env, Problems, first};
 
 use super::{Overrides, defaults, env};
 
+/// The `[listen]` table as written; every key optional.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenFile {

@@ -37,16 +37,22 @@ pub type VerifierFile = VerifierSettings;
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SidecarFile {
+    /// `[listen]`: the Postgres port and the admin and public HTTP listeners.
     #[serde(default)]
     pub listen: ListenFile,
+    /// `[identity]`: the server certificate's names and renewal.
     #[serde(default)]
     pub identity: IdentityFile,
+    /// `[verifier]`: where the verifier is and how it is trusted.
     #[serde(default)]
     pub verifier: VerifierFile,
+    /// `[backend]`: how Postgres is reached and logged in to, and connection reuse.
     #[serde(default)]
     pub backend: BackendFile,
+    /// `[auth]`: client authentication, cluster secrets and extra roles.
     #[serde(default)]
     pub auth: AuthFile,
+    /// `[limits]`: connection counts, deadlines and rates.
     #[serde(default)]
     pub limits: LimitsFile,
 }
@@ -54,12 +60,14 @@ pub struct SidecarFile {
 /// Where the sidecar logs in to Postgres.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendAddr {
+    /// Host name or IP address and port (`backend.host` not starting with `/`).
     Tcp(String, u16),
     /// Unix socket directory and port (the socket is `<dir>/.s.PGSQL.<port>`).
     Unix(PathBuf, u16),
 }
 
 impl BackendAddr {
+    /// For logs and errors: `host:port`, or the socket's full path.
     pub fn describe(&self) -> String {
         match self {
             Self::Tcp(h, p) => format!("{h}:{p}"),
@@ -71,9 +79,14 @@ impl BackendAddr {
 /// How the sidecar logs in to Postgres.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendMethod {
+    /// No password (pg_hba `trust`); if Postgres asks for one the login fails. The default.
     Trust,
+    /// pg_hba `password`: the backend password in a cleartext PasswordMessage. Like every
+    /// method but trust, it answers whichever of cleartext, MD5 or SCRAM Postgres asks for.
     Password,
+    /// pg_hba `md5`: the backend password, MD5-hashed with the role name and Postgres' salt.
     Md5,
+    /// pg_hba `scram-sha-256`: SASL with the backend password, without channel binding.
     #[value(name = "scram-sha-256")]
     ScramSha256,
 }
@@ -108,76 +121,130 @@ pub enum ChannelBinding {
 
 /// The defaults, named. `--help` and the comments on `SidecarFile` quote them.
 pub mod defaults {
+    /// `listen.postgres`: Postgres over TLS on every interface.
     pub const LISTEN: &str = "0.0.0.0:5433";
+    /// `listen.admin`: the operator's HTTP listener, loopback only.
     pub const ADMIN_LISTEN: &str = "127.0.0.1:8080";
+    /// `identity.alt_names`: the server certificate's subject alternative names.
     pub const ALT_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
+    /// `identity.renew_secs`: seconds between server certificate renewals (one hour).
     pub const RENEW_SECS: u64 = 3600;
     /// The guest agent is not asked for a certificate more often than this.
     pub const MIN_RENEW_SECS: u64 = 10;
+    /// `verifier.url`: a verifier on loopback, plaintext gRPC.
     pub const VERIFIER_URL: &str = "http://127.0.0.1:50051";
+    /// `verifier.timeout_ms`: milliseconds one decision may take, in the sidecar.
     pub const VERIFIER_TIMEOUT_MS: u64 = 5000;
+    /// `backend.host`: Postgres on loopback TCP.
     pub const BACKEND_HOST: &str = "127.0.0.1";
+    /// `backend.port`: Postgres' standard port.
     pub const BACKEND_PORT: u16 = 5432;
+    /// `backend.method`: trust, so no backend password is needed by default.
     pub const BACKEND_METHOD: super::BackendMethod = super::BackendMethod::Trust;
+    /// `backend.admin_user`: the superuser for /attestation's Postgres state and `provision`.
     pub const BACKEND_ADMIN_USER: &str = "postgres";
+    /// `backend.connect_timeout_ms`: milliseconds to connect and log in to Postgres.
     pub const BACKEND_CONNECT_TIMEOUT_MS: u64 = 5000;
+    /// `backend.pool_max_idle_per_key`: 0 = connection reuse off.
     pub const POOL_MAX_IDLE_PER_KEY: usize = 0;
+    /// `backend.pool_idle_timeout_secs`: seconds a kept connection waits for a client.
     pub const POOL_IDLE_TIMEOUT_SECS: u64 = 60;
+    /// `backend.pool_max_idle_total`: kept connections over all pool keys.
     pub const POOL_MAX_IDLE_TOTAL: usize = 64;
+    /// `auth.method`: SCRAM-SHA-256 (and -PLUS as `channel_binding` allows).
     pub const AUTH_METHOD: super::ClientAuthMethod = super::ClientAuthMethod::Scram;
+    /// `auth.channel_binding`: -PLUS only to peers that negotiated ALPN `postgresql`.
     pub const CHANNEL_BINDING: super::ChannelBinding = super::ChannelBinding::Auto;
+    /// `auth.read_secret_env`: the variable holding the read secret (64 hex digits).
     pub const READ_SECRET_ENV: &str = "TEESQL_READ_SECRET";
+    /// `auth.readwrite_secret_env`: the variable holding the read-write secret (64 hex digits).
     pub const READWRITE_SECRET_ENV: &str = "TEESQL_READWRITE_SECRET";
+    /// `auth.tenant_user`: the user name that lets the verifier's grants choose the role.
     pub const TENANT_USER: &str = "teesql_app";
+    /// `backend.password_env`: the variable holding the backend password.
     pub const BACKEND_PASSWORD_ENV: &str = "TEESQL_BACKEND_PASSWORD";
+    /// `backend.admin_password_env`: the variable holding the admin user's password.
     pub const BACKEND_ADMIN_PASSWORD_ENV: &str = "TEESQL_BACKEND_ADMIN_PASSWORD";
+    /// `limits.max_connections`: concurrent client connections on the Postgres port.
     pub const MAX_CONNECTIONS: usize = 1000;
+    /// `limits.tls_handshake_timeout_secs`: seconds from accept to an established TLS session.
     pub const TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+    /// `limits.startup_timeout_secs`: seconds after TLS for the StartupMessage (clients
+    /// may first appraise the server's quote).
     pub const STARTUP_TIMEOUT_SECS: u64 = 60;
+    /// `limits.login_timeout_secs`: seconds from the StartupMessage to a logged-in session.
     pub const LOGIN_TIMEOUT_SECS: u64 = 10;
+    /// `limits.idle_timeout_secs`: 0 = idle sessions are never closed.
     pub const IDLE_TIMEOUT_SECS: u64 = 0;
+    /// `limits.shutdown_grace_secs`: seconds sessions get to end on shutdown.
     pub const SHUTDOWN_GRACE_SECS: u64 = 30;
+    /// `limits.failed_auth_per_minute`: failed logins per (client address, user).
     pub const FAILED_AUTH_PER_MINUTE: u32 = 30;
+    /// `limits.abandoned_per_minute`: abandoned handshakes per client address.
     pub const ABANDONED_PER_MINUTE: u32 = 60;
+    /// `limits.handshakes_per_address`: handshakes in progress per client address.
     pub const HANDSHAKES_PER_ADDRESS: usize = 256;
+    /// `limits.first_packet_timeout_secs`: seconds from accept to the client's first packet.
     pub const FIRST_PACKET_TIMEOUT_SECS: u64 = 5;
+    /// `limits.http_max_connections`: open connections per HTTP listener.
     pub const HTTP_MAX_CONNECTIONS: usize = 64;
+    /// `limits.http_connections_per_address`: per client address (IPv6: a /64), per listener.
     pub const HTTP_CONNECTIONS_PER_ADDRESS: usize = 32;
+    /// `limits.http_header_timeout_secs`: seconds to send an HTTP request's headers.
     pub const HTTP_HEADER_TIMEOUT_SECS: u64 = 5;
+    /// `limits.http_connection_timeout_secs`: seconds an HTTP connection may live.
     pub const HTTP_CONNECTION_TIMEOUT_SECS: u64 = 30;
 }
 
 /// Checked configuration.
 #[derive(Debug, Clone)]
 pub struct SidecarConfig {
+    /// Where clients connect with Postgres over TLS (`listen.postgres`, default 0.0.0.0:5433).
     pub listen: SocketAddr,
+    /// The operator's HTTP listener (/health, /attestation, /metrics); `None` = `off`.
     pub admin_listen: Option<SocketAddr>,
+    /// The HTTP listener serving only /attestation to anyone; `None` = off (the default).
     pub public_listen: Option<SocketAddr>,
+    /// The server certificate the guest agent issues, and how often it is renewed.
     pub identity: IdentityConfig,
+    /// Verifier gRPC URL(s), comma-separated when several (default http://127.0.0.1:50051).
     pub verifier_url: String,
+    /// How an https verifier is trusted; `None` for a loopback http:// or a unix:// URL.
     pub verifier_trust: Option<ServerTrust>,
+    /// Time limit of one verifier decision (`verifier.timeout_ms`, default 5000 ms).
     pub verifier_timeout: Duration,
     /// Policy hashes decisions may come from; empty = the first answer's.
     pub verifier_policy_hashes: Vec<String>,
+    /// How the sidecar reaches and logs in to Postgres (`[backend]`).
     pub backend: BackendConfig,
+    /// How clients authenticate (`auth.method`, default SCRAM-SHA-256).
     pub auth_method: ClientAuthMethod,
+    /// When SCRAM-SHA-256-PLUS is offered (`auth.channel_binding`, default auto).
     pub channel_binding: ChannelBinding,
+    /// The roles clients may log in as, with their secrets (`[auth]`, secrets loaded).
     pub auth: AuthMap,
+    /// Connection counts, deadlines and rates (`[limits]`).
     pub limits: Limits,
 }
 
 /// Flag values (each overrides the file and the environment).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
+    /// `--listen`: the Postgres listen address, over `TEESQL_SIDECAR_LISTEN` and `listen.postgres`.
     pub listen: Option<String>,
+    /// `--admin-listen`: the admin HTTP address or `off`, over `TEESQL_SIDECAR_ADMIN_LISTEN`.
     pub admin_listen: Option<String>,
+    /// `--backend-host`: Postgres host, or a unix socket directory if it starts with `/`.
     pub backend_host: Option<String>,
+    /// `--backend-port`, over `TEESQL_BACKEND_PORT` and `backend.port`.
     pub backend_port: Option<u16>,
     /// One of `BackendMethod`'s choices, checked with every other setting.
     pub backend_method: Option<String>,
     /// One of `ClientAuthMethod`'s choices, checked with every other setting.
     pub auth_method: Option<String>,
+    /// `--alt-names` (comma-separated), over `TEESQL_SIDECAR_ALT_NAMES` and `identity.alt_names`.
     pub alt_names: Option<Vec<String>>,
+    /// `--max-connections`, over `limits.max_connections` (no environment variable).
     pub max_connections: Option<usize>,
     /// `--verifier`, `--verifier-ca-file`, … (over `TEESQL_VERIFIER_*`).
     pub verifier: VerifierSettings,

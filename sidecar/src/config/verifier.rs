@@ -67,15 +67,20 @@ pub struct VerifierSettings {
 /// The `[verifier]` settings, checked.
 #[derive(Debug, Clone)]
 pub struct VerifierConfig {
+    /// The gRPC URL(s) as given, comma-separated when several (default http://127.0.0.1:50051).
     pub url: String,
+    /// How an https verifier is trusted (CA file, certificate hash or its attestation);
+    /// `None` for a loopback http:// or a unix:// URL.
     pub trust: Option<ServerTrust>,
+    /// Time limit of one decision: `timeout_ms`, else the caller's default (5 s for the
+    /// sidecar, 10 s for `forward`).
     pub timeout: Duration,
     /// Policy hashes decisions may come from; empty = the first answer's.
     pub policy_hashes: Vec<String>,
 }
 
 impl VerifierSettings {
-    /// What the environment says ([`env::VERIFIER`]).
+    /// What the environment says (the `TEESQL_VERIFIER_*` variables of [`env`]).
     pub fn from_env(e: &dyn Env, p: &mut Problems) -> Self {
         let path = |name: &str| e.var(name).map(PathBuf::from);
         Self {

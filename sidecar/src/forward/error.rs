@@ -22,7 +22,12 @@ pub enum ForwardError {
     Unreachable(String),
     /// The verifier did not allow the server (or could not be asked).
     #[error("the server at {addr} failed attestation: {why}")]
-    ServerRejected { addr: String, why: String },
+    ServerRejected {
+        /// The sidecar dialled, `host:port`.
+        addr: String,
+        /// The verifier's or the manifest check's reason, or "verifier unavailable (…)".
+        why: String,
+    },
     /// The server closed the connection before the login.
     #[error("the server closed the connection")]
     ServerClosed,
@@ -42,7 +47,12 @@ pub enum Response {
     /// Nothing (it is gone, or the server's own error was passed on).
     Close,
     /// One `FATAL` with this SQLSTATE and message.
-    Fatal { code: &'static str, message: String },
+    Fatal {
+        /// The SQLSTATE: 08P01, 08006 or 28000 ([`sqlstate`]).
+        code: &'static str,
+        /// The full reason, prefixed `teesql forwarder: `.
+        message: String,
+    },
 }
 
 impl ForwardError {

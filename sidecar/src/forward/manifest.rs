@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 
 use super::settings::MAX_MANIFEST_RECORDS;
 
+/// The host and port to dial for a manifest's `leader_url`: an explicit port wins;
+/// dstack gateway names `<id>-<port>s.<node>` (TLS passthrough) get 443; otherwise
+/// https -> 443, http -> 80, any other scheme is an error.
 pub fn leader_address(leader_url: &str) -> Result<(String, u16), String> {
     let url = url::Url::parse(leader_url.trim())
         .map_err(|e| format!("leader_url {leader_url:?}: {e}"))?;

@@ -16,7 +16,9 @@ pub struct ForwardConfig {
     pub to: Option<String>,
     /// TLS server name (SNI); default: the host dialled, when it is a name.
     pub server_name: Option<String>,
+    /// Verifier gRPC URL(s), comma-separated when several (`--verifier`, `TEESQL_VERIFIER_URL`).
     pub verifier_url: String,
+    /// How an https verifier is trusted; `None` for a loopback http:// or a unix:// URL.
     pub verifier_trust: Option<ServerTrust>,
     /// Time limit of one decision.
     pub verifier_timeout: Duration,
@@ -39,6 +41,7 @@ pub struct ForwardConfig {
     pub manifest_signers: Vec<String>,
     /// DNS server for the manifest lookup; `None` = the system's resolver.
     pub dns_server: Option<SocketAddr>,
+    /// Time for a TCP connect plus TLS handshake to the sidecar ([`CONNECT_TIMEOUT`], 10 s).
     pub connect_timeout: Duration,
     /// Renew the client certificate this often.
     pub renew_every: Duration,
@@ -59,7 +62,9 @@ pub enum ManifestSource {
 pub struct ForwardSettings {
     /// [default: `DEFAULT_LISTEN`]
     pub listen: Option<String>,
+    /// `--to`: the sidecar, `HOST:PORT`; `None` needs a manifest to find the leader.
     pub to: Option<String>,
+    /// `--server-name`: the TLS SNI to send; `None` = the host dialled.
     pub server_name: Option<String>,
     /// Where the verifier is and how it is trusted (`--verifier`, `--verifier-ca-file`,
     /// …), over the environment (`TEESQL_VERIFIER_URL`, `TEESQL_VERIFIER_CA_FILE`, …).
@@ -73,12 +78,17 @@ pub struct ForwardSettings {
     pub expected_compose_hashes: Vec<String>,
     /// 40 hex digits each, optional `0x`.
     pub expected_app_ids: Vec<String>,
+    /// `--allow-cleartext-upstream`: relay a server's cleartext or MD5 password request
+    /// (off: only SCRAM-SHA-256 is relayed).
     pub allow_cleartext_upstream: bool,
     /// Start even though nothing beyond MRTDs identifies the server (the verifier's own
     /// policy is trusted to pin it).
     pub allow_unpinned_server: bool,
+    /// `--manifest-domain`: look the signed manifest up at `_teesql-leader.<domain>` (DNS TXT).
     pub manifest_domain: Option<String>,
+    /// `--manifest-txt`: the manifest's TXT record as text; excludes `manifest_domain`.
     pub manifest_txt: Option<String>,
+    /// `--manifest-signer`, repeatable: `0x` + 40 hex digits each, any case.
     pub manifest_signers: Vec<String>,
     /// `IP` or `IP:PORT` (port 53 when omitted).
     pub dns_server: Option<String>,
@@ -252,9 +262,6 @@ fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("--dns-server {text:?}: expected IP or IP:PORT"))
 }
 
-/// The host and port to dial for a manifest's `leader_url`, as TeeSQL's clients do:
-/// an explicit port wins; gateway names `<id>-<port>s.<node>` (TLS passthrough on the
-/// gateway) are served on 443; otherwise https -> 443, http -> 80.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,10 @@ pub struct CancelMap {
 #[derive(Debug)]
 pub struct CancelGuard {
     map: Arc<CancelMap>,
+    /// The process id the client is told in BackendKeyData: random, positive, not
+    /// Postgres' own pid.
     pub pid: i32,
+    /// The 4-byte secret key the client is told in BackendKeyData (random).
     pub key: [u8; 4],
 }
 
@@ -99,10 +102,13 @@ impl CancelMap {
         ok.then(|| (t.backend_pid, t.backend_key.clone()))
     }
 
+    /// Live sessions holding a cancel key (`sessions_cancellable` in /health); 0 if the
+    /// lock is poisoned.
     pub fn len(&self) -> usize {
         self.inner.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Whether no live session holds a cancel key.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

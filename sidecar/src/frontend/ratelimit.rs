@@ -103,6 +103,7 @@ pub struct AddressSlot {
 pub type HandshakeSlot = AddressSlot;
 
 impl AddressSlots {
+    /// At most `max` slots held at once per address (IPv4, or IPv6 /64); none taken yet.
     pub fn new(max: usize) -> Self {
         Self {
             max,
@@ -151,6 +152,8 @@ fn user_key(user: &str) -> String {
 }
 
 impl FailureLimiter {
+    /// Empty counters with the `limits.*` per-address budgets (per minute; the handshake
+    /// cap is concurrent).
     pub fn new(limits: AddressLimits) -> Self {
         Self {
             failures: Window::new(limits.failed_auth_per_minute),

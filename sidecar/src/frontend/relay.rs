@@ -28,7 +28,10 @@ pub const BUFFER: usize = 32 * 1024;
 /// Bytes moved each way.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Relayed {
+    /// Bytes read from the client for Postgres (for `forward`: from the local driver
+    /// for the sidecar).
     pub client_to_backend: u64,
+    /// Bytes read from Postgres (for `forward`: the sidecar) for the client.
     pub backend_to_client: u64,
 }
 
@@ -39,7 +42,13 @@ pub enum RelayEnd {
     Closed(Relayed),
     /// The client sent Terminate at a message boundary; it was not passed on, so the
     /// Postgres connection is still logged in and, when `quiet`, may be reset and reused.
-    Terminated { relayed: Relayed, quiet: bool },
+    Terminated {
+        /// Bytes read each way, the caught Terminate's 5 bytes included.
+        relayed: Relayed,
+        /// Whether every request had its answer passed on and Postgres' last
+        /// ReadyForQuery status was idle (`I`): only then may the connection be reused.
+        quiet: bool,
+    },
     /// Nothing moved for the idle timeout.
     Idle(Relayed),
     /// A read or write failed (e.g. a reset).

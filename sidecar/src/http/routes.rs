@@ -29,7 +29,9 @@ use crate::state::Shared;
 /// What the admin endpoints need.
 #[derive(Clone, Debug)]
 pub struct Admin {
+    /// The running sidecar's state: Postgres address, verifier client, metrics.
     pub shared: Arc<Shared>,
+    /// The dstack guest agent `/attestation` gets its quotes from.
     pub agent: Arc<GuestAgent>,
     /// The last `/attestation` outcome and the second it was finished. Anyone can ask for
     /// one without logging in, and each costs a Postgres login and a quote, so reports are
@@ -44,6 +46,7 @@ pub struct Admin {
 type ReportOutcome = Result<AttestationReport, String>;
 
 impl Admin {
+    /// With no `/attestation` report or `/health` answer cached yet.
     pub fn new(shared: Arc<Shared>, agent: Arc<GuestAgent>) -> Self {
         Self {
             shared,

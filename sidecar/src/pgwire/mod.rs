@@ -100,8 +100,6 @@ pub enum WireError {
     },
 }
 
-/// Checks a typed message's tag, e.g. that a client answered an
-/// authentication request with `'p'`.
 /// Write `bytes` (a final message), flush, and close the write side; errors are
 /// ignored: the peer is being turned away and may already be gone.
 pub async fn send_and_close<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) {
@@ -117,6 +115,8 @@ pub async fn send_fatal<S: AsyncWrite + Unpin>(s: &mut S, code: &str, message: &
     send_and_close(s, &out).await;
 }
 
+/// `Ok` if the message tag `got` is `want`, else [`WireError::Unexpected`] naming
+/// `expected` (e.g. "PasswordMessage") for the log.
 pub fn expect_tag(got: u8, want: u8, expected: &'static str) -> Result<(), WireError> {
     if got == want {
         Ok(())

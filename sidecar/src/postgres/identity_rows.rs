@@ -127,14 +127,19 @@ const MAX_DATABASES: usize = 64;
 pub struct SessionIdentity {
     /// From the attested event log (RTMR3 replayed), else null.
     pub app_id: Option<String>,
+    /// The app-compose's SHA-256 (hex), from the attested event log, else null.
     pub compose_hash: Option<String>,
+    /// The dstack instance id (hex), from the attested event log, else null.
     pub instance_id: Option<String>,
     /// The policy's grants.
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// Every role the decision's `grants.roles` names (empty when it grants none).
     pub roles: Vec<String>,
     /// The Postgres role the session logged in as, and the user the client named.
     pub role: String,
+    /// The user the client named in its StartupMessage, e.g. `teesql_app` (the tenant user).
     pub user: String,
+    /// `sha256:<hex>` of the policy set that decided (`Decision.policy_hash`).
     pub policy_hash: String,
 }
 
@@ -200,6 +205,7 @@ const PRUNE_SQL: &str = "DELETE FROM teesql.session_identity s \
                        WHERE a.pid = s.pid AND a.backend_start = s.backend_start)";
 
 impl IdentityRecorder {
+    /// Logs in as `backend.admin_user`; connections are opened on first use, per database.
     pub fn new(backend: BackendConfig) -> Self {
         Self {
             backend,

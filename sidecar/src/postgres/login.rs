@@ -27,11 +27,14 @@ const MAX_LOGIN_MESSAGE: usize = 1024 * 1024;
 /// A connection to Postgres over TCP or a unix socket.
 #[derive(Debug)]
 pub enum BackendStream {
+    /// TCP, with Nagle's algorithm off (`TCP_NODELAY`).
     Tcp(TcpStream),
+    /// The unix socket `<dir>/.s.PGSQL.<port>`.
     Unix(UnixStream),
 }
 
 impl BackendStream {
+    /// Connect to `addr` (TCP or `<dir>/.s.PGSQL.<port>`); no time limit of its own.
     pub async fn connect(addr: &BackendAddr) -> std::io::Result<Self> {
         match addr {
             BackendAddr::Tcp(host, port) => {
@@ -119,6 +122,7 @@ impl AsyncWrite for BackendStream {
 /// A session logged in to Postgres, with what Postgres said after AuthenticationOk.
 #[derive(Debug)]
 pub struct LoggedIn {
+    /// The connection, just past Postgres' first ReadyForQuery.
     pub stream: BackendStream,
     /// ParameterStatus messages, in order.
     pub params: Vec<(String, String)>,
@@ -131,24 +135,38 @@ pub struct LoggedIn {
 /// Why the login to Postgres failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// Connecting to Postgres (TCP or unix socket) failed.
     #[error("cannot reach Postgres at {addr}: {source}")]
     Unreachable {
+        /// `host:port` or the socket path, as [`BackendAddr::describe`] spells it.
         addr: String,
+        /// The connect error.
         source: std::io::Error,
     },
+    /// Postgres answered with an ErrorResponse during login (a 28xxx SQLSTATE for a
+    /// failed authentication, 3D000 for an unknown database, …).
     #[error("Postgres refused the login: {code} {message}")]
     Refused {
+        /// The ErrorResponse's SQLSTATE (field `C`); empty if Postgres sent none.
         code: String,
+        /// The ErrorResponse's primary message (field `M`); empty if Postgres sent none.
         message: String,
         /// The ErrorResponse as Postgres sent it, to pass on to the client.
         raw: Vec<u8>,
     },
+    /// Postgres asked for an authentication the sidecar cannot give (e.g. a password
+    /// with `backend.method = trust`, GSSAPI, a non-SCRAM SASL mechanism); names the request.
     #[error("Postgres asked for {0}, but the sidecar's backend.method cannot answer it")]
     Method(String),
+    /// A malformed or unexpected message, a SCRAM failure, or an I/O error mid-login.
     #[error("protocol error talking to Postgres: {0}")]
     Protocol(String),
+    /// The login did not reach ReadyForQuery within `backend.connect_timeout_ms` (the
+    /// duration given).
     #[error("Postgres did not finish the login within {0:?}")]
     Timeout(Duration),
+    /// Writing the session's attested identity (`teesql.session_identity`, for
+    /// `teesql.identity()`) after login failed.
     #[error("recording the session's attested identity failed: {0}")]
     Identity(String),
 }
@@ -164,7 +182,10 @@ impl From<WireError> for BackendError {
 /// replication and protocol options are never among them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarded {
+    /// The Postgres role to log in as: the client's `user`, or the role a tenant user's
+    /// verifier grant chose.
     pub user: String,
+    /// The client's `database` (its user name when it named none, as Postgres does).
     pub database: String,
     /// Settings, in the client's order.
     pub settings: Vec<(String, String)>,

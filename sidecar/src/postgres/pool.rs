@@ -20,7 +20,9 @@ use crate::postgres::login::LoggedIn;
 /// What a pooled connection is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
+    /// The Postgres role the connection is logged in as (never a passthrough role).
     pub user: String,
+    /// The database the connection is logged in to.
     pub database: String,
     /// The other startup parameters, as sent to Postgres.
     pub params: Vec<(String, String)>,
@@ -53,6 +55,7 @@ impl BackendPool {
         }
     }
 
+    /// Whether connections are kept at all (`backend.pool_max_idle_per_key` above 0).
     pub fn enabled(&self) -> bool {
         self.max_idle_per_key > 0
     }
@@ -164,6 +167,7 @@ pub struct ResetAnswer<'a> {
 }
 
 impl<'a> ResetAnswer<'a> {
+    /// Expect the reset's answer, with `nonce` (hex) as the one value the final SELECT returns.
     pub fn new(nonce: &'a str) -> Self {
         Self { nonce, step: 0 }
     }

@@ -26,7 +26,9 @@ use teesql_proto::runtime::error_chain;
 /// What was done, for the operator.
 #[derive(Debug, Default)]
 pub struct Provisioned {
+    /// Roles that did not exist and were created (`CREATE ROLE … LOGIN`).
     pub created: Vec<String>,
+    /// Roles that already existed; their password and privileges were set again.
     pub updated: Vec<String>,
 }
 

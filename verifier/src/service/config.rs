@@ -175,18 +175,31 @@ macro_rules! overlay {
 
 /// The defaults, named.
 pub mod defaults {
+    /// gRPC listen address (`--listen`): loopback only, plaintext allowed there.
     pub const LISTEN: &str = "127.0.0.1:50051";
+    /// Policy profile directory (`--policy-dir`), relative to the working directory.
     pub const POLICY_DIR: &str = "policies/teesql";
+    /// Seconds to fetch one collateral set from the PCCS (`--fetch-timeout-secs`).
     pub const FETCH_TIMEOUT_SECS: u64 = 10;
+    /// MiB for cached appraisals of verified quotes (`--cache-max-mib`).
     pub const CACHE_MAX_MIB: u64 = 64;
+    /// Longest an appraisal stays cached, seconds (`--cache-max-ttl-secs`).
     pub const CACHE_MAX_TTL_SECS: u64 = 3600;
+    /// KiB for the platform cache (`--platform-cache-kib`; 0 turns it off).
     pub const PLATFORM_CACHE_KIB: u64 = 1024;
+    /// Milliseconds one policy evaluation may take (`--eval-timeout-ms`).
     pub const EVAL_TIMEOUT_MS: u64 = 250;
+    /// Seconds one gRPC request may take (`--request-timeout-secs`).
     pub const REQUEST_TIMEOUT_SECS: u64 = 30;
+    /// Where the decision log goes (`--decision-log`): standard output.
     pub const DECISION_LOG: &str = "stdout";
+    /// Largest request accepted, KiB (`--max-message-kib`): 4 MiB.
     pub const MAX_MESSAGE_KIB: u64 = 4096;
+    /// Requests served at once on one connection (`--concurrency-per-connection`).
     pub const CONCURRENCY_PER_CONNECTION: u64 = 64;
+    /// Seconds between RA-TLS certificate renewals (`--ra-tls-renew-secs`).
     pub const RA_TLS_RENEW_SECS: u64 = 3600;
+    /// The smallest `--ra-tls-renew-secs` accepted; less is a configuration error.
     pub const MIN_RA_TLS_RENEW_SECS: u64 = 10;
 }
 
@@ -195,6 +208,8 @@ pub mod defaults {
 pub struct RaTlsConfig {
     /// `None`: dstack-sdk's discovery (`DSTACK_SIMULATOR_ENDPOINT`, then the CVM socket).
     pub endpoint: Option<String>,
+    /// How often a fresh certificate is fetched (`ra_tls_renew_secs`, default 3600 s, at
+    /// least 10 s); retried within a minute after a failure.
     pub renew_every: Duration,
 }
 
@@ -328,6 +343,8 @@ impl ServeSettings {
 /// Where gRPC is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
+    /// `HOST:PORT` as an IP socket address (no names); plaintext only on loopback unless
+    /// `insecure_plaintext` or TLS is set.
     Tcp(SocketAddr),
     /// `unix:///run/teesql/verifier.sock`
     Unix(PathBuf),
@@ -367,6 +384,8 @@ pub enum AdminAccess {
 }
 
 impl AdminAccess {
+    /// Access by bearer `token`; only its SHA-256 is kept (callers' tokens are trimmed
+    /// before hashing).
     pub fn token(token: &str) -> Self {
         use sha2::Digest;
         Self::Token(sha2::Sha256::digest(token.as_bytes()).into())
@@ -385,24 +404,39 @@ impl std::fmt::Debug for AdminAccess {
 /// Settings checked and resolved, with defaults applied.
 #[derive(Debug)]
 pub struct ServeConfig {
+    /// Where gRPC is served (`listen`, default `127.0.0.1:50051`).
     pub listen: Listen,
     /// TLS for gRPC (an operator certificate).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS for gRPC with an RA-TLS certificate from the guest agent (set up by
     /// `server::Verifier::attest`).
     pub ra_tls: Option<RaTlsConfig>,
+    /// Who may call PolicyAdmin: the token in `admin_token_file`, else local callers only.
     pub admin: AdminAccess,
+    /// Serve gRPC server reflection (`reflection`, default true).
     pub reflection: bool,
+    /// Largest request accepted, bytes (`max_message_kib` × 1024; default 4 MiB).
     pub max_message_bytes: usize,
+    /// Requests served at once on one connection (`concurrency_per_connection`, default 64).
     pub concurrency_per_connection: usize,
     /// Signs decisions, unless turned off.
     pub signer: Option<Arc<super::token::DecisionSigner>>,
+    /// Where `/metrics`, `/healthz` and the JWKS are served (`metrics_listen`); `None`
+    /// when unset, empty or `off`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Policy profile directories, merged in order (`policy_dir`, default `policies/teesql`).
     pub policy_dirs: Vec<PathBuf>,
+    /// Quote backends, trust root, collateral sources and platform cache (`backend`,
+    /// `trust_root`, `pccs_url`, `offline`, `collateral_*`, `platform_cache_kib`, `ita_*`).
     pub backend: BackendConfig,
+    /// Where decisions are logged (`decision_log`: stdout, off or a file; default stdout).
     pub decision_log: LogTarget,
+    /// Appraisal cache size and lifetime, clock and manifest epochs file
+    /// (`cache_max_mib`, `cache_max_ttl_secs`, `now`, `state_dir`).
     pub options: ServiceOptions,
+    /// Time limit of one policy evaluation (`eval_timeout_ms`, default 250 ms).
     pub eval_limit: Duration,
+    /// Time limit of one gRPC request (`request_timeout_secs`, default 30 s).
     pub request_timeout: Duration,
 }
 
@@ -438,6 +472,120 @@ impl ServeConfig {
             env,
             &mut p,
         );
+        let endpoint = Endpoint::check(&s, &mut p);
+        let policy_dirs = s
+            .policy_dirs
+            .clone()
+            .unwrap_or_else(|| vec![PathBuf::from(defaults::POLICY_DIR)]);
+        for d in &policy_dirs {
+            if !d.is_dir() {
+                p.push(format!("policy_dir {}: not a directory", d.display()));
+            }
+        }
+        let trust_root = TrustRoot::choose(s.trust_root.as_deref(), s.dev_trust_root.as_deref())
+            .map_err(|e| p.push(e))
+            .ok();
+        let clock = s.now.map(Clock::Fixed).unwrap_or(Clock::System);
+        let collateral = collateral(&s, clock, &mut p);
+        let limits = Limits::check(&s, &mut p);
+        let decision_log = decision_log(&s, &mut p);
+        let signer = signer(&s, &mut p);
+        let manifest_epochs_file = manifest_epochs_file(&s, &mut p);
+        p.finish(|| {
+            let Endpoint {
+                listen,
+                tls,
+                ra_tls,
+                admin,
+                metrics_listen,
+            } = endpoint;
+            Some(Self {
+                listen: listen?,
+                tls,
+                ra_tls,
+                admin: admin?,
+                reflection: s.reflection.unwrap_or(true),
+                max_message_bytes: usize::try_from(limits.max_message_kib.saturating_mul(1024))
+                    .unwrap_or(usize::MAX),
+                concurrency_per_connection: usize::try_from(limits.concurrency)
+                    .unwrap_or(usize::MAX),
+                signer,
+                metrics_listen,
+                policy_dirs,
+                backend: BackendConfig {
+                    chain: chain?,
+                    ita,
+                    trust_root: trust_root?,
+                    collateral,
+                    platform_cache_bytes: s
+                        .platform_cache_kib
+                        .unwrap_or(defaults::PLATFORM_CACHE_KIB)
+                        .saturating_mul(1024),
+                },
+                decision_log: decision_log?,
+                options: ServiceOptions {
+                    cache_max_bytes: limits.cache_mib.saturating_mul(1 << 20),
+                    cache_max_ttl: Duration::from_secs(limits.cache_ttl),
+                    clock,
+                    manifest_epochs_file,
+                },
+                eval_limit: Duration::from_millis(limits.eval_ms),
+                request_timeout: Duration::from_secs(limits.request_timeout),
+            })
+        })
+    }
+
+    /// Build the service: load policies, the backend and its collateral sources, the
+    /// decision log. Needs a tokio runtime (the decision log writer).
+    pub fn build(&self) -> Result<Arc<DecisionService>, Vec<String>> {
+        let policies =
+            PolicySet::load(&self.policy_dirs, self.eval_limit).map_err(|e| vec![e.to_string()])?;
+        let backend = self.backend.build().map_err(|e| vec![e])?;
+        let metrics = Arc::new(
+            Metrics::new()
+                .with_collateral(backend.collateral.clone())
+                .with_platforms(backend.platforms.clone()),
+        );
+        let log = DecisionLog::start(&self.decision_log)
+            .map_err(|e| vec![format!("decision_log: {e}")])?;
+        let service =
+            DecisionService::new(backend.appraiser, policies, &self.options, log, metrics);
+        Ok(Arc::new(match &self.signer {
+            Some(signer) => service.with_signer(signer.clone()),
+            None => service,
+        }))
+    }
+}
+
+/// Read a file that holds a credential, refusing it (as ssh refuses a private key) when
+/// its group or others may read or write it: the error names the mode.
+fn private_file(path: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "permissions {:04o} are too open: the file holds a credential, so group and others may have no access (chmod 600)",
+            mode & 0o7777
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
+/// Where and how gRPC is served: the listener, its TLS, who may administer policies and
+/// the metrics listener.
+struct Endpoint {
+    listen: Option<Listen>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    ra_tls: Option<RaTlsConfig>,
+    admin: Option<AdminAccess>,
+    metrics_listen: Option<SocketAddr>,
+}
+
+impl Endpoint {
+    fn check(s: &ServeSettings, p: &mut Problems) -> Self {
         let listen: Option<Listen> =
             p.parse("listen", s.listen.as_deref().unwrap_or(defaults::LISTEN));
         let tls = match (&s.tls_cert, &s.tls_key) {
@@ -502,38 +650,65 @@ impl ServeConfig {
             .as_deref()
             .filter(|v| !v.is_empty() && *v != "off")
             .and_then(|v| p.socket_addr("metrics_listen", v));
-        let policy_dirs = s
-            .policy_dirs
-            .unwrap_or_else(|| vec![PathBuf::from(defaults::POLICY_DIR)]);
-        for d in &policy_dirs {
-            if !d.is_dir() {
-                p.push(format!("policy_dir {}: not a directory", d.display()));
-            }
+        Self {
+            listen,
+            tls,
+            ra_tls,
+            admin,
+            metrics_listen,
         }
-        let trust_root = TrustRoot::choose(s.trust_root.as_deref(), s.dev_trust_root.as_deref())
-            .map_err(|e| p.push(e))
-            .ok();
-        let pccs_url = s.pccs_url.unwrap_or_else(|| INTEL_PCS_URL.to_string());
-        if !(pccs_url.starts_with("http://") || pccs_url.starts_with("https://")) {
-            p.push(format!("pccs_url {pccs_url:?}: must be an http(s) URL"));
+    }
+}
+
+/// Where collateral comes from: the offline file and directory, then the PCCS.
+fn collateral(s: &ServeSettings, clock: Clock, p: &mut Problems) -> CollateralConfig {
+    let pccs_url = s
+        .pccs_url
+        .clone()
+        .unwrap_or_else(|| INTEL_PCS_URL.to_string());
+    if !(pccs_url.starts_with("http://") || pccs_url.starts_with("https://")) {
+        p.push(format!("pccs_url {pccs_url:?}: must be an http(s) URL"));
+    }
+    for (name, path) in [
+        ("collateral_dir", &s.collateral_dir),
+        ("collateral_file", &s.collateral_file),
+    ] {
+        if let Some(path) = path
+            && !path.exists()
+        {
+            p.push(format!("{name} {}: does not exist", path.display()));
         }
-        for (name, path) in [
-            ("collateral_dir", &s.collateral_dir),
-            ("collateral_file", &s.collateral_file),
-        ] {
-            if let Some(path) = path
-                && !path.exists()
-            {
-                p.push(format!("{name} {}: does not exist", path.display()));
-            }
-        }
+    }
+    let fetch_timeout = p.at_least(
+        "fetch_timeout_secs",
+        s.fetch_timeout_secs.unwrap_or(defaults::FETCH_TIMEOUT_SECS),
+        1,
+    );
+    CollateralConfig {
+        file: s.collateral_file.clone(),
+        dir: s.collateral_dir.clone(),
+        pccs_url: (!s.offline.unwrap_or(false)).then_some(pccs_url),
+        fetch_timeout: Duration::from_secs(fetch_timeout),
+        clock,
+        ..CollateralConfig::default()
+    }
+}
+
+/// What one caller can make the service spend: memory for appraisals, time per
+/// evaluation and request, message size and concurrency.
+struct Limits {
+    cache_mib: u64,
+    cache_ttl: u64,
+    eval_ms: u64,
+    request_timeout: u64,
+    max_message_kib: u64,
+    concurrency: u64,
+}
+
+impl Limits {
+    fn check(s: &ServeSettings, p: &mut Problems) -> Self {
         let mut positive =
             |name: &str, v: Option<u64>, default: u64| p.at_least(name, v.unwrap_or(default), 1);
-        let fetch_timeout = positive(
-            "fetch_timeout_secs",
-            s.fetch_timeout_secs,
-            defaults::FETCH_TIMEOUT_SECS,
-        );
         let cache_mib = positive("cache_max_mib", s.cache_max_mib, defaults::CACHE_MAX_MIB);
         let cache_ttl = positive(
             "cache_max_ttl_secs",
@@ -566,37 +741,58 @@ impl ServeConfig {
                 "replaced by cache_max_mib (the appraisal cache is bounded in bytes)",
             );
         }
-        let decision_log: Option<LogTarget> = p.parse(
-            "decision_log",
-            s.decision_log.as_deref().unwrap_or(defaults::DECISION_LOG),
-        );
-        if let Some(LogTarget::File(path)) = &decision_log
-            && let Some(parent) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && !parent.is_dir()
-        {
-            p.push(format!(
-                "decision_log {}: directory {} does not exist",
-                path.display(),
-                parent.display()
-            ));
+        Self {
+            cache_mib,
+            cache_ttl,
+            eval_ms,
+            request_timeout,
+            max_message_kib,
+            concurrency,
         }
-        let issuer = s
-            .token_issuer
-            .clone()
-            .unwrap_or_else(|| super::token::DEFAULT_ISSUER.to_string());
-        let signer = if s.sign_decisions.unwrap_or(true) {
-            let made = match &s.signing_key {
-                Some(path) => super::token::DecisionSigner::from_pem_file(path, &issuer),
-                None => super::token::DecisionSigner::generate(&issuer),
-            };
-            made.map(Arc::new).map_err(|e| p.push(e)).ok()
-        } else {
-            None
+    }
+}
+
+/// Where decisions are logged; a file's directory must exist.
+fn decision_log(s: &ServeSettings, p: &mut Problems) -> Option<LogTarget> {
+    let decision_log: Option<LogTarget> = p.parse(
+        "decision_log",
+        s.decision_log.as_deref().unwrap_or(defaults::DECISION_LOG),
+    );
+    if let Some(LogTarget::File(path)) = &decision_log
+        && let Some(parent) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        p.push(format!(
+            "decision_log {}: directory {} does not exist",
+            path.display(),
+            parent.display()
+        ));
+    }
+    decision_log
+}
+
+/// The key that signs decisions, unless signing is off.
+fn signer(s: &ServeSettings, p: &mut Problems) -> Option<Arc<super::token::DecisionSigner>> {
+    let issuer = s
+        .token_issuer
+        .clone()
+        .unwrap_or_else(|| super::token::DEFAULT_ISSUER.to_string());
+    if s.sign_decisions.unwrap_or(true) {
+        let made = match &s.signing_key {
+            Some(path) => super::token::DecisionSigner::from_pem_file(path, &issuer),
+            None => super::token::DecisionSigner::generate(&issuer),
         };
-        let clock = s.now.map(Clock::Fixed).unwrap_or(Clock::System);
-        // The state directory must exist and its epoch file, if any, be readable: a
-        // corrupt one is a start-up error, not silently forgotten protection.
-        let manifest_epochs_file = s.state_dir.as_ref().and_then(|dir| {
+        made.map(Arc::new).map_err(|e| p.push(e)).ok()
+    } else {
+        None
+    }
+}
+
+/// The manifest epochs file in the state directory, when there is one.
+fn manifest_epochs_file(s: &ServeSettings, p: &mut Problems) -> Option<PathBuf> {
+    // The state directory must exist and its epoch file, if any, be readable: a
+    // corrupt one is a start-up error, not silently forgotten protection.
+    s.state_dir.as_ref().and_then(|dir| {
             if !dir.is_dir() {
                 p.push(format!(
                     "state_dir {}: not a directory (create it; the verifier keeps manifest epochs there)",
@@ -609,87 +805,7 @@ impl ServeConfig {
                 .map_err(|e| p.push(format!("state_dir: {e}")))
                 .ok()
                 .map(|_| file)
-        });
-        p.finish(|| {
-            Some(Self {
-                listen: listen?,
-                tls,
-                ra_tls,
-                admin: admin?,
-                reflection: s.reflection.unwrap_or(true),
-                max_message_bytes: usize::try_from(max_message_kib.saturating_mul(1024))
-                    .unwrap_or(usize::MAX),
-                concurrency_per_connection: usize::try_from(concurrency).unwrap_or(usize::MAX),
-                signer,
-                metrics_listen,
-                policy_dirs,
-                backend: BackendConfig {
-                    chain: chain?,
-                    ita,
-                    trust_root: trust_root?,
-                    collateral: CollateralConfig {
-                        file: s.collateral_file,
-                        dir: s.collateral_dir,
-                        pccs_url: (!s.offline.unwrap_or(false)).then_some(pccs_url),
-                        fetch_timeout: Duration::from_secs(fetch_timeout),
-                        clock,
-                        ..CollateralConfig::default()
-                    },
-                    platform_cache_bytes: s
-                        .platform_cache_kib
-                        .unwrap_or(defaults::PLATFORM_CACHE_KIB)
-                        .saturating_mul(1024),
-                },
-                decision_log: decision_log?,
-                options: ServiceOptions {
-                    cache_max_bytes: cache_mib.saturating_mul(1 << 20),
-                    cache_max_ttl: Duration::from_secs(cache_ttl),
-                    clock,
-                    manifest_epochs_file,
-                },
-                eval_limit: Duration::from_millis(eval_ms),
-                request_timeout: Duration::from_secs(request_timeout),
-            })
         })
-    }
-
-    /// Build the service: load policies, the backend and its collateral sources, the
-    /// decision log. Needs a tokio runtime (the decision log writer).
-    pub fn build(&self) -> Result<Arc<DecisionService>, Vec<String>> {
-        let policies =
-            PolicySet::load(&self.policy_dirs, self.eval_limit).map_err(|e| vec![e.to_string()])?;
-        let backend = self.backend.build().map_err(|e| vec![e])?;
-        let metrics = Arc::new(
-            Metrics::new()
-                .with_collateral(backend.collateral.clone())
-                .with_platforms(backend.platforms.clone()),
-        );
-        let log = DecisionLog::start(&self.decision_log)
-            .map_err(|e| vec![format!("decision_log: {e}")])?;
-        let service =
-            DecisionService::new(backend.appraiser, policies, &self.options, log, metrics);
-        Ok(Arc::new(match &self.signer {
-            Some(signer) => service.with_signer(signer.clone()),
-            None => service,
-        }))
-    }
-}
-
-/// Read a file that holds a credential, refusing it (as ssh refuses a private key) when
-/// its group or others may read or write it: the error names the mode.
-fn private_file(path: &std::path::Path) -> Result<String, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| e.to_string())?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "permissions {:04o} are too open: the file holds a credential, so group and others may have no access (chmod 600)",
-            mode & 0o7777
-        ));
-    }
-    std::fs::read_to_string(path).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -12,9 +12,13 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
+    /// `none`: claim values -1..=1; no statement either way.
     None,
+    /// `affirming`: values 2..=31; the aspect is trustworthy.
     Affirming,
+    /// `warning`: values 32..=95; usable, but with a known weakness.
     Warning,
+    /// `contraindicated`: values 96..=127; also every denied decision's status.
     Contraindicated,
 }
 
@@ -33,43 +37,72 @@ impl Tier {
 
 /// AR4SI values used here (draft-ietf-rats-ar4si §2.3).
 pub mod value {
+    /// No claim on this aspect (tier none): the evidence says nothing about it.
     pub const NO_CLAIM: i8 = 0;
+    /// Cryptographic validation failed (`hardware`, on `quote_signature_invalid`).
     pub const CRYPTO_FAILED: i8 = 99;
     // instance-identity
+    /// An allowed CVM whose event log replayed, so its app id is attested.
     pub const RECOGNIZED_INSTANCE: i8 = 2;
+    /// The evidence does not hold together: the quote does not bind the presented key, or
+    /// stated report data differs from the quote's (`key_not_bound`, `evidence_inconsistent`).
     pub const UNTRUSTWORTHY_INSTANCE: i8 = 96;
+    /// The app or tenant is not the one expected or pinned (`app_id_not_attested`,
+    /// `tenant_not_mapped`, `leader_*_mismatch`, …).
     pub const UNRECOGNIZED_INSTANCE: i8 = 97;
     // configuration
+    /// Allowed, RTMR3 replayed and a compose hash attested.
     pub const APPROVED_CONFIG: i8 = 2;
+    /// A debug TD, or a compose hash, OS image or `mr_config` not pinned, expected or attested.
     pub const UNSUPPORTABLE_CONFIG: i8 = 96;
     // executables
+    /// Allowed and verified, with the runtime (RTMR3) replayed too.
     pub const APPROVED_RT: i8 = 2;
+    /// Allowed and verified, boot registers only (no event log replayed to RTMR3).
     pub const APPROVED_BOOT: i8 = 3;
+    /// A boot register not pinned or not expected (`mrtd_not_pinned`, `rtmr0_not_pinned`, …).
     pub const UNRECOGNIZED_RT: i8 = 33;
+    /// The event log does not replay to the quote's RTMR3 (`rtmr3_mismatch`).
     pub const CONTRAINDICATED_RT: i8 = 96;
     // hardware
+    /// A verified quote whose TCB status is `UpToDate`.
     pub const GENUINE_HW: i8 = 2;
+    /// A verified quote with any other TCB status (e.g. `SWHardeningNeeded`): a warning.
     pub const UNSAFE_HW: i8 = 32;
+    /// The TCB status or an advisory refused by policy, or the TCB revoked
+    /// (`tcb_status_not_accepted`, `advisory_refused`, `tcb_revoked`).
     pub const CONTRAINDICATED_HW: i8 = 96;
+    /// Not a genuine TDX platform by the trust root (`untrusted_root`, `dev_root`,
+    /// `not_tdx`, `tcb_level_unknown`).
     pub const UNRECOGNIZED_HW: i8 = 97;
     // runtime-opaque
+    /// A verified quote of a TD not in debug mode: its memory is encrypted.
     pub const ENCRYPTED_RT: i8 = 2;
+    /// A debug TD: its memory is visible to the host.
     pub const VISIBLE_RT: i8 = 96;
     // sourced-data
+    /// A verified quote with its collateral (or ITA's token) in order.
     pub const TRUSTED_SOURCES: i8 = 2;
+    /// Collateral expired or unavailable, or the attestation service (ITA) failed.
     pub const UNTRUSTED_SOURCES: i8 = 32;
 }
 
 /// What the vector is read from.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Inputs<'a> {
+    /// The policy's decision; false makes the status `contraindicated`.
     pub allow: bool,
+    /// The decision's reason codes (empty when allowed); known codes set vector claims.
     pub reasons: &'a [&'a str],
     /// A quote was presented.
     pub has_quote: bool,
     /// It verified up to a trust root.
     pub verified: bool,
+    /// The quote's TCB status (`UpToDate`, `SWHardeningNeeded`, …); only `UpToDate` is
+    /// `hardware` genuine. `None`: not known (no verified quote).
     pub tcb_status: Option<&'a str>,
+    /// The TD's debug attribute: `Some(true)` makes `runtime-opaque` visible and the
+    /// configuration unsupportable; `None` without a quote.
     pub debug: Option<bool>,
     /// The event log replayed to RTMR3; `None` without an event log.
     pub rtmr3_replayed: Option<bool>,
@@ -81,7 +114,11 @@ pub struct Inputs<'a> {
 /// name → value; every claim this verifier speaks to is present, 0 where it has none).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Appraisal {
+    /// `ear_status`: `contraindicated` for a denial; for an allow, the vector's worst
+    /// tier but at least `affirming`.
     pub status: Tier,
+    /// `ear_trustworthiness_vector`: the six AR4SI claims (`configuration`, `executables`,
+    /// `hardware`, `instance-identity`, `runtime-opaque`, `sourced-data`) → [`value`].
     pub vector: BTreeMap<&'static str, i8>,
 }
 

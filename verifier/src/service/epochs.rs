@@ -104,6 +104,7 @@ impl Epochs {
             .len()
     }
 
+    /// No (cluster, signer) pair remembered yet: no manifest from a pinned signer accepted.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -30,15 +30,25 @@ use crate::claims::ConnectionClaims;
 /// How gRPC is served (from [`ServeConfig`]).
 #[derive(Debug, Clone)]
 pub struct GrpcOptions {
+    /// Time limit of one call, after which tonic cancels it (`request_timeout_secs`).
     pub request_timeout: Duration,
+    /// TLS for the TCP listener: the operator's certificate or the RA-TLS one; `None` =
+    /// plaintext (or a unix socket).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Who may call PolicyAdmin: `UNAUTHENTICATED` without the token, `PERMISSION_DENIED`
+    /// for a remote caller when there is no token.
     pub admin: AdminAccess,
+    /// Serve gRPC server reflection (v1 and v1alpha).
     pub reflection: bool,
+    /// Largest request decoded, bytes; a larger one is answered `RESOURCE_EXHAUSTED`.
     pub max_message_bytes: usize,
+    /// Requests served at once on one connection; further ones wait.
     pub concurrency_per_connection: usize,
 }
 
 impl GrpcOptions {
+    /// The gRPC part of a resolved configuration; `tls` is the operator's certificate
+    /// only ([`super::server::Verifier::attest`] sets the RA-TLS one).
     pub fn from_config(c: &ServeConfig) -> Self {
         Self {
             request_timeout: c.request_timeout,
@@ -66,6 +76,8 @@ pub struct GrpcVerifier {
 }
 
 impl GrpcVerifier {
+    /// The `Verifier` and `PolicyAdmin` handlers over `service`, PolicyAdmin gated by
+    /// `admin` (a bearer token, or local callers only).
     pub fn new(service: Arc<DecisionService>, admin: AdminAccess) -> Self {
         Self { service, admin }
     }

@@ -17,23 +17,35 @@ use crate::policy::{Grants, Reason};
 pub struct DecisionRecord {
     /// Unix seconds.
     pub time: u64,
+    /// The policy purpose decided for (the request's purpose).
     pub purpose: String,
+    /// The peer judged: address, user, database and SNI when given, evidence kind,
+    /// subject, MRTD, app id.
     pub peer: PeerSummary,
+    /// The decision.
     pub allow: bool,
+    /// Why it denies (code and message); empty when allowed.
     pub reasons: Vec<Reason>,
     /// What the policy granted (allowed decisions that grant something).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grants: Option<Grants>,
+    /// `sha256:<hex>` of the policy set that decided.
     pub policy_hash: String,
+    /// The evidence's appraisal came from the cache.
     pub cached: bool,
+    /// Microseconds from the start of the decision (cache lookup or appraisal) to its
+    /// verdict and signature.
     pub latency_us: u64,
 }
 
 /// Where decision lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogTarget {
+    /// No decision log (`off` or empty).
     Off,
+    /// Standard output (`stdout` or `-`; the default).
     Stdout,
+    /// Any other value: a file, created if missing and appended to.
     File(PathBuf),
 }
 

@@ -37,6 +37,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric registered under the `teesql_verifier_` prefix, all at zero; add
+    /// the collateral and platform counters with [`Self::with_collateral`] and
+    /// [`Self::with_platforms`].
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("teesql_verifier");
         let decisions = Family::<Labels, Counter>::default();
@@ -143,6 +146,9 @@ impl Metrics {
         self
     }
 
+    /// Count a decision by `purpose` and `outcome` (`allow`, `deny`) in
+    /// `teesql_verifier_decisions_total`, and observe its latency in
+    /// `teesql_verifier_decision_duration_seconds`.
     pub fn decision(&self, purpose: &str, allow: bool, latency: Duration) {
         let outcome = if allow { "allow" } else { "deny" };
         self.decisions
@@ -156,6 +162,8 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
+    /// Count an appraisal cache lookup, `result` `hit` or `miss`
+    /// (`teesql_verifier_appraisal_cache_total`).
     pub fn appraisal_cache(&self, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
         self.cache
@@ -163,6 +171,8 @@ impl Metrics {
             .inc();
     }
 
+    /// Set `teesql_verifier_appraisal_cache_bytes` for both tiers (`verified`,
+    /// `unverified`), in bytes.
     pub fn appraisal_cache_bytes(&self, verified: u64, unverified: u64) {
         for (tier, bytes) in [("verified", verified), ("unverified", unverified)] {
             self.cache_bytes
@@ -171,10 +181,13 @@ impl Metrics {
         }
     }
 
+    /// Count one decision log line dropped (`teesql_verifier_decision_log_dropped_total`).
     pub fn decision_log_dropped(&self) {
         self.log_dropped.inc();
     }
 
+    /// Count a policy reload, `result` `ok` or `rejected` (the old set kept serving)
+    /// (`teesql_verifier_policy_reloads_total`).
     pub fn policy_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "rejected" };
         self.reloads
@@ -182,6 +195,8 @@ impl Metrics {
             .inc();
     }
 
+    /// Make `hash` the one `teesql_verifier_policy_info{hash}` series at 1, dropping the
+    /// previous set's.
     pub fn policy_loaded(&self, hash: &str) {
         self.policy_info.clear();
         self.policy_info

@@ -38,9 +38,13 @@ use crate::policy::{Grants, PolicySet, Reason, Verdict};
 /// A decision as the service returns it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceDecision {
+    /// True only when the policy allowed and gave no reason to deny.
     pub allow: bool,
+    /// Why it denies, sorted and without duplicates; empty when allowed.
     pub reasons: Vec<Reason>,
+    /// The policy package that decided, `teesql.<purpose>`.
     pub policy_id: String,
+    /// `sha256:<hex>` over every file of the policy set that decided.
     pub policy_hash: String,
     /// The claims the policy evaluated, JSON.
     pub claims_json: String,
@@ -81,6 +85,8 @@ pub struct ServiceOptions {
     pub cache_max_bytes: u64,
     /// Longest an appraisal is kept, whatever its collateral says.
     pub cache_max_ttl: Duration,
+    /// The time decisions are made at: the system clock by default, or a fixed unix time
+    /// (`--now`).
     pub clock: Clock,
     /// Where accepted manifest epochs are kept across restarts; `None` = in memory.
     pub manifest_epochs_file: Option<std::path::PathBuf>,
@@ -119,6 +125,9 @@ pub struct DecisionService {
 }
 
 impl DecisionService {
+    /// A service deciding with `policies`, without a signer (see [`Self::with_signer`]).
+    /// The manifest epochs file is read here; if it cannot be, rollback protection
+    /// starts from memory (logged as an error).
     pub fn new(
         appraiser: Appraiser,
         policies: PolicySet,
@@ -172,6 +181,7 @@ impl DecisionService {
         self.policies.load_full()
     }
 
+    /// The metrics this service records, as served at `/metrics`.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

@@ -15,9 +15,12 @@ use crate::manifest::{MAX_MANIFEST_LEN, Manifest};
 /// A request the service cannot act on: the caller's mistake, named by field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
+    /// A field is missing, too large or out of range; gRPC `INVALID_ARGUMENT`.
     #[error("{field}: {message}")]
     InvalidArgument {
+        /// The request field at fault, as the `.proto` names it (`purpose`, `chain`, …).
         field: &'static str,
+        /// What is wrong with it, e.g. `"70 bytes, at most 64"`.
         message: String,
     },
 }
@@ -80,15 +83,28 @@ pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> Reques
 /// A TLS peer to judge.
 #[derive(Debug, Clone, Default)]
 pub struct PeerRequest {
+    /// The policy purpose to decide for (e.g. `sidecar`, `client`); must be one the
+    /// loaded policies decide, at most 64 bytes.
     pub purpose: String,
+    /// The peer's certificate chain, DER, leaf first (at most `MAX_CHAIN_LEN`); empty =
+    /// no certificate presented (evidence kind `none`).
     pub chain: Vec<Vec<u8>>,
+    /// What the connection asked for (user, database, SNI, address, ALPN, expected
+    /// measurements), each bounded in length.
     pub connection: ConnectionClaims,
 }
 
 /// Evidence given to `VerifyQuote`.
 #[derive(Debug, Clone)]
 pub enum QuoteInput {
-    Quote { quote: Vec<u8>, event_log: String },
+    /// A raw TDX quote, with the event log to replay when there is one.
+    Quote {
+        /// The quote bytes; not empty, at most `MAX_QUOTE_LEN`.
+        quote: Vec<u8>,
+        /// The guest agent's event log (JSON); empty or blank = none, so RTMR3 is not replayed.
+        event_log: String,
+    },
+    /// A dstack `VersionedAttestation` blob, not empty, at most `MAX_EVIDENCE_LEN` bytes.
     Attestation(Vec<u8>),
 }
 
@@ -124,19 +140,29 @@ impl TokenRequest {
 /// What the decision log and metrics need to know about the peer.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PeerSummary {
+    /// The peer's address as the caller reported it (`client_addr`); empty = not given
+    /// (or not a `VerifyPeer` call), left out of the log line.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub addr: String,
+    /// The Postgres user the peer asked for; empty = not given.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub user: String,
+    /// The database the peer asked for; empty = not given.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub database: String,
+    /// The TLS server name the peer sent; empty = none.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub sni: String,
+    /// The evidence kind (`ra_tls_cert`, `quote`, `none`, …), or `malformed` when it
+    /// did not decode.
     pub evidence: String,
+    /// The presented certificate's subject; `None` without a certificate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The quote's MRTD (hex); `None` without a quote.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mrtd: Option<String>,
+    /// The attested app id (hex); `None` when not attested.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
 }

@@ -17,14 +17,19 @@ use super::{DecisionService, grpc, reload};
 /// Where the verifier serves.
 #[derive(Debug)]
 pub struct Listeners {
+    /// Where the gRPC API is served (`listen`).
     pub grpc: GrpcListener,
+    /// Where `/metrics`, `/healthz` and `/.well-known/jwks.json` are served
+    /// (`metrics_listen`); `None` = not served.
     pub metrics: Option<TcpListener>,
 }
 
 /// The gRPC listener: TCP (plaintext or TLS, per the configuration) or a unix socket.
 #[derive(Debug)]
 pub enum GrpcListener {
+    /// A bound TCP listener (`--listen HOST:PORT`).
     Tcp(TcpListener),
+    /// A bound unix socket and its path; the socket file is removed when this is dropped.
     Unix(tokio::net::UnixListener, PathBuf),
 }
 

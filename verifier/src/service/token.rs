@@ -47,20 +47,37 @@ pub const DEFAULT_LIFETIME_SECS: u64 = 300;
 /// What a token says about one decision.
 #[derive(Debug, Clone, Default)]
 pub struct TokenFacts<'a> {
+    /// The policy purpose decided for (`teesql.purpose`).
     pub purpose: &'a str,
+    /// The decision (`teesql.allow`); false makes `ear_status` `contraindicated`.
     pub allow: bool,
+    /// The reason codes (`teesql.reasons`), empty when allowed; they also shape the EAR vector.
     pub reasons: Vec<&'a str>,
+    /// The deciding policy package, `teesql.<purpose>` (`teesql.policy_id`).
     pub policy_id: &'a str,
+    /// `sha256:<hex>` of the policy set (`teesql.policy_hash`), also the submodule's
+    /// `ear_appraisal_policy_ids`; empty leaves that out.
     pub policy_hash: &'a str,
     /// The service's SHA-256 over the evidence (see CLAIMS.md).
     pub evidence_sha256: [u8; 32],
+    /// Unix seconds until which the facts hold, the token's `exp`; 0 or past means
+    /// [`DEFAULT_LIFETIME_SECS`] from signing.
     pub valid_until: u64,
+    /// The quote's MRTD, lower-case hex (`teesql.tdx.mrtd`); `None` without a quote.
     pub mrtd: Option<&'a str>,
+    /// The quote's TCB status, e.g. `UpToDate` (`teesql.tdx.tcb_status`); `None` when unknown.
     pub tcb_status: Option<&'a str>,
+    /// The quote backend that decided: `dcap`, `ita` or `simulator` (`teesql.tdx.backend`).
     pub backend: Option<&'a str>,
+    /// The trust root verified against: `intel`, `dev`, `custom`, `intel-trust-authority`
+    /// or `simulator` (`teesql.tdx.root`).
     pub root: Option<&'a str>,
+    /// The quote verified up to a trust root (`teesql.tdx.verified`).
     pub verified: bool,
+    /// The attested app id, hex (`teesql.app.app_id`); `None` when not attested.
     pub app_id: Option<&'a str>,
+    /// The compose hash the replayed event log attests (`teesql.app.compose_hash`);
+    /// `None` without an event log.
     pub compose_hash: Option<&'a str>,
     /// What the policy granted.
     pub grants: Option<&'a crate::policy::Grants>,
@@ -68,6 +85,7 @@ pub struct TokenFacts<'a> {
     pub nonce: Option<&'a [u8]>,
     /// A quote was presented.
     pub has_quote: bool,
+    /// The TD's debug attribute (sets the EAR `runtime-opaque` claim); `None` without a quote.
     pub debug: Option<bool>,
     /// The event log replayed to RTMR3; `None` without an event log.
     pub rtmr3_replayed: Option<bool>,

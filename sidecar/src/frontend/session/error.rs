@@ -54,7 +54,9 @@ pub enum Refusal {
     AuthProtocol(String),
     /// The verifier's policy said no.
     VerifierDenied {
+        /// The policy package that decided, e.g. `teesql.sidecar` (`Decision.policy_id`).
         policy_id: String,
+        /// The decision's reasons as (code, message), e.g. `("mrtd_not_pinned", …)`.
         reasons: Vec<(String, String)>,
     },
     /// The verifier could not be asked in time (fail closed).
@@ -63,7 +65,12 @@ pub enum Refusal {
     PassthroughRefused(String),
     /// The client asked for a role (or the tenant user) that the verifier's decision does
     /// not grant it.
-    NotGranted { user: String, granted: Vec<String> },
+    NotGranted {
+        /// The StartupMessage's user: a role, or `auth.tenant_user`.
+        user: String,
+        /// The roles the decision's `grants.roles` names; empty when it grants none.
+        granted: Vec<String>,
+    },
 }
 
 impl Refusal {
@@ -139,7 +146,13 @@ pub enum HandshakeError {
     /// The client's address used up its failed logins.
     RateLimited,
     /// Refused with the generic error.
-    AuthFailed { user: String, causes: Vec<Refusal> },
+    AuthFailed {
+        /// The user the client named, for the log and the failed-login count.
+        user: String,
+        /// Every reason found (the secret's and the verifier's may both fail); logged,
+        /// never sent.
+        causes: Vec<Refusal>,
+    },
     /// Authenticated, but the login to Postgres failed.
     Backend(BackendError),
     /// `limits.max_connections` reached.
@@ -155,7 +168,9 @@ pub enum Response {
     Close,
     /// One `FATAL` ErrorResponse.
     Fatal {
+        /// The SQLSTATE, one of [`sqlstate`]'s (28000 for every refusal).
         code: &'static str,
+        /// The message (`M` field); [`AUTH_FAILED`] for every refused login.
         message: Cow<'static, str>,
     },
     /// An ErrorResponse from Postgres, passed on as it is (for example "database does
