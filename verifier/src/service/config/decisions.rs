@@ -1,0 +1,162 @@
+//! What decisions rest on and where they go: collateral sources, the limits one caller
+//! can make the service spend, the decision log, the signing key, the epochs file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use teesql_proto::settings::Problems;
+
+use super::settings::{ServeSettings, defaults};
+use crate::Clock;
+use crate::collateral::{CollateralConfig, INTEL_PCS_URL};
+use crate::service::LogTarget;
+use crate::service::token::DecisionSigner;
+
+/// Where collateral comes from: the offline file and directory, then the PCCS.
+pub(super) fn collateral(s: &ServeSettings, clock: Clock, p: &mut Problems) -> CollateralConfig {
+    let pccs_url = s
+        .pccs_url
+        .clone()
+        .unwrap_or_else(|| INTEL_PCS_URL.to_string());
+    if !(pccs_url.starts_with("http://") || pccs_url.starts_with("https://")) {
+        p.push(format!("pccs_url {pccs_url:?}: must be an http(s) URL"));
+    }
+    for (name, path) in [
+        ("collateral_dir", &s.collateral_dir),
+        ("collateral_file", &s.collateral_file),
+    ] {
+        if let Some(path) = path
+            && !path.exists()
+        {
+            p.push(format!("{name} {}: does not exist", path.display()));
+        }
+    }
+    let fetch_timeout = p.at_least(
+        "fetch_timeout_secs",
+        s.fetch_timeout_secs.unwrap_or(defaults::FETCH_TIMEOUT_SECS),
+        1,
+    );
+    CollateralConfig {
+        file: s.collateral_file.clone(),
+        dir: s.collateral_dir.clone(),
+        pccs_url: (!s.offline.unwrap_or(false)).then_some(pccs_url),
+        fetch_timeout: Duration::from_secs(fetch_timeout),
+        clock,
+        ..CollateralConfig::default()
+    }
+}
+
+/// What one caller can make the service spend: memory for appraisals, time per
+/// evaluation and request, message size and concurrency.
+pub(super) struct Limits {
+    pub(super) cache_mib: u64,
+    pub(super) cache_ttl: u64,
+    pub(super) eval_ms: u64,
+    pub(super) request_timeout: u64,
+    pub(super) max_message_kib: u64,
+    pub(super) concurrency: u64,
+}
+
+impl Limits {
+    pub(super) fn check(s: &ServeSettings, p: &mut Problems) -> Self {
+        let mut positive =
+            |name: &str, v: Option<u64>, default: u64| p.at_least(name, v.unwrap_or(default), 1);
+        let cache_mib = positive("cache_max_mib", s.cache_max_mib, defaults::CACHE_MAX_MIB);
+        let cache_ttl = positive(
+            "cache_max_ttl_secs",
+            s.cache_max_ttl_secs,
+            defaults::CACHE_MAX_TTL_SECS,
+        );
+        let eval_ms = positive(
+            "eval_timeout_ms",
+            s.eval_timeout_ms,
+            defaults::EVAL_TIMEOUT_MS,
+        );
+        let request_timeout = positive(
+            "request_timeout_secs",
+            s.request_timeout_secs,
+            defaults::REQUEST_TIMEOUT_SECS,
+        );
+        let max_message_kib = positive(
+            "max_message_kib",
+            s.max_message_kib,
+            defaults::MAX_MESSAGE_KIB,
+        );
+        let concurrency = positive(
+            "concurrency_per_connection",
+            s.concurrency_per_connection,
+            defaults::CONCURRENCY_PER_CONNECTION,
+        );
+        if s.cache_capacity.is_some() {
+            p.report(
+                "cache_capacity",
+                "replaced by cache_max_mib (the appraisal cache is bounded in bytes)",
+            );
+        }
+        Self {
+            cache_mib,
+            cache_ttl,
+            eval_ms,
+            request_timeout,
+            max_message_kib,
+            concurrency,
+        }
+    }
+}
+
+/// Where decisions are logged; a file's directory must exist.
+pub(super) fn decision_log(s: &ServeSettings, p: &mut Problems) -> Option<LogTarget> {
+    let decision_log: Option<LogTarget> = p.parse(
+        "decision_log",
+        s.decision_log.as_deref().unwrap_or(defaults::DECISION_LOG),
+    );
+    if let Some(LogTarget::File(path)) = &decision_log
+        && let Some(parent) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        p.push(format!(
+            "decision_log {}: directory {} does not exist",
+            path.display(),
+            parent.display()
+        ));
+    }
+    decision_log
+}
+
+/// The key that signs decisions, unless signing is off.
+pub(super) fn signer(s: &ServeSettings, p: &mut Problems) -> Option<Arc<DecisionSigner>> {
+    let issuer = s
+        .token_issuer
+        .clone()
+        .unwrap_or_else(|| crate::service::token::DEFAULT_ISSUER.to_string());
+    if s.sign_decisions.unwrap_or(true) {
+        let made = match &s.signing_key {
+            Some(path) => DecisionSigner::from_pem_file(path, &issuer),
+            None => DecisionSigner::generate(&issuer),
+        };
+        made.map(Arc::new).map_err(|e| p.push(e)).ok()
+    } else {
+        None
+    }
+}
+
+/// The manifest epochs file in the state directory, when there is one.
+pub(super) fn manifest_epochs_file(s: &ServeSettings, p: &mut Problems) -> Option<PathBuf> {
+    // The state directory must exist and its epoch file, if any, be readable: a
+    // corrupt one is a start-up error, not silently forgotten protection.
+    s.state_dir.as_ref().and_then(|dir| {
+            if !dir.is_dir() {
+                p.push(format!(
+                    "state_dir {}: not a directory (create it; the verifier keeps manifest epochs there)",
+                    dir.display()
+                ));
+                return None;
+            }
+            let file = dir.join("manifest-epochs.json");
+            crate::service::epochs::Epochs::open(Some(file.clone()))
+                .map_err(|e| p.push(format!("state_dir: {e}")))
+                .ok()
+                .map(|_| file)
+        })
+}
