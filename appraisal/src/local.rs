@@ -40,6 +40,43 @@ pub struct LocalSettings {
     pub fetch_timeout: Option<Duration>,
 }
 
+/// Why an appraisal in process could not be set up, or did not accept what it judged.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The policy profile does not load.
+    #[error("policy: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
+    /// The trust root or the backend cannot be built from the settings.
+    #[error("{0}")]
+    Setting(String),
+    /// The profile has no `verifier` purpose to judge a verifier by.
+    #[error(
+        "policy {dirs}: no purpose \"verifier\" (policies/teesql/verifier.rego) to judge the verifier by"
+    )]
+    NoVerifierPurpose {
+        /// The profile directories, comma-separated.
+        dirs: String,
+    },
+    /// The evidence does not decode.
+    #[error("evidence_malformed: {0}")]
+    Evidence(#[from] crate::evidence::EvidenceError),
+    /// The appraisal could not run.
+    #[error("{0}")]
+    Appraisal(String),
+    /// The token or its JWKS.
+    #[error(transparent)]
+    Token(#[from] crate::token::TokenError),
+    /// The token's key carries no quote.
+    #[error("key {kid:?} carries no quote (its verifier does not serve with --ra-tls)")]
+    NoKeyQuote {
+        /// The key's id.
+        kid: String,
+    },
+    /// The policy refused: `code: message; …` of its reasons.
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// Policies and a DCAP backend, ready to decide.
 #[derive(Debug, Clone)]
 pub struct LocalAppraiser {
@@ -50,9 +87,8 @@ pub struct LocalAppraiser {
 impl LocalAppraiser {
     /// Load the policies and build a DCAP-only backend (platform cache on, at most 16
     /// collateral sets cached); a bad policy, root or collateral setting is an error now.
-    pub fn new(s: &LocalSettings) -> Result<Self, String> {
-        let policies = PolicySet::load(&s.policy_dirs, DEFAULT_EVAL_LIMIT)
-            .map_err(|e| format!("policy: {e}"))?;
+    pub fn new(s: &LocalSettings) -> Result<Self, LocalError> {
+        let policies = PolicySet::load(&s.policy_dirs, DEFAULT_EVAL_LIMIT)?;
         let pccs_url = s
             .pccs_url
             .clone()
@@ -61,7 +97,8 @@ impl LocalAppraiser {
             chain: vec![BackendKind::Dcap],
             ita: None,
             platform_cache_bytes: crate::backend::platform::DEFAULT_PLATFORM_CACHE_BYTES,
-            trust_root: TrustRoot::choose(s.trust_root.as_deref(), s.dev_trust_root.as_deref())?,
+            trust_root: TrustRoot::choose(s.trust_root.as_deref(), s.dev_trust_root.as_deref())
+                .map_err(LocalError::Setting)?,
             collateral: CollateralConfig {
                 dir: s.collateral_dir.clone(),
                 pccs_url: (!s.offline).then_some(pccs_url),
@@ -71,7 +108,8 @@ impl LocalAppraiser {
                 ..CollateralConfig::default()
             },
         }
-        .build()?;
+        .build()
+        .map_err(LocalError::Setting)?;
         Ok(Self {
             policies: Arc::new(policies),
             appraiser: backend.appraiser,
@@ -89,7 +127,7 @@ impl LocalAppraiser {
         evidence: &Evidence,
         purpose: &str,
         expected_report_data: Option<&[u8]>,
-    ) -> Result<Decision, String> {
+    ) -> Result<Decision, LocalError> {
         let request = DecisionRequest {
             expected_report_data,
             ..DecisionRequest::new(evidence, purpose, Clock::System.now())
@@ -97,7 +135,7 @@ impl LocalAppraiser {
         self.appraiser
             .decide(&self.policies, request)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| LocalError::Appraisal(e.to_string()))
     }
 }
 
@@ -136,7 +174,7 @@ pub struct VerifierIdentity {
 impl VerifierIdentity {
     /// Refuses a policy set without the `verifier` purpose: with nothing to judge the
     /// verifier by, no verifier could be trusted.
-    pub fn new(s: &LocalSettings) -> Result<Self, String> {
+    pub fn new(s: &LocalSettings) -> Result<Self, LocalError> {
         let local = LocalAppraiser::new(s)?;
         if !local
             .policies()
@@ -144,28 +182,27 @@ impl VerifierIdentity {
             .iter()
             .any(|p| p == VERIFIER_PURPOSE)
         {
-            return Err(format!(
-                "policy {}: no purpose {VERIFIER_PURPOSE:?} (policies/teesql/verifier.rego) to judge the verifier by",
-                s.policy_dirs
+            return Err(LocalError::NoVerifierPurpose {
+                dirs: s
+                    .policy_dirs
                     .iter()
                     .map(|d| d.display().to_string())
                     .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+                    .join(", "),
+            });
         }
         Ok(Self { local })
     }
 
     /// Appraise a certificate chain (leaf first); `Ok` with what was attested.
-    pub async fn appraise(&self, chain: &[CertificateDer<'static>]) -> Result<String, String> {
+    pub async fn appraise(&self, chain: &[CertificateDer<'static>]) -> Result<String, LocalError> {
         let der: Vec<Vec<u8>> = chain.iter().map(|c| c.as_ref().to_vec()).collect();
-        let evidence = evidence::decode_certificate_der(&der)
-            .map_err(|e| format!("evidence_malformed: {e}"))?;
+        let evidence = evidence::decode_certificate_der(&der)?;
         let decision = self.local.decide(&evidence, VERIFIER_PURPOSE, None).await?;
         if decision.allow {
             Ok(identity_summary(&decision))
         } else {
-            Err(refusal(&decision))
+            Err(LocalError::Refused(refusal(&decision)))
         }
     }
 }
@@ -175,16 +212,18 @@ impl VerifierIdentity {
     /// `--ra-tls` publishes one), which must bind that key, appraised under the purpose
     /// `verifier`. Checks only the signer; [`crate::token::verify`] checks the
     /// token.
-    pub async fn appraise_token_signer(&self, token: &str, jwks: &str) -> Result<String, String> {
+    pub async fn appraise_token_signer(
+        &self,
+        token: &str,
+        jwks: &str,
+    ) -> Result<String, LocalError> {
         let kid = jsonwebtoken::decode_header(token)
             .ok()
             .and_then(|h| h.kid)
-            .ok_or("the token names no key")?;
-        let q = crate::token::key_quote(jwks, &kid)?.ok_or_else(|| {
-            format!("key {kid:?} carries no quote (its verifier does not serve with --ra-tls)")
-        })?;
-        let evidence = evidence::decode_getquote_json(&q.getquote)
-            .map_err(|e| format!("key {kid:?}: its quote: {e}"))?;
+            .ok_or(crate::token::TokenError::NoKid)?;
+        let q = crate::token::key_quote(jwks, &kid)?
+            .ok_or_else(|| LocalError::NoKeyQuote { kid: kid.clone() })?;
+        let evidence = evidence::decode_getquote_json(&q.getquote)?;
         let decision = self
             .local
             .decide(&evidence, VERIFIER_PURPOSE, Some(&q.expected_report_data))
@@ -192,7 +231,7 @@ impl VerifierIdentity {
         if decision.allow {
             Ok(identity_summary(&decision))
         } else {
-            Err(refusal(&decision))
+            Err(LocalError::Refused(refusal(&decision)))
         }
     }
 }
@@ -202,6 +241,6 @@ impl teesql_proto::transport::PeerCheck for VerifierIdentity {
         &'a self,
         chain: &'a [CertificateDer<'static>],
     ) -> teesql_proto::transport::CheckFuture<'a> {
-        Box::pin(self.appraise(chain))
+        Box::pin(async move { self.appraise(chain).await.map_err(|e| e.to_string()) })
     }
 }

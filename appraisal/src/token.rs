@@ -8,6 +8,48 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::Digest;
 
+/// Why a decision token, or the quote its signing key carries, is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The JWKS is not a JSON Web Key Set.
+    #[error("the JWKS is not valid: {0}")]
+    Jwks(String),
+    /// The token's JOSE header does not decode.
+    #[error("the token's header: {0}")]
+    Header(String),
+    /// The token is signed with another algorithm than ES256.
+    #[error("the token is signed with {0}; decision tokens use ES256")]
+    Algorithm(String),
+    /// The token's header names no key.
+    #[error("the token names no key (kid)")]
+    NoKid,
+    /// The JWKS has no key with the token's `kid`.
+    #[error("no key {0:?} in the JWKS")]
+    UnknownKey(String),
+    /// The key is in the JWKS but unusable.
+    #[error("key {kid:?}: {detail}")]
+    Key {
+        /// The key's id.
+        kid: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The signature, issuer or a required claim does not check.
+    #[error("the token does not verify: {0}")]
+    Signature(String),
+    /// The token has no numeric `exp`.
+    #[error("the token has no numeric exp")]
+    NoExp,
+    /// The token expired (more than 60 s before `now`).
+    #[error("the token expired at {exp} (now {now})")]
+    Expired {
+        /// The token's `exp`, unix seconds.
+        exp: u64,
+        /// The time it was checked at, unix seconds.
+        now: u64,
+    },
+}
+
 /// The JWK member that carries the quote binding the key.
 pub const JWK_QUOTE_MEMBER: &str = "teesql_getquote";
 
@@ -31,14 +73,13 @@ pub struct KeyQuote {
 }
 
 /// The quote a JWKS publishes for key `kid`; `None` when the key carries none.
-pub fn key_quote(jwks: &str, kid: &str) -> Result<Option<KeyQuote>, String> {
+pub fn key_quote(jwks: &str, kid: &str) -> Result<Option<KeyQuote>, TokenError> {
     use base64::Engine;
-    let set: Value =
-        serde_json::from_str(jwks).map_err(|e| format!("the JWKS is not valid: {e}"))?;
+    let set: Value = serde_json::from_str(jwks).map_err(|e| TokenError::Jwks(e.to_string()))?;
     let key = set["keys"]
         .as_array()
         .and_then(|keys| keys.iter().find(|k| k["kid"] == kid))
-        .ok_or_else(|| format!("no key {kid:?} in the JWKS"))?;
+        .ok_or_else(|| TokenError::UnknownKey(kid.to_string()))?;
     let Some(getquote) = key.get(JWK_QUOTE_MEMBER) else {
         return Ok(None);
     };
@@ -51,12 +92,15 @@ pub fn key_quote(jwks: &str, kid: &str) -> Result<Option<KeyQuote>, String> {
                     .ok()
             })
             .filter(|v| v.len() == 32)
-            .ok_or_else(|| format!("key {kid:?}: {name} is not a P-256 coordinate"))
+            .ok_or_else(|| TokenError::Key {
+                kid: kid.to_string(),
+                detail: format!("{name} is not a P-256 coordinate"),
+            })
     };
     let mut point = vec![0x04];
     point.extend(coord("x")?);
     point.extend(coord("y")?);
-    let json = serde_json::to_vec(getquote).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(getquote).map_err(|e| TokenError::Jwks(e.to_string()))?;
     Ok(Some(KeyQuote {
         getquote: json,
         expected_report_data: key_report_data(&point),
@@ -66,22 +110,26 @@ pub fn key_quote(jwks: &str, kid: &str) -> Result<Option<KeyQuote>, String> {
 /// Check a decision token against a JWKS (as a relying party does): ES256 only, the key
 /// by `kid`, the signature, `exp` at `now` (60 s skew), and `iss` when given. Returns the
 /// claims.
-pub fn verify(token: &str, jwks: &str, issuer: Option<&str>, now: u64) -> Result<Value, String> {
-    let set: JwkSet =
-        serde_json::from_str(jwks).map_err(|e| format!("the JWKS is not valid: {e}"))?;
+pub fn verify(
+    token: &str,
+    jwks: &str,
+    issuer: Option<&str>,
+    now: u64,
+) -> Result<Value, TokenError> {
+    let set: JwkSet = serde_json::from_str(jwks).map_err(|e| TokenError::Jwks(e.to_string()))?;
     let header =
-        jsonwebtoken::decode_header(token).map_err(|e| format!("the token's header: {e}"))?;
+        jsonwebtoken::decode_header(token).map_err(|e| TokenError::Header(e.to_string()))?;
     if header.alg != Algorithm::ES256 {
-        return Err(format!(
-            "the token is signed with {:?}; decision tokens use ES256",
-            header.alg
-        ));
+        return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
     }
-    let kid = header.kid.ok_or("the token names no key (kid)")?;
+    let kid = header.kid.ok_or(TokenError::NoKid)?;
     let jwk = set
         .find(&kid)
-        .ok_or_else(|| format!("no key {kid:?} in the JWKS"))?;
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid:?}: {e}"))?;
+        .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| TokenError::Key {
+        kid: kid.clone(),
+        detail: e.to_string(),
+    })?;
     let mut v = Validation::new(Algorithm::ES256);
     v.validate_exp = false;
     v.validate_aud = false;
@@ -90,12 +138,10 @@ pub fn verify(token: &str, jwks: &str, issuer: Option<&str>, now: u64) -> Result
         v.set_issuer(&[iss]);
     }
     let data = jsonwebtoken::decode::<Value>(token, &key, &v)
-        .map_err(|e| format!("the token does not verify: {e}"))?;
-    let exp = data.claims["exp"]
-        .as_u64()
-        .ok_or("the token has no numeric exp")?;
+        .map_err(|e| TokenError::Signature(e.to_string()))?;
+    let exp = data.claims["exp"].as_u64().ok_or(TokenError::NoExp)?;
     if now > exp.saturating_add(60) {
-        return Err(format!("the token expired at {exp} (now {now})"));
+        return Err(TokenError::Expired { exp, now });
     }
     Ok(data.claims)
 }

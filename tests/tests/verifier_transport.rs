@@ -248,7 +248,8 @@ async fn sidecar_and_forward_trust_a_verifier_by_its_quote_and_refuse_another_id
     let e = identity
         .appraise_token_signer(&token, &bare.to_string())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("carries no quote"), "{e}");
     let other_signer =
         teesql_verifier::service::token::DecisionSigner::generate("teesql-verifier").unwrap();
@@ -259,7 +260,8 @@ async fn sidecar_and_forward_trust_a_verifier_by_its_quote_and_refuse_another_id
     let e = identity
         .appraise_token_signer(&token, &swapped.to_string())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("key_not_bound"), "{e}");
 }
 

@@ -103,6 +103,7 @@ pub async fn run(cmd: TokenCommand) -> ExitCode {
                 }),
                 ..LocalSettings::default()
             })
+            .map_err(|e| e.to_string())
         }) {
             Ok(l) => l,
             Err(e) => return super::usage_error(e),

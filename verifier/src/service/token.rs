@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 /// What a relying party does with a token, in the appraisal library (the sidecar and
 /// `token verify` use it without the service).
-pub use teesql_appraisal::token::{JWK_QUOTE_MEMBER, KeyQuote, key_quote, key_report_data, verify};
+pub use teesql_appraisal::token::{
+    JWK_QUOTE_MEMBER, KeyQuote, TokenError, key_quote, key_report_data, verify,
+};
 
 /// `eat_profile` of decision tokens: EAR as draft-ietf-rats-ear-04 defines it.
 pub const PROFILE: &str = "tag:ietf.org,2026:rats/ear#04";
@@ -299,19 +301,20 @@ mod tests {
         assert_eq!(c["teesql"]["allow"], true);
         assert_eq!(c["ear_status"], "affirming");
         assert_eq!(c["exp"], 2_000);
-        assert!(
-            verify(&t, s.jwks_json(), Some("v1"), 2_100)
-                .unwrap_err()
-                .contains("expired")
+        assert_eq!(
+            verify(&t, s.jwks_json(), Some("v1"), 2_100).unwrap_err(),
+            TokenError::Expired {
+                exp: 2_000,
+                now: 2_100
+            }
         );
         assert!(verify(&t, s.jwks_json(), Some("other"), 1_500).is_err());
         // Another key's JWKS: the kid is unknown.
         let other = DecisionSigner::generate("v1").unwrap();
-        assert!(
-            verify(&t, other.jwks_json(), None, 1_500)
-                .unwrap_err()
-                .contains("no key")
-        );
+        assert!(matches!(
+            verify(&t, other.jwks_json(), None, 1_500).unwrap_err(),
+            TokenError::UnknownKey(_)
+        ));
         // A payload changed by one claim no longer matches its signature.
         let parts: Vec<&str> = t.split('.').collect();
         use base64::Engine;
@@ -320,11 +323,10 @@ mod tests {
         let forged = payload.replace("\"allow\":true", "\"allow\":false");
         assert_ne!(forged, payload);
         let forged = format!("{}.{}.{}", parts[0], b64.encode(forged), parts[2]);
-        assert!(
-            verify(&forged, s.jwks_json(), None, 1_500)
-                .unwrap_err()
-                .contains("does not verify")
-        );
+        assert!(matches!(
+            verify(&forged, s.jwks_json(), None, 1_500).unwrap_err(),
+            TokenError::Signature(_)
+        ));
     }
 
     #[test]
