@@ -118,6 +118,9 @@ pub struct TdxClaims {
     pub mr_config: Option<MrConfigClaims>,
     /// With `ita`: what Intel Trust Authority's token said beyond the quote.
     pub ita: Option<crate::backend::ItaFacts>,
+    /// The TCB lifecycle: the deciding set's number, the platform under Intel's early
+    /// set, what must rise (`dcap`, verified quotes; see CLAIMS.md `tdx.tcb`).
+    pub tcb: Option<crate::tcb::TcbClaims>,
 }
 
 /// What the event log says about the application. The identity fields come only from
@@ -323,6 +326,7 @@ impl AppraisedEvidence {
                 collateral: f.collateral,
                 mr_config: None,
                 ita: f.ita.clone(),
+                tcb: f.tcb.clone(),
             }
         });
 

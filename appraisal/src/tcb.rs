@@ -244,6 +244,76 @@ pub fn verify_signed(
     .map_err(|_| bad("the body's signature is not the signing certificate's".into()))
 }
 
+/// A TCB info as PCS serves it: the exact text, its signature and the issuer chain that
+/// signs it. Read beside a quote's collateral for the `early` set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedTcbInfo {
+    /// The `tcbInfo` object, byte for byte as served (the signature covers these bytes).
+    pub tcb_info: String,
+    /// r‖s, 64 bytes.
+    pub signature: Vec<u8>,
+    /// The `TCB-Info-Issuer-Chain` (PEM).
+    pub issuer_chain: String,
+    /// Its `tcbEvaluationDataNumber`.
+    pub eval_data_number: u32,
+    /// Its `nextUpdate`, unix seconds: it is fetched again after that.
+    pub next_update: i64,
+}
+
+impl SignedTcbInfo {
+    /// Wrap a TCB info, reading its number and next update.
+    pub fn new(
+        tcb_info: String,
+        signature: Vec<u8>,
+        issuer_chain: String,
+    ) -> Result<Self, TcbError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Head {
+            tcb_evaluation_data_number: u32,
+            next_update: String,
+        }
+        let malformed = |detail: String| TcbError::Malformed {
+            what: "the TCB info",
+            detail,
+        };
+        if tcb_info.len() > MAX_TCB_BODY_LEN {
+            return Err(malformed(format!("{} bytes", tcb_info.len())));
+        }
+        let head: Head = serde_json::from_str(&tcb_info).map_err(|e| malformed(e.to_string()))?;
+        let next_update = parse_date(&head.next_update)
+            .ok_or_else(|| malformed(format!("nextUpdate {:?}", head.next_update)))?;
+        Ok(Self {
+            tcb_info,
+            signature,
+            issuer_chain,
+            eval_data_number: head.tcb_evaluation_data_number,
+            next_update,
+        })
+    }
+
+    /// Check its signature under `root_der`.
+    pub fn verify(&self, root_der: &[u8]) -> Result<(), TcbError> {
+        verify_signed(
+            "the early TCB info",
+            self.tcb_info.as_bytes(),
+            &hex::encode(&self.signature),
+            self.issuer_chain.as_bytes(),
+            root_der,
+        )
+    }
+}
+
+/// The `/tcbevaluationdatanumbers` response as served, checked when read
+/// ([`EvalNumbers::from_signed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedList {
+    /// The response body, byte for byte.
+    pub body: Vec<u8>,
+    /// The `TCB-Evaluation-Data-Numbers-Issuer-Chain` (PEM).
+    pub issuer_chain: String,
+}
+
 /// What TCB level matching needs of a platform: the PCK certificate's SGX TCB
 /// components and PCESVN, and the TD's TEE_TCB_SVN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -557,8 +627,8 @@ mod tests {
     #[test]
     fn intels_evaluation_numbers_verify_and_read() {
         let n = EvalNumbers::from_signed(
-            &std::fs::read(testdata("pcs/tdx_tcb_eval_nums.body.json")).unwrap(),
-            &std::fs::read(testdata("pcs/tdx_tcb_eval_nums.issuer_chain.pem")).unwrap(),
+            &std::fs::read(testdata("pcs/tcbevaluationdatanumbers.json")).unwrap(),
+            &std::fs::read(testdata("pcs/tcbevaluationdatanumbers.issuer_chain.pem")).unwrap(),
             &intel_root(),
         )
         .unwrap();
@@ -574,8 +644,9 @@ mod tests {
 
     #[test]
     fn a_changed_number_or_another_root_is_refused() {
-        let body = std::fs::read(testdata("pcs/tdx_tcb_eval_nums.body.json")).unwrap();
-        let chain = std::fs::read(testdata("pcs/tdx_tcb_eval_nums.issuer_chain.pem")).unwrap();
+        let body = std::fs::read(testdata("pcs/tcbevaluationdatanumbers.json")).unwrap();
+        let chain =
+            std::fs::read(testdata("pcs/tcbevaluationdatanumbers.issuer_chain.pem")).unwrap();
         let text = String::from_utf8(body.clone()).unwrap();
         let forged = text.replacen(
             "\"tcbEvaluationDataNumber\":19",
@@ -618,11 +689,7 @@ mod tests {
         assert_eq!(standard.status, "UpToDate");
         assert_eq!(standard.eval_data_number, 17);
         assert!(standard.fix.is_empty(), "{:?}", standard.fix);
-        let early = standing(
-            &tcb_info("pcs/tdx_collateral_B0C06F000000_eval20.json"),
-            &platform,
-        )
-        .unwrap();
+        let early = standing(&tcb_info("pcs/B0C06F000000-eval20.early.json"), &platform).unwrap();
         assert_eq!(early.status, "OutOfDate");
         assert_eq!(early.eval_data_number, 20);
         let fix: Vec<(&str, Option<&str>, u16, u16)> = early

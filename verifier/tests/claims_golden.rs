@@ -115,6 +115,15 @@ async fn claims_documents_match_golden_files_and_claims_md() {
     )
     .await;
     let a = check_golden("claims-tdx-quote.json", &quote_claims);
+    // The same quote with Intel's next set beside the standard one (a collateral
+    // directory with the early set and the evaluation numbers): TCB-R 20 demotes it.
+    let early_claims = claims_for(&quote, Some("pcs"), 1_751_000_000, "quote", None).await;
+    let e = check_golden("claims-tdx-quote-early.json", &early_claims);
+    assert_eq!(e["tdx"]["tcb_status"], "UpToDate");
+    assert_eq!(e["tdx"]["tcb"]["eval_data_number"], 17);
+    assert_eq!(e["tdx"]["tcb"]["early"]["status"], "OutOfDate");
+    assert_eq!(e["tdx"]["tcb"]["early"]["eval_data_number"], 20);
+    assert_eq!(e["tdx"]["tcb"]["fix"][3]["component"], "tdx_module");
 
     let cert = evidence::decode_certificate_der(&[ra_tls_cert()]).unwrap();
     let connection = ConnectionClaims {
@@ -248,7 +257,7 @@ async fn claims_documents_match_golden_files_and_claims_md() {
 
     // Every path produced is documented, and every documented path is produced.
     let mut produced = BTreeSet::new();
-    for doc in [&a, &b, &c, &g, &i, &r] {
+    for doc in [&a, &e, &b, &c, &g, &i, &r] {
         paths(doc, "", &mut produced);
     }
     let documented = documented_paths();

@@ -11,6 +11,7 @@ use super::platform::{PlatformCache, PlatformKey, signature_verifies};
 use super::{BoxFuture, QuoteBackend, QuoteFacts, TrustRootKind, VerifyError, VerifyErrorCode};
 use crate::collateral::{Collateral, CollateralError, CollateralProvider};
 use crate::evidence::{Quote, TeeType};
+use crate::tcb::{EvalNumbers, Platform, SignedList, SignedTcbInfo, Standing, TcbClaims};
 
 /// Intel's SGX/TDX root CA (DER), as shipped by dcap-qvl.
 static INTEL_ROOT_DER: &[u8] = include_bytes!("intel_root_ca.der");
@@ -129,7 +130,33 @@ pub struct DcapBackend {
     root: TrustRoot,
     collateral: Arc<CollateralProvider>,
     platforms: Option<Arc<PlatformCache>>,
+    /// Platforms' standings under the standard and early sets, by everything they are
+    /// computed from: a known platform's next quote reuses them.
+    standings: moka::sync::Cache<[u8; 32], Arc<Standings>>,
 }
+
+/// What the TCB lifecycle claims of one platform are made from.
+#[derive(Debug)]
+struct Standings {
+    standard: Standing,
+    early: Option<Standing>,
+    numbers: Option<EvalNumbers>,
+}
+
+impl Standings {
+    /// Approximate heap bytes, for the cache's byte budget.
+    fn weight(&self) -> u32 {
+        let standing = |s: &Standing| 96 + 64 * (s.fix.len() + s.advisory_ids.len());
+        let n = 256
+            + standing(&self.standard)
+            + self.early.as_ref().map_or(0, standing)
+            + self.numbers.as_ref().map_or(0, |n| 64 * n.numbers.len());
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+/// Bytes the standings cache may hold.
+const STANDINGS_BUDGET: u64 = 1 << 20;
 
 impl DcapBackend {
     /// Every quote gets dcap-qvl's full verification.
@@ -137,6 +164,10 @@ impl DcapBackend {
         Self {
             root,
             collateral,
+            standings: moka::sync::Cache::builder()
+                .max_capacity(STANDINGS_BUDGET)
+                .weigher(|_, v: &Arc<Standings>| v.weight())
+                .build(),
             platforms: None,
         }
     }
@@ -158,7 +189,7 @@ impl DcapBackend {
     /// the full verification, a tenth of that for a quote from a known platform.
     pub fn verify_with(&self, quote: &Quote, collateral: &Collateral, now: u64) -> QuoteFacts {
         let key = self.platform_key(quote);
-        self.verify_keyed(quote, collateral, now, key.as_ref())
+        self.verify_keyed(quote, collateral, now, key.as_ref(), Lifecycle::default())
     }
 
     /// The quote's key in the platform cache, when there is a cache and it serves the quote.
@@ -173,6 +204,7 @@ impl DcapBackend {
         collateral: &Collateral,
         now: u64,
         key: Option<&PlatformKey>,
+        lifecycle: Lifecycle,
     ) -> QuoteFacts {
         let mut facts = self.facts(Some(collateral));
         let window = collateral.window;
@@ -194,6 +226,7 @@ impl DcapBackend {
                     facts.verified = true;
                     facts.tcb_status = Some(entry.tcb_status.clone());
                     facts.advisory_ids = entry.advisory_ids.clone();
+                    facts.tcb = self.tcb_claims(quote, collateral, &lifecycle, now);
                 } else {
                     // dcap-qvl's words for the same failure, so policies and logs see one.
                     facts.error = Some(VerifyError {
@@ -225,6 +258,7 @@ impl DcapBackend {
                 facts.verified = true;
                 facts.tcb_status = Some(claims.tcb.status.to_string());
                 facts.advisory_ids = claims.tcb.advisory_ids;
+                facts.tcb = self.tcb_claims(quote, collateral, &lifecycle, now);
                 if let Some((cache, key)) = platform {
                     cache.insert(
                         key,
@@ -239,6 +273,86 @@ impl DcapBackend {
             Err(e) => facts.error = Some(classify(&e)),
         }
         facts
+    }
+
+    /// The TCB lifecycle claims of a verified quote: its platform under the standard set
+    /// that verified it, under the early set when that is newer and signed under this
+    /// root, with the recovery dates of the evaluation numbers list. `None` when the
+    /// platform cannot be read or the standard TCB info matches no level.
+    fn tcb_claims(
+        &self,
+        quote: &Quote,
+        collateral: &Collateral,
+        lifecycle: &Lifecycle,
+        now: u64,
+    ) -> Option<TcbClaims> {
+        let platform = Platform::of(quote)
+            .map_err(|e| tracing::debug!(error = %e, "no TCB lifecycle claims"))
+            .ok()?;
+        let key = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(collateral.digest());
+            h.update(platform.fmspc);
+            h.update(platform.cpu_svn);
+            h.update(platform.pce_svn.to_le_bytes());
+            h.update(platform.tee_tcb_svn);
+            for part in [
+                lifecycle.early.as_ref().map(|e| e.tcb_info.as_bytes()),
+                lifecycle.early.as_ref().map(|e| e.signature.as_slice()),
+                lifecycle.numbers.as_ref().map(|n| n.body.as_slice()),
+            ] {
+                let part = part.unwrap_or_default();
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part);
+            }
+            <[u8; 32]>::from(h.finalize())
+        };
+        let standings = match self.standings.get(&key) {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(self.standings_of(&platform, collateral, lifecycle)?);
+                self.standings.insert(key, s.clone());
+                s
+            }
+        };
+        Some(TcbClaims::new(
+            &standings.standard,
+            standings.early.as_ref(),
+            standings.numbers.as_ref(),
+            now,
+        ))
+    }
+
+    fn standings_of(
+        &self,
+        platform: &Platform,
+        collateral: &Collateral,
+        lifecycle: &Lifecycle,
+    ) -> Option<Standings> {
+        let standard = crate::tcb::standing(&collateral.data.tcb_info, platform)
+            .map_err(|e| tracing::debug!(error = %e, "no TCB lifecycle claims"))
+            .ok()?;
+        let early = lifecycle
+            .early
+            .as_deref()
+            .filter(|e| e.eval_data_number > standard.eval_data_number)
+            .and_then(|e| {
+                e.verify(self.root.der())
+                    .and_then(|()| crate::tcb::standing(&e.tcb_info, platform))
+                    .map_err(|e| tracing::warn!(error = %e, "the early TCB info is not used"))
+                    .ok()
+            });
+        let numbers = lifecycle.numbers.as_deref().and_then(|n| {
+            EvalNumbers::from_signed(&n.body, n.issuer_chain.as_bytes(), self.root.der())
+                .map_err(|e| tracing::warn!(error = %e, "the TCB evaluation numbers are not used"))
+                .ok()
+        });
+        Some(Standings {
+            standard,
+            early,
+            numbers,
+        })
     }
 
     fn facts(&self, collateral: Option<&Collateral>) -> QuoteFacts {
@@ -278,7 +392,13 @@ impl QuoteBackend for DcapBackend {
                 return facts;
             }
             match self.collateral.collateral_for(quote).await {
-                Ok(c) => self.verify_keyed(quote, &c, now, key.as_ref()),
+                Ok(c) => {
+                    let lifecycle = Lifecycle {
+                        early: self.collateral.early_for(quote).await,
+                        numbers: self.collateral.eval_numbers_for(quote).await,
+                    };
+                    self.verify_keyed(quote, &c, now, key.as_ref(), lifecycle)
+                }
                 Err(e) => {
                     let mut facts = self.facts(None);
                     facts.error = Some(collateral_error(&e));
@@ -287,6 +407,13 @@ impl QuoteBackend for DcapBackend {
             }
         })
     }
+}
+
+/// The TCB lifecycle documents read beside a quote's collateral.
+#[derive(Debug, Default)]
+struct Lifecycle {
+    early: Option<Arc<SignedTcbInfo>>,
+    numbers: Option<Arc<SignedList>>,
 }
 
 /// The quote's PCK certificate is signed by its PCK CA, and that CA by the trust root's

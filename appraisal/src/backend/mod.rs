@@ -101,13 +101,18 @@ impl BackendConfig {
         }
     }
 
-    /// Recorded evidence: Intel's root, collateral from one file (or none), appraised as
-    /// of `now`, nothing fetched.
-    pub fn recorded(collateral_file: Option<PathBuf>, now: u64) -> Self {
+    /// Recorded evidence: Intel's root, collateral from one file or a directory (or none),
+    /// appraised as of `now`, nothing fetched.
+    pub fn recorded(collateral: Option<PathBuf>, now: u64) -> Self {
+        let (file, dir) = match collateral {
+            Some(dir) if dir.is_dir() => (None, Some(dir)),
+            file => (file, None),
+        };
         Self::dcap(
             dcap::TrustRoot::intel(),
             crate::collateral::CollateralConfig {
-                file: collateral_file,
+                file,
+                dir,
                 pccs_url: None,
                 clock: crate::Clock::Fixed(now),
                 ..Default::default()
@@ -340,6 +345,9 @@ pub struct QuoteFacts {
     pub token_sha256: Option<String>,
     /// What an Intel Trust Authority token said beyond the quote (`ita` only).
     pub ita: Option<ItaFacts>,
+    /// The TCB lifecycle (`tdx.tcb`): the standard set's number, the early set's verdict,
+    /// what must rise (`dcap` only, verified quotes only).
+    pub tcb: Option<crate::tcb::TcbClaims>,
 }
 
 /// What an Intel Trust Authority token says besides the quote's facts (claims `tdx.ita`).
@@ -377,6 +385,7 @@ impl QuoteFacts {
             collateral: None,
             token_sha256: None,
             ita: None,
+            tcb: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! for a short while (no refetch per request while a PCCS is down or rate-limits us), and
 //! only a few fetches run at once, whatever the number of keys asked for.
 
+mod early;
 mod pccs;
 
 use std::collections::HashMap;
@@ -339,6 +340,8 @@ pub struct CollateralProvider {
     /// Recent fetch failures by key, kept for `failure_ttl`.
     failures: moka::sync::Cache<CollateralKey, CollateralError>,
     fetch_slots: tokio::sync::Semaphore,
+    /// The early TCB info and evaluation numbers beside the collateral.
+    tcb: early::TcbSources,
     /// Fetch and cache counters, for metrics (explicit and offline sources not counted).
     pub stats: CollateralStats,
 }
@@ -388,6 +391,8 @@ impl CollateralProvider {
             .transpose()?
             .map(Arc::new);
         let mut offline = HashMap::new();
+        let mut tcb =
+            early::TcbSources::new(config.cache_capacity, config.failure_ttl, config.clock);
         if let Some(dir) = &config.dir {
             let entries = std::fs::read_dir(dir).map_err(|e| CollateralError::File {
                 path: dir.display().to_string(),
@@ -399,7 +404,8 @@ impl CollateralProvider {
                 .filter(|p| p.extension().is_some_and(|x| x == "json"))
                 .collect();
             paths.sort();
-            for path in paths {
+            tcb.load_dir(dir, &paths)?;
+            for path in paths.into_iter().filter(|p| !early::TcbSources::owns(p)) {
                 let c = Collateral::from_file(&path)?;
                 let key = c.key().map_err(|e| CollateralError::File {
                     path: path.display().to_string(),
@@ -429,6 +435,7 @@ impl CollateralProvider {
                 .time_to_live(config.failure_ttl)
                 .build(),
             fetch_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
+            tcb,
             stats: CollateralStats::default(),
         })
     }
@@ -474,6 +481,26 @@ impl CollateralProvider {
     pub fn clear_cache(&self) {
         self.cache.invalidate_all();
         self.failures.invalidate_all();
+        self.tcb.clear();
+    }
+
+    /// The `early` TCB info of `quote`'s platform (Intel's next TCB evaluation data set),
+    /// when a source has it. Never an error: it only forecasts; a failure is logged and
+    /// remembered for the failure TTL.
+    pub async fn early_for(&self, quote: &Quote) -> Option<Arc<crate::tcb::SignedTcbInfo>> {
+        let key = key_for_quote(quote).ok()?;
+        self.tcb
+            .early(&key, self.pccs.as_ref(), &self.fetch_slots, &self.stats)
+            .await
+    }
+
+    /// The list of TCB evaluation data numbers for `quote`'s TEE, with their recovery
+    /// dates, when a source has it (as [`Self::early_for`], never an error).
+    pub async fn eval_numbers_for(&self, quote: &Quote) -> Option<Arc<crate::tcb::SignedList>> {
+        let key = key_for_quote(quote).ok()?;
+        self.tcb
+            .numbers(&key, self.pccs.as_ref(), &self.fetch_slots, &self.stats)
+            .await
     }
 }
 

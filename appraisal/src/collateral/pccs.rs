@@ -88,10 +88,7 @@ impl PccsClient {
     }
 
     async fn fetch_set(&self, key: &CollateralKey) -> Result<QuoteCollateralV3, CollateralError> {
-        let tee = match key.tee {
-            TeeType::Tdx => "tdx",
-            TeeType::Sgx => "sgx",
-        };
+        let tee = tee_path(key.tee);
         let pck = self
             .get(
                 key,
@@ -158,6 +155,84 @@ impl PccsClient {
         })
     }
 
+    /// The `early` TCB info of `key`'s platform (`update=early`): Intel's next TCB
+    /// evaluation data set, served before it becomes the standard one.
+    pub async fn fetch_early_tcb(
+        &self,
+        key: &CollateralKey,
+    ) -> Result<crate::tcb::SignedTcbInfo, CollateralError> {
+        let tee = tee_path(key.tee);
+        let fetch = async {
+            let tcb = self
+                .get(
+                    key,
+                    &format!(
+                        "{tee}/certification/v4/tcb?fmspc={}&update=early",
+                        key.fmspc
+                    ),
+                )
+                .await?;
+            let invalid = |detail: String| CollateralError::Fetch {
+                key: key.clone(),
+                url: self.base.clone(),
+                detail: format!("tcb (early): {detail}"),
+            };
+            let chain = header(&tcb, "TCB-Info-Issuer-Chain")
+                .or_else(|| header(&tcb, "SGX-TCB-Info-Issuer-Chain"))
+                .ok_or_else(|| invalid("no TCB-Info-Issuer-Chain header".into()))?;
+            let resp: TcbInfoResponse<'_> =
+                serde_json::from_slice(&tcb.body).map_err(|e| invalid(e.to_string()))?;
+            let signature = hex::decode(&resp.signature).map_err(|e| invalid(e.to_string()))?;
+            crate::tcb::SignedTcbInfo::new(resp.tcb_info.get().to_string(), signature, chain)
+                .map_err(|e| invalid(e.to_string()))
+        };
+        self.within_timeout(key, fetch).await
+    }
+
+    /// The list of TCB evaluation data numbers Intel serves, with their TCB-recovery
+    /// dates (`/tcbevaluationdatanumbers`; Intel PCS has it, a PCCS may not).
+    pub async fn fetch_eval_numbers(
+        &self,
+        key: &CollateralKey,
+    ) -> Result<crate::tcb::SignedList, CollateralError> {
+        let tee = tee_path(key.tee);
+        let fetch = async {
+            let resp = self
+                .get(
+                    key,
+                    &format!("{tee}/certification/v4/tcbevaluationdatanumbers"),
+                )
+                .await?;
+            let issuer_chain = header(&resp, "TCB-Evaluation-Data-Numbers-Issuer-Chain")
+                .ok_or_else(|| CollateralError::Fetch {
+                    key: key.clone(),
+                    url: self.base.clone(),
+                    detail: "tcbevaluationdatanumbers: no TCB-Evaluation-Data-Numbers-Issuer-Chain header".into(),
+                })?;
+            Ok(crate::tcb::SignedList {
+                body: resp.body,
+                issuer_chain,
+            })
+        };
+        self.within_timeout(key, fetch).await
+    }
+
+    async fn within_timeout<T>(
+        &self,
+        key: &CollateralKey,
+        fetch: impl std::future::Future<Output = Result<T, CollateralError>>,
+    ) -> Result<T, CollateralError> {
+        tokio::time::timeout(self.timeout, fetch)
+            .await
+            .unwrap_or_else(|_| {
+                Err(CollateralError::Fetch {
+                    key: key.clone(),
+                    url: self.base.clone(),
+                    detail: format!("timed out after {:?}", self.timeout),
+                })
+            })
+    }
+
     /// A PCCS serves the root CA CRL itself; Intel PCS does not, so fall back to the
     /// CRL distribution point of the root certificate.
     async fn root_ca_crl(
@@ -216,6 +291,14 @@ impl PccsClient {
             })
         })?;
         Ok(Response { headers, body })
+    }
+}
+
+/// The PCS path segment of a TEE.
+fn tee_path(tee: TeeType) -> &'static str {
+    match tee {
+        TeeType::Tdx => "tdx",
+        TeeType::Sgx => "sgx",
     }
 }
 

@@ -1,0 +1,223 @@
+//! The TCB lifecycle documents read beside a quote's collateral: the `early` TCB info of
+//! its platform and the list of TCB evaluation data numbers. Both only forecast (the
+//! standard collateral decides), so neither can fail an appraisal: a source that does
+//! not have them, or fails, leaves the forecast out, and the failure is remembered like
+//! a collateral failure so a peer cannot turn each handshake into a fetch.
+//!
+//! Offline, a collateral directory may hold `<name>.early.json` (the `QuoteCollateralV3`
+//! shape; its TCB info is the early one) and `tcbevaluationdatanumbers.json` (the PCS
+//! body as served) with `tcbevaluationdatanumbers.issuer_chain.pem`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::pccs::PccsClient;
+use super::{Collateral, CollateralError, CollateralKey, CollateralStats};
+use crate::clock::Clock;
+use crate::evidence::TeeType;
+use crate::tcb::{SignedList, SignedTcbInfo};
+
+/// The evaluation numbers file in a collateral directory.
+pub const EVAL_NUMBERS_FILE: &str = "tcbevaluationdatanumbers.json";
+/// Its issuer chain.
+pub const EVAL_NUMBERS_CHAIN_FILE: &str = "tcbevaluationdatanumbers.issuer_chain.pem";
+/// The suffix of an early collateral file.
+pub const EARLY_SUFFIX: &str = ".early.json";
+/// How long a fetched evaluation numbers list is kept (Intel's `nextUpdate` is about 30
+/// days out; the list changes when a TCB recovery is published).
+const NUMBERS_TTL: Duration = Duration::from_secs(6 * 3600);
+/// Largest evaluation numbers file read.
+const MAX_NUMBERS_FILE: u64 = 256 << 10;
+
+/// Offline, cached and fetched TCB lifecycle documents.
+#[derive(Debug)]
+pub(super) struct TcbSources {
+    early_offline: HashMap<CollateralKey, Arc<SignedTcbInfo>>,
+    numbers_offline: HashMap<TeeType, Arc<SignedList>>,
+    early: moka::future::Cache<CollateralKey, Arc<SignedTcbInfo>>,
+    numbers: moka::future::Cache<TeeType, Arc<SignedList>>,
+    /// Recent failures (`early` or `numbers`, and the key), for the failure TTL.
+    failures: moka::sync::Cache<(bool, CollateralKey), ()>,
+}
+
+impl TcbSources {
+    pub(super) fn new(capacity: u64, failure_ttl: Duration, clock: Clock) -> Self {
+        Self {
+            early_offline: HashMap::new(),
+            numbers_offline: HashMap::new(),
+            early: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilNextUpdate { clock })
+                .build(),
+            numbers: moka::future::Cache::builder()
+                .max_capacity(4)
+                .time_to_live(NUMBERS_TTL)
+                .build(),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(failure_ttl)
+                .build(),
+        }
+    }
+
+    /// Whether a file of a collateral directory is one of these documents rather than a
+    /// standard collateral set.
+    pub(super) fn owns(path: &Path) -> bool {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        name.ends_with(EARLY_SUFFIX) || name == EVAL_NUMBERS_FILE
+    }
+
+    /// Load the early collateral files and the numbers list of a directory.
+    pub(super) fn load_dir(
+        &mut self,
+        dir: &Path,
+        paths: &[std::path::PathBuf],
+    ) -> Result<(), CollateralError> {
+        for path in paths.iter().filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(EARLY_SUFFIX))
+        }) {
+            let file_err = |detail: String| CollateralError::File {
+                path: path.display().to_string(),
+                detail,
+            };
+            let c = Collateral::from_file(path)?;
+            let key = c.key().map_err(|e| file_err(e.to_string()))?;
+            let early = SignedTcbInfo::new(
+                c.data.tcb_info.clone(),
+                c.data.tcb_info_signature.clone(),
+                c.data.tcb_info_issuer_chain.clone(),
+            )
+            .map_err(|e| file_err(e.to_string()))?;
+            tracing::debug!(path = %path.display(), %key, eval = early.eval_data_number, "loaded an early TCB info");
+            self.early_offline.insert(key, Arc::new(early));
+        }
+        let numbers = dir.join(EVAL_NUMBERS_FILE);
+        if numbers.exists() {
+            let file_err = |path: &Path, detail: String| CollateralError::File {
+                path: path.display().to_string(),
+                detail,
+            };
+            let read = |path: &Path| {
+                let len = std::fs::metadata(path)
+                    .map_err(|e| file_err(path, e.to_string()))?
+                    .len();
+                if len > MAX_NUMBERS_FILE {
+                    return Err(file_err(
+                        path,
+                        format!("{len} bytes, at most {MAX_NUMBERS_FILE}"),
+                    ));
+                }
+                std::fs::read(path).map_err(|e| file_err(path, e.to_string()))
+            };
+            let chain_path = dir.join(EVAL_NUMBERS_CHAIN_FILE);
+            let body = read(&numbers)?;
+            let chain = String::from_utf8(read(&chain_path)?)
+                .map_err(|e| file_err(&chain_path, e.to_string()))?;
+            self.numbers_offline.insert(
+                TeeType::Tdx,
+                Arc::new(SignedList {
+                    body,
+                    issuer_chain: chain,
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    /// The early TCB info for `key`: offline, cached, or fetched when a PCCS is set.
+    pub(super) async fn early(
+        &self,
+        key: &CollateralKey,
+        pccs: Option<&PccsClient>,
+        slots: &tokio::sync::Semaphore,
+        stats: &CollateralStats,
+    ) -> Option<Arc<SignedTcbInfo>> {
+        if let Some(e) = self.early_offline.get(key) {
+            return Some(e.clone());
+        }
+        let pccs = pccs?;
+        if let Some(e) = self.early.get(key).await {
+            return Some(e);
+        }
+        let failed = (true, key.clone());
+        if self.failures.contains_key(&failed) {
+            return None;
+        }
+        self.early
+            .try_get_with(key.clone(), async {
+                let _slot = slots.acquire().await.ok();
+                stats.fetches.fetch_add(1, Ordering::Relaxed);
+                pccs.fetch_early_tcb(key).await.map(Arc::new)
+            })
+            .await
+            .map_err(|e| {
+                stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%key, error = %e, "no early TCB info: the next TCB recovery cannot be forecast for this platform");
+                self.failures.insert(failed, ());
+            })
+            .ok()
+    }
+
+    /// The evaluation numbers list for `key`'s TEE: offline, cached, or fetched.
+    pub(super) async fn numbers(
+        &self,
+        key: &CollateralKey,
+        pccs: Option<&PccsClient>,
+        slots: &tokio::sync::Semaphore,
+        stats: &CollateralStats,
+    ) -> Option<Arc<SignedList>> {
+        if let Some(n) = self.numbers_offline.get(&key.tee) {
+            return Some(n.clone());
+        }
+        let pccs = pccs?;
+        if let Some(n) = self.numbers.get(&key.tee).await {
+            return Some(n);
+        }
+        let failed = (false, key.clone());
+        if self.failures.contains_key(&failed) {
+            return None;
+        }
+        self.numbers
+            .try_get_with(key.tee, async {
+                let _slot = slots.acquire().await.ok();
+                stats.fetches.fetch_add(1, Ordering::Relaxed);
+                pccs.fetch_eval_numbers(key).await.map(Arc::new)
+            })
+            .await
+            .map_err(|e| {
+                stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%key, error = %e, "no TCB evaluation numbers: recovery dates are unknown");
+                self.failures.insert(failed, ());
+            })
+            .ok()
+    }
+
+    /// Forget what was cached and the failures (offline documents stay).
+    pub(super) fn clear(&self) {
+        self.early.invalidate_all();
+        self.numbers.invalidate_all();
+        self.failures.invalidate_all();
+    }
+}
+
+/// moka expiry: an early TCB info lives until its own next update.
+struct UntilNextUpdate {
+    clock: Clock,
+}
+
+impl moka::Expiry<CollateralKey, Arc<SignedTcbInfo>> for UntilNextUpdate {
+    fn expire_after_create(
+        &self,
+        _key: &CollateralKey,
+        value: &Arc<SignedTcbInfo>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        let left = u64::try_from(value.next_update).unwrap_or(0);
+        Some(Duration::from_secs(left.saturating_sub(self.clock.now())))
+    }
+}
