@@ -48,7 +48,8 @@ impl Appraiser {
 pub struct Decision {
     /// Accepted: the policy's `allow` was true and its `deny` empty.
     pub allow: bool,
-    /// Why it was denied, sorted; empty exactly when allowed.
+    /// Why it was denied, sorted; when allowed, the policy's warnings (`warn`, e.g.
+    /// `tcb_grace`), usually none.
     pub reasons: Vec<Reason>,
     /// The Rego package that decided, `teesql.<purpose>`.
     pub policy_id: String,
@@ -70,7 +71,7 @@ pub fn decide(policies: &PolicySet, claims: &Claims) -> Result<Decision, PolicyE
     let verdict = policies.evaluate(&claims.purpose, &input)?;
     Ok(Decision {
         allow: verdict.allow,
-        reasons: verdict.reasons,
+        reasons: verdict.told().to_vec(),
         policy_id: verdict.policy_id,
         policy_hash: verdict.policy_hash,
         claims: input,

@@ -17,6 +17,9 @@ allow if {
 
 deny contains d if some d in lib.peer_problems
 
+# Reasons an allowed decision carries as warnings (README, "TCB recoveries").
+warn contains d if some d in lib.quote_warnings
+
 # The application may pin the server itself (EXPECTED_MRTD, forward's
 # --expected-compose-hash / --expected-app-id), on top of the policy's pins.
 # (Functions are called by full path: regorus does not resolve them through import aliases.)

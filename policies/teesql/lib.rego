@@ -76,8 +76,73 @@ quote_problems contains d if {
 quote_problems contains d if {
 	input.tdx.verified == true
 	not input.tdx.tcb_status in data.teesql.accepted_tcb_statuses
+	not input.tdx.tcb_status in out_of_date
 	d := {"code": "tcb_status_not_accepted", "message": sprintf("TCB status %s (advisories: %s) is not accepted; accepted: %s", [input.tdx.tcb_status, shown(input.tdx.advisory_ids), shown(data.teesql.accepted_tcb_statuses)])}
 }
+
+# TCB lifecycle (README, "TCB recoveries"). Intel's standard TCB set decides; a platform
+# it demoted less than data.teesql.tcb_grace_days ago is admitted with a warning; the
+# early set (Intel's next one) only ever warns, when data.teesql.warn_early_demotion.
+out_of_date := {"OutOfDate", "OutOfDateConfigurationNeeded"}
+
+tcb_in_grace if {
+	input.tdx.tcb_status in out_of_date
+	input.tdx.tcb.days_since_standard != null
+	input.tdx.tcb.days_since_standard < data.teesql.tcb_grace_days
+}
+
+# What must rise, as an operator reads it: "tdx_module (TDX Module) 6 -> 11, …".
+fix_texts contains fix_text(f) if some f in input.tdx.tcb.fix
+
+tcb_fix := concat(", ", sort(fix_texts)) if count(fix_texts) > 0
+
+fix_text(f) := sprintf("%s (%s) %d -> %d", [f.component, fix_kind(f), f.have, f.needs])
+
+tcb_fix := "see the platform's TCB levels" if count(fix_texts) == 0
+
+fix_kind(f) := f.kind if f.kind != null
+
+fix_kind(f) := "unlabelled" if f.kind == null
+
+quote_problems contains d if {
+	input.tdx.verified == true
+	input.tdx.tcb_status in out_of_date
+	not input.tdx.tcb_status in data.teesql.accepted_tcb_statuses
+	not tcb_in_grace
+	d := {"code": "tcb_out_of_date", "message": sprintf("TCB status %s (advisories: %s) under Intel's TCB evaluation data set %v: the platform must be updated; to recover raise %s", [input.tdx.tcb_status, shown(input.tdx.advisory_ids), object.get(object.get(input.tdx, "tcb", {}), "eval_data_number", "unknown"), tcb_fix])}
+}
+
+quote_problems contains d if {
+	input.tdx.verified == true
+	input.tdx.tcb.eval_data_number < data.teesql.min_tcb_eval_data_number
+	d := {"code": "tcb_eval_data_number_too_low", "message": sprintf("the collateral is Intel's TCB evaluation data set %d; this policy requires at least %d (fetch newer collateral)", [input.tdx.tcb.eval_data_number, data.teesql.min_tcb_eval_data_number])}
+}
+
+# Warnings: reasons an allowed decision carries (purposes `warn` them).
+quote_warnings contains d if {
+	input.tdx.verified == true
+	tcb_in_grace
+	not input.tdx.tcb_status in data.teesql.accepted_tcb_statuses
+	d := {"code": "tcb_grace", "message": sprintf("TCB status %s: demoted by Intel's TCB evaluation data set %d, standard for %d days; admitted within tcb_grace_days (%d); to recover raise %s", [input.tdx.tcb_status, input.tdx.tcb.eval_data_number, input.tdx.tcb.days_since_standard, data.teesql.tcb_grace_days, tcb_fix])}
+}
+
+quote_warnings contains d if {
+	input.tdx.verified == true
+	data.teesql.warn_early_demotion == true
+	early := input.tdx.tcb.early
+	early != null
+	input.tdx.tcb_status in data.teesql.accepted_tcb_statuses
+	not early.status in data.teesql.accepted_tcb_statuses
+	d := {"code": "tcb_early_demotion", "message": sprintf("Intel's next TCB evaluation data set %d rates the platform %s; it becomes the standard on %s (in %s days); to recover raise %s", [early.eval_data_number, early.status, early_date(early), early_days(early), tcb_fix])}
+}
+
+early_date(e) := e.standard_from if e.standard_from != null
+
+early_date(e) := "a date not yet known" if e.standard_from == null
+
+early_days(e) := sprintf("%d", [e.days_until]) if e.days_until != null
+
+early_days(e) := "unknown" if e.days_until == null
 
 # Intel security advisories the platform is affected by (from the TCB level the quote
 # matched), refused by ID in data.teesql.refused_advisory_ids.

@@ -15,4 +15,7 @@ allow if {
 
 deny contains d if some d in lib.quote_problems
 
+# Reasons an allowed decision carries as warnings (README, "TCB recoveries").
+warn contains d if some d in lib.quote_warnings
+
 deny contains d if some d in lib.cert_problems

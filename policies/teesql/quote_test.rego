@@ -72,8 +72,60 @@ test_configuration_needed_denied_by_default if {
 
 test_out_of_date_tcb_denied_and_configurable if {
 	old := object.union(good, {"tdx": {"tcb_status": "OutOfDate"}})
-	codes(old) == {"tcb_status_not_accepted"}
+	codes(old) == {"tcb_out_of_date"}
 	quote.allow with input as old with data.teesql.accepted_tcb_statuses as ["UpToDate", "OutOfDate"]
+}
+
+# TCB lifecycle: Intel's set 20 became standard 10 days ago and demoted the platform.
+tcb_fix := [
+	{"component": "tdx[2]", "kind": "TDX Late Microcode Update", "have": 3, "needs": 4},
+	{"component": "tdx_module", "kind": "TDX Module", "have": 6, "needs": 11},
+]
+
+demoted := object.union(good, {"tdx": {"tcb_status": "OutOfDate", "tcb": {
+	"eval_data_number": 20, "standard_since": "2026-08-12T00:00:00Z", "days_since_standard": 10,
+	"early": null, "fix": tcb_fix,
+}}})
+
+warnings(claims) := {d.code | some d in quote.warn with input as claims}
+
+test_out_of_date_names_the_fix if {
+	some d in quote.deny with input as demoted
+	d.code == "tcb_out_of_date"
+	contains(d.message, "tdx_module (TDX Module) 6 -> 11")
+	contains(d.message, "set 20")
+}
+
+test_a_recent_demotion_is_admitted_within_the_grace_with_a_warning if {
+	quote.allow with input as demoted with data.teesql.tcb_grace_days as 30
+	warnings(demoted) == {"tcb_grace"} with data.teesql.tcb_grace_days as 30
+	not quote.allow with input as demoted with data.teesql.tcb_grace_days as 10
+	codes(demoted) == {"tcb_out_of_date"} with data.teesql.tcb_grace_days as 10
+}
+
+test_no_grace_without_the_recovery_date if {
+	unknown := object.union(demoted, {"tdx": {"tcb": {"days_since_standard": null}}})
+	not quote.allow with input as unknown with data.teesql.tcb_grace_days as 30
+}
+
+test_the_early_set_warns_ahead_and_never_denies if {
+	ahead := object.union(good, {"tdx": {"tcb": {
+		"eval_data_number": 19, "standard_since": null, "days_since_standard": null,
+		"early": {"status": "OutOfDate", "eval_data_number": 20, "tcb_recovery_date": "2025-08-12T00:00:00Z", "standard_from": "2026-08-12T00:00:00Z", "days_until": 29},
+		"fix": tcb_fix,
+	}}})
+	quote.allow with input as ahead
+	some d in quote.warn with input as ahead
+	d.code == "tcb_early_demotion"
+	contains(d.message, "in 29 days")
+	contains(d.message, "2026-08-12")
+	count(quote.warn) == 0 with input as ahead with data.teesql.warn_early_demotion as false
+}
+
+test_min_tcb_eval_data_number if {
+	old := object.union(good, {"tdx": {"tcb": {"eval_data_number": 17, "standard_since": null, "days_since_standard": null, "early": null, "fix": []}}})
+	quote.allow with input as old
+	codes(old) == {"tcb_eval_data_number_too_low"} with data.teesql.min_tcb_eval_data_number as 18
 }
 
 test_debug_td_denied if {

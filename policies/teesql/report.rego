@@ -17,6 +17,9 @@ allow if {
 
 deny contains d if some d in lib.quote_problems
 
+# Reasons an allowed decision carries as warnings (README, "TCB recoveries").
+warn contains d if some d in lib.quote_warnings
+
 deny contains d if {
 	input.report.consistent == false
 	d := {"code": "report_inconsistent", "message": sprintf("the report states values its quote does not attest: %s", [concat(", ", input.report.inconsistencies)])}

@@ -138,3 +138,6 @@ deny contains d if {
 	data.teesql.tenants[t].role != input.connection.user
 	d := {"code": "role_not_granted", "message": sprintf("this client is tenant %s and logs in only as %s or %s, not %s", [t, data.teesql.tenants[t].role, data.teesql.tenant_user, input.connection.user])}
 }
+
+# Reasons an allowed decision carries as warnings (README, "TCB recoveries").
+warn contains d if some d in lib.quote_warnings

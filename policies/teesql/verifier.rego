@@ -39,6 +39,9 @@ pins := {field: data.teesql.lib.pinned(object.get(data.teesql.verifier_pins, fie
 
 deny contains d if some d in lib.quote_problems
 
+# Reasons an allowed decision carries as warnings (README, "TCB recoveries").
+warn contains d if some d in lib.quote_warnings
+
 deny contains d if some d in lib.cert_problems
 
 deny contains d if {

@@ -179,10 +179,10 @@ async fn tcb_statuses_and_advisories_as_teesql_clients_accept_them() {
     );
 
     // Anything else is refused by default.
-    for status in [
-        "OutOfDate",
-        "ConfigurationNeeded",
-        "OutOfDateConfigurationNeeded",
+    for (status, code) in [
+        ("OutOfDate", "tcb_out_of_date"),
+        ("ConfigurationNeeded", "tcb_status_not_accepted"),
+        ("OutOfDateConfigurationNeeded", "tcb_out_of_date"),
     ] {
         let a = agent_at_tcb(status, &["INTEL-SA-00615"]).await;
         let (_, chain) = tls_key(&a.url, false).await;
@@ -190,7 +190,7 @@ async fn tcb_statuses_and_advisories_as_teesql_clients_accept_them() {
         let d = decide(&a, dev_root(&a), &policies("dev"), &ev).await;
         assert!(!d.allow, "{status}");
         assert_eq!(d.claims["tdx"]["tcb_status"], status);
-        assert_eq!(codes(&d), ["tcb_status_not_accepted"], "{status}");
+        assert_eq!(codes(&d), [code], "{status}");
     }
 }
 

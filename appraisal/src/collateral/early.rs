@@ -191,7 +191,8 @@ impl TcbSources {
             .await
             .map_err(|e| {
                 stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%key, error = %e, "no TCB evaluation numbers: recovery dates are unknown");
+                // An Intel PCCS has no such route: say so once per failure TTL, quietly.
+                tracing::info!(%key, error = %e, "no TCB evaluation numbers: recovery dates are unknown");
                 self.failures.insert(failed, ());
             })
             .ok()

@@ -490,8 +490,19 @@ impl CollateralProvider {
     pub async fn early_for(&self, quote: &Quote) -> Option<Arc<crate::tcb::SignedTcbInfo>> {
         let key = key_for_quote(quote).ok()?;
         self.tcb
-            .early(&key, self.pccs.as_ref(), &self.fetch_slots, &self.stats)
+            .early(&key, self.network_for(&key), &self.fetch_slots, &self.stats)
             .await
+    }
+
+    /// The PCCS to ask for `key`'s lifecycle documents: only when its collateral comes
+    /// from there too. Collateral given as a file or directory is an offline appraisal,
+    /// and it stays offline.
+    fn network_for(&self, key: &CollateralKey) -> Option<&PccsClient> {
+        if self.explicit.is_some() || self.offline.contains_key(key) {
+            None
+        } else {
+            self.pccs.as_ref()
+        }
     }
 
     /// The list of TCB evaluation data numbers for `quote`'s TEE, with their recovery
@@ -499,7 +510,7 @@ impl CollateralProvider {
     pub async fn eval_numbers_for(&self, quote: &Quote) -> Option<Arc<crate::tcb::SignedList>> {
         let key = key_for_quote(quote).ok()?;
         self.tcb
-            .numbers(&key, self.pccs.as_ref(), &self.fetch_slots, &self.stats)
+            .numbers(&key, self.network_for(&key), &self.fetch_slots, &self.stats)
             .await
     }
 }

@@ -207,10 +207,25 @@ pub struct Verdict {
     pub reasons: Vec<Reason>,
     /// What the policy grants, when it allowed and defines `grants`.
     pub grants: Option<Grants>,
+    /// The `warn` set (sorted, deduplicated) of an allowed decision: what holds now but
+    /// an operator must act on (a TCB grace, Intel's next TCB set). Empty when denied.
+    pub warnings: Vec<Reason>,
     /// `teesql.<purpose>`.
     pub policy_id: String,
     /// Hash of every file of the loaded set.
     pub policy_hash: String,
+}
+
+impl Verdict {
+    /// What a caller is told with the decision: the reasons of a denial, the warnings of
+    /// an allow.
+    pub fn told(&self) -> &[Reason] {
+        if self.allow {
+            &self.warnings
+        } else {
+            &self.reasons
+        }
+    }
 }
 
 impl Verdict {
@@ -222,6 +237,7 @@ impl Verdict {
             allow: false,
             reasons: vec![reason],
             grants: None,
+            warnings: Vec::new(),
             policy_id: package_of(purpose),
             policy_hash: policy_hash.to_string(),
         }
@@ -465,7 +481,7 @@ impl PolicySet {
                 loaded: self.purposes().join(", "),
             });
         }
-        let (allow, deny, grants) = match &self.vm {
+        let (allow, deny, grants, warn) = match &self.vm {
             Some(vm) if vm.purposes.iter().any(|p| p == purpose) => {
                 self.run_vm(&vm.program, purpose, input)?
             }
@@ -483,29 +499,10 @@ impl PolicySet {
                 });
             }
         };
-        let mut reasons = match deny {
-            regorus::Value::Undefined => Vec::new(),
-            value @ (regorus::Value::Set(_) | regorus::Value::Array(_)) => {
-                let json = serde_json::to_value(&value).map_err(|e| PolicyError::Eval {
-                    purpose: purpose.to_string(),
-                    detail: e.to_string(),
-                })?;
-                serde_json::from_value::<Vec<Reason>>(json).map_err(|_| PolicyError::Shape {
-                    purpose: purpose.to_string(),
-                    rule: "deny",
-                    expected: "a set of {code, message} objects",
-                    got: shown(&value),
-                })?
-            }
-            other => {
-                return Err(PolicyError::Shape {
-                    purpose: purpose.to_string(),
-                    rule: "deny",
-                    expected: "a set of {code, message} objects",
-                    got: shown(&other),
-                });
-            }
-        };
+        let mut reasons = reasons_of(purpose, "deny", deny)?;
+        let mut warnings = reasons_of(purpose, "warn", warn)?;
+        warnings.sort();
+        warnings.dedup();
         reasons.sort();
         reasons.dedup();
         let allowed = allow && reasons.is_empty();
@@ -538,6 +535,7 @@ impl PolicySet {
             reasons,
             // Nothing is granted to a peer that is not allowed in.
             grants: grants.filter(|_| allowed),
+            warnings: if allowed { warnings } else { Vec::new() },
             policy_id: pkg,
             policy_hash: self.hash.clone(),
         })
@@ -560,7 +558,7 @@ impl PolicySet {
         &self,
         purpose: &str,
         input: regorus::Value,
-    ) -> Result<(regorus::Value, regorus::Value, regorus::Value), PolicyError> {
+    ) -> Result<Outputs, PolicyError> {
         let mut engine = self.engine.clone();
         engine.set_input(input);
         let err = |e: anyhow::Error| PolicyError::Eval {
@@ -573,17 +571,23 @@ impl PolicySet {
                 .map_err(err)
         };
         let (allow, deny) = (eval("allow")?, eval("deny")?);
-        // `grants` is optional: a query, which is undefined (no result) when no rule
-        // defines it, where `eval_rule` would fail.
-        let grants = engine
-            .eval_query(format!("data.teesql.{purpose}.grants"), false)
-            .map_err(err)?
-            .result
-            .into_iter()
-            .next()
-            .and_then(|r| r.expressions.into_iter().next())
-            .map_or(regorus::Value::Undefined, |e| e.value);
-        Ok((allow, deny, grants))
+        // `grants` and `warn` are optional: a query, which is undefined (no result) when
+        // no rule defines it, where `eval_rule` would fail.
+        let mut optional = |rule: &str| {
+            engine
+                .eval_query(format!("data.teesql.{purpose}.{rule}"), false)
+                .map_err(err)
+                .map(|r| {
+                    r.result
+                        .into_iter()
+                        .next()
+                        .and_then(|r| r.expressions.into_iter().next())
+                        .map_or(regorus::Value::Undefined, |e| e.value)
+                })
+        };
+        let grants = optional("grants")?;
+        let warn = optional("warn")?;
+        Ok((allow, deny, grants, warn))
     }
 
     fn run_vm(
@@ -591,7 +595,7 @@ impl PolicySet {
         program: &Arc<Program>,
         purpose: &str,
         input: regorus::Value,
-    ) -> Result<(regorus::Value, regorus::Value, regorus::Value), PolicyError> {
+    ) -> Result<Outputs, PolicyError> {
         let err = |detail: String| PolicyError::Eval {
             purpose: purpose.to_string(),
             detail,
@@ -613,7 +617,45 @@ impl PolicySet {
                 .and_then(|o| o.get(&regorus::Value::from(name)).cloned())
                 .unwrap_or(regorus::Value::Undefined)
         };
-        Ok((field("allow"), field("deny"), field("grants")))
+        Ok((
+            field("allow"),
+            field("deny"),
+            field("grants"),
+            field("warn"),
+        ))
+    }
+}
+
+/// What one evaluation yields: `allow`, `deny`, `grants`, `warn`.
+type Outputs = (
+    regorus::Value,
+    regorus::Value,
+    regorus::Value,
+    regorus::Value,
+);
+
+/// A `deny` or `warn` set as reasons; undefined is none.
+fn reasons_of(
+    purpose: &str,
+    rule: &'static str,
+    value: regorus::Value,
+) -> Result<Vec<Reason>, PolicyError> {
+    let shape = |got: &regorus::Value| PolicyError::Shape {
+        purpose: purpose.to_string(),
+        rule,
+        expected: "a set of {code, message} objects",
+        got: shown(got),
+    };
+    match value {
+        regorus::Value::Undefined => Ok(Vec::new()),
+        value @ (regorus::Value::Set(_) | regorus::Value::Array(_)) => {
+            let json = serde_json::to_value(&value).map_err(|e| PolicyError::Eval {
+                purpose: purpose.to_string(),
+                detail: e.to_string(),
+            })?;
+            serde_json::from_value::<Vec<Reason>>(json).map_err(|_| shape(&value))
+        }
+        other => Err(shape(&other)),
     }
 }
 
@@ -659,7 +701,9 @@ fn compile_vm(
                  deny := data.teesql.{p}.deny\n\
                  default grants := null\n\
                  grants := data.teesql.{p}.grants\n\
-                 result := {{\"allow\": allow, \"deny\": deny, \"grants\": grants}}\n"
+                 default warn := set()\n\
+                 warn := data.teesql.{p}.warn\n\
+                 result := {{\"allow\": allow, \"deny\": deny, \"grants\": grants, \"warn\": warn}}\n"
             )
             .into(),
         });

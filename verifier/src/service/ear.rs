@@ -67,10 +67,12 @@ pub mod value {
     // hardware
     /// A verified quote whose TCB status is `UpToDate`.
     pub const GENUINE_HW: i8 = 2;
-    /// A verified quote with any other TCB status (e.g. `SWHardeningNeeded`): a warning.
+    /// A verified quote with any other TCB status (e.g. `SWHardeningNeeded`), or an allow
+    /// warned of `tcb_grace` or `tcb_early_demotion`: a warning.
     pub const UNSAFE_HW: i8 = 32;
     /// The TCB status or an advisory refused by policy, or the TCB revoked
-    /// (`tcb_status_not_accepted`, `advisory_refused`, `tcb_revoked`).
+    /// (`tcb_status_not_accepted`, `tcb_out_of_date`, `tcb_eval_data_number_too_low`,
+    /// `advisory_refused`, `tcb_revoked`).
     pub const CONTRAINDICATED_HW: i8 = 96;
     /// Not a genuine TDX platform by the trust root (`untrusted_root`, `dev_root`,
     /// `not_tdx`, `tcb_level_unknown`).
@@ -92,7 +94,8 @@ pub mod value {
 pub struct Inputs<'a> {
     /// The policy's decision; false makes the status `contraindicated`.
     pub allow: bool,
-    /// The decision's reason codes (empty when allowed); known codes set vector claims.
+    /// The decision's reason codes (when allowed, its warnings); known codes set vector
+    /// claims.
     pub reasons: &'a [&'a str],
     /// A quote was presented.
     pub has_quote: bool,
@@ -132,8 +135,17 @@ pub fn appraise(i: &Inputs<'_>) -> Appraisal {
         CRYPTO_FAILED
     } else if has(&["untrusted_root", "dev_root", "not_tdx", "tcb_level_unknown"]) {
         UNRECOGNIZED_HW
-    } else if has(&["tcb_status_not_accepted", "advisory_refused", "tcb_revoked"]) {
+    } else if has(&[
+        "tcb_status_not_accepted",
+        "tcb_out_of_date",
+        "tcb_eval_data_number_too_low",
+        "advisory_refused",
+        "tcb_revoked",
+    ]) {
         CONTRAINDICATED_HW
+    } else if i.allow && has(&["tcb_grace", "tcb_early_demotion"]) {
+        // Allowed, but the platform is (or will soon be) behind Intel's TCB: a warning.
+        UNSAFE_HW
     } else if i.verified {
         match i.tcb_status {
             Some("UpToDate") => GENUINE_HW,
@@ -274,6 +286,18 @@ mod tests {
     }
 
     #[test]
+    fn a_tcb_warning_makes_an_up_to_date_allow_a_warning() {
+        for code in ["tcb_early_demotion", "tcb_grace"] {
+            let a = appraise(&Inputs {
+                reasons: &[code],
+                ..allowed()
+            });
+            assert_eq!(a.vector["hardware"], value::UNSAFE_HW, "{code}");
+            assert_eq!(a.status, Tier::Warning, "{code}");
+        }
+    }
+
+    #[test]
     fn a_denial_is_contraindicated_and_the_vector_says_where() {
         for (code, claim, value) in [
             ("quote_signature_invalid", "hardware", value::CRYPTO_FAILED),
@@ -282,6 +306,7 @@ mod tests {
                 "hardware",
                 value::CONTRAINDICATED_HW,
             ),
+            ("tcb_out_of_date", "hardware", value::CONTRAINDICATED_HW),
             ("dev_root", "hardware", value::UNRECOGNIZED_HW),
             ("rtmr3_mismatch", "executables", value::CONTRAINDICATED_RT),
             ("mrtd_not_pinned", "executables", value::UNRECOGNIZED_RT),

@@ -40,7 +40,8 @@ use crate::policy::{Grants, PolicySet, Reason, Verdict};
 pub struct ServiceDecision {
     /// True only when the policy allowed and gave no reason to deny.
     pub allow: bool,
-    /// Why it denies, sorted and without duplicates; empty when allowed.
+    /// Why it denies, sorted and without duplicates; when allowed, the policy's
+    /// warnings (`warn`: `tcb_grace`, `tcb_early_demotion`), usually none.
     pub reasons: Vec<Reason>,
     /// The policy package that decided, `teesql.<purpose>`.
     pub policy_id: String,
@@ -65,7 +66,7 @@ impl ServiceDecision {
     fn from_verdict(v: Verdict, claims_json: String, cached: bool, valid_until: u64) -> Self {
         Self {
             allow: v.allow,
-            reasons: v.reasons,
+            reasons: v.told().to_vec(),
             policy_id: v.policy_id,
             policy_hash: v.policy_hash,
             claims_json,
