@@ -89,6 +89,30 @@ pub struct Setup {
 /// Start the cluster: Postgres connections kept for reuse when `pooling`; `tenant_acme`
 /// logs in on its grant alone when `acme_attestation_only`, else with its own secret.
 pub async fn setup(pooling: bool, acme_attestation_only: bool) -> Result<Setup> {
+    setup_with(SetupOptions {
+        pooling,
+        acme_attestation_only,
+        ..SetupOptions::default()
+    })
+    .await
+}
+
+/// What [`setup_with`] varies.
+#[derive(Debug, Clone, Default)]
+pub struct SetupOptions {
+    /// Keep Postgres connections for reuse.
+    pub pooling: bool,
+    /// `tenant_acme` logs in on its grant alone.
+    pub acme_attestation_only: bool,
+    /// A TCB recovery the platform's PCCS (the cluster agent's) rehearses.
+    pub tcb_recovery: Option<teesql_devattest::pki::TcbRecovery>,
+    /// More policy data, merged into the profile's `data.teesql` (e.g. `tcb_grace_days`).
+    pub data: serde_json::Map<String, Value>,
+}
+
+/// [`setup`] with every option.
+pub async fn setup_with(o: SetupOptions) -> Result<Setup> {
+    let (pooling, acme_attestation_only) = (o.pooling, o.acme_attestation_only);
     let dir = tempfile::tempdir()?;
     let acme = app("acme-web", dir.path()).await?;
     let acme_batch = app("acme-batch", dir.path()).await?;
@@ -105,12 +129,15 @@ pub async fn setup(pooling: bool, acme_attestation_only: bool) -> Result<Setup> 
             repo_root().join("policies/dev").display().to_string()
         ),
     )?;
-    let data = json!({"teesql": {"tenants": {
+    let mut data = json!({"teesql": {"tenants": {
         "acme": {"role": "tenant_acme", "privileges": "readwrite",
                  "compose_hashes": [acme.agent.compose_hash_hex(), acme_batch.agent.compose_hash_hex()]},
         "globex": {"role": "tenant_globex", "privileges": "readwrite",
                    "compose_hashes": [globex.agent.compose_hash_hex()]},
     }}});
+    for (k, v) in o.data {
+        data["teesql"][k] = v;
+    }
     let data_file = profile.join("data.json");
     std::fs::write(&data_file, data.to_string())?;
 
@@ -119,6 +146,10 @@ pub async fn setup(pooling: bool, acme_attestation_only: bool) -> Result<Setup> 
     let log = dir.path().join("decisions.jsonl");
     let cluster = Cluster::start(ClusterOptions {
         seed: SEED,
+        agent: o.tcb_recovery.map(|r| AgentConfig {
+            tcb_recovery: Some(r),
+            ..AgentConfig::new(SEED)
+        }),
         profile: profile.display().to_string(),
         decision_log: log.display().to_string(),
         sidecar_toml: format!(

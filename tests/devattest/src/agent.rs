@@ -52,6 +52,9 @@ pub struct AgentConfig {
     pub collateral_validity: Duration,
     /// The TCB level the platform's TCB Info states (default `UpToDate`, no advisories).
     pub platform_tcb: PlatformTcb,
+    /// A TCB recovery to rehearse: the PCCS serves Intel-shaped early and standard sets
+    /// around it (see [`crate::pki::TcbRecovery`]).
+    pub tcb_recovery: Option<crate::pki::TcbRecovery>,
     /// Which dstack the agent speaks (default 0.5).
     pub dstack: DstackVersion,
     /// The app id the CVM measures. Default: the compose hash's first 20 bytes, as dstack
@@ -101,6 +104,7 @@ impl AgentConfig {
             collateral_issued_at: None,
             collateral_validity: Duration::from_secs(30 * 24 * 3600),
             platform_tcb: PlatformTcb::default(),
+            tcb_recovery: None,
             dstack: DstackVersion::default(),
             app_id: None,
             key_provider: KeyProviderKind::default(),
@@ -349,7 +353,11 @@ pub enum AgentListener {
 impl DevAgent {
     pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
         config.check()?;
-        let pki = DevPki::from_seed(config.seed)?.with_platform_tcb(config.platform_tcb.clone());
+        let mut pki =
+            DevPki::from_seed(config.seed)?.with_platform_tcb(config.platform_tcb.clone());
+        if let Some(recovery) = config.tcb_recovery {
+            pki = pki.with_tcb_recovery(recovery);
+        }
         let app_ca = AppCa::from_seed(&config.seed)?;
         let kms = DevKms::new(&config.seed, config.measured_app_id()).map_err(AgentError::Io)?;
         let identity = Identity::new(&config, &pki, &kms);

@@ -63,6 +63,12 @@ pub struct AgentArgs {
     /// 20 bytes, dstack's derivation for a self-deployed app.
     #[arg(long, value_name = "HEX")]
     app_id: Option<String>,
+    /// Rehearse a TCB recovery (README, "TCB recoveries"): Intel's next TCB evaluation
+    /// data set (18), which rates this platform OutOfDate (its TDX module, SVN 5, must
+    /// rise to 6), is served as `update=early` now and becomes the standard set in DAYS
+    /// days; negative: it became standard that many days ago.
+    #[arg(long, value_name = "DAYS", allow_negative_numbers = true)]
+    tcb_recovery_in_days: Option<i64>,
 }
 
 /// Serve until SIGINT or SIGTERM.
@@ -83,6 +89,9 @@ pub async fn serve(args: AgentArgs) -> Result<(), String> {
     config.collateral_issued_at = args.collateral_issued_at;
     config.dstack = args.dstack;
     config.key_provider = args.key_provider;
+    config.tcb_recovery = args
+        .tcb_recovery_in_days
+        .map(crate::pki::TcbRecovery::in_days);
     if let Some(text) = &args.app_id {
         let bytes = teesql_appraisal::evidence::decode_hex("--app-id", text, 20)
             .map_err(|e| e.to_string())?;

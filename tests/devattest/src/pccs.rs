@@ -10,6 +10,14 @@
 //!   `encoding=der`, PEM otherwise; header `SGX-PCK-CRL-Issuer-Chain`. `ca=processor` → 404
 //!   (there is no Processor CA); no `ca` → 400.
 //! - `GET /sgx/certification/v4/rootcacrl`: the root CA CRL as hex text, as a PCCS serves it.
+//! - `GET /tdx/certification/v4/tcbevaluationdatanumbers`: `{"tcbEvaluationDataNumbers":
+//!   {…,"tcbEvalNumbers":[…]},"signature":…}`, header
+//!   `TCB-Evaluation-Data-Numbers-Issuer-Chain` (the shape of Intel's, recorded in
+//!   `testdata/pcs/`).
+//!
+//! With a rehearsed TCB recovery ([`crate::pki::TcbRecovery`]) `update=early` serves the
+//! recovery's set at once and `update=standard` from its promotion on; a
+//! `tcbEvaluationDataNumber` serves that set (17 or the recovery's), any other is 404.
 //!
 //! Anything else under the API (the SGX TCB Info and QE Identity included: this platform
 //! only makes TDX quotes) is 404; a window that cannot be represented is 500.
@@ -40,6 +48,10 @@ pub fn routes<S: PccsSource>() -> Router<S> {
         .route(
             "/tdx/certification/v4/qe/identity",
             get(tdx_qe_identity::<S>),
+        )
+        .route(
+            "/tdx/certification/v4/tcbevaluationdatanumbers",
+            get(eval_numbers::<S>),
         )
         .route("/sgx/certification/v4/pckcrl", get(pck_crl::<S>))
         .route("/sgx/certification/v4/rootcacrl", get(root_ca_crl::<S>))
@@ -74,30 +86,53 @@ async fn not_found<S: PccsSource>(State(s): State<S>) -> Response {
     error(StatusCode::NOT_FOUND, "not found")
 }
 
-fn collateral<S: PccsSource>(s: &S) -> Result<QuoteCollateralV3, Failure> {
+fn collateral<S: PccsSource>(s: &S, eval: u32) -> Result<QuoteCollateralV3, Failure> {
     let (issued_at, validity) = s.window();
     s.pki()
-        .collateral(issued_at, validity)
+        .collateral_of_set(issued_at, validity, eval)
         .map_err(|e: DevPkiError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-/// `update` and `tcbEvaluationDataNumber`, as the PCS checks them.
-fn check_evaluation(q: &EvaluationQuery) -> Result<(), Failure> {
+/// `update` and `tcbEvaluationDataNumber`, as the PCS checks them, and the set they
+/// select.
+fn check_evaluation<S: PccsSource>(s: &S, q: &EvaluationQuery) -> Result<u32, Failure> {
+    let pki = s.pki();
+    let now = i64::try_from(teesql_appraisal::Clock::System.now()).unwrap_or(i64::MAX);
     let fail = |status, message: &str| Err((status, message.to_string()));
-    if let Some(update) = &q.update
-        && !update.eq_ignore_ascii_case("standard")
-        && !update.eq_ignore_ascii_case("early")
-    {
-        return fail(StatusCode::BAD_REQUEST, "invalid update");
+    if q.update.is_some() && q.evaluation_data_number.is_some() {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "give update or tcbEvaluationDataNumber, not both",
+        );
     }
     if let Some(number) = &q.evaluation_data_number {
         return match number.parse::<u32>() {
-            Ok(n) if n == DevPki::TCB_EVALUATION_DATA_NUMBER => Ok(()),
+            Ok(n) if n == DevPki::TCB_EVALUATION_DATA_NUMBER || n == pki.early_set() => Ok(n),
             Ok(_) => fail(StatusCode::NOT_FOUND, "not found"),
             Err(_) => fail(StatusCode::BAD_REQUEST, "invalid tcbEvaluationDataNumber"),
         };
     }
-    Ok(())
+    match q.update.as_deref() {
+        Some(u) if u.eq_ignore_ascii_case("early") => Ok(pki.early_set()),
+        Some(u) if !u.eq_ignore_ascii_case("standard") => {
+            fail(StatusCode::BAD_REQUEST, "invalid update")
+        }
+        _ => Ok(pki.standard_set(now)),
+    }
+}
+
+async fn eval_numbers<S: PccsSource>(State(s): State<S>) -> Response {
+    s.on_request();
+    let (issued_at, validity) = s.window();
+    match s.pki().eval_numbers(issued_at, validity) {
+        Ok((body, chain)) => with_chain(
+            "TCB-Evaluation-Data-Numbers-Issuer-Chain",
+            &chain,
+            "application/json",
+            body.into_bytes(),
+        ),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// A signed JSON document as the PCS wraps it: `{"<name>":<json>,"signature":"<hex>"}`,
@@ -133,10 +168,11 @@ async fn tdx_tcb<S: PccsSource>(State(s): State<S>, Query(q): Query<EvaluationQu
     if !fmspc.eq_ignore_ascii_case(&hex::encode(s.pki().fmspc())) {
         return error(StatusCode::NOT_FOUND, "not found");
     }
-    if let Err(r) = check_evaluation(&q) {
-        return r.into_response();
-    }
-    match collateral(&s) {
+    let eval = match check_evaluation(&s, &q) {
+        Ok(eval) => eval,
+        Err(r) => return r.into_response(),
+    };
+    match collateral(&s, eval) {
         Ok(c) => with_chain(
             "TCB-Info-Issuer-Chain",
             &c.tcb_info_issuer_chain,
@@ -152,10 +188,11 @@ async fn tdx_qe_identity<S: PccsSource>(
     Query(q): Query<EvaluationQuery>,
 ) -> Response {
     s.on_request();
-    if let Err(r) = check_evaluation(&q) {
-        return r.into_response();
-    }
-    match collateral(&s) {
+    let eval = match check_evaluation(&s, &q) {
+        Ok(eval) => eval,
+        Err(r) => return r.into_response(),
+    };
+    match collateral(&s, eval) {
         Ok(c) => with_chain(
             "SGX-Enclave-Identity-Issuer-Chain",
             &c.qe_identity_issuer_chain,
@@ -174,7 +211,7 @@ async fn pck_crl<S: PccsSource>(State(s): State<S>, Query(q): Query<PckCrlQuery>
     if !ca.eq_ignore_ascii_case("platform") {
         return error(StatusCode::NOT_FOUND, "not found");
     }
-    let c = match collateral(&s) {
+    let c = match collateral(&s, DevPki::TCB_EVALUATION_DATA_NUMBER) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
@@ -200,7 +237,7 @@ async fn pck_crl<S: PccsSource>(State(s): State<S>, Query(q): Query<PckCrlQuery>
 
 async fn root_ca_crl<S: PccsSource>(State(s): State<S>) -> Response {
     s.on_request();
-    match collateral(&s) {
+    match collateral(&s, DevPki::TCB_EVALUATION_DATA_NUMBER) {
         Ok(c) => ([("content-type", "text/plain")], hex::encode(c.root_ca_crl)).into_response(),
         Err(r) => r.into_response(),
     }

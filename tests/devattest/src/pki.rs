@@ -113,6 +113,9 @@ const TDX_MODULE_ATTRIBUTES_MASK: [u8; 8] = [0xff; 8];
 /// Date of the single TCB level (platform, TDX module and QE).
 const TCB_DATE: &str = "2025-01-01T00:00:00Z";
 
+/// The advisory a rehearsed TCB recovery names (not an Intel one).
+pub const DEV_RECOVERY_ADVISORY: &str = "INTEL-SA-DEV-TCBR";
+
 // ---------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------
@@ -348,6 +351,41 @@ pub struct DevPki {
     platform_tcb: PlatformTcb,
     /// The platform's PPID, in the PCK certificate's SGX extension.
     ppid: [u8; 16],
+    /// A TCB recovery the platform is caught by, when one is rehearsed.
+    recovery: Option<TcbRecovery>,
+}
+
+/// A TCB recovery of the development platform, to rehearse Intel's: the next TCB
+/// evaluation data set ([`DevPki::RECOVERY_EVALUATION_DATA_NUMBER`]) requires TDX module
+/// SVN 6 where the platform has 5, so it rates the platform `OutOfDate`. It is served as
+/// `update=early` at once and as `update=standard` from `standard_from` on, like Intel's
+/// sets twelve months after their recovery event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcbRecovery {
+    /// When the set becomes (or became) the standard one, unix seconds.
+    pub standard_from: i64,
+}
+
+impl TcbRecovery {
+    /// A recovery whose set becomes standard `days` days from now (negative: ago).
+    pub fn in_days(days: i64) -> Self {
+        let now = i64::try_from(teesql_appraisal::Clock::System.now()).unwrap_or(i64::MAX);
+        Self {
+            standard_from: now.saturating_add(days.saturating_mul(86_400)),
+        }
+    }
+
+    /// The recovery event: twelve months before the set becomes standard.
+    pub fn event_date(&self) -> i64 {
+        let Ok(at) = time::OffsetDateTime::from_unix_timestamp(self.standard_from) else {
+            return self.standard_from;
+        };
+        let year = at.year() - 1;
+        time::Date::from_calendar_date(year, at.month(), at.day())
+            .or_else(|_| time::Date::from_calendar_date(year, at.month(), at.day() - 1))
+            .map(|d| at.replace_date(d).unix_timestamp())
+            .unwrap_or(self.standard_from - 365 * 86_400)
+    }
 }
 
 /// The status (and advisories) of the one TCB level the development platform matches.
@@ -407,6 +445,9 @@ impl Window {
 impl DevPki {
     /// `tcbEvaluationDataNumber` of the TCB Info and QE Identity.
     pub const TCB_EVALUATION_DATA_NUMBER: u32 = 17;
+
+    /// The set a rehearsed TCB recovery publishes ([`TcbRecovery`]).
+    pub const RECOVERY_EVALUATION_DATA_NUMBER: u32 = 18;
 
     /// TEE_TCB_SVN of every quote: TDX module SVN 5, major version 1 (so TCB Info carries
     /// a `TDX_01` module identity), SEAM loader SVN 2.
@@ -506,7 +547,76 @@ impl DevPki {
             auth_data_tail,
             platform_tcb: PlatformTcb::default(),
             ppid,
+            recovery: None,
         })
+    }
+
+    /// Rehearse a TCB recovery (see [`TcbRecovery`]).
+    pub fn with_tcb_recovery(mut self, recovery: TcbRecovery) -> Self {
+        self.recovery = Some(recovery);
+        self
+    }
+
+    /// The TCB evaluation data set `update=standard` serves at `now` (unix seconds).
+    pub fn standard_set(&self, now: i64) -> u32 {
+        match self.recovery {
+            Some(r) if now >= r.standard_from => Self::RECOVERY_EVALUATION_DATA_NUMBER,
+            _ => Self::TCB_EVALUATION_DATA_NUMBER,
+        }
+    }
+
+    /// The set `update=early` serves: the recovery's when one is rehearsed.
+    pub fn early_set(&self) -> u32 {
+        match self.recovery {
+            Some(_) => Self::RECOVERY_EVALUATION_DATA_NUMBER,
+            None => Self::TCB_EVALUATION_DATA_NUMBER,
+        }
+    }
+
+    /// The `/tcbevaluationdatanumbers` body, signed like Intel's (r‖s over the inner
+    /// object's exact bytes), for `window`; and the issuer chain for its header. Lists
+    /// the recovery's set when one is rehearsed, and 17 with Intel's real TCB-R 17 date.
+    pub fn eval_numbers(
+        &self,
+        issued_at: u64,
+        validity_secs: u64,
+    ) -> Result<(String, String), DevPkiError> {
+        let window = Window::new(issued_at, validity_secs)?;
+        let date = |t: i64| {
+            u64::try_from(t)
+                .ok()
+                .and_then(rfc3339)
+                .ok_or_else(|| DevPkiError::Json(format!("{t} is not a representable date")))
+        };
+        let mut numbers = Vec::new();
+        if let Some(r) = self.recovery {
+            numbers.push(EvalNumberJson {
+                tcb_evaluation_data_number: Self::RECOVERY_EVALUATION_DATA_NUMBER,
+                tcb_recovery_event_date: date(r.event_date())?,
+                tcb_date: date(r.event_date() + 86_400)?,
+            });
+        }
+        numbers.push(EvalNumberJson {
+            tcb_evaluation_data_number: Self::TCB_EVALUATION_DATA_NUMBER,
+            tcb_recovery_event_date: "2024-03-12T00:00:00Z".into(),
+            tcb_date: "2024-03-13T00:00:00Z".into(),
+        });
+        let inner = serde_json::to_string(&EvalNumbersJson {
+            id: "TDX",
+            version: 1,
+            issue_date: &window.issue_date,
+            next_update: &window.next_update_str,
+            tcb_eval_numbers: numbers,
+        })
+        .map_err(|e| DevPkiError::Json(e.to_string()))?;
+        let signature = self.tcb_signing_key.sign_raw(inner.as_bytes())?;
+        Ok((
+            format!(
+                "{{\"tcbEvaluationDataNumbers\":{inner},\"signature\":\"{}\"}}",
+                hex::encode(signature)
+            ),
+            self.tcb_issuer_chain_pem.clone(),
+        ))
     }
 
     /// The self-signed root CA certificate, DER: the trust anchor to give a verifier.
@@ -575,10 +685,22 @@ impl DevPki {
         issued_at: u64,
         validity_secs: u64,
     ) -> Result<QuoteCollateralV3, DevPkiError> {
+        let now = i64::try_from(teesql_appraisal::Clock::System.now()).unwrap_or(i64::MAX);
+        self.collateral_of_set(issued_at, validity_secs, self.standard_set(now))
+    }
+
+    /// [`Self::collateral`] with the TCB Info and QE Identity of evaluation data set
+    /// `eval` (17, or the rehearsed recovery's).
+    pub fn collateral_of_set(
+        &self,
+        issued_at: u64,
+        validity_secs: u64,
+        eval: u32,
+    ) -> Result<QuoteCollateralV3, DevPkiError> {
         let window = Window::new(issued_at, validity_secs)?;
-        let tcb_info = self.tcb_info_json(&window)?;
+        let tcb_info = self.tcb_info_json(&window, eval)?;
         let tcb_info_signature = self.tcb_signing_key.sign_raw(tcb_info.as_bytes())?.to_vec();
-        let qe_identity = self.qe_identity_json(&window)?;
+        let qe_identity = self.qe_identity_json(&window, eval)?;
         let qe_identity_signature = self
             .tcb_signing_key
             .sign_raw(qe_identity.as_bytes())?
@@ -648,21 +770,53 @@ impl DevPki {
     }
 
     /// The TCB Info JSON (TDX, version 3), compact, exactly the signed bytes.
-    fn tcb_info_json(&self, window: &Window) -> Result<String, DevPkiError> {
+    fn tcb_info_json(&self, window: &Window, eval: u32) -> Result<String, DevPkiError> {
+        let svn = Self::TEE_TCB_SVN[0];
+        let recovered = eval == Self::RECOVERY_EVALUATION_DATA_NUMBER;
+        let recovery_date = self
+            .recovery
+            .filter(|_| recovered)
+            .and_then(|r| u64::try_from(r.event_date() + 86_400).ok())
+            .and_then(rfc3339)
+            .unwrap_or_else(|| TCB_DATE.to_string());
+        let module_levels = || {
+            if recovered {
+                // The recovery: module SVN 6 is now required; the platform's 5 is out of date.
+                vec![
+                    TdxModuleTcbLevelJson {
+                        tcb: IsvSvnJson {
+                            isvsvn: u16::from(svn) + 1,
+                        },
+                        tcb_date: recovery_date.clone(),
+                        tcb_status: "UpToDate",
+                        advisory_ids: Vec::new(),
+                    },
+                    TdxModuleTcbLevelJson {
+                        tcb: IsvSvnJson {
+                            isvsvn: u16::from(svn),
+                        },
+                        tcb_date: TCB_DATE.to_string(),
+                        tcb_status: "OutOfDate",
+                        advisory_ids: vec![DEV_RECOVERY_ADVISORY.to_string()],
+                    },
+                ]
+            } else {
+                vec![TdxModuleTcbLevelJson {
+                    tcb: IsvSvnJson {
+                        isvsvn: u16::from(svn),
+                    },
+                    tcb_date: TCB_DATE.to_string(),
+                    tcb_status: "UpToDate",
+                    advisory_ids: Vec::new(),
+                }]
+            }
+        };
         let module = |id: Option<&'static str>| TdxModuleJson {
             id,
             mrsigner: hex::encode_upper(TDX_MODULE_MRSIGNER),
             attributes: hex::encode_upper(TDX_MODULE_ATTRIBUTES),
             attributes_mask: hex::encode_upper(TDX_MODULE_ATTRIBUTES_MASK),
-            tcb_levels: id.map(|_| {
-                vec![TdxModuleTcbLevelJson {
-                    tcb: IsvSvnJson {
-                        isvsvn: u16::from(Self::TEE_TCB_SVN[0]),
-                    },
-                    tcb_date: TCB_DATE,
-                    tcb_status: "UpToDate",
-                }]
-            }),
+            tcb_levels: id.map(|_| module_levels()),
         };
         let svns = |svns: &[u8; 16]| svns.iter().map(|&svn| SvnJson { svn }).collect();
         let info = TcbInfoJson {
@@ -673,7 +827,7 @@ impl DevPki {
             fmspc: hex::encode(self.fmspc),
             pce_id: hex::encode(PCE_ID),
             tcb_type: 0,
-            tcb_evaluation_data_number: Self::TCB_EVALUATION_DATA_NUMBER,
+            tcb_evaluation_data_number: eval,
             tdx_module: module(None),
             tdx_module_identities: vec![module(Some(TDX_MODULE_IDENTITY_ID))],
             tcb_levels: vec![TcbLevelJson {
@@ -691,13 +845,13 @@ impl DevPki {
     }
 
     /// The QE Identity JSON (TD_QE, version 2), compact, exactly the signed bytes.
-    fn qe_identity_json(&self, window: &Window) -> Result<String, DevPkiError> {
+    fn qe_identity_json(&self, window: &Window, eval: u32) -> Result<String, DevPkiError> {
         let identity = QeIdentityJson {
             id: "TD_QE",
             version: 2,
             issue_date: &window.issue_date,
             next_update: &window.next_update_str,
-            tcb_evaluation_data_number: Self::TCB_EVALUATION_DATA_NUMBER,
+            tcb_evaluation_data_number: eval,
             miscselect: hex::encode_upper(TD_QE_MISCSELECT.to_le_bytes()),
             miscselect_mask: hex::encode_upper(TD_QE_MISCSELECT_MASK.to_le_bytes()),
             attributes: hex::encode_upper(TD_QE_ATTRIBUTES),
@@ -931,8 +1085,28 @@ struct TdxModuleJson {
 #[serde(rename_all = "camelCase")]
 struct TdxModuleTcbLevelJson {
     tcb: IsvSvnJson,
-    tcb_date: &'static str,
+    tcb_date: String,
     tcb_status: &'static str,
+    #[serde(rename = "advisoryIDs", skip_serializing_if = "Vec::is_empty")]
+    advisory_ids: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EvalNumbersJson<'a> {
+    id: &'static str,
+    version: u8,
+    issue_date: &'a str,
+    next_update: &'a str,
+    tcb_eval_numbers: Vec<EvalNumberJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EvalNumberJson {
+    tcb_evaluation_data_number: u32,
+    tcb_recovery_event_date: String,
+    tcb_date: String,
 }
 
 #[derive(Serialize)]
