@@ -519,9 +519,35 @@ pub struct EarlyClaims {
     pub days_until: Option<i64>,
 }
 
+/// Which platform the TCB levels were matched for (`tdx.tcb.platform`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlatformClaims {
+    /// FMSPC (upper-case hex, as PCS writes it).
+    pub fmspc: String,
+    /// The PCK certificate's CPUSVN (hex).
+    pub cpu_svn: String,
+    /// The PCK certificate's PCESVN.
+    pub pce_svn: u16,
+    /// The TD's TEE_TCB_SVN (hex).
+    pub tee_tcb_svn: String,
+}
+
+impl From<&Platform> for PlatformClaims {
+    fn from(p: &Platform) -> Self {
+        Self {
+            fmspc: hex::encode_upper(p.fmspc),
+            cpu_svn: hex::encode(p.cpu_svn),
+            pce_svn: p.pce_svn,
+            tee_tcb_svn: hex::encode(p.tee_tcb_svn),
+        }
+    }
+}
+
 /// TCB lifecycle claims (`tdx.tcb`; see CLAIMS.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TcbClaims {
+    /// The platform matched.
+    pub platform: PlatformClaims,
     /// The number of the standard TCB info that decided.
     pub eval_data_number: u32,
     /// When that set became the standard one (RFC 3339 date); `null` without the list.
@@ -539,6 +565,7 @@ impl TcbClaims {
     /// Claims from the standard standing, the early one (only when its set is newer)
     /// and the evaluation numbers list, at `now` (unix seconds).
     pub fn new(
+        platform: &Platform,
         standard: &Standing,
         early: Option<&Standing>,
         numbers: Option<&EvalNumbers>,
@@ -549,6 +576,7 @@ impl TcbClaims {
         let standard_since = entry(standard.eval_data_number).map(EvalNumber::standard_from);
         let early = early.filter(|e| e.eval_data_number > standard.eval_data_number);
         Self {
+            platform: platform.into(),
             eval_data_number: standard.eval_data_number,
             standard_since: standard_since.map(date_text),
             days_since_standard: standard_since.map(|t| (now - t).div_euclid(DAY)),
@@ -733,7 +761,14 @@ mod tests {
             ],
         };
         let now = parse_date("2026-07-14T00:00:00Z").unwrap() as u64;
+        let p = Platform {
+            fmspc: [0xb0, 0xc0, 0x6f, 0, 0, 0],
+            cpu_svn: [0; 16],
+            pce_svn: 11,
+            tee_tcb_svn: [0; 16],
+        };
         let c = TcbClaims::new(
+            &p,
             &s(19, "UpToDate"),
             Some(&s(20, "OutOfDate")),
             Some(&numbers),
@@ -745,6 +780,7 @@ mod tests {
         assert_eq!(c.days_since_standard, Some(62));
         // An early set no newer than the standard one is no forecast.
         let same = TcbClaims::new(
+            &p,
             &s(19, "UpToDate"),
             Some(&s(19, "UpToDate")),
             Some(&numbers),
@@ -752,7 +788,7 @@ mod tests {
         );
         assert!(same.early.is_none());
         // Without the list, the status is still known, the dates are not.
-        let blind = TcbClaims::new(&s(19, "UpToDate"), Some(&s(20, "OutOfDate")), None, now);
+        let blind = TcbClaims::new(&p, &s(19, "UpToDate"), Some(&s(20, "OutOfDate")), None, now);
         assert_eq!(blind.early.unwrap().days_until, None);
         assert_eq!(
             add_twelve_months(parse_date("2024-02-29T00:00:00Z").unwrap()),

@@ -95,6 +95,25 @@ async fn before_the_promotion_every_decision_warns_ahead() {
             .unwrap_or_else(|| panic!("{message}"));
         assert!((44..=45).contains(&days), "{message}");
     }
+    // The metrics an alert rule reads (deploy/alerts.yml fires under 30 days).
+    let metrics = s.cluster.verifier.metrics().encode();
+    let days = metric(&metrics, "teesql_verifier_tcb_days_until_demotion");
+    assert!((44.0..=45.0).contains(&days), "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "teesql_verifier_tcb_platforms{set=\"early\",status=\"OutOfDate\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
+
+/// The value of the sample `name` (with its labels) in a Prometheus exposition.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,6 +130,20 @@ async fn on_promotion_day_the_grace_admits_every_tenant_with_a_warning() {
         );
         assert!(r[0].1.contains("standard for 0 days"), "{}", r[0].1);
     }
+    let metrics = s.cluster.verifier.metrics().encode();
+    assert_eq!(
+        metric(
+            &metrics,
+            "teesql_verifier_tcb_platforms{set=\"standard\",status=\"OutOfDate\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    // Demoted already: nothing is ahead any more.
+    assert!(
+        !metrics.contains("teesql_verifier_tcb_days_until_demotion "),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -317,6 +317,7 @@ impl DcapBackend {
             }
         };
         Some(TcbClaims::new(
+            &platform,
             &standings.standard,
             standings.early.as_ref(),
             standings.numbers.as_ref(),

@@ -133,6 +133,9 @@ impl DecisionService {
             }
         };
         let facts = &prepared.facts;
+        if let Some(tcb) = &facts.tcb {
+            self.metrics.tcb_seen(tcb, now);
+        }
         summary.evidence = facts.kind.clone();
         summary.subject = facts.subject.clone();
         summary.mrtd = facts.mrtd.clone();

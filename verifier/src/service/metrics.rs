@@ -28,6 +28,38 @@ pub struct Metrics {
     reloads: Family<Labels, Counter>,
     policy_info: Family<Labels, Gauge>,
     log_dropped: Counter,
+    tcb: TcbGauges,
+}
+
+/// A platform's TCB standing as one decision saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcbSeen {
+    /// `FMSPC:CPUSVN:PCESVN:TEE_TCB_SVN`: what TCB level matching depends on.
+    pub platform: String,
+    /// Its status under Intel's standard set.
+    pub standard: String,
+    /// Its status under the early set, when a newer one was read.
+    pub early: Option<String>,
+    /// Days until the early set becomes the standard one, when known.
+    pub days_until: Option<i64>,
+}
+
+/// Most platforms the TCB gauges remember (each a few hundred bytes).
+const MAX_TCB_PLATFORMS: usize = 4096;
+/// A platform not seen for this long no longer counts.
+const TCB_SEEN_WINDOW_SECS: u64 = 24 * 3600;
+
+/// The TCB gauges and the platforms they are computed from.
+#[derive(Debug, Default)]
+struct TcbGauges {
+    seen: std::sync::Mutex<std::collections::HashMap<String, (TcbSeen, u64)>>,
+    platforms: Family<Labels, Gauge>,
+    days_until_demotion: Family<Labels, Gauge>,
+}
+
+/// Statuses that mean a platform is (or would be) refused by Intel's TCB.
+fn demoted(status: &str) -> bool {
+    status.starts_with("OutOfDate") || status == "Revoked"
 }
 
 impl Default for Metrics {
@@ -75,6 +107,17 @@ impl Metrics {
             "Policy reloads, by result (ok, rejected)",
             reloads.clone(),
         );
+        let tcb = TcbGauges::default();
+        registry.register(
+            "tcb_platforms",
+            "Platforms seen in the last 24 hours, by TCB evaluation data set (standard, early) and their TCB status under it",
+            tcb.platforms.clone(),
+        );
+        registry.register(
+            "tcb_days_until_demotion",
+            "Fewest days until Intel's early TCB set becomes the standard one and demotes a platform seen in the last 24 hours (absent when none would be)",
+            tcb.days_until_demotion.clone(),
+        );
         let policy_info = Family::<Labels, Gauge>::default();
         registry.register(
             "policy_info",
@@ -90,6 +133,7 @@ impl Metrics {
         Self {
             registry,
             log_dropped,
+            tcb,
             decisions,
             latency,
             cache,
@@ -202,6 +246,70 @@ impl Metrics {
         self.policy_info
             .get_or_create(&vec![("hash", hash.to_string())])
             .set(1);
+    }
+
+    /// Note a platform's TCB standing (every decision on a verified `dcap` quote). The
+    /// gauges are recomputed when a platform is new or its standing changed, and at
+    /// most once a minute otherwise.
+    pub fn tcb_seen(&self, seen: &TcbSeen, now: u64) {
+        let Ok(mut map) = self.tcb.seen.lock() else {
+            return;
+        };
+        let changed = match map.get_mut(&seen.platform) {
+            Some((old, at)) => {
+                let stale = now.saturating_sub(*at) >= 60;
+                let changed = old != seen;
+                *old = seen.clone();
+                *at = now;
+                changed || stale
+            }
+            None => {
+                if map.len() >= MAX_TCB_PLATFORMS
+                    && let Some(oldest) = map
+                        .iter()
+                        .min_by_key(|(_, (_, at))| *at)
+                        .map(|(k, _)| k.clone())
+                {
+                    map.remove(&oldest);
+                }
+                map.insert(seen.platform.clone(), (seen.clone(), now));
+                true
+            }
+        };
+        if !changed {
+            return;
+        }
+        map.retain(|_, (_, at)| now.saturating_sub(*at) < TCB_SEEN_WINDOW_SECS);
+        self.tcb.platforms.clear();
+        self.tcb.days_until_demotion.clear();
+        let mut fewest: Option<i64> = None;
+        for (s, _) in map.values() {
+            self.tcb
+                .platforms
+                .get_or_create(&vec![
+                    ("set", "standard".into()),
+                    ("status", s.standard.clone()),
+                ])
+                .inc();
+            if let Some(early) = &s.early {
+                self.tcb
+                    .platforms
+                    .get_or_create(&vec![("set", "early".into()), ("status", early.clone())])
+                    .inc();
+                if demoted(early)
+                    && !demoted(&s.standard)
+                    && let Some(days) = s.days_until
+                {
+                    fewest = Some(fewest.map_or(days, |f| f.min(days)));
+                }
+            }
+        }
+        if let Some(days) = fewest {
+            self.tcb
+                .days_until_demotion
+                .get_or_create(&Vec::new())
+                .set(days);
+        }
     }
 
     /// The text exposition format.

@@ -46,6 +46,8 @@ pub(crate) struct Facts {
     pub debug: Option<bool>,
     /// The event log replayed to RTMR3; `None` without an event log.
     pub rtmr3_replayed: Option<bool>,
+    /// The platform's TCB standing, for the TCB metrics (`dcap`, verified quotes).
+    pub tcb: Option<super::metrics::TcbSeen>,
 }
 
 impl Facts {
@@ -67,6 +69,11 @@ impl Facts {
             .map(text)
             .sum::<usize>()
             + measured.chain(identity).map(text).sum::<usize>()
+            + self.tcb.as_ref().map_or(0, |t| {
+                chunk(t.platform.capacity())
+                    + chunk(t.standard.capacity())
+                    + t.early.as_ref().map_or(0, |e| chunk(e.capacity()))
+            })
     }
 }
 
@@ -166,6 +173,16 @@ impl Prepared {
             has_quote: tdx.is_some(),
             debug: tdx.and_then(|t| t.debug),
             rtmr3_replayed: appraised.app.as_ref().map(|a| a.rtmr3_replayed),
+            tcb: tdx.and_then(|t| {
+                let tcb = t.tcb.as_ref()?;
+                let p = &tcb.platform;
+                Some(super::metrics::TcbSeen {
+                    platform: format!("{}:{}:{}:{}", p.fmspc, p.cpu_svn, p.pce_svn, p.tee_tcb_svn),
+                    standard: t.tcb_status.clone()?,
+                    early: tcb.early.as_ref().map(|e| e.status.clone()),
+                    days_until: tcb.early.as_ref().and_then(|e| e.days_until),
+                })
+            }),
         };
         let (evidence, tdx, app, binding) = (
             value_of(&appraised.evidence),
