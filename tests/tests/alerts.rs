@@ -61,5 +61,8 @@ fn alert_rules_read_metrics_the_verifier_exports() {
         }
     }
     assert!(used >= 2, "{used}");
-    assert!(exported.contains("teesql_verifier_tcb_days_until_demotion 29"), "{exported}");
+    assert!(
+        exported.contains("teesql_verifier_tcb_days_until_demotion 29"),
+        "{exported}"
+    );
 }

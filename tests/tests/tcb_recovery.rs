@@ -95,6 +95,34 @@ async fn before_the_promotion_every_decision_warns_ahead() {
             .unwrap_or_else(|| panic!("{message}"));
         assert!((44..=45).contains(&days), "{message}");
     }
+    // The report an operator runs on the decision log (`teesql-verifier tcb report`).
+    let mut b = teesql_verifier::lifecycle::Builder::default();
+    b.read_log(std::io::BufReader::new(
+        std::fs::File::open(&s.log).unwrap(),
+    ))
+    .unwrap();
+    let report = b.finish();
+    let table = report.table();
+    println!("{table}");
+    assert_eq!(report.platforms.len(), 1, "{table}");
+    assert!(
+        table.contains("now:   UpToDate under standard set 17"),
+        "{table}"
+    );
+    assert!(
+        table.contains("next:  OutOfDate under early set 18"),
+        "{table}"
+    );
+    assert!(
+        table.contains("fix:   tdx_module (TDX Module) 5 -> 6"),
+        "{table}"
+    );
+    assert!(
+        table.contains("tenant acme") && table.contains("tenant globex"),
+        "{table}"
+    );
+    let ahead = report.platforms[0].early["days_until"].as_i64().unwrap();
+    assert!(ahead >= 30, "{table}");
     // The metrics an alert rule reads (deploy/alerts.yml fires under 30 days).
     let metrics = s.cluster.verifier.metrics().encode();
     let days = metric(&metrics, "teesql_verifier_tcb_days_until_demotion");

@@ -9,8 +9,9 @@
 
 pub use teesql_appraisal::{
     appraise, backend, claims, clock, collateral, eventlog, evidence, http, local, manifest,
-    mr_config, policy, report,
+    mr_config, policy, report, tcb,
 };
+pub mod lifecycle;
 pub mod service;
 
 pub use teesql_appraisal::{Appraiser, Clock, Decision, DecisionRequest, decide};

@@ -538,3 +538,47 @@ fn serve_variables_are_named_after_their_flags() {
     }
     assert!(checked > 30, "{checked} flags read from:\n{help}");
 }
+
+/// `tcb report` on recorded evidence: dcap-qvl's platform under Intel's standard set 17
+/// and early set 20 (`testdata/pcs/`, a collateral directory with both), with the fix.
+#[test]
+fn tcb_report_names_the_platform_its_next_status_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("testdata/dcap/tdx_quote"),
+        dir.path().join("tdx_quote"),
+    )
+    .unwrap();
+    let evidence_dir = dir.path().display().to_string();
+    let args = [
+        "tcb",
+        "report",
+        "--evidence-dir",
+        &evidence_dir,
+        "--collateral-dir",
+        "testdata/pcs",
+        "--offline",
+        "--now",
+        "1751000000",
+    ];
+    let out = verifier(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("platform FMSPC B0C06F000000"), "{table}");
+    assert!(
+        table.contains("now:   UpToDate under standard set 17"),
+        "{table}"
+    );
+    assert!(
+        table.contains("next:  OutOfDate under early set 20"),
+        "{table}"
+    );
+    assert!(table.contains("tdx_module (TDX Module) 6 -> 11"), "{table}");
+    let out = verifier(&[&args[..], &["--json"]].concat());
+    let j = stdout_json(&out);
+    assert_eq!(j["platforms"][0]["early"]["eval_data_number"], 20);
+    assert_eq!(j["platforms"][0]["fix"][3]["needs"], 11);
+    // Something that is not evidence is named.
+    std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+    assert_usage_error(&args, "notes.txt: not a quote");
+}

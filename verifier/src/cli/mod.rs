@@ -2,6 +2,7 @@
 
 mod policy_cmd;
 mod serve;
+mod tcb_cmd;
 mod token_cmd;
 mod verify;
 
@@ -56,6 +57,9 @@ enum Command {
     /// Check signed decisions (Decision.token) as a relying party.
     #[command(subcommand)]
     Token(token_cmd::TokenCommand),
+    /// TCB recoveries: which platforms Intel's next TCB set demotes, when, and the fix.
+    #[command(subcommand)]
+    Tcb(tcb_cmd::TcbCommand),
 }
 
 /// Run a parsed command line.
@@ -65,6 +69,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::run(*args).await,
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Token(cmd) => token_cmd::run(cmd).await,
+        Command::Tcb(cmd) => tcb_cmd::run(cmd).await,
     }
 }
 

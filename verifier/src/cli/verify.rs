@@ -220,7 +220,7 @@ fn read_evidence(
 }
 
 /// Read a file, refusing anything larger than the evidence bound before reading it all.
-fn read_bounded(path: &Path) -> Result<Vec<u8>, EvidenceError> {
+pub fn read_bounded(path: &Path) -> Result<Vec<u8>, EvidenceError> {
     let io = |e: std::io::Error| EvidenceError::Invalid(format!("cannot read: {e}"));
     let file = std::fs::File::open(path).map_err(io)?;
     let mut buf = Vec::new();

@@ -134,12 +134,18 @@ impl DecisionService {
         };
         let facts = &prepared.facts;
         if let Some(tcb) = &facts.tcb {
-            self.metrics.tcb_seen(tcb, now);
+            self.metrics.tcb_seen(&tcb.seen(), now);
         }
         summary.evidence = facts.kind.clone();
         summary.subject = facts.subject.clone();
         summary.mrtd = facts.mrtd.clone();
         summary.app_id = facts.app_id.clone();
+        summary.compose_hash = facts
+            .measured
+            .identity
+            .as_ref()
+            .and_then(|i| i.compose_hash.clone());
+        summary.tcb = facts.tcb.clone();
         let valid_until = facts.valid_until;
         let extra = extra(facts);
         let (input, claims_json) = prepared.input(purpose, now, connection.as_ref(), &extra);

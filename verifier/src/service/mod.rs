@@ -29,7 +29,7 @@ use serde::Serialize;
 use cache::AppraisalCache;
 pub use log::{DecisionLog, LogTarget};
 pub use metrics::Metrics;
-pub use request::{PeerRequest, PeerSummary, QuoteInput, RequestError, TokenRequest};
+pub use request::{PeerRequest, PeerSummary, QuoteInput, RequestError, TcbRecord, TokenRequest};
 
 use crate::Clock;
 use crate::appraise::Appraiser;

@@ -46,8 +46,9 @@ pub(crate) struct Facts {
     pub debug: Option<bool>,
     /// The event log replayed to RTMR3; `None` without an event log.
     pub rtmr3_replayed: Option<bool>,
-    /// The platform's TCB standing, for the TCB metrics (`dcap`, verified quotes).
-    pub tcb: Option<super::metrics::TcbSeen>,
+    /// The platform's TCB standing, for the TCB metrics and the decision log (`dcap`,
+    /// verified quotes).
+    pub tcb: Option<super::request::TcbRecord>,
 }
 
 impl Facts {
@@ -69,11 +70,7 @@ impl Facts {
             .map(text)
             .sum::<usize>()
             + measured.chain(identity).map(text).sum::<usize>()
-            + self.tcb.as_ref().map_or(0, |t| {
-                chunk(t.platform.capacity())
-                    + chunk(t.standard.capacity())
-                    + t.early.as_ref().map_or(0, |e| chunk(e.capacity()))
-            })
+            + self.tcb.as_ref().map_or(0, super::request::TcbRecord::heap)
     }
 }
 
@@ -174,13 +171,9 @@ impl Prepared {
             debug: tdx.and_then(|t| t.debug),
             rtmr3_replayed: appraised.app.as_ref().map(|a| a.rtmr3_replayed),
             tcb: tdx.and_then(|t| {
-                let tcb = t.tcb.as_ref()?;
-                let p = &tcb.platform;
-                Some(super::metrics::TcbSeen {
-                    platform: format!("{}:{}:{}:{}", p.fmspc, p.cpu_svn, p.pce_svn, p.tee_tcb_svn),
-                    standard: t.tcb_status.clone()?,
-                    early: tcb.early.as_ref().map(|e| e.status.clone()),
-                    days_until: tcb.early.as_ref().and_then(|e| e.days_until),
+                Some(super::request::TcbRecord {
+                    status: t.tcb_status.clone()?,
+                    claims: t.tcb.clone()?,
                 })
             }),
         };
