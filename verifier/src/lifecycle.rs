@@ -227,6 +227,31 @@ impl Report {
     }
 }
 
+/// The claims as they will be on the day Intel's early set becomes the standard one:
+/// the early status decides, the set has been standard for 0 days, no newer set is
+/// known, and what must rise stays what it is. `None` when the claims have no early set
+/// (nothing would change). The advisories stay the standard set's (the early set's are
+/// not in the claims).
+pub fn as_if_promoted(claims: &Value) -> Option<Value> {
+    let early = claims["tdx"]["tcb"]["early"].as_object()?.clone();
+    let mut c = claims.clone();
+    let tdx = c.get_mut("tdx")?.as_object_mut()?;
+    tdx.insert("tcb_status".into(), early.get("status")?.clone());
+    let tcb = tdx.get_mut("tcb")?.as_object_mut()?;
+    tcb.insert(
+        "eval_data_number".into(),
+        early.get("eval_data_number")?.clone(),
+    );
+    tcb.insert(
+        "standard_since".into(),
+        early.get("standard_from").cloned().unwrap_or(Value::Null),
+    );
+    // As if promoted today: 0 days since (a grace counts from today).
+    tcb.insert("days_since_standard".into(), Value::from(0));
+    tcb.insert("early".into(), Value::Null);
+    Some(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +267,22 @@ mod tests {
             "grants": {"roles": ["tenant_acme"], "attributes": {"tenant": tenant}},
         })
         .to_string()
+    }
+
+    #[test]
+    fn promotion_makes_the_early_status_the_deciding_one() {
+        let claims = json!({"tdx": {"tcb_status": "UpToDate", "tcb": {
+            "eval_data_number": 19, "standard_since": null, "days_since_standard": null,
+            "early": {"status": "OutOfDate", "eval_data_number": 20, "tcb_recovery_date": "2025-08-12T00:00:00Z", "standard_from": "2026-08-12T00:00:00Z", "days_until": 3},
+            "fix": []}}});
+        let p = as_if_promoted(&claims).unwrap();
+        assert_eq!(p["tdx"]["tcb_status"], "OutOfDate");
+        assert_eq!(p["tdx"]["tcb"]["eval_data_number"], 20);
+        assert_eq!(p["tdx"]["tcb"]["days_since_standard"], 0);
+        assert_eq!(p["tdx"]["tcb"]["early"], Value::Null);
+        let mut none = claims.clone();
+        none["tdx"]["tcb"]["early"] = Value::Null;
+        assert!(as_if_promoted(&none).is_none());
     }
 
     #[test]

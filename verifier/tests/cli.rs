@@ -582,3 +582,71 @@ fn tcb_report_names_the_platform_its_next_status_and_the_fix() {
     std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
     assert_usage_error(&args, "notes.txt: not a quote");
 }
+
+/// `policy replay`: the recorded quote is allowed today; as if Intel's set 20 were the
+/// standard one it would be refused (exit 3, naming the identity and the code), unless
+/// the new profile gives a grace.
+#[test]
+fn policy_replay_lists_what_a_promotion_would_refuse_and_gates_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let evidence = dir.path().join("evidence");
+    std::fs::create_dir(&evidence).unwrap();
+    std::fs::copy(
+        root().join("testdata/dcap/tdx_quote"),
+        evidence.join("tdx_quote"),
+    )
+    .unwrap();
+    let evidence_dir = evidence.display().to_string();
+    let replay = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "replay",
+            "--evidence-dir",
+            &evidence_dir,
+            "--collateral-dir",
+            "testdata/pcs",
+            "--offline",
+            "--now",
+            "1751000000",
+        ];
+        args.extend_from_slice(extra);
+        verifier(&args)
+    };
+    let same = replay(&["--policy-dir", "policies/teesql"]);
+    assert_eq!(same.status.code(), Some(0), "{}", stderr(&same));
+    let text = String::from_utf8_lossy(&same.stdout).to_string();
+    assert!(
+        text.contains("1 evidence files; 0 allow -> deny, 0 deny -> allow"),
+        "{text}"
+    );
+
+    let promoted = replay(&["--policy-dir", "policies/teesql", "--tcb-set", "early"]);
+    assert_eq!(promoted.status.code(), Some(3), "{}", stderr(&promoted));
+    let text = String::from_utf8_lossy(&promoted.stdout).to_string();
+    assert!(text.contains("allow -> deny"), "{text}");
+    assert!(text.contains("tdx_quote"), "{text}");
+    assert!(text.contains("(tcb_out_of_date)"), "{text}");
+
+    // A new profile with a grace admits it on promotion day (with a warning).
+    let graced = dir.path().join("graced");
+    std::fs::create_dir(&graced).unwrap();
+    std::fs::write(
+        graced.join("profile.toml"),
+        format!(
+            "extends = [{:?}]\n",
+            root().join("policies/teesql").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        graced.join("data.json"),
+        r#"{"teesql": {"tcb_grace_days": 30}}"#,
+    )
+    .unwrap();
+    let graced = graced.display().to_string();
+    let out = replay(&["--policy-dir", &graced, "--tcb-set", "early", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let j = stdout_json(&out);
+    assert_eq!(j["allow_to_deny"], 0, "{j}");
+    assert_eq!(j["evidence"], 1, "{j}");
+}

@@ -1,6 +1,7 @@
 //! Command-line interface.
 
 mod policy_cmd;
+mod replay;
 mod serve;
 mod tcb_cmd;
 mod token_cmd;
@@ -67,7 +68,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Verify(args) => verify::run(*args).await,
         Command::Serve(args) => serve::run(*args).await,
-        Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Policy(cmd) => policy_cmd::run(cmd).await,
         Command::Token(cmd) => token_cmd::run(cmd).await,
         Command::Tcb(cmd) => tcb_cmd::run(cmd).await,
     }

@@ -20,11 +20,17 @@ pub enum PolicyCommand {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Re-appraise recorded evidence under a new profile and/or Intel's early TCB set
+    /// (as if it were the standard one today) and list every identity whose decision
+    /// changes. Exit status 3 when an allow would become a deny (gate a rollout on it),
+    /// 0 otherwise, 2 on unusable input.
+    Replay(Box<super::replay::ReplayArgs>),
 }
 
-pub fn run(cmd: PolicyCommand) -> ExitCode {
+pub async fn run(cmd: PolicyCommand) -> ExitCode {
     match cmd {
         PolicyCommand::Test { dir, verbose } => test(&dir, verbose),
+        PolicyCommand::Replay(args) => super::replay::run(*args).await,
     }
 }
 
