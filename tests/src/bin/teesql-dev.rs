@@ -68,6 +68,12 @@ struct Args {
     /// Log filter for the services (e.g. info, teesql_sidecar=debug).
     #[arg(long, default_value = "warn")]
     log: String,
+    /// Rehearse a TCB recovery (README, "TCB recoveries"): the dev PCCS publishes a TCB
+    /// set that rates this platform OutOfDate (TDX module 5 -> 6) as Intel's early set
+    /// now, and as the standard one in DAYS days (negative: DAYS ago). Watch the
+    /// decisions' warnings, the verifier's tcb metrics and `teesql-verifier tcb report`.
+    #[arg(long, value_name = "DAYS", allow_negative_numbers = true)]
+    tcb_recovery_in_days: Option<i64>,
 }
 
 /// How teesql-dev's verifier serves gRPC.
@@ -220,6 +226,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         verifier_port: Some(verifier_port),
         agent_port: Some(agent_port),
         seed,
+        agent: args.tcb_recovery_in_days.map(|days| AgentConfig {
+            tcb_recovery: Some(teesql_devattest::pki::TcbRecovery::in_days(days)),
+            ..AgentConfig::new(seed)
+        }),
         state_dir,
         decision_log: "off".into(),
         backend: args.backend.clone(),
