@@ -258,6 +258,38 @@ pub struct SignedTcbInfo {
     pub eval_data_number: u32,
     /// Its `nextUpdate`, unix seconds: it is fetched again after that.
     pub next_update: i64,
+    /// The set's QE identity, when the source has it (`qe/identity?update=early`).
+    pub qe_identity: Option<SignedDoc>,
+}
+
+/// A signed PCS document as served: the exact JSON, r‖s, and its issuer chain (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedDoc {
+    /// The inner object, byte for byte.
+    pub json: String,
+    /// r‖s, 64 bytes.
+    pub signature: Vec<u8>,
+    /// The issuer chain (PEM).
+    pub issuer_chain: String,
+}
+
+impl SignedDoc {
+    /// Check its signature under `root_der`.
+    pub fn verify(&self, what: &'static str, root_der: &[u8]) -> Result<(), TcbError> {
+        if self.json.len() > MAX_TCB_BODY_LEN {
+            return Err(TcbError::Malformed {
+                what,
+                detail: format!("{} bytes", self.json.len()),
+            });
+        }
+        verify_signed(
+            what,
+            self.json.as_bytes(),
+            &hex::encode(&self.signature),
+            self.issuer_chain.as_bytes(),
+            root_der,
+        )
+    }
 }
 
 impl SignedTcbInfo {
@@ -289,6 +321,7 @@ impl SignedTcbInfo {
             issuer_chain,
             eval_data_number: head.tcb_evaluation_data_number,
             next_update,
+            qe_identity: None,
         })
     }
 
@@ -326,6 +359,8 @@ pub struct Platform {
     pub pce_svn: u16,
     /// The TD report's TEE_TCB_SVN.
     pub tee_tcb_svn: [u8; 16],
+    /// The quoting enclave's ISVSVN (its report in the quote's certification data).
+    pub qe_isv_svn: u16,
 }
 
 impl Platform {
@@ -342,11 +377,14 @@ impl Platform {
             .ok_or_else(|| TcbError::Platform("no PCK certificate".into()))?;
         let ext = dcap_qvl::intel::parse_pck_extension(leaf)
             .map_err(|e| TcbError::Platform(format!("{e:#}")))?;
+        // The QE report is an SGX REPORT body: ISVSVN at bytes 258..260, little-endian.
+        let qe = quote.parsed().qe_report();
         Ok(Self {
             fmspc: ext.fmspc,
             cpu_svn: ext.cpu_svn,
             pce_svn: ext.pce_svn,
             tee_tcb_svn: td.tee_tcb_svn,
+            qe_isv_svn: u16::from_le_bytes([qe[258], qe[259]]),
         })
     }
 }
@@ -464,8 +502,63 @@ pub fn standing(tcb_info_json: &str, platform: &Platform) -> Result<Standing, Tc
     })
 }
 
-/// QVL's `convergeTcbStatuses`: only an `OutOfDate` or `Revoked` module lowers the
-/// platform's status.
+/// A standing lowered by the set's QE identity (`qe_identity_json`, signature already
+/// checked) as QVL converges it: the quoting enclave's level is the first with `isvsvn`
+/// at most the QE's; an `OutOfDate` or `Revoked` one lowers the status, and a QE below
+/// the `UpToDate` level is one more thing to raise (`qe`).
+pub fn with_qe(
+    mut s: Standing,
+    qe_identity_json: &str,
+    platform: &Platform,
+) -> Result<Standing, TcbError> {
+    let malformed = |detail: String| TcbError::Malformed {
+        what: "the QE identity",
+        detail,
+    };
+    if qe_identity_json.len() > MAX_TCB_BODY_LEN {
+        return Err(malformed(format!("{} bytes", qe_identity_json.len())));
+    }
+    let qe: dcap_qvl::qe_identity::QeIdentity =
+        serde_json::from_str(qe_identity_json).map_err(|e| malformed(e.to_string()))?;
+    if qe.tcb_levels.len() > MAX_TCB_LEVELS {
+        return Err(malformed(format!("{} TCB levels", qe.tcb_levels.len())));
+    }
+    let level = qe
+        .tcb_levels
+        .iter()
+        .find(|l| l.tcb.isvsvn <= platform.qe_isv_svn)
+        .ok_or_else(|| {
+            malformed(format!(
+                "no level matches QE ISVSVN {}",
+                platform.qe_isv_svn
+            ))
+        })?;
+    let status: TcbStatus = serde_json::from_value(serde_json::Value::from(s.status.clone()))
+        .map_err(|e| malformed(e.to_string()))?;
+    s.status = converge(status, level.tcb_status).to_string();
+    for a in &level.advisory_ids {
+        if !s.advisory_ids.contains(a) {
+            s.advisory_ids.push(a.clone());
+        }
+    }
+    if let Some(up) = qe
+        .tcb_levels
+        .iter()
+        .find(|l| l.tcb_status == TcbStatus::UpToDate)
+        && up.tcb.isvsvn > platform.qe_isv_svn
+    {
+        s.fix.push(Fix {
+            component: "qe".into(),
+            kind: Some("TD Quoting Enclave".into()),
+            have: platform.qe_isv_svn,
+            needs: up.tcb.isvsvn,
+        });
+    }
+    Ok(s)
+}
+
+/// QVL's `convergeTcbStatuses`: only an `OutOfDate` or `Revoked` module (or QE) lowers
+/// the platform's status.
 fn converge(platform: TcbStatus, module: TcbStatus) -> TcbStatus {
     use TcbStatus::*;
     match (module, platform) {
@@ -737,6 +830,39 @@ mod tests {
     }
 
     #[test]
+    fn the_quoting_enclave_is_matched_and_named_when_behind() {
+        let platform = Platform::of(&quote()).unwrap();
+        assert_eq!(platform.qe_isv_svn, 6);
+        let qe = |file: &str| {
+            let c: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(testdata(file)).unwrap()).unwrap();
+            c["qe_identity"].as_str().unwrap().to_string()
+        };
+        let early = standing(&tcb_info("pcs/B0C06F000000-eval20.early.json"), &platform).unwrap();
+        // Intel's QE identity of set 20 still wants ISVSVN 4: nothing more to raise.
+        let same = with_qe(
+            early.clone(),
+            &qe("pcs/B0C06F000000-eval20.early.json"),
+            &platform,
+        )
+        .unwrap();
+        assert_eq!(same, early);
+        // A set that wanted QE 8 would add the QE to the fix; one with no level for 6 is
+        // not a set this platform can be judged by.
+        let raised = qe("pcs/B0C06F000000-eval20.early.json").replace(
+            "\"tcbLevels\":[{\"tcb\":{\"isvsvn\":4}",
+            "\"tcbLevels\":[{\"tcb\":{\"isvsvn\":8},\"tcbDate\":\"2026-01-01T00:00:00Z\",\"tcbStatus\":\"UpToDate\"},{\"tcb\":{\"isvsvn\":4}",
+        );
+        assert_ne!(raised, qe("pcs/B0C06F000000-eval20.early.json"));
+        let s = with_qe(early.clone(), &raised, &platform).unwrap();
+        assert_eq!(s.fix.last().unwrap().component, "qe");
+        assert_eq!(
+            (s.fix.last().unwrap().have, s.fix.last().unwrap().needs),
+            (6, 8)
+        );
+    }
+
+    #[test]
     fn claims_count_days_to_the_promotion_from_the_recovery_date() {
         let s = |n: u32, status: &str| Standing {
             status: status.into(),
@@ -766,6 +892,7 @@ mod tests {
             cpu_svn: [0; 16],
             pce_svn: 11,
             tee_tcb_svn: [0; 16],
+            qe_isv_svn: 6,
         };
         let c = TcbClaims::new(
             &p,

@@ -297,9 +297,15 @@ impl DcapBackend {
             h.update(platform.cpu_svn);
             h.update(platform.pce_svn.to_le_bytes());
             h.update(platform.tee_tcb_svn);
+            h.update(platform.qe_isv_svn.to_le_bytes());
             for part in [
                 lifecycle.early.as_ref().map(|e| e.tcb_info.as_bytes()),
                 lifecycle.early.as_ref().map(|e| e.signature.as_slice()),
+                lifecycle
+                    .early
+                    .as_ref()
+                    .and_then(|e| e.qe_identity.as_ref())
+                    .map(|q| q.json.as_bytes()),
                 lifecycle.numbers.as_ref().map(|n| n.body.as_slice()),
             ] {
                 let part = part.unwrap_or_default();
@@ -341,7 +347,13 @@ impl DcapBackend {
             .and_then(|e| {
                 e.verify(self.root.der())
                     .and_then(|()| crate::tcb::standing(&e.tcb_info, platform))
-                    .map_err(|e| tracing::warn!(error = %e, "the early TCB info is not used"))
+                    .and_then(|s| match &e.qe_identity {
+                        Some(qe) => qe
+                            .verify("the early QE identity", self.root.der())
+                            .and_then(|()| crate::tcb::with_qe(s, &qe.json, platform)),
+                        None => Ok(s),
+                    })
+                    .map_err(|e| tracing::warn!(error = %e, "the early TCB set is not used"))
                     .ok()
             });
         let numbers = lifecycle.numbers.as_deref().and_then(|n| {

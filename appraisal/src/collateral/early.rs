@@ -87,12 +87,17 @@ impl TcbSources {
             };
             let c = Collateral::from_file(path)?;
             let key = c.key().map_err(|e| file_err(e.to_string()))?;
-            let early = SignedTcbInfo::new(
+            let mut early = SignedTcbInfo::new(
                 c.data.tcb_info.clone(),
                 c.data.tcb_info_signature.clone(),
                 c.data.tcb_info_issuer_chain.clone(),
             )
             .map_err(|e| file_err(e.to_string()))?;
+            early.qe_identity = Some(crate::tcb::SignedDoc {
+                json: c.data.qe_identity.clone(),
+                signature: c.data.qe_identity_signature.clone(),
+                issuer_chain: c.data.qe_identity_issuer_chain.clone(),
+            });
             tracing::debug!(path = %path.display(), %key, eval = early.eval_data_number, "loaded an early TCB info");
             self.early_offline.insert(key, Arc::new(early));
         }

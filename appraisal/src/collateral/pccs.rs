@@ -183,10 +183,37 @@ impl PccsClient {
             let resp: TcbInfoResponse<'_> =
                 serde_json::from_slice(&tcb.body).map_err(|e| invalid(e.to_string()))?;
             let signature = hex::decode(&resp.signature).map_err(|e| invalid(e.to_string()))?;
-            crate::tcb::SignedTcbInfo::new(resp.tcb_info.get().to_string(), signature, chain)
-                .map_err(|e| invalid(e.to_string()))
+            let mut early =
+                crate::tcb::SignedTcbInfo::new(resp.tcb_info.get().to_string(), signature, chain)
+                    .map_err(|e| invalid(e.to_string()))?;
+            // The set's QE identity, when the source serves it; without it the forecast
+            // covers the platform and the TDX module only.
+            early.qe_identity = self.fetch_early_qe(key, tee).await;
+            Ok(early)
         };
         self.within_timeout(key, fetch).await
+    }
+
+    async fn fetch_early_qe(
+        &self,
+        key: &CollateralKey,
+        tee: &str,
+    ) -> Option<crate::tcb::SignedDoc> {
+        let qe = self
+            .get(
+                key,
+                &format!("{tee}/certification/v4/qe/identity?update=early"),
+            )
+            .await
+            .map_err(|e| tracing::debug!(error = %e, "no early QE identity"))
+            .ok()?;
+        let issuer_chain = header(&qe, "SGX-Enclave-Identity-Issuer-Chain")?;
+        let resp: QeIdentityResponse<'_> = serde_json::from_slice(&qe.body).ok()?;
+        Some(crate::tcb::SignedDoc {
+            json: resp.enclave_identity.get().to_string(),
+            signature: hex::decode(&resp.signature).ok()?,
+            issuer_chain,
+        })
     }
 
     /// The list of TCB evaluation data numbers Intel serves, with their TCB-recovery
