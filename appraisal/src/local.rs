@@ -152,6 +152,13 @@ pub fn refusal(decision: &Decision) -> String {
     parts.join("; ")
 }
 
+/// Log the warnings an allowed decision carries (a TCB grace, Intel's next TCB set).
+fn warn_of(decision: &Decision) {
+    for r in &decision.reasons {
+        tracing::warn!(code = %r.code, message = %r.message, "the verifier's evidence was allowed with a warning");
+    }
+}
+
 /// The compose hash and app id a decision's claims attest, for logs.
 pub fn identity_summary(decision: &Decision) -> String {
     let app = &decision.claims["app"];
@@ -200,6 +207,7 @@ impl VerifierIdentity {
         let evidence = evidence::decode_certificate_der(&der)?;
         let decision = self.local.decide(&evidence, VERIFIER_PURPOSE, None).await?;
         if decision.allow {
+            warn_of(&decision);
             Ok(identity_summary(&decision))
         } else {
             Err(LocalError::Refused(refusal(&decision)))
@@ -229,6 +237,7 @@ impl VerifierIdentity {
             .decide(&evidence, VERIFIER_PURPOSE, Some(&q.expected_report_data))
             .await?;
         if decision.allow {
+            warn_of(&decision);
             Ok(identity_summary(&decision))
         } else {
             Err(LocalError::Refused(refusal(&decision)))

@@ -380,6 +380,9 @@ fn server_name_text(name: &ServerName<'_>) -> String {
 
 fn allowed(d: &Decision) -> Result<(), String> {
     if d.allow {
+        for r in &d.reasons {
+            tracing::warn!(code = %r.code, message = %r.message, "the verifier allowed the server with a warning");
+        }
         return Ok(());
     }
     Err(d

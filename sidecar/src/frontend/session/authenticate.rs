@@ -173,7 +173,14 @@ pub async fn verdict(
         .metrics
         .verifier_call(asked.elapsed(), matches!(result, Ok(Ok(_))));
     match result {
-        Ok(Ok(d)) if d.allow => Ok(d),
+        Ok(Ok(d)) if d.allow => {
+            // An allow may carry the policy's warnings (a TCB grace, Intel's next TCB
+            // set): the operator must see them, the client need not.
+            for r in &d.reasons {
+                tracing::warn!(code = %r.code, message = %r.message, "the verifier allowed with a warning");
+            }
+            Ok(d)
+        }
         Ok(Ok(d)) => Err(Refusal::VerifierDenied {
             policy_id: d.policy_id,
             reasons: d.reasons.into_iter().map(|r| (r.code, r.message)).collect(),
