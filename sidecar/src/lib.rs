@@ -86,6 +86,7 @@ impl Sidecar {
             cancels: Arc::new(CancelMap::default()),
             metrics,
             passthrough: Default::default(),
+            sessions: Default::default(),
         });
         Ok(Self { shared, agent })
     }
@@ -107,6 +108,8 @@ impl Sidecar {
                 move |ok| s.metrics.renewal(ok),
             ))
         };
+        // Open sessions follow the verifier's policy.
+        let follower = tokio::spawn(frontend::live::follow_policies(shared.clone()));
         let admin = http::routes::Admin::new(shared.clone(), self.agent.clone());
         for (listener, app, which) in [
             (
@@ -136,6 +139,7 @@ impl Sidecar {
         frontend::server::serve(shared, listeners.postgres, shutdown).await;
         let _ = stop_tx.send(true);
         renewal.abort();
+        follower.abort();
     }
 }
 

@@ -29,6 +29,7 @@ pub struct Metrics {
     reports: Family<Labels, Counter>,
     health_checks: Counter,
     http_refused: Family<Labels, Counter>,
+    revoked: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -103,8 +104,15 @@ impl Metrics {
             "HTTP connections closed at accept because the listener's connection limit was reached, by listener (admin, public)",
             http_refused.clone(),
         );
+        let revoked = Family::<Labels, Counter>::default();
+        registry.register(
+            "sessions_revoked",
+            "Open sessions ended because a re-judging no longer admitted them, by reason code",
+            revoked.clone(),
+        );
         Self {
             registry,
+            revoked,
             health_checks,
             http_refused,
             connections,
@@ -117,6 +125,14 @@ impl Metrics {
             renewals,
             reports,
         }
+    }
+
+    /// An open session ended by a re-judging, for reason `code` (a reason code of the new
+    /// decision, or `role_not_granted`).
+    pub fn session_revoked(&self, code: &str) {
+        self.revoked
+            .get_or_create(&vec![("reason", code.to_string())])
+            .inc();
     }
 
     /// An `/attestation` answer: `made` (a new report), `reused` (shared with a caller

@@ -37,6 +37,8 @@ pub struct Shared {
     pub identities: Option<IdentityRecorder>,
     /// SCRAM verifiers of passthrough roles, read from Postgres.
     pub passthrough: crate::postgres::passthrough::PassthroughVerifiers,
+    /// The live sessions, re-judged when the verifier's policy changes.
+    pub sessions: Arc<crate::frontend::live::LiveSessions>,
 }
 
 impl std::fmt::Debug for Shared {

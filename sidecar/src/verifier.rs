@@ -281,6 +281,36 @@ impl VerifierClient {
         Err(self.unavailable(failures.join("; ")))
     }
 
+    /// The `WatchPolicies` stream of the first endpoint (round-robin from the next) that
+    /// gives one: the policy hash now, then each change.
+    pub async fn watch_policies(
+        &self,
+    ) -> Result<tonic::Streaming<teesql_proto::v1::PolicyChange>, VerifierUnavailable> {
+        let n = self.endpoints.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for k in 0..n {
+            let endpoint = &self.endpoints[(first + k) % n];
+            let mut grpc = endpoint.grpc.clone();
+            match tokio::time::timeout(
+                self.timeout,
+                grpc.watch_policies(teesql_proto::v1::WatchPoliciesRequest {}),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => return Ok(stream.into_inner()),
+                Ok(Err(status)) => failures.push(format!(
+                    "{}: {:?}: {}",
+                    endpoint.url,
+                    status.code(),
+                    status.message()
+                )),
+                Err(_) => failures.push(format!("{}: no answer in time", endpoint.url)),
+            }
+        }
+        Err(self.unavailable(failures.join("; ")))
+    }
+
     /// gRPC health check, all endpoints at once: `Ok` when at least one serves; else why
     /// none does.
     pub async fn check_health(&self) -> Result<(), VerifierUnavailable> {

@@ -4,6 +4,7 @@
 //! the relay of a logged-in session ([`relay`]).
 
 pub mod cancel;
+pub mod live;
 pub mod ratelimit;
 pub mod relay;
 pub mod server;

@@ -57,12 +57,13 @@ impl Admin {
     }
 }
 
-/// The operator's endpoints: `/health`, `/attestation`, `/metrics`.
+/// The operator's endpoints: `/health`, `/attestation`, `/metrics`, `/sessions`.
 pub fn router(admin: Admin) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/attestation", get(attestation))
         .route("/metrics", get(metrics))
+        .route("/sessions", get(sessions))
         .with_state(admin)
 }
 
@@ -145,6 +146,11 @@ async fn postgres_alive(addr: &BackendAddr) -> Result<(), String> {
         Ok(Err(e)) => Err(format!("unreachable at {}: {e}", addr.describe())),
         Err(_) => Err(format!("no answer from {} within 2 s", addr.describe())),
     }
+}
+
+/// Every live session: who, which role and tenant, what attested it, under which policy.
+async fn sessions(State(a): State<Admin>) -> Response {
+    axum::Json(json!({"sessions": a.shared.sessions.list()})).into_response()
 }
 
 async fn metrics(State(a): State<Admin>) -> impl IntoResponse {

@@ -13,3 +13,6 @@ pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 /// invalid_catalog_name: a database the sidecar does not serve.
 pub const INVALID_CATALOG_NAME: &str = "3D000";
+/// admin_shutdown: an open session ended because its attestation is no longer accepted
+/// (the policy changed), as Postgres ends a terminated backend's session.
+pub const ADMIN_SHUTDOWN: &str = "57P01";

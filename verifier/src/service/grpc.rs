@@ -165,8 +165,35 @@ fn status(e: RequestError) -> Status {
 
 type Answer = Result<Response<Decision>, Status>;
 
+/// The `WatchPolicies` stream: the current hash, then each change.
+type PolicyStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<teesql_proto::v1::PolicyChange, Status>> + Send>,
+>;
+
 #[tonic::async_trait]
 impl Verifier for GrpcVerifier {
+    type WatchPoliciesStream = PolicyStream;
+
+    async fn watch_policies(
+        &self,
+        _req: Request<teesql_proto::v1::WatchPoliciesRequest>,
+    ) -> Result<Response<Self::WatchPoliciesStream>, Status> {
+        let rx = self.service.watch_policies();
+        // The first item is the hash now; then one per change (a subscriber that falls
+        // behind skips to the latest, which is all it needs).
+        let stream = futures_util::stream::unfold((rx, true), |(mut rx, first)| async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let hash = rx.borrow_and_update().clone();
+            Some((
+                Ok(teesql_proto::v1::PolicyChange { policy_hash: hash }),
+                (rx, false),
+            ))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn verify_peer(&self, req: Request<VerifyPeerRequest>) -> Answer {
         guarded("verify_peer", async move {
             let r = req.into_inner();

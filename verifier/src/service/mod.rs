@@ -123,6 +123,8 @@ pub struct DecisionService {
     appraising: cache::SingleFlight<decide::Appraisal>,
     /// Signs every decision answered, when set.
     signer: Option<Arc<token::DecisionSigner>>,
+    /// The policy hash serving now, for `WatchPolicies` subscribers.
+    policy_hash: tokio::sync::watch::Sender<String>,
 }
 
 impl DecisionService {
@@ -137,7 +139,9 @@ impl DecisionService {
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics.policy_loaded(policies.hash());
+        let policy_hash = tokio::sync::watch::Sender::new(policies.hash().to_string());
         Self {
+            policy_hash,
             appraiser,
             policies: ArcSwap::from_pointee(policies),
             cache: AppraisalCache::new(
@@ -175,6 +179,11 @@ impl DecisionService {
     /// The decision signer, for `/.well-known/jwks.json`.
     pub fn signer(&self) -> Option<&Arc<token::DecisionSigner>> {
         self.signer.as_ref()
+    }
+
+    /// The policy hash now and every one a reload swaps in after it.
+    pub fn watch_policies(&self) -> tokio::sync::watch::Receiver<String> {
+        self.policy_hash.subscribe()
     }
 
     /// The policy set serving now.

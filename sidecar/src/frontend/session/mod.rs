@@ -37,6 +37,7 @@ use self::negotiate::ClientHello;
 use self::startup::Startup;
 use crate::config::ChannelBinding;
 use crate::frontend::cancel::CancelGuard;
+use crate::frontend::live::Admitted;
 use crate::frontend::relay::{self, RelayEnd};
 pub use crate::params::{FORWARDED_BY_DEFAULT, StartupParameters};
 use crate::pgwire;
@@ -57,6 +58,8 @@ struct Ready {
     database: String,
     /// Set when the Postgres connection may be reused after the client terminates.
     pool_key: Option<PoolKey>,
+    /// What the session was admitted on, to re-judge it when the policy changes.
+    admitted: Option<Admitted>,
 }
 
 /// Serve one accepted connection to its end.
@@ -128,17 +131,55 @@ async fn serve_session(shared: &Shared, ready: Ready, peer: SocketAddr) {
         _cancel,
         user,
         pool_key,
+        admitted,
         ..
     } = ready;
     let catch_terminate = pool_key.is_some() && shared.pool.enabled();
-    let end = relay::relay(
+    let mut registration = admitted.map(|a| shared.sessions.register(a));
+    let relaying = relay::relay(
         &mut client,
         &mut backend.stream,
         shared.config.limits.idle_timeout,
         catch_terminate,
-    )
-    .await;
+    );
+    let end = match registration.as_mut() {
+        Some(reg) => tokio::select! {
+            end = relaying => Ok(end),
+            Ok(revocation) = &mut reg.revoked => Err(revocation),
+        },
+        None => Ok(relaying.await),
+    };
+    drop(registration);
     drop(_cancel);
+    let end = match end {
+        Ok(end) => end,
+        Err(revocation) => {
+            // No longer admitted: the client is told (no policy detail), its Postgres
+            // connection is closed with it and never kept for another.
+            let mut out = Vec::new();
+            pgwire::backend::error_response(
+                &mut out,
+                "FATAL",
+                pgwire::sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection: the session's attestation is no longer accepted",
+                None,
+                None,
+            );
+            let _ = client.write_all(&out).await;
+            let _ = client.shutdown().await;
+            drop(backend);
+            shared.metrics.session_ended();
+            tracing::warn!(
+                client.addr = %peer,
+                user = %user,
+                codes = %revocation.codes.join(","),
+                policy.hash = %revocation.policy_hash,
+                end = "revoked",
+                "session ended"
+            );
+            return;
+        }
+    };
     // Only a connection that was quiet at the client's Terminate (everything it asked
     // answered, idle) is reset and kept; any other is closed with the session.
     if let (RelayEnd::Terminated { quiet: true, .. }, Some(key)) = (&end, pool_key) {
@@ -219,6 +260,7 @@ async fn handshake(
             role: session.role,
             database: session.database,
             pool_key: session.pool_key,
+            admitted: session.admitted,
         })),
         Err(e) => {
             respond(&mut tls, &e).await;
@@ -237,6 +279,7 @@ struct Session {
     role: String,
     database: String,
     pool_key: Option<PoolKey>,
+    admitted: Option<Admitted>,
 }
 
 /// Phases 2 and 3, inside TLS.
@@ -404,6 +447,7 @@ async fn log_in(
         ..VerifyPeerRequest::default()
     };
     let verifier = shared.verifier.clone();
+    let asked_for = request.clone();
     let pending = Pending {
         asked: Instant::now(),
         handle: tokio::spawn(async move { verifier.verify_peer(request).await }),
@@ -420,7 +464,14 @@ async fn log_in(
     };
     if cfg.auth.is_passthrough(&user) {
         let forwarded = backend::Forwarded::new(&user, &database, &params);
-        return log_in_passthrough(shared, tls, pending, &forwarded, end_point).await;
+        let mut session = log_in_passthrough(shared, tls, pending, &forwarded, end_point).await?;
+        session.admitted = Some(Admitted::new(
+            asked_for,
+            session.role.clone(),
+            false,
+            &teesql_proto::v1::Decision::default(),
+        ));
+        return Ok(session);
     }
     let authorized = if cfg.auth.needs_grant(&user) {
         authorize_granted(shared, tls, pending, &user, end_point).await?
@@ -448,6 +499,12 @@ async fn log_in(
         recorded.map_err(|e| HandshakeError::Backend(BackendError::Identity(e)))?;
     }
     let cancel = login::welcome(shared, tls, &logged_in, &sasl_final).await?;
+    let admitted = Admitted::new(
+        asked_for,
+        role.clone(),
+        cfg.auth.needs_grant(&user),
+        &decision,
+    );
     Ok(Session {
         backend: logged_in,
         cancel,
@@ -455,6 +512,7 @@ async fn log_in(
         role,
         database,
         pool_key: Some(key),
+        admitted: Some(admitted),
     })
 }
 
@@ -481,6 +539,7 @@ async fn log_in_passthrough(
         database: forwarded.database.clone(),
         user,
         pool_key: None,
+        admitted: None,
     })
 }
 

@@ -1,0 +1,315 @@
+//! Open sessions follow the policy (README, "A session's lifecycle"): every live session
+//! is registered with what it was admitted on (the client's evidence and connection, as
+//! the verifier was asked, and the role it holds). When the verifier's policy changes
+//! (`WatchPolicies`, or a periodic re-judging where a verifier cannot stream), each is
+//! asked about again; one no longer allowed, or no longer granted its role, is ended:
+//! its Postgres connection closed (never pooled) and the client told `FATAL 57P01`.
+//!
+//! Re-judging takes a snapshot (no lock is held across a verifier call or the relay),
+//! asks a few at a time, and a session the verifier cannot judge right now keeps running
+//! (new handshakes are refused meanwhile, as always).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use teesql_proto::v1::VerifyPeerRequest;
+use tokio::sync::oneshot;
+
+use crate::state::Shared;
+
+/// Sessions re-judged at once.
+const CONCURRENCY: usize = 8;
+/// How often every session is re-judged when no policy stream tells of changes.
+pub const POLL_EVERY: Duration = Duration::from_secs(300);
+
+/// Why a session was ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The reason codes, for the operator log and the metric (`role_not_granted` when
+    /// the new decision no longer grants the session's role).
+    pub codes: Vec<String>,
+    /// The policy hash of the decision that ended it.
+    pub policy_hash: String,
+}
+
+/// What a session was admitted on.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The verifier request of its handshake (chain, user, database, SNI, ALPN).
+    pub request: VerifyPeerRequest,
+    /// The Postgres role it holds.
+    pub role: String,
+    /// The role came from the decision's grants (it must stay granted).
+    pub granted: bool,
+    /// The policy hash it was admitted under.
+    pub policy_hash: String,
+    /// Unix seconds of the decision.
+    pub decided_at: u64,
+    /// The tenant the decision granted (`grants.attributes.tenant`).
+    pub tenant: Option<String>,
+    /// The attested app id (hex).
+    pub app_id: Option<String>,
+    /// The attested compose hash (hex).
+    pub compose_hash: Option<String>,
+}
+
+impl Admitted {
+    /// What the sidecar keeps of a handshake's decision.
+    pub fn new(
+        request: VerifyPeerRequest,
+        role: String,
+        granted: bool,
+        decision: &teesql_proto::v1::Decision,
+    ) -> Self {
+        // The claims' identity, read once per session (absent for a malformed document).
+        let claims: serde_json::Value =
+            serde_json::from_str(&decision.claims_json).unwrap_or_default();
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+        Self {
+            request,
+            role,
+            granted,
+            policy_hash: decision.policy_hash.clone(),
+            decided_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            tenant: decision
+                .grants
+                .as_ref()
+                .and_then(|g| g.attributes.get("tenant").cloned()),
+            app_id: text(&claims["app"]["app_id"]),
+            compose_hash: text(&claims["app"]["compose_hash"]),
+        }
+    }
+}
+
+/// One live session as `GET /sessions` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionView {
+    /// The client's address.
+    pub client_addr: String,
+    /// The user it logged in as.
+    pub user: String,
+    /// The Postgres role it holds.
+    pub role: String,
+    /// The database.
+    pub database: String,
+    /// The tenant granted, if any.
+    pub tenant: Option<String>,
+    /// The attested app id.
+    pub app_id: Option<String>,
+    /// The attested compose hash.
+    pub compose_hash: Option<String>,
+    /// Unix seconds of the decision that admitted it.
+    pub decided_at: u64,
+    /// The policy hash it was admitted under.
+    pub policy_hash: String,
+    /// When it is judged again: at the verifier's next policy change.
+    pub rejudged: &'static str,
+}
+
+struct Entry {
+    admitted: Admitted,
+    revoke: Option<oneshot::Sender<Revocation>>,
+}
+
+/// The live sessions of a sidecar.
+#[derive(Default)]
+pub struct LiveSessions {
+    entries: Mutex<HashMap<u64, Entry>>,
+    next: AtomicU64,
+    /// Sessions ended by a re-judging.
+    pub revoked: AtomicU64,
+    /// Re-judgings run (each over every live session).
+    pub rounds: AtomicU64,
+}
+
+impl std::fmt::Debug for LiveSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSessions")
+            .field("live", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registered session: dropping it unregisters it; `revoked` resolves when a
+/// re-judging ends it.
+#[derive(Debug)]
+pub struct Registration {
+    id: u64,
+    sessions: Arc<LiveSessions>,
+    /// Resolves with the reason when the session must end.
+    pub revoked: oneshot::Receiver<Revocation>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.sessions.entries.lock() {
+            m.remove(&self.id);
+        }
+    }
+}
+
+impl LiveSessions {
+    /// Register a session admitted on `admitted`.
+    pub fn register(self: &Arc<Self>, admitted: Admitted) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut m) = self.entries.lock() {
+            m.insert(
+                id,
+                Entry {
+                    admitted,
+                    revoke: Some(tx),
+                },
+            );
+        }
+        Registration {
+            id,
+            sessions: self.clone(),
+            revoked: rx,
+        }
+    }
+
+    /// Every live session, oldest decision first.
+    pub fn list(&self) -> Vec<SessionView> {
+        let mut out: Vec<SessionView> = match self.entries.lock() {
+            Ok(m) => m
+                .values()
+                .map(|e| {
+                    let a = &e.admitted;
+                    SessionView {
+                        client_addr: a.request.client_addr.clone(),
+                        user: a.request.user.clone(),
+                        role: a.role.clone(),
+                        database: a.request.database.clone(),
+                        tenant: a.tenant.clone(),
+                        app_id: a.app_id.clone(),
+                        compose_hash: a.compose_hash.clone(),
+                        decided_at: a.decided_at,
+                        policy_hash: a.policy_hash.clone(),
+                        rejudged: "at the verifier's next policy change",
+                    }
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        out.sort_by_key(|v| v.decided_at);
+        out
+    }
+
+    /// Sessions live now.
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ask the verifier about every live session again and end those it no longer
+    /// allows (or no longer grants their role). Returns how many were ended.
+    pub async fn rejudge(&self, shared: &Shared) -> usize {
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        let snapshot: Vec<(u64, Admitted)> = match self.entries.lock() {
+            Ok(m) => m.iter().map(|(id, e)| (*id, e.admitted.clone())).collect(),
+            Err(_) => return 0,
+        };
+        let mut ended = 0;
+        for chunk in snapshot.chunks(CONCURRENCY) {
+            let mut asks = tokio::task::JoinSet::new();
+            for (id, admitted) in chunk.iter().cloned() {
+                let verifier = shared.verifier.clone();
+                asks.spawn(async move {
+                    let verdict = verifier.verify_peer(admitted.request.clone()).await;
+                    (id, admitted, verdict)
+                });
+            }
+            while let Some(Ok((id, admitted, verdict))) = asks.join_next().await {
+                let d = match verdict {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Cannot judge now: the session keeps running.
+                        tracing::warn!(error = %e, "cannot re-judge a session; it keeps running");
+                        continue;
+                    }
+                };
+                let codes: Vec<String> = if !d.allow {
+                    d.reasons.iter().map(|r| r.code.clone()).collect()
+                } else if admitted.granted
+                    && !d
+                        .grants
+                        .as_ref()
+                        .is_some_and(|g| g.roles.contains(&admitted.role))
+                {
+                    vec!["role_not_granted".into()]
+                } else {
+                    continue;
+                };
+                let sender = self
+                    .entries
+                    .lock()
+                    .ok()
+                    .and_then(|mut m| m.get_mut(&id).and_then(|e| e.revoke.take()));
+                if let Some(tx) = sender {
+                    tracing::warn!(
+                        role = %admitted.role,
+                        client.addr = %admitted.request.client_addr,
+                        codes = %codes.join(","),
+                        policy.hash = %d.policy_hash,
+                        admitted_under = %admitted.policy_hash,
+                        "ending a session its attestation no longer admits"
+                    );
+                    for code in &codes {
+                        shared.metrics.session_revoked(code);
+                    }
+                    self.revoked.fetch_add(1, Ordering::Relaxed);
+                    ended += 1;
+                    let _ = tx.send(Revocation {
+                        codes,
+                        policy_hash: d.policy_hash.clone(),
+                    });
+                }
+            }
+        }
+        ended
+    }
+}
+
+/// Re-judge every live session when the verifier's policy changes: follow its
+/// `WatchPolicies` stream (any endpoint), and re-judge every [`POLL_EVERY`] when no
+/// stream can be had. Runs until the task is aborted.
+pub async fn follow_policies(shared: Arc<Shared>) {
+    let mut known: Option<String> = None;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match shared.verifier.watch_policies().await {
+            Ok(mut stream) => {
+                backoff = Duration::from_millis(500);
+                while let Ok(Some(change)) = stream.message().await {
+                    let changed = known.as_ref().is_some_and(|k| *k != change.policy_hash);
+                    known = Some(change.policy_hash.clone());
+                    if changed {
+                        tracing::info!(policy.hash = %change.policy_hash, sessions = shared.sessions.len(), "the verifier's policy changed; re-judging open sessions");
+                        shared.sessions.rejudge(&shared).await;
+                    }
+                }
+                // The stream ended (a verifier restart, a failover): a change may have
+                // been missed meanwhile, so the next first message is compared.
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no policy stream; re-judging on a timer");
+                tokio::time::sleep(POLL_EVERY.min(backoff * 60)).await;
+                if !shared.sessions.is_empty() {
+                    shared.sessions.rejudge(&shared).await;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
