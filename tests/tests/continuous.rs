@@ -56,6 +56,18 @@ async fn removing_a_tenant_ends_its_open_sessions_and_only_those() {
     let globex = open(&s, &s.globex, "tenant_globex", &s.globex_secret).await;
     let acme_pid = backend_pid(&acme).await;
     backend_pid(&globex).await;
+    // What SQL sees of the session's admission: when and under which policy.
+    let row = globex
+        .client
+        .query_one("SELECT teesql.identity()::text", &[])
+        .await
+        .unwrap();
+    let id: Value = serde_json::from_str(row.get::<_, Option<&str>>(0).unwrap()).unwrap();
+    assert!(id["decided_at"].as_u64().unwrap() > 1_700_000_000, "{id}");
+    assert!(
+        id["policy_hash"].as_str().unwrap().starts_with("sha256:"),
+        "{id}"
+    );
     let live = || s.cluster.sidecar.sessions.len();
     // The follower subscribes to WatchPolicies at start; both sessions are registered,
     // and the operator sees them on the admin listener.
@@ -156,5 +168,70 @@ async fn removing_a_tenant_ends_its_open_sessions_and_only_those() {
             .await
             .unwrap()
             .is_err()
+    );
+}
+
+/// A development certificate issued for a few seconds: the session it opened is judged
+/// again at its `notAfter` and ended (the verifier now says `certificate_expired`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_when_its_certificate_expires() {
+    let s = setup(false, false).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let brief = teesql_tests::tenants::app_with("brief", dir.path(), |c| {
+        c.cert_validity = Duration::from_secs(3);
+    })
+    .await
+    .unwrap();
+    let o = open(&s, &brief, "teesql_read", &s.cluster.read_secret).await;
+    backend_pid(&o).await;
+    let ended = tokio::time::timeout(Duration::from_secs(8), o.ended)
+        .await
+        .expect("the session outlived its certificate by seconds")
+        .unwrap();
+    let e = ended.expect_err("ended with an error");
+    assert_eq!(e.as_db_error().expect("a FATAL").code().code(), "57P01");
+    let metrics = s.cluster.sidecar.metrics.encode();
+    assert!(
+        metrics.contains("teesql_sidecar_sessions_revoked_total{reason=\"certificate_expired\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// `limits.session_max_age_secs` ends a session of that age, busy or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_at_their_maximum_age() {
+    use teesql_tests::cluster::{Cluster, ClusterOptions};
+    let c = Cluster::start(ClusterOptions {
+        sidecar_toml: "[limits]\nsession_max_age_secs = 2\n".into(),
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let tls = teesql_tests::clients::tls_config(&c.agent.app_ca_path(), None).unwrap();
+    let (client, connection) = tokio_postgres::connect(
+        &c.dsn("teesql_read", &c.read_secret, "postgres", "require"),
+        tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::spawn(connection);
+    let started = std::time::Instant::now();
+    client.query_one("SELECT 1", &[]).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(6), ended)
+        .await
+        .expect("still open")
+        .unwrap()
+        .expect_err("ended with an error");
+    assert_eq!(e.as_db_error().expect("a FATAL").code().code(), "57P01");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        c.sidecar
+            .metrics
+            .encode()
+            .contains("teesql_sidecar_sessions_revoked_total{reason=\"session_max_age\"} 1")
     );
 }

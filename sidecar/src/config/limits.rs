@@ -28,6 +28,9 @@ pub struct LimitsFile {
     pub handshake_timeout_secs: Option<u64>,
     /// Close sessions idle this long, seconds; 0 = never [default: 0].
     pub idle_timeout_secs: Option<u64>,
+    /// End sessions this old, whatever their traffic and decision, seconds; 0 = never
+    /// [default: 0]. Their client gets FATAL 57P01 and reconnects under today's policy.
+    pub session_max_age_secs: Option<u64>,
     /// On shutdown, wait this long for sessions to end, seconds [default: 30].
     pub shutdown_grace_secs: Option<u64>,
     /// Failed logins allowed per (client address, user) per minute [default: 30].
@@ -63,6 +66,9 @@ pub struct Limits {
     pub login_timeout: Duration,
     /// Sessions idle this long are closed; `None` = never (`idle_timeout_secs = 0`, the default).
     pub idle_timeout: Option<Duration>,
+    /// Sessions this old are ended (57P01); `None` = never (`session_max_age_secs = 0`,
+    /// the default).
+    pub session_max_age: Option<Duration>,
     /// After shutdown stops accepting, how long open sessions may run before they are
     /// closed (default 30 s).
     pub shutdown_grace: Duration,
@@ -146,6 +152,10 @@ impl LimitsFile {
                 .idle_timeout_secs
                 .unwrap_or(defaults::IDLE_TIMEOUT_SECS)
             {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
+            session_max_age: match self.session_max_age_secs.unwrap_or(0) {
                 0 => None,
                 s => Some(Duration::from_secs(s)),
             },

@@ -48,6 +48,10 @@ pub struct Admitted {
     pub policy_hash: String,
     /// Unix seconds of the decision.
     pub decided_at: u64,
+    /// Unix seconds until which the decision's facts hold (the earliest expiry of the
+    /// client's certificate and the collateral); 0 = unknown. The session is judged
+    /// again then.
+    pub valid_until: u64,
     /// The tenant the decision granted (`grants.attributes.tenant`).
     pub tenant: Option<String>,
     /// The attested app id (hex).
@@ -73,9 +77,8 @@ impl Admitted {
             role,
             granted,
             policy_hash: decision.policy_hash.clone(),
-            decided_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            decided_at: unix_now(),
+            valid_until: u64::try_from(decision.valid_until).unwrap_or(0),
             tenant: decision
                 .grants
                 .as_ref()
@@ -143,6 +146,23 @@ pub struct Registration {
     sessions: Arc<LiveSessions>,
     /// Resolves with the reason when the session must end.
     pub revoked: oneshot::Receiver<Revocation>,
+}
+
+impl Registration {
+    /// Its id among the live sessions.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Unix seconds until which its latest decision's facts hold (0 = unknown).
+    pub fn valid_until(&self) -> u64 {
+        self.sessions
+            .entries
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&self.id).map(|e| e.admitted.valid_until))
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for Registration {
@@ -219,6 +239,40 @@ impl LiveSessions {
             Ok(m) => m.iter().map(|(id, e)| (*id, e.admitted.clone())).collect(),
             Err(_) => return 0,
         };
+        self.judge(shared, snapshot).await
+    }
+
+    /// Judge one session again (its facts expired). Returns whether it was ended.
+    pub async fn rejudge_one(&self, shared: &Shared, id: u64) -> bool {
+        let one: Vec<(u64, Admitted)> = match self.entries.lock() {
+            Ok(m) => m
+                .get(&id)
+                .map(|e| (id, e.admitted.clone()))
+                .into_iter()
+                .collect(),
+            Err(_) => return false,
+        };
+        self.judge(shared, one).await > 0
+    }
+
+    /// End `reg`'s session for `code` without asking the verifier (its maximum age).
+    pub fn end(&self, shared: &Shared, id: u64, code: &str) {
+        let sender = self
+            .entries
+            .lock()
+            .ok()
+            .and_then(|mut m| m.get_mut(&id).and_then(|e| e.revoke.take()));
+        if let Some(tx) = sender {
+            shared.metrics.session_revoked(code);
+            self.revoked.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send(Revocation {
+                codes: vec![code.to_string()],
+                policy_hash: String::new(),
+            });
+        }
+    }
+
+    async fn judge(&self, shared: &Shared, snapshot: Vec<(u64, Admitted)>) -> usize {
         let mut ended = 0;
         for chunk in snapshot.chunks(CONCURRENCY) {
             let mut asks = tokio::task::JoinSet::new();
@@ -248,6 +302,15 @@ impl LiveSessions {
                 {
                     vec!["role_not_granted".into()]
                 } else {
+                    // Still admitted: what it rests on now holds until the new decision's
+                    // facts expire.
+                    if let Ok(mut m) = self.entries.lock()
+                        && let Some(e) = m.get_mut(&id)
+                    {
+                        e.admitted.policy_hash = d.policy_hash.clone();
+                        e.admitted.decided_at = unix_now();
+                        e.admitted.valid_until = u64::try_from(d.valid_until).unwrap_or(0);
+                    }
                     continue;
                 };
                 let sender = self
@@ -312,4 +375,11 @@ pub async fn follow_policies(shared: Arc<Shared>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -141,6 +141,9 @@ pub struct SessionIdentity {
     pub user: String,
     /// `sha256:<hex>` of the policy set that decided (`Decision.policy_hash`).
     pub policy_hash: String,
+    /// Unix seconds of the decision (the session is re-judged when the policy changes;
+    /// it ends when no longer admitted).
+    pub decided_at: u64,
 }
 
 impl SessionIdentity {
@@ -182,6 +185,9 @@ impl SessionIdentity {
             role: role.to_string(),
             user: user.to_string(),
             policy_hash: d.policy_hash.clone(),
+            decided_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| t.as_secs()),
         }
     }
 }

@@ -123,7 +123,7 @@ fn ended(shared: &Shared, e: &HandshakeError, peer: SocketAddr) {
 
 /// Relay a logged-in session until either side is done; with reuse on, keep the Postgres
 /// connection of a client that said Terminate.
-async fn serve_session(shared: &Shared, ready: Ready, peer: SocketAddr) {
+async fn serve_session(shared: &Arc<Shared>, ready: Ready, peer: SocketAddr) {
     shared.metrics.session_started();
     let Ready {
         mut client,
@@ -143,10 +143,7 @@ async fn serve_session(shared: &Shared, ready: Ready, peer: SocketAddr) {
         catch_terminate,
     );
     let end = match registration.as_mut() {
-        Some(reg) => tokio::select! {
-            end = relaying => Ok(end),
-            Ok(revocation) = &mut reg.revoked => Err(revocation),
-        },
+        Some(reg) => follow(shared, reg, relaying).await,
         None => Ok(relaying.await),
     };
     drop(registration);
@@ -212,6 +209,48 @@ async fn serve_session(shared: &Shared, ready: Ready, peer: SocketAddr) {
         end = %how,
         "session ended"
     );
+}
+
+/// Relay while the session stays admitted: until the relay ends, a re-judging ends it,
+/// or it reaches `limits.session_max_age_secs`. When its decision's facts expire (the
+/// client's certificate, the collateral), it is judged again in the background.
+async fn follow(
+    shared: &Arc<Shared>,
+    reg: &mut crate::frontend::live::Registration,
+    relaying: impl std::future::Future<Output = RelayEnd>,
+) -> Result<RelayEnd, crate::frontend::live::Revocation> {
+    use crate::frontend::live::unix_now;
+    let mut relaying = std::pin::pin!(relaying);
+    let mut max_age = shared
+        .config
+        .limits
+        .session_max_age
+        .map(|d| tokio::time::Instant::now() + d);
+    let mut check_at: Option<tokio::time::Instant> = None;
+    loop {
+        let (valid_until, now) = (reg.valid_until(), unix_now());
+        if valid_until >= now && valid_until > 0 {
+            // The facts hold through their last second; judge it the second after.
+            check_at =
+                Some(tokio::time::Instant::now() + Duration::from_secs(valid_until + 1 - now));
+        } else if valid_until > 0 && check_at.is_none() {
+            check_at = Some(tokio::time::Instant::now());
+        }
+        tokio::select! {
+            end = &mut relaying => return Ok(end),
+            Ok(revocation) = &mut reg.revoked => return Err(revocation),
+            _ = tokio::time::sleep_until(check_at.unwrap_or_else(tokio::time::Instant::now)), if check_at.is_some() => {
+                let (s, id) = (shared.clone(), reg.id());
+                tokio::spawn(async move { s.sessions.rejudge_one(&s, id).await });
+                // Unless the re-judging finds newer facts, look again in a minute.
+                check_at = Some(tokio::time::Instant::now() + Duration::from_secs(60));
+            }
+            _ = tokio::time::sleep_until(max_age.unwrap_or_else(tokio::time::Instant::now)), if max_age.is_some() => {
+                max_age = None;
+                shared.sessions.end(shared, reg.id(), "session_max_age");
+            }
+        }
+    }
 }
 
 /// The whole handshake, phase by phase, each under its own deadline. On failure the
