@@ -235,3 +235,54 @@ async fn sessions_end_at_their_maximum_age() {
             .contains("teesql_sidecar_sessions_revoked_total{reason=\"session_max_age\"} 1")
     );
 }
+
+/// A short-lived certificate's session is due a re-judging while the verifier is down:
+/// `keep` (the default) lets it run on, `close` ends it (`verifier_unavailable`).
+async fn due_while_the_verifier_is_down(policy: &str) -> (bool, String) {
+    use teesql_tests::cluster::{Cluster, ClusterOptions};
+    let mut c = Cluster::start(ClusterOptions {
+        seed: teesql_tests::tenants::SEED,
+        sidecar_toml: format!("[limits]\nrevalidate_on_unavailable = {policy:?}\n"),
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let brief = teesql_tests::tenants::app_with("brief", dir.path(), |cfg| {
+        cfg.cert_validity = Duration::from_secs(3);
+    })
+    .await
+    .unwrap();
+    let tls =
+        teesql_tests::clients::tls_config(&c.agent.app_ca_path(), Some((&brief.cert, &brief.key)))
+            .unwrap();
+    let (client, connection) = tokio_postgres::connect(
+        &c.dsn("teesql_read", &c.read_secret, "postgres", "require"),
+        tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::spawn(connection);
+    client.query_one("SELECT 1", &[]).await.unwrap();
+    c.stop_verifier();
+    // Past the certificate's notAfter and its re-judging (the verifier's timeout).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let alive = client.query_one("SELECT 1", &[]).await.is_ok();
+    if alive {
+        assert!(!ended.is_finished());
+    }
+    (alive, c.sidecar.metrics.encode())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_verifier_keep_runs_on_and_close_ends() {
+    let (alive, _) = due_while_the_verifier_is_down("keep").await;
+    assert!(alive, "keep ended the session");
+    let (alive, metrics) = due_while_the_verifier_is_down("close").await;
+    assert!(!alive, "close kept the session");
+    assert!(
+        metrics
+            .contains("teesql_sidecar_sessions_revoked_total{reason=\"verifier_unavailable\"} 1"),
+        "{metrics}"
+    );
+}

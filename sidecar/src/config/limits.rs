@@ -31,6 +31,11 @@ pub struct LimitsFile {
     /// End sessions this old, whatever their traffic and decision, seconds; 0 = never
     /// [default: 0]. Their client gets FATAL 57P01 and reconnects under today's policy.
     pub session_max_age_secs: Option<u64>,
+    /// What an open session does when it must be judged again and no verifier answers:
+    /// `keep` (it runs on; an outage ends no work, but a revocation waits for the
+    /// verifier) or `close` (it ends with 57P01; nothing runs unjudged, but an outage
+    /// ends every session due a re-judging) [default: keep].
+    pub revalidate_on_unavailable: Option<String>,
     /// On shutdown, wait this long for sessions to end, seconds [default: 30].
     pub shutdown_grace_secs: Option<u64>,
     /// Failed logins allowed per (client address, user) per minute [default: 30].
@@ -53,6 +58,16 @@ pub struct LimitsFile {
     pub http_connection_timeout_secs: Option<u64>,
 }
 
+/// What an open session due a re-judging does when no verifier answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnUnavailable {
+    /// It keeps running (a verifier outage ends no work).
+    #[default]
+    Keep,
+    /// It ends with 57P01 (nothing runs unjudged).
+    Close,
+}
+
 /// The `[limits]` settings, checked, with the defaults filled in.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -69,6 +84,8 @@ pub struct Limits {
     /// Sessions this old are ended (57P01); `None` = never (`session_max_age_secs = 0`,
     /// the default).
     pub session_max_age: Option<Duration>,
+    /// What a session due a re-judging does when no verifier answers.
+    pub revalidate_on_unavailable: OnUnavailable,
     /// After shutdown stops accepting, how long open sessions may run before they are
     /// closed (default 30 s).
     pub shutdown_grace: Duration,
@@ -155,6 +172,11 @@ impl LimitsFile {
                 0 => None,
                 s => Some(Duration::from_secs(s)),
             },
+            revalidate_on_unavailable: self
+                .revalidate_on_unavailable
+                .as_deref()
+                .and_then(|v| p.choice("limits.revalidate_on_unavailable", v))
+                .unwrap_or_default(),
             session_max_age: match self.session_max_age_secs.unwrap_or(0) {
                 0 => None,
                 s => Some(Duration::from_secs(s)),

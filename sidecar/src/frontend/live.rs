@@ -287,9 +287,19 @@ impl LiveSessions {
                 let d = match verdict {
                     Ok(d) => d,
                     Err(e) => {
-                        // Cannot judge now: the session keeps running.
-                        tracing::warn!(error = %e, "cannot re-judge a session; it keeps running");
-                        continue;
+                        use crate::config::limits::OnUnavailable;
+                        match shared.config.limits.revalidate_on_unavailable {
+                            OnUnavailable::Keep => {
+                                tracing::warn!(error = %e, "cannot re-judge a session; it keeps running (revalidate_on_unavailable = keep)");
+                                continue;
+                            }
+                            OnUnavailable::Close => {
+                                tracing::warn!(error = %e, "cannot re-judge a session; ending it (revalidate_on_unavailable = close)");
+                                self.end(shared, id, "verifier_unavailable");
+                                ended += 1;
+                                continue;
+                            }
+                        }
                     }
                 };
                 let codes: Vec<String> = if !d.allow {

@@ -179,18 +179,29 @@ impl Verifier for GrpcVerifier {
         _req: Request<teesql_proto::v1::WatchPoliciesRequest>,
     ) -> Result<Response<Self::WatchPoliciesStream>, Status> {
         let rx = self.service.watch_policies();
+        let draining = self.service.draining();
         // The first item is the hash now; then one per change (a subscriber that falls
-        // behind skips to the latest, which is all it needs).
-        let stream = futures_util::stream::unfold((rx, true), |(mut rx, first)| async move {
-            if !first && rx.changed().await.is_err() {
-                return None;
-            }
-            let hash = rx.borrow_and_update().clone();
-            Some((
-                Ok(teesql_proto::v1::PolicyChange { policy_hash: hash }),
-                (rx, false),
-            ))
-        });
+        // behind skips to the latest, which is all it needs). The stream ends when the
+        // server drains, so that the drain can finish.
+        let stream = futures_util::stream::unfold(
+            (rx, draining, true),
+            |(mut rx, mut draining, first)| async move {
+                if *draining.borrow() {
+                    return None;
+                }
+                if !first {
+                    tokio::select! {
+                        changed = rx.changed() => changed.ok()?,
+                        _ = draining.wait_for(|d| *d) => return None,
+                    }
+                }
+                let hash = rx.borrow_and_update().clone();
+                Some((
+                    Ok(teesql_proto::v1::PolicyChange { policy_hash: hash }),
+                    (rx, draining, false),
+                ))
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -472,6 +483,7 @@ pub async fn serve(
     opts: GrpcOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let drain = service.clone();
     let grpc = GrpcVerifier::new(service, opts.admin.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<VerifierServer<GrpcVerifier>>().await;
@@ -512,6 +524,7 @@ pub async fn serve(
         .add_optional_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming(listener, opts.tls), async move {
             shutdown.await;
+            drain.begin_drain();
             // Draining: tell health checkers (and load balancers) to send no more.
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)

@@ -125,6 +125,8 @@ pub struct DecisionService {
     signer: Option<Arc<token::DecisionSigner>>,
     /// The policy hash serving now, for `WatchPolicies` subscribers.
     policy_hash: tokio::sync::watch::Sender<String>,
+    /// Set when the server drains: policy streams end so the drain can finish.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl DecisionService {
@@ -142,6 +144,7 @@ impl DecisionService {
         let policy_hash = tokio::sync::watch::Sender::new(policies.hash().to_string());
         Self {
             policy_hash,
+            draining: tokio::sync::watch::Sender::new(false),
             appraiser,
             policies: ArcSwap::from_pointee(policies),
             cache: AppraisalCache::new(
@@ -184,6 +187,17 @@ impl DecisionService {
     /// The policy hash now and every one a reload swaps in after it.
     pub fn watch_policies(&self) -> tokio::sync::watch::Receiver<String> {
         self.policy_hash.subscribe()
+    }
+
+    /// Whether the server is draining, and every change of it: long-lived streams end
+    /// when it turns true.
+    pub fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    /// The server stops: streams end (requests in flight still finish).
+    pub fn begin_drain(&self) {
+        self.draining.send_replace(true);
     }
 
     /// The policy set serving now.
