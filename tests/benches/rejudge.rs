@@ -99,8 +99,8 @@ fn main() {
         let count = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
-        for client in clients.iter().take(WORKERS).cloned() {
-            let (count, stop) = (count.clone(), stop.clone());
+        for client in clients.iter().take(WORKERS) {
+            let (client, count, stop) = (client.clone(), count.clone(), stop.clone());
             workers.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     client.simple_query("SELECT 1").await.unwrap();
