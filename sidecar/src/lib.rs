@@ -109,7 +109,7 @@ impl Sidecar {
             ))
         };
         // Open sessions follow the verifier's policy.
-        let follower = tokio::spawn(frontend::live::follow_policies(shared.clone()));
+        let follower = tokio::spawn(frontend::server::follow_policies(shared.clone()));
         let admin = http::routes::Admin::new(shared.clone(), self.agent.clone());
         for (listener, app, which) in [
             (

@@ -41,6 +41,17 @@ pub struct Shared {
     pub sessions: Arc<crate::frontend::live::LiveSessions>,
 }
 
+impl Shared {
+    /// What a re-judging of live sessions needs.
+    pub fn judge(&self) -> crate::frontend::live::Judge<'_> {
+        crate::frontend::live::Judge {
+            verifier: &self.verifier,
+            metrics: &self.metrics,
+            on_unavailable: self.config.limits.revalidate_on_unavailable,
+        }
+    }
+}
+
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")

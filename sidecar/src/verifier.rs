@@ -281,16 +281,15 @@ impl VerifierClient {
         Err(self.unavailable(failures.join("; ")))
     }
 
-    /// The `WatchPolicies` stream of the first endpoint (round-robin from the next) that
+    /// The `WatchPolicies` stream of the first endpoint (in the configured order) that
     /// gives one: the policy hash now, then each change.
     pub async fn watch_policies(
         &self,
     ) -> Result<tonic::Streaming<teesql_proto::v1::PolicyChange>, VerifierUnavailable> {
-        let n = self.endpoints.len();
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        // In the configured order, from the first: the decisions' round-robin is not
+        // moved by the follower.
         let mut failures = Vec::new();
-        for k in 0..n {
-            let endpoint = &self.endpoints[(first + k) % n];
+        for endpoint in self.endpoints.iter() {
             let mut grpc = endpoint.grpc.clone();
             match tokio::time::timeout(
                 self.timeout,

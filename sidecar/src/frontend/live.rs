@@ -18,7 +18,9 @@ use std::time::Duration;
 use teesql_proto::v1::VerifyPeerRequest;
 use tokio::sync::oneshot;
 
-use crate::state::Shared;
+use crate::config::limits::OnUnavailable;
+use crate::metrics::Metrics;
+use crate::verifier::VerifierClient;
 
 /// Sessions re-judged at once.
 const CONCURRENCY: usize = 4;
@@ -28,6 +30,17 @@ const CONCURRENCY: usize = 4;
 const PER_SECOND: u32 = 2000;
 /// How often every session is re-judged when no policy stream tells of changes.
 pub const POLL_EVERY: Duration = Duration::from_secs(300);
+
+/// What a re-judging needs of the sidecar.
+#[derive(Debug, Clone, Copy)]
+pub struct Judge<'a> {
+    /// Who decides.
+    pub verifier: &'a VerifierClient,
+    /// Where revocations are counted.
+    pub metrics: &'a Metrics,
+    /// What a session does when no verifier answers.
+    pub on_unavailable: OnUnavailable,
+}
 
 /// Why a session was ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,7 +254,7 @@ impl LiveSessions {
 
     /// Ask the verifier about every live session again and end those it no longer
     /// allows (or no longer grants their role). Returns how many were ended.
-    pub async fn rejudge(&self, shared: &Shared) -> usize {
+    pub async fn rejudge(&self, shared: &Judge<'_>) -> usize {
         self.rounds.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let snapshot: Vec<(u64, Admitted)> = match self.entries.lock() {
@@ -258,7 +271,7 @@ impl LiveSessions {
     }
 
     /// Judge one session again (its facts expired). Returns whether it was ended.
-    pub async fn rejudge_one(&self, shared: &Shared, id: u64) -> bool {
+    pub async fn rejudge_one(&self, shared: &Judge<'_>, id: u64) -> bool {
         let one: Vec<(u64, Admitted)> = match self.entries.lock() {
             Ok(m) => m
                 .get(&id)
@@ -271,14 +284,14 @@ impl LiveSessions {
     }
 
     /// End `reg`'s session for `code` without asking the verifier (its maximum age).
-    pub fn end(&self, shared: &Shared, id: u64, code: &str) {
+    pub fn end(&self, metrics: &Metrics, id: u64, code: &str) {
         let sender = self
             .entries
             .lock()
             .ok()
             .and_then(|mut m| m.get_mut(&id).and_then(|e| e.revoke.take()));
         if let Some(tx) = sender {
-            shared.metrics.session_revoked(code);
+            metrics.session_revoked(code);
             self.revoked.fetch_add(1, Ordering::Relaxed);
             let _ = tx.send(Revocation {
                 codes: vec![code.to_string()],
@@ -287,7 +300,7 @@ impl LiveSessions {
         }
     }
 
-    async fn judge(&self, shared: &Shared, snapshot: Vec<(u64, Admitted)>) -> usize {
+    async fn judge(&self, shared: &Judge<'_>, snapshot: Vec<(u64, Admitted)>) -> usize {
         let mut ended = 0;
         let started = tokio::time::Instant::now();
         let pace = Duration::from_secs(1) / PER_SECOND;
@@ -306,21 +319,18 @@ impl LiveSessions {
             while let Some(Ok((id, admitted, verdict))) = asks.join_next().await {
                 let d = match verdict {
                     Ok(d) => d,
-                    Err(e) => {
-                        use crate::config::limits::OnUnavailable;
-                        match shared.config.limits.revalidate_on_unavailable {
-                            OnUnavailable::Keep => {
-                                tracing::warn!(error = %e, "cannot re-judge a session; it keeps running (revalidate_on_unavailable = keep)");
-                                continue;
-                            }
-                            OnUnavailable::Close => {
-                                tracing::warn!(error = %e, "cannot re-judge a session; ending it (revalidate_on_unavailable = close)");
-                                self.end(shared, id, "verifier_unavailable");
-                                ended += 1;
-                                continue;
-                            }
+                    Err(e) => match shared.on_unavailable {
+                        OnUnavailable::Keep => {
+                            tracing::warn!(error = %e, "cannot re-judge a session; it keeps running (revalidate_on_unavailable = keep)");
+                            continue;
                         }
-                    }
+                        OnUnavailable::Close => {
+                            tracing::warn!(error = %e, "cannot re-judge a session; ending it (revalidate_on_unavailable = close)");
+                            self.end(shared.metrics, id, "verifier_unavailable");
+                            ended += 1;
+                            continue;
+                        }
+                    },
                 };
                 let codes: Vec<String> = if !d.allow {
                     d.reasons.iter().map(|r| r.code.clone()).collect()
@@ -370,40 +380,6 @@ impl LiveSessions {
             }
         }
         ended
-    }
-}
-
-/// Re-judge every live session when the verifier's policy changes: follow its
-/// `WatchPolicies` stream (any endpoint), and re-judge every [`POLL_EVERY`] when no
-/// stream can be had. Runs until the task is aborted.
-pub async fn follow_policies(shared: Arc<Shared>) {
-    let mut known: Option<String> = None;
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match shared.verifier.watch_policies().await {
-            Ok(mut stream) => {
-                backoff = Duration::from_millis(500);
-                while let Ok(Some(change)) = stream.message().await {
-                    let changed = known.as_ref().is_some_and(|k| *k != change.policy_hash);
-                    known = Some(change.policy_hash.clone());
-                    if changed {
-                        tracing::info!(policy.hash = %change.policy_hash, sessions = shared.sessions.len(), "the verifier's policy changed; re-judging open sessions");
-                        shared.sessions.rejudge(&shared).await;
-                    }
-                }
-                // The stream ended (a verifier restart, a failover): a change may have
-                // been missed meanwhile, so the next first message is compared.
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "no policy stream; re-judging on a timer");
-                tokio::time::sleep(POLL_EVERY.min(backoff * 60)).await;
-                if !shared.sessions.is_empty() {
-                    shared.sessions.rejudge(&shared).await;
-                }
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

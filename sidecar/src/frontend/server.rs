@@ -1,9 +1,11 @@
 //! The Postgres port's accept loop: the shared one ([`crate::accept`]) with the
 //! connection limit of `limits.max_connections` (a client over it gets `53300` at once)
-//! and the shutdown grace of `limits.shutdown_grace_secs`.
+//! and the shutdown grace of `limits.shutdown_grace_secs`; and the follower of the
+//! verifier's policy, which has open sessions judged again when it changes.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -31,4 +33,38 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Fu
         },
     )
     .await;
+}
+
+/// Re-judge every live session when the verifier's policy changes: follow its
+/// `WatchPolicies` stream (any endpoint), and re-judge every [`super::live::POLL_EVERY`] when no
+/// stream can be had. Runs until the task is aborted.
+pub async fn follow_policies(shared: Arc<Shared>) {
+    let mut known: Option<String> = None;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match shared.verifier.watch_policies().await {
+            Ok(mut stream) => {
+                backoff = Duration::from_millis(500);
+                while let Ok(Some(change)) = stream.message().await {
+                    let changed = known.as_ref().is_some_and(|k| *k != change.policy_hash);
+                    known = Some(change.policy_hash.clone());
+                    if changed {
+                        tracing::info!(policy.hash = %change.policy_hash, sessions = shared.sessions.len(), "the verifier's policy changed; re-judging open sessions");
+                        shared.sessions.rejudge(&shared.judge()).await;
+                    }
+                }
+                // The stream ended (a verifier restart, a failover): a change may have
+                // been missed meanwhile, so the next first message is compared.
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no policy stream; re-judging on a timer");
+                tokio::time::sleep(super::live::POLL_EVERY.min(backoff * 60)).await;
+                if !shared.sessions.is_empty() {
+                    shared.sessions.rejudge(&shared.judge()).await;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
 }

@@ -29,7 +29,8 @@ use serde::Serialize;
 use cache::AppraisalCache;
 pub use log::{DecisionLog, LogTarget};
 pub use metrics::Metrics;
-pub use request::{PeerRequest, PeerSummary, QuoteInput, RequestError, TcbRecord, TokenRequest};
+pub use prepared::TcbRecord;
+pub use request::{PeerRequest, PeerSummary, QuoteInput, RequestError, TokenRequest};
 
 use crate::Clock;
 use crate::appraise::Appraiser;

@@ -48,7 +48,7 @@ pub(crate) struct Facts {
     pub rtmr3_replayed: Option<bool>,
     /// The platform's TCB standing, for the TCB metrics and the decision log (`dcap`,
     /// verified quotes).
-    pub tcb: Option<super::request::TcbRecord>,
+    pub tcb: Option<TcbRecord>,
 }
 
 impl Facts {
@@ -70,7 +70,7 @@ impl Facts {
             .map(text)
             .sum::<usize>()
             + measured.chain(identity).map(text).sum::<usize>()
-            + self.tcb.as_ref().map_or(0, super::request::TcbRecord::heap)
+            + self.tcb.as_ref().map_or(0, TcbRecord::heap)
     }
 }
 
@@ -171,7 +171,7 @@ impl Prepared {
             debug: tdx.and_then(|t| t.debug),
             rtmr3_replayed: appraised.app.as_ref().map(|a| a.rtmr3_replayed),
             tcb: tdx.and_then(|t| {
-                Some(super::request::TcbRecord {
+                Some(TcbRecord {
                     status: t.tcb_status.clone()?,
                     claims: t.tcb.clone()?,
                 })
@@ -247,6 +247,35 @@ impl Prepared {
         c.manifest = extra.manifest;
         c.report = extra.report;
         c
+    }
+}
+
+/// A platform's TCB standing in a decision log line: its status under the standard set
+/// and the lifecycle claims (`tdx.tcb`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TcbRecord {
+    /// The status under Intel's standard set (`tdx.tcb_status`).
+    pub status: String,
+    /// `tdx.tcb`.
+    #[serde(flatten)]
+    pub claims: crate::tcb::TcbClaims,
+}
+
+impl TcbRecord {
+    /// What the TCB metrics count of it.
+    pub fn seen(&self) -> super::metrics::TcbSeen {
+        let p = &self.claims.platform;
+        super::metrics::TcbSeen {
+            platform: format!("{}:{}:{}:{}", p.fmspc, p.cpu_svn, p.pce_svn, p.tee_tcb_svn),
+            standard: self.status.clone(),
+            early: self.claims.early.as_ref().map(|e| e.status.clone()),
+            days_until: self.claims.early.as_ref().and_then(|e| e.days_until),
+        }
+    }
+
+    /// Approximate heap bytes, for the appraisal cache's budget.
+    pub fn heap(&self) -> usize {
+        512 + 96 * self.claims.fix.len()
     }
 }
 

@@ -171,36 +171,7 @@ pub struct PeerSummary {
     /// The platform's TCB standing (`dcap`, verified quotes): what `teesql-verifier tcb
     /// report --decision-log` reads.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcb: Option<TcbRecord>,
-}
-
-/// A platform's TCB standing in a decision log line: its status under the standard set
-/// and the lifecycle claims (`tdx.tcb`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TcbRecord {
-    /// The status under Intel's standard set (`tdx.tcb_status`).
-    pub status: String,
-    /// `tdx.tcb`.
-    #[serde(flatten)]
-    pub claims: crate::tcb::TcbClaims,
-}
-
-impl TcbRecord {
-    /// What the TCB metrics count of it.
-    pub fn seen(&self) -> super::metrics::TcbSeen {
-        let p = &self.claims.platform;
-        super::metrics::TcbSeen {
-            platform: format!("{}:{}:{}:{}", p.fmspc, p.cpu_svn, p.pce_svn, p.tee_tcb_svn),
-            standard: self.status.clone(),
-            early: self.claims.early.as_ref().map(|e| e.status.clone()),
-            days_until: self.claims.early.as_ref().and_then(|e| e.days_until),
-        }
-    }
-
-    /// Approximate heap bytes, for the appraisal cache's budget.
-    pub fn heap(&self) -> usize {
-        512 + 96 * self.claims.fix.len()
-    }
+    pub tcb: Option<super::prepared::TcbRecord>,
 }
 
 /// One decision for the service to make.

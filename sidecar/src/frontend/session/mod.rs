@@ -241,13 +241,13 @@ async fn follow(
             Ok(revocation) = &mut reg.revoked => return Err(revocation),
             _ = tokio::time::sleep_until(check_at.unwrap_or_else(tokio::time::Instant::now)), if check_at.is_some() => {
                 let (s, id) = (shared.clone(), reg.id());
-                tokio::spawn(async move { s.sessions.rejudge_one(&s, id).await });
+                tokio::spawn(async move { s.sessions.rejudge_one(&s.judge(), id).await });
                 // Unless the re-judging finds newer facts, look again in a minute.
                 check_at = Some(tokio::time::Instant::now() + Duration::from_secs(60));
             }
             _ = tokio::time::sleep_until(max_age.unwrap_or_else(tokio::time::Instant::now)), if max_age.is_some() => {
                 max_age = None;
-                shared.sessions.end(shared, reg.id(), "session_max_age");
+                shared.sessions.end(&shared.metrics, reg.id(), "session_max_age");
             }
         }
     }
