@@ -88,6 +88,9 @@ async fn removing_a_tenant_ends_its_open_sessions_and_only_those() {
             "{v}"
         );
         assert_eq!(v["compose_hash"].as_str().unwrap().len(), 64, "{v}");
+        // Each ran queries: bytes moved both ways, counted while the session runs.
+        assert!(v["bytes_up"].as_u64().unwrap() > 0, "{v}");
+        assert!(v["bytes_down"].as_u64().unwrap() > 0, "{v}");
     }
 
     // A reload that changes nothing for either session (a tenant added) ends nothing.

@@ -566,3 +566,62 @@ async fn verifiers_under_different_policies_never_answer_alternately() {
     );
     assert_eq!(used_old, 6);
 }
+
+/// Issue 26 with several verifier endpoints: a sidecar over two verifiers follows the
+/// first one's policy stream; that one stops; the policy changes on the other, which
+/// now denies the session's client: the follower's stream moves to the other endpoint,
+/// sees the new policy, and the open session is ended (57P01).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_sessions_follow_the_policy_across_verifier_endpoints() {
+    let c = cluster(VerifierTransport::Loopback).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("profile.toml"),
+        format!(
+            "extends = [{:?}]\n",
+            teesql_tests::cluster::repo_root()
+                .join("policies/dev")
+                .display()
+                .to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("data.json"), r#"{"teesql": {}}"#).unwrap();
+    let (first_url, _first, stop_first) = verifier_with_profile(&c, dir.path().into()).await;
+    let (second_url, second, _stop_second) = verifier_with_profile(&c, dir.path().into()).await;
+    let mut config = c.sidecar_config().clone();
+    config.verifier_url = format!("{first_url},{second_url}");
+    let (addr, _stop) = start_sidecar(config).await;
+    let dsn = format!(
+        "postgresql://teesql_read:{}@{addr}/postgres?sslmode=require",
+        c.read_secret
+    );
+    let (client, connection) = tokio_postgres::connect(
+        &dsn,
+        tokio_postgres_rustls::MakeRustlsConnect::new(c.client_tls().unwrap()),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::spawn(connection);
+    client.query_one("SELECT 1", &[]).await.unwrap();
+    // Give the follower time to take the first endpoint's stream, then stop that one.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _ = stop_first.send(());
+    // The second now requires client attestation and pins an MRTD no client has.
+    std::fs::write(
+        dir.path().join("data.json"),
+        format!(
+            r#"{{"teesql": {{"require_client_attestation": true, "pins": {{"mrtd": ["{}"]}}}}}}"#,
+            "00".repeat(48)
+        ),
+    )
+    .unwrap();
+    let (_, changed) = second.reload().await.unwrap();
+    assert!(changed);
+    let e = tokio::time::timeout(std::time::Duration::from_secs(10), ended)
+        .await
+        .expect("the session outlived the policy change")
+        .unwrap()
+        .expect_err("ended with an error");
+    assert_eq!(e.as_db_error().expect("a FATAL").code().code(), "57P01");
+}

@@ -129,11 +129,18 @@ pub struct SessionView {
     pub policy_hash: String,
     /// When it is judged again: at the verifier's next policy change.
     pub rejudged: &'static str,
+    /// Bytes from the client to Postgres so far.
+    pub bytes_up: u64,
+    /// Bytes from Postgres to the client so far.
+    pub bytes_down: u64,
+    /// Unix seconds until which its decision's facts hold (it is judged again then).
+    pub valid_until: u64,
 }
 
 struct Entry {
     admitted: Admitted,
     revoke: Option<oneshot::Sender<Revocation>>,
+    meter: Arc<crate::frontend::relay::Meter>,
 }
 
 /// The live sessions of a sidecar.
@@ -167,6 +174,8 @@ pub struct Registration {
     sessions: Arc<LiveSessions>,
     /// Resolves with the reason when the session must end.
     pub revoked: oneshot::Receiver<Revocation>,
+    /// The session's bytes, counted by its relay.
+    pub meter: Arc<crate::frontend::relay::Meter>,
 }
 
 impl Registration {
@@ -198,6 +207,7 @@ impl LiveSessions {
     /// Register a session admitted on `admitted`.
     pub fn register(self: &Arc<Self>, admitted: Admitted) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let meter = Arc::new(crate::frontend::relay::Meter::default());
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.entries.lock() {
             m.insert(
@@ -205,6 +215,7 @@ impl LiveSessions {
                 Entry {
                     admitted,
                     revoke: Some(tx),
+                    meter: meter.clone(),
                 },
             );
         }
@@ -212,6 +223,7 @@ impl LiveSessions {
             id,
             sessions: self.clone(),
             revoked: rx,
+            meter,
         }
     }
 
@@ -232,7 +244,10 @@ impl LiveSessions {
                         compose_hash: a.compose_hash.clone(),
                         decided_at: a.decided_at,
                         policy_hash: a.policy_hash.clone(),
-                        rejudged: "at the verifier's next policy change",
+                        rejudged: "at the verifier's next policy change, and after valid_until",
+                        bytes_up: e.meter.up.load(Ordering::Relaxed),
+                        bytes_down: e.meter.down.load(Ordering::Relaxed),
+                        valid_until: a.valid_until,
                     }
                 })
                 .collect(),

@@ -25,6 +25,15 @@ use tokio::time::Instant;
 /// relay buffer at all, and the allocation is not zeroed (reads fill it as they go).
 pub const BUFFER: usize = 32 * 1024;
 
+/// Bytes moved so far each way, readable while the relay runs (`GET /sessions`).
+#[derive(Debug, Default)]
+pub struct Meter {
+    /// Bytes read from the client for Postgres.
+    pub up: AtomicU64,
+    /// Bytes read from Postgres for the client.
+    pub down: AtomicU64,
+}
+
 /// Bytes moved each way.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Relayed {
@@ -67,13 +76,32 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_metered(client, backend, idle, catch_terminate, None).await
+}
+
+/// [`relay`], counting the bytes moved on `meter` as they move.
+pub async fn relay_metered<C, B>(
+    client: &mut C,
+    backend: &mut B,
+    idle: Option<Duration>,
+    catch_terminate: bool,
+    meter: Option<Arc<Meter>>,
+) -> RelayEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let started = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
+    let mut up = Direction::new(catch_terminate.then(|| Framing::new(Side::Client)));
+    let mut down = Direction::new(catch_terminate.then(|| Framing::new(Side::Server)));
+    up.meter = meter.clone().map(|m| (m, true));
+    down.meter = meter.map(|m| (m, false));
     let copy = Bidirectional {
         client,
         backend,
-        up: Direction::new(catch_terminate.then(|| Framing::new(Side::Client))),
-        down: Direction::new(catch_terminate.then(|| Framing::new(Side::Server))),
+        up,
+        down,
         up_phase: Phase::Copying,
         down_phase: Phase::Copying,
         activity: activity.clone(),
@@ -153,6 +181,8 @@ struct Direction {
     need_flush: bool,
     amount: u64,
     framing: Option<Framing>,
+    /// Where the bytes read are counted live, and whether this is the client's way.
+    meter: Option<(Arc<Meter>, bool)>,
 }
 
 impl Direction {
@@ -167,6 +197,7 @@ impl Direction {
             need_flush: false,
             amount: 0,
             framing,
+            meter: None,
         }
     }
 
@@ -254,6 +285,10 @@ impl Direction {
                         } else {
                             self.cap += n;
                             self.amount += n as u64;
+                            if let Some((m, up)) = &self.meter {
+                                let way = if *up { &m.up } else { &m.down };
+                                way.fetch_add(n as u64, Ordering::Relaxed);
+                            }
                             activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                             self.scan();
                         }

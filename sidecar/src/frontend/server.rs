@@ -35,21 +35,23 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Fu
     .await;
 }
 
-/// Re-judge every live session when the verifier's policy changes: follow its
-/// `WatchPolicies` stream (any endpoint), and re-judge every [`super::live::POLL_EVERY`] when no
-/// stream can be had. Runs until the task is aborted.
+/// Re-judge every live session when the verifier's policy changes or new collateral
+/// changed a platform's TCB status (its `WatchPolicies` stream, from the first endpoint
+/// that gives one; a verifier restart or another endpoint is compared afresh), and every
+/// [`super::live::POLL_EVERY`] when no stream can be had. Runs until the task is aborted.
 pub async fn follow_policies(shared: Arc<Shared>) {
-    let mut known: Option<String> = None;
+    let mut known: Option<(String, u64)> = None;
     let mut backoff = Duration::from_millis(500);
     loop {
         match shared.verifier.watch_policies().await {
             Ok(mut stream) => {
                 backoff = Duration::from_millis(500);
                 while let Ok(Some(change)) = stream.message().await {
-                    let changed = known.as_ref().is_some_and(|k| *k != change.policy_hash);
-                    known = Some(change.policy_hash.clone());
+                    let now = (change.policy_hash.clone(), change.tcb_generation);
+                    let changed = known.as_ref().is_some_and(|k| *k != now);
+                    known = Some(now);
                     if changed {
-                        tracing::info!(policy.hash = %change.policy_hash, sessions = shared.sessions.len(), "the verifier's policy changed; re-judging open sessions");
+                        tracing::info!(policy.hash = %change.policy_hash, tcb.generation = change.tcb_generation, sessions = shared.sessions.len(), "the verifier's policy or TCB facts changed; re-judging open sessions");
                         shared.sessions.rejudge(&shared.judge()).await;
                     }
                 }

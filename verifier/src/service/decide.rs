@@ -133,8 +133,11 @@ impl DecisionService {
             }
         };
         let facts = &prepared.facts;
-        if let Some(tcb) = &facts.tcb {
-            self.metrics.tcb_seen(&tcb.seen(), now);
+        if let Some(tcb) = &facts.tcb
+            && self.metrics.tcb_seen(&tcb.seen(), now)
+        {
+            tracing::info!(platform = %tcb.seen().platform, status = %tcb.status, "a platform's TCB status changed with new collateral; open sessions are judged again");
+            self.tcb_changed();
         }
         summary.evidence = facts.kind.clone();
         summary.subject = facts.subject.clone();

@@ -195,9 +195,12 @@ impl Verifier for GrpcVerifier {
                         _ = draining.wait_for(|d| *d) => return None,
                     }
                 }
-                let hash = rx.borrow_and_update().clone();
+                let (hash, generation) = rx.borrow_and_update().clone();
                 Some((
-                    Ok(teesql_proto::v1::PolicyChange { policy_hash: hash }),
+                    Ok(teesql_proto::v1::PolicyChange {
+                        policy_hash: hash,
+                        tcb_generation: generation,
+                    }),
                     (rx, draining, false),
                 ))
             },

@@ -251,14 +251,18 @@ impl Metrics {
     /// Note a platform's TCB standing (every decision on a verified `dcap` quote). The
     /// gauges are recomputed when a platform is new or its standing changed, and at
     /// most once a minute otherwise.
-    pub fn tcb_seen(&self, seen: &TcbSeen, now: u64) {
+    /// Returns whether a platform seen before now has another status under the standard
+    /// set (new collateral changed it): sessions that rest on it are judged again.
+    pub fn tcb_seen(&self, seen: &TcbSeen, now: u64) -> bool {
         let Ok(mut map) = self.tcb.seen.lock() else {
-            return;
+            return false;
         };
+        let mut status_changed = false;
         let changed = match map.get_mut(&seen.platform) {
             Some((old, at)) => {
                 let stale = now.saturating_sub(*at) >= 60;
                 let changed = old != seen;
+                status_changed = old.standard != seen.standard;
                 *old = seen.clone();
                 *at = now;
                 changed || stale
@@ -277,7 +281,7 @@ impl Metrics {
             }
         };
         if !changed {
-            return;
+            return false;
         }
         map.retain(|_, (_, at)| now.saturating_sub(*at) < TCB_SEEN_WINDOW_SECS);
         self.tcb.platforms.clear();
@@ -310,6 +314,7 @@ impl Metrics {
                 .get_or_create(&Vec::new())
                 .set(days);
         }
+        status_changed
     }
 
     /// The text exposition format.
@@ -342,5 +347,44 @@ where
             counter.encode(m)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(standard: &str, early: Option<&str>, days: Option<i64>) -> TcbSeen {
+        TcbSeen {
+            platform: "00806F050000:0303:11:0501".into(),
+            standard: standard.into(),
+            early: early.map(str::to_string),
+            days_until: days,
+        }
+    }
+
+    #[test]
+    fn a_platform_whose_standard_status_changes_is_reported_once() {
+        let m = Metrics::new();
+        // First sight: no change to report (nothing rested on an older status).
+        assert!(!m.tcb_seen(&seen("UpToDate", Some("OutOfDate"), Some(40)), 100));
+        assert!(!m.tcb_seen(&seen("UpToDate", Some("OutOfDate"), Some(39)), 200));
+        let text = m.encode();
+        assert!(
+            text.contains("teesql_verifier_tcb_days_until_demotion 39"),
+            "{text}"
+        );
+        // New collateral: the standard set now demotes it.
+        assert!(m.tcb_seen(&seen("OutOfDate", None, None), 300));
+        assert!(!m.tcb_seen(&seen("OutOfDate", None, None), 400));
+        let text = m.encode();
+        assert!(
+            text.contains("teesql_verifier_tcb_platforms{set=\"standard\",status=\"OutOfDate\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("teesql_verifier_tcb_days_until_demotion "),
+            "{text}"
+        );
     }
 }

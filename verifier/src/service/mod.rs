@@ -124,8 +124,9 @@ pub struct DecisionService {
     appraising: cache::SingleFlight<decide::Appraisal>,
     /// Signs every decision answered, when set.
     signer: Option<Arc<token::DecisionSigner>>,
-    /// The policy hash serving now, for `WatchPolicies` subscribers.
-    policy_hash: tokio::sync::watch::Sender<String>,
+    /// The policy hash serving now and the TCB generation, for `WatchPolicies`
+    /// subscribers.
+    policy_hash: tokio::sync::watch::Sender<(String, u64)>,
     /// Set when the server drains: policy streams end so the drain can finish.
     draining: tokio::sync::watch::Sender<bool>,
 }
@@ -142,7 +143,7 @@ impl DecisionService {
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics.policy_loaded(policies.hash());
-        let policy_hash = tokio::sync::watch::Sender::new(policies.hash().to_string());
+        let policy_hash = tokio::sync::watch::Sender::new((policies.hash().to_string(), 0));
         Self {
             policy_hash,
             draining: tokio::sync::watch::Sender::new(false),
@@ -185,9 +186,16 @@ impl DecisionService {
         self.signer.as_ref()
     }
 
-    /// The policy hash now and every one a reload swaps in after it.
-    pub fn watch_policies(&self) -> tokio::sync::watch::Receiver<String> {
+    /// The policy hash and TCB generation now, and every change after.
+    pub fn watch_policies(&self) -> tokio::sync::watch::Receiver<(String, u64)> {
         self.policy_hash.subscribe()
+    }
+
+    /// New collateral changed a platform's TCB status: decisions that rest on the old
+    /// one are to be judged again.
+    fn tcb_changed(&self) {
+        self.policy_hash
+            .send_modify(|(_, generation)| *generation += 1);
     }
 
     /// Whether the server is draining, and every change of it: long-lived streams end

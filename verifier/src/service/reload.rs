@@ -136,7 +136,8 @@ impl DecisionService {
                 let changed = hash != current.hash();
                 if changed {
                     self.policies.store(Arc::new(set));
-                    self.policy_hash.send_replace(hash.clone());
+                    self.policy_hash
+                        .send_modify(|(serving, _)| *serving = hash.clone());
                     tracing::info!(policy.hash = %hash, previous = %current.hash(), "policies reloaded");
                 } else {
                     tracing::debug!(policy.hash = %hash, "policies unchanged");

@@ -136,11 +136,12 @@ async fn serve_session(shared: &Arc<Shared>, ready: Ready, peer: SocketAddr) {
     } = ready;
     let catch_terminate = pool_key.is_some() && shared.pool.enabled();
     let mut registration = admitted.map(|a| shared.sessions.register(a));
-    let relaying = relay::relay(
+    let relaying = relay::relay_metered(
         &mut client,
         &mut backend.stream,
         shared.config.limits.idle_timeout,
         catch_terminate,
+        registration.as_ref().map(|r| r.meter.clone()),
     );
     let end = match registration.as_mut() {
         Some(reg) => follow(shared, reg, relaying).await,
