@@ -607,6 +607,11 @@ async fn open_sessions_follow_the_policy_across_verifier_endpoints() {
     // Give the follower time to take the first endpoint's stream, then stop that one.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let _ = stop_first.send(());
+    // The follower moves to the second endpoint, under the same policy: that ends
+    // nothing (as a verifier restart that keeps its policy ends nothing).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    client.query_one("SELECT 1", &[]).await.unwrap();
+    assert!(!ended.is_finished());
     // The second now requires client attestation and pins an MRTD no client has.
     std::fs::write(
         dir.path().join("data.json"),
