@@ -347,7 +347,16 @@ async fn failure_limits_are_per_user_and_count_only_the_clients_faults() {
             .unwrap();
         drop(tls);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The sidecar records each abandon when it sees the client gone: wait for that (on
+    // a loaded machine it can take longer than any fixed pause).
+    let localhost: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    for _ in 0..100 {
+        if c.sidecar.limiter.is_blocked(localhost, "teesql_readwrite") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(c.sidecar.limiter.is_blocked(localhost, "teesql_readwrite"));
     let o = psql(
         &c.dsn(
             "teesql_readwrite",

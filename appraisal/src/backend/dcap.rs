@@ -404,12 +404,16 @@ impl QuoteBackend for DcapBackend {
                 });
                 return facts;
             }
-            match self.collateral.collateral_for(quote).await {
+            // The lifecycle documents are fetched beside the collateral, not after it: a
+            // cold appraisal waits for the slowest of the three, not their sum.
+            let (collateral, early, numbers) = tokio::join!(
+                self.collateral.collateral_for(quote),
+                self.collateral.early_for(quote),
+                self.collateral.eval_numbers_for(quote),
+            );
+            match collateral {
                 Ok(c) => {
-                    let lifecycle = Lifecycle {
-                        early: self.collateral.early_for(quote).await,
-                        numbers: self.collateral.eval_numbers_for(quote).await,
-                    };
+                    let lifecycle = Lifecycle { early, numbers };
                     self.verify_keyed(quote, &c, now, key.as_ref(), lifecycle)
                 }
                 Err(e) => {

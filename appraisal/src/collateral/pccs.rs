@@ -163,15 +163,14 @@ impl PccsClient {
     ) -> Result<crate::tcb::SignedTcbInfo, CollateralError> {
         let tee = tee_path(key.tee);
         let fetch = async {
-            let tcb = self
-                .get(
-                    key,
-                    &format!(
-                        "{tee}/certification/v4/tcb?fmspc={}&update=early",
-                        key.fmspc
-                    ),
-                )
-                .await?;
+            // The set's QE identity is asked for at the same time; without it the
+            // forecast covers the platform and the TDX module only.
+            let url = format!(
+                "{tee}/certification/v4/tcb?fmspc={}&update=early",
+                key.fmspc
+            );
+            let (tcb, qe) = tokio::join!(self.get(key, &url), self.fetch_early_qe(key, tee));
+            let tcb = tcb?;
             let invalid = |detail: String| CollateralError::Fetch {
                 key: key.clone(),
                 url: self.base.clone(),
@@ -186,9 +185,7 @@ impl PccsClient {
             let mut early =
                 crate::tcb::SignedTcbInfo::new(resp.tcb_info.get().to_string(), signature, chain)
                     .map_err(|e| invalid(e.to_string()))?;
-            // The set's QE identity, when the source serves it; without it the forecast
-            // covers the platform and the TDX module only.
-            early.qe_identity = self.fetch_early_qe(key, tee).await;
+            early.qe_identity = qe;
             Ok(early)
         };
         self.within_timeout(key, fetch).await
