@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use crate::config::limits::OnUnavailable;
 use crate::metrics::Metrics;
 use crate::verifier::VerifierClient;
+use teesql_appraisal::Clock;
 
 /// Sessions re-judged at once.
 const CONCURRENCY: usize = 4;
@@ -94,7 +95,7 @@ impl Admitted {
             role,
             granted,
             policy_hash: decision.policy_hash.clone(),
-            decided_at: unix_now(),
+            decided_at: Clock::System.now(),
             valid_until: u64::try_from(decision.valid_until).unwrap_or(0),
             tenant: decision
                 .grants
@@ -363,7 +364,7 @@ impl LiveSessions {
                         && let Some(e) = m.get_mut(&id)
                     {
                         e.admitted.policy_hash = d.policy_hash.clone();
-                        e.admitted.decided_at = unix_now();
+                        e.admitted.decided_at = Clock::System.now();
                         e.admitted.valid_until = u64::try_from(d.valid_until).unwrap_or(0);
                     }
                     continue;
@@ -396,11 +397,4 @@ impl LiveSessions {
         }
         ended
     }
-}
-
-/// Unix seconds now.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

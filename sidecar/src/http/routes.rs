@@ -98,7 +98,7 @@ async fn check_health(a: &Admin) -> (StatusCode, serde_json::Value) {
         postgres_alive(&a.shared.config.backend.addr),
         a.shared.verifier.check_health()
     );
-    let now = unix_now();
+    let now = teesql_appraisal::Clock::System.now();
     let cert = a.shared.cert.current();
     let identity = if cert.not_after > now {
         Ok(())
@@ -161,7 +161,7 @@ async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
 }
 
 async fn attestation(State(a): State<Admin>) -> Response {
-    let asked = unix_now();
+    let asked = teesql_appraisal::Clock::System.now();
     let mut last = a.last_report.lock().await;
     // A report finished in the second this caller asked, or later (while it waited for the
     // lock), answers it too. Failures are shared the same way, so a queue of callers does
@@ -169,8 +169,8 @@ async fn attestation(State(a): State<Admin>) -> Response {
     let (reused, outcome) = match last.as_ref() {
         Some((done, outcome)) if *done >= asked => (true, outcome.clone()),
         _ => {
-            let outcome = build_report(&a, unix_now()).await;
-            *last = Some((unix_now(), outcome.clone()));
+            let outcome = build_report(&a, teesql_appraisal::Clock::System.now()).await;
+            *last = Some((teesql_appraisal::Clock::System.now(), outcome.clone()));
             (false, outcome)
         }
     };
@@ -193,13 +193,6 @@ async fn attestation(State(a): State<Admin>) -> Response {
                 .into_response()
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 async fn build_report(a: &Admin, timestamp: u64) -> Result<AttestationReport, String> {

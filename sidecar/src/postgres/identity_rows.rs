@@ -185,9 +185,7 @@ impl SessionIdentity {
             role: role.to_string(),
             user: user.to_string(),
             policy_hash: d.policy_hash.clone(),
-            decided_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |t| t.as_secs()),
+            decided_at: teesql_appraisal::Clock::System.now(),
         }
     }
 }

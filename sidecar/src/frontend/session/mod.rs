@@ -220,7 +220,6 @@ async fn follow(
     reg: &mut crate::frontend::live::Registration,
     relaying: impl std::future::Future<Output = RelayEnd>,
 ) -> Result<RelayEnd, crate::frontend::live::Revocation> {
-    use crate::frontend::live::unix_now;
     let mut relaying = std::pin::pin!(relaying);
     let mut max_age = shared
         .config
@@ -229,7 +228,7 @@ async fn follow(
         .map(|d| tokio::time::Instant::now() + d);
     let mut check_at: Option<tokio::time::Instant> = None;
     loop {
-        let (valid_until, now) = (reg.valid_until(), unix_now());
+        let (valid_until, now) = (reg.valid_until(), teesql_appraisal::Clock::System.now());
         if valid_until >= now && valid_until > 0 {
             // The facts hold through their last second; judge it the second after.
             check_at =
