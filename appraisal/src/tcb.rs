@@ -258,8 +258,10 @@ pub struct SignedTcbInfo {
     pub eval_data_number: u32,
     /// Its `nextUpdate`, unix seconds: it is fetched again after that.
     pub next_update: i64,
-    /// The set's QE identity, when the source has it (`qe/identity?update=early`).
+    /// The set's QE identity, when the source has it (`qe/identity?update=early`). Set
+    /// it before the first [`Self::digest`].
     pub qe_identity: Option<SignedDoc>,
+    digest: std::sync::OnceLock<[u8; 32]>,
 }
 
 /// A signed PCS document as served: the exact JSON, r‖s, and its issuer chain (PEM).
@@ -322,6 +324,20 @@ impl SignedTcbInfo {
             eval_data_number: head.tcb_evaluation_data_number,
             next_update,
             qe_identity: None,
+            digest: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// SHA-256 over everything it says (TCB info, signature, QE identity), computed once:
+    /// what a memo of its verdicts is keyed by.
+    pub fn digest(&self) -> [u8; 32] {
+        *self.digest.get_or_init(|| {
+            let qe = self.qe_identity.as_ref().map(|q| q.json.as_bytes());
+            digest_of(&[
+                self.tcb_info.as_bytes(),
+                &self.signature,
+                qe.unwrap_or_default(),
+            ])
         })
     }
 
@@ -345,6 +361,34 @@ pub struct SignedList {
     pub body: Vec<u8>,
     /// The `TCB-Evaluation-Data-Numbers-Issuer-Chain` (PEM).
     pub issuer_chain: String,
+    digest: std::sync::OnceLock<[u8; 32]>,
+}
+
+impl SignedList {
+    /// A response body and its issuer chain, as served.
+    pub fn new(body: Vec<u8>, issuer_chain: String) -> Self {
+        Self {
+            body,
+            issuer_chain,
+            digest: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// SHA-256 of the body, computed once.
+    pub fn digest(&self) -> [u8; 32] {
+        *self.digest.get_or_init(|| digest_of(&[&self.body]))
+    }
+}
+
+/// SHA-256 over `parts`, each length-prefixed.
+fn digest_of(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
 }
 
 /// What TCB level matching needs of a platform: the PCK certificate's SGX TCB

@@ -138,6 +138,7 @@ pub struct DcapBackend {
 /// What the TCB lifecycle claims of one platform are made from.
 #[derive(Debug)]
 struct Standings {
+    platform: Platform,
     standard: Standing,
     early: Option<Standing>,
     numbers: Option<EvalNumbers>,
@@ -286,44 +287,55 @@ impl DcapBackend {
         lifecycle: &Lifecycle,
         now: u64,
     ) -> Option<TcbClaims> {
-        let platform = Platform::of(quote)
-            .map_err(|e| tracing::debug!(error = %e, "no TCB lifecycle claims"))
-            .ok()?;
+        // Keyed by what the platform is read from (the PCK chain, TEE_TCB_SVN, the QE
+        // report) rather than by the platform itself, so that a known platform's next
+        // quote (the platform cache's fast path) parses no certificate here.
         let key = {
             use sha2::{Digest, Sha256};
+            let parsed = quote.parsed();
             let mut h = Sha256::new();
             h.update(collateral.digest());
-            h.update(platform.fmspc);
-            h.update(platform.cpu_svn);
-            h.update(platform.pce_svn.to_le_bytes());
-            h.update(platform.tee_tcb_svn);
-            h.update(platform.qe_isv_svn.to_le_bytes());
             for part in [
-                lifecycle.early.as_ref().map(|e| e.tcb_info.as_bytes()),
-                lifecycle.early.as_ref().map(|e| e.signature.as_slice()),
-                lifecycle
-                    .early
-                    .as_ref()
-                    .and_then(|e| e.qe_identity.as_ref())
-                    .map(|q| q.json.as_bytes()),
-                lifecycle.numbers.as_ref().map(|n| n.body.as_slice()),
+                parsed.raw_cert_chain().unwrap_or_default(),
+                quote
+                    .td_report()
+                    .map(|t| t.tee_tcb_svn)
+                    .unwrap_or_default()
+                    .as_slice(),
+                parsed.qe_report().as_slice(),
             ] {
-                let part = part.unwrap_or_default();
                 h.update((part.len() as u64).to_le_bytes());
                 h.update(part);
             }
+            h.update(
+                lifecycle
+                    .early
+                    .as_ref()
+                    .map(|e| e.digest())
+                    .unwrap_or_default(),
+            );
+            h.update(
+                lifecycle
+                    .numbers
+                    .as_ref()
+                    .map(|n| n.digest())
+                    .unwrap_or_default(),
+            );
             <[u8; 32]>::from(h.finalize())
         };
         let standings = match self.standings.get(&key) {
             Some(s) => s,
             None => {
-                let s = Arc::new(self.standings_of(&platform, collateral, lifecycle)?);
+                let platform = Platform::of(quote)
+                    .map_err(|e| tracing::debug!(error = %e, "no TCB lifecycle claims"))
+                    .ok()?;
+                let s = Arc::new(self.standings_of(platform, collateral, lifecycle)?);
                 self.standings.insert(key, s.clone());
                 s
             }
         };
         Some(TcbClaims::new(
-            &platform,
+            &standings.platform,
             &standings.standard,
             standings.early.as_ref(),
             standings.numbers.as_ref(),
@@ -333,11 +345,11 @@ impl DcapBackend {
 
     fn standings_of(
         &self,
-        platform: &Platform,
+        platform: Platform,
         collateral: &Collateral,
         lifecycle: &Lifecycle,
     ) -> Option<Standings> {
-        let standard = crate::tcb::standing(&collateral.data.tcb_info, platform)
+        let standard = crate::tcb::standing(&collateral.data.tcb_info, &platform)
             .map_err(|e| tracing::debug!(error = %e, "no TCB lifecycle claims"))
             .ok()?;
         let early = lifecycle
@@ -346,11 +358,11 @@ impl DcapBackend {
             .filter(|e| e.eval_data_number > standard.eval_data_number)
             .and_then(|e| {
                 e.verify(self.root.der())
-                    .and_then(|()| crate::tcb::standing(&e.tcb_info, platform))
+                    .and_then(|()| crate::tcb::standing(&e.tcb_info, &platform))
                     .and_then(|s| match &e.qe_identity {
                         Some(qe) => qe
                             .verify("the early QE identity", self.root.der())
-                            .and_then(|()| crate::tcb::with_qe(s, &qe.json, platform)),
+                            .and_then(|()| crate::tcb::with_qe(s, &qe.json, &platform)),
                         None => Ok(s),
                     })
                     .map_err(|e| tracing::warn!(error = %e, "the early TCB set is not used"))
@@ -362,6 +374,7 @@ impl DcapBackend {
                 .ok()
         });
         Some(Standings {
+            platform,
             standard,
             early,
             numbers,

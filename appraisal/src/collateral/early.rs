@@ -123,13 +123,8 @@ impl TcbSources {
             let body = read(&numbers)?;
             let chain = String::from_utf8(read(&chain_path)?)
                 .map_err(|e| file_err(&chain_path, e.to_string()))?;
-            self.numbers_offline.insert(
-                TeeType::Tdx,
-                Arc::new(SignedList {
-                    body,
-                    issuer_chain: chain,
-                }),
-            );
+            self.numbers_offline
+                .insert(TeeType::Tdx, Arc::new(SignedList::new(body, chain)));
         }
         Ok(())
     }

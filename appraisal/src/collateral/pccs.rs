@@ -233,10 +233,7 @@ impl PccsClient {
                     url: self.base.clone(),
                     detail: "tcbevaluationdatanumbers: no TCB-Evaluation-Data-Numbers-Issuer-Chain header".into(),
                 })?;
-            Ok(crate::tcb::SignedList {
-                body: resp.body,
-                issuer_chain,
-            })
+            Ok(crate::tcb::SignedList::new(resp.body, issuer_chain))
         };
         self.within_timeout(key, fetch).await
     }
