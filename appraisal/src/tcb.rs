@@ -230,12 +230,11 @@ pub fn verify_signed(
         .map_err(|e| bad(format!("signing certificate: {e}")))?;
     let (_, root) =
         X509Certificate::from_der(root_der).map_err(|e| bad(format!("trust root: {e}")))?;
-    ring::signature::UnparsedPublicKey::new(
-        &ring::signature::ECDSA_P256_SHA256_ASN1,
-        &root.public_key().subject_public_key.data,
-    )
-    .verify(leaf.tbs_certificate.as_ref(), &leaf.signature_value.data)
-    .map_err(|_| bad("the signing certificate is not signed by the trust root".into()))?;
+    if !issued_by(&leaf, &root) {
+        return Err(bad(
+            "the signing certificate is not signed by the trust root".into(),
+        ));
+    }
     ring::signature::UnparsedPublicKey::new(
         &ring::signature::ECDSA_P256_SHA256_FIXED,
         &leaf.public_key().subject_public_key.data,
@@ -389,6 +388,17 @@ fn digest_of(parts: &[&[u8]]) -> [u8; 32] {
         h.update(p);
     }
     h.finalize().into()
+}
+
+/// `cert` carries `issuer`'s ECDSA P-256 / SHA-256 signature, as every certificate of
+/// Intel's SGX/TDX hierarchy does (validity, revocation and the rest are dcap-qvl's).
+pub(crate) fn issued_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        &issuer.public_key().subject_public_key.data,
+    )
+    .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
+    .is_ok()
 }
 
 /// What TCB level matching needs of a platform: the PCK certificate's SGX TCB

@@ -478,12 +478,9 @@ pub fn pck_chain_verifies(quote: &Quote, root_der: &[u8]) -> Result<(), String> 
         parse("trust root", root_der)?,
     );
     let signed_by = |what: &str, cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>| {
-        ring::signature::UnparsedPublicKey::new(
-            &ring::signature::ECDSA_P256_SHA256_ASN1,
-            &issuer.public_key().subject_public_key.data,
-        )
-        .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
-        .map_err(|_| format!("the {what} signature does not verify"))
+        crate::tcb::issued_by(cert, issuer)
+            .then_some(())
+            .ok_or_else(|| format!("the {what} signature does not verify"))
     };
     signed_by("PCK certificate's", &leaf, &ca)?;
     signed_by("PCK CA certificate's", &ca, &root)
