@@ -91,8 +91,10 @@ deny contains d if {
 	d := {"code": "leader_instance_mismatch", "message": sprintf("connected to instance %v but the manifest names leader %s", [input.app.instance_id, input.manifest.leader_instance])}
 }
 
-# Member app ids pinned for the manifest's cluster (empty when none are).
-member_app_ids := {data.teesql.lib.norm(a) |
+# Member app ids pinned for the manifest's cluster (empty when none are). A multi-value
+# rule rather than a set comprehension: rego-cpp (regopy 1.5.2) does not parse
+# `some k, v in x` inside a set or array comprehension (tests/regopy/evaluate.py).
+member_app_ids contains data.teesql.lib.norm(a) if {
 	some cluster, c in data.teesql.clusters
 	data.teesql.lib.norm(cluster) == data.teesql.lib.norm(input.manifest.cluster)
 	some a in c.member_app_ids
