@@ -32,39 +32,20 @@ fn testdata(p: &str) -> PathBuf {
     root().join("testdata").join(p)
 }
 
-/// A Python interpreter that can import regopy (as `tests/src/clients.rs` `python_with`):
-/// `TEESQL_PYTHON` or `python3`; `None` with a notice where it cannot, a failure under CI.
+#[path = "../../tests/python/find.rs"]
+mod find;
+
+/// A Python interpreter that can import regopy, and regopy's version
+/// (`tests/python/find.rs`: `TEESQL_PYTHON`, `python3`, or the harness's virtualenv);
+/// `None` with a visible notice where there is none, a failure under CI.
 fn python_with_regopy() -> Option<(String, String)> {
-    let python = std::env::var("TEESQL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python)
+    let python = find::python_with(&["regopy"])?;
+    let out = Command::new(&python)
         .args(["-c", "import regopy; print(regopy.__version__)"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => {
-            let version = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            Some((python, version))
-        }
-        other => {
-            let why = match other {
-                // The last line of a traceback says what is missing.
-                Ok(o) => String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .to_string(),
-                Err(e) => e.to_string(),
-            };
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must run the second Rego engine ({python} cannot import regopy): {why}"
-            );
-            eprintln!(
-                "NOTICE: skipping the Rego portability check: {python} cannot import regopy \
-                 ({why}); `.ci/run` installs it (pip install regopy)"
-            );
-            None
-        }
-    }
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Some((python, version))
 }
 
 /// What one engine decided on one case.

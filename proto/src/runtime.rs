@@ -1,15 +1,53 @@
 //! What every TeeSQL binary does the same way around its work: log to stderr with a
 //! filter, stop on SIGINT or SIGTERM, and show an error with its causes.
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the
+    /// event's structured fields at the top level, and under `span` the fields of the
+    /// span it happened in (a sidecar session's `session_id` and `client.addr`).
+    Json,
+}
+
+impl LogFormat {
+    /// The environment variable both binaries read it from.
+    pub const ENV: &'static str = "TEESQL_LOG_FORMAT";
+
+    /// `--log-format` when given, else `TEESQL_LOG_FORMAT`, else text. An unknown value
+    /// in the environment is an error naming the variable.
+    pub fn resolve(flag: Option<Self>) -> Result<Self, String> {
+        if let Some(f) = flag {
+            return Ok(f);
+        }
+        match std::env::var(Self::ENV) {
+            Err(_) => Ok(Self::Text),
+            Ok(v) => <Self as clap::ValueEnum>::from_str(v.trim(), true)
+                .map_err(|_| format!("{}={v:?}: expected text or json", Self::ENV)),
+        }
+    }
+}
+
 /// Log to stderr with `filter` (an `EnvFilter` directive such as `info` or
 /// `teesql_sidecar=debug`); an invalid one falls back to `fallback`.
-pub fn init_tracing(filter: &str, fallback: &str) {
+pub fn init_tracing(filter: &str, fallback: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(fallback));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 /// Completes on SIGINT or SIGTERM.

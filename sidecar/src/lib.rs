@@ -78,7 +78,8 @@ impl Sidecar {
                 config.backend.pool_max_idle_per_key,
                 config.backend.pool_max_idle_total,
                 config.backend.pool_idle_timeout,
-            ),
+            )
+            .with_metrics(metrics.pool()),
             config,
             tls: tokio_rustls::TlsAcceptor::from(tls),
             cert,

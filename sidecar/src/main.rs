@@ -18,6 +18,11 @@ struct Cli {
     /// Log filter (e.g. info, teesql_sidecar=debug); overrides RUST_LOG.
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
+    /// Log lines as `text` or `json` (one object per line, for log shippers; a session's
+    /// lines carry its `session_id`, the id the verifier logs its admission decision
+    /// under) [default: text] [env: TEESQL_LOG_FORMAT]
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<teesql_proto::runtime::LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,8 +32,12 @@ enum Command {
     /// Secrets come from TEESQL_READ_SECRET / TEESQL_READWRITE_SECRET (64 hex digits) or
     /// files named in the config. The server certificate comes from the dstack guest
     /// agent (DSTACK_SIMULATOR_ENDPOINT, else /var/run/dstack.sock). SIGTERM/SIGINT stop
-    /// accepting and let sessions drain.
+    /// accepting and let sessions drain. `config check` takes the same arguments and
+    /// checks them without serving.
     Serve(Box<ServeArgs>),
+    /// Check the configuration `serve` would run with, without serving.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Mode A: a localhost forwarder for applications. Any Postgres client connects in
     /// plaintext (sslmode=disable) to --listen; each connection goes over mutual RA-TLS
     /// to the sidecar at --to, and the verifier judges the server's attestation before a
@@ -50,6 +59,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         tenants: Option<std::path::PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Resolve --config FILE, the environment and the flags exactly as `serve` would:
+    /// the secret files and variables read, the verifier's identity policy loaded, the
+    /// verifier URLs and their trust checked. Nothing is bound, and neither the guest
+    /// agent, the verifier nor Postgres is asked anything.
+    ///
+    /// Prints the resolved settings (every secret as <set> or <unset>, with where it
+    /// comes from, never its value), then `configuration OK`. Exit status: 0 the
+    /// configuration is good, 2 it is not: every problem on stderr, one per line.
+    Check(Box<ServeArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -162,7 +184,14 @@ fn main() -> ExitCode {
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".into());
-    teesql_proto::runtime::init_tracing(&filter, "info");
+    let format = match teesql_proto::runtime::LogFormat::resolve(cli.log_format) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("teesql-sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    teesql_proto::runtime::init_tracing(&filter, "info", format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -176,6 +205,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
+            Command::Config(ConfigCommand::Check(args)) => config_check(*args).await,
             Command::Forward(args) => forward(*args).await,
             Command::Provision {
                 common,
@@ -186,15 +216,44 @@ fn main() -> ExitCode {
     })
 }
 
-fn load(common: &Common, mut overrides: Overrides) -> Result<SidecarConfig, ExitCode> {
-    let file = match &common.config {
-        Some(p) => SidecarConfig::read_file(p).map_err(|e| fail(&[e]))?,
-        None => SidecarFile::default(),
+/// The configuration: --config FILE, then the environment, then flags; every problem,
+/// the file's included (a key the file cannot have is left out, so the rest is checked).
+fn resolve(common: &Common, mut overrides: Overrides) -> Result<SidecarConfig, Vec<String>> {
+    let (file, mut problems) = match &common.config {
+        Some(p) => SidecarConfig::read_file_checked(p),
+        None => (SidecarFile::default(), Vec::new()),
     };
     overrides.backend_host = common.backend_host.clone();
     overrides.backend_port = common.backend_port;
     overrides.backend_method = common.backend_method.clone();
-    SidecarConfig::resolve(file, &ProcessEnv, overrides).map_err(|errors| fail(&errors))
+    match SidecarConfig::resolve(file, &ProcessEnv, overrides) {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(problems),
+        Err(errors) => {
+            problems.extend(errors);
+            Err(problems)
+        }
+    }
+}
+
+fn load(common: &Common, overrides: Overrides) -> Result<SidecarConfig, ExitCode> {
+    resolve(common, overrides).map_err(|errors| fail(&errors))
+}
+
+/// What `serve` runs with (and `config check` shows).
+fn resolve_serve(args: ServeArgs) -> Result<SidecarConfig, Vec<String>> {
+    resolve(
+        &args.common,
+        Overrides {
+            listen: args.listen,
+            admin_listen: args.admin_listen,
+            verifier: args.verifier,
+            auth_method: args.auth_method,
+            alt_names: args.alt_names,
+            max_connections: args.max_connections,
+            ..Overrides::default()
+        },
+    )
 }
 
 fn fail(errors: &[String]) -> ExitCode {
@@ -211,20 +270,9 @@ fn fail(errors: &[String]) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    let config = match load(
-        &args.common,
-        Overrides {
-            listen: args.listen,
-            admin_listen: args.admin_listen,
-            verifier: args.verifier,
-            auth_method: args.auth_method,
-            alt_names: args.alt_names,
-            max_connections: args.max_connections,
-            ..Overrides::default()
-        },
-    ) {
+    let config = match resolve_serve(args) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(errors) => return fail(&errors),
     };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
@@ -248,10 +296,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&[e]),
     };
+    // The addresses bound, so a port 0 in the configuration shows the one chosen.
+    let bound = |l: &tokio::net::TcpListener| {
+        l.local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
     tracing::info!(
-        listen = %config.listen,
-        admin = ?config.admin_listen,
-        public = ?config.public_listen,
+        listen = %bound(&listener),
+        admin = %admin.as_ref().map(bound).unwrap_or_else(|| "off".into()),
+        public = %public.as_ref().map(bound).unwrap_or_else(|| "off".into()),
         verifier = %config.verifier_url,
         backend = %config.backend.addr.describe(),
         "teesql-sidecar serving"
@@ -264,6 +318,42 @@ async fn serve(args: ServeArgs) -> ExitCode {
     sidecar.run(listeners, shutdown_signal()).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `config check`: [`resolve_serve`], then what `Sidecar::start` checks before it asks
+/// the guest agent for a certificate (the verifier client: its URLs and trust, nothing
+/// dialled). The settings on stdout, or every problem on stderr and exit status 2.
+async fn config_check(args: ServeArgs) -> ExitCode {
+    let file = args.common.config.clone();
+    let problems = match resolve_serve(args) {
+        Ok(config) => match teesql_sidecar::verifier::VerifierClient::new(
+            &config.verifier_url,
+            config.verifier_trust.as_ref(),
+            config.verifier_timeout,
+        ) {
+            Ok(_) => {
+                let from = match &file {
+                    Some(f) => format!("--config {}, then the environment", f.display()),
+                    None => "no --config file; the environment".into(),
+                };
+                println!(
+                    "# teesql-sidecar serve: {from}, then flags\n\
+                     # secrets are shown as <set> or <unset>, never their values\n\n{}\n\
+                     configuration OK",
+                    config.render()
+                );
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => vec![e],
+        },
+        Err(errors) => errors,
+    };
+    // One line each; a policy's compiler diagnostic keeps its lines, indented.
+    for p in &problems {
+        eprintln!("teesql-sidecar: {}", p.trim_end().replace('\n', "\n    "));
+    }
+    eprintln!("teesql-sidecar: {} problem(s)", problems.len());
+    ExitCode::from(2)
 }
 
 async fn forward(args: ForwardArgs) -> ExitCode {

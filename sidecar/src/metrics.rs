@@ -10,7 +10,9 @@ use prometheus_client::registry::Registry;
 
 use std::fmt;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder,
+};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -30,6 +32,84 @@ pub struct Metrics {
     health_checks: Counter,
     http_refused: Family<Labels, Counter>,
     revoked: Family<Labels, Counter>,
+    rejudged: Family<Labels, Counter>,
+    pool: PoolMetrics,
+}
+
+/// The backend pool's metrics, handed to [`crate::postgres::pool::BackendPool`].
+///
+/// The pool never makes a client wait: it only keeps idle, reset Postgres connections.
+/// "Exhausted" therefore means at its cap: `pool_idle` has reached `pool_max_idle`, a
+/// connection given back is closed instead of kept (`pool_returns_total{result="full_total"}`),
+/// and every checkout that misses is a new Postgres login, while the kept connections hold
+/// backends too; what runs out is Postgres' own `max_connections`.
+#[derive(Debug, Clone, Default)]
+pub struct PoolMetrics {
+    checkouts: Family<Labels, Counter>,
+    returns: Family<Labels, Counter>,
+    idle: Gauge,
+    max_idle: Gauge,
+}
+
+impl PoolMetrics {
+    /// Results of `pool_checkouts_total`.
+    pub const CHECKOUTS: [&'static str; 2] = ["hit", "miss"];
+    /// Results of `pool_returns_total`.
+    pub const RETURNS: [&'static str; 4] = ["kept", "reset_failed", "full_total", "full_key"];
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "pool_checkouts",
+            "Logins of pooled roles by whether a kept Postgres connection was reused (hit) or a new one logged in (miss); counted only while pooling is on",
+            self.checkouts.clone(),
+        );
+        registry.register(
+            "pool_returns",
+            "Postgres connections of sessions that ended with Terminate, by what the pool did: kept, reset_failed (the reset errored or timed out: closed), full_total (pool_max_idle reached: closed), full_key (backend.pool_max_idle_per_key reached for its role, database and parameters: closed)",
+            self.returns.clone(),
+        );
+        registry.register(
+            "pool_idle",
+            "Idle Postgres connections the pool keeps now (each holds a Postgres backend); clients never wait for the pool: at pool_max_idle it is exhausted, returned connections are closed and misses log in anew",
+            self.idle.clone(),
+        );
+        registry.register(
+            "pool_max_idle",
+            "The most idle Postgres connections the pool keeps (backend.pool_max_idle_total; 0 when pooling is off)",
+            self.max_idle.clone(),
+        );
+        for r in Self::CHECKOUTS {
+            let _ = self.checkouts.get_or_create(&vec![("result", r.into())]);
+        }
+        for r in Self::RETURNS {
+            let _ = self.returns.get_or_create(&vec![("result", r.into())]);
+        }
+    }
+
+    /// A login of a pooled role: `hit` when a kept connection was reused.
+    pub fn checkout(&self, hit: bool) {
+        let r = if hit { "hit" } else { "miss" };
+        self.checkouts
+            .get_or_create(&vec![("result", r.into())])
+            .inc();
+    }
+
+    /// A connection given back, by `result` (one of [`Self::RETURNS`]).
+    pub fn returned(&self, result: &'static str) {
+        self.returns
+            .get_or_create(&vec![("result", result.into())])
+            .inc();
+    }
+
+    /// Idle connections kept now.
+    pub fn set_idle(&self, n: usize) {
+        self.idle.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The pool's cap on idle connections (0 when it keeps none).
+    pub fn set_max_idle(&self, n: usize) {
+        self.max_idle.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
 }
 
 impl Default for Metrics {
@@ -84,13 +164,13 @@ impl Metrics {
         registry.register(
             "certificate_renewals",
             "Server certificate renewals, by result (ok, failed)",
-            renewals.clone(),
+            Described(renewals.clone()),
         );
         let reports = Family::<Labels, Counter>::default();
         registry.register(
             "attestation_reports",
             "/attestation answers, by source (made: a new report; reused: one shared with other callers; failed: making one failed)",
-            reports.clone(),
+            Described(reports.clone()),
         );
         let health_checks = Counter::default();
         registry.register(
@@ -102,16 +182,29 @@ impl Metrics {
         registry.register(
             "http_refused",
             "HTTP connections closed at accept because the listener's connection limit was reached, by listener (admin, public)",
-            http_refused.clone(),
+            Described(http_refused.clone()),
         );
         let revoked = Family::<Labels, Counter>::default();
         registry.register(
             "sessions_revoked",
             "Open sessions ended because a re-judging no longer admitted them, by reason code",
-            revoked.clone(),
+            Described(revoked.clone()),
         );
+        let rejudged = Family::<Labels, Counter>::default();
+        registry.register(
+            "sessions_rejudged",
+            "Open sessions judged again by the verifier, by result (kept: still admitted; revoked: ended; unavailable: no decision from the verifier, then kept or ended per revalidate_on_unavailable)",
+            rejudged.clone(),
+        );
+        for r in ["kept", "revoked", "unavailable"] {
+            let _ = rejudged.get_or_create(&vec![("result", r.into())]);
+        }
+        let pool = PoolMetrics::default();
+        pool.register(&mut registry);
         Self {
             registry,
+            rejudged,
+            pool,
             revoked,
             health_checks,
             http_refused,
@@ -133,6 +226,19 @@ impl Metrics {
         self.revoked
             .get_or_create(&vec![("reason", code.to_string())])
             .inc();
+    }
+
+    /// An open session judged again: `kept` (still admitted), `revoked` (ended) or
+    /// `unavailable` (no decision).
+    pub fn session_rejudged(&self, result: &'static str) {
+        self.rejudged
+            .get_or_create(&vec![("result", result.into())])
+            .inc();
+    }
+
+    /// The backend pool's metrics, for [`crate::postgres::pool::BackendPool::with_metrics`].
+    pub fn pool(&self) -> PoolMetrics {
+        self.pool.clone()
     }
 
     /// An `/attestation` answer: `made` (a new report), `reused` (shared with a caller
@@ -226,6 +332,27 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// A metric family described on every scrape (`# HELP`, `# TYPE`), also before its first
+/// sample: prometheus-client leaves out families without samples, and a family whose
+/// series only come with their first count (renewals, revoked sessions) would look
+/// unexported to whoever checks that a rule's metric exists.
+#[derive(Debug)]
+struct Described<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Described<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
     }
 }
 

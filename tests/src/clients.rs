@@ -96,9 +96,20 @@ pub async fn start_teesql_dev(
     env_file: &Path,
     stdout: std::process::Stdio,
 ) -> Result<std::process::Child> {
+    start_teesql_dev_with(bin, env_file, stdout, &[]).await
+}
+
+/// [`start_teesql_dev`] with `extra` flags (e.g. `--tcb-recovery-in-days 30`).
+pub async fn start_teesql_dev_with(
+    bin: &Path,
+    env_file: &Path,
+    stdout: std::process::Stdio,
+    extra: &[&str],
+) -> Result<std::process::Child> {
     let mut child = std::process::Command::new(bin)
         .args(["--port", "0", "--http-port", "0", "--verifier-port", "0"])
         .args(["--agent-port", "0", "--forward-port", "0"])
+        .args(extra)
         .arg("--env-file")
         .arg(env_file)
         .stdout(stdout)
@@ -164,35 +175,15 @@ pub fn libpq_sends_alpn() -> bool {
     psql_major() >= 17
 }
 
+#[path = "../python/find.rs"]
+mod find;
+
 /// A Python interpreter that can import `modules`: `TEESQL_PYTHON` (which `.ci/run`
-/// sets to one with everything the tests need) or `python3`. Where they are missing, the
-/// caller's check is skipped with a notice on stderr (`None`), except under CI, where a
-/// missing module is a failure: CI must run every client.
+/// sets), `python3`, or a virtualenv the harness makes under `target/` from
+/// `tests/python/requirements.txt` (see `tests/python/find.rs`). `None`, after a notice
+/// shown on the terminal, only where none can be had; under CI that is a failure.
 pub fn python_with(modules: &[&str]) -> Option<String> {
-    let python = std::env::var("TEESQL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = std::process::Command::new(&python)
-        .args(["-c", &format!("import {}", modules.join(", "))])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => Some(python),
-        other => {
-            let why = match other {
-                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                Err(e) => e.to_string(),
-            };
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must run the Python clients ({python}, {}): {why}",
-                modules.join(", ")
-            );
-            eprintln!(
-                "NOTICE: skipping a Python client check: {python} cannot import {} ({why}); \
-                 `.ci/run` installs them",
-                modules.join(", ")
-            );
-            None
-        }
-    }
+    find::python_with(modules)
 }
 
 /// Run a Python script with arguments, off the async runtime.

@@ -33,6 +33,9 @@ pub struct ClusterOptions {
     pub sidecar_port: Option<u16>,
     pub admin_port: Option<u16>,
     pub verifier_port: Option<u16>,
+    /// The verifier's `/metrics` (and `/healthz`) listener on 127.0.0.1; `None` = any
+    /// free port.
+    pub verifier_metrics_port: Option<u16>,
     pub agent_port: Option<u16>,
     /// Seed of the development PKI and agent.
     pub seed: [u8; 32],
@@ -83,6 +86,7 @@ impl Default for ClusterOptions {
             sidecar_port: None,
             admin_port: None,
             verifier_port: None,
+            verifier_metrics_port: None,
             agent_port: None,
             seed: [0x5e; 32],
             agent: None,
@@ -163,6 +167,8 @@ pub struct Cluster {
     pub verifier_addr: SocketAddr,
     /// What clients put in their verifier URL.
     pub verifier_url: String,
+    /// The verifier's `/metrics`, `/healthz` listener (always started, on 127.0.0.1).
+    pub verifier_metrics_addr: Option<SocketAddr>,
     /// With TLS: the CA that issued the verifier's certificate (PEM).
     pub verifier_ca: Option<PathBuf>,
     /// With RA-TLS: how clients trust the verifier by its quote.
@@ -357,9 +363,11 @@ impl Cluster {
         let verifier_url = grpc.url(tls_files.is_some() || ra_tls);
         let verifier_ca = tls_files.map(|f| f.ca);
         let (vtx, vrx) = tokio::sync::oneshot::channel::<()>();
+        let metrics = bind(opts.verifier_metrics_port, "verifier metrics").await?;
+        let verifier_metrics_addr = Some(metrics.local_addr()?);
         let listeners = Listeners {
             grpc,
-            metrics: None,
+            metrics: Some(metrics),
         };
         tokio::spawn(running.run(listeners, async {
             let _ = vrx.await;
@@ -442,6 +450,7 @@ impl Cluster {
             ita,
             verifier_addr,
             verifier_url,
+            verifier_metrics_addr,
             verifier_ca,
             verifier_identity,
             verifier,

@@ -165,6 +165,10 @@ async fn removing_a_tenant_ends_its_open_sessions_and_only_those() {
         metrics.contains("teesql_sidecar_sessions_revoked_total{reason=\"role_not_granted\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("teesql_sidecar_sessions_rejudged_total{result=\"revoked\"} 1"),
+        "{metrics}"
+    );
     // A new acme connection is refused like any unmapped application.
     assert!(
         s.connect(&s.acme, "tenant_acme", &s.acme_secret)
@@ -286,6 +290,10 @@ async fn without_a_verifier_keep_runs_on_and_close_ends() {
     assert!(
         metrics
             .contains("teesql_sidecar_sessions_revoked_total{reason=\"verifier_unavailable\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("teesql_sidecar_sessions_rejudged_total{result=\"unavailable\"} 1"),
         "{metrics}"
     );
 }

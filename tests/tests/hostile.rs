@@ -775,6 +775,18 @@ async fn no_client_sequence_before_terminate_leaks_into_the_next_session() {
         assert!(std::time::Instant::now() < deadline, "nothing was pooled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The pool's metrics saw it: connections kept and handed on, the idle gauge current.
+    let metrics = c.sidecar.metrics.encode();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert!(value("teesql_sidecar_pool_returns_total{result=\"kept\"} ") >= 1.0);
+    assert!(value("teesql_sidecar_pool_checkouts_total{result=\"hit\"} ") >= 1.0);
+    assert!(value("teesql_sidecar_pool_idle ") >= 1.0);
+    assert_eq!(value("teesql_sidecar_pool_max_idle "), 64.0);
 }
 
 /// One address trickling requests holds at most its share of an HTTP listener: another

@@ -123,7 +123,7 @@ async fn before_the_promotion_every_decision_warns_ahead() {
     );
     let ahead = report.platforms[0].early["days_until"].as_i64().unwrap();
     assert!(ahead >= 30, "{table}");
-    // The metrics an alert rule reads (deploy/alerts.yml fires under 30 days).
+    // The metrics an alert rule reads (deploy/monitoring/alerts.yml fires under 30 days).
     let metrics = s.cluster.verifier.metrics().encode();
     let days = metric(&metrics, "teesql_verifier_tcb_days_until_demotion");
     assert!((44.0..=45.0).contains(&days), "{metrics}");

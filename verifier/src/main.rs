@@ -16,7 +16,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    teesql_proto::runtime::init_tracing(&args.log_level(), "warn");
+    let format = match args.log_format() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("teesql-verifier: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    teesql_proto::runtime::init_tracing(&args.log_level(), "warn", format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -519,7 +519,9 @@ fn serve_variables_are_named_after_their_flags() {
     let mut checked = 0;
     for part in &options {
         let flag = part.split([' ', '<']).next().unwrap_or_default();
-        if matches!(flag, "help" | "config" | "log") {
+        // The global log flags are both programs': `--log` (RUST_LOG), `--log-format`
+        // (TEESQL_LOG_FORMAT).
+        if matches!(flag, "help" | "config" | "log" | "log-format") {
             continue;
         }
         let Some(env) = part
@@ -649,4 +651,231 @@ fn policy_replay_lists_what_a_promotion_would_refuse_and_gates_on_it() {
     let j = stdout_json(&out);
     assert_eq!(j["allow_to_deny"], 0, "{j}");
     assert_eq!(j["evidence"], 1, "{j}");
+}
+
+/// The verifier with `env` added to an environment without any TeeSQL or Intel Trust
+/// Authority variable of the test's own.
+fn verifier_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_teesql-verifier"));
+    cmd.args(args).current_dir(root()).env_remove("RUST_LOG");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TEESQL_") || name.starts_with("INTEL_TRUST") || name == "PCCS_URL" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().unwrap()
+}
+
+/// A file only its owner may read (as credentials must be).
+fn private_file(path: &Path, text: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.display().to_string()
+}
+
+/// The problems `config check` printed (one per `teesql-verifier:` line; a policy's
+/// diagnostic goes on over indented lines), after checking that the last line counts them.
+fn config_problems(out: &Output) -> Vec<String> {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let lines: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("teesql-verifier: "))
+        .collect();
+    let (count, problems) = lines.split_last().unwrap();
+    assert_eq!(*count, format!("{} problem(s)", problems.len()), "{err}");
+    problems.iter().map(|p| p.to_string()).collect()
+}
+
+/// `config check` on a good configuration: every setting resolved, the secrets as
+/// `<set>` and never their values (from a variable or from a file), `configuration OK`.
+#[test]
+fn config_check_prints_the_resolved_settings_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let api_key = "ita-api-key-d41d8cd98f00b204e9800998ecf8427e";
+    let token = "admin-token-9e107d9d372bb6826bd81d3542a419d6";
+    let admin_token_file = private_file(&dir.path().join("admin-token"), token);
+    let key_pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let signing_key = private_file(&dir.path().join("signing.pem"), &key_pem);
+    let config = dir.path().join("verifier.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"unix://{}\"\npolicy_dir = [\"policies/dev\"]\nbackend = \"dcap,ita\"\n\
+             admin_token_file = \"{admin_token_file}\"\nsigning_key = \"{signing_key}\"\n\
+             offline = true\ncollateral_file = \"testdata/dcap/tdx_quote_collateral.json\"\n",
+            dir.path().join("verifier.sock").display()
+        ),
+    )
+    .unwrap();
+    let out = verifier_with(
+        &["config", "check", "--config", config.to_str().unwrap()],
+        &[("INTEL_TRUST_AUTHORITY_API_KEY", api_key)],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(text.trim_end().ends_with("configuration OK"), "{text}");
+    for line in [
+        format!(
+            "listen = \"unix://{}\"",
+            dir.path().join("verifier.sock").display()
+        ),
+        "policy_dir = [\"policies/dev\"]".into(),
+        "backend = \"dcap,ita\"".into(),
+        "ita_api_key = <set>  # from INTEL_TRUST_AUTHORITY_API_KEY".into(),
+        format!("admin_token_file = \"{admin_token_file}\""),
+        "admin_token = <set>".into(),
+        format!("signing_key = \"{signing_key}\"  # key <set>"),
+        "offline = true".into(),
+        "pccs_url = <unset>".into(),
+        "collateral_file = \"testdata/dcap/tdx_quote_collateral.json\"".into(),
+        "tls_key = <unset>".into(),
+    ] {
+        assert!(text.contains(&line), "{line:?} missing in:\n{text}");
+    }
+    assert!(text.contains("# policy sha256:"), "{text}");
+    let key_body = key_pem.lines().nth(1).unwrap();
+    let everything = format!("{text}{}", stderr(&out));
+    for secret in [api_key, token, key_body] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} shown:\n{everything}"
+        );
+    }
+}
+
+/// `config check` on a configuration with a mistake in every layer: each one listed (an
+/// unknown key does not hide the rest of the file), exit status 2, and no secret shown.
+#[test]
+fn config_check_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_key = "not a key: it has spaces";
+    let garbage = dir.path().join("signing.pem");
+    std::fs::write(&garbage, "this is not a PEM key\n").unwrap();
+    let config = dir.path().join("verifier.toml");
+    std::fs::write(
+        &config,
+        "listen = \"localhost\"\npolicy_dirr = [\"policies/dev\"]\ncache_max_mib = \"lots\"\n\
+         policy_dir = [\"/nonexistent/policies\"]\nbackend = \"dcap,ita\"\n",
+    )
+    .unwrap();
+    let out = verifier_with(
+        &[
+            "config",
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics-listen",
+            "9090",
+        ],
+        &[
+            ("INTEL_TRUST_AUTHORITY_API_KEY", bad_key),
+            ("TEESQL_VERIFIER_SIGNING_KEY", garbage.to_str().unwrap()),
+            ("TEESQL_VERIFIER_OFFLINE", "perhaps"),
+        ],
+    );
+    let problems = config_problems(&out).join("\n");
+    let file = config.display();
+    for needle in [
+        format!("--config {file}: policy_dirr: unknown key (did you mean `policy_dir`?)"),
+        format!("--config {file}: cache_max_mib: invalid type: string \"lots\""),
+        "listen \"localhost\": invalid socket address syntax".into(),
+        "policy_dir /nonexistent/policies: not a directory".into(),
+        "backend ita: the Intel Trust Authority API key has characters".into(),
+        format!("signing_key {}", garbage.display()),
+        "TEESQL_VERIFIER_OFFLINE \"perhaps\"".into(),
+        "metrics_listen \"9090\"".into(),
+    ] {
+        assert!(
+            problems.contains(&needle),
+            "{needle:?} missing in:\n{problems}"
+        );
+    }
+    assert_eq!(problems.lines().count(), 8, "{problems}");
+    assert!(!stderr(&out).contains(bad_key), "{}", stderr(&out));
+
+    // Policies that do not compile are a problem beside the settings' own.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(
+        broken.join("broken.rego"),
+        "package teesql.quote\n\ndeny contains if {\n",
+    )
+    .unwrap();
+    let out = verifier_with(
+        &[
+            "config",
+            "check",
+            "--policy-dir",
+            broken.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:50051",
+        ],
+        &[],
+    );
+    let problems = config_problems(&out);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].contains("plaintext gRPC on a non-loopback address"));
+    assert!(
+        problems[1].contains("broken.rego does not compile"),
+        "{problems:?}"
+    );
+}
+
+/// `config check` shows what `serve` uses: a flag over a variable over the file. `serve`
+/// with the same layers listens where `config check` said (the port is taken, so it
+/// stops there, naming it).
+#[test]
+fn config_check_resolves_as_serve_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("verifier.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:1\"\ncache_max_mib = 8\neval_timeout_ms = 100\n",
+    )
+    .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let flag = taken.local_addr().unwrap().to_string();
+    let env = [
+        ("TEESQL_VERIFIER_LISTEN", "127.0.0.1:2"),
+        ("TEESQL_VERIFIER_CACHE_MAX_MIB", "16"),
+    ];
+    let run = |command: &[&str], listen: Option<&str>| {
+        let mut args = command.to_vec();
+        args.extend(["--config", config.to_str().unwrap()]);
+        if let Some(l) = listen {
+            args.extend(["--listen", l]);
+        }
+        verifier_with(&args, &env)
+    };
+    let check = |listen: Option<&str>| {
+        let out = run(&["config", "check"], listen);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let text = check(Some(&flag));
+    for line in [
+        format!("listen = \"{flag}\""),
+        "cache_max_mib = 16".into(),
+        "eval_timeout_ms = 100".into(),
+    ] {
+        assert!(text.contains(&line), "{line:?} missing in:\n{text}");
+    }
+    assert!(check(None).contains("listen = \"127.0.0.1:2\""));
+
+    let serve = run(&["serve"], Some(&flag));
+    assert_eq!(serve.status.code(), Some(2), "{}", stderr(&serve));
+    assert!(
+        stderr(&serve).contains(&format!("listen {flag}: ")),
+        "{}",
+        stderr(&serve)
+    );
+    drop(taken);
 }

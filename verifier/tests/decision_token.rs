@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/python/find.rs"]
+mod find;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -526,18 +529,9 @@ async fn a_nonce_is_bounded() {
 /// same tokens with nothing of ours but the JWKS URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_relying_party_checks_a_decision_token_with_pyjwt() {
-    let python = std::env::var("TEESQL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python)
-        .args(["-c", "import jwt, cryptography"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the PyJWT relying party ({python})"
-        );
-        eprintln!("NOTICE: skipping the PyJWT relying party: {python} lacks pyjwt[crypto]");
+    let Some(python) = find::python_with(&["jwt", "cryptography"]) else {
         return;
-    }
+    };
     let v = dev_verifier().await;
     let nonce = *b"relying-party-01";
     let script = root().join("tests/python/verify_decision_token.py");

@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/python/find.rs"]
+mod find;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -239,25 +242,9 @@ async fn python_client_calls_verify_peer(target: &str) -> bool {
 
 /// `tools/verify_peer.py ARGS... sidecar` (see above); whether it ran.
 async fn python_verify_peer(args: &[&str]) -> bool {
-    let python = std::env::var("TEESQL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python)
-        .args(["-c", "import grpc, grpc_reflection, google.protobuf"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        let why = match &probe {
-            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the Python reflection client ({python}): {why}"
-        );
-        eprintln!(
-            "NOTICE: skipping the Python grpcio client check ({python} lacks grpcio: {why}); \
-             `.ci/run` installs it"
-        );
+    let Some(python) = find::python_with(&["grpc", "grpc_reflection", "google.protobuf"]) else {
         return false;
-    }
+    };
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)

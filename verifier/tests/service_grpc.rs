@@ -450,6 +450,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
     let d = c
         .verify_manifest(VerifyManifestRequest {
             nonce: Vec::new(),
+            decision_id: String::new(),
             manifest: m.to_txt(),
             leader_chain: vec![],
             expected_signers: vec![],
@@ -470,6 +471,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
     let d = c
         .verify_manifest(VerifyManifestRequest {
             nonce: Vec::new(),
+            decision_id: String::new(),
             manifest: m.to_txt(),
             leader_chain: vec![],
             expected_signers: vec![],
@@ -482,6 +484,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
     // accepted; a newer one moves the cluster on.
     let ask = |m: &Manifest| VerifyManifestRequest {
         nonce: Vec::new(),
+        decision_id: String::new(),
         manifest: m.to_txt(),
         leader_chain: vec![],
         expected_signers: vec![],
@@ -503,6 +506,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
     let d = c
         .verify_manifest(VerifyManifestRequest {
             nonce: Vec::new(),
+            decision_id: String::new(),
             manifest: m.to_txt(),
             leader_chain: vec![],
             expected_signers: vec![],
@@ -517,6 +521,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
     let d = c
         .verify_manifest(VerifyManifestRequest {
             nonce: Vec::new(),
+            decision_id: String::new(),
             manifest: tampered,
             leader_chain: vec![],
             expected_signers: vec![],
@@ -747,6 +752,7 @@ async fn a_callers_own_signer_cannot_poison_the_clusters_epochs() {
     };
     let ask = |txt: String, expected: Vec<String>| VerifyManifestRequest {
         nonce: Vec::new(),
+        decision_id: String::new(),
         manifest: txt,
         leader_chain: vec![],
         expected_signers: expected,

@@ -28,7 +28,7 @@ pub const EVAL_NUMBERS_CHAIN_FILE: &str = "tcbevaluationdatanumbers.issuer_chain
 pub const EARLY_SUFFIX: &str = ".early.json";
 /// How long a fetched evaluation numbers list is kept (Intel's `nextUpdate` is about 30
 /// days out; the list changes when a TCB recovery is published).
-const NUMBERS_TTL: Duration = Duration::from_secs(6 * 3600);
+pub(super) const NUMBERS_TTL: Duration = Duration::from_secs(6 * 3600);
 /// Largest evaluation numbers file read.
 const MAX_NUMBERS_FILE: u64 = 256 << 10;
 
@@ -136,6 +136,7 @@ impl TcbSources {
         pccs: Option<&PccsClient>,
         slots: &tokio::sync::Semaphore,
         stats: &CollateralStats,
+        disk: Option<&Arc<super::disk::DiskCache>>,
     ) -> Option<Arc<SignedTcbInfo>> {
         if let Some(e) = self.early_offline.get(key) {
             return Some(e.clone());
@@ -150,9 +151,17 @@ impl TcbSources {
         }
         self.early
             .try_get_with(key.clone(), async {
+                if let Some(kept) = disk.and_then(|d| d.take_early(key)) {
+                    stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(kept);
+                }
                 let _slot = slots.acquire().await.ok();
                 stats.fetches.fetch_add(1, Ordering::Relaxed);
-                pccs.fetch_early_tcb(key).await.map(Arc::new)
+                let fetched = pccs.fetch_early_tcb(key).await.map(Arc::new);
+                if let (Ok(e), Some(d)) = (&fetched, disk) {
+                    d.store_early(key, e);
+                }
+                fetched
             })
             .await
             .map_err(|e| {
@@ -170,6 +179,7 @@ impl TcbSources {
         pccs: Option<&PccsClient>,
         slots: &tokio::sync::Semaphore,
         stats: &CollateralStats,
+        disk: Option<&Arc<super::disk::DiskCache>>,
     ) -> Option<Arc<SignedList>> {
         if let Some(n) = self.numbers_offline.get(&key.tee) {
             return Some(n.clone());
@@ -184,9 +194,17 @@ impl TcbSources {
         }
         self.numbers
             .try_get_with(key.tee, async {
+                if let Some(kept) = disk.and_then(|d| d.take_numbers(key.tee)) {
+                    stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(kept);
+                }
                 let _slot = slots.acquire().await.ok();
                 stats.fetches.fetch_add(1, Ordering::Relaxed);
-                pccs.fetch_eval_numbers(key).await.map(Arc::new)
+                let fetched = pccs.fetch_eval_numbers(key).await.map(Arc::new);
+                if let (Ok(n), Some(d)) = (&fetched, disk) {
+                    d.store_numbers(key.tee, n);
+                }
+                fetched
             })
             .await
             .map_err(|e| {

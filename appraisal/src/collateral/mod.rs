@@ -7,6 +7,7 @@
 //! for a short while (no refetch per request while a PCCS is down or rate-limits us), and
 //! only a few fetches run at once, whatever the number of keys asked for.
 
+mod disk;
 mod early;
 mod pccs;
 
@@ -325,6 +326,8 @@ pub struct CollateralStats {
     pub cache_hits: AtomicU64,
     /// Requests answered with a recent failure instead of a new fetch.
     pub failures_reused: AtomicU64,
+    /// Collateral sets taken from the cache directory instead of the network.
+    pub disk_hits: AtomicU64,
 }
 
 /// Most collateral fetches running at once.
@@ -342,6 +345,8 @@ pub struct CollateralProvider {
     fetch_slots: tokio::sync::Semaphore,
     /// The early TCB info and evaluation numbers beside the collateral.
     tcb: early::TcbSources,
+    /// What was fetched before, kept on disk across restarts.
+    disk: Option<Arc<disk::DiskCache>>,
     /// Fetch and cache counters, for metrics (explicit and offline sources not counted).
     pub stats: CollateralStats,
 }
@@ -364,6 +369,11 @@ pub struct CollateralConfig {
     /// The time cached collateral expires against (its next update); fixed for
     /// recorded evidence.
     pub clock: Clock,
+    /// A directory where fetched collateral is kept across restarts; `None` = memory
+    /// only.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Most bytes the cache directory holds.
+    pub cache_dir_max_bytes: u64,
 }
 
 impl Default for CollateralConfig {
@@ -376,6 +386,8 @@ impl Default for CollateralConfig {
             cache_capacity: 1024,
             failure_ttl: Duration::from_secs(30),
             clock: Clock::System,
+            cache_dir: None,
+            cache_dir_max_bytes: 64 << 20,
         }
     }
 }
@@ -421,6 +433,16 @@ impl CollateralProvider {
             .map(|url| PccsClient::new(url, config.fetch_timeout))
             .transpose()?;
         let clock = config.clock;
+        let disk = match &config.cache_dir {
+            Some(dir) if pccs.is_some() => Some(Arc::new(
+                disk::DiskCache::open(dir, config.cache_dir_max_bytes, clock, early::NUMBERS_TTL)
+                    .map_err(|detail| CollateralError::File {
+                    path: dir.display().to_string(),
+                    detail,
+                })?,
+            )),
+            _ => None,
+        };
         let cache = moka::future::Cache::builder()
             .max_capacity(config.cache_capacity)
             .expire_after(UntilNextUpdate { clock })
@@ -436,6 +458,7 @@ impl CollateralProvider {
                 .build(),
             fetch_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
             tcb,
+            disk,
             stats: CollateralStats::default(),
         })
     }
@@ -462,13 +485,25 @@ impl CollateralProvider {
         }
         self.cache
             .try_get_with(key.clone(), async {
+                // Fetched before this process started, and still valid.
+                if let Some(kept) = self.disk.as_ref().and_then(|d| d.take_standard(&key)) {
+                    self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(kept);
+                }
                 // A closed semaphore never happens (it is never closed).
                 let _slot = self.fetch_slots.acquire().await.ok();
                 self.stats.fetches.fetch_add(1, Ordering::Relaxed);
                 let fetched = pccs.fetch(&key).await.and_then(Collateral::new);
-                if let Err(e) = &fetched {
-                    self.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
-                    self.failures.insert(key.clone(), e.clone());
+                match &fetched {
+                    Err(e) => {
+                        self.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                        self.failures.insert(key.clone(), e.clone());
+                    }
+                    Ok(c) => {
+                        if let Some(d) = &self.disk {
+                            d.store_standard(&key, c);
+                        }
+                    }
                 }
                 fetched.map(Arc::new)
             })
@@ -484,13 +519,38 @@ impl CollateralProvider {
         self.tcb.clear();
     }
 
+    /// The earliest `not_after` (unix seconds) of the collateral sets held now, by source:
+    /// `offline` (the explicit file and the offline directory, loaded once and never
+    /// refreshed) and `pccs` (the cache of fetched collateral, entries past their next
+    /// update not counted). A source that holds nothing is left out. Read at scrape
+    /// time, so evictions need no tracking.
+    pub fn earliest_expiry(&self) -> Vec<(&'static str, u64)> {
+        let offline = self
+            .explicit
+            .iter()
+            .chain(self.offline.values())
+            .map(|c| c.window.not_after)
+            .min();
+        let pccs = self.cache.iter().map(|(_, c)| c.window.not_after).min();
+        [("offline", offline), ("pccs", pccs)]
+            .into_iter()
+            .filter_map(|(source, at)| at.map(|at| (source, at)))
+            .collect()
+    }
+
     /// The `early` TCB info of `quote`'s platform (Intel's next TCB evaluation data set),
     /// when a source has it. Never an error: it only forecasts; a failure is logged and
     /// remembered for the failure TTL.
     pub async fn early_for(&self, quote: &Quote) -> Option<Arc<crate::tcb::SignedTcbInfo>> {
         let key = key_for_quote(quote).ok()?;
         self.tcb
-            .early(&key, self.network_for(&key), &self.fetch_slots, &self.stats)
+            .early(
+                &key,
+                self.network_for(&key),
+                &self.fetch_slots,
+                &self.stats,
+                self.disk.as_ref(),
+            )
             .await
     }
 
@@ -510,7 +570,13 @@ impl CollateralProvider {
     pub async fn eval_numbers_for(&self, quote: &Quote) -> Option<Arc<crate::tcb::SignedList>> {
         let key = key_for_quote(quote).ok()?;
         self.tcb
-            .numbers(&key, self.network_for(&key), &self.fetch_slots, &self.stats)
+            .numbers(
+                &key,
+                self.network_for(&key),
+                &self.fetch_slots,
+                &self.stats,
+                self.disk.as_ref(),
+            )
             .await
     }
 }

@@ -45,6 +45,7 @@ struct ProfileToml {
     extends: Vec<PathBuf>,
 }
 
+#[derive(Debug)]
 pub(crate) struct Loaded {
     pub files: Vec<PolicyFile>,
     pub data: serde_json::Value,

@@ -8,6 +8,7 @@
 //! define `grants` (`{"roles": [...], "attributes": {...}}`): what an allowed peer gets,
 //! e.g. the Postgres role of its tenant.
 
+pub mod bundle;
 mod load;
 pub mod testing;
 
@@ -39,6 +40,15 @@ pub enum PolicyError {
     Load {
         /// The directory or file at fault, as given or as read from disk.
         path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// An OPA bundle cannot be read, is not what its signature covers, or breaks its
+    /// manifest's roots.
+    #[error("policy bundle {location}: {detail}")]
+    Bundle {
+        /// The bundle's file or URL (empty until the caller names it).
+        location: String,
         /// What is wrong with it.
         detail: String,
     },
@@ -272,6 +282,8 @@ pub struct PolicySet {
     files: Vec<PolicyFile>,
     hash: String,
     dirs: Vec<PathBuf>,
+    /// The OPA bundle's `revision`, when the set came from a bundle.
+    revision: Option<String>,
     /// `data.teesql.manifest_signers`, lowercase: the signers whose manifests' epochs the
     /// verifier remembers.
     manifest_signers: Vec<String>,
@@ -332,6 +344,21 @@ impl PolicySet {
     /// Load and compile the profiles in `dirs` (later ones merge over earlier ones).
     pub fn load(dirs: &[PathBuf], eval_limit: Duration) -> Result<Self, PolicyError> {
         let loaded = load::load_profiles(dirs)?;
+        Self::compile(loaded, dirs, None, eval_limit)
+    }
+
+    /// Load and compile an OPA bundle read with [`bundle::read`]; its `revision` goes
+    /// with every decision.
+    pub fn from_bundle(b: bundle::Bundle, eval_limit: Duration) -> Result<Self, PolicyError> {
+        Self::compile(b.loaded, &[], Some(b.revision), eval_limit)
+    }
+
+    fn compile(
+        loaded: load::Loaded,
+        dirs: &[PathBuf],
+        revision: Option<String>,
+        eval_limit: Duration,
+    ) -> Result<Self, PolicyError> {
         let data = regorus::Value::from(loaded.data.clone());
         let mut engine = regorus::Engine::new();
         engine.set_execution_timer_config(timer(eval_limit));
@@ -404,6 +431,7 @@ impl PolicySet {
             hash: loaded.hash,
             files: loaded.files,
             dirs: dirs.to_vec(),
+            revision,
             manifest_signers,
         })
     }
@@ -433,6 +461,11 @@ impl PolicySet {
     /// The files of the set, in load order.
     pub fn files(&self) -> &[PolicyFile] {
         &self.files
+    }
+
+    /// The OPA bundle revision the set came from; `None` for directories.
+    pub fn revision(&self) -> Option<&str> {
+        self.revision.as_deref()
     }
 
     /// The directories this set was loaded from.

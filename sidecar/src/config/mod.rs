@@ -13,11 +13,15 @@ pub mod limits;
 pub mod listen;
 pub mod verifier;
 
+use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::ValueEnum;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use teesql_proto::settings::Problems;
 pub use teesql_proto::settings::{Env, ProcessEnv};
 use teesql_proto::transport::ServerTrust;
@@ -225,6 +229,42 @@ pub struct SidecarConfig {
     pub auth: AuthMap,
     /// Connection counts, deadlines and rates (`[limits]`).
     pub limits: Limits,
+    /// Where the secrets came from (never what they are), and the settings kept above
+    /// only in a processed form: what [`Self::render`] shows.
+    pub sources: Sources,
+}
+
+/// Where each secret came from, as `env NAME` or `file PATH` (`None`: not set), and the
+/// settings [`SidecarConfig`] keeps only processed, as given: what `config check` shows.
+/// It holds no secret.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The read secret (`auth.read_secret_file`, else `auth.read_secret_env`).
+    pub read_secret: Option<String>,
+    /// The read-write secret (`auth.readwrite_secret_file`, else `auth.readwrite_secret_env`).
+    pub readwrite_secret: Option<String>,
+    /// Each `[[auth.roles]]` secret, by role name.
+    pub role_secrets: BTreeMap<String, String>,
+    /// `auth.passthrough_roles`.
+    pub passthrough_roles: Vec<String>,
+    /// The backend password (`backend.password_file`, else `backend.password_env`).
+    pub backend_password: Option<String>,
+    /// The admin user's password (`backend.admin_password_file`, else `…_env`).
+    pub backend_admin_password: Option<String>,
+    /// `backend.forward_parameters`, as given.
+    pub forward_parameters: Vec<String>,
+    /// `backend.ignore_parameters`, as given.
+    pub ignore_parameters: Vec<String>,
+    /// The `[verifier]` settings, flags over environment over file, as given.
+    pub verifier: VerifierSettings,
+}
+
+/// Where a secret read from `file`, else from the variable `env_name`, comes from.
+fn secret_source(file: Option<&PathBuf>, env_name: &str, e: &dyn Env) -> Option<String> {
+    match file {
+        Some(path) => Some(format!("file {}", path.display())),
+        None => e.var(env_name).map(|_| format!("env {env_name}")),
+    }
 }
 
 /// Flag values (each overrides the file and the environment).
@@ -265,17 +305,61 @@ impl SidecarConfig {
     ) -> Result<Self, Vec<String>> {
         let mut p = Problems::new();
         let mut flags = flags;
+        let (auth, backend) = (&file.auth, &file.backend);
+        let mut sources = Sources {
+            read_secret: secret_source(
+                auth.read_secret_file.as_ref(),
+                auth.read_secret_env.as_deref().unwrap_or(env::READ_SECRET),
+                env,
+            ),
+            readwrite_secret: secret_source(
+                auth.readwrite_secret_file.as_ref(),
+                auth.readwrite_secret_env
+                    .as_deref()
+                    .unwrap_or(env::READWRITE_SECRET),
+                env,
+            ),
+            role_secrets: auth
+                .roles
+                .iter()
+                .filter_map(|r| {
+                    let from = r.secret_env.as_deref().unwrap_or_default();
+                    secret_source(r.secret_file.as_ref(), from, env).map(|s| (r.name.clone(), s))
+                })
+                .collect(),
+            passthrough_roles: auth.passthrough_roles.clone().unwrap_or_default(),
+            backend_password: secret_source(
+                backend.password_file.as_ref(),
+                backend
+                    .password_env
+                    .as_deref()
+                    .unwrap_or(env::BACKEND_PASSWORD),
+                env,
+            ),
+            backend_admin_password: secret_source(
+                backend.admin_password_file.as_ref(),
+                backend
+                    .admin_password_env
+                    .as_deref()
+                    .unwrap_or(env::BACKEND_ADMIN_PASSWORD),
+                env,
+            ),
+            forward_parameters: backend.forward_parameters.clone().unwrap_or_default(),
+            ignore_parameters: backend.ignore_parameters.clone().unwrap_or_default(),
+            verifier: VerifierSettings::default(),
+        };
         let (listen, admin_listen, public_listen) = file.listen.resolve(env, &mut flags, &mut p);
         let identity = file.identity.resolve(env, &mut flags, &mut p);
-        let verifier = std::mem::take(&mut flags.verifier)
+        let verifier_settings = std::mem::take(&mut flags.verifier)
             .over(VerifierSettings::from_env(env, &mut p))
-            .over(file.verifier)
-            .check(
-                env,
-                Duration::from_millis(defaults::VERIFIER_TIMEOUT_MS),
-                &|k| format!("verifier.{k}"),
-                &mut p,
-            );
+            .over(file.verifier);
+        sources.verifier = verifier_settings.clone();
+        let verifier = verifier_settings.check(
+            env,
+            Duration::from_millis(defaults::VERIFIER_TIMEOUT_MS),
+            &|k| format!("verifier.{k}"),
+            &mut p,
+        );
         let record_identity = file.backend.record_identity;
         let mut backend = file.backend.resolve(env, &mut flags, &mut p);
         let auth = file
@@ -299,6 +383,7 @@ impl SidecarConfig {
                 channel_binding: auth.channel_binding,
                 auth: auth.map,
                 limits,
+                sources,
             })
         })
     }
@@ -308,6 +393,371 @@ impl SidecarConfig {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
+
+    /// Read a TOML file, with every problem in it: each key the file cannot have
+    /// (unknown, or a value of the wrong type) is a problem naming the file and the key,
+    /// and is left out, so that the rest of the file, the environment and the flags are
+    /// checked too and one run names every bad key.
+    pub fn read_file_checked(path: &Path) -> (SidecarFile, Vec<String>) {
+        read_toml(path)
+    }
+
+    /// The configuration as `key = value` lines under the file's `[tables]`, every
+    /// secret as `<set>` or `<unset>` (with where it came from), never its value.
+    pub fn render(&self) -> String {
+        let mut o = Lines::default();
+        let listener = |a: Option<SocketAddr>| quote(&a.map_or("off".into(), |a| a.to_string()));
+
+        o.table("listen");
+        o.kv("postgres", quote(&self.listen.to_string()));
+        o.kv("admin", listener(self.admin_listen));
+        o.kv("public", listener(self.public_listen));
+
+        o.table("identity");
+        let id = &self.identity;
+        o.kv("subject", quote(&id.subject));
+        o.kv("alt_names", list(&id.alt_names));
+        o.kv("renew_secs", id.renew_every.as_secs());
+        match &id.endpoint {
+            Some(e) => o.kv("endpoint", url(e)),
+            None => o.note(
+                "endpoint",
+                UNSET,
+                "DSTACK_SIMULATOR_ENDPOINT, else /var/run/dstack.sock",
+            ),
+        }
+
+        o.table("verifier");
+        let v = &self.sources.verifier;
+        o.kv("url", url(&self.verifier_url));
+        o.kv("timeout_ms", self.verifier_timeout.as_millis());
+        if self.verifier_policy_hashes.is_empty() {
+            o.note("policy_hashes", "[]", "the first answer's");
+        } else {
+            o.kv("policy_hashes", list(&self.verifier_policy_hashes));
+        }
+        o.kv("ca_file", path_or_unset(v.ca_file.as_deref()));
+        o.kv(
+            "cert_sha256",
+            v.cert_sha256.as_deref().map_or(UNSET.into(), quote),
+        );
+        o.kv(
+            "identity_policy_dir",
+            path_or_unset(v.identity_policy_dir.as_deref()),
+        );
+        if v.identity_policy_dir.is_some() {
+            o.kv(
+                "identity_trust_root",
+                path_or_unset(v.identity_trust_root.as_deref()),
+            );
+            o.kv(
+                "identity_dev_trust_root",
+                path_or_unset(v.identity_dev_trust_root.as_deref()),
+            );
+            o.kv(
+                "identity_pccs_url",
+                v.identity_pccs_url.as_deref().map_or(UNSET.into(), url),
+            );
+        }
+        if self.verifier_trust.is_none() {
+            o.comment("a loopback http:// or unix:// verifier: no certificate to trust");
+        }
+
+        o.table("backend");
+        let b = &self.backend;
+        let (host, port) = match &b.addr {
+            BackendAddr::Tcp(h, p) => (h.clone(), *p),
+            BackendAddr::Unix(d, p) => (d.display().to_string(), *p),
+        };
+        o.kv("host", quote(&host));
+        o.kv("port", port);
+        o.kv("method", quote(&choice(b.method)));
+        o.secret("password", self.sources.backend_password.as_deref());
+        o.kv("admin_user", quote(&b.admin_user));
+        o.secret(
+            "admin_password",
+            self.sources.backend_admin_password.as_deref(),
+        );
+        o.kv("connect_timeout_ms", b.connect_timeout.as_millis());
+        o.kv("pool_max_idle_per_key", b.pool_max_idle_per_key);
+        o.kv("pool_idle_timeout_secs", b.pool_idle_timeout.as_secs());
+        o.kv("pool_max_idle_total", b.pool_max_idle_total);
+        o.kv("forward_parameters", list(&self.sources.forward_parameters));
+        o.kv("ignore_parameters", list(&self.sources.ignore_parameters));
+        o.kv("record_identity", b.record_identity);
+
+        o.table("auth");
+        o.kv("method", quote(&choice(self.auth_method)));
+        o.kv("channel_binding", quote(&choice(self.channel_binding)));
+        o.secret("read_secret", self.sources.read_secret.as_deref());
+        o.secret("readwrite_secret", self.sources.readwrite_secret.as_deref());
+        o.kv("passthrough_roles", list(&self.sources.passthrough_roles));
+        match self.auth.tenant_user() {
+            Some(u) => o.kv("tenant_user", quote(u)),
+            None => o.note("tenant_user", UNSET, "no granted roles"),
+        }
+        o.comment("the roles clients log in as");
+        for role in self.auth.roles() {
+            let mut fields = vec![format!("privileges = {}", quote(&choice(role.privileges)))];
+            if role.granted {
+                fields.push("granted = true".into());
+            }
+            if role.attestation_only {
+                fields.push("attestation_only = true".into());
+            } else {
+                fields.push(format!("secret = {SET}"));
+            }
+            let line = format!("{{ {} }}", fields.join(", "));
+            let from = match role.name.as_str() {
+                "teesql_read" => Some("the read or the read-write secret".to_string()),
+                "teesql_readwrite" => Some("the read-write secret".to_string()),
+                name => self.sources.role_secrets.get(name).cloned(),
+            };
+            let key = format!("roles.{}", role.name);
+            match from {
+                Some(from) if !role.attestation_only => o.note(&key, line, &from),
+                _ => o.kv(&key, line),
+            }
+        }
+
+        o.table("limits");
+        let l = &self.limits;
+        o.kv("max_connections", l.max_connections);
+        o.kv(
+            "tls_handshake_timeout_secs",
+            l.tls_handshake_timeout.as_secs(),
+        );
+        o.kv("startup_timeout_secs", l.startup_timeout.as_secs());
+        o.kv("login_timeout_secs", l.login_timeout.as_secs());
+        o.kv(
+            "idle_timeout_secs",
+            l.idle_timeout.map_or(0, |d| d.as_secs()),
+        );
+        o.kv(
+            "session_max_age_secs",
+            l.session_max_age.map_or(0, |d| d.as_secs()),
+        );
+        o.kv(
+            "revalidate_on_unavailable",
+            quote(&choice(l.revalidate_on_unavailable)),
+        );
+        o.kv("shutdown_grace_secs", l.shutdown_grace.as_secs());
+        o.kv("failed_auth_per_minute", l.address.failed_auth_per_minute);
+        o.kv("abandoned_per_minute", l.address.abandoned_per_minute);
+        o.kv("handshakes_per_address", l.address.handshakes_per_address);
+        o.kv(
+            "first_packet_timeout_secs",
+            l.first_packet_timeout.as_secs(),
+        );
+        o.kv("http_max_connections", l.http.max_connections);
+        o.kv("http_connections_per_address", l.http.max_per_address);
+        o.kv("http_header_timeout_secs", l.http.header_timeout.as_secs());
+        o.kv(
+            "http_connection_timeout_secs",
+            l.http.connection_timeout.as_secs(),
+        );
+        o.0
+    }
+}
+
+const SET: &str = "<set>";
+const UNSET: &str = "<unset>";
+
+/// `key = value` lines under `[table]` headers.
+#[derive(Debug, Default)]
+struct Lines(String);
+
+impl Lines {
+    fn table(&mut self, name: &str) {
+        if !self.0.is_empty() {
+            self.0.push('\n');
+        }
+        self.0.push_str(&format!("[{name}]\n"));
+    }
+
+    fn comment(&mut self, text: &str) {
+        self.0.push_str(&format!("# {text}\n"));
+    }
+
+    fn kv(&mut self, key: &str, value: impl Display) {
+        self.0.push_str(&format!("{key} = {value}\n"));
+    }
+
+    fn note(&mut self, key: &str, value: impl Display, note: &str) {
+        self.0.push_str(&format!("{key} = {value}  # {note}\n"));
+    }
+
+    /// A secret: `<set>` with where it came from, or `<unset>`.
+    fn secret(&mut self, key: &str, from: Option<&str>) {
+        match from {
+            Some(from) => self.note(key, SET, from),
+            None => self.kv(key, UNSET),
+        }
+    }
+}
+
+/// A TOML string.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn path_or_unset(p: Option<&Path>) -> String {
+    p.map_or(UNSET.into(), |p| quote(&p.display().to_string()))
+}
+
+/// A TOML array of strings.
+fn list(items: &[String]) -> String {
+    toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect()).to_string()
+}
+
+/// The name a choice is written with (`scram-sha-256`).
+fn choice<T: ValueEnum>(v: T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+/// A URL (or path), quoted, with any user and password in it as `<set>`.
+fn url(u: &str) -> String {
+    let shown = match u.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://{SET}@{}", &rest[at + 1..]),
+                None => u.to_string(),
+            }
+        }
+        None => u.to_string(),
+    };
+    quote(&shown)
+}
+
+/// A TOML file as a `T`, with every key `T` accepts (see
+/// [`SidecarConfig::read_file_checked`]).
+fn read_toml<T: DeserializeOwned + Default>(path: &Path) -> (T, Vec<String>) {
+    let shown = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return (T::default(), vec![format!("{shown}: {e}")]),
+    };
+    let table: toml::Table = match toml::from_str(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e
+                .span()
+                .map(|s| {
+                    let before = &text.as_bytes()[..s.start.min(text.len())];
+                    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+                    format!(" line {line}:")
+                })
+                .unwrap_or_default();
+            return (T::default(), vec![format!("{shown}:{at} {}", e.message())]);
+        }
+    };
+    let mut problems = Vec::new();
+    let kept = keep_accepted::<T>(&mut Vec::new(), table, &mut problems);
+    let mut problems: Vec<String> = problems
+        .into_iter()
+        .map(|p| format!("{shown}: {p}"))
+        .collect();
+    match toml::Value::Table(kept).try_into::<T>() {
+        Ok(t) => (t, problems),
+        Err(e) => {
+            problems.push(format!("{shown}: {}", e.message()));
+            (T::default(), problems)
+        }
+    }
+}
+
+/// The keys of `table` (at `path` in the file) that `T` accepts, each tried alone; a
+/// table whose keys are known is searched key by key, an array element by element.
+fn keep_accepted<T: DeserializeOwned>(
+    path: &mut Vec<String>,
+    table: toml::Table,
+    problems: &mut Vec<String>,
+) -> toml::Table {
+    // `value` at `path`, alone in a document: does `T` take it?
+    fn accepts<T: DeserializeOwned>(path: &[String], value: toml::Value) -> Result<(), String> {
+        let mut doc = value;
+        for key in path.iter().rev() {
+            doc = toml::Value::Table(toml::Table::from_iter([(key.clone(), doc)]));
+        }
+        doc.try_into::<T>()
+            .map(|_| ())
+            .map_err(|e| explain(e.message()))
+    }
+    let mut kept = toml::Table::new();
+    for (key, value) in table {
+        path.push(key.clone());
+        match accepts::<T>(path, value.clone()) {
+            Ok(()) => {
+                kept.insert(key, value);
+            }
+            Err(problem) => match value {
+                toml::Value::Table(inner)
+                    if accepts::<T>(path, toml::Value::Table(toml::Table::new())).is_ok() =>
+                {
+                    let inner = keep_accepted::<T>(path, inner, problems);
+                    kept.insert(key, toml::Value::Table(inner));
+                }
+                toml::Value::Array(items)
+                    if accepts::<T>(path, toml::Value::Array(Vec::new())).is_ok() =>
+                {
+                    let mut good = Vec::new();
+                    for (i, item) in items.into_iter().enumerate() {
+                        match accepts::<T>(path, toml::Value::Array(vec![item.clone()])) {
+                            Ok(()) => good.push(item),
+                            Err(problem) => {
+                                problems.push(format!("{}[{i}]: {problem}", path.join(".")));
+                            }
+                        }
+                    }
+                    kept.insert(key, toml::Value::Array(good));
+                }
+                _ => problems.push(format!("{}: {problem}", path.join("."))),
+            },
+        }
+        path.pop();
+    }
+    kept
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" as "unknown key", with the
+/// nearest known key when one is close (a typo), else the keys the table has.
+fn explain(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let mut names = rest.split('`').step_by(2);
+    let given = names.next().unwrap_or_default();
+    let known: Vec<&str> = names.collect();
+    let nearest = known
+        .iter()
+        .map(|n| (edit_distance(given, n), *n))
+        .min()
+        .filter(|(d, _)| *d <= 2.max(given.len() / 4));
+    match nearest {
+        Some((_, n)) => format!("unknown key (did you mean `{n}`?)"),
+        None => format!("unknown key (the keys here: {})", known.join(", ")),
+    }
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]

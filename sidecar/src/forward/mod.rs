@@ -176,8 +176,19 @@ impl Forwarder {
         renew.abort();
     }
 
-    async fn handle(&self, mut local: TcpStream, peer: SocketAddr) {
-        let Err(e) = session::serve(self, &mut local, peer).await else {
+    /// Serve one application connection in a span with its session id, the id the
+    /// verifier logs its decision on the server under.
+    async fn handle(&self, local: TcpStream, peer: SocketAddr) {
+        use tracing::Instrument;
+        let id = crate::frontend::session::session_id();
+        let span = tracing::info_span!("forward", session_id = %id, client.addr = %peer);
+        self.serve_connection(local, peer, &id)
+            .instrument(span)
+            .await;
+    }
+
+    async fn serve_connection(&self, mut local: TcpStream, peer: SocketAddr, id: &str) {
+        let Err(e) = session::serve(self, &mut local, peer, id).await else {
             return;
         };
         match e {
@@ -280,11 +291,13 @@ impl Forwarder {
         user: &str,
         database: &str,
         peer: SocketAddr,
+        id: &str,
     ) -> Result<(), String> {
         let decision = self
             .verifier
             .verify_peer(VerifyPeerRequest {
                 nonce: Vec::new(),
+                decision_id: id.to_string(),
                 purpose: self.config.purpose.clone(),
                 chain: chain.to_vec(),
                 user: user.to_string(),
@@ -324,6 +337,7 @@ impl Forwarder {
                 .verifier
                 .verify_manifest(VerifyManifestRequest {
                     nonce: Vec::new(),
+                    decision_id: String::new(),
                     manifest: record.clone(),
                     leader_chain: chain.to_vec(),
                     expected_signers: self.config.manifest_signers.clone(),

@@ -20,6 +20,7 @@ pub(super) async fn serve(
     fwd: &Forwarder,
     local: &mut TcpStream,
     peer: SocketAddr,
+    id: &str,
 ) -> Result<(), ForwardError> {
     let _ = local.set_nodelay(true);
     let read = tokio::time::timeout(STARTUP_TIMEOUT, startup(fwd, local))
@@ -38,7 +39,7 @@ pub(super) async fn serve(
         .peer_certificates()
         .map(|c| c.iter().map(|d| d.to_vec()).collect())
         .unwrap_or_default();
-    if let Err(why) = fwd.judge(&chain, &target, user, database, peer).await {
+    if let Err(why) = fwd.judge(&chain, &target, user, database, peer, id).await {
         let _ = upstream.shutdown().await;
         return Err(ForwardError::ServerRejected {
             addr: target.addr.clone(),

@@ -318,6 +318,8 @@ impl LiveSessions {
 
     async fn judge(&self, shared: &Judge<'_>, snapshot: Vec<(u64, Admitted)>) -> usize {
         let mut ended = 0;
+        // Each re-judging is its own decision: `<session's decision id>.<n>`.
+        let round = self.rounds.load(Ordering::Relaxed);
         let started = tokio::time::Instant::now();
         let pace = Duration::from_secs(1) / PER_SECOND;
         for (i, chunk) in snapshot.chunks(CONCURRENCY).enumerate() {
@@ -327,8 +329,10 @@ impl LiveSessions {
             let mut asks = tokio::task::JoinSet::new();
             for (id, admitted) in chunk.iter().cloned() {
                 let verifier = shared.verifier.clone();
+                let mut request = admitted.request.clone();
+                request.decision_id = format!("{}.{round}", admitted.request.decision_id);
                 asks.spawn(async move {
-                    let verdict = verifier.verify_peer(admitted.request.clone()).await;
+                    let verdict = verifier.verify_peer(request).await;
                     (id, admitted, verdict)
                 });
             }
@@ -337,11 +341,13 @@ impl LiveSessions {
                     Ok(d) => d,
                     Err(e) => match shared.on_unavailable {
                         OnUnavailable::Keep => {
-                            tracing::warn!(error = %e, "cannot re-judge a session; it keeps running (revalidate_on_unavailable = keep)");
+                            tracing::warn!(session_id = %admitted.request.decision_id, error = %e, "cannot re-judge a session; it keeps running (revalidate_on_unavailable = keep)");
+                            shared.metrics.session_rejudged("unavailable");
                             continue;
                         }
                         OnUnavailable::Close => {
-                            tracing::warn!(error = %e, "cannot re-judge a session; ending it (revalidate_on_unavailable = close)");
+                            tracing::warn!(session_id = %admitted.request.decision_id, error = %e, "cannot re-judge a session; ending it (revalidate_on_unavailable = close)");
+                            shared.metrics.session_rejudged("unavailable");
                             self.end(shared.metrics, id, "verifier_unavailable");
                             ended += 1;
                             continue;
@@ -367,6 +373,7 @@ impl LiveSessions {
                         e.admitted.decided_at = Clock::System.now();
                         e.admitted.valid_until = u64::try_from(d.valid_until).unwrap_or(0);
                     }
+                    shared.metrics.session_rejudged("kept");
                     continue;
                 };
                 let sender = self
@@ -376,6 +383,8 @@ impl LiveSessions {
                     .and_then(|mut m| m.get_mut(&id).and_then(|e| e.revoke.take()));
                 if let Some(tx) = sender {
                     tracing::warn!(
+                        session_id = %admitted.request.decision_id,
+                        decision_id = %d.decision_id,
                         role = %admitted.role,
                         client.addr = %admitted.request.client_addr,
                         codes = %codes.join(","),
@@ -383,6 +392,7 @@ impl LiveSessions {
                         admitted_under = %admitted.policy_hash,
                         "ending a session its attestation no longer admits"
                     );
+                    shared.metrics.session_rejudged("revoked");
                     for code in &codes {
                         shared.metrics.session_revoked(code);
                     }

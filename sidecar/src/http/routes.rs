@@ -57,10 +57,15 @@ impl Admin {
     }
 }
 
-/// The operator's endpoints: `/health`, `/attestation`, `/metrics`, `/sessions`.
+/// The operator's endpoints: `/health` (= `/health/ready`: Postgres and the verifier
+/// reachable, the server certificate valid; 503 otherwise), `/health/live` (the process
+/// answers, for a liveness probe that must not restart the sidecar because the verifier
+/// is down), `/attestation`, `/metrics`, `/sessions`.
 pub fn router(admin: Admin) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/health/ready", get(health))
+        .route("/health/live", get(|| async { "ok\n" }))
         .route("/attestation", get(attestation))
         .route("/metrics", get(metrics))
         .route("/sessions", get(sessions))

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
+use crate::metrics::PoolMetrics;
 use crate::pgwire::{self, decode};
 use crate::postgres::login::LoggedIn;
 
@@ -36,6 +37,8 @@ pub struct BackendPool {
     max_idle_total: usize,
     idle_timeout: Duration,
     idle: Mutex<HashMap<PoolKey, Vec<(Instant, LoggedIn)>>>,
+    /// Checkouts, returns and the idle gauge (unregistered ones unless given).
+    metrics: PoolMetrics,
 }
 
 /// How long a reset may take before the connection is closed instead.
@@ -52,7 +55,20 @@ impl BackendPool {
             max_idle_total,
             idle_timeout,
             idle: Mutex::new(HashMap::new()),
+            metrics: PoolMetrics::default(),
         }
+    }
+
+    /// Count checkouts and returns in `metrics`, and keep its idle and cap gauges.
+    pub fn with_metrics(mut self, metrics: PoolMetrics) -> Self {
+        metrics.set_max_idle(if self.enabled() {
+            self.max_idle_total
+        } else {
+            0
+        });
+        metrics.set_idle(0);
+        self.metrics = metrics;
+        self
     }
 
     /// Whether connections are kept at all (`backend.pool_max_idle_per_key` above 0).
@@ -60,12 +76,28 @@ impl BackendPool {
         self.max_idle_per_key > 0
     }
 
-    /// An idle connection for `key`, if one is kept and not too old.
+    /// An idle connection for `key`, if one is kept and not too old. Counted as a
+    /// checkout `hit` or `miss` while pooling is on.
     pub fn take(&self, key: &PoolKey) -> Option<LoggedIn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let found = Self::pop_usable(&mut idle, key, self.idle_timeout);
+        if self.enabled() {
+            self.metrics.checkout(found.is_some());
+            self.metrics.set_idle(idle.values().map(Vec::len).sum());
+        }
+        found
+    }
+
+    /// The newest usable connection kept for `key`; older unusable ones on the way are
+    /// closed.
+    fn pop_usable(
+        idle: &mut HashMap<PoolKey, Vec<(Instant, LoggedIn)>>,
+        key: &PoolKey,
+        idle_timeout: Duration,
+    ) -> Option<LoggedIn> {
         let list = idle.get_mut(key)?;
         while let Some((since, mut conn)) = list.pop() {
-            if since.elapsed() < self.idle_timeout && conn.stream.is_quiet() {
+            if since.elapsed() < idle_timeout && conn.stream.is_quiet() {
                 // Its login notices went to the first client.
                 conn.notices.clear();
                 return Some(conn);
@@ -74,7 +106,8 @@ impl BackendPool {
         None
     }
 
-    /// Reset `conn` and keep it for the next client, or close it.
+    /// Reset `conn` and keep it for the next client, or close it. Counted in
+    /// `pool_returns_total` by what happened (while pooling is on).
     pub async fn give_back(&self, key: PoolKey, mut conn: LoggedIn) -> bool {
         if !self.enabled() {
             return false;
@@ -83,10 +116,12 @@ impl BackendPool {
             Ok(Ok(())) => {}
             Ok(Err(why)) => {
                 tracing::debug!(user = %key.user, why = %why, "not pooling a Postgres connection");
+                self.metrics.returned("reset_failed");
                 return false;
             }
             Err(_) => {
                 tracing::debug!(user = %key.user, "not pooling a Postgres connection: its reset timed out");
+                self.metrics.returned("reset_failed");
                 return false;
             }
         }
@@ -96,15 +131,21 @@ impl BackendPool {
             list.retain(|(since, _)| since.elapsed() < self.idle_timeout);
         }
         idle.retain(|_, list| !list.is_empty());
-        if idle.values().map(Vec::len).sum::<usize>() >= self.max_idle_total {
-            return false;
-        }
-        let list = idle.entry(key).or_default();
-        if list.len() >= self.max_idle_per_key {
-            return false;
-        }
-        list.push((Instant::now(), conn));
-        true
+        let kept: usize = idle.values().map(Vec::len).sum();
+        let result = if kept >= self.max_idle_total {
+            "full_total"
+        } else {
+            let list = idle.entry(key).or_default();
+            if list.len() >= self.max_idle_per_key {
+                "full_key"
+            } else {
+                list.push((Instant::now(), conn));
+                "kept"
+            }
+        };
+        self.metrics.returned(result);
+        self.metrics.set_idle(kept + usize::from(result == "kept"));
+        result == "kept"
     }
 
     /// Connections kept now.
@@ -246,6 +287,39 @@ mod tests {
             done = a.next(*tag, body)?;
         }
         Ok(done)
+    }
+
+    #[test]
+    fn checkouts_are_counted_only_while_pooling_is_on() {
+        let key = PoolKey {
+            user: "teesql_read".into(),
+            database: "postgres".into(),
+            params: Vec::new(),
+        };
+        let metrics = crate::metrics::Metrics::new();
+        let pool = BackendPool::new(2, 8, Duration::from_secs(60)).with_metrics(metrics.pool());
+        assert!(pool.take(&key).is_none());
+        let text = metrics.encode();
+        for line in [
+            "teesql_sidecar_pool_checkouts_total{result=\"miss\"} 1",
+            "teesql_sidecar_pool_checkouts_total{result=\"hit\"} 0",
+            "teesql_sidecar_pool_returns_total{result=\"full_total\"} 0",
+            "teesql_sidecar_pool_idle 0",
+            "teesql_sidecar_pool_max_idle 8",
+            "# TYPE teesql_sidecar_pool_checkouts counter",
+        ] {
+            assert!(text.contains(line), "{line}:\n{text}");
+        }
+        // Off: no cap to reach, nothing counted.
+        let metrics = crate::metrics::Metrics::new();
+        let off = BackendPool::new(0, 8, Duration::from_secs(60)).with_metrics(metrics.pool());
+        assert!(off.take(&key).is_none());
+        let text = metrics.encode();
+        assert!(
+            text.contains("teesql_sidecar_pool_checkouts_total{result=\"miss\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("teesql_sidecar_pool_max_idle 0"), "{text}");
     }
 
     #[test]

@@ -40,6 +40,9 @@ struct Args {
     /// Verifier gRPC port, with --verifier tcp or tls.
     #[arg(long, default_value_t = 50051)]
     verifier_port: u16,
+    /// Verifier HTTP port on 127.0.0.1: /metrics, /healthz; 0 = any free port.
+    #[arg(long, default_value_t = 0)]
+    verifier_metrics_port: u16,
     /// Development guest agent HTTP port (dstack API and PCCS).
     #[arg(long, default_value_t = 8090)]
     agent_port: u16,
@@ -95,7 +98,7 @@ const DEFAULT_SEED: [u8; 32] = *b"teesql-dev-seed-not-a-secret-0x1";
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    teesql_proto::runtime::init_tracing(&args.log, "warn");
+    teesql_proto::runtime::init_tracing(&args.log, "warn", teesql_proto::runtime::LogFormat::Text);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -184,6 +187,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         DevVerifier::Unix => 0,
         _ => port_or_free("verifier", args.verifier_port)?,
     };
+    let verifier_metrics_port = port_or_free("verifier metrics", args.verifier_metrics_port)?;
     let agent_port = port_or_free("dev agent", args.agent_port)?;
     let forward_port = port_or_free("forwarder", args.forward_port)?;
     // The port of the "run your own" forwarder teesql-dev prints (it does not start it):
@@ -224,6 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sidecar_port: Some(sidecar_port),
         admin_port: Some(http_port),
         verifier_port: Some(verifier_port),
+        verifier_metrics_port: Some(verifier_metrics_port),
         agent_port: Some(agent_port),
         seed,
         agent: args.tcb_recovery_in_days.map(|days| AgentConfig {
@@ -308,6 +313,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "postgresql://teesql_readwrite:{rw}@127.0.0.1:{own_forward_port}/postgres?sslmode=disable"
     );
     let verifier_url = cluster.verifier_url.clone();
+    let verifier_metrics_url = cluster
+        .verifier_metrics_addr
+        .map(|a| format!("http://{a}/metrics"))
+        .unwrap_or_default();
     let backend_dsn = format!(
         "postgresql://postgres:{superuser_password}@127.0.0.1:{}/postgres?sslmode=disable",
         cluster.pg.port
@@ -319,6 +328,7 @@ TeeSQL local cluster is up (development attestation: NOT FOR PRODUCTION)
   sidecar (Postgres over TLS)  {host}:{port}
   sidecar HTTP                 http://{host}:{http}/health  /attestation  /metrics
   verifier (gRPC)              {verifier_url}   profile: {profile}   backend: {backend}{ita}
+  verifier metrics             {verifier_metrics_url}
   dev guest agent              {agent}   socket: {socket}
   mode A forwarder             {forward_addr}
 
@@ -384,6 +394,7 @@ Ctrl-C stops everything{keep}.",
             ("TEESQL_READWRITE_SECRET", rw.clone()),
             ("TEESQL_CA_PEM", ca.display().to_string()),
             ("TEESQL_VERIFIER_URL", verifier_url.clone()),
+            ("TEESQL_VERIFIER_METRICS_URL", verifier_metrics_url.clone()),
             (
                 "TEESQL_VERIFIER_CA_FILE",
                 cluster

@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+mod config_cmd;
 mod policy_cmd;
 mod replay;
 mod serve;
@@ -22,9 +23,18 @@ pub struct Cli {
     /// Log filter (e.g. `info`, `teesql_verifier=debug`); overrides RUST_LOG.
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
+    /// Log lines as `text` or `json` (one object per line, for log shippers)
+    /// [default: text] [env: TEESQL_LOG_FORMAT]
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<teesql_proto::runtime::LogFormat>,
 }
 
 impl Cli {
+    /// The log format: --log-format, else TEESQL_LOG_FORMAT, else text.
+    pub fn log_format(&self) -> Result<teesql_proto::runtime::LogFormat, String> {
+        teesql_proto::runtime::LogFormat::resolve(self.log_format)
+    }
+
     /// The log filter: --log, else RUST_LOG, else `info` for the long-running commands
     /// and `warn` for the one-shot ones (whose output is their answer).
     pub fn log_level(&self) -> String {
@@ -50,8 +60,12 @@ enum Command {
     ///
     /// Settings come from --config FILE (TOML, keys as the long flags with underscores),
     /// then environment variables, then flags. SIGHUP or a change under the policy
-    /// directories reloads the policies; SIGTERM/SIGINT drain and stop.
+    /// directories reloads the policies; SIGTERM/SIGINT drain and stop. `config check`
+    /// takes the same arguments and checks them without serving.
     Serve(Box<serve::ServeArgs>),
+    /// Check the configuration `serve` would run with, without serving.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Work with policy profiles.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
@@ -68,6 +82,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Verify(args) => verify::run(*args).await,
         Command::Serve(args) => serve::run(*args).await,
+        Command::Config(cmd) => config_cmd::run(cmd).await,
         Command::Policy(cmd) => policy_cmd::run(cmd).await,
         Command::Token(cmd) => token_cmd::run(cmd).await,
         Command::Tcb(cmd) => tcb_cmd::run(cmd).await,

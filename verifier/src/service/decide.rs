@@ -37,6 +37,7 @@ impl DecisionService {
             reasons: d.reasons.iter().map(|r| r.code.as_str()).collect(),
             policy_id: &d.policy_id,
             policy_hash: &d.policy_hash,
+            policy_revision: &d.policy_revision,
             evidence_sha256: *key,
             valid_until: d.valid_until,
             mrtd: facts.mrtd.as_deref(),
@@ -80,6 +81,10 @@ impl DecisionService {
             token,
         } = req;
         let purpose = purpose.as_str();
+        let decision_id = token
+            .decision_id
+            .clone()
+            .unwrap_or_else(super::request::new_decision_id);
         let started = Instant::now();
         let now = self.clock.now();
         let cached = self.cache.get(&key);
@@ -118,6 +123,9 @@ impl DecisionService {
                             false,
                             0,
                         );
+                        decision.decision_id = decision_id;
+                        decision.policy_revision =
+                            policies.revision().unwrap_or_default().to_string();
                         decision.token = self.sign(
                             purpose,
                             &decision,
@@ -155,6 +163,8 @@ impl DecisionService {
         let policies = self.policies.load_full();
         let verdict = policies.decide_value(purpose, input);
         let mut decision = ServiceDecision::from_verdict(verdict, claims_json, cached, valid_until);
+        decision.decision_id = decision_id;
+        decision.policy_revision = policies.revision().unwrap_or_default().to_string();
         decision.token = self.sign(purpose, &decision, &key, facts, &token, now);
         self.finish(purpose, &decision, &summary, started);
         Ok(decision)
@@ -169,8 +179,14 @@ impl DecisionService {
     ) {
         let latency = started.elapsed();
         self.metrics.decision(purpose, d.allow, latency);
+        if !d.allow {
+            self.metrics
+                .denials(purpose, d.reasons.iter().map(|r| r.code.as_str()));
+        }
         let logged = self.log.record(log::DecisionRecord {
             time: self.clock.now(),
+            decision_id: d.decision_id.clone(),
+            policy_revision: d.policy_revision.clone(),
             purpose: purpose.to_string(),
             peer: peer.clone(),
             allow: d.allow,

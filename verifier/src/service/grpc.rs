@@ -150,6 +150,8 @@ fn to_proto(d: ServiceDecision) -> Decision {
         cached: d.cached,
         valid_until: i64::try_from(d.valid_until).unwrap_or(i64::MAX),
         token: d.token,
+        decision_id: d.decision_id,
+        policy_revision: d.policy_revision,
         grants: d.grants.map(|g| teesql_proto::v1::Grants {
             roles: g.roles,
             attributes: g.attributes.into_iter().collect(),
@@ -211,7 +213,9 @@ impl Verifier for GrpcVerifier {
     async fn verify_peer(&self, req: Request<VerifyPeerRequest>) -> Answer {
         guarded("verify_peer", async move {
             let r = req.into_inner();
-            let token = TokenRequest::with_nonce(r.nonce).map_err(status)?;
+            let token = TokenRequest::with_nonce(r.nonce)
+                .and_then(|t| t.with_decision_id(r.decision_id))
+                .map_err(status)?;
             let decision = self
                 .service
                 .verify_peer_with(
@@ -260,7 +264,9 @@ impl Verifier for GrpcVerifier {
                 }
             };
             let expected = (!r.expected_report_data.is_empty()).then_some(r.expected_report_data);
-            let token = TokenRequest::with_nonce(r.nonce).map_err(status)?;
+            let token = TokenRequest::with_nonce(r.nonce)
+                .and_then(|t| t.with_decision_id(r.decision_id))
+                .map_err(status)?;
             let decision = self
                 .service
                 .verify_quote_with(&r.purpose, input, expected, token)
@@ -274,7 +280,9 @@ impl Verifier for GrpcVerifier {
     async fn verify_manifest(&self, req: Request<VerifyManifestRequest>) -> Answer {
         guarded("verify_manifest", async move {
             let r = req.into_inner();
-            let token = TokenRequest::with_nonce(r.nonce).map_err(status)?;
+            let token = TokenRequest::with_nonce(r.nonce)
+                .and_then(|t| t.with_decision_id(r.decision_id))
+                .map_err(status)?;
             let decision = self
                 .service
                 .verify_manifest_with(&r.manifest, r.leader_chain, r.expected_signers, token)
@@ -288,7 +296,9 @@ impl Verifier for GrpcVerifier {
     async fn verify_report(&self, req: Request<VerifyReportRequest>) -> Answer {
         guarded("verify_report", async move {
             let r = req.into_inner();
-            let token = TokenRequest::with_nonce(r.nonce).map_err(status)?;
+            let token = TokenRequest::with_nonce(r.nonce)
+                .and_then(|t| t.with_decision_id(r.decision_id))
+                .map_err(status)?;
             let decision = self
                 .service
                 .verify_report_with(&r.report_json, token)

@@ -17,6 +17,9 @@ use crate::policy::{Grants, Reason};
 pub struct DecisionRecord {
     /// Unix seconds.
     pub time: u64,
+    /// The decision's id: the caller's (a sidecar's session id), or one the verifier
+    /// made; the same id is in the caller's log lines about that connection.
+    pub decision_id: String,
     /// The policy purpose decided for (the request's purpose).
     pub purpose: String,
     /// The peer judged: address, user, database and SNI when given, evidence kind,
@@ -31,6 +34,9 @@ pub struct DecisionRecord {
     pub grants: Option<Grants>,
     /// `sha256:<hex>` of the policy set that decided.
     pub policy_hash: String,
+    /// The OPA bundle revision of that set; left out for directories.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub policy_revision: String,
     /// The evidence's appraisal came from the cache.
     pub cached: bool,
     /// Microseconds from the start of the decision (cache lookup or appraisal) to its
@@ -169,12 +175,14 @@ mod tests {
     fn record() -> DecisionRecord {
         DecisionRecord {
             time: 1,
+            decision_id: "0123456789abcdef".into(),
             purpose: "quote".into(),
             peer: PeerSummary::default(),
             allow: true,
             reasons: Vec::new(),
             grants: None,
             policy_hash: "sha256:00".into(),
+            policy_revision: String::new(),
             cached: false,
             latency_us: 1,
         }

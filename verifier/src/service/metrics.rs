@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -22,6 +22,7 @@ type Labels = Vec<(&'static str, String)>;
 pub struct Metrics {
     registry: Registry,
     decisions: Family<Labels, Counter>,
+    denials: Denials,
     latency: Family<Labels, Histogram>,
     cache: Family<Labels, Counter>,
     cache_bytes: Family<Labels, Gauge>,
@@ -57,6 +58,40 @@ struct TcbGauges {
     days_until_demotion: Family<Labels, Gauge>,
 }
 
+/// Longest reason code counted under its own `reason` label.
+const MAX_REASON_LABEL_BYTES: usize = 64;
+/// Most distinct reason codes counted under their own `reason` label; later ones count
+/// as `other`.
+const MAX_REASON_LABELS: usize = 256;
+
+/// `teesql_verifier_denials_total{purpose,reason}` and the reason codes it has a label
+/// for. Reason codes come from the policies, a bounded set, but a policy could make
+/// them up from input: the label's cardinality is bounded here all the same.
+#[derive(Debug, Default)]
+struct Denials {
+    family: Family<Labels, Counter>,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Denials {
+    /// The `reason` label for `code`: itself, or `other` when it is longer than
+    /// [`MAX_REASON_LABEL_BYTES`] or not among the first [`MAX_REASON_LABELS`] codes.
+    fn label(&self, code: &str) -> String {
+        if code.len() > MAX_REASON_LABEL_BYTES {
+            return "other".into();
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(code) {
+            return code.to_string();
+        }
+        if seen.len() >= MAX_REASON_LABELS {
+            return "other".into();
+        }
+        seen.insert(code.to_string());
+        code.to_string()
+    }
+}
+
 /// Statuses that mean a platform is (or would be) refused by Intel's TCB.
 fn demoted(status: &str) -> bool {
     status.starts_with("OutOfDate") || status == "Revoked"
@@ -84,6 +119,12 @@ impl Metrics {
             // 10 µs … ~10 s
             Histogram::new(exponential_buckets(0.000_01, 2.5, 16))
         });
+        let denials = Denials::default();
+        registry.register(
+            "denials",
+            "Reason codes of denied decisions, by purpose and reason (one count per reason code of a denial; codes over 64 bytes or beyond the first 256 distinct ones count as other)",
+            Described(denials.family.clone()),
+        );
         registry.register(
             "decision_duration_seconds",
             "Time to decide, from request to decision, by purpose",
@@ -105,7 +146,7 @@ impl Metrics {
         registry.register(
             "policy_reloads",
             "Policy reloads, by result (ok, rejected)",
-            reloads.clone(),
+            Described(reloads.clone()),
         );
         let tcb = TcbGauges::default();
         registry.register(
@@ -135,6 +176,7 @@ impl Metrics {
             log_dropped,
             tcb,
             decisions,
+            denials,
             latency,
             cache,
             cache_bytes,
@@ -143,8 +185,12 @@ impl Metrics {
         }
     }
 
-    /// Also export the collateral counters of `provider`.
+    /// Also export the collateral counters of `provider`, and the earliest expiry of
+    /// the collateral it holds (`collateral_expiry_timestamp_seconds{source}`, read at
+    /// scrape time).
     pub fn with_collateral(mut self, provider: Arc<CollateralProvider>) -> Self {
+        self.registry
+            .register_collector(Box::new(CollateralExpiry(provider.clone())));
         self.registry.register_collector(Box::new(Counters(move || {
             let s = &provider.stats;
             vec![
@@ -162,6 +208,11 @@ impl Metrics {
                     "collateral_cache_hits",
                     "Collateral served from the cache",
                     s.cache_hits.load(Ordering::Relaxed),
+                ),
+                (
+                    "collateral_failures_reused",
+                    "Collateral requests answered with a recent fetch failure instead of a new fetch (the quote was refused; failures are remembered for the failure TTL)",
+                    s.failures_reused.load(Ordering::Relaxed),
                 ),
             ]
         })));
@@ -204,6 +255,19 @@ impl Metrics {
         self.latency
             .get_or_create(&vec![("purpose", purpose.to_string())])
             .observe(latency.as_secs_f64());
+    }
+
+    /// Count each reason code of a denied decision by `purpose` in
+    /// `teesql_verifier_denials_total{purpose,reason}` (one count per code; the
+    /// label's values are bounded, see [`Denials::label`]).
+    pub fn denials<'a>(&self, purpose: &str, codes: impl IntoIterator<Item = &'a str>) {
+        for code in codes {
+            let reason = self.denials.label(code);
+            self.denials
+                .family
+                .get_or_create(&vec![("purpose", purpose.to_string()), ("reason", reason)])
+                .inc();
+        }
     }
 
     /// Count an appraisal cache lookup, `result` `hit` or `miss`
@@ -327,6 +391,27 @@ impl Metrics {
     }
 }
 
+/// A metric family described on every scrape (`# HELP`, `# TYPE`), also before its first
+/// sample: prometheus-client leaves out families without samples, and a family whose
+/// series only come with their first count (denials, reloads) would look unexported to
+/// whoever checks that a rule's metric exists.
+#[derive(Debug)]
+struct Described<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Described<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 /// Counters read at scrape time from shared atomics: (name, help, value) each.
 struct Counters<F>(F);
 
@@ -345,6 +430,34 @@ where
             let counter = ConstCounter::new(value);
             let m = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+/// `teesql_verifier_collateral_expiry_timestamp_seconds{source}`: the earliest
+/// `not_after` of the collateral a provider holds, by source, read at scrape time. The
+/// family is always described; a source holding nothing has no sample.
+struct CollateralExpiry(Arc<CollateralProvider>);
+
+impl std::fmt::Debug for CollateralExpiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CollateralExpiry")
+    }
+}
+
+impl Collector for CollateralExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "collateral_expiry_timestamp_seconds",
+            "Earliest expiry (next update, unix seconds) of the collateral the verifier holds, by source (offline: the collateral file or directory, never refreshed; pccs: the cache of fetched collateral); absent for a source holding none. Past it, quotes are refused with collateral_expired",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (source, not_after) in self.0.earliest_expiry() {
+            let labels = [("source", source)];
+            let gauge = ConstGauge::new(i64::try_from(not_after).unwrap_or(i64::MAX));
+            gauge.encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -384,6 +497,93 @@ mod tests {
         );
         assert!(
             !text.contains("teesql_verifier_tcb_days_until_demotion "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn denial_reasons_are_counted_with_a_bounded_label() {
+        let m = Metrics::new();
+        // Described before the first denial, without samples.
+        let text = m.encode();
+        assert!(
+            text.contains("# TYPE teesql_verifier_denials counter"),
+            "{text}"
+        );
+        assert!(!text.contains("teesql_verifier_denials_total"), "{text}");
+        m.denials("client", ["tcb_out_of_date", "mrtd_not_allowed"]);
+        m.denials("client", ["tcb_out_of_date"]);
+        m.denials("client", [&*"x".repeat(65)]);
+        for i in 0..MAX_REASON_LABELS + 10 {
+            m.denials("server", [format!("made_up_{i}").as_str()]);
+        }
+        let text = m.encode();
+        assert!(
+            text.contains("# TYPE teesql_verifier_denials counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "teesql_verifier_denials_total{purpose=\"client\",reason=\"tcb_out_of_date\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("teesql_verifier_denials_total{purpose=\"client\",reason=\"other\"} 1"),
+            "{text}"
+        );
+        // 2 codes seen first (the long one is not kept), then 254 of the 266 made-up ones;
+        // the last 12 count as other.
+        assert!(
+            text.contains("teesql_verifier_denials_total{purpose=\"server\",reason=\"other\"} 12"),
+            "{text}"
+        );
+        let labelled = text
+            .lines()
+            .filter(|l| l.starts_with("teesql_verifier_denials_total{"))
+            .count();
+        assert_eq!(labelled, MAX_REASON_LABELS + 2, "{text}");
+    }
+
+    #[test]
+    fn collateral_expiry_and_reused_failures_are_exported() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/dcap");
+        let provider = CollateralProvider::new(&crate::collateral::CollateralConfig {
+            file: Some(dir.join("tdx_quote_collateral.json")),
+            pccs_url: None,
+            ..crate::collateral::CollateralConfig::default()
+        })
+        .unwrap();
+        let text = Metrics::new().with_collateral(Arc::new(provider)).encode();
+        // testdata/README.md: the recorded collateral's window ends at 1752919235.
+        assert!(
+            text.contains(
+                "teesql_verifier_collateral_expiry_timestamp_seconds{source=\"offline\"} 1752919235"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE teesql_verifier_collateral_expiry_timestamp_seconds gauge"),
+            "{text}"
+        );
+        assert!(!text.contains("source=\"pccs\""), "{text}");
+        assert!(
+            text.contains("teesql_verifier_collateral_failures_reused_total 0"),
+            "{text}"
+        );
+        // No collateral held: the family is described, without samples.
+        let empty = CollateralProvider::new(&crate::collateral::CollateralConfig {
+            pccs_url: None,
+            ..crate::collateral::CollateralConfig::default()
+        })
+        .unwrap();
+        let text = Metrics::new().with_collateral(Arc::new(empty)).encode();
+        assert!(
+            text.contains("# TYPE teesql_verifier_collateral_expiry_timestamp_seconds gauge"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("teesql_verifier_collateral_expiry_timestamp_seconds{"),
             "{text}"
         );
     }

@@ -5,6 +5,7 @@
 //! evidence, is cached by the hash of the evidence and never outlives the collateral or
 //! certificate it rests on, so a reloaded policy applies to the very next decision.
 
+pub mod bundles;
 mod cache;
 pub mod config;
 mod decide;
@@ -56,6 +57,10 @@ pub struct ServiceDecision {
     pub valid_until: u64,
     /// The decision signed by the verifier (compact JWS), when it signs decisions.
     pub token: String,
+    /// The id the decision is logged under: the caller's, or a fresh one.
+    pub decision_id: String,
+    /// The OPA bundle revision of the policies that decided; empty for directories.
+    pub policy_revision: String,
     /// What the policy grants (allowed decisions only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grants: Option<Grants>,
@@ -74,6 +79,8 @@ impl ServiceDecision {
             cached,
             valid_until,
             token: String::new(),
+            decision_id: String::new(),
+            policy_revision: String::new(),
             grants: v.grants,
         }
     }
@@ -129,6 +136,8 @@ pub struct DecisionService {
     policy_hash: tokio::sync::watch::Sender<(String, u64)>,
     /// Set when the server drains: policy streams end so the drain can finish.
     draining: tokio::sync::watch::Sender<bool>,
+    /// Where the policies come from when not from directories: an OPA bundle.
+    bundle: Option<Arc<bundles::BundleSource>>,
 }
 
 impl DecisionService {
@@ -172,7 +181,20 @@ impl DecisionService {
                 },
             ),
             signer: None,
+            bundle: None,
         }
+    }
+
+    /// Take the policies from `bundle` on reload (the set given to [`Self::new`] is its
+    /// first load).
+    pub fn with_bundle(mut self, bundle: Arc<bundles::BundleSource>) -> Self {
+        self.bundle = Some(bundle);
+        self
+    }
+
+    /// The bundle the policies come from, if any.
+    pub fn bundle(&self) -> Option<&Arc<bundles::BundleSource>> {
+        self.bundle.as_ref()
     }
 
     /// Sign every decision with `signer`.

@@ -41,8 +41,24 @@ pub async fn run(service: Arc<DecisionService>, shutdown: impl std::future::Futu
 
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    // A bundle URL is polled; the first poll is one interval after start.
+    let poll = service.bundle().and_then(|b| match b.location {
+        super::bundles::BundleLocation::Url(_) => Some(b.poll),
+        super::bundles::BundleLocation::File(_) => None,
+    });
+    let mut ticks = poll.map(|every| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     tokio::pin!(shutdown);
     loop {
+        let tick = async {
+            match ticks.as_mut() {
+                Some(t) => t.tick().await,
+                None => std::future::pending().await,
+            }
+        };
         #[cfg(unix)]
         let hangup = async {
             match hup.as_mut() {
@@ -60,6 +76,7 @@ pub async fn run(service: Arc<DecisionService>, shutdown: impl std::future::Futu
                 tracing::info!("policy files changed; reloading");
             }
             _ = hangup => tracing::info!("SIGHUP; reloading policies"),
+            _ = tick => tracing::debug!("polling the policy bundle"),
         }
         // Errors are logged and counted by `reload`; the old set keeps serving.
         let _ = service.reload().await;
@@ -72,11 +89,21 @@ pub async fn run(service: Arc<DecisionService>, shutdown: impl std::future::Futu
 /// Watch every directory that holds a file of the serving set (profiles and bases).
 fn rewatch(w: &mut impl Watcher, service: &DecisionService, watched: &mut BTreeSet<PathBuf>) {
     let policies = service.policies();
-    let mut dirs: BTreeSet<PathBuf> = policies
-        .files()
-        .iter()
-        .filter_map(|f| f.path.parent().map(PathBuf::from))
-        .collect();
+    let mut dirs: BTreeSet<PathBuf> = match service.bundle().map(|b| &b.location) {
+        // A bundle file: its directory (an atomic replace is a rename there).
+        Some(super::bundles::BundleLocation::File(f)) => f
+            .canonicalize()
+            .ok()
+            .and_then(|f| f.parent().map(PathBuf::from))
+            .into_iter()
+            .collect(),
+        Some(super::bundles::BundleLocation::Url(_)) => BTreeSet::new(),
+        None => policies
+            .files()
+            .iter()
+            .filter_map(|f| f.path.parent().map(PathBuf::from))
+            .collect(),
+    };
     dirs.extend(policies.dirs().iter().filter_map(|d| d.canonicalize().ok()));
     for d in dirs.difference(watched) {
         if let Err(e) = w.watch(d, RecursiveMode::NonRecursive) {
@@ -99,12 +126,20 @@ impl DecisionService {
         let current = self.policies.load_full();
         let dirs = current.dirs().to_vec();
         let limit = current.eval_limit();
-        let loaded = tokio::task::spawn_blocking(move || PolicySet::load(&dirs, limit))
-            .await
-            .map_err(|e| PolicyError::Load {
-                path: "(reload)".into(),
-                detail: e.to_string(),
-            })?;
+        let loaded = match &self.bundle {
+            Some(bundle) => match bundle.fetch(limit).await {
+                // The server has nothing newer than what serves.
+                Ok(None) => return Ok((current.hash().to_string(), false)),
+                Ok(Some(set)) => Ok(set),
+                Err(e) => Err(e),
+            },
+            None => tokio::task::spawn_blocking(move || PolicySet::load(&dirs, limit))
+                .await
+                .map_err(|e| PolicyError::Load {
+                    path: "(reload)".into(),
+                    detail: e.to_string(),
+                })?,
+        };
         // A set that no longer decides a purpose the serving set decides would turn every
         // such request into an error: refuse it like a set that does not compile.
         let loaded = loaded.and_then(|set| {
@@ -133,12 +168,13 @@ impl DecisionService {
         match loaded {
             Ok(set) => {
                 let hash = set.hash().to_string();
+                let revision = set.revision().unwrap_or_default().to_string();
                 let changed = hash != current.hash();
                 if changed {
                     self.policies.store(Arc::new(set));
                     self.policy_hash
                         .send_modify(|(serving, _)| *serving = hash.clone());
-                    tracing::info!(policy.hash = %hash, previous = %current.hash(), "policies reloaded");
+                    tracing::info!(policy.hash = %hash, policy.revision = %revision, previous = %current.hash(), "policies reloaded");
                 } else {
                     tracing::debug!(policy.hash = %hash, "policies unchanged");
                 }

@@ -114,6 +114,9 @@ pub struct TokenRequest {
     /// Echoed as the token's `eat_nonce` (8 to 64 bytes), so the caller can tell the token
     /// was made for its request.
     pub nonce: Option<Vec<u8>>,
+    /// The caller's id for the decision (logged with it and echoed); `None` = the
+    /// service makes one.
+    pub decision_id: Option<String>,
 }
 
 impl TokenRequest {
@@ -133,8 +136,47 @@ impl TokenRequest {
                 ),
             ));
         }
-        Ok(Self { nonce: Some(nonce) })
+        Ok(Self {
+            nonce: Some(nonce),
+            decision_id: None,
+        })
     }
+
+    /// The same request with the caller's decision id (empty = none): at most 64
+    /// characters of `A-Z a-z 0-9 . _ : -`, so it is safe in any log line.
+    pub fn with_decision_id(mut self, id: String) -> Result<Self, RequestError> {
+        if id.is_empty() {
+            return Ok(self);
+        }
+        let fits = id.len() <= MAX_DECISION_ID
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+        if !fits {
+            return Err(invalid(
+                "decision_id",
+                format!(
+                    "at most {MAX_DECISION_ID} characters of A-Z a-z 0-9 . _ : - ({} bytes given)",
+                    id.len()
+                ),
+            ));
+        }
+        self.decision_id = Some(id);
+        Ok(self)
+    }
+}
+
+/// Longest caller-given decision id.
+pub const MAX_DECISION_ID: usize = 64;
+
+/// A fresh decision id: 16 hex digits from the system's random source.
+pub fn new_decision_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    // The system random source failing leaves a zero id: logs lose correlation, nothing
+    // else depends on it.
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    hex::encode(bytes)
 }
 
 /// What the decision log and metrics need to know about the peer.

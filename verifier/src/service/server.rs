@@ -214,9 +214,12 @@ impl Verifier {
     }
 }
 
-/// `/metrics` (Prometheus text), `/healthz`, and the decision-signing keys at
-/// `/.well-known/jwks.json` (404 when decisions are not signed).
+/// `/metrics` (Prometheus text), `/healthz`, `/health/live` (the process answers),
+/// `/health/ready` (policies loaded and the service not draining: 200 with the policy
+/// hash, else 503), and the decision-signing keys at `/.well-known/jwks.json` (404 when
+/// decisions are not signed).
 pub fn metrics_router(service: Arc<DecisionService>) -> axum::Router {
+    let ready_service = service.clone();
     let jwks = service.signer().map(|s| s.jwks_json().to_string());
     axum::Router::new()
         .route(
@@ -252,4 +255,35 @@ pub fn metrics_router(service: Arc<DecisionService>) -> axum::Router {
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/health/live", get(|| async { "ok\n" }))
+        .route(
+            "/health/ready",
+            get(move || {
+                let service = ready_service.clone();
+                async move { readiness(&service) }
+            }),
+        )
+}
+
+/// Ready to take decisions: policies loaded (a service never runs without them, but a
+/// reload may leave no purpose) and not draining.
+fn readiness(service: &DecisionService) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let policies = service.policies();
+    let draining = *service.draining().borrow();
+    let loaded = !policies.purposes().is_empty();
+    let ready = loaded && !draining;
+    let body = serde_json::json!({
+        "status": if ready { "ok" } else { "unavailable" },
+        "policies": if loaded { "ok" } else { "no purpose loaded" },
+        "draining": draining,
+        "policy_hash": policies.hash(),
+        "policy_revision": policies.revision(),
+    });
+    let status = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }

@@ -60,6 +60,9 @@ pub struct TokenFacts<'a> {
     /// `sha256:<hex>` of the policy set (`teesql.policy_hash`), also the submodule's
     /// `ear_appraisal_policy_ids`; empty leaves that out.
     pub policy_hash: &'a str,
+    /// The OPA bundle revision of the policy set (`teesql.policy_revision`); empty (left
+    /// out) for policies from directories.
+    pub policy_revision: &'a str,
     /// The service's SHA-256 over the evidence (see CLAIMS.md).
     pub evidence_sha256: [u8; 32],
     /// Unix seconds until which the facts hold, the token's `exp`; 0 or past means
@@ -265,6 +268,9 @@ impl DecisionSigner {
         });
         if let Some(nonce) = f.nonce {
             claims["eat_nonce"] = json!(b64(nonce));
+        }
+        if !f.policy_revision.is_empty() {
+            claims[PRIVATE_CLAIM]["policy_revision"] = json!(f.policy_revision);
         }
         let payload = serde_json::to_vec(&claims).map_err(|e| format!("claims: {e}"))?;
         let message = format!("{}.{}", self.header_b64, b64(&payload));

@@ -62,8 +62,27 @@ struct Ready {
     admitted: Option<Admitted>,
 }
 
-/// Serve one accepted connection to its end.
+/// Serve one accepted connection to its end, in a span carrying its session id (the id
+/// the verifier logs its admission decision under) and the client's address, so every
+/// log line about it can be found by one id in both programs.
 pub async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    use tracing::Instrument;
+    let id = session_id();
+    let span = tracing::info_span!("session", session_id = %id, client.addr = %peer);
+    serve_connection(shared, stream, peer, id)
+        .instrument(span)
+        .await;
+}
+
+/// A fresh session id: 16 hex digits from the system's random source.
+pub(crate) fn session_id() -> String {
+    let mut raw = [0u8; 8];
+    // Without randomness the id is zero: log lines lose correlation, nothing else.
+    let _ = getrandom::fill(&mut raw);
+    hex::encode(raw)
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: String) {
     let started = Instant::now();
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
@@ -79,7 +98,7 @@ pub async fn handle(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         refuse_plain(stream, e).await;
         return;
     };
-    let result = handshake(&shared, stream, peer).await;
+    let result = handshake(&shared, stream, peer, &id).await;
     drop(slot);
     match result {
         Ok(ready) => {
@@ -259,6 +278,7 @@ async fn handshake(
     shared: &Arc<Shared>,
     mut stream: TcpStream,
     peer: SocketAddr,
+    id: &str,
 ) -> Result<Box<Ready>, HandshakeError> {
     let limits = &shared.config.limits;
 
@@ -290,7 +310,7 @@ async fn handshake(
     let (mut tls, hello) = tokio::time::timeout_at(tls_deadline, negotiate::tls(shared, stream))
         .await
         .map_err(|_| timed_out())??;
-    match after_tls(shared, &mut tls, peer, hello).await {
+    match after_tls(shared, &mut tls, peer, hello, id).await {
         Ok(session) => Ok(Box::new(Ready {
             client: tls,
             backend: session.backend,
@@ -327,6 +347,7 @@ async fn after_tls(
     tls: &mut TlsStream<TcpStream>,
     peer: SocketAddr,
     hello: ClientHello,
+    id: &str,
 ) -> Result<Session, HandshakeError> {
     let limits = &shared.config.limits;
     let startup = tokio::time::timeout(limits.startup_timeout, startup::read(shared, tls, peer))
@@ -340,7 +361,7 @@ async fn after_tls(
     }
     let result = tokio::time::timeout(
         limits.login_timeout,
-        log_in(shared, tls, peer, hello, startup),
+        log_in(shared, tls, peer, hello, startup, id),
     )
     .await
     .map_err(|_| HandshakeError::Timeout(Phase::Login, limits.login_timeout))
@@ -463,6 +484,7 @@ async fn log_in(
     peer: SocketAddr,
     hello: ClientHello,
     startup: Startup,
+    id: &str,
 ) -> Result<Session, HandshakeError> {
     let Startup {
         user,
@@ -483,13 +505,16 @@ async fn log_in(
         } else {
             String::new()
         },
+        decision_id: id.to_string(),
         ..VerifyPeerRequest::default()
     };
     let verifier = shared.verifier.clone();
     let asked_for = request.clone();
     let pending = Pending {
         asked: Instant::now(),
-        handle: tokio::spawn(async move { verifier.verify_peer(request).await }),
+        handle: tokio::spawn(tracing::Instrument::in_current_span(async move {
+            verifier.verify_peer(request).await
+        })),
     };
     let cfg = &shared.config;
     // SCRAM-SHA-256-PLUS binds the login to this TLS channel, for every role alike (a

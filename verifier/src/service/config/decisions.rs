@@ -37,12 +37,29 @@ pub(super) fn collateral(s: &ServeSettings, clock: Clock, p: &mut Problems) -> C
         s.fetch_timeout_secs.unwrap_or(defaults::FETCH_TIMEOUT_SECS),
         1,
     );
+    let cache_mib = p.at_least(
+        "collateral_cache_mib",
+        s.collateral_cache_mib
+            .unwrap_or(defaults::COLLATERAL_CACHE_MIB),
+        1,
+    );
+    if let Some(dir) = &s.collateral_cache_dir
+        && dir.exists()
+        && !dir.is_dir()
+    {
+        p.push(format!(
+            "collateral_cache_dir {}: not a directory",
+            dir.display()
+        ));
+    }
     CollateralConfig {
         file: s.collateral_file.clone(),
         dir: s.collateral_dir.clone(),
         pccs_url: (!s.offline.unwrap_or(false)).then_some(pccs_url),
         fetch_timeout: Duration::from_secs(fetch_timeout),
         clock,
+        cache_dir: s.collateral_cache_dir.clone(),
+        cache_dir_max_bytes: cache_mib.saturating_mul(1 << 20),
         ..CollateralConfig::default()
     }
 }

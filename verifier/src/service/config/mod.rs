@@ -46,8 +46,12 @@ pub struct ServeConfig {
     /// Where `/metrics`, `/healthz` and the JWKS are served (`metrics_listen`); `None`
     /// when unset, empty or `off`.
     pub metrics_listen: Option<SocketAddr>,
-    /// Policy profile directories, merged in order (`policy_dir`, default `policies/teesql`).
+    /// Policy profile directories, merged in order (`policy_dir`, default `policies/teesql`);
+    /// empty when the policies come from a bundle.
     pub policy_dirs: Vec<PathBuf>,
+    /// An OPA bundle to take the policies from instead (`policy_bundle`,
+    /// `policy_bundle_url`, `bundle_verification_key`).
+    pub bundle: Option<Arc<crate::service::bundles::BundleSource>>,
     /// Quote backends, trust root, collateral sources and platform cache (`backend`,
     /// `trust_root`, `pccs_url`, `offline`, `collateral_*`, `platform_cache_kib`, `ita_*`).
     pub backend: BackendConfig,
@@ -60,6 +64,67 @@ pub struct ServeConfig {
     pub eval_limit: Duration,
     /// Time limit of one gRPC request (`request_timeout_secs`, default 30 s).
     pub request_timeout: Duration,
+}
+
+/// The bundle settings: at most one of `policy_bundle` and `policy_bundle_url`, the
+/// verification key read now, the poll interval bounded.
+fn bundle_source(
+    s: &ServeSettings,
+    p: &mut Problems,
+) -> Option<crate::service::bundles::BundleSource> {
+    use crate::policy::bundle::BundleKey;
+    use crate::service::bundles::{BundleLocation, BundleSource};
+    let location = match (&s.policy_bundle, &s.policy_bundle_url) {
+        (Some(_), Some(_)) => {
+            p.push("policy_bundle and policy_bundle_url: give one".to_string());
+            return None;
+        }
+        (Some(f), None) => {
+            if !f.is_file() {
+                p.push(format!("policy_bundle {}: not a file", f.display()));
+            }
+            BundleLocation::File(f.clone())
+        }
+        (None, Some(u)) => {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                p.push(format!("policy_bundle_url {u:?}: not an http(s) URL"));
+            }
+            BundleLocation::Url(u.clone())
+        }
+        (None, None) => {
+            if s.bundle_verification_key.is_some() {
+                p.push(
+                    "bundle_verification_key: given without policy_bundle or policy_bundle_url"
+                        .to_string(),
+                );
+            }
+            return None;
+        }
+    };
+    let key = s.bundle_verification_key.as_ref().and_then(|path| {
+        let read = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                BundleKey::from_bytes(&bytes, s.bundle_verification_scope.as_deref().unwrap_or(""))
+            });
+        read.map_err(|e| p.push(format!("bundle_verification_key {}: {e}", path.display())))
+            .ok()
+    });
+    if s.bundle_verification_key.is_some() && key.is_none() {
+        return None;
+    }
+    let poll = s
+        .policy_bundle_poll_secs
+        .unwrap_or(defaults::BUNDLE_POLL_SECS);
+    if poll < defaults::MIN_BUNDLE_POLL_SECS {
+        p.push(format!(
+            "policy_bundle_poll_secs {poll}: at least {}",
+            defaults::MIN_BUNDLE_POLL_SECS
+        ));
+    }
+    BundleSource::new(location, key, Duration::from_secs(poll.max(1)))
+        .map_err(|e| p.push(e))
+        .ok()
 }
 
 impl ServeConfig {
@@ -95,10 +160,20 @@ impl ServeConfig {
             &mut p,
         );
         let endpoint = Endpoint::check(&s, &mut p);
-        let policy_dirs = s
-            .policy_dirs
-            .clone()
-            .unwrap_or_else(|| vec![PathBuf::from(defaults::POLICY_DIR)]);
+        let bundle = bundle_source(&s, &mut p);
+        let from_bundle = s.policy_bundle.is_some() || s.policy_bundle_url.is_some();
+        let policy_dirs = match (&s.policy_dirs, from_bundle) {
+            (Some(dirs), false) => dirs.clone(),
+            (None, false) => vec![PathBuf::from(defaults::POLICY_DIR)],
+            (Some(_), true) => {
+                p.push(
+                    "policy_dir and policy_bundle/policy_bundle_url: give one source of policies"
+                        .to_string(),
+                );
+                Vec::new()
+            }
+            (None, true) => Vec::new(),
+        };
         for d in &policy_dirs {
             if !d.is_dir() {
                 p.push(format!("policy_dir {}: not a directory", d.display()));
@@ -134,6 +209,7 @@ impl ServeConfig {
                 signer,
                 metrics_listen,
                 policy_dirs,
+                bundle: bundle.map(Arc::new),
                 backend: BackendConfig {
                     chain: chain?,
                     ita,
@@ -160,8 +236,11 @@ impl ServeConfig {
     /// Build the service: load policies, the backend and its collateral sources, the
     /// decision log. Needs a tokio runtime (the decision log writer).
     pub fn build(&self) -> Result<Arc<DecisionService>, Vec<String>> {
-        let policies =
-            PolicySet::load(&self.policy_dirs, self.eval_limit).map_err(|e| vec![e.to_string()])?;
+        let policies = match &self.bundle {
+            Some(b) => b.fetch_blocking(self.eval_limit),
+            None => PolicySet::load(&self.policy_dirs, self.eval_limit),
+        }
+        .map_err(|e| vec![e.to_string()])?;
         let backend = self.backend.build().map_err(|e| vec![e])?;
         let metrics = Arc::new(
             Metrics::new()
@@ -172,6 +251,10 @@ impl ServeConfig {
             .map_err(|e| vec![format!("decision_log: {e}")])?;
         let service =
             DecisionService::new(backend.appraiser, policies, &self.options, log, metrics);
+        let service = match &self.bundle {
+            Some(b) => service.with_bundle(b.clone()),
+            None => service,
+        };
         Ok(Arc::new(match &self.signer {
             Some(signer) => service.with_signer(signer.clone()),
             None => service,

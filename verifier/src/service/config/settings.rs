@@ -70,6 +70,27 @@ pub struct ServeSettings {
     #[arg(long = "policy-dir", value_name = "DIR", value_delimiter = ',')]
     #[serde(alias = "policy_dir")]
     pub policy_dirs: Option<Vec<PathBuf>>,
+    /// Policies from an OPA bundle (.tar.gz: .rego modules, data.json documents, a
+    /// .manifest whose revision goes with every decision) instead of --policy-dir; read
+    /// again on change and on SIGHUP. [env: TEESQL_VERIFIER_POLICY_BUNDLE]
+    #[arg(long, value_name = "FILE")]
+    pub policy_bundle: Option<PathBuf>,
+    /// Policies from an OPA bundle served over HTTP(S), polled with If-None-Match every
+    /// --policy-bundle-poll-secs; a bundle that fails to download, verify or compile
+    /// leaves the serving policies in place. [env: TEESQL_VERIFIER_POLICY_BUNDLE_URL]
+    #[arg(long, value_name = "URL")]
+    pub policy_bundle_url: Option<String>,
+    /// Seconds between polls of --policy-bundle-url [default: 60]. [env: TEESQL_VERIFIER_POLICY_BUNDLE_POLL_SECS]
+    #[arg(long, value_name = "SECS")]
+    pub policy_bundle_poll_secs: Option<u64>,
+    /// The key bundles must be signed with (OPA's .signatures.json): a PEM public key
+    /// (RSA, EC or Ed25519) or a file holding an HMAC secret. With it, an unsigned bundle
+    /// is refused. [env: TEESQL_VERIFIER_BUNDLE_VERIFICATION_KEY]
+    #[arg(long, value_name = "FILE")]
+    pub bundle_verification_key: Option<PathBuf>,
+    /// The `scope` the bundle signature must carry [default: none]. [env: TEESQL_VERIFIER_BUNDLE_VERIFICATION_SCOPE]
+    #[arg(long, value_name = "SCOPE")]
+    pub bundle_verification_scope: Option<String>,
     /// Root CA (DER or PEM) to verify quotes against instead of Intel's. [env: TEESQL_VERIFIER_TRUST_ROOT]
     #[arg(long, value_name = "FILE")]
     pub trust_root: Option<PathBuf>,
@@ -86,6 +107,16 @@ pub struct ServeSettings {
     /// Directory of collateral JSON files, used before the PCCS. [env: TEESQL_VERIFIER_COLLATERAL_DIR]
     #[arg(long, value_name = "DIR")]
     pub collateral_dir: Option<PathBuf>,
+    /// Keep collateral fetched from the PCS/PCCS in this directory (created if missing),
+    /// and start from it: a restarted verifier asks the network only for platforms it has
+    /// not seen, or whose collateral expired. Kept files are verified like fetched ones.
+    /// [env: TEESQL_VERIFIER_COLLATERAL_CACHE_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub collateral_cache_dir: Option<PathBuf>,
+    /// Most MiB the collateral cache directory holds; the oldest files go first [default: 64].
+    /// [env: TEESQL_VERIFIER_COLLATERAL_CACHE_MIB]
+    #[arg(long, value_name = "MIB")]
+    pub collateral_cache_mib: Option<u64>,
     /// One collateral JSON file used for every quote (testing). [env: TEESQL_VERIFIER_COLLATERAL_FILE]
     #[arg(long, value_name = "FILE")]
     pub collateral_file: Option<PathBuf>,
@@ -189,6 +220,12 @@ pub mod defaults {
     pub const CONCURRENCY_PER_CONNECTION: u64 = 64;
     /// Seconds between RA-TLS certificate renewals (`--ra-tls-renew-secs`).
     pub const RA_TLS_RENEW_SECS: u64 = 3600;
+    /// MiB the collateral cache directory holds.
+    pub const COLLATERAL_CACHE_MIB: u64 = 64;
+    /// Seconds between polls of `--policy-bundle-url`.
+    pub const BUNDLE_POLL_SECS: u64 = 60;
+    /// The smallest `--policy-bundle-poll-secs` accepted.
+    pub const MIN_BUNDLE_POLL_SECS: u64 = 1;
     /// The smallest `--ra-tls-renew-secs` accepted; less is a configuration error.
     pub const MIN_RA_TLS_RENEW_SECS: u64 = 10;
 }
@@ -215,11 +252,18 @@ impl ServeSettings {
             token_issuer,
             metrics_listen,
             policy_dirs,
+            policy_bundle,
+            policy_bundle_url,
+            policy_bundle_poll_secs,
+            bundle_verification_key,
+            bundle_verification_scope,
             trust_root,
             dev_trust_root,
             pccs_url,
             offline,
             collateral_dir,
+            collateral_cache_dir,
+            collateral_cache_mib,
             collateral_file,
             fetch_timeout_secs,
             decision_log,
@@ -256,6 +300,11 @@ impl ServeSettings {
             policy_dirs: env
                 .var("TEESQL_VERIFIER_POLICY_DIR")
                 .map(|v| v.split(',').map(PathBuf::from).collect()),
+            policy_bundle: path("TEESQL_VERIFIER_POLICY_BUNDLE"),
+            policy_bundle_url: env.var("TEESQL_VERIFIER_POLICY_BUNDLE_URL"),
+            policy_bundle_poll_secs: p.env(env, "TEESQL_VERIFIER_POLICY_BUNDLE_POLL_SECS"),
+            bundle_verification_key: path("TEESQL_VERIFIER_BUNDLE_VERIFICATION_KEY"),
+            bundle_verification_scope: env.var("TEESQL_VERIFIER_BUNDLE_VERIFICATION_SCOPE"),
             tls_cert: path("TEESQL_VERIFIER_TLS_CERT"),
             tls_key: path("TEESQL_VERIFIER_TLS_KEY"),
             ra_tls: p.env_switch(env, "TEESQL_VERIFIER_RA_TLS"),
@@ -274,6 +323,8 @@ impl ServeSettings {
             pccs_url: p.var_renamed(env, "TEESQL_PCCS_URL", &["PCCS_URL"]),
             offline: p.env_switch(env, "TEESQL_VERIFIER_OFFLINE"),
             collateral_dir: path("TEESQL_VERIFIER_COLLATERAL_DIR"),
+            collateral_cache_dir: path("TEESQL_VERIFIER_COLLATERAL_CACHE_DIR"),
+            collateral_cache_mib: p.env(env, "TEESQL_VERIFIER_COLLATERAL_CACHE_MIB"),
             collateral_file: p
                 .var_renamed(
                     env,
