@@ -210,6 +210,13 @@ async fn json_logs_follow_one_connection_across_both_programs_and_hold_no_secret
     assert_eq!(ended["span"]["session_id"], session_id.as_str(), "{ended}");
     assert_eq!(started["user"], "teesql_readwrite", "{started}");
     assert!(started["handshake_ms"].is_u64(), "{started}");
+    assert!(
+        started["policy.hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{started}"
+    );
 
     // The verifier's decision on that connection carries the same id.
     let decisions = std::fs::read_to_string(&decision_log).unwrap();
@@ -220,12 +227,7 @@ async fn json_logs_follow_one_connection_across_both_programs_and_hold_no_secret
         .unwrap_or_else(|| panic!("no decision {session_id} in:\n{decisions}"));
     assert_eq!(decision["purpose"], "sidecar", "{decision}");
     assert_eq!(decision["allow"], true, "{decision}");
-    assert!(
-        decision["policy_hash"]
-            .as_str()
-            .unwrap()
-            .starts_with("sha256:")
-    );
+    assert_eq!(decision["policy_hash"], started["policy.hash"], "{decision}");
     println!("sidecar:  {started}\nsidecar:  {ended}\nverifier: {decision}");
 
     // Every line of both programs is one JSON object, and no secret is in any of them

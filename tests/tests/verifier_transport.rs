@@ -221,6 +221,7 @@ async fn sidecar_and_forward_trust_a_verifier_by_its_quote_and_refuse_another_id
         .verify_peer(teesql_proto::v1::VerifyPeerRequest {
             purpose: "sidecar".into(),
             chain,
+            sign: true,
             ..Default::default()
         })
         .await

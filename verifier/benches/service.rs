@@ -23,7 +23,7 @@ use teesql_proto::v1::verifier_client::VerifierClient;
 use teesql_proto::v1::{VerifyQuoteRequest, verify_quote_request};
 use teesql_verifier::service::config::{ServeConfig, ServeSettings};
 use teesql_verifier::service::server::{Listeners, Verifier};
-use teesql_verifier::service::{DecisionService, QuoteInput};
+use teesql_verifier::service::{DecisionService, QuoteInput, TokenRequest};
 
 const NOW: u64 = 1_751_000_000;
 
@@ -135,7 +135,12 @@ async fn warm_in_process(
     for _ in 0..n {
         let t = Instant::now();
         let d = service
-            .verify_quote("quote", request(), None)
+            .verify_quote_with(
+                "quote",
+                request(),
+                None,
+                TokenRequest::default().with_sign(signed),
+            )
             .await
             .unwrap();
         s.push(t.elapsed());

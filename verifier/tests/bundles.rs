@@ -16,7 +16,7 @@ use base64::Engine;
 use ring::signature::KeyPair;
 use sha2::Digest;
 use teesql_verifier::service::config::{ServeConfig, ServeSettings};
-use teesql_verifier::service::{DecisionService, PeerRequest};
+use teesql_verifier::service::{DecisionService, PeerRequest, TokenRequest};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -223,11 +223,14 @@ async fn a_signed_bundle_serves_and_its_revision_goes_with_every_decision() {
     })
     .unwrap();
     let d = signing
-        .verify_peer(PeerRequest {
-            purpose: "sidecar".into(),
-            chain: vec![],
-            connection: Default::default(),
-        })
+        .verify_peer_with(
+            PeerRequest {
+                purpose: "sidecar".into(),
+                chain: vec![],
+                connection: Default::default(),
+            },
+            TokenRequest::signed(),
+        )
         .await
         .unwrap();
     let payload = d.token.split('.').nth(1).unwrap();
@@ -425,7 +428,10 @@ async fn a_bundle_url_is_polled_with_if_none_match_and_keeps_the_last_good_bundl
     let poller = teesql_verifier::service::reload::spawn(service.clone());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while revision_decided(&service).await != "r4" {
-        assert!(std::time::Instant::now() < deadline, "the poller never took r4");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poller never took r4"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     poller.abort();

@@ -67,6 +67,7 @@ async fn decision_trusting(
             evidence: Some(verify_quote_request::Evidence::Quote(
                 std::fs::read(root().join("testdata/dcap/tdx_quote")).unwrap(),
             )),
+            sign: true,
             ..Default::default()
         })
         .await
@@ -175,6 +176,22 @@ async fn a_signing_key_file_keeps_tokens_valid_across_restarts_and_signing_can_b
     };
     let (grpc, _, stop) = serve(with_key()).await;
     let token = decision(&grpc).await.token;
+    assert!(!token.is_empty());
+    // Only a caller that asks (sign, or a nonce) gets a token: the sidecar does not.
+    let ch = connect_lazy(&grpc, None, Duration::from_secs(5), Duration::from_secs(10)).unwrap();
+    let unasked = VerifierClient::new(ch)
+        .verify_quote(VerifyQuoteRequest {
+            purpose: "quote".into(),
+            evidence: Some(verify_quote_request::Evidence::Quote(
+                std::fs::read(root().join("testdata/dcap/tdx_quote")).unwrap(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unasked.token, "");
+    assert_eq!(unasked.policy_hash, decision(&grpc).await.policy_hash);
     drop(stop);
     // A restarted verifier with the same key file: the old token checks against its JWKS.
     let (_, jwks, _stop) = serve(with_key()).await;

@@ -451,6 +451,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
         .verify_manifest(VerifyManifestRequest {
             nonce: Vec::new(),
             decision_id: String::new(),
+            sign: false,
             manifest: m.to_txt(),
             leader_chain: vec![],
             expected_signers: vec![],
@@ -472,6 +473,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
         .verify_manifest(VerifyManifestRequest {
             nonce: Vec::new(),
             decision_id: String::new(),
+            sign: false,
             manifest: m.to_txt(),
             leader_chain: vec![],
             expected_signers: vec![],
@@ -485,6 +487,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
     let ask = |m: &Manifest| VerifyManifestRequest {
         nonce: Vec::new(),
         decision_id: String::new(),
+        sign: false,
         manifest: m.to_txt(),
         leader_chain: vec![],
         expected_signers: vec![],
@@ -507,6 +510,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
         .verify_manifest(VerifyManifestRequest {
             nonce: Vec::new(),
             decision_id: String::new(),
+            sign: false,
             manifest: m.to_txt(),
             leader_chain: vec![],
             expected_signers: vec![],
@@ -522,6 +526,7 @@ async fn manifests_are_judged_by_pinned_signer_and_time() {
         .verify_manifest(VerifyManifestRequest {
             nonce: Vec::new(),
             decision_id: String::new(),
+            sign: false,
             manifest: tampered,
             leader_chain: vec![],
             expected_signers: vec![],
@@ -753,6 +758,7 @@ async fn a_callers_own_signer_cannot_poison_the_clusters_epochs() {
     let ask = |txt: String, expected: Vec<String>| VerifyManifestRequest {
         nonce: Vec::new(),
         decision_id: String::new(),
+        sign: false,
         manifest: txt,
         leader_chain: vec![],
         expected_signers: expected,

@@ -298,6 +298,7 @@ impl Forwarder {
             .verify_peer(VerifyPeerRequest {
                 nonce: Vec::new(),
                 decision_id: id.to_string(),
+                sign: false,
                 purpose: self.config.purpose.clone(),
                 chain: chain.to_vec(),
                 user: user.to_string(),
@@ -338,6 +339,7 @@ impl Forwarder {
                 .verify_manifest(VerifyManifestRequest {
                     nonce: Vec::new(),
                     decision_id: String::new(),
+                    sign: false,
                     manifest: record.clone(),
                     leader_chain: chain.to_vec(),
                     expected_signers: self.config.manifest_signers.clone(),

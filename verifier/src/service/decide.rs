@@ -27,7 +27,7 @@ impl DecisionService {
         token: &TokenRequest,
         now: u64,
     ) -> String {
-        let Some(signer) = &self.signer else {
+        let Some(signer) = self.signer.as_ref().filter(|_| token.sign) else {
             return String::new();
         };
         let identity = facts.measured.identity.as_ref();

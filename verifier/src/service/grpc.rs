@@ -215,6 +215,7 @@ impl Verifier for GrpcVerifier {
             let r = req.into_inner();
             let token = TokenRequest::with_nonce(r.nonce)
                 .and_then(|t| t.with_decision_id(r.decision_id))
+                .map(|t| t.with_sign(r.sign))
                 .map_err(status)?;
             let decision = self
                 .service
@@ -266,6 +267,7 @@ impl Verifier for GrpcVerifier {
             let expected = (!r.expected_report_data.is_empty()).then_some(r.expected_report_data);
             let token = TokenRequest::with_nonce(r.nonce)
                 .and_then(|t| t.with_decision_id(r.decision_id))
+                .map(|t| t.with_sign(r.sign))
                 .map_err(status)?;
             let decision = self
                 .service
@@ -282,6 +284,7 @@ impl Verifier for GrpcVerifier {
             let r = req.into_inner();
             let token = TokenRequest::with_nonce(r.nonce)
                 .and_then(|t| t.with_decision_id(r.decision_id))
+                .map(|t| t.with_sign(r.sign))
                 .map_err(status)?;
             let decision = self
                 .service
@@ -298,6 +301,7 @@ impl Verifier for GrpcVerifier {
             let r = req.into_inner();
             let token = TokenRequest::with_nonce(r.nonce)
                 .and_then(|t| t.with_decision_id(r.decision_id))
+                .map(|t| t.with_sign(r.sign))
                 .map_err(status)?;
             let decision = self
                 .service

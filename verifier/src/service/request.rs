@@ -117,6 +117,8 @@ pub struct TokenRequest {
     /// The caller's id for the decision (logged with it and echoed); `None` = the
     /// service makes one.
     pub decision_id: Option<String>,
+    /// Sign the decision (when the service signs decisions); a nonce implies it.
+    pub sign: bool,
 }
 
 impl TokenRequest {
@@ -139,7 +141,22 @@ impl TokenRequest {
         Ok(Self {
             nonce: Some(nonce),
             decision_id: None,
+            sign: true,
         })
+    }
+
+    /// A request for a signed decision.
+    pub fn signed() -> Self {
+        Self {
+            sign: true,
+            ..Self::default()
+        }
+    }
+
+    /// The same request, signed when `sign` (a nonce already asks for it).
+    pub fn with_sign(mut self, sign: bool) -> Self {
+        self.sign |= sign;
+        self
     }
 
     /// The same request with the caller's decision id (empty = none): at most 64

@@ -104,11 +104,14 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         Ok(ready) => {
             shared.metrics.handshake(started.elapsed());
             shared.metrics.connection(Outcome::Session);
+            let admitted = ready.admitted.as_ref();
             tracing::info!(
                 client.addr = %peer,
                 user = %ready.user,
                 role = %ready.role,
                 database = %ready.database,
+                tenant = admitted.and_then(|a| a.tenant.as_deref()).unwrap_or_default(),
+                policy.hash = admitted.map(|a| a.policy_hash.as_str()).unwrap_or_default(),
                 handshake_ms = started.elapsed().as_millis() as u64,
                 "session started"
             );
