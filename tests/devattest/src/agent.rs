@@ -516,6 +516,7 @@ impl DevAgent {
         router
             .merge(crate::pccs::routes::<DevAgent>())
             .with_state(self.clone())
+            .layer(axum::middleware::from_fn(read_whole_body))
     }
 
     /// Serve HTTP on 127.0.0.1:`port` (0 = any) and on `extra` listeners in the
@@ -979,5 +980,29 @@ impl crate::pccs::PccsSource for DevAgent {
 
     fn on_request(&self) {
         self.state.pccs_requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Read every request's body before its handler runs, as the real guest agent does.
+/// A handler that ignores the body (`Info`, `Version`: the SDKs send `{}`) would
+/// otherwise leave it unread, and hyper then closes the keep-alive connection after the
+/// response; a client that already sent its next request on it (httpx does) gets
+/// "connection reset by peer".
+async fn read_whole_body(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, 1 << 20).await {
+        Ok(bytes) => {
+            next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(e) => (
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body: {e}"),
+        )
+            .into_response(),
     }
 }
