@@ -227,7 +227,10 @@ async fn json_logs_follow_one_connection_across_both_programs_and_hold_no_secret
         .unwrap_or_else(|| panic!("no decision {session_id} in:\n{decisions}"));
     assert_eq!(decision["purpose"], "sidecar", "{decision}");
     assert_eq!(decision["allow"], true, "{decision}");
-    assert_eq!(decision["policy_hash"], started["policy.hash"], "{decision}");
+    assert_eq!(
+        decision["policy_hash"], started["policy.hash"],
+        "{decision}"
+    );
     println!("sidecar:  {started}\nsidecar:  {ended}\nverifier: {decision}");
 
     // Every line of both programs is one JSON object, and no secret is in any of them
@@ -344,6 +347,7 @@ async fn a_restarted_verifier_takes_collateral_from_its_cache_directory() {
         0,
         "a warm restart asked the PCCS (first start: {fetched} requests; kept {kept:?})"
     );
+    println!("PCCS requests: first start {fetched}, warm restart 0; kept {kept:?}");
 
     // The PCCS down (nothing listens there): the kept collateral still answers.
     let down = {
