@@ -201,6 +201,8 @@ put("attestation", "tdx_lite_v1.msgpack", v1)
 put("attestation", "tdx_lite_wrapped.json", attest_json)
 put("attestation", "tdx_lite_0x_hex", "0x" + attest_hex)
 put("attestation", "simulator_v0_hex", sim_attest.hex())
+put("attestation", "sev_snp_v0_no_chain.bin", read("dstack/sev-snp-attestation.bin"))
+put("attestation", "sev_snp_wrapped.json", read("dstack/sev-snp-attestation.json"))
 
 # ---------------------------------------------------------------- manifest
 addr, inst = "0xbd32b609057a1a4569558a571d535c8f1212b097", "ea23198e3419ebbb240571a29d0112d9bcbe69c0"

@@ -8,17 +8,31 @@ use crate::backend::QuoteBackend;
 use crate::claims::{AppraisedEvidence, Claims, ConnectionClaims};
 use crate::evidence::Evidence;
 use crate::policy::{PolicyError, PolicySet, Reason};
+use crate::snp::SnpVerifier;
 
-/// Turns evidence into claims with a quote backend.
+/// Turns evidence into claims with a quote backend (TDX) and an SEV-SNP verifier.
 #[derive(Debug, Clone)]
 pub struct Appraiser {
     backend: Arc<dyn QuoteBackend>,
+    snp: Arc<SnpVerifier>,
 }
 
 impl Appraiser {
-    /// An appraiser whose quotes `backend` verifies (DCAP, Intel Trust Authority, …).
+    /// An appraiser whose quotes `backend` verifies (DCAP, Intel Trust Authority, …) and
+    /// whose SEV-SNP reports chain to AMD's pinned roots.
     pub fn new(backend: Arc<dyn QuoteBackend>) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            snp: Arc::new(SnpVerifier::default()),
+        }
+    }
+
+    /// The same, with SEV-SNP reports verified by `snp` (other roots).
+    pub fn with_snp(self, snp: SnpVerifier) -> Self {
+        Self {
+            snp: Arc::new(snp),
+            ..self
+        }
     }
 
     /// The backend that verifies quotes, to name it or to get a quote's raw facts
@@ -39,7 +53,9 @@ impl Appraiser {
             Some(q) => Some(self.backend.appraise(q, now).await),
             None => None,
         };
-        AppraisedEvidence::build(evidence, facts.as_ref(), expected_report_data)
+        // Offline and CPU-bound (three RSA and one ECDSA verification): no backend call.
+        let snp = evidence.snp.as_ref().map(|s| self.snp.appraise(s, now));
+        AppraisedEvidence::build_with_snp(evidence, facts.as_ref(), snp, expected_report_data)
     }
 }
 

@@ -9,6 +9,7 @@ use crate::eventlog::{AppIdAttestation, AppIdentity, KeyProvider, RuntimeEvent, 
 use crate::evidence::{CertInfo, Evidence, EvidenceKind, TeeType};
 use crate::mr_config::MrConfigClaims;
 use crate::report::{IdentityHex, Measured, Registers, ReportClaims};
+use crate::snp::SnpClaims;
 
 /// The version of the claims document; bump on any incompatible change.
 pub const CLAIMS_VERSION: u32 = 1;
@@ -26,7 +27,11 @@ pub struct Claims {
     pub evidence: EvidenceClaims,
     /// Quote facts; `null` when no quote was presented.
     pub tdx: Option<TdxClaims>,
-    /// Application identity from the event log; `null` when there is no event log.
+    /// SEV-SNP report facts; absent unless SEV-SNP evidence was presented.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snp: Option<SnpClaims>,
+    /// Application identity from the event log (TDX) or the MrConfigV3 document HOST_DATA
+    /// commits to (SEV-SNP); `null` when there is neither.
     pub app: Option<AppClaims>,
     /// Whether the quote's report data binds it to what it came with (certificate key
     /// or the caller's expected report data).
@@ -45,6 +50,9 @@ pub struct EvidenceClaims {
     /// The form presented: `none`, `quote`, `ra_tls_cert`, `dstack_attestation` or
     /// `getquote`.
     pub kind: EvidenceKind,
+    /// Which TEE the evidence comes from: `tdx` (a quote, TDX or SGX), `sev-snp`, or
+    /// `null` when it carries neither.
+    pub tee: Option<Tee>,
     /// For certificate evidence: what the certificate says of itself.
     pub cert: Option<CertInfo>,
     /// When the evidence states the report data beside the quote (attestation blobs,
@@ -52,6 +60,28 @@ pub struct EvidenceClaims {
     pub report_data_consistent: Option<bool>,
     /// The VM configuration JSON the evidence carries, parsed; `null` when absent.
     pub vm_config: Option<serde_json::Value>,
+}
+
+/// Which TEE produced the evidence (`evidence.tee`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Tee {
+    /// Intel TDX (or SGX): a DCAP quote, in `tdx`.
+    #[serde(rename = "tdx")]
+    Tdx,
+    /// AMD SEV-SNP: a report, in `snp`.
+    #[serde(rename = "sev-snp")]
+    SevSnp,
+}
+
+/// What vouches for the `app` claims (`app.attested_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppAttestedBy {
+    /// TDX: the event log, when replaying it gives the quote's RTMR3 (`rtmr3_replayed`).
+    Rtmr3,
+    /// SEV-SNP: the MrConfigV3 document, when HOST_DATA commits to it
+    /// (`snp.mr_config_bound`). Runtime events are not measured on SEV-SNP.
+    HostData,
 }
 
 /// Facts about the quote.
@@ -127,6 +157,9 @@ pub struct TdxClaims {
 /// the boot events, before the first `system-ready`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AppClaims {
+    /// What vouches for these claims: `rtmr3` (TDX event log) or `host_data` (SEV-SNP
+    /// MrConfigV3 document).
+    pub attested_by: AppAttestedBy,
     /// The boot's `app-id` event, hex (20 bytes in dstack); `null` when absent. An
     /// identity only as far as `app_id_attested_by` says.
     pub app_id: Option<String>,
@@ -151,6 +184,10 @@ pub struct AppClaims {
     /// `gpu-attestation` (dstack 0.6): its JSON, or its text when not JSON. What the
     /// guest reported of its GPU check; not GPU evidence.
     pub gpu_attestation: Option<serde_json::Value>,
+    /// The `gpu-attestation` event read field by field, and whether GPU evidence given
+    /// beside it is the one it names; `null` without the event. Never "a verified GPU":
+    /// the evidence nvattest's local verifier produces is unsigned (`signed: false`).
+    pub gpu: Option<GpuClaims>,
     /// The boot finished: the log has a `system-ready` event.
     pub system_ready: bool,
     /// Events after the first `system-ready`, emitted by the application at run time
@@ -169,6 +206,56 @@ pub struct AppClaims {
     pub replay_error: Option<String>,
     /// Every runtime event, in order.
     pub events: Vec<EventClaim>,
+}
+
+/// What dstack's `gpu-attestation` event says (`app.gpu`): the guest ran nvattest at boot
+/// and measured `{"version":2,"provider":"nvidia","devices":…,"cc_mode":…,"devtools":…,
+/// "evidence_sha256":…}` into RTMR3. On SEV-SNP the event is measured nowhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuClaims {
+    /// The event's `version`.
+    pub version: Option<u64>,
+    /// `provider`, e.g. `nvidia`.
+    pub provider: Option<String>,
+    /// `devices`: how many GPUs the guest checked.
+    pub devices: Option<u64>,
+    /// `cc_mode`, e.g. `on`.
+    pub cc_mode: Option<String>,
+    /// `devtools`: the GPUs' developer tools mode.
+    pub devtools: Option<bool>,
+    /// `evidence_sha256`: SHA-256 (hex) of nvattest's complete output.
+    pub evidence_sha256: Option<String>,
+    /// GPU evidence was given beside the attestation.
+    pub evidence_given: bool,
+    /// The given evidence's SHA-256 is `evidence_sha256`; `null` when none was given.
+    pub evidence_matches: Option<bool>,
+    /// Always `false`: nvattest's local verifier signs nothing (its JWTs are `alg: none`),
+    /// so these claims say what the guest measured, not what NVIDIA attested.
+    pub signed: bool,
+}
+
+impl GpuClaims {
+    /// Read the event's payload; `given` is GPU evidence presented beside it.
+    pub fn read(payload: &[u8], given: Option<&[u8]>) -> Self {
+        use sha2::{Digest, Sha256};
+        let doc: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+        let text = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let number = |k: &str| doc.get(k).and_then(serde_json::Value::as_u64);
+        let evidence_sha256 = text("evidence_sha256").map(|h| h.to_lowercase());
+        Self {
+            version: number("version"),
+            provider: text("provider"),
+            devices: number("devices"),
+            cc_mode: text("cc_mode"),
+            devtools: doc.get("devtools").and_then(serde_json::Value::as_bool),
+            evidence_given: given.is_some(),
+            evidence_matches: given.map(|g| {
+                evidence_sha256.as_deref() == Some(hex::encode(Sha256::digest(g)).as_str())
+            }),
+            evidence_sha256,
+            signed: false,
+        }
+    }
 }
 
 /// One runtime event.
@@ -262,6 +349,8 @@ pub struct AppraisedEvidence {
     pub evidence: EvidenceClaims,
     /// Becomes [`Claims::tdx`]; `None` when the evidence has no quote.
     pub tdx: Option<TdxClaims>,
+    /// Becomes [`Claims::snp`]; `None` unless the evidence is SEV-SNP.
+    pub snp: Option<SnpClaims>,
     /// Becomes [`Claims::app`]; `None` when the evidence has no event log.
     pub app: Option<AppClaims>,
     /// Becomes [`Claims::binding`].
@@ -291,6 +380,16 @@ impl AppraisedEvidence {
     pub fn build(
         evidence: &Evidence,
         facts: Option<&QuoteFacts>,
+        expected_report_data: Option<&[u8]>,
+    ) -> Self {
+        Self::build_with_snp(evidence, facts, None, expected_report_data)
+    }
+
+    /// [`Self::build`], with the facts of SEV-SNP evidence ([`crate::snp::SnpVerifier`]).
+    pub fn build_with_snp(
+        evidence: &Evidence,
+        facts: Option<&QuoteFacts>,
+        snp: Option<SnpClaims>,
         expected_report_data: Option<&[u8]>,
     ) -> Self {
         let quote = evidence.quote.as_ref();
@@ -332,7 +431,7 @@ impl AppraisedEvidence {
 
         let boot = evidence.event_log.as_ref().map(|log| {
             let quote_rtmr3 = quote.and_then(|q| q.td_report()).map(|t| t.rtmr[3]);
-            app_claims(log, quote_rtmr3)
+            app_claims(log, quote_rtmr3, evidence.gpu_evidence.as_deref())
         });
         if let (Some(t), Some(td)) = (tdx.as_mut(), quote.and_then(|q| q.td_report())) {
             // Compared with the boot identity only when the log could be read.
@@ -346,11 +445,21 @@ impl AppraisedEvidence {
                 evidence.vm_config.as_deref(),
             ));
         }
-        let app = boot.map(|(app, _)| app);
+        let app = boot.map(|(app, _)| app).or_else(|| {
+            evidence
+                .snp
+                .as_ref()
+                .and_then(|s| snp_app_claims(&s.mr_config))
+        });
 
-        let report_data_consistent = quote
+        let report_data_consistent = evidence_report_data(evidence)
             .zip(evidence.claimed_report_data.as_ref())
-            .map(|(q, claimed)| pad64(claimed) == Some(q.report_data()));
+            .map(|(rd, claimed)| pad64(claimed) == Some(rd));
+        let tee = if evidence.snp.is_some() {
+            Some(Tee::SevSnp)
+        } else {
+            quote.map(|_| Tee::Tdx)
+        };
 
         let binding = binding_claims(evidence, expected_report_data);
 
@@ -361,11 +470,13 @@ impl AppraisedEvidence {
         AppraisedEvidence {
             evidence: EvidenceClaims {
                 kind: evidence.kind,
+                tee,
                 cert: evidence.certificate.clone(),
                 report_data_consistent,
                 vm_config,
             },
             tdx,
+            snp,
             app,
             binding,
         }
@@ -384,6 +495,7 @@ impl AppraisedEvidence {
             now,
             evidence: self.evidence,
             tdx: self.tdx,
+            snp: self.snp,
             app: self.app,
             binding: self.binding,
             connection,
@@ -397,6 +509,7 @@ impl AppraisedEvidence {
 fn app_claims(
     log: &crate::evidence::EventLog,
     quote_rtmr3: Option<[u8; 48]>,
+    gpu_evidence: Option<&[u8]>,
 ) -> (AppClaims, AppIdentity) {
     let (events, replay_error) = match log.rtmr3_events() {
         Ok(events) => (events, None),
@@ -410,6 +523,7 @@ fn app_claims(
     });
     let runtime = id.runtime_events(&events);
     let app = AppClaims {
+        attested_by: AppAttestedBy::Rtmr3,
         app_id: id.app_id.as_ref().map(hex::encode),
         app_id_attested_by: id.app_id_attested_by(),
         compose_hash: id.compose_hash.as_ref().map(hex::encode),
@@ -422,6 +536,10 @@ fn app_claims(
             serde_json::from_slice(p)
                 .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(p).into()))
         }),
+        gpu: id
+            .gpu_attestation
+            .as_ref()
+            .map(|p| GpuClaims::read(p, gpu_evidence)),
         system_ready: id.system_ready_at.is_some(),
         runtime_events: runtime
             .iter()
@@ -443,8 +561,64 @@ fn app_claims(
     (app, id)
 }
 
+/// The `app` claims of SEV-SNP evidence: read from the MrConfigV3 document (the fields
+/// dstack writes: `app_id`, `compose_hash`, `instance_id`, `key_provider`,
+/// `key_provider_id`, `gpu_policy_hash`). `None` when it is not a JSON object.
+fn snp_app_claims(document: &str) -> Option<AppClaims> {
+    let doc: serde_json::Value = serde_json::from_str(document).ok()?;
+    let doc = doc.as_object()?;
+    let text = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let bytes = |k: &str| text(k).and_then(|h| hex::decode(h.trim_start_matches("0x")).ok());
+    let key_provider = text("key_provider").map(|name| KeyProvider {
+        name,
+        id: text("key_provider_id").unwrap_or_default(),
+    });
+    let id = AppIdentity {
+        app_id: bytes("app_id"),
+        compose_hash: bytes("compose_hash"),
+        instance_id: bytes("instance_id"),
+        key_provider: key_provider.map(Ok),
+        gpu_policy_hash: bytes("gpu_policy_hash"),
+        ..AppIdentity::default()
+    };
+    Some(AppClaims {
+        attested_by: AppAttestedBy::HostData,
+        app_id: id.app_id.as_ref().map(hex::encode),
+        app_id_attested_by: id.app_id_attested_by(),
+        compose_hash: id.compose_hash.as_ref().map(hex::encode),
+        instance_id: id.instance_id.as_ref().map(hex::encode),
+        // Bound through MEASUREMENT and the image's measurement document, not here.
+        os_image_hash: None,
+        key_provider: id
+            .key_provider
+            .as_ref()
+            .and_then(|kp| kp.as_ref().ok())
+            .map(|kp| serde_json::json!({ "name": kp.name, "id": kp.id })),
+        init_script_hashes: Vec::new(),
+        gpu_policy_hash: id.gpu_policy_hash.as_ref().map(hex::encode),
+        gpu_attestation: None,
+        gpu: None,
+        system_ready: false,
+        runtime_events: Vec::new(),
+        runtime_events_dropped: 0,
+        rtmr3_replayed: false,
+        rtmr3_replay: None,
+        replay_error: None,
+        events: Vec::new(),
+    })
+}
+
+/// The report data the TEE signed: the quote's, or the SEV-SNP report's.
+fn evidence_report_data(evidence: &Evidence) -> Option<[u8; 64]> {
+    match (&evidence.quote, &evidence.snp) {
+        (Some(q), _) => Some(q.report_data()),
+        (None, Some(s)) => Some(s.report.report_data()),
+        (None, None) => None,
+    }
+}
+
 fn binding_claims(evidence: &Evidence, expected: Option<&[u8]>) -> BindingClaims {
-    let quote_rd = evidence.quote.as_ref().map(|q| q.report_data());
+    let quote_rd = evidence_report_data(evidence);
     let (kind, want) = if let Some(cert) = &evidence.certificate {
         (
             BindingKind::RaTlsSpki,
@@ -473,4 +647,45 @@ fn pad64(data: &[u8]) -> Option<[u8; 64]> {
         out[..data.len()].copy_from_slice(data);
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu_fixture() -> Vec<u8> {
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testdata/dstack/gpu-attestation-h100.json"
+        ))
+        .unwrap()
+    }
+
+    /// dstack's nvattest fixture against an event naming its digest (dstack has no event
+    /// paired with it: the digest is of the file's exact bytes, as dstack hashes stdout).
+    #[test]
+    fn gpu_evidence_matches_the_event_that_names_its_digest_and_is_never_signed() {
+        let evidence = gpu_fixture();
+        let event = br#"{"version":2,"provider":"nvidia","devices":1,"cc_mode":"on","devtools":false,"evidence_sha256":"b969d546cc3781816167264cccaeff4b720d08012546a7fbd8f00f29e49fd4d7"}"#;
+        let g = GpuClaims::read(event, Some(&evidence));
+        assert_eq!(g.evidence_matches, Some(true));
+        assert_eq!(
+            (g.provider.as_deref(), g.devices, g.cc_mode.as_deref()),
+            (Some("nvidia"), Some(1), Some("on"))
+        );
+        assert!(!g.signed);
+        // One byte more (a trailing newline dropped or added) is other evidence.
+        let mut other = evidence.clone();
+        other.push(b'\n');
+        assert_eq!(
+            GpuClaims::read(event, Some(&other)).evidence_matches,
+            Some(false)
+        );
+        let none = GpuClaims::read(event, None);
+        assert_eq!((none.evidence_given, none.evidence_matches), (false, None));
+        // A payload that is not the JSON object dstack writes: every field null.
+        let junk = GpuClaims::read(b"not json", Some(&evidence));
+        assert_eq!(junk.evidence_sha256, None);
+        assert_eq!(junk.evidence_matches, Some(false));
+    }
 }

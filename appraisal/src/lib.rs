@@ -1,9 +1,10 @@
-//! TeeSQL appraisal: decodes TDX and dstack attestation evidence, verifies quotes, replays
-//! event logs and decides with Rego policies — everything a relying party needs to judge
-//! a peer in its own process, without the verifier service.
+//! TeeSQL appraisal: decodes TDX, AMD SEV-SNP and dstack attestation evidence, verifies
+//! quotes and reports, replays event logs and decides with Rego policies — everything a
+//! relying party needs to judge a peer in its own process, without the verifier service.
 //!
 //! Evidence is decoded ([`evidence`]), its quote verified by a [`backend`] (collateral
-//! from [`collateral`]), the event log replayed ([`eventlog`]), and everything condensed
+//! from [`collateral`]) or its SEV-SNP report by [`snp`] (offline, AMD's pinned roots),
+//! the event log replayed ([`eventlog`]), and everything condensed
 //! into [`claims::Claims`], the one document [`policy`] evaluates. Backends report facts;
 //! only policies decide. [`local`] runs it all in-process (the sidecar appraises the
 //! verifier's own RA-TLS certificate this way); [`token`] checks decision tokens.
@@ -24,6 +25,7 @@ pub mod manifest;
 pub mod mr_config;
 pub mod policy;
 pub mod report;
+pub mod snp;
 pub mod tcb;
 pub mod token;
 

@@ -74,6 +74,8 @@ pub fn evidence(report: &AttestationReport) -> Result<Evidence, EvidenceError> {
         claimed_report_data: None,
         vm_config: (!report.vm_config.is_empty()).then(|| report.vm_config.clone()),
         certificate: None,
+        snp: None,
+        gpu_evidence: None,
     })
 }
 

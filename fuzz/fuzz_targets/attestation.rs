@@ -35,18 +35,30 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// dstack `VersionedAttestation` V0: `0x00`, DstackTdx (`0x00`), quote, event log,
-/// runtime events, report data, config.
+/// dstack `VersionedAttestation` V0: `0x00`, DstackTdx (`0x00`) quote and event log or
+/// DstackAmdSevSnp (`0x03`) report, cert chain and mr_config, runtime events, report
+/// data, config.
 fn encode_v0(att: &DstackAttestation) -> Vec<u8> {
-    let mut out = vec![0x00, 0x00];
-    put_bytes(&mut out, &att.quote);
-    put_compact(&mut out, att.event_log.len() as u64);
-    for e in &att.event_log {
-        out.extend_from_slice(&e.imr.to_le_bytes());
-        out.extend_from_slice(&e.event_type.to_le_bytes());
-        put_bytes(&mut out, &e.digest);
-        put_bytes(&mut out, e.event.as_bytes());
-        put_bytes(&mut out, &e.event_payload);
+    let mut out = vec![0x00];
+    if let Some(snp) = &att.snp {
+        out.push(0x03);
+        put_bytes(&mut out, snp.report.raw());
+        put_compact(&mut out, snp.cert_chain.len() as u64);
+        for c in &snp.cert_chain {
+            put_bytes(&mut out, c);
+        }
+        put_bytes(&mut out, snp.mr_config.as_bytes());
+    } else {
+        out.push(0x00);
+        put_bytes(&mut out, &att.quote);
+        put_compact(&mut out, att.event_log.len() as u64);
+        for e in &att.event_log {
+            out.extend_from_slice(&e.imr.to_le_bytes());
+            out.extend_from_slice(&e.event_type.to_le_bytes());
+            put_bytes(&mut out, &e.digest);
+            put_bytes(&mut out, e.event.as_bytes());
+            put_bytes(&mut out, &e.event_payload);
+        }
     }
     put_compact(&mut out, att.runtime_events.len() as u64);
     for e in &att.runtime_events {
@@ -71,6 +83,12 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again.runtime_events, att.runtime_events);
             assert_eq!(again.report_data, att.report_data);
             assert_eq!(again.config, att.config);
+            let snp = |a: &DstackAttestation| {
+                a.snp
+                    .as_ref()
+                    .map(|s| (s.report.clone(), s.cert_chain.clone(), s.mr_config.clone()))
+            };
+            assert_eq!(snp(&again), snp(&att));
         }
         let r = att.into_evidence(EvidenceKind::DstackAttestation);
         common::trace("into_evidence", &r);

@@ -32,6 +32,7 @@ failure_code := {
 
 quote_problems contains d if {
 	input.tdx == null
+	object.get(input, "snp", null) == null
 	d := {"code": "no_quote", "message": "the evidence carries no quote"}
 }
 
@@ -47,6 +48,111 @@ simulator_accepted if {
 quote_verified if input.tdx.verified == true
 
 quote_verified if simulator_accepted
+
+# SEV-SNP (claims `snp`, dstack 0.6 on AMD): the report verified against AMD's pinned
+# roots. It is accepted only where data pins its launch measurement
+# (data.teesql.pins.snp_measurement), so a TDX-only deployment refuses it.
+quote_verified if input.snp.verified == true
+
+snp_pins := pinned(object.get(data.teesql.pins, "snp_measurement", []))
+
+# Which TEEs a profile takes evidence from (data.teesql.accepted_tees: "tdx", "sev-snp").
+# Claims without `evidence.tee` (made before it existed) are TDX when they carry a quote.
+evidence_tee := input.evidence.tee if is_string(input.evidence.tee)
+
+evidence_tee := "tdx" if {
+	not is_string(input.evidence.tee)
+	input.tdx != null
+}
+
+quote_problems contains d if {
+	not evidence_tee in data.teesql.accepted_tees
+	d := {"code": "tee_not_accepted", "message": sprintf("the evidence comes from %s; this policy accepts evidence from: %s", [evidence_tee, shown(data.teesql.accepted_tees)])}
+}
+
+snp_failure_code := {"no_vcek": "snp_no_vcek"}
+
+quote_problems contains d if {
+	input.snp.verified == false
+	code := object.get(snp_failure_code, input.snp.error_code, "snp_unverified")
+	d := {"code": code, "message": sprintf("the SEV-SNP report did not verify (%s): %s", [input.snp.error_code, input.snp.error])}
+}
+
+quote_problems contains d if {
+	input.snp != null
+	count(snp_pins) == 0
+	d := {"code": "snp_measurement_not_pinned", "message": sprintf("SEV-SNP evidence (measurement %s) is accepted only where data.teesql.pins.snp_measurement pins it; this policy pins none", [input.snp.measurement])}
+}
+
+quote_problems contains d if {
+	count(snp_pins) > 0
+	input.snp != null
+	not norm(input.snp.measurement) in snp_pins
+	d := {"code": "snp_measurement_not_pinned", "message": sprintf("SEV-SNP measurement %s is not pinned; pinned: %s", [input.snp.measurement, shown(snp_pins)])}
+}
+
+quote_problems contains d if {
+	input.snp != null
+	not input.snp.root in data.teesql.accepted_roots
+	d := {"code": "untrusted_root", "message": sprintf("the SEV-SNP report was verified against the %s roots; this policy accepts only: %s", [input.snp.root, shown(data.teesql.accepted_roots)])}
+}
+
+# The guest policy comes from the untrusted host: refuse what lets it read or move the
+# guest.
+quote_problems contains d if {
+	input.snp.debug == true
+	not data.teesql.allow_debug
+	d := {"code": "snp_debug", "message": "the SEV-SNP guest policy allows debugging: the host can read its memory"}
+}
+
+quote_problems contains d if {
+	input.snp != null
+	input.snp.vmpl != 0
+	d := {"code": "snp_vmpl", "message": sprintf("the SEV-SNP report comes from VMPL %d, not the guest's most privileged level 0", [input.snp.vmpl])}
+}
+
+quote_problems contains d if {
+	input.snp != null
+	snp_migration_agent
+	d := {"code": "snp_migration_agent", "message": "the SEV-SNP guest policy allows a migration agent, or one is associated: the host could move the guest"}
+}
+
+snp_migration_agent if input.snp.policy.migrate_ma == true
+
+# What the guest policy requires of the platform must hold on it (as dstack checks).
+snp_platform_mismatches contains "SMT is enabled though the policy forbids it" if {
+	input.snp.policy.smt == false
+	input.snp.platform_info.smt_en == true
+}
+
+snp_platform_mismatches contains "RAPL is not disabled though the policy requires it" if {
+	input.snp.policy.rapl_dis == true
+	input.snp.platform_info.rapl_dis == false
+}
+
+snp_platform_mismatches contains "ciphertext hiding is off though the policy requires it" if {
+	input.snp.policy.ciphertext_hiding == true
+	input.snp.platform_info.ciphertext_hiding_en == false
+}
+
+quote_problems contains d if {
+	count(snp_platform_mismatches) > 0
+	d := {"code": "snp_platform_mismatch", "message": sprintf("the SEV-SNP platform does not honour the guest policy: %s", [concat("; ", sort(snp_platform_mismatches))])}
+}
+
+snp_migration_agent if input.snp.migration_agent == true
+
+quote_problems contains d if {
+	input.snp != null
+	input.snp.mr_config_bound == false
+	d := {"code": "snp_host_data_mismatch", "message": sprintf("the SEV-SNP report's HOST_DATA %s does not commit to the MrConfigV3 document it came with: its app identity is not attested", [input.snp.host_data])}
+}
+
+quote_problems contains d if {
+	input.snp.verified == true
+	not input.snp.tcb_status in data.teesql.accepted_tcb_statuses
+	d := {"code": "snp_tcb_not_accepted", "message": sprintf("SEV-SNP TCB status %s (%s) is not accepted; accepted: %s", [input.snp.tcb_status, shown(input.snp.tcb_behind), shown(data.teesql.accepted_tcb_statuses)])}
+}
 
 quote_problems contains d if {
 	input.tdx.verified == false
@@ -171,7 +277,20 @@ quote_problems contains d if {
 quote_problems contains d if {
 	input.binding.kind != "none"
 	input.binding.ok == false
-	d := {"code": "key_not_bound", "message": sprintf("the quote's report data %s does not bind the presented %s (expected %s): a replayed quote", [input.tdx.report_data, binding_subject[input.binding.kind], input.binding.expected])}
+	d := {"code": "key_not_bound", "message": sprintf("the quote's report data %s does not bind the presented %s (expected %s): a replayed quote", [signed_report_data, binding_subject[input.binding.kind], input.binding.expected])}
+}
+
+# The report data the TEE signed: the TDX quote's or the SEV-SNP report's.
+signed_report_data := input.tdx.report_data if input.tdx != null
+
+signed_report_data := input.snp.report_data if {
+	input.tdx == null
+	input.snp != null
+}
+
+signed_report_data := "none" if {
+	input.tdx == null
+	object.get(input, "snp", null) == null
 }
 
 binding_subject := {"ra_tls_spki": "certificate key", "report_data": "report data"}
@@ -183,6 +302,7 @@ quote_problems contains d if {
 
 quote_problems contains d if {
 	input.app != null
+	app_attested_by == "rtmr3"
 	input.app.rtmr3_replayed == false
 	d := {"code": "rtmr3_mismatch", "message": sprintf("replaying the event log gives RTMR3 %s but the quote says %s%s", [object.get(input.app, "rtmr3_replay", null), input.tdx.rtmr3, replay_note])}
 }
@@ -215,13 +335,31 @@ quote_problems contains d if {
 # counts when it is the first 20 bytes of the attested compose hash, or when the key
 # provider is a KMS whose root (the `id` of the key-provider event) is pinned in
 # data.teesql.kms_roots. With that list missing, no KMS counts (fail closed).
-app_id_attested if {
+# What vouches for the app claims: the TDX event log replayed to RTMR3, or (SEV-SNP) the
+# MrConfigV3 document HOST_DATA commits to in a verified report. Claims without
+# `attested_by` are TDX.
+default app_attested_by := "rtmr3"
+
+app_attested_by := input.app.attested_by if is_string(input.app.attested_by)
+
+app_attested if {
+	app_attested_by == "rtmr3"
 	input.app.rtmr3_replayed == true
+}
+
+app_attested if {
+	app_attested_by == "host_data"
+	input.snp.verified == true
+	input.snp.mr_config_bound == true
+}
+
+app_id_attested if {
+	app_attested
 	input.app.app_id_attested_by == "compose_hash"
 }
 
 app_id_attested if {
-	input.app.rtmr3_replayed == true
+	app_attested
 	input.app.app_id_attested_by == "kms"
 	norm(input.app.key_provider.id) in pinned(data.teesql.kms_roots)
 }
@@ -305,5 +443,6 @@ peer_problems contains d if {
 peer_problems contains d if {
 	input.evidence.kind == "ra_tls_cert"
 	input.tdx == null
+	object.get(input, "snp", null) == null
 	d := {"code": "no_attestation", "message": "the peer's certificate carries no attestation (no dstack quote extension)"}
 }

@@ -45,13 +45,14 @@ deny contains d if {
 # name to its Postgres role and the attested identities that belong to it:
 #   "tenants": {"acme": {"role": "tenant_acme", "privileges": "readwrite",
 #                        "compose_hashes": ["…"], "app_ids": ["…"]}}
-# An attested client (RTMR3 replayed) that maps to exactly one tenant is granted that
+# An attested client (RTMR3 replayed, or on SEV-SNP its HOST_DATA-bound MrConfigV3
+# document) that maps to exactly one tenant is granted that
 # tenant's role, and its session records {"tenant": name}. The sidecar lets a client log
 # in as a tenant role only when granted, and maps data.teesql.tenant_user (the generic
 # user, "teesql_app") to the granted role.
 attested_app if {
 	input.app != null
-	input.app.rtmr3_replayed == true
+	lib.app_attested
 }
 
 tenants_of contains t if {

@@ -9,7 +9,7 @@
 
 pub use teesql_appraisal::{
     appraise, backend, claims, clock, collateral, eventlog, evidence, http, local, manifest,
-    mr_config, policy, report, tcb,
+    mr_config, policy, report, snp, tcb,
 };
 pub mod lifecycle;
 pub mod service;

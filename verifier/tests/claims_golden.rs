@@ -238,6 +238,7 @@ async fn claims_documents_match_golden_files_and_claims_md() {
     let measured = teesql_verifier::claims::AppraisedEvidence {
         evidence: report_claims.evidence.clone(),
         tdx: report_claims.tdx.clone(),
+        snp: report_claims.snp.clone(),
         app: report_claims.app.clone(),
         binding: report_claims.binding.clone(),
     }
@@ -255,9 +256,27 @@ async fn claims_documents_match_golden_files_and_claims_md() {
         ])
     );
 
+    // dstack 0.6's SEV-SNP fixture (Milan, ASK and VCEK embedded), appraised offline.
+    let snp_claims = claims_for(&sev_snp(), None, SNP_NOW, "quote", None).await;
+    let s = check_golden("claims-sev-snp.json", &snp_claims);
+    assert_eq!(s["evidence"]["tee"], "sev-snp");
+    assert_eq!(s["snp"]["verified"], true);
+    assert_eq!(s["snp"]["tcb_status"], "OutOfDate");
+    assert_eq!(s["app"]["attested_by"], "host_data");
+    assert_eq!(a["evidence"]["tee"], "tdx");
+    assert!(a.get("snp").is_none(), "TDX claims have no snp key");
+
+    // A dstack 0.6 boot that checked its GPU: the recorded simulator attestation with a
+    // `gpu-attestation` event naming the digest of dstack's nvattest fixture, given beside
+    // it. (The event breaks RTMR3 replay; the GPU claims are read all the same.)
+    let g06 = claims_for(&with_gpu_event(), None, 1_760_000_000, "quote", None).await;
+    let gpu = check_golden("claims-gpu.json", &g06);
+    assert_eq!(gpu["app"]["gpu"]["evidence_matches"], true);
+    assert_eq!(gpu["app"]["gpu"]["signed"], false);
+
     // Every path produced is documented, and every documented path is produced.
     let mut produced = BTreeSet::new();
-    for doc in [&a, &e, &b, &c, &g, &i, &r] {
+    for doc in [&a, &e, &b, &c, &g, &i, &r, &s, &gpu] {
         paths(doc, "", &mut produced);
     }
     let documented = documented_paths();
@@ -265,6 +284,7 @@ async fn claims_documents_match_golden_files_and_claims_md() {
         "evidence.vm_config",
         "evidence.cert.app_info",
         "app.key_provider",
+        "app.gpu_attestation",
     ];
     let undocumented: Vec<_> = produced
         .iter()
@@ -280,6 +300,39 @@ async fn claims_documents_match_golden_files_and_claims_md() {
         missing.is_empty(),
         "in CLAIMS.md but never produced: {missing:?}"
     );
+}
+
+/// The VCEK of dstack's SEV-SNP fixture is valid from this second on.
+const SNP_NOW: u64 = 1_781_658_304;
+
+fn with_gpu_event() -> evidence::Evidence {
+    let blob = std::fs::read(root().join("testdata/dstack/simulator-attestation.bin")).unwrap();
+    let mut att = evidence::decode_attestation(&blob).unwrap();
+    let ready = att
+        .runtime_events
+        .iter()
+        .position(|e| e.event == "system-ready")
+        .unwrap();
+    att.runtime_events.insert(
+        ready,
+        teesql_verifier::eventlog::RuntimeEvent::new(
+            "gpu-attestation",
+            br#"{"version":2,"provider":"nvidia","devices":1,"cc_mode":"on","devtools":false,"evidence_sha256":"b969d546cc3781816167264cccaeff4b720d08012546a7fbd8f00f29e49fd4d7"}"#.to_vec(),
+        ),
+    );
+    let mut ev = att
+        .into_evidence(evidence::EvidenceKind::DstackAttestation)
+        .unwrap();
+    ev.gpu_evidence =
+        Some(std::fs::read(root().join("testdata/dstack/gpu-attestation-h100.json")).unwrap());
+    ev
+}
+
+fn sev_snp() -> evidence::Evidence {
+    evidence::decode_attestation_text(
+        &std::fs::read(root().join("testdata/dstack/sev-snp-attestation.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 fn paths(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
@@ -348,6 +401,11 @@ async fn policy_testdata_is_what_the_verifier_makes_of_real_evidence() {
     write(
         "dstack-0.5-getquote.json",
         &claims_for(&recorded, None, 1_760_000_000, "quote", None).await,
+    );
+
+    write(
+        "dstack-0.6-sev-snp.json",
+        &claims_for(&sev_snp(), None, SNP_NOW, "quote", None).await,
     );
 
     let now = 1_760_000_000;

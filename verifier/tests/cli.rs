@@ -879,3 +879,210 @@ fn config_check_resolves_as_serve_does() {
     );
     drop(taken);
 }
+
+const SNP_MEASUREMENT: &str = "7f51e17f72a04d5422cb2c00998166536019a217376f3aa45a630e59c805a599847ff250dbffcd07e1ba639771d6f05d";
+
+/// dstack 0.6's two SEV-SNP fixtures appraised offline at the VCEK's first second: the
+/// one with ASK and VCEK embedded verifies (Milan, reported SNP firmware 23 below the
+/// committed 24, so OutOfDate); the one with an empty chain has no VCEK. The default
+/// profile pins no SEV-SNP measurement, so a TDX-only deployment refuses both.
+#[test]
+fn sev_snp_fixtures_are_appraised_offline() {
+    let verify = |file: &str, extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--attestation",
+            file,
+            "--now",
+            "1781658304",
+            "--offline",
+        ];
+        args.extend(extra);
+        verifier(&args)
+    };
+    let out = verify("testdata/dstack/sev-snp-attestation.json", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let d = stdout_json(&out);
+    let claims = &d["claims"];
+    assert_eq!(claims["evidence"]["tee"], "sev-snp");
+    assert_eq!(claims["tdx"], serde_json::Value::Null);
+    let snp = &claims["snp"];
+    assert_eq!(snp["verified"], true, "{snp}");
+    assert_eq!(snp["product"], "Milan");
+    assert_eq!(snp["measurement"], SNP_MEASUREMENT);
+    assert_eq!(
+        snp["host_data"],
+        "783f0057820acb99249af56cc3b07b4e8d80f65183167cba9cf437bb680f742f"
+    );
+    assert!(
+        snp["chip_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("38d174589d2dff97"),
+        "{snp}"
+    );
+    assert_eq!(snp["tcb_status"], "OutOfDate");
+    assert!(
+        snp["tcb_behind"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("snp 23 < committed 24")),
+        "{snp}"
+    );
+    assert_eq!(snp["mr_config_bound"], true);
+    assert_eq!(snp["revocation_checked"], false);
+    assert_eq!(claims["app"]["attested_by"], "host_data");
+    assert_eq!(
+        claims["app"]["compose_hash"],
+        "86e59625be93207bc2351c4d1bba20037cec8e168da6b18f559af5af657b7a23"
+    );
+    let codes = reason_codes(&d);
+    assert!(codes.contains(&"snp_measurement_not_pinned"), "{codes:?}");
+    assert!(codes.contains(&"snp_tcb_not_accepted"), "{codes:?}");
+
+    let out = verify("testdata/dstack/sev-snp-attestation.bin", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let d = stdout_json(&out);
+    let snp = &d["claims"]["snp"];
+    assert_eq!(snp["verified"], false);
+    assert_eq!(snp["error_code"], "no_vcek");
+    assert!(
+        snp["error"]
+            .as_str()
+            .unwrap()
+            .contains("KDS fetch not available offline"),
+        "{snp}"
+    );
+    assert!(reason_codes(&d).contains(&"snp_no_vcek"));
+
+    // A profile that pins the measurement (and takes this host's OutOfDate TCB) allows it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("data.json"),
+        serde_json::json!({"teesql": {
+            "pins": {"snp_measurement": [SNP_MEASUREMENT]},
+            "accepted_tcb_statuses": ["UpToDate", "OutOfDate"],
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("profile.toml"),
+        format!(
+            "extends = [{:?}]\n",
+            root().join("policies/teesql").display().to_string()
+        ),
+    )
+    .unwrap();
+    let profile = dir.path().to_str().unwrap();
+    let out = verify(
+        "testdata/dstack/sev-snp-attestation.json",
+        &["--policy-dir", profile],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Still refused without its VCEK.
+    let out = verify(
+        "testdata/dstack/sev-snp-attestation.bin",
+        &["--policy-dir", profile],
+    );
+    assert_eq!(reason_codes(&stdout_json(&out)), vec!["snp_no_vcek"]);
+}
+
+/// `--gpu-evidence`: dstack's nvattest fixture beside an attestation whose
+/// `gpu-attestation` event names its digest; other bytes do not match; `signed` is false.
+#[test]
+fn gpu_evidence_is_compared_with_the_event_and_never_signed() {
+    let blob = std::fs::read(root().join("testdata/dstack/simulator-attestation.bin")).unwrap();
+    let mut att = teesql_verifier::evidence::decode_attestation(&blob).unwrap();
+    let ready = att
+        .runtime_events
+        .iter()
+        .position(|e| e.event == "system-ready")
+        .unwrap();
+    att.runtime_events.insert(
+        ready,
+        teesql_verifier::eventlog::RuntimeEvent::new(
+            "gpu-attestation",
+            br#"{"version":2,"provider":"nvidia","devices":1,"cc_mode":"on","devtools":false,"evidence_sha256":"b969d546cc3781816167264cccaeff4b720d08012546a7fbd8f00f29e49fd4d7"}"#.to_vec(),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("attestation.bin");
+    std::fs::write(&file, teesql_devattest::encode::attestation_v0(&att)).unwrap();
+    let other = dir.path().join("other.json");
+    std::fs::write(&other, b"{}").unwrap();
+    let gpu = |evidence: &str| {
+        let out = verifier(&[
+            "verify",
+            "--attestation",
+            file.to_str().unwrap(),
+            "--gpu-evidence",
+            evidence,
+            "--offline",
+        ]);
+        stdout_json(&out)["claims"]["app"]["gpu"].clone()
+    };
+    let g = gpu("testdata/dstack/gpu-attestation-h100.json");
+    assert_eq!(g["evidence_matches"], true, "{g}");
+    assert_eq!(g["signed"], false);
+    assert_eq!(g["provider"], "nvidia");
+    let g = gpu(other.to_str().unwrap());
+    assert_eq!(g["evidence_matches"], false, "{g}");
+}
+
+/// `--snp-cert-dir`: the empty-chain fixture verifies from a directory laid out like KDS.
+#[test]
+fn an_snp_cert_directory_supplies_the_missing_vcek() {
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root().join("testdata/dstack/sev-snp-attestation.json")).unwrap(),
+    )
+    .unwrap();
+    let att = teesql_verifier::evidence::decode_attestation(
+        &hex::decode(json["attestation"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let snp = att.snp.unwrap();
+    let vcek_pem = &snp.cert_chain[1];
+    let vcek = x509_der(vcek_pem);
+    let dir = tempfile::tempdir().unwrap();
+    let chip_dir = dir
+        .path()
+        .join("Milan")
+        .join(hex::encode(snp.report.chip_id()));
+    std::fs::create_dir_all(&chip_dir).unwrap();
+    std::fs::write(
+        chip_dir.join(format!("{}.der", hex::encode(snp.report.reported_tcb().0))),
+        vcek,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("Milan/cert_chain"), &snp.cert_chain[0]).unwrap();
+    let out = verifier(&[
+        "verify",
+        "--attestation",
+        "testdata/dstack/sev-snp-attestation.bin",
+        "--now",
+        "1781658304",
+        "--offline",
+        "--snp-cert-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let d = stdout_json(&out);
+    let snp = &d["claims"]["snp"];
+    assert_eq!(snp["verified"], true, "{snp}");
+    assert_eq!(snp["vcek"]["source"], "directory");
+}
+
+/// The DER of a one-certificate PEM.
+fn x509_der(pem: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let text = std::str::from_utf8(pem).unwrap();
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}

@@ -1,9 +1,10 @@
 //! dstack `VersionedAttestation`: V0 (SCALE) and V1 (msgpack).
 //!
-//! V0 = `0x00`, quote kind (`0` = DstackTdx `{quote, event_log}`), `runtime_events`,
-//! `report_data: [u8; 64]`, `config: String`, and nothing after. V1 = a msgpack map
-//! `{version: 1, platform: {kind, data}, stack: {kind, data}}`, produced when runtime
-//! events of version 2 are present. Only TDX platforms are decoded; other platforms
+//! V0 = `0x00`, quote kind (`0` = DstackTdx `{quote, event_log}`, `3` = DstackAmdSevSnp
+//! `{report, cert_chain, mr_config}`), `runtime_events`, `report_data: [u8; 64]`,
+//! `config: String`, and nothing after. V1 = a msgpack map
+//! `{version: 1, platform: {kind, data}, stack: {kind, data}}` (platform `tdx` or
+//! `sev-snp`), produced when runtime events of version 2 are present. Other platforms
 //! are reported as unsupported.
 
 use rmpv::ValueRef;
@@ -15,6 +16,7 @@ use super::{
     decode_hex, decode_quote_bytes,
 };
 use crate::eventlog::{RuntimeEvent, TdxEvent};
+use crate::snp::{SnpEvidence, snp_evidence};
 
 /// Which attestation form a certificate or blob carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -35,11 +37,16 @@ pub enum AttestationFormat {
 pub struct DstackAttestation {
     /// The encoding it was decoded from: `VersionedV0` (SCALE) or `VersionedV1` (msgpack).
     pub format: AttestationFormat,
-    /// The raw DCAP quote bytes, not yet decoded (see [`Self::into_evidence`]).
+    /// The raw DCAP quote bytes, not yet decoded (see [`Self::into_evidence`]); empty
+    /// for SEV-SNP.
     pub quote: Vec<u8>,
+    /// SEV-SNP (quote kind 3, V1 platform `sev-snp`): the report, its certificates and
+    /// the MrConfigV3 document; `None` for TDX.
+    pub snp: Option<SnpEvidence>,
     /// The TDX event log (V1: `platform.data.event_log`); empty when absent.
     pub event_log: Vec<TdxEvent>,
     /// dstack's RTMR3 runtime events (V1: `stack.data.runtime_events`); empty when absent.
+    /// On SEV-SNP nothing measures them, so they never reach the evidence.
     pub runtime_events: Vec<RuntimeEvent>,
     /// The report data the attestation states, to be compared with the quote's own.
     pub report_data: [u8; 64],
@@ -50,6 +57,18 @@ pub struct DstackAttestation {
 impl DstackAttestation {
     /// Turn the attestation into evidence of the given kind.
     pub fn into_evidence(self, kind: EvidenceKind) -> Result<Evidence, EvidenceError> {
+        if let Some(snp) = self.snp {
+            return Ok(Evidence {
+                kind,
+                quote: None,
+                event_log: None,
+                claimed_report_data: Some(self.report_data.to_vec()),
+                vm_config: self.config,
+                certificate: None,
+                snp: Some(snp),
+                gpu_evidence: None,
+            });
+        }
         let quote = decode_quote_bytes(&self.quote)?;
         Ok(Evidence {
             kind,
@@ -61,6 +80,8 @@ impl DstackAttestation {
             claimed_report_data: Some(self.report_data.to_vec()),
             vm_config: self.config,
             certificate: None,
+            snp: None,
+            gpu_evidence: None,
         })
     }
 }
@@ -110,16 +131,40 @@ fn decode_v0(bytes: &[u8]) -> Result<DstackAttestation, EvidenceError> {
     let mut r = Reader::new("dstack attestation V0", bytes);
     r.u8()?; // version 0
     let kind = r.u8()?;
-    if kind != 0 {
-        return Err(EvidenceError::invalid(format!(
-            "dstack attestation quote kind {kind} ({}) is not supported; only DstackTdx (0) is",
-            platform_name(kind)
-        )));
-    }
-    let quote = r.bytes()?;
-    // Each TdxEvent takes at least 8 + 1 + 1 + 1 bytes.
-    let n = r.length(11)?;
-    check_len("event log (events)", n, MAX_EVENTS)?;
+    let (quote, snp, n) = match kind {
+        0 => {
+            let quote = r.bytes()?;
+            // Each TdxEvent takes at least 8 + 1 + 1 + 1 bytes.
+            let n = r.length(11)?;
+            check_len("event log (events)", n, MAX_EVENTS)?;
+            (quote, None, n)
+        }
+        3 => {
+            let report = r.bytes()?;
+            let n = r.length(1)?;
+            check_len(
+                "SEV-SNP cert_chain (entries)",
+                n,
+                crate::snp::MAX_SNP_CHAIN_ENTRIES,
+            )?;
+            let mut chain = Vec::with_capacity(n);
+            for _ in 0..n {
+                chain.push(r.bytes()?);
+            }
+            let mr_config = r.string()?;
+            (
+                Vec::new(),
+                Some(snp_evidence(&report, chain, mr_config)?),
+                0,
+            )
+        }
+        _ => {
+            return Err(EvidenceError::invalid(format!(
+                "dstack attestation quote kind {kind} ({}) is not supported; only DstackTdx (0) and DstackAmdSevSnp (3) are",
+                platform_name(kind)
+            )));
+        }
+    };
     let mut event_log = Vec::with_capacity(n);
     for _ in 0..n {
         event_log.push(TdxEvent {
@@ -151,6 +196,7 @@ fn decode_v0(bytes: &[u8]) -> Result<DstackAttestation, EvidenceError> {
     Ok(DstackAttestation {
         format: AttestationFormat::VersionedV0,
         quote,
+        snp,
         event_log,
         runtime_events,
         report_data,
@@ -192,16 +238,27 @@ fn decode_v1(bytes: &[u8]) -> Result<DstackAttestation, EvidenceError> {
     let pkind = field(platform, "kind")
         .and_then(str_of)
         .ok_or_else(|| bad("platform has no kind".into()))?;
-    if pkind != "tdx" {
+    if pkind != "tdx" && pkind != "sev-snp" {
         return Err(bad(format!(
-            "platform {pkind:?} is not supported; only \"tdx\" is"
+            "platform {pkind:?} is not supported; only \"tdx\" and \"sev-snp\" are"
         )));
     }
     let pdata = field(platform, "data").ok_or_else(|| bad("platform has no data".into()))?;
-    let quote = field(pdata, "quote")
-        .and_then(bytes_of)
-        .ok_or_else(|| bad("platform.data.quote missing or not bytes".into()))?;
-    let event_log = match field(pdata, "event_log") {
+    let snp = if pkind == "sev-snp" {
+        Some(snp_v1(pdata).map_err(|e| match e {
+            EvidenceError::Invalid(m) => bad(m),
+            other => other,
+        })?)
+    } else {
+        None
+    };
+    let quote = match &snp {
+        Some(_) => Vec::new(),
+        None => field(pdata, "quote")
+            .and_then(bytes_of)
+            .ok_or_else(|| bad("platform.data.quote missing or not bytes".into()))?,
+    };
+    let event_log = match field(pdata, "event_log").filter(|_| snp.is_none()) {
         None | Some(ValueRef::Nil) => Vec::new(),
         Some(ValueRef::Array(items)) => {
             check_len("event log (events)", items.len(), MAX_EVENTS)?;
@@ -243,11 +300,46 @@ fn decode_v1(bytes: &[u8]) -> Result<DstackAttestation, EvidenceError> {
     Ok(DstackAttestation {
         format: AttestationFormat::VersionedV1,
         quote,
+        snp,
         event_log,
         runtime_events,
         report_data,
         config: config.filter(|c| !c.is_empty()),
     })
+}
+
+/// V1 `platform.data` of `sev-snp`: serde's `SnpQuote {report, cert_chain, mr_config}`.
+fn snp_v1(pdata: &ValueRef<'_>) -> Result<SnpEvidence, EvidenceError> {
+    let report = field(pdata, "report")
+        .and_then(bytes_of)
+        .ok_or_else(|| EvidenceError::invalid("platform.data.report missing or not bytes"))?;
+    let chain = match field(pdata, "cert_chain") {
+        None | Some(ValueRef::Nil) => Vec::new(),
+        Some(ValueRef::Array(items)) => {
+            check_len(
+                "SEV-SNP cert_chain (entries)",
+                items.len(),
+                crate::snp::MAX_SNP_CHAIN_ENTRIES,
+            )?;
+            items
+                .iter()
+                .map(|c| {
+                    bytes_of(c).ok_or_else(|| {
+                        EvidenceError::invalid("platform.data.cert_chain entry is not bytes")
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Some(_) => {
+            return Err(EvidenceError::invalid(
+                "platform.data.cert_chain is not an array",
+            ));
+        }
+    };
+    let mr_config = field(pdata, "mr_config")
+        .and_then(str_of)
+        .ok_or_else(|| EvidenceError::invalid("platform.data.mr_config missing or not a string"))?;
+    snp_evidence(&report, chain, mr_config.to_string())
 }
 
 fn field<'a, 'b>(map: &'b ValueRef<'a>, name: &str) -> Option<&'b ValueRef<'a>> {
@@ -414,8 +506,8 @@ mod tests {
 
     #[test]
     fn other_platforms_are_named() {
-        let err = decode_attestation(&[0x00, 0x03, 0x00]).unwrap_err();
-        assert!(err.to_string().contains("DstackAmdSevSnp"), "{err}");
+        let err = decode_attestation(&[0x00, 0x02, 0x00]).unwrap_err();
+        assert!(err.to_string().contains("DstackNitroEnclave"), "{err}");
         let err = decode_attestation(&[0x42]).unwrap_err();
         assert!(err.to_string().contains("0x42"), "{err}");
     }
@@ -477,5 +569,100 @@ mod tests {
         assert_eq!(v1.quote, att.quote);
         assert_eq!(v1.runtime_events, att.runtime_events);
         assert_eq!(v1.report_data, att.report_data);
+    }
+
+    fn snp_blob() -> Vec<u8> {
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testdata/dstack/sev-snp-attestation.bin"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn sev_snp_v0_decodes_with_every_length_checked() {
+        let b = snp_blob();
+        let att = decode_attestation(&b).unwrap();
+        let snp = att.snp.as_ref().unwrap();
+        assert_eq!(snp.report.version(), 3);
+        assert!(snp.cert_chain.is_empty());
+        assert!(snp.mr_config.starts_with("{\"app_id\":\"86e59625"));
+        assert!(att.quote.is_empty() && att.event_log.is_empty());
+        assert_eq!(att.runtime_events.len(), 9);
+        for len in 0..b.len() {
+            assert!(decode_attestation(&b[..len]).is_err(), "len {len}");
+        }
+        // The runtime events are not measured on SEV-SNP: they stay out of the evidence.
+        let ev = att.into_evidence(EvidenceKind::DstackAttestation).unwrap();
+        assert!(ev.quote.is_none() && ev.event_log.is_none() && ev.snp.is_some());
+        // A report of another length is refused when decoded.
+        let mut short = vec![0x00, 0x03, 0x7d, 0x12]; // compact 1183
+        short.extend(&b[4..4 + 1183]);
+        short.extend(&b[4 + 1184..]);
+        let err = decode_attestation(&short).unwrap_err();
+        assert!(err.to_string().contains("1183 bytes"), "{err}");
+        // More than MAX_SNP_CHAIN_ENTRIES certificates.
+        let mut many = b[..4 + 1184].to_vec();
+        many.extend([9 << 2]);
+        many.extend([0u8; 9]);
+        many.extend(&b[4 + 1184 + 1..]);
+        let err = decode_attestation(&many).unwrap_err();
+        assert!(err.to_string().contains("cert_chain"), "{err}");
+    }
+
+    #[test]
+    fn sev_snp_v1_msgpack() {
+        use rmpv::Value;
+        let att = decode_attestation(&snp_blob()).unwrap();
+        let snp = att.snp.clone().unwrap();
+        let s = |t: &str| Value::String(t.into());
+        let doc = |chain: Vec<Value>| {
+            Value::Map(vec![
+                (s("version"), Value::from(1)),
+                (
+                    s("platform"),
+                    Value::Map(vec![
+                        (s("kind"), s("sev-snp")),
+                        (
+                            s("data"),
+                            Value::Map(vec![
+                                (s("report"), Value::Binary(snp.report.raw().to_vec())),
+                                (s("cert_chain"), Value::Array(chain)),
+                                (s("mr_config"), s(&snp.mr_config)),
+                            ]),
+                        ),
+                    ]),
+                ),
+                (
+                    s("stack"),
+                    Value::Map(vec![
+                        (s("kind"), s("dstack")),
+                        (
+                            s("data"),
+                            Value::Map(vec![
+                                (s("report_data"), Value::Binary(att.report_data.to_vec())),
+                                (s("runtime_events"), Value::Array(vec![])),
+                                (s("config"), s("")),
+                            ]),
+                        ),
+                    ]),
+                ),
+            ])
+        };
+        let encode = |v: &Value| {
+            let mut buf = Vec::new();
+            rmpv::encode::write_value(&mut buf, v).unwrap();
+            buf
+        };
+        let two = vec![Value::Binary(vec![1, 2]), Value::Binary(vec![3])];
+        let v1 = decode_attestation(&encode(&doc(two))).unwrap();
+        assert_eq!(v1.format, AttestationFormat::VersionedV1);
+        let got = v1.snp.unwrap();
+        assert_eq!(got.report, snp.report);
+        assert_eq!(got.cert_chain, vec![vec![1, 2], vec![3]]);
+        assert_eq!(got.mr_config, snp.mr_config);
+        let nine = vec![Value::Binary(vec![1]); 9];
+        let err = decode_attestation(&encode(&doc(nine))).unwrap_err();
+        assert!(err.to_string().contains("cert_chain"), "{err}");
     }
 }

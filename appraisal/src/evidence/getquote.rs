@@ -67,6 +67,8 @@ pub fn decode_getquote_json(input: &[u8]) -> Result<Evidence, EvidenceError> {
         claimed_report_data,
         vm_config: (!resp.vm_config.is_empty()).then_some(resp.vm_config),
         certificate: None,
+        snp: None,
+        gpu_evidence: None,
     })
 }
 

@@ -66,6 +66,12 @@ pub struct Evidence {
     pub vm_config: Option<String>,
     /// The presented certificate, for certificate evidence.
     pub certificate: Option<CertInfo>,
+    /// SEV-SNP evidence (dstack attestation kind 3) in place of a quote.
+    pub snp: Option<crate::snp::SnpEvidence>,
+    /// GPU evidence given beside the attestation (nvattest's output, the guest agent's
+    /// `GpuInfo`), compared with the `gpu-attestation` event's `evidence_sha256`. Unsigned:
+    /// nothing here verifies it.
+    pub gpu_evidence: Option<Vec<u8>>,
 }
 
 /// An event log as carried by evidence: TDX events (boot and, in older forms, runtime)
@@ -127,6 +133,8 @@ impl Evidence {
             claimed_report_data: None,
             vm_config: None,
             certificate: None,
+            snp: None,
+            gpu_evidence: None,
         }
     }
 

@@ -54,12 +54,18 @@ pub fn exercise_evidence(ev: &Evidence) {
     if let Some(log) = &ev.event_log {
         exercise_event_log(log);
     }
+    // SEV-SNP: the whole offline appraisal (chain, signature, VCEK rules) on any bytes.
+    let snp = ev
+        .snp
+        .as_ref()
+        .map(|s| teesql_appraisal::snp::SnpVerifier::default().appraise(s, 1_781_658_304));
+    let _ = serde_json::to_vec(&snp);
     let facts = QuoteFacts {
         tcb_status: Some("UpToDate".into()),
         ..QuoteFacts::new("fuzz", TrustRootKind::Intel).failed(VerifyErrorCode::Other, "fuzz")
     };
     for (facts, expected) in [(Some(&facts), Some(&[0u8; 64][..])), (None, None)] {
-        let appraised = AppraisedEvidence::build(ev, facts, expected);
+        let appraised = AppraisedEvidence::build_with_snp(ev, facts, snp.clone(), expected);
         let _ = appraised.measured();
         let claims = appraised.into_claims("fuzz", 0, None);
         let _ = serde_json::to_vec(&claims);

@@ -642,6 +642,7 @@ impl DevAgent {
         Ok(DstackAttestation {
             format: attestation_format(self.dstack()),
             quote,
+            snp: None,
             event_log: tdx_events(&events, EventForm::Full),
             runtime_events: events,
             report_data,
@@ -673,6 +674,7 @@ impl DevAgent {
                     let att = DstackAttestation {
                         format: attestation_format(this.dstack()),
                         quote,
+                        snp: None,
                         event_log,
                         runtime_events: events,
                         report_data,
@@ -996,8 +998,11 @@ async fn read_whole_body(
     let (parts, body) = request.into_parts();
     match axum::body::to_bytes(body, 1 << 20).await {
         Ok(bytes) => {
-            next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
-                .await
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
         }
         Err(e) => (
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,

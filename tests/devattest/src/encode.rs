@@ -99,21 +99,31 @@ pub fn attestation_v1(att: &DstackAttestation) -> Vec<u8> {
     out
 }
 
-/// V0 SCALE (`0x00`, DstackTdx, …), the form dstack v0.5.9+ puts in `.8`. Runtime events
-/// of version 2 cannot be carried in V0 (dstack switches to V1 for them); they are
-/// encoded as their name and payload only.
+/// V0 SCALE (`0x00`, DstackTdx or DstackAmdSevSnp, …), the form dstack v0.5.9+ puts in
+/// `.8`. Runtime events of version 2 cannot be carried in V0 (dstack switches to V1 for
+/// them); they are encoded as their name and payload only.
 pub fn attestation_v0(att: &DstackAttestation) -> Vec<u8> {
     let mut out = Vec::with_capacity(att.quote.len() + 1024);
     out.push(0x00); // V0
-    out.push(0x00); // DstackTdx
-    put_bytes(&mut out, &att.quote);
-    put_compact(&mut out, att.event_log.len() as u64);
-    for e in &att.event_log {
-        out.extend_from_slice(&e.imr.to_le_bytes());
-        out.extend_from_slice(&e.event_type.to_le_bytes());
-        put_bytes(&mut out, &e.digest);
-        put_bytes(&mut out, e.event.as_bytes());
-        put_bytes(&mut out, &e.event_payload);
+    if let Some(snp) = &att.snp {
+        out.push(0x03); // DstackAmdSevSnp
+        put_bytes(&mut out, snp.report.raw());
+        put_compact(&mut out, snp.cert_chain.len() as u64);
+        for c in &snp.cert_chain {
+            put_bytes(&mut out, c);
+        }
+        put_bytes(&mut out, snp.mr_config.as_bytes());
+    } else {
+        out.push(0x00); // DstackTdx
+        put_bytes(&mut out, &att.quote);
+        put_compact(&mut out, att.event_log.len() as u64);
+        for e in &att.event_log {
+            out.extend_from_slice(&e.imr.to_le_bytes());
+            out.extend_from_slice(&e.event_type.to_le_bytes());
+            put_bytes(&mut out, &e.digest);
+            put_bytes(&mut out, e.event.as_bytes());
+            put_bytes(&mut out, &e.event_payload);
+        }
     }
     put_compact(&mut out, att.runtime_events.len() as u64);
     for e in &att.runtime_events {
@@ -172,6 +182,13 @@ mod tests {
     fn v0_encoding_reproduces_the_recorded_blob_byte_for_byte() {
         let b = blob();
         assert_eq!(attestation_v0(&decode_attestation(&b).unwrap()), b);
+        // SEV-SNP too, byte for byte.
+        let snp = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/dstack/sev-snp-attestation.bin"
+        ))
+        .unwrap();
+        assert_eq!(attestation_v0(&decode_attestation(&snp).unwrap()), snp);
     }
 
     #[test]
@@ -198,6 +215,7 @@ mod tests {
             let att = DstackAttestation {
                 format: teesql_appraisal::evidence::AttestationFormat::VersionedV0,
                 quote: vec![7; n],
+                snp: None,
                 event_log: Vec::new(),
                 runtime_events: Vec::new(),
                 report_data: [0; 64],

@@ -29,6 +29,10 @@ pub struct VerifyArgs {
     /// A dstack guest agent GetQuote response (JSON).
     #[arg(long, value_name = "FILE")]
     getquote: Option<PathBuf>,
+    /// GPU evidence beside the attestation (nvattest's output, the guest agent's
+    /// GpuInfo): compared with the `gpu-attestation` event's digest (`app.gpu`). Unsigned.
+    #[arg(long, value_name = "FILE")]
+    gpu_evidence: Option<PathBuf>,
 
     /// DCAP collateral JSON to use for this quote (skips every other source).
     #[arg(long, value_name = "FILE")]
@@ -87,6 +91,11 @@ pub struct VerifyArgs {
     /// Ask ITA for no token unless every policy matches (PolicyMustMatch).
     #[arg(long)]
     ita_policy_must_match: bool,
+    /// AMD certificates laid out like KDS, for SEV-SNP evidence that carries no chain:
+    /// DIR/<Product>/cert_chain (ASK then ARK, PEM) and
+    /// DIR/<Product>/<hwID hex>/<REPORTED_TCB hex>.der (the VCEK). Nothing is fetched.
+    #[arg(long, value_name = "DIR")]
+    snp_cert_dir: Option<PathBuf>,
     /// A development root (from `teesql-dev agent --out-dir`) to verify quotes against:
     /// claims say `tdx.root = "dev"`, which only the development profile accepts.
     #[arg(long, value_name = "FILE")]
@@ -114,12 +123,15 @@ async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decisio
     let dirs = super::policy_dirs(args.policy_dirs)?;
     let policies = PolicySet::load(&dirs, DEFAULT_EVAL_LIMIT).map_err(|e| e.to_string())?;
 
-    let evidence = read_evidence(
+    let mut evidence = read_evidence(
         args.quote.as_deref(),
         args.cert.as_deref(),
         args.attestation.as_deref(),
         args.getquote.as_deref(),
     )?;
+    if let Some(p) = &args.gpu_evidence {
+        evidence.gpu_evidence = Some(read_bounded(p).map_err(|e| format!("{}: {e}", p.display()))?);
+    }
     let expected = args
         .report_data
         .as_deref()
@@ -176,8 +188,14 @@ async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decisio
         expected_report_data: expected.as_deref(),
         ..DecisionRequest::new(&evidence, &args.purpose, clock.now())
     };
-    backend
-        .appraiser
+    let appraiser = match args.snp_cert_dir {
+        Some(dir) => backend.appraiser.with_snp(
+            teesql_verifier::snp::SnpVerifier::default()
+                .with_cert_dir(teesql_verifier::snp::CertDir::new(dir)),
+        ),
+        None => backend.appraiser,
+    };
+    appraiser
         .decide(&policies, request)
         .await
         .map_err(|e| e.to_string())
