@@ -817,3 +817,59 @@ async fn a_callers_own_signer_cannot_poison_the_clusters_epochs() {
         .into_inner();
     assert!(d.allow, "{:?}", d.reasons);
 }
+
+/// dstack 0.6's SEV-SNP attestation (ASK and VCEK embedded) judged by the service over
+/// gRPC: refused by the production profile, which pins no SEV-SNP measurement; allowed
+/// once data pins it (and takes this host's OutOfDate TCB), with the `snp` claims in the
+/// answer and the decision valid until the VCEK expires.
+#[tokio::test]
+async fn sev_snp_attestations_are_judged_over_grpc_where_data_pins_them() {
+    let snp_now = 1_781_658_304;
+    let running = Running::start(|s| s.now = Some(snp_now)).await;
+    let fixture: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root().join("testdata/dstack/sev-snp-attestation.json")).unwrap(),
+    )
+    .unwrap();
+    let blob = hex::decode(fixture["attestation"].as_str().unwrap()).unwrap();
+    let ask = |c: &mut VerifierClient<Channel>| {
+        let blob = blob.clone();
+        let mut c = c.clone();
+        async move {
+            c.verify_quote(VerifyQuoteRequest {
+                purpose: "quote".into(),
+                evidence: Some(verify_quote_request::Evidence::Attestation(blob)),
+                ..VerifyQuoteRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let mut client = running.client().await;
+    let refused = ask(&mut client).await;
+    assert!(!refused.allow);
+    let codes: Vec<&str> = refused.reasons.iter().map(|r| r.code.as_str()).collect();
+    assert!(codes.contains(&"snp_measurement_not_pinned"), "{codes:?}");
+    let claims: serde_json::Value = serde_json::from_str(&refused.claims_json).unwrap();
+    assert_eq!(claims["snp"]["verified"], true, "{claims}");
+    assert_eq!(claims["snp"]["tcb_status"], "OutOfDate");
+    assert_eq!(claims["evidence"]["tee"], "sev-snp");
+
+    let data_path = running.policy_dir.path().join("data.json");
+    let mut data: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&data_path).unwrap()).unwrap();
+    data["teesql"]["pins"]["snp_measurement"] = serde_json::json!([
+        "7f51e17f72a04d5422cb2c00998166536019a217376f3aa45a630e59c805a599847ff250dbffcd07e1ba639771d6f05d"
+    ]);
+    data["teesql"]["accepted_tcb_statuses"] = serde_json::json!(["UpToDate", "OutOfDate"]);
+    std::fs::write(&data_path, data.to_string()).unwrap();
+    running.service.reload().await.unwrap();
+    let allowed = ask(&mut client).await;
+    assert!(allowed.allow, "{:?}", allowed.reasons);
+    assert!(
+        allowed.cached,
+        "the appraisal is reused across the policy change"
+    );
+    // Valid until the VCEK's notAfter (2033-06-17 01:05:04 UTC).
+    assert_eq!(allowed.valid_until, 2_002_583_104);
+}

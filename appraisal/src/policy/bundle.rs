@@ -56,7 +56,7 @@ impl BundleKey {
     /// PS256/384/512; EC P-256/P-384: ES256/ES384; Ed25519: EdDSA), else the bytes
     /// (trimmed) as an HMAC secret (HS256/384/512), as OPA's `keys` config takes them.
     /// `scope` must equal the JWT's `scope` (both empty is equal).
-    pub fn from_bytes(bytes: &[u8], scope: &str) -> Result<Self, String> {
+    pub fn from_bytes(bytes: &[u8], scope: &str) -> Result<Self, PolicyError> {
         use Algorithm::*;
         let text = String::from_utf8_lossy(bytes);
         let (key, algorithms) = if text.contains("-----BEGIN") {
@@ -67,18 +67,21 @@ impl BundleKey {
             } else if let Ok(k) = DecodingKey::from_ed_pem(bytes) {
                 (k, vec![EdDSA])
             } else {
-                return Err("a PEM that is neither an RSA, EC nor Ed25519 public key".into());
+                return Err(bad(
+                    "the verification key is a PEM that is neither an RSA, EC nor Ed25519 public key",
+                ));
             }
         } else {
             let secret = text.trim();
             if secret.len() < 16 {
-                return Err(format!(
-                    "an HMAC secret of {} bytes; use at least 16 (or a PEM public key)",
+                return Err(bad(format!(
+                    "the verification key is an HMAC secret of {} bytes; use at least 16 (or a PEM public key)",
                     secret.len()
-                ));
+                )));
             }
             (
-                DecodingKey::from_secret(secret.as_bytes()).map_err(|e| e.to_string())?,
+                DecodingKey::from_secret(secret.as_bytes())
+                    .map_err(|e| bad(format!("the verification key: {e}")))?,
                 vec![HS256, HS384, HS512],
             )
         };

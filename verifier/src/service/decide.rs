@@ -211,6 +211,16 @@ fn valid_until(a: &AppraisedEvidence) -> u64 {
         .and_then(|t| t.collateral)
         .map(|c| c.not_after);
     let cert = a.evidence.cert.as_ref().map(|c| c.not_after.max(0) as u64);
+    // SEV-SNP: the VCEK's expiry (AMD's ARK and ASK outlive it by years).
+    let vcek = a
+        .snp
+        .as_ref()
+        .and_then(|s| s.vcek.as_ref())
+        .map(|v| v.not_after.max(0) as u64);
+    let cert = match (cert, vcek) {
+        (Some(c), Some(v)) => Some(c.min(v)),
+        (c, v) => c.or(v),
+    };
     match (collateral, cert) {
         (Some(a), Some(b)) => a.min(b),
         (Some(x), None) | (None, Some(x)) => x,

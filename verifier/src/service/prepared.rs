@@ -81,6 +81,8 @@ pub(crate) struct Prepared {
     tdx: regorus::Value,
     app: regorus::Value,
     binding: regorus::Value,
+    /// `snp`: only for SEV-SNP evidence (the claims leave it out otherwise).
+    snp: Option<regorus::Value>,
     pub facts: Facts,
     /// Approximate heap bytes held, for the cache's byte budget.
     weight: usize,
@@ -152,6 +154,7 @@ pub(crate) fn weight(v: &regorus::Value) -> usize {
 impl Prepared {
     pub fn new(appraised: AppraisedEvidence, valid_until: u64) -> Self {
         let tdx = appraised.tdx.as_ref();
+        let snp_claims = appraised.snp.as_ref();
         let facts = Facts {
             kind: serde_json::to_value(appraised.evidence.kind)
                 .ok()
@@ -160,15 +163,23 @@ impl Prepared {
             subject: appraised.evidence.cert.as_ref().map(|c| c.subject.clone()),
             mrtd: tdx.and_then(|t| t.mrtd.clone()),
             app_id: appraised.app.as_ref().and_then(|a| a.app_id.clone()),
-            tcb_status: tdx.and_then(|t| t.tcb_status.clone()),
-            backend: tdx.map(|t| t.backend.clone()),
-            root: tdx.map(|t| t.root.as_str().to_string()),
+            tcb_status: tdx
+                .and_then(|t| t.tcb_status.clone())
+                .or_else(|| snp_claims.and_then(|s| s.tcb_status.clone())),
+            backend: tdx
+                .map(|t| t.backend.clone())
+                .or_else(|| snp_claims.map(|_| "snp".to_string())),
+            root: tdx
+                .map(|t| t.root.as_str().to_string())
+                .or_else(|| snp_claims.map(|s| s.root.to_string())),
             valid_until,
-            verified: tdx.is_some_and(|t| t.verified),
+            verified: tdx.is_some_and(|t| t.verified) || snp_claims.is_some_and(|s| s.verified),
             transient: tdx.is_some_and(|t| t.error_code.is_some_and(|c| c.is_transient())),
             measured: appraised.measured(),
-            has_quote: tdx.is_some(),
-            debug: tdx.and_then(|t| t.debug),
+            has_quote: tdx.is_some() || snp_claims.is_some(),
+            debug: tdx
+                .and_then(|t| t.debug)
+                .or_else(|| snp_claims.map(|s| s.debug)),
             rtmr3_replayed: appraised.app.as_ref().map(|a| a.rtmr3_replayed),
             tcb: tdx.and_then(|t| {
                 Some(TcbRecord {
@@ -183,10 +194,12 @@ impl Prepared {
             value_of(&appraised.app),
             value_of(&appraised.binding),
         );
+        let snp = appraised.snp.as_ref().map(value_of);
         let weight = chunk(16 + std::mem::size_of::<Self>())
             + facts.heap()
             + [&evidence, &tdx, &app, &binding]
                 .into_iter()
+                .chain(snp.as_ref())
                 .map(weight)
                 .sum::<usize>();
         Self {
@@ -194,6 +207,7 @@ impl Prepared {
             tdx,
             app,
             binding,
+            snp,
             facts,
             weight,
         }
@@ -226,6 +240,9 @@ impl Prepared {
         put("tdx", self.tdx.clone());
         put("app", self.app.clone());
         put("binding", self.binding.clone());
+        if let Some(snp) = &self.snp {
+            put("snp", snp.clone());
+        }
         put("connection", value_of(&connection));
         put("manifest", value_of(&extra.manifest));
         put("report", value_of(&extra.report));

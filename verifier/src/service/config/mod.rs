@@ -106,6 +106,7 @@ fn bundle_source(
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
                 BundleKey::from_bytes(&bytes, s.bundle_verification_scope.as_deref().unwrap_or(""))
+                    .map_err(|e| e.to_string())
             });
         read.map_err(|e| p.push(format!("bundle_verification_key {}: {e}", path.display())))
             .ok()
