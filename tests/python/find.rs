@@ -12,7 +12,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 fn can_import(python: &str, modules: &[&str]) -> Result<(), String> {
     match Command::new(python)
@@ -53,23 +52,22 @@ pub fn notice(text: &str) {
     }
 }
 
-/// Make (once; other test processes wait on a lock directory) the harness's virtualenv.
+/// Make (once; other test processes wait on a file lock, which the kernel releases if
+/// its holder dies) the harness's virtualenv.
 fn provision(venv: &Path) -> Result<String, String> {
     let python = venv.join("bin/python").display().to_string();
-    let lock = venv.with_extension("lock");
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        match std::fs::create_dir(&lock) {
-            Ok(()) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if Instant::now() > deadline {
-                    return Err(format!("{} held for 15 minutes", lock.display()));
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => return Err(format!("{}: {e}", lock.display())),
-        }
+    let lock_path = venv.with_extension("lock");
+    if let Some(dir) = lock_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("{}: {e}", lock_path.display()))?;
     let result = (|| {
         let requirements = workspace().join("tests/python/requirements.txt");
         let stamp = venv.join("requirements.txt");
@@ -102,7 +100,7 @@ fn provision(venv: &Path) -> Result<String, String> {
         std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
         Ok(python.clone())
     })();
-    let _ = std::fs::remove_dir(&lock);
+    drop(lock);
     result
 }
 

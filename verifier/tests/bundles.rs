@@ -334,6 +334,13 @@ fn bundles_that_are_not_exactly_what_was_signed_are_refused() {
         None,
         "outside the manifest's roots",
     );
+    // A package that hides from a line-by-line reader (a tab, a decoy in a raw string).
+    let mut hidden = base.clone();
+    hidden.push((
+        "teesql/hidden.rego".into(),
+        b"package\tevil\nx := `\npackage teesql.sidecar\n`\n".to_vec(),
+    ));
+    refused(&write("hidden.tar.gz", &hidden), None, "package evil is outside");
     // A path that climbs out.
     let mut climbing = base.clone();
     climbing.push(("teesql/../../x.rego".into(), b"package teesql.x\n".to_vec()));
@@ -360,8 +367,18 @@ async fn a_bundle_url_is_polled_with_if_none_match_and_keeps_the_last_good_bundl
         requests: AtomicUsize,
         conditional: AtomicUsize,
     }
+    // Plain http is accepted only for signed bundles: sign them.
+    let signer = Signer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, signer.public_pem()).unwrap();
+    let signed = |revision: &str| {
+        let mut files = profile_files(revision);
+        files.push(signer.sign(&files, None));
+        tar_gz(&files)
+    };
     let server = Arc::new(Server::default());
-    *server.body.lock().unwrap() = ("\"r1\"".into(), tar_gz(&profile_files("r1")));
+    *server.body.lock().unwrap() = ("\"r1\"".into(), signed("r1"));
     let app = {
         let server = server.clone();
         axum::Router::new().route(
@@ -397,6 +414,7 @@ async fn a_bundle_url_is_polled_with_if_none_match_and_keeps_the_last_good_bundl
     let url = format!("http://{addr}/bundles/teesql.tar.gz");
     let config = ServeConfig::resolve(ServeSettings {
         policy_bundle_url: Some(url),
+        bundle_verification_key: Some(key.clone()),
         policy_bundle_poll_secs: Some(1),
         decision_log: Some("off".into()),
         sign_decisions: Some(false),
@@ -415,7 +433,7 @@ async fn a_bundle_url_is_polled_with_if_none_match_and_keeps_the_last_good_bundl
     assert_eq!(server.conditional.load(Ordering::SeqCst), 1);
 
     // A new revision is taken; a broken one is refused and r2 keeps serving.
-    *server.body.lock().unwrap() = ("\"r2\"".into(), tar_gz(&profile_files("r2")));
+    *server.body.lock().unwrap() = ("\"r2\"".into(), signed("r2"));
     assert!(service.reload().await.unwrap().1);
     assert_eq!(revision_decided(&service).await, "r2");
     *server.body.lock().unwrap() = ("\"r3\"".into(), b"garbage".to_vec());
@@ -424,7 +442,19 @@ async fn a_bundle_url_is_polled_with_if_none_match_and_keeps_the_last_good_bundl
     assert_eq!(server.requests.load(Ordering::SeqCst), 4);
 
     // The poller (every policy_bundle_poll_secs, here 1) takes r4 by itself.
-    *server.body.lock().unwrap() = ("\"r4\"".into(), tar_gz(&profile_files("r4")));
+    // A bundle that compiles but that the reload refuses (it no longer decides
+    // `sidecar`) is refused on every poll, not taken for "unchanged" by its ETag.
+    let mut dropping = profile_files("r3b");
+    dropping.retain(|(n, _)| n != "teesql/sidecar.rego");
+    dropping.push(signer.sign(&dropping, None));
+    *server.body.lock().unwrap() = ("\"r3b\"".into(), tar_gz(&dropping));
+    for _ in 0..2 {
+        let e = service.reload().await.unwrap_err().to_string();
+        assert!(e.contains("no longer decides sidecar"), "{e}");
+    }
+    assert_eq!(revision_decided(&service).await, "r2");
+
+    *server.body.lock().unwrap() = ("\"r4\"".into(), signed("r4"));
     let poller = teesql_verifier::service::reload::spawn(service.clone());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while revision_decided(&service).await != "r4" {
@@ -450,6 +480,19 @@ fn bundle_settings_are_checked_together() {
         e.contains("policy_bundle and policy_bundle_url: give one"),
         "{e}"
     );
+    // Plain http needs signed bundles; the URL's credentials are not shown.
+    let e = ServeConfig::resolve(ServeSettings {
+        policy_bundle_url: Some("http://user:hunter2@bundles.example/b.tar.gz?sig=abc".into()),
+        ..ServeSettings::default()
+    })
+    .unwrap_err()
+    .join("\n");
+    assert!(
+        e.contains("plain http without bundle_verification_key"),
+        "{e}"
+    );
+    assert!(e.contains("http://bundles.example/b.tar.gz"), "{e}");
+    assert!(!e.contains("hunter2") && !e.contains("sig=abc"), "{e}");
     let e = ServeConfig::resolve(ServeSettings {
         policy_bundle: Some("/nonexistent/b.tar.gz".into()),
         policy_dirs: Some(vec![repo().join("policies/teesql")]),

@@ -131,7 +131,7 @@ impl DiskCache {
         let mut paths: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter(|p| is_cache_file(p))
             .collect();
         paths.sort();
         for path in paths {
@@ -264,7 +264,7 @@ impl DiskCache {
         let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = std::fs::read_dir(&self.dir)
             .map_err(|e| e.to_string())?
             .filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter(|e| is_cache_file(&e.path()))
             .filter_map(|e| {
                 let meta = e.metadata().ok()?;
                 Some((meta.modified().ok()?, meta.len(), e.path()))
@@ -291,13 +291,33 @@ enum Loaded {
     Numbers(TeeType, u64, Arc<SignedList>),
 }
 
-/// One file, or `None` when it is out of date.
+/// A file this cache wrote (`standard-`, `early-`, `numbers-` … `.json`): the only ones it
+/// reads, counts against its bound, or removes.
+fn is_cache_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.ends_with(".json")
+        && ["standard-", "early-", "numbers-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+}
+
+/// One file, or `None` when it is out of date. Opened once: a regular file, read at most
+/// to the size bound (a FIFO or a link to a device is refused, not waited on).
 fn read_entry(path: &Path, now: u64, numbers_ttl: Duration) -> Result<Option<Loaded>, String> {
-    let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-    if len > MAX_COLLATERAL_FILE {
-        return Err(format!("{len} bytes, more than {MAX_COLLATERAL_FILE}"));
+    use std::io::Read;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
     }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(|e| e.to_string())?
+        .take(MAX_COLLATERAL_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_COLLATERAL_FILE {
+        return Err(format!("more than {MAX_COLLATERAL_FILE} bytes"));
+    }
     let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
     let unhex = |s: &str| hex::decode(s).map_err(|e| e.to_string());
     Ok(match entry {
@@ -347,6 +367,8 @@ fn read_entry(path: &Path, now: u64, numbers_ttl: Duration) -> Result<Option<Loa
             body,
             issuer_chain,
         } => {
+            // The fetch time is the file's word, not signed: never later than now.
+            let fetched_at = fetched_at.min(now);
             if now >= fetched_at.saturating_add(numbers_ttl.as_secs()) {
                 return Ok(None);
             }

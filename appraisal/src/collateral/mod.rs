@@ -493,7 +493,24 @@ impl CollateralProvider {
                 // A closed semaphore never happens (it is never closed).
                 let _slot = self.fetch_slots.acquire().await.ok();
                 self.stats.fetches.fetch_add(1, Ordering::Relaxed);
-                let fetched = pccs.fetch(&key).await.and_then(Collateral::new);
+                let fetched = pccs
+                    .fetch(&key)
+                    .await
+                    .and_then(Collateral::new)
+                    .and_then(|c| {
+                        // A PCCS that answers with another platform's collateral would
+                        // otherwise have it cached under this key until it expires.
+                        let got = c.key()?;
+                        if got == key {
+                            Ok(c)
+                        } else {
+                            Err(CollateralError::Fetch {
+                                url: pccs.base_url().to_string(),
+                                detail: format!("the PCCS answered with the collateral of {got}"),
+                                key: key.clone(),
+                            })
+                        }
+                    });
                 match &fetched {
                     Err(e) => {
                         self.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);

@@ -51,6 +51,11 @@ struct Response {
 }
 
 impl PccsClient {
+    /// The PCCS base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     /// A client for the PCCS or PCS at `base` (a trailing `/sgx|tdx/certification/v4` is
     /// dropped); `timeout` bounds each request and each whole collateral fetch.
     pub fn new(base: &str, timeout: Duration) -> Result<Self, CollateralError> {

@@ -30,6 +30,9 @@ const MAX_FILES: usize = 512;
 /// Deepest directory nesting of a file's path.
 const MAX_DEPTH: usize = 16;
 
+/// Longest manifest revision (it goes into every decision and log line).
+const MAX_REVISION: usize = 256;
+
 /// Where policies from a bundle are shown to come from (`bundle/<path>`).
 const PREFIX: &str = "bundle";
 
@@ -58,8 +61,8 @@ impl BundleKey {
     /// `scope` must equal the JWT's `scope` (both empty is equal).
     pub fn from_bytes(bytes: &[u8], scope: &str) -> Result<Self, PolicyError> {
         use Algorithm::*;
-        let text = String::from_utf8_lossy(bytes);
-        let (key, algorithms) = if text.contains("-----BEGIN") {
+        let is_pem = bytes.windows(10).any(|w| w == b"-----BEGIN");
+        let (key, algorithms) = if is_pem {
             if let Ok(k) = DecodingKey::from_rsa_pem(bytes) {
                 (k, vec![RS256, RS384, RS512, PS256, PS384, PS512])
             } else if let Ok(k) = DecodingKey::from_ec_pem(bytes) {
@@ -72,7 +75,9 @@ impl BundleKey {
                 ));
             }
         } else {
-            let secret = text.trim();
+            // The file's bytes as they are (binary secrets keep their entropy), without
+            // the surrounding whitespace an editor adds.
+            let secret = bytes.trim_ascii();
             if secret.len() < 16 {
                 return Err(bad(format!(
                     "the verification key is an HMAC secret of {} bytes; use at least 16 (or a PEM public key)",
@@ -80,7 +85,7 @@ impl BundleKey {
                 )));
             }
             (
-                DecodingKey::from_secret(secret.as_bytes())
+                DecodingKey::from_secret(secret)
                     .map_err(|e| bad(format!("the verification key: {e}")))?,
                 vec![HS256, HS384, HS512],
             )
@@ -180,6 +185,11 @@ pub fn read(gz: &[u8], key: Option<&BundleKey>) -> Result<Bundle, PolicyError> {
         Some((_, m)) => serde_json::from_slice(m).map_err(|e| bad(format!(".manifest: {e}")))?,
         None => Manifest::default(),
     };
+    if manifest.revision.len() > MAX_REVISION || manifest.revision.chars().any(char::is_control) {
+        return Err(bad(format!(
+            ".manifest: the revision must be at most {MAX_REVISION} characters without control characters"
+        )));
+    }
     if !manifest.wasm.is_empty() {
         return Err(bad(".manifest: wasm modules are not supported"));
     }
@@ -234,8 +244,7 @@ pub fn read(gz: &[u8], key: Option<&BundleKey>) -> Result<Bundle, PolicyError> {
             out.push(file(&shown, name, bytes)?);
         } else if base.ends_with(".rego") {
             let f = file(&shown, name, bytes)?;
-            let package = package_path(&f.contents)
-                .ok_or_else(|| bad(format!("{name}: no package declaration")))?;
+            let package = package_path(&shown, &f.contents)?;
             if !under_root(&package) {
                 return Err(bad(format!(
                     "{name}: package {} is outside the manifest's roots {roots:?}",
@@ -317,13 +326,16 @@ fn file(shown: &str, name: &str, bytes: &[u8]) -> Result<PolicyFile, PolicyError
     })
 }
 
-/// The module's package as a path (`teesql.sidecar` → `teesql/sidecar`).
-fn package_path(source: &str) -> Option<String> {
-    source.lines().find_map(|line| {
-        let rest = line.trim().strip_prefix("package ")?;
-        let pkg = rest.split_whitespace().next()?;
-        Some(pkg.trim_start_matches("data.").replace('.', "/"))
-    })
+/// The module's package as a path (`teesql.sidecar` → `teesql/sidecar`), as regorus
+/// itself parses it (the engine that will serve it: no text heuristics to fool).
+fn package_path(shown: &str, source: &str) -> Result<String, PolicyError> {
+    let package = regorus::Engine::new()
+        .add_policy(shown.to_string(), source.to_string())
+        .map_err(|e| PolicyError::Compile {
+            path: shown.to_string(),
+            detail: format!("{e:#}"),
+        })?;
+    Ok(package.trim_start_matches("data.").replace('.', "/"))
 }
 
 /// Every regular file of the tarball, by its path without a leading `/` or `./`,
@@ -350,7 +362,7 @@ fn unpack(gz: &[u8]) -> Result<Vec<(String, Vec<u8>)>, PolicyError> {
         }
         if !kind.is_file() {
             return Err(bad(format!(
-                "{raw}: only regular files are allowed (links and devices are refused)"
+                "{raw:?}: only regular files are allowed (links and devices are refused)"
             )));
         }
         let name = raw.trim_start_matches("./").trim_start_matches('/');
@@ -361,11 +373,11 @@ fn unpack(gz: &[u8]) -> Result<Vec<(String, Vec<u8>)>, PolicyError> {
                 .any(|s| s.is_empty() || *s == "." || *s == "..")
             || segments.len() > MAX_DEPTH
         {
-            return Err(bad(format!("{raw}: not a plain relative path")));
+            return Err(bad(format!("{raw:?}: not a plain relative path")));
         }
         let size = entry.size();
         if size > MAX_FILE {
-            return Err(bad(format!("{name}: {size} bytes, more than {MAX_FILE}")));
+            return Err(bad(format!("{name:?}: {size} bytes, more than {MAX_FILE}")));
         }
         total += size;
         if total > MAX_UNPACKED_BYTES {
@@ -377,14 +389,14 @@ fn unpack(gz: &[u8]) -> Result<Vec<(String, Vec<u8>)>, PolicyError> {
             return Err(bad(format!("more than {MAX_FILES} files")));
         }
         if files.iter().any(|(n, _)| n == name) {
-            return Err(bad(format!("{name}: appears twice")));
+            return Err(bad(format!("{name:?}: appears twice")));
         }
         let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         entry
             .by_ref()
             .take(MAX_FILE)
             .read_to_end(&mut bytes)
-            .map_err(|e| bad(format!("{name}: {e}")))?;
+            .map_err(|e| bad(format!("{name:?}: {e}")))?;
         files.push((name.to_string(), bytes));
     }
     Ok(files)
@@ -416,7 +428,7 @@ fn verify_signature(
     for signed in &payload.files {
         if !files.iter().any(|(n, _)| *n == signed.name) {
             return Err(bad(format!(
-                "{}: signed but not in the bundle",
+                "{:?}: signed but not in the bundle",
                 signed.name
             )));
         }
@@ -426,12 +438,12 @@ fn verify_signature(
             continue;
         }
         let Some(signed) = payload.files.iter().find(|f| f.name == *name) else {
-            return Err(bad(format!("{name}: in the bundle but not signed")));
+            return Err(bad(format!("{name:?}: in the bundle but not signed")));
         };
         let got = digest(name, bytes, &signed.algorithm)?;
         if !got.eq_ignore_ascii_case(&signed.hash) {
             return Err(bad(format!(
-                "{name}: digest mismatch (signed {}, got {got})",
+                "{name:?}: digest mismatch (signed {:?}, got {got})",
                 signed.hash
             )));
         }

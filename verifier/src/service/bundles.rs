@@ -20,10 +20,23 @@ pub enum BundleLocation {
 }
 
 impl std::fmt::Display for BundleLocation {
+    /// A URL without its user info and query (which may carry credentials or a
+    /// presigned token): what logs and errors show.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::File(p) => write!(f, "{}", p.display()),
-            Self::Url(u) => f.write_str(u),
+            Self::Url(u) => {
+                let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
+                let rest = rest.split(['?', '#']).next().unwrap_or("");
+                let rest = match rest.split_once('/') {
+                    Some((authority, path)) => {
+                        let host = authority.rsplit('@').next().unwrap_or(authority);
+                        format!("{host}/{path}")
+                    }
+                    None => rest.rsplit('@').next().unwrap_or(rest).to_string(),
+                };
+                write!(f, "{scheme}://{rest}")
+            }
         }
     }
 }
@@ -37,9 +50,19 @@ pub struct BundleSource {
     pub key: Option<BundleKey>,
     /// How often a URL is polled.
     pub poll: Duration,
-    /// The ETag of the bundle serving now (URL only).
+    /// The ETag of the bundle serving now (URL only): set only once a bundle is taken,
+    /// so a bundle the reload refuses is asked for (and refused, and counted) again.
     etag: Mutex<Option<String>>,
     http: reqwest::Client,
+}
+
+/// A bundle fetched and compiled, not yet serving.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The compiled set.
+    pub set: PolicySet,
+    /// The server's ETag for it (URL only).
+    pub etag: Option<String>,
 }
 
 /// Time limit of one bundle download.
@@ -59,7 +82,9 @@ impl BundleSource {
         key: Option<BundleKey>,
         poll: Duration,
     ) -> Result<Self, String> {
+        // No redirects: an https URL must not be sent on to somewhere else (plaintext).
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -73,9 +98,10 @@ impl BundleSource {
         })
     }
 
-    /// The bundle as it is now, compiled; `None` when the server says it has not changed
-    /// since the bundle serving now.
-    pub async fn fetch(&self, eval_limit: Duration) -> Result<Option<PolicySet>, PolicyError> {
+    /// The bundle as it is now, compiled, with its ETag (to [`Self::taken`] once the
+    /// set serves); `None` when the server says it has not changed since the bundle
+    /// serving now.
+    pub async fn fetch(&self, eval_limit: Duration) -> Result<Option<Fetched>, PolicyError> {
         let (bytes, etag) = match &self.location {
             BundleLocation::File(path) => {
                 let path = path.clone();
@@ -102,12 +128,14 @@ impl BundleSource {
             PolicyError::Bundle { detail, .. } => load_error(&location, detail),
             other => other,
         })?;
-        if let Some(etag) = etag
-            && let Ok(mut slot) = self.etag.lock()
-        {
+        Ok(Some(Fetched { set, etag }))
+    }
+
+    /// The bundle fetched with `etag` serves now: the next poll asks whether it changed.
+    pub fn taken(&self, etag: Option<String>) {
+        if let (Some(etag), Ok(mut slot)) = (etag, self.etag.lock()) {
             *slot = Some(etag);
         }
-        Ok(Some(set))
     }
 
     /// The first load, from outside any runtime or inside one (a thread of its own).
@@ -124,6 +152,10 @@ impl BundleSource {
                 .join()
                 .map_err(|_| load_error(&self.location, "the loader panicked"))?
         })?
+        .map(|f| {
+            self.taken(f.etag);
+            f.set
+        })
         .ok_or_else(|| {
             load_error(
                 &self.location,

@@ -126,11 +126,15 @@ impl DecisionService {
         let current = self.policies.load_full();
         let dirs = current.dirs().to_vec();
         let limit = current.eval_limit();
+        let mut etag = None;
         let loaded = match &self.bundle {
             Some(bundle) => match bundle.fetch(limit).await {
                 // The server has nothing newer than what serves.
                 Ok(None) => return Ok((current.hash().to_string(), false)),
-                Ok(Some(set)) => Ok(set),
+                Ok(Some(fetched)) => {
+                    etag = fetched.etag;
+                    Ok(fetched.set)
+                }
                 Err(e) => Err(e),
             },
             None => tokio::task::spawn_blocking(move || PolicySet::load(&dirs, limit))
@@ -177,6 +181,10 @@ impl DecisionService {
                     tracing::info!(policy.hash = %hash, policy.revision = %revision, previous = %current.hash(), "policies reloaded");
                 } else {
                     tracing::debug!(policy.hash = %hash, "policies unchanged");
+                }
+                // Taken (or the same as serving): the next poll asks about this one.
+                if let Some(bundle) = &self.bundle {
+                    bundle.taken(etag);
                 }
                 self.metrics.policy_reload(true);
                 self.metrics.policy_loaded(&hash);

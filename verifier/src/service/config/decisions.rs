@@ -43,6 +43,26 @@ pub(super) fn collateral(s: &ServeSettings, clock: Clock, p: &mut Problems) -> C
             .unwrap_or(defaults::COLLATERAL_CACHE_MIB),
         1,
     );
+    if let Some(dir) = &s.collateral_cache_dir {
+        // The cache removes its oldest files past its bound: it must own its directory.
+        let same = |other: &Option<std::path::PathBuf>| {
+            other.as_ref().is_some_and(|o| {
+                o == dir
+                    || matches!((o.canonicalize(), dir.canonicalize()), (Ok(a), Ok(b)) if a == b)
+            })
+        };
+        for (name, other) in [
+            ("collateral_dir", &s.collateral_dir),
+            ("state_dir", &s.state_dir),
+        ] {
+            if same(other) {
+                p.push(format!(
+                    "collateral_cache_dir {}: the same directory as {name}; give the cache a directory of its own",
+                    dir.display()
+                ));
+            }
+        }
+    }
     if let Some(dir) = &s.collateral_cache_dir
         && dir.exists()
         && !dir.is_dir()

@@ -86,8 +86,13 @@ fn bundle_source(
             BundleLocation::File(f.clone())
         }
         (None, Some(u)) => {
-            if !(u.starts_with("https://") || u.starts_with("http://")) {
-                p.push(format!("policy_bundle_url {u:?}: not an http(s) URL"));
+            let shown = BundleLocation::Url(u.clone()).to_string();
+            if u.starts_with("http://") && s.bundle_verification_key.is_none() {
+                p.push(format!(
+                    "policy_bundle_url {shown}: plain http without bundle_verification_key: anyone on the path could replace the policies; use https or sign the bundles"
+                ));
+            } else if !(u.starts_with("https://") || u.starts_with("http://")) {
+                p.push(format!("policy_bundle_url {shown}: not an http(s) URL"));
             }
             BundleLocation::Url(u.clone())
         }
