@@ -340,7 +340,11 @@ fn bundles_that_are_not_exactly_what_was_signed_are_refused() {
         "teesql/hidden.rego".into(),
         b"package\tevil\nx := `\npackage teesql.sidecar\n`\n".to_vec(),
     ));
-    refused(&write("hidden.tar.gz", &hidden), None, "package evil is outside");
+    refused(
+        &write("hidden.tar.gz", &hidden),
+        None,
+        "package evil is outside",
+    );
     // A path that climbs out.
     let mut climbing = base.clone();
     climbing.push(("teesql/../../x.rego".into(), b"package teesql.x\n".to_vec()));
