@@ -316,3 +316,150 @@ mod tests {
         assert_eq!(first::<u8>([None, None]), None);
     }
 }
+
+/// What an unknown key's message offers when no known key is close to it (a typo gets
+/// "did you mean" either way).
+#[derive(Debug, Clone, Copy)]
+pub enum UnknownKeyHint<'a> {
+    /// The keys the table has.
+    KnownKeys,
+    /// A fixed sentence (e.g. where the keys are documented).
+    Text(&'a str),
+}
+
+/// A TOML file as a `T`, with every key `T` accepts: each key it refuses (unknown, or a
+/// value of the wrong type) is a problem naming the file and the key, and is left out,
+/// so that one run names every bad key, not only the first (and the other layers,
+/// environment and flags, are checked too).
+pub fn read_toml<T: serde::de::DeserializeOwned + Default>(
+    path: &std::path::Path,
+    hint: UnknownKeyHint<'_>,
+) -> (T, Vec<String>) {
+    let shown = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return (T::default(), vec![format!("{shown}: {e}")]),
+    };
+    let table: toml::Table = match toml::from_str(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e
+                .span()
+                .map(|s| {
+                    let before = &text.as_bytes()[..s.start.min(text.len())];
+                    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+                    format!(" line {line}:")
+                })
+                .unwrap_or_default();
+            return (T::default(), vec![format!("{shown}:{at} {}", e.message())]);
+        }
+    };
+    let mut problems = Vec::new();
+    let kept = keep_accepted::<T>(&mut Vec::new(), table, hint, &mut problems);
+    let mut problems: Vec<String> = problems
+        .into_iter()
+        .map(|p| format!("{shown}: {p}"))
+        .collect();
+    match toml::Value::Table(kept).try_into::<T>() {
+        Ok(t) => (t, problems),
+        Err(e) => {
+            problems.push(format!("{shown}: {}", e.message()));
+            (T::default(), problems)
+        }
+    }
+}
+
+/// The keys of `table` (at `path` in the file) that `T` accepts, each tried alone; a
+/// table whose keys are known is searched key by key, an array element by element.
+fn keep_accepted<T: serde::de::DeserializeOwned>(
+    path: &mut Vec<String>,
+    table: toml::Table,
+    hint: UnknownKeyHint<'_>,
+    problems: &mut Vec<String>,
+) -> toml::Table {
+    // `value` at `path`, alone in a document: does `T` take it?
+    let accepts = |path: &[String], value: toml::Value| -> Result<(), String> {
+        let mut doc = value;
+        for key in path.iter().rev() {
+            doc = toml::Value::Table(toml::Table::from_iter([(key.clone(), doc)]));
+        }
+        doc.try_into::<T>()
+            .map(|_| ())
+            .map_err(|e| explain(e.message(), hint))
+    };
+    let mut kept = toml::Table::new();
+    for (key, value) in table {
+        path.push(key.clone());
+        match accepts(path, value.clone()) {
+            Ok(()) => {
+                kept.insert(key, value);
+            }
+            Err(problem) => match value {
+                toml::Value::Table(inner)
+                    if accepts(path, toml::Value::Table(toml::Table::new())).is_ok() =>
+                {
+                    let inner = keep_accepted::<T>(path, inner, hint, problems);
+                    kept.insert(key, toml::Value::Table(inner));
+                }
+                toml::Value::Array(items)
+                    if accepts(path, toml::Value::Array(Vec::new())).is_ok() =>
+                {
+                    let mut good = Vec::new();
+                    for (i, item) in items.into_iter().enumerate() {
+                        match accepts(path, toml::Value::Array(vec![item.clone()])) {
+                            Ok(()) => good.push(item),
+                            Err(problem) => {
+                                problems.push(format!("{}[{i}]: {problem}", path.join(".")));
+                            }
+                        }
+                    }
+                    kept.insert(key, toml::Value::Array(good));
+                }
+                _ => problems.push(format!("{}: {problem}", path.join("."))),
+            },
+        }
+        path.pop();
+    }
+    kept
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" as "unknown key", with the
+/// nearest known key when one is close (a typo), else `hint`; other messages as they are.
+fn explain(message: &str, hint: UnknownKeyHint<'_>) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let mut names = rest.split('`').step_by(2);
+    let given = names.next().unwrap_or_default();
+    let known: Vec<&str> = names.collect();
+    let nearest = known
+        .iter()
+        .map(|n| (edit_distance(given, n), *n))
+        .min()
+        .filter(|(d, _)| *d <= 2.max(given.len() / 4));
+    match (nearest, hint) {
+        (Some((_, n)), _) => format!("unknown key (did you mean `{n}`?)"),
+        (None, UnknownKeyHint::KnownKeys) => {
+            format!("unknown key (the keys here: {})", known.join(", "))
+        }
+        (None, UnknownKeyHint::Text(text)) => format!("unknown key ({text})"),
+    }
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
