@@ -463,3 +463,122 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     row[b.len()]
 }
+
+/// Settings shown to an operator (`config check`): `key = value` lines in TOML's syntax,
+/// secrets only as [`SET`] or [`UNSET`].
+pub mod shown {
+    use std::fmt::Display;
+    use std::path::Path;
+
+    /// What a secret that is set shows.
+    pub const SET: &str = "<set>";
+    /// What an unset setting shows.
+    pub const UNSET: &str = "<unset>";
+
+    /// `key = value` lines under `[table]` headers or `# section` comments.
+    #[derive(Debug, Default)]
+    pub struct Lines(String);
+
+    impl Lines {
+        /// A `[name]` table header (a blank line before all but the first).
+        pub fn table(&mut self, name: &str) {
+            if !self.0.is_empty() {
+                self.0.push('\n');
+            }
+            self.0.push_str(&format!("[{name}]\n"));
+        }
+
+        /// A `# name` section heading after a blank line.
+        pub fn section(&mut self, name: &str) {
+            self.0.push('\n');
+            self.comment(name);
+        }
+
+        /// A `# text` line.
+        pub fn comment(&mut self, text: &str) {
+            self.0.push_str(&format!("# {text}\n"));
+        }
+
+        /// `key = value`.
+        pub fn kv(&mut self, key: &str, value: impl Display) {
+            self.0.push_str(&format!("{key} = {value}\n"));
+        }
+
+        /// `key = value  # note`.
+        pub fn note(&mut self, key: &str, value: impl Display, note: &str) {
+            self.0.push_str(&format!("{key} = {value}  # {note}\n"));
+        }
+
+        /// A secret: [`SET`] with where it came from, or [`UNSET`].
+        pub fn secret(&mut self, key: &str, from: Option<&str>) {
+            match from {
+                Some(from) => self.note(key, SET, from),
+                None => self.kv(key, UNSET),
+            }
+        }
+
+        /// The text.
+        pub fn finish(self) -> String {
+            self.0
+        }
+    }
+
+    /// A TOML string.
+    pub fn quote(s: &str) -> String {
+        toml::Value::String(s.to_string()).to_string()
+    }
+
+    /// A path as a TOML string.
+    pub fn quote_path(p: &Path) -> String {
+        quote(&p.display().to_string())
+    }
+
+    /// A path as a TOML string, or [`UNSET`].
+    pub fn path_or_unset(p: Option<&Path>) -> String {
+        p.map_or_else(|| UNSET.into(), quote_path)
+    }
+
+    /// A TOML array of strings.
+    pub fn list<S: ToString>(items: impl IntoIterator<Item = S>) -> String {
+        toml::Value::Array(
+            items
+                .into_iter()
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        )
+        .to_string()
+    }
+
+    /// A URL (or path), quoted, with any user and password in it as [`SET`].
+    pub fn url(u: &str) -> String {
+        let shown = match u.split_once("://") {
+            Some((scheme, rest)) => {
+                let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                match rest[..authority_end].rfind('@') {
+                    Some(at) => format!("{scheme}://{SET}@{}", &rest[at + 1..]),
+                    None => u.to_string(),
+                }
+            }
+            None => u.to_string(),
+        };
+        quote(&shown)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::url;
+
+        #[test]
+        fn credentials_in_urls_are_not_shown() {
+            assert_eq!(
+                url("https://user:hunter2@pccs.example:8081/sgx/certification/v4/"),
+                "\"https://<set>@pccs.example:8081/sgx/certification/v4/\""
+            );
+            assert_eq!(
+                url("https://pccs.example/a@b"),
+                "\"https://pccs.example/a@b\""
+            );
+            assert_eq!(url("/run/dstack.sock"), "\"/run/dstack.sock\"");
+        }
+    }
+}

@@ -14,13 +14,13 @@ pub mod listen;
 pub mod verifier;
 
 use std::collections::BTreeMap;
-use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::ValueEnum;
 use serde::Deserialize;
+use teesql_proto::settings::shown::{Lines, SET, UNSET, list, path_or_unset, quote, url};
 pub use teesql_proto::settings::{Env, ProcessEnv};
 use teesql_proto::settings::{Problems, UnknownKeyHint};
 use teesql_proto::transport::ServerTrust;
@@ -555,58 +555,8 @@ impl SidecarConfig {
             "http_connection_timeout_secs",
             l.http.connection_timeout.as_secs(),
         );
-        o.0
+        o.finish()
     }
-}
-
-const SET: &str = "<set>";
-const UNSET: &str = "<unset>";
-
-/// `key = value` lines under `[table]` headers.
-#[derive(Debug, Default)]
-struct Lines(String);
-
-impl Lines {
-    fn table(&mut self, name: &str) {
-        if !self.0.is_empty() {
-            self.0.push('\n');
-        }
-        self.0.push_str(&format!("[{name}]\n"));
-    }
-
-    fn comment(&mut self, text: &str) {
-        self.0.push_str(&format!("# {text}\n"));
-    }
-
-    fn kv(&mut self, key: &str, value: impl Display) {
-        self.0.push_str(&format!("{key} = {value}\n"));
-    }
-
-    fn note(&mut self, key: &str, value: impl Display, note: &str) {
-        self.0.push_str(&format!("{key} = {value}  # {note}\n"));
-    }
-
-    /// A secret: `<set>` with where it came from, or `<unset>`.
-    fn secret(&mut self, key: &str, from: Option<&str>) {
-        match from {
-            Some(from) => self.note(key, SET, from),
-            None => self.kv(key, UNSET),
-        }
-    }
-}
-
-/// A TOML string.
-fn quote(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-fn path_or_unset(p: Option<&Path>) -> String {
-    p.map_or(UNSET.into(), |p| quote(&p.display().to_string()))
-}
-
-/// A TOML array of strings.
-fn list(items: &[String]) -> String {
-    toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect()).to_string()
 }
 
 /// The name a choice is written with (`scram-sha-256`).
@@ -614,21 +564,6 @@ fn choice<T: ValueEnum>(v: T) -> String {
     v.to_possible_value()
         .map(|p| p.get_name().to_string())
         .unwrap_or_default()
-}
-
-/// A URL (or path), quoted, with any user and password in it as `<set>`.
-fn url(u: &str) -> String {
-    let shown = match u.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => format!("{scheme}://{SET}@{}", &rest[at + 1..]),
-                None => u.to_string(),
-            }
-        }
-        None => u.to_string(),
-    };
-    quote(&shown)
 }
 
 #[cfg(test)]

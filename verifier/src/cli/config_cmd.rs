@@ -2,11 +2,13 @@
 //! same way ([`super::serve::resolve`]) and put through the checks `serve` makes before it
 //! listens, printed with every secret as `<set>`; or every problem.
 
-use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use teesql_proto::settings::shown::{
+    Lines, SET, UNSET, list, path_or_unset, quote, quote_path, url,
+};
 use teesql_verifier::Clock;
 use teesql_verifier::backend::BackendKind;
 use teesql_verifier::policy::PolicySet;
@@ -157,7 +159,7 @@ fn render(resolved: &Resolved, c: &ServeConfig, policies: Option<&PolicySet>) ->
     o.kv("tls_key", path_or_unset(s.tls_key.as_deref()));
     o.kv("ra_tls", c.ra_tls.is_some());
     if let Some(ra) = &c.ra_tls {
-        o.kv_note(
+        o.note(
             "dstack_endpoint",
             ra.endpoint
                 .as_deref()
@@ -184,8 +186,8 @@ fn render(resolved: &Resolved, c: &ServeConfig, policies: Option<&PolicySet>) ->
         path_or_unset(s.admin_token_file.as_deref()),
     );
     match c.admin {
-        AdminAccess::Token(_) => o.kv_note("admin_token", SET, "callers must present it"),
-        AdminAccess::LocalOnly => o.kv_note(
+        AdminAccess::Token(_) => o.note("admin_token", SET, "callers must present it"),
+        AdminAccess::LocalOnly => o.note(
             "admin_token",
             UNSET,
             "PolicyAdmin answers the unix socket and loopback only",
@@ -231,8 +233,8 @@ fn render(resolved: &Resolved, c: &ServeConfig, policies: Option<&PolicySet>) ->
     o.kv("sign_decisions", c.signer.is_some());
     if c.signer.is_some() {
         match &s.signing_key {
-            Some(p) => o.kv_note("signing_key", quote_path(p), "key <set>"),
-            None => o.kv_note("signing_key", UNSET, "a key generated at start"),
+            Some(p) => o.note("signing_key", quote_path(p), "key <set>"),
+            None => o.note("signing_key", UNSET, "a key generated at start"),
         }
         o.kv(
             "token_issuer",
@@ -269,7 +271,7 @@ fn render(resolved: &Resolved, c: &ServeConfig, policies: Option<&PolicySet>) ->
     o.kv("offline", collateral.pccs_url.is_none());
     match &collateral.pccs_url {
         Some(u) => o.kv("pccs_url", url(u)),
-        None => o.kv_note("pccs_url", UNSET, "offline: nothing is fetched"),
+        None => o.note("pccs_url", UNSET, "offline: nothing is fetched"),
     }
     o.kv("collateral_dir", path_or_unset(collateral.dir.as_deref()));
     o.kv("collateral_file", path_or_unset(collateral.file.as_deref()));
@@ -284,11 +286,11 @@ fn render(resolved: &Resolved, c: &ServeConfig, policies: Option<&PolicySet>) ->
             match &s.ita_api_key_file {
                 Some(p) => {
                     o.kv("ita_api_key_file", quote_path(p));
-                    o.kv_note("ita_api_key", SET, "from ita_api_key_file");
+                    o.note("ita_api_key", SET, "from ita_api_key_file");
                 }
                 None => {
                     o.kv("ita_api_key_file", UNSET);
-                    o.kv_note("ita_api_key", SET, "from INTEL_TRUST_AUTHORITY_API_KEY");
+                    o.note("ita_api_key", SET, "from INTEL_TRUST_AUTHORITY_API_KEY");
                 }
             }
             o.kv("ita_policy_ids", list(ita.policy_ids.iter().cloned()));
@@ -308,85 +310,8 @@ fn render(resolved: &Resolved, c: &ServeConfig, policies: Option<&PolicySet>) ->
         ),
     );
     match c.options.clock {
-        Clock::Fixed(t) => o.kv_note("now", t, "decisions as of this fixed time"),
-        Clock::System => o.kv_note("now", UNSET, "the system clock"),
+        Clock::Fixed(t) => o.note("now", t, "decisions as of this fixed time"),
+        Clock::System => o.note("now", UNSET, "the system clock"),
     }
-    o.0
-}
-
-const SET: &str = "<set>";
-const UNSET: &str = "<unset>";
-
-/// `key = value` lines under `# section` comments.
-#[derive(Debug, Default)]
-struct Lines(String);
-
-impl Lines {
-    fn section(&mut self, name: &str) {
-        self.0.push('\n');
-        self.comment(name);
-    }
-
-    fn comment(&mut self, text: &str) {
-        self.0.push_str(&format!("# {text}\n"));
-    }
-
-    fn kv(&mut self, key: &str, value: impl Display) {
-        self.0.push_str(&format!("{key} = {value}\n"));
-    }
-
-    fn kv_note(&mut self, key: &str, value: impl Display, note: &str) {
-        self.0.push_str(&format!("{key} = {value}  # {note}\n"));
-    }
-}
-
-/// A TOML string.
-fn quote(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-fn quote_path(p: &Path) -> String {
-    quote(&p.display().to_string())
-}
-
-fn path_or_unset(p: Option<&Path>) -> String {
-    p.map(quote_path).unwrap_or_else(|| UNSET.into())
-}
-
-/// A TOML array of strings.
-fn list(items: impl Iterator<Item = String>) -> String {
-    toml::Value::Array(items.map(toml::Value::String).collect()).to_string()
-}
-
-/// A URL, quoted, with any user and password in it as `<set>`.
-fn url(u: &str) -> String {
-    let shown = match u.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => format!("{scheme}://{SET}@{}", &rest[at + 1..]),
-                None => u.to_string(),
-            }
-        }
-        None => u.to_string(),
-    };
-    quote(&shown)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::url;
-
-    #[test]
-    fn credentials_in_urls_are_not_shown() {
-        assert_eq!(
-            url("https://user:hunter2@pccs.example:8081/sgx/certification/v4/"),
-            "\"https://<set>@pccs.example:8081/sgx/certification/v4/\""
-        );
-        assert_eq!(
-            url("https://pccs.example/a@b"),
-            "\"https://pccs.example/a@b\""
-        );
-        assert_eq!(url("/run/dstack.sock"), "\"/run/dstack.sock\"");
-    }
+    o.finish()
 }
