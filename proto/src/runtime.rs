@@ -75,3 +75,29 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// A metric family described on every scrape (`# HELP`, `# TYPE`), also before its first
+/// sample: prometheus-client leaves out families without samples, and a family whose
+/// series only come with their first count (denials, renewals, revoked sessions) would
+/// look unexported to whoever checks that an alert rule's metric exists.
+#[derive(Debug)]
+pub struct Described<M>(pub M);
+
+impl<M: prometheus_client::encoding::EncodeMetric> prometheus_client::encoding::EncodeMetric
+    for Described<M>
+{
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}

@@ -1,6 +1,7 @@
 //! Prometheus metrics of the sidecar.
 
 use std::time::Duration;
+use teesql_proto::runtime::Described;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,9 +11,7 @@ use prometheus_client::registry::Registry;
 
 use std::fmt;
 
-use prometheus_client::encoding::{
-    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder,
-};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -332,27 +331,6 @@ impl Metrics {
             out.clear();
         }
         out
-    }
-}
-
-/// A metric family described on every scrape (`# HELP`, `# TYPE`), also before its first
-/// sample: prometheus-client leaves out families without samples, and a family whose
-/// series only come with their first count (renewals, revoked sessions) would look
-/// unexported to whoever checks that a rule's metric exists.
-#[derive(Debug)]
-struct Described<M>(M);
-
-impl<M: EncodeMetric> EncodeMetric for Described<M> {
-    fn encode(&self, encoder: MetricEncoder) -> Result<(), fmt::Error> {
-        self.0.encode(encoder)
-    }
-
-    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
-        self.0.metric_type()
-    }
-
-    fn is_empty(&self) -> bool {
-        false
     }
 }
 

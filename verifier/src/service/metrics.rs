@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use teesql_proto::runtime::Described;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -388,27 +389,6 @@ impl Metrics {
             out.clear();
         }
         out
-    }
-}
-
-/// A metric family described on every scrape (`# HELP`, `# TYPE`), also before its first
-/// sample: prometheus-client leaves out families without samples, and a family whose
-/// series only come with their first count (denials, reloads) would look unexported to
-/// whoever checks that a rule's metric exists.
-#[derive(Debug)]
-struct Described<M>(M);
-
-impl<M: EncodeMetric> EncodeMetric for Described<M> {
-    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        self.0.encode(encoder)
-    }
-
-    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
-        self.0.metric_type()
-    }
-
-    fn is_empty(&self) -> bool {
-        false
     }
 }
 
