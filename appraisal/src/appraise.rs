@@ -53,8 +53,12 @@ impl Appraiser {
             Some(q) => Some(self.backend.appraise(q, now).await),
             None => None,
         };
-        // Offline and CPU-bound (three RSA and one ECDSA verification): no backend call.
-        let snp = evidence.snp.as_ref().map(|s| self.snp.appraise(s, now));
+        // CPU-bound (three RSA and one ECDSA verification); KDS is asked only for what the
+        // evidence and the certificate directory lack, and only once (cached).
+        let snp = match &evidence.snp {
+            Some(s) => Some(self.snp.appraise_online(s, now).await),
+            None => None,
+        };
         AppraisedEvidence::build_with_snp(evidence, facts.as_ref(), snp, expected_report_data)
     }
 }

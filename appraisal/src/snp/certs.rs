@@ -390,12 +390,37 @@ fn check_pss(
     issuer: &X509Certificate<'_>,
 ) -> Result<(), SnpError> {
     let bad = |m: String| Err(SnpError::Chain(format!("{what}: {m}")));
-    let alg = &cert.signature_algorithm;
-    if alg != &cert.tbs_certificate.signature {
-        return bad("the signature algorithm differs from the one it signs".into());
+    if cert.issuer().as_raw() != issuer.subject().as_raw() {
+        return bad(format!(
+            "issuer {} is not {}",
+            cert.issuer(),
+            issuer.subject()
+        ));
+    }
+    check_pss_signature(
+        &cert.signature_algorithm,
+        &cert.tbs_certificate.signature,
+        cert.tbs_certificate.as_ref(),
+        &cert.signature_value.data,
+        issuer,
+    )
+    .map_err(|m| SnpError::Chain(format!("{what}: {m}")))
+}
+
+/// A signature over `signed` by `issuer`'s RSA key, RSASSA-PSS SHA-384 with AMD's
+/// parameters, the outer algorithm equal to the signed one.
+fn check_pss_signature(
+    alg: &x509_parser::x509::AlgorithmIdentifier<'_>,
+    signed_alg: &x509_parser::x509::AlgorithmIdentifier<'_>,
+    signed: &[u8],
+    signature: &[u8],
+    issuer: &X509Certificate<'_>,
+) -> Result<(), String> {
+    if alg != signed_alg {
+        return Err("the signature algorithm differs from the one it signs".into());
     }
     if alg.algorithm.to_id_string() != RSASSA_PSS {
-        return bad(format!(
+        return Err(format!(
             "signature algorithm {} is not RSASSA-PSS",
             alg.algorithm
         ));
@@ -406,31 +431,82 @@ fn check_pss(
                 || p.data.strip_prefix(PSS_SHA384_PARAMS) == Some(PSS_TRAILER_ONE))
     });
     if !params_ok {
-        return bad(
+        return Err(
             "RSASSA-PSS parameters are not SHA-384, MGF1-SHA-384, salt 48, trailer 1".into(),
         );
     }
-    if cert.issuer().as_raw() != issuer.subject().as_raw() {
-        return bad(format!(
-            "issuer {} is not {}",
-            cert.issuer(),
-            issuer.subject()
-        ));
-    }
-    if !pss_signed_by(cert, issuer) {
-        return bad(format!("signature by {} does not verify", issuer.subject()));
-    }
-    Ok(())
-}
-
-/// The RSASSA-PSS SHA-384 signature of `cert` verifies with `issuer`'s key.
-fn pss_signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
     UnparsedPublicKey::new(
         &RSA_PSS_2048_8192_SHA384,
         &issuer.public_key().subject_public_key.data,
     )
-    .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
-    .is_ok()
+    .verify(signed, signature)
+    .map_err(|_| format!("signature by {} does not verify", issuer.subject()))
+}
+
+/// Largest CRL read (AMD's list a handful of entries in about 1 KiB).
+pub const MAX_AMD_CRL_LEN: usize = 64 * 1024;
+
+/// Check the ASK against the product's CRL (KDS `/vcek/v1/<product>/crl`): the CRL is
+/// signed by the pinned ARK (RSASSA-PSS as the chain), current at `now`, and does not
+/// list the ASK's serial. AMD revokes ASKs this way; VCEKs are retired by TCB instead
+/// (go-sev-guest `verifyCRL` checks the same). `Err(Revoked)` when the ASK is listed;
+/// `Err(Malformed)` when the CRL itself cannot be trusted (the caller reports revocation
+/// as not checked).
+pub fn check_crl(
+    roots: &AmdRoots,
+    product: Product,
+    ask_der: &[u8],
+    crl_der: &[u8],
+    now: u64,
+) -> Result<(), SnpError> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let bad = |m: String| SnpError::Malformed(format!("{} CRL: {m}", product.as_str()));
+    if crl_der.len() > MAX_AMD_CRL_LEN {
+        return Err(bad(format!("larger than {MAX_AMD_CRL_LEN} bytes")));
+    }
+    let ark_der = roots
+        .ark(product)
+        .ok_or_else(|| bad("no ARK is pinned".into()))?;
+    let ark = parse_der("ARK", ark_der)?;
+    let ask = parse_der("ASK", ask_der)?;
+    let crl = match CertificateRevocationList::from_der(crl_der) {
+        Ok(([], crl)) => crl,
+        Ok(_) => return Err(bad("bytes after the CRL".into())),
+        Err(e) => return Err(bad(format!("not an X.509 CRL: {e}"))),
+    };
+    if crl.issuer().as_raw() != ark.subject().as_raw() {
+        return Err(bad(format!("issued by {}, not the ARK", crl.issuer())));
+    }
+    check_pss_signature(
+        &crl.signature_algorithm,
+        &crl.tbs_cert_list.signature,
+        crl.tbs_cert_list.as_ref(),
+        &crl.signature_value.data,
+        &ark,
+    )
+    .map_err(bad)?;
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let this_update = crl.last_update().timestamp();
+    let next_update = crl.next_update().map(|t| t.timestamp());
+    if now < this_update || next_update.is_some_and(|n| now > n) {
+        return Err(bad(format!(
+            "valid from {this_update} to {}, not at {now}",
+            next_update.map_or("(no next update)".into(), |n| n.to_string())
+        )));
+    }
+    let serial = ask.tbs_certificate.raw_serial();
+    if crl
+        .iter_revoked_certificates()
+        .any(|r| r.raw_serial() == serial)
+    {
+        return Err(SnpError::Revoked(format!(
+            "the ASK {} (serial {}) is on the {} CRL",
+            ask.subject(),
+            ask.tbs_certificate.raw_serial_as_string(),
+            product.as_str()
+        )));
+    }
+    Ok(())
 }
 
 fn common_name(cert: &X509Certificate<'_>) -> Option<String> {
@@ -582,7 +658,7 @@ mod tests {
                 let ask_der = ask(other);
                 let (_, ask) = X509Certificate::from_der(&ask_der).unwrap();
                 assert_eq!(
-                    pss_signed_by(&ask, &ark),
+                    check_pss("ASK", &ask, &ark).is_ok(),
                     other == product,
                     "{product:?} {other:?}"
                 );

@@ -10,7 +10,10 @@
 //! Not done yet: fetching a missing VCEK from AMD's KDS (claims say `no_vcek`), and
 //! revocation (no CRL is read: `revocation_checked` is false).
 
+use std::sync::Arc;
+
 pub mod certs;
+pub mod kds;
 pub mod report;
 
 use serde::Serialize;
@@ -63,6 +66,9 @@ pub enum SnpError {
     /// The report's TCB values are impossible (REPORTED above CURRENT).
     #[error("TCB: {0}")]
     Tcb(String),
+    /// AMD's CRL lists the ASK.
+    #[error("revoked: {0}")]
+    Revoked(String),
 }
 
 /// Class of an SNP verification failure (`snp.error_code`).
@@ -83,6 +89,8 @@ pub enum SnpErrorCode {
     VcekMismatch,
     /// [`SnpError::Tcb`].
     TcbInvalid,
+    /// [`SnpError::Revoked`].
+    Revoked,
 }
 
 impl SnpError {
@@ -96,6 +104,7 @@ impl SnpError {
             Self::Signature(_) => SnpErrorCode::SignatureInvalid,
             Self::VcekMismatch(_) => SnpErrorCode::VcekMismatch,
             Self::Tcb(_) => SnpErrorCode::TcbInvalid,
+            Self::Revoked(_) => SnpErrorCode::Revoked,
         }
     }
 }
@@ -182,8 +191,12 @@ pub struct SnpClaims {
     pub tcb_behind: Vec<String>,
     /// The VCEK that verified it; `null` when none did.
     pub vcek: Option<VcekClaims>,
-    /// Whether an ASK revocation list was checked (never yet: no CRL is read offline).
+    /// Whether AMD's CRL for the product was checked (it verified under the ARK, was
+    /// current, and does not list the ASK). False when no CRL was at hand: offline
+    /// without one in the certificate directory, or KDS unreachable.
     pub revocation_checked: bool,
+    /// Why a CRL at hand could not be used (bad signature, out of date, unreachable).
+    pub revocation_error: Option<String>,
 }
 
 /// Appraises SEV-SNP evidence against a set of ARKs.
@@ -192,6 +205,7 @@ pub struct SnpVerifier {
     roots: AmdRoots,
     root_name: &'static str,
     cert_dir: Option<CertDir>,
+    kds: Option<Arc<kds::Kds>>,
 }
 
 impl Default for SnpVerifier {
@@ -200,8 +214,22 @@ impl Default for SnpVerifier {
             roots: AmdRoots::amd(),
             root_name: "amd",
             cert_dir: None,
+            kds: None,
         }
     }
+}
+
+/// What [`SnpVerifier::appraise_online`] fetched before the (offline) verification.
+#[derive(Debug, Default)]
+struct Fetched {
+    chain: Option<Result<AskVcek, SnpError>>,
+    crl: Option<Result<Arc<Vec<u8>>, SnpError>>,
+}
+
+/// How the ASK fared against AMD's CRL.
+struct Revocation {
+    checked: bool,
+    error: Option<String>,
 }
 
 /// AMD certificates on disk, laid out like KDS, for evidence that carries no chain
@@ -254,18 +282,27 @@ impl CertDir {
         let vcek = read(&vcek_path, certs::MAX_AMD_CERT_LEN)?;
         let chain_path = dir.join("cert_chain");
         let bundle = read(&chain_path, 2 * certs::MAX_AMD_CERT_LEN)?;
-        let (_, ask) = x509_parser::pem::parse_x509_pem(&bundle).map_err(|e| {
-            SnpError::Malformed(format!("{}: no PEM ASK: {e}", chain_path.display()))
-        })?;
-        if ask.label != "CERTIFICATE" {
-            return Err(SnpError::Malformed(format!(
-                "{}: the first PEM block is not a CERTIFICATE",
-                chain_path.display()
-            )));
-        }
-        Ok(AskVcek {
-            ask: ask.contents,
-            vcek,
+        let ask = kds::first_pem_certificate(&chain_path.display().to_string(), &bundle)?;
+        Ok(AskVcek { ask, vcek })
+    }
+
+    /// `<dir>/<Product>/crl` (KDS's `/vcek/v1/<Product>/crl`, DER), when there is one.
+    fn crl(&self, product: Product) -> Option<Result<Arc<Vec<u8>>, SnpError>> {
+        use std::io::Read;
+        let path = self.root.join(product.as_str()).join("crl");
+        let file = std::fs::File::open(&path).ok()?;
+        let mut buf = Vec::new();
+        let read = file
+            .take(certs::MAX_AMD_CRL_LEN as u64 + 1)
+            .read_to_end(&mut buf);
+        Some(match read {
+            Err(e) => Err(SnpError::Malformed(format!("{}: {e}", path.display()))),
+            Ok(_) if buf.len() > certs::MAX_AMD_CRL_LEN => Err(SnpError::Malformed(format!(
+                "{} is larger than {} bytes",
+                path.display(),
+                certs::MAX_AMD_CRL_LEN
+            ))),
+            Ok(_) => Ok(Arc::new(buf)),
         })
     }
 }
@@ -276,8 +313,56 @@ impl SnpVerifier {
         Self {
             roots,
             root_name: "custom",
-            cert_dir: None,
+            ..Self::default()
         }
+    }
+
+    /// A development PKI's roots (teesql-devattest's): claims say `root: dev`, which only
+    /// the development profile accepts.
+    pub fn with_dev_roots(roots: AmdRoots) -> Self {
+        Self {
+            roots,
+            root_name: "dev",
+            ..Self::default()
+        }
+    }
+
+    /// Fetch what the evidence lacks from AMD's KDS (or a mirror): the ASK and VCEK of
+    /// evidence without certificates (after the certificate directory), and the CRL.
+    pub fn with_kds(self, kds: Arc<kds::Kds>) -> Self {
+        Self {
+            kds: Some(kds),
+            ..self
+        }
+    }
+
+    /// The KDS client, when there is one (metrics).
+    pub fn kds(&self) -> Option<&Arc<kds::Kds>> {
+        self.kds.as_ref()
+    }
+
+    /// [`Self::appraise`], first fetching from KDS what the evidence and the directory
+    /// do not have (the VCEK and ASK of a report sent without them; the CRL). Cached in
+    /// the client: no request is made per appraisal once fetched.
+    pub async fn appraise_online(&self, evidence: &SnpEvidence, now: u64) -> SnpClaims {
+        let mut fetched = Fetched::default();
+        if let (Some(kds), Some(product)) = (&self.kds, evidence.report.product()) {
+            let in_dir = self
+                .cert_dir
+                .as_ref()
+                .is_some_and(|d| d.lookup(product, &evidence.report).is_ok());
+            if evidence.cert_chain.is_empty() && !in_dir {
+                fetched.chain = Some(kds.ask_vcek(product, &evidence.report).await);
+            }
+            let crl_in_dir = self
+                .cert_dir
+                .as_ref()
+                .is_some_and(|d| d.crl(product).is_some());
+            if !crl_in_dir {
+                fetched.crl = Some(kds.crl(product).await);
+            }
+        }
+        self.appraise_with(evidence, now, fetched)
     }
 
     /// Take the ASK and VCEK from `dir` when the evidence carries no chain.
@@ -290,16 +375,25 @@ impl SnpVerifier {
 
     /// Verify `evidence` at unix time `now` and report what it says.
     pub fn appraise(&self, evidence: &SnpEvidence, now: u64) -> SnpClaims {
+        self.appraise_with(evidence, now, Fetched::default())
+    }
+
+    fn appraise_with(&self, evidence: &SnpEvidence, now: u64, fetched: Fetched) -> SnpClaims {
         let r = &evidence.report;
-        let verified = self.verify(evidence, now);
+        let verified = self.verify(evidence, now, fetched);
         let product = match &verified {
-            Ok((p, _, _)) => Some(*p),
+            Ok((p, _, _, _)) => Some(*p),
             Err(_) => r.product(),
         };
         let tcb = |t: TcbVersion| product.map(|p| t.parts(p));
         let tcb_behind = product.map(|p| tcb_behind(r, p)).unwrap_or_default();
+        let mut revocation = Revocation {
+            checked: false,
+            error: None,
+        };
         let (tcb_status, vcek, error) = match verified {
-            Ok((_, v, source)) => {
+            Ok((_, v, source, rev)) => {
+                revocation = rev;
                 let equal = [r.reported_tcb(), r.committed_tcb(), r.launch_tcb()]
                     .iter()
                     .all(|t| *t == r.current_tcb());
@@ -351,7 +445,8 @@ impl SnpVerifier {
             tcb_status,
             tcb_behind,
             vcek,
-            revocation_checked: false,
+            revocation_checked: revocation.checked,
+            revocation_error: revocation.error,
         }
     }
 
@@ -360,7 +455,8 @@ impl SnpVerifier {
         &self,
         evidence: &SnpEvidence,
         now: u64,
-    ) -> Result<(Product, VcekInfo, &'static str), SnpError> {
+        fetched: Fetched,
+    ) -> Result<(Product, VcekInfo, &'static str, Revocation), SnpError> {
         let r = &evidence.report;
         match r.signing_key() {
             SigningKey::Vcek => {}
@@ -380,8 +476,9 @@ impl SnpVerifier {
                 "MASK_CHIP_KEY is set: the firmware did not sign the report".into(),
             ));
         }
-        let carried = match (&self.cert_dir, evidence.cert_chain.is_empty()) {
-            (Some(_), true) => None,
+        let elsewhere = self.cert_dir.is_some() || fetched.chain.is_some();
+        let carried = match (elsewhere, evidence.cert_chain.is_empty()) {
+            (true, true) => None,
             _ => Some(certs::ask_vcek(&evidence.cert_chain)?),
         };
         // v3+ names its CPU; a v2 report is tried as Milan, then Genoa (as dstack does;
@@ -397,29 +494,82 @@ impl SnpVerifier {
         };
         let mut last = None;
         for product in candidates {
-            let (chain, source) = match (&carried, &self.cert_dir) {
-                (Some(c), _) => (c.clone(), "evidence"),
-                (None, Some(dir)) => match dir.lookup(product, r) {
-                    Ok(c) => (c, "directory"),
-                    Err(e) => {
-                        last = Some(e);
-                        continue;
-                    }
+            let looked_up = match (&carried, &self.cert_dir, &fetched.chain) {
+                (Some(c), _, _) => Ok((c.clone(), "evidence")),
+                (None, Some(dir), fetched) => match (dir.lookup(product, r), fetched) {
+                    (Ok(c), _) => Ok((c, "directory")),
+                    (Err(_), Some(Ok(c))) => Ok((c.clone(), "kds")),
+                    (Err(e), Some(Err(k))) => Err(SnpError::NoVcek(format!(
+                        "{}; and {}",
+                        e.to_string().trim_start_matches("no VCEK: "),
+                        k.to_string().trim_start_matches("no VCEK: ")
+                    ))),
+                    (Err(e), None) => Err(e),
                 },
-                // Not reached: `carried` is None only with a directory.
-                (None, None) => return Err(SnpError::NoVcek("no certificate chain".into())),
+                (None, None, Some(Ok(c))) => Ok((c.clone(), "kds")),
+                (None, None, Some(Err(e))) => Err(e.clone()),
+                (None, None, None) => Err(SnpError::NoVcek(
+                    "none in the attestation, and no certificate directory or KDS to ask".into(),
+                )),
+            };
+            let (chain, source) = match looked_up {
+                Ok(found) => found,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
             };
             match certs::verify_chain(&self.roots, product, &chain, now) {
                 Ok(vcek) => {
                     check_vcek(r, product, &vcek.info)?;
                     certs::verify_report_signature(r, &vcek.public_key)?;
                     check_tcb_order(r, product)?;
-                    return Ok((product, vcek.info, source));
+                    let revocation = self.revocation(product, &chain.ask, &fetched, now)?;
+                    return Ok((product, vcek.info, source, revocation));
                 }
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| SnpError::Chain("no product to verify against".into())))
+    }
+}
+
+impl SnpVerifier {
+    /// The ASK against the CRL at hand (the directory's, else the fetched one): a listed
+    /// ASK fails the verification; a CRL that cannot be used leaves revocation unchecked,
+    /// with the reason.
+    fn revocation(
+        &self,
+        product: Product,
+        ask: &[u8],
+        fetched: &Fetched,
+        now: u64,
+    ) -> Result<Revocation, SnpError> {
+        let crl = self
+            .cert_dir
+            .as_ref()
+            .and_then(|d| d.crl(product))
+            .or_else(|| fetched.crl.clone());
+        let outcome = match crl {
+            None => None,
+            Some(Err(e)) => Some(Err(e)),
+            Some(Ok(der)) => Some(certs::check_crl(&self.roots, product, ask, &der, now)),
+        };
+        match outcome {
+            None => Ok(Revocation {
+                checked: false,
+                error: None,
+            }),
+            Some(Ok(())) => Ok(Revocation {
+                checked: true,
+                error: None,
+            }),
+            Some(Err(e @ SnpError::Revoked(_))) => Err(e),
+            Some(Err(e)) => Ok(Revocation {
+                checked: false,
+                error: Some(e.to_string()),
+            }),
+        }
     }
 }
 

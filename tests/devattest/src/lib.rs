@@ -17,6 +17,7 @@ pub mod pccs;
 pub mod pki;
 mod ratls;
 pub mod server_pki;
+pub mod snp;
 
 pub use agent::{AgentConfig, DevAgent, DstackVersion, KeyProviderKind};
 pub use kms::DevKms;
