@@ -23,6 +23,9 @@ pub struct Claims {
     pub purpose: String,
     /// Appraisal time, unix seconds.
     pub now: u64,
+    /// Which TEE the evidence comes from: `tdx`, `sev-snp`, or `null` without evidence
+    /// (the same as `evidence.tee`, at the top for policies that branch on it first).
+    pub tee: Option<Tee>,
     /// What was presented, as decoded (not verified).
     pub evidence: EvidenceClaims,
     /// Quote facts; `null` when no quote was presented.
@@ -493,6 +496,7 @@ impl AppraisedEvidence {
             claims_version: CLAIMS_VERSION,
             purpose: purpose.to_string(),
             now,
+            tee: self.evidence.tee,
             evidence: self.evidence,
             tdx: self.tdx,
             snp: self.snp,

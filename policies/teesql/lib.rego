@@ -70,7 +70,7 @@ quote_problems contains d if {
 	d := {"code": "tee_not_accepted", "message": sprintf("the evidence comes from %s; this policy accepts evidence from: %s", [evidence_tee, shown(data.teesql.accepted_tees)])}
 }
 
-snp_failure_code := {"no_vcek": "snp_no_vcek"}
+snp_failure_code := {"no_vcek": "snp_no_vcek", "revoked": "snp_revoked"}
 
 quote_problems contains d if {
 	input.snp.verified == false

@@ -77,6 +77,8 @@ test_an_unverified_report_is_refused_with_its_class if {
 	pinned_codes(no_vcek) == {"snp_no_vcek"}
 	bad_sig := object.union(no_vcek, {"snp": {"error_code": "signature_invalid"}})
 	pinned_codes(bad_sig) == {"snp_unverified"}
+	revoked := object.union(no_vcek, {"snp": {"error_code": "revoked"}})
+	pinned_codes(revoked) == {"snp_revoked"}
 }
 
 # HOST_DATA that does not commit to the document: its app claims are not attested.

@@ -57,6 +57,8 @@ pub struct ClusterOptions {
     pub backend: String,
     /// How the sidecar and forwarders reach the verifier.
     pub verifier_transport: VerifierTransport,
+    /// Verifier settings over the cluster's own (e.g. `snp_dev_ark`, `kds_url`).
+    pub verifier_settings: ServeSettings,
 }
 
 /// How the verifier serves gRPC in a cluster.
@@ -97,6 +99,7 @@ impl Default for ClusterOptions {
             public_http: false,
             backend: "dcap".into(),
             verifier_transport: VerifierTransport::Loopback,
+            verifier_settings: ServeSettings::default(),
         }
     }
 }
@@ -331,6 +334,7 @@ impl Cluster {
             ita_jwks_url: ita.as_ref().map(|m| m.jwks_url.clone()),
             ..ServeSettings::default()
         };
+        let settings = opts.verifier_settings.clone().over(settings);
         let ita_env: BTreeMap<String, String> = ita
             .iter()
             .map(|m| {

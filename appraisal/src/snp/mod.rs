@@ -219,6 +219,83 @@ impl Default for SnpVerifier {
     }
 }
 
+/// How to build the [`SnpVerifier`] of a service or a CLI run.
+#[derive(Debug, Clone, Default)]
+pub struct SnpConfig {
+    /// A development ARK (teesql-devattest's), PEM or DER, one certificate per product:
+    /// it replaces AMD's roots and claims say `snp.root = "dev"`.
+    pub dev_ark: Option<std::path::PathBuf>,
+    /// ASKs, VCEKs and CRLs on disk in KDS's layout ([`CertDir`]).
+    pub cert_dir: Option<std::path::PathBuf>,
+    /// AMD's KDS or a mirror to fetch what the evidence and the directory lack; `None`:
+    /// offline.
+    pub kds_url: Option<String>,
+    /// Time limit of one KDS request.
+    pub fetch_timeout: std::time::Duration,
+    /// Most bytes of fetched VCEKs kept.
+    pub cache_bytes: u64,
+}
+
+impl SnpConfig {
+    /// The verifier these settings describe; reads the development ARK file now.
+    pub fn build(&self) -> Result<SnpVerifier, SnpError> {
+        let mut verifier = match &self.dev_ark {
+            Some(path) => SnpVerifier::with_dev_roots(dev_arks(path)?),
+            None => SnpVerifier::default(),
+        };
+        if let Some(dir) = &self.cert_dir {
+            verifier = verifier.with_cert_dir(CertDir::new(dir));
+        }
+        if let Some(url) = &self.kds_url {
+            verifier = verifier.with_kds(Arc::new(kds::Kds::new(
+                url,
+                self.fetch_timeout,
+                self.cache_bytes,
+            )?));
+        }
+        Ok(verifier)
+    }
+}
+
+/// The ARKs of a file (PEM certificates, or one DER), each filed under the product its
+/// CN names (`ARK-Milan`, …).
+fn dev_arks(path: &std::path::Path) -> Result<AmdRoots, SnpError> {
+    let bad = |m: String| SnpError::Malformed(format!("SEV-SNP ARK file {}: {m}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let ders: Vec<Vec<u8>> = if bytes.starts_with(b"-----BEGIN") {
+        x509_parser::pem::Pem::iter_from_buffer(&bytes)
+            .map(|p| p.map(|p| p.contents).map_err(|e| bad(e.to_string())))
+            .collect::<Result<_, _>>()?
+    } else {
+        vec![bytes]
+    };
+    let mut arks = Vec::new();
+    for der in ders {
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| bad(format!("not a certificate: {e}")))?;
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let product = Product::ALL
+            .into_iter()
+            .find(|p| cn == format!("ARK-{}", p.as_str()))
+            .ok_or_else(|| {
+                bad(format!(
+                    "CN {cn:?} is not ARK-Milan, ARK-Genoa or ARK-Turin"
+                ))
+            })?;
+        arks.push((product, der.clone()));
+    }
+    if arks.is_empty() {
+        return Err(bad("no certificate".into()));
+    }
+    Ok(AmdRoots::with_arks(arks))
+}
+
 /// What [`SnpVerifier::appraise_online`] fetched before the (offline) verification.
 #[derive(Debug, Default)]
 struct Fetched {

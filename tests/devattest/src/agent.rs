@@ -63,6 +63,12 @@ pub struct AgentConfig {
     pub app_id: Option<[u8; 20]>,
     /// Where the CVM's keys come from (default a KMS, the development KMS of the seed).
     pub key_provider: KeyProviderKind,
+    /// Run as a dstack 0.6 SEV-SNP CVM on this AMD product instead of TDX: certificates
+    /// carry SEV-SNP reports (attestation kind 3: report, `[ASK, VCEK]`, the MrConfigV3
+    /// document HOST_DATA commits to) signed by a development AMD chain
+    /// ([`crate::snp::DevSnpPki`], new keys each start; its ARK is what a verifier is
+    /// given with `--snp-dev-ark`).
+    pub snp: Option<teesql_appraisal::snp::Product>,
 }
 
 /// The dstack version a development agent speaks.
@@ -108,6 +114,7 @@ impl AgentConfig {
             dstack: DstackVersion::default(),
             app_id: None,
             key_provider: KeyProviderKind::default(),
+            snp: None,
         }
     }
 
@@ -149,6 +156,7 @@ struct AgentState {
     events: Mutex<Vec<RuntimeEvent>>,
     collateral_issued_at: u64,
     pccs_requests: AtomicU64,
+    snp: Option<Arc<crate::snp::DevSnpPki>>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -267,6 +275,23 @@ impl Identity {
         events
     }
 
+    /// dstack 0.6's MrConfigV3 document (the JSON the VMM delivers; HOST_DATA on
+    /// SEV-SNP is its digest), with the fields and order of the dstack fixture
+    /// `sev-snp-attestation.bin`.
+    fn mr_config_v3(&self) -> String {
+        let kp: serde_json::Value =
+            serde_json::from_str(&self.key_provider).unwrap_or(serde_json::Value::Null);
+        let text = |k: &str| kp.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        format!(
+            r#"{{"app_id":"{}","compose_hash":"{}","instance_id":"{}","key_provider":"{}","key_provider_id":"{}","version":3}}"#,
+            hex::encode(self.app_id),
+            hex::encode(self.compose_hash),
+            hex::encode(self.instance_id),
+            text("name"),
+            text("id")
+        )
+    }
+
     fn mr_config_id(&self) -> [u8; 48] {
         let mut id = [0u8; 48];
         id[0] = 0x01;
@@ -362,6 +387,11 @@ impl DevAgent {
         let kms = DevKms::new(&config.seed, config.measured_app_id()).map_err(AgentError::Io)?;
         let identity = Identity::new(&config, &pki, &kms);
         let events = identity.boot_events();
+        let snp = config
+            .snp
+            .map(|p| crate::snp::DevSnpPki::new(p).map(Arc::new))
+            .transpose()
+            .map_err(|e| AgentError::Io(e.to_string()))?;
         let collateral_issued_at = config.collateral_issued_at.unwrap_or_else(|| {
             let now = teesql_appraisal::Clock::System.now();
             now - now % 86_400
@@ -376,6 +406,7 @@ impl DevAgent {
                 events: Mutex::new(events),
                 collateral_issued_at,
                 pccs_requests: AtomicU64::new(0),
+                snp,
             }),
         })
     }
@@ -388,6 +419,61 @@ impl DevAgent {
     /// The app CA that signs RA-TLS certificates (PEM): `sslrootcert` for mode B.
     pub fn app_ca_pem(&self) -> &str {
         self.state.app_ca.cert_pem()
+    }
+
+    /// The development AMD ARK (DER) of an SEV-SNP agent: `--snp-dev-ark`.
+    pub fn snp_ark_der(&self) -> Option<&[u8]> {
+        self.state.snp.as_ref().map(|p| p.ark_der())
+    }
+
+    /// A development KDS for an SEV-SNP agent's chain ([`crate::snp::kds_router`]),
+    /// revoking the ASK serials `revoked`.
+    pub fn snp_kds_router(&self, revoked: Vec<u64>) -> Option<Router> {
+        let pki = self.state.snp.clone()?;
+        Some(crate::snp::kds_router(pki, revoked))
+    }
+
+    /// The launch MEASUREMENT every SEV-SNP report of this agent carries (hex), for
+    /// `pins.snp_measurement`.
+    pub fn snp_measurement_hex(&self) -> String {
+        hex::encode(self.snp_measurement())
+    }
+
+    fn snp_measurement(&self) -> [u8; 48] {
+        derive(&self.state.config.seed, "snp-measurement")
+    }
+
+    /// An SEV-SNP attestation over `report_data`, as dstack 0.6 on AMD puts in `.8`
+    /// (V0 SCALE, kind 3).
+    fn snp_attestation(
+        &self,
+        pki: &crate::snp::DevSnpPki,
+        report_data: [u8; 64],
+    ) -> Result<DstackAttestation, DevPkiError> {
+        let mr_config = self.state.identity.mr_config_v3();
+        let report = pki
+            .report(&crate::snp::DevSnpReport {
+                measurement: self.snp_measurement(),
+                host_data: teesql_appraisal::mr_config::v3_digest(mr_config.as_bytes()),
+                report_data,
+                ..crate::snp::DevSnpReport::default()
+            })
+            .map_err(|e| DevPkiError::Signing(e.to_string()))?;
+        let report = teesql_appraisal::snp::Report::parse(&report)
+            .map_err(|e| DevPkiError::Encoding(e.to_string()))?;
+        Ok(DstackAttestation {
+            format: teesql_appraisal::evidence::AttestationFormat::VersionedV0,
+            quote: Vec::new(),
+            snp: Some(teesql_appraisal::snp::SnpEvidence {
+                report,
+                cert_chain: vec![pki.ask_der().to_vec(), pki.vcek_der().to_vec()],
+                mr_config,
+            }),
+            event_log: Vec::new(),
+            runtime_events: Vec::new(),
+            report_data,
+            config: Some(self.state.identity.vm_config.clone()),
+        })
     }
 
     /// The MRTD every quote of this agent carries (hex), for pinning in tests.
@@ -662,6 +748,15 @@ impl DevAgent {
                 .app_ca
                 .issue(req, self.state.config.cert_validity, move |spki| {
                     let report_data = teesql_appraisal::eventlog::ra_tls_report_data(spki);
+                    if let Some(pki) = &this.state.snp {
+                        let att = this.snp_attestation(pki, report_data)?;
+                        return Ok(CertAttestation {
+                            versioned: crate::encode::versioned_attestation(&att),
+                            legacy: None,
+                            app_id: this.state.identity.app_id.to_vec(),
+                            app_info: None,
+                        });
+                    }
                     let quote = this.state.pki.quote(&this.td_report(rtmr3, report_data))?;
                     let event_log = match this.dstack() {
                         DstackVersion::V05 => tdx_events(&events, EventForm::Full),

@@ -262,6 +262,20 @@ fn render(resolved: &Resolved, c: &ServeConfig, policies: Option<&PolicySet>) ->
         "quotes are verified against the {} root",
         c.backend.trust_root.kind().as_str()
     ));
+    o.kv("snp_dev_ark", path_or_unset(s.snp_dev_ark.as_deref()));
+    o.comment(match &c.snp.dev_ark {
+        Some(_) => "SEV-SNP reports are verified against the development ARK (snp.root = dev)",
+        None => "SEV-SNP reports are verified against AMD's pinned ARKs",
+    });
+    o.kv("snp_cert_dir", path_or_unset(c.snp.cert_dir.as_deref()));
+    match &c.snp.kds_url {
+        Some(u) => o.kv("kds_url", url(u)),
+        None => o.note(
+            "kds_url",
+            UNSET,
+            "offline: VCEKs only from evidence or snp_cert_dir",
+        ),
+    }
     o.kv("platform_cache_kib", c.backend.platform_cache_bytes / 1024);
     o.kv("cache_max_mib", c.options.cache_max_bytes >> 20);
     o.kv("cache_max_ttl_secs", c.options.cache_max_ttl.as_secs());

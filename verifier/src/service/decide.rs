@@ -148,6 +148,7 @@ impl DecisionService {
             self.tcb_changed();
         }
         summary.evidence = facts.kind.clone();
+        summary.tee = facts.tee;
         summary.subject = facts.subject.clone();
         summary.mrtd = facts.mrtd.clone();
         summary.app_id = facts.app_id.clone();

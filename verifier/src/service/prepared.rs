@@ -25,6 +25,8 @@ pub(crate) struct Extra {
 pub(crate) struct Facts {
     /// `evidence.kind` as the claims name it.
     pub kind: String,
+    /// `tee`: `tdx`, `sev-snp`, or none.
+    pub tee: Option<&'static str>,
     pub subject: Option<String>,
     pub mrtd: Option<String>,
     pub app_id: Option<String>,
@@ -160,6 +162,10 @@ impl Prepared {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
+            tee: appraised.evidence.tee.map(|t| match t {
+                teesql_appraisal::claims::Tee::Tdx => "tdx",
+                teesql_appraisal::claims::Tee::SevSnp => "sev-snp",
+            }),
             subject: appraised.evidence.cert.as_ref().map(|c| c.subject.clone()),
             mrtd: tdx.and_then(|t| t.mrtd.clone()),
             app_id: appraised.app.as_ref().and_then(|a| a.app_id.clone()),
@@ -236,6 +242,12 @@ impl Prepared {
         );
         put("purpose", regorus::Value::from(purpose));
         put("now", regorus::Value::from(now));
+        put(
+            "tee",
+            self.facts
+                .tee
+                .map_or(regorus::Value::Null, regorus::Value::from),
+        );
         put("evidence", self.evidence.clone());
         put("tdx", self.tdx.clone());
         put("app", self.app.clone());

@@ -215,6 +215,9 @@ pub struct PeerSummary {
     /// The evidence kind (`ra_tls_cert`, `quote`, `none`, …), or `malformed` when it
     /// did not decode.
     pub evidence: String,
+    /// The TEE the evidence comes from (`tdx`, `sev-snp`); `None` without any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tee: Option<&'static str>,
     /// The presented certificate's subject; `None` without a certificate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,

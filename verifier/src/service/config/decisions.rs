@@ -13,6 +13,42 @@ use crate::collateral::{CollateralConfig, INTEL_PCS_URL};
 use crate::service::LogTarget;
 use crate::service::token::DecisionSigner;
 
+/// How SEV-SNP evidence is verified: the development ARK, the certificate directory,
+/// KDS (AMD's unless offline or told otherwise).
+pub(super) fn snp(s: &ServeSettings, p: &mut Problems) -> crate::snp::SnpConfig {
+    for (name, path) in [
+        ("snp_dev_ark", &s.snp_dev_ark),
+        ("snp_cert_dir", &s.snp_cert_dir),
+    ] {
+        if let Some(path) = path
+            && !path.exists()
+        {
+            p.push(format!("{name} {}: does not exist", path.display()));
+        }
+    }
+    let kds_url = match (s.offline.unwrap_or(false), &s.kds_url) {
+        (true, _) => None,
+        (false, Some(u)) => Some(u.clone()),
+        (false, None) => Some(crate::snp::kds::AMD_KDS_URL.to_string()),
+    };
+    if let Some(u) = &kds_url
+        && !(u.starts_with("http://") || u.starts_with("https://"))
+    {
+        p.push(format!("kds_url {u:?}: must be an http(s) URL"));
+    }
+    crate::snp::SnpConfig {
+        dev_ark: s.snp_dev_ark.clone(),
+        cert_dir: s.snp_cert_dir.clone(),
+        kds_url,
+        fetch_timeout: Duration::from_secs(
+            s.fetch_timeout_secs
+                .unwrap_or(defaults::FETCH_TIMEOUT_SECS)
+                .max(1),
+        ),
+        cache_bytes: 4 << 20,
+    }
+}
+
 /// Where collateral comes from: the offline file and directory, then the PCCS.
 pub(super) fn collateral(s: &ServeSettings, clock: Clock, p: &mut Problems) -> CollateralConfig {
     let pccs_url = s

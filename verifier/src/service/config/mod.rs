@@ -18,7 +18,7 @@ mod decisions;
 mod endpoint;
 mod settings;
 
-use decisions::{Limits, collateral, decision_log, manifest_epochs_file, signer};
+use decisions::{Limits, collateral, decision_log, manifest_epochs_file, signer, snp};
 use endpoint::Endpoint;
 pub use endpoint::{AdminAccess, Listen, RaTlsConfig};
 pub use settings::{ServeSettings, defaults};
@@ -55,6 +55,8 @@ pub struct ServeConfig {
     /// Quote backends, trust root, collateral sources and platform cache (`backend`,
     /// `trust_root`, `pccs_url`, `offline`, `collateral_*`, `platform_cache_kib`, `ita_*`).
     pub backend: BackendConfig,
+    /// How SEV-SNP reports are verified (`snp_dev_ark`, `snp_cert_dir`, `kds_url`).
+    pub snp: crate::snp::SnpConfig,
     /// Where decisions are logged (`decision_log`: stdout, off or a file; default stdout).
     pub decision_log: LogTarget,
     /// Appraisal cache size and lifetime, clock and manifest epochs file
@@ -190,6 +192,7 @@ impl ServeConfig {
             .ok();
         let clock = s.now.map(Clock::Fixed).unwrap_or(Clock::System);
         let collateral = collateral(&s, clock, &mut p);
+        let snp = snp(&s, &mut p);
         let limits = Limits::check(&s, &mut p);
         let decision_log = decision_log(&s, &mut p);
         let signer = signer(&s, &mut p);
@@ -226,6 +229,7 @@ impl ServeConfig {
                         .unwrap_or(defaults::PLATFORM_CACHE_KIB)
                         .saturating_mul(1024),
                 },
+                snp,
                 decision_log: decision_log?,
                 options: ServiceOptions {
                     cache_max_bytes: limits.cache_mib.saturating_mul(1 << 20),
@@ -247,7 +251,9 @@ impl ServeConfig {
             None => PolicySet::load(&self.policy_dirs, self.eval_limit),
         }
         .map_err(|e| vec![e.to_string()])?;
-        let backend = self.backend.build().map_err(|e| vec![e])?;
+        let mut backend = self.backend.build().map_err(|e| vec![e])?;
+        let snp = self.snp.build().map_err(|e| vec![e.to_string()])?;
+        backend.appraiser = backend.appraiser.with_snp(snp);
         let metrics = Arc::new(
             Metrics::new()
                 .with_collateral(backend.collateral.clone())

@@ -98,6 +98,21 @@ pub struct ServeSettings {
     /// `tdx.root = "dev"`, which only the development profile accepts. [env: TEESQL_VERIFIER_DEV_TRUST_ROOT]
     #[arg(long, value_name = "FILE")]
     pub dev_trust_root: Option<PathBuf>,
+    /// A development SEV-SNP ARK (PEM or DER; teesql-devattest's) to verify SEV-SNP
+    /// reports against instead of AMD's; claims say `snp.root = "dev"`, which only the
+    /// development profile accepts. [env: TEESQL_VERIFIER_SNP_DEV_ARK]
+    #[arg(long, value_name = "FILE")]
+    pub snp_dev_ark: Option<PathBuf>,
+    /// AMD certificates in KDS's layout (<Product>/cert_chain, <Product>/crl,
+    /// <Product>/<hwID>/<REPORTED_TCB>.der) for SEV-SNP evidence sent without them.
+    /// [env: TEESQL_VERIFIER_SNP_CERT_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub snp_cert_dir: Option<PathBuf>,
+    /// AMD's KDS or a mirror, asked (once per chip and TCB, cached) for the VCEK of
+    /// SEV-SNP evidence sent without one, and for AMD's CRL [default: AMD's KDS; none
+    /// when offline]. [env: TEESQL_VERIFIER_KDS_URL]
+    #[arg(long, value_name = "URL")]
+    pub kds_url: Option<String>,
     /// PCCS or Intel PCS for collateral [default: Intel PCS]. [env: TEESQL_PCCS_URL]
     #[arg(long, value_name = "URL")]
     pub pccs_url: Option<String>,
@@ -259,6 +274,9 @@ impl ServeSettings {
             bundle_verification_scope,
             trust_root,
             dev_trust_root,
+            snp_dev_ark,
+            snp_cert_dir,
+            kds_url,
             pccs_url,
             offline,
             collateral_dir,
@@ -320,6 +338,9 @@ impl ServeSettings {
             token_issuer: env.var("TEESQL_VERIFIER_TOKEN_ISSUER"),
             trust_root: path("TEESQL_VERIFIER_TRUST_ROOT"),
             dev_trust_root: path("TEESQL_VERIFIER_DEV_TRUST_ROOT"),
+            snp_dev_ark: path("TEESQL_VERIFIER_SNP_DEV_ARK"),
+            snp_cert_dir: path("TEESQL_VERIFIER_SNP_CERT_DIR"),
+            kds_url: env.var("TEESQL_VERIFIER_KDS_URL"),
             pccs_url: p.var_renamed(env, "TEESQL_PCCS_URL", &["PCCS_URL"]),
             offline: p.env_switch(env, "TEESQL_VERIFIER_OFFLINE"),
             collateral_dir: path("TEESQL_VERIFIER_COLLATERAL_DIR"),
