@@ -52,6 +52,8 @@ impl DecisionService {
             has_quote: facts.has_quote,
             debug: facts.debug,
             rtmr3_replayed: facts.rtmr3_replayed,
+            tee: facts.tee,
+            snp_measurement: facts.snp_measurement.as_deref(),
         };
         match signer.sign(&facts, now) {
             Ok(t) => t,

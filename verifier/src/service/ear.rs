@@ -131,11 +131,13 @@ pub fn appraise(i: &Inputs<'_>) -> Appraisal {
     let has = |codes: &[&str]| i.reasons.iter().any(|r| codes.contains(r));
     let ends = |suffix: &str| i.reasons.iter().any(|r| r.ends_with(suffix));
 
-    let hardware = if has(&["quote_signature_invalid"]) {
+    let hardware = if has(&["quote_signature_invalid", "snp_unverified"]) {
         CRYPTO_FAILED
     } else if has(&["untrusted_root", "dev_root", "not_tdx", "tcb_level_unknown"]) {
         UNRECOGNIZED_HW
     } else if has(&[
+        "snp_revoked",
+        "snp_tcb_not_accepted",
         "tcb_status_not_accepted",
         "tcb_out_of_date",
         "tcb_eval_data_number_too_low",
@@ -168,6 +170,7 @@ pub fn appraise(i: &Inputs<'_>) -> Appraisal {
         "rtmr1_not_pinned",
         "rtmr2_not_pinned",
         "mrtd_not_expected",
+        "snp_measurement_not_pinned",
     ]) {
         UNRECOGNIZED_RT
     } else if i.allow && i.verified {

@@ -29,6 +29,8 @@ pub(crate) struct Facts {
     pub tee: Option<&'static str>,
     pub subject: Option<String>,
     pub mrtd: Option<String>,
+    /// The SEV-SNP launch measurement (hex); `None` for other evidence.
+    pub snp_measurement: Option<String>,
     pub app_id: Option<String>,
     pub tcb_status: Option<String>,
     /// The quote backend that decided, and the root it verified against.
@@ -63,6 +65,7 @@ impl Facts {
             + [
                 &self.subject,
                 &self.mrtd,
+                &self.snp_measurement,
                 &self.app_id,
                 &self.tcb_status,
                 &self.backend,
@@ -168,6 +171,7 @@ impl Prepared {
             }),
             subject: appraised.evidence.cert.as_ref().map(|c| c.subject.clone()),
             mrtd: tdx.and_then(|t| t.mrtd.clone()),
+            snp_measurement: snp_claims.map(|s| s.measurement.clone()),
             app_id: appraised.app.as_ref().and_then(|a| a.app_id.clone()),
             tcb_status: tdx
                 .and_then(|t| t.tcb_status.clone())

@@ -94,6 +94,12 @@ pub struct TokenFacts<'a> {
     pub debug: Option<bool>,
     /// The event log replayed to RTMR3; `None` without an event log.
     pub rtmr3_replayed: Option<bool>,
+    /// The TEE of the evidence, `tdx` or `sev-snp` (`teesql.tee`); `None` without any.
+    /// On `sev-snp` the TEE's facts go under `teesql.snp` (with `snp_measurement` for
+    /// the measurement) instead of `teesql.tdx`.
+    pub tee: Option<&'a str>,
+    /// The SEV-SNP launch measurement, hex (`teesql.snp.measurement`).
+    pub snp_measurement: Option<&'a str>,
 }
 
 /// The verifier's decision-signing key.
@@ -252,13 +258,7 @@ impl DecisionSigner {
                 "policy_id": f.policy_id,
                 "policy_hash": f.policy_hash,
                 "evidence_sha256": hex::encode(f.evidence_sha256),
-                "tdx": {
-                    "verified": f.verified,
-                    "mrtd": f.mrtd,
-                    "tcb_status": f.tcb_status,
-                    "backend": f.backend,
-                    "root": f.root,
-                },
+                "tee": f.tee,
                 "app": {
                     "app_id": f.app_id,
                     "compose_hash": f.compose_hash,
@@ -266,6 +266,27 @@ impl DecisionSigner {
                 "grants": f.grants,
             },
         });
+        // The CVM's TEE is the `cpu0` submodule; its facts under the TEE's own name.
+        claims[PRIVATE_CLAIM][if f.tee == Some("sev-snp") {
+            "snp"
+        } else {
+            "tdx"
+        }] = if f.tee == Some("sev-snp") {
+            json!({
+                "verified": f.verified,
+                "measurement": f.snp_measurement,
+                "tcb_status": f.tcb_status,
+                "root": f.root,
+            })
+        } else {
+            json!({
+                "verified": f.verified,
+                "mrtd": f.mrtd,
+                "tcb_status": f.tcb_status,
+                "backend": f.backend,
+                "root": f.root,
+            })
+        };
         if let Some(nonce) = f.nonce {
             claims["eat_nonce"] = json!(b64(nonce));
         }
@@ -291,6 +312,43 @@ fn b64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_snp_decision_names_its_tee_and_its_facts_under_snp() {
+        let s = DecisionSigner::generate("v1").unwrap();
+        let denied = TokenFacts {
+            purpose: "sidecar",
+            allow: false,
+            reasons: vec!["snp_measurement_not_pinned"],
+            verified: true,
+            tcb_status: Some("UpToDate"),
+            root: Some("amd"),
+            has_quote: true,
+            debug: Some(false),
+            tee: Some("sev-snp"),
+            snp_measurement: Some("7f51"),
+            ..TokenFacts::default()
+        };
+        let c = verify(&s.sign(&denied, 1_000).unwrap(), s.jwks_json(), None, 1_001).unwrap();
+        assert_eq!(c["teesql"]["tee"], "sev-snp");
+        assert_eq!(c["teesql"]["snp"]["measurement"], "7f51");
+        assert_eq!(c["teesql"]["snp"]["root"], "amd");
+        assert!(c["teesql"].get("tdx").is_none(), "{c}");
+        let cpu = &c["submods"][CPU_SUBMOD];
+        assert_eq!(cpu["ear_status"], "contraindicated");
+        // An unpinned measurement: executables unrecognized (33); genuine hardware (2).
+        assert_eq!(cpu["ear_trustworthiness_vector"]["executables"], 33);
+        assert_eq!(cpu["ear_trustworthiness_vector"]["hardware"], 2);
+        // A TDX decision keeps teesql.tdx and has no snp.
+        let tdx = TokenFacts {
+            tee: Some("tdx"),
+            mrtd: Some("ab"),
+            ..TokenFacts::default()
+        };
+        let c = verify(&s.sign(&tdx, 1_000).unwrap(), s.jwks_json(), None, 1_001).unwrap();
+        assert_eq!(c["teesql"]["tdx"]["mrtd"], "ab");
+        assert!(c["teesql"].get("snp").is_none());
+    }
 
     #[test]
     fn a_signed_decision_verifies_and_an_altered_or_expired_one_does_not() {
