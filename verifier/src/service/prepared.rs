@@ -88,9 +88,37 @@ pub(crate) struct Prepared {
     binding: regorus::Value,
     /// `snp`: only for SEV-SNP evidence (the claims leave it out otherwise).
     snp: Option<regorus::Value>,
+    /// The JSON of the parts above, serialised once: every decision on this appraisal
+    /// writes them into its claims document as they are ([`Self::input`]).
+    json: PartsJson,
     pub facts: Facts,
     /// Approximate heap bytes held, for the cache's byte budget.
     weight: usize,
+}
+
+/// The JSON of a prepared appraisal's parts.
+#[derive(Debug)]
+struct PartsJson {
+    app: String,
+    binding: String,
+    evidence: String,
+    snp: Option<String>,
+    tdx: String,
+}
+
+impl PartsJson {
+    fn heap(&self) -> usize {
+        [&self.app, &self.binding, &self.evidence, &self.tdx]
+            .into_iter()
+            .chain(self.snp.as_ref())
+            .map(|s| chunk(s.capacity()))
+            .sum()
+    }
+}
+
+/// A regorus value as JSON, exactly as serialising a document holding it writes it.
+fn json_of(v: &regorus::Value) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
 fn value_of(v: &impl Serialize) -> regorus::Value {
@@ -205,8 +233,16 @@ impl Prepared {
             value_of(&appraised.binding),
         );
         let snp = appraised.snp.as_ref().map(value_of);
+        let json = PartsJson {
+            app: json_of(&app),
+            binding: json_of(&binding),
+            evidence: json_of(&evidence),
+            snp: snp.as_ref().map(json_of),
+            tdx: json_of(&tdx),
+        };
         let weight = chunk(16 + std::mem::size_of::<Self>())
             + facts.heap()
+            + json.heap()
             + [&evidence, &tdx, &app, &binding]
                 .into_iter()
                 .chain(snp.as_ref())
@@ -218,6 +254,7 @@ impl Prepared {
             app,
             binding,
             snp,
+            json,
             facts,
             weight,
         }
@@ -259,11 +296,56 @@ impl Prepared {
         if let Some(snp) = &self.snp {
             put("snp", snp.clone());
         }
-        put("connection", value_of(&connection));
-        put("manifest", value_of(&extra.manifest));
-        put("report", value_of(&extra.report));
+        let (connection, manifest, report) = (
+            value_of(&connection),
+            value_of(&extra.manifest),
+            value_of(&extra.report),
+        );
+        // The claims document: the appraisal's parts as serialised once, the decision's
+        // own parts serialised now, keys in the order a serialised regorus object has
+        // them (sorted), so the text is what serialising the whole input would give.
+        let j = &self.json;
+        let mut json = String::with_capacity(
+            j.app.len()
+                + j.binding.len()
+                + j.evidence.len()
+                + j.tdx.len()
+                + j.snp.as_ref().map_or(0, String::len)
+                + 512,
+        );
+        let mut field = |name: &str, value: &str| {
+            json.push(if json.is_empty() { '{' } else { ',' });
+            json.push('"');
+            json.push_str(name);
+            json.push_str("\":");
+            json.push_str(value);
+        };
+        field("app", &j.app);
+        field("binding", &j.binding);
+        field("claims_version", &CLAIMS_VERSION.to_string());
+        field("connection", &json_of(&connection));
+        field("evidence", &j.evidence);
+        field("manifest", &json_of(&manifest));
+        field("now", &now.to_string());
+        field("purpose", &json_of(&regorus::Value::from(purpose)));
+        field("report", &json_of(&report));
+        if let Some(snp) = &j.snp {
+            field("snp", snp);
+        }
+        field("tdx", &j.tdx);
+        field(
+            "tee",
+            self.facts.tee.map_or("null", |t| match t {
+                "tdx" => "\"tdx\"",
+                _ => "\"sev-snp\"",
+            }),
+        );
+        json.push('}');
+        put("connection", connection);
+        put("manifest", manifest);
+        put("report", report);
         let input = regorus::Value::from(map);
-        let json = serde_json::to_string(&input).unwrap_or_else(|_| "null".into());
+        debug_assert_eq!(json, json_of(&input));
         (input, json)
     }
 
