@@ -31,7 +31,9 @@ pub struct Cli {
 
 impl Cli {
     /// The log format: --log-format, else TEESQL_LOG_FORMAT, else text.
-    pub fn log_format(&self) -> Result<teesql_proto::runtime::LogFormat, String> {
+    pub fn log_format(
+        &self,
+    ) -> Result<teesql_proto::runtime::LogFormat, teesql_proto::runtime::UnknownLogFormat> {
         teesql_proto::runtime::LogFormat::resolve(self.log_format)
     }
 
