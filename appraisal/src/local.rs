@@ -250,6 +250,6 @@ impl teesql_proto::transport::PeerCheck for VerifierIdentity {
         &'a self,
         chain: &'a [CertificateDer<'static>],
     ) -> teesql_proto::transport::CheckFuture<'a> {
-        Box::pin(async move { self.appraise(chain).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { self.appraise(chain).await.map_err(Into::into) })
     }
 }

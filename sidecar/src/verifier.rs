@@ -129,7 +129,7 @@ impl VerifierClient {
     /// `https://` (trusted by `trust`) or `unix://`.
     pub fn new(urls: &str, trust: Option<&ServerTrust>, timeout: Duration) -> Result<Self, String> {
         let mut endpoints = Vec::new();
-        for url in teesql_proto::transport::split_urls(urls)? {
+        for url in teesql_proto::transport::split_urls(urls).map_err(|e| e.to_string())? {
             let channel = teesql_proto::transport::connect_lazy(
                 url,
                 trust,

@@ -166,7 +166,8 @@ impl VerifierSettings {
         key: &dyn Fn(&str) -> String,
     ) -> Result<Option<ServerTrust>, String> {
         let pinned =
-            ServerTrust::from_settings(self.ca_file.as_deref(), self.cert_sha256.as_deref(), key)?;
+            ServerTrust::from_settings(self.ca_file.as_deref(), self.cert_sha256.as_deref(), key)
+                .map_err(|e| e.to_string())?;
         let Some(dir) = &self.identity_policy_dir else {
             if self.identity_trust_root.is_some() || self.identity_dev_trust_root.is_some() {
                 return Err(format!(

@@ -143,7 +143,7 @@ impl Forwarder {
                         .await
                         .map_err(|e| e.to_string())?;
                     me.identity.replace(certified(&chain, &key)?);
-                    Ok(())
+                    Ok::<(), String>(())
                 };
                 crate::identity::renew_forever("client", every, renew, |_| {}).await;
             })

@@ -42,7 +42,9 @@ impl AgentIdentity {
 
     /// gRPC's TLS configuration, serving whatever certificate is current.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
-        teesql_proto::transport::server_config_resolving(self.key.clone()).map(Arc::new)
+        teesql_proto::transport::server_config_resolving(self.key.clone())
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
     }
 
     /// The certificate being served (leaf first).
@@ -67,7 +69,7 @@ impl AgentIdentity {
         let renew = || async {
             let next = issue(&self.agent).await?;
             self.key.replace(next);
-            Ok(())
+            Ok::<(), String>(())
         };
         renew_forever("verifier", self.renew_every, renew, |_| {}).await;
     }
