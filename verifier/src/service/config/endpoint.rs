@@ -98,7 +98,7 @@ impl Endpoint {
         let tls = match (&s.tls_cert, &s.tls_key) {
             (Some(cert), Some(key)) => teesql_proto::transport::server_config(cert, key)
                 .map(Arc::new)
-                .map_err(|e| p.push(e.to_string()))
+                .map_err(|e| p.push(e))
                 .ok(),
             (None, None) => None,
             _ => {
