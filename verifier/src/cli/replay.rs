@@ -133,7 +133,7 @@ async fn replay(args: &ReplayArgs) -> Result<Replay, String> {
             ));
         }
     }
-    let appraiser = args.appraisal.appraiser()?;
+    let appraiser = args.appraisal.appraiser().map_err(|e| e.to_string())?;
     let now = args.appraisal.clock().now();
     let evidence = read_evidence_dir(&args.evidence_dir)?;
     let mut replay = Replay {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Subcommand};
 use teesql_verifier::Clock;
 use teesql_verifier::appraise::Appraiser;
-use teesql_verifier::backend::BackendConfig;
 use teesql_verifier::backend::dcap::TrustRoot;
+use teesql_verifier::backend::{BackendConfig, BackendError};
 use teesql_verifier::claims::AppraisedEvidence;
 use teesql_verifier::collateral::{CollateralConfig, INTEL_PCS_URL};
 use teesql_verifier::evidence::{self, Evidence};
@@ -57,7 +57,7 @@ pub struct AppraisalArgs {
 
 impl AppraisalArgs {
     /// A DCAP appraiser for these settings.
-    pub fn appraiser(&self) -> Result<Appraiser, String> {
+    pub fn appraiser(&self) -> Result<Appraiser, BackendError> {
         use teesql_proto::settings::{Env, ProcessEnv};
         let pccs_url = self
             .pccs_url
@@ -127,7 +127,7 @@ async fn report(args: &ReportArgs) -> Result<teesql_verifier::lifecycle::Report,
             .map_err(|e| format!("{}: {e}", log.display()))?;
     }
     if let Some(dir) = &args.evidence_dir {
-        let appraiser = args.appraisal.appraiser()?;
+        let appraiser = args.appraisal.appraiser().map_err(|e| e.to_string())?;
         let now = args.appraisal.clock().now();
         for (path, evidence) in read_evidence_dir(dir)? {
             let appraised = appraiser.appraise(&evidence, now, None).await;

@@ -247,7 +247,7 @@ impl ServeConfig {
             None => PolicySet::load(&self.policy_dirs, self.eval_limit),
         }
         .map_err(|e| vec![e.to_string()])?;
-        let backend = self.backend.build().map_err(|e| vec![e])?;
+        let backend = self.backend.build().map_err(|e| vec![e.to_string()])?;
         let metrics = Arc::new(
             Metrics::new()
                 .with_collateral(backend.collateral.clone())
