@@ -120,7 +120,7 @@ pub async fn run(args: VerifyArgs) -> ExitCode {
 }
 
 async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decision, String> {
-    let dirs = super::policy_dirs(args.policy_dirs)?;
+    let dirs = super::policy_dirs(args.policy_dirs).map_err(|e| e.to_string())?;
     let policies = PolicySet::load(&dirs, DEFAULT_EVAL_LIMIT).map_err(|e| e.to_string())?;
 
     let mut evidence = read_evidence(
