@@ -58,18 +58,26 @@ pub const EVENT_VERSIONS: [u8; 2] = [1, 2];
 /// Check a runtime event's version: dstack defines 1 and 2 and refuses anything else;
 /// hashing an unknown version as version 1 would replay something the guest never
 /// measured.
-pub fn check_event_version(version: u64) -> Result<u8, String> {
+pub fn check_event_version(version: u64) -> Result<u8, UnknownEventVersion> {
     u8::try_from(version)
         .ok()
         .filter(|v| EVENT_VERSIONS.contains(v))
-        .ok_or_else(|| format!("unknown runtime event version {version} (dstack defines 1 and 2)"))
+        .ok_or(UnknownEventVersion { version })
+}
+
+/// A runtime event version dstack does not define ([`check_event_version`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown runtime event version {version} (dstack defines 1 and 2)")]
+pub struct UnknownEventVersion {
+    /// The version the event carries.
+    pub version: u64,
 }
 
 fn event_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
     let v = i128::deserialize(d)?;
     u64::try_from(v)
         .map_err(|_| format!("unknown runtime event version {v} (dstack defines 1 and 2)"))
-        .and_then(check_event_version)
+        .and_then(|v| check_event_version(v).map_err(|e| e.to_string()))
         .map_err(serde::de::Error::custom)
 }
 

@@ -47,8 +47,8 @@ pub enum LocalError {
     #[error("policy: {0}")]
     Policy(#[from] crate::policy::PolicyError),
     /// The trust root or the backend cannot be built from the settings.
-    #[error("{0}")]
-    Setting(String),
+    #[error(transparent)]
+    Setting(#[from] crate::backend::BackendError),
     /// The profile has no `verifier` purpose to judge a verifier by.
     #[error(
         "policy {dirs}: no purpose \"verifier\" (policies/teesql/verifier.rego) to judge the verifier by"
@@ -250,6 +250,6 @@ impl teesql_proto::transport::PeerCheck for VerifierIdentity {
         &'a self,
         chain: &'a [CertificateDer<'static>],
     ) -> teesql_proto::transport::CheckFuture<'a> {
-        Box::pin(async move { self.appraise(chain).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { self.appraise(chain).await.map_err(Into::into) })
     }
 }

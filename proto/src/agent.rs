@@ -107,14 +107,15 @@ impl GuestAgent {
 /// failed renewal is retried after at most a minute and whatever was renewed last keeps
 /// serving meanwhile; sessions already established are never touched. `what` names the
 /// certificate in the log.
-pub async fn renew_forever<F, Fut>(
+pub async fn renew_forever<F, Fut, E>(
     what: &'static str,
     every: Duration,
     mut renew: F,
     on_result: impl Fn(bool) + Send + 'static,
 ) where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut wait = every;
     loop {

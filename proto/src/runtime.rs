@@ -19,16 +19,24 @@ impl LogFormat {
 
     /// `--log-format` when given, else `TEESQL_LOG_FORMAT`, else text. An unknown value
     /// in the environment is an error naming the variable.
-    pub fn resolve(flag: Option<Self>) -> Result<Self, String> {
+    pub fn resolve(flag: Option<Self>) -> Result<Self, UnknownLogFormat> {
         if let Some(f) = flag {
             return Ok(f);
         }
         match std::env::var(Self::ENV) {
             Err(_) => Ok(Self::Text),
             Ok(v) => <Self as clap::ValueEnum>::from_str(v.trim(), true)
-                .map_err(|_| format!("{}={v:?}: expected text or json", Self::ENV)),
+                .map_err(|_| UnknownLogFormat { value: v }),
         }
     }
+}
+
+/// `TEESQL_LOG_FORMAT` set to neither `text` nor `json`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{env}={value:?}: expected text or json", env = LogFormat::ENV)]
+pub struct UnknownLogFormat {
+    /// The variable's value.
+    pub value: String,
 }
 
 /// Log to stderr with `filter` (an `EnvFilter` directive such as `info` or

@@ -69,9 +69,10 @@ impl Problems {
         self.0.push(format!("{key}: {problem}"));
     }
 
-    /// Record a problem that concerns several keys or none (the message names them).
-    pub fn push(&mut self, message: impl Into<String>) {
-        self.0.push(message.into());
+    /// Record a problem that concerns several keys or none (the message names them): a
+    /// message, or an error whose message it is.
+    pub fn push(&mut self, message: impl Display) {
+        self.0.push(message.to_string());
     }
 
     /// `text` parsed as a `T`, or a problem naming `key`.

@@ -28,12 +28,10 @@ pub async fn renew_server_certificate(
     on_result: impl Fn(bool) + Send + 'static,
 ) {
     let renew = || async {
-        let id = server_identity(&agent, &subject, &alt_names)
-            .await
-            .map_err(|e| e.to_string())?;
+        let id = server_identity(&agent, &subject, &alt_names).await?;
         tracing::debug!(not_after = id.not_after, "new server certificate");
         cert.replace(id);
-        Ok(())
+        Ok::<(), AgentError>(())
     };
     renew_forever("server", every, renew, on_result).await;
 }
@@ -53,7 +51,10 @@ pub struct ServerIdentity {
 
 impl ServerIdentity {
     /// From a PEM chain (leaf first) and a PEM private key, as dstack's GetTlsKey returns.
-    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self, String> {
+    pub fn from_pem(
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, teesql_proto::transport::TransportError> {
         let certified = teesql_proto::transport::certified_key(chain_pem, key_pem)?;
         let leaf = &certified.cert[0];
         let not_after = x509_parser::parse_x509_certificate(leaf)

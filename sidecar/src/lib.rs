@@ -36,6 +36,21 @@ use crate::metrics::Metrics;
 use crate::state::Shared;
 use crate::verifier::VerifierClient;
 
+/// Why a sidecar could not start ([`Sidecar::start`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The guest agent gave no server certificate.
+    #[error("cannot get the server certificate: {0}")]
+    Identity(#[source] identity::AgentError),
+    /// rustls refused the server configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The verifier client cannot be made from the settings.
+    #[error(transparent)]
+    Verifier(#[from] verifier::VerifierClientError),
+}
+
 /// A sidecar with its identity fetched, ready to serve.
 #[derive(Debug)]
 pub struct Sidecar {
@@ -48,15 +63,14 @@ pub struct Sidecar {
 impl Sidecar {
     /// Fetch the server certificate from the guest agent and build the TLS and verifier
     /// clients. Fails with a clear message when the agent cannot be reached.
-    pub async fn start(config: SidecarConfig) -> Result<Self, String> {
+    pub async fn start(config: SidecarConfig) -> Result<Self, StartError> {
         let agent = Arc::new(GuestAgent::new(config.identity.endpoint.as_deref()));
         let identity =
             identity::server_identity(&agent, &config.identity.subject, &config.identity.alt_names)
                 .await
-                .map_err(|e| format!("cannot get the server certificate: {e}"))?;
+                .map_err(StartError::Identity)?;
         let cert = RotatingCert::new(identity);
-        let tls = frontend::tls::server_config(cert.clone())
-            .map_err(|e| format!("TLS configuration: {e}"))?;
+        let tls = frontend::tls::server_config(cert.clone()).map_err(StartError::Tls)?;
         let metrics = Metrics::new();
         let verifier = VerifierClient::new(
             &config.verifier_url,

@@ -294,7 +294,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let sidecar = match Sidecar::start(config.clone()).await {
         Ok(s) => s,
-        Err(e) => return fail(&[e]),
+        Err(e) => return fail(&[e.to_string()]),
     };
     // The addresses bound, so a port 0 in the configuration shows the one chosen.
     let bound = |l: &tokio::net::TcpListener| {
@@ -344,7 +344,7 @@ async fn config_check(args: ServeArgs) -> ExitCode {
                 );
                 return ExitCode::SUCCESS;
             }
-            Err(e) => vec![e],
+            Err(e) => vec![e.to_string()],
         },
         Err(errors) => errors,
     };
@@ -398,7 +398,7 @@ async fn forward(args: ForwardArgs) -> ExitCode {
     let forwarder =
         match teesql_sidecar::forward::Forwarder::start(config, args.agent.as_deref()).await {
             Ok(f) => f,
-            Err(e) => return fail(&[e]),
+            Err(e) => return fail(&[e.to_string()]),
         };
     let local = listener.local_addr().unwrap_or(config_listen);
     println!(
@@ -423,7 +423,7 @@ async fn provision(
     let tenants = match tenants.map(|p| teesql_sidecar::postgres::provision::read_tenants(&p)) {
         None => Vec::new(),
         Some(Ok(t)) => t,
-        Some(Err(e)) => return fail(&[e]),
+        Some(Err(e)) => return fail(&[e.to_string()]),
     };
     match teesql_sidecar::postgres::provision::provision_with(&config, &databases, &tenants).await {
         Ok(done) => {
@@ -435,7 +435,7 @@ async fn provision(
             );
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&[e]),
+        Err(e) => fail(&[e.to_string()]),
     }
 }
 

@@ -66,18 +66,25 @@ pub struct Checked {
     pub protocol_options: Vec<String>,
 }
 
+/// A parameter named in `backend.forward_parameters` that cannot be passed on
+/// (`options`, one the sidecar handles itself, or a protocol option).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("backend.forward_parameters: {name:?} cannot be passed on")]
+pub struct NotForwardable {
+    /// The name as given.
+    pub name: String,
+}
+
 impl StartupParameters {
     /// The defaults plus `extra` forwarded names and `ignored` ones. `options` cannot be
     /// forwarded.
-    pub fn new(extra: Vec<String>, ignored: Vec<String>) -> Result<Self, String> {
+    pub fn new(extra: Vec<String>, ignored: Vec<String>) -> Result<Self, NotForwardable> {
         let mut p = Self::default();
         for name in extra {
             let lower = name.to_ascii_lowercase();
             if lower == "options" || HANDLED.contains(&lower.as_str()) || lower.starts_with("_pq_.")
             {
-                return Err(format!(
-                    "backend.forward_parameters: {name:?} cannot be passed on"
-                ));
+                return Err(NotForwardable { name });
             }
             p.forwarded.push(lower);
         }

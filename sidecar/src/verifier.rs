@@ -96,6 +96,18 @@ struct Endpoint {
     health: tonic_health::pb::health_client::HealthClient<Channel>,
 }
 
+/// Why a [`VerifierClient`] cannot be made from its URLs and trust.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifierClientError {
+    /// The URL list is empty, too long or repeats a URL.
+    #[error(transparent)]
+    Urls(teesql_proto::transport::TransportError),
+    /// One URL cannot be used as it is trusted (or does not parse).
+    #[error("verifier url {0}")]
+    Endpoint(#[source] teesql_proto::transport::TransportError),
+}
+
 /// The verifier could not decide.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("verifier at {url}: {detail}")]
@@ -127,16 +139,20 @@ impl VerifierClient {
     /// Connects lazily: a verifier that is down at start-up is retried on each call.
     /// `urls`: one URL or several, comma-separated; each `http://` (loopback only),
     /// `https://` (trusted by `trust`) or `unix://`.
-    pub fn new(urls: &str, trust: Option<&ServerTrust>, timeout: Duration) -> Result<Self, String> {
+    pub fn new(
+        urls: &str,
+        trust: Option<&ServerTrust>,
+        timeout: Duration,
+    ) -> Result<Self, VerifierClientError> {
         let mut endpoints = Vec::new();
-        for url in teesql_proto::transport::split_urls(urls)? {
+        for url in teesql_proto::transport::split_urls(urls).map_err(VerifierClientError::Urls)? {
             let channel = teesql_proto::transport::connect_lazy(
                 url,
                 trust,
                 timeout.min(Duration::from_secs(2)),
                 timeout,
             )
-            .map_err(|e| format!("verifier url {e}"))?;
+            .map_err(VerifierClientError::Endpoint)?;
             endpoints.push(Endpoint {
                 url: url.to_string(),
                 grpc: Grpc::new(channel.clone()),
@@ -373,14 +389,20 @@ mod tests {
             cert_sha256: Some("ab".repeat(32)),
             ..attested.clone()
         };
-        let e = both.resolve(&teesql_proto::settings::NoEnv).unwrap_err();
+        let e = both
+            .resolve(&teesql_proto::settings::NoEnv)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("give one way"), "{e}");
 
         let missing = TrustSettings {
             identity_policy_dir: Some("/nonexistent/policies".into()),
             ..TrustSettings::default()
         };
-        let e = missing.resolve(&teesql_proto::settings::NoEnv).unwrap_err();
+        let e = missing
+            .resolve(&teesql_proto::settings::NoEnv)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("verifier_identity_policy_dir /nonexistent/policies"),
             "{e}"
@@ -393,7 +415,8 @@ mod tests {
             ..TrustSettings::default()
         }
         .resolve_as(&teesql_proto::settings::NoEnv, &flag)
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.starts_with("--verifier-identity-policy-dir /etc/verifier_policies: "),
             "{e}"
@@ -405,7 +428,8 @@ mod tests {
         };
         let e = root_alone
             .resolve(&teesql_proto::settings::NoEnv)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("need verifier_identity_policy_dir"), "{e}");
 
         // The environment fills what the file leaves out; the file wins where both speak.
@@ -437,7 +461,8 @@ mod tests {
             ..TrustSettings::default()
         }
         .resolve(&teesql_proto::settings::NoEnv)
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(e.contains("no purpose \"verifier\""), "{e}");
     }

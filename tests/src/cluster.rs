@@ -350,12 +350,12 @@ impl Cluster {
             .map_err(|e| anyhow!(e.join("; ")))?
             .attest(&vconfig)
             .await
-            .map_err(|e| anyhow!(e))?;
+            .map_err(|e| anyhow!("{e}"))?;
         let verifier = running.service().clone();
         let (grpc, verifier_addr) = match opts.verifier_transport {
             VerifierTransport::Unix => (
                 GrpcListener::bind_unix(&state_dir.join("verifier.sock"))
-                    .map_err(|e| anyhow!(e))?,
+                    .map_err(|e| anyhow!("{e}"))?,
                 SocketAddr::from(([127, 0, 0, 1], 0)),
             ),
             _ => {
@@ -436,7 +436,7 @@ impl Cluster {
             .map_err(|e| anyhow!("provision: {e}"))?;
         let sidecar = Sidecar::start(sidecar_config.clone())
             .await
-            .map_err(|e| anyhow!(e))?;
+            .map_err(|e| anyhow!("{e}"))?;
         let shared = sidecar.shared.clone();
         let (stx, srx) = tokio::sync::oneshot::channel::<()>();
         let listeners = teesql_sidecar::Listeners {
@@ -542,7 +542,7 @@ impl Cluster {
         let cache = teesql_sidecar::auth::scram_client::KeyCache::new();
         let mut scram =
             teesql_sidecar::auth::scram_client::ScramClient::new(password.as_bytes(), &cache)
-                .map_err(|e| anyhow!(e))?;
+                .map_err(|e| anyhow!("{e}"))?;
         loop {
             let (tag, body) = pgwire::read_message(&mut tls, 64 * 1024).await?;
             match (
@@ -560,12 +560,12 @@ impl Cluster {
                     tls.write_all(&out).await?;
                 }
                 (b'R', Some(11)) => {
-                    let reply = scram.server_first(&body[4..]).map_err(|e| anyhow!(e))?;
+                    let reply = scram.server_first(&body[4..]).map_err(|e| anyhow!("{e}"))?;
                     let mut out = Vec::new();
                     pgwire::frontend::sasl_response(&mut out, &reply);
                     tls.write_all(&out).await?;
                 }
-                (b'R', Some(12)) => scram.server_final(&body[4..]).map_err(|e| anyhow!(e))?,
+                (b'R', Some(12)) => scram.server_final(&body[4..]).map_err(|e| anyhow!("{e}"))?,
                 (b'R', Some(0)) | (b'S' | b'K' | b'N', _) => {}
                 (b'Z', _) => return Ok(RawSession { tls }),
                 (b'E', _) => anyhow::bail!("refused: {}", String::from_utf8_lossy(&body)),
@@ -642,7 +642,7 @@ impl Cluster {
             .with_context(|| format!("forwarder: cannot listen on {}", config.listen))?;
         let forwarder = Forwarder::start(config, Some(&self.agent.socket.display().to_string()))
             .await
-            .map_err(|e| anyhow!(e))?;
+            .map_err(|e| anyhow!("{e}"))?;
         let addr = listener.local_addr()?;
         tokio::spawn(forwarder.run(listener, std::future::pending()));
         Ok(addr)

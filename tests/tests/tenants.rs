@@ -91,7 +91,8 @@ async fn isolation(pooling: bool) {
         )],
     )
     .await
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("give the tenant a role of its own"), "{e}");
     // An object in schema teesql that another role owns (and so could redefine) stops
     // provisioning, naming it.
@@ -108,7 +109,8 @@ async fn isolation(pooling: bool) {
         &["postgres".to_string()],
     )
     .await
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("another role owns or was granted (relation planted)"),
         "{e}"
@@ -131,7 +133,8 @@ async fn isolation(pooling: bool) {
         &["postgres".to_string()],
     )
     .await
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("a grant of UPDATE on session_identity"), "{e}");
     s.cluster
         .pg
@@ -155,7 +158,8 @@ async fn isolation(pooling: bool) {
         )],
     )
     .await
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("tenant_root is a superuser"), "{e}");
     s.cluster
         .pg
@@ -607,7 +611,8 @@ async fn a_database_without_the_identity_schema_refuses_sessions_and_says_why() 
             &teesql_sidecar::postgres::identity_rows::SessionIdentity::default(),
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(why.contains("run `teesql-sidecar provision`"), "{why}");
 }
 

@@ -446,42 +446,70 @@ struct Lifecycle {
     numbers: Option<Arc<SignedList>>,
 }
 
+/// Why a quote's PCK certificate chain does not lead to the trust root
+/// ([`pck_chain_verifies`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PckChainError {
+    /// The quote carries no PCK certificate chain (dcap-qvl's error, with its causes).
+    #[error("no PCK certificate chain: {0:#}")]
+    NoChain(anyhow::Error),
+    /// The chain's PEM does not parse.
+    #[error("PCK chain PEM: {0}")]
+    Pem(#[source] x509_parser::error::PEMError),
+    /// Fewer than two certificates.
+    #[error("{count} certificate(s), expected the PCK certificate and its CA")]
+    TooShort {
+        /// How many there are.
+        count: usize,
+    },
+    /// A certificate (or the trust root) that does not parse.
+    #[error("{what}: {source}")]
+    Certificate {
+        /// Which: `PCK certificate`, `PCK CA certificate` or `trust root`.
+        what: &'static str,
+        /// The parser's error.
+        #[source]
+        source: x509_parser::nom::Err<x509_parser::error::X509Error>,
+    },
+    /// A signature in the chain that does not verify.
+    #[error("the {what} signature does not verify")]
+    Signature {
+        /// Whose: `PCK certificate's` or `PCK CA certificate's`.
+        what: &'static str,
+    },
+}
+
 /// The quote's PCK certificate is signed by its PCK CA, and that CA by the trust root's
 /// key (ECDSA P-256 with SHA-256, as Intel's PCK hierarchy signs). Validity periods,
 /// revocation and everything else are dcap-qvl's full verification, later.
-pub fn pck_chain_verifies(quote: &Quote, root_der: &[u8]) -> Result<(), String> {
+pub fn pck_chain_verifies(quote: &Quote, root_der: &[u8]) -> Result<(), PckChainError> {
     let chain = quote
         .parsed()
         .raw_cert_chain()
-        .map_err(|e| format!("no PCK certificate chain: {e:#}"))?;
+        .map_err(PckChainError::NoChain)?;
     let ders: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(chain)
         .take(4)
-        .map(|p| {
-            p.map(|p| p.contents)
-                .map_err(|e| format!("PCK chain PEM: {e}"))
-        })
+        .map(|p| p.map(|p| p.contents).map_err(PckChainError::Pem))
         .collect::<Result<_, _>>()?;
     let [leaf, ca, ..] = ders.as_slice() else {
-        return Err(format!(
-            "{} certificate(s), expected the PCK certificate and its CA",
-            ders.len()
-        ));
+        return Err(PckChainError::TooShort { count: ders.len() });
     };
-    fn parse<'a>(what: &str, der: &'a [u8]) -> Result<X509Certificate<'a>, String> {
+    fn parse<'a>(what: &'static str, der: &'a [u8]) -> Result<X509Certificate<'a>, PckChainError> {
         X509Certificate::from_der(der)
             .map(|(_, c)| c)
-            .map_err(|e| format!("{what}: {e}"))
+            .map_err(|source| PckChainError::Certificate { what, source })
     }
     let (leaf, ca, root) = (
         parse("PCK certificate", leaf)?,
         parse("PCK CA certificate", ca)?,
         parse("trust root", root_der)?,
     );
-    let signed_by = |what: &str, cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>| {
-        crate::tcb::issued_by(cert, issuer)
-            .then_some(())
-            .ok_or_else(|| format!("the {what} signature does not verify"))
-    };
+    let signed_by =
+        |what: &'static str, cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>| {
+            crate::tcb::issued_by(cert, issuer)
+                .then_some(())
+                .ok_or(PckChainError::Signature { what })
+        };
     signed_by("PCK certificate's", &leaf, &ca)?;
     signed_by("PCK CA certificate's", &ca, &root)
 }

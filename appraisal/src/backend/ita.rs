@@ -56,6 +56,22 @@ const MAX_TOKEN: usize = 64 << 10;
 /// The most keys a JWKS may hold.
 const MAX_KEYS: usize = 64;
 
+/// Why an API key is refused ([`ApiKey::new`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ApiKeyError {
+    /// Nothing but whitespace.
+    #[error("the Intel Trust Authority API key is empty")]
+    Empty,
+    /// Characters other than printable ASCII.
+    #[error("the Intel Trust Authority API key has characters an HTTP header cannot carry")]
+    NotHeaderSafe,
+}
+
+/// The HTTP client of an [`ItaBackend`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("Intel Trust Authority client: {0}")]
+pub struct ItaClientError(#[source] pub reqwest::Error);
+
 /// The API key: kept out of every `Debug`, log line and message.
 #[derive(Clone)]
 pub struct ApiKey(Arc<str>);
@@ -63,16 +79,13 @@ pub struct ApiKey(Arc<str>);
 impl ApiKey {
     /// The key with surrounding whitespace trimmed; refused when empty or holding
     /// anything but printable ASCII (it must fit an HTTP header).
-    pub fn new(key: &str) -> Result<Self, String> {
+    pub fn new(key: &str) -> Result<Self, ApiKeyError> {
         let key = key.trim();
         if key.is_empty() {
-            return Err("the Intel Trust Authority API key is empty".into());
+            return Err(ApiKeyError::Empty);
         }
         if !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(
-                "the Intel Trust Authority API key has characters an HTTP header cannot carry"
-                    .into(),
-            );
+            return Err(ApiKeyError::NotHeaderSafe);
         }
         Ok(Self(Arc::from(key)))
     }
@@ -187,13 +200,13 @@ fn failure(code: VerifyErrorCode, message: impl Into<String>) -> Failure {
 impl ItaBackend {
     /// A backend with its own HTTP client (per-request timeout from `config`, connect
     /// timeout at most 5 s, no redirects followed); fails only if the client cannot be built.
-    pub fn new(config: ItaConfig) -> Result<Self, String> {
+    pub fn new(config: ItaConfig) -> Result<Self, ItaClientError> {
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("Intel Trust Authority client: {e}"))?;
+            .map_err(ItaClientError)?;
         Ok(Self {
             config,
             http,
@@ -705,8 +718,8 @@ mod tests {
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("sekrit"), "{shown}");
         assert_eq!(cfg.api_key.expose(), "sekrit-key");
-        assert!(ApiKey::new("").is_err());
-        assert!(ApiKey::new("a\nb").is_err());
+        assert_eq!(ApiKey::new("").unwrap_err(), ApiKeyError::Empty);
+        assert_eq!(ApiKey::new("a\nb").unwrap_err(), ApiKeyError::NotHeaderSafe);
     }
 
     #[test]

@@ -55,6 +55,36 @@ impl BackendKind {
     }
 }
 
+/// Why a backend chain, a trust root or a backend cannot be set up from its settings.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The chain is empty.
+    #[error("backend: name at least one of dcap, ita, simulator")]
+    NoBackend,
+    /// A backend named twice in the chain.
+    #[error("backend: {} is named twice", .0.as_str())]
+    NamedTwice(BackendKind),
+    /// The simulator in a chain with other backends.
+    #[error("backend: simulator only on its own")]
+    SimulatorNotAlone,
+    /// `ita` in the chain without its settings (the API key).
+    #[error("backend ita: needs an API key (INTEL_TRUST_AUTHORITY_API_KEY or --ita-api-key-file)")]
+    ItaWithoutKey,
+    /// Both a trust root and a development trust root given.
+    #[error("trust_root and dev_trust_root: give one, not both")]
+    TwoTrustRoots,
+    /// The trust root file cannot be used.
+    #[error(transparent)]
+    TrustRoot(#[from] dcap::TrustRootError),
+    /// The collateral settings cannot be used.
+    #[error(transparent)]
+    Collateral(#[from] crate::collateral::CollateralError),
+    /// The Intel Trust Authority client cannot be built.
+    #[error(transparent)]
+    Ita(#[from] ita::ItaClientError),
+}
+
 /// What the quote backend is built from. `serve`, `verify`, the test harness, the tests
 /// and the benchmarks all build theirs here.
 #[derive(Debug, Clone)]
@@ -122,17 +152,17 @@ impl BackendConfig {
 
     /// Check a chain: not empty, no backend twice, the simulator only on its own (its
     /// quotes verify under no root; behind another backend it would hide real failures).
-    pub fn check_chain(chain: &[BackendKind]) -> Result<(), String> {
+    pub fn check_chain(chain: &[BackendKind]) -> Result<(), BackendError> {
         if chain.is_empty() {
-            return Err("backend: name at least one of dcap, ita, simulator".into());
+            return Err(BackendError::NoBackend);
         }
         for (i, k) in chain.iter().enumerate() {
             if chain[..i].contains(k) {
-                return Err(format!("backend: {} is named twice", k.as_str()));
+                return Err(BackendError::NamedTwice(*k));
             }
         }
         if chain.len() > 1 && chain.contains(&BackendKind::Simulator) {
-            return Err("backend: simulator only on its own".into());
+            return Err(BackendError::SimulatorNotAlone);
         }
         Ok(())
     }
@@ -144,12 +174,11 @@ impl BackendConfig {
     }
 
     /// The backend these settings describe.
-    pub fn build(&self) -> Result<Backend, String> {
+    pub fn build(&self) -> Result<Backend, BackendError> {
         Self::check_chain(&self.chain)?;
-        let collateral = Arc::new(
-            crate::collateral::CollateralProvider::new(&self.collateral)
-                .map_err(|e| e.to_string())?,
-        );
+        let collateral = Arc::new(crate::collateral::CollateralProvider::new(
+            &self.collateral,
+        )?);
         let mut ita_backend = None;
         let platforms = (self.platform_cache_bytes > 0)
             .then(|| Arc::new(platform::PlatformCache::new(self.platform_cache_bytes)));
@@ -165,9 +194,7 @@ impl BackendConfig {
                 }
                 BackendKind::Simulator => Arc::new(simulator::SimulatorBackend),
                 BackendKind::Ita => {
-                    let config = self.ita.clone().ok_or(
-                        "backend ita: needs an API key (INTEL_TRUST_AUTHORITY_API_KEY or --ita-api-key-file)",
-                    )?;
+                    let config = self.ita.clone().ok_or(BackendError::ItaWithoutKey)?;
                     let b = Arc::new(ita::ItaBackend::new(config)?);
                     ita_backend = Some(b.clone());
                     b
@@ -311,11 +338,11 @@ pub fn resolve_backends(
 impl dcap::TrustRoot {
     /// The root named by the settings: a root file, a development root file (never
     /// both), or Intel's.
-    pub fn choose(root: Option<&Path>, development: Option<&Path>) -> Result<Self, String> {
+    pub fn choose(root: Option<&Path>, development: Option<&Path>) -> Result<Self, BackendError> {
         match (root, development) {
-            (Some(_), Some(_)) => Err("trust_root and dev_trust_root: give one, not both".into()),
-            (Some(p), None) => Self::from_file(p).map_err(|e| e.to_string()),
-            (None, Some(p)) => Self::development_from_file(p).map_err(|e| e.to_string()),
+            (Some(_), Some(_)) => Err(BackendError::TwoTrustRoots),
+            (Some(p), None) => Ok(Self::from_file(p)?),
+            (None, Some(p)) => Ok(Self::development_from_file(p)?),
             (None, None) => Ok(Self::intel()),
         }
     }

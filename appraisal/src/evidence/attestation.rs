@@ -418,7 +418,7 @@ fn event_version(v: &ValueRef<'_>) -> Result<u8, String> {
         Some(x) => x
             .as_u64()
             .ok_or_else(|| "version is not a number".to_string())
-            .and_then(crate::eventlog::check_event_version),
+            .and_then(|v| crate::eventlog::check_event_version(v).map_err(|e| e.to_string())),
     }
 }
 

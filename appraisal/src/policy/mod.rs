@@ -83,14 +83,23 @@ pub enum PolicyError {
     /// The purpose asked for is empty, longer than 64 bytes, or not `[a-z0-9_]+`.
     #[error("purpose {0:?} is not a valid name (lowercase letters, digits and _ only)")]
     BadPurpose(String),
-    /// Evaluation failed: a Rego runtime error, the time or VM instruction limit, claims
-    /// that do not serialize, or grants that fail [`Grants::check`].
+    /// Evaluation failed: a Rego runtime error, the time or VM instruction limit, or
+    /// claims that do not serialize.
     #[error("evaluating teesql.{purpose}: {detail}")]
     Eval {
         /// The purpose being decided.
         purpose: String,
         /// The error, with its causes.
         detail: String,
+    },
+    /// The grants a policy gave fail [`Grants::check`].
+    #[error("evaluating teesql.{purpose}: grants: {source}")]
+    Grants {
+        /// The purpose being decided.
+        purpose: String,
+        /// What is wrong with them.
+        #[source]
+        source: GrantsError,
     },
     /// A rule evaluated to a value of the wrong type.
     #[error("teesql.{purpose}.{rule} must be {expected}, got {got}")]
@@ -146,6 +155,41 @@ pub struct Grants {
     pub attributes: std::collections::BTreeMap<String, String>,
 }
 
+/// Why grants are refused ([`Grants::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantsError {
+    /// More than [`MAX_GRANTED_ROLES`] roles.
+    #[error("{count} roles, at most {MAX_GRANTED_ROLES}")]
+    TooManyRoles {
+        /// How many were granted.
+        count: usize,
+    },
+    /// More than [`MAX_GRANT_ATTRIBUTES`] attributes.
+    #[error("{count} attributes, at most {MAX_GRANT_ATTRIBUTES}")]
+    TooManyAttributes {
+        /// How many were granted.
+        count: usize,
+    },
+    /// A role name that is not a lowercase SQL identifier.
+    #[error("role {role:?} is not a lowercase SQL identifier (a-z, 0-9, _; at most 63 bytes)")]
+    BadRole {
+        /// The role name.
+        role: String,
+    },
+    /// An attribute key that is not a lowercase identifier.
+    #[error("attribute {key:?} is not a lowercase identifier (a-z, 0-9, _; at most 63 bytes)")]
+    BadAttributeKey {
+        /// The key.
+        key: String,
+    },
+    /// An attribute value with a NUL in it, or longer than [`MAX_GRANT_VALUE`] bytes.
+    #[error("attribute {key}: the value must be text without NUL, at most {MAX_GRANT_VALUE} bytes")]
+    BadAttributeValue {
+        /// The attribute's key.
+        key: String,
+    },
+}
+
 /// At most this many granted roles, and this many attributes.
 pub const MAX_GRANTED_ROLES: usize = 16;
 /// At most this many granted attributes ([`Grants::attributes`]).
@@ -156,36 +200,28 @@ pub const MAX_GRANT_VALUE: usize = 256;
 impl Grants {
     /// Role names and attribute keys are lowercase SQL identifiers (at most 63 bytes,
     /// Postgres' limit); values are text without NUL, at most [`MAX_GRANT_VALUE`] bytes.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), GrantsError> {
         if self.roles.len() > MAX_GRANTED_ROLES {
-            return Err(format!(
-                "{} roles, at most {MAX_GRANTED_ROLES}",
-                self.roles.len()
-            ));
+            return Err(GrantsError::TooManyRoles {
+                count: self.roles.len(),
+            });
         }
         if self.attributes.len() > MAX_GRANT_ATTRIBUTES {
-            return Err(format!(
-                "{} attributes, at most {MAX_GRANT_ATTRIBUTES}",
-                self.attributes.len()
-            ));
+            return Err(GrantsError::TooManyAttributes {
+                count: self.attributes.len(),
+            });
         }
         for r in &self.roles {
             if !is_identifier(r) {
-                return Err(format!(
-                    "role {r:?} is not a lowercase SQL identifier (a-z, 0-9, _; at most 63 bytes)"
-                ));
+                return Err(GrantsError::BadRole { role: r.clone() });
             }
         }
         for (k, v) in &self.attributes {
             if !is_identifier(k) {
-                return Err(format!(
-                    "attribute {k:?} is not a lowercase identifier (a-z, 0-9, _; at most 63 bytes)"
-                ));
+                return Err(GrantsError::BadAttributeKey { key: k.clone() });
             }
             if v.len() > MAX_GRANT_VALUE || v.contains('\0') {
-                return Err(format!(
-                    "attribute {k}: the value must be text without NUL, at most {MAX_GRANT_VALUE} bytes"
-                ));
+                return Err(GrantsError::BadAttributeValue { key: k.clone() });
             }
         }
         Ok(())
@@ -550,9 +586,9 @@ impl PolicySet {
                 };
                 let json = serde_json::to_value(&value).map_err(|_| shape())?;
                 let grants: Grants = serde_json::from_value(json).map_err(|_| shape())?;
-                grants.check().map_err(|detail| PolicyError::Eval {
+                grants.check().map_err(|source| PolicyError::Grants {
                     purpose: purpose.to_string(),
-                    detail: format!("grants: {detail}"),
+                    source,
                 })?;
                 Some(grants)
             }

@@ -16,6 +16,17 @@ use subtle::ConstantTimeEq;
 
 use scram::{DEFAULT_ITERATIONS, ScramVerifier};
 
+/// Why a cluster secret is refused ([`Secret::from_hex`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// Not hex.
+    #[error("must be 64 hex digits (a 32-byte secret, e.g. from `openssl rand -hex 32`)")]
+    NotHex,
+    /// Hex, but not 32 bytes of it.
+    #[error("must be 32 bytes (64 hex digits), got {0} bytes")]
+    WrongLength(usize),
+}
+
 /// Secret bytes. `Debug` and `Display` never show them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Arc<[u8]>);
@@ -28,15 +39,10 @@ impl fmt::Debug for Secret {
 
 impl Secret {
     /// A cluster secret: exactly 32 bytes written as 64 hex digits (either case).
-    pub fn from_hex(text: &str) -> Result<Self, String> {
-        let bytes = hex::decode(text).map_err(|_| {
-            "must be 64 hex digits (a 32-byte secret, e.g. from `openssl rand -hex 32`)".to_string()
-        })?;
+    pub fn from_hex(text: &str) -> Result<Self, SecretError> {
+        let bytes = hex::decode(text).map_err(|_| SecretError::NotHex)?;
         if bytes.len() != 32 {
-            return Err(format!(
-                "must be 32 bytes (64 hex digits), got {} bytes",
-                bytes.len()
-            ));
+            return Err(SecretError::WrongLength(bytes.len()));
         }
         Ok(Self(bytes.into()))
     }
@@ -337,12 +343,12 @@ mod tests {
         assert!(
             Secret::from_hex("abc")
                 .unwrap_err()
+                .to_string()
                 .contains("64 hex digits")
         );
-        assert!(
-            Secret::from_hex(&"ab".repeat(31))
-                .unwrap_err()
-                .contains("32 bytes")
+        assert_eq!(
+            Secret::from_hex(&"ab".repeat(31)).unwrap_err().to_string(),
+            "must be 32 bytes (64 hex digits), got 31 bytes"
         );
     }
 

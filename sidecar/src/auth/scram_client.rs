@@ -32,6 +32,71 @@ const CACHE_ENTRIES: usize = 64;
 
 type Key = [u8; 32];
 
+/// Why a SCRAM exchange with the server failed: no nonce could be drawn, or the server's
+/// messages are malformed, hostile or do not prove it knows the verifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScramError {
+    /// The system gave no randomness for the client nonce.
+    #[error("no randomness for the nonce: {0}")]
+    NoRandomness(getrandom::Error),
+    /// A server-first-message longer than the limit (bytes).
+    #[error("server-first-message of {0} bytes")]
+    FirstTooLong(usize),
+    /// A server-first-message that is not UTF-8.
+    #[error("server-first-message is not UTF-8")]
+    FirstNotUtf8,
+    /// A server-first-message with a mandatory extension (`m=`).
+    #[error("server-first-message requires an extension")]
+    Extension,
+    /// A server-first-message with more than `r`, `s` and `i`.
+    #[error("server-first-message is malformed (more than r, s, i)")]
+    FirstMalformed,
+    /// A server-first-message without the nonce.
+    #[error("server-first-message has no nonce")]
+    NoNonce,
+    /// The server's nonce does not start with the client's, or adds nothing to it.
+    #[error("the server's nonce does not extend ours")]
+    NonceMismatch,
+    /// A server-first-message without the salt.
+    #[error("server-first-message has no salt")]
+    NoSalt,
+    /// A salt longer than the limit.
+    #[error("the salt is too long")]
+    SaltTooLong,
+    /// A salt that is not base64.
+    #[error("the salt is not base64")]
+    SaltNotBase64,
+    /// A server-first-message without the iteration count.
+    #[error("server-first-message has no iteration count")]
+    NoIterations,
+    /// An iteration count that is not a number.
+    #[error("the iteration count is not a number")]
+    IterationsNotNumber,
+    /// An iteration count of 0 or above [`MAX_ITERATIONS`].
+    #[error("iteration count {0} outside 1..={MAX_ITERATIONS}")]
+    IterationsOutOfRange(u32),
+    /// Keys recovered from a proof whose salt or iteration count the server no longer
+    /// uses.
+    #[error("the role's SCRAM verifier changed (another salt or iteration count)")]
+    VerifierChanged,
+    /// A server-final-message before the server-first-message.
+    #[error("server-final-message before server-first-message")]
+    FinalBeforeFirst,
+    /// A server-final-message that is not UTF-8.
+    #[error("server-final-message is not UTF-8")]
+    FinalNotUtf8,
+    /// The server refused (`e=`), with its reason.
+    #[error("the server refused: {0}")]
+    Refused(String),
+    /// A server-final-message without a base64 signature.
+    #[error("server-final-message is malformed")]
+    FinalMalformed,
+    /// The server's signature does not verify.
+    #[error("the server's signature is wrong (it does not know this password)")]
+    BadSignature,
+}
+
 /// `ClientKey` and `ServerKey` of one (password, salt, iterations).
 #[derive(Clone, Copy)]
 struct Keys {
@@ -113,9 +178,9 @@ impl KeyCache {
     }
 }
 
-fn fresh_nonce() -> Result<String, String> {
+fn fresh_nonce() -> Result<String, ScramError> {
     let mut raw = [0u8; NONCE_LEN];
-    getrandom::fill(&mut raw).map_err(|e| format!("no randomness for the nonce: {e}"))?;
+    getrandom::fill(&mut raw).map_err(ScramError::NoRandomness)?;
     Ok(B64.encode(raw))
 }
 
@@ -186,13 +251,13 @@ impl std::fmt::Debug for ScramClient<'_> {
 impl<'a> ScramClient<'a> {
     /// An exchange proving `password` (SASLprep-normalised), with its PBKDF2 keys taken
     /// from or added to `cache`; fails only if no random nonce can be drawn.
-    pub fn new(password: &[u8], cache: &'a KeyCache) -> Result<Self, String> {
+    pub fn new(password: &[u8], cache: &'a KeyCache) -> Result<Self, ScramError> {
         Ok(Self::with_nonce(password, cache, fresh_nonce()?))
     }
 
     /// An exchange proving `keys` (no password, no PBKDF2): Postgres must send the salt
     /// and iteration count the keys belong to.
-    pub fn with_keys(keys: ScramKeys) -> Result<Self, String> {
+    pub fn with_keys(keys: ScramKeys) -> Result<Self, ScramError> {
         Ok(Self {
             credential: Credential::Keys(keys),
             nonce: fresh_nonce()?,
@@ -222,49 +287,42 @@ impl<'a> ScramClient<'a> {
     }
 
     /// The server's first message in, the client's final message out.
-    pub fn server_first(&mut self, message: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn server_first(&mut self, message: &[u8]) -> Result<Vec<u8>, ScramError> {
         if message.len() > MAX_MESSAGE_LEN {
-            return Err(format!("server-first-message of {} bytes", message.len()));
+            return Err(ScramError::FirstTooLong(message.len()));
         }
-        let text = std::str::from_utf8(message).map_err(|_| "server-first-message is not UTF-8")?;
+        let text = std::str::from_utf8(message).map_err(|_| ScramError::FirstNotUtf8)?;
         // RFC 5802: exactly `r=…,s=…,i=…`, in that order (Postgres sends nothing else).
         if text.starts_with("m=") {
-            return Err("server-first-message requires an extension".into());
+            return Err(ScramError::Extension);
         }
         let mut attrs = text.split(',');
         let mut attr = |key: &str| attrs.next().and_then(|a| a.strip_prefix(key));
         let (nonce, salt, iterations) = (attr("r="), attr("s="), attr("i="));
         if attrs.next().is_some() {
-            return Err("server-first-message is malformed (more than r, s, i)".into());
+            return Err(ScramError::FirstMalformed);
         }
-        let nonce = nonce.ok_or("server-first-message has no nonce")?;
+        let nonce = nonce.ok_or(ScramError::NoNonce)?;
         if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
-            return Err("the server's nonce does not extend ours".into());
+            return Err(ScramError::NonceMismatch);
         }
-        let salt = salt.ok_or("server-first-message has no salt")?;
+        let salt = salt.ok_or(ScramError::NoSalt)?;
         if salt.len() > MAX_SALT_LEN * 4 / 3 + 4 {
-            return Err("the salt is too long".into());
+            return Err(ScramError::SaltTooLong);
         }
-        let salt = B64
-            .decode(salt)
-            .map_err(|_| "the salt is not base64".to_string())?;
+        let salt = B64.decode(salt).map_err(|_| ScramError::SaltNotBase64)?;
         let iterations: u32 = iterations
-            .ok_or("server-first-message has no iteration count")?
+            .ok_or(ScramError::NoIterations)?
             .parse()
-            .map_err(|_| "the iteration count is not a number".to_string())?;
+            .map_err(|_| ScramError::IterationsNotNumber)?;
         if iterations == 0 || iterations > MAX_ITERATIONS {
-            return Err(format!(
-                "iteration count {iterations} outside 1..={MAX_ITERATIONS}"
-            ));
+            return Err(ScramError::IterationsOutOfRange(iterations));
         }
         let keys = match &self.credential {
             Credential::Password { password, cache } => cache.keys(password, &salt, iterations),
             Credential::Keys(k) => {
                 if k.salt != salt || k.iterations != iterations {
-                    return Err(
-                        "the role's SCRAM verifier changed (another salt or iteration count)"
-                            .into(),
-                    );
+                    return Err(ScramError::VerifierChanged);
                 }
                 Keys {
                     client: k.client_key,
@@ -287,24 +345,22 @@ impl<'a> ScramClient<'a> {
     }
 
     /// The server's final message: its signature must prove it knows the verifier.
-    pub fn server_final(&self, message: &[u8]) -> Result<(), String> {
-        let (auth_message, server_key) = self
-            .expect
-            .as_ref()
-            .ok_or("server-final-message before server-first-message")?;
-        let text = std::str::from_utf8(message).map_err(|_| "server-final-message is not UTF-8")?;
+    pub fn server_final(&self, message: &[u8]) -> Result<(), ScramError> {
+        let (auth_message, server_key) =
+            self.expect.as_ref().ok_or(ScramError::FinalBeforeFirst)?;
+        let text = std::str::from_utf8(message).map_err(|_| ScramError::FinalNotUtf8)?;
         if let Some(e) = text.strip_prefix("e=") {
-            return Err(format!("the server refused: {e}"));
+            return Err(ScramError::Refused(e.to_string()));
         }
         let sig = text
             .strip_prefix("v=")
             .and_then(|v| B64.decode(v).ok())
-            .ok_or("server-final-message is malformed")?;
+            .ok_or(ScramError::FinalMalformed)?;
         let expected = hmac(server_key, &[auth_message]);
         if bool::from(sig.as_slice().ct_eq(&expected)) {
             Ok(())
         } else {
-            Err("the server's signature is wrong (it does not know this password)".into())
+            Err(ScramError::BadSignature)
         }
     }
 }
@@ -341,11 +397,13 @@ mod tests {
         let server_sig = hmac(&hmac(&salted, &[b"Server Key"]), &[auth.as_bytes()]);
         c.server_final(format!("v={}", B64.encode(server_sig)).as_bytes())
             .unwrap();
-        assert!(c.server_final(b"v=AAAA").is_err());
-        assert!(
-            c.server_final(b"e=invalid-proof")
-                .unwrap_err()
-                .contains("refused")
+        assert_eq!(
+            c.server_final(b"v=AAAA").unwrap_err(),
+            ScramError::BadSignature
+        );
+        assert_eq!(
+            c.server_final(b"e=invalid-proof").unwrap_err().to_string(),
+            "the server refused: invalid-proof"
         );
     }
 
@@ -386,13 +444,16 @@ mod tests {
             ("garbage", "no nonce"),
         ] {
             let mut c = ScramClient::with_nonce(b"pw", &cache, "abc".into());
-            let e = c.server_first(bad.as_bytes()).unwrap_err();
+            let e = c.server_first(bad.as_bytes()).unwrap_err().to_string();
             assert!(e.contains(needle), "{bad}: {e}");
         }
         let mut c = ScramClient::with_nonce(b"pw", &cache, "abc".into());
         let huge = vec![b'a'; MAX_MESSAGE_LEN + 1];
         assert!(c.server_first(&huge).is_err());
-        assert!(c.server_final(b"v=AAAA").unwrap_err().contains("before"));
+        assert_eq!(
+            c.server_final(b"v=AAAA").unwrap_err().to_string(),
+            "server-final-message before server-first-message"
+        );
     }
 
     /// The keys recovered from one client's proof log in where the verifier is held, as
@@ -407,9 +468,9 @@ mod tests {
             let first = server
                 .client_first("SCRAM-SHA-256", &client.client_first())
                 .map_err(|e| e.to_string())?;
-            let fin = client.server_first(&first)?;
+            let fin = client.server_first(&first).map_err(|e| e.to_string())?;
             let done = server.client_final(&fin).map_err(|e| e.to_string())?;
-            client.server_final(&done)?;
+            client.server_final(&done).map_err(|e| e.to_string())?;
             Ok::<_, String>(server.client_key())
         };
         let cache = KeyCache::new();

@@ -294,6 +294,29 @@ fn positive(p: &mut Problems, key: &str, value: Option<u64>, default: u64) -> u6
     p.at_least(key, value.unwrap_or(default), 1)
 }
 
+/// Why a configuration file cannot be read ([`SidecarConfig::read_file`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not the configuration in TOML.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's error.
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
 impl SidecarConfig {
     /// Merge flags over environment over file, check everything, load secrets. Every
     /// problem is returned, each naming its key; no secret appears in any of them.
@@ -388,9 +411,15 @@ impl SidecarConfig {
     }
 
     /// Read a TOML file.
-    pub fn read_file(path: &std::path::Path) -> Result<SidecarFile, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn read_file(path: &std::path::Path) -> Result<SidecarFile, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigFileError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Read a TOML file, with every problem in it: each key the file cannot have

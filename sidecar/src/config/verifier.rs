@@ -14,6 +14,56 @@ use teesql_proto::transport::ServerTrust;
 
 use super::env;
 
+/// Why the way a verifier is trusted cannot be set up ([`VerifierSettings::resolve`]). The
+/// messages name the settings as the caller spells them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustError {
+    /// The CA file or certificate hash settings (both given, or a bad hash).
+    #[error(transparent)]
+    Transport(#[from] teesql_proto::transport::TransportError),
+    /// A trust root for the verifier's identity without an identity policy.
+    #[error("{trust_root} / {dev_trust_root} need {policy_dir}")]
+    RootWithoutPolicy {
+        /// The trust root setting's name.
+        trust_root: String,
+        /// The development trust root setting's name.
+        dev_trust_root: String,
+        /// The identity policy setting's name.
+        policy_dir: String,
+    },
+    /// An identity policy and a CA file or certificate hash: two ways to trust.
+    #[error("{policy_dir} and {ca_file} / {cert_sha256}: give one way to trust the verifier")]
+    TwoWays {
+        /// The identity policy setting's name.
+        policy_dir: String,
+        /// The CA file setting's name.
+        ca_file: String,
+        /// The certificate hash setting's name.
+        cert_sha256: String,
+    },
+    /// The identity policy (or its trust root, or collateral settings) does not load.
+    #[error("{key} {}: {source}", dir.display())]
+    IdentityPolicy {
+        /// The identity policy setting's name.
+        key: String,
+        /// The policy directory.
+        dir: PathBuf,
+        /// Why it does not load (boxed: it is large, and rare).
+        #[source]
+        source: Box<teesql_appraisal::local::LocalError>,
+    },
+}
+
+/// A verifier policy hash that is not `sha256:` and 64 hex digits
+/// ([`parse_policy_hashes`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{hash:?} is not a policy hash (sha256: and 64 hex digits, as decisions carry it)")]
+pub struct BadPolicyHash {
+    /// The hash as given.
+    pub hash: String,
+}
+
 /// Where the verifier is and how it is trusted, before checking.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -155,7 +205,7 @@ impl VerifierSettings {
     /// profile is a start-up error); collateral from `identity_pccs_url`, else env
     /// `TEESQL_PCCS_URL`, else Intel PCS. Errors name a setting `verifier_<key>`; see
     /// [`Self::resolve_as`].
-    pub fn resolve(&self, e: &dyn Env) -> Result<Option<ServerTrust>, String> {
+    pub fn resolve(&self, e: &dyn Env) -> Result<Option<ServerTrust>, TrustError> {
         self.resolve_as(e, &|k| format!("verifier_{k}"))
     }
 
@@ -164,27 +214,25 @@ impl VerifierSettings {
         &self,
         e: &dyn Env,
         key: &dyn Fn(&str) -> String,
-    ) -> Result<Option<ServerTrust>, String> {
+    ) -> Result<Option<ServerTrust>, TrustError> {
         let pinned =
             ServerTrust::from_settings(self.ca_file.as_deref(), self.cert_sha256.as_deref(), key)?;
         let Some(dir) = &self.identity_policy_dir else {
             if self.identity_trust_root.is_some() || self.identity_dev_trust_root.is_some() {
-                return Err(format!(
-                    "{} / {} need {}",
-                    key("identity_trust_root"),
-                    key("identity_dev_trust_root"),
-                    key("identity_policy_dir")
-                ));
+                return Err(TrustError::RootWithoutPolicy {
+                    trust_root: key("identity_trust_root"),
+                    dev_trust_root: key("identity_dev_trust_root"),
+                    policy_dir: key("identity_policy_dir"),
+                });
             }
             return Ok(pinned);
         };
         if pinned.is_some() {
-            return Err(format!(
-                "{} and {} / {}: give one way to trust the verifier",
-                key("identity_policy_dir"),
-                key("ca_file"),
-                key("cert_sha256")
-            ));
+            return Err(TrustError::TwoWays {
+                policy_dir: key("identity_policy_dir"),
+                ca_file: key("ca_file"),
+                cert_sha256: key("cert_sha256"),
+            });
         }
         let identity = VerifierIdentity::new(&LocalSettings {
             policy_dirs: vec![dir.clone()],
@@ -193,12 +241,10 @@ impl VerifierSettings {
             pccs_url: first([self.identity_pccs_url.clone(), env::pccs_url(e)]),
             ..LocalSettings::default()
         })
-        .map_err(|problem| {
-            format!(
-                "{} {}: {problem}",
-                key("identity_policy_dir"),
-                dir.display()
-            )
+        .map_err(|source| TrustError::IdentityPolicy {
+            key: key("identity_policy_dir"),
+            dir: dir.clone(),
+            source: Box::new(source),
         })?;
         Ok(Some(ServerTrust::Attested(Arc::new(identity))))
     }
@@ -206,7 +252,7 @@ impl VerifierSettings {
 
 /// Policy hashes as given (comma-separated or a list): each `sha256:` and 64 hex digits,
 /// as `Decision.policy_hash` carries them and `teesql-verifier serve` prints them at start.
-pub fn parse_policy_hashes<S: AsRef<str>>(given: &[S]) -> Result<Vec<String>, String> {
+pub fn parse_policy_hashes<S: AsRef<str>>(given: &[S]) -> Result<Vec<String>, BadPolicyHash> {
     let mut out = Vec::new();
     for h in given.iter().flat_map(|g| g.as_ref().split(',')) {
         let h = h.trim();
@@ -215,9 +261,9 @@ pub fn parse_policy_hashes<S: AsRef<str>>(given: &[S]) -> Result<Vec<String>, St
         }
         let hex = h.strip_prefix("sha256:").unwrap_or("");
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
-                "{h:?} is not a policy hash (sha256: and 64 hex digits, as decisions carry it)"
-            ));
+            return Err(BadPolicyHash {
+                hash: h.to_string(),
+            });
         }
         out.push(format!("sha256:{}", hex.to_ascii_lowercase()));
     }
@@ -239,7 +285,9 @@ mod tests {
             ]
         );
         for bad in [h.clone(), format!("sha256:{}", &h[1..]), "sha256:zz".into()] {
-            let e = parse_policy_hashes(std::slice::from_ref(&bad)).unwrap_err();
+            let e = parse_policy_hashes(std::slice::from_ref(&bad))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("not a policy hash"), "{bad}: {e}");
         }
         assert!(parse_policy_hashes::<&str>(&[]).unwrap().is_empty());

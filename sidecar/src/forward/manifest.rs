@@ -5,17 +5,75 @@ use std::net::SocketAddr;
 
 use super::settings::MAX_MANIFEST_RECORDS;
 
+/// Why a manifest's `leader_url` names no address to dial ([`leader_address`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaderUrlError {
+    /// Not a URL.
+    #[error("leader_url {url:?}: {source}")]
+    Parse {
+        /// The URL as given.
+        url: String,
+        /// The URL parser's error.
+        #[source]
+        source: url::ParseError,
+    },
+    /// No host in it.
+    #[error("leader_url {url:?}: no host")]
+    NoHost {
+        /// The URL as given.
+        url: String,
+    },
+    /// A scheme other than https or http, and no port.
+    #[error("leader_url {url:?}: scheme {scheme:?} (expected https or http)")]
+    Scheme {
+        /// The URL as given.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+}
+
+/// Why a domain's manifest records could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ManifestLookupError {
+    /// No DNS resolver could be made.
+    #[error("DNS resolver: {0}")]
+    Resolver(#[source] hickory_resolver::net::NetError),
+    /// The TXT lookup failed.
+    #[error("DNS TXT {name}: {source}")]
+    Lookup {
+        /// The name looked up.
+        name: String,
+        /// The resolver's error.
+        #[source]
+        source: hickory_resolver::net::NetError,
+    },
+    /// The name has no TXT record.
+    #[error("DNS TXT {name}: no records")]
+    NoRecords {
+        /// The name looked up.
+        name: String,
+    },
+}
+
 /// The host and port to dial for a manifest's `leader_url`: an explicit port wins;
 /// dstack gateway names `<id>-<port>s.<node>` (TLS passthrough) get 443; otherwise
 /// https -> 443, http -> 80, any other scheme is an error.
-pub fn leader_address(leader_url: &str) -> Result<(String, u16), String> {
-    let url = url::Url::parse(leader_url.trim())
-        .map_err(|e| format!("leader_url {leader_url:?}: {e}"))?;
+pub fn leader_address(leader_url: &str) -> Result<(String, u16), LeaderUrlError> {
+    let url = url::Url::parse(leader_url.trim()).map_err(|source| LeaderUrlError::Parse {
+        url: leader_url.to_string(),
+        source,
+    })?;
     let host = match url.host() {
         Some(url::Host::Domain(d)) => d.to_string(),
         Some(url::Host::Ipv4(ip)) => ip.to_string(),
         Some(url::Host::Ipv6(ip)) => ip.to_string(),
-        None => return Err(format!("leader_url {leader_url:?}: no host")),
+        None => {
+            return Err(LeaderUrlError::NoHost {
+                url: leader_url.to_string(),
+            });
+        }
     };
     if let Some(port) = url.port() {
         return Ok((host, port));
@@ -32,9 +90,10 @@ pub fn leader_address(leader_url: &str) -> Result<(String, u16), String> {
         _ if gateway => Ok((host, 443)),
         "https" => Ok((host, 443)),
         "http" => Ok((host, 80)),
-        other => Err(format!(
-            "leader_url {leader_url:?}: scheme {other:?} (expected https or http)"
-        )),
+        other => Err(LeaderUrlError::Scheme {
+            url: leader_url.to_string(),
+            scheme: other.to_string(),
+        }),
     }
 }
 
@@ -43,7 +102,7 @@ pub fn leader_address(leader_url: &str) -> Result<(String, u16), String> {
 pub(super) async fn resolve_manifests(
     domain: &str,
     dns_server: Option<SocketAddr>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, ManifestLookupError> {
     use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
     let domain = domain.trim().trim_end_matches('.');
     let name = if domain.starts_with("_teesql-leader.") {
@@ -53,7 +112,7 @@ pub(super) async fn resolve_manifests(
     };
     let builder = match dns_server {
         None => hickory_resolver::TokioResolver::builder_tokio()
-            .map_err(|e| format!("DNS resolver: {e}"))?,
+            .map_err(ManifestLookupError::Resolver)?,
         Some(addr) => {
             let (mut udp, mut tcp) = (ConnectionConfig::udp(), ConnectionConfig::tcp());
             udp.port = addr.port();
@@ -65,11 +124,15 @@ pub(super) async fn resolve_manifests(
             )
         }
     };
-    let resolver = builder.build().map_err(|e| format!("DNS resolver: {e}"))?;
-    let answer = resolver
-        .txt_lookup(name.clone())
-        .await
-        .map_err(|e| format!("DNS TXT {name}: {e}"))?;
+    let resolver = builder.build().map_err(ManifestLookupError::Resolver)?;
+    let answer =
+        resolver
+            .txt_lookup(name.clone())
+            .await
+            .map_err(|source| ManifestLookupError::Lookup {
+                name: name.clone(),
+                source,
+            })?;
     let records: Vec<String> = answer
         .answers()
         .iter()
@@ -85,7 +148,7 @@ pub(super) async fn resolve_manifests(
         .take(MAX_MANIFEST_RECORDS)
         .collect();
     if records.is_empty() {
-        return Err(format!("DNS TXT {name}: no records"));
+        return Err(ManifestLookupError::NoRecords { name });
     }
     Ok(records)
 }

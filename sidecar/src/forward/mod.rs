@@ -42,16 +42,61 @@ use crate::verifier::VerifierClient;
 /// The forwarder's client certificate, renewed in the background.
 type ClientIdentity = teesql_proto::transport::Rotating<rustls::sign::CertifiedKey>;
 
-fn certified(chain_pem: &str, key_pem: &str) -> Result<rustls::sign::CertifiedKey, String> {
+/// Why the client certificate and key the guest agent gave cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientKeyError {
+    /// The certificate chain (PEM) does not parse.
+    #[error("client certificate: {0}")]
+    Certificate(#[source] rustls::pki_types::pem::Error),
+    /// The private key (PEM) does not parse.
+    #[error("client key: {0}")]
+    KeyPem(#[source] rustls::pki_types::pem::Error),
+    /// rustls cannot sign with the private key.
+    #[error("client key: {0}")]
+    Key(#[source] rustls::Error),
+}
+
+/// A server name (`--server-name`, or the host dialled) that TLS cannot carry.
+#[derive(Debug, thiserror::Error)]
+#[error("server name {name:?}: {source}")]
+pub struct BadServerName {
+    /// The name.
+    pub name: String,
+    /// Why it is not a DNS name or IP address.
+    #[source]
+    pub source: rustls::pki_types::InvalidDnsNameError,
+}
+
+/// Why a forwarder could not start ([`Forwarder::start`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForwarderStartError {
+    /// The guest agent gave no client certificate.
+    #[error("cannot get the client certificate: {0}")]
+    Identity(#[source] crate::identity::AgentError),
+    /// The client certificate or key cannot be used.
+    #[error(transparent)]
+    ClientKey(#[from] ClientKeyError),
+    /// rustls refused the client configuration.
+    #[error("{0}")]
+    Tls(#[source] rustls::Error),
+    /// `--to`'s host (or `--server-name`) is not a name TLS can carry.
+    #[error(transparent)]
+    ServerName(#[from] BadServerName),
+    /// The verifier client cannot be made from the settings.
+    #[error(transparent)]
+    Verifier(#[from] crate::verifier::VerifierClientError),
+}
+
+fn certified(chain_pem: &str, key_pem: &str) -> Result<rustls::sign::CertifiedKey, ClientKeyError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("client certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| format!("client key: {e}"))?;
+        .map_err(ClientKeyError::Certificate)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(ClientKeyError::KeyPem)?;
     let signing = crate::frontend::tls::provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|e| format!("client key: {e}"))?;
+        .map_err(ClientKeyError::Key)?;
     Ok(rustls::sign::CertifiedKey::new(certs, signing))
 }
 
@@ -90,16 +135,16 @@ impl Forwarder {
     pub async fn start(
         config: ForwardConfig,
         agent_endpoint: Option<&str>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, ForwarderStartError> {
         let agent = Arc::new(GuestAgent::new(agent_endpoint));
         let (chain, key) = agent
             .tls_identity("teesql-forwarder", &["teesql-forwarder".to_string()], false)
             .await
-            .map_err(|e| format!("cannot get the client certificate: {e}"))?;
+            .map_err(ForwarderStartError::Identity)?;
         let identity = ClientIdentity::new(certified(&chain, &key)?);
         let mut tls = ClientConfig::builder_with_provider(crate::frontend::tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| e.to_string())?
+            .map_err(ForwarderStartError::Tls)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(
                 crate::frontend::tls::ServerCertificateRule::any(),
@@ -142,8 +187,9 @@ impl Forwarder {
                         .tls_identity("teesql-forwarder", &["teesql-forwarder".to_string()], false)
                         .await
                         .map_err(|e| e.to_string())?;
-                    me.identity.replace(certified(&chain, &key)?);
-                    Ok(())
+                    me.identity
+                        .replace(certified(&chain, &key).map_err(|e| e.to_string())?);
+                    Ok::<(), String>(())
                 };
                 crate::identity::renew_forever("client", every, renew, |_| {}).await;
             })
@@ -231,14 +277,15 @@ impl Forwarder {
         let records = match &self.config.manifest {
             None => Vec::new(),
             Some(ManifestSource::Txt(t)) => vec![t.clone()],
-            Some(ManifestSource::Dns(domain)) => {
-                resolve_manifests(domain, self.config.dns_server).await?
-            }
+            Some(ManifestSource::Dns(domain)) => resolve_manifests(domain, self.config.dns_server)
+                .await
+                .map_err(|e| e.to_string())?,
         };
         if let Some(to) = &self.config.to {
             return Ok(Target {
                 addr: to.clone(),
-                server_name: server_name_for(self.config.server_name.as_deref(), host_of(to))?,
+                server_name: server_name_for(self.config.server_name.as_deref(), host_of(to))
+                    .map_err(|e| e.to_string())?,
                 manifests: records,
             });
         }
@@ -248,7 +295,7 @@ impl Forwarder {
         let url = claims["manifest"]["leader_url"]
             .as_str()
             .ok_or("the verifier's claims name no leader_url")?;
-        let (host, port) = leader_address(url)?;
+        let (host, port) = leader_address(url).map_err(|e| e.to_string())?;
         let addr = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -256,7 +303,8 @@ impl Forwarder {
         };
         tracing::debug!(leader = %addr, "the manifest names the leader");
         Ok(Target {
-            server_name: server_name_for(self.config.server_name.as_deref(), &host)?,
+            server_name: server_name_for(self.config.server_name.as_deref(), &host)
+                .map_err(|e| e.to_string())?,
             addr,
             manifests: vec![record],
         })
@@ -381,9 +429,9 @@ impl Forwarder {
     }
 }
 
-fn server_name_for(given: Option<&str>, host: &str) -> Result<ServerName<'static>, String> {
+fn server_name_for(given: Option<&str>, host: &str) -> Result<ServerName<'static>, BadServerName> {
     let name = given.unwrap_or(host).to_string();
-    ServerName::try_from(name.clone()).map_err(|e| format!("server name {name:?}: {e}"))
+    ServerName::try_from(name.clone()).map_err(|source| BadServerName { name, source })
 }
 
 fn server_name_text(name: &ServerName<'_>) -> String {

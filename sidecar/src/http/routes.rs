@@ -43,7 +43,39 @@ pub struct Admin {
         Arc<tokio::sync::Mutex<Option<(std::time::Instant, StatusCode, serde_json::Value)>>>,
 }
 
-type ReportOutcome = Result<AttestationReport, String>;
+/// A report, or why none could be made (shared by the callers that waited for it).
+type ReportOutcome = Result<AttestationReport, Arc<ReportError>>;
+
+/// Why `/attestation` could not make a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The Postgres state could not be read.
+    #[error(transparent)]
+    Postgres(#[from] crate::postgres::admin::AdminError),
+    /// The guest agent gave no quote or no `Info`.
+    #[error(transparent)]
+    Agent(#[from] crate::identity::AgentError),
+}
+
+/// Why Postgres is not taken to be alive (`/health`).
+#[derive(Debug, thiserror::Error)]
+enum PostgresDown {
+    /// Connecting failed, or it answered the SSLRequest with something else.
+    #[error("unreachable at {addr}: {source}")]
+    Unreachable {
+        /// The address, as [`BackendAddr::describe`] spells it.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No answer within the probe's time.
+    #[error("no answer from {addr} within 2 s")]
+    Silent {
+        /// The address, as [`BackendAddr::describe`] spells it.
+        addr: String,
+    },
+}
 
 impl Admin {
     /// With no `/attestation` report or `/health` answer cached yet.
@@ -103,6 +135,7 @@ async fn check_health(a: &Admin) -> (StatusCode, serde_json::Value) {
         postgres_alive(&a.shared.config.backend.addr),
         a.shared.verifier.check_health()
     );
+    let pg = pg.map_err(|e| e.to_string());
     let now = teesql_appraisal::Clock::System.now();
     let cert = a.shared.cert.current();
     let identity = if cert.not_after > now {
@@ -132,7 +165,7 @@ async fn check_health(a: &Admin) -> (StatusCode, serde_json::Value) {
 }
 
 /// Postgres accepts connections: it answers an SSLRequest.
-async fn postgres_alive(addr: &BackendAddr) -> Result<(), String> {
+async fn postgres_alive(addr: &BackendAddr) -> Result<(), PostgresDown> {
     let probe = async {
         let mut s = BackendStream::connect(addr).await?;
         s.write_all(&pgwire::ssl_request()).await?;
@@ -148,8 +181,13 @@ async fn postgres_alive(addr: &BackendAddr) -> Result<(), String> {
     };
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("unreachable at {}: {e}", addr.describe())),
-        Err(_) => Err(format!("no answer from {} within 2 s", addr.describe())),
+        Ok(Err(source)) => Err(PostgresDown::Unreachable {
+            addr: addr.describe(),
+            source,
+        }),
+        Err(_) => Err(PostgresDown::Silent {
+            addr: addr.describe(),
+        }),
     }
 }
 
@@ -174,7 +212,9 @@ async fn attestation(State(a): State<Admin>) -> Response {
     let (reused, outcome) = match last.as_ref() {
         Some((done, outcome)) if *done >= asked => (true, outcome.clone()),
         _ => {
-            let outcome = build_report(&a, teesql_appraisal::Clock::System.now()).await;
+            let outcome = build_report(&a, teesql_appraisal::Clock::System.now())
+                .await
+                .map_err(Arc::new);
             *last = Some((teesql_appraisal::Clock::System.now(), outcome.clone()));
             (false, outcome)
         }
@@ -193,21 +233,17 @@ async fn attestation(State(a): State<Admin>) -> Response {
             }
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({ "error": e })),
+                axum::Json(json!({ "error": e.to_string() })),
             )
                 .into_response()
         }
     }
 }
 
-async fn build_report(a: &Admin, timestamp: u64) -> Result<AttestationReport, String> {
+async fn build_report(a: &Admin, timestamp: u64) -> Result<AttestationReport, ReportError> {
     let state = crate::postgres::admin::postgres_state(&a.shared.config.backend).await?;
-    let quote = a
-        .agent
-        .quote(report_data(&state, timestamp))
-        .await
-        .map_err(|e| e.to_string())?;
-    let info = a.agent.info().await.map_err(|e| e.to_string())?;
+    let quote = a.agent.quote(report_data(&state, timestamp)).await?;
+    let info = a.agent.info().await?;
     Ok(AttestationReport {
         app_id: info.app_id,
         compose_hash: info.compose_hash,

@@ -7,8 +7,31 @@ use teesql_proto::runtime::error_chain;
 
 use crate::config::{BackendAddr, BackendConfig};
 
+/// Why the admin connection, or what is read over it, failed. The messages carry the
+/// Postgres error with its causes.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Logging in as the admin role failed.
+    #[error(
+        "connecting to Postgres database {database} as {user}: {}",
+        error_chain(source)
+    )]
+    Connect {
+        /// The database.
+        database: String,
+        /// The admin role.
+        user: String,
+        /// tokio-postgres' error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The state query failed.
+    #[error("reading the Postgres state: {}", error_chain(.0))]
+    State(#[source] tokio_postgres::Error),
+}
+
 /// Read the WAL position, control data and version as the admin user.
-pub async fn postgres_state(cfg: &BackendConfig) -> Result<PostgresState, String> {
+pub async fn postgres_state(cfg: &BackendConfig) -> Result<PostgresState, AdminError> {
     let client = admin_client(cfg).await?;
     let row = client
         .query_one(
@@ -19,7 +42,7 @@ pub async fn postgres_state(cfg: &BackendConfig) -> Result<PostgresState, String
             &[],
         )
         .await
-        .map_err(|e| format!("reading the Postgres state: {}", error_chain(&e)))?;
+        .map_err(AdminError::State)?;
     let lsn: Option<String> = row.get(0);
     let version: String = row.get(1);
     let system: String = row.get(2);
@@ -32,7 +55,7 @@ pub async fn postgres_state(cfg: &BackendConfig) -> Result<PostgresState, String
 }
 
 /// A tokio-postgres connection as the admin (superuser) role.
-pub async fn admin_client(cfg: &BackendConfig) -> Result<tokio_postgres::Client, String> {
+pub async fn admin_client(cfg: &BackendConfig) -> Result<tokio_postgres::Client, AdminError> {
     admin_client_to(cfg, "postgres").await
 }
 
@@ -40,7 +63,7 @@ pub async fn admin_client(cfg: &BackendConfig) -> Result<tokio_postgres::Client,
 pub async fn admin_client_to(
     cfg: &BackendConfig,
     database: &str,
-) -> Result<tokio_postgres::Client, String> {
+) -> Result<tokio_postgres::Client, AdminError> {
     let mut pg = tokio_postgres::Config::new();
     pg.user(&cfg.admin_user).dbname(database);
     // A superuser session resolves names in pg_catalog only: a role with CREATE on a
@@ -55,13 +78,14 @@ pub async fn admin_client_to(
         pg.password(pw.expose());
     }
     pg.connect_timeout(cfg.connect_timeout);
-    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
-        format!(
-            "connecting to Postgres database {database} as {}: {}",
-            cfg.admin_user,
-            error_chain(&e)
-        )
-    })?;
+    let (client, conn) =
+        pg.connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|source| AdminError::Connect {
+                database: database.to_string(),
+                user: cfg.admin_user.clone(),
+                source,
+            })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "admin connection ended");

@@ -25,7 +25,87 @@ use serde::Serialize;
 use teesql_proto::runtime::error_chain;
 
 use crate::config::BackendConfig;
-use crate::postgres::admin::admin_client_to;
+use crate::postgres::admin::{AdminError, admin_client_to};
+
+/// Why the `teesql` schema could not be provisioned in a database ([`provision`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionSchemaError {
+    /// A statement creating the schema, table or functions failed.
+    #[error(
+        "creating teesql.identity() in database {database}: {}",
+        error_chain(source)
+    )]
+    Create {
+        /// The database.
+        database: String,
+        /// tokio-postgres' error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The check of the schema's owners failed to run.
+    #[error(
+        "checking schema teesql in database {database}: {}",
+        error_chain(source)
+    )]
+    Check {
+        /// The database.
+        database: String,
+        /// tokio-postgres' error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The schema holds what another role owns or was granted.
+    #[error(
+        "in database {database}, schema teesql holds what another role owns or was granted ({foreign}): \
+         drop or revoke it (or make the admin role its owner), then provision again"
+    )]
+    Foreign {
+        /// The database.
+        database: String,
+        /// What is foreign, `, `-separated.
+        foreign: String,
+    },
+}
+
+/// Why a session's identity was not recorded ([`IdentityRecorder::record`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// Postgres sent no process id (BackendKeyData): there is no backend to record for.
+    #[error("Postgres sent no process id (BackendKeyData)")]
+    NoProcessId,
+    /// The identity does not serialize.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// No admin connection to the database.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// Postgres has no such backend of that role in that database.
+    #[error("Postgres has no backend {pid} of role {role} in database {database}")]
+    NoBackend {
+        /// The backend's process id.
+        pid: i32,
+        /// The session's role.
+        role: String,
+        /// The database.
+        database: String,
+    },
+    /// The database was not provisioned (no `teesql.session_identity`).
+    #[error(
+        "{} (database {database} has no teesql.session_identity: run `teesql-sidecar provision`)",
+        error_chain(source)
+    )]
+    NotProvisioned {
+        /// The database.
+        database: String,
+        /// tokio-postgres' error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The insert failed.
+    #[error("{}", error_chain(.0))]
+    Postgres(#[source] tokio_postgres::Error),
+}
 
 /// The SQL `provision` runs in each database (idempotent).
 pub const PROVISION_SQL: &[&str] = &[
@@ -64,31 +144,29 @@ const RECORD_SQL: &str = "INSERT INTO teesql.session_identity (pid, backend_star
 /// Create the schema, table and functions in the database `c` is connected to, then
 /// check that every object in schema `teesql` belongs to the role running this (the
 /// admin): one that someone else created first could be redefined by them.
-pub async fn provision(c: &tokio_postgres::Client, db: &str) -> Result<(), String> {
+pub async fn provision(c: &tokio_postgres::Client, db: &str) -> Result<(), ProvisionSchemaError> {
     for sql in PROVISION_SQL {
-        c.batch_execute(sql).await.map_err(|e| {
-            format!(
-                "creating teesql.identity() in database {db}: {}",
-                error_chain(&e)
-            )
-        })?;
+        c.batch_execute(sql)
+            .await
+            .map_err(|source| ProvisionSchemaError::Create {
+                database: db.to_string(),
+                source,
+            })?;
     }
     let foreign: Option<String> = c
         .query_one(OWNERS_SQL, &[])
         .await
-        .map_err(|e| {
-            format!(
-                "checking schema teesql in database {db}: {}",
-                error_chain(&e)
-            )
+        .map_err(|source| ProvisionSchemaError::Check {
+            database: db.to_string(),
+            source,
         })?
         .get(0);
     match foreign {
         None => Ok(()),
-        Some(list) => Err(format!(
-            "in database {db}, schema teesql holds what another role owns or was granted ({list}): \
-             drop or revoke it (or make the admin role its owner), then provision again"
-        )),
+        Some(foreign) => Err(ProvisionSchemaError::Foreign {
+            database: db.to_string(),
+            foreign,
+        }),
     }
 }
 
@@ -225,10 +303,10 @@ impl IdentityRecorder {
         database: &str,
         pid: i32,
         identity: &SessionIdentity,
-    ) -> Result<(), String> {
-        let json = serde_json::to_string(identity).map_err(|e| e.to_string())?;
-        let mut last = String::new();
-        for _ in 0..2 {
+    ) -> Result<(), RecordError> {
+        let json = serde_json::to_string(identity)?;
+        let mut retried = false;
+        loop {
             let client = self.client(database).await?;
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                 [&pid, &json, &identity.role, &database];
@@ -248,33 +326,36 @@ impl IdentityRecorder {
                     return Ok(());
                 }
                 Ok(_) => {
-                    return Err(format!(
-                        "Postgres has no backend {pid} of role {} in database {database}",
-                        identity.role
-                    ));
+                    return Err(RecordError::NoBackend {
+                        pid,
+                        role: identity.role.clone(),
+                        database: database.to_string(),
+                    });
                 }
                 Err(e) => {
-                    last = error_chain(&e);
                     let missing = e
                         .as_db_error()
                         .is_some_and(|d| d.code().code() == "42P01" || d.code().code() == "3F000");
                     if missing {
-                        return Err(format!(
-                            "{last} (database {database} has no teesql.session_identity: run `teesql-sidecar provision`)"
-                        ));
+                        return Err(RecordError::NotProvisioned {
+                            database: database.to_string(),
+                            source: e,
+                        });
                     }
                     if client.is_closed() {
                         self.forget(database, &client);
-                        continue;
+                        if !retried {
+                            retried = true;
+                            continue;
+                        }
                     }
-                    return Err(last);
+                    return Err(RecordError::Postgres(e));
                 }
             }
         }
-        Err(last)
     }
 
-    async fn client(&self, database: &str) -> Result<Arc<tokio_postgres::Client>, String> {
+    async fn client(&self, database: &str) -> Result<Arc<tokio_postgres::Client>, AdminError> {
         if let Some(c) = self.lock().get(database).filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }

@@ -168,7 +168,7 @@ pub enum BackendError {
     /// Writing the session's attested identity (`teesql.session_identity`, for
     /// `teesql.identity()`) after login failed.
     #[error("recording the session's attested identity failed: {0}")]
-    Identity(String),
+    Identity(#[source] crate::postgres::identity_rows::RecordError),
 }
 
 impl From<WireError> for BackendError {

@@ -108,7 +108,7 @@ impl PassthroughVerifiers {
 async fn read(backend: &BackendConfig, role: &str) -> Lookup {
     let client = match crate::postgres::admin::admin_client(backend).await {
         Ok(c) => c,
-        Err(e) => return Lookup::Unavailable(e),
+        Err(e) => return Lookup::Unavailable(e.to_string()),
     };
     let row = client
         .query_opt(

@@ -192,10 +192,20 @@ async fn reset(conn: &mut LoggedIn) -> Result<(), String> {
                 None => conn.params.push((k.to_string(), v.to_string())),
             }
         }
-        if check.next(tag, &body)? {
+        if check.next(tag, &body).map_err(|e| e.to_string())? {
             return Ok(());
         }
     }
+}
+
+/// A message that does not belong in the answer to a reset ([`ResetAnswer::next`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected {:?} at step {step} of the reset", char::from(*tag))]
+pub struct UnexpectedReset {
+    /// The message's type byte.
+    pub tag: u8,
+    /// How many messages of the answer had come as expected.
+    pub step: usize,
 }
 
 /// The answer to a reset, message by message: `Z` (the Sync), `C ROLLBACK` `Z`,
@@ -215,7 +225,7 @@ impl<'a> ResetAnswer<'a> {
 
     /// Take one message: `Ok(true)` when the answer is complete and as expected, `Ok(false)`
     /// to read on, `Err` at the first message that does not belong.
-    pub fn next(&mut self, tag: u8, body: &[u8]) -> Result<bool, String> {
+    pub fn next(&mut self, tag: u8, body: &[u8]) -> Result<bool, UnexpectedReset> {
         if matches!(tag, b'N' | b'S' | b'A') {
             return Ok(false);
         }
@@ -233,10 +243,10 @@ impl<'a> ResetAnswer<'a> {
             _ => false,
         };
         if !expected {
-            return Err(format!(
-                "unexpected {:?} at step {} of the reset",
-                tag as char, self.step
-            ));
+            return Err(UnexpectedReset {
+                tag,
+                step: self.step,
+            });
         }
         self.step += 1;
         Ok(self.step == 9)
@@ -284,7 +294,7 @@ mod tests {
             if done {
                 return Err("more after the end".into());
             }
-            done = a.next(*tag, body)?;
+            done = a.next(*tag, body).map_err(|e| e.to_string())?;
         }
         Ok(done)
     }

@@ -16,12 +16,132 @@
 //! Roles log in without a password when the backend method is trust; otherwise their
 //! password is the backend password the sidecar logs in with.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::auth::Privileges;
 use crate::config::{BackendConfig, BackendMethod, SidecarConfig};
-use crate::postgres::admin::{admin_client, admin_client_to};
+use crate::postgres::admin::{AdminError, admin_client, admin_client_to};
+use crate::postgres::identity_rows::ProvisionSchemaError;
 use teesql_proto::runtime::error_chain;
+
+/// Why provisioning stopped. The messages name the role, database or statement.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProvisionError {
+    /// No admin connection.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The `teesql` schema could not be provisioned.
+    #[error(transparent)]
+    Schema(#[from] ProvisionSchemaError),
+    /// A tenant role of the data file that means something else to the sidecar.
+    #[error(
+        "--tenants: tenant role {role} is a cluster role, a passthrough role, the admin user, a pg_ role, auth.tenant_user or a non-granted role of the config; give the tenant a role of its own"
+    )]
+    ReservedRole {
+        /// The role.
+        role: String,
+    },
+    /// A statement failed.
+    #[error("{what}: {}", error_chain(source))]
+    Sql {
+        /// The statement or what it was for (passwords masked).
+        what: String,
+        /// tokio-postgres' error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Setting a role's password failed (the statement, which holds the verifier, is
+    /// not shown).
+    #[error("setting the password of role {role} failed")]
+    Password {
+        /// The role.
+        role: String,
+    },
+    /// Tenant roles hold more than their grants.
+    #[error(
+        "in database {database}, tenant roles hold more than their grants: {problems}; a tenant role must be an ordinary role of its own"
+    )]
+    TenantPowers {
+        /// The database.
+        database: String,
+        /// What each holds, `; `-separated.
+        problems: String,
+    },
+}
+
+/// Why a tenant data file cannot be used ([`read_tenants`]). Each message starts with
+/// `--tenants FILE`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TenantsError {
+    /// The file cannot be read.
+    #[error("--tenants {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not JSON.
+    #[error("--tenants {}: not JSON: {source}", path.display())]
+    NotJson {
+        /// The file.
+        path: PathBuf,
+        /// serde_json's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// No object at `teesql.tenants`.
+    #[error("--tenants {}: no object at teesql.tenants", path.display())]
+    NoTenants {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A tenant that cannot be provisioned.
+    #[error("--tenants {}: teesql.tenants.{tenant}: {problem}", path.display())]
+    Tenant {
+        /// The file.
+        path: PathBuf,
+        /// The tenant's name.
+        tenant: String,
+        /// What is wrong with it.
+        #[source]
+        problem: TenantProblem,
+    },
+}
+
+/// What is wrong with one tenant of a data file ([`TenantsError::Tenant`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TenantProblem {
+    /// No `role`.
+    #[error("no \"role\"")]
+    NoRole,
+    /// A role that is not a lowercase SQL identifier.
+    #[error("role {0:?} is not a lowercase SQL identifier")]
+    BadRole(String),
+    /// `privileges` other than read, readwrite or none.
+    #[error("privileges {0:?}: expected read, readwrite or none")]
+    BadPrivileges(String),
+    /// A role another tenant has, without both saying `shared_role`.
+    #[error(
+        "role {role} is also tenant {other}'s: give each tenant a role of its own, or set \"shared_role\": true on both (then only row-level security separates them)"
+    )]
+    SharedRole {
+        /// The role.
+        role: String,
+        /// The other tenant.
+        other: String,
+    },
+}
+
+/// A failed statement, named by `what`.
+fn failed(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ProvisionError {
+    let what = what.into();
+    move |source| ProvisionError::Sql { what, source }
+}
 
 /// What was done, for the operator.
 #[derive(Debug, Default)]
@@ -33,41 +153,51 @@ pub struct Provisioned {
 }
 
 /// Provision every role of the auth map in each of `databases`.
-pub async fn provision(cfg: &SidecarConfig, databases: &[String]) -> Result<Provisioned, String> {
+pub async fn provision(
+    cfg: &SidecarConfig,
+    databases: &[String],
+) -> Result<Provisioned, ProvisionError> {
     provision_with(cfg, databases, &[]).await
 }
 
 /// The tenant roles of a policy data file: `teesql.tenants.<name>.role` with its
 /// `privileges` (read, readwrite or none; default none).
-pub fn read_tenants(path: &Path) -> Result<Vec<(String, Privileges)>, String> {
-    let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--tenants {shown}: {e}"))?;
+pub fn read_tenants(path: &Path) -> Result<Vec<(String, Privileges)>, TenantsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TenantsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let data: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("--tenants {shown}: not JSON: {e}"))?;
+        serde_json::from_str(&text).map_err(|source| TenantsError::NotJson {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let Some(tenants) = data.pointer("/teesql/tenants").and_then(|t| t.as_object()) else {
-        return Err(format!("--tenants {shown}: no object at teesql.tenants"));
+        return Err(TenantsError::NoTenants {
+            path: path.to_path_buf(),
+        });
     };
     let mut out: Vec<(String, Privileges)> = Vec::new();
     let mut owners: Vec<(String, &str, bool)> = Vec::new();
     for (name, spec) in tenants {
-        let what = format!("--tenants {shown}: teesql.tenants.{name}");
+        let bad = |problem| TenantsError::Tenant {
+            path: path.to_path_buf(),
+            tenant: name.clone(),
+            problem,
+        };
         let role = spec
             .get("role")
             .and_then(|r| r.as_str())
-            .ok_or_else(|| format!("{what}: no \"role\""))?;
+            .ok_or_else(|| bad(TenantProblem::NoRole))?;
         if !teesql_appraisal::policy::is_identifier(role) {
-            return Err(format!(
-                "{what}: role {role:?} is not a lowercase SQL identifier"
-            ));
+            return Err(bad(TenantProblem::BadRole(role.to_string())));
         }
         let privileges = match spec.get("privileges").and_then(|p| p.as_str()) {
             None | Some("none") => Privileges::None,
             Some("read") => Privileges::Read,
             Some("readwrite") => Privileges::ReadWrite,
             Some(other) => {
-                return Err(format!(
-                    "{what}: privileges {other:?}: expected read, readwrite or none"
-                ));
+                return Err(bad(TenantProblem::BadPrivileges(other.to_string())));
             }
         };
         // A role shared by tenants leaves only row-level security between them (query
@@ -80,9 +210,10 @@ pub fn read_tenants(path: &Path) -> Result<Vec<(String, Privileges)>, String> {
         if let Some((other, _, other_shared)) = owners.iter().find(|(_, r, _)| *r == role)
             && !(shared && *other_shared)
         {
-            return Err(format!(
-                "{what}: role {role} is also tenant {other}'s: give each tenant a role of its own, or set \"shared_role\": true on both (then only row-level security separates them)"
-            ));
+            return Err(bad(TenantProblem::SharedRole {
+                role: role.to_string(),
+                other: other.clone(),
+            }));
         }
         owners.push((name.clone(), role, shared));
         if !out.iter().any(|(r, _)| r == role) {
@@ -98,7 +229,7 @@ pub async fn provision_with(
     cfg: &SidecarConfig,
     databases: &[String],
     tenants: &[(String, Privileges)],
-) -> Result<Provisioned, String> {
+) -> Result<Provisioned, ProvisionError> {
     let mut roles: Vec<(String, Privileges)> = cfg
         .auth
         .roles()
@@ -111,9 +242,7 @@ pub async fn provision_with(
         }) || cfg.auth.tenant_user() == Some(role.as_str())
             || cfg.auth.role(role).is_some_and(|r| !r.granted)
         {
-            return Err(format!(
-                "--tenants: tenant role {role} is a cluster role, a passthrough role, the admin user, a pg_ role, auth.tenant_user or a non-granted role of the config; give the tenant a role of its own"
-            ));
+            return Err(ProvisionError::ReservedRole { role: role.clone() });
         }
         match roles.iter_mut().find(|(r, _)| r == role) {
             Some(known) => known.1 = *privileges,
@@ -135,7 +264,7 @@ pub async fn provision_with(
                 &[role],
             )
             .await
-            .map_err(|e| format!("checking role {role}: {}", error_chain(&e)))?
+            .map_err(failed(format!("checking role {role}")))?
             .get(0);
         if existed {
             done.updated.push(role.clone());
@@ -176,12 +305,7 @@ pub async fn provision_with(
             // cluster's read-write roles keep it by their own grant below.
             c.batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
                 .await
-                .map_err(|e| {
-                    format!(
-                        "REVOKE CREATE ON SCHEMA public FROM PUBLIC: {}",
-                        error_chain(&e)
-                    )
-                })?;
+                .map_err(failed("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))?;
         }
         crate::postgres::identity_rows::provision(c, db).await?;
         for (role, privileges) in &roles {
@@ -243,7 +367,7 @@ async fn check_tenants(
     c: &tokio_postgres::Client,
     db: &str,
     tenant_roles: &[&String],
-) -> Result<(), String> {
+) -> Result<(), ProvisionError> {
     let names: Vec<String> = tenant_roles.iter().map(|r| r.to_string()).collect();
     let problems: Option<String> = c
         .query_one(
@@ -268,13 +392,14 @@ async fn check_tenants(
             &[&names],
         )
         .await
-        .map_err(|e| format!("checking tenant roles in database {db}: {}", error_chain(&e)))?
+        .map_err(failed(format!("checking tenant roles in database {db}")))?
         .get(0);
     match problems {
         None => Ok(()),
-        Some(p) => Err(format!(
-            "in database {db}, tenant roles hold more than their grants: {p}; a tenant role must be an ordinary role of its own"
-        )),
+        Some(problems) => Err(ProvisionError::TenantPowers {
+            database: db.to_string(),
+            problems,
+        }),
     }
 }
 
@@ -284,7 +409,7 @@ async fn restrict_public(
     c: &tokio_postgres::Client,
     db: &str,
     writers: &[&String],
-) -> Result<(), String> {
+) -> Result<(), ProvisionError> {
     exec_formatted(c, "REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC", &[db]).await?;
     for role in writers {
         exec_formatted(c, "GRANT TEMPORARY ON DATABASE %I TO %I", &[db, role]).await?;
@@ -299,7 +424,7 @@ async fn restrict_public(
             &[],
         )
         .await
-        .map_err(|e| format!("listing functions to restrict: {}", error_chain(&e)))?
+        .map_err(failed("listing functions to restrict"))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -307,7 +432,7 @@ async fn restrict_public(
         // `f` is Postgres' own regprocedure text (a quoted, typed signature).
         c.batch_execute(&format!("REVOKE EXECUTE ON FUNCTION {f} FROM PUBLIC"))
             .await
-            .map_err(|e| format!("REVOKE EXECUTE ON FUNCTION {f}: {}", error_chain(&e)))?;
+            .map_err(failed(format!("REVOKE EXECUTE ON FUNCTION {f}")))?;
         for role in writers {
             exec_formatted(c, &format!("GRANT EXECUTE ON FUNCTION {f} TO %I"), &[role]).await?;
         }
@@ -319,7 +444,7 @@ async fn set_password(
     c: &tokio_postgres::Client,
     backend: &BackendConfig,
     role: &str,
-) -> Result<(), String> {
+) -> Result<(), ProvisionError> {
     match (&backend.method, &backend.password) {
         (BackendMethod::Trust, _) | (_, None) => {
             exec_formatted(c, "ALTER ROLE %I LOGIN PASSWORD NULL", &[role]).await
@@ -334,7 +459,9 @@ async fn set_password(
             };
             exec_formatted(c, "ALTER ROLE %I LOGIN PASSWORD %L", &[role, &verifier])
                 .await
-                .map_err(|_| format!("setting the password of role {role} failed"))
+                .map_err(|_| ProvisionError::Password {
+                    role: role.to_string(),
+                })
         }
     }
 }
@@ -345,7 +472,7 @@ async fn exec_formatted(
     c: &tokio_postgres::Client,
     template: &str,
     args: &[&str],
-) -> Result<(), String> {
+) -> Result<(), ProvisionError> {
     let placeholders: Vec<String> = (2..args.len() + 2).map(|i| format!("${i}::text")).collect();
     let query = format!("SELECT format($1::text, {})", placeholders.join(", "));
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&template];
@@ -355,11 +482,11 @@ async fn exec_formatted(
     let sql: String = c
         .query_one(&query, &params)
         .await
-        .map_err(|e| format!("preparing {template}: {}", error_chain(&e)))?
+        .map_err(failed(format!("preparing {template}")))?
         .get(0);
     c.batch_execute(&sql)
         .await
-        .map_err(|e| format!("{}: {}", template.replace("%L", "***"), error_chain(&e)))
+        .map_err(failed(template.replace("%L", "***")))
 }
 
 #[cfg(test)]
@@ -379,7 +506,7 @@ mod tests {
             std::fs::write(&file, data.to_string()).unwrap();
         };
         write(false, false);
-        let e = read_tenants(&file).unwrap_err();
+        let e = read_tenants(&file).unwrap_err().to_string();
         assert!(
             e.contains("tenant_shared") && e.contains("a role of its own"),
             "{e}"

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256, Sha384};
 use tokio::sync::Mutex;
 
-use super::kms::{DevKms, KeyAlgorithm};
+use super::kms::{DevKms, KeyAlgorithm, KmsError};
 use super::pki::{DevPki, DevPkiError, DevTdReport, PlatformTcb};
 use super::ratls::{AppCa, CertAttestation, RaTlsIssued, RaTlsRequest};
 use teesql_appraisal::eventlog::{DSTACK_RUNTIME_EVENT_TYPE, RuntimeEvent, TdxEvent, replay_rtmr3};
@@ -352,6 +352,12 @@ impl Identity {
 pub enum AgentError {
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A KMS request the caller got wrong (an unknown algorithm, no key or signature).
+    #[error("bad request: {0}")]
+    KmsRequest(#[source] KmsError),
+    /// The KMS could not derive or sign.
+    #[error(transparent)]
+    Kms(KmsError),
     #[error(transparent)]
     Pki(#[from] DevPkiError),
     #[error("{0}")]
@@ -361,7 +367,7 @@ pub enum AgentError {
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
         let status = match self {
-            AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AgentError::BadRequest(_) | AgentError::KmsRequest(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
@@ -384,7 +390,7 @@ impl DevAgent {
             pki = pki.with_tcb_recovery(recovery);
         }
         let app_ca = AppCa::from_seed(&config.seed)?;
-        let kms = DevKms::new(&config.seed, config.measured_app_id()).map_err(AgentError::Io)?;
+        let kms = DevKms::new(&config.seed, config.measured_app_id()).map_err(AgentError::Kms)?;
         let identity = Identity::new(&config, &pki, &kms);
         let events = identity.boot_events();
         let snp = config
@@ -970,7 +976,7 @@ struct GetKeyBody {
 
 /// The secp256k1 key `GetKey(path)` returns on an agent with `config` (the same bytes a
 /// caller of the running agent gets), for tools that need it before the agent runs.
-pub fn derived_key(config: &AgentConfig, path: &str) -> Result<[u8; 32], String> {
+pub fn derived_key(config: &AgentConfig, path: &str) -> Result<[u8; 32], KmsError> {
     let kms = DevKms::new(&config.seed, config.measured_app_id())?;
     Ok(kms.get_key(path, "", KeyAlgorithm::Secp256k1)?.secret)
 }
@@ -981,12 +987,12 @@ async fn get_key(
     body: Bytes,
 ) -> Result<axum::Json<Value>, AgentError> {
     let b: GetKeyBody = parse(&body)?;
-    let algorithm = KeyAlgorithm::parse(&b.algorithm).map_err(AgentError::BadRequest)?;
+    let algorithm = KeyAlgorithm::parse(&b.algorithm).map_err(AgentError::KmsRequest)?;
     let key = agent
         .state
         .kms
         .get_key(&b.path, &b.purpose, algorithm)
-        .map_err(AgentError::Io)?;
+        .map_err(AgentError::Kms)?;
     Ok(axum::Json(json!({
         "key": hex::encode(key.secret),
         "signature_chain": key.signature_chain.iter().map(hex::encode).collect::<Vec<_>>(),
@@ -1008,7 +1014,7 @@ async fn sign(State(agent): State<DevAgent>, body: Bytes) -> Result<axum::Json<V
         .state
         .kms
         .sign(&b.algorithm, &data)
-        .map_err(AgentError::BadRequest)?;
+        .map_err(AgentError::KmsRequest)?;
     Ok(axum::Json(json!({
         "signature": hex::encode(&signed.signature),
         "signature_chain": signed.signature_chain.iter().map(hex::encode).collect::<Vec<_>>(),
@@ -1037,7 +1043,7 @@ async fn verify(body: Bytes) -> Result<axum::Json<Value>, AgentError> {
         &hex_field("signature", &b.signature)?,
         &hex_field("public_key", &b.public_key)?,
     )
-    .map_err(AgentError::BadRequest)?;
+    .map_err(AgentError::KmsRequest)?;
     Ok(axum::Json(json!({ "valid": valid })))
 }
 

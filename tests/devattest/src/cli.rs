@@ -71,19 +71,77 @@ pub struct AgentArgs {
     tcb_recovery_in_days: Option<i64>,
 }
 
+/// Why `teesql-dev agent` could not start or stopped serving; each message names the
+/// flag concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Neither `--seed` nor `--seed-file`.
+    #[error("give --seed or --seed-file")]
+    NoSeed,
+    /// The seed file cannot be read.
+    #[error("--seed-file {}: {source}", path.display())]
+    SeedFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The seed is not 32 bytes of hex.
+    #[error(transparent)]
+    Seed(#[from] crate::SeedError),
+    /// The app-compose file cannot be read.
+    #[error("--app-compose {}: {source}", path.display())]
+    AppCompose {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--app-id` is not hex.
+    #[error(transparent)]
+    AppIdHex(teesql_appraisal::evidence::EvidenceError),
+    /// `--app-id` is not 20 bytes.
+    #[error("--app-id must be 20 bytes (40 hex digits)")]
+    AppIdLength,
+    /// The agent could not be made, or failed while serving.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    /// The `--listen` address cannot be bound.
+    #[error("--listen {addr}: {source}")]
+    Listen {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bound listener has no address.
+    #[error("{0}")]
+    LocalAddr(#[source] std::io::Error),
+    /// The out directory could not be written.
+    #[error("--out-dir: {0}")]
+    OutDir(#[source] crate::agent::AgentError),
+}
+
 /// Serve until SIGINT or SIGTERM.
-pub async fn serve(args: AgentArgs) -> Result<(), String> {
+pub async fn serve(args: AgentArgs) -> Result<(), ServeError> {
     let seed_text = match (&args.seed, &args.seed_file) {
         (Some(s), _) => s.clone(),
-        (None, Some(f)) => {
-            std::fs::read_to_string(f).map_err(|e| format!("--seed-file {}: {e}", f.display()))?
-        }
-        (None, None) => return Err("give --seed or --seed-file".into()),
+        (None, Some(f)) => std::fs::read_to_string(f).map_err(|source| ServeError::SeedFile {
+            path: f.clone(),
+            source,
+        })?,
+        (None, None) => return Err(ServeError::NoSeed),
     };
     let mut config = AgentConfig::new(parse_seed(&seed_text)?);
     if let Some(path) = &args.app_compose {
-        config.app_compose =
-            std::fs::read(path).map_err(|e| format!("--app-compose {}: {e}", path.display()))?;
+        config.app_compose = std::fs::read(path).map_err(|source| ServeError::AppCompose {
+            path: path.clone(),
+            source,
+        })?;
     }
     config.legacy_cert_extensions = args.legacy_cert_ext;
     config.collateral_issued_at = args.collateral_issued_at;
@@ -94,14 +152,10 @@ pub async fn serve(args: AgentArgs) -> Result<(), String> {
         .map(crate::pki::TcbRecovery::in_days);
     if let Some(text) = &args.app_id {
         let bytes = teesql_appraisal::evidence::decode_hex("--app-id", text, 20)
-            .map_err(|e| e.to_string())?;
-        config.app_id = Some(
-            bytes
-                .try_into()
-                .map_err(|_| "--app-id must be 20 bytes (40 hex digits)".to_string())?,
-        );
+            .map_err(ServeError::AppIdHex)?;
+        config.app_id = Some(bytes.try_into().map_err(|_| ServeError::AppIdLength)?);
     }
-    let agent = DevAgent::new(config).map_err(|e| e.to_string())?;
+    let agent = DevAgent::new(config)?;
 
     let mut listeners = Vec::new();
     let mut lines = vec!["teesql development guest agent (NOT FOR PRODUCTION) ready".to_string()];
@@ -117,8 +171,11 @@ pub async fn serve(args: AgentArgs) -> Result<(), String> {
     if let Some(addr) = &args.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| format!("--listen {addr}: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
+            .map_err(|source| ServeError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(ServeError::LocalAddr)?;
         let url = format!("http://{local}");
         lines.push(format!("  HTTP guest agent + PCCS: {url}"));
         http_url = Some(url);
@@ -137,10 +194,7 @@ pub async fn serve(args: AgentArgs) -> Result<(), String> {
         ));
     }
     if let Some(dir) = &args.out_dir {
-        agent
-            .write_out_dir(dir)
-            .await
-            .map_err(|e| format!("--out-dir: {e}"))?;
+        agent.write_out_dir(dir).await.map_err(ServeError::OutDir)?;
         lines.push(format!("  wrote dev-root.der, dev-collateral.json, dev-app-ca.pem, example-ra-tls-cert.pem to {}", dir.display()));
         lines.push(format!(
             "  try: teesql-verifier verify --cert {} --dev-trust-root {} {} --policy-dir policies/dev",
@@ -161,8 +215,5 @@ pub async fn serve(args: AgentArgs) -> Result<(), String> {
             .write_all((lines.join("\n") + "\n").as_bytes())
             .and_then(|()| stdout.flush());
     }
-    agent
-        .serve(listeners, shutdown)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(agent.serve(listeners, shutdown).await?)
 }

@@ -27,6 +27,43 @@ use k256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use sha2::Digest as _;
 use sha3::Keccak256;
 
+/// Why a KMS operation failed: an algorithm it does not know, input that is no key or
+/// signature, or (astronomically unlikely) a derived secret that is no key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KmsError {
+    /// An algorithm other than those `GetKey`, `Sign` and `Verify` know.
+    #[error("Unsupported algorithm: {0:?}")]
+    UnsupportedAlgorithm(String),
+    /// A derived secret that is not a P-256 scalar.
+    #[error("derived key is not a P-256 scalar: {0}")]
+    NotP256(p256::elliptic_curve::Error),
+    /// The KMS root CA's public key does not encode.
+    #[error("KMS root CA public key: {0}")]
+    CaPublicKey(p256::pkcs8::spki::Error),
+    /// A derived secret that is not a secp256k1 scalar.
+    #[error("derived key is not a secp256k1 scalar: {0}")]
+    NotSecp256k1(k256::ecdsa::Error),
+    /// A derived seed ring refuses as an ed25519 key.
+    #[error("ed25519 key: {0}")]
+    Ed25519(ring::error::KeyRejected),
+    /// secp256k1 signing failed.
+    #[error("{0}")]
+    Signing(k256::ecdsa::Error),
+    /// `secp256k1_prehashed` data that is not a 32-byte digest.
+    #[error("secp256k1_prehashed needs a 32-byte digest, got {0}")]
+    DigestLength(usize),
+    /// A public key that is not a SEC1 secp256k1 key.
+    #[error("public_key: {0}")]
+    PublicKey(k256::ecdsa::Error),
+    /// A signature that is not 64 bytes `r || s`.
+    #[error("signature: {0}")]
+    Signature(k256::ecdsa::Error),
+    /// An ed25519 key or signature of the wrong length.
+    #[error("ed25519 takes a 32-byte key and a 64-byte signature")]
+    Ed25519Lengths,
+}
+
 /// Key algorithms `GetKey` and `Sign` know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyAlgorithm {
@@ -36,11 +73,11 @@ pub enum KeyAlgorithm {
 
 impl KeyAlgorithm {
     /// `secp256k1`, `k256` and empty (dstack's default) or `ed25519`.
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, KmsError> {
         match name {
             "" | "secp256k1" | "k256" => Ok(Self::Secp256k1),
             "ed25519" => Ok(Self::Ed25519),
-            other => Err(format!("Unsupported algorithm: {other:?}")),
+            other => Err(KmsError::UnsupportedAlgorithm(other.to_string())),
         }
     }
 }
@@ -85,7 +122,7 @@ impl std::fmt::Debug for DevKms {
 
 impl DevKms {
     /// The KMS of `seed`, for the app `app_id`.
-    pub fn new(seed: &[u8; 32], app_id: [u8; 20]) -> Result<Self, String> {
+    pub fn new(seed: &[u8; 32], app_id: [u8; 20]) -> Result<Self, KmsError> {
         let root = scalar(
             &sha2::Sha256::new()
                 .chain_update(b"teesql-dev-kms:root:")
@@ -104,10 +141,10 @@ impl DevKms {
         let ca_spki = {
             use p256::pkcs8::EncodePublicKey as _;
             p256::SecretKey::from_slice(&ca_secret)
-                .map_err(|e| format!("derived key is not a P-256 scalar: {e}"))?
+                .map_err(KmsError::NotP256)?
                 .public_key()
                 .to_public_key_der()
-                .map_err(|e| format!("KMS root CA public key: {e}"))?
+                .map_err(KmsError::CaPublicKey)?
                 .as_bytes()
                 .to_vec()
         };
@@ -145,7 +182,7 @@ impl DevKms {
         path: &str,
         purpose: &str,
         algorithm: KeyAlgorithm,
-    ) -> Result<IssuedKey, String> {
+    ) -> Result<IssuedKey, KmsError> {
         let secret = hkdf(&self.app_root.to_bytes().into(), path.as_bytes());
         let public_key = match algorithm {
             KeyAlgorithm::Secp256k1 => compressed(scalar(&secret)?.verifying_key()),
@@ -172,29 +209,25 @@ impl DevKms {
     }
 
     /// `Sign(algorithm, data)`: `secp256k1`, `secp256k1_prehashed` or `ed25519`.
-    pub fn sign(&self, algorithm: &str, data: &[u8]) -> Result<Signed, String> {
+    pub fn sign(&self, algorithm: &str, data: &[u8]) -> Result<Signed, KmsError> {
         let (base, prehashed) = match algorithm {
             "secp256k1" | "k256" => (KeyAlgorithm::Secp256k1, false),
             "secp256k1_prehashed" => (KeyAlgorithm::Secp256k1, true),
             "ed25519" => (KeyAlgorithm::Ed25519, false),
-            other => return Err(format!("Unsupported algorithm: {other:?}")),
+            other => return Err(KmsError::UnsupportedAlgorithm(other.to_string())),
         };
         let key = self.get_key("vms", "signing", base)?;
         let signature = match base {
             KeyAlgorithm::Secp256k1 => {
                 let digest: [u8; 32] = if prehashed {
-                    data.try_into().map_err(|_| {
-                        format!(
-                            "secp256k1_prehashed needs a 32-byte digest, got {}",
-                            data.len()
-                        )
-                    })?
+                    data.try_into()
+                        .map_err(|_| KmsError::DigestLength(data.len()))?
                 } else {
                     sha2::Sha256::digest(data).into()
                 };
                 let sig: Signature = scalar(&key.secret)?
                     .sign_prehash_recoverable(&digest)
-                    .map_err(|e| e.to_string())?
+                    .map_err(KmsError::Signing)?
                     .0;
                 sig.to_bytes().to_vec()
             }
@@ -217,12 +250,11 @@ pub fn verify(
     data: &[u8],
     signature: &[u8],
     public_key: &[u8],
-) -> Result<bool, String> {
+) -> Result<bool, KmsError> {
     match algorithm {
         "secp256k1" | "k256" | "secp256k1_prehashed" => {
-            let key = VerifyingKey::from_sec1_bytes(public_key)
-                .map_err(|e| format!("public_key: {e}"))?;
-            let sig = Signature::from_slice(signature).map_err(|e| format!("signature: {e}"))?;
+            let key = VerifyingKey::from_sec1_bytes(public_key).map_err(KmsError::PublicKey)?;
+            let sig = Signature::from_slice(signature).map_err(KmsError::Signature)?;
             let digest: Vec<u8> = if algorithm == "secp256k1_prehashed" {
                 data.to_vec()
             } else {
@@ -237,7 +269,7 @@ pub fn verify(
         }
         "ed25519" => {
             if public_key.len() != 32 || signature.len() != 64 {
-                return Err("ed25519 takes a 32-byte key and a 64-byte signature".into());
+                return Err(KmsError::Ed25519Lengths);
             }
             Ok(
                 ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
@@ -245,7 +277,7 @@ pub fn verify(
                     .is_ok(),
             )
         }
-        other => Err(format!("Unsupported algorithm: {other:?}")),
+        other => Err(KmsError::UnsupportedAlgorithm(other.to_string())),
     }
 }
 
@@ -270,27 +302,27 @@ fn hkdf(ikm: &[u8; 32], info: &[u8]) -> [u8; 32] {
     out
 }
 
-fn scalar(bytes: &[u8; 32]) -> Result<SigningKey, String> {
-    SigningKey::from_slice(bytes).map_err(|e| format!("derived key is not a secp256k1 scalar: {e}"))
+fn scalar(bytes: &[u8; 32]) -> Result<SigningKey, KmsError> {
+    SigningKey::from_slice(bytes).map_err(KmsError::NotSecp256k1)
 }
 
 fn compressed(key: &VerifyingKey) -> Vec<u8> {
     key.to_encoded_point(true).as_bytes().to_vec()
 }
 
-fn ed25519(seed: &[u8; 32]) -> Result<(ring::signature::Ed25519KeyPair, Vec<u8>), String> {
+fn ed25519(seed: &[u8; 32]) -> Result<(ring::signature::Ed25519KeyPair, Vec<u8>), KmsError> {
     use ring::signature::KeyPair as _;
-    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed)
-        .map_err(|e| format!("ed25519 key: {e}"))?;
+    let pair =
+        ring::signature::Ed25519KeyPair::from_seed_unchecked(seed).map_err(KmsError::Ed25519)?;
     let public = pair.public_key().as_ref().to_vec();
     Ok((pair, public))
 }
 
 /// `r || s || v` (v = recovery id 0/1), low-S.
-fn sign_recoverable(key: &SigningKey, digest: &[u8; 32]) -> Result<[u8; 65], String> {
+fn sign_recoverable(key: &SigningKey, digest: &[u8; 32]) -> Result<[u8; 65], KmsError> {
     let (sig, recid) = key
         .sign_prehash_recoverable(digest)
-        .map_err(|e| e.to_string())?;
+        .map_err(KmsError::Signing)?;
     let mut out = [0u8; 65];
     out[..64].copy_from_slice(&sig.to_bytes());
     out[64] = recid.to_byte();

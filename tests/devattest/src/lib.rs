@@ -24,11 +24,21 @@ pub use kms::DevKms;
 pub use pki::{DevPki, DevTdReport, PlatformTcb};
 pub use ratls::{AppCa, RaTlsIssued, RaTlsRequest};
 
+/// Why a seed is refused ([`parse_seed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    /// Not hex, or too long.
+    #[error(transparent)]
+    Hex(#[from] teesql_appraisal::evidence::EvidenceError),
+    /// Hex, but not 32 bytes of it.
+    #[error("the seed must be 32 bytes (64 hex digits), got {0}")]
+    Length(usize),
+}
+
 /// Parse a 32-byte seed from hex (with or without `0x`).
-pub fn parse_seed(text: &str) -> Result<[u8; 32], String> {
-    let bytes =
-        teesql_appraisal::evidence::decode_hex("seed", text, 32).map_err(|e| e.to_string())?;
+pub fn parse_seed(text: &str) -> Result<[u8; 32], SeedError> {
+    let bytes = teesql_appraisal::evidence::decode_hex("seed", text, 32)?;
     bytes
         .try_into()
-        .map_err(|v: Vec<u8>| format!("the seed must be 32 bytes (64 hex digits), got {}", v.len()))
+        .map_err(|v: Vec<u8>| SeedError::Length(v.len()))
 }

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Some(Command::Agent(agent)) => rt
             .block_on(teesql_devattest::cli::serve(*agent))
-            .map_err(|e| anyhow::anyhow!(e)),
+            .map_err(|e| anyhow::anyhow!("{e}")),
         None => rt.block_on(run(args)),
     };
     match result {
@@ -208,7 +208,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Mode B's superuser password comes from the agent's GetKey("pg/superuser"), as in a
     // dstack CVM.
     let superuser_password = hex::encode(
-        derived_key(&AgentConfig::new(seed), "pg/superuser").map_err(|e| anyhow::anyhow!(e))?,
+        derived_key(&AgentConfig::new(seed), "pg/superuser").map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     let pg = PgOptions {
         hba: vec![

@@ -59,7 +59,7 @@ fn check(resolved: Resolved) -> ExitCode {
             // What Verifier::start builds next: the backend (collateral files and
             // directories read, HTTP clients made; nothing fetched) and the decision log.
             if let Err(e) = config.backend.build() {
-                problems.push(e);
+                problems.push(e.to_string());
             }
             if let Err(e) = decision_log_writable(&config.decision_log) {
                 problems.push(e);

@@ -31,7 +31,9 @@ pub struct Cli {
 
 impl Cli {
     /// The log format: --log-format, else TEESQL_LOG_FORMAT, else text.
-    pub fn log_format(&self) -> Result<teesql_proto::runtime::LogFormat, String> {
+    pub fn log_format(
+        &self,
+    ) -> Result<teesql_proto::runtime::LogFormat, teesql_proto::runtime::UnknownLogFormat> {
         teesql_proto::runtime::LogFormat::resolve(self.log_format)
     }
 
@@ -89,9 +91,16 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// No `--policy-dir`, and no production profile in `./policies/teesql`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no policy profile: pass --policy-dir (e.g. policies/teesql, or policies/dev for development)"
+)]
+pub struct NoPolicyProfile;
+
 /// The policy profiles to load: the given ones, or the production profile in
 /// `./policies/teesql` when it exists.
-pub fn policy_dirs(given: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
+pub fn policy_dirs(given: Vec<PathBuf>) -> Result<Vec<PathBuf>, NoPolicyProfile> {
     if !given.is_empty() {
         return Ok(given);
     }
@@ -99,7 +108,7 @@ pub fn policy_dirs(given: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
     if default.is_dir() {
         return Ok(vec![default]);
     }
-    Err("no policy profile: pass --policy-dir (e.g. policies/teesql, or policies/dev for development)".into())
+    Err(NoPolicyProfile)
 }
 
 /// Write to stdout. A closed pipe (`… | head`) is not an error worth a panic: the reader

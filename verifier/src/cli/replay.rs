@@ -123,7 +123,8 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
 async fn replay(args: &ReplayArgs) -> Result<Replay, String> {
     let load =
         |dirs: &[PathBuf]| PolicySet::load(dirs, DEFAULT_EVAL_LIMIT).map_err(|e| e.to_string());
-    let baseline = load(&super::policy_dirs(args.baseline_dirs.clone())?)?;
+    let baseline =
+        load(&super::policy_dirs(args.baseline_dirs.clone()).map_err(|e| e.to_string())?)?;
     let new = load(&args.policy_dirs)?;
     for (name, set) in [("baseline", &baseline), ("new", &new)] {
         if !set.purposes().iter().any(|p| p == &args.purpose) {
@@ -133,9 +134,9 @@ async fn replay(args: &ReplayArgs) -> Result<Replay, String> {
             ));
         }
     }
-    let appraiser = args.appraisal.appraiser()?;
+    let appraiser = args.appraisal.appraiser().map_err(|e| e.to_string())?;
     let now = args.appraisal.clock().now();
-    let evidence = read_evidence_dir(&args.evidence_dir)?;
+    let evidence = read_evidence_dir(&args.evidence_dir).map_err(|e| e.to_string())?;
     let mut replay = Replay {
         evidence: evidence.len(),
         allow_to_deny: 0,

@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Subcommand};
 use teesql_verifier::Clock;
 use teesql_verifier::appraise::Appraiser;
-use teesql_verifier::backend::BackendConfig;
 use teesql_verifier::backend::dcap::TrustRoot;
+use teesql_verifier::backend::{BackendConfig, BackendError};
 use teesql_verifier::claims::AppraisedEvidence;
 use teesql_verifier::collateral::{CollateralConfig, INTEL_PCS_URL};
 use teesql_verifier::evidence::{self, Evidence};
@@ -57,7 +57,7 @@ pub struct AppraisalArgs {
 
 impl AppraisalArgs {
     /// A DCAP appraiser for these settings.
-    pub fn appraiser(&self) -> Result<Appraiser, String> {
+    pub fn appraiser(&self) -> Result<Appraiser, BackendError> {
         use teesql_proto::settings::{Env, ProcessEnv};
         let pccs_url = self
             .pccs_url
@@ -127,9 +127,9 @@ async fn report(args: &ReportArgs) -> Result<teesql_verifier::lifecycle::Report,
             .map_err(|e| format!("{}: {e}", log.display()))?;
     }
     if let Some(dir) = &args.evidence_dir {
-        let appraiser = args.appraisal.appraiser()?;
+        let appraiser = args.appraisal.appraiser().map_err(|e| e.to_string())?;
         let now = args.appraisal.clock().now();
-        for (path, evidence) in read_evidence_dir(dir)? {
+        for (path, evidence) in read_evidence_dir(dir).map_err(|e| e.to_string())? {
             let appraised = appraiser.appraise(&evidence, now, None).await;
             match observation(&appraised) {
                 Some((tcb, identity)) => b.observe(&tcb, identity, 0),
@@ -163,32 +163,76 @@ pub fn observation(a: &AppraisedEvidence) -> Option<(serde_json::Value, Identity
     Some((serde_json::to_value(record).ok()?, identity))
 }
 
+/// Why a directory of evidence cannot be read ([`read_evidence_dir`]); each message
+/// names the directory or file.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceDirError {
+    /// The directory cannot be listed.
+    #[error("{}: {source}", dir.display())]
+    List {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// More files than a report reads.
+    #[error("{}: more than {MAX_FILES} files", dir.display())]
+    TooMany {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A file that cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: teesql_verifier::evidence::EvidenceError,
+    },
+    /// A file that is no evidence.
+    #[error(
+        "{}: not a quote, RA-TLS certificate, attestation or GetQuote response",
+        path.display()
+    )]
+    NotEvidence {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
 /// Every regular file of `dir` (sorted), decoded as whichever evidence it is: a GetQuote
 /// response, an attestation, a certificate chain or a quote. A file that is none of
 /// them is an error naming it.
-pub fn read_evidence_dir(dir: &Path) -> Result<Vec<(PathBuf, Evidence)>, String> {
+pub fn read_evidence_dir(dir: &Path) -> Result<Vec<(PathBuf, Evidence)>, EvidenceDirError> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .map_err(|source| EvidenceDirError::List {
+            dir: dir.to_path_buf(),
+            source,
+        })?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_file())
         .take(MAX_FILES + 1)
         .collect();
     if paths.len() > MAX_FILES {
-        return Err(format!("{}: more than {MAX_FILES} files", dir.display()));
+        return Err(EvidenceDirError::TooMany {
+            dir: dir.to_path_buf(),
+        });
     }
     paths.sort();
     paths
         .into_iter()
         .map(|p| {
-            let bytes =
-                super::verify::read_bounded(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            decode_any(&bytes).map(|ev| (p.clone(), ev)).ok_or_else(|| {
-                format!(
-                    "{}: not a quote, RA-TLS certificate, attestation or GetQuote response",
-                    p.display()
-                )
-            })
+            let bytes = match super::verify::read_bounded(&p) {
+                Ok(b) => b,
+                Err(source) => return Err(EvidenceDirError::Read { path: p, source }),
+            };
+            match decode_any(&bytes) {
+                Some(ev) => Ok((p, ev)),
+                None => Err(EvidenceDirError::NotEvidence { path: p }),
+            }
         })
         .collect()
 }

@@ -91,20 +91,22 @@ pub async fn run(cmd: TokenCommand) -> ExitCode {
     let now = now.unwrap_or_else(|| teesql_verifier::Clock::System.now());
     let verified = token::verify(&token, &jwks, issuer.as_deref(), now);
     if attested && verified.is_ok() {
-        let local = match super::policy_dirs(policy_dirs).and_then(|dirs| {
-            VerifierIdentity::new(&LocalSettings {
-                policy_dirs: dirs,
-                trust_root,
-                dev_trust_root,
-                pccs_url: pccs_url.or_else(|| {
-                    ProcessEnv
-                        .var("TEESQL_PCCS_URL")
-                        .or_else(|| ProcessEnv.var("PCCS_URL"))
-                }),
-                ..LocalSettings::default()
-            })
+        let local = match super::policy_dirs(policy_dirs)
             .map_err(|e| e.to_string())
-        }) {
+            .and_then(|dirs| {
+                VerifierIdentity::new(&LocalSettings {
+                    policy_dirs: dirs,
+                    trust_root,
+                    dev_trust_root,
+                    pccs_url: pccs_url.or_else(|| {
+                        ProcessEnv
+                            .var("TEESQL_PCCS_URL")
+                            .or_else(|| ProcessEnv.var("PCCS_URL"))
+                    }),
+                    ..LocalSettings::default()
+                })
+                .map_err(|e| e.to_string())
+            }) {
             Ok(l) => l,
             Err(e) => return super::usage_error(e),
         };

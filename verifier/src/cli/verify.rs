@@ -120,7 +120,7 @@ pub async fn run(args: VerifyArgs) -> ExitCode {
 }
 
 async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decision, String> {
-    let dirs = super::policy_dirs(args.policy_dirs)?;
+    let dirs = super::policy_dirs(args.policy_dirs).map_err(|e| e.to_string())?;
     let policies = PolicySet::load(&dirs, DEFAULT_EVAL_LIMIT).map_err(|e| e.to_string())?;
 
     let mut evidence = read_evidence(
@@ -172,7 +172,8 @@ async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decisio
         chain,
         ita,
         platform_cache_bytes: teesql_verifier::backend::platform::DEFAULT_PLATFORM_CACHE_BYTES,
-        trust_root: TrustRoot::choose(args.trust_root.as_deref(), args.dev_trust_root.as_deref())?,
+        trust_root: TrustRoot::choose(args.trust_root.as_deref(), args.dev_trust_root.as_deref())
+            .map_err(|e| e.to_string())?,
         collateral: CollateralConfig {
             file: args.collateral,
             dir: args.collateral_dir,
@@ -183,7 +184,8 @@ async fn prepare_and_verify(args: VerifyArgs) -> Result<teesql_verifier::Decisio
             ..CollateralConfig::default()
         },
     }
-    .build()?;
+    .build()
+    .map_err(|e| e.to_string())?;
     let request = DecisionRequest {
         expected_report_data: expected.as_deref(),
         ..DecisionRequest::new(&evidence, &args.purpose, clock.now())

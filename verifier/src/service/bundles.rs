@@ -75,20 +75,25 @@ fn load_error(location: &BundleLocation, detail: impl std::fmt::Display) -> Poli
     }
 }
 
+/// The HTTP client of a [`BundleSource`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("policy bundle HTTP client: {0}")]
+pub struct BundleClientError(#[source] pub reqwest::Error);
+
 impl BundleSource {
     /// A source for `location`, verified with `key` when given.
     pub fn new(
         location: BundleLocation,
         key: Option<BundleKey>,
         poll: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BundleClientError> {
         // No redirects: an https URL must not be sent on to somewhere else (plaintext).
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| format!("policy bundle HTTP client: {e}"))?;
+            .map_err(BundleClientError)?;
         Ok(Self {
             location,
             key,

@@ -33,6 +33,38 @@ struct State {
     epochs: HashMap<String, Seen>,
 }
 
+/// Why the manifest epoch file cannot be read ([`Epochs::open`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EpochsError {
+    /// The file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than any epoch file this verifier writes.
+    #[error("{}: {len} bytes, more than {MAX_STATE_FILE}", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size, bytes.
+        len: u64,
+    },
+    /// The file is not an epoch file.
+    #[error("{}: not a manifest epoch file: {source}", path.display())]
+    NotEpochs {
+        /// The file.
+        path: PathBuf,
+        /// serde_json's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// Accepted manifest epochs.
 #[derive(Debug, Default)]
 pub struct Epochs {
@@ -50,7 +82,7 @@ fn key(cluster: &str, signer: &str) -> String {
 
 impl Epochs {
     /// Epochs kept in `file` (read now if it exists), or only in memory without one.
-    pub fn open(file: Option<PathBuf>) -> Result<Self, String> {
+    pub fn open(file: Option<PathBuf>) -> Result<Self, EpochsError> {
         let state = match &file {
             Some(path) if path.exists() => read_state(path)?,
             _ => State::default(),
@@ -110,17 +142,24 @@ impl Epochs {
     }
 }
 
-fn read_state(path: &Path) -> Result<State, String> {
-    let shown = path.display();
-    let len = std::fs::metadata(path)
-        .map_err(|e| format!("{shown}: {e}"))?
-        .len();
+fn read_state(path: &Path) -> Result<State, EpochsError> {
+    let read = |source| EpochsError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read)?.len();
     if len > MAX_STATE_FILE {
-        return Err(format!("{shown}: {len} bytes, more than {MAX_STATE_FILE}"));
+        return Err(EpochsError::TooLarge {
+            path: path.to_path_buf(),
+            len,
+        });
     }
-    let text = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
-    let mut state: State = serde_json::from_slice(&text)
-        .map_err(|e| format!("{shown}: not a manifest epoch file: {e}"))?;
+    let text = std::fs::read(path).map_err(read)?;
+    let mut state: State =
+        serde_json::from_slice(&text).map_err(|source| EpochsError::NotEpochs {
+            path: path.to_path_buf(),
+            source,
+        })?;
     // A file written by hand or by a larger build: keep the newest within the bound.
     if state.epochs.len() > MAX_ENTRIES {
         let mut all: Vec<(String, Seen)> = state.epochs.drain().collect();
@@ -188,6 +227,7 @@ mod tests {
         assert!(
             Epochs::open(Some(file))
                 .unwrap_err()
+                .to_string()
                 .contains("not a manifest epoch file")
         );
     }

@@ -14,6 +14,57 @@ use tokio::net::TcpListener;
 use super::config::{Listen, ServeConfig};
 use super::{DecisionService, grpc, reload};
 
+/// Why the verifier cannot listen, attest or serve. The messages name the setting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The unix socket path holds something else.
+    #[error("listen unix://{}: exists and is not a socket", path.display())]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Another process serves on the unix socket.
+    #[error("listen unix://{}: another process is serving on it", path.display())]
+    SocketInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The unix socket cannot be bound.
+    #[error("listen unix://{}: {source}", path.display())]
+    BindUnix {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC TCP address cannot be bound.
+    #[error("listen {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics address cannot be bound.
+    #[error("metrics_listen {addr}: {source}")]
+    BindMetrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The RA-TLS identity could not be set up.
+    #[error(transparent)]
+    Identity(#[from] super::identity::IdentityError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[source] tonic::transport::Error),
+}
+
 /// Where the verifier serves.
 #[derive(Debug)]
 pub struct Listeners {
@@ -60,26 +111,24 @@ impl GrpcListener {
     }
 
     /// Bind a unix socket, replacing a stale socket file nobody listens on.
-    pub fn bind_unix(path: &Path) -> Result<Self, String> {
+    pub fn bind_unix(path: &Path) -> Result<Self, ServeError> {
         use std::os::unix::fs::FileTypeExt;
+        let path_ = || path.to_path_buf();
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
-                return Err(format!(
-                    "listen unix://{}: exists and is not a socket",
-                    path.display()
-                ));
+                return Err(ServeError::NotASocket { path: path_() });
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(format!(
-                    "listen unix://{}: another process is serving on it",
-                    path.display()
-                ));
+                return Err(ServeError::SocketInUse { path: path_() });
             }
             let _ = std::fs::remove_file(path);
         }
         tokio::net::UnixListener::bind(path)
-            .map(|l| Self::Unix(l, path.to_path_buf()))
-            .map_err(|e| format!("listen unix://{}: {e}", path.display()))
+            .map(|l| Self::Unix(l, path_()))
+            .map_err(|source| ServeError::BindUnix {
+                path: path_(),
+                source,
+            })
     }
 }
 
@@ -93,20 +142,23 @@ impl Drop for GrpcListener {
 
 impl Listeners {
     /// Bind the addresses the configuration names.
-    pub async fn bind(config: &ServeConfig) -> Result<Self, String> {
+    pub async fn bind(config: &ServeConfig) -> Result<Self, ServeError> {
         let grpc = match &config.listen {
-            Listen::Tcp(addr) => GrpcListener::Tcp(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| format!("listen {addr}: {e}"))?,
-            ),
+            Listen::Tcp(addr) => {
+                GrpcListener::Tcp(TcpListener::bind(addr).await.map_err(|source| {
+                    ServeError::Bind {
+                        addr: *addr,
+                        source,
+                    }
+                })?)
+            }
             Listen::Unix(path) => GrpcListener::bind_unix(path)?,
         };
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
-                    .map_err(|e| format!("metrics_listen {addr}: {e}"))?,
+                    .map_err(|source| ServeError::BindMetrics { addr, source })?,
             ),
             None => None,
         };
@@ -137,7 +189,7 @@ impl Verifier {
     /// gRPC over TLS with it (renewed while serving), and bind the decision-signing key
     /// to a quote. Fails, naming the agent, when the agent cannot give them. Without
     /// `ra_tls`, nothing changes.
-    pub async fn attest(mut self, config: &ServeConfig) -> Result<Self, String> {
+    pub async fn attest(mut self, config: &ServeConfig) -> Result<Self, ServeError> {
         let Some(ra) = &config.ra_tls else {
             return Ok(self);
         };
@@ -172,7 +224,7 @@ impl Verifier {
         self,
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), String> {
+    ) -> Result<(), ServeError> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = move || {
             let mut rx = stop_rx.clone();
@@ -210,7 +262,7 @@ impl Verifier {
         }
         let service = self.service;
         let _ = tokio::task::spawn_blocking(move || service.close_log()).await;
-        served.map_err(|e| format!("gRPC server: {e}"))
+        served.map_err(ServeError::Grpc)
     }
 }
 

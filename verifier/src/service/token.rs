@@ -46,6 +46,67 @@ pub const DEFAULT_ISSUER: &str = "teesql-verifier";
 /// this long.
 pub const DEFAULT_LIFETIME_SECS: u64 = 300;
 
+/// Why a decision-signing key cannot be made, bound to a quote, or sign.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignerError {
+    /// No key could be generated.
+    #[error("cannot generate a decision-signing key")]
+    Generate,
+    /// The key file cannot be read as PEM.
+    #[error("signing_key {}: {source}", path.display())]
+    KeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The key file holds a key that is not PKCS#8.
+    #[error("signing_key {}: expected a PKCS#8 P-256 key (BEGIN PRIVATE KEY)", path.display())]
+    NotPkcs8 {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// The key in the file cannot sign decisions.
+    #[error("signing_key {}: {source}", path.display())]
+    InKeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why its key cannot be used.
+        #[source]
+        source: Box<SignerError>,
+    },
+    /// Not a P-256 key in PKCS#8 (ring's verdict).
+    #[error("not a P-256 PKCS#8 key: {0}")]
+    NotP256Pkcs8(ring::error::KeyRejected),
+    /// No JWK can be made of the key.
+    #[error("not a P-256 key: {0}")]
+    NotP256(#[source] jsonwebtoken::errors::Error),
+    /// A JSON document (`JWKS`, `header`, `claims`) does not serialize.
+    #[error("{what}: {source}")]
+    Json {
+        /// Which document.
+        what: &'static str,
+        /// serde_json's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The JWKS has no key to attach a quote to.
+    #[error("JWKS without a key")]
+    NoKey,
+    /// The key is already bound to a quote.
+    #[error("the signing key is already bound to a quote")]
+    AlreadyBound,
+    /// ring could not sign.
+    #[error("signing failed")]
+    Signing,
+}
+
+fn json_error(what: &'static str) -> impl FnOnce(serde_json::Error) -> SignerError {
+    move |source| SignerError::Json { what, source }
+}
+
 /// What a token says about one decision.
 #[derive(Debug, Clone, Default)]
 pub struct TokenFacts<'a> {
@@ -132,50 +193,60 @@ impl std::fmt::Debug for DecisionSigner {
 impl DecisionSigner {
     /// A fresh P-256 key (the default: tokens are then checkable for as long as this
     /// process serves its JWKS).
-    pub fn generate(issuer: &str) -> Result<Self, String> {
+    pub fn generate(issuer: &str) -> Result<Self, SignerError> {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
             &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             &rng,
         )
-        .map_err(|_| "cannot generate a decision-signing key".to_string())?;
+        .map_err(|_| SignerError::Generate)?;
         Self::from_pkcs8_der(pkcs8.as_ref(), issuer)
     }
 
     /// A P-256 key from a PKCS#8 PEM file (`openssl genpkey -algorithm EC -pkeyopt
     /// ec_paramgen_curve:P-256`), so tokens outlive restarts.
-    pub fn from_pem_file(path: &Path, issuer: &str) -> Result<Self, String> {
+    pub fn from_pem_file(path: &Path, issuer: &str) -> Result<Self, SignerError> {
         use rustls::pki_types::PrivateKeyDer;
         use rustls::pki_types::pem::PemObject;
-        let bad = |e: String| format!("signing_key {}: {e}", path.display());
-        let der = match PrivateKeyDer::from_pem_file(path).map_err(|e| bad(e.to_string()))? {
-            PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
-            _ => return Err(bad("expected a PKCS#8 P-256 key (BEGIN PRIVATE KEY)".into())),
-        };
-        Self::from_pkcs8_der(&der, issuer).map_err(bad)
+        let der =
+            match PrivateKeyDer::from_pem_file(path).map_err(|source| SignerError::KeyFile {
+                path: path.to_path_buf(),
+                source,
+            })? {
+                PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
+                _ => {
+                    return Err(SignerError::NotPkcs8 {
+                        path: path.to_path_buf(),
+                    });
+                }
+            };
+        Self::from_pkcs8_der(&der, issuer).map_err(|e| SignerError::InKeyFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
-    fn from_pkcs8_der(der: &[u8], issuer: &str) -> Result<Self, String> {
+    fn from_pkcs8_der(der: &[u8], issuer: &str) -> Result<Self, SignerError> {
         let rng = ring::rand::SystemRandom::new();
         let key = ring::signature::EcdsaKeyPair::from_pkcs8(
             &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             der,
             &rng,
         )
-        .map_err(|e| format!("not a P-256 PKCS#8 key: {e}"))?;
+        .map_err(SignerError::NotP256Pkcs8)?;
         let mut jwk = Jwk::from_encoding_key(&EncodingKey::from_ec_der(der), Algorithm::ES256)
-            .map_err(|e| format!("not a P-256 key: {e}"))?;
+            .map_err(SignerError::NotP256)?;
         // The key id: a digest of the public key, stable for a key file across restarts.
         let public = serde_json::to_vec(&jwk.algorithm).unwrap_or_default();
         let kid = hex::encode(&Sha256::digest(&public)[..12]);
         jwk.common.key_id = Some(kid.clone());
         jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
         let jwks =
-            serde_json::to_string(&JwkSet { keys: vec![jwk] }).map_err(|e| format!("JWKS: {e}"))?;
+            serde_json::to_string(&JwkSet { keys: vec![jwk] }).map_err(json_error("JWKS"))?;
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(kid.clone());
         header.typ = Some("JWT".into());
-        let header_json = serde_json::to_vec(&header).map_err(|e| format!("header: {e}"))?;
+        let header_json = serde_json::to_vec(&header).map_err(json_error("header"))?;
         let signer = Self {
             key,
             rng,
@@ -203,21 +274,21 @@ impl DecisionSigner {
 
     /// Publish the key with the guest agent's GetQuote response for [`Self::report_data`]
     /// (once; a second call is refused).
-    pub fn attach_quote(&self, getquote: Value) -> Result<(), String> {
-        let mut set: Value = serde_json::from_str(&self.jwks).map_err(|e| format!("JWKS: {e}"))?;
+    pub fn attach_quote(&self, getquote: Value) -> Result<(), SignerError> {
+        let mut set: Value = serde_json::from_str(&self.jwks).map_err(json_error("JWKS"))?;
         let key = set["keys"]
             .get_mut(0)
             .and_then(Value::as_object_mut)
-            .ok_or("JWKS without a key")?;
+            .ok_or(SignerError::NoKey)?;
         key.insert(JWK_QUOTE_MEMBER.into(), getquote);
-        let text = serde_json::to_string(&set).map_err(|e| format!("JWKS: {e}"))?;
+        let text = serde_json::to_string(&set).map_err(json_error("JWKS"))?;
         self.attested_jwks
             .set(text)
-            .map_err(|_| "the signing key is already bound to a quote".to_string())
+            .map_err(|_| SignerError::AlreadyBound)
     }
 
     /// Sign one decision made at `now`.
-    pub fn sign(&self, f: &TokenFacts<'_>, now: u64) -> Result<String, String> {
+    pub fn sign(&self, f: &TokenFacts<'_>, now: u64) -> Result<String, SignerError> {
         let exp = if f.valid_until > now {
             f.valid_until
         } else {
@@ -293,13 +364,13 @@ impl DecisionSigner {
         if !f.policy_revision.is_empty() {
             claims[PRIVATE_CLAIM]["policy_revision"] = json!(f.policy_revision);
         }
-        let payload = serde_json::to_vec(&claims).map_err(|e| format!("claims: {e}"))?;
+        let payload = serde_json::to_vec(&claims).map_err(json_error("claims"))?;
         let message = format!("{}.{}", self.header_b64, b64(&payload));
         // ES256 in a JWS is r || s, 64 bytes: ring's FIXED encoding (RFC 7518 §3.4).
         let sig = self
             .key
             .sign(&self.rng, message.as_bytes())
-            .map_err(|_| "signing failed".to_string())?;
+            .map_err(|_| SignerError::Signing)?;
         Ok(format!("{message}.{}", b64(sig.as_ref())))
     }
 }

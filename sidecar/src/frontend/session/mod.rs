@@ -561,7 +561,7 @@ async fn log_in(
         let identity = SessionIdentity::from_decision(&decision, &user, &role);
         let recorded = match &logged_in.cancel_key {
             Some((pid, _)) => recorder.record(&database, *pid, &identity).await,
-            None => Err("Postgres sent no process id (BackendKeyData)".into()),
+            None => Err(crate::postgres::identity_rows::RecordError::NoProcessId),
         };
         recorded.map_err(|e| HandshakeError::Backend(BackendError::Identity(e)))?;
     }

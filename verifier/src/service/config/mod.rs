@@ -251,7 +251,7 @@ impl ServeConfig {
             None => PolicySet::load(&self.policy_dirs, self.eval_limit),
         }
         .map_err(|e| vec![e.to_string()])?;
-        let mut backend = self.backend.build().map_err(|e| vec![e])?;
+        let mut backend = self.backend.build().map_err(|e| vec![e.to_string()])?;
         let snp = self.snp.build().map_err(|e| vec![e.to_string()])?;
         backend.appraiser = backend.appraiser.with_snp(snp);
         let metrics = Arc::new(

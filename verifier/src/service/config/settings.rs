@@ -245,6 +245,29 @@ pub mod defaults {
     pub const MIN_RA_TLS_RENEW_SECS: u64 = 10;
 }
 
+/// Why a configuration file cannot be read ([`ServeSettings::from_file`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsFileError {
+    /// The file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not the settings in TOML.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: std::path::PathBuf,
+        /// toml's error.
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
 impl ServeSettings {
     /// `self` over `lower` (flags over environment, environment over file).
     pub fn over(self, lower: ServeSettings) -> ServeSettings {
@@ -386,8 +409,14 @@ impl ServeSettings {
     }
 
     /// Read a TOML configuration file.
-    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn from_file(path: &std::path::Path) -> Result<Self, SettingsFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| SettingsFileError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
