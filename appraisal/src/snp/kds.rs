@@ -34,13 +34,16 @@ const CRL_TTL: Duration = Duration::from_secs(3600);
 /// How long a failed fetch is answered from memory.
 const FAILURE_TTL: Duration = Duration::from_secs(30);
 
+/// What a VCEK is filed under: its product, chip (hwID) and TCB (REPORTED_TCB).
+type VcekKey = (Product, Vec<u8>, [u8; 8]);
+
 /// A KDS client with its caches.
 #[derive(Debug)]
 pub struct Kds {
     base: String,
     http: reqwest::Client,
     /// `(product, hwID, REPORTED_TCB)` → VCEK DER, bounded in bytes.
-    vceks: moka::future::Cache<(Product, Vec<u8>, [u8; 8]), Arc<Vec<u8>>>,
+    vceks: moka::future::Cache<VcekKey, Arc<Vec<u8>>>,
     /// product → ASK DER.
     asks: moka::future::Cache<Product, Arc<Vec<u8>>>,
     /// product → CRL DER.
