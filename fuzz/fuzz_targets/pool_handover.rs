@@ -28,8 +28,8 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use libfuzzer_sys::fuzz_target;
-use teesql_sidecar::pool::ResetAnswer;
-use teesql_sidecar::relay::{RelayEnd, relay};
+use teesql_sidecar::postgres::pool::ResetAnswer;
+use teesql_sidecar::frontend::relay::{RelayEnd, relay};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const NONCE: &str = "00112233445566778899aabbccddeeff";

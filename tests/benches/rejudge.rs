@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use teesql_tests::cluster::{Cluster, ClusterOptions, repo_root};
+use teesql_tests::cluster::{Cluster, ClusterOptions, dev_profile};
 use teesql_tests::postgres::PgOptions;
 use teesql_tests::tenants::{SEED, app_with};
 
@@ -45,18 +45,12 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let profile = dir.path().join("profile");
-        std::fs::create_dir(&profile).unwrap();
-        std::fs::write(
-            profile.join("profile.toml"),
-            format!(
-                "extends = [{:?}]\n",
-                repo_root().join("policies/dev").display().to_string()
-            ),
+        let profile = dev_profile(
+            &dir.path().join("profile"),
+            &serde_json::json!({"teesql": {"report_max_age_secs": 300}}),
         )
         .unwrap();
         let data = profile.join("data.json");
-        std::fs::write(&data, r#"{"teesql": {"report_max_age_secs": 300}}"#).unwrap();
         let c = Cluster::start(ClusterOptions {
             seed: SEED,
             profile: profile.display().to_string(),

@@ -239,6 +239,21 @@ fn identity_toml(trust: &teesql_sidecar::verifier::TrustSettings) -> String {
 }
 
 /// The repository root (policies/ lives there).
+/// A policy profile in `dir` (created) extending the development one, with `data` merged
+/// over its data: how a test pins what its case needs.
+pub fn dev_profile(dir: &Path, data: &serde_json::Value) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("profile.toml"),
+        format!(
+            "extends = [{:?}]\n",
+            repo_root().join("policies/dev").display().to_string()
+        ),
+    )?;
+    std::fs::write(dir.join("data.json"), data.to_string())?;
+    Ok(dir.to_path_buf())
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }

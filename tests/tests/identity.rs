@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use teesql_devattest::{AgentConfig, DstackVersion, KeyProviderKind};
-use teesql_tests::cluster::{Cluster, ClusterOptions, repo_root};
+use teesql_tests::cluster::{Cluster, ClusterOptions, dev_profile};
 use teesql_tests::tenants::{SEED, app, app_with};
 
 const CHOSEN: [u8; 20] = [0x5a; 20];
@@ -30,18 +30,7 @@ fn under_kms(c: &mut AgentConfig) {
 
 /// A profile over the development one with `data` merged over its data.
 fn profile(dir: &Path, data: Value) -> PathBuf {
-    let p = dir.join("profile");
-    std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(
-        p.join("profile.toml"),
-        format!(
-            "extends = [{:?}]\n",
-            repo_root().join("policies/dev").display().to_string()
-        ),
-    )
-    .unwrap();
-    std::fs::write(p.join("data.json"), data.to_string()).unwrap();
-    p
+    dev_profile(&dir.join("profile"), &data).unwrap()
 }
 
 fn decision_codes(log: &Path) -> Vec<String> {

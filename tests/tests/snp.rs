@@ -8,29 +8,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Value, json};
 use teesql_devattest::DstackVersion;
-use teesql_tests::cluster::{Cluster, ClusterOptions, repo_root};
+use teesql_tests::cluster::{Cluster, ClusterOptions, dev_profile};
 use teesql_tests::tenants::{SEED, app_with};
 use teesql_verifier::service::config::ServeSettings;
 use teesql_verifier::snp::Product;
-
-/// A profile over the development one with `data` merged over its data.
-fn profile(dir: &Path, data: Value) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("profile.toml"),
-        format!(
-            "extends = [{:?}]\n",
-            repo_root().join("policies/dev").display().to_string()
-        ),
-    )
-    .unwrap();
-    std::fs::write(dir.join("data.json"), data.to_string()).unwrap();
-    dir.to_path_buf()
-}
 
 /// Every decision line of the log with its claims about the client's evidence.
 async fn decisions(log: &Path) -> Vec<Value> {
@@ -92,7 +77,10 @@ async fn a_development_snp_client_is_admitted_only_where_its_measurement_is_pinn
         let log = dir.path().join(format!("{name}-decisions.jsonl"));
         let cluster = Cluster::start(ClusterOptions {
             seed: SEED,
-            profile: profile(&dir.path().join(name), data).display().to_string(),
+            profile: dev_profile(&dir.path().join(name), &data)
+                .unwrap()
+                .display()
+                .to_string(),
             decision_log: log.display().to_string(),
             verifier_settings: ServeSettings {
                 snp_dev_ark: Some(ark.clone()),

@@ -676,7 +676,7 @@ async fn a_tenant_sees_and_stops_nothing_of_another_tenants_activity() {
 /// only its own query, as its own tenant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_role_pool_hands_nothing_from_one_tenant_to_another() {
-    use teesql_tests::cluster::{Cluster, ClusterOptions, RawSession, repo_root};
+    use teesql_tests::cluster::{Cluster, ClusterOptions, RawSession, dev_profile};
     let dir = tempfile::tempdir().unwrap();
     let acme = teesql_tests::tenants::app("acme-shared", dir.path())
         .await
@@ -684,25 +684,14 @@ async fn a_shared_role_pool_hands_nothing_from_one_tenant_to_another() {
     let globex = teesql_tests::tenants::app("globex-shared", dir.path())
         .await
         .unwrap();
-    let profile = dir.path().join("profile");
-    std::fs::create_dir(&profile).unwrap();
-    std::fs::write(
-        profile.join("profile.toml"),
-        format!(
-            "extends = [{:?}]\n",
-            repo_root().join("policies/dev").display().to_string()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        profile.join("data.json"),
-        json!({"teesql": {"tenants": {
+    let profile = dev_profile(
+        &dir.path().join("profile"),
+        &json!({"teesql": {"tenants": {
             "acme": {"role": "tenant_shared", "privileges": "readwrite", "shared_role": true,
                      "compose_hashes": [acme.agent.compose_hash_hex()]},
             "globex": {"role": "tenant_shared", "privileges": "readwrite", "shared_role": true,
                        "compose_hashes": [globex.agent.compose_hash_hex()]},
-        }}})
-        .to_string(),
+        }}}),
     )
     .unwrap();
     let cluster = Cluster::start(ClusterOptions {
