@@ -13,7 +13,9 @@
 //! KDS throttles (about one identical request per 10 s per client, answered 429), so
 //! nothing here is fetched per request: VCEKs are immutable per chip and TCB and cached
 //! until the cache's byte bound evicts them, the ASK for a day, the CRL for an hour; a
-//! failure is remembered for 30 s; concurrent requests for the same thing share one fetch.
+//! failure is remembered for 30 s; concurrent requests for the same thing share one fetch;
+//! and all requests together stay within a budget (16 at once, then one per 2 s), so
+//! reports naming made-up chips cannot turn into a stream of requests.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +35,13 @@ const ASK_TTL: Duration = Duration::from_secs(24 * 3600);
 const CRL_TTL: Duration = Duration::from_secs(3600);
 /// How long a failed fetch is answered from memory.
 const FAILURE_TTL: Duration = Duration::from_secs(30);
+/// Requests to KDS at most in a burst, and then at most one per [`REQUEST_EVERY`]: any
+/// peer can send a report naming a chip no one has seen, so without a budget a stream of
+/// made-up chips would become a stream of KDS requests (and AMD throttles the verifier's
+/// address, legitimate fetches included). Past the budget a fetch fails at once, and is
+/// remembered like any failure.
+const REQUEST_BURST: f64 = 16.0;
+const REQUEST_EVERY: Duration = Duration::from_secs(2);
 
 /// What a VCEK is filed under: its product, chip (hwID) and TCB (REPORTED_TCB).
 type VcekKey = (Product, Vec<u8>, [u8; 8]);
@@ -52,6 +61,8 @@ pub struct Kds {
     failures: moka::sync::Cache<String, SnpError>,
     /// HTTP requests sent (tests and metrics: proof nothing is fetched per request).
     requests: AtomicU64,
+    /// The request budget: tokens left and when they were counted.
+    budget: std::sync::Mutex<(f64, std::time::Instant)>,
 }
 
 impl Kds {
@@ -93,7 +104,26 @@ impl Kds {
                 .time_to_live(FAILURE_TTL)
                 .build(),
             requests: AtomicU64::new(0),
+            budget: std::sync::Mutex::new((REQUEST_BURST, std::time::Instant::now())),
         })
+    }
+
+    /// Take one request from the budget; `false` when it is spent.
+    fn spend(&self) -> bool {
+        let Ok(mut budget) = self.budget.lock() else {
+            return false;
+        };
+        let (tokens, at) = &mut *budget;
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(*at).as_secs_f64() / REQUEST_EVERY.as_secs_f64();
+        *tokens = (*tokens + earned).min(REQUEST_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// The ASK and the VCEK that signs `report` on `product`.
@@ -162,8 +192,14 @@ impl Kds {
     }
 
     async fn fetch(&self, url: &str, limit: usize) -> Result<Vec<u8>, SnpError> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
         let no_vcek = |m: String| SnpError::NoVcek(format!("KDS {url}: {m}"));
+        if !self.spend() {
+            return Err(no_vcek(format!(
+                "not asked: more than {REQUEST_BURST} requests in a burst or one per {}s",
+                REQUEST_EVERY.as_secs()
+            )));
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let mut resp = self
             .http
             .get(url)

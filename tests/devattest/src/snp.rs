@@ -766,6 +766,29 @@ mod tests {
             .await;
         assert!(!c.verified);
         assert!(c.error.unwrap().contains("404"));
+        // Reports naming made-up chips: KDS is asked within the budget (16, then one per
+        // 2 s), and past it the fetch fails at once without a request.
+        let started = std::time::Instant::now();
+        let mut not_asked = 0;
+        for i in 0..24u8 {
+            let mut raw = pki.report(&DevSnpReport::default()).unwrap();
+            raw[0x1A0] = i;
+            raw[0x1A1] = 0xEE;
+            let ev = SnpEvidence {
+                report: teesql_appraisal::snp::Report::parse(&raw).unwrap(),
+                cert_chain: Vec::new(),
+                mr_config: String::new(),
+            };
+            let error = v.appraise_online(&ev, now).await.error.unwrap_or_default();
+            not_asked += usize::from(error.contains("not asked"));
+        }
+        let refilled = started.elapsed().as_secs() / 2 + 1;
+        assert!(
+            kds.request_count() <= 16 + refilled,
+            "{}",
+            kds.request_count()
+        );
+        assert!(not_asked > 0);
         server.abort();
     }
 
