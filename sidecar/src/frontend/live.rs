@@ -56,8 +56,13 @@ pub struct Revocation {
 /// What a session was admitted on.
 #[derive(Debug, Clone)]
 pub struct Admitted {
-    /// The verifier request of its handshake (chain, user, database, SNI, ALPN).
+    /// The verifier request of its handshake (user, database, SNI, ALPN), without its
+    /// chain, which is in [`Self::chain`].
     pub request: VerifyPeerRequest,
+    /// The client's certificate chain (DER, leaf first), shared by every live session
+    /// that presented the same one: an RA-TLS chain carries a quote and an event log
+    /// (kilobytes), and an application's connection pool presents one chain many times.
+    pub chain: Arc<Vec<Vec<u8>>>,
     /// The Postgres role it holds.
     pub role: String,
     /// The role came from the decision's grants (it must stay granted).
@@ -81,17 +86,19 @@ pub struct Admitted {
 impl Admitted {
     /// What the sidecar keeps of a handshake's decision.
     pub fn new(
-        request: VerifyPeerRequest,
+        mut request: VerifyPeerRequest,
         role: String,
         granted: bool,
         decision: &teesql_proto::v1::Decision,
     ) -> Self {
+        let chain = intern(std::mem::take(&mut request.chain));
         // The claims' identity, read once per session (absent for a malformed document).
         let claims: serde_json::Value =
             serde_json::from_str(&decision.claims_json).unwrap_or_default();
         let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
         Self {
             request,
+            chain,
             role,
             granted,
             policy_hash: decision.policy_hash.clone(),
@@ -105,6 +112,51 @@ impl Admitted {
             compose_hash: text(&claims["app"]["compose_hash"]),
         }
     }
+}
+
+impl Admitted {
+    /// The request to judge the session again (its chain put back).
+    pub fn rejudge_request(&self) -> VerifyPeerRequest {
+        let mut request = self.request.clone();
+        request.chain = self.chain.to_vec();
+        request
+    }
+}
+
+/// The one copy of `chain` among live sessions: interned by SHA-256, held weakly, so a
+/// chain lives exactly as long as a session that presented it. The table holds only
+/// live chains (dead entries are swept as it grows), so it is bounded by the sessions.
+fn intern(chain: Vec<Vec<u8>>) -> Arc<Vec<Vec<u8>>> {
+    use sha2::{Digest, Sha256};
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, Weak};
+    type Table = Mutex<(HashMap<[u8; 32], Weak<Vec<Vec<u8>>>>, usize)>;
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    if chain.is_empty() {
+        return Arc::new(chain);
+    }
+    let mut h = Sha256::new();
+    for cert in &chain {
+        h.update((cert.len() as u64).to_be_bytes());
+        h.update(cert);
+    }
+    let key: [u8; 32] = h.finalize().into();
+    let Ok(mut table) = TABLE.get_or_init(Table::default).lock() else {
+        return Arc::new(chain);
+    };
+    let (map, sweep_at) = &mut *table;
+    if let Some(live) = map.get(&key).and_then(Weak::upgrade)
+        && *live == chain
+    {
+        return live;
+    }
+    let shared = Arc::new(chain);
+    map.insert(key, Arc::downgrade(&shared));
+    if map.len() > (*sweep_at).max(64) {
+        map.retain(|_, w| w.strong_count() > 0);
+        *sweep_at = map.len() * 2;
+    }
+    shared
 }
 
 /// One live session as `GET /sessions` shows it.
@@ -329,7 +381,7 @@ impl LiveSessions {
             let mut asks = tokio::task::JoinSet::new();
             for (id, admitted) in chunk.iter().cloned() {
                 let verifier = shared.verifier.clone();
-                let mut request = admitted.request.clone();
+                let mut request = admitted.rejudge_request();
                 request.decision_id = format!("{}.{round}", admitted.request.decision_id);
                 asks.spawn(async move {
                     let verdict = verifier.verify_peer(request).await;
@@ -406,5 +458,39 @@ impl LiveSessions {
             }
         }
         ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_presenting_one_chain_share_one_copy_while_they_live() {
+        let chain = || vec![vec![0x30, 0x82, 1, 2, 3], vec![0x30, 0x82, 4, 5]];
+        let a = intern(chain());
+        let b = intern(chain());
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = intern(vec![vec![9; 5]]);
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert_eq!(*other, vec![vec![9; 5]]);
+        // Once no session holds it, the chain is gone; the next is a new copy.
+        let weak = Arc::downgrade(&a);
+        drop((a, b));
+        assert!(weak.upgrade().is_none());
+        assert_eq!(*intern(chain()), chain());
+        // A session's request to be judged again carries its chain.
+        let admitted = Admitted::new(
+            VerifyPeerRequest {
+                chain: chain(),
+                user: "u".into(),
+                ..VerifyPeerRequest::default()
+            },
+            "r".into(),
+            false,
+            &teesql_proto::v1::Decision::default(),
+        );
+        assert!(admitted.request.chain.is_empty());
+        assert_eq!(admitted.rejudge_request().chain, chain());
     }
 }
