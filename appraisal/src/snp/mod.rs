@@ -296,10 +296,14 @@ fn dev_arks(path: &std::path::Path) -> Result<AmdRoots, SnpError> {
     Ok(AmdRoots::with_arks(arks))
 }
 
-/// What [`SnpVerifier::appraise_online`] fetched before the (offline) verification.
+/// What one product's verification takes from outside the evidence, each looked up once:
+/// the ASK and VCEK (when the evidence has none) and AMD's CRL, from the certificate
+/// directory, else from KDS ([`SnpVerifier::appraise_online`]).
 #[derive(Debug, Default)]
-struct Fetched {
-    chain: Option<Result<AskVcek, SnpError>>,
+struct Found {
+    /// The chain and where it came from (`directory`, `kds`); `None` when the evidence
+    /// carries its own or nothing was asked.
+    chain: Option<Result<(AskVcek, &'static str), SnpError>>,
     crl: Option<Result<Arc<Vec<u8>>, SnpError>>,
 }
 
@@ -422,24 +426,42 @@ impl SnpVerifier {
     /// do not have (the VCEK and ASK of a report sent without them; the CRL). Cached in
     /// the client: no request is made per appraisal once fetched.
     pub async fn appraise_online(&self, evidence: &SnpEvidence, now: u64) -> SnpClaims {
-        let mut fetched = Fetched::default();
-        if let (Some(kds), Some(product)) = (&self.kds, evidence.report.product()) {
-            let in_dir = self
-                .cert_dir
-                .as_ref()
-                .is_some_and(|d| d.lookup(product, &evidence.report).is_ok());
-            if evidence.cert_chain.is_empty() && !in_dir {
-                fetched.chain = Some(kds.ask_vcek(product, &evidence.report).await);
-            }
-            let crl_in_dir = self
-                .cert_dir
-                .as_ref()
-                .is_some_and(|d| d.crl(product).is_some());
-            if !crl_in_dir {
-                fetched.crl = Some(kds.crl(product).await);
-            }
+        let r = &evidence.report;
+        let (Some(kds), Some(product)) = (&self.kds, r.product()) else {
+            return self.appraise_with(evidence, now, None);
+        };
+        let mut found = self.in_directory(product, evidence);
+        if evidence.cert_chain.is_empty() && !matches!(found.chain, Some(Ok(_))) {
+            let fetched = kds.ask_vcek(product, r).await;
+            found.chain = Some(match (found.chain.take(), fetched) {
+                (_, Ok(chain)) => Ok((chain, "kds")),
+                (Some(Err(dir)), Err(kds)) => Err(SnpError::NoVcek(format!(
+                    "{}; and {}",
+                    dir.to_string().trim_start_matches("no VCEK: "),
+                    kds.to_string().trim_start_matches("no VCEK: ")
+                ))),
+                (_, Err(kds)) => Err(kds),
+            });
         }
-        self.appraise_with(evidence, now, fetched)
+        if found.crl.is_none() {
+            found.crl = Some(kds.crl(product).await);
+        }
+        self.appraise_with(evidence, now, Some((product, found)))
+    }
+
+    /// What the certificate directory holds for `product`: the chain when the evidence
+    /// carries none, and the CRL.
+    fn in_directory(&self, product: Product, evidence: &SnpEvidence) -> Found {
+        let Some(dir) = &self.cert_dir else {
+            return Found::default();
+        };
+        Found {
+            chain: evidence.cert_chain.is_empty().then(|| {
+                dir.lookup(product, &evidence.report)
+                    .map(|c| (c, "directory"))
+            }),
+            crl: dir.crl(product),
+        }
     }
 
     /// Take the ASK and VCEK from `dir` when the evidence carries no chain.
@@ -452,12 +474,18 @@ impl SnpVerifier {
 
     /// Verify `evidence` at unix time `now` and report what it says.
     pub fn appraise(&self, evidence: &SnpEvidence, now: u64) -> SnpClaims {
-        self.appraise_with(evidence, now, Fetched::default())
+        self.appraise_with(evidence, now, None)
     }
 
-    fn appraise_with(&self, evidence: &SnpEvidence, now: u64, fetched: Fetched) -> SnpClaims {
+    /// [`Self::appraise`] with what was already found for the report's product.
+    fn appraise_with(
+        &self,
+        evidence: &SnpEvidence,
+        now: u64,
+        found: Option<(Product, Found)>,
+    ) -> SnpClaims {
         let r = &evidence.report;
-        let verified = self.verify(evidence, now, fetched);
+        let verified = self.verify(evidence, now, found);
         let product = match &verified {
             Ok((p, _, _, _)) => Some(*p),
             Err(_) => r.product(),
@@ -532,7 +560,7 @@ impl SnpVerifier {
         &self,
         evidence: &SnpEvidence,
         now: u64,
-        fetched: Fetched,
+        mut found: Option<(Product, Found)>,
     ) -> Result<(Product, VcekInfo, &'static str, Revocation), SnpError> {
         let r = &evidence.report;
         match r.signing_key() {
@@ -553,7 +581,7 @@ impl SnpVerifier {
                 "MASK_CHIP_KEY is set: the firmware did not sign the report".into(),
             ));
         }
-        let elsewhere = self.cert_dir.is_some() || fetched.chain.is_some();
+        let elsewhere = self.cert_dir.is_some() || found.is_some();
         let carried = match (elsewhere, evidence.cert_chain.is_empty()) {
             (true, true) => None,
             _ => Some(certs::ask_vcek(&evidence.cert_chain)?),
@@ -571,21 +599,14 @@ impl SnpVerifier {
         };
         let mut last = None;
         for product in candidates {
-            let looked_up = match (&carried, &self.cert_dir, &fetched.chain) {
-                (Some(c), _, _) => Ok((c.clone(), "evidence")),
-                (None, Some(dir), fetched) => match (dir.lookup(product, r), fetched) {
-                    (Ok(c), _) => Ok((c, "directory")),
-                    (Err(_), Some(Ok(c))) => Ok((c.clone(), "kds")),
-                    (Err(e), Some(Err(k))) => Err(SnpError::NoVcek(format!(
-                        "{}; and {}",
-                        e.to_string().trim_start_matches("no VCEK: "),
-                        k.to_string().trim_start_matches("no VCEK: ")
-                    ))),
-                    (Err(e), None) => Err(e),
-                },
-                (None, None, Some(Ok(c))) => Ok((c.clone(), "kds")),
-                (None, None, Some(Err(e))) => Err(e.clone()),
-                (None, None, None) => Err(SnpError::NoVcek(
+            let Found { chain, crl } = match found.take() {
+                Some((p, f)) if p == product => f,
+                _ => self.in_directory(product, evidence),
+            };
+            let looked_up = match (&carried, chain) {
+                (Some(c), _) => Ok((c.clone(), "evidence")),
+                (None, Some(found)) => found,
+                (None, None) => Err(SnpError::NoVcek(
                     "none in the attestation, and no certificate directory or KDS to ask".into(),
                 )),
             };
@@ -601,7 +622,7 @@ impl SnpVerifier {
                     check_vcek(r, product, &vcek.info)?;
                     certs::verify_report_signature(r, &vcek.public_key)?;
                     check_tcb_order(r, product)?;
-                    let revocation = self.revocation(product, &chain.ask, &fetched, now)?;
+                    let revocation = self.revocation(product, &chain.ask, crl, now)?;
                     return Ok((product, vcek.info, source, revocation));
                 }
                 Err(e) => last = Some(e),
@@ -619,14 +640,9 @@ impl SnpVerifier {
         &self,
         product: Product,
         ask: &[u8],
-        fetched: &Fetched,
+        crl: Option<Result<Arc<Vec<u8>>, SnpError>>,
         now: u64,
     ) -> Result<Revocation, SnpError> {
-        let crl = self
-            .cert_dir
-            .as_ref()
-            .and_then(|d| d.crl(product))
-            .or_else(|| fetched.crl.clone());
         let outcome = match crl {
             None => None,
             Some(Err(e)) => Some(Err(e)),
