@@ -2,6 +2,14 @@
 //! a JWKS) does with an answer: read the body up to a bound, and describe a transport
 //! error with its causes.
 
+/// An HTTP client builder as every fetcher of the appraisal starts it: each request
+/// bounded by `timeout`, connecting within at most 5 s of it.
+pub fn client_builder(timeout: std::time::Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
+}
+
 /// Why a body was not read.
 #[derive(Debug)]
 pub enum BodyError {

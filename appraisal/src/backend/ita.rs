@@ -201,9 +201,7 @@ impl ItaBackend {
     /// A backend with its own HTTP client (per-request timeout from `config`, connect
     /// timeout at most 5 s, no redirects followed); fails only if the client cannot be built.
     pub fn new(config: ItaConfig) -> Result<Self, ItaClientError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
+        let http = crate::http::client_builder(config.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(ItaClientError)?;

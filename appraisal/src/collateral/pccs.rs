@@ -64,9 +64,7 @@ impl PccsClient {
             .trim_end_matches("/sgx/certification/v4")
             .trim_end_matches("/tdx/certification/v4")
             .to_string();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
+        let http = crate::http::client_builder(timeout)
             .build()
             .map_err(|e| CollateralError::Invalid(format!("HTTP client: {e}")))?;
         Ok(Self {

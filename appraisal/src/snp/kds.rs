@@ -78,9 +78,7 @@ impl Kds {
                 "KDS URL {base:?} is not http(s)"
             )));
         }
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
+        let http = crate::http::client_builder(timeout)
             .build()
             .map_err(|e| SnpError::Unsupported(format!("HTTP client: {e}")))?;
         let weigh = |_: &_, v: &Arc<Vec<u8>>| u32::try_from(v.len()).unwrap_or(u32::MAX);
