@@ -14,38 +14,55 @@ use crate::service::LogTarget;
 use crate::service::token::DecisionSigner;
 
 /// How SEV-SNP evidence is verified: the development ARK, the certificate directory,
-/// KDS (AMD's unless offline or told otherwise).
-pub(super) fn snp(s: &ServeSettings, p: &mut Problems) -> crate::snp::SnpConfig {
-    for (name, path) in [
-        ("snp_dev_ark", &s.snp_dev_ark),
-        ("snp_cert_dir", &s.snp_cert_dir),
-    ] {
+/// KDS (AMD's unless offline or told otherwise), asked within the collateral's
+/// `fetch_timeout_secs`.
+pub(super) fn snp(
+    s: &ServeSettings,
+    fetch_timeout: Duration,
+    p: &mut Problems,
+) -> crate::snp::SnpConfig {
+    must_exist(
+        p,
+        [
+            ("snp_dev_ark", &s.snp_dev_ark),
+            ("snp_cert_dir", &s.snp_cert_dir),
+        ],
+    );
+    let kds_url = match (s.offline.unwrap_or(false), &s.kds_url) {
+        (true, _) => None,
+        (false, Some(u)) => Some(u.clone()),
+        (false, None) => Some(crate::snp::kds::AMD_KDS_URL.to_string()),
+    };
+    if let Some(u) = &kds_url {
+        must_be_http(p, "kds_url", u);
+    }
+    crate::snp::SnpConfig {
+        dev_ark: s.snp_dev_ark.clone(),
+        cert_dir: s.snp_cert_dir.clone(),
+        kds_url,
+        fetch_timeout,
+        cache_bytes: 4 << 20,
+    }
+}
+
+/// Each path given must exist.
+fn must_exist<'a>(
+    p: &mut Problems,
+    paths: impl IntoIterator<Item = (&'a str, &'a Option<PathBuf>)>,
+) {
+    for (name, path) in paths {
         if let Some(path) = path
             && !path.exists()
         {
             p.push(format!("{name} {}: does not exist", path.display()));
         }
     }
-    let kds_url = match (s.offline.unwrap_or(false), &s.kds_url) {
-        (true, _) => None,
-        (false, Some(u)) => Some(u.clone()),
-        (false, None) => Some(crate::snp::kds::AMD_KDS_URL.to_string()),
-    };
-    if let Some(u) = &kds_url
-        && !(u.starts_with("http://") || u.starts_with("https://"))
-    {
-        p.push(format!("kds_url {u:?}: must be an http(s) URL"));
-    }
-    crate::snp::SnpConfig {
-        dev_ark: s.snp_dev_ark.clone(),
-        cert_dir: s.snp_cert_dir.clone(),
-        kds_url,
-        fetch_timeout: Duration::from_secs(
-            s.fetch_timeout_secs
-                .unwrap_or(defaults::FETCH_TIMEOUT_SECS)
-                .max(1),
-        ),
-        cache_bytes: 4 << 20,
+}
+
+/// A URL the verifier fetches from must be http(s).
+fn must_be_http(p: &mut Problems, name: &str, url: &str) {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        p.push(format!("{name} {url:?}: must be an http(s) URL"));
     }
 }
 
@@ -55,19 +72,14 @@ pub(super) fn collateral(s: &ServeSettings, clock: Clock, p: &mut Problems) -> C
         .pccs_url
         .clone()
         .unwrap_or_else(|| INTEL_PCS_URL.to_string());
-    if !(pccs_url.starts_with("http://") || pccs_url.starts_with("https://")) {
-        p.push(format!("pccs_url {pccs_url:?}: must be an http(s) URL"));
-    }
-    for (name, path) in [
-        ("collateral_dir", &s.collateral_dir),
-        ("collateral_file", &s.collateral_file),
-    ] {
-        if let Some(path) = path
-            && !path.exists()
-        {
-            p.push(format!("{name} {}: does not exist", path.display()));
-        }
-    }
+    must_be_http(p, "pccs_url", &pccs_url);
+    must_exist(
+        p,
+        [
+            ("collateral_dir", &s.collateral_dir),
+            ("collateral_file", &s.collateral_file),
+        ],
+    );
     let fetch_timeout = p.at_least(
         "fetch_timeout_secs",
         s.fetch_timeout_secs.unwrap_or(defaults::FETCH_TIMEOUT_SECS),

@@ -192,7 +192,7 @@ impl ServeConfig {
             .ok();
         let clock = s.now.map(Clock::Fixed).unwrap_or(Clock::System);
         let collateral = collateral(&s, clock, &mut p);
-        let snp = snp(&s, &mut p);
+        let snp = snp(&s, collateral.fetch_timeout, &mut p);
         let limits = Limits::check(&s, &mut p);
         let decision_log = decision_log(&s, &mut p);
         let signer = signer(&s, &mut p);
