@@ -10,7 +10,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 use teesql_devattest::{AgentConfig, DevAgent, RaTlsRequest};
 
-use crate::cluster::{Cluster, ClusterOptions, repo_root};
+use crate::cluster::{Cluster, ClusterOptions, dev_profile};
 
 pub const SEED: [u8; 32] = [0x71; 32];
 
@@ -120,15 +120,6 @@ pub async fn setup_with(o: SetupOptions) -> Result<Setup> {
     let stranger = app("stranger", dir.path()).await?;
 
     // A profile over the development one, mapping compose hashes to tenants.
-    let profile = dir.path().join("profile");
-    std::fs::create_dir(&profile)?;
-    std::fs::write(
-        profile.join("profile.toml"),
-        format!(
-            "extends = [{:?}]\n",
-            repo_root().join("policies/dev").display().to_string()
-        ),
-    )?;
     let mut data = json!({"teesql": {"tenants": {
         "acme": {"role": "tenant_acme", "privileges": "readwrite",
                  "compose_hashes": [acme.agent.compose_hash_hex(), acme_batch.agent.compose_hash_hex()]},
@@ -138,8 +129,8 @@ pub async fn setup_with(o: SetupOptions) -> Result<Setup> {
     for (k, v) in o.data {
         data["teesql"][k] = v;
     }
+    let profile = dev_profile(&dir.path().join("profile"), &data)?;
     let data_file = profile.join("data.json");
-    std::fs::write(&data_file, data.to_string())?;
 
     let (acme_file, acme_secret) = secret_file(dir.path(), "acme", 0xa1)?;
     let (globex_file, globex_secret) = secret_file(dir.path(), "globex", 0x6b)?;
