@@ -76,6 +76,16 @@ pub enum Tee {
     SevSnp,
 }
 
+impl Tee {
+    /// The name the claims give it (`tdx`, `sev-snp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tdx => "tdx",
+            Self::SevSnp => "sev-snp",
+        }
+    }
+}
+
 /// What vouches for the `app` claims (`app.attested_by`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -656,6 +666,13 @@ fn pad64(data: &[u8]) -> Option<[u8; 64]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tee_names_itself_as_the_claims_do() {
+        for tee in [Tee::Tdx, Tee::SevSnp] {
+            assert_eq!(serde_json::to_value(tee).unwrap(), tee.as_str());
+        }
+    }
 
     fn gpu_fixture() -> Vec<u8> {
         std::fs::read(concat!(

@@ -193,10 +193,7 @@ impl Prepared {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
-            tee: appraised.evidence.tee.map(|t| match t {
-                teesql_appraisal::claims::Tee::Tdx => "tdx",
-                teesql_appraisal::claims::Tee::SevSnp => "sev-snp",
-            }),
+            tee: appraised.evidence.tee.map(|t| t.as_str()),
             subject: appraised.evidence.cert.as_ref().map(|c| c.subject.clone()),
             mrtd: tdx.and_then(|t| t.mrtd.clone()),
             snp_measurement: snp_claims.map(|s| s.measurement.clone()),
@@ -283,12 +280,10 @@ impl Prepared {
         );
         put("purpose", regorus::Value::from(purpose));
         put("now", regorus::Value::from(now));
-        put(
-            "tee",
-            self.facts
-                .tee
-                .map_or(regorus::Value::Null, regorus::Value::from),
-        );
+        let tee = self
+            .facts
+            .tee
+            .map_or(regorus::Value::Null, regorus::Value::from);
         put("evidence", self.evidence.clone());
         put("tdx", self.tdx.clone());
         put("app", self.app.clone());
@@ -333,14 +328,9 @@ impl Prepared {
             field("snp", snp);
         }
         field("tdx", &j.tdx);
-        field(
-            "tee",
-            self.facts.tee.map_or("null", |t| match t {
-                "tdx" => "\"tdx\"",
-                _ => "\"sev-snp\"",
-            }),
-        );
+        field("tee", &json_of(&tee));
         json.push('}');
+        put("tee", tee);
         put("connection", connection);
         put("manifest", manifest);
         put("report", report);

@@ -338,26 +338,28 @@ impl DecisionSigner {
             },
         });
         // The CVM's TEE is the `cpu0` submodule; its facts under the TEE's own name.
-        claims[PRIVATE_CLAIM][if f.tee == Some("sev-snp") {
-            "snp"
-        } else {
-            "tdx"
-        }] = if f.tee == Some("sev-snp") {
-            json!({
-                "verified": f.verified,
-                "measurement": f.snp_measurement,
-                "tcb_status": f.tcb_status,
-                "root": f.root,
-            })
-        } else {
-            json!({
-                "verified": f.verified,
-                "mrtd": f.mrtd,
-                "tcb_status": f.tcb_status,
-                "backend": f.backend,
-                "root": f.root,
-            })
+        let (tee, facts) = match f.tee {
+            Some("sev-snp") => (
+                "snp",
+                json!({
+                    "verified": f.verified,
+                    "measurement": f.snp_measurement,
+                    "tcb_status": f.tcb_status,
+                    "root": f.root,
+                }),
+            ),
+            _ => (
+                "tdx",
+                json!({
+                    "verified": f.verified,
+                    "mrtd": f.mrtd,
+                    "tcb_status": f.tcb_status,
+                    "backend": f.backend,
+                    "root": f.root,
+                }),
+            ),
         };
+        claims[PRIVATE_CLAIM][tee] = facts;
         if let Some(nonce) = f.nonce {
             claims["eat_nonce"] = json!(b64(nonce));
         }
