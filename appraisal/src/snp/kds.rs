@@ -58,7 +58,7 @@ pub struct Kds {
     /// product → CRL DER.
     crls: moka::future::Cache<Product, Arc<Vec<u8>>>,
     /// URL → why it failed, for [`FAILURE_TTL`].
-    failures: moka::sync::Cache<String, SnpError>,
+    failures: moka::sync::Cache<String, String>,
     /// HTTP requests sent (tests and metrics: proof nothing is fetched per request).
     requests: AtomicU64,
     /// The request budget: tokens left and when they were counted.
@@ -147,7 +147,10 @@ impl Kds {
         let vcek = self
             .vceks
             .try_get_with((product, hw_id, tcb.0), async {
-                self.get(&vcek_url, MAX_AMD_CERT_LEN).await.map(Arc::new)
+                self.get(&vcek_url, MAX_AMD_CERT_LEN)
+                    .await
+                    .map(Arc::new)
+                    .map_err(SnpError::NoVcek)
             })
             .await
             .map_err(|e| (*e).clone())?;
@@ -155,7 +158,10 @@ impl Kds {
         let ask = self
             .asks
             .try_get_with(product, async {
-                let body = self.get(&chain_url, 2 * MAX_AMD_CERT_LEN).await?;
+                let body = self
+                    .get(&chain_url, 2 * MAX_AMD_CERT_LEN)
+                    .await
+                    .map_err(SnpError::NoVcek)?;
                 first_pem_certificate(&chain_url, &body).map(Arc::new)
             })
             .await
@@ -166,8 +172,9 @@ impl Kds {
         })
     }
 
-    /// The product's CRL (DER, not yet checked: [`super::certs::check_crl`] does).
-    pub async fn crl(&self, product: Product) -> Result<Arc<Vec<u8>>, SnpError> {
+    /// The product's CRL (DER, not yet checked: [`super::certs::check_crl`] does), or
+    /// why KDS did not give it.
+    pub async fn crl(&self, product: Product) -> Result<Arc<Vec<u8>>, String> {
         let url = format!("{}/vcek/v1/{}/crl", self.base, product.as_str());
         self.crls
             .try_get_with(product, async {
@@ -177,7 +184,8 @@ impl Kds {
             .map_err(|e| (*e).clone())
     }
 
-    async fn get(&self, url: &str, limit: usize) -> Result<Vec<u8>, SnpError> {
+    /// The body at `url`, or why not (`KDS <url>: …`).
+    async fn get(&self, url: &str, limit: usize) -> Result<Vec<u8>, String> {
         if let Some(e) = self.failures.get(url) {
             return Err(e);
         }
@@ -189,10 +197,10 @@ impl Kds {
         result
     }
 
-    async fn fetch(&self, url: &str, limit: usize) -> Result<Vec<u8>, SnpError> {
-        let no_vcek = |m: String| SnpError::NoVcek(format!("KDS {url}: {m}"));
+    async fn fetch(&self, url: &str, limit: usize) -> Result<Vec<u8>, String> {
+        let failed = |m: String| format!("KDS {url}: {m}");
         if !self.spend() {
-            return Err(no_vcek(format!(
+            return Err(failed(format!(
                 "not asked: more than {REQUEST_BURST} requests in a burst or one per {}s",
                 REQUEST_EVERY.as_secs()
             )));
@@ -203,15 +211,15 @@ impl Kds {
             .get(url)
             .send()
             .await
-            .map_err(|e| no_vcek(crate::http::error_chain(&e)))?;
+            .map_err(|e| failed(crate::http::error_chain(&e)))?;
         if !resp.status().is_success() {
-            return Err(no_vcek(format!("HTTP {}", resp.status())));
+            return Err(failed(format!("HTTP {}", resp.status())));
         }
         crate::http::read_bounded(&mut resp, limit)
             .await
             .map_err(|e| match e {
-                crate::http::BodyError::Transport(e) => no_vcek(crate::http::error_chain(&e)),
-                crate::http::BodyError::TooLarge => no_vcek(format!("larger than {limit} bytes")),
+                crate::http::BodyError::Transport(e) => failed(crate::http::error_chain(&e)),
+                crate::http::BodyError::TooLarge => failed(format!("larger than {limit} bytes")),
             })
     }
 }

@@ -304,7 +304,8 @@ struct Found {
     /// The chain and where it came from (`directory`, `kds`); `None` when the evidence
     /// carries its own or nothing was asked.
     chain: Option<Result<(AskVcek, &'static str), SnpError>>,
-    crl: Option<Result<Arc<Vec<u8>>, SnpError>>,
+    /// The CRL, or why the one at hand could not be read or fetched.
+    crl: Option<Result<Arc<Vec<u8>>, String>>,
 }
 
 /// How the ASK fared against AMD's CRL.
@@ -460,7 +461,7 @@ impl SnpVerifier {
                 dir.lookup(product, &evidence.report)
                     .map(|c| (c, "directory"))
             }),
-            crl: dir.crl(product),
+            crl: dir.crl(product).map(|c| c.map_err(|e| e.to_string())),
         }
     }
 
@@ -640,28 +641,24 @@ impl SnpVerifier {
         &self,
         product: Product,
         ask: &[u8],
-        crl: Option<Result<Arc<Vec<u8>>, SnpError>>,
+        crl: Option<Result<Arc<Vec<u8>>, String>>,
         now: u64,
     ) -> Result<Revocation, SnpError> {
-        let outcome = match crl {
-            None => None,
-            Some(Err(e)) => Some(Err(e)),
-            Some(Ok(der)) => Some(certs::check_crl(&self.roots, product, ask, &der, now)),
-        };
-        match outcome {
-            None => Ok(Revocation {
+        let unchecked = |error: Option<String>| {
+            Ok(Revocation {
                 checked: false,
-                error: None,
-            }),
-            Some(Ok(())) => Ok(Revocation {
+                error,
+            })
+        };
+        match crl.map(|c| c.map(|der| certs::check_crl(&self.roots, product, ask, &der, now))) {
+            None => unchecked(None),
+            Some(Err(unavailable)) => unchecked(Some(unavailable)),
+            Some(Ok(Ok(()))) => Ok(Revocation {
                 checked: true,
                 error: None,
             }),
-            Some(Err(e @ SnpError::Revoked(_))) => Err(e),
-            Some(Err(e)) => Ok(Revocation {
-                checked: false,
-                error: Some(e.to_string()),
-            }),
+            Some(Ok(Err(e @ SnpError::Revoked(_)))) => Err(e),
+            Some(Ok(Err(unusable))) => unchecked(Some(unusable.to_string())),
         }
     }
 }

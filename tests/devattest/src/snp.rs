@@ -789,6 +789,28 @@ mod tests {
             kds.request_count()
         );
         assert!(not_asked > 0);
+        // Evidence with its chain and a KDS that does not answer: verified, revocation
+        // not checked, and the reason names the CRL fetch.
+        let unreachable = std::sync::Arc::new(
+            teesql_appraisal::snp::kds::Kds::new(
+                "http://127.0.0.1:1",
+                std::time::Duration::from_secs(5),
+                1 << 20,
+            )
+            .unwrap(),
+        );
+        let carried = evidence(&pki, vec![pki.ask_der().to_vec(), pki.vcek_der().to_vec()]);
+        let c = verifier(&pki)
+            .with_kds(unreachable)
+            .appraise_online(&carried, now)
+            .await;
+        assert!(c.verified, "{:?}", c.error);
+        assert!(!c.revocation_checked);
+        let e = c.revocation_error.unwrap_or_default();
+        assert!(
+            e.starts_with("KDS http://127.0.0.1:1/vcek/v1/Turin/crl: "),
+            "{e}"
+        );
         server.abort();
     }
 
