@@ -35,6 +35,26 @@ pub enum Refused {
     AddressFull,
 }
 
+/// A listener's caps, shareable by several accept loops on one port (one per serving
+/// thread): the connections open at once and each address's share count across all of them.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    per_address: Option<AddressSlots>,
+    grace: Duration,
+}
+
+impl Gate {
+    /// Caps of `limits`, none taken yet.
+    pub fn new(limits: AcceptLimits) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            per_address: limits.max_per_address.map(AddressSlots::new),
+            grace: limits.grace,
+        }
+    }
+}
+
 /// Accept on `listener` until `shutdown` completes, serving each connection with
 /// `serve` in a task of its own; a connection over a cap goes to `refuse` instead (which
 /// may answer it; it holds no permit). Then drain for up to `limits.grace`.
@@ -50,8 +70,27 @@ pub async fn serve<S, SF, R, RF>(
     R: Fn(TcpStream, SocketAddr, Refused) -> RF,
     RF: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let per_address = limits.max_per_address.map(AddressSlots::new);
+    serve_gated(listener, Gate::new(limits), shutdown, serve, refuse).await
+}
+
+/// [`serve`] under caps shared with other accept loops.
+pub async fn serve_gated<S, SF, R, RF>(
+    listener: TcpListener,
+    gate: Gate,
+    shutdown: impl Future<Output = ()>,
+    serve: S,
+    refuse: R,
+) where
+    S: Fn(TcpStream, SocketAddr) -> SF,
+    SF: Future<Output = ()> + Send + 'static,
+    R: Fn(TcpStream, SocketAddr, Refused) -> RF,
+    RF: Future<Output = ()> + Send + 'static,
+{
+    let Gate {
+        permits,
+        per_address,
+        grace,
+    } = gate;
     let mut open = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -94,12 +133,10 @@ pub async fn serve<S, SF, R, RF>(
     drop(listener);
     let live = open.len();
     if live > 0 {
-        tracing::info!(connections = live, grace = ?limits.grace, "stopped accepting; draining");
+        tracing::info!(connections = live, grace = ?grace, "stopped accepting; draining");
     }
-    let drained = tokio::time::timeout(limits.grace, async {
-        while open.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while open.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             connections = open.len(),

@@ -274,10 +274,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(errors) => return fail(&errors),
     };
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) => return fail(&[format!("listen {}: {e}", config.listen)]),
-    };
+    let listener =
+        match teesql_sidecar::frontend::server::bind(config.listen, config.postgres_threads > 0) {
+            Ok(l) => l,
+            Err(e) => return fail(&[format!("listen {}: {e}", config.listen)]),
+        };
     let admin = match config.admin_listen {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => Some(l),
@@ -306,6 +307,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         listen = %bound(&listener),
         admin = %admin.as_ref().map(bound).unwrap_or_else(|| "off".into()),
         public = %public.as_ref().map(bound).unwrap_or_else(|| "off".into()),
+        postgres_threads = config.postgres_threads,
         verifier = %config.verifier_url,
         backend = %config.backend.addr.describe(),
         "teesql-sidecar serving"

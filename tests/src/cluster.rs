@@ -393,7 +393,12 @@ impl Cluster {
         }));
 
         // Sidecar.
-        let listener = bind(opts.sidecar_port, "sidecar").await?;
+        // With SO_REUSEPORT, for a configuration with serving threads (each binds its own).
+        let listener = teesql_sidecar::frontend::server::bind(
+            std::net::SocketAddr::from(([127, 0, 0, 1], opts.sidecar_port.unwrap_or(0))),
+            true,
+        )
+        .with_context(|| format!("sidecar: cannot listen on port {:?}", opts.sidecar_port))?;
         let sidecar_addr = listener.local_addr()?;
         let admin = Some(bind(opts.admin_port, "sidecar admin").await?);
         let admin_addr = admin.as_ref().map(|a| a.local_addr()).transpose()?;

@@ -564,6 +564,90 @@ async fn a_hundred_concurrent_sessions() {
     assert_eq!(total, expected);
 }
 
+/// Names of this process' threads (the in-process sidecar's serving threads among them).
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+/// `listen.postgres_threads`: the port is served by threads of its own, each with its own
+/// listener; the connection cap is the whole port's, sessions work, and shutdown still
+/// drains them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_threads_share_one_cap_and_drain() {
+    let mut c = Cluster::start(ClusterOptions {
+        sidecar_toml: "[listen]\npostgres_threads = 2\n[limits]\nmax_connections = 6\n".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The threads start when the sidecar starts serving (its listener is bound before).
+    let mut names = thread_names();
+    for _ in 0..50 {
+        if names.iter().any(|t| t == "postgres-1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        names = thread_names();
+    }
+    for n in ["postgres-0", "postgres-1"] {
+        assert_eq!(
+            names.iter().filter(|t| *t == n).count(),
+            1,
+            "one serving thread {n}: {names:?}"
+        );
+    }
+    let tls = c.client_tls().unwrap();
+    let dsn = c.dsn("teesql_read", &c.read_secret, "postgres", "require");
+    let mut clients = Vec::new();
+    for i in 0..6i32 {
+        let client = connect(&dsn, tls.clone()).await.unwrap();
+        let row = client.query_one("SELECT $1::int + 1", &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+        clients.push(client);
+    }
+    // The seventh is over the port's cap, whichever thread's listener gets it.
+    for _ in 0..4 {
+        let mut extra = TcpStream::connect(c.sidecar_addr).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), extra.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.contains("53300") && text.contains("too many clients"),
+            "{text:?}"
+        );
+    }
+    // Shutdown: no new connections, the open sessions run until they end.
+    let addr = c.sidecar_addr;
+    let last = clients.pop().unwrap();
+    drop(clients);
+    let stopping = tokio::spawn(async move {
+        c.stop_sidecar().await;
+        c
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let row = last.query_one("SELECT 7", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 7);
+    assert!(TcpStream::connect(addr).await.is_err());
+    assert!(!stopping.is_finished(), "drain waits for the session");
+    drop(last);
+    let _c = tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("drained once the session closed")
+        .unwrap();
+    let names = thread_names();
+    assert!(
+        !names.iter().any(|t| t.starts_with("postgres-")),
+        "the serving threads ended: {names:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_200_mib_in_and_out_with_matching_checksums() {
     use futures_util::{SinkExt, StreamExt};

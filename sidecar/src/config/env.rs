@@ -16,6 +16,8 @@ pub const SIDECAR_LISTEN: &str = "TEESQL_SIDECAR_LISTEN";
 pub const SIDECAR_ADMIN_LISTEN: &str = "TEESQL_SIDECAR_ADMIN_LISTEN";
 /// `listen.public`: the /attestation-only HTTP address, or `off` (no flag).
 pub const SIDECAR_PUBLIC_LISTEN: &str = "TEESQL_SIDECAR_PUBLIC_LISTEN";
+/// `listen.postgres_threads`: threads serving the Postgres port, 0 = the shared scheduler (no flag).
+pub const SIDECAR_POSTGRES_THREADS: &str = "TEESQL_SIDECAR_POSTGRES_THREADS";
 /// `identity.alt_names`, under `--alt-names`: comma-separated certificate names.
 pub const SIDECAR_ALT_NAMES: &str = "TEESQL_SIDECAR_ALT_NAMES";
 
@@ -78,6 +80,7 @@ pub const ALL: &[&str] = &[
     SIDECAR_LISTEN,
     SIDECAR_ADMIN_LISTEN,
     SIDECAR_PUBLIC_LISTEN,
+    SIDECAR_POSTGRES_THREADS,
     SIDECAR_ALT_NAMES,
     VERIFIER_URL,
     VERIFIER_TIMEOUT_MS,

@@ -19,11 +19,24 @@ pub struct ListenFile {
     /// HTTP with /attestation only, for anyone [default: off], e.g. "0.0.0.0:8080" with
     /// the admin listener moved to another loopback port.
     pub public: Option<String>,
+    /// Threads serving the Postgres port, each with a listener of its own on the same
+    /// address (SO_REUSEPORT) and a single-threaded scheduler, so a connection never
+    /// moves between threads; 0 = one scheduler shared by every connection and the rest of
+    /// the sidecar [default: 0].
+    pub postgres_threads: Option<usize>,
 }
 
 /// Where the sidecar listens, checked: Postgres, and the admin and public HTTP listeners
-/// (`None` = off).
-pub(super) type Listeners = (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>);
+/// (`None` = off), and the Postgres port's serving threads.
+pub(super) type Listeners = (
+    Option<SocketAddr>,
+    Option<SocketAddr>,
+    Option<SocketAddr>,
+    usize,
+);
+
+/// `listen.postgres_threads` above this is a mistake (a thread per connection was meant).
+pub const MAX_POSTGRES_THREADS: usize = 256;
 
 impl ListenFile {
     pub(super) fn resolve(self, e: &dyn Env, flags: &mut Overrides, p: &mut Problems) -> Listeners {
@@ -44,7 +57,18 @@ impl ListenFile {
         let public_s =
             first([e.var(env::SIDECAR_PUBLIC_LISTEN), self.public]).unwrap_or_else(|| "off".into());
         let public = optional_listener(p, "public listen", &public_s);
-        (listen, admin, public)
+        let threads = first([
+            p.env(e, env::SIDECAR_POSTGRES_THREADS),
+            self.postgres_threads,
+        ])
+        .unwrap_or(defaults::POSTGRES_THREADS);
+        if threads > MAX_POSTGRES_THREADS {
+            p.report(
+                "listen.postgres_threads",
+                format!("{threads} is above {MAX_POSTGRES_THREADS} (about one per core is meant)"),
+            );
+        }
+        (listen, admin, public, threads)
     }
 }
 

@@ -128,6 +128,8 @@ pub mod defaults {
     pub const LISTEN: &str = "0.0.0.0:5433";
     /// `listen.admin`: the operator's HTTP listener, loopback only.
     pub const ADMIN_LISTEN: &str = "127.0.0.1:8080";
+    /// `listen.postgres_threads`: 0, the shared scheduler.
+    pub const POSTGRES_THREADS: usize = 0;
     /// `identity.alt_names`: the server certificate's subject alternative names.
     pub const ALT_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
     /// `identity.renew_secs`: seconds between server certificate renewals (one hour).
@@ -208,6 +210,9 @@ pub struct SidecarConfig {
     pub admin_listen: Option<SocketAddr>,
     /// The HTTP listener serving only /attestation to anyone; `None` = off (the default).
     pub public_listen: Option<SocketAddr>,
+    /// Threads serving the Postgres port, each with its own listener and scheduler
+    /// (`listen.postgres_threads`); 0 = the scheduler shared with the rest (the default).
+    pub postgres_threads: usize,
     /// The server certificate the guest agent issues, and how often it is renewed.
     pub identity: IdentityConfig,
     /// Verifier gRPC URL(s), comma-separated when several (default http://127.0.0.1:50051).
@@ -370,7 +375,8 @@ impl SidecarConfig {
             ignore_parameters: backend.ignore_parameters.clone().unwrap_or_default(),
             verifier: VerifierSettings::default(),
         };
-        let (listen, admin_listen, public_listen) = file.listen.resolve(env, &mut flags, &mut p);
+        let (listen, admin_listen, public_listen, postgres_threads) =
+            file.listen.resolve(env, &mut flags, &mut p);
         let identity = file.identity.resolve(env, &mut flags, &mut p);
         let verifier_settings = std::mem::take(&mut flags.verifier)
             .over(VerifierSettings::from_env(env, &mut p))
@@ -395,6 +401,7 @@ impl SidecarConfig {
                 listen: listen?,
                 admin_listen,
                 public_listen,
+                postgres_threads,
                 identity,
                 verifier_url: verifier.url,
                 verifier_trust: verifier.trust,
@@ -440,6 +447,7 @@ impl SidecarConfig {
         o.kv("postgres", quote(&self.listen.to_string()));
         o.kv("admin", listener(self.admin_listen));
         o.kv("public", listener(self.public_listen));
+        o.kv("postgres_threads", self.postgres_threads);
 
         o.table("identity");
         let id = &self.identity;
@@ -764,6 +772,39 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 3);
         assert_eq!(c.backend.addr, BackendAddr::Tcp("127.0.0.1".into(), 2));
+    }
+
+    /// `listen.postgres_threads`: 0 by default, the variable over the file, and a
+    /// thread count meant per connection refused by name.
+    #[test]
+    fn postgres_threads_default_env_and_bound() {
+        let read = [("TEESQL_READ_SECRET", S1)];
+        let c = SidecarConfig::resolve(SidecarFile::default(), &env(&read), Overrides::default())
+            .unwrap();
+        assert_eq!(c.postgres_threads, 0);
+        let file: SidecarFile = toml::from_str("[listen]\npostgres_threads = 4").unwrap();
+        let c = SidecarConfig::resolve(file.clone(), &env(&read), Overrides::default()).unwrap();
+        assert_eq!(c.postgres_threads, 4);
+        assert!(
+            c.render().contains("postgres_threads = 4"),
+            "{}",
+            c.render()
+        );
+        let c = SidecarConfig::resolve(
+            file,
+            &env(&[read[0], ("TEESQL_SIDECAR_POSTGRES_THREADS", "2")]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.postgres_threads, 2);
+        let file: SidecarFile = toml::from_str("[listen]\npostgres_threads = 5000").unwrap();
+        let errors = SidecarConfig::resolve(file, &env(&read), Overrides::default()).unwrap_err();
+        assert!(
+            errors
+                .join("\n")
+                .contains("listen.postgres_threads: 5000 is above 256"),
+            "{errors:?}"
+        );
     }
 
     #[test]

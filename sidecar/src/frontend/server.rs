@@ -2,17 +2,42 @@
 //! connection limit of `limits.max_connections` (a client over it gets `53300` at once)
 //! and the shutdown grace of `limits.shutdown_grace_secs`; and the follower of the
 //! verifier's policy, which has open sessions judged again when it changes.
+//!
+//! With `listen.postgres_threads` set, the port is served by that many threads, each with
+//! a listener of its own on the same address (`SO_REUSEPORT`: the kernel spreads new
+//! connections over them) and a single-threaded scheduler: a connection is accepted,
+//! verified and relayed on one thread and never moves, so a relayed query wakes one
+//! thread, not a stealing worker pool. The caps stay those of the whole port.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
 
-use crate::accept::{self, AcceptLimits};
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::accept::{self, AcceptLimits, Gate};
 use crate::frontend::session::{self, HandshakeError, Outcome, Shared};
 
+/// Bind the Postgres port; with `reuse_port` (serving threads), so that each thread can
+/// bind a listener of its own beside it.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Accept and serve until `shutdown` completes; then drain for up to the grace period.
+/// With `listen.postgres_threads` above 0, `listener` must have been bound by [`bind`]
+/// with `reuse_port`.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let limits = AcceptLimits {
         max_connections: shared.config.limits.max_connections,
@@ -20,15 +45,110 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Fu
         max_per_address: None,
         grace: shared.config.limits.shutdown_grace,
     };
+    let gate = Gate::new(limits);
+    let threads = shared.config.postgres_threads;
+    if threads == 0 {
+        accept_loop(shared, listener, gate, shutdown).await;
+        return;
+    }
+    let listeners = match more_listeners(&listener, threads) {
+        Ok(more) => std::iter::once(listener.into_std())
+            .chain(more.into_iter().map(Ok))
+            .collect::<std::io::Result<Vec<_>>>(),
+        Err(e) => Err(e),
+    };
+    let listeners = match listeners {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, threads, "cannot open a listener per serving thread (was the port bound without SO_REUSEPORT?)");
+            return;
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut done = Vec::with_capacity(threads);
+    let mut joins = Vec::with_capacity(threads);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (shared, gate, mut stop) = (shared.clone(), gate.clone(), stop_rx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("postgres-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, thread = i, "cannot start a serving thread's scheduler");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, thread = i, "cannot register a serving thread's listener");
+                            return;
+                        }
+                    };
+                    let stopped = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    accept_loop(shared, listener, gate, stopped).await;
+                });
+                // Tasks a session left behind end with the scheduler.
+                drop(runtime);
+                let _ = tx.send(());
+            });
+        match spawned {
+            Ok(join) => {
+                done.push(rx);
+                joins.push(join);
+            }
+            Err(e) => tracing::error!(error = %e, thread = i, "cannot start a serving thread"),
+        }
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    // Each thread says when it is done (awaited here without blocking a worker), then
+    // is joined, so that none outlives the sidecar's `run`.
+    for rx in done {
+        let _ = rx.await;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for join in joins {
+            let _ = join.join();
+        }
+    })
+    .await;
+}
+
+/// `threads - 1` more listeners on `listener`'s address, as std listeners to be
+/// registered with each thread's scheduler.
+fn more_listeners(
+    listener: &TcpListener,
+    threads: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let addr = listener.local_addr()?;
+    (1..threads).map(|_| bind(addr, true)?.into_std()).collect()
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    gate: Gate,
+    shutdown: impl Future<Output = ()>,
+) {
     let refusing = shared.clone();
-    accept::serve(
+    let limit = shared.config.limits.max_connections;
+    accept::serve_gated(
         listener,
-        limits,
+        gate,
         shutdown,
         |stream, peer| session::handle(shared.clone(), stream, peer),
         move |stream, peer, _| {
             refusing.metrics.connection(Outcome::TooMany);
-            tracing::warn!(client.addr = %peer, limit = limits.max_connections, "connection limit reached; refusing");
+            tracing::warn!(client.addr = %peer, limit, "connection limit reached; refusing");
             session::refuse_plain(stream, HandshakeError::TooManyConnections)
         },
     )

@@ -36,6 +36,9 @@ struct Args {
     failover: bool,
     /// Print the results as one JSON object instead of the table.
     json: bool,
+    /// Also measure a sidecar serving its port on each of these many threads of its own
+    /// (`listen.postgres_threads`); empty = only the default sidecar.
+    threads: Vec<usize>,
 }
 
 fn args() -> Result<Args> {
@@ -46,6 +49,10 @@ fn args() -> Result<Args> {
         pool: 0,
         failover: false,
         json: false,
+        threads: vec![
+            1,
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,9 +69,21 @@ fn args() -> Result<Args> {
             "--pool" => a.pool = value()?,
             "--failover" => a.failover = true,
             "--json" => a.json = true,
+            "--threads" => {
+                let list = it
+                    .next()
+                    .ok_or_else(|| anyhow!("--threads needs a value"))?;
+                a.threads = list
+                    .split(',')
+                    .map(|n| n.trim().parse::<usize>())
+                    .filter(|n| n != &Ok(0))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| anyhow!("--threads {list}: {e}"))?;
+                a.threads.dedup();
+            }
             "--help" | "-h" => {
                 println!(
-                    "teesql-bench [--seconds N (15)] [--rounds N (2)] [--idle N (1000)] [--pool N (0): the sidecar's backend.pool_max_idle_per_key, 0 = off, the default] [--failover: two verifier processes, one killed during a connect-per-transaction run] [--json: the results as one JSON object]"
+                    "teesql-bench [--seconds N (15)] [--rounds N (2)] [--idle N (1000)] [--pool N (0): the sidecar's backend.pool_max_idle_per_key, 0 = off, the default] [--failover: two verifier processes, one killed during a connect-per-transaction run] [--json: the results as one JSON object] [--threads N,M (1,cores): also a sidecar serving its port on N threads of its own, listen.postgres_threads, for each N; 0 = none]"
                 );
                 std::process::exit(0);
             }
@@ -146,6 +165,36 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
+}
+
+/// CPU time a process has used so far, user and system, in clock ticks
+/// (`/proc/PID/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count from the ')' that ends it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("/proc/{pid}/stat: no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("/proc/{pid}/stat: field {} missing", i + 3))
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 where it cannot be asked).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// Context switches of a process so far, summed over its threads: (voluntary,
@@ -353,17 +402,34 @@ async fn run(args: Args) -> Result<()> {
     if !prov.status.success() {
         bail!("provision: {}", String::from_utf8_lossy(&prov.stderr));
     }
-    let sidecar = Command::new(&sidecar_bin)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("TEESQL_READ_SECRET", &read_secret)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    // The sidecar on the shared scheduler (the default), and, with --threads N, a second
+    // one serving its port on N threads of its own (listen.postgres_threads).
+    let start_sidecar = |port: u16, threads: usize| -> Result<Child> {
+        let child = Command::new(&sidecar_bin)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("TEESQL_READ_SECRET", &read_secret)
+            .env("TEESQL_SIDECAR_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TEESQL_SIDECAR_POSTGRES_THREADS", threads.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(child)
+    };
+    let sidecar = start_sidecar(sidecar_port, 0)?;
     let sidecar_pid = sidecar.id();
     kids.0.push(("sidecar".into(), sidecar));
     wait_port(sidecar_port, "teesql-sidecar")?;
+    let mut threaded = Vec::new();
+    for &n in &args.threads {
+        let port = free_port()?;
+        let child = start_sidecar(port, n)?;
+        let pid = child.id();
+        kids.0.push((format!("sidecar ({n} threads)"), child));
+        wait_port(port, "teesql-sidecar (serving threads)")?;
+        threaded.push((n, port, pid));
+    }
 
     eprintln!("starting PgBouncer (client TLS, session pool) …");
     let bouncer_port = free_port()?;
@@ -425,9 +491,14 @@ async fn run(args: Args) -> Result<()> {
     std::fs::write(&ckey, &issued.key_pem)?;
     std::fs::set_permissions(&ckey, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
 
-    let targets: Vec<Target> = vec![
+    let sidecar_env = vec![
+        ("PGPASSWORD", read_secret.clone()),
+        ("PGSSLCERT", ccert.display().to_string()),
+        ("PGSSLKEY", ckey.display().to_string()),
+    ];
+    let mut targets: Vec<Target> = vec![
         (
-            "Postgres over TLS (baseline)",
+            "Postgres over TLS (baseline)".into(),
             format!(
                 "host=127.0.0.1 port={} user=bench dbname=postgres sslmode=require",
                 pg.port
@@ -435,24 +506,29 @@ async fn run(args: Args) -> Result<()> {
             vec![("PGPASSWORD", BENCH_PASSWORD.to_string())],
         ),
         (
-            "PgBouncer (TLS, session pool)",
+            "PgBouncer (TLS, session pool)".into(),
             format!(
                 "host=127.0.0.1 port={bouncer_port} user=bench dbname=postgres sslmode=require"
             ),
             vec![("PGPASSWORD", BENCH_PASSWORD.to_string())],
         ),
         (
-            "TeeSQL sidecar (full verification)",
+            "TeeSQL sidecar (full verification)".into(),
             format!(
                 "host=127.0.0.1 port={sidecar_port} user=teesql_read dbname=postgres sslmode=require"
             ),
-            vec![
-                ("PGPASSWORD", read_secret.clone()),
-                ("PGSSLCERT", ccert.display().to_string()),
-                ("PGSSLKEY", ckey.display().to_string()),
-            ],
+            sidecar_env.clone(),
         ),
     ];
+    let mut proxies = vec![None, Some(bouncer_pid), Some(sidecar_pid)];
+    for (n, port, pid) in threaded {
+        targets.push((
+            format!("TeeSQL sidecar, postgres_threads={n}"),
+            format!("host=127.0.0.1 port={port} user=teesql_read dbname=postgres sslmode=require"),
+            sidecar_env.clone(),
+        ));
+        proxies.push(Some(pid));
+    }
     // Check every target answers before measuring.
     for (name, conn, env) in &targets {
         pgbench(&pg_bin, conn, false, 1, env).with_context(|| format!("warm-up of {name}"))?;
@@ -461,17 +537,21 @@ async fn run(args: Args) -> Result<()> {
     let mut results = vec![[Vec::new(), Vec::new()]; targets.len()];
     // Select-only: the proxy's context switches (voluntary, involuntary) and queries.
     // Postgres itself has a process per connection: not counted.
-    let proxies = [None, Some(bouncer_pid), Some(sidecar_pid)];
-    let mut switches = [(0u64, 0u64, 0f64); 3];
+    // And its CPU time: what a proxy costs per query on a machine it shares with
+    // Postgres and the clients.
+    let mut switches = vec![(0u64, 0u64, 0f64); targets.len()];
+    let mut cpu = vec![0u64; targets.len()];
     for round in 0..args.rounds {
         for (mode, connect_each) in [(0usize, false), (1, true)] {
             for (i, (name, conn, env)) in targets.iter().enumerate() {
                 let counted = proxies[i].filter(|_| !connect_each);
                 let before = counted.map(ctxt_switches).transpose()?;
+                let cpu_before = counted.map(cpu_ticks).transpose()?;
                 let tps = pgbench(&pg_bin, conn, connect_each, args.seconds, env)
                     .with_context(|| name.to_string())?;
                 if let (Some(pid), Some(b)) = (counted, before) {
                     let a = ctxt_switches(pid)?;
+                    cpu[i] += cpu_ticks(pid)?.saturating_sub(cpu_before.unwrap_or(0));
                     switches[i].0 += a.0.saturating_sub(b.0);
                     switches[i].1 += a.1.saturating_sub(b.1);
                     switches[i].2 += tps * args.seconds as f64;
@@ -543,6 +623,11 @@ async fn run(args: Args) -> Result<()> {
         let (v, n, q) = switches[i];
         (q > 0.0).then(|| (v as f64 / q, n as f64 / q))
     };
+    let ticks_per_second = clock_ticks_per_second();
+    let cpu_us_per_query = |i: usize| {
+        let q = switches[i].2;
+        (q > 0.0).then(|| cpu[i] as f64 / ticks_per_second * 1e6 / q)
+    };
     if args.json {
         let rows: Vec<serde_json::Value> = targets
             .iter()
@@ -558,6 +643,7 @@ async fn run(args: Args) -> Result<()> {
                     "context_switches_per_query": per_query(i).map(|(v, n)| {
                         serde_json::json!({"voluntary": v, "involuntary": n})
                     }),
+                    "cpu_us_per_query": cpu_us_per_query(i),
                 })
             })
             .collect();
@@ -585,16 +671,23 @@ async fn run(args: Args) -> Result<()> {
         args.seconds, args.rounds, args.pool
     );
     println!(
-        "{:<36} {:>12} {:>7} {:>14} {:>7} {:>22}",
-        "front door", "select TPS", "vs PG", "connections/s", "vs PG", "ctx switches/query"
+        "{:<36} {:>12} {:>7} {:>14} {:>7} {:>22} {:>10}",
+        "front door",
+        "select TPS",
+        "vs PG",
+        "connections/s",
+        "vs PG",
+        "ctx switches/query",
+        "CPU/query"
     );
     for (i, (name, _, _)) in targets.iter().enumerate() {
         let (s, c) = (mean(&results[i][0]), mean(&results[i][1]));
         let ctx = per_query(i).map_or("n/a (per-connection)".to_string(), |(v, n)| {
             format!("{v:.2} vol + {n:.2} invol")
         });
+        let cpu = cpu_us_per_query(i).map_or("n/a".to_string(), |us| format!("{us:.1} µs"));
         println!(
-            "{name:<36} {s:>12.0} {:>6.2}x {c:>14.0} {:>6.2}x {ctx:>22}",
+            "{name:<36} {s:>12.0} {:>6.2}x {c:>14.0} {:>6.2}x {ctx:>22} {cpu:>10}",
             s / base.0,
             c / base.1
         );
@@ -622,7 +715,7 @@ async fn run(args: Args) -> Result<()> {
 }
 
 /// A front door: its name, libpq connection string and extra environment.
-type Target = (&'static str, String, Vec<(&'static str, String)>);
+type Target = (String, String, Vec<(&'static str, String)>);
 
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
