@@ -122,7 +122,10 @@ pub async fn serve_gated<S, SF, R, RF>(
                     tokio::spawn(refuse(stream, peer, Refused::Full));
                     continue;
                 };
-                let connection = serve(stream, peer);
+                // Boxed: awaiting a future captured by an async block keeps two copies
+                // of it in the task (the capture and the awaited one) for the
+                // connection's life.
+                let connection = Box::pin(serve(stream, peer));
                 open.spawn(async move {
                     connection.await;
                     drop((permit, slot));

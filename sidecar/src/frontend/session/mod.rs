@@ -98,7 +98,10 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         refuse_plain(stream, e).await;
         return;
     };
-    let result = handshake(&shared, stream, peer, &id).await;
+    // Boxed: a task holds its future inline for the session's life, and the handshake's
+    // states (TLS, SCRAM, the verifier's question, the Postgres login) are several KiB
+    // that an established session no longer needs.
+    let result = Box::pin(handshake(&shared, stream, peer, &id)).await;
     drop(slot);
     match result {
         Ok(ready) => {
@@ -115,7 +118,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
                 handshake_ms = started.elapsed().as_millis() as u64,
                 "session started"
             );
-            serve_session(&shared, *ready, peer).await;
+            serve_session(&shared, ready, peer).await;
         }
         Err(e) => ended(&shared, &e, peer),
     }
@@ -145,8 +148,13 @@ fn ended(shared: &Shared, e: &HandshakeError, peer: SocketAddr) {
 
 /// Relay a logged-in session until either side is done; with reuse on, keep the Postgres
 /// connection of a client that said Terminate.
-async fn serve_session(shared: &Arc<Shared>, ready: Ready, peer: SocketAddr) {
+async fn serve_session(shared: &Arc<Shared>, ready: Box<Ready>, peer: SocketAddr) {
     shared.metrics.session_started();
+    // Taken by the box and moved out at once: an argument moved into an async fn and
+    // then taken apart is kept twice in the task, for the session's life.
+    fn unbox(ready: Box<Ready>) -> Ready {
+        *ready
+    }
     let Ready {
         mut client,
         mut backend,
@@ -155,16 +163,23 @@ async fn serve_session(shared: &Arc<Shared>, ready: Ready, peer: SocketAddr) {
         pool_key,
         admitted,
         ..
-    } = ready;
+    } = unbox(ready);
     let catch_terminate = pool_key.is_some() && shared.pool.enabled();
+    if !catch_terminate {
+        // Postgres' parameters and login notices are kept only for a connection that may
+        // be handed to another client; the client has had them.
+        backend.params = Vec::new();
+        backend.notices = Vec::new();
+    }
     let mut registration = admitted.map(|a| shared.sessions.register(a));
-    let relaying = relay::relay_metered(
+    // Boxed once, so that `follow` holds a pointer rather than a second copy of it.
+    let relaying = Box::pin(relay::relay_metered(
         &mut client,
         &mut backend.stream,
         shared.config.limits.idle_timeout,
         catch_terminate,
         registration.as_ref().map(|r| r.meter.clone()),
-    );
+    ));
     let end = match registration.as_mut() {
         Some(reg) => follow(shared, reg, relaying).await,
         None => Ok(relaying.await),
@@ -205,7 +220,9 @@ async fn serve_session(shared: &Arc<Shared>, ready: Ready, peer: SocketAddr) {
     if let (RelayEnd::Terminated { quiet: true, .. }, Some(key)) = (&end, pool_key) {
         let _ = client.shutdown().await;
         drop(client);
-        shared.pool.give_back(key, backend).await;
+        // Boxed for the same reason as the handshake: resetting a connection for reuse
+        // takes KiB of state that a relaying session would otherwise carry all along.
+        Box::pin(shared.pool.give_back(key, backend)).await;
     }
     shared.metrics.session_ended();
     let (counts, how) = match &end {
@@ -750,4 +767,44 @@ async fn respond<S: AsyncWrite + Unpin>(s: &mut S, e: &HandshakeError) {
 /// understood by a client waiting for the answer to its SSLRequest).
 pub async fn refuse_plain(mut stream: TcpStream, e: HandshakeError) {
     respond(&mut stream, &e).await;
+}
+
+#[cfg(test)]
+mod sizes {
+    //! The bytes of a session's task: a tokio task holds its whole future inline, for
+    //! the session's life, so the largest state any await point of it keeps is what
+    //! every idle session costs.
+
+    use super::*;
+
+    fn of3<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn of4<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What an idle session's task holds inline (the handshake and the relay's copy
+    /// state are boxed apart; a session's buffers are counted by `teesql-bench`).
+    const SESSION_TASK_MAX: usize = 3 * 1024;
+
+    #[test]
+    fn a_session_task_stays_small() {
+        let task = of3::<Arc<Shared>, TcpStream, SocketAddr, _>(handle);
+        let shake = of4::<&'static Arc<Shared>, TcpStream, SocketAddr, &'static str, _>(handshake);
+        let relay = of3::<&'static Arc<Shared>, Box<Ready>, SocketAddr, _>(serve_session);
+        eprintln!(
+            "session task {task} B (handshake {shake} B, boxed; serve_session {relay} B; Ready {} B)",
+            std::mem::size_of::<Ready>()
+        );
+        assert!(
+            task <= SESSION_TASK_MAX,
+            "a session's task future is {task} B, over {SESSION_TASK_MAX} B: a large state kept across an await (box it, or take arguments by Box)"
+        );
+        assert!(
+            relay < shake,
+            "serve_session ({relay} B) should not carry the handshake's state ({shake} B)"
+        );
+    }
 }
