@@ -719,6 +719,15 @@ impl TcbClaims {
         now: u64,
     ) -> Self {
         let now = i64::try_from(now).unwrap_or(i64::MAX);
+        // A list past its nextUpdate is not believed: Intel may have published a recovery
+        // since, and the dates would be claimed from a list that no longer says so.
+        let numbers = numbers.filter(|l| {
+            let current = now < l.next_update;
+            if !current {
+                tracing::debug!(next_update = l.next_update, now, "the TCB evaluation numbers list is past its nextUpdate; no recovery dates are claimed");
+            }
+            current
+        });
         let entry = |n: u32| numbers.and_then(|l| l.get(n));
         let standard_since = entry(standard.eval_data_number).map(EvalNumber::standard_from);
         let early = early.filter(|e| e.eval_data_number > standard.eval_data_number);
@@ -924,9 +933,9 @@ mod tests {
             eval_data_number: n,
             fix: vec![],
         };
-        let numbers = EvalNumbers {
+        let mut numbers = EvalNumbers {
             id: "TDX".into(),
-            next_update: 0,
+            next_update: parse_date("2026-08-01T00:00:00Z").unwrap(),
             numbers: vec![
                 EvalNumber {
                     number: 20,
@@ -971,6 +980,21 @@ mod tests {
         // Without the list, the status is still known, the dates are not.
         let blind = TcbClaims::new(&p, &s(19, "UpToDate"), Some(&s(20, "OutOfDate")), None, now);
         assert_eq!(blind.early.unwrap().days_until, None);
+        // Nor with a list past its nextUpdate: it is as good as none.
+        numbers.next_update = now as i64;
+        let stale = TcbClaims::new(
+            &p,
+            &s(19, "UpToDate"),
+            Some(&s(20, "OutOfDate")),
+            Some(&numbers),
+            now,
+        );
+        assert_eq!(stale.days_since_standard, None);
+        let early = stale.early.unwrap();
+        assert_eq!(
+            (early.status.as_str(), early.days_until),
+            ("OutOfDate", None)
+        );
         assert_eq!(
             add_twelve_months(parse_date("2024-02-29T00:00:00Z").unwrap()),
             parse_date("2025-02-28T00:00:00Z").unwrap()

@@ -117,8 +117,17 @@ async fn claims_documents_match_golden_files_and_claims_md() {
     let a = check_golden("claims-tdx-quote.json", &quote_claims);
     // The same quote with Intel's next set beside the standard one (a collateral
     // directory with the early set and the evaluation numbers): TCB-R 20 demotes it.
-    let early_claims = claims_for(&quote, Some("pcs"), 1_751_000_000, "quote", None).await;
+    // At a time inside both the collateral's window and the evaluation numbers list's
+    // (served 2025-05-27, nextUpdate 2025-06-26T18:50:21Z).
+    let early_claims = claims_for(&quote, Some("pcs"), LIST_CURRENT, "quote", None).await;
     let e = check_golden("claims-tdx-quote-early.json", &early_claims);
+    assert_eq!(e["tdx"]["tcb"]["standard_since"], "2025-03-12T00:00:00Z");
+    // A day later the list is past its nextUpdate: the same statuses, no dates.
+    let stale = claims_for(&quote, Some("pcs"), 1_751_000_000, "quote", None).await;
+    let stale = serde_json::to_value(&stale).unwrap();
+    assert_eq!(stale["tdx"]["tcb"]["early"]["status"], "OutOfDate");
+    assert!(stale["tdx"]["tcb"]["standard_since"].is_null(), "{stale:#}");
+    assert!(stale["tdx"]["tcb"]["days_since_standard"].is_null());
     assert_eq!(e["tdx"]["tcb_status"], "UpToDate");
     assert_eq!(e["tdx"]["tcb"]["eval_data_number"], 17);
     assert_eq!(e["tdx"]["tcb"]["early"]["status"], "OutOfDate");
@@ -304,6 +313,10 @@ async fn claims_documents_match_golden_files_and_claims_md() {
 
 /// The VCEK of dstack's SEV-SNP fixture is valid from this second on.
 const SNP_NOW: u64 = 1_781_658_304;
+
+/// 2025-06-26T10:13:20Z: inside the recorded collateral's window and before the recorded
+/// evaluation numbers list's nextUpdate.
+const LIST_CURRENT: u64 = 1_750_932_800;
 
 fn with_gpu_event() -> evidence::Evidence {
     let blob = std::fs::read(root().join("testdata/dstack/simulator-attestation.bin")).unwrap();
