@@ -170,6 +170,16 @@ fn rss_kib(pid: u32) -> Result<u64> {
 /// CPU time a process has used so far, user and system, in clock ticks
 /// (`/proc/PID/stat` fields 14 and 15).
 fn cpu_ticks(pid: u32) -> Result<u64> {
+    stat_ticks(pid, false)
+}
+
+/// [`cpu_ticks`] with the children it has reaped (fields 16 and 17): for Postgres'
+/// postmaster, the backends that ended, one per connection under `pgbench -C`.
+fn cpu_ticks_with_children(pid: u32) -> Result<u64> {
+    stat_ticks(pid, true)
+}
+
+fn stat_ticks(pid: u32, children: bool) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces: count from the ')' that ends it.
     let rest = stat
@@ -183,7 +193,12 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow!("/proc/{pid}/stat: field {} missing", i + 3))
     };
-    Ok(tick(11)? + tick(12)?)
+    let own = tick(11)? + tick(12)?;
+    Ok(if children {
+        own + tick(13)? + tick(14)?
+    } else {
+        own
+    })
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 where it cannot be asked).
@@ -363,8 +378,9 @@ async fn run(args: Args) -> Result<()> {
             .spawn()
     };
     let verifier_port = free_port()?;
-    kids.0
-        .push(("verifier".into(), start_verifier(verifier_port)?));
+    let verifier = start_verifier(verifier_port)?;
+    let verifier_pid = verifier.id();
+    kids.0.push(("verifier".into(), verifier));
     wait_port(verifier_port, "teesql-verifier")?;
     let mut verifier_urls = format!("http://127.0.0.1:{verifier_port}");
     // The second verifier is killed by the failover run (or stopped when this ends).
@@ -541,14 +557,47 @@ async fn run(args: Args) -> Result<()> {
     // Postgres and the clients.
     let mut switches = vec![(0u64, 0u64, 0f64); targets.len()];
     let mut cpu = vec![0u64; targets.len()];
+    // Connect per transaction: CPU per connection of Postgres (its ended backends
+    // included), the proxy and, behind the sidecar, the verifier.
+    let postmaster = pg.pid();
+    // And the client's: pgbench, reaped by this process.
+    let mut connect_cpu = vec![(0u64, 0u64, 0u64, 0u64, 0f64); targets.len()];
+    let me = std::process::id();
+    let reaped = || -> Result<u64> { Ok(cpu_ticks_with_children(me)? - cpu_ticks(me)?) };
     for round in 0..args.rounds {
         for (mode, connect_each) in [(0usize, false), (1, true)] {
             for (i, (name, conn, env)) in targets.iter().enumerate() {
                 let counted = proxies[i].filter(|_| !connect_each);
                 let before = counted.map(ctxt_switches).transpose()?;
                 let cpu_before = counted.map(cpu_ticks).transpose()?;
+                let judged = i >= 2; // the sidecars ask the verifier
+                if connect_each {
+                    // Let the backends of the previous run end and be reaped first, or
+                    // their CPU would be counted as this run's.
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                let connect_before = (
+                    postmaster.map(cpu_ticks_with_children).transpose()?,
+                    proxies[i].map(cpu_ticks).transpose()?,
+                    cpu_ticks(verifier_pid)?,
+                    reaped()?,
+                );
                 let tps = pgbench(&pg_bin, conn, connect_each, args.seconds, env)
                     .with_context(|| name.to_string())?;
+                if connect_each {
+                    let c = &mut connect_cpu[i];
+                    if let (Some(pid), Some(b)) = (postmaster, connect_before.0) {
+                        c.0 += cpu_ticks_with_children(pid)?.saturating_sub(b);
+                    }
+                    if let (Some(pid), Some(b)) = (proxies[i], connect_before.1) {
+                        c.1 += cpu_ticks(pid)?.saturating_sub(b);
+                    }
+                    if judged {
+                        c.2 += cpu_ticks(verifier_pid)?.saturating_sub(connect_before.2);
+                    }
+                    c.3 += reaped()?.saturating_sub(connect_before.3);
+                    c.4 += tps * args.seconds as f64;
+                }
                 if let (Some(pid), Some(b)) = (counted, before) {
                     let a = ctxt_switches(pid)?;
                     cpu[i] += cpu_ticks(pid)?.saturating_sub(cpu_before.unwrap_or(0));
@@ -592,6 +641,22 @@ async fn run(args: Args) -> Result<()> {
         failover = Some((rate, after));
     }
 
+    // The verifier, asked what the sidecar asks on every handshake (VerifyPeer, purpose
+    // "sidecar", this client's RA-TLS chain, no token), one caller, against a gRPC health
+    // check on the same channel: the transport's floor.
+    eprintln!("the sidecar's question to the verifier, over gRPC …");
+    let chain: Vec<Vec<u8>> = issued
+        .chain_pem
+        .iter()
+        .map(|pem| {
+            use rustls::pki_types::pem::PemObject;
+            rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                .map(|c| c.to_vec())
+                .map_err(|e| anyhow!("the client chain: {e}"))
+        })
+        .collect::<Result<_>>()?;
+    let verifier_rtt = verifier_round_trips(verifier_port, chain, 2000).await?;
+
     // Idle sessions: RSS of the sidecar before and after.
     eprintln!("opening {} idle sessions through the sidecar …", args.idle);
     let before = rss_kib(sidecar_pid)?;
@@ -628,6 +693,12 @@ async fn run(args: Args) -> Result<()> {
         let q = switches[i].2;
         (q > 0.0).then(|| cpu[i] as f64 / ticks_per_second * 1e6 / q)
     };
+    // (Postgres, proxy, verifier, client) CPU ms per connection.
+    let cpu_ms_per_connection = |i: usize| {
+        let (pg, proxy, verifier, client, n) = connect_cpu[i];
+        let ms = |t: u64| t as f64 / ticks_per_second * 1e3 / n;
+        (n > 0.0).then(|| (ms(pg), ms(proxy), ms(verifier), ms(client)))
+    };
     if args.json {
         let rows: Vec<serde_json::Value> = targets
             .iter()
@@ -644,6 +715,9 @@ async fn run(args: Args) -> Result<()> {
                         serde_json::json!({"voluntary": v, "involuntary": n})
                     }),
                     "cpu_us_per_query": cpu_us_per_query(i),
+                    "cpu_ms_per_connection": cpu_ms_per_connection(i).map(|(pg, proxy, verifier, client)| {
+                        serde_json::json!({"postgres": pg, "proxy": proxy, "verifier": verifier, "client": client})
+                    }),
                 })
             })
             .collect();
@@ -655,6 +729,12 @@ async fn run(args: Args) -> Result<()> {
             "front_doors": rows,
             "idle_sessions": args.idle,
             "idle_kib_per_session": per_session,
+            "verifier_grpc": serde_json::json!({
+                "requests": verifier_rtt.n,
+                "sidecar_decision_p50_us": verifier_rtt.decision_us,
+                "health_check_p50_us": verifier_rtt.health_us,
+                "ratio": verifier_rtt.decision_us / verifier_rtt.health_us,
+            }),
             "failover": failover.map(|(during, after)| serde_json::json!({
                 "connections_per_s_both": mean(&results[2][1]),
                 "during_kill": during,
@@ -693,6 +773,26 @@ async fn run(args: Args) -> Result<()> {
         );
     }
     println!(
+        "\nCPU per connection under pgbench -C (ms; Postgres counts its ended backends; cores busy = total x connections/s)\n{:<36} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "front door", "Postgres", "proxy", "verifier", "pgbench", "total", "cores busy"
+    );
+    for (i, (name, _, _)) in targets.iter().enumerate() {
+        if let Some((pg, proxy, verifier, client)) = cpu_ms_per_connection(i) {
+            let total = pg + proxy + verifier + client;
+            println!(
+                "{name:<36} {pg:>9.2} {proxy:>9.2} {verifier:>9.2} {client:>9.2} {total:>9.2} {:>11.2}",
+                total / 1e3 * mean(&results[i][1])
+            );
+        }
+    }
+    println!(
+        "\nthe sidecar's question to the verifier over gRPC (VerifyPeer, purpose sidecar, warm, no token; 1 caller, {} requests): p50 {:.0} µs against {:.0} µs for a health check ({:.2}x the transport floor; target <= 1.25x)",
+        verifier_rtt.n,
+        verifier_rtt.decision_us,
+        verifier_rtt.health_us,
+        verifier_rtt.decision_us / verifier_rtt.health_us
+    );
+    println!(
         "\nsidecar memory per idle session: {per_session:.1} KiB (RSS {before} KiB -> {after} KiB with {} sessions; target <= 16 KiB)",
         args.idle
     );
@@ -712,6 +812,75 @@ async fn run(args: Args) -> Result<()> {
     drop(kids);
     drop(pg);
     Ok(())
+}
+
+/// Medians of the sidecar's question to the verifier and of a health check.
+struct VerifierRtt {
+    decision_us: f64,
+    health_us: f64,
+    n: usize,
+}
+
+/// `n` sequential VerifyPeer requests as the sidecar sends them, then `n` health checks,
+/// one caller on one HTTP/2 connection each; medians in µs.
+async fn verifier_round_trips(port: u16, chain: Vec<Vec<u8>>, n: usize) -> Result<VerifierRtt> {
+    use teesql_proto::v1::VerifyPeerRequest;
+    use teesql_proto::v1::verifier_client::VerifierClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+        .connect()
+        .await?;
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e6
+    };
+    let mut verifier = VerifierClient::new(channel.clone());
+    let request = VerifyPeerRequest {
+        purpose: "sidecar".into(),
+        chain,
+        user: "teesql_read".into(),
+        database: "postgres".into(),
+        client_addr: "127.0.0.1:50000".into(),
+        alpn: "postgresql".into(),
+        ..VerifyPeerRequest::default()
+    };
+    let first = verifier.verify_peer(request.clone()).await?.into_inner();
+    if !first.allow {
+        bail!(
+            "the verifier refused the bench's client chain: {:?}",
+            first.reasons
+        );
+    }
+    let mut decisions = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let d = verifier.verify_peer(request.clone()).await?.into_inner();
+        decisions.push(t.elapsed());
+        if !d.allow || !d.token.is_empty() {
+            bail!(
+                "a warm decision changed: allow {}, token {} bytes",
+                d.allow,
+                d.token.len()
+            );
+        }
+    }
+    let mut health = HealthClient::new(channel);
+    let check = HealthCheckRequest {
+        service: String::new(),
+    };
+    health.check(check.clone()).await?;
+    let mut checks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        health.check(check.clone()).await?;
+        checks.push(t.elapsed());
+    }
+    Ok(VerifierRtt {
+        decision_us: median(decisions),
+        health_us: median(checks),
+        n,
+    })
 }
 
 /// A front door: its name, libpq connection string and extra environment.
