@@ -107,8 +107,13 @@ impl Sidecar {
     }
 
     /// Serve Postgres and HTTP on `listeners` until `shutdown`, renewing the certificate
-    /// on schedule; then drain sessions.
-    pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) {
+    /// on schedule; then drain sessions. An error: the Postgres port's serving threads
+    /// could not all start, and nothing was served.
+    pub async fn run(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let shared = self.shared.clone();
         let renewal = {
@@ -151,10 +156,11 @@ impl Sidecar {
                 },
             ));
         }
-        frontend::server::serve(shared, listeners.postgres, shutdown).await;
+        let served = frontend::server::serve(shared, listeners.postgres, shutdown).await;
         let _ = stop_tx.send(true);
         renewal.abort();
         follower.abort();
+        served
     }
 }
 

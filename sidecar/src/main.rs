@@ -317,7 +317,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         admin,
         public,
     };
-    sidecar.run(listeners, shutdown_signal()).await;
+    if let Err(e) = sidecar.run(listeners, shutdown_signal()).await {
+        return fail(&[format!("listen {}: {e}", config.listen)]);
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

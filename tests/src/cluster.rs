@@ -189,7 +189,7 @@ pub struct Cluster {
     sidecar_config: SidecarConfig,
     verifier_stop: Option<tokio::sync::oneshot::Sender<()>>,
     sidecar_stop: Option<tokio::sync::oneshot::Sender<()>>,
-    sidecar_task: Option<tokio::task::JoinHandle<()>>,
+    sidecar_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -393,10 +393,12 @@ impl Cluster {
         }));
 
         // Sidecar.
-        // With SO_REUSEPORT, for a configuration with serving threads (each binds its own).
+        // With SO_REUSEPORT only for a configuration with serving threads (each binds its
+        // own listener beside this one); otherwise a port in use stays an error.
+        let reuse_port = opts.sidecar_toml.contains("postgres_threads");
         let listener = teesql_sidecar::frontend::server::bind(
             std::net::SocketAddr::from(([127, 0, 0, 1], opts.sidecar_port.unwrap_or(0))),
-            true,
+            reuse_port,
         )
         .with_context(|| format!("sidecar: cannot listen on port {:?}", opts.sidecar_port))?;
         let sidecar_addr = listener.local_addr()?;

@@ -37,8 +37,13 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
 
 /// Accept and serve until `shutdown` completes; then drain for up to the grace period.
 /// With `listen.postgres_threads` above 0, `listener` must have been bound by [`bind`]
-/// with `reuse_port`.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// with `reuse_port`; an error means the serving threads could not all start (none
+/// serves then).
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let limits = AcceptLimits {
         max_connections: shared.config.limits.max_connections,
         // Handshakes per address are capped in the session (`limits.handshakes_per_address`).
@@ -49,27 +54,33 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Fu
     let threads = shared.config.postgres_threads;
     if threads == 0 {
         accept_loop(shared, listener, gate, shutdown).await;
-        return;
+        return Ok(());
     }
-    let listeners = match more_listeners(&listener, threads) {
-        Ok(more) => std::iter::once(listener.into_std())
-            .chain(more.into_iter().map(Ok))
-            .collect::<std::io::Result<Vec<_>>>(),
-        Err(e) => Err(e),
-    };
-    let listeners = match listeners {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, threads, "cannot open a listener per serving thread (was the port bound without SO_REUSEPORT?)");
-            return;
-        }
-    };
+    let more = more_listeners(&listener, threads).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "a listener per serving thread: {e} (the port must be bound with SO_REUSEPORT)"
+            ),
+        )
+    })?;
+    let mut listeners = vec![listener.into_std()?];
+    listeners.extend(more);
+    // Two signals: `stop` (stop accepting, drain) and `exit`, sent once every thread has
+    // drained. A Postgres connection kept for reuse, or the identity recorder's client,
+    // belongs to the thread that opened it and may be in use by a session on another: no
+    // scheduler may go while any thread still drains.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut done = Vec::with_capacity(threads);
+    let (exit_tx, exit_rx) = tokio::sync::watch::channel(false);
+    let mut started = Vec::with_capacity(threads);
+    let mut drained = Vec::with_capacity(threads);
     let mut joins = Vec::with_capacity(threads);
+    let mut failure = None;
     for (i, listener) in listeners.into_iter().enumerate() {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (shared, gate, mut stop) = (shared.clone(), gate.clone(), stop_rx.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let (shared, gate) = (shared.clone(), gate.clone());
+        let (mut stop, mut exit) = (stop_rx.clone(), exit_rx.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("postgres-{i}"))
             .spawn(move || {
@@ -79,7 +90,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Fu
                 {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::error!(error = %e, thread = i, "cannot start a serving thread's scheduler");
+                        let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
@@ -87,40 +98,61 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Fu
                     let listener = match TcpListener::from_std(listener) {
                         Ok(l) => l,
                         Err(e) => {
-                            tracing::error!(error = %e, thread = i, "cannot register a serving thread's listener");
+                            let _ = ready_tx.send(Err(e));
                             return;
                         }
                     };
+                    let _ = ready_tx.send(Ok(()));
                     let stopped = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
                     accept_loop(shared, listener, gate, stopped).await;
+                    let _ = drained_tx.send(());
+                    let _ = exit.wait_for(|e| *e).await;
                 });
                 // Tasks a session left behind end with the scheduler.
                 drop(runtime);
-                let _ = tx.send(());
             });
         match spawned {
             Ok(join) => {
-                done.push(rx);
+                started.push(ready_rx);
+                drained.push(drained_rx);
                 joins.push(join);
             }
-            Err(e) => tracing::error!(error = %e, thread = i, "cannot start a serving thread"),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
         }
     }
-    shutdown.await;
+    // The port is served only when every thread serves.
+    for (i, ready) in started.into_iter().enumerate() {
+        let why = match ready.await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(_) => std::io::Error::other("it ended while starting"),
+        };
+        failure.get_or_insert(std::io::Error::new(
+            why.kind(),
+            format!("serving thread {i}: {why}"),
+        ));
+    }
+    if failure.is_none() {
+        shutdown.await;
+    }
     let _ = stop_tx.send(true);
-    // Each thread says when it is done (awaited here without blocking a worker), then
-    // is joined, so that none outlives the sidecar's `run`.
-    for rx in done {
+    for rx in drained {
         let _ = rx.await;
     }
+    let _ = exit_tx.send(true);
+    // Joined, so that none outlives the sidecar's `run`.
     let _ = tokio::task::spawn_blocking(move || {
         for join in joins {
             let _ = join.join();
         }
     })
     .await;
+    failure.map_or(Ok(()), Err)
 }
 
 /// `threads - 1` more listeners on `listener`'s address, as std listeners to be
