@@ -373,6 +373,23 @@ impl SignedList {
         }
     }
 
+    /// The `nextUpdate` the body states, its signature not checked (None when it cannot
+    /// be read): only to tell when an offline copy should give way to a fetched one.
+    pub fn stated_next_update(&self) -> Option<i64> {
+        #[derive(Deserialize)]
+        struct Outer {
+            #[serde(rename = "tcbEvaluationDataNumbers")]
+            inner: Inner,
+        }
+        #[derive(Deserialize)]
+        struct Inner {
+            #[serde(rename = "nextUpdate")]
+            next_update: String,
+        }
+        let outer: Outer = serde_json::from_slice(&self.body).ok()?;
+        parse_date(&outer.inner.next_update)
+    }
+
     /// SHA-256 of the body, computed once.
     pub fn digest(&self) -> [u8; 32] {
         *self.digest.get_or_init(|| digest_of(&[&self.body]))

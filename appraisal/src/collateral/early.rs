@@ -36,7 +36,10 @@ const MAX_NUMBERS_FILE: u64 = 256 << 10;
 #[derive(Debug)]
 pub(super) struct TcbSources {
     early_offline: HashMap<CollateralKey, Arc<SignedTcbInfo>>,
-    numbers_offline: HashMap<TeeType, Arc<SignedList>>,
+    /// Each with the nextUpdate it states (read before its signature is checked, only to
+    /// know when to stop preferring it: a list past it gives way to a fetched one).
+    numbers_offline: HashMap<TeeType, (Option<i64>, Arc<SignedList>)>,
+    clock: Clock,
     early: moka::future::Cache<CollateralKey, Arc<SignedTcbInfo>>,
     numbers: moka::future::Cache<TeeType, Arc<SignedList>>,
     /// Recent failures (`early` or `numbers`, and the key), for the failure TTL.
@@ -48,6 +51,7 @@ impl TcbSources {
         Self {
             early_offline: HashMap::new(),
             numbers_offline: HashMap::new(),
+            clock,
             early: moka::future::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(UntilNextUpdate { clock })
@@ -123,8 +127,9 @@ impl TcbSources {
             let body = read(&numbers)?;
             let chain = String::from_utf8(read(&chain_path)?)
                 .map_err(|e| file_err(&chain_path, e.to_string()))?;
+            let list = SignedList::new(body, chain);
             self.numbers_offline
-                .insert(TeeType::Tdx, Arc::new(SignedList::new(body, chain)));
+                .insert(TeeType::Tdx, (list.stated_next_update(), Arc::new(list)));
         }
         Ok(())
     }
@@ -181,8 +186,13 @@ impl TcbSources {
         stats: &CollateralStats,
         disk: Option<&Arc<super::disk::DiskCache>>,
     ) -> Option<Arc<SignedList>> {
-        if let Some(n) = self.numbers_offline.get(&key.tee) {
-            return Some(n.clone());
+        if let Some((next_update, n)) = self.numbers_offline.get(&key.tee) {
+            let now = i64::try_from(self.clock.now()).unwrap_or(i64::MAX);
+            if next_update.is_none_or(|t| now < t) || pccs.is_none() {
+                // Past its nextUpdate with nothing to fetch from, it is still handed on:
+                // the claims then leave its dates out.
+                return Some(n.clone());
+            }
         }
         let pccs = pccs?;
         if let Some(n) = self.numbers.get(&key.tee).await {
@@ -238,5 +248,65 @@ impl moka::Expiry<CollateralKey, Arc<SignedTcbInfo>> for UntilNextUpdate {
     ) -> Option<Duration> {
         let left = u64::try_from(value.next_update).unwrap_or(0);
         Some(Duration::from_secs(left.saturating_sub(self.clock.now())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collateral::{CollateralKey, CollateralStats, PckCa};
+
+    /// The recorded list states nextUpdate 2025-06-26T18:50:21Z.
+    const NEXT_UPDATE: u64 = 1_750_963_821;
+
+    fn sources_at(now: u64) -> TcbSources {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/pcs");
+        let paths: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let mut s = TcbSources::new(16, Duration::from_secs(30), Clock::Fixed(now));
+        s.load_dir(&dir, &paths).unwrap();
+        s
+    }
+
+    /// An offline list is preferred until its nextUpdate; past it, a PCCS is asked
+    /// instead (and without one, the stale list is handed on: its dates are left out of
+    /// the claims).
+    #[tokio::test]
+    async fn a_stale_offline_list_gives_way_to_a_fetch() {
+        let key = CollateralKey {
+            tee: TeeType::Tdx,
+            fmspc: "B0C06F000000".into(),
+            ca: PckCa::Platform,
+        };
+        let slots = tokio::sync::Semaphore::new(1);
+        // Nothing listens on port 1: a fetch fails at once.
+        let pccs = PccsClient::new("http://127.0.0.1:1", Duration::from_secs(2)).unwrap();
+        let offline = |s: &TcbSources| s.numbers_offline.get(&TeeType::Tdx).unwrap().1.clone();
+
+        let current = sources_at(NEXT_UPDATE - 1);
+        assert_eq!(
+            offline(&current).stated_next_update(),
+            Some(NEXT_UPDATE as i64)
+        );
+        let stats = CollateralStats::default();
+        let got = current
+            .numbers(&key, Some(&pccs), &slots, &stats, None)
+            .await;
+        assert!(got.is_some_and(|n| Arc::ptr_eq(&n, &offline(&current))));
+        assert_eq!(stats.fetches.load(Ordering::Relaxed), 0);
+
+        let stale = sources_at(NEXT_UPDATE);
+        let stats = CollateralStats::default();
+        let got = stale.numbers(&key, Some(&pccs), &slots, &stats, None).await;
+        assert!(
+            got.is_none(),
+            "the fetch failed; the stale list is not used"
+        );
+        assert_eq!(stats.fetches.load(Ordering::Relaxed), 1);
+
+        let got = stale.numbers(&key, None, &slots, &stats, None).await;
+        assert!(got.is_some_and(|n| Arc::ptr_eq(&n, &offline(&stale))));
     }
 }
