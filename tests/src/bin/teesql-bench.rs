@@ -176,9 +176,11 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 /// [`cpu_ticks`] with the children it has reaped (fields 16 and 17): for Postgres'
 /// postmaster, the backends that ended, one per connection under `pgbench -C`.
 fn cpu_ticks_with_children(pid: u32) -> Result<u64> {
-    stat_ticks(pid, true)
+    Ok(stat_ticks(pid, true)? + stat_ticks(pid, false)?)
 }
 
+/// Ticks from `/proc/PID/stat`: the process' own (`children` false) or those of the
+/// children it has reaped (true), from one read each.
 fn stat_ticks(pid: u32, children: bool) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces: count from the ')' that ends it.
@@ -193,11 +195,10 @@ fn stat_ticks(pid: u32, children: bool) -> Result<u64> {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow!("/proc/{pid}/stat: field {} missing", i + 3))
     };
-    let own = tick(11)? + tick(12)?;
     Ok(if children {
-        own + tick(13)? + tick(14)?
+        tick(13)? + tick(14)?
     } else {
-        own
+        tick(11)? + tick(12)?
     })
 }
 
@@ -563,7 +564,12 @@ async fn run(args: Args) -> Result<()> {
     // And the client's: pgbench, reaped by this process.
     let mut connect_cpu = vec![(0u64, 0u64, 0u64, 0u64, 0f64); targets.len()];
     let me = std::process::id();
-    let reaped = || -> Result<u64> { Ok(cpu_ticks_with_children(me)? - cpu_ticks(me)?) };
+    let reaped = || stat_ticks(me, true);
+    // Every verifier the sidecars ask (two with --failover).
+    let verifier_pids: Vec<u32> = std::iter::once(verifier_pid)
+        .chain(second_verifier.0.iter().map(|(_, c)| c.id()))
+        .collect();
+    let verifiers_cpu = || -> Result<u64> { verifier_pids.iter().map(|&p| cpu_ticks(p)).sum() };
     for round in 0..args.rounds {
         for (mode, connect_each) in [(0usize, false), (1, true)] {
             for (i, (name, conn, env)) in targets.iter().enumerate() {
@@ -579,7 +585,7 @@ async fn run(args: Args) -> Result<()> {
                 let connect_before = (
                     postmaster.map(cpu_ticks_with_children).transpose()?,
                     proxies[i].map(cpu_ticks).transpose()?,
-                    cpu_ticks(verifier_pid)?,
+                    verifiers_cpu()?,
                     reaped()?,
                 );
                 let tps = pgbench(&pg_bin, conn, connect_each, args.seconds, env)
@@ -593,7 +599,7 @@ async fn run(args: Args) -> Result<()> {
                         c.1 += cpu_ticks(pid)?.saturating_sub(b);
                     }
                     if judged {
-                        c.2 += cpu_ticks(verifier_pid)?.saturating_sub(connect_before.2);
+                        c.2 += verifiers_cpu()?.saturating_sub(connect_before.2);
                     }
                     c.3 += reaped()?.saturating_sub(connect_before.3);
                     c.4 += tps * args.seconds as f64;
