@@ -313,10 +313,10 @@ async fn failure_limits_are_per_user_and_count_only_the_clients_faults() {
         "{}",
         stderr(&o)
     );
+    // Counted as the session's task ends, just after the client sees the close.
     assert_eq!(
-        c.sidecar
-            .metrics
-            .connections(teesql_sidecar::frontend::session::Outcome::RateLimited),
+        c.outcome_count(teesql_sidecar::frontend::session::Outcome::RateLimited, 1)
+            .await,
         1
     );
     // ...but another role from the same address (a gateway, a NAT) is not.
@@ -372,10 +372,10 @@ async fn failure_limits_are_per_user_and_count_only_the_clients_faults() {
         "{}",
         stderr(&o)
     );
+    // Counted as the session's task ends, just after the client sees the close.
     assert_eq!(
-        c.sidecar
-            .metrics
-            .connections(teesql_sidecar::frontend::session::Outcome::RateLimited),
+        c.outcome_count(teesql_sidecar::frontend::session::Outcome::RateLimited, 2)
+            .await,
         2
     );
 
@@ -399,10 +399,10 @@ async fn failure_limits_are_per_user_and_count_only_the_clients_faults() {
             stderr(&o)
         );
     }
+    // Counted as the session's task ends, just after the client sees the close.
     assert_eq!(
-        c2.sidecar
-            .metrics
-            .connections(teesql_sidecar::frontend::session::Outcome::AuthFailed),
+        c2.outcome_count(teesql_sidecar::frontend::session::Outcome::AuthFailed, 5)
+            .await,
         5
     );
     assert_eq!(
