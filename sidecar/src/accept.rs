@@ -56,25 +56,10 @@ impl Gate {
 }
 
 /// Accept on `listener` until `shutdown` completes, serving each connection with
-/// `serve` in a task of its own; a connection over a cap goes to `refuse` instead (which
-/// may answer it; it holds no permit). Then drain for up to `limits.grace`.
+/// `serve` in a task of its own; a connection over one of `gate`'s caps (which other
+/// accept loops may share) goes to `refuse` instead (which may answer it; it holds no
+/// permit). Then drain for up to the gate's grace period.
 pub async fn serve<S, SF, R, RF>(
-    listener: TcpListener,
-    limits: AcceptLimits,
-    shutdown: impl Future<Output = ()>,
-    serve: S,
-    refuse: R,
-) where
-    S: Fn(TcpStream, SocketAddr) -> SF,
-    SF: Future<Output = ()> + Send + 'static,
-    R: Fn(TcpStream, SocketAddr, Refused) -> RF,
-    RF: Future<Output = ()> + Send + 'static,
-{
-    serve_gated(listener, Gate::new(limits), shutdown, serve, refuse).await
-}
-
-/// [`serve`] under caps shared with other accept loops.
-pub async fn serve_gated<S, SF, R, RF>(
     listener: TcpListener,
     gate: Gate,
     shutdown: impl Future<Output = ()>,

@@ -202,7 +202,7 @@ impl Forwarder {
         let me = self.clone();
         accept::serve(
             listener,
-            limits,
+            accept::Gate::new(limits),
             shutdown,
             |stream, peer| {
                 let me = me.clone();

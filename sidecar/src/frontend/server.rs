@@ -173,7 +173,7 @@ async fn accept_loop(
 ) {
     let refusing = shared.clone();
     let limit = shared.config.limits.max_connections;
-    accept::serve_gated(
+    accept::serve(
         listener,
         gate,
         shutdown,

@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use crate::accept::{self, AcceptLimits, Refused};
+use crate::accept::{self, AcceptLimits, Gate, Refused};
 
 pub use crate::config::HttpLimits;
 
@@ -32,7 +32,7 @@ pub async fn serve(
     };
     accept::serve(
         listener,
-        accept_limits,
+        Gate::new(accept_limits),
         shutdown,
         |stream, peer| {
             let service = TowerToHyperService::new(app.clone());
