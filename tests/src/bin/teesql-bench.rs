@@ -170,18 +170,25 @@ fn rss_kib(pid: u32) -> Result<u64> {
 /// CPU time a process has used so far, user and system, in clock ticks
 /// (`/proc/PID/stat` fields 14 and 15).
 fn cpu_ticks(pid: u32) -> Result<u64> {
-    stat_ticks(pid, false)
+    Ok(stat_ticks(pid)?.own)
 }
 
 /// [`cpu_ticks`] with the children it has reaped (fields 16 and 17): for Postgres'
 /// postmaster, the backends that ended, one per connection under `pgbench -C`.
 fn cpu_ticks_with_children(pid: u32) -> Result<u64> {
-    Ok(stat_ticks(pid, true)? + stat_ticks(pid, false)?)
+    let t = stat_ticks(pid)?;
+    Ok(t.own + t.reaped)
 }
 
-/// Ticks from `/proc/PID/stat`: the process' own (`children` false) or those of the
-/// children it has reaped (true), from one read each.
-fn stat_ticks(pid: u32, children: bool) -> Result<u64> {
+/// A process' CPU ticks, user and system, from one read of `/proc/PID/stat`.
+struct Ticks {
+    /// Its own (fields 14 and 15).
+    own: u64,
+    /// Those of the children it has reaped (fields 16 and 17).
+    reaped: u64,
+}
+
+fn stat_ticks(pid: u32) -> Result<Ticks> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces: count from the ')' that ends it.
     let rest = stat
@@ -195,10 +202,9 @@ fn stat_ticks(pid: u32, children: bool) -> Result<u64> {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow!("/proc/{pid}/stat: field {} missing", i + 3))
     };
-    Ok(if children {
-        tick(13)? + tick(14)?
-    } else {
-        tick(11)? + tick(12)?
+    Ok(Ticks {
+        own: tick(11)? + tick(12)?,
+        reaped: tick(13)? + tick(14)?,
     })
 }
 
@@ -564,7 +570,7 @@ async fn run(args: Args) -> Result<()> {
     // And the client's: pgbench, reaped by this process.
     let mut connect_cpu = vec![(0u64, 0u64, 0u64, 0u64, 0f64); targets.len()];
     let me = std::process::id();
-    let reaped = || stat_ticks(me, true);
+    let reaped = || stat_ticks(me).map(|t| t.reaped);
     // Every verifier the sidecars ask (two with --failover).
     let verifier_pids: Vec<u32> = std::iter::once(verifier_pid)
         .chain(second_verifier.0.iter().map(|(_, c)| c.id()))
