@@ -395,7 +395,11 @@ impl Cluster {
         // Sidecar.
         // With SO_REUSEPORT only for a configuration with serving threads (each binds its
         // own listener beside this one); otherwise a port in use stays an error.
-        let reuse_port = opts.sidecar_toml.contains("postgres_threads");
+        let threads = toml::from_str::<SidecarFile>(&merge_tables(&opts.sidecar_toml))
+            .context("the test's sidecar configuration")?
+            .listen
+            .postgres_threads;
+        let reuse_port = threads.is_some_and(|n| n > 0);
         let listener = teesql_sidecar::frontend::server::bind(
             std::net::SocketAddr::from(([127, 0, 0, 1], opts.sidecar_port.unwrap_or(0))),
             reuse_port,
