@@ -578,7 +578,7 @@ fn thread_names() -> Vec<String> {
 /// drains them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_threads_share_one_cap_and_drain() {
-    let mut c = Cluster::start(ClusterOptions {
+    let c = Cluster::start(ClusterOptions {
         sidecar_toml: "[listen]\npostgres_threads = 2\n[limits]\nmax_connections = 6\n".into(),
         ..Default::default()
     })
@@ -624,23 +624,9 @@ async fn serving_threads_share_one_cap_and_drain() {
         );
     }
     // Shutdown: no new connections, the open sessions run until they end.
-    let addr = c.sidecar_addr;
     let last = clients.pop().unwrap();
     drop(clients);
-    let stopping = tokio::spawn(async move {
-        c.stop_sidecar().await;
-        c
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let row = last.query_one("SELECT 7", &[]).await.unwrap();
-    assert_eq!(row.get::<_, i32>(0), 7);
-    assert!(TcpStream::connect(addr).await.is_err());
-    assert!(!stopping.is_finished(), "drain waits for the session");
-    drop(last);
-    let _c = tokio::time::timeout(Duration::from_secs(10), stopping)
-        .await
-        .expect("drained once the session closed")
-        .unwrap();
+    let _c = stop_draining(c, last).await;
     let names = thread_names();
     assert!(
         !names.iter().any(|t| t.starts_with("postgres-")),
@@ -883,32 +869,31 @@ async fn idle_sessions_close_and_renewal_keeps_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_sessions_and_stops_accepting() {
-    let mut c = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let c = Cluster::start(ClusterOptions::default()).await.unwrap();
     let tls = c.client_tls().unwrap();
     let dsn = c.dsn("teesql_read", &c.read_secret, "postgres", "require");
     let client = connect(&dsn, tls.clone()).await.unwrap();
+    let _c = stop_draining(c, client).await;
+}
+
+/// Stop `c`'s sidecar while `session` is open: the session still answers and new
+/// connections are refused; the stop waits for the session, and ends once it closes.
+async fn stop_draining(mut c: Cluster, session: tokio_postgres::Client) -> Cluster {
     let addr = c.sidecar_addr;
     let stopping = tokio::spawn(async move {
         c.stop_sidecar().await;
         c
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // The open session still works; new connections are not accepted.
-    assert_eq!(
-        client
-            .query_one("SELECT 5", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        5
-    );
+    let row = session.query_one("SELECT 5", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 5);
     assert!(TcpStream::connect(addr).await.is_err());
     assert!(!stopping.is_finished(), "drain waits for the session");
-    drop(client);
-    let _c = tokio::time::timeout(Duration::from_secs(10), stopping)
+    drop(session);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
         .await
         .expect("drained once the session closed")
-        .unwrap();
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
