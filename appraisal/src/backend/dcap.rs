@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use dcap_qvl::QuotePolicy;
 use dcap_qvl::verify::QuoteVerifier;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::platform::{PlatformCache, PlatformKey, signature_verifies};
+use super::signatures::{OnceConfig, Remembered, verify_remembered, with_records};
 use super::{BoxFuture, QuoteBackend, QuoteFacts, TrustRootKind, VerifyError, VerifyErrorCode};
 use crate::collateral::{Collateral, CollateralError, CollateralProvider};
 use crate::evidence::{Quote, TeeType};
@@ -133,6 +133,10 @@ pub struct DcapBackend {
     /// Platforms' standings under the standard and early sets, by everything they are
     /// computed from: a known platform's next quote reuses them.
     standings: moka::sync::Cache<[u8; 32], Arc<Standings>>,
+    /// PCK CA certificates found signed by the trust root, before any collateral is
+    /// fetched for a quote: a platform never seen has its PCK certificate checked, not
+    /// Intel's CA again.
+    cas: Remembered,
 }
 
 /// What the TCB lifecycle claims of one platform are made from.
@@ -170,6 +174,7 @@ impl DcapBackend {
                 .weigher(|_, v: &Arc<Standings>| v.weight())
                 .build(),
             platforms: None,
+            cas: Remembered::default(),
         }
     }
 
@@ -190,7 +195,8 @@ impl DcapBackend {
     /// the full verification, a tenth of that for a quote from a known platform.
     pub fn verify_with(&self, quote: &Quote, collateral: &Collateral, now: u64) -> QuoteFacts {
         let key = self.platform_key(quote);
-        self.verify_keyed(quote, collateral, now, key.as_ref(), Lifecycle::default())
+        let lifecycle = Lifecycle::default();
+        self.verify_keyed(quote, collateral, now, key.as_ref(), lifecycle, None)
     }
 
     /// The quote's key in the platform cache, when there is a cache and it serves the quote.
@@ -206,6 +212,7 @@ impl DcapBackend {
         now: u64,
         key: Option<&PlatformKey>,
         lifecycle: Lifecycle,
+        checked: Option<&Arc<Remembered>>,
     ) -> QuoteFacts {
         let mut facts = self.facts(Some(collateral));
         let window = collateral.window;
@@ -239,16 +246,18 @@ impl DcapBackend {
             }
             cache.stats.misses.fetch_add(1, Ordering::Relaxed);
         }
-        let verifier = QuoteVerifier::new(self.root.der.to_vec())
+        // dcap-qvl's audited parts, with each collateral signature checked once per set.
+        let verifier = QuoteVerifier::<OnceConfig>::new_with_config(self.root.der.to_vec())
             // Debug TDs are a fact for the policy, not a verification failure.
             .allow_debug(true);
-        match verifier.verify_with_policy(
-            quote.raw(),
-            &collateral.data,
-            now,
-            &QuotePolicy::claims_only(now),
-        ) {
-            Ok(claims) => {
+        // `verify` rather than `verify_with_policy`: the policy is ours, and the claims
+        // dcap-qvl would build for one (a second parse of both CRLs and every
+        // certificate, for dates this backend reads from the collateral itself) go unused.
+        let verified = with_records(collateral.signatures(), checked, || {
+            verifier.verify(quote.raw(), &collateral.data, now)
+        });
+        match verified {
+            Ok(report) => {
                 if quote.tee_type() != TeeType::Tdx {
                     facts.error = Some(VerifyError {
                         code: VerifyErrorCode::NotTdx,
@@ -257,8 +266,8 @@ impl DcapBackend {
                     return facts;
                 }
                 facts.verified = true;
-                facts.tcb_status = Some(claims.tcb.status.to_string());
-                facts.advisory_ids = claims.tcb.advisory_ids;
+                facts.tcb_status = Some(report.status.clone());
+                facts.advisory_ids = report.advisory_ids;
                 facts.tcb = self.tcb_claims(quote, collateral, &lifecycle, now);
                 if let Some((cache, key)) = platform {
                     cache.insert(
@@ -266,7 +275,7 @@ impl DcapBackend {
                         quote,
                         collateral,
                         now,
-                        claims.tcb.status.to_string(),
+                        report.status,
                         facts.advisory_ids.clone(),
                     );
                 }
@@ -406,7 +415,11 @@ impl QuoteBackend for DcapBackend {
                 .as_deref()
                 .zip(key.as_ref())
                 .is_some_and(|(cache, key)| cache.knows(key));
-            if !known && let Err(detail) = pck_chain_verifies(quote, self.root.der()) {
+            // Its checks are handed to dcap-qvl's verification, which makes them again.
+            let checked = Arc::new(Remembered::default());
+            if !known
+                && let Err(detail) = pck_chain_verifies(quote, self.root.der(), &self.cas, &checked)
+            {
                 let mut facts = self.facts(None);
                 facts.error = Some(VerifyError {
                     code: VerifyErrorCode::SignatureInvalid,
@@ -427,7 +440,8 @@ impl QuoteBackend for DcapBackend {
             match collateral {
                 Ok(c) => {
                     let lifecycle = Lifecycle { early, numbers };
-                    self.verify_keyed(quote, &c, now, key.as_ref(), lifecycle)
+                    let checked = (!known).then_some(&checked);
+                    self.verify_keyed(quote, &c, now, key.as_ref(), lifecycle, checked)
                 }
                 Err(e) => {
                     let mut facts = self.facts(None);
@@ -482,7 +496,16 @@ pub enum PckChainError {
 /// The quote's PCK certificate is signed by its PCK CA, and that CA by the trust root's
 /// key (ECDSA P-256 with SHA-256, as Intel's PCK hierarchy signs). Validity periods,
 /// revocation and everything else are dcap-qvl's full verification, later.
-pub fn pck_chain_verifies(quote: &Quote, root_der: &[u8]) -> Result<(), PckChainError> {
+///
+/// The CA's check is answered from, and remembered in, `cas`: the same CA certificate
+/// under the same root. The PCK certificate's successful check goes into `checked`, for
+/// the rest of this appraisal.
+pub(crate) fn pck_chain_verifies(
+    quote: &Quote,
+    root_der: &[u8],
+    cas: &Remembered,
+    checked: &Remembered,
+) -> Result<(), PckChainError> {
     let chain = quote
         .parsed()
         .raw_cert_chain()
@@ -504,14 +527,21 @@ pub fn pck_chain_verifies(quote: &Quote, root_der: &[u8]) -> Result<(), PckChain
         parse("PCK CA certificate", ca)?,
         parse("trust root", root_der)?,
     );
-    let signed_by =
-        |what: &'static str, cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>| {
-            crate::tcb::issued_by(cert, issuer)
-                .then_some(())
-                .ok_or(PckChainError::Signature { what })
-        };
-    signed_by("PCK certificate's", &leaf, &ca)?;
-    signed_by("PCK CA certificate's", &ca, &root)
+    let signed_by = |what: &'static str,
+                     cert: &X509Certificate<'_>,
+                     issuer: &X509Certificate<'_>,
+                     record: &Remembered| {
+        verify_remembered(
+            record,
+            &issuer.public_key().subject_public_key.data,
+            cert.tbs_certificate.as_ref(),
+            &cert.signature_value.data,
+        )
+        .then_some(())
+        .ok_or(PckChainError::Signature { what })
+    };
+    signed_by("PCK CA certificate's", &ca, &root, cas)?;
+    signed_by("PCK certificate's", &leaf, &ca, checked)
 }
 
 fn collateral_error(e: &CollateralError) -> VerifyError {
@@ -544,4 +574,179 @@ fn classify(e: &anyhow::Error) -> VerifyError {
         VerifyErrorCode::Other
     };
     VerifyError { code, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collateral::CollateralConfig;
+    use dcap_qvl::quote::AuthData;
+
+    /// Inside the recorded collateral's window (testdata/README.md).
+    const RECORDED_NOW: u64 = 1_751_000_000;
+
+    fn testdata(p: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/dcap")
+            .join(p)
+    }
+
+    fn recorded() -> (Quote, Collateral) {
+        let quote =
+            crate::evidence::decode_quote_text(&std::fs::read(testdata("tdx_quote")).unwrap())
+                .unwrap();
+        let collateral = Collateral::from_file(&testdata("tdx_quote_collateral.json")).unwrap();
+        (quote, collateral)
+    }
+
+    fn backend() -> DcapBackend {
+        let offline = CollateralConfig {
+            file: Some(testdata("tdx_quote_collateral.json")),
+            pccs_url: None,
+            ..CollateralConfig::default()
+        };
+        DcapBackend::new(
+            TrustRoot::intel(),
+            Arc::new(CollateralProvider::new(&offline).unwrap()),
+        )
+    }
+
+    /// The quote with one byte changed at `at`.
+    fn tampered(quote: &Quote, at: usize) -> Quote {
+        let mut raw = quote.raw().to_vec();
+        raw[at] ^= 0x01;
+        crate::evidence::decode_quote_bytes(&raw).unwrap()
+    }
+
+    #[test]
+    fn collateral_signatures_are_checked_once_per_set_with_dcap_qvl_s_verdict() {
+        let (quote, collateral) = recorded();
+        let backend = backend();
+        let first = backend.verify_with(&quote, &collateral, RECORDED_NOW);
+        assert!(first.verified, "{:?}", first.error);
+        let after_first = collateral.signatures().hits();
+        let second = backend.verify_with(&quote, &collateral, RECORDED_NOW);
+        assert!(second.verified, "{:?}", second.error);
+        let answered = collateral.signatures().hits() - after_first;
+        // TCB Info, QE Identity, both CRLs, the TCB signing and PCK CA certificates.
+        assert!(answered >= 5, "{answered} collateral checks answered");
+        // dcap-qvl's own, audited configuration says the same.
+        let theirs = QuoteVerifier::new_prod()
+            .verify(quote.raw(), &collateral.data, RECORDED_NOW)
+            .unwrap();
+        for facts in [&first, &second] {
+            assert_eq!(facts.tcb_status.as_deref(), Some(theirs.status.as_str()));
+            assert_eq!(facts.advisory_ids, theirs.advisory_ids);
+        }
+    }
+
+    #[test]
+    fn a_quote_s_own_signatures_are_checked_every_time() {
+        let (quote, collateral) = recorded();
+        let backend = backend();
+        assert!(
+            backend
+                .verify_with(&quote, &collateral, RECORDED_NOW)
+                .verified
+        );
+        let parsed = quote.parsed();
+        let signature_at = parsed.signed_length() + 4;
+        let qe_signature = match &parsed.auth_data {
+            AuthData::V3(a) => a.qe_report_signature,
+            AuthData::V4(a) => a.qe_report_data.qe_report_signature,
+        };
+        let qe_signature_at = quote
+            .raw()
+            .windows(qe_signature.len())
+            .position(|w| w == qe_signature)
+            .unwrap();
+        for (what, at, expected) in [
+            ("the quote's", signature_at, "isv enclave report signature"),
+            ("the QE report's", qe_signature_at, "qe_report"),
+        ] {
+            let facts = backend.verify_with(&tampered(&quote, at), &collateral, RECORDED_NOW);
+            assert!(!facts.verified, "{what} signature was not checked");
+            let error = facts.error.unwrap();
+            assert_eq!(error.code, VerifyErrorCode::SignatureInvalid, "{what}");
+            assert!(
+                error.message.to_ascii_lowercase().contains(expected),
+                "{what}: {}",
+                error.message
+            );
+        }
+        assert!(
+            backend
+                .verify_with(&quote, &collateral, RECORDED_NOW)
+                .verified
+        );
+    }
+
+    #[test]
+    fn another_set_s_successes_prove_nothing_for_a_forged_one() {
+        let (quote, genuine) = recorded();
+        let backend = backend();
+        assert!(backend.verify_with(&quote, &genuine, RECORDED_NOW).verified);
+        // The same messages, with the TCB Info's signature changed.
+        let mut data = genuine.data.clone();
+        data.tcb_info_signature[7] ^= 0x01;
+        let forged = Collateral::new(data).unwrap();
+        let facts = backend.verify_with(&quote, &forged, RECORDED_NOW);
+        assert!(!facts.verified);
+        assert_eq!(facts.error.unwrap().code, VerifyErrorCode::SignatureInvalid);
+        assert_eq!(forged.signatures().hits(), 0);
+    }
+
+    #[test]
+    fn the_pre_check_hands_its_pck_check_to_the_verification() {
+        let (quote, collateral) = recorded();
+        let backend = backend();
+        let root = backend.root.der().to_vec();
+        let checked = Arc::new(Remembered::default());
+        pck_chain_verifies(&quote, &root, &backend.cas, &checked).unwrap();
+        assert_eq!((backend.cas.hits(), checked.hits()), (0, 0));
+        let facts = backend.verify_keyed(
+            &quote,
+            &collateral,
+            RECORDED_NOW,
+            None,
+            Lifecycle::default(),
+            Some(&checked),
+        );
+        assert!(facts.verified, "{:?}", facts.error);
+        assert_eq!(checked.hits(), 1, "dcap-qvl's PCK certificate check");
+
+        // The next quote's pre-check finds the CA checked under this root.
+        pck_chain_verifies(&quote, &root, &backend.cas, &Remembered::default()).unwrap();
+        assert_eq!(backend.cas.hits(), 1);
+        // Under another root the chain fails, whatever was checked before.
+        let ca = x509_parser::pem::Pem::iter_from_buffer(quote.parsed().raw_cert_chain().unwrap())
+            .nth(1)
+            .unwrap()
+            .unwrap()
+            .contents;
+        let err = pck_chain_verifies(&quote, &ca, &backend.cas, &Remembered::default());
+        assert!(
+            matches!(err, Err(PckChainError::Signature { what }) if what.contains("CA")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_whole_appraisal_verifies_with_the_records() {
+        let (quote, collateral) = recorded();
+        let backend = backend();
+        let cached = backend.collateral().collateral_for(&quote).await.unwrap();
+        assert_eq!(cached.digest(), collateral.digest());
+        for _ in 0..2 {
+            let facts = backend.appraise(&quote, RECORDED_NOW).await;
+            assert!(facts.verified, "{:?}", facts.error);
+        }
+        assert_eq!(backend.cas.hits(), 1, "the second pre-check's CA check");
+        assert!(cached.signatures().hits() >= 5);
+        let signature_at = quote.parsed().signed_length() + 4;
+        let facts = backend
+            .appraise(&tampered(&quote, signature_at), RECORDED_NOW)
+            .await;
+        assert!(!facts.verified);
+    }
 }

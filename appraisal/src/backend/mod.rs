@@ -8,6 +8,7 @@ pub mod chain;
 pub mod dcap;
 pub mod ita;
 pub mod platform;
+pub mod signatures;
 pub mod simulator;
 
 use std::future::Future;

@@ -25,6 +25,7 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 pub use pccs::{INTEL_PCS_URL, PccsClient};
 
+use crate::backend::signatures::CollateralSignatures;
 use crate::clock::Clock;
 use crate::evidence::{Quote, TeeType};
 
@@ -89,6 +90,8 @@ pub struct Collateral {
     /// SHA-256 over every field of `data`: which collateral a platform was verified
     /// under (see the platform cache).
     digest: [u8; 32],
+    /// What the set's signatures cover, and which of them were checked already.
+    signatures: Arc<CollateralSignatures>,
 }
 
 /// Why collateral could not be had.
@@ -136,11 +139,19 @@ impl Collateral {
     pub fn new(data: QuoteCollateralV3) -> Result<Self, CollateralError> {
         let window = validity_window(&data)?;
         let digest = collateral_digest(&data);
+        let signatures = Arc::new(CollateralSignatures::of(&data));
         Ok(Self {
             data,
             window,
             digest,
+            signatures,
         })
+    }
+
+    /// The set's signature record: each of its signatures is checked once, by the first
+    /// verification with it (see [`crate::backend::signatures`]).
+    pub fn signatures(&self) -> &Arc<CollateralSignatures> {
+        &self.signatures
     }
 
     /// SHA-256 over every field of the collateral, each with its length.
