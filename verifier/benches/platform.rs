@@ -81,7 +81,13 @@ fn main() {
     let quote = evidence::decode_quote_bytes(&bytes).unwrap();
     let collateral =
         Collateral::from_file(&root().join("testdata/dcap/tdx_quote_collateral.json")).unwrap();
-    let full = DcapBackend::new(TrustRoot::intel(), provider(&offline));
+    // A platform never seen: a backend of its own for every verification, so that nothing
+    // of the platform is known (its TCB standings are kept per backend). Only the
+    // collateral set, shared by all, has its signatures checked already.
+    let shared = provider(&offline);
+    let fresh: Vec<DcapBackend> = (0..n + n / 10 + 1)
+        .map(|_| DcapBackend::new(TrustRoot::intel(), shared.clone()))
+        .collect();
     let cache = Arc::new(PlatformCache::new(DEFAULT_PLATFORM_CACHE_BYTES));
     let cached =
         DcapBackend::new(TrustRoot::intel(), provider(&offline)).with_platform_cache(cache.clone());
@@ -97,12 +103,22 @@ fn main() {
                 .unwrap();
         }),
     );
+    let hits_before = collateral.signatures().hits();
+    let next = std::cell::Cell::new(0);
     let full_med = line(
         "full verification, platform never seen (cache off)",
         time(n, |_| {
-            assert!(full.verify_with(&quote, &collateral, RECORDED_NOW).verified)
+            let backend = &fresh[next.get()];
+            next.set(next.get() + 1);
+            assert!(
+                backend
+                    .verify_with(&quote, &collateral, RECORDED_NOW)
+                    .verified
+            )
         }),
     );
+    let remembered = collateral.signatures().hits() - hits_before;
+    drop(fresh);
     let known_med = line(
         "known platform (platform cache)",
         time(n, |_| {
@@ -117,10 +133,10 @@ fn main() {
     assert!(hits as usize >= n, "the cache was not used: {hits} hits");
     println!(
         "\nnever-seen platform / dcap-qvl's verify: {:.3}x ({:.0} µs; goal ≤ 250 µs); \
-         collateral signature checks remembered: {}",
+         collateral signature checks answered from the record: {:.1} per verification",
         full_med.as_secs_f64() / qvl_med.as_secs_f64(),
         full_med.as_secs_f64() * 1e6,
-        collateral.signatures().hits(),
+        remembered as f64 / (n + n / 10 + 1) as f64,
     );
     println!(
         "known platform / full verification: {:.3}x (goal ≤ 0.3x); {} hits, {} misses\n",

@@ -11,12 +11,14 @@
 //! [`OnceConfig`] is dcap-qvl with its audited parts (the `der`/`x509-cert` parser, the DER
 //! signature encoder, ring), except that signature checks go through [`ECDSA_P256_ONCE`].
 //! That algorithm remembers a check that succeeded on a collateral message, keyed by
-//! SHA-256 over the public key, the message and the signature. Any other check goes
-//! straight to ring.
+//! SHA-256 over the public key, the message's SHA-256 and the signature. Any other check
+//! goes straight to ring.
 //!
 //! A collateral message is the TCB Info or QE Identity JSON, or the signed part (TBS) of
-//! a CRL or of a certificate in one of the three issuer chains of the [`Collateral`] being
-//! verified with. The [`Collateral`] keeps its record, so the record lives and dies with
+//! a CRL, of a certificate in the TCB Info or QE Identity issuer chain, or of a CA
+//! certificate in the PCK CRL's issuer chain of the [`Collateral`] being verified with.
+//! (dcap-qvl never reads that last chain, and a PCCS fills it in; only CA certificates of
+//! it count, so that no platform's PCK certificate can pass for collateral.) The [`Collateral`] keeps its record, so the record lives and dies with
 //! that set. Nothing of the quote is remembered beyond its own appraisal, so every quote
 //! still gets its own three checks. That includes a quote verified before.
 //!
@@ -45,11 +47,11 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 /// Certificates read from one issuer chain: Intel's have two (signer and root).
 const MAX_CHAIN: usize = 4;
-/// Successes a record keeps. A collateral set's own signatures are about eight, an
-/// appraisal's checks before dcap-qvl's two.
+/// Successes a record keeps. A collateral set's own signatures are about six; an
+/// appraisal hands on one (its PCK certificate's).
 const MAX_REMEMBERED: usize = 32;
 
-/// Successful signature checks, by [`check_key`]: a set that grows to a fixed size, then
+/// Successful signature checks, by the exact key, message and signature: a set that grows to a fixed size, then
 /// stays as it is.
 #[derive(Debug, Default)]
 pub struct Remembered {
@@ -87,11 +89,12 @@ impl Remembered {
     }
 }
 
-/// What a signature check is remembered by: SHA-256 over the public key, the message's
-/// SHA-256 and the signature, each with its length.
+/// What a signature check is remembered by: SHA-256 over the algorithm, the public key,
+/// the message's SHA-256 and the signature, each with its length. Every check here is
+/// ECDSA P-256 with SHA-256 and an ASN.1 DER signature.
 fn check_key(public_key: &[u8], message: &[u8; 32], signature: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"teesql-signature-v1\0");
+    h.update(b"teesql-signature-v1\0ecdsa-p256-sha256-der\0");
     for part in [public_key, message, signature] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
@@ -154,17 +157,20 @@ impl CollateralSignatures {
                 messages.push(message(crl.tbs_cert_list.as_ref()));
             }
         }
-        // Not `pck_certificate_chain`: its leaf is the platform's, not collateral.
-        for chain in [
-            &c.pck_crl_issuer_chain,
-            &c.tcb_info_issuer_chain,
-            &c.qe_identity_issuer_chain,
+        // Not `pck_certificate_chain`: its leaf is the platform's, not collateral. Of the
+        // PCK CRL's issuer chain, which nothing verifies, only CA certificates.
+        for (chain, cas_only) in [
+            (&c.pck_crl_issuer_chain, true),
+            (&c.tcb_info_issuer_chain, false),
+            (&c.qe_identity_issuer_chain, false),
         ] {
             for pem in Pem::iter_from_buffer(chain.as_bytes())
                 .take(MAX_CHAIN)
                 .flatten()
             {
-                if let Ok((_, cert)) = X509Certificate::from_der(&pem.contents) {
+                if let Ok((_, cert)) = X509Certificate::from_der(&pem.contents)
+                    && (cert.is_ca() || !cas_only)
+                {
                     messages.push(message(cert.tbs_certificate.as_ref()));
                 }
             }
@@ -509,5 +515,13 @@ mod tests {
             "its CA is collateral"
         );
         assert!(s.covers(quote.raw()).is_none());
+
+        // A PCCS that lists a platform's PCK certificate in the PCK CRL's issuer chain
+        // (nothing verifies that chain) does not make it collateral.
+        let mut data = c.data.clone();
+        data.pck_crl_issuer_chain = String::from_utf8(chain.to_vec()).unwrap();
+        let s = CollateralSignatures::of(&data);
+        assert!(s.covers(&leaf).is_none());
+        assert!(s.covers(&tbs(&pems[1].contents)).is_some());
     }
 }
