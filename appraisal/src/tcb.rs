@@ -492,85 +492,158 @@ pub struct Standing {
 /// Match `platform` against `tcb_info_json` (the exact TCB info text, its signature
 /// already checked) as QVL does, and say what would make it `UpToDate`.
 pub fn standing(tcb_info_json: &str, platform: &Platform) -> Result<Standing, TcbError> {
-    const WHAT: &str = "the TCB info";
-    let malformed = |detail: String| TcbError::Malformed { what: WHAT, detail };
-    if tcb_info_json.len() > MAX_TCB_BODY_LEN {
-        return Err(malformed(format!("{} bytes", tcb_info_json.len())));
-    }
-    let info: TcbInfo =
-        serde_json::from_str(tcb_info_json).map_err(|e| malformed(e.to_string()))?;
-    if info.tcb_levels.len() > MAX_TCB_LEVELS {
-        return Err(malformed(format!("{} TCB levels", info.tcb_levels.len())));
-    }
-    if hex::decode(&info.fmspc).ok().as_deref() != Some(&platform.fmspc[..]) {
-        return Err(malformed(format!(
-            "it is for FMSPC {}, the platform's is {}",
-            info.fmspc,
-            hex::encode_upper(platform.fmspc)
-        )));
-    }
-    // Component labels are in the JSON but not in dcap-qvl's types.
-    let raw: serde_json::Value =
-        serde_json::from_str(tcb_info_json).map_err(|e| malformed(e.to_string()))?;
-    let tee = Some(&platform.tee_tcb_svn);
-    let falls = |level: &dcap_qvl::tcb_info::TcbLevel| {
-        level
-            .shortfalls(&platform.cpu_svn, platform.pce_svn, tee)
-            .unwrap_or_else(|_| {
-                vec![SvnShortfall {
-                    component: SvnComponent::PceSvn,
-                    have: 0,
-                    needs: 1,
-                }]
-            })
-    };
-    let matched = info
-        .tcb_levels
-        .iter()
-        .find(|l| falls(l).is_empty())
-        .ok_or_else(|| malformed("no TCB level matches the platform".into()))?;
-    let mut status = matched.tcb_status;
-    let mut advisory_ids = matched.advisory_ids.clone();
-    let module = info
-        .tdx_module_identity(&platform.tee_tcb_svn)
-        .map_err(|e| malformed(format!("{e:#}")))?;
-    let mut module_fix = None;
-    if let Some(module) = module {
-        let level = module
+    ParsedTcbInfo::parse(tcb_info_json)?.standing(platform)
+}
+
+/// A TCB info as [`standing`] reads it, parsed once: a collateral set keeps its own, so
+/// that every platform judged under the set does not parse it again.
+#[derive(Debug)]
+pub struct ParsedTcbInfo {
+    info: TcbInfo,
+    /// The names Intel gives the SGX and TDX components of the first `UpToDate` level
+    /// (`type`, else `category`), by index: what a fix is called.
+    sgx_names: Vec<Option<String>>,
+    tdx_names: Vec<Option<String>>,
+}
+
+const TCB_INFO: &str = "the TCB info";
+
+impl ParsedTcbInfo {
+    /// Parse a TCB info JSON body (its signature already checked), within the bounds on
+    /// its size and number of levels.
+    pub fn parse(tcb_info_json: &str) -> Result<Self, TcbError> {
+        let malformed = |detail: String| TcbError::Malformed {
+            what: TCB_INFO,
+            detail,
+        };
+        if tcb_info_json.len() > MAX_TCB_BODY_LEN {
+            return Err(malformed(format!("{} bytes", tcb_info_json.len())));
+        }
+        let info: TcbInfo =
+            serde_json::from_str(tcb_info_json).map_err(|e| malformed(e.to_string()))?;
+        if info.tcb_levels.len() > MAX_TCB_LEVELS {
+            return Err(malformed(format!("{} TCB levels", info.tcb_levels.len())));
+        }
+        // Component names are in the JSON but not in dcap-qvl's types.
+        #[derive(Deserialize)]
+        struct Names {
+            #[serde(rename = "tcbLevels")]
+            levels: Vec<NamedLevel>,
+        }
+        #[derive(Deserialize)]
+        struct NamedLevel {
+            tcb: NamedTcb,
+        }
+        #[derive(Deserialize)]
+        struct NamedTcb {
+            #[serde(default)]
+            sgxtcbcomponents: Vec<Named>,
+            #[serde(default)]
+            tdxtcbcomponents: Vec<Named>,
+        }
+        #[derive(Deserialize)]
+        struct Named {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            category: Option<String>,
+        }
+        let (mut sgx_names, mut tdx_names) = (Vec::new(), Vec::new());
+        if let Some(i) = info
             .tcb_levels
             .iter()
-            .find(|l| l.shortfall(&platform.tee_tcb_svn).is_none())
-            .ok_or_else(|| malformed(format!("no {} level matches the TDX module", module.id)))?;
-        status = converge(status, level.tcb_status);
-        for a in &level.advisory_ids {
-            if !advisory_ids.contains(a) {
-                advisory_ids.push(a.clone());
+            .position(|l| l.tcb_status == TcbStatus::UpToDate)
+        {
+            let names: Names =
+                serde_json::from_str(tcb_info_json).map_err(|e| malformed(e.to_string()))?;
+            let name = |c: Named| c.kind.or(c.category);
+            if let Some(level) = names.levels.into_iter().nth(i) {
+                sgx_names = level.tcb.sgxtcbcomponents.into_iter().map(name).collect();
+                tdx_names = level.tcb.tdxtcbcomponents.into_iter().map(name).collect();
             }
         }
-        module_fix = module
+        Ok(Self {
+            info,
+            sgx_names,
+            tdx_names,
+        })
+    }
+
+    /// The platform's standing under this TCB info; see [`standing`].
+    pub fn standing(&self, platform: &Platform) -> Result<Standing, TcbError> {
+        let malformed = |detail: String| TcbError::Malformed {
+            what: TCB_INFO,
+            detail,
+        };
+        let info = &self.info;
+        if hex::decode(&info.fmspc).ok().as_deref() != Some(&platform.fmspc[..]) {
+            return Err(malformed(format!(
+                "it is for FMSPC {}, the platform's is {}",
+                info.fmspc,
+                hex::encode_upper(platform.fmspc)
+            )));
+        }
+        let tee = Some(&platform.tee_tcb_svn);
+        let falls = |level: &dcap_qvl::tcb_info::TcbLevel| {
+            level
+                .shortfalls(&platform.cpu_svn, platform.pce_svn, tee)
+                .unwrap_or_else(|_| {
+                    vec![SvnShortfall {
+                        component: SvnComponent::PceSvn,
+                        have: 0,
+                        needs: 1,
+                    }]
+                })
+        };
+        let matched = info
             .tcb_levels
             .iter()
-            .find(|l| l.tcb_status == TcbStatus::UpToDate)
-            .and_then(|l| l.shortfall(&platform.tee_tcb_svn));
+            .find(|l| falls(l).is_empty())
+            .ok_or_else(|| malformed("no TCB level matches the platform".into()))?;
+        let mut status = matched.tcb_status;
+        let mut advisory_ids = matched.advisory_ids.clone();
+        let module = info
+            .tdx_module_identity(&platform.tee_tcb_svn)
+            .map_err(|e| malformed(format!("{e:#}")))?;
+        let mut module_fix = None;
+        if let Some(module) = module {
+            let level = module
+                .tcb_levels
+                .iter()
+                .find(|l| l.shortfall(&platform.tee_tcb_svn).is_none())
+                .ok_or_else(|| {
+                    malformed(format!("no {} level matches the TDX module", module.id))
+                })?;
+            status = converge(status, level.tcb_status);
+            for a in &level.advisory_ids {
+                if !advisory_ids.contains(a) {
+                    advisory_ids.push(a.clone());
+                }
+            }
+            module_fix = module
+                .tcb_levels
+                .iter()
+                .find(|l| l.tcb_status == TcbStatus::UpToDate)
+                .and_then(|l| l.shortfall(&platform.tee_tcb_svn));
+        }
+        let mut fix: Vec<Fix> = match info
+            .tcb_levels
+            .iter()
+            .position(|l| l.tcb_status == TcbStatus::UpToDate)
+        {
+            Some(i) => falls(&info.tcb_levels[i])
+                .into_iter()
+                .map(|s| self.label(s))
+                .collect(),
+            None => Vec::new(),
+        };
+        fix.extend(module_fix.map(|s| self.label(s)));
+        Ok(Standing {
+            status: status.to_string(),
+            advisory_ids,
+            eval_data_number: info.tcb_evaluation_data_number,
+            fix,
+        })
     }
-    let mut fix: Vec<Fix> = match info
-        .tcb_levels
-        .iter()
-        .position(|l| l.tcb_status == TcbStatus::UpToDate)
-    {
-        Some(i) => falls(&info.tcb_levels[i])
-            .into_iter()
-            .map(|s| label(s, &raw["tcbLevels"][i]["tcb"]))
-            .collect(),
-        None => Vec::new(),
-    };
-    fix.extend(module_fix.map(|s| label(s, &serde_json::Value::Null)));
-    Ok(Standing {
-        status: status.to_string(),
-        advisory_ids,
-        eval_data_number: info.tcb_evaluation_data_number,
-        fix,
-    })
 }
 
 /// A standing lowered by the set's QE identity (`qe_identity_json`, signature already
@@ -643,25 +716,23 @@ fn converge(platform: TcbStatus, module: TcbStatus) -> TcbStatus {
 }
 
 /// A shortfall with its name and Intel's label for the component.
-fn label(s: SvnShortfall, tcb: &serde_json::Value) -> Fix {
-    let named = |list: &str, i: u8| {
-        let c = &tcb[list][usize::from(i)];
-        c["type"]
-            .as_str()
-            .or_else(|| c["category"].as_str())
-            .map(str::to_string)
-    };
-    let (component, kind) = match s.component {
-        SvnComponent::Sgx(i) => (format!("sgx[{i}]"), named("sgxtcbcomponents", i)),
-        SvnComponent::Tdx(i) => (format!("tdx[{i}]"), named("tdxtcbcomponents", i)),
-        SvnComponent::PceSvn => ("pce_svn".to_string(), None),
-        SvnComponent::TdxModuleIsvSvn => ("tdx_module".to_string(), Some("TDX Module".to_string())),
-    };
-    Fix {
-        component,
-        kind,
-        have: s.have,
-        needs: s.needs,
+impl ParsedTcbInfo {
+    fn label(&self, s: SvnShortfall) -> Fix {
+        let named = |names: &[Option<String>], i: u8| names.get(usize::from(i)).cloned().flatten();
+        let (component, kind) = match s.component {
+            SvnComponent::Sgx(i) => (format!("sgx[{i}]"), named(&self.sgx_names, i)),
+            SvnComponent::Tdx(i) => (format!("tdx[{i}]"), named(&self.tdx_names, i)),
+            SvnComponent::PceSvn => ("pce_svn".to_string(), None),
+            SvnComponent::TdxModuleIsvSvn => {
+                ("tdx_module".to_string(), Some("TDX Module".to_string()))
+            }
+        };
+        Fix {
+            component,
+            kind,
+            have: s.have,
+            needs: s.needs,
+        }
     }
 }
 

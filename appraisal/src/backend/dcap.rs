@@ -254,7 +254,7 @@ impl DcapBackend {
             .allow_debug(true);
         // `verify` rather than `verify_with_policy`: the policy is ours, and the claims
         // dcap-qvl would build for one (a second parse of both CRLs and every
-        // certificate, for dates this backend reads from the collateral itself) go unused.
+        // certificate, for a time window this backend computes itself) go unused.
         let verified = with_records(collateral.signatures(), checked, || {
             verifier.verify(quote.raw(), &collateral.data, now)
         });
@@ -360,7 +360,9 @@ impl DcapBackend {
         collateral: &Collateral,
         lifecycle: &Lifecycle,
     ) -> Option<Standings> {
-        let standard = crate::tcb::standing(&collateral.data.tcb_info, &platform)
+        let standard = collateral
+            .parsed_tcb_info()
+            .and_then(|t| t.standing(&platform))
             .map_err(|e| tracing::debug!(error = %e, "no TCB lifecycle claims"))
             .ok()?;
         let early = lifecycle
@@ -417,7 +419,8 @@ impl QuoteBackend for DcapBackend {
                 .as_deref()
                 .zip(key.as_ref())
                 .is_some_and(|(cache, key)| cache.knows(key));
-            // Its checks are handed to dcap-qvl's verification, which makes them again.
+            // Its check of the PCK certificate is handed to dcap-qvl's verification, which
+            // makes it again; its check of the CA under the root is kept in `cas`.
             let checked = Arc::new(Remembered::default());
             if !known
                 && let Err(detail) = pck_chain_verifies(quote, self.root.der(), &self.cas, &checked)
@@ -434,14 +437,13 @@ impl QuoteBackend for DcapBackend {
             }
             // The lifecycle documents are fetched beside the collateral, not after it: a
             // cold appraisal waits for the slowest of the three, not their sum.
-            let (collateral, early, numbers) = tokio::join!(
-                self.collateral.collateral_for(quote),
-                self.collateral.early_for(quote),
-                self.collateral.eval_numbers_for(quote),
-            );
-            match collateral {
+            let found = self.collateral.everything_for(quote).await;
+            match found.collateral {
                 Ok(c) => {
-                    let lifecycle = Lifecycle { early, numbers };
+                    let lifecycle = Lifecycle {
+                        early: found.early,
+                        numbers: found.numbers,
+                    };
                     let checked = (!known).then_some(&checked);
                     self.verify_keyed(quote, &c, now, key.as_ref(), lifecycle, checked)
                 }
@@ -463,7 +465,7 @@ struct Lifecycle {
 }
 
 /// Why a quote's PCK certificate chain does not lead to the trust root
-/// ([`pck_chain_verifies`]).
+/// (checked before any collateral is fetched for the quote).
 #[derive(Debug, thiserror::Error)]
 pub enum PckChainError {
     /// The quote carries no PCK certificate chain (dcap-qvl's error, with its causes).
@@ -631,7 +633,7 @@ mod tests {
         assert!(second.verified, "{:?}", second.error);
         let answered = collateral.signatures().hits() - after_first;
         // TCB Info, QE Identity, both CRLs, the TCB signing and PCK CA certificates.
-        assert!(answered >= 5, "{answered} collateral checks answered");
+        assert!(answered >= 6, "{answered} collateral checks answered");
         // dcap-qvl's own, audited configuration says the same.
         let theirs = QuoteVerifier::new_prod()
             .verify(quote.raw(), &collateral.data, RECORDED_NOW)

@@ -14,8 +14,8 @@ mod pccs;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dcap_qvl::QuoteCollateralV3;
@@ -28,6 +28,7 @@ pub use pccs::{INTEL_PCS_URL, PccsClient};
 use crate::backend::signatures::CollateralSignatures;
 use crate::clock::Clock;
 use crate::evidence::{Quote, TeeType};
+use crate::tcb::{ParsedTcbInfo, TcbError};
 
 /// Which collateral a quote needs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -92,6 +93,9 @@ pub struct Collateral {
     digest: [u8; 32],
     /// What the set's signatures cover, and which of them were checked already.
     signatures: Arc<CollateralSignatures>,
+    /// The TCB Info as TCB lifecycle claims read it, parsed on first use (after a
+    /// verification with the set checked its signature).
+    tcb_info: Arc<OnceLock<Result<ParsedTcbInfo, TcbError>>>,
 }
 
 /// Why collateral could not be had.
@@ -145,7 +149,17 @@ impl Collateral {
             window,
             digest,
             signatures,
+            tcb_info: Arc::default(),
         })
+    }
+
+    /// The set's TCB Info, parsed once for every platform judged under it. Only for a
+    /// set a verification has accepted: the parse does not check the signature.
+    pub fn parsed_tcb_info(&self) -> Result<&ParsedTcbInfo, TcbError> {
+        self.tcb_info
+            .get_or_init(|| ParsedTcbInfo::parse(&self.data.tcb_info))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// The set's signature record: each of its signatures is checked once, by the first
@@ -479,7 +493,38 @@ impl CollateralProvider {
         if let Some(c) = &self.explicit {
             return Ok(c.clone());
         }
-        let key = key_for_quote(quote)?;
+        self.collateral_for_key(key_for_quote(quote)?).await
+    }
+
+    /// What a DCAP appraisal of `quote` reads beside it, fetched side by side (a cold
+    /// appraisal waits for the slowest, not the sum): its collateral, the early TCB info
+    /// ([`Self::early_for`]) and the evaluation numbers ([`Self::eval_numbers_for`]).
+    /// The quote's PCK certificate is read once for all three.
+    pub async fn everything_for(&self, quote: &Quote) -> ForQuote {
+        let key = key_for_quote(quote);
+        let collateral = async {
+            match (&self.explicit, &key) {
+                (Some(c), _) => Ok(c.clone()),
+                (None, Ok(key)) => self.collateral_for_key(key.clone()).await,
+                (None, Err(e)) => Err(e.clone()),
+            }
+        };
+        let (collateral, early, numbers) = tokio::join!(
+            collateral,
+            async { self.early_for_key(key.as_ref().ok()?).await },
+            async { self.eval_numbers_for_key(key.as_ref().ok()?).await },
+        );
+        ForQuote {
+            collateral,
+            early,
+            numbers,
+        }
+    }
+
+    async fn collateral_for_key(
+        &self,
+        key: CollateralKey,
+    ) -> Result<Arc<Collateral>, CollateralError> {
         if let Some(c) = self.offline.get(&key) {
             return Ok(c.clone());
         }
@@ -570,11 +615,14 @@ impl CollateralProvider {
     /// when a source has it. Never an error: it only forecasts; a failure is logged and
     /// remembered for the failure TTL.
     pub async fn early_for(&self, quote: &Quote) -> Option<Arc<crate::tcb::SignedTcbInfo>> {
-        let key = key_for_quote(quote).ok()?;
+        self.early_for_key(&key_for_quote(quote).ok()?).await
+    }
+
+    async fn early_for_key(&self, key: &CollateralKey) -> Option<Arc<crate::tcb::SignedTcbInfo>> {
         self.tcb
             .early(
-                &key,
-                self.network_for(&key),
+                key,
+                self.network_for(key),
                 &self.fetch_slots,
                 &self.stats,
                 self.disk.as_ref(),
@@ -596,17 +644,34 @@ impl CollateralProvider {
     /// The list of TCB evaluation data numbers for `quote`'s TEE, with their recovery
     /// dates, when a source has it (as [`Self::early_for`], never an error).
     pub async fn eval_numbers_for(&self, quote: &Quote) -> Option<Arc<crate::tcb::SignedList>> {
-        let key = key_for_quote(quote).ok()?;
+        self.eval_numbers_for_key(&key_for_quote(quote).ok()?).await
+    }
+
+    async fn eval_numbers_for_key(
+        &self,
+        key: &CollateralKey,
+    ) -> Option<Arc<crate::tcb::SignedList>> {
         self.tcb
             .numbers(
-                &key,
-                self.network_for(&key),
+                key,
+                self.network_for(key),
                 &self.fetch_slots,
                 &self.stats,
                 self.disk.as_ref(),
             )
             .await
     }
+}
+
+/// What [`CollateralProvider::everything_for`] found for a quote.
+#[derive(Debug)]
+pub struct ForQuote {
+    /// Its collateral, or why there is none.
+    pub collateral: Result<Arc<Collateral>, CollateralError>,
+    /// The early TCB info of its platform, when a source has it.
+    pub early: Option<Arc<crate::tcb::SignedTcbInfo>>,
+    /// The TCB evaluation numbers list of its TEE, when a source has it.
+    pub numbers: Option<Arc<crate::tcb::SignedList>>,
 }
 
 /// moka expiry: each entry lives until its collateral's earliest next update.
@@ -650,6 +715,39 @@ mod tests {
         );
         let key = c.key().unwrap();
         assert_eq!(key.tee, TeeType::Tdx);
+    }
+
+    #[test]
+    fn a_set_s_tcb_info_is_parsed_once_and_judges_as_the_text_does() {
+        let quote =
+            crate::evidence::decode_quote_text(&std::fs::read(testdata("dcap/tdx_quote")).unwrap())
+                .unwrap();
+        let c = Collateral::from_file(&testdata("dcap/tdx_quote_collateral.json")).unwrap();
+        let copy = c.clone();
+        let parsed = c.parsed_tcb_info().unwrap();
+        assert!(std::ptr::eq(parsed, copy.parsed_tcb_info().unwrap()));
+        let platform = crate::tcb::Platform::of(&quote).unwrap();
+        assert_eq!(
+            parsed.standing(&platform).unwrap(),
+            crate::tcb::standing(&c.data.tcb_info, &platform).unwrap()
+        );
+        // A TCB Info that does not parse is an error every time, never a panic.
+        let mut data = c.data.clone();
+        data.tcb_info.truncate(10);
+        let broken = Collateral {
+            data,
+            ..c.clone()
+        };
+        let broken = Collateral {
+            tcb_info: Arc::default(),
+            ..broken
+        };
+        for _ in 0..2 {
+            assert!(matches!(
+                broken.parsed_tcb_info(),
+                Err(TcbError::Malformed { .. })
+            ));
+        }
     }
 
     #[test]
