@@ -219,6 +219,26 @@ impl Collateral {
     }
 }
 
+/// Memory for remembered collateral keys: about 2,000 platforms.
+const KEYS_BUDGET: u64 = 256 * 1024;
+/// What a remembered key costs besides its FMSPC: the digest, the key, moka's entry.
+const KEY_OVERHEAD: usize = 112;
+
+/// What a quote's collateral key is read from: its TEE and its PCK certificate chain
+/// (SHA-256). `None` when the quote carries no chain.
+fn chain_digest(quote: &Quote) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let chain = quote.parsed().raw_cert_chain().ok()?;
+    let mut h = Sha256::new();
+    h.update(b"teesql-collateral-key-v1\0");
+    h.update([match quote.tee_type() {
+        TeeType::Tdx => 1,
+        TeeType::Sgx => 2,
+    }]);
+    h.update(chain);
+    Some(h.finalize().into())
+}
+
 /// Collateral files are small (about 20 KiB); anything much larger is not collateral.
 const MAX_COLLATERAL_FILE: u64 = 4 * 1024 * 1024;
 
@@ -372,6 +392,9 @@ pub struct CollateralProvider {
     tcb: early::TcbSources,
     /// What was fetched before, kept on disk across restarts.
     disk: Option<Arc<disk::DiskCache>>,
+    /// Collateral keys of PCK certificate chains read before, by [`chain_digest`]: a
+    /// platform's next quote reads no certificate to find its collateral.
+    keys: moka::sync::Cache<[u8; 32], CollateralKey>,
     /// Fetch and cache counters, for metrics (explicit and offline sources not counted).
     pub stats: CollateralStats,
 }
@@ -484,8 +507,28 @@ impl CollateralProvider {
             fetch_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
             tcb,
             disk,
+            keys: moka::sync::Cache::builder()
+                .max_capacity(KEYS_BUDGET)
+                .weigher(|_, k: &CollateralKey| {
+                    u32::try_from(KEY_OVERHEAD + k.fmspc.len()).unwrap_or(u32::MAX)
+                })
+                .build(),
             stats: CollateralStats::default(),
         })
+    }
+
+    /// The collateral key of `quote` ([`key_for_quote`]), remembered by its TEE and PCK
+    /// certificate chain.
+    fn key_of(&self, quote: &Quote) -> Result<CollateralKey, CollateralError> {
+        let Some(digest) = chain_digest(quote) else {
+            return key_for_quote(quote);
+        };
+        if let Some(key) = self.keys.get(&digest) {
+            return Ok(key);
+        }
+        let key = key_for_quote(quote)?;
+        self.keys.insert(digest, key.clone());
+        Ok(key)
     }
 
     /// Collateral for `quote`, from the first source that has it.
@@ -493,7 +536,7 @@ impl CollateralProvider {
         if let Some(c) = &self.explicit {
             return Ok(c.clone());
         }
-        self.collateral_for_key(key_for_quote(quote)?).await
+        self.collateral_for_key(self.key_of(quote)?).await
     }
 
     /// What a DCAP appraisal of `quote` reads beside it, fetched side by side (a cold
@@ -501,7 +544,7 @@ impl CollateralProvider {
     /// ([`Self::early_for`]) and the evaluation numbers ([`Self::eval_numbers_for`]).
     /// The quote's PCK certificate is read once for all three.
     pub async fn everything_for(&self, quote: &Quote) -> ForQuote {
-        let key = key_for_quote(quote);
+        let key = self.key_of(quote);
         let collateral = async {
             match (&self.explicit, &key) {
                 (Some(c), _) => Ok(c.clone()),
@@ -615,7 +658,7 @@ impl CollateralProvider {
     /// when a source has it. Never an error: it only forecasts; a failure is logged and
     /// remembered for the failure TTL.
     pub async fn early_for(&self, quote: &Quote) -> Option<Arc<crate::tcb::SignedTcbInfo>> {
-        self.early_for_key(&key_for_quote(quote).ok()?).await
+        self.early_for_key(&self.key_of(quote).ok()?).await
     }
 
     async fn early_for_key(&self, key: &CollateralKey) -> Option<Arc<crate::tcb::SignedTcbInfo>> {
@@ -644,7 +687,7 @@ impl CollateralProvider {
     /// The list of TCB evaluation data numbers for `quote`'s TEE, with their recovery
     /// dates, when a source has it (as [`Self::early_for`], never an error).
     pub async fn eval_numbers_for(&self, quote: &Quote) -> Option<Arc<crate::tcb::SignedList>> {
-        self.eval_numbers_for_key(&key_for_quote(quote).ok()?).await
+        self.eval_numbers_for_key(&self.key_of(quote).ok()?).await
     }
 
     async fn eval_numbers_for_key(
@@ -734,10 +777,7 @@ mod tests {
         // A TCB Info that does not parse is an error every time, never a panic.
         let mut data = c.data.clone();
         data.tcb_info.truncate(10);
-        let broken = Collateral {
-            data,
-            ..c.clone()
-        };
+        let broken = Collateral { data, ..c.clone() };
         let broken = Collateral {
             tcb_info: Arc::default(),
             ..broken
@@ -748,6 +788,34 @@ mod tests {
                 Err(TcbError::Malformed { .. })
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn a_platform_s_collateral_key_is_read_once() {
+        let quote =
+            crate::evidence::decode_quote_text(&std::fs::read(testdata("dcap/tdx_quote")).unwrap())
+                .unwrap();
+        let provider = CollateralProvider::new(&CollateralConfig {
+            file: Some(testdata("dcap/tdx_quote_collateral.json")),
+            pccs_url: None,
+            ..CollateralConfig::default()
+        })
+        .unwrap();
+        for _ in 0..3 {
+            let found = provider.everything_for(&quote).await;
+            assert!(found.collateral.is_ok());
+        }
+        provider.keys.run_pending_tasks();
+        assert_eq!(provider.keys.entry_count(), 1);
+        let digest = chain_digest(&quote).unwrap();
+        assert_eq!(
+            provider.keys.get(&digest),
+            Some(key_for_quote(&quote).unwrap())
+        );
+        assert_eq!(
+            provider.key_of(&quote).unwrap(),
+            key_for_quote(&quote).unwrap()
+        );
     }
 
     #[test]
