@@ -441,16 +441,13 @@ impl Platform {
         let td = quote
             .td_report()
             .ok_or_else(|| TcbError::Platform("not a TDX quote".into()))?;
-        // The PCK certificate is the chain's first: only it is decoded.
-        let chain = quote
-            .parsed()
-            .raw_cert_chain()
+        // Read as dcap-qvl reads it (see `Quote::pck_chain_der`).
+        let chain = dcap_qvl::intel::extract_cert_chain(quote.parsed())
             .map_err(|e| TcbError::Platform(format!("{e:#}")))?;
-        let leaf = x509_parser::pem::Pem::iter_from_buffer(chain)
-            .next()
-            .ok_or_else(|| TcbError::Platform("no PCK certificate".into()))?
-            .map_err(|e| TcbError::Platform(format!("PCK certificate PEM: {e}")))?;
-        let ext = dcap_qvl::intel::parse_pck_extension(&leaf.contents)
+        let leaf = chain
+            .first()
+            .ok_or_else(|| TcbError::Platform("no PCK certificate".into()))?;
+        let ext = dcap_qvl::intel::parse_pck_extension(leaf)
             .map_err(|e| TcbError::Platform(format!("{e:#}")))?;
         // The QE report is an SGX REPORT body: ISVSVN at bytes 258..260, little-endian.
         let qe = quote.parsed().qe_report();

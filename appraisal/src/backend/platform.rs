@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use dcap_qvl::quote::{AuthData, Report};
 use sha2::{Digest, Sha256};
-use x509_parser::prelude::{FromDer, Pem, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::evidence::{Quote, TeeType};
 
@@ -228,6 +228,7 @@ pub fn signature_verifies(quote: &Quote, key: &PlatformKey) -> bool {
 /// nothing is cached).
 fn certificates_valid_until(quote: &Quote, c: &dcap_qvl::QuoteCollateralV3) -> Option<u64> {
     let pck = quote.parsed().raw_cert_chain().ok()?;
+    // Read as dcap-qvl reads them (see `Quote::pck_chain_der`).
     let chains: [&[u8]; 5] = [
         pck,
         c.pck_crl_issuer_chain.as_bytes(),
@@ -237,9 +238,8 @@ fn certificates_valid_until(quote: &Quote, c: &dcap_qvl::QuoteCollateralV3) -> O
     ];
     let mut until = u64::MAX;
     for chain in chains {
-        for pem in Pem::iter_from_buffer(chain).take(8) {
-            let pem = pem.ok()?;
-            let (_, cert) = X509Certificate::from_der(&pem.contents).ok()?;
+        for der in crate::evidence::pem_certificates(chain).ok()? {
+            let (_, cert) = X509Certificate::from_der(&der).ok()?;
             let not_after = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
             until = until.min(not_after);
         }

@@ -42,7 +42,7 @@ use dcap_qvl::config::{Config, CryptoProvider};
 use dcap_qvl::crypto::RingCrypto;
 use rustls::pki_types::{AlgorithmIdentifier, InvalidSignature, SignatureVerificationAlgorithm};
 use sha2::{Digest, Sha256};
-use x509_parser::prelude::{FromDer, Pem, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
 /// Certificates read from one issuer chain: Intel's have two (signer and root).
@@ -164,11 +164,10 @@ impl CollateralSignatures {
             (&c.tcb_info_issuer_chain, false),
             (&c.qe_identity_issuer_chain, false),
         ] {
-            for pem in Pem::iter_from_buffer(chain.as_bytes())
-                .take(MAX_CHAIN)
-                .flatten()
-            {
-                if let Ok((_, cert)) = X509Certificate::from_der(&pem.contents)
+            // Read as dcap-qvl reads them.
+            let ders = crate::evidence::pem_certificates(chain.as_bytes()).unwrap_or_default();
+            for der in ders.iter().take(MAX_CHAIN) {
+                if let Ok((_, cert)) = X509Certificate::from_der(der)
                     && (cert.is_ca() || !cas_only)
                 {
                     messages.push(message(cert.tbs_certificate.as_ref()));
@@ -496,7 +495,7 @@ mod tests {
             crate::evidence::decode_quote_text(&std::fs::read(dir.join("tdx_quote")).unwrap())
                 .unwrap();
         let chain = quote.parsed().raw_cert_chain().unwrap();
-        let pems: Vec<_> = Pem::iter_from_buffer(chain).map(|p| p.unwrap()).collect();
+        let pems = crate::evidence::pem_certificates(chain).unwrap();
         let tbs = |der: &[u8]| {
             X509Certificate::from_der(der)
                 .unwrap()
@@ -505,15 +504,12 @@ mod tests {
                 .as_ref()
                 .to_vec()
         };
-        let leaf = tbs(&pems[0].contents);
+        let leaf = tbs(&pems[0]);
         assert!(
             s.covers(&leaf).is_none(),
             "the PCK certificate is the platform's"
         );
-        assert!(
-            s.covers(&tbs(&pems[1].contents)).is_some(),
-            "its CA is collateral"
-        );
+        assert!(s.covers(&tbs(&pems[1])).is_some(), "its CA is collateral");
         assert!(s.covers(quote.raw()).is_none());
 
         // A PCCS that lists a platform's PCK certificate in the PCK CRL's issuer chain
@@ -522,6 +518,6 @@ mod tests {
         data.pck_crl_issuer_chain = String::from_utf8(chain.to_vec()).unwrap();
         let s = CollateralSignatures::of(&data);
         assert!(s.covers(&leaf).is_none());
-        assert!(s.covers(&tbs(&pems[1].contents)).is_some());
+        assert!(s.covers(&tbs(&pems[1])).is_some());
     }
 }

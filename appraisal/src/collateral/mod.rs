@@ -219,10 +219,11 @@ impl Collateral {
     }
 }
 
-/// Memory for remembered collateral keys: about 2,000 platforms.
+/// Memory for remembered collateral keys: about 400 platforms.
 const KEYS_BUDGET: u64 = 256 * 1024;
-/// What a remembered key costs besides its FMSPC: the digest, the key, moka's entry.
-const KEY_OVERHEAD: usize = 112;
+/// What a remembered key costs besides its FMSPC: the digest and the key (about 100
+/// bytes), and moka's own allocations per entry (key `Arc`, entry, queue nodes, bucket).
+const KEY_OVERHEAD: usize = 600;
 
 /// What a quote's collateral key is read from: its TEE and its PCK certificate chain
 /// (SHA-256). `None` when the quote carries no chain.
@@ -245,17 +246,14 @@ const MAX_COLLATERAL_FILE: u64 = 4 * 1024 * 1024;
 /// The collateral key of a quote, from the PCK certificate it embeds.
 pub fn key_for_quote(quote: &Quote) -> Result<CollateralKey, CollateralError> {
     let chain = quote
-        .parsed()
-        .raw_cert_chain()
+        .pck_chain_der()
         .map_err(|e| CollateralError::QuoteCertificates(format!("{e:#}")))?;
-    let leaf = Pem::iter_from_buffer(chain)
-        .next()
-        .ok_or_else(|| CollateralError::QuoteCertificates("no PCK certificate".into()))?
-        .map_err(|e| CollateralError::QuoteCertificates(format!("PCK certificate PEM: {e}")))?;
-    let ext =
-        dcap_qvl::intel::parse_pck_extension_with::<dcap_qvl::configs::RingConfig>(&leaf.contents)
-            .map_err(|e| CollateralError::QuoteCertificates(format!("PCK certificate: {e:#}")))?;
-    let (_, cert) = X509Certificate::from_der(&leaf.contents)
+    let leaf = chain
+        .first()
+        .ok_or_else(|| CollateralError::QuoteCertificates("no PCK certificate".into()))?;
+    let ext = dcap_qvl::intel::parse_pck_extension_with::<dcap_qvl::configs::RingConfig>(leaf)
+        .map_err(|e| CollateralError::QuoteCertificates(format!("PCK certificate: {e:#}")))?;
+    let (_, cert) = X509Certificate::from_der(leaf)
         .map_err(|e| CollateralError::QuoteCertificates(format!("PCK certificate: {e}")))?;
     let issuer = cert.issuer().to_string();
     let ca = PckCa::from_issuer(&issuer).ok_or_else(|| {

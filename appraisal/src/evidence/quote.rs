@@ -111,10 +111,29 @@ impl Quote {
         }
     }
 
+    /// The DER certificates of the quote's PCK certificate chain, the PCK certificate first,
+    /// read with the PEM parser dcap-qvl verifies them with. Every reader of the chain
+    /// (collateral key, PCK pre-check, TCB claims) must see the certificates dcap-qvl
+    /// checks: PEM parsers disagree on text before `-----BEGIN` on a line, and the
+    /// chain is not covered by the quote's signature.
+    pub fn pck_chain_der(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+        Ok(pem_certificates(self.parsed().raw_cert_chain()?)?)
+    }
+
     /// The decoded quote, for backends.
     pub fn parsed(&self) -> &DcapQuote {
         &self.parsed
     }
+}
+
+/// The DER contents of every PEM block in `chain`, in order, read with dcap-qvl's PEM
+/// parser (the `pem` crate's `parse_many`), so that what is read from a chain is what
+/// dcap-qvl verifies.
+pub fn pem_certificates(chain: &[u8]) -> Result<Vec<Vec<u8>>, pem::PemError> {
+    Ok(pem::parse_many(chain)?
+        .into_iter()
+        .map(pem::Pem::into_contents)
+        .collect())
 }
 
 /// Decode a binary quote.
