@@ -584,10 +584,14 @@ async fn serving_threads_share_one_cap_and_drain() {
     })
     .await
     .unwrap();
-    // The threads start when the sidecar starts serving (its listener is bound before).
+    // The threads start when the sidecar starts serving (its listener is bound before),
+    // each on its own: wait for both.
     let mut names = thread_names();
     for _ in 0..50 {
-        if names.iter().any(|t| t == "postgres-1") {
+        if ["postgres-0", "postgres-1"]
+            .iter()
+            .all(|n| names.iter().any(|t| t == n))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
