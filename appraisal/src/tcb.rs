@@ -438,12 +438,24 @@ impl Platform {
     /// Read the platform of a TDX quote from its PCK certificate (not yet verified: use
     /// it only with a quote that verified).
     pub fn of(quote: &Quote) -> Result<Self, TcbError> {
+        Self::of_chain(quote, None)
+    }
+
+    /// Read the platform of a TDX quote that verified, from the PCK certificate dcap-qvl
+    /// verified: the first of `collateral_chain` (PEM) when the collateral carries one
+    /// (dcap-qvl then verifies that chain and never reads the quote's), else the quote's.
+    pub fn of_chain(quote: &Quote, collateral_chain: Option<&str>) -> Result<Self, TcbError> {
         let td = quote
             .td_report()
             .ok_or_else(|| TcbError::Platform("not a TDX quote".into()))?;
         // Read as dcap-qvl reads it (see `Quote::pck_chain_der`).
-        let chain = dcap_qvl::intel::extract_cert_chain(quote.parsed())
-            .map_err(|e| TcbError::Platform(format!("{e:#}")))?;
+        let chain = match collateral_chain {
+            Some(pem) => crate::evidence::pem_certificates(pem.as_bytes())
+                .map_err(|e| TcbError::Platform(format!("PCK certificate chain: {e}")))?,
+            None => quote
+                .pck_chain_der()
+                .map_err(|e| TcbError::Platform(format!("{e:#}")))?,
+        };
         let leaf = chain
             .first()
             .ok_or_else(|| TcbError::Platform("no PCK certificate".into()))?;

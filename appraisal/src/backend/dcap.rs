@@ -337,7 +337,8 @@ impl DcapBackend {
         let standings = match self.standings.get(&key) {
             Some(s) => s,
             None => {
-                let platform = Platform::of(quote)
+                let chain = collateral.data.pck_certificate_chain.as_deref();
+                let platform = Platform::of_chain(quote, chain)
                     .map_err(|e| tracing::debug!(error = %e, "no TCB lifecycle claims"))
                     .ok()?;
                 let s = Arc::new(self.standings_of(platform, collateral, lifecycle)?);
@@ -782,12 +783,46 @@ mod tests {
             Some(&checked),
         );
         assert!(facts.verified, "{:?}", facts.error);
+        // A pre-check that read x509-parser's first block would have checked the PCK CA
+        // under the root instead, and handed on nothing that dcap-qvl's check could use.
         assert_eq!(
             checked.hits(),
             1,
             "the pre-check checked dcap-qvl's PCK certificate"
         );
         assert!(facts.tcb.is_some());
+    }
+
+    #[test]
+    fn tcb_claims_read_the_pck_chain_dcap_qvl_verified() {
+        let (quote, collateral) = recorded();
+        let chain = quote.parsed().raw_cert_chain().unwrap();
+        // Collateral that carries the platform's chain: dcap-qvl verifies that one, and
+        // never reads the quote's.
+        let mut data = collateral.data.clone();
+        data.pck_certificate_chain = Some(String::from_utf8(chain.to_vec()).unwrap());
+        let with_chain = Collateral::new(data).unwrap();
+        // The quote's own copy, broken where its PCK certificate starts.
+        let at = quote
+            .raw()
+            .windows(chain.len())
+            .position(|w| w == chain)
+            .unwrap()
+            + b"-----BEGIN CERTIFICATE-----\n".len();
+        let mut raw = quote.raw().to_vec();
+        raw[at..at + 4].copy_from_slice(b"AAAA");
+        let broken = crate::evidence::decode_quote_bytes(&raw).unwrap();
+        assert!(Platform::of(&broken).is_err());
+
+        let facts = backend().verify_with(&broken, &with_chain, RECORDED_NOW);
+        assert!(facts.verified, "{:?}", facts.error);
+        let plain = backend().verify_with(&quote, &collateral, RECORDED_NOW);
+        assert!(plain.tcb.is_some());
+        assert_eq!(
+            format!("{:?}", facts.tcb),
+            format!("{:?}", plain.tcb),
+            "the claims read the chain dcap-qvl verified"
+        );
     }
 
     #[tokio::test]
