@@ -531,10 +531,7 @@ impl CollateralProvider {
 
     /// Collateral for `quote`, from the first source that has it.
     pub async fn collateral_for(&self, quote: &Quote) -> Result<Arc<Collateral>, CollateralError> {
-        if let Some(c) = &self.explicit {
-            return Ok(c.clone());
-        }
-        self.collateral_for_key(self.key_of(quote)?).await
+        self.collateral_by(self.key_of(quote)).await
     }
 
     /// What a DCAP appraisal of `quote` reads beside it, fetched side by side (a cold
@@ -543,15 +540,8 @@ impl CollateralProvider {
     /// The quote's PCK certificate is read once for all three.
     pub async fn everything_for(&self, quote: &Quote) -> ForQuote {
         let key = self.key_of(quote);
-        let collateral = async {
-            match (&self.explicit, &key) {
-                (Some(c), _) => Ok(c.clone()),
-                (None, Ok(key)) => self.collateral_for_key(key.clone()).await,
-                (None, Err(e)) => Err(e.clone()),
-            }
-        };
         let (collateral, early, numbers) = tokio::join!(
-            collateral,
+            self.collateral_by(key.clone()),
             async { self.early_for_key(key.as_ref().ok()?).await },
             async { self.eval_numbers_for_key(key.as_ref().ok()?).await },
         );
@@ -562,10 +552,16 @@ impl CollateralProvider {
         }
     }
 
-    async fn collateral_for_key(
+    /// The collateral of a quote with key `key`: the explicit file whatever the key (even
+    /// one that could not be read), else from the first source that has it.
+    async fn collateral_by(
         &self,
-        key: CollateralKey,
+        key: Result<CollateralKey, CollateralError>,
     ) -> Result<Arc<Collateral>, CollateralError> {
+        if let Some(c) = &self.explicit {
+            return Ok(c.clone());
+        }
+        let key = key?;
         if let Some(c) = self.offline.get(&key) {
             return Ok(c.clone());
         }
