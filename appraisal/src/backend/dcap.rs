@@ -422,9 +422,9 @@ impl QuoteBackend for DcapBackend {
                 .is_some_and(|(cache, key)| cache.knows(key));
             // Its check of the PCK certificate is handed to dcap-qvl's verification, which
             // makes it again; its check of the CA under the root is kept in `cas`.
-            let checked = Arc::new(Remembered::default());
-            if !known
-                && let Err(detail) = pck_chain_verifies(quote, self.root.der(), &self.cas, &checked)
+            let checked = (!known).then(|| Arc::new(Remembered::default()));
+            if let Some(checked) = &checked
+                && let Err(detail) = pck_chain_verifies(quote, self.root.der(), &self.cas, checked)
             {
                 let mut facts = self.facts(None);
                 facts.error = Some(VerifyError {
@@ -445,8 +445,7 @@ impl QuoteBackend for DcapBackend {
                         early: found.early,
                         numbers: found.numbers,
                     };
-                    let checked = (!known).then_some(&checked);
-                    self.verify_keyed(quote, &c, now, key.as_ref(), lifecycle, checked)
+                    self.verify_keyed(quote, &c, now, key.as_ref(), lifecycle, checked.as_ref())
                 }
                 Err(e) => {
                     let mut facts = self.facts(None);
