@@ -691,22 +691,39 @@ mod tests {
         assert_eq!(forged.signatures().hits(), 0);
     }
 
+    /// The PCK pre-check of `quote` under `backend`'s root, and the record it hands on.
+    fn pre_checked(backend: &DcapBackend, quote: &Quote) -> Arc<Remembered> {
+        let checked = Arc::new(Remembered::default());
+        pck_chain_verifies(quote, backend.root.der(), &backend.cas, &checked).unwrap();
+        checked
+    }
+
+    /// The verification that follows a pre-check, with the record it handed on.
+    fn verify_after(
+        backend: &DcapBackend,
+        quote: &Quote,
+        collateral: &Collateral,
+        checked: &Arc<Remembered>,
+    ) -> QuoteFacts {
+        let lifecycle = Lifecycle::default();
+        backend.verify_keyed(
+            quote,
+            collateral,
+            RECORDED_NOW,
+            None,
+            lifecycle,
+            Some(checked),
+        )
+    }
+
     #[test]
     fn the_pre_check_hands_its_pck_check_to_the_verification() {
         let (quote, collateral) = recorded();
         let backend = backend();
         let root = backend.root.der().to_vec();
-        let checked = Arc::new(Remembered::default());
-        pck_chain_verifies(&quote, &root, &backend.cas, &checked).unwrap();
+        let checked = pre_checked(&backend, &quote);
         assert_eq!((backend.cas.hits(), checked.hits()), (0, 0));
-        let facts = backend.verify_keyed(
-            &quote,
-            &collateral,
-            RECORDED_NOW,
-            None,
-            Lifecycle::default(),
-            Some(&checked),
-        );
+        let facts = verify_after(&backend, &quote, &collateral, &checked);
         assert!(facts.verified, "{:?}", facts.error);
         assert_eq!(checked.hits(), 1, "dcap-qvl's PCK certificate check");
 
@@ -714,11 +731,7 @@ mod tests {
         pck_chain_verifies(&quote, &root, &backend.cas, &Remembered::default()).unwrap();
         assert_eq!(backend.cas.hits(), 1);
         // Under another root the chain fails, whatever was checked before.
-        let ca = x509_parser::pem::Pem::iter_from_buffer(quote.parsed().raw_cert_chain().unwrap())
-            .nth(1)
-            .unwrap()
-            .unwrap()
-            .contents;
+        let ca = quote.pck_chain_der().unwrap().swap_remove(1);
         let err = pck_chain_verifies(&quote, &ca, &backend.cas, &Remembered::default());
         assert!(
             matches!(err, Err(PckChainError::Signature { what }) if what.contains("CA")),
@@ -770,17 +783,8 @@ mod tests {
         );
         assert_eq!(Platform::of(&odd).unwrap(), Platform::of(&quote).unwrap());
         let backend = backend();
-        let checked = Arc::new(Remembered::default());
-        let root = backend.root.der().to_vec();
-        pck_chain_verifies(&odd, &root, &backend.cas, &checked).unwrap();
-        let facts = backend.verify_keyed(
-            &odd,
-            &collateral,
-            RECORDED_NOW,
-            None,
-            Lifecycle::default(),
-            Some(&checked),
-        );
+        let checked = pre_checked(&backend, &odd);
+        let facts = verify_after(&backend, &odd, &collateral, &checked);
         assert!(facts.verified, "{:?}", facts.error);
         // A pre-check that read x509-parser's first block would have checked the PCK CA
         // under the root instead, and handed on nothing that dcap-qvl's check could use.

@@ -739,6 +739,12 @@ mod tests {
             .join(p)
     }
 
+    /// The recorded Intel TDX quote (testdata/dcap/tdx_quote).
+    fn recorded_quote() -> Quote {
+        crate::evidence::decode_quote_text(&std::fs::read(testdata("dcap/tdx_quote")).unwrap())
+            .unwrap()
+    }
+
     #[test]
     fn window_of_recorded_collateral_matches_provenance() {
         // testdata/README.md: tdx_quote window 1750329147 – 1752919235.
@@ -756,9 +762,7 @@ mod tests {
 
     #[test]
     fn a_set_s_tcb_info_is_parsed_once_and_judges_as_the_text_does() {
-        let quote =
-            crate::evidence::decode_quote_text(&std::fs::read(testdata("dcap/tdx_quote")).unwrap())
-                .unwrap();
+        let quote = recorded_quote();
         let c = Collateral::from_file(&testdata("dcap/tdx_quote_collateral.json")).unwrap();
         let copy = c.clone();
         let parsed = c.parsed_tcb_info().unwrap();
@@ -771,10 +775,10 @@ mod tests {
         // A TCB Info that does not parse is an error every time, never a panic.
         let mut data = c.data.clone();
         data.tcb_info.truncate(10);
-        let broken = Collateral { data, ..c.clone() };
         let broken = Collateral {
+            data,
             tcb_info: Arc::default(),
-            ..broken
+            ..c.clone()
         };
         for _ in 0..2 {
             assert!(matches!(
@@ -786,9 +790,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_platform_s_collateral_key_is_read_once() {
-        let quote =
-            crate::evidence::decode_quote_text(&std::fs::read(testdata("dcap/tdx_quote")).unwrap())
-                .unwrap();
+        let quote = recorded_quote();
         let provider = CollateralProvider::new(&CollateralConfig {
             file: Some(testdata("dcap/tdx_quote_collateral.json")),
             pccs_url: None,
@@ -814,9 +816,7 @@ mod tests {
 
     #[test]
     fn quote_key_matches_its_collateral_key() {
-        let quote =
-            crate::evidence::decode_quote_text(&std::fs::read(testdata("dcap/tdx_quote")).unwrap())
-                .unwrap();
+        let quote = recorded_quote();
         let c = Collateral::from_file(&testdata("dcap/tdx_quote_collateral.json")).unwrap();
         assert_eq!(key_for_quote(&quote).unwrap(), c.key().unwrap());
     }
