@@ -3,7 +3,10 @@
 //! - Postgres itself over TLS (`ssl=on`, the baseline);
 //! - PgBouncer (Debian's package, client TLS, session pool);
 //! - the TeeSQL sidecar with full verification (pgbench presents an RA-TLS client
-//!   certificate; every connection is judged by the verifier, whose profile requires it).
+//!   certificate; every connection is judged by the verifier, whose profile requires it);
+//! - Postgres over TLS again, with pgbench given the same certificate files as for the
+//!   sidecar (libpq reads them for every connection even though Postgres asks for none):
+//!   the client's own share of a mutual-TLS connection, beside the plain baseline.
 //!
 //! All three authenticate clients with SCRAM-SHA-256; PgBouncer and the sidecar reach
 //! Postgres over its unix socket. For each: select-only TPS with 8 clients, and the
@@ -544,6 +547,8 @@ async fn run(args: Args) -> Result<()> {
         ),
     ];
     let mut proxies = vec![None, Some(bouncer_pid), Some(sidecar_pid)];
+    // Which rows the verifier judges (the sidecars').
+    let mut judged = vec![false, false, true];
     for (n, port, pid) in threaded {
         targets.push((
             format!("TeeSQL sidecar, postgres_threads={n}"),
@@ -551,7 +556,26 @@ async fn run(args: Args) -> Result<()> {
             sidecar_env.clone(),
         ));
         proxies.push(Some(pid));
+        judged.push(true);
     }
+    // The baseline again, with pgbench given the sidecar rows' certificate files: libpq
+    // reads a client certificate and key from disk for every connection, whether or not
+    // the server asks for one (Postgres here asks for none). What that costs the client
+    // is part of what a mutual-TLS connection costs, not the sidecar's doing.
+    targets.push((
+        "Postgres over TLS, client cert files".into(),
+        format!(
+            "host=127.0.0.1 port={} user=bench dbname=postgres sslmode=require",
+            pg.port
+        ),
+        vec![
+            ("PGPASSWORD", BENCH_PASSWORD.to_string()),
+            ("PGSSLCERT", ccert.display().to_string()),
+            ("PGSSLKEY", ckey.display().to_string()),
+        ],
+    ));
+    proxies.push(None);
+    judged.push(false);
     // Check every target answers before measuring.
     for (name, conn, env) in &targets {
         pgbench(&pg_bin, conn, false, 1, env).with_context(|| format!("warm-up of {name}"))?;
@@ -582,7 +606,6 @@ async fn run(args: Args) -> Result<()> {
                 let counted = proxies[i].filter(|_| !connect_each);
                 let before = counted.map(ctxt_switches).transpose()?;
                 let cpu_before = counted.map(cpu_ticks).transpose()?;
-                let judged = i >= 2; // the sidecars ask the verifier
                 if connect_each {
                     // Let the backends of the previous run end and be reaped first, or
                     // their CPU would be counted as this run's.
@@ -604,7 +627,7 @@ async fn run(args: Args) -> Result<()> {
                     if let (Some(pid), Some(b)) = (proxies[i], connect_before.1) {
                         c.1 += cpu_ticks(pid)?.saturating_sub(b);
                     }
-                    if judged {
+                    if judged[i] {
                         c.2 += verifiers_cpu()?.saturating_sub(connect_before.2);
                     }
                     c.3 += reaped()?.saturating_sub(connect_before.3);
@@ -796,6 +819,21 @@ async fn run(args: Args) -> Result<()> {
                 total / 1e3 * mean(&results[i][1])
             );
         }
+    }
+    // The same client on both sides: direct TLS with the certificate files against the
+    // sidecar (which also makes the client sign for its certificate).
+    let same_client = targets.len() - 1;
+    if let (Some(plain), Some(with_files)) =
+        (cpu_ms_per_connection(0), cpu_ms_per_connection(same_client))
+    {
+        println!(
+            "\npgbench CPU per connection: {:.2} ms with the client certificate files, {:.2} ms without \
+             (libpq reads them from disk for every connection); the sidecar's connection rate is {:.2}x \
+             direct TLS with the same client files",
+            with_files.3,
+            plain.3,
+            mean(&results[2][1]) / mean(&results[same_client][1])
+        );
     }
     println!(
         "\nthe sidecar's question to the verifier over gRPC (VerifyPeer, purpose sidecar, warm, no token; 1 caller, {} requests): p50 {:.0} µs against {:.0} µs for a health check ({:.2}x the transport floor; target <= 1.25x)",
