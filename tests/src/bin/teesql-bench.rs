@@ -762,6 +762,8 @@ async fn run(args: Args) -> Result<()> {
             "pool_max_idle_per_key": args.pool,
             "pgbench": "-S -c 8 -j 2",
             "front_doors": rows,
+            // The sidecar's connection rate against direct TLS with the same client files.
+            "connections_vs_postgres_same_client": mean(&results[2][1]) / mean(&results[targets.len() - 1][1]),
             "idle_sessions": args.idle,
             "idle_kib_per_session": per_session,
             "verifier_grpc": serde_json::json!({
