@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use dcap_qvl::quote::{AuthData, Report};
 use sha2::{Digest, Sha256};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::evidence::{Quote, TeeType};
 
@@ -177,7 +176,7 @@ impl PlatformCache {
         tcb_status: String,
         advisory_ids: Vec<String>,
     ) {
-        let Some(until) = certificates_valid_until(quote, &collateral.data) else {
+        let Some(until) = certificates_valid_until(quote, collateral) else {
             return;
         };
         let until = until.min(collateral.window.not_after);
@@ -224,25 +223,85 @@ pub fn signature_verifies(quote: &Quote, key: &PlatformKey) -> bool {
 }
 
 /// The earliest `notAfter` of every certificate the verification relied on: the quote's
-/// PCK chain and the collateral's issuer chains. `None` when one cannot be read (then
-/// nothing is cached).
-fn certificates_valid_until(quote: &Quote, c: &dcap_qvl::QuoteCollateralV3) -> Option<u64> {
-    let pck = quote.parsed().raw_cert_chain().ok()?;
-    // Read as dcap-qvl reads them (see `Quote::pck_chain_der`).
-    let chains: [&[u8]; 5] = [
-        pck,
-        c.pck_crl_issuer_chain.as_bytes(),
-        c.tcb_info_issuer_chain.as_bytes(),
-        c.qe_identity_issuer_chain.as_bytes(),
-        c.pck_certificate_chain.as_deref().unwrap_or("").as_bytes(),
-    ];
-    let mut until = u64::MAX;
-    for chain in chains {
-        for der in crate::evidence::pem_certificates(chain).ok()? {
-            let (_, cert) = X509Certificate::from_der(&der).ok()?;
-            let not_after = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
-            until = until.min(not_after);
-        }
+/// PCK chain (read as dcap-qvl reads it, see `Quote::pck_chain_der`) and the collateral's
+/// own certificates (read once per set). `None` when one cannot be read (then nothing is
+/// cached).
+fn certificates_valid_until(quote: &Quote, c: &crate::collateral::Collateral) -> Option<u64> {
+    let pck = crate::evidence::earliest_not_after(quote.parsed().raw_cert_chain().ok()?)?;
+    Some(pck.min(c.certificates_until()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collateral::Collateral;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    fn testdata(p: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/dcap")
+            .join(p)
     }
-    Some(until)
+
+    fn recorded() -> (Quote, Collateral) {
+        let quote =
+            crate::evidence::decode_quote_text(&std::fs::read(testdata("tdx_quote")).unwrap())
+                .unwrap();
+        let collateral = Collateral::from_file(&testdata("tdx_quote_collateral.json")).unwrap();
+        (quote, collateral)
+    }
+
+    /// The earliest `notAfter` of every certificate of `chains`, each read on its own.
+    fn earliest(chains: &[&[u8]]) -> u64 {
+        chains
+            .iter()
+            .flat_map(|chain| crate::evidence::pem_certificates(chain).unwrap())
+            .map(|der| {
+                let (_, cert) = X509Certificate::from_der(&der).unwrap();
+                cert.validity().not_after.timestamp() as u64
+            })
+            .min()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_entry_lasts_until_the_first_certificate_it_relied_on_expires() {
+        let (quote, c) = recorded();
+        let d = &c.data;
+        let every = [
+            quote.parsed().raw_cert_chain().unwrap(),
+            d.pck_crl_issuer_chain.as_bytes(),
+            d.tcb_info_issuer_chain.as_bytes(),
+            d.qe_identity_issuer_chain.as_bytes(),
+        ];
+        let until = certificates_valid_until(&quote, &c).unwrap();
+        assert_eq!(until, earliest(&every));
+        // Read once per set: asked again, and through a clone, it says the same.
+        assert_eq!(certificates_valid_until(&quote, &c.clone()), Some(until));
+
+        // A PCK certificate chain in the collateral counts too.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        let short = params.self_signed(&key).unwrap();
+        let with_chain = Collateral::new(dcap_qvl::QuoteCollateralV3 {
+            pck_certificate_chain: Some(short.pem()),
+            ..d.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            certificates_valid_until(&quote, &with_chain),
+            Some(1_577_836_800),
+            "2020-01-01, the earliest of them all"
+        );
+
+        // A certificate that cannot be read: no entry is made.
+        let broken = Collateral::new(dcap_qvl::QuoteCollateralV3 {
+            tcb_info_issuer_chain: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+                .into(),
+            ..d.clone()
+        })
+        .unwrap();
+        assert_eq!(certificates_valid_until(&quote, &broken), None);
+    }
 }

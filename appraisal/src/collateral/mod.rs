@@ -96,6 +96,8 @@ pub struct Collateral {
     /// The TCB Info as TCB lifecycle claims read it, parsed on first use (after a
     /// verification with the set checked its signature).
     tcb_info: Arc<OnceLock<Result<ParsedTcbInfo, TcbError>>>,
+    /// The earliest `notAfter` of the set's own certificates, read on first use.
+    certificates_until: Arc<OnceLock<Option<u64>>>,
 }
 
 /// Why collateral could not be had.
@@ -150,6 +152,25 @@ impl Collateral {
             digest,
             signatures,
             tcb_info: Arc::default(),
+            certificates_until: Arc::default(),
+        })
+    }
+
+    /// The earliest `notAfter` of the certificates the set carries: its PCK CRL, TCB Info
+    /// and QE Identity issuer chains, and its PCK certificate chain when it has one.
+    /// `None` when one cannot be read. Read once for every platform cached under the set.
+    pub(crate) fn certificates_until(&self) -> Option<u64> {
+        *self.certificates_until.get_or_init(|| {
+            let c = &self.data;
+            [
+                c.pck_crl_issuer_chain.as_bytes(),
+                c.tcb_info_issuer_chain.as_bytes(),
+                c.qe_identity_issuer_chain.as_bytes(),
+                c.pck_certificate_chain.as_deref().unwrap_or("").as_bytes(),
+            ]
+            .into_iter()
+            .map(crate::evidence::earliest_not_after)
+            .try_fold(u64::MAX, |until, chain| Some(until.min(chain?)))
         })
     }
 
@@ -778,6 +799,7 @@ mod tests {
         let broken = Collateral {
             data,
             tcb_info: Arc::default(),
+            certificates_until: Arc::default(),
             ..c.clone()
         };
         for _ in 0..2 {

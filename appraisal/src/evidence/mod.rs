@@ -18,7 +18,8 @@ pub use attestation::{
 pub use cert::{CertInfo, decode_cert_chain, decode_certificate_der, oid};
 pub use getquote::decode_getquote_json;
 pub use quote::{
-    Quote, TdReport, TeeType, decode_quote_bytes, decode_quote_text, pem_certificates,
+    Quote, TdReport, TeeType, decode_quote_bytes, decode_quote_text, earliest_not_after,
+    pem_certificates,
 };
 
 use crate::eventlog::{RuntimeEvent, TdxEvent};

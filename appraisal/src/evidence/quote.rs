@@ -136,6 +136,19 @@ pub fn pem_certificates(chain: &[u8]) -> Result<Vec<Vec<u8>>, pem::PemError> {
         .collect())
 }
 
+/// The earliest `notAfter` of the certificates of a PEM chain (read as
+/// [`pem_certificates`] reads it); `u64::MAX` for an empty chain, `None` when a block or a
+/// certificate cannot be read.
+pub fn earliest_not_after(chain: &[u8]) -> Option<u64> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let mut until = u64::MAX;
+    for der in pem_certificates(chain).ok()? {
+        let (_, cert) = X509Certificate::from_der(&der).ok()?;
+        until = until.min(u64::try_from(cert.validity().not_after.timestamp()).ok()?);
+    }
+    Some(until)
+}
+
 /// Decode a binary quote.
 pub fn decode_quote_bytes(bytes: &[u8]) -> Result<Quote, EvidenceError> {
     check_len("quote", bytes.len(), MAX_QUOTE_LEN)?;
