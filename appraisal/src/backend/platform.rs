@@ -279,21 +279,50 @@ mod tests {
         // Read once per set: asked again, and through a clone, it says the same.
         assert_eq!(certificates_valid_until(&quote, &c.clone()), Some(until));
 
-        // A PCK certificate chain in the collateral counts too.
+        // Every chain of the collateral counts: a certificate that expires before all the
+        // others, added to each in turn, is the answer.
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.not_after = rcgen::date_time_ymd(2020, 1, 1);
-        let short = params.self_signed(&key).unwrap();
-        let with_chain = Collateral::new(dcap_qvl::QuoteCollateralV3 {
-            pck_certificate_chain: Some(short.pem()),
-            ..d.clone()
-        })
-        .unwrap();
-        assert_eq!(
-            certificates_valid_until(&quote, &with_chain),
-            Some(1_577_836_800),
-            "2020-01-01, the earliest of them all"
-        );
+        let short = params.self_signed(&key).unwrap().pem();
+        let with = |chain: &str| format!("{chain}{short}");
+        for (which, data) in [
+            (
+                "PCK CRL issuer chain",
+                dcap_qvl::QuoteCollateralV3 {
+                    pck_crl_issuer_chain: with(&d.pck_crl_issuer_chain),
+                    ..d.clone()
+                },
+            ),
+            (
+                "TCB Info issuer chain",
+                dcap_qvl::QuoteCollateralV3 {
+                    tcb_info_issuer_chain: with(&d.tcb_info_issuer_chain),
+                    ..d.clone()
+                },
+            ),
+            (
+                "QE Identity issuer chain",
+                dcap_qvl::QuoteCollateralV3 {
+                    qe_identity_issuer_chain: with(&d.qe_identity_issuer_chain),
+                    ..d.clone()
+                },
+            ),
+            (
+                "PCK certificate chain",
+                dcap_qvl::QuoteCollateralV3 {
+                    pck_certificate_chain: Some(short.clone()),
+                    ..d.clone()
+                },
+            ),
+        ] {
+            let c = Collateral::new(data).unwrap();
+            assert_eq!(
+                certificates_valid_until(&quote, &c),
+                Some(1_577_836_800),
+                "2020-01-01 in the {which}"
+            );
+        }
 
         // A certificate that cannot be read: no entry is made.
         let broken = Collateral::new(dcap_qvl::QuoteCollateralV3 {

@@ -767,6 +767,23 @@ mod tests {
     }
 
     #[test]
+    fn a_set_reads_its_certificates_once() {
+        let c = Collateral::from_file(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../testdata/dcap/tdx_quote_collateral.json"),
+        )
+        .unwrap();
+        assert!(
+            c.certificates_until.get().is_none(),
+            "read on first use only"
+        );
+        let until = c.certificates_until().unwrap();
+        assert_eq!(c.certificates_until.get(), Some(&Some(until)));
+        // A clone shares what was read.
+        assert_eq!(c.clone().certificates_until.get(), Some(&Some(until)));
+    }
+
+    #[test]
     fn window_of_recorded_collateral_matches_provenance() {
         // testdata/README.md: tdx_quote window 1750329147 – 1752919235.
         let c = Collateral::from_file(&testdata("dcap/tdx_quote_collateral.json")).unwrap();
