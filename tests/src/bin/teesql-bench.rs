@@ -1,4 +1,4 @@
-//! Sidecar benchmark: pgbench through three front doors, measured in one run.
+//! Sidecar benchmark: pgbench through each front door, measured in one run.
 //!
 //! - Postgres itself over TLS (`ssl=on`, the baseline);
 //! - PgBouncer (Debian's package, client TLS, session pool);
@@ -8,7 +8,7 @@
 //!   sidecar (libpq reads them for every connection even though Postgres asks for none):
 //!   the client's own share of a mutual-TLS connection, beside the plain baseline.
 //!
-//! All three authenticate clients with SCRAM-SHA-256; PgBouncer and the sidecar reach
+//! All authenticate clients with SCRAM-SHA-256; PgBouncer and the sidecar reach
 //! Postgres over its unix socket. For each: select-only TPS with 8 clients, and the
 //! connect-per-transaction rate (`pgbench -C`). Then the sidecar's memory per idle session (RSS with 1,000 idle
 //! sessions). Build first: `cargo build --release -p teesql-verifier -p teesql-sidecar -p teesql-tests`,
@@ -829,11 +829,12 @@ async fn run(args: Args) -> Result<()> {
         (cpu_ms_per_connection(0), cpu_ms_per_connection(same_client))
     {
         println!(
-            "\npgbench CPU per connection: {:.2} ms with the client certificate files, {:.2} ms without \
-             (libpq reads them from disk for every connection); the sidecar's connection rate is {:.2}x \
-             direct TLS with the same client files",
+            "\npgbench CPU per connection against Postgres: {:.2} ms with the client certificate files, \
+             {:.2} ms without ({:+.2} ms); the sidecar's connection rate is {:.2}x direct TLS with \
+             the same client files",
             with_files.3,
             plain.3,
+            with_files.3 - plain.3,
             mean(&results[2][1]) / mean(&results[same_client][1])
         );
     }
