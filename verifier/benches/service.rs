@@ -21,11 +21,12 @@ use dcap_qvl::QuoteCollateralV3;
 use sha2::{Digest as _, Sha256 as Sha256Digest};
 use teesql_proto::v1::verifier_client::VerifierClient;
 use teesql_proto::v1::{VerifyQuoteRequest, verify_quote_request};
+use teesql_verifier::measure;
 use teesql_verifier::service::config::{ServeConfig, ServeSettings};
 use teesql_verifier::service::server::{Listeners, Verifier};
-use teesql_verifier::service::{DecisionService, QuoteInput, TokenRequest};
+use teesql_verifier::service::{DecisionService, QuoteInput};
 
-const NOW: u64 = 1_751_000_000;
+const NOW: u64 = measure::RECORDED_NOW;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -48,35 +49,6 @@ fn line(name: &str, mut samples: Vec<Duration>, wall: Duration) -> f64 {
     rate
 }
 
-/// Trustee-style: nothing is kept between requests.
-fn baseline_decision(
-    quote: &[u8],
-    collateral: &QuoteCollateralV3,
-    policy_files: &[(String, String)],
-    data: &str,
-) -> bool {
-    let verified = dcap_qvl::verify::QuoteVerifier::new_prod()
-        .verify_with_policy(
-            quote,
-            collateral,
-            NOW,
-            &dcap_qvl::QuotePolicy::claims_only(NOW),
-        )
-        .is_ok();
-    let mut engine = regorus::Engine::new();
-    for (path, src) in policy_files {
-        engine.add_policy(path.clone(), src.clone()).unwrap();
-    }
-    engine.add_data_json(data).unwrap();
-    let claims =
-        std::fs::read_to_string(root().join("verifier/tests/golden/claims-tdx-quote.json"))
-            .unwrap();
-    engine.set_input_json(&claims).unwrap();
-    let allow = engine.eval_rule("data.teesql.quote.allow".into()).unwrap();
-    let _deny = engine.eval_rule("data.teesql.quote.deny".into()).unwrap();
-    verified && allow == regorus::Value::Bool(true)
-}
-
 fn service_config(listen: &str) -> ServeConfig {
     service_config_with(ServeSettings {
         listen: Some(listen.into()),
@@ -86,15 +58,7 @@ fn service_config(listen: &str) -> ServeConfig {
 
 /// The bench's settings over `extra` (listen address, TLS, signing).
 fn service_config_with(extra: ServeSettings) -> ServeConfig {
-    ServeConfig::resolve(ServeSettings {
-        policy_dirs: Some(vec![root().join("policies/teesql")]),
-        collateral_file: Some(root().join("testdata/dcap/tdx_quote_collateral.json")),
-        offline: Some(true),
-        decision_log: Some("off".into()),
-        now: Some(NOW),
-        ..extra
-    })
-    .unwrap()
+    measure::service_config(&root(), extra).unwrap()
 }
 
 /// Serve `config` on `rt`; the URL a client uses.
@@ -112,41 +76,6 @@ fn spawn_verifier(
         }));
         (url, tx)
     })
-}
-
-/// `n` warm decisions in process (after one that caches the appraisal), each with a token
-/// when `signed`.
-async fn warm_in_process(
-    service: &DecisionService,
-    quote: &[u8],
-    n: usize,
-    signed: bool,
-) -> (Vec<Duration>, Duration) {
-    let request = || QuoteInput::Quote {
-        quote: quote.to_vec(),
-        event_log: String::new(),
-    };
-    service
-        .verify_quote("quote", request(), None)
-        .await
-        .unwrap();
-    let wall = Instant::now();
-    let mut s = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let d = service
-            .verify_quote_with(
-                "quote",
-                request(),
-                None,
-                TokenRequest::default().with_sign(signed),
-            )
-            .await
-            .unwrap();
-        s.push(t.elapsed());
-        assert!(d.cached && d.allow && d.token.is_empty() != signed);
-    }
-    (s, wall.elapsed())
 }
 
 /// 3000 warm decisions, one caller, sequential, over `channel`.
@@ -175,28 +104,17 @@ fn main() {
         &std::fs::read(root().join("testdata/dcap/tdx_quote_collateral.json")).unwrap(),
     )
     .unwrap();
-    let policy_files: Vec<(String, String)> =
-        ["lib", "quote", "sidecar", "client", "manifest", "report"]
-            .iter()
-            .map(|f| {
-                let p = root().join(format!("policies/teesql/{f}.rego"));
-                (
-                    p.display().to_string(),
-                    std::fs::read_to_string(&p).unwrap(),
-                )
-            })
-            .collect();
-    let data = std::fs::read_to_string(root().join("policies/teesql/data.json")).unwrap();
+    let trustee = measure::TrusteeStyle::load(&root()).unwrap();
     println!("decisions on testdata/dcap/tdx_quote, production policy, clock pinned at {NOW}\n");
 
     // (a) baseline
     let n = 300;
-    assert!(baseline_decision(&quote, &collateral, &policy_files, &data));
+    assert!(trustee.decide(&quote, &collateral, NOW).unwrap());
     let wall = Instant::now();
     let samples: Vec<Duration> = (0..n)
         .map(|_| {
             let t = Instant::now();
-            assert!(baseline_decision(&quote, &collateral, &policy_files, &data));
+            assert!(trustee.decide(&quote, &collateral, NOW).unwrap());
             t.elapsed()
         })
         .collect();
@@ -243,7 +161,9 @@ fn main() {
         cold_wall,
     );
     let warm_n = 20_000;
-    let (warm_samples, warm_wall) = rt.block_on(warm_in_process(&service, &quote, warm_n, true));
+    let (warm_samples, warm_wall) = rt
+        .block_on(measure::warm_decisions(&service, &quote, warm_n, true))
+        .unwrap();
     let warm_p50 = pct(&mut warm_samples.clone(), 0.5);
     let warm = line(
         "(b) in-process, warm (appraisal cached)",
@@ -259,8 +179,9 @@ fn main() {
     });
     let unsigned = rt.block_on(async { Verifier::start(&unsigned_config).unwrap() });
     let unsigned = unsigned.service().clone();
-    let (unsigned_samples, unsigned_wall) =
-        rt.block_on(warm_in_process(&unsigned, &quote, warm_n, false));
+    let (unsigned_samples, unsigned_wall) = rt
+        .block_on(measure::warm_decisions(&unsigned, &quote, warm_n, false))
+        .unwrap();
     let unsigned_p50 = pct(&mut unsigned_samples.clone(), 0.5);
     line(
         "(b) in-process, warm, decision signing off",

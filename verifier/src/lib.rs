@@ -12,6 +12,7 @@ pub use teesql_appraisal::{
     mr_config, policy, report, snp, tcb,
 };
 pub mod lifecycle;
+pub mod measure;
 pub mod service;
 
 pub use teesql_appraisal::{Appraiser, Clock, Decision, DecisionRequest, decide};
