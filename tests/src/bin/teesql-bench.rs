@@ -11,7 +11,10 @@
 //! All authenticate clients with SCRAM-SHA-256; PgBouncer and the sidecar reach
 //! Postgres over its unix socket. For each: select-only TPS with 8 clients, and the
 //! connect-per-transaction rate (`pgbench -C`). Then the sidecar's memory per idle session (RSS with 1,000 idle
-//! sessions). Build first: `cargo build --release -p teesql-verifier -p teesql-sidecar -p teesql-tests`,
+//! sessions). First of all, in this process: a DCAP verification of a platform never seen
+//! against dcap-qvl's own, and a warm decision against a Trustee-style one
+//! (`teesql_verifier::measure`). At the end, one table of the performance goals (issue
+//! 29), each against its baseline of the same run. Build first: `cargo build --release -p teesql-verifier -p teesql-sidecar -p teesql-tests`,
 //! then run `target/release/teesql-bench [--seconds N] [--rounds N] [--idle N]`.
 //! Everything is on loopback on this machine; absolute numbers vary, ratios hold.
 
@@ -320,6 +323,10 @@ async fn run(args: Args) -> Result<()> {
     )?;
     give_to_server_user(&cert_path)?;
     give_to_server_user(&key_path)?;
+
+    // Goals 5 and 6 in this process, before anything else runs on the machine.
+    eprintln!("in process: DCAP for a platform never seen, and a warm decision …");
+    let in_process = in_process_goals(&repo_root()).await?;
 
     eprintln!("starting Postgres (ssl=on) …");
     // Every front door authenticates with SCRAM-SHA-256 (Postgres and PgBouncer with a
@@ -734,6 +741,91 @@ async fn run(args: Args) -> Result<()> {
         let ms = |t: u64| t as f64 / ticks_per_second * 1e3 / n;
         (n > 0.0).then(|| (ms(pg), ms(proxy), ms(verifier), ms(client)))
     };
+    // The goals of issue 29, each against its baseline of this run.
+    let goals = {
+        let (sidecar, bouncer) = (
+            (mean(&results[2][0]), mean(&results[2][1])),
+            (mean(&results[1][0]), mean(&results[1][1])),
+        );
+        let switches_of =
+            |i: usize| per_query(i).map_or("n/a".to_string(), |(v, n)| format!("{v:.2} + {n:.2}"));
+        let connections_target = if args.pool > 0 { 1.5 } else { 1.0 };
+        let ip = &in_process;
+        vec![
+            Goal {
+                name: "1 select-only TPS, sidecar / direct TLS",
+                measured: format!("{:.0}", sidecar.0),
+                baseline: format!("{:.0} direct TLS", base.0),
+                ratio: Some(sidecar.0 / base.0),
+                target: ">= 0.75x".into(),
+                met: Some(sidecar.0 / base.0 >= 0.75),
+            },
+            Goal {
+                name: "1 select-only TPS, sidecar / PgBouncer",
+                measured: format!("{:.0}", sidecar.0),
+                baseline: format!("{:.0} PgBouncer", bouncer.0),
+                ratio: Some(sidecar.0 / bouncer.0),
+                target: ">= 1.25x".into(),
+                met: Some(sidecar.0 / bouncer.0 >= 1.25),
+            },
+            Goal {
+                name: "1 context switches / query (vol + invol)",
+                measured: switches_of(2),
+                baseline: format!("{} PgBouncer", switches_of(1)),
+                ratio: None,
+                target: "(printed)".into(),
+                met: None,
+            },
+            Goal {
+                name: "2 connections/s, sidecar / direct TLS",
+                measured: format!("{:.0}", sidecar.1),
+                baseline: format!("{:.0} direct TLS", base.1),
+                ratio: Some(sidecar.1 / base.1),
+                target: format!(">= {connections_target:.2}x (pool {})", args.pool),
+                met: Some(sidecar.1 / base.1 >= connections_target),
+            },
+            Goal {
+                name: "2 connections/s, sidecar / PgBouncer",
+                measured: format!("{:.0}", sidecar.1),
+                baseline: format!("{:.0} PgBouncer", bouncer.1),
+                ratio: Some(sidecar.1 / bouncer.1),
+                target: "> 1.00x".into(),
+                met: Some(sidecar.1 > bouncer.1),
+            },
+            Goal {
+                name: "3 VerifyPeer p50 over gRPC / health check",
+                measured: format!("{:.0} µs", verifier_rtt.decision_us),
+                baseline: format!("{:.0} µs health check", verifier_rtt.health_us),
+                ratio: Some(verifier_rtt.decision_us / verifier_rtt.health_us),
+                target: "<= 1.25x".into(),
+                met: Some(verifier_rtt.decision_us / verifier_rtt.health_us <= 1.25),
+            },
+            Goal {
+                name: "4 sidecar RSS per idle session",
+                measured: format!("{per_session:.1} KiB"),
+                baseline: format!("({} sessions)", args.idle),
+                ratio: None,
+                target: "<= 16 KiB".into(),
+                met: Some(per_session <= 16.0),
+            },
+            Goal {
+                name: "5 DCAP, platform never seen (median)",
+                measured: format!("{:.0} µs", ip.never_seen_us),
+                baseline: format!("{:.0} µs dcap-qvl verify", ip.dcap_qvl_us),
+                ratio: Some(ip.never_seen_us / ip.dcap_qvl_us),
+                target: "<= 250 µs".into(),
+                met: Some(ip.never_seen_us <= 250.0),
+            },
+            Goal {
+                name: "6 warm decision in process (median)",
+                measured: format!("{:.0} µs", ip.warm_us),
+                baseline: format!("{:.0} µs Trustee-style", ip.trustee_us),
+                ratio: Some(ip.trustee_us / ip.warm_us),
+                target: ">= 150x faster".into(),
+                met: Some(ip.trustee_us / ip.warm_us >= 150.0),
+            },
+        ]
+    };
     if args.json {
         let rows: Vec<serde_json::Value> = targets
             .iter()
@@ -764,6 +856,14 @@ async fn run(args: Args) -> Result<()> {
             "front_doors": rows,
             // The sidecar's connection rate against direct TLS with the same client files.
             "connections_vs_postgres_same_client": mean(&results[2][1]) / mean(&results[targets.len() - 1][1]),
+            "goals": goals.iter().map(|g| serde_json::json!({
+                "goal": g.name,
+                "measured": g.measured,
+                "baseline": g.baseline,
+                "ratio": g.ratio,
+                "target": g.target,
+                "met": g.met,
+            })).collect::<Vec<_>>(),
             "idle_sessions": args.idle,
             "idle_kib_per_session": per_session,
             "verifier_grpc": serde_json::json!({
@@ -860,11 +960,81 @@ async fn run(args: Args) -> Result<()> {
         );
     }
     println!(
-        "targets: select-only through the sidecar >= 0.75x direct TLS and >= 1.25x PgBouncer; connection rate >= 1.00x direct TLS"
+        "\ngoals (issue 29), each against its baseline measured in this run:\n{:<44} {:>14} {:>30} {:>8}  {:<18} met",
+        "goal", "this run", "baseline", "ratio", "target"
     );
+    for g in &goals {
+        println!(
+            "{:<44} {:>14} {:>30} {:>8}  {:<18} {}",
+            g.name,
+            g.measured,
+            g.baseline,
+            g.ratio.map_or(String::new(), |r| format!("{r:.2}x")),
+            g.target,
+            g.met.map_or("-", |m| if m { "yes" } else { "no" })
+        );
+    }
     drop(kids);
     drop(pg);
     Ok(())
+}
+
+/// Goals 5 and 6, each with its same-run baseline: medians in µs.
+struct InProcess {
+    /// A full DCAP verification of a platform never seen (the recorded Intel quote).
+    never_seen_us: f64,
+    /// dcap-qvl's own `verify` of the same quote and collateral.
+    dcap_qvl_us: f64,
+    /// A warm decision in process (appraisal cached, signed token).
+    warm_us: f64,
+    /// A Trustee-style decision: nothing kept between requests.
+    trustee_us: f64,
+}
+
+/// Measure goals 5 and 6 with the verifier's own measurements (`teesql_verifier::measure`,
+/// which `cargo bench --bench platform` and `--bench service` print in detail).
+async fn in_process_goals(repo: &Path) -> Result<InProcess> {
+    use teesql_verifier::measure::{self, RECORDED_NOW};
+    let us = |samples: &[Duration]| measure::median(samples).as_secs_f64() * 1e6;
+    let (quote, collateral) = measure::recorded_intel(repo)?;
+    let (ours, qvl) = measure::never_seen_platform(&quote, &collateral, RECORDED_NOW, 1000)?;
+    let trustee = measure::TrusteeStyle::load(repo)?;
+    let baseline = measure::time(100, |_| {
+        anyhow::ensure!(
+            trustee.decide(quote.raw(), &collateral.data, RECORDED_NOW)?,
+            "the Trustee-style baseline refused the recorded quote"
+        );
+        Ok(())
+    })?;
+    let config = measure::service_config(
+        repo,
+        teesql_verifier::service::config::ServeSettings {
+            listen: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        },
+    )?;
+    let verifier = teesql_verifier::service::server::Verifier::start(&config)
+        .map_err(|e| anyhow!("the in-process verifier: {}", e.join("; ")))?;
+    let (warm, _) = measure::warm_decisions(verifier.service(), quote.raw(), 2000, true).await?;
+    Ok(InProcess {
+        never_seen_us: us(&ours),
+        dcap_qvl_us: us(&qvl),
+        warm_us: us(&warm),
+        trustee_us: us(&baseline),
+    })
+}
+
+/// One goal of issue 29 as this run measured it, against its same-run baseline.
+struct Goal {
+    name: &'static str,
+    measured: String,
+    baseline: String,
+    /// measured / baseline (or baseline / measured where bigger is better for the
+    /// baseline's side, as goal 6's speed-up).
+    ratio: Option<f64>,
+    target: String,
+    /// `None` for a figure printed without a target of its own.
+    met: Option<bool>,
 }
 
 /// Medians of the sidecar's question to the verifier and of a health check.
