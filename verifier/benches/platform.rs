@@ -31,7 +31,7 @@ use teesql_verifier::collateral::{Collateral, CollateralConfig, CollateralProvid
 use teesql_verifier::evidence::{self, Quote};
 use teesql_verifier::measure;
 
-const RECORDED_NOW: u64 = 1_751_000_000;
+const RECORDED_NOW: u64 = measure::RECORDED_NOW;
 const ISSUED: u64 = 1_780_000_000;
 
 fn root() -> PathBuf {
@@ -85,9 +85,7 @@ fn main() {
     let quote = evidence::decode_quote_bytes(&bytes).unwrap();
     let collateral =
         Collateral::from_file(&root().join("testdata/dcap/tdx_quote_collateral.json")).unwrap();
-    // A platform never seen: a backend of its own for every verification, so that nothing
-    // of the platform is known (its TCB standings are kept per backend). Only the
-    // collateral set, shared by all, has its signatures checked already.
+    // The collateral provider of the never-seen backends with the cache on (below).
     let shared = provider(&offline);
     let cache = Arc::new(PlatformCache::new(DEFAULT_PLATFORM_CACHE_BYTES));
     let cached =
