@@ -31,3 +31,34 @@ pub mod token;
 
 pub use appraise::{Appraiser, Decision, DecisionRequest, decide};
 pub use clock::Clock;
+
+#[cfg(test)]
+pub(crate) mod recorded {
+    //! The recorded Intel evidence of `testdata/dcap` (testdata/README.md), for unit tests.
+
+    use std::path::PathBuf;
+
+    use crate::collateral::Collateral;
+    use crate::evidence::Quote;
+
+    /// Inside the recorded collateral's window (testdata/README.md).
+    pub(crate) const NOW: u64 = 1_751_000_000;
+
+    /// A file of `testdata/dcap`.
+    pub(crate) fn dcap(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/dcap")
+            .join(name)
+    }
+
+    /// The recorded Intel TDX quote (`tdx_quote`).
+    pub(crate) fn intel_quote() -> Quote {
+        crate::evidence::decode_quote_text(&std::fs::read(dcap("tdx_quote")).unwrap()).unwrap()
+    }
+
+    /// The recorded Intel TDX quote and its collateral (`tdx_quote_collateral.json`).
+    pub(crate) fn intel() -> (Quote, Collateral) {
+        let collateral = Collateral::from_file(&dcap("tdx_quote_collateral.json")).unwrap();
+        (intel_quote(), collateral)
+    }
+}

@@ -577,26 +577,11 @@ mod tests {
     use crate::collateral::CollateralConfig;
     use dcap_qvl::quote::AuthData;
 
-    /// Inside the recorded collateral's window (testdata/README.md).
-    const RECORDED_NOW: u64 = 1_751_000_000;
-
-    fn testdata(p: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata/dcap")
-            .join(p)
-    }
-
-    fn recorded() -> (Quote, Collateral) {
-        let quote =
-            crate::evidence::decode_quote_text(&std::fs::read(testdata("tdx_quote")).unwrap())
-                .unwrap();
-        let collateral = Collateral::from_file(&testdata("tdx_quote_collateral.json")).unwrap();
-        (quote, collateral)
-    }
+    use crate::recorded::{NOW as RECORDED_NOW, intel as recorded};
 
     fn backend() -> DcapBackend {
         let offline = CollateralConfig {
-            file: Some(testdata("tdx_quote_collateral.json")),
+            file: Some(crate::recorded::dcap("tdx_quote_collateral.json")),
             pccs_url: None,
             ..CollateralConfig::default()
         };
@@ -739,17 +724,23 @@ mod tests {
         );
     }
 
+    /// Where the quote's PCK chain (its PEM text) starts in the quote's bytes.
+    fn chain_at(quote: &Quote) -> usize {
+        let chain = quote.parsed().raw_cert_chain().unwrap();
+        quote
+            .raw()
+            .windows(chain.len())
+            .position(|w| w == chain)
+            .unwrap()
+    }
+
     /// The recorded quote with its PCK chain's first `-----BEGIN` line prefixed by a byte:
     /// dcap-qvl's PEM parser still reads the PCK certificate there, x509-parser's skips
     /// that block. The chain keeps its length (a line break inside the root's body goes),
     /// so no length field of the quote changes; the chain is not signed.
     fn disguised(quote: &Quote) -> Quote {
         let chain = quote.parsed().raw_cert_chain().unwrap();
-        let at = quote
-            .raw()
-            .windows(chain.len())
-            .position(|w| w == chain)
-            .unwrap();
+        let at = chain_at(quote);
         let mut text = chain.to_vec();
         let begin = b"-----BEGIN CERTIFICATE-----\n";
         let last = text.windows(begin.len()).rposition(|w| w == begin).unwrap();
@@ -806,12 +797,7 @@ mod tests {
         data.pck_certificate_chain = Some(String::from_utf8(chain.to_vec()).unwrap());
         let with_chain = Collateral::new(data).unwrap();
         // The quote's own copy, broken where its PCK certificate starts.
-        let at = quote
-            .raw()
-            .windows(chain.len())
-            .position(|w| w == chain)
-            .unwrap()
-            + b"-----BEGIN CERTIFICATE-----\n".len();
+        let at = chain_at(&quote) + b"-----BEGIN CERTIFICATE-----\n".len();
         let mut raw = quote.raw().to_vec();
         raw[at..at + 4].copy_from_slice(b"AAAA");
         let broken = crate::evidence::decode_quote_bytes(&raw).unwrap();

@@ -235,21 +235,8 @@ fn certificates_valid_until(quote: &Quote, c: &crate::collateral::Collateral) ->
 mod tests {
     use super::*;
     use crate::collateral::Collateral;
+    use crate::recorded::intel as recorded;
     use x509_parser::prelude::{FromDer, X509Certificate};
-
-    fn testdata(p: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata/dcap")
-            .join(p)
-    }
-
-    fn recorded() -> (Quote, Collateral) {
-        let quote =
-            crate::evidence::decode_quote_text(&std::fs::read(testdata("tdx_quote")).unwrap())
-                .unwrap();
-        let collateral = Collateral::from_file(&testdata("tdx_quote_collateral.json")).unwrap();
-        (quote, collateral)
-    }
 
     /// The earliest `notAfter` of every certificate of `chains`, each read on its own.
     fn earliest(chains: &[&[u8]]) -> u64 {

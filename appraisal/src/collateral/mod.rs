@@ -760,19 +760,11 @@ mod tests {
             .join(p)
     }
 
-    /// The recorded Intel TDX quote (testdata/dcap/tdx_quote).
-    fn recorded_quote() -> Quote {
-        crate::evidence::decode_quote_text(&std::fs::read(testdata("dcap/tdx_quote")).unwrap())
-            .unwrap()
-    }
+    use crate::recorded::intel_quote as recorded_quote;
 
     #[test]
     fn a_set_reads_its_certificates_once() {
-        let c = Collateral::from_file(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../testdata/dcap/tdx_quote_collateral.json"),
-        )
-        .unwrap();
+        let (_, c) = crate::recorded::intel();
         assert!(
             c.certificates_until.get().is_none(),
             "read on first use only"
