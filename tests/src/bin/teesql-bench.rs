@@ -752,22 +752,20 @@ async fn run(args: Args) -> Result<()> {
         let connections_target = if args.pool > 0 { 1.5 } else { 1.0 };
         let ip = &in_process;
         vec![
-            Goal {
-                name: "1 select-only TPS, sidecar / direct TLS",
-                measured: format!("{:.0}", sidecar.0),
-                baseline: format!("{:.0} direct TLS", base.0),
-                ratio: Some(sidecar.0 / base.0),
-                target: ">= 0.75x".into(),
-                met: Some(sidecar.0 / base.0 >= 0.75),
-            },
-            Goal {
-                name: "1 select-only TPS, sidecar / PgBouncer",
-                measured: format!("{:.0}", sidecar.0),
-                baseline: format!("{:.0} PgBouncer", bouncer.0),
-                ratio: Some(sidecar.0 / bouncer.0),
-                target: ">= 1.25x".into(),
-                met: Some(sidecar.0 / bouncer.0 >= 1.25),
-            },
+            Goal::on_ratio(
+                "1 select-only TPS, sidecar / direct TLS",
+                format!("{:.0}", sidecar.0),
+                format!("{:.0} direct TLS", base.0),
+                sidecar.0 / base.0,
+                Limit::new(Cmp::AtLeast, 0.75, Unit::Ratio),
+            ),
+            Goal::on_ratio(
+                "1 select-only TPS, sidecar / PgBouncer",
+                format!("{:.0}", sidecar.0),
+                format!("{:.0} PgBouncer", bouncer.0),
+                sidecar.0 / bouncer.0,
+                Limit::new(Cmp::AtLeast, 1.25, Unit::Ratio),
+            ),
             Goal {
                 name: "1 context switches / query (vol + invol)",
                 measured: switches_of(2),
@@ -776,54 +774,53 @@ async fn run(args: Args) -> Result<()> {
                 target: "(printed)".into(),
                 met: None,
             },
-            Goal {
-                name: "2 connections/s, sidecar / direct TLS",
-                measured: format!("{:.0}", sidecar.1),
-                baseline: format!("{:.0} direct TLS", base.1),
-                ratio: Some(sidecar.1 / base.1),
-                target: format!(">= {connections_target:.2}x (pool {})", args.pool),
-                met: Some(sidecar.1 / base.1 >= connections_target),
-            },
-            Goal {
-                name: "2 connections/s, sidecar / PgBouncer",
-                measured: format!("{:.0}", sidecar.1),
-                baseline: format!("{:.0} PgBouncer", bouncer.1),
-                ratio: Some(sidecar.1 / bouncer.1),
-                target: "> 1.00x".into(),
-                met: Some(sidecar.1 > bouncer.1),
-            },
-            Goal {
-                name: "3 VerifyPeer p50 over gRPC / health check",
-                measured: format!("{:.0} µs", verifier_rtt.decision_us),
-                baseline: format!("{:.0} µs health check", verifier_rtt.health_us),
-                ratio: Some(verifier_rtt.decision_us / verifier_rtt.health_us),
-                target: "<= 1.25x".into(),
-                met: Some(verifier_rtt.decision_us / verifier_rtt.health_us <= 1.25),
-            },
-            Goal {
-                name: "4 sidecar RSS per idle session",
-                measured: format!("{per_session:.1} KiB"),
-                baseline: format!("({} sessions)", args.idle),
-                ratio: None,
-                target: "<= 16 KiB".into(),
-                met: Some(per_session <= 16.0),
-            },
-            Goal {
-                name: "5 DCAP, platform never seen (median)",
-                measured: format!("{:.0} µs", ip.never_seen_us),
-                baseline: format!("{:.0} µs dcap-qvl verify", ip.dcap_qvl_us),
-                ratio: Some(ip.never_seen_us / ip.dcap_qvl_us),
-                target: "<= 250 µs".into(),
-                met: Some(ip.never_seen_us <= 250.0),
-            },
-            Goal {
-                name: "6 warm decision in process (median)",
-                measured: format!("{:.0} µs", ip.warm_us),
-                baseline: format!("{:.0} µs Trustee-style", ip.trustee_us),
-                ratio: Some(ip.trustee_us / ip.warm_us),
-                target: ">= 150x faster".into(),
-                met: Some(ip.trustee_us / ip.warm_us >= 150.0),
-            },
+            Goal::on_ratio(
+                "2 connections/s, sidecar / direct TLS",
+                format!("{:.0}", sidecar.1),
+                format!("{:.0} direct TLS", base.1),
+                sidecar.1 / base.1,
+                Limit {
+                    note: format!(" (pool {})", args.pool),
+                    ..Limit::new(Cmp::AtLeast, connections_target, Unit::Ratio)
+                },
+            ),
+            Goal::on_ratio(
+                "2 connections/s, sidecar / PgBouncer",
+                format!("{:.0}", sidecar.1),
+                format!("{:.0} PgBouncer", bouncer.1),
+                sidecar.1 / bouncer.1,
+                Limit::new(Cmp::Above, 1.0, Unit::Ratio),
+            ),
+            Goal::on_ratio(
+                "3 VerifyPeer p50 over gRPC / health check",
+                format!("{:.0} µs", verifier_rtt.decision_us),
+                format!("{:.0} µs health check", verifier_rtt.health_us),
+                verifier_rtt.decision_us / verifier_rtt.health_us,
+                Limit::new(Cmp::AtMost, 1.25, Unit::Ratio),
+            ),
+            Goal::on(
+                "4 sidecar RSS per idle session",
+                format!("{per_session:.1} KiB"),
+                format!("({} sessions)", args.idle),
+                None,
+                Limit::new(Cmp::AtMost, 16.0, Unit::Kib),
+                per_session,
+            ),
+            Goal::on(
+                "5 DCAP, platform never seen (median)",
+                format!("{:.0} µs", ip.never_seen_us),
+                format!("{:.0} µs dcap-qvl verify", ip.dcap_qvl_us),
+                Some(ip.never_seen_us / ip.dcap_qvl_us),
+                Limit::new(Cmp::AtMost, 250.0, Unit::Micros),
+                ip.never_seen_us,
+            ),
+            Goal::on_ratio(
+                "6 warm decision in process (median)",
+                format!("{:.0} µs", ip.warm_us),
+                format!("{:.0} µs Trustee-style", ip.trustee_us),
+                ip.trustee_us / ip.warm_us,
+                Limit::new(Cmp::AtLeast, 150.0, Unit::SpeedUp),
+            ),
         ]
     };
     if args.json {
@@ -1056,6 +1053,97 @@ struct Goal {
     target: String,
     /// `None` for a figure printed without a target of its own.
     met: Option<bool>,
+}
+
+impl Goal {
+    /// A goal on `ratio`.
+    fn on_ratio(
+        name: &'static str,
+        measured: String,
+        baseline: String,
+        ratio: f64,
+        target: Limit,
+    ) -> Self {
+        Self::on(name, measured, baseline, Some(ratio), target, ratio)
+    }
+
+    /// A goal on `value`, which `target` is checked against and printed with.
+    fn on(
+        name: &'static str,
+        measured: String,
+        baseline: String,
+        ratio: Option<f64>,
+        target: Limit,
+        value: f64,
+    ) -> Self {
+        Self {
+            name,
+            measured,
+            baseline,
+            ratio,
+            target: target.text(),
+            met: Some(target.holds(value)),
+        }
+    }
+}
+
+/// A goal's target: one limit, printed as it is checked.
+struct Limit {
+    cmp: Cmp,
+    limit: f64,
+    unit: Unit,
+    /// Printed after the limit, e.g. the pool setting the limit depends on.
+    note: String,
+}
+
+enum Cmp {
+    AtLeast,
+    Above,
+    AtMost,
+}
+
+enum Unit {
+    /// A ratio (`0.75x`).
+    Ratio,
+    /// A speed-up over the baseline (`150x faster`).
+    SpeedUp,
+    Kib,
+    Micros,
+}
+
+impl Limit {
+    fn new(cmp: Cmp, limit: f64, unit: Unit) -> Self {
+        Self {
+            cmp,
+            limit,
+            unit,
+            note: String::new(),
+        }
+    }
+
+    fn holds(&self, value: f64) -> bool {
+        match self.cmp {
+            Cmp::AtLeast => value >= self.limit,
+            Cmp::Above => value > self.limit,
+            Cmp::AtMost => value <= self.limit,
+        }
+    }
+
+    fn text(&self) -> String {
+        let op = match self.cmp {
+            Cmp::AtLeast => ">=",
+            Cmp::Above => ">",
+            Cmp::AtMost => "<=",
+        };
+        let limit = self.limit;
+        let limit = match self.unit {
+            Unit::Ratio => format!("{limit:.2}x"),
+            Unit::SpeedUp => format!("{limit:.0}x faster"),
+            Unit::Kib => format!("{limit:.0} KiB"),
+            Unit::Micros => format!("{limit:.0} µs"),
+        };
+        format!("{op} {limit}{}", self.note)
+    }
 }
 
 /// Medians of the sidecar's question to the verifier and of a health check.
